@@ -1,0 +1,46 @@
+# phd: `make` builds train_phd (with nvcc when it is installed, else as C++ with g++),
+# `make test` runs every test, `make train` prepares data and trains (see README).
+CXX      ?= g++
+CXXFLAGS ?= -O3 -march=native
+WARN     := -Wall -Wextra -Werror
+HOSTFLAGS = -std=c++17 $(CXXFLAGS) -fopenmp $(WARN)
+NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+NVCCFLAGS ?= -O3 -std=c++17
+HEADERS  := $(wildcard *.h kernels/*.cuh)
+TEST_SRC := $(wildcard test/*.cpp)
+TEST_HDR := $(wildcard test/*.h)
+
+.PHONY: all test bench clean train
+all: train_phd
+
+ifneq ($(NVCC),)
+train_phd: train_phd.cu $(HEADERS)
+	$(NVCC) $(NVCCFLAGS) -Xcompiler "$(subst $() ,$(comma),$(strip $(CXXFLAGS) -fopenmp $(WARN)))" $< -o $@ -lgomp
+else
+train_phd: build/train_phd_cpu
+	cp $< $@
+endif
+comma := ,
+
+# The same source as plain C++: the CPU-only build, always compiled by `make test` too.
+build/train_phd_cpu: train_phd.cu $(HEADERS)
+	@mkdir -p build
+	$(CXX) $(HOSTFLAGS) -x c++ $< -o $@
+
+build/test_cpu: $(TEST_SRC) $(TEST_HDR) $(HEADERS)
+	@mkdir -p build
+	$(CXX) $(HOSTFLAGS) $(TEST_SRC) -o $@
+
+# Prints one closing line, "N passed, M failed", the count of doctest test cases.
+test: train_phd build/train_phd_cpu build/test_cpu
+	./build/test_cpu
+
+build/bench_cpu: dev/bench_cpu.cpp $(HEADERS)
+	@mkdir -p build
+	$(CXX) $(HOSTFLAGS) $< -o $@
+
+bench: build/bench_cpu
+	OMP_NUM_THREADS=2 ./build/bench_cpu
+
+clean:
+	rm -rf build train_phd

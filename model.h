@@ -1,0 +1,663 @@
+// model.h: the PHD-Transformer, one source of truth for its shapes, and its CPU reference.
+//
+// Read ../shared/PHD.md first. In short: every input token is fed K times in a row; copy
+// c = 0 (the original) is an ordinary causal token, copies 1..K-1 (hidden decoding tokens)
+// see every earlier original plus the earlier copies of their own token (and, for SWA/CSWA,
+// a window of recent hidden tokens); only the last copy predicts the next token.
+//
+// Layout: activations use the logical, interleaved order of the spec. Row r of a (B, T*K, .)
+// tensor is batch b = r / (T*K), position n = (r % (T*K)) / K, copy c = r % K.
+//
+// Choices PHD.md leaves open, made here:
+// - Every CPU layer is a template over the scalar type (float to train, double to check
+//   gradients against finite differences); all accumulation happens in that type.
+// - Attention enumerates the visible keys of a query in increasing logical order, so the
+//   structured loops sum in exactly the order a dense masked loop would (tests rely on it).
+// - The RoPE angle pos * 10000^(-2i/hd) is computed in double, then rounded to Real.
+// - Parameter draws: one splitmix64 stream, Box-Muller, tensor by tensor in checkpoint
+//   order, row by row; padded rows of E and Wout are not drawn (they are zero).
+#pragma once
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+#include "gemm.h"
+#include "utils.h"
+
+// ----------------------------------------------------------------------------
+// Configuration and variants
+
+enum Variant : int { VANILLA = 0, PHD = 1, PHD_SWA = 2, PHD_CSWA = 3, NAIVE = 4 };
+
+struct Config {
+    int V = 0;       // vocabulary size
+    int Vp = 0;      // V padded up to a multiple of 128: rows of E and Wout
+    int L = 0;       // layers
+    int D = 0;       // model width
+    int H = 0;       // query heads
+    int Hkv = 0;     // key/value heads (GQA: H % Hkv == 0)
+    int F = 0;       // SwiGLU width
+    int maxT = 0;    // most original positions a sequence may have (RoPE table length)
+    int variant = VANILLA;
+    int K = 1;       // copies per position
+    int W = 0;       // window in hidden tokens (phd-swa, phd-cswa)
+    int C = 0;       // chunk length in original positions (phd-cswa)
+    int hd() const { return D / H; }
+    int qkv_dim() const { return (H + 2 * Hkv) * hd(); }  // width of the fused q|k|v rows
+};
+
+static inline int pad_vocab(int V) { return (V + 127) / 128 * 128; }
+
+// "vanilla", "phd-K", "phd-swa-K-W", "phd-cswa-K-W-C", "naive-K" (PHD.md section 4).
+// Returns an empty string on success, else what is wrong.
+static inline std::string parse_variant(const char* name, Config* cfg) {
+    int K = 1, W = 0, C = 0, used = -1, variant;
+    if (strcmp(name, "vanilla") == 0) { variant = VANILLA; used = (int)strlen(name); }
+    else if (sscanf(name, "phd-swa-%d-%d%n", &K, &W, &used) == 2) variant = PHD_SWA;
+    else if (sscanf(name, "phd-cswa-%d-%d-%d%n", &K, &W, &C, &used) == 3) variant = PHD_CSWA;
+    else if (sscanf(name, "phd-%d%n", &K, &used) == 1) variant = PHD;
+    else if (sscanf(name, "naive-%d%n", &K, &used) == 1) variant = NAIVE;
+    else variant = -1;
+    if (variant < 0 || used != (int)strlen(name))
+        return std::string("unknown variant '") + name + "' (expected vanilla, phd-K, phd-swa-K-W, phd-cswa-K-W-C or naive-K)";
+    if (K < 1) return std::string("variant '") + name + "': K must be >= 1";
+    if (W < 0) return std::string("variant '") + name + "': W must be >= 0";
+    if (variant == PHD_CSWA && C < 1) return std::string("variant '") + name + "': C must be >= 1";
+    cfg->variant = variant; cfg->K = K; cfg->W = W; cfg->C = C;
+    return "";
+}
+
+static inline std::string variant_name(const Config& c) {
+    switch (c.variant) {
+        case VANILLA: return "vanilla";
+        case PHD: return "phd-" + std::to_string(c.K);
+        case PHD_SWA: return "phd-swa-" + std::to_string(c.K) + "-" + std::to_string(c.W);
+        case PHD_CSWA: return "phd-cswa-" + std::to_string(c.K) + "-" + std::to_string(c.W) + "-" + std::to_string(c.C);
+        case NAIVE: return "naive-" + std::to_string(c.K);
+    }
+    return "invalid";
+}
+
+// Empty if the config describes a model this engine can build, else what is wrong.
+static inline std::string config_error(const Config& c) {
+    char buf[160];
+    auto bad = [&](const char* what) { snprintf(buf, sizeof buf, "invalid model config: %s", what); return std::string(buf); };
+    if (c.variant < VANILLA || c.variant > NAIVE) return bad("unknown variant id");
+    if (c.K < 1) return bad("K must be >= 1");
+    if (c.variant == VANILLA && c.K != 1) return bad("vanilla has K = 1");
+    if (c.W < 0) return bad("W must be >= 0");
+    if (c.variant == PHD_CSWA && c.C < 1) return bad("C must be >= 1");
+    if (c.V < 2 || c.Vp != pad_vocab(c.V)) return bad("V must be >= 2 and Vp = V rounded up to a multiple of 128");
+    if (c.L < 1 || c.D < 2 || c.H < 1 || c.Hkv < 1 || c.F < 1 || c.maxT < 1) return bad("L, D, H, Hkv, F and max T must be positive");
+    if (c.D % c.H != 0 || c.hd() % 2 != 0) return bad("D must be a multiple of H with an even head size");
+    if (c.H % c.Hkv != 0) return bad("H must be a multiple of Hkv");
+    return "";
+}
+
+// ----------------------------------------------------------------------------
+// Visibility (PHD.md section 4): the one predicate. Query (n, c), key (m, d).
+
+static inline bool phd_visible(const Config& cfg, int n, int c, int m, int d) {
+    const int K = cfg.K;
+    if (cfg.variant == NAIVE) return m * K + d <= n * K + c;   // causal over the logical order
+    if (d == 0) return m <= n;                                  // rule 1: originals
+    if (c == 0) return false;                                   // rule 2: originals never see hidden
+    if (m == n) return d <= c;                                  // rule 3: causal inside the group
+    if (cfg.variant != PHD_SWA && cfg.variant != PHD_CSWA) return false;
+    long gap = (long)(n * (K - 1) + c - 1) - (long)(m * (K - 1) + d - 1);  // h(n,c) - h(m,d)
+    if (gap <= 0 || gap > cfg.W) return false;
+    return cfg.variant == PHD_SWA || m / cfg.C == n / cfg.C;
+}
+
+// The visible keys of query (n, c) as logical indices m*K + d, in increasing order, found
+// by walking the structure (originals 0..n, the window, the own group) instead of testing
+// all K*T keys: O(visible) per query. Tests prove it equals the predicate's set.
+// keys must hold n*K + c + 1 entries. Returns the count.
+static inline int visible_keys(const Config& cfg, int n, int c, int* keys) {
+    const int K = cfg.K;
+    int count = 0;
+    if (cfg.variant == NAIVE) {
+        for (int j = 0; j <= n * K + c; j++) keys[count++] = j;
+        return count;
+    }
+    // Window: hidden tokens of earlier positions with stream index in [hlo, h(n,c)).
+    int mlo = n, hlo = 0;
+    if (c > 0 && cfg.W > 0 && (cfg.variant == PHD_SWA || cfg.variant == PHD_CSWA)) {
+        hlo = std::max(0, n * (K - 1) + c - 1 - cfg.W);
+        mlo = hlo / (K - 1);
+        if (cfg.variant == PHD_CSWA) mlo = std::max(mlo, n / cfg.C * cfg.C);
+    }
+    for (int m = 0; m < n; m++) {
+        keys[count++] = m * K;
+        if (m >= mlo)
+            for (int d = 1; d < K; d++)
+                if (m * (K - 1) + d - 1 >= hlo) keys[count++] = m * K + d;
+    }
+    for (int d = 0; d <= c; d++) keys[count++] = n * K + d;
+    return count;
+}
+
+// ----------------------------------------------------------------------------
+// Parameters: one contiguous arena; the tensor list below fixes its order (it is also the
+// checkpoint order), shapes, weight decay and initialisation.
+
+struct ParamTensor {
+    std::string name;
+    int rows, cols;    // row-major (out, in); vectors have rows == 1
+    size_t offset;     // in elements from the start of the arena
+    bool decay;        // AdamW weight decay: matrices and embeddings, not norm gains
+    double init_std;   // 0: a norm gain, initialised to 1
+    size_t size() const { return (size_t)rows * cols; }
+};
+
+static inline std::vector<ParamTensor> param_tensors(const Config& c) {
+    std::vector<ParamTensor> t;
+    size_t off = 0;
+    auto add = [&](std::string name, int rows, int cols, bool decay, double std) {
+        t.push_back({name, rows, cols, off, decay, std});
+        off += (size_t)rows * cols;
+    };
+    const int hd = c.hd();
+    const double std_out = 0.02 / sqrt(2.0 * c.L);
+    add("E", c.Vp, c.D, true, 0.02);
+    for (int l = 0; l < c.L; l++) {
+        std::string p = "layer" + std::to_string(l) + ".";
+        add(p + "g_attn", 1, c.D, false, 0);
+        add(p + "wq", c.H * hd, c.D, true, 0.02);      // wq, wk, wv adjacent: one fused (qkv_dim, D) matrix
+        add(p + "wk", c.Hkv * hd, c.D, true, 0.02);
+        add(p + "wv", c.Hkv * hd, c.D, true, 0.02);
+        add(p + "wo", c.D, c.H * hd, true, std_out);
+        add(p + "g_ffn", 1, c.D, false, 0);
+        add(p + "w1", c.F, c.D, true, 0.02);           // w1, w3 adjacent: one fused (2F, D) matrix
+        add(p + "w3", c.F, c.D, true, 0.02);
+        add(p + "w2", c.D, c.F, true, std_out);
+    }
+    add("g_final", 1, c.D, false, 0);
+    add("wout", c.Vp, c.D, true, 0.02);
+    return t;
+}
+
+static inline size_t num_params(const Config& c) {
+    ParamTensor last = param_tensors(c).back();
+    return last.offset + last.size();
+}
+
+// Named views into a parameter (or gradient) arena.
+template<typename Real> struct LayerView {
+    Real* g_attn;  // (D)
+    Real* wqkv;    // (qkv_dim, D) = wq (H*hd, D) | wk (Hkv*hd, D) | wv (Hkv*hd, D)
+    Real* wo;      // (D, H*hd)
+    Real* g_ffn;   // (D)
+    Real* w13;     // (2F, D) = w1 (F, D) | w3 (F, D)
+    Real* w2;      // (D, F)
+};
+template<typename Real> struct ParamView {
+    Real* E;                                 // (Vp, D)
+    std::vector<LayerView<Real>> layer;      // L of them
+    Real* g_final;                           // (D)
+    Real* wout;                              // (Vp, D)
+};
+static constexpr int kTensorsPerLayer = 9;
+
+template<typename Real> ParamView<Real> param_view(const Config& c, Real* base) {
+    std::vector<ParamTensor> t = param_tensors(c);
+    ParamView<Real> v;
+    v.E = base + t[0].offset;
+    for (int l = 0; l < c.L; l++) {
+        const ParamTensor* lt = &t[1 + l * kTensorsPerLayer];
+        v.layer.push_back({base + lt[0].offset, base + lt[1].offset, base + lt[4].offset,
+                           base + lt[5].offset, base + lt[6].offset, base + lt[8].offset});
+    }
+    v.g_final = base + t[t.size() - 2].offset;
+    v.wout = base + t.back().offset;
+    return v;
+}
+
+template<typename Real> void init_params(const Config& c, Real* params, uint64_t seed) {
+    Rng rng{seed};
+    for (const ParamTensor& t : param_tensors(c)) {
+        Real* p = params + t.offset;
+        bool padded = t.name == "E" || t.name == "wout";
+        for (int r = 0; r < t.rows; r++)
+            for (int j = 0; j < t.cols; j++) {
+                Real& x = p[(size_t)r * t.cols + j];
+                if (t.init_std == 0) x = 1;
+                else if (padded && r >= c.V) x = 0;
+                else x = (Real)(t.init_std * rng.normal());
+            }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Layers. Each xxx_forward is followed by its xxx_backward. N is a row count.
+
+// out (N, O) = in (N, I) W^T, W (O, I)
+template<typename Real> void matmul_forward(Real* out, const Real* in, const Real* W, int N, int I, int O) {
+    gemm(out, O, in, I, 1, W, 1, I, N, O, I, false);
+}
+// din (N, I) = dout W (overwritten); dW (O, I) += dout^T in
+template<typename Real> void matmul_backward(Real* din, Real* dW, const Real* dout, const Real* in, const Real* W,
+                                             int N, int I, int O) {
+    gemm(din, I, dout, O, 1, W, I, 1, N, I, O, false);
+    gemm(dW, I, dout, 1, O, in, I, 1, O, I, N, true);
+}
+
+// x (B, T*K, D): every copy of position n gets E[tokens[b, n]] (PHD.md section 3).
+template<typename Real> void embedding_forward(Real* x, const int* tokens, const Real* E, int B, int T, int K, int D) {
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int n = 0; n < T; n++)
+            for (int c = 0; c < K; c++)
+                std::copy(E + (size_t)tokens[b * T + n] * D, E + (size_t)tokens[b * T + n] * D + D,
+                          x + ((size_t)(b * T + n) * K + c) * D);
+}
+// dE (Vp, D) += sum over copies of dx. Serial: repeated tokens would race, and this is cheap.
+template<typename Real> void embedding_backward(Real* dE, const Real* dx, const int* tokens, int B, int T, int K, int D) {
+    for (int i = 0; i < B * T; i++)
+        for (int c = 0; c < K; c++) {
+            const Real* src = dx + ((size_t)i * K + c) * D;
+            Real* dst = dE + (size_t)tokens[i] * D;
+            for (int j = 0; j < D; j++) dst[j] += src[j];
+        }
+}
+
+// out (N, D) = x / sqrt(mean(x^2) + 1e-5) * g;  rstd (N)
+template<typename Real> void rmsnorm_forward(Real* out, Real* rstd, const Real* x, const Real* g, int N, int D) {
+    #pragma omp parallel for
+    for (int i = 0; i < N; i++) {
+        const Real* xi = x + (size_t)i * D;
+        Real ss = 0;
+        for (int j = 0; j < D; j++) ss += xi[j] * xi[j];
+        Real r = Real(1) / std::sqrt(ss / D + Real(1e-5));
+        rstd[i] = r;
+        for (int j = 0; j < D; j++) out[(size_t)i * D + j] = xi[j] * r * g[j];
+    }
+}
+// dx (N, D) overwritten and may alias dout; dg (D) accumulated, column by column so that
+// the row order of the sum is fixed whatever the thread count.
+template<typename Real> void rmsnorm_backward(Real* dx, Real* dg, const Real* dout, const Real* x, const Real* g,
+                                              const Real* rstd, int N, int D) {
+    #pragma omp parallel for
+    for (int j = 0; j < D; j++) {
+        Real s = 0;
+        for (int i = 0; i < N; i++) s += dout[(size_t)i * D + j] * x[(size_t)i * D + j] * rstd[i];
+        dg[j] += s;
+    }
+    #pragma omp parallel for
+    for (int i = 0; i < N; i++) {
+        const Real *xi = x + (size_t)i * D, *dyi = dout + (size_t)i * D;
+        Real dot = 0;  // mean over j of (dy g)_j * xhat_j
+        for (int j = 0; j < D; j++) dot += dyi[j] * g[j] * xi[j] * rstd[i];
+        dot /= D;
+        for (int j = 0; j < D; j++) dx[(size_t)i * D + j] = rstd[i] * (dyi[j] * g[j] - xi[j] * rstd[i] * dot);
+    }
+}
+
+// RoPE tables (maxT, hd/2): rotate-half pairing of PHD.md section 9.
+template<typename Real> void rope_tables(Real* cosT, Real* sinT, int maxT, int hd) {
+    for (int p = 0; p < maxT; p++)
+        for (int i = 0; i < hd / 2; i++) {
+            double angle = p * pow(10000.0, -2.0 * i / hd);
+            cosT[p * (hd / 2) + i] = (Real)cos(angle);
+            sinT[p * (hd / 2) + i] = (Real)sin(angle);
+        }
+}
+// In place on the first nheads heads of each row of x (N rows, row stride ld); pos (N).
+// sign = +1 rotates by the angle (forward); -1 by its inverse, which is the backward.
+template<typename Real> void rope_rotate(Real* x, long ld, const int* pos, int N, int nheads, int hd,
+                                         const Real* cosT, const Real* sinT, int sign) {
+    const int half = hd / 2;
+    #pragma omp parallel for
+    for (int r = 0; r < N; r++)
+        for (int h = 0; h < nheads; h++) {
+            Real* z = x + (long)r * ld + h * hd;
+            const Real *cs = cosT + (size_t)pos[r] * half, *sn = sinT + (size_t)pos[r] * half;
+            for (int i = 0; i < half; i++) {
+                Real a = z[i], b = z[i + half], s = sign * sn[i];
+                z[i] = a * cs[i] - b * s;
+                z[i + half] = a * s + b * cs[i];
+            }
+        }
+}
+// q and k heads of the fused qkv rows (N, qkv_dim) are rotated; v is untouched.
+template<typename Real> void rope_forward(Real* qkv, const int* pos, const Config& c, int N, const Real* cosT, const Real* sinT) {
+    rope_rotate(qkv, c.qkv_dim(), pos, N, c.H + c.Hkv, c.hd(), cosT, sinT, +1);
+}
+template<typename Real> void rope_backward(Real* dqkv, const int* pos, const Config& c, int N, const Real* cosT, const Real* sinT) {
+    rope_rotate(dqkv, c.qkv_dim(), pos, N, c.H + c.Hkv, c.hd(), cosT, sinT, -1);
+}
+
+// Attention over the PHD mask. qkv (B, T*K, qkv_dim) with RoPE applied; o (B, T*K, H*hd);
+// lse (B, H, T*K) log-sum-exp of each query's scores, all the backward needs to rebuild
+// the probabilities. Only visible keys are ever touched.
+template<typename Real> void attention_forward(Real* o, Real* lse, const Real* qkv, const Config& c, int B, int T) {
+    const int K = c.K, TK = T * K, hd = c.hd(), ld = c.qkv_dim(), group = c.H / c.Hkv;
+    const Real scale = Real(1) / std::sqrt((Real)hd);
+    #pragma omp parallel
+    {
+        std::vector<int> keys(TK);
+        std::vector<Real> p(TK);
+        #pragma omp for collapse(3) schedule(dynamic, 16)
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < c.H; h++)
+                for (int i = 0; i < TK; i++) {
+                    const Real* base = qkv + (size_t)b * TK * ld;
+                    const Real* q = base + (size_t)i * ld + h * hd;
+                    const Real* kbase = base + (c.H + h / group) * hd;
+                    const Real* vbase = base + (c.H + c.Hkv + h / group) * hd;
+                    int nk = visible_keys(c, i / K, i % K, keys.data());
+                    Real mx = -INFINITY;
+                    for (int t = 0; t < nk; t++) {
+                        const Real* kj = kbase + (size_t)keys[t] * ld;
+                        Real s = 0;
+                        for (int e = 0; e < hd; e++) s += q[e] * kj[e];
+                        p[t] = s * scale;
+                        mx = std::max(mx, p[t]);
+                    }
+                    Real sum = 0;
+                    for (int t = 0; t < nk; t++) { p[t] = std::exp(p[t] - mx); sum += p[t]; }
+                    Real* oi = o + ((size_t)b * TK + i) * c.H * hd + h * hd;
+                    std::fill(oi, oi + hd, Real(0));
+                    for (int t = 0; t < nk; t++) {
+                        const Real* vj = vbase + (size_t)keys[t] * ld;
+                        Real w = p[t] / sum;
+                        for (int e = 0; e < hd; e++) oi[e] += w * vj[e];
+                    }
+                    lse[((size_t)b * c.H + h) * TK + i] = mx + std::log(sum);
+                }
+    }
+}
+// dqkv (B, T*K, qkv_dim) overwritten. One task per (b, kv head) owns that head's dk, dv and
+// the dq of its query heads, so the sums are race-free and in a fixed order.
+template<typename Real> void attention_backward(Real* dqkv, const Real* dout, const Real* qkv, const Real* o,
+                                                const Real* lse, const Config& c, int B, int T) {
+    const int K = c.K, TK = T * K, hd = c.hd(), ld = c.qkv_dim(), group = c.H / c.Hkv;
+    const Real scale = Real(1) / std::sqrt((Real)hd);
+    std::fill(dqkv, dqkv + (size_t)B * TK * ld, Real(0));
+    #pragma omp parallel
+    {
+        std::vector<int> keys(TK);
+        #pragma omp for collapse(2) schedule(dynamic, 1)
+        for (int b = 0; b < B; b++)
+            for (int kh = 0; kh < c.Hkv; kh++) {
+                const Real* base = qkv + (size_t)b * TK * ld;
+                Real* dbase = dqkv + (size_t)b * TK * ld;
+                const int koff = (c.H + kh) * hd, voff = (c.H + c.Hkv + kh) * hd;
+                for (int h = kh * group; h < (kh + 1) * group; h++)
+                    for (int i = 0; i < TK; i++) {
+                        const Real* q = base + (size_t)i * ld + h * hd;
+                        Real* dq = dbase + (size_t)i * ld + h * hd;
+                        const size_t orow = ((size_t)b * TK + i) * c.H * hd + h * hd;
+                        const Real *doi = dout + orow, *oi = o + orow;
+                        const Real l = lse[((size_t)b * c.H + h) * TK + i];
+                        Real Di = 0;  // sum_j p_j dp_j = dout . o
+                        for (int e = 0; e < hd; e++) Di += doi[e] * oi[e];
+                        int nk = visible_keys(c, i / K, i % K, keys.data());
+                        for (int t = 0; t < nk; t++) {
+                            const Real* kj = base + (size_t)keys[t] * ld + koff;
+                            const Real* vj = base + (size_t)keys[t] * ld + voff;
+                            Real s = 0, dp = 0;
+                            for (int e = 0; e < hd; e++) { s += q[e] * kj[e]; dp += doi[e] * vj[e]; }
+                            Real p = std::exp(s * scale - l);
+                            Real ds = p * (dp - Di) * scale;
+                            Real* dk = dbase + (size_t)keys[t] * ld + koff;
+                            Real* dv = dbase + (size_t)keys[t] * ld + voff;
+                            for (int e = 0; e < hd; e++) {
+                                dq[e] += ds * kj[e];
+                                dk[e] += ds * q[e];
+                                dv[e] += p * doi[e];
+                            }
+                        }
+                    }
+            }
+    }
+}
+
+// g (N, F) = silu(h1) * h3, from h13 (N, 2F) = h1 | h3
+template<typename Real> void swiglu_forward(Real* g, const Real* h13, int N, int F) {
+    #pragma omp parallel for
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < F; j++) {
+            Real a = h13[(size_t)i * 2 * F + j], b = h13[(size_t)i * 2 * F + F + j];
+            g[(size_t)i * F + j] = a / (Real(1) + std::exp(-a)) * b;
+        }
+}
+// dh13 (N, 2F) overwritten
+template<typename Real> void swiglu_backward(Real* dh13, const Real* dg, const Real* h13, int N, int F) {
+    #pragma omp parallel for
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < F; j++) {
+            Real a = h13[(size_t)i * 2 * F + j], b = h13[(size_t)i * 2 * F + F + j];
+            Real s = Real(1) / (Real(1) + std::exp(-a)), d = dg[(size_t)i * F + j];
+            dh13[(size_t)i * 2 * F + j] = d * b * s * (Real(1) + a * (Real(1) - s));
+            dh13[(size_t)i * 2 * F + F + j] = d * a * s;
+        }
+}
+
+// losses (N) = logsumexp(logits[:V]) - logits[target]; logits (N, Vp). Padded columns never count.
+template<typename Real> void crossentropy_forward(Real* losses, const Real* logits, const int* targets, int N, int V, int Vp) {
+    #pragma omp parallel for
+    for (int i = 0; i < N; i++) {
+        const Real* z = logits + (size_t)i * Vp;
+        Real mx = -INFINITY, sum = 0;
+        for (int j = 0; j < V; j++) mx = std::max(mx, z[j]);
+        for (int j = 0; j < V; j++) sum += std::exp(z[j] - mx);
+        losses[i] = mx + std::log(sum) - z[targets[i]];
+    }
+}
+// In place: logits (N, Vp) become dlogits = dloss_row * (softmax - onehot); padded columns 0.
+template<typename Real> void crossentropy_backward(Real* logits, const int* targets, Real dloss_row, int N, int V, int Vp) {
+    #pragma omp parallel for
+    for (int i = 0; i < N; i++) {
+        Real* z = logits + (size_t)i * Vp;
+        Real mx = -INFINITY, sum = 0;
+        for (int j = 0; j < V; j++) mx = std::max(mx, z[j]);
+        for (int j = 0; j < V; j++) { z[j] = std::exp(z[j] - mx); sum += z[j]; }
+        for (int j = 0; j < V; j++) z[j] = dloss_row * (z[j] / sum - (j == targets[i] ? Real(1) : Real(0)));
+        std::fill(z + V, z + Vp, Real(0));
+    }
+}
+
+// ----------------------------------------------------------------------------
+// The model: parameters, gradients, activations, forward and backward.
+
+template<typename Real> struct LayerActs {
+    Real* x;       // (B, TK, D) residual stream entering the layer
+    Real* a;       // (B, TK, D) rmsnorm(x, g_attn)
+    Real* rstd_a;  // (B, TK)
+    Real* qkv;     // (B, TK, qkv_dim) q | k | v, RoPE applied to q and k
+    Real* lse;     // (B, H, TK)
+    Real* o;       // (B, TK, H*hd) attention output
+    Real* xm;      // (B, TK, D) residual stream after attention
+    Real* f;       // (B, TK, D) rmsnorm(xm, g_ffn)
+    Real* rstd_f;  // (B, TK)
+    Real* h13;     // (B, TK, 2F) f w1^T | f w3^T
+    Real* g;       // (B, TK, F) silu(h1) * h3
+};
+
+template<typename Real> struct Model {
+    Config cfg;
+    std::vector<Real> params, grads;   // (P) arenas, order of param_tensors()
+    ParamView<Real> p, g;              // named views into them
+    std::vector<Real> rope_cos, rope_sin;  // (maxT, hd/2)
+
+    int B = 0, T = 0;                  // shape the activations are sized for
+    std::vector<Real> act_mem, grad_mem;
+    std::vector<LayerActs<Real>> layer;
+    Real* xL;          // (B, TK, D) final residual stream
+    Real* xlast;       // (B, T, D) its last copies: the only rows that reach the LM head
+    Real* rstd_final;  // (B, T)
+    Real* xn;          // (B, T, D) rmsnorm(xlast, g_final)
+    Real* logits;      // (B, T, Vp); dlogits after backward
+    Real* losses;      // (B, T)
+    Real* dx;          // (B, TK, D) gradient of the residual stream
+    Real* dtmp;        // (B, TK, max(D, F)) scratch gradient
+    Real* dqkv;        // (B, TK, qkv_dim)
+    Real* dh13;        // (B, TK, 2F)
+    Real* dxlast;      // (B, T, D)
+    std::vector<int> tokens, targets;  // (B, T) of the last forward
+    std::vector<int> pos;              // (B*TK) RoPE position of every row
+
+    explicit Model(const Config& c) : cfg(c) {
+        size_t P = num_params(c);
+        params.assign(P, 0);
+        grads.assign(P, 0);
+        p = param_view(c, params.data());
+        g = param_view(c, grads.data());
+        rope_cos.resize((size_t)c.maxT * c.hd() / 2);
+        rope_sin.resize(rope_cos.size());
+        rope_tables(rope_cos.data(), rope_sin.data(), c.maxT, c.hd());
+    }
+
+    // Activation and gradient buffers, reallocated only when (B, T) changes.
+    void size_for(int B_, int T_) {
+        if (B_ == B && T_ == T) return;
+        B = B_; T = T_;
+        const Config& c = cfg;
+        const size_t N = (size_t)B * T * c.K, BT = (size_t)B * T;
+        const size_t per_layer = N * (4 * c.D + 2 + c.qkv_dim() + c.H + c.H * c.hd() + 3 * c.F);
+        act_mem.assign(per_layer * c.L + N * c.D + BT * (2 * c.D + 2 + c.Vp), 0);
+        Real* m = act_mem.data();
+        auto take = [&m](size_t n) { Real* r = m; m += n; return r; };
+        layer.resize(c.L);
+        for (LayerActs<Real>& a : layer) {
+            a.x = take(N * c.D); a.a = take(N * c.D); a.rstd_a = take(N);
+            a.qkv = take(N * c.qkv_dim()); a.lse = take(N * c.H); a.o = take(N * c.H * c.hd());
+            a.xm = take(N * c.D); a.f = take(N * c.D); a.rstd_f = take(N);
+            a.h13 = take(N * 2 * c.F); a.g = take(N * c.F);
+        }
+        xL = take(N * c.D); xlast = take(BT * c.D); rstd_final = take(BT);
+        xn = take(BT * c.D); logits = take(BT * c.Vp); losses = take(BT);
+        grad_mem.assign(N * (c.D + std::max(c.D, c.F) + c.qkv_dim() + 2 * c.F) + BT * c.D, 0);
+        m = grad_mem.data();
+        dx = take(N * c.D); dtmp = take(N * std::max(c.D, c.F)); dqkv = take(N * c.qkv_dim());
+        dh13 = take(N * 2 * c.F); dxlast = take(BT * c.D);
+        pos.resize(N);
+        for (size_t r = 0; r < N; r++) pos[r] = (int)(r % ((size_t)T * c.K) / c.K);  // every copy: position n
+    }
+};
+
+// Forward over tokens (B, T). Returns the mean last-copy loss if targets is given (else 0,
+// and only the logits are computed).
+template<typename Real> Real model_forward(Model<Real>& M, const int* tokens, const int* targets, int B, int T) {
+    const Config& c = M.cfg;
+    M.size_for(B, T);
+    const int N = B * T * c.K, BT = B * T, D = c.D, K = c.K;
+    M.tokens.assign(tokens, tokens + BT);
+    if (targets) M.targets.assign(targets, targets + BT);
+
+    embedding_forward(M.layer[0].x, tokens, M.p.E, B, T, K, D);
+    for (int l = 0; l < c.L; l++) {
+        LayerActs<Real>& a = M.layer[l];
+        const LayerView<Real>& w = M.p.layer[l];
+        Real* x_next = l + 1 < c.L ? M.layer[l + 1].x : M.xL;
+        rmsnorm_forward(a.a, a.rstd_a, a.x, w.g_attn, N, D);
+        matmul_forward(a.qkv, a.a, w.wqkv, N, D, c.qkv_dim());
+        rope_forward(a.qkv, M.pos.data(), c, N, M.rope_cos.data(), M.rope_sin.data());
+        attention_forward(a.o, a.lse, a.qkv, c, B, T);
+        matmul_forward(a.xm, a.o, w.wo, N, c.H * c.hd(), D);
+        for (size_t i = 0; i < (size_t)N * D; i++) a.xm[i] += a.x[i];
+        rmsnorm_forward(a.f, a.rstd_f, a.xm, w.g_ffn, N, D);
+        matmul_forward(a.h13, a.f, w.w13, N, D, 2 * c.F);
+        swiglu_forward(a.g, a.h13, N, c.F);
+        matmul_forward(x_next, a.g, w.w2, N, c.F, D);
+        for (size_t i = 0; i < (size_t)N * D; i++) x_next[i] += a.xm[i];
+    }
+    // Only the last copy of each position reaches the final norm and the LM head.
+    for (int i = 0; i < BT; i++)
+        std::copy(M.xL + ((size_t)i * K + K - 1) * D, M.xL + ((size_t)i * K + K) * D, M.xlast + (size_t)i * D);
+    rmsnorm_forward(M.xn, M.rstd_final, M.xlast, M.p.g_final, BT, D);
+    matmul_forward(M.logits, M.xn, M.p.wout, BT, D, c.Vp);
+    if (!targets) return 0;
+    crossentropy_forward(M.losses, M.logits, targets, BT, c.V, c.Vp);
+    Real sum = 0;
+    for (int i = 0; i < BT; i++) sum += M.losses[i];
+    return sum / BT;
+}
+
+// Backward of dloss * (mean loss) of the last forward; gradients are added into M.grads
+// (zero them first unless accumulating micro-batches).
+template<typename Real> void model_backward(Model<Real>& M, Real dloss) {
+    const Config& c = M.cfg;
+    const int B = M.B, T = M.T, N = B * T * c.K, BT = B * T, D = c.D, K = c.K;
+    crossentropy_backward(M.logits, M.targets.data(), dloss / BT, BT, c.V, c.Vp);
+    matmul_backward(M.dxlast, M.g.wout, M.logits, M.xn, M.p.wout, BT, D, c.Vp);
+    rmsnorm_backward(M.dxlast, M.g.g_final, M.dxlast, M.xlast, M.p.g_final, M.rstd_final, BT, D);
+    std::fill(M.dx, M.dx + (size_t)N * D, Real(0));
+    for (int i = 0; i < BT; i++)
+        std::copy(M.dxlast + (size_t)i * D, M.dxlast + (size_t)(i + 1) * D, M.dx + ((size_t)i * K + K - 1) * D);
+
+    for (int l = c.L - 1; l >= 0; l--) {
+        LayerActs<Real>& a = M.layer[l];
+        const LayerView<Real>& w = M.p.layer[l];
+        const LayerView<Real>& gw = M.g.layer[l];
+        // x_next = xm + swiglu(f) w2^T
+        matmul_backward(M.dtmp, gw.w2, M.dx, a.g, w.w2, N, c.F, D);
+        swiglu_backward(M.dh13, M.dtmp, a.h13, N, c.F);
+        matmul_backward(M.dtmp, gw.w13, M.dh13, a.f, w.w13, N, D, 2 * c.F);
+        rmsnorm_backward(M.dtmp, gw.g_ffn, M.dtmp, a.xm, w.g_ffn, a.rstd_f, N, D);
+        for (size_t i = 0; i < (size_t)N * D; i++) M.dx[i] += M.dtmp[i];
+        // xm = x + attention(rope(a wqkv^T)) wo^T
+        matmul_backward(M.dtmp, gw.wo, M.dx, a.o, w.wo, N, c.H * c.hd(), D);
+        attention_backward(M.dqkv, M.dtmp, a.qkv, a.o, a.lse, c, B, T);
+        rope_backward(M.dqkv, M.pos.data(), c, N, M.rope_cos.data(), M.rope_sin.data());
+        matmul_backward(M.dtmp, gw.wqkv, M.dqkv, a.a, w.wqkv, N, D, c.qkv_dim());
+        rmsnorm_backward(M.dtmp, gw.g_attn, M.dtmp, a.x, w.g_attn, a.rstd_a, N, D);
+        for (size_t i = 0; i < (size_t)N * D; i++) M.dx[i] += M.dtmp[i];
+    }
+    embedding_backward(M.g.E, M.dx, M.tokens.data(), B, T, K, D);
+}
+
+// ----------------------------------------------------------------------------
+// Optimiser (PHD.md section 9)
+
+struct AdamW {
+    float lr_max = 3e-4f, final_frac = 0.1f;
+    int warmup = 0, total_steps = 1;
+    float beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0.1f, clip = 1.0f;
+};
+
+// Linear warm-up over `warmup` steps, then cosine from lr_max down to lr_max * final_frac
+// at the last step. step counts from 0.
+static inline float learning_rate(const AdamW& o, int step) {
+    if (step < o.warmup) return o.lr_max * (step + 1) / o.warmup;
+    double progress = o.total_steps > o.warmup + 1 ? (double)(step - o.warmup) / (o.total_steps - o.warmup - 1) : 1.0;
+    progress = std::min(1.0, progress);
+    double lo = (double)o.lr_max * o.final_frac;
+    return (float)(lo + 0.5 * (1.0 + cos(M_PI * progress)) * (o.lr_max - lo));
+}
+
+// Global L2 norm, summed in double over fixed 64k-element chunks so that the result does
+// not depend on the number of threads.
+template<typename Real> double grad_norm(const Real* g, size_t n) {
+    const size_t chunk = 1 << 16, nchunks = (n + chunk - 1) / chunk;
+    std::vector<double> part(nchunks, 0.0);
+    #pragma omp parallel for
+    for (size_t k = 0; k < nchunks; k++) {
+        double s = 0;
+        for (size_t i = k * chunk; i < std::min(n, (k + 1) * chunk); i++) s += (double)g[i] * g[i];
+        part[k] = s;
+    }
+    double s = 0;
+    for (double x : part) s += x;
+    return sqrt(s);
+}
+
+// One AdamW update at 0-based `step` with learning rate lr; gradients are first scaled by
+// min(1, clip / (norm + 1e-6)) as torch.nn.utils.clip_grad_norm_ does. m, v: (P).
+template<typename Real> void adamw_update(const Config& c, const AdamW& o, Real* params, const Real* grads,
+                                          Real* m, Real* v, int step, float lr, double norm) {
+    const double clip_scale = std::min(1.0, o.clip / (norm + 1e-6));
+    const double bc1 = 1.0 - pow(o.beta1, step + 1), bc2 = 1.0 - pow(o.beta2, step + 1);
+    for (const ParamTensor& t : param_tensors(c)) {
+        const Real wd = t.decay ? (Real)o.weight_decay : Real(0);
+        #pragma omp parallel for
+        for (size_t i = t.offset; i < t.offset + t.size(); i++) {
+            Real gi = (Real)(grads[i] * clip_scale);
+            m[i] = o.beta1 * m[i] + (1 - o.beta1) * gi;
+            v[i] = o.beta2 * v[i] + (1 - o.beta2) * gi * gi;
+            Real mhat = m[i] / (Real)bc1, vhat = v[i] / (Real)bc2;
+            params[i] -= lr * (mhat / (std::sqrt(vhat) + o.eps) + wd * params[i]);
+        }
+    }
+}

@@ -1,0 +1,356 @@
+// The CPU reference: visibility, every layer's backward against finite differences, the
+// whole model per variant, and the invariants of PHD.md (K = 1 is vanilla, originals are a
+// vanilla model, structured attention equals dense masked attention).
+#include "test_util.h"
+
+// ----------------------------------------------------------------------------
+// Visibility
+
+// Masks for K = 3, T = 4 written out by hand from PHD.md section 4. Row = query n*3+c,
+// column = key m*3+d; '1' = visible.
+static const char* kMaskPhd[12] = {
+    "100000000000", "110000000000", "111000000000",
+    "100100000000", "100110000000", "100111000000",
+    "100100100000", "100100110000", "100100111000",
+    "100100100100", "100100100110", "100100100111"};
+static const char* kMaskSwa2[12] = {  // W = 2: hidden stream (0,1)(0,2)(1,1)(1,2)(2,1)...
+    "100000000000", "110000000000", "111000000000",
+    "100100000000", "111110000000", "101111000000",
+    "100100100000", "100111110000", "100101111000",
+    "100100100100", "100100111110", "100100101111"};
+static const char* kMaskCswa22[12] = {  // W = 2, C = 2: the window does not cross position 1|2
+    "100000000000", "110000000000", "111000000000",
+    "100100000000", "111110000000", "101111000000",
+    "100100100000", "100100110000", "100100111000",
+    "100100100100", "100100111110", "100100101111"};
+
+static void check_mask(const char* variant, const char* const* rows) {
+    Config c = tiny_config(variant);
+    for (int i = 0; i < 12; i++)
+        for (int j = 0; j < 12; j++) {
+            INFO(variant << " query " << i << " key " << j);
+            CHECK(phd_visible(c, i / 3, i % 3, j / 3, j % 3) == (rows[i][j] == '1'));
+        }
+}
+
+TEST_CASE("visibility predicate equals hand-written masks for K=3, T=4") {
+    check_mask("phd-3", kMaskPhd);
+    check_mask("phd-swa-3-2", kMaskSwa2);
+    check_mask("phd-cswa-3-2-2", kMaskCswa22);
+    const char* naive[12];
+    std::vector<std::string> lower(12);
+    for (int i = 0; i < 12; i++) { lower[i] = std::string(i + 1, '1') + std::string(11 - i, '0'); naive[i] = lower[i].c_str(); }
+    check_mask("naive-3", naive);
+}
+
+TEST_CASE("visible_keys enumerates exactly the predicate's keys, in order") {
+    const char* variants[] = {"vanilla", "phd-1", "phd-2", "phd-4", "naive-3", "phd-swa-1-3", "phd-swa-2-0",
+                              "phd-swa-3-1", "phd-swa-3-5", "phd-swa-4-16", "phd-cswa-2-3-1", "phd-cswa-3-2-2",
+                              "phd-cswa-3-5-3", "phd-cswa-4-7-4", "phd-cswa-3-16-32"};
+    const int T = 11;
+    for (const char* v : variants) {
+        Config c = tiny_config(v);
+        std::vector<int> keys(T * c.K);
+        for (int n = 0; n < T; n++)
+            for (int q = 0; q < c.K; q++) {
+                std::vector<int> want;
+                for (int j = 0; j < T * c.K; j++)
+                    if (phd_visible(c, n, q, j / c.K, j % c.K)) want.push_back(j);
+                int cnt = visible_keys(c, n, q, keys.data());
+                INFO(v << " query (" << n << "," << q << ")");
+                CHECK(std::vector<int>(keys.begin(), keys.begin() + cnt) == want);
+            }
+    }
+}
+
+TEST_CASE("variant names parse, print back, and bad ones are rejected") {
+    const char* good[] = {"vanilla", "phd-2", "phd-swa-3-16", "phd-cswa-2-16-32", "naive-2", "phd-swa-2-0"};
+    for (const char* v : good) {
+        Config c;
+        CHECK(parse_variant(v, &c).empty());
+        CHECK(variant_name(c) == v);
+    }
+    Config c;
+    CHECK(parse_variant("phd-cswa-3-16-32", &c).empty());
+    CHECK((c.variant == PHD_CSWA && c.K == 3 && c.W == 16 && c.C == 32));
+    const char* bad[] = {"phd-0", "phd--1", "phd-swa-2--1", "phd-cswa-2-4-0", "naive-0", "vanilla-2", "phd",
+                         "phd-2x", "swa-2-3", "", "phd-swa-2", "PHD-2"};
+    for (const char* v : bad) {
+        Config b;
+        INFO(v);
+        CHECK(!parse_variant(v, &b).empty());
+    }
+    Config v = tiny_config("vanilla");
+    v.K = 2;
+    CHECK(config_error(v).find("vanilla") != std::string::npos);
+    Config g = tiny_config("phd-2");
+    g.Hkv = 3;
+    CHECK(!config_error(g).empty());
+}
+
+// ----------------------------------------------------------------------------
+// Each layer's backward against central differences, in double.
+
+TEST_CASE("matmul backward matches finite differences") {
+    const int N = 7, I = 13, O = 9;
+    auto x = random_vec<double>(N * I, 1), W = random_vec<double>(O * I, 2), R = random_vec<double>(N * O, 3);
+    std::vector<double> out(N * O), dx(N * I), dW(O * I, 0.0);
+    auto loss = [&]() { matmul_forward(out.data(), x.data(), W.data(), N, I, O); return dot(out, R); };
+    loss();
+    matmul_backward(dx.data(), dW.data(), R.data(), x.data(), W.data(), N, I, O);
+    check_fd("matmul dx", x, dx, loss);
+    check_fd("matmul dW", W, dW, loss);
+}
+
+TEST_CASE("gemm handles every stride pattern and accumulation, off tile multiples") {
+    const int M = 77, N = 101, Kd = 300;  // crosses MR, NR, KC and MC boundaries
+    auto A = random_vec<double>(M * Kd, 4), B = random_vec<double>(Kd * N, 5), C0 = random_vec<double>(M * N, 6);
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++)
+            for (int acc = 0; acc < 2; acc++) {
+                std::vector<double> C = C0;
+                long ars = ta ? 1 : Kd, acs = ta ? M : 1, brs = tb ? 1 : N, bcs = tb ? Kd : 1;
+                gemm(C.data(), N, A.data(), ars, acs, B.data(), brs, bcs, M, N, Kd, acc == 1);
+                double worst = 0;
+                for (int i = 0; i < M; i++)
+                    for (int j = 0; j < N; j++) {
+                        double s = acc ? C0[i * N + j] : 0.0;
+                        for (int p = 0; p < Kd; p++) s += A[i * ars + p * acs] * B[p * brs + j * bcs];
+                        worst = std::max(worst, std::fabs(s - C[i * N + j]));
+                    }
+                INFO("transA " << ta << " transB " << tb << " accumulate " << acc);
+                CHECK(worst < 1e-12);
+            }
+}
+
+TEST_CASE("rmsnorm backward matches finite differences") {
+    const int N = 5, D = 12;
+    auto x = random_vec<double>(N * D, 7), g = random_vec<double>(D, 8), R = random_vec<double>(N * D, 9);
+    std::vector<double> out(N * D), rstd(N), dx(N * D), dg(D, 0.0);
+    auto loss = [&]() { rmsnorm_forward(out.data(), rstd.data(), x.data(), g.data(), N, D); return dot(out, R); };
+    loss();
+    rmsnorm_backward(dx.data(), dg.data(), R.data(), x.data(), g.data(), rstd.data(), N, D);
+    check_fd("rmsnorm dx", x, dx, loss);
+    check_fd("rmsnorm dg", g, dg, loss);
+}
+
+TEST_CASE("rope: backward matches finite differences, and copies of one position rotate alike") {
+    Config c = tiny_config("phd-3");
+    const int N = 6, ld = c.qkv_dim();
+    std::vector<int> pos = {0, 0, 0, 3, 3, 8};
+    std::vector<double> cs(c.maxT * c.hd() / 2), sn(cs.size());
+    rope_tables(cs.data(), sn.data(), c.maxT, c.hd());
+    auto x = random_vec<double>(N * ld, 10), R = random_vec<double>(N * ld, 11);
+    std::vector<double> y;
+    auto loss = [&]() { y = x; rope_forward(y.data(), pos.data(), c, N, cs.data(), sn.data()); return dot(y, R); };
+    loss();
+    std::vector<double> dx = R;
+    rope_backward(dx.data(), pos.data(), c, N, cs.data(), sn.data());
+    check_fd("rope", x, dx, loss);
+    // Position 0 is the identity; v columns are never rotated.
+    for (int j = 0; j < ld; j++) CHECK(y[j] == x[j]);
+    for (int r = 0; r < N; r++)
+        for (int j = (c.H + c.Hkv) * c.hd(); j < ld; j++) CHECK(y[r * ld + j] == x[r * ld + j]);
+    // The pair (z_i, z_{i+hd/2}) turns by pos * 10000^(-2i/hd): check one element by hand.
+    const int hd = c.hd(), i = 1;
+    double ang = 3 * pow(10000.0, -2.0 * i / hd);
+    double a = x[3 * ld + i], b = x[3 * ld + i + hd / 2];
+    CHECK(y[3 * ld + i] == doctest::Approx(a * cos(ang) - b * sin(ang)).epsilon(1e-14));
+    CHECK(y[3 * ld + i + hd / 2] == doctest::Approx(a * sin(ang) + b * cos(ang)).epsilon(1e-14));
+}
+
+TEST_CASE("attention backward matches finite differences for every variant") {
+    const char* variants[] = {"vanilla", "phd-3", "phd-swa-3-2", "phd-cswa-3-2-2", "naive-2"};
+    const int B = 2, T = 5;
+    for (const char* v : variants) {
+        Config c = tiny_config(v);
+        const int TK = T * c.K, ld = c.qkv_dim();
+        auto qkv = random_vec<double>(B * TK * ld, 12), R = random_vec<double>(B * TK * c.H * c.hd(), 13);
+        std::vector<double> o(R.size()), lse(B * c.H * TK), dqkv(qkv.size());
+        auto loss = [&]() { attention_forward(o.data(), lse.data(), qkv.data(), c, B, T); return dot(o, R); };
+        loss();
+        attention_backward(dqkv.data(), R.data(), qkv.data(), o.data(), lse.data(), c, B, T);
+        check_fd(v, qkv, dqkv, loss);
+    }
+}
+
+TEST_CASE("swiglu backward matches finite differences") {
+    const int N = 4, F = 9;
+    auto h13 = random_vec<double>(N * 2 * F, 14), R = random_vec<double>(N * F, 15);
+    std::vector<double> g(N * F), dh(N * 2 * F);
+    auto loss = [&]() { swiglu_forward(g.data(), h13.data(), N, F); return dot(g, R); };
+    loss();
+    swiglu_backward(dh.data(), R.data(), h13.data(), N, F);
+    check_fd("swiglu", h13, dh, loss);
+}
+
+TEST_CASE("cross-entropy backward matches finite differences; padded columns never count") {
+    const int N = 3, V = 11, Vp = 128;
+    auto z = random_vec<double>(N * Vp, 16, 3.0);
+    std::vector<int> y = {0, 10, 4};
+    std::vector<double> l(N);
+    auto loss = [&]() { crossentropy_forward(l.data(), z.data(), y.data(), N, V, Vp); return l[0] + 2 * l[1] - l[2]; };
+    double before = loss();
+    std::vector<double> dz = z;
+    for (int i = 0; i < N; i++) {  // per-row weights 1, 2, -1 through three single-row calls
+        double w[3] = {1, 2, -1};
+        crossentropy_backward(dz.data() + i * Vp, y.data() + i, w[i], 1, V, Vp);
+    }
+    check_fd("crossentropy", z, dz, loss);
+    for (int j = V; j < Vp; j++) z[j] += 100;  // padded logits change nothing
+    CHECK(loss() == before);
+}
+
+TEST_CASE("embedding repeats every token K times; backward sums the copies") {
+    const int B = 2, T = 3, K = 3, D = 4, Vp = 128;
+    auto E = random_vec<double>(Vp * D, 17), R = random_vec<double>(B * T * K * D, 18);
+    std::vector<int> tok = {5, 7, 5, 1, 0, 5};
+    std::vector<double> x(B * T * K * D), dE(Vp * D, 0.0);
+    auto loss = [&]() { embedding_forward(x.data(), tok.data(), E.data(), B, T, K, D); return dot(x, R); };
+    loss();
+    for (int r = 0; r < B * T * K; r++)
+        for (int j = 0; j < D; j++) CHECK(x[r * D + j] == E[tok[r / K] * D + j]);
+    embedding_backward(dE.data(), R.data(), tok.data(), B, T, K, D);
+    check_fd("embedding", E, dE, loss);
+}
+
+// ----------------------------------------------------------------------------
+// The whole model
+
+TEST_CASE("whole-model gradients match finite differences for every variant and tensor") {
+    const char* variants[] = {"vanilla", "phd-3", "phd-swa-3-2", "phd-cswa-3-2-2", "naive-2"};
+    const int B = 2, T = 5;
+    for (const char* v : variants) {
+        Config c = tiny_config(v);
+        Model<double> M(c);
+        init_params(c, M.params.data(), 42);
+        for (double& p : M.params) p *= 4;  // larger weights: gradients well above FD noise
+        auto tok = random_tokens(B * T, c.V, 1), tgt = random_tokens(B * T, c.V, 2);
+        model_forward(M, tok.data(), tgt.data(), B, T);
+        model_backward(M, 1.0);
+        for (const ParamTensor& t : param_tensors(c)) {
+            // E and wout: the V real rows (the padded ones are covered by their own test).
+            size_t n = (t.name == "E" || t.name == "wout") ? (size_t)c.V * c.D : t.size();
+            std::vector<double> x(M.params.begin() + t.offset, M.params.begin() + t.offset + n);
+            std::vector<double> g(M.grads.begin() + t.offset, M.grads.begin() + t.offset + n);
+            auto loss = [&]() {
+                std::copy(x.begin(), x.end(), M.params.begin() + t.offset);
+                return model_forward(M, tok.data(), tgt.data(), B, T);
+            };
+            check_fd((std::string(v) + " " + t.name).c_str(), x, g, loss, 1e-6, 1e-5, 80);
+        }
+    }
+}
+
+TEST_CASE("padded vocabulary rows get zero gradient") {
+    Config c = tiny_config("phd-2");
+    Model<float> M(c);
+    init_params(c, M.params.data(), 1);
+    auto tok = random_tokens(6, c.V, 3), tgt = random_tokens(6, c.V, 4);
+    model_forward(M, tok.data(), tgt.data(), 2, 3);
+    model_backward(M, 1.0f);
+    for (int r = c.V; r < c.Vp; r++)
+        for (int j = 0; j < c.D; j++) {
+            CHECK(M.g.E[r * c.D + j] == 0.0f);
+            CHECK(M.g.wout[r * c.D + j] == 0.0f);
+            CHECK(M.p.E[r * c.D + j] == 0.0f);
+        }
+}
+
+TEST_CASE("K = 1 of every variant is vanilla to the last bit") {
+    const char* variants[] = {"phd-1", "phd-swa-1-4", "phd-cswa-1-4-2", "naive-1"};
+    const int B = 2, T = 7;
+    Config cv = tiny_config("vanilla");
+    Model<float> V(cv);
+    init_params(cv, V.params.data(), 5);
+    auto tok = random_tokens(B * T, cv.V, 6), tgt = random_tokens(B * T, cv.V, 7);
+    float lv = model_forward(V, tok.data(), tgt.data(), B, T);
+    model_backward(V, 1.0f);
+    for (const char* v : variants) {
+        Config c = tiny_config(v);
+        Model<float> M(c);
+        M.params = V.params;
+        float l = model_forward(M, tok.data(), tgt.data(), B, T);
+        model_backward(M, 1.0f);
+        INFO(v);
+        CHECK(l == lv);
+        CHECK(std::equal(M.logits, M.logits + B * T * c.Vp, V.logits));
+        CHECK(M.grads == V.grads);
+    }
+}
+
+TEST_CASE("the originals of phd, phd-swa and phd-cswa are a vanilla model, layer by layer") {
+    const char* variants[] = {"phd-3", "phd-swa-3-2", "phd-cswa-3-2-2", "phd-cswa-2-16-32"};
+    const int B = 2, T = 9;
+    Config cv = tiny_config("vanilla");
+    Model<float> V(cv);
+    init_params(cv, V.params.data(), 8);
+    auto tok = random_tokens(B * T, cv.V, 9);
+    model_forward(V, tok.data(), nullptr, B, T);
+    for (const char* v : variants) {
+        Config c = tiny_config(v);
+        Model<float> M(c);
+        M.params = V.params;
+        model_forward(M, tok.data(), nullptr, B, T);
+        int mismatched = 0;
+        for (int l = 0; l <= c.L; l++) {
+            const float* xm = l < c.L ? M.layer[l].x : M.xL;
+            const float* xv = l < c.L ? V.layer[l].x : V.xL;
+            for (int i = 0; i < B * T; i++)
+                mismatched += !std::equal(xm + (size_t)i * c.K * c.D, xm + ((size_t)i * c.K + 1) * c.D, xv + (size_t)i * c.D);
+        }
+        INFO(v);
+        CHECK(mismatched == 0);
+        // The hidden copies do compute something else (from position 1 on: at position 0 every
+        // copy sees the same keys and values as the original), so the test can fail.
+        CHECK(!std::equal(M.xL + (size_t)(c.K + 1) * c.D, M.xL + (size_t)(c.K + 2) * c.D, V.xL + c.D));
+    }
+}
+
+// Dense attention: every query against every key, masked with the predicate. Written
+// independently of attention_forward, in the same summation order.
+static void dense_attention(float* o, const float* qkv, const Config& c, int B, int T) {
+    const int K = c.K, TK = T * K, hd = c.hd(), ld = c.qkv_dim(), group = c.H / c.Hkv;
+    const float scale = 1.0f / std::sqrt((float)hd);
+    std::vector<float> s(TK);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < c.H; h++)
+            for (int i = 0; i < TK; i++) {
+                const float* q = qkv + ((size_t)b * TK + i) * ld + h * hd;
+                float mx = -INFINITY;
+                for (int j = 0; j < TK; j++) {
+                    if (!phd_visible(c, i / K, i % K, j / K, j % K)) continue;
+                    const float* k = qkv + ((size_t)b * TK + j) * ld + (c.H + h / group) * hd;
+                    float d = 0;
+                    for (int e = 0; e < hd; e++) d += q[e] * k[e];
+                    s[j] = d * scale;
+                    mx = std::max(mx, s[j]);
+                }
+                float sum = 0;
+                for (int j = 0; j < TK; j++)
+                    if (phd_visible(c, i / K, i % K, j / K, j % K)) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
+                float* out = o + ((size_t)b * TK + i) * c.H * hd + h * hd;
+                for (int e = 0; e < hd; e++) out[e] = 0;
+                for (int j = 0; j < TK; j++) {
+                    if (!phd_visible(c, i / K, i % K, j / K, j % K)) continue;
+                    const float* v = qkv + ((size_t)b * TK + j) * ld + (c.H + c.Hkv + h / group) * hd;
+                    for (int e = 0; e < hd; e++) out[e] += s[j] / sum * v[e];
+                }
+            }
+}
+
+TEST_CASE("structured attention equals dense attention masked with the predicate") {
+    const char* variants[] = {"vanilla", "phd-3", "phd-swa-3-5", "phd-cswa-3-5-4", "phd-cswa-2-16-32", "naive-3"};
+    const int B = 2, T = 37;
+    for (const char* v : variants) {
+        Config c = tiny_config(v, 11, T);
+        auto qkv = random_vec<float>((size_t)B * T * c.K * c.qkv_dim(), 20, 2.0);
+        std::vector<float> o((size_t)B * T * c.K * c.H * c.hd()), od(o.size()), lse((size_t)B * c.H * T * c.K);
+        attention_forward(o.data(), lse.data(), qkv.data(), c, B, T);
+        dense_attention(od.data(), qkv.data(), c, B, T);
+        float worst = 0;
+        for (size_t i = 0; i < o.size(); i++) worst = std::max(worst, std::fabs(o[i] - od[i]));
+        INFO(v << ": max abs difference " << worst);
+        CHECK(worst <= 1e-6f);
+    }
+}

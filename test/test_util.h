@@ -1,0 +1,64 @@
+// Helpers shared by the tests: small configs, random tensors, finite differences.
+#pragma once
+#include <doctest/doctest.h>
+#include <functional>
+#include <string>
+#include <vector>
+#include "../model.h"
+
+// A tiny model with GQA (H = 4, Hkv = 2) for the given variant name.
+static inline Config tiny_config(const char* variant, int V = 11, int maxT = 9) {
+    Config c;
+    std::string err = parse_variant(variant, &c);
+    REQUIRE_MESSAGE(err.empty(), err);
+    c.V = V; c.Vp = pad_vocab(V); c.L = 2; c.D = 16; c.H = 4; c.Hkv = 2; c.F = 24; c.maxT = maxT;
+    REQUIRE(config_error(c).empty());
+    return c;
+}
+
+template<typename Real> std::vector<Real> random_vec(size_t n, uint64_t seed, double scale = 1.0) {
+    Rng rng{seed};
+    std::vector<Real> v(n);
+    for (Real& x : v) x = (Real)(scale * rng.normal());
+    return v;
+}
+
+static inline std::vector<int> random_tokens(size_t n, int V, uint64_t seed) {
+    Rng rng{seed};
+    std::vector<int> t(n);
+    for (int& x : t) x = (int)(rng.next_u64() % (uint64_t)V);
+    return t;
+}
+
+// Central differences of loss() with respect to elements of x, compared with grad: every
+// element, or max_elems of them evenly spread. The error is measured against the tensor's
+// largest gradient so that elements whose true gradient is ~0 do not produce meaningless
+// relative errors. loss() is called once more at the end, on the unperturbed x.
+static inline void check_fd(const char* what, std::vector<double>& x, const std::vector<double>& grad,
+                            const std::function<double()>& loss, double tol = 1e-7, double h = 1e-5,
+                            size_t max_elems = SIZE_MAX) {
+    REQUIRE(x.size() == grad.size());
+    double gmax = 1e-12, worst = 0;
+    size_t worst_i = 0, n = std::min(max_elems, x.size());
+    for (double g : grad) gmax = std::max(gmax, std::fabs(g));
+    for (size_t k = 0; k < n; k++) {
+        size_t i = k * x.size() / n;
+        double keep = x[i];
+        x[i] = keep + h; double lp = loss();
+        x[i] = keep - h; double lm = loss();
+        x[i] = keep;
+        double fd = (lp - lm) / (2 * h), err = std::fabs(fd - grad[i]) / gmax;
+        if (err > worst) { worst = err; worst_i = i; }
+    }
+    loss();
+    INFO(what << ": worst relative error " << worst << " at element " << worst_i << " (max |grad| " << gmax << ")");
+    CHECK(worst < tol);
+    CHECK(gmax > 1e-9);  // a gradient that is identically zero would pass vacuously
+}
+
+// sum(out * R): a scalar whose gradient with respect to out is R.
+static inline double dot(const std::vector<double>& a, const std::vector<double>& b) {
+    double s = 0;
+    for (size_t i = 0; i < a.size(); i++) s += a[i] * b[i];
+    return s;
+}

@@ -1,0 +1,380 @@
+// train_phd: train, evaluate, sample from and check a PHD-Transformer.
+//
+// One training step, top to bottom (train()):
+//   for each micro-batch: tokens (B, T) -> model_forward (every token fed K times, loss on
+//   the last copy) -> model_backward (gradients added up, scaled by 1/micro-batches);
+//   then the global gradient norm, clipping to 1.0, the learning-rate schedule, AdamW.
+//
+// Builds with nvcc (CUDA) or as plain C++ (g++ -x c++, CPU only). The CUDA training path is
+// not written yet, so both builds train on the CPU; --device cuda says so and exits.
+#include <omp.h>
+#include <sys/stat.h>
+#include <chrono>
+#include <string>
+#include <vector>
+#include "checkpoint.h"
+#include "dataloader.h"
+#include "model.h"
+#include "utils.h"
+
+struct Args {
+    std::string train_pattern, val_pattern, out_dir = "out", init, device = "cpu";
+    std::string check_state, dump_state;
+    std::string variant = "phd-cswa-2-16-32";
+    int V = 50257, L = 4, D = 256, H = 4, Hkv = 0, F = 0, maxT = 0;
+    int B = 4, T = 64, total_batch = 0, steps = 100, warmup = 0;
+    int val_every = 20, val_steps = 10, sample_every = 50, sample_tokens = 16, ckpt_every = 0;
+    int resume = 0, threads = 0;
+    uint64_t seed = 1337;
+    float lr = 1e-3f, final_frac = 0.1f, weight_decay = 0.1f, check_tol = 1e-5f;
+    bool variant_given = false;
+};
+
+static void usage() {
+    printf(
+        "usage: train_phd [options]\n"
+        "data and output\n"
+        "  -i, --train PATTERN      training shards (glob), e.g. 'data/kjv/*_train_*.bin'\n"
+        "  -j, --val PATTERN        validation shards (glob); no validation if absent\n"
+        "  -o, --out DIR            checkpoints and log.txt go here (default out)\n"
+        "  -e, --init CKPT          start from this checkpoint (its config wins)\n"
+        "  -y, --resume 0|1         continue from the latest checkpoint + state in --out\n"
+        "model (when not loaded from --init)\n"
+        "      --variant NAME       vanilla | phd-K | phd-swa-K-W | phd-cswa-K-W-C | naive-K\n"
+        "                           (default phd-cswa-2-16-32)\n"
+        "      --vocab V            vocabulary size (default 50257)\n"
+        "      --layers L  --dim D  --heads H  --kv-heads Hkv (default H)\n"
+        "      --ffn F              SwiGLU width (default 8D/3 rounded)\n"
+        "      --max-seq T          longest sequence (default -t)\n"
+        "  -r, --seed N             parameter initialisation and sampling seed (1337)\n"
+        "training\n"
+        "  -b, --batch B            sequences per micro-batch (4)\n"
+        "  -t, --seq T              original positions per sequence (64)\n"
+        "  -d, --total-batch N      tokens per optimizer step, a multiple of B*T (B*T)\n"
+        "  -x, --steps N            optimizer steps (100)\n"
+        "  -l, --lr LR              peak learning rate (1e-3)\n"
+        "  -u, --warmup N           linear warm-up steps (0)\n"
+        "  -q, --final-lr-frac F    cosine decays to lr*F at the last step (0.1)\n"
+        "  -c, --weight-decay WD    AdamW decay on matrices and embeddings (0.1)\n"
+        "  -v, --val-every N        validation loss every N steps, 0 = never (20)\n"
+        "  -m, --val-steps N        batches per validation (10)\n"
+        "  -s, --sample-every N     sample every N steps, 0 = never (50)\n"
+        "  -g, --sample-tokens N    tokens per sample (16)\n"
+        "  -n, --ckpt-every N       checkpoint every N steps; always at the end (0)\n"
+        "      --device cpu|cuda    (cpu; the CUDA path is not written yet)\n"
+        "      --threads N          OpenMP threads (default: all cores)\n"
+        "checking\n"
+        "      --dump-state FILE    write a debug state for the first training batch (computed\n"
+        "                           in double precision) and exit\n"
+        "      --check-state FILE   with --init: forward+backward on the state's tokens, print\n"
+        "                           per-tensor differences, exit 1 past --check-tol\n"
+        "      --check-tol X        largest allowed max|diff| / max|expected| per tensor (1e-5)\n");
+}
+
+static int parse_int(const char* flag, const char* s, int lo) {
+    char* end;
+    long v = strtol(s, &end, 10);
+    if (*s == 0 || *end != 0 || v < lo || v > INT32_MAX) die("%s: expected an integer >= %d, got '%s'", flag, lo, s);
+    return (int)v;
+}
+static float parse_float(const char* flag, const char* s, float lo, float hi) {
+    char* end;
+    float v = strtof(s, &end);
+    if (*s == 0 || *end != 0 || !(v >= lo && v <= hi)) die("%s: expected a number in [%g, %g], got '%s'", flag, lo, hi, s);
+    return v;
+}
+
+static Args parse_args(int argc, char** argv) {
+    Args a;
+    for (int i = 1; i < argc; i++) {
+        std::string f = argv[i];
+        if (f == "-h" || f == "--help") { usage(); exit(0); }
+        if (i + 1 >= argc) die("%s: missing value (see --help)", f.c_str());
+        const char* v = argv[++i];
+        const char* fl = f.c_str();
+        if (f == "-i" || f == "--train") a.train_pattern = v;
+        else if (f == "-j" || f == "--val") a.val_pattern = v;
+        else if (f == "-o" || f == "--out") a.out_dir = v;
+        else if (f == "-e" || f == "--init") a.init = v;
+        else if (f == "-y" || f == "--resume") a.resume = parse_int(fl, v, 0);
+        else if (f == "--variant") { a.variant = v; a.variant_given = true; }
+        else if (f == "--vocab") a.V = parse_int(fl, v, 2);
+        else if (f == "--layers") a.L = parse_int(fl, v, 1);
+        else if (f == "--dim") a.D = parse_int(fl, v, 2);
+        else if (f == "--heads") a.H = parse_int(fl, v, 1);
+        else if (f == "--kv-heads") a.Hkv = parse_int(fl, v, 1);
+        else if (f == "--ffn") a.F = parse_int(fl, v, 1);
+        else if (f == "--max-seq") a.maxT = parse_int(fl, v, 1);
+        else if (f == "-r" || f == "--seed") a.seed = (uint64_t)parse_int(fl, v, 0);
+        else if (f == "-b" || f == "--batch") a.B = parse_int(fl, v, 1);
+        else if (f == "-t" || f == "--seq") a.T = parse_int(fl, v, 1);
+        else if (f == "-d" || f == "--total-batch") a.total_batch = parse_int(fl, v, 1);
+        else if (f == "-x" || f == "--steps") a.steps = parse_int(fl, v, 1);
+        else if (f == "-l" || f == "--lr") a.lr = parse_float(fl, v, 0, 10);
+        else if (f == "-u" || f == "--warmup") a.warmup = parse_int(fl, v, 0);
+        else if (f == "-q" || f == "--final-lr-frac") a.final_frac = parse_float(fl, v, 0, 1);
+        else if (f == "-c" || f == "--weight-decay") a.weight_decay = parse_float(fl, v, 0, 10);
+        else if (f == "-v" || f == "--val-every") a.val_every = parse_int(fl, v, 0);
+        else if (f == "-m" || f == "--val-steps") a.val_steps = parse_int(fl, v, 1);
+        else if (f == "-s" || f == "--sample-every") a.sample_every = parse_int(fl, v, 0);
+        else if (f == "-g" || f == "--sample-tokens") a.sample_tokens = parse_int(fl, v, 1);
+        else if (f == "-n" || f == "--ckpt-every") a.ckpt_every = parse_int(fl, v, 0);
+        else if (f == "--device") a.device = v;
+        else if (f == "--threads") a.threads = parse_int(fl, v, 1);
+        else if (f == "--dump-state") a.dump_state = v;
+        else if (f == "--check-state") a.check_state = v;
+        else if (f == "--check-tol") a.check_tol = parse_float(fl, v, 0, 1);
+        else die("%s: unknown flag (see --help)", fl);
+    }
+    if (a.device != "cpu" && a.device != "cuda") die("--device: expected cpu or cuda, got '%s'", a.device.c_str());
+    if (a.device == "cuda") {
+#ifdef __CUDACC__
+        die("--device cuda: the CUDA training path is not written yet; use --device cpu");
+#else
+        die("--device cuda: this train_phd was built without nvcc; use --device cpu");
+#endif
+    }
+    if (a.total_batch == 0) a.total_batch = a.B * a.T;
+    if (a.total_batch % (a.B * a.T) != 0)
+        die("--total-batch: %d is not a multiple of B*T = %d", a.total_batch, a.B * a.T);
+    if (a.resume && !a.init.empty()) die("--resume: cannot be combined with --init");
+    if (!a.check_state.empty() && a.init.empty()) die("--check-state: needs --init CKPT");
+    return a;
+}
+
+// The model config: from --init's checkpoint, else from the flags.
+static Config model_config(const Args& a, std::vector<float>* init_params_out) {
+    if (!a.init.empty()) {
+        Config c = load_checkpoint(a.init.c_str(), init_params_out);
+        Config want;
+        if (a.variant_given && (parse_variant(a.variant.c_str(), &want), variant_name(want) != variant_name(c)))
+            die("--variant: %s does not match the checkpoint %s (%s)", a.variant.c_str(), a.init.c_str(),
+                variant_name(c).c_str());
+        return c;
+    }
+    Config c;
+    std::string err = parse_variant(a.variant.c_str(), &c);
+    if (!err.empty()) die("--variant: %s", err.c_str());
+    c.V = a.V; c.Vp = pad_vocab(a.V); c.L = a.L; c.D = a.D; c.H = a.H;
+    c.Hkv = a.Hkv ? a.Hkv : a.H;
+    c.F = a.F ? a.F : (8 * a.D + 2) / 3;
+    c.maxT = a.maxT ? a.maxT : a.T;
+    err = config_error(c);
+    if (!err.empty()) die("%s", err.c_str());
+    return c;
+}
+
+// Per-tensor comparison for --check-state. Returns true when within tolerance.
+static bool compare_tensor(const char* name, const float* got, const float* want, size_t n, float tol) {
+    double maxabs = 0, maxref = 0;
+    for (size_t i = 0; i < n; i++) {
+        maxabs = std::max(maxabs, (double)std::fabs(got[i] - want[i]));
+        maxref = std::max(maxref, (double)std::fabs(want[i]));
+        if (!std::isfinite(got[i])) maxabs = INFINITY;
+    }
+    double rel = maxref > 0 ? maxabs / maxref : maxabs;
+    bool ok = rel <= tol;
+    printf("%-18s max abs diff %.3e  rel %.3e  %s\n", name, maxabs, rel, ok ? "ok" : "FAIL");
+    return ok;
+}
+
+static int check_state(const Args& a) {
+    std::vector<float> params;
+    Config c = load_checkpoint(a.init.c_str(), &params);
+    DebugState s = load_debug_state(a.check_state.c_str());
+    if (variant_name(s.cfg) != variant_name(c) || num_params(s.cfg) != num_params(c))
+        die("%s: debug state is for %s, checkpoint %s is %s", a.check_state.c_str(), variant_name(s.cfg).c_str(),
+            a.init.c_str(), variant_name(c).c_str());
+    Model<float> M(c);
+    M.params = params;
+    float loss = model_forward(M, s.tokens.data(), s.targets.data(), s.B, s.T);
+    std::vector<float> logits((size_t)s.B * s.T * c.V);
+    for (int i = 0; i < s.B * s.T; i++) std::copy(M.logits + (size_t)i * c.Vp, M.logits + (size_t)i * c.Vp + c.V, logits.begin() + (size_t)i * c.V);
+    model_backward(M, 1.0f);
+    printf("checking %s (%s, B=%d T=%d) against %s, tolerance %.1e\n", a.check_state.c_str(), variant_name(c).c_str(),
+           s.B, s.T, a.init.c_str(), a.check_tol);
+    bool ok = compare_tensor("loss", &loss, &s.loss, 1, a.check_tol);
+    ok &= compare_tensor("logits", logits.data(), s.logits.data(), logits.size(), a.check_tol);
+    for (const ParamTensor& t : param_tensors(c))
+        ok &= compare_tensor(("d" + t.name).c_str(), M.grads.data() + t.offset, s.grads.data() + t.offset, t.size(), a.check_tol);
+    printf("%s\n", ok ? "check-state: OK" : "check-state: FAILED");
+    return ok ? 0 : 1;
+}
+
+// Debug state of the first training batch, computed in double precision.
+static int dump_state(const Args& a, const Config& c, const std::vector<float>& params) {
+    if (a.train_pattern.empty()) die("--dump-state: needs --train PATTERN for its tokens");
+    DataLoader dl;
+    dl.open(a.train_pattern.c_str(), a.B, a.T, c.V);
+    DebugState s;
+    s.cfg = c; s.B = a.B; s.T = a.T;
+    s.tokens.resize((size_t)a.B * a.T); s.targets.resize(s.tokens.size());
+    dl.next_batch(s.tokens.data(), s.targets.data());
+    Model<double> M(c);
+    M.params.assign(params.begin(), params.end());
+    s.loss = (float)model_forward(M, s.tokens.data(), s.targets.data(), a.B, a.T);
+    for (int i = 0; i < a.B * a.T; i++)
+        for (int j = 0; j < c.V; j++) s.logits.push_back((float)M.logits[(size_t)i * c.Vp + j]);
+    model_backward(M, 1.0);
+    s.grads.assign(M.grads.begin(), M.grads.end());
+    save_debug_state(a.dump_state.c_str(), s);
+    printf("wrote %s (%s, B=%d T=%d, loss %.6f)\n", a.dump_state.c_str(), variant_name(c).c_str(), a.B, a.T, s.loss);
+    return 0;
+}
+
+// Mean loss over val_steps batches from the start of the validation shards.
+static float validate(Model<float>& M, DataLoader& val, int steps, std::vector<int>& in, std::vector<int>& tg) {
+    val.seek(0, 0);
+    double sum = 0;
+    for (int i = 0; i < steps; i++) {
+        val.next_batch(in.data(), tg.data());
+        sum += model_forward(M, in.data(), tg.data(), val.B, val.T);
+    }
+    return (float)(sum / steps);
+}
+
+// Samples n tokens after a start token (50256, GPT-2's <|endoftext|>, when the vocabulary
+// has it, else 0) with a full forward per token. The KV-cache decoder replaces this later.
+static std::vector<int> sample(Model<float>& M, int n, Rng& rng) {
+    const Config& c = M.cfg;
+    std::vector<int> seq = {c.V > 50256 ? 50256 : 0};
+    std::vector<double> p(c.V);
+    for (int i = 0; i < n && (int)seq.size() < c.maxT; i++) {
+        model_forward(M, seq.data(), nullptr, 1, (int)seq.size());
+        const float* z = M.logits + (seq.size() - 1) * c.Vp;
+        double mx = *std::max_element(z, z + c.V), sum = 0;
+        for (int j = 0; j < c.V; j++) sum += p[j] = exp((double)z[j] - mx);
+        double u = rng.uniform() * sum;
+        int tok = 0;
+        while (tok < c.V - 1 && (u -= p[tok]) > 0) tok++;
+        seq.push_back(tok);
+    }
+    return std::vector<int>(seq.begin() + 1, seq.end());
+}
+
+static std::string ckpt_path(const Args& a, const char* kind, int step) {
+    char buf[64];
+    snprintf(buf, sizeof buf, "/%s_%08d.bin", kind, step);
+    return a.out_dir + buf;
+}
+
+// Latest step with both a model and a state file in the output directory, or -1.
+static int latest_checkpoint(const Args& a) {
+    std::string pattern = a.out_dir + "/state_*.bin";
+    glob_t g;
+    int best = -1;
+    if (glob(pattern.c_str(), 0, nullptr, &g) == 0) {
+        for (size_t i = 0; i < g.gl_pathc; i++) {
+            int step;
+            const char* base = strrchr(g.gl_pathv[i], '/') + 1;
+            struct stat st;
+            if (sscanf(base, "state_%d.bin", &step) == 1 && stat(ckpt_path(a, "model", step).c_str(), &st) == 0)
+                best = std::max(best, step);
+        }
+        globfree(&g);
+    }
+    return best;
+}
+
+static int train(const Args& a, const Config& c, std::vector<float>& params) {
+    if (a.train_pattern.empty()) die("--train: no training shards given (see --help)");
+    if (a.T > c.maxT) die("--seq: T=%d exceeds the model's max sequence length %d", a.T, c.maxT);
+    if (mkdir(a.out_dir.c_str(), 0755) != 0 && errno != EEXIST) die("%s: cannot create directory (%s)", a.out_dir.c_str(), strerror(errno));
+    const int accum = a.total_batch / (a.B * a.T);
+    const size_t P = num_params(c);
+
+    Model<float> M(c);
+    M.params = params;
+    DataLoader train_dl, val_dl;
+    train_dl.open(a.train_pattern.c_str(), a.B, a.T, c.V);
+    if (!a.val_pattern.empty()) val_dl.open(a.val_pattern.c_str(), a.B, a.T, c.V);
+    AdamW opt;
+    opt.lr_max = a.lr; opt.final_frac = a.final_frac; opt.warmup = a.warmup; opt.total_steps = a.steps;
+    opt.weight_decay = a.weight_decay;
+    TrainState st;
+    st.m.assign(P, 0); st.v.assign(P, 0);
+    st.rng = a.seed ^ 0x5eed5eed5eedull;
+    Rng sample_rng{st.rng};
+
+    if (a.resume) {
+        int step = latest_checkpoint(a);
+        if (step < 0) die("--resume: no model_*.bin + state_*.bin pair in %s", a.out_dir.c_str());
+        std::string mp = ckpt_path(a, "model", step), sp = ckpt_path(a, "state", step);
+        Config rc = load_checkpoint(mp.c_str(), &M.params);
+        if (variant_name(rc) != variant_name(c) || num_params(rc) != P)
+            die("%s: checkpoint is %s, not the model asked for (%s)", mp.c_str(), variant_name(rc).c_str(), variant_name(c).c_str());
+        st = load_state(sp.c_str(), c);
+        train_dl.seek(st.shard, st.pos);
+        sample_rng.state = st.rng;
+        printf("resumed from %s at step %d\n", mp.c_str(), st.step);
+    }
+
+    const double MiB = 1.0 / (1 << 20);
+    M.size_for(a.B, a.T);
+    printf("model %s: V=%d L=%d D=%d H=%d Hkv=%d F=%d maxT=%d, %zu parameters\n", variant_name(c).c_str(), c.V, c.L, c.D,
+           c.H, c.Hkv, c.F, c.maxT, P);
+    printf("batch B=%d T=%d x %d micro-batches = %d tokens/step, %d steps, lr %g, %d OpenMP threads\n", a.B, a.T, accum,
+           a.total_batch, a.steps, a.lr, omp_get_max_threads());
+    printf("memory: params+grads+adam %.1f MiB, activations %.1f MiB\n", 4.0 * P * 4 * MiB,
+           (M.act_mem.size() + M.grad_mem.size()) * 4.0 * MiB);
+
+    std::string log_path = a.out_dir + "/log.txt";
+    FILE* log = fopen_check(log_path.c_str(), a.resume ? "a" : "w");
+    std::vector<int> in((size_t)a.B * a.T), tg(in.size());
+    for (int step = st.step; step < a.steps; step++) {
+        const bool last = step == a.steps - 1;
+        if (a.val_every && !a.val_pattern.empty() && (step % a.val_every == 0 || last)) {
+            float vl = validate(M, val_dl, a.val_steps, in, tg);
+            printf("step %d val loss %.4f\n", step, vl);
+            fprintf(log, "step %d val %.9g\n", step, vl);
+        }
+        if (a.sample_every && step > 0 && step % a.sample_every == 0) {
+            std::vector<int> s = sample(M, a.sample_tokens, sample_rng);
+            printf("sample:");
+            for (int t : s) printf(" %d", t);
+            printf("\n");
+        }
+
+        auto t0 = std::chrono::steady_clock::now();
+        std::fill(M.grads.begin(), M.grads.end(), 0.0f);
+        double loss = 0;
+        for (int micro = 0; micro < accum; micro++) {
+            train_dl.next_batch(in.data(), tg.data());
+            loss += model_forward(M, in.data(), tg.data(), a.B, a.T);
+            model_backward(M, 1.0f / accum);
+        }
+        loss /= accum;
+        if (!std::isfinite(loss)) die("training loss is %g at step %d; no checkpoint written for this step", loss, step);
+        double norm = grad_norm(M.grads.data(), P);
+        float lr = learning_rate(opt, step);
+        adamw_update(c, opt, M.params.data(), M.grads.data(), st.m.data(), st.v.data(), step, lr, norm);
+        double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        printf("step %4d/%d | loss %.6f | norm %.4f | lr %.2e | %.1f ms | %.0f tok/s\n", step + 1, a.steps, loss, norm,
+               lr, ms, a.total_batch / (ms / 1000));
+        fprintf(log, "step %d train %.9g\n", step, (float)loss);
+        fflush(log);
+
+        if ((a.ckpt_every && (step + 1) % a.ckpt_every == 0) || last) {
+            st.step = step + 1; st.shard = train_dl.shard; st.pos = train_dl.pos; st.rng = sample_rng.state;
+            save_checkpoint(ckpt_path(a, "model", st.step).c_str(), c, M.params.data());
+            save_state(ckpt_path(a, "state", st.step).c_str(), c, st);
+            printf("saved %s\n", ckpt_path(a, "model", st.step).c_str());
+        }
+    }
+    fclose_check(log, log_path.c_str());
+    return 0;
+}
+
+int main(int argc, char** argv) {
+    Args a = parse_args(argc, argv);
+    if (a.threads) omp_set_num_threads(a.threads);
+    if (!a.check_state.empty()) return check_state(a);
+    std::vector<float> params;
+    Config c = model_config(a, &params);
+    if (a.init.empty()) {
+        params.resize(num_params(c));
+        init_params(c, params.data(), a.seed);
+    }
+    if (!a.dump_state.empty()) return dump_state(a, c, params);
+    return train(a, c, params);
+}

@@ -1,0 +1,81 @@
+// utils.h: checked wrappers for every fallible C library call, and the one way the
+// engine reports a fatal error: a single line naming the file or flag, then exit(1).
+#pragma once
+#include <cerrno>
+#include <cmath>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+[[noreturn]] static inline void die(const char* fmt, ...) {
+    fflush(stdout);
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+static inline FILE* fopen_check(const char* path, const char* mode) {
+    FILE* f = fopen(path, mode);
+    if (!f) die("%s: cannot open (%s)", path, strerror(errno));
+    return f;
+}
+
+// Reads exactly n bytes or dies naming the file: a short read means a truncated file.
+static inline void fread_check(void* dst, size_t size, size_t count, FILE* f, const char* path) {
+    size_t got = fread(dst, size, count, f);
+    if (got != count) die("%s: truncated file (wanted %zu items of %zu bytes, got %zu)", path, count, size, got);
+}
+
+static inline void fwrite_check(const void* src, size_t size, size_t count, FILE* f, const char* path) {
+    if (fwrite(src, size, count, f) != count) die("%s: write failed (%s)", path, strerror(errno));
+}
+
+static inline void fclose_check(FILE* f, const char* path) {
+    if (fclose(f) != 0) die("%s: close failed (%s)", path, strerror(errno));
+}
+
+// Size of a file in bytes, 64-bit.
+static inline int64_t file_size_check(FILE* f, const char* path) {
+    if (fseeko(f, 0, SEEK_END) != 0) die("%s: cannot seek (%s)", path, strerror(errno));
+    int64_t size = (int64_t)ftello(f);
+    if (size < 0 || fseeko(f, 0, SEEK_SET) != 0) die("%s: cannot seek (%s)", path, strerror(errno));
+    return size;
+}
+
+// Files are never written in place: a crash mid-write leaves the previous file intact.
+// Usage: FILE* f = atomic_open(path); ...fwrite_check...; atomic_commit(f, path);
+static inline std::string atomic_tmp_path(const char* path) { return std::string(path) + ".tmp"; }
+
+static inline FILE* atomic_open(const char* path) {
+    return fopen_check(atomic_tmp_path(path).c_str(), "wb");
+}
+
+static inline void atomic_commit(FILE* f, const char* path) {
+    std::string tmp = atomic_tmp_path(path);
+    if (fflush(f) != 0) die("%s: write failed (%s)", tmp.c_str(), strerror(errno));
+    fclose_check(f, tmp.c_str());
+    if (rename(tmp.c_str(), path) != 0) die("%s: cannot rename from %s (%s)", path, tmp.c_str(), strerror(errno));
+}
+
+// Deterministic random numbers (splitmix64): the same seed gives the same model everywhere.
+struct Rng {
+    uint64_t state;
+    uint64_t next_u64() {
+        uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+    }
+    double uniform() { return (double)(next_u64() >> 11) * (1.0 / 9007199254740992.0); }  // [0, 1)
+    double normal() {  // Box-Muller, one draw per call
+        double u1 = uniform(), u2 = uniform();
+        return sqrt(-2.0 * log(1.0 - u1)) * cos(6.283185307179586 * u2);
+    }
+};
