@@ -231,6 +231,21 @@ template<typename Real> void init_params(const Config& c, Real* params, uint64_t
 // ----------------------------------------------------------------------------
 // Layers. Each xxx_forward is followed by its xxx_backward. N is a row count.
 
+// e^x for the softmaxes and the sigmoid. In float, a polynomial the compiler can vectorize
+// (libm's expf is a scalar call): e^x = 2^k e^r, k = round(x / ln2), |r| <= ln2/2, e^r by
+// its degree-7 Taylor polynomial: within 2 ulp. Inputs are clamped to [-87, 88], so e^-inf
+// is ~1.6e-38, not 0. Rounding adds and subtracts 1.5*2^23 rather than calling floor(),
+// which GCC will not vectorize under the default -ftrapping-math.
+// In double (gradient checks) it is std::exp.
+static inline double exp_fast(double x) { return std::exp(x); }
+static inline float exp_fast(float x) {
+    x = std::min(std::max(x, -87.0f), 88.0f);
+    float k = (x * 1.44269504f + 12582912.0f) - 12582912.0f;
+    float r = x - k * 0.693145751953125f - k * 1.428606765330187e-06f;  // ln2 split in two for exactness
+    float p = 1 + r * (1 + r * (1.0f / 2 + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
+    return p * __builtin_bit_cast(float, ((int32_t)k + 127) << 23);  // times 2^k
+}
+
 // out (N, O) = in (N, I) W^T, W (O, I)
 template<typename Real> void matmul_forward(Real* out, const Real* in, const Real* W, int N, int I, int O) {
     gemm(out, O, in, I, 1, W, 1, I, N, O, I, false);
@@ -350,17 +365,19 @@ template<typename Real> void attention_forward(Real* o, Real* lse, const Real* q
                     for (int t = 0; t < nk; t++) {
                         const Real* kj = kbase + (size_t)keys[t] * ld;
                         Real s = 0;
+                        #pragma omp simd reduction(+ : s)
                         for (int e = 0; e < hd; e++) s += q[e] * kj[e];
                         p[t] = s * scale;
                         mx = std::max(mx, p[t]);
                     }
                     Real sum = 0;
-                    for (int t = 0; t < nk; t++) { p[t] = std::exp(p[t] - mx); sum += p[t]; }
+                    for (int t = 0; t < nk; t++) { p[t] = exp_fast(p[t] - mx); sum += p[t]; }
                     Real* oi = o + ((size_t)b * TK + i) * c.H * hd + h * hd;
                     std::fill(oi, oi + hd, Real(0));
                     for (int t = 0; t < nk; t++) {
                         const Real* vj = vbase + (size_t)keys[t] * ld;
                         Real w = p[t] / sum;
+                        #pragma omp simd
                         for (int e = 0; e < hd; e++) oi[e] += w * vj[e];
                     }
                     lse[((size_t)b * c.H + h) * TK + i] = mx + std::log(sum);
@@ -391,17 +408,20 @@ template<typename Real> void attention_backward(Real* dqkv, const Real* dout, co
                         const Real *doi = dout + orow, *oi = o + orow;
                         const Real l = lse[((size_t)b * c.H + h) * TK + i];
                         Real Di = 0;  // sum_j p_j dp_j = dout . o
+                        #pragma omp simd reduction(+ : Di)
                         for (int e = 0; e < hd; e++) Di += doi[e] * oi[e];
                         int nk = visible_keys(c, i / K, i % K, keys.data());
                         for (int t = 0; t < nk; t++) {
                             const Real* kj = base + (size_t)keys[t] * ld + koff;
                             const Real* vj = base + (size_t)keys[t] * ld + voff;
                             Real s = 0, dp = 0;
+                            #pragma omp simd reduction(+ : s, dp)
                             for (int e = 0; e < hd; e++) { s += q[e] * kj[e]; dp += doi[e] * vj[e]; }
-                            Real p = std::exp(s * scale - l);
+                            Real p = exp_fast(s * scale - l);
                             Real ds = p * (dp - Di) * scale;
                             Real* dk = dbase + (size_t)keys[t] * ld + koff;
                             Real* dv = dbase + (size_t)keys[t] * ld + voff;
+                            #pragma omp simd  // dq, dk, dv are disjoint columns of dqkv
                             for (int e = 0; e < hd; e++) {
                                 dq[e] += ds * kj[e];
                                 dk[e] += ds * q[e];
@@ -419,7 +439,7 @@ template<typename Real> void swiglu_forward(Real* g, const Real* h13, int N, int
     for (int i = 0; i < N; i++)
         for (int j = 0; j < F; j++) {
             Real a = h13[(size_t)i * 2 * F + j], b = h13[(size_t)i * 2 * F + F + j];
-            g[(size_t)i * F + j] = a / (Real(1) + std::exp(-a)) * b;
+            g[(size_t)i * F + j] = a / (Real(1) + exp_fast(-a)) * b;
         }
 }
 // dh13 (N, 2F) overwritten
@@ -428,32 +448,38 @@ template<typename Real> void swiglu_backward(Real* dh13, const Real* dg, const R
     for (int i = 0; i < N; i++)
         for (int j = 0; j < F; j++) {
             Real a = h13[(size_t)i * 2 * F + j], b = h13[(size_t)i * 2 * F + F + j];
-            Real s = Real(1) / (Real(1) + std::exp(-a)), d = dg[(size_t)i * F + j];
+            Real s = Real(1) / (Real(1) + exp_fast(-a)), d = dg[(size_t)i * F + j];
             dh13[(size_t)i * 2 * F + j] = d * b * s * (Real(1) + a * (Real(1) - s));
             dh13[(size_t)i * 2 * F + F + j] = d * a * s;
         }
 }
 
-// losses (N) = logsumexp(logits[:V]) - logits[target]; logits (N, Vp). Padded columns never count.
-template<typename Real> void crossentropy_forward(Real* losses, const Real* logits, const int* targets, int N, int V, int Vp) {
+// losses (N) = lse - logits[target], lse (N) = logsumexp(logits[:V]); logits (N, Vp).
+// Padded columns never count.
+template<typename Real> void crossentropy_forward(Real* losses, Real* lse, const Real* logits, const int* targets,
+                                                  int N, int V, int Vp) {
     #pragma omp parallel for
     for (int i = 0; i < N; i++) {
         const Real* z = logits + (size_t)i * Vp;
         Real mx = -INFINITY, sum = 0;
+        #pragma omp simd reduction(max : mx)
         for (int j = 0; j < V; j++) mx = std::max(mx, z[j]);
-        for (int j = 0; j < V; j++) sum += std::exp(z[j] - mx);
-        losses[i] = mx + std::log(sum) - z[targets[i]];
+        #pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < V; j++) sum += exp_fast(z[j] - mx);
+        lse[i] = mx + std::log(sum);
+        losses[i] = lse[i] - z[targets[i]];
     }
 }
 // In place: logits (N, Vp) become dlogits = dloss_row * (softmax - onehot); padded columns 0.
-template<typename Real> void crossentropy_backward(Real* logits, const int* targets, Real dloss_row, int N, int V, int Vp) {
+template<typename Real> void crossentropy_backward(Real* logits, const Real* lse, const int* targets, Real dloss_row,
+                                                   int N, int V, int Vp) {
     #pragma omp parallel for
     for (int i = 0; i < N; i++) {
         Real* z = logits + (size_t)i * Vp;
-        Real mx = -INFINITY, sum = 0;
-        for (int j = 0; j < V; j++) mx = std::max(mx, z[j]);
-        for (int j = 0; j < V; j++) { z[j] = std::exp(z[j] - mx); sum += z[j]; }
-        for (int j = 0; j < V; j++) z[j] = dloss_row * (z[j] / sum - (j == targets[i] ? Real(1) : Real(0)));
+        const Real l = lse[i];
+        #pragma omp simd
+        for (int j = 0; j < V; j++) z[j] = dloss_row * exp_fast(z[j] - l);
+        z[targets[i]] -= dloss_row;
         std::fill(z + V, z + Vp, Real(0));
     }
 }
@@ -490,6 +516,7 @@ template<typename Real> struct Model {
     Real* xn;          // (B, T, D) rmsnorm(xlast, g_final)
     Real* logits;      // (B, T, Vp); dlogits after backward
     Real* losses;      // (B, T)
+    Real* lse;         // (B, T) log-sum-exp of each row of logits
     Real* dx;          // (B, TK, D) gradient of the residual stream
     Real* dtmp;        // (B, TK, max(D, F)) scratch gradient
     Real* dqkv;        // (B, TK, qkv_dim)
@@ -516,7 +543,7 @@ template<typename Real> struct Model {
         const Config& c = cfg;
         const size_t N = (size_t)B * T * c.K, BT = (size_t)B * T;
         const size_t per_layer = N * (4 * c.D + 2 + c.qkv_dim() + c.H + c.H * c.hd() + 3 * c.F);
-        act_mem.assign(per_layer * c.L + N * c.D + BT * (2 * c.D + 2 + c.Vp), 0);
+        act_mem.assign(per_layer * c.L + N * c.D + BT * (2 * c.D + 3 + c.Vp), 0);
         Real* m = act_mem.data();
         auto take = [&m](size_t n) { Real* r = m; m += n; return r; };
         layer.resize(c.L);
@@ -527,7 +554,7 @@ template<typename Real> struct Model {
             a.h13 = take(N * 2 * c.F); a.g = take(N * c.F);
         }
         xL = take(N * c.D); xlast = take(BT * c.D); rstd_final = take(BT);
-        xn = take(BT * c.D); logits = take(BT * c.Vp); losses = take(BT);
+        xn = take(BT * c.D); logits = take(BT * c.Vp); losses = take(BT); lse = take(BT);
         grad_mem.assign(N * (c.D + std::max(c.D, c.F) + c.qkv_dim() + 2 * c.F) + BT * c.D, 0);
         m = grad_mem.data();
         dx = take(N * c.D); dtmp = take(N * std::max(c.D, c.F)); dqkv = take(N * c.qkv_dim());
@@ -569,7 +596,7 @@ template<typename Real> Real model_forward(Model<Real>& M, const int* tokens, co
     rmsnorm_forward(M.xn, M.rstd_final, M.xlast, M.p.g_final, BT, D);
     matmul_forward(M.logits, M.xn, M.p.wout, BT, D, c.Vp);
     if (!targets) return 0;
-    crossentropy_forward(M.losses, M.logits, targets, BT, c.V, c.Vp);
+    crossentropy_forward(M.losses, M.lse, M.logits, targets, BT, c.V, c.Vp);
     Real sum = 0;
     for (int i = 0; i < BT; i++) sum += M.losses[i];
     return sum / BT;
@@ -580,7 +607,7 @@ template<typename Real> Real model_forward(Model<Real>& M, const int* tokens, co
 template<typename Real> void model_backward(Model<Real>& M, Real dloss) {
     const Config& c = M.cfg;
     const int B = M.B, T = M.T, N = B * T * c.K, BT = B * T, D = c.D, K = c.K;
-    crossentropy_backward(M.logits, M.targets.data(), dloss / BT, BT, c.V, c.Vp);
+    crossentropy_backward(M.logits, M.lse, M.targets.data(), dloss / BT, BT, c.V, c.Vp);
     matmul_backward(M.dxlast, M.g.wout, M.logits, M.xn, M.p.wout, BT, D, c.Vp);
     rmsnorm_backward(M.dxlast, M.g.g_final, M.dxlast, M.xlast, M.p.g_final, M.rstd_final, BT, D);
     std::fill(M.dx, M.dx + (size_t)N * D, Real(0));
@@ -647,17 +674,17 @@ template<typename Real> double grad_norm(const Real* g, size_t n) {
 // min(1, clip / (norm + 1e-6)) as torch.nn.utils.clip_grad_norm_ does. m, v: (P).
 template<typename Real> void adamw_update(const Config& c, const AdamW& o, Real* params, const Real* grads,
                                           Real* m, Real* v, int step, float lr, double norm) {
-    const double clip_scale = std::min(1.0, o.clip / (norm + 1e-6));
-    const double bc1 = 1.0 - pow(o.beta1, step + 1), bc2 = 1.0 - pow(o.beta2, step + 1);
+    const Real clip_scale = (Real)std::min(1.0, o.clip / (norm + 1e-6));
+    const Real b1 = o.beta1, b2 = o.beta2, eps = o.eps, lr_ = lr;
+    const Real bc1 = (Real)(1.0 - pow(o.beta1, step + 1)), bc2 = (Real)(1.0 - pow(o.beta2, step + 1));
     for (const ParamTensor& t : param_tensors(c)) {
         const Real wd = t.decay ? (Real)o.weight_decay : Real(0);
-        #pragma omp parallel for
+        #pragma omp parallel for simd
         for (size_t i = t.offset; i < t.offset + t.size(); i++) {
-            Real gi = (Real)(grads[i] * clip_scale);
-            m[i] = o.beta1 * m[i] + (1 - o.beta1) * gi;
-            v[i] = o.beta2 * v[i] + (1 - o.beta2) * gi * gi;
-            Real mhat = m[i] / (Real)bc1, vhat = v[i] / (Real)bc2;
-            params[i] -= lr * (mhat / (std::sqrt(vhat) + o.eps) + wd * params[i]);
+            Real gi = grads[i] * clip_scale;
+            m[i] = b1 * m[i] + (1 - b1) * gi;
+            v[i] = b2 * v[i] + (1 - b2) * gi * gi;
+            params[i] -= lr_ * ((m[i] / bc1) / (std::sqrt(v[i] / bc2) + eps) + wd * params[i]);
         }
     }
 }

@@ -344,7 +344,8 @@ static int train(const Args& a, const Config& c, std::vector<float>& params) {
             model_backward(M, 1.0f / accum);
         }
         loss /= accum;
-        if (!std::isfinite(loss)) die("training loss is %g at step %d; no checkpoint written for this step", loss, step);
+        if (!std::isfinite(loss))
+            die("training loss is %s at step %d; no checkpoint written for this step", std::isnan(loss) ? "NaN" : "infinite", step);
         double norm = grad_norm(M.grads.data(), P);
         float lr = learning_rate(opt, step);
         adamw_update(c, opt, M.params.data(), M.grads.data(), st.m.data(), st.v.data(), step, lr, norm);

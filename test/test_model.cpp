@@ -188,13 +188,13 @@ TEST_CASE("cross-entropy backward matches finite differences; padded columns nev
     const int N = 3, V = 11, Vp = 128;
     auto z = random_vec<double>(N * Vp, 16, 3.0);
     std::vector<int> y = {0, 10, 4};
-    std::vector<double> l(N);
-    auto loss = [&]() { crossentropy_forward(l.data(), z.data(), y.data(), N, V, Vp); return l[0] + 2 * l[1] - l[2]; };
+    std::vector<double> l(N), lse(N);
+    auto loss = [&]() { crossentropy_forward(l.data(), lse.data(), z.data(), y.data(), N, V, Vp); return l[0] + 2 * l[1] - l[2]; };
     double before = loss();
     std::vector<double> dz = z;
     for (int i = 0; i < N; i++) {  // per-row weights 1, 2, -1 through three single-row calls
         double w[3] = {1, 2, -1};
-        crossentropy_backward(dz.data() + i * Vp, y.data() + i, w[i], 1, V, Vp);
+        crossentropy_backward(dz.data() + i * Vp, lse.data() + i, y.data() + i, w[i], 1, V, Vp);
     }
     check_fd("crossentropy", z, dz, loss);
     for (int j = V; j < Vp; j++) z[j] += 100;  // padded logits change nothing
@@ -353,4 +353,17 @@ TEST_CASE("structured attention equals dense attention masked with the predicate
         INFO(v << ": max abs difference " << worst);
         CHECK(worst <= 1e-6f);
     }
+}
+
+TEST_CASE("exp_fast in float is within 2 ulp of exp over the softmax range") {
+    double worst = 0;
+    for (int i = 0; i <= 200000; i++) {
+        float x = -87.0f + 175.0f * i / 200000;
+        double want = std::exp((double)x), got = exp_fast(x);
+        worst = std::max(worst, std::fabs(got - want) / want);
+    }
+    INFO("worst relative error " << worst);
+    CHECK(worst < 2.5e-7);  // 2 ulp of float is 2.4e-7 relative
+    CHECK(exp_fast(-INFINITY) < 1e-37f);
+    CHECK(exp_fast(0.0f) == 1.0f);
 }

@@ -1,0 +1,312 @@
+// Training machinery: optimizer, shards, checkpoints, debug states, resume, and the
+// train_phd binary's handling of bad input (run as a subprocess: it must exit non-zero
+// with one clear line).
+#include <sys/stat.h>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include "../checkpoint.h"
+#include "../dataloader.h"
+#include "test_util.h"
+
+static const char* kBin = "./train_phd";
+static const char* kTmp = "build/test-tmp";
+
+// A path in the scratch directory, which is emptied on first use so that no file of an
+// earlier run (say, a later checkpoint for --resume to find) can leak into this one.
+static std::string tmp(const std::string& name) {
+    static bool fresh = false;
+    if (!fresh) {
+        REQUIRE(system((std::string("rm -rf ") + kTmp).c_str()) == 0);
+        fresh = true;
+    }
+    mkdir("build", 0755);
+    mkdir(kTmp, 0755);
+    return std::string(kTmp) + "/" + name;
+}
+
+// Runs a shell command, returns its exit status; *out gets stdout and stderr.
+static int run(const std::string& cmd, std::string* out) {
+    FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+    REQUIRE(p != nullptr);
+    char buf[4096];
+    out->clear();
+    while (size_t n = fread(buf, 1, sizeof buf, p)) out->append(buf, n);
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static bool exists(const std::string& path) {
+    struct stat st;
+    return stat(path.c_str(), &st) == 0;
+}
+
+// A shard of a small repetitive language (so that loss can fall), V = 32.
+static std::string make_shard(const std::string& name, int n, uint64_t seed) {
+    std::vector<uint32_t> t;
+    Rng rng{seed};
+    while ((int)t.size() < n) {
+        for (uint32_t k = 1; k <= 6 && (int)t.size() < n; k++) t.push_back(k);
+        t.push_back(7 + (uint32_t)(rng.next_u64() % 25));
+    }
+    std::string path = tmp(name);
+    write_shard(path.c_str(), t.data(), (int64_t)t.size());
+    return path;
+}
+
+static std::string tiny_flags() {
+    return " --vocab 32 --layers 2 --dim 32 --heads 4 --kv-heads 2 --ffn 48 -b 2 -t 16 --threads 2 ";
+}
+
+// ----------------------------------------------------------------------------
+
+TEST_CASE("learning-rate schedule: linear warm-up, cosine to the final fraction") {
+    AdamW o;
+    o.lr_max = 1.0f; o.final_frac = 0.1f; o.warmup = 4; o.total_steps = 14;
+    CHECK(learning_rate(o, 0) == doctest::Approx(0.25));
+    CHECK(learning_rate(o, 3) == doctest::Approx(1.0));
+    CHECK(learning_rate(o, 4) == doctest::Approx(1.0));
+    CHECK(learning_rate(o, 9) == doctest::Approx(0.1 + 0.9 * 0.5 * (1 + cos(M_PI * 5 / 9))));
+    CHECK(learning_rate(o, 13) == doctest::Approx(0.1));
+}
+
+TEST_CASE("AdamW: one step by hand, decay on matrices and embeddings only, clipping") {
+    Config c = tiny_config("phd-2");
+    size_t P = num_params(c);
+    std::vector<float> p(P, 0.5f), g(P, 0.0f), m(P, 0.0f), v(P, 0.0f);
+    AdamW o;
+    o.weight_decay = 0.1f;
+    // Zero gradient: only decoupled decay acts, and only where decay is on.
+    adamw_update(c, o, p.data(), g.data(), m.data(), v.data(), 0, 0.01f, 0.0);
+    for (const ParamTensor& t : param_tensors(c)) {
+        INFO(t.name);
+        CHECK(p[t.offset] == (t.decay ? 0.5f - 0.01f * 0.1f * 0.5f : 0.5f));
+    }
+    // Gradient of norm 4 everywhere scaled to norm 1: the first Adam step is lr * sign(g).
+    std::fill(p.begin(), p.end(), 0.5f);
+    std::fill(m.begin(), m.end(), 0.0f);
+    std::fill(v.begin(), v.end(), 0.0f);
+    std::fill(g.begin(), g.end(), 4.0f / std::sqrt((float)P));
+    o.weight_decay = 0;
+    double norm = grad_norm(g.data(), P);
+    CHECK(norm == doctest::Approx(4.0));
+    adamw_update(c, o, p.data(), g.data(), m.data(), v.data(), 0, 0.01f, norm);
+    CHECK(p[0] == doctest::Approx(0.49).epsilon(1e-5));
+    CHECK(m[0] == doctest::Approx(0.1 * 1.0 / std::sqrt((double)P)).epsilon(1e-4));  // clipped gradient 1/sqrt(P)
+}
+
+TEST_CASE("overfitting one batch drives the loss close to zero") {
+    Config c = tiny_config("phd-cswa-2-2-3", 32, 12);
+    Model<float> M(c);
+    init_params(c, M.params.data(), 3);
+    const int B = 2, T = 12;
+    auto tok = random_tokens(B * T, c.V, 10), tgt = random_tokens(B * T, c.V, 11);
+    std::vector<float> m(M.params.size()), v(M.params.size());
+    AdamW o;
+    o.weight_decay = 0; o.total_steps = 300; o.lr_max = 1e-2f;
+    float first = 0, loss = 0;
+    for (int step = 0; step < 300; step++) {
+        std::fill(M.grads.begin(), M.grads.end(), 0.0f);
+        loss = model_forward(M, tok.data(), tgt.data(), B, T);
+        if (step == 0) first = loss;
+        model_backward(M, 1.0f);
+        adamw_update(c, o, M.params.data(), M.grads.data(), m.data(), v.data(), step, learning_rate(o, step),
+                     grad_norm(M.grads.data(), M.grads.size()));
+    }
+    INFO("first loss " << first << ", last " << loss);
+    CHECK(first > 3.0f);
+    CHECK(loss < 0.05f);
+}
+
+// ----------------------------------------------------------------------------
+// Shards
+
+TEST_CASE("shards round trip, uint16 and uint32, in contiguous (B, T+1) windows") {
+    for (uint32_t big : {60000u, 70000u}) {
+        std::vector<uint32_t> t(1000);
+        for (size_t i = 0; i < t.size(); i++) t[i] = (uint32_t)(i * 7919 % big);
+        std::string path = tmp("roundtrip.bin");
+        write_shard(path.c_str(), t.data(), (int64_t)t.size());
+        FILE* f = fopen_check(path.c_str(), "rb");
+        ShardInfo s = shard_info(path.c_str(), f);
+        fclose(f);
+        CHECK(s.token_bytes == (big > 65535 ? 4 : 2));
+        CHECK(load_shard(path.c_str(), (int)big) == t);
+        DataLoader dl;
+        const int B = 3, T = 50;
+        dl.open(path.c_str(), B, T, (int)big);
+        std::vector<int> in(B * T), tg(B * T);
+        for (int batch = 0; batch < 8; batch++) {  // 6 batches fit (6*150+1 <= 1000), then it wraps
+            dl.next_batch(in.data(), tg.data());
+            int start = (batch % 6) * B * T;
+            for (int i = 0; i < B * T; i++) {
+                CHECK(in[i] == (int)t[start + i]);
+                CHECK(tg[i] == (int)t[start + i + 1]);
+            }
+        }
+    }
+}
+
+TEST_CASE("bad shards and bad flags: one clear error line, non-zero exit") {
+    std::string good = make_shard("good.bin", 2000, 1), out;
+    auto raw = [](const std::string& name, std::vector<int32_t> header, std::vector<uint16_t> toks, int drop = 0) {
+        header.resize(256, 0);
+        std::string p = tmp(name);
+        std::ofstream f(p, std::ios::binary);
+        f.write((const char*)header.data(), 1024);
+        f.write((const char*)toks.data(), (std::streamsize)(toks.size() * 2 - drop));
+        return p;
+    };
+    std::vector<uint16_t> ok(100, 3);
+    std::vector<uint16_t> oob(100, 3);
+    oob[57] = 32;
+    struct Case { std::string args, expect; };
+    std::vector<Case> cases = {
+        {"-i " + raw("magic.bin", {20240521, 1, 100}, ok), "bad shard magic"},
+        {"-i " + raw("version.bin", {20240520, 7, 100}, ok), "bad shard magic/version"},
+        {"-i " + raw("trunc.bin", {20240520, 1, 100}, ok, 3), "header says 100 tokens"},
+        {"-i " + raw("range.bin", {20240520, 1, 100}, oob), "token 32 at byte offset 1138 is out of range"},
+        {"-i " + raw("short.bin", {20240520, 1, 20}, std::vector<uint16_t>(20, 3)), "shorter than one batch"},
+        {"-i " + tmp("missing_*.bin"), "no file matches"},
+        {"-i " + good + " --variant phd-swa-2", "unknown variant"},
+        {"-i " + good + " --variant phd-0", "K must be >= 1"},
+        {"-i " + good + " --variant phd-cswa-2-4-0", "C must be >= 1"},
+        {"-i " + good + " --heads 3", "D must be a multiple of H"},
+        {"-i " + good + " -b x", "-b: expected an integer"},
+        {"-i " + good + " -d 33", "not a multiple of B*T"},
+        {"-i " + good + " --bogus 1", "unknown flag"},
+        {"-i " + good + " -e " + tmp("nope.bin"), "nope.bin: cannot open"},
+        {"-i " + good + " -e " + good, "bad magic"},
+        {"--check-state " + good, "needs --init"},
+    };
+    for (const Case& k : cases) {
+        int rc = run(std::string(kBin) + tiny_flags() + k.args + " -o " + tmp("bad-out"), &out);
+        INFO(k.args << " -> " << out);
+        CHECK(rc == 1);
+        CHECK(out.find(k.expect) != std::string::npos);
+        CHECK(out.rfind("error: ", 0) == 0);                 // the only output: one error line
+        CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Checkpoints, debug states, resume
+
+TEST_CASE("checkpoint round trip and rejection of corrupt files") {
+    Config c = tiny_config("phd-cswa-3-4-5");
+    std::vector<float> p(num_params(c));
+    init_params(c, p.data(), 9);
+    std::string path = tmp("ckpt.bin");
+    save_checkpoint(path.c_str(), c, p.data());
+    CHECK(!exists(path + ".tmp"));
+    std::vector<float> q;
+    Config d = load_checkpoint(path.c_str(), &q);
+    CHECK(q == p);
+    CHECK(variant_name(d) == "phd-cswa-3-4-5");
+    CHECK((d.V == c.V && d.Vp == c.Vp && d.L == c.L && d.D == c.D && d.H == c.H && d.Hkv == c.Hkv && d.F == c.F &&
+           d.maxT == c.maxT));
+    // A truncated copy is refused by the binary with the file named.
+    std::ifstream in(path, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::string cut = tmp("ckpt_cut.bin");
+    std::ofstream(cut, std::ios::binary).write(bytes.data(), (std::streamsize)bytes.size() - 4);
+    std::string out;
+    CHECK(run(std::string(kBin) + " -e " + cut + " -i " + make_shard("g.bin", 500, 2), &out) == 1);
+    CHECK(out.find("ckpt_cut.bin: file has") != std::string::npos);
+}
+
+static std::vector<std::string> train_losses(const std::string& log) {
+    std::ifstream f(log);
+    std::vector<std::string> l;
+    std::string line;
+    while (std::getline(f, line))
+        if (line.find(" train ") != std::string::npos) l.push_back(line);
+    return l;
+}
+
+TEST_CASE("resume is bit-identical: N steps straight equal N/2, save, reload, N/2") {
+    std::string shard = make_shard("resume.bin", 3000, 5), out;
+    std::string a = tmp("resume-a"), b = tmp("resume-b");
+    std::string flags = std::string(kBin) + tiny_flags() + "--variant phd-swa-2-3 -i " + shard +
+                        " -j " + shard + " -x 12 -u 2 -v 5 -m 2 -s 4 -g 4 -d 64 ";
+    REQUIRE(run(flags + "-n 6 -o " + a, &out) == 0);
+    std::vector<std::string> straight = train_losses(a + "/log.txt");
+    REQUIRE(straight.size() == 12);
+    mkdir(b.c_str(), 0755);
+    for (const char* kind : {"model", "state"}) {
+        std::string name = std::string("/") + kind + "_00000006.bin";
+        std::ifstream src(a + name, std::ios::binary);
+        std::ofstream(b + name, std::ios::binary) << src.rdbuf();
+    }
+    REQUIRE(run(flags + "-y 1 -o " + b, &out) == 0);
+    CHECK(out.find("resumed from") != std::string::npos);
+    std::vector<std::string> resumed = train_losses(b + "/log.txt");
+    REQUIRE(resumed.size() == 6);
+    for (int i = 0; i < 6; i++) CHECK(resumed[i] == straight[6 + i]);  // "step N train %.9g": exact floats
+    // The final checkpoints are identical files too.
+    std::ifstream fa(a + "/model_00000012.bin", std::ios::binary), fb(b + "/model_00000012.bin", std::ios::binary);
+    std::stringstream sa, sb;
+    sa << fa.rdbuf();
+    sb << fb.rdbuf();
+    CHECK(sa.str().size() > 1024);
+    CHECK(sa.str() == sb.str());
+}
+
+TEST_CASE("check-state: float forward/backward against a double-precision debug state") {
+    std::string shard = make_shard("state.bin", 1000, 6), out;
+    for (const char* v : {"vanilla", "phd-3", "phd-swa-3-2", "phd-cswa-3-2-2", "naive-2"}) {
+        Config c = tiny_config(v, 32, 16);
+        c.D = 32; c.F = 48;
+        std::vector<float> p(num_params(c));
+        init_params(c, p.data(), 4);
+        std::string ck = tmp(std::string("state_") + v + ".ckpt"), st = tmp(std::string("state_") + v + ".state");
+        save_checkpoint(ck.c_str(), c, p.data());
+        REQUIRE(run(std::string(kBin) + " -b 2 -t 16 -e " + ck + " -i " + shard + " --dump-state " + st, &out) == 0);
+        int rc = run(std::string(kBin) + " -e " + ck + " --check-state " + st, &out);
+        INFO(v << ":\n" << out);
+        CHECK(rc == 0);
+        CHECK(out.find("dlayer1.w2") != std::string::npos);
+        // One gradient element off by 1% of its tensor's scale must fail the check.
+        DebugState s = load_debug_state(st.c_str());
+        ParamTensor w2 = param_tensors(c)[1 + kTensorsPerLayer + 8];
+        float scale = 0;
+        for (size_t i = 0; i < w2.size(); i++) scale = std::max(scale, std::fabs(s.grads[w2.offset + i]));
+        s.grads[w2.offset + 5] += 0.01f * scale;
+        save_debug_state(st.c_str(), s);
+        rc = run(std::string(kBin) + " -e " + ck + " --check-state " + st, &out);
+        CHECK(rc == 1);
+        CHECK(out.find("dlayer1.w2") != std::string::npos);
+        CHECK(out.find("FAIL") != std::string::npos);
+    }
+}
+
+TEST_CASE("a NaN loss stops training with a clear error and writes no checkpoint") {
+    Config c = tiny_config("phd-2", 32, 16);
+    c.D = 32; c.F = 48;
+    std::vector<float> p(num_params(c));
+    init_params(c, p.data(), 4);
+    p[100] = NAN;
+    std::string ck = tmp("nan.ckpt"), dir = tmp("nan-out"), out;
+    save_checkpoint(ck.c_str(), c, p.data());
+    int rc = run(std::string(kBin) + " -b 2 -t 16 -x 3 -v 0 -s 0 -e " + ck + " -i " + make_shard("n.bin", 500, 3) +
+                 " -o " + dir, &out);
+    INFO(out);
+    CHECK(rc == 1);
+    CHECK(out.find("error: training loss is NaN at step 0") != std::string::npos);
+    CHECK(!exists(dir + "/model_00000001.bin"));
+    CHECK(!exists(dir + "/model_00000003.bin"));
+}
+
+TEST_CASE("training through the binary lowers the loss and leaves no temporary files") {
+    std::string shard = make_shard("learn.bin", 20000, 8), dir = tmp("learn-out"), out;
+    int rc = run(std::string(kBin) + tiny_flags() + "--variant phd-cswa-2-4-8 -i " + shard + " -x 60 -l 3e-3 -v 0 -s 0 -o " + dir, &out);
+    REQUIRE(rc == 0);
+    std::vector<std::string> l = train_losses(dir + "/log.txt");
+    REQUIRE(l.size() == 60);
+    float first = std::stof(l.front().substr(l.front().rfind(' '))), last = std::stof(l.back().substr(l.back().rfind(' ')));
+    INFO("first " << first << " last " << last);
+    CHECK(last < first - 1.0f);
+    CHECK(exists(dir + "/model_00000060.bin"));
+    CHECK(!exists(dir + "/model_00000060.bin.tmp"));
+    CHECK(!exists(dir + "/state_00000060.bin.tmp"));
+}
