@@ -1,8 +1,9 @@
 // CPU training-step benchmark (issue 2): ms/step and original tokens/s of one full step
 // (forward, backward, grad norm, AdamW) for several variants at one fixed size, and the
-// share of the LM head (final norm + head matmuls + cross-entropy on B*T rows), timed by
-// running exactly those calls on their real shapes. PHD.md section 7: the body should cost
-// about K x vanilla, the head 1 x.
+// split of forward+backward into the LM head (final norm + head matmuls + cross-entropy on
+// B*T rows, timed by running exactly those calls on their real shapes) and the transformer
+// body (the rest), plus the optimizer (zeroing, grad norm, AdamW). PHD.md section 7: the
+// body should cost about K x vanilla, the head 1 x.
 //   make bench            (OMP_NUM_THREADS=2)
 //   ./build/bench_cpu [steps]
 #include <omp.h>
@@ -18,7 +19,8 @@ int main(int argc, char** argv) {
     const char* variants[] = {"vanilla", "phd-2", "phd-cswa-2-16-32", "phd-cswa-3-16-32"};
     printf("L=4 D=256 H=4 F=683 V=50257 B=%d T=%d, %d OpenMP threads, mean of %d steps after 1 warm-up\n", B, T,
            omp_get_max_threads(), steps);
-    printf("%-18s %10s %12s %10s %10s %12s\n", "variant", "ms/step", "orig tok/s", "head ms", "body ms", "body/vanilla");
+    printf("%-18s %8s %11s | %8s %8s %8s %8s | %12s\n", "variant", "ms/step", "orig tok/s", "fwd+bwd", "head", "body",
+           "optim", "body/vanilla");
     double body_vanilla = 0;
     for (const char* v : variants) {
         Config c;
@@ -31,15 +33,17 @@ int main(int argc, char** argv) {
         std::vector<int> tok(B * T), tgt(B * T);
         for (int i = 0; i < B * T; i++) { tok[i] = (int)(rng.next_u64() % c.V); tgt[i] = (int)(rng.next_u64() % c.V); }
         AdamW o;
-        double total = 0;
+        double total = 0, fb = 0;
         for (int s = 0; s <= steps; s++) {
             double t0 = now_ms();
             std::fill(M.grads.begin(), M.grads.end(), 0.0f);
+            double t1 = now_ms();
             model_forward(M, tok.data(), tgt.data(), B, T);
             model_backward(M, 1.0f);
+            double t2 = now_ms();
             double n = grad_norm(M.grads.data(), M.grads.size());
             adamw_update(c, o, M.params.data(), M.grads.data(), m.data(), vv.data(), s, 1e-4f, n);
-            if (s > 0) total += now_ms() - t0;
+            if (s > 0) { total += now_ms() - t0; fb += t2 - t1; }
         }
         // The head alone, same calls and shapes as inside model_forward/model_backward.
         const int BT = B * T;
@@ -54,9 +58,10 @@ int main(int argc, char** argv) {
             rmsnorm_backward(M.dxlast, M.g.g_final, M.dxlast, M.xlast, M.p.g_final, M.rstd_final, BT, c.D);
             if (s > 0) head += now_ms() - t0;
         }
-        double ms = total / steps, hms = head / steps, body = ms - hms;
+        double ms = total / steps, fbms = fb / steps, hms = head / steps, body = fbms - hms;
         if (c.variant == VANILLA) body_vanilla = body;
-        printf("%-18s %10.1f %12.0f %10.1f %10.1f %12.2f\n", v, ms, BT / (ms / 1000), hms, body, body / body_vanilla);
+        printf("%-18s %8.1f %11.0f | %8.1f %8.1f %8.1f %8.1f | %12.2f\n", v, ms, BT / (ms / 1000), fbms, hms, body,
+               ms - fbms, body / body_vanilla);
     }
     return 0;
 }
