@@ -10,7 +10,9 @@ HEADERS  := $(wildcard *.h kernels/*.cuh)
 TEST_SRC := $(wildcard test/*.cpp)
 TEST_HDR := $(wildcard test/*.h)
 
-.PHONY: all test bench clean train
+PYTHON_TORCH := /usr/bin/python3
+
+.PHONY: all test test-reference fixtures bench clean train
 all: train_phd
 
 ifneq ($(NVCC),)
@@ -31,9 +33,18 @@ build/test_cpu: $(TEST_SRC) $(TEST_HDR) $(HEADERS)
 	@mkdir -p build
 	$(CXX) $(HOSTFLAGS) $(TEST_SRC) -o $@
 
-# Prints one closing line, "N passed, M failed", the count of doctest test cases.
+# Every suite (C++ tests; the PyTorch reference's self-tests when torch is installed);
+# the last line is the total, "total: N passed, M failed, K skipped".
 test: train_phd build/train_phd_cpu build/test_cpu
-	./build/test_cpu
+	./test/run_tests.sh
+
+# The PyTorch reference alone (needs Debian's python3-torch).
+test-reference:
+	$(PYTHON_TORCH) dev/phd_reference.py selftest
+
+# Regenerates test/fixtures/ from the PyTorch reference.
+fixtures:
+	$(PYTHON_TORCH) dev/phd_reference.py write test/fixtures
 
 build/bench_cpu: dev/bench_cpu.cpp $(HEADERS)
 	@mkdir -p build

@@ -1,0 +1,307 @@
+#!/usr/bin/python3
+"""An independent PyTorch reference of the PHD-Transformer (../shared/PHD.md).
+
+Written from the spec, not from the C++: dense attention over the K*T logical sequence with
+a mask built from the spec's rules, autograd for gradients, torch.optim.AdamW for the
+optimizer. Everything runs in float64.
+
+    /usr/bin/python3 dev/phd_reference.py write test/fixtures   # `make fixtures`
+    /usr/bin/python3 dev/phd_reference.py selftest              # `make test-reference`
+
+Needs Debian's PyTorch (apt-get install python3-torch); the pyenv python3 cannot import it.
+Fixture files per variant (formats in README.md):
+    NAME.ckpt    model checkpoint (float32 weights)
+    NAME.state   debug state: tokens, targets, last-copy logits, loss, every gradient
+    NAME.adamw   text: the schedule of 10 AdamW steps on that batch and the loss before each
+"""
+import math
+import os
+import re
+import struct
+import sys
+
+import torch
+
+F64 = torch.float64
+VARIANT_IDS = {"vanilla": 0, "phd": 1, "phd-swa": 2, "phd-cswa": 3, "naive": 4}
+
+
+# ---------------------------------------------------------------------------------------
+# Configuration
+
+def parse_variant(name):
+    """'phd-cswa-3-2-2' -> dict(kind='phd-cswa', K=3, W=2, C=2)."""
+    if name == "vanilla":
+        return dict(kind="vanilla", K=1, W=0, C=0)
+    m = re.fullmatch(r"(phd-cswa|phd-swa|phd|naive)((?:-\d+)+)", name)
+    nums = [int(x) for x in m.group(2)[1:].split("-")]
+    kind = m.group(1)
+    want = {"phd": 1, "naive": 1, "phd-swa": 2, "phd-cswa": 3}[kind]
+    assert len(nums) == want, name
+    nums += [0] * (3 - len(nums))
+    return dict(kind=kind, K=nums[0], W=nums[1], C=nums[2])
+
+
+def make_config(variant, V=97, L=2, D=32, H=4, Hkv=2, F=64, maxT=7):
+    cfg = dict(V=V, Vp=(V + 127) // 128 * 128, L=L, D=D, H=H, Hkv=Hkv, F=F, maxT=maxT, name=variant)
+    cfg.update(parse_variant(variant))
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------
+# Visibility: PHD.md section 4, rule by rule
+
+def visible(cfg, n, c, m, d):
+    K, kind = cfg["K"], cfg["kind"]
+    if kind == "naive":
+        return m * K + d <= n * K + c
+    if d == 0:
+        return m <= n
+    if c == 0:
+        return False
+    if m == n:
+        return d <= c
+    if kind in ("phd-swa", "phd-cswa"):
+        gap = (n * (K - 1) + c - 1) - (m * (K - 1) + d - 1)
+        if not (0 < gap <= cfg["W"]):
+            return False
+        return kind == "phd-swa" or m // cfg["C"] == n // cfg["C"]
+    return False
+
+
+def build_mask(cfg, T):
+    """(T*K, T*K) bool, True where query i = n*K+c may see key j = m*K+d."""
+    K = cfg["K"]
+    N = T * K
+    mask = torch.zeros(N, N, dtype=torch.bool)
+    for i in range(N):
+        for j in range(N):
+            mask[i, j] = visible(cfg, i // K, i % K, j // K, j % K)
+    return mask
+
+
+# ---------------------------------------------------------------------------------------
+# Parameters in checkpoint order
+
+def param_shapes(cfg):
+    D, H, Hkv, F, Vp = cfg["D"], cfg["H"], cfg["Hkv"], cfg["F"], cfg["Vp"]
+    hd = D // H
+    shapes = [("E", (Vp, D))]
+    for l in range(cfg["L"]):
+        p = f"layer{l}."
+        shapes += [(p + "g_attn", (D,)), (p + "wq", (H * hd, D)), (p + "wk", (Hkv * hd, D)),
+                   (p + "wv", (Hkv * hd, D)), (p + "wo", (D, H * hd)), (p + "g_ffn", (D,)),
+                   (p + "w1", (F, D)), (p + "w3", (F, D)), (p + "w2", (D, F))]
+    shapes += [("g_final", (D,)), ("wout", (Vp, D))]
+    return shapes
+
+
+def init_params(cfg, gen):
+    """PHD.md section 9, drawn with torch's generator (the fixture stores the result)."""
+    out = {}
+    std_out = 0.02 / math.sqrt(2 * cfg["L"])
+    for name, shape in param_shapes(cfg):
+        if len(shape) == 1:
+            t = torch.ones(shape, dtype=F64)
+        else:
+            std = std_out if name.endswith(("wo", "w2")) else 0.02
+            t = torch.randn(shape, generator=gen, dtype=F64) * std
+            if name in ("E", "wout"):
+                t[cfg["V"]:] = 0
+        # the C++ side reads float32 weights: start from exactly those values
+        out[name] = t.float().double().requires_grad_(True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The model: PHD.md section 9
+
+def rmsnorm(x, g):
+    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-5) * g
+
+
+def rope(x, pos):
+    """x (B, N, heads, hd), pos (N): rotate-half pairs (z_i, z_{i+hd/2})."""
+    hd = x.shape[-1]
+    i = torch.arange(hd // 2, dtype=F64)
+    ang = pos.to(F64)[:, None] * torch.pow(torch.tensor(10000.0, dtype=F64), -2.0 * i / hd)[None, :]
+    cos, sin = torch.cos(ang)[None, :, None, :], torch.sin(ang)[None, :, None, :]
+    a, b = x[..., : hd // 2], x[..., hd // 2:]
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+
+
+def forward(cfg, P, tokens, targets=None):
+    """tokens (B, T) -> last-copy logits (B, T, Vp) and the mean loss."""
+    B, T = tokens.shape
+    K, D, H, Hkv = cfg["K"], cfg["D"], cfg["H"], cfg["Hkv"]
+    hd = D // H
+    N = T * K
+    x = P["E"][tokens].repeat_interleave(K, dim=1)              # (B, N, D): copy c of n at n*K+c
+    pos = torch.arange(T).repeat_interleave(K)                   # every copy at position n
+    mask = build_mask(cfg, T)
+    for l in range(cfg["L"]):
+        p = lambda s: P[f"layer{l}.{s}"]
+        a = rmsnorm(x, p("g_attn"))
+        q = rope((a @ p("wq").T).view(B, N, H, hd), pos)
+        k = rope((a @ p("wk").T).view(B, N, Hkv, hd), pos)
+        v = (a @ p("wv").T).view(B, N, Hkv, hd)
+        k = k.repeat_interleave(H // Hkv, dim=2)                 # GQA: head h uses kv head h // (H/Hkv)
+        v = v.repeat_interleave(H // Hkv, dim=2)
+        s = torch.einsum("bihe,bjhe->bhij", q, k) / math.sqrt(hd)
+        s = s.masked_fill(~mask, float("-inf"))
+        o = torch.einsum("bhij,bjhe->bihe", torch.softmax(s, dim=-1), v).reshape(B, N, H * hd)
+        x = x + o @ p("wo").T
+        f = rmsnorm(x, p("g_ffn"))
+        x = x + (torch.nn.functional.silu(f @ p("w1").T) * (f @ p("w3").T)) @ p("w2").T
+    last = x[:, K - 1::K]                                        # (B, T, D): the last copies
+    logits = rmsnorm(last, P["g_final"]) @ P["wout"].T           # (B, T, Vp)
+    loss = None
+    if targets is not None:
+        loss = torch.nn.functional.cross_entropy(logits[..., : cfg["V"]].reshape(B * T, -1), targets.reshape(-1))
+    return logits, loss
+
+
+def lr_at(step, lr, warmup, steps, final_frac):
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / (steps - warmup - 1)) if steps > warmup + 1 else 1.0
+    lo = lr * final_frac
+    return lo + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - lo)
+
+
+def adamw_losses(cfg, P, tokens, targets, lr, warmup, steps, final_frac, wd):
+    """Loss before each of `steps` AdamW updates on one batch (decay on matrices only)."""
+    decay = [t for name, t in P.items() if t.dim() == 2]
+    no_decay = [t for name, t in P.items() if t.dim() == 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.95), eps=1e-8)
+    losses = []
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, lr, warmup, steps, final_frac)
+        opt.zero_grad()
+        _, loss = forward(cfg, P, tokens, targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(P.values()), 1.0)
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+# ---------------------------------------------------------------------------------------
+# Files (README.md, "File formats")
+
+def header(magic, cfg, extra=()):
+    P = sum(math.prod(s) for _, s in param_shapes(cfg))
+    h = [magic, 1, cfg["V"], cfg["Vp"], cfg["L"], cfg["D"], cfg["H"], cfg["Hkv"], cfg["F"], cfg["maxT"],
+         VARIANT_IDS[cfg["kind"]], cfg["K"], cfg["W"], cfg["C"], P & 0xFFFFFFFF, P >> 32, *extra]
+    return struct.pack("<256i", *(h + [0] * (256 - len(h))))
+
+
+def f32(t):
+    return struct.pack(f"<{t.numel()}f", *t.detach().reshape(-1).tolist())
+
+
+def write_fixture(outdir, variant, seed):
+    cfg = make_config(variant)
+    gen = torch.Generator().manual_seed(seed)
+    P = init_params(cfg, gen)
+    B, T = 2, 7
+    tokens = torch.randint(0, cfg["V"], (B, T), generator=gen)
+    targets = torch.randint(0, cfg["V"], (B, T), generator=gen)
+    logits, loss = forward(cfg, P, tokens, targets)
+    loss.backward()
+    with open(os.path.join(outdir, variant + ".ckpt"), "wb") as f:
+        f.write(header(20261124, cfg))
+        for name, _ in param_shapes(cfg):
+            f.write(f32(P[name]))
+    with open(os.path.join(outdir, variant + ".state"), "wb") as f:
+        f.write(header(20261126, cfg, (B, T)))
+        f.write(struct.pack(f"<{B * T}i", *tokens.reshape(-1).tolist()))
+        f.write(struct.pack(f"<{B * T}i", *targets.reshape(-1).tolist()))
+        f.write(f32(logits[..., : cfg["V"]]))
+        f.write(struct.pack("<f", loss.item()))
+        for name, _ in param_shapes(cfg):
+            f.write(f32(P[name].grad))
+    sched = dict(lr=3e-3, warmup=3, steps=10, final_frac=0.1, wd=0.1)
+    for t in P.values():
+        t.grad = None
+    losses = adamw_losses(cfg, P, tokens, targets, **sched)
+    with open(os.path.join(outdir, variant + ".adamw"), "w") as f:
+        f.write("# lr warmup steps final_frac weight_decay, then the loss before each AdamW step\n")
+        f.write(f"{sched['lr']!r} {sched['warmup']} {sched['steps']} {sched['final_frac']!r} {sched['wd']!r}\n")
+        for x in losses:
+            f.write(f"{x!r}\n")
+    print(f"{variant}: loss {loss.item():.6f}, after 10 AdamW steps {losses[-1]:.6f}")
+
+
+FIXTURE_VARIANTS = ["vanilla", "phd-3", "phd-swa-3-2", "phd-cswa-3-2-2", "naive-2"]
+
+
+# ---------------------------------------------------------------------------------------
+# Self-tests of the reference
+
+HAND_MASKS = {  # K = 3, T = 4, written out by hand from PHD.md section 4
+    "phd-3": ["100000000000", "110000000000", "111000000000", "100100000000", "100110000000", "100111000000",
+              "100100100000", "100100110000", "100100111000", "100100100100", "100100100110", "100100100111"],
+    "phd-swa-3-2": ["100000000000", "110000000000", "111000000000", "100100000000", "111110000000", "101111000000",
+                    "100100100000", "100111110000", "100101111000", "100100100100", "100100111110", "100100101111"],
+    "phd-cswa-3-2-2": ["100000000000", "110000000000", "111000000000", "100100000000", "111110000000",
+                       "101111000000", "100100100000", "100100110000", "100100111000", "100100100100",
+                       "100100111110", "100100101111"],
+    "naive-3": ["1" * (i + 1) + "0" * (11 - i) for i in range(12)],
+}
+
+
+def selftest():
+    results = []
+
+    def check(name, ok):
+        results.append(ok)
+        print(f"{'ok  ' if ok else 'FAIL'} {name}")
+
+    for variant, rows in HAND_MASKS.items():
+        m = build_mask(make_config(variant), 4)
+        want = torch.tensor([[ch == "1" for ch in r] for r in rows])
+        check(f"mask {variant} equals the hand-written K=3, T=4 matrix", bool(torch.equal(m, want)))
+
+    small = dict(V=11, L=1, D=8, H=2, Hkv=1, F=12, maxT=5)
+    for variant in FIXTURE_VARIANTS:
+        cfg = make_config(variant, **small)
+        gen = torch.Generator().manual_seed(1)
+        P = init_params(cfg, gen)
+        for t in P.values():  # larger weights: a sharper test
+            t.data.mul_(10)
+        tokens = torch.randint(0, 11, (2, 5), generator=gen)
+        targets = torch.randint(0, 11, (2, 5), generator=gen)
+        names = list(P.keys())
+
+        def loss_of(*tensors):
+            return forward(cfg, dict(zip(names, tensors)), tokens, targets)[1]
+        ok = torch.autograd.gradcheck(loss_of, tuple(P.values()), eps=1e-6, atol=1e-7, rtol=1e-5, raise_exception=False)
+        check(f"gradcheck (float64) of the whole model, {variant}", ok)
+
+    cfg_v = make_config("vanilla", **small)
+    P = init_params(cfg_v, torch.Generator().manual_seed(2))
+    tokens = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(3))
+    lv, _ = forward(cfg_v, P, tokens)
+    for variant in ["phd-1", "phd-swa-1-3", "phd-cswa-1-2-2", "naive-1"]:
+        l1, _ = forward(make_config(variant, **small), P, tokens)
+        check(f"K=1: {variant} equals vanilla", bool(torch.equal(l1, lv)))
+    lk, _ = forward(make_config("phd-3", **small), P, tokens)
+    check("phd-3 differs from vanilla (the K=1 check can fail)", not torch.allclose(lk, lv))
+
+    failed = results.count(False)
+    print(f"reference: {len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "write":
+        os.makedirs(sys.argv[2], exist_ok=True)
+        for i, v in enumerate(FIXTURE_VARIANTS):
+            write_fixture(sys.argv[2], v, seed=100 + i)
+    elif len(sys.argv) == 2 and sys.argv[1] == "selftest":
+        sys.exit(selftest())
+    else:
+        sys.exit(__doc__)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every test suite and prints the total as the last line: "N passed, M failed".
+# Suites that cannot run here say so and count as skipped, never as passed.
+set -u
+cd "$(dirname "$0")/.."
+passed=0 failed=0 skipped=0
+
+# run NAME CMD...: the suite's own last line must be "[NAME: ]N passed, M failed"
+run() {
+    local name=$1; shift
+    echo "== $name: $*"
+    local out rc
+    out=$("$@" 2>&1); rc=$?
+    printf '%s\n' "$out"
+    local line
+    line=$(printf '%s\n' "$out" | grep -E '^([a-z]+: )?[0-9]+ passed, [0-9]+ failed$' | tail -n 1)
+    if [ -z "$line" ]; then
+        echo "$name: no summary line (exit $rc); counted as 1 failed"
+        failed=$((failed + 1))
+        return
+    fi
+    local p f
+    p=$(echo "$line" | sed -E 's/^([a-z]+: )?([0-9]+) passed.*/\2/')
+    f=$(echo "$line" | sed -E 's/.* ([0-9]+) failed$/\1/')
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+    passed=$((passed + p)); failed=$((failed + f))
+}
+
+run cpu ./build/test_cpu
+
+if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
+    run reference /usr/bin/python3 dev/phd_reference.py selftest
+else
+    echo "== reference: SKIPPED (Debian's python3-torch is not installed: apt-get install python3-torch)"
+    skipped=$((skipped + 1))
+fi
+
+echo "total: $passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]
