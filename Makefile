@@ -29,13 +29,24 @@ build/train_phd_cpu: train_phd.cu $(HEADERS)
 	@mkdir -p build
 	$(CXX) $(HOSTFLAGS) -x c++ $< -o $@
 
-build/test_cpu: $(TEST_SRC) $(TEST_HDR) $(HEADERS)
+CPU_TESTS := test/test_main.cpp test/test_model.cpp test/test_train.cpp test/test_fixtures.cpp
+build/test_cpu: $(CPU_TESTS) $(TEST_HDR) $(HEADERS)
 	@mkdir -p build
-	$(CXX) $(HOSTFLAGS) $(TEST_SRC) -o $@
+	$(CXX) $(HOSTFLAGS) $(CPU_TESTS) -o $@
+
+# The data pipeline (GPT-2 BPE needs PCRE2 and nlohmann-json: data/setup.sh installs them).
+DATA_HDR := $(wildcard data/*.h) dataloader.h utils.h
+build/prepare: data/prepare.cpp $(DATA_HDR)
+	@mkdir -p build
+	$(CXX) $(HOSTFLAGS) $< -o $@ -lpcre2-8
+
+build/test_data: test/test_main.cpp test/test_data.cpp $(TEST_HDR) $(DATA_HDR)
+	@mkdir -p build
+	$(CXX) $(HOSTFLAGS) test/test_main.cpp test/test_data.cpp -o $@ -lpcre2-8
 
 # Every suite (C++ tests; the PyTorch reference's self-tests when torch is installed);
 # the last line is the total, "total: N passed, M failed, K skipped".
-test: train_phd build/train_phd_cpu build/test_cpu
+test: train_phd build/train_phd_cpu build/test_cpu build/prepare build/test_data
 	./test/run_tests.sh
 
 # The PyTorch reference alone (needs Debian's python3-torch).

