@@ -64,5 +64,16 @@ build/bench_cpu: dev/bench_cpu.cpp $(HEADERS)
 bench: build/bench_cpu
 	OMP_NUM_THREADS=2 ./build/bench_cpu
 
+# The main job: set-up, the KJV corpus as GPT-2 shards, then a small phd-cswa-2-16-32 model.
+KJV := data/shards/kjv
+TRAIN_FLAGS ?= --variant phd-cswa-2-16-32 --layers 4 --dim 128 --heads 4 -b 8 -t 128 \
+               -x 300 -l 3e-3 -u 20 -v 50 -m 10 -s 100 -g 48 -n 100
+train:
+	bash data/setup.sh
+	$(MAKE) train_phd build/prepare
+	[ -f $(KJV)/tokenizer.bin ] || ./build/prepare --tokenizer gpt2 --out $(KJV) --name kjv data/cache/text/kjv/kjv.txt
+	./train_phd -i '$(KJV)/kjv_train_*.bin' -j '$(KJV)/kjv_val_*.bin' -k $(KJV)/tokenizer.bin $(TRAIN_FLAGS) -o out/kjv
+	./dev/plot_loss.sh out/kjv/log.txt out/kjv/loss.png
+
 clean:
 	rm -rf build train_phd

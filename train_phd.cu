@@ -8,18 +8,18 @@
 // Builds with nvcc (CUDA) or as plain C++ (g++ -x c++, CPU only). The CUDA training path is
 // not written yet, so both builds train on the CPU; --device cuda says so and exits.
 #include <omp.h>
-#include <sys/stat.h>
 #include <chrono>
 #include <string>
 #include <vector>
 #include "checkpoint.h"
+#include "data/tokenizer.h"
 #include "dataloader.h"
 #include "model.h"
 #include "utils.h"
 
 struct Args {
     std::string train_pattern, val_pattern, out_dir = "out", init, device = "cpu";
-    std::string check_state, dump_state;
+    std::string check_state, dump_state, tokenizer;
     std::string variant = "phd-cswa-2-16-32";
     int V = 50257, L = 4, D = 256, H = 4, Hkv = 0, F = 0, maxT = 0;
     int B = 4, T = 64, total_batch = 0, steps = 100, warmup = 0;
@@ -39,6 +39,7 @@ static void usage() {
         "  -o, --out DIR            checkpoints and log.txt go here (default out)\n"
         "  -e, --init CKPT          start from this checkpoint (its config wins)\n"
         "  -y, --resume 0|1         continue from the latest checkpoint + state in --out\n"
+        "  -k, --tokenizer FILE     print samples as text (tokenizer.bin from data/prepare)\n"
         "model (when not loaded from --init)\n"
         "      --variant NAME       vanilla | phd-K | phd-swa-K-W | phd-cswa-K-W-C | naive-K\n"
         "                           (default phd-cswa-2-16-32)\n"
@@ -97,6 +98,7 @@ static Args parse_args(int argc, char** argv) {
         else if (f == "-o" || f == "--out") a.out_dir = v;
         else if (f == "-e" || f == "--init") a.init = v;
         else if (f == "-y" || f == "--resume") a.resume = parse_int(fl, v, 0);
+        else if (f == "-k" || f == "--tokenizer") a.tokenizer = v;
         else if (f == "--variant") { a.variant = v; a.variant_given = true; }
         else if (f == "--vocab") a.V = parse_int(fl, v, 2);
         else if (f == "--layers") a.L = parse_int(fl, v, 1);
@@ -233,11 +235,11 @@ static float validate(Model<float>& M, DataLoader& val, int steps, std::vector<i
     return (float)(sum / steps);
 }
 
-// Samples n tokens after a start token (50256, GPT-2's <|endoftext|>, when the vocabulary
-// has it, else 0) with a full forward per token. The KV-cache decoder replaces this later.
-static std::vector<int> sample(Model<float>& M, int n, Rng& rng) {
+// Samples n tokens after `start` (the document separator: GPT-2's <|endoftext|>, or 0) with
+// a full forward per token. The KV-cache decoder replaces this later.
+static std::vector<int> sample(Model<float>& M, int start, int n, Rng& rng) {
     const Config& c = M.cfg;
-    std::vector<int> seq = {c.V > 50256 ? 50256 : 0};
+    std::vector<int> seq = {start};
     std::vector<double> p(c.V);
     for (int i = 0; i < n && (int)seq.size() < c.maxT; i++) {
         model_forward(M, seq.data(), nullptr, 1, (int)seq.size());
@@ -279,7 +281,7 @@ static int latest_checkpoint(const Args& a) {
 static int train(const Args& a, const Config& c, std::vector<float>& params) {
     if (a.train_pattern.empty()) die("--train: no training shards given (see --help)");
     if (a.T > c.maxT) die("--seq: T=%d exceeds the model's max sequence length %d", a.T, c.maxT);
-    if (mkdir(a.out_dir.c_str(), 0755) != 0 && errno != EEXIST) die("%s: cannot create directory (%s)", a.out_dir.c_str(), strerror(errno));
+    mkdir_p(a.out_dir);
     const int accum = a.total_batch / (a.B * a.T);
     const size_t P = num_params(c);
 
@@ -295,6 +297,13 @@ static int train(const Args& a, const Config& c, std::vector<float>& params) {
     st.m.assign(P, 0); st.v.assign(P, 0);
     st.rng = a.seed ^ 0x5eed5eed5eedull;
     Rng sample_rng{st.rng};
+    Tokenizer tok;
+    if (!a.tokenizer.empty()) {
+        tok = load_tokenizer(a.tokenizer.c_str());
+        if (tok.vocab_size() != c.V)
+            die("%s: vocabulary of %d tokens, the model has V=%d", a.tokenizer.c_str(), tok.vocab_size(), c.V);
+    }
+    const int start_token = tok.eot >= 0 ? tok.eot : (c.V > 50256 ? 50256 : 0);
 
     if (a.resume) {
         int step = latest_checkpoint(a);
@@ -329,9 +338,12 @@ static int train(const Args& a, const Config& c, std::vector<float>& params) {
             fprintf(log, "step %d val %.9g\n", step, vl);
         }
         if (a.sample_every && step > 0 && step % a.sample_every == 0) {
-            std::vector<int> s = sample(M, a.sample_tokens, sample_rng);
-            printf("sample:");
-            for (int t : s) printf(" %d", t);
+            std::vector<int> s = sample(M, start_token, a.sample_tokens, sample_rng);
+            printf("sample: ");
+            for (int t : s) {
+                if (tok.vocab_size()) fputs(tok.decode(t).c_str(), stdout);
+                else printf(" %d", t);
+            }
             printf("\n");
         }
 

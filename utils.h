@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <sys/stat.h>
 
 [[noreturn]] static inline void die(const char* fmt, ...) {
     fflush(stdout);
@@ -47,6 +48,15 @@ static inline int64_t file_size_check(FILE* f, const char* path) {
     int64_t size = (int64_t)ftello(f);
     if (size < 0 || fseeko(f, 0, SEEK_SET) != 0) die("%s: cannot seek (%s)", path, strerror(errno));
     return size;
+}
+
+// mkdir -p: creates dir and its missing parents, or dies naming it.
+static inline void mkdir_p(const std::string& dir) {
+    for (size_t i = 1; i <= dir.size(); i++) {
+        if (i < dir.size() && dir[i] != '/') continue;
+        std::string part = dir.substr(0, i);
+        if (mkdir(part.c_str(), 0755) != 0 && errno != EEXIST) die("%s: cannot create directory (%s)", part.c_str(), strerror(errno));
+    }
 }
 
 // Files are never written in place: a crash mid-write leaves the previous file intact.

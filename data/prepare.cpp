@@ -101,6 +101,7 @@ int main(int argc, char** argv) {
         total_docs += split_documents(text).size();
     }
     if (total_docs < 2) die("corpus is empty or has a single document: need at least 2 (one each for train and val)");
+    mkdir_p(out);
     ShardWriter train{out, name, "train", shard_tokens, 0, 0, {}}, val{out, name, "val", shard_tokens, 0, 0, {}};
     int ndocs = 0;
     for (const std::string& path : files) {
