@@ -5,14 +5,16 @@ CXXFLAGS ?= -O3 -march=native
 WARN     := -Wall -Wextra -Werror
 HOSTFLAGS = -std=c++17 $(CXXFLAGS) -fopenmp $(WARN)
 NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
-NVCCFLAGS ?= -O3 -std=c++17
+# sm_90 (H100/H200) and sm_80 (A100)
+NVCC_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+NVCCFLAGS ?= -O3 -std=c++17 $(NVCC_ARCH)
 HEADERS  := $(wildcard *.h kernels/*.cuh)
 TEST_SRC := $(wildcard test/*.cpp)
 TEST_HDR := $(wildcard test/*.h)
 
 PYTHON_TORCH := /usr/bin/python3
 
-.PHONY: all test test-reference fixtures bench clean train
+.PHONY: all test test-gpu test-tsan test-asan test-reference fixtures bench clean train
 all: train_phd
 
 ifneq ($(NVCC),)
@@ -34,6 +36,24 @@ build/test_cpu: $(CPU_TESTS) $(TEST_HDR) $(HEADERS)
 	@mkdir -p build
 	$(CXX) $(HOSTFLAGS) $(CPU_TESTS) -o $@
 
+# GPU tests, one source built four ways: emulated on the CPU (kernels/cuda_emu.h), the same
+# under ThreadSanitizer and AddressSanitizer, and natively with nvcc (skips without a GPU).
+GPU_TEST_DEPS := test/test_main.cpp test/test_gpu.cu $(TEST_HDR) $(HEADERS)
+EMU_BUILD = $(CXX) -std=c++17 $(WARN) -pthread test/test_main.cpp -x c++ test/test_gpu.cu -o $@
+build/test_gpu_emu: $(GPU_TEST_DEPS)
+	@mkdir -p build
+	$(EMU_BUILD) $(CXXFLAGS) -fopenmp
+build/test_gpu_tsan: $(GPU_TEST_DEPS)
+	@mkdir -p build
+	$(EMU_BUILD) -O1 -g -fsanitize=thread
+build/test_gpu_asan: $(GPU_TEST_DEPS)
+	@mkdir -p build
+	$(EMU_BUILD) -O1 -g -fsanitize=address -fno-omit-frame-pointer
+build/test_gpu_native: $(GPU_TEST_DEPS)
+	@mkdir -p build
+	$(NVCC) $(NVCCFLAGS) -DPHD_NATIVE_GPU -Xcompiler "$(subst $() ,$(comma),$(strip -Wall -Wextra -Werror))" -x cu test/test_main.cpp test/test_gpu.cu -o $@ -lcublas
+GPU_TESTS := build/test_gpu_emu build/test_gpu_tsan build/test_gpu_asan $(if $(NVCC),build/test_gpu_native)
+
 # The data pipeline (GPT-2 BPE needs PCRE2 and nlohmann-json: data/setup.sh installs them).
 DATA_HDR := $(wildcard data/*.h) dataloader.h utils.h
 build/prepare: data/prepare.cpp $(DATA_HDR)
@@ -46,8 +66,16 @@ build/test_data: test/test_main.cpp test/test_data.cpp $(TEST_HDR) $(DATA_HDR)
 
 # Every suite (C++ tests; the PyTorch reference's self-tests when torch is installed);
 # the last line is the total, "total: N passed, M failed, K skipped".
-test: train_phd build/train_phd_cpu build/test_cpu build/prepare build/test_data
+test: train_phd build/train_phd_cpu build/test_cpu build/prepare build/test_data $(GPU_TESTS)
 	./test/run_tests.sh
+
+# The GPU tests alone, natively (needs nvcc and a GPU) and under the sanitizers.
+test-gpu: build/test_gpu_native
+	./build/test_gpu_native
+test-tsan: build/test_gpu_tsan
+	./build/test_gpu_tsan
+test-asan: build/test_gpu_asan
+	./build/test_gpu_asan
 
 # The PyTorch reference alone (needs Debian's python3-torch).
 test-reference:

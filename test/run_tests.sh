@@ -41,6 +41,39 @@ else
     skipped=$((skipped + 2))
 fi
 
+# expect NAME PATTERN CMD...: the command must fail and print PATTERN (a sanitizer's report).
+expect() {
+    local name=$1 pattern=$2; shift 2
+    echo "== $name: $* (must report: $pattern)"
+    local out
+    out=$("$@" 2>&1)
+    if [ $? -ne 0 ] && printf '%s\n' "$out" | grep -q "$pattern"; then
+        printf '%s\n' "$out" | grep -m1 "$pattern"
+        echo "$name: reported as it must be"
+        passed=$((passed + 1))
+    else
+        printf '%s\n' "$out" | tail -n 20
+        echo "$name: FAILED, no report"
+        failed=$((failed + 1))
+    fi
+}
+
+run gpu-emulated ./build/test_gpu_emu
+run gpu-tsan ./build/test_gpu_tsan
+expect tsan-catches-race "WARNING: ThreadSanitizer: data race" ./build/test_gpu_tsan --no-skip=true --test-case='sanitizer-race*'
+run gpu-asan ./build/test_gpu_asan
+expect asan-catches-overflow "AddressSanitizer: heap-buffer-overflow" ./build/test_gpu_asan --no-skip=true --test-case='sanitizer-bounds*'
+if [ -x build/test_gpu_native ]; then
+    out=$(./build/test_gpu_native 2>&1 | tail -n 1)
+    case "$out" in
+        *SKIPPED*) echo "== gpu-native: $out"; skipped=$((skipped + 1)) ;;
+        *) run gpu-native ./build/test_gpu_native ;;
+    esac
+else
+    echo "== gpu-native: SKIPPED (built without nvcc)"
+    skipped=$((skipped + 1))
+fi
+
 if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
     run reference /usr/bin/python3 dev/phd_reference.py selftest
 else

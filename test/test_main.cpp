@@ -2,6 +2,9 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 #include <cstdio>
+#ifdef PHD_NATIVE_GPU
+#include <cuda_runtime.h>
+#endif
 
 static unsigned g_cases = 0, g_failed = 0;
 
@@ -26,6 +29,15 @@ struct SummaryListener : doctest::IReporter {
 REGISTER_LISTENER("summary", 1, SummaryListener);
 
 int main(int argc, char** argv) {
+#ifdef PHD_NATIVE_GPU
+    // cudaGetDeviceCount returns an error, not just 0, on machines without a GPU.
+    int devices = 0;
+    cudaError_t e = cudaGetDeviceCount(&devices);
+    if (e != cudaSuccess || devices == 0) {
+        printf("gpu: SKIPPED (no CUDA device: %s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "device count is 0");
+        return 0;
+    }
+#endif
     doctest::Context ctx(argc, argv);
     int rc = ctx.run();
     if (ctx.shouldExit()) return rc;

@@ -1,0 +1,294 @@
+// kernels/cuda_emu.h: CUDA on the CPU, so that every kernel is tested on machines without
+// a GPU. Included by cuda_compat.h when the compiler is not nvcc; kernel bodies stay as
+// they are.
+//
+// What it does:
+// - launch() runs the grid's blocks one after another; each block runs with one host
+//   thread per CUDA thread, so threadIdx/blockIdx/blockDim/gridDim behave as on a GPU.
+// - __syncthreads() is a real barrier among the block's threads; a thread that returned
+//   leaves it, so early returns do not deadlock the others. __shared__ arrays are static
+//   storage: shared by the block's threads, and safe because blocks never run together.
+//   Dynamic shared memory comes from dynamic_shared<T>(), sized by launch().
+// - Warps are 32 consecutive threads (x fastest); the shuffles, __ballot_sync and
+//   __syncwarp exchange values between real lanes through a per-warp barrier.
+// - atomicAdd/atomicMax on int and float, the math intrinsics the kernels use, device
+//   memory, streams and events (host memory, synchronous), and the cuBLAS calls the engine
+//   makes (column-major, every transpose, leading dimensions, alpha/beta), computed naively.
+// What it cannot do: timing, memory coalescing, bank conflicts, tensor-core instructions,
+// warp-synchronous code that omits the *_sync primitives, or more than one launch at once
+// (launches are serialised).
+#pragma once
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+// Kernels live in headers: inline keeps one definition per program.
+#define __global__ inline
+#define __device__ inline
+#define __host__
+#define __forceinline__
+#define __launch_bounds__(...)
+#define __shared__ static
+
+struct CUstream_st {};
+typedef CUstream_st* cudaStream_t;
+
+struct dim3 {
+    unsigned x, y, z;
+    dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
+static constexpr int warpSize = 32;
+
+namespace cuda_emu {
+
+// A barrier for a changing number of participants: leave() removes one (a returned thread).
+// on_release, if set, runs under the lock just before the waiters are let go.
+struct Barrier {
+    std::mutex m;
+    std::condition_variable cv;
+    int expected = 0, arrived = 0;
+    uint64_t generation = 0;
+    void (*on_release)(void*) = nullptr;
+    void* ctx = nullptr;
+    void release() {
+        arrived = 0;
+        generation++;
+        if (on_release) on_release(ctx);
+        cv.notify_all();
+    }
+    void wait() {
+        std::unique_lock<std::mutex> lock(m);
+        uint64_t g = generation;
+        if (++arrived == expected) release();
+        else cv.wait(lock, [&] { return generation != g; });
+    }
+    void leave() {
+        std::lock_guard<std::mutex> lock(m);
+        expected--;
+        if (arrived > 0 && arrived == expected) release();
+    }
+};
+
+struct Warp {
+    Barrier bar;
+    int lanes = 0;        // lanes that exist (the last warp of a block may be partial)
+    uint64_t slot[32];    // one value per lane, for the exchanges
+};
+
+struct Block {
+    Barrier bar;                          // __syncthreads
+    Barrier end;                          // every thread, after the kernel returns
+    std::vector<Warp> warps;
+    std::vector<unsigned char> dynamic;   // dynamic shared memory
+    int nthreads = 0;
+};
+
+inline thread_local Block* t_block = nullptr;
+inline thread_local int t_lane = 0, t_warp = 0;
+
+inline std::mutex& launch_mutex() { static std::mutex m; return m; }
+inline std::mutex& atomic_mutex() { static std::mutex m; return m; }
+
+// Re-arms the block's barriers for the next block; runs when the last thread ends a block.
+inline void rearm(void* p) {
+    Block* b = (Block*)p;
+    b->bar.expected = b->nthreads;
+    for (Warp& w : b->warps) w.bar.expected = w.lanes;
+}
+
+template<typename T> inline T exchange(T v, int src, bool valid) {
+    static_assert(sizeof(T) <= 8, "shuffle of a value wider than 8 bytes");
+    Warp& w = t_block->warps[t_warp];
+    memcpy(&w.slot[t_lane], &v, sizeof(T));
+    w.bar.wait();
+    T r = v;
+    if (valid && src >= 0 && src < w.lanes) memcpy(&r, &w.slot[src], sizeof(T));
+    w.bar.wait();
+    return r;
+}
+
+}  // namespace cuda_emu
+
+// kernel<<<grid, block, shmem, stream>>>(args...) in emulation.
+template<typename... KArgs, typename... Args>
+void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shmem, cudaStream_t, Args... args) {
+    using namespace cuda_emu;
+    std::lock_guard<std::mutex> serial(launch_mutex());
+    Block blk;
+    blk.nthreads = (int)(block.x * block.y * block.z);
+    blk.dynamic.resize(shmem);
+    blk.warps = std::vector<Warp>((blk.nthreads + 31) / 32);
+    for (int w = 0; w < (int)blk.warps.size(); w++) blk.warps[w].lanes = std::min(32, blk.nthreads - 32 * w);
+    blk.end.expected = blk.nthreads;
+    blk.end.on_release = rearm;
+    blk.end.ctx = &blk;
+    rearm(&blk);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < blk.nthreads; t++)
+        threads.emplace_back([&, t]() {
+            t_block = &blk;
+            t_lane = t % 32;
+            t_warp = t / 32;
+            blockDim = block;
+            gridDim = grid;
+            threadIdx = dim3(t % block.x, t / block.x % block.y, t / (block.x * block.y));
+            for (unsigned bz = 0; bz < grid.z; bz++)
+                for (unsigned by = 0; by < grid.y; by++)
+                    for (unsigned bx = 0; bx < grid.x; bx++) {
+                        blockIdx = dim3(bx, by, bz);
+                        kernel(static_cast<KArgs>(args)...);
+                        blk.bar.leave();
+                        blk.warps[t_warp].bar.leave();
+                        blk.end.wait();
+                    }
+        });
+    for (std::thread& th : threads) th.join();
+}
+
+template<typename T> inline T* dynamic_shared() { return reinterpret_cast<T*>(cuda_emu::t_block->dynamic.data()); }
+
+inline void __syncthreads() { cuda_emu::t_block->bar.wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { cuda_emu::t_block->warps[cuda_emu::t_warp].bar.wait(); }
+
+template<typename T> inline T __shfl_sync(unsigned, T v, int src, int width = 32) {
+    int lane = cuda_emu::t_lane;
+    return cuda_emu::exchange(v, (lane & ~(width - 1)) + (src % width), true);
+}
+template<typename T> inline T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
+    int lane = cuda_emu::t_lane;
+    return cuda_emu::exchange(v, lane + (int)delta, (lane % width) + (int)delta < width);
+}
+template<typename T> inline T __shfl_up_sync(unsigned, T v, unsigned delta, int width = 32) {
+    int lane = cuda_emu::t_lane;
+    return cuda_emu::exchange(v, lane - (int)delta, (lane % width) >= (int)delta);
+}
+template<typename T> inline T __shfl_xor_sync(unsigned, T v, int mask, int width = 32) {
+    int lane = cuda_emu::t_lane, src = lane ^ mask;
+    return cuda_emu::exchange(v, src, src / width <= lane / width);
+}
+inline unsigned __ballot_sync(unsigned mask, int pred) {
+    using namespace cuda_emu;
+    Warp& w = t_block->warps[t_warp];
+    w.slot[t_lane] = pred != 0;
+    w.bar.wait();
+    unsigned bits = 0;
+    for (int l = 0; l < w.lanes; l++) bits |= (unsigned)w.slot[l] << l;
+    w.bar.wait();
+    return bits & mask;
+}
+
+template<typename T> inline T atomicAdd(T* p, T v) {
+    std::lock_guard<std::mutex> lock(cuda_emu::atomic_mutex());
+    T old = *p;
+    *p = old + v;
+    return old;
+}
+template<typename T> inline T atomicMax(T* p, T v) {
+    std::lock_guard<std::mutex> lock(cuda_emu::atomic_mutex());
+    T old = *p;
+    *p = old > v ? old : v;
+    return old;
+}
+
+inline float __expf(float x) { return expf(x); }
+inline float __logf(float x) { return logf(x); }
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+
+// ---- runtime: device memory is host memory, streams and events are synchronous ----
+typedef int cudaError_t;
+enum : int { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2 };
+enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice, cudaMemcpyDefault };
+struct CUevent_st { std::chrono::steady_clock::time_point t; };
+typedef CUevent_st* cudaEvent_t;
+
+inline const char* cudaGetErrorString(cudaError_t e) {
+    return e == cudaSuccess ? "no error" : e == cudaErrorMemoryAllocation ? "out of memory" : "invalid value";
+}
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
+inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaMalloc(void** p, size_t n) {
+    *p = malloc(n ? n : 1);
+    return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+template<typename T> inline cudaError_t cudaMalloc(T** p, size_t n) { return cudaMalloc((void**)p, n); }
+inline cudaError_t cudaFree(void* p) { free(p); return cudaSuccess; }
+inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) { if (n) memcpy(d, s, n); return cudaSuccess; }
+inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaStream_t = nullptr) { return cudaMemcpy(d, s, n, k); }
+inline cudaError_t cudaMemset(void* d, int v, size_t n) { memset(d, v, n); return cudaSuccess; }
+inline cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t = nullptr) { return cudaMemset(d, v, n); }
+inline cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = new CUstream_st; return cudaSuccess; }
+inline cudaError_t cudaStreamDestroy(cudaStream_t s) { delete s; return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = new CUevent_st; return cudaSuccess; }
+inline cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
+inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = nullptr) { e->t = std::chrono::steady_clock::now(); return cudaSuccess; }
+inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
+    *ms = std::chrono::duration<float, std::milli>(b->t - a->t).count();
+    return cudaSuccess;
+}
+
+// ---- cuBLAS: the subset the engine uses, fp32 only, computed naively in double ----
+enum cublasStatus_t { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_INVALID_VALUE = 7, CUBLAS_STATUS_NOT_SUPPORTED = 15 };
+enum cublasOperation_t { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 };
+enum cudaDataType { CUDA_R_32F = 0, CUDA_R_16BF = 14 };
+enum cublasComputeType_t { CUBLAS_COMPUTE_32F = 68, CUBLAS_COMPUTE_32F_FAST_TF32 = 77 };
+enum cublasGemmAlgo_t { CUBLAS_GEMM_DEFAULT = -1 };
+enum cublasMath_t { CUBLAS_DEFAULT_MATH = 0, CUBLAS_TF32_TENSOR_OP_MATH = 3 };
+struct cublasContext {};
+typedef cublasContext* cublasHandle_t;
+
+inline cublasStatus_t cublasCreate(cublasHandle_t* h) { *h = new cublasContext; return CUBLAS_STATUS_SUCCESS; }
+inline cublasStatus_t cublasDestroy(cublasHandle_t h) { delete h; return CUBLAS_STATUS_SUCCESS; }
+inline cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
+inline cublasStatus_t cublasSetMathMode(cublasHandle_t, cublasMath_t) { return CUBLAS_STATUS_SUCCESS; }
+inline const char* cublasGetStatusString(cublasStatus_t s) { return s == CUBLAS_STATUS_SUCCESS ? "success" : "cuBLAS error"; }
+
+// Column-major: C(i,j) = alpha * sum_p op(A)(i,p) op(B)(p,j) + beta * C(i,j), C[i + j*ldc].
+inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                                                 const void* alpha, const void* A, cudaDataType at, int lda, long long sa,
+                                                 const void* B, cudaDataType bt, int ldb, long long sb, const void* beta,
+                                                 void* C, cudaDataType ct, int ldc, long long sc, int batch,
+                                                 cublasComputeType_t, cublasGemmAlgo_t) {
+    if (at != CUDA_R_32F || bt != CUDA_R_32F || ct != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (m < 0 || n < 0 || k < 0 || batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    const float al = *(const float*)alpha, be = *(const float*)beta;
+    for (int b = 0; b < batch; b++) {
+        const float* a = (const float*)A + b * sa;
+        const float* bb = (const float*)B + b * sb;
+        float* c = (float*)C + b * sc;
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < m; i++) {
+                double s = 0;
+                for (int p = 0; p < k; p++)
+                    s += (double)(ta == CUBLAS_OP_N ? a[i + (long)p * lda] : a[p + (long)i * lda]) *
+                         (tb == CUBLAS_OP_N ? bb[p + (long)j * ldb] : bb[j + (long)p * ldb]);
+                float& cij = c[i + (long)j * ldc];
+                cij = (float)(al * s + (be == 0.0f ? 0.0 : (double)be * cij));  // beta = 0 ignores C, as cuBLAS does
+            }
+    }
+    return CUBLAS_STATUS_SUCCESS;
+}
+inline cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                                   const void* alpha, const void* A, cudaDataType at, int lda, const void* B, cudaDataType bt,
+                                   int ldb, const void* beta, void* C, cudaDataType ct, int ldc, cublasComputeType_t comp,
+                                   cublasGemmAlgo_t algo) {
+    return cublasGemmStridedBatchedEx(h, ta, tb, m, n, k, alpha, A, at, lda, 0, B, bt, ldb, 0, beta, C, ct, ldc, 0, 1, comp, algo);
+}
+inline cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                                  const float* alpha, const float* A, int lda, const float* B, int ldb, const float* beta,
+                                  float* C, int ldc) {
+    return cublasGemmEx(h, ta, tb, m, n, k, alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, beta, C, CUDA_R_32F, ldc,
+                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+}

@@ -1,0 +1,263 @@
+// GPU tests. Built twice from this one source: natively by nvcc (runs where a GPU exists,
+// otherwise says it skipped) and by g++ as host code on kernels/cuda_emu.h (runs in every
+// `make test`, also under ThreadSanitizer and AddressSanitizer).
+//
+// This part tests the emulation itself with small kernels written the way production
+// kernels are: shuffles, shared memory, barriers, early returns, atomics, cuBLAS.
+#include <algorithm>
+#include <cstdio>
+#include <vector>
+#include <doctest/doctest.h>
+#include "../kernels/cuda_compat.h"
+
+// A device copy of a host vector, freed on scope exit.
+template<typename T> struct DeviceBuffer {
+    T* ptr = nullptr;
+    size_t n = 0;
+    explicit DeviceBuffer(const std::vector<T>& host) : n(host.size()) {
+        cudaCheck(cudaMalloc(&ptr, n * sizeof(T)));
+        cudaCheck(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+    }
+    std::vector<T> get() const {
+        std::vector<T> host(n);
+        cudaCheck(cudaDeviceSynchronize());
+        cudaCheck(cudaGetLastError());
+        cudaCheck(cudaMemcpy(host.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost));
+        return host;
+    }
+    ~DeviceBuffer() { cudaFree(ptr); }
+    DeviceBuffer(const DeviceBuffer&) = delete;
+    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+};
+
+// ----------------------------------------------------------------------------
+
+// One sum per block: warp reduction by xor shuffles, then warp 0 reduces the warp sums.
+__global__ void block_sum_kernel(const float* x, float* out, int n) {
+    __shared__ float warp_sums[32];
+    int i = blockIdx.x * blockDim.x + threadIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    float v = i < n ? x[i] : 0.0f;
+    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) warp_sums[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < (int)blockDim.x / 32 ? warp_sums[lane] : 0.0f;
+        for (int o = 16; o > 0; o /= 2) v += __shfl_down_sync(0xffffffffu, v, o);
+        if (lane == 0) out[blockIdx.x] = v;
+    }
+}
+
+TEST_CASE("emulation: block reduction with warp shuffles and shared memory") {
+    const int n = 1000, threads = 128, blocks = (n + threads - 1) / threads;
+    std::vector<float> x(n);
+    for (int i = 0; i < n; i++) x[i] = (float)((i * 37) % 101) - 50.0f;
+    DeviceBuffer<float> dx(x), dout(std::vector<float>(blocks, -1.0f));
+    launch(block_sum_kernel, dim3(blocks), dim3(threads), 0, nullptr, dx.ptr, dout.ptr, n);
+    std::vector<float> out = dout.get();
+    for (int b = 0; b < blocks; b++) {
+        float want = 0;
+        for (int i = b * threads; i < std::min(n, (b + 1) * threads); i++) want += x[i];
+        CHECK(out[b] == want);  // integer-valued floats: exact in any order
+    }
+}
+
+// C (M, N) = A (M, K) B (K, N), row-major, 8x8 tiles through shared memory.
+__global__ void tiled_matmul_kernel(const float* A, const float* B, float* C, int M, int N, int K) {
+    __shared__ float As[8][8], Bs[8][8];
+    int row = blockIdx.y * 8 + threadIdx.y, col = blockIdx.x * 8 + threadIdx.x;
+    float acc = 0;
+    for (int k0 = 0; k0 < K; k0 += 8) {
+        As[threadIdx.y][threadIdx.x] = row < M && k0 + (int)threadIdx.x < K ? A[row * K + k0 + threadIdx.x] : 0.0f;
+        Bs[threadIdx.y][threadIdx.x] = col < N && k0 + (int)threadIdx.y < K ? B[(k0 + threadIdx.y) * N + col] : 0.0f;
+        __syncthreads();
+        for (int k = 0; k < 8; k++) acc += As[threadIdx.y][k] * Bs[k][threadIdx.x];
+        __syncthreads();
+    }
+    if (row < M && col < N) C[row * N + col] = acc;
+}
+
+TEST_CASE("emulation: shared-memory tiled matmul with __syncthreads, sizes off the tile") {
+    const int M = 37, N = 29, K = 45;
+    std::vector<float> A(M * K), B(K * N);
+    for (int i = 0; i < M * K; i++) A[i] = (float)(i % 7) - 3;
+    for (int i = 0; i < K * N; i++) B[i] = (float)(i % 5) - 2;
+    DeviceBuffer<float> dA(A), dB(B), dC(std::vector<float>(M * N, 0.0f));
+    launch(tiled_matmul_kernel, dim3((N + 7) / 8, (M + 7) / 8), dim3(8, 8), 0, nullptr, dA.ptr, dB.ptr, dC.ptr, M, N, K);
+    std::vector<float> C = dC.get();
+    int wrong = 0;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            float want = 0;
+            for (int k = 0; k < K; k++) want += A[i * K + k] * B[k * N + j];
+            wrong += C[i * N + j] != want;
+        }
+    CHECK(wrong == 0);
+}
+
+// Threads past n return before the barrier; the rest reverse the first n values.
+__global__ void reverse_kernel(const int* in, int* out, int n) {
+    __shared__ int s[64];
+    int t = threadIdx.x;
+    if (t >= n) return;
+    s[t] = in[t];
+    __syncthreads();
+    out[t] = s[n - 1 - t];
+}
+
+// The same with dynamic shared memory, over several blocks.
+__global__ void reverse_dynamic_kernel(const int* in, int* out, int n) {
+    int* s = dynamic_shared<int>();
+    int t = threadIdx.x, base = blockIdx.x * n;
+    s[t] = in[base + t];
+    __syncthreads();
+    out[base + t] = s[n - 1 - t];
+}
+
+TEST_CASE("emulation: early return before a barrier, static and dynamic shared memory") {
+    const int n = 37;
+    std::vector<int> in(64);
+    for (int i = 0; i < 64; i++) in[i] = i * i;
+    DeviceBuffer<int> din(in), dout(std::vector<int>(64, -1));
+    launch(reverse_kernel, dim3(1), dim3(64), 0, nullptr, din.ptr, dout.ptr, n);
+    std::vector<int> out = dout.get();
+    for (int t = 0; t < 64; t++) CHECK(out[t] == (t < n ? in[n - 1 - t] : -1));
+
+    const int blocks = 3, m = 40;
+    std::vector<int> in2(blocks * m);
+    for (int i = 0; i < blocks * m; i++) in2[i] = 7 * i + 1;
+    DeviceBuffer<int> din2(in2), dout2(std::vector<int>(blocks * m, -1));
+    launch(reverse_dynamic_kernel, dim3(blocks), dim3(m), m * sizeof(int), nullptr, din2.ptr, dout2.ptr, m);
+    std::vector<int> out2 = dout2.get();
+    for (int b = 0; b < blocks; b++)
+        for (int t = 0; t < m; t++) CHECK(out2[b * m + t] == in2[b * m + m - 1 - t]);
+}
+
+// Every lane records what each primitive returns to it.
+__global__ void shuffle_kernel(int* out) {
+    int lane = threadIdx.x % 32, v = 10 * (int)threadIdx.x;
+    int* o = out + threadIdx.x * 6;
+    o[0] = __shfl_sync(0xffffffffu, v, 5);
+    o[1] = __shfl_down_sync(0xffffffffu, v, 3);
+    o[2] = __shfl_up_sync(0xffffffffu, v, 2);
+    o[3] = __shfl_xor_sync(0xffffffffu, v, 1);
+    o[4] = __shfl_xor_sync(0xffffffffu, v, 4, 8);
+    o[5] = (int)__ballot_sync(0xffffffffu, lane % 3 == 0);
+}
+
+TEST_CASE("emulation: shuffles and ballot have CUDA's lane semantics") {
+    const int threads = 64;
+    DeviceBuffer<int> dout(std::vector<int>(threads * 6, -1));
+    launch(shuffle_kernel, dim3(1), dim3(threads), 0, nullptr, dout.ptr);
+    std::vector<int> out = dout.get();
+    unsigned ballot = 0;
+    for (int l = 0; l < 32; l++) ballot |= (l % 3 == 0 ? 1u : 0u) << l;
+    for (int t = 0; t < threads; t++) {
+        int lane = t % 32, w = t / 32 * 32;
+        INFO("thread " << t);
+        CHECK(out[t * 6 + 0] == 10 * (w + 5));
+        CHECK(out[t * 6 + 1] == 10 * (lane + 3 < 32 ? t + 3 : t));
+        CHECK(out[t * 6 + 2] == 10 * (lane >= 2 ? t - 2 : t));
+        CHECK(out[t * 6 + 3] == 10 * (t ^ 1));
+        CHECK(out[t * 6 + 4] == 10 * (t ^ 4));
+        CHECK((unsigned)out[t * 6 + 5] == ballot);
+    }
+}
+
+__global__ void atomics_kernel(const int* x, int n, int* hist, float* fsum, int* imax, float* fmax) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    atomicAdd(&hist[x[i] % 8], 1);
+    atomicAdd(fsum, 0.5f);
+    atomicMax(imax, x[i]);
+    atomicMax(fmax, (float)x[i] * 0.25f);
+}
+
+TEST_CASE("emulation: atomicAdd and atomicMax on int and float") {
+    const int n = 300;
+    std::vector<int> x(n);
+    for (int i = 0; i < n; i++) x[i] = (i * 7919) % 1009;
+    DeviceBuffer<int> dx(x), hist(std::vector<int>(8, 0)), imax(std::vector<int>{-1});
+    DeviceBuffer<float> fsum(std::vector<float>{0.0f}), fmax(std::vector<float>{-1.0f});
+    launch(atomics_kernel, dim3(5), dim3(64), 0, nullptr, dx.ptr, n, hist.ptr, fsum.ptr, imax.ptr, fmax.ptr);
+    std::vector<int> h = hist.get(), want(8, 0);
+    for (int v : x) want[v % 8]++;
+    CHECK(h == want);
+    CHECK(fsum.get()[0] == 150.0f);
+    int mx = *std::max_element(x.begin(), x.end());
+    CHECK(imax.get()[0] == mx);
+    CHECK(fmax.get()[0] == mx * 0.25f);
+}
+
+TEST_CASE("emulation: cuBLAS GEMMs against a naive GEMM, every transpose") {
+    cublasHandle_t h;
+    cublasCheck(cublasCreate(&h));
+    const int m = 13, n = 9, k = 21, batch = 3;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            // column-major op(A) (m, k), op(B) (k, n); leading dimensions padded by 2
+            const int lda = (ta ? k : m) + 2, ldb = (tb ? n : k) + 2, ldc = m + 2;
+            const long sa = (long)lda * (ta ? m : k), sb = (long)ldb * (tb ? k : n), sc = (long)ldc * n;
+            std::vector<float> A(sa * batch), B(sb * batch), C0(sc * batch);
+            for (size_t i = 0; i < A.size(); i++) A[i] = (float)((i * 31) % 17) - 8;
+            for (size_t i = 0; i < B.size(); i++) B[i] = (float)((i * 13) % 11) - 5;
+            for (size_t i = 0; i < C0.size(); i++) C0[i] = (float)(i % 5);
+            const float alpha = 0.5f, beta = 2.0f;
+            auto want = [&](int b, int i, int j) {
+                double s = 0;
+                for (int p = 0; p < k; p++)
+                    s += (double)(ta ? A[b * sa + p + i * lda] : A[b * sa + i + p * lda]) *
+                         (tb ? B[b * sb + j + p * ldb] : B[b * sb + p + j * ldb]);
+                return (float)(alpha * s + beta * C0[b * sc + i + j * ldc]);
+            };
+            cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+            DeviceBuffer<float> dA(A), dB(B), dC(C0), dC1(C0);
+            cublasCheck(cublasGemmStridedBatchedEx(h, opa, opb, m, n, k, &alpha, dA.ptr, CUDA_R_32F, lda, sa, dB.ptr,
+                                                   CUDA_R_32F, ldb, sb, &beta, dC.ptr, CUDA_R_32F, ldc, sc, batch,
+                                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            cublasCheck(cublasSgemm(h, opa, opb, m, n, k, &alpha, dA.ptr, lda, dB.ptr, ldb, &beta, dC1.ptr, ldc));
+            std::vector<float> C = dC.get(), C1 = dC1.get();
+            int wrong = 0;
+            for (int b = 0; b < batch; b++)
+                for (int j = 0; j < n; j++)
+                    for (int i = 0; i < m; i++) {
+                        wrong += C[b * sc + i + j * ldc] != want(b, i, j);
+                        if (b == 0) wrong += C1[i + j * ldc] != want(0, i, j);
+                    }
+            for (int b = 0; b < batch; b++)  // padding rows below m are never written
+                wrong += C[b * sc + m] != C0[b * sc + m];
+            INFO("transA " << ta << " transB " << tb);
+            CHECK(wrong == 0);
+        }
+    cublasCheck(cublasDestroy(h));
+}
+
+// ----------------------------------------------------------------------------
+// Deliberately broken kernels: never run by default. test/run_tests.sh runs them under
+// the sanitizers and requires a report, so the sanitizer builds are proven to catch these.
+
+// reverse_kernel without its barrier: a read of s[] races with another thread's write.
+__global__ void racy_reverse_kernel(const int* in, int* out, int n) {
+    __shared__ int s[64];
+    int t = threadIdx.x;
+    s[t] = in[t];
+    out[t] = s[n - 1 - t];
+}
+
+TEST_CASE("sanitizer-race: a missing __syncthreads is reported by ThreadSanitizer" * doctest::skip(true)) {
+    std::vector<int> in(64, 1);
+    DeviceBuffer<int> din(in), dout(in);
+    launch(racy_reverse_kernel, dim3(1), dim3(64), 0, nullptr, din.ptr, dout.ptr, 64);
+    dout.get();
+}
+
+// One thread too many writes: out has n elements.
+__global__ void overflow_kernel(int* out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i <= n) out[i] = i;
+}
+
+TEST_CASE("sanitizer-bounds: an out-of-bounds write is reported by AddressSanitizer" * doctest::skip(true)) {
+    DeviceBuffer<int> dout(std::vector<int>(50, 0));
+    launch(overflow_kernel, dim3(1), dim3(64), 0, nullptr, dout.ptr, 50);
+    dout.get();
+}
