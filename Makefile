@@ -31,7 +31,7 @@ build/train_phd_cpu: train_phd.cu $(HEADERS)
 	@mkdir -p build
 	$(CXX) $(HOSTFLAGS) -x c++ $< -o $@
 
-CPU_TESTS := test/test_main.cpp test/test_model.cpp test/test_train.cpp test/test_fixtures.cpp
+CPU_TESTS := test/test_main.cpp test/test_model.cpp test/test_train.cpp test/test_fixtures.cpp test/test_decode.cpp
 build/test_cpu: $(CPU_TESTS) $(TEST_HDR) $(HEADERS)
 	@mkdir -p build
 	$(CXX) $(HOSTFLAGS) $(CPU_TESTS) -o $@
@@ -89,8 +89,13 @@ build/bench_cpu: dev/bench_cpu.cpp $(HEADERS)
 	@mkdir -p build
 	$(CXX) $(HOSTFLAGS) $< -o $@
 
-bench: build/bench_cpu
+build/bench_decode: dev/bench_decode.cpp $(HEADERS)
+	@mkdir -p build
+	$(CXX) $(HOSTFLAGS) $< -o $@
+
+bench: build/bench_cpu build/bench_decode
 	OMP_NUM_THREADS=2 ./build/bench_cpu
+	OMP_NUM_THREADS=2 ./build/bench_decode
 
 # The main job: set-up, the KJV corpus as GPT-2 shards, then a small phd-cswa-2-16-32 model.
 KJV := data/shards/kjv

@@ -14,19 +14,20 @@
 #include "checkpoint.h"
 #include "data/tokenizer.h"
 #include "dataloader.h"
+#include "decode.h"
 #include "model.h"
 #include "utils.h"
 
 struct Args {
     std::string train_pattern, val_pattern, out_dir = "out", init, device = "cpu";
-    std::string check_state, dump_state, tokenizer;
+    std::string check_state, dump_state, tokenizer, prompt, prompt_ids;
     std::string variant = "phd-cswa-2-16-32";
     int V = 50257, L = 4, D = 256, H = 4, Hkv = 0, F = 0, maxT = 0;
     int B = 4, T = 64, total_batch = 0, steps = 100, warmup = 0;
     int val_every = 20, val_steps = 10, sample_every = 50, sample_tokens = 16, ckpt_every = 0;
-    int resume = 0, threads = 0;
+    int resume = 0, threads = 0, generate = 0, top_k = 0;
     uint64_t seed = 1337;
-    float lr = 1e-3f, final_frac = 0.1f, weight_decay = 0.1f, check_tol = 1e-5f;
+    float lr = 1e-3f, final_frac = 0.1f, weight_decay = 0.1f, check_tol = 1e-5f, temperature = 1.0f;
     bool variant_given = false;
 };
 
@@ -64,6 +65,12 @@ static void usage() {
         "  -n, --ckpt-every N       checkpoint every N steps; always at the end (0)\n"
         "      --device cpu|cuda    (cpu; the CUDA path is not written yet)\n"
         "      --threads N          OpenMP threads (default: all cores)\n"
+        "generation (KV-cache decoder)\n"
+        "      --generate N         with --init: sample N tokens after the prompt and exit\n"
+        "      --prompt-ids 'I J K' the prompt as token ids (default: the separator token)\n"
+        "      --prompt TEXT        the prompt as text (byte-level tokenizer files only)\n"
+        "      --temperature T      0 = greedy (1.0)\n"
+        "      --top-k K            sample among the K most likely, 0 = all (0)\n"
         "checking\n"
         "      --dump-state FILE    write a debug state for the first training batch (computed\n"
         "                           in double precision) and exit\n"
@@ -126,6 +133,11 @@ static Args parse_args(int argc, char** argv) {
         else if (f == "--dump-state") a.dump_state = v;
         else if (f == "--check-state") a.check_state = v;
         else if (f == "--check-tol") a.check_tol = parse_float(fl, v, 0, 1);
+        else if (f == "--generate") a.generate = parse_int(fl, v, 1);
+        else if (f == "--prompt") a.prompt = v;
+        else if (f == "--prompt-ids") a.prompt_ids = v;
+        else if (f == "--temperature") a.temperature = parse_float(fl, v, 0, 100);
+        else if (f == "--top-k") a.top_k = parse_int(fl, v, 0);
         else die("%s: unknown flag (see --help)", fl);
     }
     if (a.device != "cpu" && a.device != "cuda") die("--device: expected cpu or cuda, got '%s'", a.device.c_str());
@@ -141,6 +153,8 @@ static Args parse_args(int argc, char** argv) {
         die("--total-batch: %d is not a multiple of B*T = %d", a.total_batch, a.B * a.T);
     if (a.resume && !a.init.empty()) die("--resume: cannot be combined with --init");
     if (!a.check_state.empty() && a.init.empty()) die("--check-state: needs --init CKPT");
+    if (a.generate && a.init.empty()) die("--generate: needs --init CKPT");
+    if (!a.prompt.empty() && !a.prompt_ids.empty()) die("--prompt: give either --prompt or --prompt-ids, not both");
     return a;
 }
 
@@ -235,23 +249,77 @@ static float validate(Model<float>& M, DataLoader& val, int steps, std::vector<i
     return (float)(sum / steps);
 }
 
-// Samples n tokens after `start` (the document separator: GPT-2's <|endoftext|>, or 0) with
-// a full forward per token. The KV-cache decoder replaces this later.
-static std::vector<int> sample(Model<float>& M, int start, int n, Rng& rng) {
-    const Config& c = M.cfg;
-    std::vector<int> seq = {start};
-    std::vector<double> p(c.V);
-    for (int i = 0; i < n && (int)seq.size() < c.maxT; i++) {
-        model_forward(M, seq.data(), nullptr, 1, (int)seq.size());
-        const float* z = M.logits + (seq.size() - 1) * c.Vp;
-        double mx = *std::max_element(z, z + c.V), sum = 0;
-        for (int j = 0; j < c.V; j++) sum += p[j] = exp((double)z[j] - mx);
-        double u = rng.uniform() * sum;
-        int tok = 0;
-        while (tok < c.V - 1 && (u -= p[tok]) > 0) tok++;
-        seq.push_back(tok);
+// Samples n tokens after the prompt with the KV-cache decoder; on_token(id) sees each one.
+template<typename OnToken>
+static Decoder<float> sample(const Model<float>& M, const std::vector<int>& prompt, int n, float temperature, int top_k,
+                             Rng& rng, OnToken on_token) {
+    Decoder<float> dec(M);
+    dec.prefill(prompt.data(), (int)prompt.size());
+    for (int i = 0; i < n; i++) {
+        int tok = sample_token(dec.logits.data(), M.cfg.V, temperature, top_k, rng);
+        on_token(tok);
+        if (i + 1 < n) dec.step(tok);
     }
-    return std::vector<int>(seq.begin() + 1, seq.end());
+    return dec;
+}
+
+static void print_token(const Tokenizer& tok, int id) {
+    if (tok.vocab_size()) fputs(tok.decode(id).c_str(), stdout);
+    else printf(" %d", id);
+    fflush(stdout);
+}
+
+static Tokenizer load_tokenizer_for(const Args& a, const Config& c) {
+    Tokenizer tok;
+    if (a.tokenizer.empty()) return tok;
+    tok = load_tokenizer(a.tokenizer.c_str());
+    if (tok.vocab_size() != c.V) die("%s: vocabulary of %d tokens, the model has V=%d", a.tokenizer.c_str(), tok.vocab_size(), c.V);
+    return tok;
+}
+
+// --generate: prompt -> pre-fill -> N decode steps, streamed; then the KV-cache report.
+static int generate(const Args& a, const Config& c, const std::vector<float>& params) {
+    Tokenizer tok = load_tokenizer_for(a, c);
+    std::vector<int> prompt;
+    if (!a.prompt_ids.empty()) {
+        std::string ids = a.prompt_ids;
+        for (char& ch : ids) if (ch == ',') ch = ' ';
+        char* p = &ids[0];
+        for (char* end; *p;) {
+            long v = strtol(p, &end, 10);
+            if (end == p) {
+                if (isspace((unsigned char)*p)) { p++; continue; }
+                die("--prompt-ids: '%s' is not a list of token ids", a.prompt_ids.c_str());
+            }
+            if (v < 0 || v >= c.V) die("--prompt-ids: token %ld is out of range for vocabulary size %d", v, c.V);
+            prompt.push_back((int)v);
+            p = end;
+        }
+        if (prompt.empty()) die("--prompt-ids: the prompt is empty");
+    } else if (!a.prompt.empty()) {
+        if (tok.vocab_size() != 256) die("--prompt: text prompts need a byte-level --tokenizer; use --prompt-ids for GPT-2 ids");
+        for (unsigned char ch : a.prompt) prompt.push_back(ch);
+    } else {
+        prompt.push_back(tok.eot >= 0 ? tok.eot : (c.V > 50256 ? 50256 : 0));
+    }
+    if ((int)prompt.size() + a.generate > c.maxT)
+        die("--generate: prompt (%zu tokens) + %d new tokens exceed the model's max sequence length %d", prompt.size(),
+            a.generate, c.maxT);
+    Model<float> M(c);
+    M.params = params;
+    Rng rng{a.seed};
+    for (int t : prompt) print_token(tok, t);
+    printf(tok.vocab_size() ? "" : " |");
+    auto t0 = std::chrono::steady_clock::now();
+    Decoder<float> dec = sample(M, prompt, a.generate, a.temperature, a.top_k, rng, [&](int t) { print_token(tok, t); });
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    const double kib = 1.0 / 1024, per_entry = 2.0 * c.Hkv * c.hd() * sizeof(float);
+    const size_t t = dec.t;
+    printf("\n%d tokens in %.0f ms (%.1f ms/token incl. pre-fill of %zu)\n", a.generate, ms, ms / a.generate, prompt.size());
+    printf("KV cache after %zu tokens: %zu entries/layer = %.1f KiB/layer, %.1f KiB/sequence (%s); "
+           "vanilla %.1f KiB, naive-%d %.1f KiB per layer\n", t, dec.cache_entries(), dec.cache_entries() * per_entry * kib,
+           dec.cache_bytes() * kib, variant_name(c).c_str(), t * per_entry * kib, c.K, c.K * t * per_entry * kib);
+    return 0;
 }
 
 static std::string ckpt_path(const Args& a, const char* kind, int step) {
@@ -297,13 +365,8 @@ static int train(const Args& a, const Config& c, std::vector<float>& params) {
     st.m.assign(P, 0); st.v.assign(P, 0);
     st.rng = a.seed ^ 0x5eed5eed5eedull;
     Rng sample_rng{st.rng};
-    Tokenizer tok;
-    if (!a.tokenizer.empty()) {
-        tok = load_tokenizer(a.tokenizer.c_str());
-        if (tok.vocab_size() != c.V)
-            die("%s: vocabulary of %d tokens, the model has V=%d", a.tokenizer.c_str(), tok.vocab_size(), c.V);
-    }
-    const int start_token = tok.eot >= 0 ? tok.eot : (c.V > 50256 ? 50256 : 0);
+    Tokenizer tok = load_tokenizer_for(a, c);
+    const std::vector<int> start = {tok.eot >= 0 ? tok.eot : (c.V > 50256 ? 50256 : 0)};  // the separator
 
     if (a.resume) {
         int step = latest_checkpoint(a);
@@ -338,12 +401,8 @@ static int train(const Args& a, const Config& c, std::vector<float>& params) {
             fprintf(log, "step %d val %.9g\n", step, vl);
         }
         if (a.sample_every && step > 0 && step % a.sample_every == 0) {
-            std::vector<int> s = sample(M, start_token, a.sample_tokens, sample_rng);
             printf("sample: ");
-            for (int t : s) {
-                if (tok.vocab_size()) fputs(tok.decode(t).c_str(), stdout);
-                else printf(" %d", t);
-            }
+            sample(M, start, std::min(a.sample_tokens, c.maxT - 1), 1.0f, 0, sample_rng, [&](int t) { print_token(tok, t); });
             printf("\n");
         }
 
@@ -389,5 +448,6 @@ int main(int argc, char** argv) {
         init_params(c, params.data(), a.seed);
     }
     if (!a.dump_state.empty()) return dump_state(a, c, params);
+    if (a.generate) return generate(a, c, params);
     return train(a, c, params);
 }

@@ -310,3 +310,37 @@ TEST_CASE("training through the binary lowers the loss and leaves no temporary f
     CHECK(!exists(dir + "/model_00000060.bin.tmp"));
     CHECK(!exists(dir + "/state_00000060.bin.tmp"));
 }
+
+TEST_CASE("generation: streams tokens and reports the cache; bad prompts get one clear error") {
+    Config c = tiny_config("phd-cswa-2-4-3", 32, 16);
+    std::vector<float> p(num_params(c));
+    init_params(c, p.data(), 4);
+    std::string ck = tmp("gen.ckpt"), out;
+    save_checkpoint(ck.c_str(), c, p.data());
+    std::string bin = std::string(kBin) + " -e " + ck + " ";
+    REQUIRE(run(bin + "--generate 6 --prompt-ids '1, 2 3' --temperature 0", &out) == 0);
+    INFO(out);
+    // 3 prompt + 5 fed back (the 6th is only printed): 8 originals + the hidden tokens of chunk 6..8 so far (2)
+    CHECK(out.find("KV cache after 8 tokens: 10 entries/layer") != std::string::npos);
+    std::string again;
+    REQUIRE(run(bin + "--generate 6 --prompt-ids '1, 2 3' --temperature 0", &again) == 0);
+    CHECK(again.substr(0, again.find('\n')) == out.substr(0, out.find('\n')));  // greedy: the same tokens
+    struct Case { std::string args, expect; };
+    std::vector<Case> cases = {
+        {"--generate 10 --prompt-ids '1 2 3 4 5 6 7'", "exceed the model's max sequence length 16"},
+        {"--generate 2 --prompt-ids ' , '", "the prompt is empty"},
+        {"--generate 2 --prompt-ids '1 32'", "token 32 is out of range"},
+        {"--generate 2 --prompt-ids '1 x'", "is not a list of token ids"},
+        {"--generate 2 --variant phd-cswa-3-4-3", "does not match the checkpoint"},
+        {"--generate 2 --prompt hello", "text prompts need a byte-level --tokenizer"},
+    };
+    for (const Case& k : cases) {
+        int rc = run(bin + k.args, &out);
+        INFO(k.args << " -> " << out);
+        CHECK(rc == 1);
+        CHECK(out.find(k.expect) != std::string::npos);
+        CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+    }
+    CHECK(run(std::string(kBin) + " --generate 3", &out) == 1);
+    CHECK(out.find("--generate: needs --init") != std::string::npos);
+}

@@ -1,0 +1,165 @@
+// decode.h: inference with the PHD KV cache (PHD.md section 6), on the CPU.
+//
+// Per layer the cache keeps the keys/values that later tokens can still see:
+//   kept   - every original (every copy for naive-K): grows by one per position (K for naive)
+//   window - phd-swa: the last W hidden tokens; phd-cswa: the hidden tokens of the current
+//            chunk, at most W; empty for vanilla and phd (hidden tokens are dropped).
+// Work happens in blocks of rows (n, c): a decode step is the K copies of the newest token,
+// a pre-fill is the rows of the prompt that its variant needs. Every row attends to the cache and
+// to the block's own rows, and the one predicate phd_visible decides which of those it
+// sees: the cache only bounds the candidates, so the decoder computes exactly the training
+// forward's function as long as nothing visible was evicted (the tests check the logits).
+//
+// Pre-fill of a prompt of P tokens computes only the hidden tokens the variant needs, in one
+// block: vanilla and phd, the originals and the copies of position P-1; phd-cswa, the
+// originals and every copy of the last chunk; phd-swa and naive, every copy (all needed).
+#pragma once
+#include <vector>
+#include "model.h"
+
+template<typename Real> struct KVStore {
+    std::vector<Real> k, v;  // (entries, Hkv*hd): keys after RoPE, values
+    std::vector<int> n, c;   // (entries): the position and copy of each entry
+    size_t size() const { return n.size(); }
+    void push(const Real* kr, const Real* vr, int dim, int n_, int c_) {
+        k.insert(k.end(), kr, kr + dim);
+        v.insert(v.end(), vr, vr + dim);
+        n.push_back(n_);
+        c.push_back(c_);
+    }
+    void pop_front(int dim) {
+        k.erase(k.begin(), k.begin() + dim);
+        v.erase(v.begin(), v.begin() + dim);
+        n.erase(n.begin());
+        c.erase(c.begin());
+    }
+    void clear() { k.clear(); v.clear(); n.clear(); c.clear(); }
+};
+
+template<typename Real> struct Decoder {
+    const Model<Real>& M;
+    std::vector<KVStore<Real>> kept, window;  // (L) each
+    int t = 0;                       // positions in the context so far
+    long hidden_computed = 0;        // hidden-token rows computed so far (pre-fill + decode)
+    std::vector<Real> logits;        // (Vp) last copy of the newest position
+
+    explicit Decoder(const Model<Real>& model) : M(model), kept(model.cfg.L), window(model.cfg.L), logits(model.cfg.Vp) {}
+
+    // Cache entries per layer (the same in every layer).
+    size_t cache_entries() const { return kept[0].size() + window[0].size(); }
+    size_t cache_bytes() const { return cache_entries() * 2 * M.cfg.Hkv * M.cfg.hd() * sizeof(float) * M.cfg.L; }
+
+    // One block: originals only up to the first position whose hidden tokens are needed,
+    // every copy from there on; the logits are the last copy's of position P-1.
+    void prefill(const int* prompt, int P) {
+        const Config& c = M.cfg;
+        int first_full = 0;
+        if (c.variant == VANILLA || c.variant == PHD) first_full = P - 1;
+        if (c.variant == PHD_CSWA) first_full = (P - 1) / c.C * c.C;
+        std::vector<int> ns, cs, toks;
+        for (int n = 0; n < P; n++)
+            for (int k = 0; k < (n < first_full ? 1 : c.K); k++) { ns.push_back(n); cs.push_back(k); toks.push_back(prompt[n]); }
+        run_block(ns, cs, toks);
+    }
+
+    // Feeds the K copies of the next token; logits then hold its last copy's prediction.
+    void step(int token) {
+        std::vector<int> ns(M.cfg.K, t), cs, toks(M.cfg.K, token);
+        for (int c = 0; c < M.cfg.K; c++) cs.push_back(c);
+        run_block(ns, cs, toks);
+    }
+
+    // Rows (n, c) in increasing logical order, all layers; t moves past the block.
+    void run_block(const std::vector<int>& ns, const std::vector<int>& cs, const std::vector<int>& toks) {
+        const Config& c = M.cfg;
+        const int R = (int)ns.size(), D = c.D, hd = c.hd(), kvdim = c.Hkv * hd, ld = c.qkv_dim(), group = c.H / c.Hkv;
+        if (ns.back() >= c.maxT) die("context of %d tokens exceeds the model's max sequence length %d", ns.back() + 1, c.maxT);
+        const Real scale = Real(1) / std::sqrt((Real)hd);
+        std::vector<Real> x((size_t)R * D), a(x.size()), xm(x.size()), f(x.size()), rstd(R), qkv((size_t)R * ld),
+            o((size_t)R * c.H * hd), h13((size_t)R * 2 * c.F), g((size_t)R * c.F);
+        for (int r = 0; r < R; r++) std::copy(M.p.E + (size_t)toks[r] * D, M.p.E + (size_t)(toks[r] + 1) * D, x.begin() + (size_t)r * D);
+        for (int r = 0; r < R; r++) hidden_computed += cs[r] > 0;
+        for (int l = 0; l < c.L; l++) {
+            const LayerView<Real>& w = M.p.layer[l];
+            rmsnorm_forward(a.data(), rstd.data(), x.data(), w.g_attn, R, D);
+            matmul_forward(qkv.data(), a.data(), w.wqkv, R, D, ld);
+            rope_forward(qkv.data(), ns.data(), c, R, M.rope_cos.data(), M.rope_sin.data());
+            #pragma omp parallel for schedule(dynamic, 4)
+            for (int i = 0; i < R; i++) {
+                // Candidates: kept cache, window cache, the block up to row i (a visible key is
+                // never later in the logical order); the one predicate decides.
+                std::vector<const Real*> keys, vals;  // rows of all kv heads
+                auto consider = [&](int n2, int c2, const Real* k2, const Real* v2) {
+                    if (phd_visible(c, ns[i], cs[i], n2, c2)) { keys.push_back(k2); vals.push_back(v2); }
+                };
+                for (const KVStore<Real>* s : {&kept[l], &window[l]})
+                    for (size_t e = 0; e < s->size(); e++) consider(s->n[e], s->c[e], &s->k[e * kvdim], &s->v[e * kvdim]);
+                for (int j = 0; j <= i; j++)
+                    consider(ns[j], cs[j], &qkv[(size_t)j * ld + c.H * hd], &qkv[(size_t)j * ld + (c.H + c.Hkv) * hd]);
+                std::vector<Real> p(keys.size());
+                for (int h = 0; h < c.H; h++) {
+                    const Real* q = qkv.data() + (size_t)i * ld + h * hd;
+                    const int off = h / group * hd;
+                    Real mx = -INFINITY, sum = 0;
+                    for (size_t t2 = 0; t2 < keys.size(); t2++) {
+                        Real s = 0;
+                        #pragma omp simd reduction(+ : s)
+                        for (int e = 0; e < hd; e++) s += q[e] * keys[t2][off + e];
+                        p[t2] = s * scale;
+                        mx = std::max(mx, p[t2]);
+                    }
+                    for (Real& pv : p) { pv = exp_fast(pv - mx); sum += pv; }
+                    Real* oi = o.data() + (size_t)i * c.H * hd + h * hd;
+                    std::fill(oi, oi + hd, Real(0));
+                    for (size_t t2 = 0; t2 < keys.size(); t2++) {
+                        const Real w = p[t2] / sum, *vr = vals[t2] + off;
+                        #pragma omp simd
+                        for (int e = 0; e < hd; e++) oi[e] += w * vr[e];
+                    }
+                }
+            }
+            // The block's keys/values enter the cache once every row of it has attended.
+            for (int j = 0; j < R; j++) {
+                const Real* kr = &qkv[(size_t)j * ld + c.H * hd];
+                const Real* vr = &qkv[(size_t)j * ld + (c.H + c.Hkv) * hd];
+                if (cs[j] == 0 || c.variant == NAIVE) {
+                    kept[l].push(kr, vr, kvdim, ns[j], cs[j]);
+                } else if ((c.variant == PHD_SWA || c.variant == PHD_CSWA) && c.W > 0) {
+                    KVStore<Real>& win = window[l];
+                    if (c.variant == PHD_CSWA && win.size() && win.n[0] / c.C != ns[j] / c.C) win.clear();
+                    win.push(kr, vr, kvdim, ns[j], cs[j]);
+                    if ((int)win.size() > c.W) win.pop_front(kvdim);
+                }
+            }
+            matmul_forward(xm.data(), o.data(), w.wo, R, c.H * hd, D);
+            for (size_t i = 0; i < xm.size(); i++) xm[i] += x[i];
+            rmsnorm_forward(f.data(), rstd.data(), xm.data(), w.g_ffn, R, D);
+            matmul_forward(h13.data(), f.data(), w.w13, R, D, 2 * c.F);
+            swiglu_forward(g.data(), h13.data(), R, c.F);
+            matmul_forward(x.data(), g.data(), w.w2, R, c.F, D);
+            for (size_t i = 0; i < x.size(); i++) x[i] += xm[i];
+        }
+        t = ns.back() + 1;
+        // Only the last copy of the newest position predicts (the block's last row).
+        Real r;
+        rmsnorm_forward(f.data(), &r, x.data() + (size_t)(R - 1) * D, M.p.g_final, 1, D);
+        matmul_forward(logits.data(), f.data(), M.p.wout, 1, D, c.Vp);
+    }
+};
+
+// Next token from logits (Vp, first V real): greedy at temperature 0, else softmax over the
+// top_k largest (all when top_k <= 0) at the given temperature.
+template<typename Real> int sample_token(const Real* logits, int V, float temperature, int top_k, Rng& rng) {
+    std::vector<int> idx(V);
+    for (int j = 0; j < V; j++) idx[j] = j;
+    if (temperature <= 0) return (int)(std::max_element(logits, logits + V) - logits);
+    int k = top_k > 0 && top_k < V ? top_k : V;
+    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int a, int b) { return logits[a] > logits[b]; });
+    std::vector<double> p(k);
+    double sum = 0;
+    for (int i = 0; i < k; i++) sum += p[i] = exp(((double)logits[idx[i]] - logits[idx[0]]) / temperature);
+    double u = rng.uniform() * sum;
+    for (int i = 0; i < k - 1; i++)
+        if ((u -= p[i]) < 0) return idx[i];
+    return idx[k - 1];
+}
