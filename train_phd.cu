@@ -269,6 +269,12 @@ static void print_token(const Tokenizer& tok, int id) {
     fflush(stdout);
 }
 
+// The document separator starts samples and empty prompts: the tokenizer's end-of-text, or
+// GPT-2's 50256 when the vocabulary has it, else 0 (the byte-level separator).
+static int separator_token(const Tokenizer& tok, const Config& c) {
+    return tok.eot >= 0 ? tok.eot : (c.V > 50256 ? 50256 : 0);
+}
+
 static Tokenizer load_tokenizer_for(const Args& a, const Config& c) {
     Tokenizer tok;
     if (a.tokenizer.empty()) return tok;
@@ -300,7 +306,7 @@ static int generate(const Args& a, const Config& c, const std::vector<float>& pa
         if (tok.vocab_size() != 256) die("--prompt: text prompts need a byte-level --tokenizer; use --prompt-ids for GPT-2 ids");
         for (unsigned char ch : a.prompt) prompt.push_back(ch);
     } else {
-        prompt.push_back(tok.eot >= 0 ? tok.eot : (c.V > 50256 ? 50256 : 0));
+        prompt.push_back(separator_token(tok, c));
     }
     if ((int)prompt.size() + a.generate > c.maxT)
         die("--generate: prompt (%zu tokens) + %d new tokens exceed the model's max sequence length %d", prompt.size(),
@@ -366,7 +372,7 @@ static int train(const Args& a, const Config& c, std::vector<float>& params) {
     st.rng = a.seed ^ 0x5eed5eed5eedull;
     Rng sample_rng{st.rng};
     Tokenizer tok = load_tokenizer_for(a, c);
-    const std::vector<int> start = {tok.eot >= 0 ? tok.eot : (c.V > 50256 ? 50256 : 0)};  // the separator
+    const std::vector<int> start = {separator_token(tok, c)};
 
     if (a.resume) {
         int step = latest_checkpoint(a);

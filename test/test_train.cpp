@@ -10,31 +10,7 @@
 #include "test_util.h"
 
 static const char* kBin = "./train_phd";
-static const char* kTmp = "build/test-tmp";
-
-// A path in the scratch directory, which is emptied on first use so that no file of an
-// earlier run (say, a later checkpoint for --resume to find) can leak into this one.
-static std::string tmp(const std::string& name) {
-    static bool fresh = false;
-    if (!fresh) {
-        REQUIRE(system((std::string("rm -rf ") + kTmp).c_str()) == 0);
-        fresh = true;
-    }
-    mkdir("build", 0755);
-    mkdir(kTmp, 0755);
-    return std::string(kTmp) + "/" + name;
-}
-
-// Runs a shell command, returns its exit status; *out gets stdout and stderr.
-static int run(const std::string& cmd, std::string* out) {
-    FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-    REQUIRE(p != nullptr);
-    char buf[4096];
-    out->clear();
-    while (size_t n = fread(buf, 1, sizeof buf, p)) out->append(buf, n);
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
+static std::string tmp(const std::string& name) { return scratch_path("test-tmp", name); }
 
 static bool exists(const std::string& path) {
     struct stat st;

@@ -1,6 +1,8 @@
 // Helpers shared by the tests: small configs, random tensors, finite differences.
 #pragma once
 #include <doctest/doctest.h>
+#include <sys/wait.h>
+#include <algorithm>
 #include <functional>
 #include <string>
 #include <vector>
@@ -54,6 +56,29 @@ static inline void check_fd(const char* what, std::vector<double>& x, const std:
     INFO(what << ": worst relative error " << worst << " at element " << worst_i << " (max |grad| " << gmax << ")");
     CHECK(worst < tol);
     CHECK(gmax > 1e-9);  // a gradient that is identically zero would pass vacuously
+}
+
+// Runs a shell command, returns its exit status; *out gets stdout and stderr.
+static inline int run(const std::string& cmd, std::string* out) {
+    FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+    REQUIRE(p != nullptr);
+    char buf[4096];
+    out->clear();
+    while (size_t n = fread(buf, 1, sizeof buf, p)) out->append(buf, n);
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+// A path in build/NAME/, a scratch directory emptied on its first use in this run, so that
+// no file of an earlier run (say, a later checkpoint for --resume to find) leaks in.
+static inline std::string scratch_path(const char* dir, const std::string& name) {
+    static std::vector<std::string> fresh;
+    std::string d = std::string("build/") + dir;
+    if (std::find(fresh.begin(), fresh.end(), d) == fresh.end()) {
+        REQUIRE(system(("rm -rf " + d + " && mkdir -p " + d).c_str()) == 0);
+        fresh.push_back(d);
+    }
+    return d + "/" + name;
 }
 
 // sum(out * R): a scalar whose gradient with respect to out is R.
