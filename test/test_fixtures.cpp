@@ -16,15 +16,26 @@ static double rel_diff(const float* got, const float* want, size_t n) {
     return d / ref;
 }
 
+// test/fixtures/NAME.ckpt and NAME.state, loaded into a float model.
+struct Fixture {
+    std::string base;
+    std::vector<float> params;
+    Config c;
+    DebugState s;
+    explicit Fixture(const char* variant)
+        : base(std::string("test/fixtures/") + variant), c(load_checkpoint((base + ".ckpt").c_str(), &params)),
+          s(load_debug_state((base + ".state").c_str())) {
+        REQUIRE(variant_name(c) == variant);
+    }
+};
+
 TEST_CASE("logits, loss and every gradient equal the PyTorch reference") {
     for (const char* v : kFixtureVariants) {
-        std::string base = std::string("test/fixtures/") + v;
-        std::vector<float> params;
-        Config c = load_checkpoint((base + ".ckpt").c_str(), &params);
-        DebugState s = load_debug_state((base + ".state").c_str());
-        REQUIRE(variant_name(c) == v);
+        Fixture fx(v);
+        const Config& c = fx.c;
+        const DebugState& s = fx.s;
         Model<float> M(c);
-        M.params = params;
+        M.params = fx.params;
         float loss = model_forward(M, s.tokens.data(), s.targets.data(), s.B, s.T);
         std::vector<float> logits;  // (B*T, V): read before the backward turns them into dlogits
         for (int i = 0; i < s.B * s.T; i++) logits.insert(logits.end(), M.logits + (size_t)i * c.Vp, M.logits + (size_t)i * c.Vp + c.V);
@@ -41,11 +52,10 @@ TEST_CASE("logits, loss and every gradient equal the PyTorch reference") {
 
 TEST_CASE("10 AdamW steps reproduce the reference's losses") {
     for (const char* v : kFixtureVariants) {
-        std::string base = std::string("test/fixtures/") + v;
-        std::vector<float> params;
-        Config c = load_checkpoint((base + ".ckpt").c_str(), &params);
-        DebugState s = load_debug_state((base + ".state").c_str());
-        std::ifstream f(base + ".adamw");
+        Fixture fx(v);
+        const Config& c = fx.c;
+        const DebugState& s = fx.s;
+        std::ifstream f(fx.base + ".adamw");
         std::string comment;
         std::getline(f, comment);
         AdamW o;
@@ -54,8 +64,8 @@ TEST_CASE("10 AdamW steps reproduce the reference's losses") {
         for (double& x : want) f >> x;
         REQUIRE(f);
         Model<float> M(c);
-        M.params = params;
-        std::vector<float> m(params.size()), vv(params.size());
+        M.params = fx.params;
+        std::vector<float> m(fx.params.size()), vv(fx.params.size());
         for (int step = 0; step < o.total_steps; step++) {
             std::fill(M.grads.begin(), M.grads.end(), 0.0f);
             float loss = model_forward(M, s.tokens.data(), s.targets.data(), s.B, s.T);
