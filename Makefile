@@ -8,7 +8,10 @@ NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2
 # sm_90 (H100/H200) and sm_80 (A100)
 NVCC_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 NVCCFLAGS ?= -O3 -std=c++17 $(NVCC_ARCH)
-HEADERS  := $(wildcard *.h kernels/*.cuh)
+HEADERS  := $(wildcard *.h kernels/*.cuh data/*.h)
+# GPT-2 text prompts in train_phd need PCRE2 (data/setup.sh installs it); built without otherwise.
+PCRE2_FLAGS := $(if $(wildcard /usr/include/pcre2.h),-DPHD_PCRE2)
+PCRE2_LIBS  := $(if $(wildcard /usr/include/pcre2.h),-lpcre2-8)
 TEST_SRC := $(wildcard test/*.cpp)
 TEST_HDR := $(wildcard test/*.h)
 
@@ -19,7 +22,7 @@ all: train_phd
 
 ifneq ($(NVCC),)
 train_phd: train_phd.cu $(HEADERS)
-	$(NVCC) $(NVCCFLAGS) -Xcompiler "$(subst $() ,$(comma),$(strip $(CXXFLAGS) -fopenmp $(WARN)))" $< -o $@ -lgomp
+	$(NVCC) $(NVCCFLAGS) $(PCRE2_FLAGS) -Xcompiler "$(subst $() ,$(comma),$(strip $(CXXFLAGS) -fopenmp $(WARN)))" $< -o $@ -lgomp $(PCRE2_LIBS)
 else
 train_phd: build/train_phd_cpu
 	cp $< $@
@@ -29,7 +32,7 @@ comma := ,
 # The same source as plain C++: the CPU-only build, always compiled by `make test` too.
 build/train_phd_cpu: train_phd.cu $(HEADERS)
 	@mkdir -p build
-	$(CXX) $(HOSTFLAGS) -x c++ $< -o $@
+	$(CXX) $(HOSTFLAGS) $(PCRE2_FLAGS) -x c++ $< -o $@ $(PCRE2_LIBS)
 
 CPU_TESTS := test/test_main.cpp test/test_model.cpp test/test_train.cpp test/test_fixtures.cpp test/test_decode.cpp
 build/test_cpu: $(CPU_TESTS) $(TEST_HDR) $(HEADERS)

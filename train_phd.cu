@@ -13,6 +13,9 @@
 #include <vector>
 #include "checkpoint.h"
 #include "data/tokenizer.h"
+#ifdef PHD_PCRE2
+#include "data/bpe.h"  // GPT-2 text prompts
+#endif
 #include "dataloader.h"
 #include "decode.h"
 #include "model.h"
@@ -68,7 +71,7 @@ static void usage() {
         "generation (KV-cache decoder)\n"
         "      --generate N         with --init: sample N tokens after the prompt and exit\n"
         "      --prompt-ids 'I J K' the prompt as token ids (default: the separator token)\n"
-        "      --prompt TEXT        the prompt as text (byte-level tokenizer files only)\n"
+        "      --prompt TEXT        the prompt as text (needs --tokenizer)\n"
         "      --temperature T      0 = greedy (1.0)\n"
         "      --top-k K            sample among the K most likely, 0 = all (0)\n"
         "checking\n"
@@ -303,8 +306,19 @@ static int generate(const Args& a, const Config& c, const std::vector<float>& pa
         }
         if (prompt.empty()) die("--prompt-ids: the prompt is empty");
     } else if (!a.prompt.empty()) {
-        if (tok.vocab_size() != 256) die("--prompt: text prompts need a byte-level --tokenizer; use --prompt-ids for GPT-2 ids");
-        for (unsigned char ch : a.prompt) prompt.push_back(ch);
+        if (!tok.vocab_size()) die("--prompt: text prompts need --tokenizer (or give --prompt-ids)");
+        if (tok.merges.empty()) {
+            for (unsigned char ch : a.prompt) prompt.push_back(ch);
+        } else {
+#ifdef PHD_PCRE2
+            std::vector<uint32_t> ids;
+            Gpt2Bpe(tok).encode(a.prompt, ids);
+            prompt.assign(ids.begin(), ids.end());
+#else
+            die("--prompt: this train_phd was built without PCRE2, which GPT-2 text needs (data/setup.sh installs it; then rebuild)");
+#endif
+        }
+        if (prompt.empty()) die("--prompt: the prompt is empty");
     } else {
         prompt.push_back(separator_token(tok, c));
     }

@@ -1,17 +1,17 @@
-// data/bpe.h: GPT-2's byte-level BPE encoder, from OpenAI's encoder.json and vocab.bpe.
+// data/bpe.h: GPT-2's byte-level BPE encoder (needs PCRE2).
 //
 // 1. Pre-tokenise with GPT-2's pattern (PCRE2, Unicode classes):
 //      's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-// 2. Map each piece's bytes to printable code points (GPT-2's bytes_to_unicode table).
-// 3. Merge adjacent symbols, always the pair ranked lowest in vocab.bpe, until none merge.
-// 4. Look every symbol up in encoder.json.
-// <|endoftext|> is id 50256; the data pipeline inserts it, it is never produced from text.
+// 2. Map each piece's bytes to printable code points (gpt2_byte_symbol).
+// 3. Merge adjacent symbols, always the pair ranked lowest, until none merge.
+// 4. Look every symbol up in the vocabulary.
+// The vocabulary and merges come from a Tokenizer: tokenizer.bin, or OpenAI's encoder.json
+// and vocab.bpe through load_gpt2_files(). <|endoftext|> is id 50256; the data pipeline
+// inserts it, it is never produced from text.
 #pragma once
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <climits>
-#include <fstream>
-#include <nlohmann/json.hpp>
 #include <unordered_map>
 #include "tokenizer.h"
 
@@ -29,35 +29,22 @@ static inline long long utf8_error_offset(const std::string& s) {
 }
 
 struct Gpt2Bpe {
-    static constexpr int kEot = 50256;
     std::unordered_map<std::string, int> encoder;    // symbol (UTF-8 of mapped bytes) -> id
-    std::unordered_map<std::string, int> ranks;      // "a b" -> merge rank
+    std::unordered_map<std::string, int> ranks;      // "A B" -> merge rank
     std::string byte_symbol[256];                    // byte -> its printable code point, UTF-8
     std::unordered_map<std::string, std::vector<uint32_t>> cache;  // piece -> ids
     pcre2_code* re = nullptr;
     pcre2_match_data* md = nullptr;
 
-    Gpt2Bpe(const char* encoder_json, const char* vocab_bpe) {
-        // bytes_to_unicode: printable Latin-1 bytes stand for themselves, the rest for 256+i.
-        for (int b = 0, extra = 0; b < 256; b++) {
-            bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-            int cp = printable ? b : 256 + extra++;
-            byte_symbol[b] = cp < 0x80 ? std::string(1, (char)cp)
-                                       : std::string{(char)(0xC0 | (cp >> 6)), (char)(0x80 | (cp & 0x3F))};
+    explicit Gpt2Bpe(const Tokenizer& t) {
+        if (t.merges.empty()) die("tokenizer has no BPE merges: not a GPT-2 tokenizer");
+        for (int b = 0; b < 256; b++) byte_symbol[b] = gpt2_byte_symbol(b);
+        for (int id = 0; id < t.vocab_size(); id++) {
+            std::string sym;
+            for (unsigned char ch : t.pieces[id]) sym += byte_symbol[ch];
+            encoder[sym] = id;
         }
-        std::ifstream ej(encoder_json);
-        if (!ej) die("%s: cannot open", encoder_json);
-        nlohmann::json j;
-        try { ej >> j; } catch (const std::exception& e) { die("%s: not valid JSON (%s)", encoder_json, e.what()); }
-        for (auto& [sym, id] : j.items()) encoder[sym] = id.get<int>();
-        if (encoder.size() != 50257) die("%s: %zu entries, GPT-2 has 50257", encoder_json, encoder.size());
-        std::ifstream vb(vocab_bpe);
-        if (!vb) die("%s: cannot open", vocab_bpe);
-        std::string line;
-        std::getline(vb, line);  // "#version: 0.2"
-        for (int r = 0; std::getline(vb, line);)
-            if (!line.empty()) ranks[line] = r++;
-        if (ranks.size() != 50000) die("%s: %zu merges, GPT-2 has 50000", vocab_bpe, ranks.size());
+        for (size_t r = 0; r < t.merges.size(); r++) ranks[t.merges[r]] = (int)r;
         const char* pat = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
         int err;
         PCRE2_SIZE off;
@@ -116,24 +103,5 @@ struct Gpt2Bpe {
             hit = cache.emplace(piece, ids).first;
         }
         out.insert(out.end(), hit->second.begin(), hit->second.end());
-    }
-
-    // The table train_phd decodes with: the raw bytes of every id.
-    Tokenizer tokenizer() const {
-        std::unordered_map<std::string, int> byte_of;
-        for (int b = 0; b < 256; b++) byte_of[byte_symbol[b]] = b;
-        Tokenizer t;
-        t.eot = kEot;
-        t.pieces.resize(encoder.size());
-        for (const auto& [sym, id] : encoder) {
-            std::string bytes;
-            for (size_t i = 0; i < sym.size();) {  // each symbol is 1 or 2 UTF-8 bytes
-                size_t n = ((unsigned char)sym[i] < 0x80) ? 1 : 2;
-                bytes.push_back((char)byte_of.at(sym.substr(i, n)));
-                i += n;
-            }
-            t.pieces[id] = bytes;
-        }
-        return t;
     }
 };

