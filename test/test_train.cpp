@@ -308,7 +308,7 @@ TEST_CASE("generation: streams tokens and reports the cache; bad prompts get one
         {"--generate 2 --prompt-ids '1 32'", "token 32 is out of range"},
         {"--generate 2 --prompt-ids '1 x'", "is not a list of token ids"},
         {"--generate 2 --variant phd-cswa-3-4-3", "does not match the checkpoint"},
-        {"--generate 2 --prompt hello", "text prompts need a byte-level --tokenizer"},
+        {"--generate 2 --prompt hello", "text prompts need --tokenizer"},
     };
     for (const Case& k : cases) {
         int rc = run(bin + k.args, &out);
