@@ -8,6 +8,8 @@
 
 #ifdef __CUDACC__
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 template<typename... KArgs, typename... Args>

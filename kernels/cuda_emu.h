@@ -11,7 +11,8 @@
 //   Dynamic shared memory comes from dynamic_shared<T>(), sized by launch().
 // - Warps are 32 consecutive threads (x fastest); the shuffles, __ballot_sync and
 //   __syncwarp exchange values between real lanes through a per-warp barrier.
-// - atomicAdd/atomicMax on int and float, the math intrinsics the kernels use, device
+// - atomicAdd/atomicMax on int and float, the math intrinsics the kernels use, bf16 and
+//   half conversions (storage types only, no arithmetic operators), device
 //   memory, streams and events (host memory, synchronous), and the cuBLAS calls the engine
 //   makes (column-major, every transpose, leading dimensions, alpha/beta), computed naively.
 // What it cannot do: timing, memory coalescing, bank conflicts, tensor-core instructions,
@@ -196,6 +197,40 @@ template<typename T> inline T atomicMax(T* p, T v) {
     T old = *p;
     *p = old > v ? old : v;
     return old;
+}
+
+// bf16 and half storage types with CUDA's conversion functions (round to nearest even,
+// overflow to infinity, subnormals kept); no arithmetic operators.
+struct __nv_bfloat16 { uint16_t x; };
+struct __half { uint16_t x; };
+inline __nv_bfloat16 __float2bfloat16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if (std::isnan(f)) return {(uint16_t)((u >> 16) | 0x40)};  // stays a (quiet) NaN
+    return {(uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16)};
+}
+inline float __bfloat162float(__nv_bfloat16 b) {
+    uint32_t u = (uint32_t)b.x << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+inline __half __float2half(float f) {
+    uint16_t sign = std::signbit(f) ? 0x8000 : 0;
+    double a = std::fabs((double)f);
+    if (std::isnan(f)) return {0x7e00};
+    if (a >= 65520.0) return {(uint16_t)(sign | 0x7c00)};  // past the midpoint above 65504: infinity
+    if (a < std::ldexp(1.0, -14)) return {(uint16_t)(sign | (uint16_t)std::nearbyint(std::ldexp(a, 24)))};  // subnormal
+    int e;
+    std::frexp(a, &e);  // a = m * 2^e, m in [0.5, 1)
+    double q = std::nearbyint(std::ldexp(a, 11 - e));  // 11 significant bits, in [1024, 2048]
+    if (q == 2048) { q = 1024; e++; }
+    return {(uint16_t)(sign | (uint16_t)((e + 14) << 10) | (uint16_t)(q - 1024))};
+}
+inline float __half2float(__half h) {
+    int e = (h.x >> 10) & 0x1f, m = h.x & 0x3ff;
+    double v = e == 0 ? std::ldexp((double)m, -24) : e == 31 ? (m ? NAN : INFINITY) : std::ldexp(1024.0 + m, e - 25);
+    return (float)((h.x & 0x8000) ? -v : v);
 }
 
 inline float __expf(float x) { return expf(x); }

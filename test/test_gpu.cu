@@ -231,6 +231,27 @@ TEST_CASE("emulation: cuBLAS GEMMs against a naive GEMM, every transpose") {
     cublasCheck(cublasDestroy(h));
 }
 
+__global__ void low_precision_kernel(const float* x, float* bf, float* half, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    bf[i] = __bfloat162float(__float2bfloat16(x[i]));
+    half[i] = __half2float(__float2half(x[i]));
+}
+
+TEST_CASE("emulation: bf16 and half conversions round to nearest even, as on the GPU") {
+    // bf16 keeps 8 significant bits: 1 + 2^-8 is a tie between 1 and 1 + 2^-7 (goes to 1, even),
+    // 1 + 3 * 2^-8 a tie between 1 + 2^-7 and 1 + 2^-6 (goes to the even 1 + 2^-6).
+    // half keeps 11: 65520 is the tie between 65504 and infinity (goes to infinity),
+    // 1e-7 is the subnormal 2 * 2^-24, 0.1 is 1638 * 2^-14.
+    std::vector<float> x = {1.0f, 1.0f + 1.0f / 256, 1.0f + 3.0f / 256, -2.5f, 3.14159265f, 65504.0f, 65520.0f, 1e-7f, 0.1f};
+    std::vector<float> bf = {1.0f, 1.0f, 1.0f + 4.0f / 256, -2.5f, 3.140625f, 65536.0f, 65536.0f, 1.00117176e-7f, 0.10009765625f};
+    std::vector<float> half = {1.0f, 1.00390625f, 1.01171875f, -2.5f, 3.140625f, 65504.0f, INFINITY, 1.1920929e-7f, 0.0999755859375f};
+    DeviceBuffer<float> dx(x), dbf(std::vector<float>(x.size())), dhalf(std::vector<float>(x.size()));
+    launch(low_precision_kernel, dim3(1), dim3(32), 0, nullptr, dx.ptr, dbf.ptr, dhalf.ptr, (int)x.size());
+    CHECK(dbf.get() == bf);
+    CHECK(dhalf.get() == half);
+}
+
 // ----------------------------------------------------------------------------
 // Deliberately broken kernels: never run by default. test/run_tests.sh runs them under
 // the sanitizers and requires a report, so the sanitizer builds are proven to catch these.
