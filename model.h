@@ -11,9 +11,13 @@
 // Choices PHD.md leaves open, made here:
 // - Every CPU layer is a template over the scalar type (float to train, double to check
 //   gradients against finite differences); all accumulation happens in that type.
-// - Attention enumerates the visible keys of a query in increasing logical order, so the
-//   structured loops sum in exactly the order a dense masked loop would (tests rely on it).
+// - Attention enumerates the visible keys of a query in increasing logical order, the order
+//   a dense masked loop visits them in (tests compare the two).
 // - The RoPE angle pos * 10000^(-2i/hd) is computed in double, then rounded to Real.
+// - Softmaxes and the sigmoid use exp_fast: in float a vectorisable polynomial within 2 ulp
+//   of exp, in double std::exp.
+// - AdamW as torch.optim.AdamW, after clipping as torch.nn.utils.clip_grad_norm_ (scale
+//   min(1, clip / (norm + 1e-6))); the schedule is in learning_rate().
 // - Parameter draws: one splitmix64 stream, Box-Muller, tensor by tensor in checkpoint
 //   order, row by row; padded rows of E and Wout are not drawn (they are zero).
 #pragma once
