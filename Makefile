@@ -8,7 +8,7 @@ NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2
 # sm_90 (H100/H200) and sm_80 (A100)
 NVCC_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 NVCCFLAGS ?= -O3 -std=c++17 $(NVCC_ARCH)
-HEADERS  := $(wildcard *.h kernels/*.cuh data/*.h)
+HEADERS  := $(wildcard *.h kernels/*.h kernels/*.cuh data/*.h)
 # GPT-2 text prompts in train_phd need PCRE2 (data/setup.sh installs it); built without otherwise.
 PCRE2_FLAGS := $(if $(wildcard /usr/include/pcre2.h),-DPHD_PCRE2)
 PCRE2_LIBS  := $(if $(wildcard /usr/include/pcre2.h),-lpcre2-8)
@@ -41,11 +41,12 @@ build/test_cpu: $(CPU_TESTS) $(TEST_HDR) $(HEADERS)
 
 # GPU tests, one source built four ways: emulated on the CPU (kernels/cuda_emu.h), the same
 # under ThreadSanitizer and AddressSanitizer, and natively with nvcc (skips without a GPU).
-GPU_TEST_DEPS := test/test_main.cpp test/test_gpu.cu $(TEST_HDR) $(HEADERS)
-EMU_BUILD = $(CXX) -std=c++17 $(WARN) -pthread test/test_main.cpp -x c++ test/test_gpu.cu -o $@
+GPU_TEST_SRC  := test/test_gpu.cu test/test_gpu_kernels.cu
+GPU_TEST_DEPS := test/test_main.cpp $(GPU_TEST_SRC) $(TEST_HDR) $(HEADERS)
+EMU_BUILD = $(CXX) -std=c++17 $(WARN) -fopenmp -pthread test/test_main.cpp -x c++ $(GPU_TEST_SRC) -o $@
 build/test_gpu_emu: $(GPU_TEST_DEPS)
 	@mkdir -p build
-	$(EMU_BUILD) $(CXXFLAGS) -fopenmp
+	$(EMU_BUILD) $(CXXFLAGS)
 build/test_gpu_tsan: $(GPU_TEST_DEPS)
 	@mkdir -p build
 	$(EMU_BUILD) -O1 -g -fsanitize=thread
@@ -54,7 +55,7 @@ build/test_gpu_asan: $(GPU_TEST_DEPS)
 	$(EMU_BUILD) -O1 -g -fsanitize=address -fno-omit-frame-pointer
 build/test_gpu_native: $(GPU_TEST_DEPS)
 	@mkdir -p build
-	$(NVCC) $(NVCCFLAGS) -DPHD_NATIVE_GPU -Xcompiler "$(subst $() ,$(comma),$(strip -Wall -Wextra -Werror))" -x cu test/test_main.cpp test/test_gpu.cu -o $@ -lcublas
+	$(NVCC) $(NVCCFLAGS) -DPHD_NATIVE_GPU -Xcompiler "$(subst $() ,$(comma),$(strip -fopenmp $(WARN)))" -x cu test/test_main.cpp $(GPU_TEST_SRC) -o $@ -lcublas -lgomp
 GPU_TESTS := build/test_gpu_emu build/test_gpu_tsan build/test_gpu_asan $(if $(NVCC),build/test_gpu_native)
 
 # The data pipeline (GPT-2 BPE needs PCRE2 and nlohmann-json: data/setup.sh installs them).
@@ -76,7 +77,7 @@ test: train_phd build/train_phd_cpu build/test_cpu build/prepare build/test_data
 test-gpu: build/test_gpu_native
 	./build/test_gpu_native
 test-tsan: build/test_gpu_tsan
-	./build/test_gpu_tsan
+	OMP_NUM_THREADS=1 ./build/test_gpu_tsan
 test-asan: build/test_gpu_asan
 	./build/test_gpu_asan
 

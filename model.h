@@ -28,6 +28,13 @@
 #include "gemm.h"
 #include "utils.h"
 
+// Functions that CUDA kernels call too (the predicate, the config's derived sizes).
+#ifdef __CUDACC__
+#define PHD_HOST_DEVICE __host__ __device__
+#else
+#define PHD_HOST_DEVICE
+#endif
+
 // ----------------------------------------------------------------------------
 // Configuration and variants
 
@@ -46,8 +53,8 @@ struct Config {
     int K = 1;       // copies per position
     int W = 0;       // window in hidden tokens (phd-swa, phd-cswa)
     int C = 0;       // chunk length in original positions (phd-cswa)
-    int hd() const { return D / H; }
-    int qkv_dim() const { return (H + 2 * Hkv) * hd(); }  // width of the fused q|k|v rows
+    PHD_HOST_DEVICE int hd() const { return D / H; }
+    PHD_HOST_DEVICE int qkv_dim() const { return (H + 2 * Hkv) * hd(); }  // width of the fused q|k|v rows
 };
 
 static inline int pad_vocab(int V) { return (V + 127) / 128 * 128; }
@@ -101,7 +108,7 @@ static inline std::string config_error(const Config& c) {
 // ----------------------------------------------------------------------------
 // Visibility (PHD.md section 4): the one predicate. Query (n, c), key (m, d).
 
-static inline bool phd_visible(const Config& cfg, int n, int c, int m, int d) {
+PHD_HOST_DEVICE inline bool phd_visible(const Config& cfg, int n, int c, int m, int d) {
     const int K = cfg.K;
     if (cfg.variant == NAIVE) return m * K + d <= n * K + c;   // causal over the logical order
     if (d == 0) return m <= n;                                  // rule 1: originals
@@ -111,6 +118,30 @@ static inline bool phd_visible(const Config& cfg, int n, int c, int m, int d) {
     long gap = (long)(n * (K - 1) + c - 1) - (long)(m * (K - 1) + d - 1);  // h(n,c) - h(m,d)
     if (gap <= 0 || gap > cfg.W) return false;
     return cfg.variant == PHD_SWA || m / cfg.C == n / cfg.C;
+}
+
+// The visible keys of query (n, c) as two intervals: the originals m in [0, n], and the
+// hidden tokens with hidden-stream index h(m, d) in [*hid_lo, *hid_hi] (empty when lo > hi).
+// Every key inside them is visible (tests prove the intervals equal the predicate), so a
+// tile of keys holds a visible one exactly when it meets an interval of one of its queries.
+PHD_HOST_DEVICE inline void visible_hidden_range(const Config& cfg, int n, int c, int* hid_lo, int* hid_hi) {
+    const int K = cfg.K;
+    *hid_lo = 0;
+    *hid_hi = -1;
+    if (K == 1) return;
+    if (cfg.variant == NAIVE) {           // every earlier hidden token (and the own group)
+        *hid_hi = c == 0 ? n * (K - 1) - 1 : n * (K - 1) + c - 1;
+        return;
+    }
+    if (c == 0) return;                    // originals never see hidden tokens
+    const int hq = n * (K - 1) + c - 1, group_lo = n * (K - 1);
+    *hid_hi = hq;
+    *hid_lo = group_lo;                    // phd: the own group only
+    if (cfg.variant == PHD_SWA || cfg.variant == PHD_CSWA) {
+        int lo = hq - cfg.W > 0 ? hq - cfg.W : 0;
+        if (cfg.variant == PHD_CSWA && lo < n / cfg.C * cfg.C * (K - 1)) lo = n / cfg.C * cfg.C * (K - 1);
+        if (lo < group_lo) *hid_lo = lo;
+    }
 }
 
 // The visible keys of query (n, c) as logical indices m*K + d, in increasing order, found

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -47,6 +48,8 @@ struct dim3 {
 
 inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 static constexpr int warpSize = 32;
+using std::max;  // CUDA's integer min/max builtins
+using std::min;
 
 namespace cuda_emu {
 

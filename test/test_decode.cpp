@@ -38,7 +38,7 @@ template<typename Real> static void check_decoder(const char* variant, double to
         std::vector<int> seq = random_tokens(P + steps, c.V, 100 + P);
         Decoder<Real> dec(M);
         dec.prefill(seq.data(), P);
-        INFO(variant << " prompt " << P);
+        INFO(std::string(variant) << " prompt " << P);
         CHECK(dec.hidden_computed == expected_prefill_hidden(c, P));
         for (int s = 0; s <= steps; s++) {
             const int len = P + s;

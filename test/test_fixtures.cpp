@@ -40,7 +40,7 @@ TEST_CASE("logits, loss and every gradient equal the PyTorch reference") {
         std::vector<float> logits;  // (B*T, V): read before the backward turns them into dlogits
         for (int i = 0; i < s.B * s.T; i++) logits.insert(logits.end(), M.logits + (size_t)i * c.Vp, M.logits + (size_t)i * c.Vp + c.V);
         model_backward(M, 1.0f);
-        INFO(v);
+        INFO(std::string(v));
         CHECK(std::fabs(loss - s.loss) <= 1e-6f * s.loss);  // loss: 1e-6 relative
         CHECK(rel_diff(logits.data(), s.logits.data(), logits.size()) < 1e-5);  // logits: 1e-5 of their scale
         for (const ParamTensor& t : param_tensors(c)) {
@@ -69,7 +69,7 @@ TEST_CASE("10 AdamW steps reproduce the reference's losses") {
         for (int step = 0; step < o.total_steps; step++) {
             std::fill(M.grads.begin(), M.grads.end(), 0.0f);
             float loss = model_forward(M, s.tokens.data(), s.targets.data(), s.B, s.T);
-            INFO(v << " step " << step << ": " << loss << " vs " << want[step]);
+            INFO(std::string(v) << " step " << step << ": " << loss << " vs " << want[step]);
             CHECK(std::fabs(loss - want[step]) <= 1e-5 * want[step]);  // 1e-5 relative after up to 9 updates
             model_backward(M, 1.0f);
             adamw_update(c, o, M.params.data(), M.grads.data(), m.data(), vv.data(), step, learning_rate(o, step),

@@ -28,7 +28,7 @@ static void check_mask(const char* variant, const char* const* rows) {
     Config c = tiny_config(variant);
     for (int i = 0; i < 12; i++)
         for (int j = 0; j < 12; j++) {
-            INFO(variant << " query " << i << " key " << j);
+            INFO(std::string(variant) << " query " << i << " key " << j);
             CHECK(phd_visible(c, i / 3, i % 3, j / 3, j % 3) == (rows[i][j] == '1'));
         }
 }
@@ -57,8 +57,28 @@ TEST_CASE("visible_keys enumerates exactly the predicate's keys, in order") {
                 for (int j = 0; j < T * c.K; j++)
                     if (phd_visible(c, n, q, j / c.K, j % c.K)) want.push_back(j);
                 int cnt = visible_keys(c, n, q, keys.data());
-                INFO(v << " query (" << n << "," << q << ")");
+                INFO(std::string(v) << " query (" << n << "," << q << ")");
                 CHECK(std::vector<int>(keys.begin(), keys.begin() + cnt) == want);
+            }
+    }
+}
+
+TEST_CASE("visible_hidden_range: originals [0, n] plus one interval of hidden tokens, exactly the predicate") {
+    const char* variants[] = {"vanilla", "phd-2", "phd-4", "naive-3", "phd-swa-3-0", "phd-swa-3-1", "phd-swa-3-5",
+                              "phd-swa-4-16", "phd-cswa-2-3-1", "phd-cswa-3-2-2", "phd-cswa-3-5-3", "phd-cswa-4-7-4"};
+    const int T = 11;
+    for (const char* v : variants) {
+        Config c = tiny_config(v);
+        for (int n = 0; n < T; n++)
+            for (int q = 0; q < c.K; q++) {
+                int lo, hi;
+                visible_hidden_range(c, n, q, &lo, &hi);
+                INFO(std::string(v) << " query (" << n << "," << q << ") hidden range [" << lo << ", " << hi << "]");
+                for (int m = 0; m < T; m++)
+                    for (int d = 0; d < c.K; d++) {
+                        bool in = d == 0 ? m <= n : (m * (c.K - 1) + d - 1 >= lo && m * (c.K - 1) + d - 1 <= hi);
+                        CHECK(in == phd_visible(c, n, q, m, d));
+                    }
             }
     }
 }
@@ -77,7 +97,7 @@ TEST_CASE("variant names parse, print back, and bad ones are rejected") {
                          "phd-2x", "swa-2-3", "", "phd-swa-2", "PHD-2"};
     for (const char* v : bad) {
         Config b;
-        INFO(v);
+        INFO(std::string(v));
         CHECK(!parse_variant(v, &b).empty());
     }
     Config v = tiny_config("vanilla");
@@ -272,7 +292,7 @@ TEST_CASE("K = 1 of every variant is vanilla to the last bit") {
         M.params = V.params;
         float l = model_forward(M, tok.data(), tgt.data(), B, T);
         model_backward(M, 1.0f);
-        INFO(v);
+        INFO(std::string(v));
         CHECK(l == lv);
         CHECK(std::equal(M.logits, M.logits + B * T * c.Vp, V.logits));
         CHECK(M.grads == V.grads);
@@ -299,7 +319,7 @@ TEST_CASE("the originals of phd, phd-swa and phd-cswa are a vanilla model, layer
             for (int i = 0; i < B * T; i++)
                 mismatched += !std::equal(xm + (size_t)i * c.K * c.D, xm + ((size_t)i * c.K + 1) * c.D, xv + (size_t)i * c.D);
         }
-        INFO(v);
+        INFO(std::string(v));
         CHECK(mismatched == 0);
         // The hidden copies do compute something else (from position 1 on: at position 0 every
         // copy sees the same keys and values as the original), so the test can fail.
@@ -350,7 +370,7 @@ TEST_CASE("structured attention equals dense attention masked with the predicate
         dense_attention(od.data(), qkv.data(), c, B, T);
         float worst = 0;
         for (size_t i = 0; i < o.size(); i++) worst = std::max(worst, std::fabs(o[i] - od[i]));
-        INFO(v << ": max abs difference " << worst);
+        INFO(std::string(v) << ": max abs difference " << worst);
         CHECK(worst <= 1e-6f);
     }
 }

@@ -239,7 +239,7 @@ TEST_CASE("check-state: float forward/backward against a double-precision debug 
         save_checkpoint(ck.c_str(), c, p.data());
         REQUIRE(run(std::string(kBin) + " -b 2 -t 16 -e " + ck + " -i " + shard + " --dump-state " + st, &out) == 0);
         int rc = run(std::string(kBin) + " -e " + ck + " --check-state " + st, &out);
-        INFO(v << ":\n" << out);
+        INFO(std::string(v) << ":\n" << out);
         CHECK(rc == 0);
         CHECK(out.find("dlayer1.w2") != std::string::npos);
         // One gradient element off by 1% of its tensor's scale must fail the check.
