@@ -3,7 +3,10 @@
 // Built into the same binaries as test_gpu.cu: emulated on the CPU and natively.
 #include <vector>
 #include <doctest/doctest.h>
+#include "../kernels/adamw.cuh"
 #include "../kernels/attention.cuh"
+#include "../kernels/layers.cuh"
+#include "../kernels/loss.cuh"
 #include "test_util.h"
 
 // A device copy of a host vector (DeviceBuffer of test_gpu.cu, kept local to this file).
@@ -96,4 +99,121 @@ TEST_CASE("attention kernels: forward and backward equal the CPU reference; only
         CHECK(regroup(to_host(d_dqkv, qkv.size()), c, B, T, ld, false) == dqkv);
         for (void* p : {(void*)d_qkv, (void*)d_dout, (void*)d_o, (void*)d_lse, (void*)d_dqkv, (void*)d_visited}) cudaCheck(cudaFree(p));
     }
+}
+
+// The shapes of the kernel tests below: B = 2, T = 37, K = 3 (N = 222 rows), D = 96, F = 200.
+static Config kernel_config(const char* variant = "phd-cswa-3-5-4") {
+    Config c = tiny_config(variant, 97, 37);
+    c.D = 96; c.H = 6; c.Hkv = 2; c.F = 200;
+    return c;
+}
+
+TEST_CASE("embedding kernels: K-fold repetition, deterministic backward, against the CPU") {
+    Config c = kernel_config();
+    const int B = 2, T = 37, TK = T * c.K, N = B * TK;
+    std::vector<int> tok = random_tokens(B * T, 20, 3);  // a small range: tokens repeat
+    std::vector<float> E = random_vec<float>((size_t)c.Vp * c.D, 4), dx = random_vec<float>((size_t)N * c.D, 5);
+    std::vector<float> x_ref((size_t)N * c.D), dE_ref = random_vec<float>(E.size(), 6);
+    std::vector<float> dE0 = dE_ref;
+    embedding_forward(x_ref.data(), tok.data(), E.data(), B, T, c.K, c.D);
+    embedding_backward(dE_ref.data(), regroup(dx, c, B, T, c.D, false).data(), tok.data(), B, T, c.K, c.D);
+    int* d_tok = to_device(tok);
+    float *d_E = to_device(E), *d_x = to_device(std::vector<float>(x_ref.size())), *d_dx = to_device(dx), *d_dE = to_device(dE0);
+    embedding_forward(d_x, d_tok, d_E, c, B, T, nullptr);
+    CHECK(regroup(to_host(d_x, x_ref.size()), c, B, T, c.D, false) == x_ref);  // copies: exact
+    embedding_backward(d_dE, d_dx, tok.data(), c, B, T, nullptr);
+    std::vector<float> dE = to_host(d_dE, E.size());
+    CHECK(max_rel(dE, dE_ref) < 1e-6);  // sums of up to K*B*T/20 rows in another order
+    float* d_dE2 = to_device(dE0);
+    embedding_backward(d_dE2, d_dx, tok.data(), c, B, T, nullptr);
+    CHECK(to_host(d_dE2, E.size()) == dE);  // deterministic
+    for (void* p : {(void*)d_tok, (void*)d_E, (void*)d_x, (void*)d_dx, (void*)d_dE, (void*)d_dE2}) cudaCheck(cudaFree(p));
+}
+
+TEST_CASE("rmsnorm, rope and swiglu kernels against the CPU, forward and backward") {
+    Config c = kernel_config();
+    const int B = 2, T = 37, N = B * T * c.K, D = c.D, F = c.F, ld = c.qkv_dim();
+    // rmsnorm (rows in any order: per-row op)
+    std::vector<float> x = random_vec<float>((size_t)N * D, 7), g = random_vec<float>(D, 8), dy = random_vec<float>((size_t)N * D, 9);
+    std::vector<float> out_ref(x.size()), rstd_ref(N), dx_ref(x.size()), dg_ref(D, 0.5f);
+    rmsnorm_forward(out_ref.data(), rstd_ref.data(), x.data(), g.data(), N, D);
+    rmsnorm_backward(dx_ref.data(), dg_ref.data(), dy.data(), x.data(), g.data(), rstd_ref.data(), N, D);
+    float *d_x = to_device(x), *d_g = to_device(g), *d_out = to_device(std::vector<float>(x.size())), *d_rstd = to_device(std::vector<float>(N));
+    float *d_dy = to_device(dy), *d_dg = to_device(std::vector<float>(D, 0.5f));
+    rmsnorm_forward(d_out, d_rstd, d_x, d_g, N, D, nullptr);
+    CHECK(max_rel(to_host(d_out, x.size()), out_ref) < 1e-6);
+    CHECK(max_rel(to_host(d_rstd, N), rstd_ref) < 1e-6);
+    rmsnorm_backward(d_dy, d_dg, d_dy, d_x, d_g, d_rstd, N, D, nullptr);  // dx aliases dout, as in the model
+    CHECK(max_rel(to_host(d_dy, x.size()), dx_ref) < 1e-5);
+    CHECK(max_rel(to_host(d_dg, D), dg_ref) < 1e-5);
+
+    // rope: q and k heads of qkv rows, at each row's position n
+    Model<float> M(c);
+    std::vector<float> qkv = random_vec<float>((size_t)N * ld, 10), rot_ref = qkv;
+    std::vector<int> pos(N);
+    for (int r = 0; r < N; r++) pos[r] = r % (T * c.K) / c.K;
+    rope_forward(rot_ref.data(), pos.data(), c, N, M.rope_cos.data(), M.rope_sin.data());
+    float *d_qkv = to_device(regroup(qkv, c, B, T, ld, true)), *d_cos = to_device(M.rope_cos), *d_sin = to_device(M.rope_sin);
+    rope_forward(d_qkv, d_cos, d_sin, c, B, T, nullptr);
+    CHECK(max_rel(regroup(to_host(d_qkv, qkv.size()), c, B, T, ld, false), rot_ref) < 1e-6);
+    rope_backward(d_qkv, d_cos, d_sin, c, B, T, nullptr);  // the inverse rotation restores the input
+    CHECK(max_rel(regroup(to_host(d_qkv, qkv.size()), c, B, T, ld, false), qkv) < 1e-6);
+
+    // swiglu
+    std::vector<float> h13 = random_vec<float>((size_t)N * 2 * F, 11, 3.0), dgg = random_vec<float>((size_t)N * F, 12);
+    std::vector<float> gg_ref((size_t)N * F), dh_ref(h13.size());
+    swiglu_forward(gg_ref.data(), h13.data(), N, F);
+    swiglu_backward(dh_ref.data(), dgg.data(), h13.data(), N, F);
+    float *d_h13 = to_device(h13), *d_gg = to_device(std::vector<float>(gg_ref.size())), *d_dgg = to_device(dgg), *d_dh = to_device(std::vector<float>(h13.size()));
+    swiglu_forward(d_gg, d_h13, N, F, nullptr);
+    swiglu_backward(d_dh, d_dgg, d_h13, N, F, nullptr);
+    CHECK(max_rel(to_host(d_gg, gg_ref.size()), gg_ref) < 1e-6);
+    CHECK(max_rel(to_host(d_dh, h13.size()), dh_ref) < 1e-6);
+    for (void* p : {(void*)d_x, (void*)d_g, (void*)d_out, (void*)d_rstd, (void*)d_dy, (void*)d_dg, (void*)d_qkv, (void*)d_cos,
+                    (void*)d_sin, (void*)d_h13, (void*)d_gg, (void*)d_dgg, (void*)d_dh})
+        cudaCheck(cudaFree(p));
+}
+
+TEST_CASE("cross-entropy kernels against the CPU; padded columns get zero gradient") {
+    const int N = 74, V = 97, Vp = 128;
+    std::vector<float> z = random_vec<float>((size_t)N * Vp, 13, 4.0);
+    std::vector<int> y = random_tokens(N, V, 14);
+    std::vector<float> loss_ref(N), lse_ref(N), dz_ref = z;
+    crossentropy_forward(loss_ref.data(), lse_ref.data(), z.data(), y.data(), N, V, Vp);
+    crossentropy_backward(dz_ref.data(), lse_ref.data(), y.data(), 1.0f / N, N, V, Vp);
+    float *d_z = to_device(z), *d_loss = to_device(std::vector<float>(N)), *d_lse = to_device(std::vector<float>(N));
+    int* d_y = to_device(y);
+    crossentropy_forward(d_loss, d_lse, d_z, d_y, N, V, Vp, nullptr);
+    CHECK(max_rel(to_host(d_loss, N), loss_ref) < 1e-6);
+    CHECK(max_rel(to_host(d_lse, N), lse_ref) < 1e-6);
+    crossentropy_backward(d_z, d_lse, d_y, 1.0f / N, N, V, Vp, nullptr);
+    std::vector<float> dz = to_host(d_z, z.size());
+    CHECK(max_rel(dz, dz_ref) < 1e-5);
+    int pad_nonzero = 0;
+    for (int i = 0; i < N; i++)
+        for (int j = V; j < Vp; j++) pad_nonzero += dz[(size_t)i * Vp + j] != 0.0f;
+    CHECK(pad_nonzero == 0);
+    for (void* p : {(void*)d_z, (void*)d_loss, (void*)d_lse, (void*)d_y}) cudaCheck(cudaFree(p));
+}
+
+TEST_CASE("grad norm and AdamW kernels against the CPU; the norm is deterministic") {
+    Config c = tiny_config("phd-2");  // small: every tensor is its own launch
+    const size_t P = num_params(c);
+    std::vector<float> p = random_vec<float>(P, 15), g = random_vec<float>(P, 16, 0.01), m = random_vec<float>(P, 17, 0.001), v(P);
+    for (size_t i = 0; i < P; i++) v[i] = 1e-4f * (1 + (float)(i % 7));
+    AdamW o;
+    o.weight_decay = 0.1f;
+    double norm_ref = grad_norm(g.data(), P);
+    std::vector<float> p_ref = p, m_ref = m, v_ref = v;
+    adamw_update(c, o, p_ref.data(), g.data(), m_ref.data(), v_ref.data(), 4, 1e-3f, norm_ref);
+    float *d_p = to_device(p), *d_g = to_device(g), *d_m = to_device(m), *d_v = to_device(v);
+    double* d_part = to_device(std::vector<double>(kNormBlocks));
+    double norm = grad_norm(d_g, P, d_part, nullptr);
+    CHECK(norm == doctest::Approx(norm_ref).epsilon(1e-12));
+    CHECK(grad_norm(d_g, P, d_part, nullptr) == norm);
+    adamw_update(c, o, d_p, d_g, d_m, d_v, 4, 1e-3f, norm, nullptr);
+    CHECK(max_rel(to_host(d_p, P), p_ref) < 1e-6);
+    CHECK(max_rel(to_host(d_m, P), m_ref) < 1e-6);
+    CHECK(max_rel(to_host(d_v, P), v_ref) < 1e-6);
+    for (void* q : {(void*)d_p, (void*)d_g, (void*)d_m, (void*)d_v, (void*)d_part}) cudaCheck(cudaFree(q));
 }

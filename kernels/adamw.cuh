@@ -1,0 +1,56 @@
+// kernels/adamw.cuh: global gradient norm (deterministic) and the AdamW update of PHD.md
+// section 9, fp32 parameters, gradients and moments.
+#pragma once
+#include "../model.h"
+#include "cuda_compat.h"
+
+static constexpr int kNormBlocks = 256, kNormThreads = 256;
+
+// grid (at most kNormBlocks), block kNormThreads: partial[b] = sum of squares of a fixed
+// strided share, in double, reduced in a fixed tree order: the same bits on every run.
+__global__ void grad_norm_partial_kernel(double* partial, const float* g, size_t n) {
+    __shared__ double s[kNormThreads];
+    double acc = 0.0;
+    for (size_t i = (size_t)blockIdx.x * kNormThreads + threadIdx.x; i < n; i += (size_t)gridDim.x * kNormThreads)
+        acc += (double)g[i] * g[i];
+    s[threadIdx.x] = acc;
+    __syncthreads();
+    for (int w = kNormThreads / 2; w > 0; w /= 2) {
+        if ((int)threadIdx.x < w) s[threadIdx.x] += s[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.x] = s[0];
+}
+// partial: device scratch of kNormBlocks doubles. Returns the L2 norm (synchronises).
+inline double grad_norm(const float* g, size_t n, double* partial, cudaStream_t s) {
+    const int blocks = (int)std::min<size_t>(kNormBlocks, (n + kNormThreads - 1) / kNormThreads);
+    launch(grad_norm_partial_kernel, dim3(blocks), dim3(kNormThreads), 0, s, partial, g, n);
+    cudaCheck(cudaGetLastError());
+    double host[kNormBlocks], sum = 0.0;
+    cudaCheck(cudaMemcpyAsync(host, partial, blocks * sizeof(double), cudaMemcpyDeviceToHost, s));
+    cudaCheck(cudaStreamSynchronize(s));
+    for (int b = 0; b < blocks; b++) sum += host[b];
+    return sqrt(sum);
+}
+
+__global__ void adamw_kernel(float* p, const float* g, float* m, float* v, size_t n, float lr, float b1, float b2, float eps,
+                             float wd, float bc1, float bc2, float clip_scale) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float gi = g[i] * clip_scale;
+    m[i] = b1 * m[i] + (1 - b1) * gi;
+    v[i] = b2 * v[i] + (1 - b2) * gi * gi;
+    p[i] -= lr * ((m[i] / bc1) / (sqrtf(v[i] / bc2) + eps) + wd * p[i]);
+}
+// As adamw_update in model.h: decay on matrices and embeddings only, after clipping.
+inline void adamw_update(const Config& c, const AdamW& o, float* params, const float* grads, float* m, float* v, int step, float lr,
+                         double norm, cudaStream_t s) {
+    const float clip_scale = (float)std::min(1.0, o.clip / (norm + 1e-6));
+    const float bc1 = (float)(1.0 - pow(o.beta1, step + 1)), bc2 = (float)(1.0 - pow(o.beta2, step + 1));
+    for (const ParamTensor& t : param_tensors(c)) {
+        const size_t n = t.size();
+        launch(adamw_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, params + t.offset, grads + t.offset, m + t.offset,
+               v + t.offset, n, lr, o.beta1, o.beta2, o.eps, t.decay ? o.weight_decay : 0.0f, bc1, bc2, clip_scale);
+    }
+    cudaCheck(cudaGetLastError());
+}

@@ -1,0 +1,165 @@
+// kernels/layers.cuh: the pointwise and per-row layers on the GPU, fp32, each forward next
+// to its backward. Row layouts as in attention.cuh: (B, T*K, .) with the rows of each
+// sequence regrouped as [originals | hidden]. Every launcher takes device pointers.
+#pragma once
+#include <algorithm>
+#include <vector>
+#include "attention.cuh"
+
+static constexpr int kRowsPerBlock = 4;  // one warp per row
+
+// ---- embedding: every copy of position n gets E[tokens[b, n]] ----
+
+// grid (B*T*K), block min(D, 256): x (B, TK, D)
+__global__ void embedding_forward_kernel(float* x, const int* tokens, const float* E, Config c, int T) {
+    const int TK = T * c.K, row = blockIdx.x, b = row / TK;
+    int n, copy;
+    regrouped_token(c, T, row % TK, &n, &copy);
+    for (int j = threadIdx.x; j < c.D; j += blockDim.x) x[(size_t)row * c.D + j] = E[(size_t)tokens[b * T + n] * c.D + j];
+}
+inline void embedding_forward(float* x, const int* tokens, const float* E, const Config& c, int B, int T, cudaStream_t s) {
+    launch(embedding_forward_kernel, dim3(B * T * c.K), dim3(std::min(c.D, 256)), 0, s, x, tokens, E, c, T);
+    cudaCheck(cudaGetLastError());
+}
+
+// grid (distinct tokens), block min(D, 256): dE[token] += the rows carrying it, summed in a
+// fixed order (rows[starts[i] .. starts[i+1]) of token ids[i]): deterministic, no atomics.
+__global__ void embedding_backward_kernel(float* dE, const float* dx, const int* ids, const int* starts, const int* rows, int D) {
+    const int t = blockIdx.x;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) {
+        float s = 0.0f;
+        for (int k = starts[t]; k < starts[t + 1]; k++) s += dx[(size_t)rows[k] * D + j];
+        dE[(size_t)ids[t] * D + j] += s;
+    }
+}
+// tokens_host (B, T): the host copy of the batch, to group its rows by token.
+inline void embedding_backward(float* dE, const float* dx, const int* tokens_host, const Config& c, int B, int T, cudaStream_t s) {
+    const int TK = T * c.K;
+    std::vector<std::pair<int, int>> tr;  // (token, global row)
+    for (int b = 0; b < B; b++)
+        for (int r = 0; r < TK; r++) {
+            int n, copy;
+            regrouped_token(c, T, r, &n, &copy);
+            tr.push_back({tokens_host[b * T + n], b * TK + r});
+        }
+    std::sort(tr.begin(), tr.end());
+    std::vector<int> ids, starts, rows;
+    for (size_t i = 0; i < tr.size(); i++) {
+        if (i == 0 || tr[i].first != tr[i - 1].first) { ids.push_back(tr[i].first); starts.push_back((int)i); }
+        rows.push_back(tr[i].second);
+    }
+    starts.push_back((int)tr.size());
+    int *d_ids, *d_starts, *d_rows;
+    cudaCheck(cudaMalloc(&d_ids, ids.size() * sizeof(int)));
+    cudaCheck(cudaMalloc(&d_starts, starts.size() * sizeof(int)));
+    cudaCheck(cudaMalloc(&d_rows, rows.size() * sizeof(int)));
+    cudaCheck(cudaMemcpyAsync(d_ids, ids.data(), ids.size() * sizeof(int), cudaMemcpyHostToDevice, s));
+    cudaCheck(cudaMemcpyAsync(d_starts, starts.data(), starts.size() * sizeof(int), cudaMemcpyHostToDevice, s));
+    cudaCheck(cudaMemcpyAsync(d_rows, rows.data(), rows.size() * sizeof(int), cudaMemcpyHostToDevice, s));
+    launch(embedding_backward_kernel, dim3((unsigned)ids.size()), dim3(std::min(c.D, 256)), 0, s, dE, dx, d_ids, d_starts, d_rows, c.D);
+    cudaCheck(cudaGetLastError());
+    cudaCheck(cudaStreamSynchronize(s));  // the index arrays are freed next
+    cudaCheck(cudaFree(d_ids));
+    cudaCheck(cudaFree(d_starts));
+    cudaCheck(cudaFree(d_rows));
+}
+
+// ---- rmsnorm: out = x / sqrt(mean(x^2) + 1e-5) * g ----
+
+__device__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// grid (ceil(N / kRowsPerBlock)), block (32, kRowsPerBlock): one warp per row
+__global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* x, const float* g, int N, int D) {
+    const int i = blockIdx.x * kRowsPerBlock + threadIdx.y;
+    if (i >= N) return;  // whole warps leave together
+    const float* xi = x + (size_t)i * D;
+    float ss = 0.0f;
+    for (int j = threadIdx.x; j < D; j += 32) ss += xi[j] * xi[j];
+    const float r = rsqrtf(warp_sum(ss) / D + 1e-5f);
+    for (int j = threadIdx.x; j < D; j += 32) out[(size_t)i * D + j] = xi[j] * r * g[j];
+    if (threadIdx.x == 0) rstd[i] = r;
+}
+inline void rmsnorm_forward(float* out, float* rstd, const float* x, const float* g, int N, int D, cudaStream_t s) {
+    launch(rmsnorm_forward_kernel, dim3((N + kRowsPerBlock - 1) / kRowsPerBlock), dim3(32, kRowsPerBlock), 0, s, out, rstd, x, g, N, D);
+    cudaCheck(cudaGetLastError());
+}
+
+// grid (ceil(D / 128)), block 128: dg[j] += sum over rows, in row order (deterministic)
+__global__ void rmsnorm_backward_dg_kernel(float* dg, const float* dout, const float* x, const float* rstd, int N, int D) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= D) return;
+    float s = 0.0f;
+    for (int i = 0; i < N; i++) s += dout[(size_t)i * D + j] * x[(size_t)i * D + j] * rstd[i];
+    dg[j] += s;
+}
+// grid (ceil(N / kRowsPerBlock)), block (32, kRowsPerBlock): dx may alias dout
+__global__ void rmsnorm_backward_dx_kernel(float* dx, const float* dout, const float* x, const float* g, const float* rstd, int N, int D) {
+    const int i = blockIdx.x * kRowsPerBlock + threadIdx.y;
+    if (i >= N) return;
+    const float *xi = x + (size_t)i * D, *dyi = dout + (size_t)i * D, r = rstd[i];
+    float dot = 0.0f;
+    for (int j = threadIdx.x; j < D; j += 32) dot += dyi[j] * g[j] * xi[j] * r;
+    dot = warp_sum(dot) / D;
+    for (int j = threadIdx.x; j < D; j += 32) dx[(size_t)i * D + j] = r * (dyi[j] * g[j] - xi[j] * r * dot);
+}
+inline void rmsnorm_backward(float* dx, float* dg, const float* dout, const float* x, const float* g, const float* rstd, int N, int D,
+                             cudaStream_t s) {
+    launch(rmsnorm_backward_dg_kernel, dim3((D + 127) / 128), dim3(128), 0, s, dg, dout, x, rstd, N, D);  // before dx overwrites dout
+    launch(rmsnorm_backward_dx_kernel, dim3((N + kRowsPerBlock - 1) / kRowsPerBlock), dim3(32, kRowsPerBlock), 0, s, dx, dout, x, g, rstd, N, D);
+    cudaCheck(cudaGetLastError());
+}
+
+// ---- RoPE on the q and k heads of the fused qkv rows; every copy at its position n ----
+
+// one thread per (row, head, pair i); sign +1 rotates (forward), -1 rotates back (backward)
+__global__ void rope_kernel(float* qkv, const float* cosT, const float* sinT, Config c, int T, int N, float sign) {
+    const int half = c.hd() / 2, heads = c.H + c.Hkv;
+    const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)N * heads * half) return;
+    const int i = idx % half, h = idx / half % heads, row = idx / ((long)half * heads);
+    int n, copy;
+    regrouped_token(c, T, row % (T * c.K), &n, &copy);
+    float* z = qkv + (size_t)row * c.qkv_dim() + h * c.hd();
+    const float cs = cosT[n * half + i], sn = sign * sinT[n * half + i], a = z[i], b = z[i + half];
+    z[i] = a * cs - b * sn;
+    z[i + half] = a * sn + b * cs;
+}
+inline void rope_forward(float* qkv, const float* cosT, const float* sinT, const Config& c, int B, int T, cudaStream_t s) {
+    const long total = (long)B * T * c.K * (c.H + c.Hkv) * (c.hd() / 2);
+    launch(rope_kernel, dim3((unsigned)((total + 255) / 256)), dim3(256), 0, s, qkv, cosT, sinT, c, T, B * T * c.K, 1.0f);
+    cudaCheck(cudaGetLastError());
+}
+inline void rope_backward(float* dqkv, const float* cosT, const float* sinT, const Config& c, int B, int T, cudaStream_t s) {
+    const long total = (long)B * T * c.K * (c.H + c.Hkv) * (c.hd() / 2);
+    launch(rope_kernel, dim3((unsigned)((total + 255) / 256)), dim3(256), 0, s, dqkv, cosT, sinT, c, T, B * T * c.K, -1.0f);
+    cudaCheck(cudaGetLastError());
+}
+
+// ---- SwiGLU: g (N, F) = silu(h1) * h3, from h13 (N, 2F) = h1 | h3 ----
+
+__global__ void swiglu_forward_kernel(float* g, const float* h13, int N, int F) {
+    const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)N * F) return;
+    const long i = idx / F, j = idx % F;
+    const float a = h13[i * 2 * F + j], b = h13[i * 2 * F + F + j];
+    g[idx] = a / (1.0f + __expf(-a)) * b;
+}
+inline void swiglu_forward(float* g, const float* h13, int N, int F, cudaStream_t s) {
+    launch(swiglu_forward_kernel, dim3((unsigned)(((long)N * F + 255) / 256)), dim3(256), 0, s, g, h13, N, F);
+    cudaCheck(cudaGetLastError());
+}
+__global__ void swiglu_backward_kernel(float* dh13, const float* dg, const float* h13, int N, int F) {
+    const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)N * F) return;
+    const long i = idx / F, j = idx % F;
+    const float a = h13[i * 2 * F + j], b = h13[i * 2 * F + F + j], sg = 1.0f / (1.0f + __expf(-a)), d = dg[idx];
+    dh13[i * 2 * F + j] = d * b * sg * (1.0f + a * (1.0f - sg));
+    dh13[i * 2 * F + F + j] = d * a * sg;
+}
+inline void swiglu_backward(float* dh13, const float* dg, const float* h13, int N, int F, cudaStream_t s) {
+    launch(swiglu_backward_kernel, dim3((unsigned)(((long)N * F + 255) / 256)), dim3(256), 0, s, dh13, dg, h13, N, F);
+    cudaCheck(cudaGetLastError());
+}

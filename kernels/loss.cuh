@@ -1,0 +1,53 @@
+// kernels/loss.cuh: fused softmax + cross-entropy on the last-copy rows, fp32. Probabilities
+// are never stored: the forward keeps each row's log-sum-exp, the backward turns the logits
+// into their gradient in place. Padded vocabulary columns (V..Vp-1) never count.
+#pragma once
+#include "cuda_compat.h"
+
+static constexpr int kLossThreads = 256;
+
+// Block-wide reduction (sum, or max when is_max), result in every thread.
+__device__ float block_reduce(float v, bool is_max) {
+    __shared__ float part[kLossThreads / 32];
+    for (int o = 16; o > 0; o /= 2) {
+        float w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = is_max ? fmaxf(v, w) : v + w;
+    }
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
+    __syncthreads();
+    v = part[0];
+    for (int w = 1; w < kLossThreads / 32; w++) v = is_max ? fmaxf(v, part[w]) : v + part[w];
+    __syncthreads();  // part is reused by the next call
+    return v;
+}
+
+// grid (N), block kLossThreads: losses (N), lse (N) from logits (N, Vp)
+__global__ void crossentropy_forward_kernel(float* losses, float* lse, const float* logits, const int* targets, int V, int Vp) {
+    const float* z = logits + (size_t)blockIdx.x * Vp;
+    float mx = -INFINITY, sum = 0.0f;
+    for (int j = threadIdx.x; j < V; j += kLossThreads) mx = fmaxf(mx, z[j]);
+    mx = block_reduce(mx, true);
+    for (int j = threadIdx.x; j < V; j += kLossThreads) sum += __expf(z[j] - mx);
+    sum = block_reduce(sum, false);
+    if (threadIdx.x == 0) {
+        lse[blockIdx.x] = mx + __logf(sum);
+        losses[blockIdx.x] = lse[blockIdx.x] - z[targets[blockIdx.x]];
+    }
+}
+inline void crossentropy_forward(float* losses, float* lse, const float* logits, const int* targets, int N, int V, int Vp, cudaStream_t s) {
+    launch(crossentropy_forward_kernel, dim3(N), dim3(kLossThreads), 0, s, losses, lse, logits, targets, V, Vp);
+    cudaCheck(cudaGetLastError());
+}
+
+// grid (N), block kLossThreads: logits become dloss_row * (softmax - onehot), padding 0
+__global__ void crossentropy_backward_kernel(float* logits, const float* lse, const int* targets, float dloss_row, int V, int Vp) {
+    float* z = logits + (size_t)blockIdx.x * Vp;
+    const float l = lse[blockIdx.x];
+    const int y = targets[blockIdx.x];
+    for (int j = threadIdx.x; j < Vp; j += kLossThreads)
+        z[j] = j < V ? dloss_row * (__expf(z[j] - l) - (j == y ? 1.0f : 0.0f)) : 0.0f;
+}
+inline void crossentropy_backward(float* logits, const float* lse, const int* targets, float dloss_row, int N, int V, int Vp, cudaStream_t s) {
+    launch(crossentropy_backward_kernel, dim3(N), dim3(kLossThreads), 0, s, logits, lse, targets, dloss_row, V, Vp);
+    cudaCheck(cudaGetLastError());
+}
