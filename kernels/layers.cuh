@@ -163,3 +163,34 @@ inline void swiglu_backward(float* dh13, const float* dg, const float* h13, int 
     launch(swiglu_backward_kernel, dim3((unsigned)(((long)N * F + 255) / 256)), dim3(256), 0, s, dh13, dg, h13, N, F);
     cudaCheck(cudaGetLastError());
 }
+
+// ---- residual stream: y += x; the last copies in and out of the B*T rows the head sees ----
+
+__global__ void add_inplace_kernel(float* y, const float* x, size_t n) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] += x[i];
+}
+inline void add_inplace(float* y, const float* x, size_t n, cudaStream_t s) {
+    launch(add_inplace_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, y, x, n);
+    cudaCheck(cudaGetLastError());
+}
+
+// grid (B*T), block min(D, 256): xlast (B, T, D) = the rows (n, K-1) of x (B, TK, D)
+__global__ void last_copy_forward_kernel(float* xlast, const float* x, Config c, int T) {
+    const int i = blockIdx.x, b = i / T, r = b * T * c.K + regrouped_row(c, T, i % T, c.K - 1);
+    for (int j = threadIdx.x; j < c.D; j += blockDim.x) xlast[(size_t)i * c.D + j] = x[(size_t)r * c.D + j];
+}
+inline void last_copy_forward(float* xlast, const float* x, const Config& c, int B, int T, cudaStream_t s) {
+    launch(last_copy_forward_kernel, dim3(B * T), dim3(std::min(c.D, 256)), 0, s, xlast, x, c, T);
+    cudaCheck(cudaGetLastError());
+}
+// dx (B, TK, D) = 0 except the last-copy rows, which get dxlast (B, T, D)
+__global__ void last_copy_backward_kernel(float* dx, const float* dxlast, Config c, int T) {
+    const int i = blockIdx.x, b = i / T, r = b * T * c.K + regrouped_row(c, T, i % T, c.K - 1);
+    for (int j = threadIdx.x; j < c.D; j += blockDim.x) dx[(size_t)r * c.D + j] = dxlast[(size_t)i * c.D + j];
+}
+inline void last_copy_backward(float* dx, const float* dxlast, const Config& c, int B, int T, cudaStream_t s) {
+    cudaCheck(cudaMemsetAsync(dx, 0, (size_t)B * T * c.K * c.D * sizeof(float), s));
+    launch(last_copy_backward_kernel, dim3(B * T), dim3(std::min(c.D, 256)), 0, s, dx, dxlast, c, T);
+    cudaCheck(cudaGetLastError());
+}

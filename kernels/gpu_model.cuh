@@ -1,0 +1,176 @@
+// kernels/gpu_model.cuh: the PHD-Transformer on the GPU, forward and backward, fp32: the
+// same steps as model_forward/model_backward in model.h, on device buffers, with the
+// sequence rows regrouped as [originals | hidden] (attention.cuh) and plain GEMMs through
+// cuBLAS (TF32 off unless asked for, so that results stay close to the CPU's).
+// Parameters and gradients use the checkpoint order of param_tensors() (model.h).
+#pragma once
+#include <vector>
+#include "adamw.cuh"
+#include "attention.cuh"
+#include "layers.cuh"
+#include "loss.cuh"
+
+struct GpuModel {
+    Config cfg;
+    size_t P = 0;
+    float *params = nullptr, *grads = nullptr;   // (P) device arenas
+    ParamView<float> p, g;                       // named views into them
+    float *rope_cos = nullptr, *rope_sin = nullptr;  // (maxT, hd/2)
+    cublasHandle_t blas;
+    cudaStream_t stream = nullptr;
+
+    int B = 0, T = 0;
+    float* act = nullptr;                        // activation arena for (B, T)
+    std::vector<LayerActs<float>> layer;         // shapes as in model.h, rows regrouped
+    float *xL, *xlast, *rstd_final, *xn, *logits, *losses, *lse;
+    float *dx, *dtmp, *dqkv, *dh13, *dxlast;
+    int *d_tokens = nullptr, *d_targets = nullptr;
+    std::vector<int> tokens;                     // (B, T) host copy: the embedding backward groups rows by token
+
+    GpuModel(const Config& c, const float* host_params, bool tf32) : cfg(c), P(num_params(c)) {
+        cudaCheck(cudaMalloc(&params, P * sizeof(float)));
+        cudaCheck(cudaMalloc(&grads, P * sizeof(float)));
+        cudaCheck(cudaMemcpy(params, host_params, P * sizeof(float), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemset(grads, 0, P * sizeof(float)));
+        p = param_view(c, params);
+        g = param_view(c, grads);
+        std::vector<float> cs((size_t)c.maxT * c.hd() / 2), sn(cs.size());
+        rope_tables(cs.data(), sn.data(), c.maxT, c.hd());
+        cudaCheck(cudaMalloc(&rope_cos, cs.size() * sizeof(float)));
+        cudaCheck(cudaMalloc(&rope_sin, sn.size() * sizeof(float)));
+        cudaCheck(cudaMemcpy(rope_cos, cs.data(), cs.size() * sizeof(float), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(rope_sin, sn.data(), sn.size() * sizeof(float), cudaMemcpyHostToDevice));
+        cublasCheck(cublasCreate(&blas));
+        cublasCheck(cublasSetMathMode(blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    }
+    ~GpuModel() {
+        for (void* q : {(void*)params, (void*)grads, (void*)rope_cos, (void*)rope_sin, (void*)act, (void*)d_tokens, (void*)d_targets})
+            cudaFree(q);
+        cublasDestroy(blas);
+    }
+    GpuModel(const GpuModel&) = delete;
+    GpuModel& operator=(const GpuModel&) = delete;
+
+    // Bytes the activations need for (B, T): the same layout as the CPU model's.
+    static size_t activation_floats(const Config& c, int B, int T) {
+        const size_t N = (size_t)B * T * c.K, BT = (size_t)B * T;
+        const size_t per_layer = N * (4 * c.D + 2 + c.qkv_dim() + c.H + c.H * c.hd() + 3 * c.F);
+        return per_layer * c.L + N * c.D + BT * (2 * c.D + 3 + c.Vp) + N * (c.D + std::max(c.D, c.F) + c.qkv_dim() + 2 * c.F) + BT * c.D;
+    }
+
+    void size_for(int B_, int T_) {
+        if (B_ == B && T_ == T) return;
+        B = B_; T = T_;
+        const Config& c = cfg;
+        const size_t N = (size_t)B * T * c.K, BT = (size_t)B * T;
+        cudaFree(act); cudaFree(d_tokens); cudaFree(d_targets);
+        cudaCheck(cudaMalloc(&act, activation_floats(c, B, T) * sizeof(float)));
+        cudaCheck(cudaMalloc(&d_tokens, BT * sizeof(int)));
+        cudaCheck(cudaMalloc(&d_targets, BT * sizeof(int)));
+        float* m = act;
+        auto take = [&m](size_t n) { float* r = m; m += n; return r; };
+        layer.resize(c.L);
+        for (LayerActs<float>& a : layer) {
+            a.x = take(N * c.D); a.a = take(N * c.D); a.rstd_a = take(N);
+            a.qkv = take(N * c.qkv_dim()); a.lse = take(N * c.H); a.o = take(N * c.H * c.hd());
+            a.xm = take(N * c.D); a.f = take(N * c.D); a.rstd_f = take(N);
+            a.h13 = take(N * 2 * c.F); a.g = take(N * c.F);
+        }
+        xL = take(N * c.D); xlast = take(BT * c.D); rstd_final = take(BT);
+        xn = take(BT * c.D); logits = take(BT * c.Vp); losses = take(BT); lse = take(BT);
+        dx = take(N * c.D); dtmp = take(N * std::max(c.D, c.F)); dqkv = take(N * c.qkv_dim());
+        dh13 = take(N * 2 * c.F); dxlast = take(BT * c.D);
+    }
+
+    // Row-major out (N, O) = in (N, I) W^T [+ out]: cuBLAS sees the column-major transposes.
+    void matmul(float* out, const float* in, const float* W, int N, int I, int O, bool accumulate) {
+        const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+        cublasCheck(cublasSgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, &one, W, I, in, I, &beta, out, O));
+    }
+    // din (N, I) = dout W (overwritten); dW (O, I) += dout^T in
+    void matmul_backward(float* din, float* dW, const float* dout, const float* in, const float* W, int N, int I, int O) {
+        const float one = 1.0f, zero = 0.0f;
+        cublasCheck(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, &one, W, I, dout, O, &zero, din, I));
+        cublasCheck(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, &one, in, I, dout, O, &one, dW, I));
+    }
+    void copy(float* dst, const float* src, size_t n) {
+        cudaCheck(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+    }
+
+    // tokens, targets: host (B, T). Returns the mean last-copy loss (0 without targets).
+    float forward(const int* tok, const int* tgt, int B_, int T_) {
+        const Config& c = cfg;
+        size_for(B_, T_);
+        const int N = B * T * c.K, BT = B * T, D = c.D;
+        tokens.assign(tok, tok + BT);
+        cudaCheck(cudaMemcpy(d_tokens, tok, BT * sizeof(int), cudaMemcpyHostToDevice));
+        embedding_forward(layer[0].x, d_tokens, p.E, c, B, T, stream);
+        for (int l = 0; l < c.L; l++) {
+            LayerActs<float>& a = layer[l];
+            const LayerView<float>& w = p.layer[l];
+            float* x_next = l + 1 < c.L ? layer[l + 1].x : xL;
+            rmsnorm_forward(a.a, a.rstd_a, a.x, w.g_attn, N, D, stream);
+            matmul(a.qkv, a.a, w.wqkv, N, D, c.qkv_dim(), false);
+            rope_forward(a.qkv, rope_cos, rope_sin, c, B, T, stream);
+            attention_forward(a.o, a.lse, a.qkv, c, B, T, stream);
+            copy(a.xm, a.x, (size_t)N * D);
+            matmul(a.xm, a.o, w.wo, N, c.H * c.hd(), D, true);
+            rmsnorm_forward(a.f, a.rstd_f, a.xm, w.g_ffn, N, D, stream);
+            matmul(a.h13, a.f, w.w13, N, D, 2 * c.F, false);
+            swiglu_forward(a.g, a.h13, N, c.F, stream);
+            copy(x_next, a.xm, (size_t)N * D);
+            matmul(x_next, a.g, w.w2, N, c.F, D, true);
+        }
+        last_copy_forward(xlast, xL, c, B, T, stream);
+        rmsnorm_forward(xn, rstd_final, xlast, p.g_final, BT, D, stream);
+        matmul(logits, xn, p.wout, BT, D, c.Vp, false);
+        if (!tgt) return 0;
+        cudaCheck(cudaMemcpy(d_targets, tgt, BT * sizeof(int), cudaMemcpyHostToDevice));
+        crossentropy_forward(losses, lse, logits, d_targets, BT, c.V, c.Vp, stream);
+        std::vector<float> l(BT);
+        cudaCheck(cudaMemcpy(l.data(), losses, BT * sizeof(float), cudaMemcpyDeviceToHost));
+        float sum = 0;  // summed as model_forward sums
+        for (float x : l) sum += x;
+        return sum / BT;
+    }
+
+    // Gradients of dloss * (mean loss) of the last forward, added into grads.
+    void backward(float dloss) {
+        const Config& c = cfg;
+        const int N = B * T * c.K, BT = B * T, D = c.D;
+        crossentropy_backward(logits, lse, d_targets, dloss / BT, BT, c.V, c.Vp, stream);
+        matmul_backward(dxlast, g.wout, logits, xn, p.wout, BT, D, c.Vp);
+        rmsnorm_backward(dxlast, g.g_final, dxlast, xlast, p.g_final, rstd_final, BT, D, stream);
+        last_copy_backward(dx, dxlast, c, B, T, stream);
+        for (int l = c.L - 1; l >= 0; l--) {
+            LayerActs<float>& a = layer[l];
+            const LayerView<float>& w = p.layer[l];
+            const LayerView<float>& gw = g.layer[l];
+            matmul_backward(dtmp, gw.w2, dx, a.g, w.w2, N, c.F, D);
+            swiglu_backward(dh13, dtmp, a.h13, N, c.F, stream);
+            matmul_backward(dtmp, gw.w13, dh13, a.f, w.w13, N, D, 2 * c.F);
+            rmsnorm_backward(dtmp, gw.g_ffn, dtmp, a.xm, w.g_ffn, a.rstd_f, N, D, stream);
+            add_inplace(dx, dtmp, (size_t)N * D, stream);
+            matmul_backward(dtmp, gw.wo, dx, a.o, w.wo, N, c.H * c.hd(), D);
+            attention_backward(dqkv, dtmp, a.qkv, a.o, a.lse, c, B, T, stream);
+            rope_backward(dqkv, rope_cos, rope_sin, c, B, T, stream);
+            matmul_backward(dtmp, gw.wqkv, dqkv, a.a, w.wqkv, N, D, c.qkv_dim());
+            rmsnorm_backward(dtmp, gw.g_attn, dtmp, a.x, w.g_attn, a.rstd_a, N, D, stream);
+            add_inplace(dx, dtmp, (size_t)N * D, stream);
+        }
+        embedding_backward(g.E, dx, tokens.data(), c, B, T, stream);
+    }
+
+    void zero_grads() { cudaCheck(cudaMemsetAsync(grads, 0, P * sizeof(float), stream)); }
+    std::vector<float> download(const float* dev, size_t n) const {
+        std::vector<float> h(n);
+        cudaCheck(cudaMemcpy(h.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost));
+        return h;
+    }
+    // The last-copy logits of the last forward, (B*T, V), as the CPU model lays them out.
+    std::vector<float> logits_host() const {
+        std::vector<float> all = download(logits, (size_t)B * T * cfg.Vp), out;
+        for (int i = 0; i < B * T; i++) out.insert(out.end(), all.begin() + (size_t)i * cfg.Vp, all.begin() + (size_t)i * cfg.Vp + cfg.V);
+        return out;
+    }
+};
