@@ -22,7 +22,7 @@ all: train_phd
 
 ifneq ($(NVCC),)
 train_phd: train_phd.cu $(HEADERS)
-	$(NVCC) $(NVCCFLAGS) $(PCRE2_FLAGS) -Xcompiler "$(subst $() ,$(comma),$(strip $(CXXFLAGS) -fopenmp $(WARN)))" $< -o $@ -lgomp $(PCRE2_LIBS)
+	$(NVCC) $(NVCCFLAGS) $(PCRE2_FLAGS) -Xcompiler "$(subst $() ,$(comma),$(strip $(CXXFLAGS) -fopenmp $(WARN)))" $< -o $@ -lcublas -lgomp $(PCRE2_LIBS)
 else
 train_phd: build/train_phd_cpu
 	cp $< $@
@@ -35,6 +35,11 @@ build/train_phd_cpu: train_phd.cu $(HEADERS)
 	$(CXX) $(HOSTFLAGS) $(PCRE2_FLAGS) -x c++ $< -o $@ $(PCRE2_LIBS)
 
 CPU_TESTS := test/test_main.cpp test/test_model.cpp test/test_train.cpp test/test_fixtures.cpp test/test_decode.cpp
+# train_phd with its CUDA path running on the CPU emulation: the tests drive --device cuda with it.
+build/train_phd_emu: train_phd.cu $(HEADERS)
+	@mkdir -p build
+	$(CXX) $(HOSTFLAGS) -pthread -DPHD_EMULATE_GPU $(PCRE2_FLAGS) -x c++ $< -o $@ $(PCRE2_LIBS)
+
 build/test_cpu: $(CPU_TESTS) $(TEST_HDR) $(HEADERS)
 	@mkdir -p build
 	$(CXX) $(HOSTFLAGS) $(CPU_TESTS) -o $@
@@ -70,7 +75,7 @@ build/test_data: test/test_main.cpp test/test_data.cpp $(TEST_HDR) $(DATA_HDR)
 
 # Every suite (C++ tests; the PyTorch reference's self-tests when torch is installed);
 # the last line is the total, "total: N passed, M failed, K skipped".
-test: train_phd build/train_phd_cpu build/test_cpu build/prepare build/test_data $(GPU_TESTS)
+test: train_phd build/train_phd_cpu build/train_phd_emu build/test_cpu build/prepare build/test_data $(GPU_TESTS)
 	./test/run_tests.sh
 
 # The GPU tests alone, natively (needs nvcc and a GPU) and under the sanitizers.

@@ -1,12 +1,11 @@
 // train_phd: train, evaluate, sample from and check a PHD-Transformer.
 //
 // One training step, top to bottom (train()):
-//   for each micro-batch: tokens (B, T) -> model_forward (every token fed K times, loss on
-//   the last copy) -> model_backward (gradients added up, scaled by 1/micro-batches);
-//   then the global gradient norm, clipping to 1.0, the learning-rate schedule, AdamW.
-//
-// Builds with nvcc (CUDA) or as plain C++ (g++ -x c++, CPU only). The CUDA training path is
-// not written yet, so both builds train on the CPU; --device cuda says so and exits.
+//   for each micro-batch: tokens (B, T) -> forward (every token fed K times, loss on the
+//   last copy) -> backward (gradients added up, scaled by 1/micro-batches); then the global
+//   gradient norm, clipping to 1.0, the learning-rate schedule, AdamW.
+// The step runs on an engine (engine.h): the CPU model, or the GPU model when built by
+// nvcc (or by g++ with PHD_EMULATE_GPU, the CUDA emulation the tests use).
 #include <omp.h>
 #include <chrono>
 #include <string>
@@ -18,17 +17,18 @@
 #endif
 #include "dataloader.h"
 #include "decode.h"
+#include "engine.h"
 #include "model.h"
 #include "utils.h"
 
 struct Args {
-    std::string train_pattern, val_pattern, out_dir = "out", init, device = "cpu";
+    std::string train_pattern, val_pattern, out_dir = "out", init, device = "auto";
     std::string check_state, dump_state, tokenizer, prompt, prompt_ids;
     std::string variant = "phd-cswa-2-16-32";
     int V = 50257, L = 4, D = 256, H = 4, Hkv = 0, F = 0, maxT = 0;
     int B = 4, T = 64, total_batch = 0, steps = 100, warmup = 0;
     int val_every = 20, val_steps = 10, sample_every = 50, sample_tokens = 16, ckpt_every = 0;
-    int resume = 0, threads = 0, generate = 0, top_k = 0;
+    int resume = 0, threads = 0, generate = 0, top_k = 0, tf32 = 0, compare_cpu = 0;
     uint64_t seed = 1337;
     float lr = 1e-3f, final_frac = 0.1f, weight_decay = 0.1f, check_tol = 1e-5f, temperature = 1.0f;
     bool variant_given = false;
@@ -66,7 +66,8 @@ static void usage() {
         "  -s, --sample-every N     sample every N steps, 0 = never (50)\n"
         "  -g, --sample-tokens N    tokens per sample (16)\n"
         "  -n, --ckpt-every N       checkpoint every N steps; always at the end (0)\n"
-        "      --device cpu|cuda    (cpu; the CUDA path is not written yet)\n"
+        "      --device auto|cpu|cuda  auto: cuda when built with it and a GPU exists (auto)\n"
+        "      --tf32 0|1           TF32 tensor cores for the GPU's GEMMs (0: exact fp32)\n"
         "      --threads N          OpenMP threads (default: all cores)\n"
         "generation (KV-cache decoder)\n"
         "      --generate N         with --init: sample N tokens after the prompt and exit\n"
@@ -79,7 +80,9 @@ static void usage() {
         "                           in double precision) and exit\n"
         "      --check-state FILE   with --init: forward+backward on the state's tokens, print\n"
         "                           per-tensor differences, exit 1 past --check-tol\n"
-        "      --check-tol X        largest allowed max|diff| / max|expected| per tensor (1e-5)\n");
+        "      --check-tol X        largest allowed max|diff| / max|expected| per tensor (1e-5)\n"
+        "      --compare-cpu 1      one step on the GPU and the CPU from the same weights (the first\n"
+        "                           training batch): per-tensor differences, exit 1 past --check-tol\n");
 }
 
 static int parse_int(const char* flag, const char* s, int lo) {
@@ -132,6 +135,8 @@ static Args parse_args(int argc, char** argv) {
         else if (f == "-g" || f == "--sample-tokens") a.sample_tokens = parse_int(fl, v, 1);
         else if (f == "-n" || f == "--ckpt-every") a.ckpt_every = parse_int(fl, v, 0);
         else if (f == "--device") a.device = v;
+        else if (f == "--tf32") a.tf32 = parse_int(fl, v, 0);
+        else if (f == "--compare-cpu") a.compare_cpu = parse_int(fl, v, 0);
         else if (f == "--threads") a.threads = parse_int(fl, v, 1);
         else if (f == "--dump-state") a.dump_state = v;
         else if (f == "--check-state") a.check_state = v;
@@ -143,14 +148,19 @@ static Args parse_args(int argc, char** argv) {
         else if (f == "--top-k") a.top_k = parse_int(fl, v, 0);
         else die("%s: unknown flag (see --help)", fl);
     }
-    if (a.device != "cpu" && a.device != "cuda") die("--device: expected cpu or cuda, got '%s'", a.device.c_str());
-    if (a.device == "cuda") {
-#ifdef __CUDACC__
-        die("--device cuda: the CUDA training path is not written yet; use --device cpu");
+    if (a.device != "auto" && a.device != "cpu" && a.device != "cuda")
+        die("--device: expected auto, cpu or cuda, got '%s'", a.device.c_str());
+#ifdef PHD_GPU
+    std::string why;
+    const bool gpu = gpu_available(&why);
+    if (a.device == "cuda" && !gpu) die("--device cuda: no usable GPU (%s)", why.c_str());
+    if (a.compare_cpu && !gpu) die("--compare-cpu: no usable GPU (%s)", why.c_str());
+    if (a.device == "auto") a.device = gpu ? "cuda" : "cpu";
 #else
-        die("--device cuda: this train_phd was built without nvcc; use --device cpu");
+    if (a.device == "cuda") die("--device cuda: this train_phd was built without nvcc; use --device cpu");
+    if (a.compare_cpu) die("--compare-cpu: this train_phd was built without nvcc");
+    a.device = "cpu";
 #endif
-    }
     if (a.total_batch == 0) a.total_batch = a.B * a.T;
     if (a.total_batch % (a.B * a.T) != 0)
         die("--total-batch: %d is not a multiple of B*T = %d", a.total_batch, a.B * a.T);
@@ -197,25 +207,23 @@ static bool compare_tensor(const char* name, const float* got, const float* want
     return ok;
 }
 
-static int check_state(const Args& a) {
-    std::vector<float> params;
-    Config c = load_checkpoint(a.init.c_str(), &params);
+// --check-state on the chosen engine.
+template<typename Engine> static int check_state(const Args& a, Engine& E, const Config& c) {
     DebugState s = load_debug_state(a.check_state.c_str());
     if (variant_name(s.cfg) != variant_name(c) || num_params(s.cfg) != num_params(c))
         die("%s: debug state is for %s, checkpoint %s is %s", a.check_state.c_str(), variant_name(s.cfg).c_str(),
             a.init.c_str(), variant_name(c).c_str());
-    Model<float> M(c);
-    M.params = params;
-    float loss = model_forward(M, s.tokens.data(), s.targets.data(), s.B, s.T);
-    std::vector<float> logits((size_t)s.B * s.T * c.V);
-    for (int i = 0; i < s.B * s.T; i++) std::copy(M.logits + (size_t)i * c.Vp, M.logits + (size_t)i * c.Vp + c.V, logits.begin() + (size_t)i * c.V);
-    model_backward(M, 1.0f);
-    printf("checking %s (%s, B=%d T=%d) against %s, tolerance %.1e\n", a.check_state.c_str(), variant_name(c).c_str(),
-           s.B, s.T, a.init.c_str(), a.check_tol);
+    E.zero_grads();
+    float loss = E.forward(s.tokens.data(), s.targets.data(), s.B, s.T);
+    std::vector<float> logits = E.logits();
+    E.backward(1.0f);
+    std::vector<float> grads = E.grads();
+    printf("checking %s (%s, B=%d T=%d) against %s on %s, tolerance %.1e\n", a.check_state.c_str(), variant_name(c).c_str(),
+           s.B, s.T, a.init.c_str(), Engine::name(), a.check_tol);
     bool ok = compare_tensor("loss", &loss, &s.loss, 1, a.check_tol);
     ok &= compare_tensor("logits", logits.data(), s.logits.data(), logits.size(), a.check_tol);
     for (const ParamTensor& t : param_tensors(c))
-        ok &= compare_tensor(("d" + t.name).c_str(), M.grads.data() + t.offset, s.grads.data() + t.offset, t.size(), a.check_tol);
+        ok &= compare_tensor(("d" + t.name).c_str(), grads.data() + t.offset, s.grads.data() + t.offset, t.size(), a.check_tol);
     printf("%s\n", ok ? "check-state: OK" : "check-state: FAILED");
     return ok ? 0 : 1;
 }
@@ -242,12 +250,12 @@ static int dump_state(const Args& a, const Config& c, const std::vector<float>& 
 }
 
 // Mean loss over val_steps batches from the start of the validation shards.
-static float validate(Model<float>& M, DataLoader& val, int steps, std::vector<int>& in, std::vector<int>& tg) {
+template<typename Engine> static float validate(Engine& E, DataLoader& val, int steps, std::vector<int>& in, std::vector<int>& tg) {
     val.seek(0, 0);
     double sum = 0;
     for (int i = 0; i < steps; i++) {
         val.next_batch(in.data(), tg.data());
-        sum += model_forward(M, in.data(), tg.data(), val.B, val.T);
+        sum += E.forward(in.data(), tg.data(), val.B, val.T);
     }
     return (float)(sum / steps);
 }
@@ -366,15 +374,13 @@ static int latest_checkpoint(const Args& a) {
     return best;
 }
 
-static int train(const Args& a, const Config& c, std::vector<float>& params) {
+template<typename Engine> static int train(const Args& a, const Config& c, Engine& E) {
     if (a.train_pattern.empty()) die("--train: no training shards given (see --help)");
     if (a.T > c.maxT) die("--seq: T=%d exceeds the model's max sequence length %d", a.T, c.maxT);
     mkdir_p(a.out_dir);
     const int accum = a.total_batch / (a.B * a.T);
     const size_t P = num_params(c);
 
-    Model<float> M(c);
-    M.params = params;
     DataLoader train_dl, val_dl;
     train_dl.open(a.train_pattern.c_str(), a.B, a.T, c.V);
     if (!a.val_pattern.empty()) val_dl.open(a.val_pattern.c_str(), a.B, a.T, c.V);
@@ -392,23 +398,24 @@ static int train(const Args& a, const Config& c, std::vector<float>& params) {
         int step = latest_checkpoint(a);
         if (step < 0) die("--resume: no model_*.bin + state_*.bin pair in %s", a.out_dir.c_str());
         std::string mp = ckpt_path(a, "model", step), sp = ckpt_path(a, "state", step);
-        Config rc = load_checkpoint(mp.c_str(), &M.params);
+        std::vector<float> resumed;
+        Config rc = load_checkpoint(mp.c_str(), &resumed);
         if (variant_name(rc) != variant_name(c) || num_params(rc) != P)
             die("%s: checkpoint is %s, not the model asked for (%s)", mp.c_str(), variant_name(rc).c_str(), variant_name(c).c_str());
         st = load_state(sp.c_str(), c);
+        E.set_state(resumed, st.m, st.v);
         train_dl.seek(st.shard, st.pos);
         sample_rng.state = st.rng;
         printf("resumed from %s at step %d\n", mp.c_str(), st.step);
     }
 
     const double MiB = 1.0 / (1 << 20);
-    M.size_for(a.B, a.T);
-    printf("model %s: V=%d L=%d D=%d H=%d Hkv=%d F=%d maxT=%d, %zu parameters\n", variant_name(c).c_str(), c.V, c.L, c.D,
-           c.H, c.Hkv, c.F, c.maxT, P);
+    const size_t act_bytes = E.activation_bytes(a.B, a.T);
+    printf("model %s: V=%d L=%d D=%d H=%d Hkv=%d F=%d maxT=%d, %zu parameters, on %s\n", variant_name(c).c_str(), c.V, c.L,
+           c.D, c.H, c.Hkv, c.F, c.maxT, P, Engine::name());
     printf("batch B=%d T=%d x %d micro-batches = %d tokens/step, %d steps, lr %g, %d OpenMP threads\n", a.B, a.T, accum,
            a.total_batch, a.steps, a.lr, omp_get_max_threads());
-    printf("memory: params+grads+adam %.1f MiB, activations %.1f MiB\n", 4.0 * P * 4 * MiB,
-           (M.act_mem.size() + M.grad_mem.size()) * 4.0 * MiB);
+    printf("memory: params+grads+adam %.1f MiB, activations %.1f MiB\n", 4.0 * P * 4 * MiB, act_bytes * MiB);
 
     std::string log_path = a.out_dir + "/log.txt";
     FILE* log = fopen_check(log_path.c_str(), a.resume ? "a" : "w");
@@ -416,30 +423,30 @@ static int train(const Args& a, const Config& c, std::vector<float>& params) {
     for (int step = st.step; step < a.steps; step++) {
         const bool last = step == a.steps - 1;
         if (a.val_every && !a.val_pattern.empty() && (step % a.val_every == 0 || last)) {
-            float vl = validate(M, val_dl, a.val_steps, in, tg);
+            float vl = validate(E, val_dl, a.val_steps, in, tg);
             printf("step %d val loss %.4f\n", step, vl);
             fprintf(log, "step %d val %.9g\n", step, vl);
         }
         if (a.sample_every && step > 0 && step % a.sample_every == 0) {
             printf("sample: ");
-            sample(M, start, std::min(a.sample_tokens, c.maxT - 1), 1.0f, 0, sample_rng, [&](int t) { print_token(tok, t); });
+            sample(E.host_model(), start, std::min(a.sample_tokens, c.maxT - 1), 1.0f, 0, sample_rng, [&](int t) { print_token(tok, t); });
             printf("\n");
         }
 
         auto t0 = std::chrono::steady_clock::now();
-        std::fill(M.grads.begin(), M.grads.end(), 0.0f);
+        E.zero_grads();
         double loss = 0;
         for (int micro = 0; micro < accum; micro++) {
             train_dl.next_batch(in.data(), tg.data());
-            loss += model_forward(M, in.data(), tg.data(), a.B, a.T);
-            model_backward(M, 1.0f / accum);
+            loss += E.forward(in.data(), tg.data(), a.B, a.T);
+            E.backward(1.0f / accum);
         }
         loss /= accum;
         if (!std::isfinite(loss))
             die("training loss is %s at step %d; no checkpoint written for this step", std::isnan(loss) ? "NaN" : "infinite", step);
-        double norm = grad_norm(M.grads.data(), P);
+        double norm = E.norm();
         float lr = learning_rate(opt, step);
-        adamw_update(c, opt, M.params.data(), M.grads.data(), st.m.data(), st.v.data(), step, lr, norm);
+        E.update(opt, step, lr, norm);
         double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
         printf("step %4d/%d | loss %.6f | norm %.4f | lr %.2e | %.1f ms | %.0f tok/s\n", step + 1, a.steps, loss, norm,
                lr, ms, a.total_batch / (ms / 1000));
@@ -448,7 +455,9 @@ static int train(const Args& a, const Config& c, std::vector<float>& params) {
 
         if ((a.ckpt_every && (step + 1) % a.ckpt_every == 0) || last) {
             st.step = step + 1; st.shard = train_dl.shard; st.pos = train_dl.pos; st.rng = sample_rng.state;
-            save_checkpoint(ckpt_path(a, "model", st.step).c_str(), c, M.params.data());
+            st.m = E.moment(false);
+            st.v = E.moment(true);
+            save_checkpoint(ckpt_path(a, "model", st.step).c_str(), c, E.params().data());
             save_state(ckpt_path(a, "state", st.step).c_str(), c, st);
             printf("saved %s\n", ckpt_path(a, "model", st.step).c_str());
         }
@@ -457,17 +466,57 @@ static int train(const Args& a, const Config& c, std::vector<float>& params) {
     return 0;
 }
 
+#ifdef PHD_GPU
+// --compare-cpu: one forward and backward on both engines from the same weights.
+static int compare_cpu(const Args& a, const Config& c, const std::vector<float>& params) {
+    if (a.train_pattern.empty()) die("--compare-cpu: needs --train PATTERN for its batch");
+    DataLoader dl;
+    dl.open(a.train_pattern.c_str(), a.B, a.T, c.V);
+    std::vector<int> in((size_t)a.B * a.T), tg(in.size());
+    dl.next_batch(in.data(), tg.data());
+    CpuEngine cpu(c, params);
+    GpuEngine gpu(c, params, a.tf32 != 0);
+    float lc = cpu.forward(in.data(), tg.data(), a.B, a.T), lg = gpu.forward(in.data(), tg.data(), a.B, a.T);
+    std::vector<float> zc = cpu.logits(), zg = gpu.logits();
+    cpu.backward(1.0f);
+    gpu.backward(1.0f);
+    std::vector<float> gc = cpu.grads(), gg = gpu.grads();
+    printf("GPU vs CPU, one step of %s (B=%d T=%d), tolerance %.1e\n", variant_name(c).c_str(), a.B, a.T, a.check_tol);
+    bool ok = compare_tensor("loss", &lg, &lc, 1, a.check_tol);
+    ok &= compare_tensor("logits", zg.data(), zc.data(), zc.size(), a.check_tol);
+    for (const ParamTensor& t : param_tensors(c))
+        ok &= compare_tensor(("d" + t.name).c_str(), gg.data() + t.offset, gc.data() + t.offset, t.size(), a.check_tol);
+    printf("%s\n", ok ? "compare-cpu: OK" : "compare-cpu: FAILED");
+    return ok ? 0 : 1;
+}
+#endif
+
+// Runs fn on the engine --device chose.
+template<typename Fn> static int on_engine([[maybe_unused]] const Args& a, const Config& c, const std::vector<float>& params, Fn fn) {
+#ifdef PHD_GPU
+    if (a.device == "cuda") {
+        GpuEngine E(c, params, a.tf32 != 0);
+        return fn(E);
+    }
+#endif
+    CpuEngine E(c, params);
+    return fn(E);
+}
+
 int main(int argc, char** argv) {
     Args a = parse_args(argc, argv);
     if (a.threads) omp_set_num_threads(a.threads);
-    if (!a.check_state.empty()) return check_state(a);
     std::vector<float> params;
     Config c = model_config(a, &params);
     if (a.init.empty()) {
         params.resize(num_params(c));
         init_params(c, params.data(), a.seed);
     }
+    if (!a.check_state.empty()) return on_engine(a, c, params, [&](auto& E) { return check_state(a, E, c); });
     if (!a.dump_state.empty()) return dump_state(a, c, params);
     if (a.generate) return generate(a, c, params);
-    return train(a, c, params);
+#ifdef PHD_GPU
+    if (a.compare_cpu) return compare_cpu(a, c, params);
+#endif
+    return on_engine(a, c, params, [&](auto& E) { return train(a, c, E); });
 }

@@ -320,3 +320,45 @@ TEST_CASE("generation: streams tokens and reports the cache; bad prompts get one
     CHECK(run(std::string(kBin) + " --generate 3", &out) == 1);
     CHECK(out.find("--generate: needs --init") != std::string::npos);
 }
+
+// --device cuda through build/train_phd_emu: train_phd's CUDA path on the CPU emulation.
+static const char* kEmuBin = "./build/train_phd_emu";
+
+TEST_CASE("--device cuda (emulated): --compare-cpu, --check-state, training that follows the CPU and resumes on it") {
+    std::string out, shard = make_shard("cuda.bin", 3000, 9);
+    std::string model = tiny_flags() + "--variant phd-cswa-3-4-5 -i " + shard + " ";
+    // One step on both engines from the same weights.
+    int rc = run(std::string(kEmuBin) + model + "--compare-cpu 1", &out);
+    INFO(out);
+    CHECK(rc == 0);
+    CHECK(out.find("compare-cpu: OK") != std::string::npos);
+    CHECK(out.find("dlayer1.w2") != std::string::npos);
+    // The PyTorch fixture on the GPU path.
+    rc = run(std::string(kEmuBin) + " --device cuda -e test/fixtures/phd-cswa-3-2-2.ckpt --check-state test/fixtures/phd-cswa-3-2-2.state", &out);
+    CHECK(rc == 0);
+    CHECK(out.find("on cuda") != std::string::npos);
+    // 4 steps on the GPU path, checkpoint at 2; the same 4 on the CPU; the GPU run resumed on the CPU.
+    std::string g = tmp("cuda-run"), cpu = tmp("cpu-run"), mixed = tmp("mixed-run");
+    std::string train = model + "-x 4 -u 1 -v 0 -s 0 -n 2 ";
+    REQUIRE(run(std::string(kEmuBin) + train + "--device cuda -o " + g, &out) == 0);
+    CHECK(out.find("on cuda") != std::string::npos);
+    REQUIRE(run(std::string(kBin) + train + "--device cpu -o " + cpu, &out) == 0);
+    mkdir(mixed.c_str(), 0755);
+    for (const char* kind : {"model", "state"}) {
+        std::string name = std::string("/") + kind + "_00000002.bin";
+        std::ifstream src(g + name, std::ios::binary);
+        std::ofstream(mixed + name, std::ios::binary) << src.rdbuf();
+    }
+    REQUIRE(run(std::string(kBin) + train + "--device cpu -y 1 -o " + mixed, &out) == 0);
+    std::vector<std::string> lg = train_losses(g + "/log.txt"), lc = train_losses(cpu + "/log.txt"), lm = train_losses(mixed + "/log.txt");
+    REQUIRE((lg.size() == 4 && lc.size() == 4 && lm.size() == 2));
+    auto value = [](const std::string& line) { return std::stod(line.substr(line.rfind(' '))); };
+    for (int i = 0; i < 4; i++) {
+        INFO("step " << i << ": cuda " << lg[i] << " | cpu " << lc[i]);
+        CHECK(std::fabs(value(lg[i]) - value(lc[i])) <= 1e-4 * value(lc[i]));
+    }
+    for (int i = 0; i < 2; i++) {
+        INFO("resumed step " << i + 2 << ": " << lm[i] << " | cuda " << lg[i + 2]);
+        CHECK(std::fabs(value(lm[i]) - value(lg[i + 2])) <= 1e-4 * value(lg[i + 2]));
+    }
+}

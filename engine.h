@@ -1,0 +1,94 @@
+// engine.h: where a training step runs. CpuEngine wraps the CPU model of model.h;
+// GpuEngine (built by nvcc, or by g++ over the CUDA emulation with PHD_EMULATE_GPU) wraps
+// kernels/gpu_model.cuh. Both offer the same calls, so train_phd's loop is written once;
+// parameters and AdamW moments cross between them in checkpoint order, so a model trained
+// on one device resumes on the other.
+#pragma once
+#include <vector>
+#include "model.h"
+
+struct CpuEngine {
+    Model<float> M;
+    std::vector<float> m, v;  // (P) AdamW moments
+    CpuEngine(const Config& c, const std::vector<float>& params) : M(c), m(params.size()), v(params.size()) { M.params = params; }
+    static const char* name() { return "cpu"; }
+    float forward(const int* in, const int* tg, int B, int T) { return model_forward(M, in, tg, B, T); }
+    void backward(float dloss) { model_backward(M, dloss); }
+    void zero_grads() { std::fill(M.grads.begin(), M.grads.end(), 0.0f); }
+    double norm() { return grad_norm(M.grads.data(), M.grads.size()); }
+    void update(const AdamW& o, int step, float lr, double norm) {
+        adamw_update(M.cfg, o, M.params.data(), M.grads.data(), m.data(), v.data(), step, lr, norm);
+    }
+    std::vector<float> params() const { return M.params; }
+    std::vector<float> grads() const { return M.grads; }
+    void set_state(const std::vector<float>& p, const std::vector<float>& m_, const std::vector<float>& v_) { M.params = p; m = m_; v = v_; }
+    std::vector<float> moment(bool second) const { return second ? v : m; }
+    std::vector<float> logits() const {  // (B*T, V) of the last forward
+        std::vector<float> out;
+        for (int i = 0; i < M.B * M.T; i++) out.insert(out.end(), M.logits + (size_t)i * M.cfg.Vp, M.logits + (size_t)i * M.cfg.Vp + M.cfg.V);
+        return out;
+    }
+    // The model the CPU decoder samples from.
+    const Model<float>& host_model() { return M; }
+    size_t activation_bytes(int B, int T) {
+        M.size_for(B, T);
+        return (M.act_mem.size() + M.grad_mem.size()) * sizeof(float);
+    }
+};
+
+#if defined(__CUDACC__) || defined(PHD_EMULATE_GPU)
+#define PHD_GPU 1
+#include "kernels/gpu_model.cuh"
+
+// True if a CUDA device can be used; else *why says why not.
+inline bool gpu_available(std::string* why) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        *why = e != cudaSuccess ? cudaGetErrorString(e) : "no CUDA device";
+        return false;
+    }
+    return true;
+}
+
+struct GpuEngine {
+    GpuModel G;
+    float *m = nullptr, *v = nullptr;  // (P) AdamW moments, on the device
+    double* partial = nullptr;         // grad-norm scratch
+    Model<float> host;                 // parameters copied back for sampling and checkpoints
+    GpuEngine(const Config& c, const std::vector<float>& params, bool tf32) : G(c, params.data(), tf32), host(c) {
+        cudaCheck(cudaMalloc(&m, G.P * sizeof(float)));
+        cudaCheck(cudaMalloc(&v, G.P * sizeof(float)));
+        cudaCheck(cudaMalloc(&partial, kNormBlocks * sizeof(double)));
+        cudaCheck(cudaMemset(m, 0, G.P * sizeof(float)));
+        cudaCheck(cudaMemset(v, 0, G.P * sizeof(float)));
+    }
+    ~GpuEngine() {
+        cudaFree(m);
+        cudaFree(v);
+        cudaFree(partial);
+    }
+    GpuEngine(const GpuEngine&) = delete;
+    GpuEngine& operator=(const GpuEngine&) = delete;
+    static const char* name() { return "cuda"; }
+    float forward(const int* in, const int* tg, int B, int T) { return G.forward(in, tg, B, T); }
+    void backward(float dloss) { G.backward(dloss); }
+    void zero_grads() { G.zero_grads(); }
+    double norm() { return grad_norm(G.grads, G.P, partial, G.stream); }
+    void update(const AdamW& o, int step, float lr, double norm) { adamw_update(G.cfg, o, G.params, G.grads, m, v, step, lr, norm, G.stream); }
+    std::vector<float> params() const { return G.download(G.params, G.P); }
+    std::vector<float> grads() const { return G.download(G.grads, G.P); }
+    void set_state(const std::vector<float>& p, const std::vector<float>& m_, const std::vector<float>& v_) {
+        cudaCheck(cudaMemcpy(G.params, p.data(), G.P * sizeof(float), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(m, m_.data(), G.P * sizeof(float), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(v, v_.data(), G.P * sizeof(float), cudaMemcpyHostToDevice));
+    }
+    std::vector<float> moment(bool second) const { return G.download(second ? v : m, G.P); }
+    std::vector<float> logits() const { return G.logits_host(); }
+    const Model<float>& host_model() {
+        host.params = params();
+        return host;
+    }
+    size_t activation_bytes(int B, int T) const { return GpuModel::activation_floats(G.cfg, B, T) * sizeof(float); }
+};
+#endif
