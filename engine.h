@@ -32,7 +32,7 @@ struct CpuEngine {
     const Model<float>& host_model() { return M; }
     size_t activation_bytes(int B, int T) {
         M.size_for(B, T);
-        return (M.act_mem.size() + M.grad_mem.size()) * sizeof(float);
+        return M.act_mem.size() * sizeof(float);
     }
 };
 
@@ -57,6 +57,11 @@ struct GpuEngine {
     double* partial = nullptr;         // grad-norm scratch
     Model<float> host;                 // parameters copied back for sampling and checkpoints
     GpuEngine(const Config& c, const std::vector<float>& params, bool tf32) : G(c, params.data(), tf32), host(c) {
+        size_t free_bytes, total_bytes;
+        cudaCheck(cudaMemGetInfo(&free_bytes, &total_bytes));
+        if (2 * G.P * sizeof(float) > free_bytes)  // the moments, after params and grads
+            die("GPU memory: AdamW state needs %.1f MiB, %.1f MiB free of %.1f MiB", 2.0 * G.P * 4 / (1 << 20),
+                free_bytes / 1048576.0, total_bytes / 1048576.0);
         cudaCheck(cudaMalloc(&m, G.P * sizeof(float)));
         cudaCheck(cudaMalloc(&v, G.P * sizeof(float)));
         cudaCheck(cudaMalloc(&partial, kNormBlocks * sizeof(double)));
@@ -89,6 +94,14 @@ struct GpuEngine {
         host.params = params();
         return host;
     }
-    size_t activation_bytes(int B, int T) const { return GpuModel::activation_floats(G.cfg, B, T) * sizeof(float); }
+    // Also checks that they fit: a clear error now beats a failed cudaMalloc mid-step.
+    size_t activation_bytes(int B, int T) const {
+        size_t bytes = GpuModel::floats(G.cfg, B, T) * sizeof(float), free_bytes, total_bytes;
+        cudaCheck(cudaMemGetInfo(&free_bytes, &total_bytes));
+        if (bytes > free_bytes)
+            die("GPU memory: activations for B=%d T=%d need %.1f MiB, %.1f MiB free of %.1f MiB (lower -b or -t)", B, T,
+                bytes / 1048576.0, free_bytes / 1048576.0, total_bytes / 1048576.0);
+        return bytes;
+    }
 };
 #endif

@@ -536,14 +536,9 @@ template<typename Real> struct LayerActs {
     Real* g;       // (B, TK, F) silu(h1) * h3
 };
 
-template<typename Real> struct Model {
-    Config cfg;
-    std::vector<Real> params, grads;   // (P) arenas, order of param_tensors()
-    ParamView<Real> p, g;              // named views into them
-    std::vector<Real> rope_cos, rope_sin;  // (maxT, hd/2)
-
-    int B = 0, T = 0;                  // shape the activations are sized for
-    std::vector<Real> act_mem, grad_mem;
+// Activation and gradient buffers for a batch (B, T), carved from one arena: the CPU model
+// keeps it in host memory, the GPU model (kernels/gpu_model.cuh) in device memory.
+template<typename Real> struct Activations {
     std::vector<LayerActs<Real>> layer;
     Real* xL;          // (B, TK, D) final residual stream
     Real* xlast;       // (B, T, D) its last copies: the only rows that reach the LM head
@@ -557,6 +552,39 @@ template<typename Real> struct Model {
     Real* dqkv;        // (B, TK, qkv_dim)
     Real* dh13;        // (B, TK, 2F)
     Real* dxlast;      // (B, T, D)
+
+    static size_t floats(const Config& c, int B, int T) {
+        const size_t N = (size_t)B * T * c.K, BT = (size_t)B * T;
+        const size_t per_layer = N * (4 * c.D + 2 + c.qkv_dim() + c.H + c.H * c.hd() + 3 * c.F);
+        return per_layer * c.L + N * c.D + BT * (2 * c.D + 3 + c.Vp) +
+               N * (c.D + std::max(c.D, c.F) + c.qkv_dim() + 2 * c.F) + BT * c.D;
+    }
+    // Points every tensor into mem, which holds floats(c, B, T) elements.
+    void point(const Config& c, int B, int T, Real* mem) {
+        const size_t N = (size_t)B * T * c.K, BT = (size_t)B * T;
+        auto take = [&mem](size_t n) { Real* r = mem; mem += n; return r; };
+        layer.resize(c.L);
+        for (LayerActs<Real>& a : layer) {
+            a.x = take(N * c.D); a.a = take(N * c.D); a.rstd_a = take(N);
+            a.qkv = take(N * c.qkv_dim()); a.lse = take(N * c.H); a.o = take(N * c.H * c.hd());
+            a.xm = take(N * c.D); a.f = take(N * c.D); a.rstd_f = take(N);
+            a.h13 = take(N * 2 * c.F); a.g = take(N * c.F);
+        }
+        xL = take(N * c.D); xlast = take(BT * c.D); rstd_final = take(BT);
+        xn = take(BT * c.D); logits = take(BT * c.Vp); losses = take(BT); lse = take(BT);
+        dx = take(N * c.D); dtmp = take(N * std::max(c.D, c.F)); dqkv = take(N * c.qkv_dim());
+        dh13 = take(N * 2 * c.F); dxlast = take(BT * c.D);
+    }
+};
+
+template<typename Real> struct Model : Activations<Real> {
+    Config cfg;
+    std::vector<Real> params, grads;   // (P) arenas, order of param_tensors()
+    ParamView<Real> p, g;              // named views into them
+    std::vector<Real> rope_cos, rope_sin;  // (maxT, hd/2)
+
+    int B = 0, T = 0;                  // shape the activations are sized for
+    std::vector<Real> act_mem;         // the activations' arena
     std::vector<int> tokens, targets;  // (B, T) of the last forward
     std::vector<int> pos;              // (B*TK) RoPE position of every row
 
@@ -575,27 +603,11 @@ template<typename Real> struct Model {
     void size_for(int B_, int T_) {
         if (B_ == B && T_ == T) return;
         B = B_; T = T_;
-        const Config& c = cfg;
-        const size_t N = (size_t)B * T * c.K, BT = (size_t)B * T;
-        const size_t per_layer = N * (4 * c.D + 2 + c.qkv_dim() + c.H + c.H * c.hd() + 3 * c.F);
-        act_mem.assign(per_layer * c.L + N * c.D + BT * (2 * c.D + 3 + c.Vp), 0);
-        Real* m = act_mem.data();
-        auto take = [&m](size_t n) { Real* r = m; m += n; return r; };
-        layer.resize(c.L);
-        for (LayerActs<Real>& a : layer) {
-            a.x = take(N * c.D); a.a = take(N * c.D); a.rstd_a = take(N);
-            a.qkv = take(N * c.qkv_dim()); a.lse = take(N * c.H); a.o = take(N * c.H * c.hd());
-            a.xm = take(N * c.D); a.f = take(N * c.D); a.rstd_f = take(N);
-            a.h13 = take(N * 2 * c.F); a.g = take(N * c.F);
-        }
-        xL = take(N * c.D); xlast = take(BT * c.D); rstd_final = take(BT);
-        xn = take(BT * c.D); logits = take(BT * c.Vp); losses = take(BT); lse = take(BT);
-        grad_mem.assign(N * (c.D + std::max(c.D, c.F) + c.qkv_dim() + 2 * c.F) + BT * c.D, 0);
-        m = grad_mem.data();
-        dx = take(N * c.D); dtmp = take(N * std::max(c.D, c.F)); dqkv = take(N * c.qkv_dim());
-        dh13 = take(N * 2 * c.F); dxlast = take(BT * c.D);
+        act_mem.assign(Activations<Real>::floats(cfg, B, T), 0);
+        this->point(cfg, B, T, act_mem.data());
+        const size_t N = (size_t)B * T * cfg.K;
         pos.resize(N);
-        for (size_t r = 0; r < N; r++) pos[r] = (int)(r % ((size_t)T * c.K) / c.K);  // every copy: position n
+        for (size_t r = 0; r < N; r++) pos[r] = (int)(r % ((size_t)T * cfg.K) / cfg.K);  // every copy: position n
     }
 };
 

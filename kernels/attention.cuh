@@ -44,6 +44,18 @@ __device__ bool query_meets_tile(const Config& c, int T, int r, int k0, int k1) 
     return h1 > h0 && lo <= hi && lo < h1 && hi >= h0;
 }
 
+// Keys and values of rows [k0, k1) of kv head kv into shared memory, one row per thread.
+__device__ void load_kv_tile(float (*ks)[kAttnMaxHd], float (*vs)[kAttnMaxHd], const float* base, const Config& c, int kv,
+                             int k0, int k1) {
+    const int hd = c.hd(), ld = c.qkv_dim(), r = k0 + threadIdx.x;
+    if (r < k1)
+        for (int e = 0; e < hd; e++) {
+            ks[threadIdx.x][e] = base[(size_t)r * ld + (c.H + kv) * hd + e];
+            vs[threadIdx.x][e] = base[(size_t)r * ld + (c.H + c.Hkv + kv) * hd + e];
+        }
+    __syncthreads();
+}
+
 // grid (query tiles, H, B), block kAttnTile: thread = query row.
 // visited, when not null, counts the (query tile, key tile) pairs computed.
 __global__ void attention_forward_kernel(float* o, float* lse, const float* qkv, Config c, int T, int* visited) {
@@ -62,12 +74,7 @@ __global__ void attention_forward_kernel(float* o, float* lse, const float* qkv,
         const int k1 = min(k0 + kAttnTile, TK);
         if (!__ballot_sync(0xffffffffu, valid && query_meets_tile(c, T, r, k0, k1))) continue;
         if (visited && threadIdx.x == 0) atomicAdd(visited, 1);
-        if (k0 + (int)threadIdx.x < k1)
-            for (int e = 0; e < hd; e++) {
-                ks[threadIdx.x][e] = base[(size_t)(k0 + threadIdx.x) * ld + (c.H + kv) * hd + e];
-                vs[threadIdx.x][e] = base[(size_t)(k0 + threadIdx.x) * ld + (c.H + c.Hkv + kv) * hd + e];
-            }
-        __syncthreads();
+        load_kv_tile(ks, vs, base, c, kv, k0, k1);
         for (int j = 0; valid && j < k1 - k0; j++) {
             int m, d;
             regrouped_token(c, T, k0 + j, &m, &d);
@@ -110,12 +117,7 @@ __global__ void attention_backward_dq_kernel(float* dqkv, const float* dout, con
     for (int k0 = 0; k0 < TK; k0 += kAttnTile) {
         const int k1 = min(k0 + kAttnTile, TK);
         if (!__ballot_sync(0xffffffffu, valid && query_meets_tile(c, T, r, k0, k1))) continue;
-        if (k0 + (int)threadIdx.x < k1)
-            for (int e = 0; e < hd; e++) {
-                ks[threadIdx.x][e] = base[(size_t)(k0 + threadIdx.x) * ld + (c.H + kv) * hd + e];
-                vs[threadIdx.x][e] = base[(size_t)(k0 + threadIdx.x) * ld + (c.H + c.Hkv + kv) * hd + e];
-            }
-        __syncthreads();
+        load_kv_tile(ks, vs, base, c, kv, k0, k1);
         for (int j = 0; valid && j < k1 - k0; j++) {
             int m, d;
             regrouped_token(c, T, k0 + j, &m, &d);

@@ -10,7 +10,7 @@
 #include "layers.cuh"
 #include "loss.cuh"
 
-struct GpuModel {
+struct GpuModel : Activations<float> {
     Config cfg;
     size_t P = 0;
     float *params = nullptr, *grads = nullptr;   // (P) device arenas
@@ -20,10 +20,7 @@ struct GpuModel {
     cudaStream_t stream = nullptr;
 
     int B = 0, T = 0;
-    float* act = nullptr;                        // activation arena for (B, T)
-    std::vector<LayerActs<float>> layer;         // shapes as in model.h, rows regrouped
-    float *xL, *xlast, *rstd_final, *xn, *logits, *losses, *lse;
-    float *dx, *dtmp, *dqkv, *dh13, *dxlast;
+    float* act = nullptr;                        // the activations' arena (Activations in model.h)
     int *d_tokens = nullptr, *d_targets = nullptr;
     std::vector<int> tokens;                     // (B, T) host copy: the embedding backward groups rows by token
 
@@ -51,35 +48,14 @@ struct GpuModel {
     GpuModel(const GpuModel&) = delete;
     GpuModel& operator=(const GpuModel&) = delete;
 
-    // Bytes the activations need for (B, T): the same layout as the CPU model's.
-    static size_t activation_floats(const Config& c, int B, int T) {
-        const size_t N = (size_t)B * T * c.K, BT = (size_t)B * T;
-        const size_t per_layer = N * (4 * c.D + 2 + c.qkv_dim() + c.H + c.H * c.hd() + 3 * c.F);
-        return per_layer * c.L + N * c.D + BT * (2 * c.D + 3 + c.Vp) + N * (c.D + std::max(c.D, c.F) + c.qkv_dim() + 2 * c.F) + BT * c.D;
-    }
-
     void size_for(int B_, int T_) {
         if (B_ == B && T_ == T) return;
         B = B_; T = T_;
-        const Config& c = cfg;
-        const size_t N = (size_t)B * T * c.K, BT = (size_t)B * T;
         cudaFree(act); cudaFree(d_tokens); cudaFree(d_targets);
-        cudaCheck(cudaMalloc(&act, activation_floats(c, B, T) * sizeof(float)));
-        cudaCheck(cudaMalloc(&d_tokens, BT * sizeof(int)));
-        cudaCheck(cudaMalloc(&d_targets, BT * sizeof(int)));
-        float* m = act;
-        auto take = [&m](size_t n) { float* r = m; m += n; return r; };
-        layer.resize(c.L);
-        for (LayerActs<float>& a : layer) {
-            a.x = take(N * c.D); a.a = take(N * c.D); a.rstd_a = take(N);
-            a.qkv = take(N * c.qkv_dim()); a.lse = take(N * c.H); a.o = take(N * c.H * c.hd());
-            a.xm = take(N * c.D); a.f = take(N * c.D); a.rstd_f = take(N);
-            a.h13 = take(N * 2 * c.F); a.g = take(N * c.F);
-        }
-        xL = take(N * c.D); xlast = take(BT * c.D); rstd_final = take(BT);
-        xn = take(BT * c.D); logits = take(BT * c.Vp); losses = take(BT); lse = take(BT);
-        dx = take(N * c.D); dtmp = take(N * std::max(c.D, c.F)); dqkv = take(N * c.qkv_dim());
-        dh13 = take(N * 2 * c.F); dxlast = take(BT * c.D);
+        cudaCheck(cudaMalloc(&act, floats(cfg, B, T) * sizeof(float)));
+        cudaCheck(cudaMalloc(&d_tokens, (size_t)B * T * sizeof(int)));
+        cudaCheck(cudaMalloc(&d_targets, (size_t)B * T * sizeof(int)));
+        point(cfg, B, T, act);
     }
 
     // Row-major out (N, O) = in (N, I) W^T [+ out]: cuBLAS sees the column-major transposes.
