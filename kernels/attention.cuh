@@ -56,17 +56,36 @@ __device__ void load_kv_tile(float (*ks)[kAttnMaxHd], float (*vs)[kAttnMaxHd], c
     __syncthreads();
 }
 
+// The query row a thread owns in the kernels over grid (query tiles, H, B): its head, its
+// batch's qkv rows, and its token (n, copy); rows past the end are not valid.
+struct QueryRow {
+    int TK, hd, ld, h, b, kv, r, n, copy;
+    bool valid;
+    const float* base;  // (TK, qkv_dim) of this batch
+    float scale;
+};
+__device__ QueryRow query_row(const float* qkv, const Config& c, int T) {
+    QueryRow q;
+    q.TK = T * c.K; q.hd = c.hd(); q.ld = c.qkv_dim(); q.h = blockIdx.y; q.b = blockIdx.z;
+    q.kv = q.h / (c.H / c.Hkv);
+    q.r = blockIdx.x * kAttnTile + threadIdx.x;
+    q.valid = q.r < q.TK;
+    q.base = qkv + (size_t)q.b * q.TK * q.ld;
+    q.scale = 1.0f / sqrtf((float)q.hd);
+    q.n = q.copy = 0;
+    if (q.valid) regrouped_token(c, T, q.r, &q.n, &q.copy);
+    return q;
+}
+
 // grid (query tiles, H, B), block kAttnTile: thread = query row.
 // visited, when not null, counts the (query tile, key tile) pairs computed.
 __global__ void attention_forward_kernel(float* o, float* lse, const float* qkv, Config c, int T, int* visited) {
     __shared__ float ks[kAttnTile][kAttnMaxHd], vs[kAttnTile][kAttnMaxHd];
-    const int TK = T * c.K, hd = c.hd(), ld = c.qkv_dim(), h = blockIdx.y, b = blockIdx.z;
-    const int kv = h / (c.H / c.Hkv), r = blockIdx.x * kAttnTile + threadIdx.x;
-    const bool valid = r < TK;
-    const float* base = qkv + (size_t)b * TK * ld;
-    const float scale = 1.0f / sqrtf((float)hd);
-    int n = 0, copy = 0;
-    if (valid) regrouped_token(c, T, r, &n, &copy);
+    const QueryRow Q = query_row(qkv, c, T);
+    const int TK = Q.TK, hd = Q.hd, ld = Q.ld, h = Q.h, b = Q.b, kv = Q.kv, r = Q.r, n = Q.n, copy = Q.copy;
+    const bool valid = Q.valid;
+    const float* base = Q.base;
+    const float scale = Q.scale;
     float q[kAttnMaxHd], acc[kAttnMaxHd];
     for (int e = 0; e < hd; e++) { q[e] = valid ? base[(size_t)r * ld + h * hd + e] : 0.0f; acc[e] = 0.0f; }
     float mx = -INFINITY, l = 0.0f;
@@ -98,13 +117,11 @@ __global__ void attention_forward_kernel(float* o, float* lse, const float* qkv,
 __global__ void attention_backward_dq_kernel(float* dqkv, const float* dout, const float* qkv, const float* o,
                                              const float* lse, Config c, int T) {
     __shared__ float ks[kAttnTile][kAttnMaxHd], vs[kAttnTile][kAttnMaxHd];
-    const int TK = T * c.K, hd = c.hd(), ld = c.qkv_dim(), h = blockIdx.y, b = blockIdx.z;
-    const int kv = h / (c.H / c.Hkv), r = blockIdx.x * kAttnTile + threadIdx.x;
-    const bool valid = r < TK;
-    const float* base = qkv + (size_t)b * TK * ld;
-    const float scale = 1.0f / sqrtf((float)hd);
-    int n = 0, copy = 0;
-    if (valid) regrouped_token(c, T, r, &n, &copy);
+    const QueryRow Q = query_row(qkv, c, T);
+    const int TK = Q.TK, hd = Q.hd, ld = Q.ld, h = Q.h, b = Q.b, kv = Q.kv, r = Q.r, n = Q.n, copy = Q.copy;
+    const bool valid = Q.valid;
+    const float* base = Q.base;
+    const float scale = Q.scale;
     const size_t orow = ((size_t)b * TK + (valid ? r : 0)) * c.H * hd + h * hd;
     float q[kAttnMaxHd], dO[kAttnMaxHd], dq[kAttnMaxHd], Di = 0.0f;
     for (int e = 0; e < hd; e++) {
