@@ -17,12 +17,15 @@ TEST_HDR := $(wildcard test/*.h)
 
 PYTHON_TORCH := /usr/bin/python3
 
-.PHONY: all test test-gpu test-tsan test-asan test-reference fixtures bench clean train
+.PHONY: all test test-gpu test-tsan test-asan test-reference fixtures bench bench-gpu clean train
 all: train_phd
+
+# nvcc with the host flags: the rule's first prerequisite to $@
+NVCC_BUILD = $(NVCC) $(NVCCFLAGS) -Xcompiler "$(subst $() ,$(comma),$(strip $(CXXFLAGS) -fopenmp $(WARN)))"
 
 ifneq ($(NVCC),)
 train_phd: train_phd.cu $(HEADERS)
-	$(NVCC) $(NVCCFLAGS) $(PCRE2_FLAGS) -Xcompiler "$(subst $() ,$(comma),$(strip $(CXXFLAGS) -fopenmp $(WARN)))" $< -o $@ -lcublas -lgomp $(PCRE2_LIBS)
+	$(NVCC_BUILD) $(PCRE2_FLAGS) $< -o $@ -lcublas -lgomp $(PCRE2_LIBS)
 else
 train_phd: build/train_phd_cpu
 	cp $< $@
@@ -46,7 +49,7 @@ build/test_cpu: $(CPU_TESTS) $(TEST_HDR) $(HEADERS)
 
 # GPU tests, one source built four ways: emulated on the CPU (kernels/cuda_emu.h), the same
 # under ThreadSanitizer and AddressSanitizer, and natively with nvcc (skips without a GPU).
-GPU_TEST_SRC  := test/test_gpu.cu test/test_gpu_kernels.cu
+GPU_TEST_SRC  := test/test_gpu.cu test/test_gpu_kernels.cu test/test_gpu_decode.cu
 GPU_TEST_DEPS := test/test_main.cpp $(GPU_TEST_SRC) $(TEST_HDR) $(HEADERS)
 EMU_BUILD = $(CXX) -std=c++17 $(WARN) -fopenmp -pthread test/test_main.cpp -x c++ $(GPU_TEST_SRC) -o $@
 build/test_gpu_emu: $(GPU_TEST_DEPS)
@@ -75,7 +78,8 @@ build/test_data: test/test_main.cpp test/test_data.cpp $(TEST_HDR) $(DATA_HDR)
 
 # Every suite (C++ tests; the PyTorch reference's self-tests when torch is installed);
 # the last line is the total, "total: N passed, M failed, K skipped".
-test: train_phd build/train_phd_cpu build/train_phd_emu build/test_cpu build/prepare build/test_data $(GPU_TESTS)
+GPU_BENCH := build/bench_gpu_emu $(if $(NVCC),build/bench_gpu build/bench_decode_gpu)
+test: train_phd build/train_phd_cpu build/train_phd_emu build/test_cpu build/prepare build/test_data $(GPU_TESTS) $(GPU_BENCH) build/bench_decode
 	./test/run_tests.sh
 
 # The GPU tests alone, natively (needs nvcc and a GPU) and under the sanitizers.
@@ -98,13 +102,29 @@ build/bench_cpu: dev/bench_cpu.cpp $(HEADERS)
 	@mkdir -p build
 	$(CXX) $(HOSTFLAGS) $< -o $@
 
-build/bench_decode: dev/bench_decode.cpp $(HEADERS)
+build/bench_decode: dev/bench_decode.cu $(HEADERS)
 	@mkdir -p build
-	$(CXX) $(HOSTFLAGS) $< -o $@
+	$(CXX) $(HOSTFLAGS) -x c++ $< -o $@
 
 bench: build/bench_cpu build/bench_decode
 	OMP_NUM_THREADS=2 ./build/bench_cpu
 	OMP_NUM_THREADS=2 ./build/bench_decode
+
+# GPU benchmarks (nvcc and a GPU): the kernel lab and training steps, then KV-cache inference.
+build/bench_gpu: dev/bench_gpu.cu $(HEADERS)
+	@mkdir -p build
+	$(NVCC_BUILD) $< -o $@ -lcublas -lgomp
+build/bench_decode_gpu: dev/bench_decode.cu $(HEADERS)
+	@mkdir -p build
+	$(NVCC_BUILD) $< -o $@ -lcublas -lgomp
+# The kernel lab on the CUDA emulation: `make test` runs it at --tiny.
+build/bench_gpu_emu: dev/bench_gpu.cu $(HEADERS)
+	@mkdir -p build
+	$(CXX) $(HOSTFLAGS) -pthread -DPHD_EMULATE_GPU -x c++ $< -o $@
+
+bench-gpu: build/bench_gpu build/bench_decode_gpu
+	./build/bench_gpu
+	./build/bench_decode_gpu --device cuda -P 2048 --layers 12 --dim 768 --heads 12
 
 # The main job: set-up, the KJV corpus as GPT-2 shards, then a small phd-cswa-2-16-32 model.
 KJV := data/shards/kjv

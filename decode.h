@@ -17,6 +17,16 @@
 #include <vector>
 #include "model.h"
 
+// The rows (n, c) a pre-fill of P tokens computes, in logical order: originals only up to
+// the first position whose hidden tokens are needed, every copy from there on.
+static inline void prefill_rows(const Config& c, int P, std::vector<int>* ns, std::vector<int>* cs) {
+    int first_full = 0;
+    if (c.variant == VANILLA || c.variant == PHD) first_full = P - 1;
+    if (c.variant == PHD_CSWA) first_full = (P - 1) / c.C * c.C;
+    for (int n = 0; n < P; n++)
+        for (int k = 0; k < (n < first_full ? 1 : c.K); k++) { ns->push_back(n); cs->push_back(k); }
+}
+
 template<typename Real> struct KVStore {
     std::vector<Real> k, v;  // (entries, Hkv*hd): keys after RoPE, values
     std::vector<int> n, c;   // (entries): the position and copy of each entry
@@ -49,16 +59,11 @@ template<typename Real> struct Decoder {
     size_t cache_entries() const { return kept[0].size() + window[0].size(); }
     size_t cache_bytes() const { return cache_entries() * 2 * M.cfg.Hkv * M.cfg.hd() * sizeof(float) * M.cfg.L; }
 
-    // One block: originals only up to the first position whose hidden tokens are needed,
-    // every copy from there on; the logits are the last copy's of position P-1.
+    // One block (prefill_rows); the logits are the last copy's of position P-1.
     void prefill(const int* prompt, int P) {
-        const Config& c = M.cfg;
-        int first_full = 0;
-        if (c.variant == VANILLA || c.variant == PHD) first_full = P - 1;
-        if (c.variant == PHD_CSWA) first_full = (P - 1) / c.C * c.C;
         std::vector<int> ns, cs, toks;
-        for (int n = 0; n < P; n++)
-            for (int k = 0; k < (n < first_full ? 1 : c.K); k++) { ns.push_back(n); cs.push_back(k); toks.push_back(prompt[n]); }
+        prefill_rows(M.cfg, P, &ns, &cs);
+        for (int n : ns) toks.push_back(prompt[n]);
         run_block(ns, cs, toks);
     }
 

@@ -5,7 +5,7 @@
 // on one device resumes on the other.
 #pragma once
 #include <vector>
-#include "model.h"
+#include "decode.h"
 
 struct CpuEngine {
     Model<float> M;
@@ -28,8 +28,8 @@ struct CpuEngine {
         for (int i = 0; i < M.B * M.T; i++) out.insert(out.end(), M.logits + (size_t)i * M.cfg.Vp, M.logits + (size_t)i * M.cfg.Vp + M.cfg.V);
         return out;
     }
-    // The model the CPU decoder samples from.
-    const Model<float>& host_model() { return M; }
+    // A KV-cache decoder over the current weights (decode.h).
+    Decoder<float> decoder() const { return Decoder<float>(M); }
     size_t activation_bytes(int B, int T) {
         M.size_for(B, T);
         return M.act_mem.size() * sizeof(float);
@@ -38,7 +38,7 @@ struct CpuEngine {
 
 #if defined(__CUDACC__) || defined(PHD_EMULATE_GPU)
 #define PHD_GPU 1
-#include "kernels/gpu_model.cuh"
+#include "kernels/gpu_decode.cuh"
 
 // True if a CUDA device can be used; else *why says why not.
 inline bool gpu_available(std::string* why) {
@@ -55,13 +55,8 @@ struct GpuEngine {
     GpuModel G;
     float *m = nullptr, *v = nullptr;  // (P) AdamW moments, on the device
     double* partial = nullptr;         // grad-norm scratch
-    Model<float> host;                 // parameters copied back for sampling and checkpoints
-    GpuEngine(const Config& c, const std::vector<float>& params, bool tf32) : G(c, params.data(), tf32), host(c) {
-        size_t free_bytes, total_bytes;
-        cudaCheck(cudaMemGetInfo(&free_bytes, &total_bytes));
-        if (2 * G.P * sizeof(float) > free_bytes)  // the moments, after params and grads
-            die("GPU memory: AdamW state needs %.1f MiB, %.1f MiB free of %.1f MiB", 2.0 * G.P * 4 / (1 << 20),
-                free_bytes / 1048576.0, total_bytes / 1048576.0);
+    GpuEngine(const Config& c, const std::vector<float>& params, bool tf32) : G(c, params.data(), tf32) {
+        gpu_check_fits(2 * G.P * sizeof(float), "AdamW moments");
         cudaCheck(cudaMalloc(&m, G.P * sizeof(float)));
         cudaCheck(cudaMalloc(&v, G.P * sizeof(float)));
         cudaCheck(cudaMalloc(&partial, kNormBlocks * sizeof(double)));
@@ -90,18 +85,9 @@ struct GpuEngine {
     }
     std::vector<float> moment(bool second) const { return G.download(second ? v : m, G.P); }
     std::vector<float> logits() const { return G.logits_host(); }
-    const Model<float>& host_model() {
-        host.params = params();
-        return host;
-    }
-    // Also checks that they fit: a clear error now beats a failed cudaMalloc mid-step.
-    size_t activation_bytes(int B, int T) const {
-        size_t bytes = GpuModel::floats(G.cfg, B, T) * sizeof(float), free_bytes, total_bytes;
-        cudaCheck(cudaMemGetInfo(&free_bytes, &total_bytes));
-        if (bytes > free_bytes)
-            die("GPU memory: activations for B=%d T=%d need %.1f MiB, %.1f MiB free of %.1f MiB (lower -b or -t)", B, T,
-                bytes / 1048576.0, free_bytes / 1048576.0, total_bytes / 1048576.0);
-        return bytes;
-    }
+    // A KV-cache decoder over the current weights, on the device (kernels/gpu_decode.cuh).
+    GpuDecoder decoder() { return GpuDecoder(G); }
+    // GpuModel::size_for checks that they fit before it allocates them.
+    size_t activation_bytes(int B, int T) const { return GpuModel::floats(G.cfg, B, T) * sizeof(float); }
 };
 #endif

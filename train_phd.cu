@@ -260,18 +260,16 @@ template<typename Engine> static float validate(Engine& E, DataLoader& val, int 
     return (float)(sum / steps);
 }
 
-// Samples n tokens after the prompt with the KV-cache decoder; on_token(id) sees each one.
-template<typename OnToken>
-static Decoder<float> sample(const Model<float>& M, const std::vector<int>& prompt, int n, float temperature, int top_k,
-                             Rng& rng, OnToken on_token) {
-    Decoder<float> dec(M);
+// Samples n tokens after the prompt with a KV-cache decoder (decode.h's on the CPU,
+// kernels/gpu_decode.cuh's on the GPU); on_token(id) sees each one.
+template<typename Dec, typename OnToken>
+static void sample(Dec& dec, int V, const std::vector<int>& prompt, int n, float temperature, int top_k, Rng& rng, OnToken on_token) {
     dec.prefill(prompt.data(), (int)prompt.size());
     for (int i = 0; i < n; i++) {
-        int tok = sample_token(dec.logits.data(), M.cfg.V, temperature, top_k, rng);
+        int tok = sample_token(dec.logits.data(), V, temperature, top_k, rng);
         on_token(tok);
         if (i + 1 < n) dec.step(tok);
     }
-    return dec;
 }
 
 static void print_token(const Tokenizer& tok, int id) {
@@ -294,8 +292,9 @@ static Tokenizer load_tokenizer_for(const Args& a, const Config& c) {
     return tok;
 }
 
-// --generate: prompt -> pre-fill -> N decode steps, streamed; then the KV-cache report.
-static int generate(const Args& a, const Config& c, const std::vector<float>& params) {
+// --generate: prompt -> pre-fill -> N decode steps, streamed, on the engine's device; then
+// the KV-cache report.
+template<typename Engine> static int generate(const Args& a, const Config& c, Engine& E) {
     Tokenizer tok = load_tokenizer_for(a, c);
     std::vector<int> prompt;
     if (!a.prompt_ids.empty()) {
@@ -333,17 +332,17 @@ static int generate(const Args& a, const Config& c, const std::vector<float>& pa
     if ((int)prompt.size() + a.generate > c.maxT)
         die("--generate: prompt (%zu tokens) + %d new tokens exceed the model's max sequence length %d", prompt.size(),
             a.generate, c.maxT);
-    Model<float> M(c);
-    M.params = params;
     Rng rng{a.seed};
     for (int t : prompt) print_token(tok, t);
     printf(tok.vocab_size() ? "" : " |");
     auto t0 = std::chrono::steady_clock::now();
-    Decoder<float> dec = sample(M, prompt, a.generate, a.temperature, a.top_k, rng, [&](int t) { print_token(tok, t); });
+    auto dec = E.decoder();
+    sample(dec, c.V, prompt, a.generate, a.temperature, a.top_k, rng, [&](int t) { print_token(tok, t); });
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     const double kib = 1.0 / 1024, per_entry = 2.0 * c.Hkv * c.hd() * sizeof(float);
     const size_t t = dec.t;
-    printf("\n%d tokens in %.0f ms (%.1f ms/token incl. pre-fill of %zu)\n", a.generate, ms, ms / a.generate, prompt.size());
+    printf("\n%d tokens in %.0f ms on %s (%.1f ms/token incl. pre-fill of %zu)\n", a.generate, ms, E.name(), ms / a.generate,
+           prompt.size());
     printf("KV cache after %zu tokens: %zu entries/layer = %.1f KiB/layer, %.1f KiB/sequence (%s); "
            "vanilla %.1f KiB, naive-%d %.1f KiB per layer\n", t, dec.cache_entries(), dec.cache_entries() * per_entry * kib,
            dec.cache_bytes() * kib, variant_name(c).c_str(), t * per_entry * kib, c.K, c.K * t * per_entry * kib);
@@ -429,7 +428,8 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
         }
         if (a.sample_every && step > 0 && step % a.sample_every == 0) {
             printf("sample: ");
-            sample(E.host_model(), start, std::min(a.sample_tokens, c.maxT - 1), 1.0f, 0, sample_rng, [&](int t) { print_token(tok, t); });
+            auto dec = E.decoder();
+            sample(dec, c.V, start, std::min(a.sample_tokens, c.maxT - 1), 1.0f, 0, sample_rng, [&](int t) { print_token(tok, t); });
             printf("\n");
         }
 
@@ -514,7 +514,7 @@ int main(int argc, char** argv) {
     }
     if (!a.check_state.empty()) return on_engine(a, c, params, [&](auto& E) { return check_state(a, E, c); });
     if (!a.dump_state.empty()) return dump_state(a, c, params);
-    if (a.generate) return generate(a, c, params);
+    if (a.generate) return on_engine(a, c, params, [&](auto& E) { return generate(a, c, E); });
 #ifdef PHD_GPU
     if (a.compare_cpu) return compare_cpu(a, c, params);
 #endif

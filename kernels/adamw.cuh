@@ -8,7 +8,7 @@ static constexpr int kNormBlocks = 256, kNormThreads = 256;
 
 // grid (at most kNormBlocks), block kNormThreads: partial[b] = sum of squares of a fixed
 // strided share, in double, reduced in a fixed tree order: the same bits on every run.
-__global__ void grad_norm_partial_kernel(double* partial, const float* g, size_t n) {
+static __global__ void grad_norm_partial_kernel(double* partial, const float* g, size_t n) {
     __shared__ double s[kNormThreads];
     double acc = 0.0;
     for (size_t i = (size_t)blockIdx.x * kNormThreads + threadIdx.x; i < n; i += (size_t)gridDim.x * kNormThreads)
@@ -33,7 +33,7 @@ inline double grad_norm(const float* g, size_t n, double* partial, cudaStream_t 
     return sqrt(sum);
 }
 
-__global__ void adamw_kernel(float* p, const float* g, float* m, float* v, size_t n, float lr, float b1, float b2, float eps,
+static __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, size_t n, float lr, float b1, float b2, float eps,
                              float wd, float bc1, float bc2, float clip_scale) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;

@@ -17,6 +17,7 @@
 // the thread that owns the key row, dq by the thread that owns the query row, each in a
 // fixed order, with no atomics.
 #pragma once
+#include <vector>
 #include "../model.h"
 #include "cuda_compat.h"
 
@@ -29,13 +30,33 @@ PHD_HOST_DEVICE inline void regrouped_token(const Config& c, int T, int r, int* 
     *n = (r - T) / (c.K - 1);
     *copy = (r - T) % (c.K - 1) + 1;
 }
+// Position n of regrouped row r.
+PHD_HOST_DEVICE inline int regrouped_position(const Config& c, int T, int r) {
+    int n, copy;
+    regrouped_token(c, T, r, &n, &copy);
+    return n;
+}
 // Regrouped row of token (n, c).
 PHD_HOST_DEVICE inline int regrouped_row(const Config& c, int T, int n, int copy) {
     return copy == 0 ? n : T + n * (c.K - 1) + copy - 1;
 }
 
+// Host copy of a (B, T*K, width) tensor moved between the logical order and the regrouped
+// one: for checking GPU tensors against the CPU's.
+inline std::vector<float> regroup_rows(const std::vector<float>& x, const Config& c, int B, int T, int width, bool to_regrouped) {
+    std::vector<float> y(x.size());
+    const int TK = T * c.K;
+    for (int b = 0; b < B; b++)
+        for (int n = 0; n < T; n++)
+            for (int k = 0; k < c.K; k++) {
+                size_t logical = ((size_t)b * TK + n * c.K + k) * width, grouped = ((size_t)b * TK + regrouped_row(c, T, n, k)) * width;
+                std::copy_n(&x[to_regrouped ? logical : grouped], width, &y[to_regrouped ? grouped : logical]);
+            }
+    return y;
+}
+
 // Does query row r (regrouped) have a visible key among rows [k0, k1)?
-__device__ bool query_meets_tile(const Config& c, int T, int r, int k0, int k1) {
+static __device__ bool query_meets_tile(const Config& c, int T, int r, int k0, int k1) {
     int n, copy, lo, hi;
     regrouped_token(c, T, r, &n, &copy);
     if (k0 < T && k0 <= n) return true;                              // originals 0..n
@@ -45,7 +66,7 @@ __device__ bool query_meets_tile(const Config& c, int T, int r, int k0, int k1) 
 }
 
 // Keys and values of rows [k0, k1) of kv head kv into shared memory, one row per thread.
-__device__ void load_kv_tile(float (*ks)[kAttnMaxHd], float (*vs)[kAttnMaxHd], const float* base, const Config& c, int kv,
+static __device__ void load_kv_tile(float (*ks)[kAttnMaxHd], float (*vs)[kAttnMaxHd], const float* base, const Config& c, int kv,
                              int k0, int k1) {
     const int hd = c.hd(), ld = c.qkv_dim(), r = k0 + threadIdx.x;
     if (r < k1)
@@ -64,7 +85,7 @@ struct QueryRow {
     const float* base;  // (TK, qkv_dim) of this batch
     float scale;
 };
-__device__ QueryRow query_row(const float* qkv, const Config& c, int T) {
+static __device__ QueryRow query_row(const float* qkv, const Config& c, int T) {
     QueryRow q;
     q.TK = T * c.K; q.hd = c.hd(); q.ld = c.qkv_dim(); q.h = blockIdx.y; q.b = blockIdx.z;
     q.kv = q.h / (c.H / c.Hkv);
@@ -79,7 +100,7 @@ __device__ QueryRow query_row(const float* qkv, const Config& c, int T) {
 
 // grid (query tiles, H, B), block kAttnTile: thread = query row.
 // visited, when not null, counts the (query tile, key tile) pairs computed.
-__global__ void attention_forward_kernel(float* o, float* lse, const float* qkv, Config c, int T, int* visited) {
+static __global__ void attention_forward_kernel(float* o, float* lse, const float* qkv, Config c, int T, int* visited) {
     __shared__ float ks[kAttnTile][kAttnMaxHd], vs[kAttnTile][kAttnMaxHd];
     const QueryRow Q = query_row(qkv, c, T);
     const int TK = Q.TK, hd = Q.hd, ld = Q.ld, h = Q.h, b = Q.b, kv = Q.kv, r = Q.r, n = Q.n, copy = Q.copy;
@@ -114,7 +135,7 @@ __global__ void attention_forward_kernel(float* o, float* lse, const float* qkv,
 }
 
 // grid (query tiles, H, B), block kAttnTile: thread = query row; writes its dq.
-__global__ void attention_backward_dq_kernel(float* dqkv, const float* dout, const float* qkv, const float* o,
+static __global__ void attention_backward_dq_kernel(float* dqkv, const float* dout, const float* qkv, const float* o,
                                              const float* lse, Config c, int T) {
     __shared__ float ks[kAttnTile][kAttnMaxHd], vs[kAttnTile][kAttnMaxHd];
     const QueryRow Q = query_row(qkv, c, T);
@@ -152,7 +173,7 @@ __global__ void attention_backward_dq_kernel(float* dqkv, const float* dout, con
 
 // grid (key tiles, Hkv, B), block kAttnTile: thread = key row; sums its dk and dv over
 // the query heads of its group and every query tile that sees its key tile.
-__global__ void attention_backward_dkdv_kernel(float* dqkv, const float* dout, const float* qkv, const float* o,
+static __global__ void attention_backward_dkdv_kernel(float* dqkv, const float* dout, const float* qkv, const float* o,
                                                const float* lse, Config c, int T) {
     __shared__ float qs[kAttnTile][kAttnMaxHd], dos[kAttnTile][kAttnMaxHd], ls[kAttnTile], Ds[kAttnTile];
     __shared__ int qn[kAttnTile], qc[kAttnTile];

@@ -2,7 +2,10 @@
 // (real CUDA) and under g++ (kernels/cuda_emu.h runs them on the CPU).
 //   launch(kernel, grid, block, shmem, stream, args...)   instead of kernel<<<...>>>(...)
 //   dynamic_shared<T>()                                    instead of extern __shared__
+//   warp_sum(v), block_reduce(v, is_max)                   reductions, result in every thread
 //   cudaCheck(call), cublasCheck(call)                     one-line error, exit 1
+// Kernels live in headers and are declared `static __global__`: nvcc gives __global__
+// functions external linkage, so two translation units including one header would clash.
 #pragma once
 #include "../utils.h"
 
@@ -36,6 +39,27 @@ __device__ inline float atomicMax(float* addr, float v) {
 #else
 #include "cuda_emu.h"
 #endif
+
+// Sum over a warp's lanes; every lane gets it.
+static __device__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+// Sum (or max when is_max) over a block of whole warps (up to 1024 threads); every thread
+// gets it. Holds two barriers: all threads of the block must call it.
+static __device__ float block_reduce(float v, bool is_max) {
+    __shared__ float part[32];
+    for (int o = 16; o > 0; o /= 2) {
+        const float w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = is_max ? fmaxf(v, w) : v + w;
+    }
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
+    __syncthreads();
+    v = part[0];
+    for (int w = 1; w < (int)blockDim.x / 32; w++) v = is_max ? fmaxf(v, part[w]) : v + part[w];
+    __syncthreads();  // part is reused by the next call
+    return v;
+}
 
 #define cudaCheck(call) cuda_check((call), #call, __FILE__, __LINE__)
 static inline void cuda_check(cudaError_t e, const char* what, const char* file, int line) {

@@ -12,9 +12,10 @@
 // - Warps are 32 consecutive threads (x fastest); the shuffles, __ballot_sync and
 //   __syncwarp exchange values between real lanes through a per-warp barrier.
 // - atomicAdd/atomicMax on int and float, the math intrinsics the kernels use, bf16 and
-//   half conversions (storage types only, no arithmetic operators), device
-//   memory, streams and events (host memory, synchronous), and the cuBLAS calls the engine
-//   makes (column-major, every transpose, leading dimensions, alpha/beta), computed naively.
+//   half conversions (storage types only, no arithmetic operators), device memory (with
+//   an optional size limit), streams and events (host memory, synchronous), and the
+//   cuBLAS calls the engine makes (column-major, every transpose, leading dimensions,
+//   alpha/beta), computed naively.
 // What it cannot do: timing, memory coalescing, bank conflicts, tensor-core instructions,
 // warp-synchronous code that omits the *_sync primitives, or more than one launch at once
 // (launches are serialised).
@@ -28,6 +29,7 @@
 #include <algorithm>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 #include <unistd.h>
 #include <vector>
 
@@ -205,6 +207,8 @@ template<typename T> inline T atomicMax(T* p, T v) {
 
 // bf16 and half storage types with CUDA's conversion functions (round to nearest even,
 // overflow to infinity, subnormals kept); no arithmetic operators.
+struct int2 { int x, y; };
+inline int2 make_int2(int x, int y) { return {x, y}; }
 struct __nv_bfloat16 { uint16_t x; };
 struct __half { uint16_t x; };
 inline __nv_bfloat16 __float2bfloat16(float f) {
@@ -255,18 +259,54 @@ inline const char* cudaGetErrorString(cudaError_t e) {
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
 inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
+enum cudaDeviceAttr { cudaDevAttrClockRate, cudaDevAttrMultiProcessorCount, cudaDevAttrComputeCapabilityMajor, cudaDevAttrComputeCapabilityMinor };
+inline cudaError_t cudaDeviceGetAttribute(int*, cudaDeviceAttr, int) { return cudaErrorInvalidValue; }  // no hardware to describe
 inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
-inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {  // the host's memory
+// Device memory is host memory. PHD_EMU_DEVICE_MEMORY=bytes gives the emulated device that
+// much instead, so that tests can drive the out-of-memory paths: cudaMemGetInfo reports what
+// is left of it and cudaMalloc fails past it.
+namespace cuda_emu {
+struct DeviceMemory {
+    std::mutex m;
+    size_t limit = 0, used = 0;          // limit 0: the host's memory, unaccounted
+    std::unordered_map<void*, size_t> sizes;
+    DeviceMemory() {
+        if (const char* e = getenv("PHD_EMU_DEVICE_MEMORY")) limit = strtoull(e, nullptr, 10);
+    }
+};
+inline DeviceMemory& device_memory() { static DeviceMemory d; return d; }
+}  // namespace cuda_emu
+inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+    cuda_emu::DeviceMemory& d = cuda_emu::device_memory();
+    std::lock_guard<std::mutex> lock(d.m);
+    if (d.limit) {
+        *total_bytes = d.limit;
+        *free_bytes = d.limit - d.used;
+        return cudaSuccess;
+    }
     *total_bytes = (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE);
     *free_bytes = (size_t)sysconf(_SC_AVPHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE);
     return cudaSuccess;
 }
 inline cudaError_t cudaMalloc(void** p, size_t n) {
+    cuda_emu::DeviceMemory& d = cuda_emu::device_memory();
+    std::lock_guard<std::mutex> lock(d.m);
+    *p = nullptr;
+    if (d.limit && n > d.limit - d.used) return cudaErrorMemoryAllocation;
     *p = malloc(n ? n : 1);
-    return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+    if (!*p) return cudaErrorMemoryAllocation;
+    if (d.limit) { d.used += n; d.sizes[*p] = n; }
+    return cudaSuccess;
 }
 template<typename T> inline cudaError_t cudaMalloc(T** p, size_t n) { return cudaMalloc((void**)p, n); }
-inline cudaError_t cudaFree(void* p) { free(p); return cudaSuccess; }
+inline cudaError_t cudaFree(void* p) {
+    cuda_emu::DeviceMemory& d = cuda_emu::device_memory();
+    std::lock_guard<std::mutex> lock(d.m);
+    auto it = d.sizes.find(p);
+    if (it != d.sizes.end()) { d.used -= it->second; d.sizes.erase(it); }
+    free(p);
+    return cudaSuccess;
+}
 inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) { if (n) memcpy(d, s, n); return cudaSuccess; }
 inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaStream_t = nullptr) { return cudaMemcpy(d, s, n, k); }
 inline cudaError_t cudaMemset(void* d, int v, size_t n) { memset(d, v, n); return cudaSuccess; }

@@ -10,6 +10,15 @@
 #include "layers.cuh"
 #include "loss.cuh"
 
+// A clear error, before allocating, when `what` does not fit in the device's free memory.
+inline void gpu_check_fits(size_t bytes, const char* what, const char* hint = "") {
+    size_t free_bytes, total_bytes;
+    cudaCheck(cudaMemGetInfo(&free_bytes, &total_bytes));
+    if (bytes > free_bytes)
+        die("GPU memory: %s need %.1f MiB, %.1f MiB free of %.1f MiB%s", what, bytes / 1048576.0, free_bytes / 1048576.0,
+            total_bytes / 1048576.0, hint);
+}
+
 struct GpuModel : Activations<float> {
     Config cfg;
     size_t P = 0;
@@ -21,10 +30,12 @@ struct GpuModel : Activations<float> {
 
     int B = 0, T = 0;
     float* act = nullptr;                        // the activations' arena (Activations in model.h)
-    int *d_tokens = nullptr, *d_targets = nullptr;
+    int *d_row_tokens = nullptr, *d_row_pos = nullptr;  // (B*T*K) each row's token and position n
+    int* d_targets = nullptr;                    // (B, T)
     std::vector<int> tokens;                     // (B, T) host copy: the embedding backward groups rows by token
 
     GpuModel(const Config& c, const float* host_params, bool tf32) : cfg(c), P(num_params(c)) {
+        gpu_check_fits(2 * P * sizeof(float), "parameters and gradients");
         cudaCheck(cudaMalloc(&params, P * sizeof(float)));
         cudaCheck(cudaMalloc(&grads, P * sizeof(float)));
         cudaCheck(cudaMemcpy(params, host_params, P * sizeof(float), cudaMemcpyHostToDevice));
@@ -41,7 +52,7 @@ struct GpuModel : Activations<float> {
         cublasCheck(cublasSetMathMode(blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
     }
     ~GpuModel() {
-        for (void* q : {(void*)params, (void*)grads, (void*)rope_cos, (void*)rope_sin, (void*)act, (void*)d_tokens, (void*)d_targets})
+        for (void* q : {(void*)params, (void*)grads, (void*)rope_cos, (void*)rope_sin, (void*)act, (void*)d_row_tokens, (void*)d_row_pos, (void*)d_targets})
             cudaFree(q);
         cublasDestroy(blas);
     }
@@ -51,11 +62,19 @@ struct GpuModel : Activations<float> {
     void size_for(int B_, int T_) {
         if (B_ == B && T_ == T) return;
         B = B_; T = T_;
-        cudaFree(act); cudaFree(d_tokens); cudaFree(d_targets);
+        cudaFree(act); cudaFree(d_row_tokens); cudaFree(d_row_pos); cudaFree(d_targets);
+        const int N = B * T * cfg.K;
+        char what[64];
+        snprintf(what, sizeof what, "activations for B=%d T=%d", B, T);
+        gpu_check_fits(floats(cfg, B, T) * sizeof(float) + (2 * (size_t)N + B * T) * sizeof(int), what, " (lower -b or -t)");
         cudaCheck(cudaMalloc(&act, floats(cfg, B, T) * sizeof(float)));
-        cudaCheck(cudaMalloc(&d_tokens, (size_t)B * T * sizeof(int)));
+        cudaCheck(cudaMalloc(&d_row_tokens, (size_t)N * sizeof(int)));
+        cudaCheck(cudaMalloc(&d_row_pos, (size_t)N * sizeof(int)));
         cudaCheck(cudaMalloc(&d_targets, (size_t)B * T * sizeof(int)));
         point(cfg, B, T, act);
+        std::vector<int> pos(N);
+        for (int i = 0; i < N; i++) pos[i] = regrouped_position(cfg, T, i % (T * cfg.K));
+        cudaCheck(cudaMemcpy(d_row_pos, pos.data(), N * sizeof(int), cudaMemcpyHostToDevice));
     }
 
     // Row-major out (N, O) = in (N, I) W^T [+ out]: cuBLAS sees the column-major transposes.
@@ -79,15 +98,17 @@ struct GpuModel : Activations<float> {
         size_for(B_, T_);
         const int N = B * T * c.K, BT = B * T, D = c.D;
         tokens.assign(tok, tok + BT);
-        cudaCheck(cudaMemcpy(d_tokens, tok, BT * sizeof(int), cudaMemcpyHostToDevice));
-        embedding_forward(layer[0].x, d_tokens, p.E, c, B, T, stream);
+        std::vector<int> row_tokens(N);
+        for (int i = 0; i < N; i++) row_tokens[i] = tok[i / (T * c.K) * T + regrouped_position(c, T, i % (T * c.K))];
+        cudaCheck(cudaMemcpy(d_row_tokens, row_tokens.data(), N * sizeof(int), cudaMemcpyHostToDevice));
+        embedding_forward(layer[0].x, d_row_tokens, p.E, N, D, stream);
         for (int l = 0; l < c.L; l++) {
             LayerActs<float>& a = layer[l];
             const LayerView<float>& w = p.layer[l];
             float* x_next = l + 1 < c.L ? layer[l + 1].x : xL;
             rmsnorm_forward(a.a, a.rstd_a, a.x, w.g_attn, N, D, stream);
             matmul(a.qkv, a.a, w.wqkv, N, D, c.qkv_dim(), false);
-            rope_forward(a.qkv, rope_cos, rope_sin, c, B, T, stream);
+            rope_forward(a.qkv, d_row_pos, c, N, rope_cos, rope_sin, stream);
             attention_forward(a.o, a.lse, a.qkv, c, B, T, stream);
             copy(a.xm, a.x, (size_t)N * D);
             matmul(a.xm, a.o, w.wo, N, c.H * c.hd(), D, true);
@@ -129,7 +150,7 @@ struct GpuModel : Activations<float> {
             add_inplace(dx, dtmp, (size_t)N * D, stream);
             matmul_backward(dtmp, gw.wo, dx, a.o, w.wo, N, c.H * c.hd(), D);
             attention_backward(dqkv, dtmp, a.qkv, a.o, a.lse, c, B, T, stream);
-            rope_backward(dqkv, rope_cos, rope_sin, c, B, T, stream);
+            rope_backward(dqkv, d_row_pos, c, N, rope_cos, rope_sin, stream);
             matmul_backward(dtmp, gw.wqkv, dqkv, a.a, w.wqkv, N, D, c.qkv_dim());
             rmsnorm_backward(dtmp, gw.g_attn, dtmp, a.x, w.g_attn, a.rstd_a, N, D, stream);
             add_inplace(dx, dtmp, (size_t)N * D, stream);

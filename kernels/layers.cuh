@@ -10,21 +10,20 @@ static constexpr int kRowsPerBlock = 4;  // one warp per row
 
 // ---- embedding: every copy of position n gets E[tokens[b, n]] ----
 
-// grid (B*T*K), block min(D, 256): x (B, TK, D)
-__global__ void embedding_forward_kernel(float* x, const int* tokens, const float* E, Config c, int T) {
-    const int TK = T * c.K, row = blockIdx.x, b = row / TK;
-    int n, copy;
-    regrouped_token(c, T, row % TK, &n, &copy);
-    for (int j = threadIdx.x; j < c.D; j += blockDim.x) x[(size_t)row * c.D + j] = E[(size_t)tokens[b * T + n] * c.D + j];
+// grid (N), block min(D, 256): x (N, D) = E[row_tokens[i]]; the caller lays out the rows
+// (a training batch regrouped, or a decoder's block), so one kernel serves both.
+static __global__ void embedding_forward_kernel(float* x, const int* row_tokens, const float* E, int D) {
+    const int row = blockIdx.x;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) x[(size_t)row * D + j] = E[(size_t)row_tokens[row] * D + j];
 }
-inline void embedding_forward(float* x, const int* tokens, const float* E, const Config& c, int B, int T, cudaStream_t s) {
-    launch(embedding_forward_kernel, dim3(B * T * c.K), dim3(std::min(c.D, 256)), 0, s, x, tokens, E, c, T);
+inline void embedding_forward(float* x, const int* row_tokens, const float* E, int N, int D, cudaStream_t s) {
+    launch(embedding_forward_kernel, dim3(N), dim3(std::min(D, 256)), 0, s, x, row_tokens, E, D);
     cudaCheck(cudaGetLastError());
 }
 
 // grid (distinct tokens), block min(D, 256): dE[token] += the rows carrying it, summed in a
 // fixed order (rows[starts[i] .. starts[i+1]) of token ids[i]): deterministic, no atomics.
-__global__ void embedding_backward_kernel(float* dE, const float* dx, const int* ids, const int* starts, const int* rows, int D) {
+static __global__ void embedding_backward_kernel(float* dE, const float* dx, const int* ids, const int* starts, const int* rows, int D) {
     const int t = blockIdx.x;
     for (int j = threadIdx.x; j < D; j += blockDim.x) {
         float s = 0.0f;
@@ -66,13 +65,9 @@ inline void embedding_backward(float* dE, const float* dx, const int* tokens_hos
 
 // ---- rmsnorm: out = x / sqrt(mean(x^2) + 1e-5) * g ----
 
-__device__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 // grid (ceil(N / kRowsPerBlock)), block (32, kRowsPerBlock): one warp per row
-__global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* x, const float* g, int N, int D) {
+static __global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* x, const float* g, int N, int D) {
     const int i = blockIdx.x * kRowsPerBlock + threadIdx.y;
     if (i >= N) return;  // whole warps leave together
     const float* xi = x + (size_t)i * D;
@@ -88,7 +83,7 @@ inline void rmsnorm_forward(float* out, float* rstd, const float* x, const float
 }
 
 // grid (ceil(D / 128)), block 128: dg[j] += sum over rows, in row order (deterministic)
-__global__ void rmsnorm_backward_dg_kernel(float* dg, const float* dout, const float* x, const float* rstd, int N, int D) {
+static __global__ void rmsnorm_backward_dg_kernel(float* dg, const float* dout, const float* x, const float* rstd, int N, int D) {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= D) return;
     float s = 0.0f;
@@ -96,7 +91,7 @@ __global__ void rmsnorm_backward_dg_kernel(float* dg, const float* dout, const f
     dg[j] += s;
 }
 // grid (ceil(N / kRowsPerBlock)), block (32, kRowsPerBlock): dx may alias dout
-__global__ void rmsnorm_backward_dx_kernel(float* dx, const float* dout, const float* x, const float* g, const float* rstd, int N, int D) {
+static __global__ void rmsnorm_backward_dx_kernel(float* dx, const float* dout, const float* x, const float* g, const float* rstd, int N, int D) {
     const int i = blockIdx.x * kRowsPerBlock + threadIdx.y;
     if (i >= N) return;
     const float *xi = x + (size_t)i * D, *dyi = dout + (size_t)i * D, r = rstd[i];
@@ -114,33 +109,33 @@ inline void rmsnorm_backward(float* dx, float* dg, const float* dout, const floa
 
 // ---- RoPE on the q and k heads of the fused qkv rows; every copy at its position n ----
 
-// one thread per (row, head, pair i); sign +1 rotates (forward), -1 rotates back (backward)
-__global__ void rope_kernel(float* qkv, const float* cosT, const float* sinT, Config c, int T, int N, float sign) {
+// one thread per (row, head, pair i); row i is at position pos[i] (every copy at its n);
+// sign +1 rotates (forward), -1 rotates back (backward)
+static __global__ void rope_kernel(float* qkv, const int* pos, const float* cosT, const float* sinT, Config c, int N, float sign) {
     const int half = c.hd() / 2, heads = c.H + c.Hkv;
     const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long)N * heads * half) return;
-    const int i = idx % half, h = idx / half % heads, row = idx / ((long)half * heads);
-    int n, copy;
-    regrouped_token(c, T, row % (T * c.K), &n, &copy);
+    const int i = idx % half, h = idx / half % heads, row = idx / ((long)half * heads), n = pos[row];
     float* z = qkv + (size_t)row * c.qkv_dim() + h * c.hd();
     const float cs = cosT[n * half + i], sn = sign * sinT[n * half + i], a = z[i], b = z[i + half];
     z[i] = a * cs - b * sn;
     z[i + half] = a * sn + b * cs;
 }
-inline void rope_forward(float* qkv, const float* cosT, const float* sinT, const Config& c, int B, int T, cudaStream_t s) {
-    const long total = (long)B * T * c.K * (c.H + c.Hkv) * (c.hd() / 2);
-    launch(rope_kernel, dim3((unsigned)((total + 255) / 256)), dim3(256), 0, s, qkv, cosT, sinT, c, T, B * T * c.K, 1.0f);
+// qkv (N, qkv_dim), pos (N): the same arguments as the CPU's rope_forward, on the device
+inline void rope_forward(float* qkv, const int* pos, const Config& c, int N, const float* cosT, const float* sinT, cudaStream_t s) {
+    const long total = (long)N * (c.H + c.Hkv) * (c.hd() / 2);
+    launch(rope_kernel, dim3((unsigned)((total + 255) / 256)), dim3(256), 0, s, qkv, pos, cosT, sinT, c, N, 1.0f);
     cudaCheck(cudaGetLastError());
 }
-inline void rope_backward(float* dqkv, const float* cosT, const float* sinT, const Config& c, int B, int T, cudaStream_t s) {
-    const long total = (long)B * T * c.K * (c.H + c.Hkv) * (c.hd() / 2);
-    launch(rope_kernel, dim3((unsigned)((total + 255) / 256)), dim3(256), 0, s, dqkv, cosT, sinT, c, T, B * T * c.K, -1.0f);
+inline void rope_backward(float* dqkv, const int* pos, const Config& c, int N, const float* cosT, const float* sinT, cudaStream_t s) {
+    const long total = (long)N * (c.H + c.Hkv) * (c.hd() / 2);
+    launch(rope_kernel, dim3((unsigned)((total + 255) / 256)), dim3(256), 0, s, dqkv, pos, cosT, sinT, c, N, -1.0f);
     cudaCheck(cudaGetLastError());
 }
 
 // ---- SwiGLU: g (N, F) = silu(h1) * h3, from h13 (N, 2F) = h1 | h3 ----
 
-__global__ void swiglu_forward_kernel(float* g, const float* h13, int N, int F) {
+static __global__ void swiglu_forward_kernel(float* g, const float* h13, int N, int F) {
     const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long)N * F) return;
     const long i = idx / F, j = idx % F;
@@ -151,7 +146,7 @@ inline void swiglu_forward(float* g, const float* h13, int N, int F, cudaStream_
     launch(swiglu_forward_kernel, dim3((unsigned)(((long)N * F + 255) / 256)), dim3(256), 0, s, g, h13, N, F);
     cudaCheck(cudaGetLastError());
 }
-__global__ void swiglu_backward_kernel(float* dh13, const float* dg, const float* h13, int N, int F) {
+static __global__ void swiglu_backward_kernel(float* dh13, const float* dg, const float* h13, int N, int F) {
     const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long)N * F) return;
     const long i = idx / F, j = idx % F;
@@ -166,7 +161,7 @@ inline void swiglu_backward(float* dh13, const float* dg, const float* h13, int 
 
 // ---- residual stream: y += x; the last copies in and out of the B*T rows the head sees ----
 
-__global__ void add_inplace_kernel(float* y, const float* x, size_t n) {
+static __global__ void add_inplace_kernel(float* y, const float* x, size_t n) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] += x[i];
 }
@@ -176,7 +171,7 @@ inline void add_inplace(float* y, const float* x, size_t n, cudaStream_t s) {
 }
 
 // grid (B*T), block min(D, 256): xlast (B, T, D) = the rows (n, K-1) of x (B, TK, D)
-__global__ void last_copy_forward_kernel(float* xlast, const float* x, Config c, int T) {
+static __global__ void last_copy_forward_kernel(float* xlast, const float* x, Config c, int T) {
     const int i = blockIdx.x, b = i / T, r = b * T * c.K + regrouped_row(c, T, i % T, c.K - 1);
     for (int j = threadIdx.x; j < c.D; j += blockDim.x) xlast[(size_t)i * c.D + j] = x[(size_t)r * c.D + j];
 }
@@ -185,7 +180,7 @@ inline void last_copy_forward(float* xlast, const float* x, const Config& c, int
     cudaCheck(cudaGetLastError());
 }
 // dx (B, TK, D) = 0 except the last-copy rows, which get dxlast (B, T, D)
-__global__ void last_copy_backward_kernel(float* dx, const float* dxlast, Config c, int T) {
+static __global__ void last_copy_backward_kernel(float* dx, const float* dxlast, Config c, int T) {
     const int i = blockIdx.x, b = i / T, r = b * T * c.K + regrouped_row(c, T, i % T, c.K - 1);
     for (int j = threadIdx.x; j < c.D; j += blockDim.x) dx[(size_t)r * c.D + j] = dxlast[(size_t)i * c.D + j];
 }

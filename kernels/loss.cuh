@@ -6,23 +6,8 @@
 
 static constexpr int kLossThreads = 256;
 
-// Block-wide reduction (sum, or max when is_max), result in every thread.
-__device__ float block_reduce(float v, bool is_max) {
-    __shared__ float part[kLossThreads / 32];
-    for (int o = 16; o > 0; o /= 2) {
-        float w = __shfl_xor_sync(0xffffffffu, v, o);
-        v = is_max ? fmaxf(v, w) : v + w;
-    }
-    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
-    __syncthreads();
-    v = part[0];
-    for (int w = 1; w < kLossThreads / 32; w++) v = is_max ? fmaxf(v, part[w]) : v + part[w];
-    __syncthreads();  // part is reused by the next call
-    return v;
-}
-
 // grid (N), block kLossThreads: losses (N), lse (N) from logits (N, Vp)
-__global__ void crossentropy_forward_kernel(float* losses, float* lse, const float* logits, const int* targets, int V, int Vp) {
+static __global__ void crossentropy_forward_kernel(float* losses, float* lse, const float* logits, const int* targets, int V, int Vp) {
     const float* z = logits + (size_t)blockIdx.x * Vp;
     float mx = -INFINITY, sum = 0.0f;
     for (int j = threadIdx.x; j < V; j += kLossThreads) mx = fmaxf(mx, z[j]);
@@ -40,7 +25,7 @@ inline void crossentropy_forward(float* losses, float* lse, const float* logits,
 }
 
 // grid (N), block kLossThreads: logits become dloss_row * (softmax - onehot), padding 0
-__global__ void crossentropy_backward_kernel(float* logits, const float* lse, const int* targets, float dloss_row, int V, int Vp) {
+static __global__ void crossentropy_backward_kernel(float* logits, const float* lse, const int* targets, float dloss_row, int V, int Vp) {
     float* z = logits + (size_t)blockIdx.x * Vp;
     const float l = lse[blockIdx.x];
     const int y = targets[blockIdx.x];

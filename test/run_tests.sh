@@ -59,11 +59,13 @@ expect() {
 }
 
 run gpu-emulated ./build/test_gpu_emu
-# Under the sanitizers every kernel runs; the whole-model tests (the same kernels, strung
-# together, and slow there) run in the plain emulated build only.
-run gpu-tsan env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --test-case-exclude='GPU model*'  # libgomp is not instrumented: one CPU thread
+# The kernel lab's checks at a tiny shape, on the emulation (its timings mean nothing here).
+run kernel-lab ./build/bench_gpu_emu --tiny
+# Under the sanitizers every kernel runs; the whole-model and whole-decoder tests (the same
+# kernels, strung together, and slow there) run in the plain emulated build only.
+run gpu-tsan env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --test-case-exclude='GPU model*,GPU decoder*'  # libgomp is not instrumented: one CPU thread
 expect tsan-catches-race "WARNING: ThreadSanitizer: data race" env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --no-skip=true --test-case='sanitizer-race*'
-run gpu-asan ./build/test_gpu_asan --test-case-exclude='GPU model*'
+run gpu-asan ./build/test_gpu_asan --test-case-exclude='GPU model*,GPU decoder*'
 expect asan-catches-overflow "AddressSanitizer: heap-buffer-overflow" ./build/test_gpu_asan --no-skip=true --test-case='sanitizer-bounds*'
 if [ -x build/test_gpu_native ]; then
     out=$(./build/test_gpu_native 2>&1 | tail -n 1)

@@ -48,8 +48,8 @@ template<typename Real> static void check_decoder(const char* variant, double to
             const Real* want = full.logits + (size_t)(len - 1) * c.Vp;
             double worst = 0, scale = 0;
             for (int j = 0; j < c.V; j++) {
-                worst = std::max(worst, (double)std::fabs(dec.logits[j] - want[j]));
-                scale = std::max(scale, (double)std::fabs(want[j]));
+                worst = max_nan(worst, (double)std::fabs(dec.logits[j] - want[j]));
+                scale = max_nan(scale, (double)std::fabs(want[j]));
             }
             INFO("after " << s << " decode steps: max |diff| " << worst << " of logits up to " << scale);
             CHECK(worst <= tol * scale);

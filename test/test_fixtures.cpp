@@ -10,8 +10,8 @@ static const char* kFixtureVariants[] = {"vanilla", "phd-3", "phd-swa-3-2", "phd
 static double rel_diff(const float* got, const float* want, size_t n) {
     double d = 0, ref = 0;
     for (size_t i = 0; i < n; i++) {
-        d = std::max(d, (double)std::fabs(got[i] - want[i]));
-        ref = std::max(ref, (double)std::fabs(want[i]));
+        d = max_nan(d, (double)std::fabs(got[i] - want[i]));
+        ref = max_nan(ref, (double)std::fabs(want[i]));
     }
     return d / ref;
 }

@@ -24,24 +24,11 @@ template<typename T> static std::vector<T> to_host(const T* d, size_t n) {
     return h;
 }
 
-// Rows of a (B, T*K, width) tensor between the logical order and [originals | hidden].
-static std::vector<float> regroup(const std::vector<float>& x, const Config& c, int B, int T, int width, bool to_regrouped) {
-    std::vector<float> y(x.size());
-    const int TK = T * c.K;
-    for (int b = 0; b < B; b++)
-        for (int n = 0; n < T; n++)
-            for (int k = 0; k < c.K; k++) {
-                size_t logical = ((size_t)b * TK + n * c.K + k) * width, grouped = ((size_t)b * TK + regrouped_row(c, T, n, k)) * width;
-                std::copy_n(&x[to_regrouped ? logical : grouped], width, &y[to_regrouped ? grouped : logical]);
-            }
-    return y;
-}
-
 static double max_rel(const std::vector<float>& got, const std::vector<float>& want) {
     double d = 0, ref = 0;
     for (size_t i = 0; i < got.size(); i++) {
-        d = std::max(d, (double)std::fabs(got[i] - want[i]));
-        ref = std::max(ref, (double)std::fabs(want[i]));
+        d = max_nan(d, (double)std::fabs(got[i] - want[i]));
+        ref = max_nan(ref, (double)std::fabs(want[i]));
     }
     return d / ref;
 }
@@ -57,14 +44,14 @@ TEST_CASE("attention kernels: forward and backward equal the CPU reference; only
         attention_forward(o_ref.data(), lse_ref.data(), qkv.data(), c, B, T);
         attention_backward(dqkv_ref.data(), dout.data(), qkv.data(), o_ref.data(), lse_ref.data(), c, B, T);
 
-        float *d_qkv = to_device(regroup(qkv, c, B, T, ld, true)), *d_dout = to_device(regroup(dout, c, B, T, od, true));
+        float *d_qkv = to_device(regroup_rows(qkv, c, B, T, ld, true)), *d_dout = to_device(regroup_rows(dout, c, B, T, od, true));
         float *d_o = to_device(std::vector<float>(o_ref.size())), *d_lse = to_device(std::vector<float>(lse_ref.size()));
         float* d_dqkv = to_device(std::vector<float>(qkv.size(), NAN));  // every element must be written
         int* d_visited = to_device(std::vector<int>{0});
         attention_forward(d_o, d_lse, d_qkv, c, B, T, nullptr, d_visited);
         attention_backward(d_dqkv, d_dout, d_qkv, d_o, d_lse, c, B, T, nullptr);
-        std::vector<float> o = regroup(to_host(d_o, o_ref.size()), c, B, T, od, false);
-        std::vector<float> dqkv = regroup(to_host(d_dqkv, qkv.size()), c, B, T, ld, false);
+        std::vector<float> o = regroup_rows(to_host(d_o, o_ref.size()), c, B, T, od, false);
+        std::vector<float> dqkv = regroup_rows(to_host(d_dqkv, qkv.size()), c, B, T, ld, false);
         std::vector<float> lse_g = to_host(d_lse, lse_ref.size()), lse(lse_g.size());
         for (int b = 0; b < B; b++)
             for (int h = 0; h < c.H; h++)
@@ -97,7 +84,7 @@ TEST_CASE("attention kernels: forward and backward equal the CPU reference; only
 
         // Deterministic: a second backward gives the same bits.
         attention_backward(d_dqkv, d_dout, d_qkv, d_o, d_lse, c, B, T, nullptr);
-        CHECK(regroup(to_host(d_dqkv, qkv.size()), c, B, T, ld, false) == dqkv);
+        CHECK(regroup_rows(to_host(d_dqkv, qkv.size()), c, B, T, ld, false) == dqkv);
         for (void* p : {(void*)d_qkv, (void*)d_dout, (void*)d_o, (void*)d_lse, (void*)d_dqkv, (void*)d_visited}) cudaCheck(cudaFree(p));
     }
 }
@@ -117,11 +104,13 @@ TEST_CASE("embedding kernels: K-fold repetition, deterministic backward, against
     std::vector<float> x_ref((size_t)N * c.D), dE_ref = random_vec<float>(E.size(), 6);
     std::vector<float> dE0 = dE_ref;
     embedding_forward(x_ref.data(), tok.data(), E.data(), B, T, c.K, c.D);
-    embedding_backward(dE_ref.data(), regroup(dx, c, B, T, c.D, false).data(), tok.data(), B, T, c.K, c.D);
-    int* d_tok = to_device(tok);
+    embedding_backward(dE_ref.data(), regroup_rows(dx, c, B, T, c.D, false).data(), tok.data(), B, T, c.K, c.D);
+    std::vector<int> row_tok(N);  // the regrouped rows' tokens, as GpuModel lays them out
+    for (int i = 0; i < N; i++) row_tok[i] = tok[i / TK * T + regrouped_position(c, T, i % TK)];
+    int* d_tok = to_device(row_tok);
     float *d_E = to_device(E), *d_x = to_device(std::vector<float>(x_ref.size())), *d_dx = to_device(dx), *d_dE = to_device(dE0);
-    embedding_forward(d_x, d_tok, d_E, c, B, T, nullptr);
-    CHECK(regroup(to_host(d_x, x_ref.size()), c, B, T, c.D, false) == x_ref);  // copies: exact
+    embedding_forward(d_x, d_tok, d_E, N, c.D, nullptr);
+    CHECK(regroup_rows(to_host(d_x, x_ref.size()), c, B, T, c.D, false) == x_ref);  // copies: exact
     embedding_backward(d_dE, d_dx, tok.data(), c, B, T, nullptr);
     std::vector<float> dE = to_host(d_dE, E.size());
     CHECK(max_rel(dE, dE_ref) < 1e-6);  // sums of up to K*B*T/20 rows in another order
@@ -154,11 +143,12 @@ TEST_CASE("rmsnorm, rope and swiglu kernels against the CPU, forward and backwar
     std::vector<int> pos(N);
     for (int r = 0; r < N; r++) pos[r] = r % (T * c.K) / c.K;
     rope_forward(rot_ref.data(), pos.data(), c, N, M.rope_cos.data(), M.rope_sin.data());
-    float *d_qkv = to_device(regroup(qkv, c, B, T, ld, true)), *d_cos = to_device(M.rope_cos), *d_sin = to_device(M.rope_sin);
-    rope_forward(d_qkv, d_cos, d_sin, c, B, T, nullptr);
-    CHECK(max_rel(regroup(to_host(d_qkv, qkv.size()), c, B, T, ld, false), rot_ref) < 1e-6);
-    rope_backward(d_qkv, d_cos, d_sin, c, B, T, nullptr);  // the inverse rotation restores the input
-    CHECK(max_rel(regroup(to_host(d_qkv, qkv.size()), c, B, T, ld, false), qkv) < 1e-6);
+    float *d_qkv = to_device(qkv), *d_cos = to_device(M.rope_cos), *d_sin = to_device(M.rope_sin);
+    int* d_pos = to_device(pos);
+    rope_forward(d_qkv, d_pos, c, N, d_cos, d_sin, nullptr);
+    CHECK(max_rel(to_host(d_qkv, qkv.size()), rot_ref) < 1e-6);
+    rope_backward(d_qkv, d_pos, c, N, d_cos, d_sin, nullptr);  // the inverse rotation restores the input
+    CHECK(max_rel(to_host(d_qkv, qkv.size()), qkv) < 1e-6);
 
     // swiglu
     std::vector<float> h13 = random_vec<float>((size_t)N * 2 * F, 11, 3.0), dgg = random_vec<float>((size_t)N * F, 12);
@@ -171,7 +161,7 @@ TEST_CASE("rmsnorm, rope and swiglu kernels against the CPU, forward and backwar
     CHECK(max_rel(to_host(d_gg, gg_ref.size()), gg_ref) < 1e-6);
     CHECK(max_rel(to_host(d_dh, h13.size()), dh_ref) < 1e-6);
     for (void* p : {(void*)d_x, (void*)d_g, (void*)d_out, (void*)d_rstd, (void*)d_dy, (void*)d_dg, (void*)d_qkv, (void*)d_cos,
-                    (void*)d_sin, (void*)d_h13, (void*)d_gg, (void*)d_dgg, (void*)d_dh})
+                    (void*)d_sin, (void*)d_pos, (void*)d_h13, (void*)d_gg, (void*)d_dgg, (void*)d_dh})
         cudaCheck(cudaFree(p));
 }
 

@@ -136,7 +136,7 @@ TEST_CASE("gemm handles every stride pattern and accumulation, off tile multiple
                     for (int j = 0; j < N; j++) {
                         double s = acc ? C0[i * N + j] : 0.0;
                         for (int p = 0; p < Kd; p++) s += A[i * ars + p * acs] * B[p * brs + j * bcs];
-                        worst = std::max(worst, std::fabs(s - C[i * N + j]));
+                        worst = max_nan(worst, std::fabs(s - C[i * N + j]));
                     }
                 INFO("transA " << ta << " transB " << tb << " accumulate " << acc);
                 CHECK(worst < 1e-12);
@@ -368,10 +368,15 @@ TEST_CASE("structured attention equals dense attention masked with the predicate
         std::vector<float> o((size_t)B * T * c.K * c.H * c.hd()), od(o.size()), lse((size_t)B * c.H * T * c.K);
         attention_forward(o.data(), lse.data(), qkv.data(), c, B, T);
         dense_attention(od.data(), qkv.data(), c, B, T);
-        float worst = 0;
-        for (size_t i = 0; i < o.size(); i++) worst = std::max(worst, std::fabs(o[i] - od[i]));
-        INFO(std::string(v) << ": max abs difference " << worst);
-        CHECK(worst <= 1e-6f);
+        double worst = 0, scale = 0;
+        for (size_t i = 0; i < o.size(); i++) {
+            worst = max_nan(worst, std::fabs(o[i] - od[i]));
+            scale = max_nan(scale, std::fabs(od[i]));
+        }
+        INFO(std::string(v) << ": max abs difference " << worst << " of outputs up to " << scale);
+        // float sums over up to 111 keys in two orders; how the compiler vectorises them
+        // varies by machine: 2e-6 of the scale is ~16 ulp
+        CHECK(worst <= 2e-6 * scale);
     }
 }
 
@@ -380,7 +385,7 @@ TEST_CASE("exp_fast in float is within 2 ulp of exp over the softmax range") {
     for (int i = 0; i <= 200000; i++) {
         float x = -87.0f + 175.0f * i / 200000;
         double want = std::exp((double)x), got = exp_fast(x);
-        worst = std::max(worst, std::fabs(got - want) / want);
+        worst = max_nan(worst, std::fabs(got - want) / want);
     }
     INFO("worst relative error " << worst);
     CHECK(worst < 2.5e-7);  // 2 ulp of float is 2.4e-7 relative

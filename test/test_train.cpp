@@ -246,7 +246,7 @@ TEST_CASE("check-state: float forward/backward against a double-precision debug 
         DebugState s = load_debug_state(st.c_str());
         ParamTensor w2 = param_tensors(c)[1 + kTensorsPerLayer + 8];
         float scale = 0;
-        for (size_t i = 0; i < w2.size(); i++) scale = std::max(scale, std::fabs(s.grads[w2.offset + i]));
+        for (size_t i = 0; i < w2.size(); i++) scale = max_nan(scale, std::fabs(s.grads[w2.offset + i]));
         s.grads[w2.offset + 5] += 0.01f * scale;
         save_debug_state(st.c_str(), s);
         rc = run(std::string(kBin) + " -e " + ck + " --check-state " + st, &out);
@@ -360,5 +360,33 @@ TEST_CASE("--device cuda (emulated): --compare-cpu, --check-state, training that
     for (int i = 0; i < 2; i++) {
         INFO("resumed step " << i + 2 << ": " << lm[i] << " | cuda " << lg[i + 2]);
         CHECK(std::fabs(value(lm[i]) - value(lg[i + 2])) <= 1e-4 * value(lg[i + 2]));
+    }
+    // Generation with the GPU decoder: the CPU decoder's greedy tokens and cache report.
+    std::string gen = std::string(kEmuBin) + " -e " + g + "/model_00000002.bin --generate 8 --prompt-ids '3 1 4 1 5 9' --temperature 0 ",
+                on_cpu;
+    REQUIRE(run(gen + "--device cpu", &on_cpu) == 0);
+    REQUIRE(run(gen + "--device cuda", &out) == 0);
+    INFO(on_cpu << "\n" << out);
+    CHECK(out.substr(0, out.find('\n')) == on_cpu.substr(0, on_cpu.find('\n')));
+    CHECK(out.find("on cuda") != std::string::npos);
+    auto cache_line = [](const std::string& o) { return o.substr(o.find("KV cache after")); };
+    CHECK(cache_line(out) == cache_line(on_cpu));
+}
+
+TEST_CASE("--device cuda (emulated): what does not fit in GPU memory gets one clear error line") {
+    // The emulated device gets PHD_EMU_DEVICE_MEMORY bytes; the model of tiny_flags().
+    Config c = tiny_config("phd-cswa-3-4-5", 32, 16);
+    c.D = 32; c.F = 48;
+    const size_t P = num_params(c) * sizeof(float);
+    std::string shard = make_shard("oom.bin", 3000, 9), out;
+    struct Case { size_t bytes; std::string expect; };
+    for (const Case& k : {Case{1000, "GPU memory: parameters and gradients need"}, Case{3 * P, "GPU memory: AdamW moments need"},
+                          Case{4 * P + 65536, "GPU memory: activations for B=2 T=16 need"}}) {
+        int rc = run("PHD_EMU_DEVICE_MEMORY=" + std::to_string(k.bytes) + " " + kEmuBin + tiny_flags() +
+                         "--variant phd-cswa-3-4-5 --device cuda -x 1 -v 0 -s 0 -i " + shard + " -o " + tmp("oom"), &out);
+        INFO(k.bytes << " bytes -> " << out);
+        CHECK(rc == 1);
+        CHECK(out.find(k.expect) != std::string::npos);
+        CHECK(out.find("MiB free of") != std::string::npos);
     }
 }

@@ -18,6 +18,9 @@ static inline Config tiny_config(const char* variant, int V = 11, int maxT = 9) 
     return c;
 }
 
+// std::max that keeps a NaN, so that a comparison which met one fails instead of passing.
+static inline double max_nan(double a, double b) { return std::isnan(a) || std::isnan(b) ? NAN : std::max(a, b); }
+
 template<typename Real> std::vector<Real> random_vec(size_t n, uint64_t seed, double scale = 1.0) {
     Rng rng{seed};
     std::vector<Real> v(n);
@@ -50,7 +53,7 @@ static inline void check_fd(const char* what, std::vector<double>& x, const std:
         x[i] = keep - h; double lm = loss();
         x[i] = keep;
         double fd = (lp - lm) / (2 * h), err = std::fabs(fd - grad[i]) / gmax;
-        if (err > worst) { worst = err; worst_i = i; }
+        if (std::isnan(err) || err > worst) { worst = err; worst_i = i; }  // a NaN stays the worst: it fails
     }
     loss();
     INFO(what << ": worst relative error " << worst << " at element " << worst_i << " (max |grad| " << gmax << ")");

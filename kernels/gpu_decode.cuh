@@ -1,0 +1,149 @@
+// kernels/gpu_decode.cuh: KV-cache inference on the GPU, the same steps as Decoder in
+// decode.h (read that first): pre-fill of a prompt as one block of the rows its variant
+// needs, then one block of the K copies of each new token. The weights, cuBLAS and the RoPE
+// tables are a GpuModel's; the block's rows are regrouped [originals | hidden] (the form
+// kernels/kv_cache.cuh needs); only the block's last row, the last copy of the newest
+// position, goes through the LM head.
+#pragma once
+#include <vector>
+#include "../decode.h"
+#include "gpu_model.cuh"
+#include "kv_cache.cuh"
+
+struct GpuDecoder {
+    GpuModel& G;
+    std::vector<KVLayer> cache;       // (L)
+    int t = 0;                        // positions in the context so far
+    long hidden_computed = 0;         // hidden-token rows computed so far (pre-fill + decode)
+    size_t window_entries = 0;        // hidden tokens a cache that evicts would hold (decode.h's window)
+    int window_chunk = -1;            // phd-cswa: the chunk those belong to
+    std::vector<float> logits;        // (Vp) last copy of the newest position
+
+    // The block's activations, (rows, .) each, for up to `rows` rows (grown on demand).
+    int rows = 0;
+    float *x = nullptr, *a = nullptr, *xm = nullptr, *f = nullptr, *rstd = nullptr;  // (rows, D), rstd (rows)
+    float *qkv = nullptr, *o = nullptr, *h13 = nullptr, *g = nullptr;              // (rows, qkv_dim), (rows, H*hd), (rows, 2F), (rows, F)
+    float* d_logits = nullptr;                                                    // (Vp)
+    int *d_tok = nullptr, *d_pos = nullptr;                                       // (rows)
+    int2* d_nc = nullptr;                                                         // (rows) (n, c)
+
+    explicit GpuDecoder(GpuModel& model) : G(model), cache(model.cfg.L), logits(model.cfg.Vp) {
+        const Config& c = G.cfg;
+        const size_t kvdim = (size_t)c.Hkv * c.hd(), cap = (size_t)c.maxT * (c.variant == NAIVE ? c.K : 1);
+        const int W = (c.variant == PHD_SWA || c.variant == PHD_CSWA) ? c.W : 0;
+        gpu_check_fits(c.L * ((cap + W) * (2 * kvdim * sizeof(float) + sizeof(int2))), "KV-cache buffers");
+        for (KVLayer& L : cache) {
+            L.win_slots = W;
+            cudaCheck(cudaMalloc(&L.kept_k, cap * kvdim * sizeof(float)));
+            cudaCheck(cudaMalloc(&L.kept_v, cap * kvdim * sizeof(float)));
+            cudaCheck(cudaMalloc(&L.kept_nc, cap * sizeof(int2)));
+            if (W == 0) continue;
+            cudaCheck(cudaMalloc(&L.win_k, W * kvdim * sizeof(float)));
+            cudaCheck(cudaMalloc(&L.win_v, W * kvdim * sizeof(float)));
+            cudaCheck(cudaMalloc(&L.win_nc, W * sizeof(int2)));
+            std::vector<int2> empty(W, make_int2(-1, 0));
+            cudaCheck(cudaMemcpy(L.win_nc, empty.data(), W * sizeof(int2), cudaMemcpyHostToDevice));
+        }
+        cudaCheck(cudaMalloc(&d_logits, c.Vp * sizeof(float)));
+    }
+    ~GpuDecoder() {
+        free_block();
+        for (KVLayer& L : cache)
+            for (void* p : {(void*)L.kept_k, (void*)L.kept_v, (void*)L.kept_nc, (void*)L.win_k, (void*)L.win_v, (void*)L.win_nc}) cudaFree(p);
+        cudaFree(d_logits);
+    }
+    GpuDecoder(const GpuDecoder&) = delete;
+    GpuDecoder& operator=(const GpuDecoder&) = delete;
+
+    void free_block() {
+        for (void* p : {(void*)x, (void*)a, (void*)xm, (void*)f, (void*)rstd, (void*)qkv, (void*)o, (void*)h13, (void*)g, (void*)d_tok,
+                        (void*)d_pos, (void*)d_nc})
+            cudaFree(p);
+    }
+    void reserve(int R) {
+        if (R <= rows) return;
+        const Config& c = G.cfg;
+        free_block();
+        rows = R;
+        const size_t floats = (size_t)R * (4 * c.D + 1 + c.qkv_dim() + c.H * c.hd() + 3 * c.F);
+        gpu_check_fits(floats * sizeof(float) + (size_t)R * (2 * sizeof(int) + sizeof(int2)), "decoder activations");
+        for (auto [buf, width] : {std::pair<float**, int>{&x, c.D}, {&a, c.D}, {&xm, c.D}, {&f, c.D}, {&rstd, 1}, {&qkv, c.qkv_dim()},
+                                  {&o, c.H * c.hd()}, {&h13, 2 * c.F}, {&g, c.F}})
+            cudaCheck(cudaMalloc(buf, (size_t)R * width * sizeof(float)));
+        cudaCheck(cudaMalloc(&d_tok, R * sizeof(int)));
+        cudaCheck(cudaMalloc(&d_pos, R * sizeof(int)));
+        cudaCheck(cudaMalloc(&d_nc, R * sizeof(int2)));
+    }
+
+    // Cache entries per layer (the same in every layer), as decode.h counts them: what an
+    // evicting cache holds. The device keeps W window slots whatever the count.
+    size_t cache_entries() const { return cache[0].kept + window_entries; }
+    size_t cache_bytes() const { return cache_entries() * 2 * G.cfg.Hkv * G.cfg.hd() * sizeof(float) * G.cfg.L; }
+
+    void prefill(const int* prompt, int P) {
+        std::vector<int> ns, cs, toks;
+        prefill_rows(G.cfg, P, &ns, &cs);
+        for (int n : ns) toks.push_back(prompt[n]);
+        run_block(ns, cs, toks);
+    }
+    void step(int token) {
+        std::vector<int> ns(G.cfg.K, t), cs, toks(G.cfg.K, token);
+        for (int k = 0; k < G.cfg.K; k++) cs.push_back(k);
+        run_block(ns, cs, toks);
+    }
+
+    // Rows (n, c) in increasing logical order, as decode.h's run_block takes them.
+    void run_block(const std::vector<int>& ns_in, const std::vector<int>& cs_in, const std::vector<int>& toks_in) {
+        const Config& c = G.cfg;
+        if (ns_in.back() >= c.maxT) die("context of %d tokens exceeds the model's max sequence length %d", ns_in.back() + 1, c.maxT);
+        // Regroup: originals, then hidden tokens (both stay in logical order).
+        std::vector<int> ns, toks;
+        std::vector<int2> nc;
+        for (int pass = 0; pass < 2; pass++)
+            for (size_t r = 0; r < ns_in.size(); r++)
+                if ((cs_in[r] > 0) == (pass == 1)) { ns.push_back(ns_in[r]); toks.push_back(toks_in[r]); nc.push_back(make_int2(ns_in[r], cs_in[r])); }
+        const int R = (int)ns.size(), D = c.D, hd = c.hd();
+        DecodeBlock b{R, 0, ns[0], 0};
+        while (b.Ro < R && nc[b.Ro].y == 0) b.Ro++;
+        if (b.Ro < R) b.h0 = nc[b.Ro].x * (c.K - 1) + nc[b.Ro].y - 1;
+        for (int r = 0; r < R; r++)  // the form kv_cache.cuh relies on
+            if ((r < b.Ro && nc[r].x != b.n0 + r) || (r >= b.Ro && nc[r].x * (c.K - 1) + nc[r].y - 1 != b.h0 + r - b.Ro))
+                die("GpuDecoder: block row %d (%d, %d) breaks the regrouped form", r, nc[r].x, nc[r].y);
+        reserve(R);
+        cudaCheck(cudaMemcpy(d_tok, toks.data(), R * sizeof(int), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(d_pos, ns.data(), R * sizeof(int), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(d_nc, nc.data(), R * sizeof(int2), cudaMemcpyHostToDevice));
+        for (int r = b.Ro; r < R; r++) count_hidden(nc[r].x);
+        embedding_forward(x, d_tok, G.p.E, R, D, G.stream);
+        for (int l = 0; l < c.L; l++) {
+            const LayerView<float>& w = G.p.layer[l];
+            rmsnorm_forward(a, rstd, x, w.g_attn, R, D, G.stream);
+            G.matmul(qkv, a, w.wqkv, R, D, c.qkv_dim(), false);
+            rope_forward(qkv, d_pos, c, R, G.rope_cos, G.rope_sin, G.stream);
+            attention_decode(o, qkv, d_nc, cache[l], b, c, G.stream);
+            kv_cache_append(cache[l], qkv, d_nc, b, c, G.stream);
+            G.copy(xm, x, (size_t)R * D);
+            G.matmul(xm, o, w.wo, R, c.H * hd, D, true);
+            rmsnorm_forward(f, rstd, xm, w.g_ffn, R, D, G.stream);
+            G.matmul(h13, f, w.w13, R, D, 2 * c.F, false);
+            swiglu_forward(g, h13, R, c.F, G.stream);
+            G.copy(x, xm, (size_t)R * D);
+            G.matmul(x, g, w.w2, R, c.F, D, true);
+        }
+        t = ns_in.back() + 1;
+        // Only the last copy of the newest position predicts: the regrouped block's last row.
+        rmsnorm_forward(f, rstd, x + (size_t)(R - 1) * D, G.p.g_final, 1, D, G.stream);
+        G.matmul(d_logits, f, G.p.wout, 1, D, c.Vp, false);
+        cudaCheck(cudaMemcpy(logits.data(), d_logits, c.Vp * sizeof(float), cudaMemcpyDeviceToHost));
+    }
+
+    // decode.h's window rule, counted: phd-swa keeps the last W hidden tokens; phd-cswa the
+    // last W of the current chunk.
+    void count_hidden(int n) {
+        hidden_computed++;
+        if (cache[0].win_slots == 0) return;
+        if (G.cfg.variant == PHD_CSWA && n / G.cfg.C != window_chunk) window_entries = 0;
+        window_chunk = G.cfg.variant == PHD_CSWA ? n / G.cfg.C : 0;
+        window_entries = std::min<size_t>(window_entries + 1, cache[0].win_slots);
+    }
+};

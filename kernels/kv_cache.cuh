@@ -1,0 +1,166 @@
+// kernels/kv_cache.cuh: the PHD KV cache on the GPU (PHD.md section 6): one layer's cache,
+// the attention of a block of new rows against it and against themselves, and the append
+// that moves the block into it. decode.h is the CPU version of the same steps; the tests
+// hold this one to it.
+//
+// One layer's cache (device):
+//   kept   k, v (cap, Hkv*hd), nc (cap): every original (every copy for naive-K), appended.
+//   window k, v (W, Hkv*hd), nc (W): phd-swa and phd-cswa only. The hidden token of stream
+//          index h lives in slot h % W, so the slots hold the last W hidden tokens written.
+//          A slot of an earlier chunk (cswa) or one never written (n = -1) is a candidate
+//          that phd_visible rejects: no eviction pass is needed.
+// A block (DecodeBlock): R rows, regrouped: Ro originals of consecutive positions n0.., then
+// the hidden tokens of consecutive stream indices h0.. (every block the decoder makes, a
+// pre-fill or a decode step, has this form).
+//
+// The candidate keys of query (n, c) are one index space [kept | window | block originals
+// 0..n | block hidden rows inside visible_hidden_range]: its visible keys plus at most W
+// window slots, each masked with phd_visible. So the work tracks the visible pairs (§7).
+#pragma once
+#include "attention.cuh"
+#include "layers.cuh"
+
+static constexpr int kDecodeThreads = 64;  // threads per (row, head): keys per tile, output dims per pass
+
+struct KVLayer {
+    float *kept_k = nullptr, *kept_v = nullptr;  // (cap, Hkv*hd)
+    int2* kept_nc = nullptr;                     // (cap) token (n, c) of each entry
+    float *win_k = nullptr, *win_v = nullptr;    // (W, Hkv*hd)
+    int2* win_nc = nullptr;                      // (W), n = -1 when empty
+    int kept = 0;                                // entries in kept
+    int win_slots = 0;                           // W for phd-swa and phd-cswa, else 0
+};
+
+struct DecodeBlock { int R, Ro, n0, h0; };
+
+// Where candidate j of a query lies: counts of the four parts of its index space.
+struct Candidates {
+    int kept, win, orig, hid, hid0;  // hid0: the first block hidden row, counted from row Ro
+    __device__ int count() const { return kept + win + orig + hid; }
+};
+static __device__ Candidates decode_candidates(const Config& c, const KVLayer& L, const DecodeBlock& b, int n, int copy) {
+    Candidates s;
+    s.kept = L.kept;
+    s.win = L.win_slots;
+    s.orig = min(max(n - b.n0 + 1, 0), b.Ro);
+    int lo, hi;
+    visible_hidden_range(c, n, copy, &lo, &hi);
+    lo = max(lo, b.h0);
+    hi = min(hi, b.h0 + b.R - b.Ro - 1);
+    s.hid0 = lo - b.h0;
+    s.hid = hi >= lo ? hi - lo + 1 : 0;
+    return s;
+}
+
+// Candidate j: its token (*m, *d) (m = -1: an empty slot) and its k and v rows (all kv heads).
+static __device__ void decode_key(const Candidates& s, int j, const KVLayer& L, const float* qkv, const int2* nc, const DecodeBlock& b,
+                           const Config& c, int* m, int* d, const float** k, const float** v) {
+    const size_t kvdim = (size_t)c.Hkv * c.hd(), ld = c.qkv_dim();
+    int2 t;
+    if (j < s.kept) {
+        t = L.kept_nc[j];
+        *k = L.kept_k + j * kvdim;
+        *v = L.kept_v + j * kvdim;
+    } else if (j < s.kept + s.win) {
+        j -= s.kept;
+        t = L.win_nc[j];
+        *k = L.win_k + j * kvdim;
+        *v = L.win_v + j * kvdim;
+    } else {
+        j -= s.kept + s.win;
+        const int row = j < s.orig ? j : b.Ro + s.hid0 + j - s.orig;
+        t = nc[row];
+        *k = qkv + row * ld + c.H * c.hd();
+        *v = *k + kvdim;
+    }
+    *m = t.x;
+    *d = t.y;
+}
+
+// grid (R, H), block kDecodeThreads: o (R, H*hd) for the block's rows; qkv (R, qkv_dim) with
+// RoPE applied; nc (R) the rows' tokens. Online softmax over tiles of kDecodeThreads
+// candidates: thread t scores candidate t of the tile, then owns output dims t, t + 64.
+static __global__ void attention_decode_kernel(float* o, const float* qkv, const int2* nc, KVLayer L, DecodeBlock b, Config c) {
+    __shared__ float q[kAttnMaxHd], p[kDecodeThreads];
+    __shared__ const float* vrow[kDecodeThreads];
+    const int i = blockIdx.x, h = blockIdx.y, t = threadIdx.x, hd = c.hd(), off = h / (c.H / c.Hkv) * hd;
+    const int n = nc[i].x, copy = nc[i].y;
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int e = t; e < hd; e += kDecodeThreads) q[e] = qkv[(size_t)i * c.qkv_dim() + h * hd + e];
+    __syncthreads();
+    const Candidates s = decode_candidates(c, L, b, n, copy);
+    float mx = -INFINITY, l = 0.0f, acc[kAttnMaxHd / kDecodeThreads] = {};
+    for (int j0 = 0; j0 < s.count(); j0 += kDecodeThreads) {
+        float score = -INFINITY;
+        const float* vr = nullptr;
+        if (j0 + t < s.count()) {
+            int m, d;
+            const float *kr, *v;
+            decode_key(s, j0 + t, L, qkv, nc, b, c, &m, &d, &kr, &v);
+            if (m >= 0 && phd_visible(c, n, copy, m, d)) {
+                float dot = 0.0f;
+                for (int e = 0; e < hd; e++) dot += q[e] * kr[off + e];
+                score = dot * scale;
+                vr = v + off;
+            }
+        }
+        const float mnew = fmaxf(mx, block_reduce(score, true));
+        const float pt = vr ? __expf(score - mnew) : 0.0f;
+        p[t] = pt;
+        vrow[t] = vr;
+        const float psum = block_reduce(pt, false);  // its barriers publish p and vrow
+        if (mnew > -INFINITY) {  // the same for every thread: some candidate so far was visible
+            const float corr = __expf(mx - mnew);
+            for (int u = 0; u < kAttnMaxHd / kDecodeThreads; u++) {
+                const int e = u * kDecodeThreads + t;
+                if (e >= hd) break;
+                float a = acc[u] * corr;
+                for (int j = 0; j < kDecodeThreads; j++)
+                    if (vrow[j]) a += p[j] * vrow[j][e];
+                acc[u] = a;
+            }
+            l = l * corr + psum;
+            mx = mnew;
+        }
+        __syncthreads();  // before the next tile overwrites p and vrow
+    }
+    for (int u = 0; u < kAttnMaxHd / kDecodeThreads; u++)  // l > 0: a query always sees itself
+        if (u * kDecodeThreads + t < hd) o[(size_t)i * c.H * hd + h * hd + u * kDecodeThreads + t] = acc[u] / l;
+}
+
+// grid (R), block 128: the block's keys and values enter the cache; run after every row of
+// the block has attended. Originals (every row for naive) append to kept; hidden rows go
+// to their window slot, unless a later row of the block takes the same slot.
+static __global__ void kv_cache_append_kernel(KVLayer L, const float* qkv, const int2* nc, DecodeBlock b, Config c) {
+    const int j = blockIdx.x, kvdim = c.Hkv * c.hd();
+    const float* kr = qkv + (size_t)j * c.qkv_dim() + c.H * c.hd();
+    float *kd, *vd;
+    int2* ncd;
+    if (c.variant == NAIVE || j < b.Ro) {
+        const int slot = L.kept + j;
+        kd = L.kept_k + (size_t)slot * kvdim; vd = L.kept_v + (size_t)slot * kvdim; ncd = L.kept_nc + slot;
+    } else {
+        const int hid = b.h0 + j - b.Ro, last = b.h0 + b.R - b.Ro - 1;
+        if (L.win_slots == 0 || hid <= last - L.win_slots) return;
+        const int slot = hid % L.win_slots;
+        kd = L.win_k + (size_t)slot * kvdim; vd = L.win_v + (size_t)slot * kvdim; ncd = L.win_nc + slot;
+    }
+    for (int e = threadIdx.x; e < kvdim; e += blockDim.x) {
+        kd[e] = kr[e];
+        vd[e] = kr[kvdim + e];
+    }
+    if (threadIdx.x == 0) *ncd = nc[j];
+}
+
+// Launchers: o, qkv, nc are the block's device tensors; L's counts are the host's.
+inline void attention_decode(float* o, const float* qkv, const int2* nc, const KVLayer& L, const DecodeBlock& b, const Config& c,
+                             cudaStream_t s) {
+    if (c.hd() > kAttnMaxHd) die("attention kernel: head size %d exceeds %d", c.hd(), kAttnMaxHd);
+    launch(attention_decode_kernel, dim3(b.R, c.H), dim3(kDecodeThreads), 0, s, o, qkv, nc, L, b, c);
+    cudaCheck(cudaGetLastError());
+}
+inline void kv_cache_append(KVLayer& L, const float* qkv, const int2* nc, const DecodeBlock& b, const Config& c, cudaStream_t s) {
+    launch(kv_cache_append_kernel, dim3(b.R), dim3(128), 0, s, L, qkv, nc, b, c);
+    cudaCheck(cudaGetLastError());
+    L.kept += c.variant == NAIVE ? b.R : b.Ro;
+}
