@@ -17,15 +17,31 @@
 #include <vector>
 #include "model.h"
 
-// The rows (n, c) a pre-fill of P tokens computes, in logical order: originals only up to
-// the first position whose hidden tokens are needed, every copy from there on.
-static inline void prefill_rows(const Config& c, int P, std::vector<int>* ns, std::vector<int>* cs) {
-    int first_full = 0;
-    if (c.variant == VANILLA || c.variant == PHD) first_full = P - 1;
-    if (c.variant == PHD_CSWA) first_full = (P - 1) / c.C * c.C;
-    for (int n = 0; n < P; n++)
-        for (int k = 0; k < (n < first_full ? 1 : c.K); k++) { ns->push_back(n); cs->push_back(k); }
-}
+// The blocks a decoder runs, for any Dec with cfg(), t and run_block(ns, cs, toks) (rows
+// (n, c) in increasing logical order, with their tokens): pre-fill of a P-token prompt as
+// one block, with originals only up to the first position whose hidden tokens are needed
+// and every copy from there on; then one block of the K copies of each new token.
+template<typename Dec> struct DecodeBlocks {
+    void prefill(const int* prompt, int P) {
+        Dec& d = static_cast<Dec&>(*this);
+        const Config& c = d.cfg();
+        int first_full = 0;
+        if (c.variant == VANILLA || c.variant == PHD) first_full = P - 1;
+        if (c.variant == PHD_CSWA) first_full = (P - 1) / c.C * c.C;
+        std::vector<int> ns, cs, toks;
+        for (int n = 0; n < P; n++)
+            for (int k = 0; k < (n < first_full ? 1 : c.K); k++) { ns.push_back(n); cs.push_back(k); toks.push_back(prompt[n]); }
+        d.run_block(ns, cs, toks);
+    }
+    // Feeds the K copies of the next token; logits then hold its last copy's prediction.
+    void step(int token) {
+        Dec& d = static_cast<Dec&>(*this);
+        const int K = d.cfg().K;
+        std::vector<int> ns(K, d.t), cs, toks(K, token);
+        for (int k = 0; k < K; k++) cs.push_back(k);
+        d.run_block(ns, cs, toks);
+    }
+};
 
 template<typename Real> struct KVStore {
     std::vector<Real> k, v;  // (entries, Hkv*hd): keys after RoPE, values
@@ -46,7 +62,7 @@ template<typename Real> struct KVStore {
     void clear() { k.clear(); v.clear(); n.clear(); c.clear(); }
 };
 
-template<typename Real> struct Decoder {
+template<typename Real> struct Decoder : DecodeBlocks<Decoder<Real>> {
     const Model<Real>& M;
     std::vector<KVStore<Real>> kept, window;  // (L) each
     int t = 0;                       // positions in the context so far
@@ -59,20 +75,7 @@ template<typename Real> struct Decoder {
     size_t cache_entries() const { return kept[0].size() + window[0].size(); }
     size_t cache_bytes() const { return cache_entries() * 2 * M.cfg.Hkv * M.cfg.hd() * sizeof(float) * M.cfg.L; }
 
-    // One block (prefill_rows); the logits are the last copy's of position P-1.
-    void prefill(const int* prompt, int P) {
-        std::vector<int> ns, cs, toks;
-        prefill_rows(M.cfg, P, &ns, &cs);
-        for (int n : ns) toks.push_back(prompt[n]);
-        run_block(ns, cs, toks);
-    }
-
-    // Feeds the K copies of the next token; logits then hold its last copy's prediction.
-    void step(int token) {
-        std::vector<int> ns(M.cfg.K, t), cs, toks(M.cfg.K, token);
-        for (int c = 0; c < M.cfg.K; c++) cs.push_back(c);
-        run_block(ns, cs, toks);
-    }
+    const Config& cfg() const { return M.cfg; }
 
     // Rows (n, c) in increasing logical order, all layers; t moves past the block.
     void run_block(const std::vector<int>& ns, const std::vector<int>& cs, const std::vector<int>& toks) {

@@ -1,7 +1,7 @@
 // kernels/gpu_decode.cuh: KV-cache inference on the GPU, the same steps as Decoder in
-// decode.h (read that first): pre-fill of a prompt as one block of the rows its variant
-// needs, then one block of the K copies of each new token. The weights, cuBLAS and the RoPE
-// tables are a GpuModel's; the block's rows are regrouped [originals | hidden] (the form
+// decode.h (read that first), and the same blocks (DecodeBlocks: the pre-fill's rows, then
+// the K copies of each new token). The weights, cuBLAS and the RoPE tables are a
+// GpuModel's; the block's rows are regrouped [originals | hidden] (the form
 // kernels/kv_cache.cuh needs); only the block's last row, the last copy of the newest
 // position, goes through the LM head.
 #pragma once
@@ -10,7 +10,7 @@
 #include "gpu_model.cuh"
 #include "kv_cache.cuh"
 
-struct GpuDecoder {
+struct GpuDecoder : DecodeBlocks<GpuDecoder> {
     GpuModel& G;
     std::vector<KVLayer> cache;       // (L)
     int t = 0;                        // positions in the context so far
@@ -80,17 +80,7 @@ struct GpuDecoder {
     size_t cache_entries() const { return cache[0].kept + window_entries; }
     size_t cache_bytes() const { return cache_entries() * 2 * G.cfg.Hkv * G.cfg.hd() * sizeof(float) * G.cfg.L; }
 
-    void prefill(const int* prompt, int P) {
-        std::vector<int> ns, cs, toks;
-        prefill_rows(G.cfg, P, &ns, &cs);
-        for (int n : ns) toks.push_back(prompt[n]);
-        run_block(ns, cs, toks);
-    }
-    void step(int token) {
-        std::vector<int> ns(G.cfg.K, t), cs, toks(G.cfg.K, token);
-        for (int k = 0; k < G.cfg.K; k++) cs.push_back(k);
-        run_block(ns, cs, toks);
-    }
+    const Config& cfg() const { return G.cfg; }
 
     // Rows (n, c) in increasing logical order, as decode.h's run_block takes them.
     void run_block(const std::vector<int>& ns_in, const std::vector<int>& cs_in, const std::vector<int>& toks_in) {
