@@ -1,4 +1,4 @@
-// KV-cache inference benchmark (issues 6): the shape of the paper's latency study. Pre-fill
+// KV-cache inference benchmark (issue 6): the shape of the paper's latency study. Pre-fill
 // time of a P-token prompt vs K, and per-token decode latency vs K, for vanilla, phd-K,
 // phd-swa-K-16 and phd-cswa-K-16-32, batch 1; ratios to vanilla from the same run, and
 // KV-cache bytes per sequence. The same code drives decode.h's CPU decoder and, in the nvcc
@@ -69,7 +69,7 @@ int main(int argc, char** argv) {
     if (o.device == "cuda" && !gpu_available(&why)) die("bench_decode: --device cuda: %s", why.c_str());
 #endif
     if (o.device != "cpu" && o.device != "cuda") die("bench_decode: --device must be cpu or cuda");
-    if (o.device == "cuda") run("vanilla", o, 16, 2);  // warm-up: CUDA context, cuBLAS
+    run("vanilla", o, 16, 2);  // warm-up: first-touch memory, OpenMP threads, CUDA context, cuBLAS
     printf("L=%d D=%d H=%d V=50257, prompt P=%d, %d decode steps, batch 1, on %s", o.L, o.D, o.H, o.P, o.steps, o.device.c_str());
     if (o.device == "cpu") printf(" (%d OpenMP threads)", omp_get_max_threads());
     Result base = run("vanilla", o, o.P, o.steps);
