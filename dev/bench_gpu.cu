@@ -167,13 +167,13 @@ static void kernel_lab(const Options& o) {
     rmsnorm_forward(out_ref.data(), rstd_ref.data(), x.data(), g.data(), N, D);
     rmsnorm_backward(dx_ref.data(), dg_ref.data(), dy.data(), x.data(), g.data(), rstd_ref.data(), N, D);
     float *d_x = buf.up(x), *d_g = buf.up(g), *d_out = buf.zeros<float>(x.size()), *d_rstd = buf.zeros<float>(N);
-    float *d_dy = buf.up(dy), *d_dx = buf.zeros<float>(x.size()), *d_dg = buf.zeros<float>(D);
+    float *d_dy = buf.up(dy), *d_dx = buf.zeros<float>(x.size()), *d_dg = buf.zeros<float>(D), *d_scr = buf.zeros<float>((size_t)kDgChunks * D);
     ms = time_ms(reps, [&] { rmsnorm_forward(d_out, d_rstd, d_x, d_g, N, D, s); });
     report("rmsnorm_forward", rel_err(down(d_out, x.size()), out_ref), 1e-5, ms, 2.0 * N * D * 4, "GB/s");
     cudaCheck(cudaMemset(d_dg, 0, D * sizeof(float)));
-    rmsnorm_backward(d_dx, d_dg, d_dy, d_x, d_g, d_rstd, N, D, s);
+    rmsnorm_backward(d_dx, d_dg, d_dy, d_x, d_g, d_rstd, N, D, d_scr, s);
     const double dg_err = rel_err(down(d_dg, D), dg_ref);
-    ms = time_ms(reps, [&] { rmsnorm_backward(d_dx, d_dg, d_dy, d_x, d_g, d_rstd, N, D, s); });
+    ms = time_ms(reps, [&] { rmsnorm_backward(d_dx, d_dg, d_dy, d_x, d_g, d_rstd, N, D, d_scr, s); });
     report("rmsnorm_backward", std::max(rel_err(down(d_dx, x.size()), dx_ref), dg_err), 1e-4, ms, 5.0 * N * D * 4, "GB/s");
 
     // rope on the q and k heads

@@ -17,6 +17,7 @@
 // the thread that owns the key row, dq by the thread that owns the query row, each in a
 // fixed order, with no atomics.
 #pragma once
+#include <type_traits>
 #include <vector>
 #include "../model.h"
 #include "cuda_compat.h"
@@ -65,178 +66,280 @@ static __device__ bool query_meets_tile(const Config& c, int T, int r, int k0, i
     return h1 > h0 && lo <= hi && lo < h1 && hi >= h0;
 }
 
-// Keys and values of rows [k0, k1) of kv head kv into shared memory, one row per thread.
-static __device__ void load_kv_tile(float (*ks)[kAttnMaxHd], float (*vs)[kAttnMaxHd], const float* base, const Config& c, int kv,
-                             int k0, int k1) {
-    const int hd = c.hd(), ld = c.qkv_dim(), r = k0 + threadIdx.x;
-    if (r < k1)
-        for (int e = 0; e < hd; e++) {
-            ks[threadIdx.x][e] = base[(size_t)r * ld + (c.H + kv) * hd + e];
-            vs[threadIdx.x][e] = base[(size_t)r * ld + (c.H + c.Hkv + kv) * hd + e];
-        }
+// Each thread keeps its row's vectors (q and the output accumulators; dk and dv) in
+// registers, which needs the head size at compile time: the kernels are instantiated for
+// HD in {16, 32, 64}, where the loops over it unroll, and for HD = 0, any other head size
+// up to kAttnMaxHd read at run time (the arrays then live in local memory: slower, same
+// results). with_head_dim picks the instance.
+template<int HD> struct Hd {
+    static constexpr int max = HD ? HD : kAttnMaxHd;  // array extent
+    static PHD_HOST_DEVICE int get(const Config& c) { return HD ? HD : c.hd(); }
+};
+
+// Keys and values of rows [k0, k1) of kv head kv into shared memory. Consecutive threads
+// read consecutive elements of a row: the loads coalesce.
+// ks, vs: (kAttnTile, hd) each, in shared memory.
+template<int HD> static __device__ void load_kv_tile(float* ks, float* vs, const float* base, const Config& c, int kv, int k0, int k1) {
+    const int hd = Hd<HD>::get(c), ld = c.qkv_dim();
+    for (int idx = threadIdx.x; idx < (k1 - k0) * hd; idx += blockDim.x) {
+        ks[idx] = base[(size_t)(k0 + idx / hd) * ld + (c.H + kv) * hd + idx % hd];
+        vs[idx] = base[(size_t)(k0 + idx / hd) * ld + (c.H + c.Hkv + kv) * hd + idx % hd];
+    }
     __syncthreads();
 }
 
 // The query row a thread owns in the kernels over grid (query tiles, H, B): its head, its
 // batch's qkv rows, and its token (n, copy); rows past the end are not valid.
 struct QueryRow {
-    int TK, hd, ld, h, b, kv, r, n, copy;
+    int TK, ld, h, b, kv, r, n, copy;
     bool valid;
     const float* base;  // (TK, qkv_dim) of this batch
     float scale;
 };
 static __device__ QueryRow query_row(const float* qkv, const Config& c, int T) {
     QueryRow q;
-    q.TK = T * c.K; q.hd = c.hd(); q.ld = c.qkv_dim(); q.h = blockIdx.y; q.b = blockIdx.z;
+    q.TK = T * c.K; q.ld = c.qkv_dim(); q.h = blockIdx.y; q.b = blockIdx.z;
     q.kv = q.h / (c.H / c.Hkv);
     q.r = blockIdx.x * kAttnTile + threadIdx.x;
     q.valid = q.r < q.TK;
     q.base = qkv + (size_t)q.b * q.TK * q.ld;
-    q.scale = 1.0f / sqrtf((float)q.hd);
+    q.scale = 1.0f / sqrtf((float)c.hd());
     q.n = q.copy = 0;
     if (q.valid) regrouped_token(c, T, q.r, &q.n, &q.copy);
     return q;
 }
 
+// The loops below run to Hd<HD>::max and stop at hd: for HD > 0 the two are the same
+// constant, the test folds away and the loop unrolls. Tiles live in dynamic shared memory
+// sized for hd (attention_smem): up to 66 KB at hd = 128, past the 48 KB default, so the
+// launchers raise the kernels' limit.
+
 // grid (query tiles, H, B), block kAttnTile: thread = query row.
 // visited, when not null, counts the (query tile, key tile) pairs computed.
-static __global__ void attention_forward_kernel(float* o, float* lse, const float* qkv, Config c, int T, int* visited) {
-    __shared__ float ks[kAttnTile][kAttnMaxHd], vs[kAttnTile][kAttnMaxHd];
+template<int HD> static __global__ void attention_forward_kernel(float* o, float* lse, const float* qkv, Config c, int T, int* visited) {
+    constexpr int MAX = Hd<HD>::max;
     const QueryRow Q = query_row(qkv, c, T);
-    const int TK = Q.TK, hd = Q.hd, ld = Q.ld, h = Q.h, b = Q.b, kv = Q.kv, r = Q.r, n = Q.n, copy = Q.copy;
-    const bool valid = Q.valid;
-    const float* base = Q.base;
-    const float scale = Q.scale;
-    float q[kAttnMaxHd], acc[kAttnMaxHd];
-    for (int e = 0; e < hd; e++) { q[e] = valid ? base[(size_t)r * ld + h * hd + e] : 0.0f; acc[e] = 0.0f; }
+    const int hd = Hd<HD>::get(c);
+    float* ks = dynamic_shared<float>();  // (kAttnTile, hd)
+    float* vs = ks + kAttnTile * hd;      // (kAttnTile, hd)
+    float q[MAX], acc[MAX];
+    PHD_UNROLL
+    for (int e = 0; e < MAX; e++) {
+        if (e >= hd) break;
+        q[e] = Q.valid ? Q.base[(size_t)Q.r * Q.ld + Q.h * hd + e] : 0.0f;
+        acc[e] = 0.0f;
+    }
     float mx = -INFINITY, l = 0.0f;
-    for (int k0 = 0; k0 < TK; k0 += kAttnTile) {
-        const int k1 = min(k0 + kAttnTile, TK);
-        if (!__ballot_sync(0xffffffffu, valid && query_meets_tile(c, T, r, k0, k1))) continue;
+    for (int k0 = 0; k0 < Q.TK; k0 += kAttnTile) {
+        const int k1 = min(k0 + kAttnTile, Q.TK);
+        if (!__ballot_sync(0xffffffffu, Q.valid && query_meets_tile(c, T, Q.r, k0, k1))) continue;
         if (visited && threadIdx.x == 0) atomicAdd(visited, 1);
-        load_kv_tile(ks, vs, base, c, kv, k0, k1);
-        for (int j = 0; valid && j < k1 - k0; j++) {
+        load_kv_tile<HD>(ks, vs, Q.base, c, Q.kv, k0, k1);
+        for (int j = 0; Q.valid && j < k1 - k0; j++) {
             int m, d;
             regrouped_token(c, T, k0 + j, &m, &d);
-            if (!phd_visible(c, n, copy, m, d)) continue;
+            if (!phd_visible(c, Q.n, Q.copy, m, d)) continue;
             float s = 0.0f;
-            for (int e = 0; e < hd; e++) s += q[e] * ks[j][e];
-            s *= scale;
+            PHD_UNROLL
+            for (int e = 0; e < MAX; e++) {
+                if (e >= hd) break;
+                s += q[e] * ks[j * hd + e];
+            }
+            s *= Q.scale;
             const float mnew = fmaxf(mx, s), corr = __expf(mx - mnew), p = __expf(s - mnew);
-            for (int e = 0; e < hd; e++) acc[e] = acc[e] * corr + p * vs[j][e];
+            PHD_UNROLL
+            for (int e = 0; e < MAX; e++) {
+                if (e >= hd) break;
+                acc[e] = acc[e] * corr + p * vs[j * hd + e];
+            }
             l = l * corr + p;
             mx = mnew;
         }
         __syncthreads();
     }
-    if (!valid) return;
-    for (int e = 0; e < hd; e++) o[((size_t)b * TK + r) * c.H * hd + h * hd + e] = acc[e] / l;
-    lse[((size_t)b * c.H + h) * TK + r] = mx + __logf(l);
+    if (!Q.valid) return;
+    PHD_UNROLL
+    for (int e = 0; e < MAX; e++) {
+        if (e >= hd) break;
+        o[((size_t)Q.b * Q.TK + Q.r) * c.H * hd + Q.h * hd + e] = acc[e] / l;
+    }
+    lse[((size_t)Q.b * c.H + Q.h) * Q.TK + Q.r] = mx + __logf(l);
 }
 
-// grid (query tiles, H, B), block kAttnTile: thread = query row; writes its dq.
-static __global__ void attention_backward_dq_kernel(float* dqkv, const float* dout, const float* qkv, const float* o,
-                                             const float* lse, Config c, int T) {
-    __shared__ float ks[kAttnTile][kAttnMaxHd], vs[kAttnTile][kAttnMaxHd];
+// grid (query tiles, H, B), block kAttnTile: thread = query row; writes its dq. Its dO row
+// waits in shared memory (padded: each thread reads its own row, conflict-free), so that
+// q and dq fit in registers.
+template<int HD>
+static __global__ void attention_backward_dq_kernel(float* dqkv, const float* dout, const float* qkv, const float* o, const float* lse,
+                                                    Config c, int T) {
+    constexpr int MAX = Hd<HD>::max;
     const QueryRow Q = query_row(qkv, c, T);
-    const int TK = Q.TK, hd = Q.hd, ld = Q.ld, h = Q.h, b = Q.b, kv = Q.kv, r = Q.r, n = Q.n, copy = Q.copy;
-    const bool valid = Q.valid;
-    const float* base = Q.base;
-    const float scale = Q.scale;
-    const size_t orow = ((size_t)b * TK + (valid ? r : 0)) * c.H * hd + h * hd;
-    float q[kAttnMaxHd], dO[kAttnMaxHd], dq[kAttnMaxHd], Di = 0.0f;
-    for (int e = 0; e < hd; e++) {
-        q[e] = valid ? base[(size_t)r * ld + h * hd + e] : 0.0f;
-        dO[e] = valid ? dout[orow + e] : 0.0f;
-        Di += valid ? dO[e] * o[orow + e] : 0.0f;  // sum_j p_j dp_j
+    const int hd = Hd<HD>::get(c), t = threadIdx.x;
+    float* ks = dynamic_shared<float>();         // (kAttnTile, hd)
+    float* vs = ks + kAttnTile * hd;             // (kAttnTile, hd)
+    float* dO = vs + kAttnTile * hd + t * (hd + 1);  // this thread's row of (kAttnTile, hd + 1)
+    const size_t orow = ((size_t)Q.b * Q.TK + (Q.valid ? Q.r : 0)) * c.H * hd + Q.h * hd;
+    float q[MAX], dq[MAX], Di = 0.0f;
+    PHD_UNROLL
+    for (int e = 0; e < MAX; e++) {
+        if (e >= hd) break;
+        q[e] = Q.valid ? Q.base[(size_t)Q.r * Q.ld + Q.h * hd + e] : 0.0f;
+        dO[e] = Q.valid ? dout[orow + e] : 0.0f;
+        Di += Q.valid ? dO[e] * o[orow + e] : 0.0f;  // sum_j p_j dp_j
         dq[e] = 0.0f;
     }
-    const float L = valid ? lse[((size_t)b * c.H + h) * TK + r] : 0.0f;
-    for (int k0 = 0; k0 < TK; k0 += kAttnTile) {
-        const int k1 = min(k0 + kAttnTile, TK);
-        if (!__ballot_sync(0xffffffffu, valid && query_meets_tile(c, T, r, k0, k1))) continue;
-        load_kv_tile(ks, vs, base, c, kv, k0, k1);
-        for (int j = 0; valid && j < k1 - k0; j++) {
+    const float L = Q.valid ? lse[((size_t)Q.b * c.H + Q.h) * Q.TK + Q.r] : 0.0f;
+    for (int k0 = 0; k0 < Q.TK; k0 += kAttnTile) {
+        const int k1 = min(k0 + kAttnTile, Q.TK);
+        if (!__ballot_sync(0xffffffffu, Q.valid && query_meets_tile(c, T, Q.r, k0, k1))) continue;
+        load_kv_tile<HD>(ks, vs, Q.base, c, Q.kv, k0, k1);
+        for (int j = 0; Q.valid && j < k1 - k0; j++) {
             int m, d;
             regrouped_token(c, T, k0 + j, &m, &d);
-            if (!phd_visible(c, n, copy, m, d)) continue;
+            if (!phd_visible(c, Q.n, Q.copy, m, d)) continue;
             float s = 0.0f, dp = 0.0f;
-            for (int e = 0; e < hd; e++) { s += q[e] * ks[j][e]; dp += dO[e] * vs[j][e]; }
-            const float ds = __expf(s * scale - L) * (dp - Di) * scale;
-            for (int e = 0; e < hd; e++) dq[e] += ds * ks[j][e];
+            PHD_UNROLL
+            for (int e = 0; e < MAX; e++) {
+                if (e >= hd) break;
+                s += q[e] * ks[j * hd + e];
+                dp += dO[e] * vs[j * hd + e];
+            }
+            const float ds = __expf(s * Q.scale - L) * (dp - Di) * Q.scale;
+            PHD_UNROLL
+            for (int e = 0; e < MAX; e++) {
+                if (e >= hd) break;
+                dq[e] += ds * ks[j * hd + e];
+            }
         }
         __syncthreads();
     }
-    if (!valid) return;
-    for (int e = 0; e < hd; e++) dqkv[((size_t)b * TK + r) * ld + h * hd + e] = dq[e];
+    if (!Q.valid) return;
+    PHD_UNROLL
+    for (int e = 0; e < MAX; e++) {
+        if (e >= hd) break;
+        dqkv[((size_t)Q.b * Q.TK + Q.r) * Q.ld + Q.h * hd + e] = dq[e];
+    }
 }
 
 // grid (key tiles, Hkv, B), block kAttnTile: thread = key row; sums its dk and dv over
-// the query heads of its group and every query tile that sees its key tile.
+// the query heads of its group and every query tile that sees its key tile. Its k and v
+// rows wait in shared memory (padded, conflict-free), so that dk and dv fit in registers;
+// the query tile's q and dO rows are loaded coalesced.
+template<int HD>
 static __global__ void attention_backward_dkdv_kernel(float* dqkv, const float* dout, const float* qkv, const float* o,
-                                               const float* lse, Config c, int T) {
-    __shared__ float qs[kAttnTile][kAttnMaxHd], dos[kAttnTile][kAttnMaxHd], ls[kAttnTile], Ds[kAttnTile];
+                                                      const float* lse, Config c, int T) {
+    constexpr int MAX = Hd<HD>::max;
+    __shared__ float ls[kAttnTile], Ds[kAttnTile];
     __shared__ int qn[kAttnTile], qc[kAttnTile];
-    const int TK = T * c.K, hd = c.hd(), ld = c.qkv_dim(), kv = blockIdx.y, b = blockIdx.z;
-    const int k0 = blockIdx.x * kAttnTile, k1 = min(k0 + kAttnTile, TK), r = k0 + threadIdx.x;
+    const int TK = T * c.K, hd = Hd<HD>::get(c), ld = c.qkv_dim(), kv = blockIdx.y, b = blockIdx.z, t = threadIdx.x;
+    float* qs = dynamic_shared<float>();             // (kAttnTile, hd)
+    float* dos = qs + kAttnTile * hd;                // (kAttnTile, hd)
+    float* kr = dos + kAttnTile * hd + t * (hd + 1);  // this thread's rows of (kAttnTile, hd + 1) each
+    float* vr = kr + kAttnTile * (hd + 1);
+    const int k0 = blockIdx.x * kAttnTile, k1 = min(k0 + kAttnTile, TK), r = k0 + t;
     const bool valid = r < TK;
     const float* base = qkv + (size_t)b * TK * ld;
     const float scale = 1.0f / sqrtf((float)hd);
     int m = 0, d = 0;
     if (valid) regrouped_token(c, T, r, &m, &d);
-    float k[kAttnMaxHd], v[kAttnMaxHd], dk[kAttnMaxHd], dv[kAttnMaxHd];
-    for (int e = 0; e < hd; e++) {
-        k[e] = valid ? base[(size_t)r * ld + (c.H + kv) * hd + e] : 0.0f;
-        v[e] = valid ? base[(size_t)r * ld + (c.H + c.Hkv + kv) * hd + e] : 0.0f;
+    float dk[MAX], dv[MAX];
+    PHD_UNROLL
+    for (int e = 0; e < MAX; e++) {
+        if (e >= hd) break;
+        kr[e] = valid ? base[(size_t)r * ld + (c.H + kv) * hd + e] : 0.0f;
+        vr[e] = valid ? base[(size_t)r * ld + (c.H + c.Hkv + kv) * hd + e] : 0.0f;
         dk[e] = dv[e] = 0.0f;
     }
     const int group = c.H / c.Hkv;
     for (int h = kv * group; h < (kv + 1) * group; h++)
         for (int q0 = 0; q0 < TK; q0 += kAttnTile) {
-            const int qr = q0 + threadIdx.x, q1 = min(q0 + kAttnTile, TK);
+            const int qr = q0 + t, q1 = min(q0 + kAttnTile, TK);
             if (!__ballot_sync(0xffffffffu, qr < q1 && query_meets_tile(c, T, qr, k0, k1))) continue;
-            if (qr < q1) {  // this thread loads query row qr of the tile
+            for (int idx = t; idx < (q1 - q0) * hd; idx += kAttnTile) {  // the query tile's q and dO rows
+                qs[idx] = base[(size_t)(q0 + idx / hd) * ld + h * hd + idx % hd];
+                dos[idx] = dout[((size_t)b * TK + q0 + idx / hd) * c.H * hd + h * hd + idx % hd];
+            }
+            __syncthreads();
+            if (qr < q1) {  // this thread's query row: D = dO . o, lse, token
                 const size_t orow = ((size_t)b * TK + qr) * c.H * hd + h * hd;
                 float Di = 0.0f;
-                for (int e = 0; e < hd; e++) {
-                    qs[threadIdx.x][e] = base[(size_t)qr * ld + h * hd + e];
-                    dos[threadIdx.x][e] = dout[orow + e];
-                    Di += dout[orow + e] * o[orow + e];
-                }
-                Ds[threadIdx.x] = Di;
-                ls[threadIdx.x] = lse[((size_t)b * c.H + h) * TK + qr];
-                regrouped_token(c, T, qr, &qn[threadIdx.x], &qc[threadIdx.x]);
+                for (int e = 0; e < hd; e++) Di += dos[t * hd + e] * o[orow + e];
+                Ds[t] = Di;
+                ls[t] = lse[((size_t)b * c.H + h) * TK + qr];
+                regrouped_token(c, T, qr, &qn[t], &qc[t]);
             }
             __syncthreads();
             for (int i = 0; valid && i < q1 - q0; i++) {
                 if (!phd_visible(c, qn[i], qc[i], m, d)) continue;
                 float s = 0.0f, dp = 0.0f;
-                for (int e = 0; e < hd; e++) { s += qs[i][e] * k[e]; dp += dos[i][e] * v[e]; }
+                PHD_UNROLL
+                for (int e = 0; e < MAX; e++) {
+                    if (e >= hd) break;
+                    s += qs[i * hd + e] * kr[e];
+                    dp += dos[i * hd + e] * vr[e];
+                }
                 const float p = __expf(s * scale - ls[i]), ds = p * (dp - Ds[i]) * scale;
-                for (int e = 0; e < hd; e++) { dv[e] += p * dos[i][e]; dk[e] += ds * qs[i][e]; }
+                PHD_UNROLL
+                for (int e = 0; e < MAX; e++) {
+                    if (e >= hd) break;
+                    dv[e] += p * dos[i * hd + e];
+                    dk[e] += ds * qs[i * hd + e];
+                }
             }
             __syncthreads();
         }
     if (!valid) return;
-    for (int e = 0; e < hd; e++) {
+    PHD_UNROLL
+    for (int e = 0; e < MAX; e++) {
+        if (e >= hd) break;
         dqkv[((size_t)b * TK + r) * ld + (c.H + kv) * hd + e] = dk[e];
         dqkv[((size_t)b * TK + r) * ld + (c.H + c.Hkv + kv) * hd + e] = dv[e];
     }
 }
 
+// Calls f(std::integral_constant<int, HD>()) with the kernels' instance for c's head size.
+template<typename F> void with_head_dim(const Config& c, F f) {
+    if (c.hd() > kAttnMaxHd) die("attention kernel: head size %d exceeds %d", c.hd(), kAttnMaxHd);
+    switch (c.hd()) {
+        case 16: f(std::integral_constant<int, 16>()); break;
+        case 32: f(std::integral_constant<int, 32>()); break;
+        case 64: f(std::integral_constant<int, 64>()); break;
+        default: f(std::integral_constant<int, 0>());
+    }
+}
+
 // Launchers. qkv, o, lse, dout, dqkv are device pointers in the regrouped layout.
+// Dynamic shared memory of each kernel at head size hd: the key (or query) tile, plus the
+// padded own rows of the backward kernels.
+struct AttentionSmem {
+    size_t forward, dq, dkdv;
+    explicit AttentionSmem(int hd)
+        : forward(2 * kAttnTile * hd * sizeof(float)), dq((2 * hd + hd + 1) * kAttnTile * sizeof(float)),
+          dkdv((2 * hd + 2 * (hd + 1)) * kAttnTile * sizeof(float)) {}
+};
+template<typename Kernel, typename... Args> void launch_attention(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, Args... args) {
+    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    launch(kernel, grid, dim3(kAttnTile), smem, stream, args...);
+}
+
 inline void attention_forward(float* o, float* lse, const float* qkv, const Config& c, int B, int T, cudaStream_t stream,
                               int* visited = nullptr) {
-    if (c.hd() > kAttnMaxHd) die("attention kernel: head size %d exceeds %d", c.hd(), kAttnMaxHd);
     const int tiles = (T * c.K + kAttnTile - 1) / kAttnTile;
-    launch(attention_forward_kernel, dim3(tiles, c.H, B), dim3(kAttnTile), 0, stream, o, lse, qkv, c, T, visited);
+    with_head_dim(c, [&](auto hd) {
+        launch_attention(attention_forward_kernel<hd.value>, dim3(tiles, c.H, B), AttentionSmem(c.hd()).forward, stream, o, lse, qkv, c,
+                         T, visited);
+    });
     cudaCheck(cudaGetLastError());
 }
 
 inline void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* o, const float* lse,
                                const Config& c, int B, int T, cudaStream_t stream) {
     const int tiles = (T * c.K + kAttnTile - 1) / kAttnTile;
-    launch(attention_backward_dq_kernel, dim3(tiles, c.H, B), dim3(kAttnTile), 0, stream, dqkv, dout, qkv, o, lse, c, T);
-    launch(attention_backward_dkdv_kernel, dim3(tiles, c.Hkv, B), dim3(kAttnTile), 0, stream, dqkv, dout, qkv, o, lse, c, T);
+    const AttentionSmem smem(c.hd());
+    with_head_dim(c, [&](auto hd) {
+        launch_attention(attention_backward_dq_kernel<hd.value>, dim3(tiles, c.H, B), smem.dq, stream, dqkv, dout, qkv, o, lse, c, T);
+        launch_attention(attention_backward_dkdv_kernel<hd.value>, dim3(tiles, c.Hkv, B), smem.dkdv, stream, dqkv, dout, qkv, o, lse, c,
+                         T);
+    });
     cudaCheck(cudaGetLastError());
 }

@@ -3,6 +3,7 @@
 //   launch(kernel, grid, block, shmem, stream, args...)   instead of kernel<<<...>>>(...)
 //   dynamic_shared<T>()                                    instead of extern __shared__
 //   warp_sum(v), block_reduce(v, is_max)                   reductions, result in every thread
+//   PHD_UNROLL                                             #pragma unroll (nvcc only)
 //   cudaCheck(call), cublasCheck(call)                     one-line error, exit 1
 // Kernels live in headers and are declared `static __global__`: nvcc gives __global__
 // functions external linkage, so two translation units including one header would clash.
@@ -14,6 +15,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#define PHD_UNROLL _Pragma("unroll")
 
 template<typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shmem, cudaStream_t stream, Args... args) {
@@ -38,6 +41,7 @@ __device__ inline float atomicMax(float* addr, float v) {
 }
 #else
 #include "cuda_emu.h"
+#define PHD_UNROLL
 #endif
 
 // Sum over a warp's lanes; every lane gets it.

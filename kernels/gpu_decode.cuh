@@ -24,6 +24,7 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
     float *x = nullptr, *a = nullptr, *xm = nullptr, *f = nullptr, *rstd = nullptr;  // (rows, D), rstd (rows)
     float *qkv = nullptr, *o = nullptr, *h13 = nullptr, *g = nullptr;              // (rows, qkv_dim), (rows, H*hd), (rows, 2F), (rows, F)
     float* d_logits = nullptr;                                                    // (Vp)
+    float* d_part = nullptr;                                                      // (kDecodeMaxParts, hd + 2) split-K parts
     int *d_tok = nullptr, *d_pos = nullptr;                                       // (rows)
     int2* d_nc = nullptr;                                                         // (rows) (n, c)
 
@@ -45,12 +46,14 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
             cudaCheck(cudaMemcpy(L.win_nc, empty.data(), W * sizeof(int2), cudaMemcpyHostToDevice));
         }
         cudaCheck(cudaMalloc(&d_logits, c.Vp * sizeof(float)));
+        cudaCheck(cudaMalloc(&d_part, (size_t)kDecodeMaxParts * (c.hd() + 2) * sizeof(float)));
     }
     ~GpuDecoder() {
         free_block();
         for (KVLayer& L : cache)
             for (void* p : {(void*)L.kept_k, (void*)L.kept_v, (void*)L.kept_nc, (void*)L.win_k, (void*)L.win_v, (void*)L.win_nc}) cudaFree(p);
         cudaFree(d_logits);
+        cudaFree(d_part);
     }
     GpuDecoder(const GpuDecoder&) = delete;
     GpuDecoder& operator=(const GpuDecoder&) = delete;
@@ -110,7 +113,7 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
             rmsnorm_forward(a, rstd, x, w.g_attn, R, D, G.stream);
             G.matmul(qkv, a, w.wqkv, R, D, c.qkv_dim(), false);
             rope_forward(qkv, d_pos, c, R, G.rope_cos, G.rope_sin, G.stream);
-            attention_decode(o, qkv, d_nc, cache[l], b, c, G.stream);
+            attention_decode(o, d_part, qkv, d_nc, cache[l], b, c, G.stream);
             kv_cache_append(cache[l], qkv, d_nc, b, c, G.stream);
             G.copy(xm, x, (size_t)R * D);
             G.matmul(xm, o, w.wo, R, c.H * hd, D, true);

@@ -25,6 +25,7 @@ struct GpuModel : Activations<float> {
     float *params = nullptr, *grads = nullptr;   // (P) device arenas
     ParamView<float> p, g;                       // named views into them
     float *rope_cos = nullptr, *rope_sin = nullptr;  // (maxT, hd/2)
+    float* norm_scratch = nullptr;               // (kDgChunks, D) rmsnorm_backward's partial sums
     cublasHandle_t blas;
     cudaStream_t stream = nullptr;
 
@@ -48,11 +49,12 @@ struct GpuModel : Activations<float> {
         cudaCheck(cudaMalloc(&rope_sin, sn.size() * sizeof(float)));
         cudaCheck(cudaMemcpy(rope_cos, cs.data(), cs.size() * sizeof(float), cudaMemcpyHostToDevice));
         cudaCheck(cudaMemcpy(rope_sin, sn.data(), sn.size() * sizeof(float), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMalloc(&norm_scratch, (size_t)kDgChunks * c.D * sizeof(float)));
         cublasCheck(cublasCreate(&blas));
         cublasCheck(cublasSetMathMode(blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
     }
     ~GpuModel() {
-        for (void* q : {(void*)params, (void*)grads, (void*)rope_cos, (void*)rope_sin, (void*)act, (void*)d_row_tokens, (void*)d_row_pos, (void*)d_targets})
+        for (void* q : {(void*)params, (void*)grads, (void*)rope_cos, (void*)rope_sin, (void*)norm_scratch, (void*)act, (void*)d_row_tokens, (void*)d_row_pos, (void*)d_targets})
             cudaFree(q);
         cublasDestroy(blas);
     }
@@ -137,7 +139,7 @@ struct GpuModel : Activations<float> {
         const int N = B * T * c.K, BT = B * T, D = c.D;
         crossentropy_backward(logits, lse, d_targets, dloss / BT, BT, c.V, c.Vp, stream);
         matmul_backward(dxlast, g.wout, logits, xn, p.wout, BT, D, c.Vp);
-        rmsnorm_backward(dxlast, g.g_final, dxlast, xlast, p.g_final, rstd_final, BT, D, stream);
+        rmsnorm_backward(dxlast, g.g_final, dxlast, xlast, p.g_final, rstd_final, BT, D, norm_scratch, stream);
         last_copy_backward(dx, dxlast, c, B, T, stream);
         for (int l = c.L - 1; l >= 0; l--) {
             LayerActs<float>& a = layer[l];
@@ -146,13 +148,13 @@ struct GpuModel : Activations<float> {
             matmul_backward(dtmp, gw.w2, dx, a.g, w.w2, N, c.F, D);
             swiglu_backward(dh13, dtmp, a.h13, N, c.F, stream);
             matmul_backward(dtmp, gw.w13, dh13, a.f, w.w13, N, D, 2 * c.F);
-            rmsnorm_backward(dtmp, gw.g_ffn, dtmp, a.xm, w.g_ffn, a.rstd_f, N, D, stream);
+            rmsnorm_backward(dtmp, gw.g_ffn, dtmp, a.xm, w.g_ffn, a.rstd_f, N, D, norm_scratch, stream);
             add_inplace(dx, dtmp, (size_t)N * D, stream);
             matmul_backward(dtmp, gw.wo, dx, a.o, w.wo, N, c.H * c.hd(), D);
             attention_backward(dqkv, dtmp, a.qkv, a.o, a.lse, c, B, T, stream);
             rope_backward(dqkv, d_row_pos, c, N, rope_cos, rope_sin, stream);
             matmul_backward(dtmp, gw.wqkv, dqkv, a.a, w.wqkv, N, D, c.qkv_dim());
-            rmsnorm_backward(dtmp, gw.g_attn, dtmp, a.x, w.g_attn, a.rstd_a, N, D, stream);
+            rmsnorm_backward(dtmp, gw.g_attn, dtmp, a.x, w.g_attn, a.rstd_a, N, D, norm_scratch, stream);
             add_inplace(dx, dtmp, (size_t)N * D, stream);
         }
         embedding_backward(g.E, dx, tokens.data(), c, B, T, stream);

@@ -17,6 +17,7 @@
 // 0..n | block hidden rows inside visible_hidden_range]: its visible keys plus at most W
 // window slots, each masked with phd_visible. So the work tracks the visible pairs (§7).
 #pragma once
+#include <algorithm>
 #include "attention.cuh"
 #include "layers.cuh"
 
@@ -77,10 +78,15 @@ static __device__ void decode_key(const Candidates& s, int j, const KVLayer& L, 
     *d = t.y;
 }
 
-// grid (R, H), block kDecodeThreads: o (R, H*hd) for the block's rows; qkv (R, qkv_dim) with
-// RoPE applied; nc (R) the rows' tokens. Online softmax over tiles of kDecodeThreads
+// grid (R, H, splits), block kDecodeThreads: o (R, H*hd) for the block's rows; qkv (R, qkv_dim)
+// with RoPE applied; nc (R) the rows' tokens. Online softmax over tiles of kDecodeThreads
 // candidates: thread t scores candidate t of the tile, then owns output dims t, t + 64.
-static __global__ void attention_decode_kernel(float* o, const float* qkv, const int2* nc, KVLayer L, DecodeBlock b, Config c) {
+// With splits > 1 (split-K, as in flash-decoding: a decode step has too few rows to fill
+// the GPU) split z takes the z-th share of the candidates and writes its unnormalised
+// output, max and sum to part (R, H, splits, hd + 2); attention_decode_combine_kernel
+// merges them.
+static __global__ void attention_decode_kernel(float* o, float* part, const float* qkv, const int2* nc, KVLayer L, DecodeBlock b,
+                                               Config c) {
     __shared__ float q[kAttnMaxHd], p[kDecodeThreads];
     __shared__ const float* vrow[kDecodeThreads];
     const int i = blockIdx.x, h = blockIdx.y, t = threadIdx.x, hd = c.hd(), off = h / (c.H / c.Hkv) * hd;
@@ -89,11 +95,12 @@ static __global__ void attention_decode_kernel(float* o, const float* qkv, const
     for (int e = t; e < hd; e += kDecodeThreads) q[e] = qkv[(size_t)i * c.qkv_dim() + h * hd + e];
     __syncthreads();
     const Candidates s = decode_candidates(c, L, b, n, copy);
+    const int share = (s.count() + gridDim.z - 1) / gridDim.z, lo = blockIdx.z * share, hi = min(s.count(), lo + share);
     float mx = -INFINITY, l = 0.0f, acc[kAttnMaxHd / kDecodeThreads] = {};
-    for (int j0 = 0; j0 < s.count(); j0 += kDecodeThreads) {
+    for (int j0 = lo; j0 < hi; j0 += kDecodeThreads) {
         float score = -INFINITY;
         const float* vr = nullptr;
-        if (j0 + t < s.count()) {
+        if (j0 + t < hi) {
             int m, d;
             const float *kr, *v;
             decode_key(s, j0 + t, L, qkv, nc, b, c, &m, &d, &kr, &v);
@@ -124,8 +131,29 @@ static __global__ void attention_decode_kernel(float* o, const float* qkv, const
         }
         __syncthreads();  // before the next tile overwrites p and vrow
     }
-    for (int u = 0; u < kAttnMaxHd / kDecodeThreads; u++)  // l > 0: a query always sees itself
-        if (u * kDecodeThreads + t < hd) o[(size_t)i * c.H * hd + h * hd + u * kDecodeThreads + t] = acc[u] / l;
+    if (gridDim.z == 1) {
+        for (int u = 0; u < kAttnMaxHd / kDecodeThreads; u++)  // l > 0: a query always sees itself
+            if (u * kDecodeThreads + t < hd) o[(size_t)i * c.H * hd + h * hd + u * kDecodeThreads + t] = acc[u] / l;
+        return;
+    }
+    float* pz = part + (((size_t)i * c.H + h) * gridDim.z + blockIdx.z) * (hd + 2);  // a share may see nothing: l = 0
+    for (int u = 0; u < kAttnMaxHd / kDecodeThreads; u++)
+        if (u * kDecodeThreads + t < hd) pz[u * kDecodeThreads + t] = acc[u];
+    if (t == 0) { pz[hd] = mx; pz[hd + 1] = l; }
+}
+
+// grid (R, H), block kDecodeThreads: o from the splits' parts, rescaled to their common max.
+static __global__ void attention_decode_combine_kernel(float* o, const float* part, int splits, Config c) {
+    const int i = blockIdx.x, h = blockIdx.y, hd = c.hd();
+    const float* pi = part + ((size_t)i * c.H + h) * splits * (hd + 2);
+    float M = -INFINITY, l = 0.0f;
+    for (int z = 0; z < splits; z++) M = fmaxf(M, pi[z * (hd + 2) + hd]);
+    for (int z = 0; z < splits; z++) l += __expf(pi[z * (hd + 2) + hd] - M) * pi[z * (hd + 2) + hd + 1];
+    for (int e = threadIdx.x; e < hd; e += kDecodeThreads) {
+        float a = 0.0f;
+        for (int z = 0; z < splits; z++) a += __expf(pi[z * (hd + 2) + hd] - M) * pi[z * (hd + 2) + e];
+        o[(size_t)i * c.H * hd + h * hd + e] = a / l;
+    }
 }
 
 // grid (R), block 128: the block's keys and values enter the cache; run after every row of
@@ -152,11 +180,23 @@ static __global__ void kv_cache_append_kernel(KVLayer L, const float* qkv, const
     if (threadIdx.x == 0) *ncd = nc[j];
 }
 
-// Launchers: o, qkv, nc are the block's device tensors; L's counts are the host's.
-inline void attention_decode(float* o, const float* qkv, const int2* nc, const KVLayer& L, const DecodeBlock& b, const Config& c,
-                             cudaStream_t s) {
+// Split-K: at least kDecodeKeysPerSplit candidates a split, and R*H*splits <= kDecodeMaxParts
+// (the part buffer's size, in units of hd + 2 floats); splits = 1 once R*H rows fill the GPU.
+static constexpr int kDecodeKeysPerSplit = 256, kDecodeMaxParts = 1024, kDecodeMaxSplits = 32;
+inline int decode_splits(const KVLayer& L, const DecodeBlock& b, const Config& c) {
+    const int candidates = L.kept + L.win_slots + b.R, by_keys = (candidates + kDecodeKeysPerSplit - 1) / kDecodeKeysPerSplit;
+    return std::max(1, std::min({by_keys, kDecodeMaxSplits, kDecodeMaxParts / (b.R * c.H)}));
+}
+
+// Launchers: o, qkv, nc are the block's device tensors; L's counts are the host's; part holds
+// kDecodeMaxParts * (hd + 2) floats; splits = 0 chooses with decode_splits (tests force others).
+inline void attention_decode(float* o, float* part, const float* qkv, const int2* nc, const KVLayer& L, const DecodeBlock& b,
+                             const Config& c, cudaStream_t s, int splits = 0) {
     if (c.hd() > kAttnMaxHd) die("attention kernel: head size %d exceeds %d", c.hd(), kAttnMaxHd);
-    launch(attention_decode_kernel, dim3(b.R, c.H), dim3(kDecodeThreads), 0, s, o, qkv, nc, L, b, c);
+    if (splits == 0) splits = decode_splits(L, b, c);
+    if (splits > 1 && b.R * c.H * splits > kDecodeMaxParts) die("attention_decode: %d splits of %d rows exceed the part buffer", splits, b.R);
+    launch(attention_decode_kernel, dim3(b.R, c.H, splits), dim3(kDecodeThreads), 0, s, o, part, qkv, nc, L, b, c);
+    if (splits > 1) launch(attention_decode_combine_kernel, dim3(b.R, c.H), dim3(kDecodeThreads), 0, s, o, (const float*)part, splits, c);
     cudaCheck(cudaGetLastError());
 }
 inline void kv_cache_append(KVLayer& L, const float* qkv, const int2* nc, const DecodeBlock& b, const Config& c, cudaStream_t s) {

@@ -82,12 +82,26 @@ inline void rmsnorm_forward(float* out, float* rstd, const float* x, const float
     cudaCheck(cudaGetLastError());
 }
 
-// grid (ceil(D / 128)), block 128: dg[j] += sum over rows, in row order (deterministic)
-static __global__ void rmsnorm_backward_dg_kernel(float* dg, const float* dout, const float* x, const float* rstd, int N, int D) {
+// dg is a sum over all N rows (N = B*T*K, tens of thousands): one thread per column would
+// leave the GPU nearly idle. So: partial sums over kDgChunks fixed row ranges, then the
+// partials in chunk order. Deterministic: the order depends on N alone.
+static constexpr int kDgChunks = 128;
+
+// grid (ceil(D / 128), kDgChunks), block 128: partial (kDgChunks, D) = the chunk's sum
+static __global__ void rmsnorm_backward_dg_partial_kernel(float* partial, const float* dout, const float* x, const float* rstd, int N, int D) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x, rows = (N + kDgChunks - 1) / kDgChunks;
+    if (j >= D) return;
+    const int i1 = min(N, (int)(blockIdx.y + 1) * rows);
+    float s = 0.0f;
+    for (int i = blockIdx.y * rows; i < i1; i++) s += dout[(size_t)i * D + j] * x[(size_t)i * D + j] * rstd[i];
+    partial[(size_t)blockIdx.y * D + j] = s;
+}
+// grid (ceil(D / 128)), block 128: dg[j] += the partials, in chunk order
+static __global__ void rmsnorm_backward_dg_kernel(float* dg, const float* partial, int D) {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= D) return;
     float s = 0.0f;
-    for (int i = 0; i < N; i++) s += dout[(size_t)i * D + j] * x[(size_t)i * D + j] * rstd[i];
+    for (int c = 0; c < kDgChunks; c++) s += partial[(size_t)c * D + j];
     dg[j] += s;
 }
 // grid (ceil(N / kRowsPerBlock)), block (32, kRowsPerBlock): dx may alias dout
@@ -100,9 +114,12 @@ static __global__ void rmsnorm_backward_dx_kernel(float* dx, const float* dout, 
     dot = warp_sum(dot) / D;
     for (int j = threadIdx.x; j < D; j += 32) dx[(size_t)i * D + j] = r * (dyi[j] * g[j] - xi[j] * r * dot);
 }
+// scratch: device memory for kDgChunks * D floats
 inline void rmsnorm_backward(float* dx, float* dg, const float* dout, const float* x, const float* g, const float* rstd, int N, int D,
-                             cudaStream_t s) {
-    launch(rmsnorm_backward_dg_kernel, dim3((D + 127) / 128), dim3(128), 0, s, dg, dout, x, rstd, N, D);  // before dx overwrites dout
+                             float* scratch, cudaStream_t s) {
+    const unsigned cols = (D + 127) / 128;  // dg first: dx may overwrite dout
+    launch(rmsnorm_backward_dg_partial_kernel, dim3(cols, kDgChunks), dim3(128), 0, s, scratch, dout, x, rstd, N, D);
+    launch(rmsnorm_backward_dg_kernel, dim3(cols), dim3(128), 0, s, dg, scratch, D);
     launch(rmsnorm_backward_dx_kernel, dim3((N + kRowsPerBlock - 1) / kRowsPerBlock), dim3(32, kRowsPerBlock), 0, s, dx, dout, x, g, rstd, N, D);
     cudaCheck(cudaGetLastError());
 }

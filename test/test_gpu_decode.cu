@@ -6,7 +6,7 @@
 #include <vector>
 #include <doctest/doctest.h>
 #include "../kernels/gpu_decode.cuh"
-#include "test_util.h"
+#include "test_gpu_util.h"
 
 static Config decode_config(const char* variant, int maxT) {
     Config c = tiny_config(variant, 97, maxT);
@@ -60,4 +60,48 @@ TEST_CASE("GPU decoder: pre-fill + decode steps equal the CPU decoder, every var
 TEST_CASE("decode kernels: a long prompt spans several key tiles; the decoder still equals the CPU") {
     // 70 originals > kDecodeThreads candidates per tile; naive-2 keeps 140 entries
     for (const char* v : {"phd-cswa-3-4-5", "phd-swa-2-70", "naive-2"}) check_gpu_decoder(v, 70, 3);
+}
+
+TEST_CASE("decode kernels: split-K (2, 3, 7, 170 splits) equals one split, including splits that see no key") {
+    // A decode step of phd-swa-3-4 at position 200: 200 kept originals, 4 window slots (one
+    // empty), the block's 3 copies: up to 207 candidates a query. 170 splits take 2
+    // candidates each, and the last ones none.
+    Config c = decode_config("phd-swa-3-4", 256);
+    const int R = 3, t = 200, kvdim = c.Hkv * c.hd(), W = c.W;
+    KVLayer L;
+    L.kept = t;
+    L.win_slots = W;
+    std::vector<int2> kept_nc, win_nc(W, make_int2(-1, 0)), nc;
+    for (int n = 0; n < t; n++) kept_nc.push_back(make_int2(n, 0));
+    for (int h = t * 2 - 3; h < t * 2; h++) win_nc[h % W] = make_int2(h / 2, h % 2 + 1);  // the last 3 hidden tokens
+    for (int k = 0; k < R; k++) nc.push_back(make_int2(t, k));
+    std::vector<void*> bufs;
+    auto up = [&](auto v) { auto* d = to_device(v); bufs.push_back(d); return d; };
+    L.kept_k = up(random_vec<float>((size_t)t * kvdim, 1));
+    L.kept_v = up(random_vec<float>((size_t)t * kvdim, 2));
+    L.kept_nc = up(kept_nc);
+    L.win_k = up(random_vec<float>((size_t)W * kvdim, 3));
+    L.win_v = up(random_vec<float>((size_t)W * kvdim, 4));
+    L.win_nc = up(win_nc);
+    const DecodeBlock b{R, 1, t, t * 2};
+    float* qkv = up(random_vec<float>((size_t)R * c.qkv_dim(), 5, 2.0));
+    int2* d_nc = up(nc);
+    float* part = up(std::vector<float>((size_t)kDecodeMaxParts * (c.hd() + 2)));
+    const size_t osize = (size_t)R * c.H * c.hd();
+    float* o = up(std::vector<float>(osize));
+    attention_decode(o, part, qkv, d_nc, L, b, c, nullptr, 1);
+    const std::vector<float> one = to_host(o, osize);
+    for (int splits : {2, 3, 7, 170}) {
+        attention_decode(o, part, qkv, d_nc, L, b, c, nullptr, splits);
+        const std::vector<float> got = to_host(o, osize);
+        double worst = 0, scale = 0;
+        for (size_t i = 0; i < osize; i++) {
+            worst = max_nan(worst, std::fabs(got[i] - one[i]));
+            scale = max_nan(scale, std::fabs(one[i]));
+        }
+        INFO(splits << " splits: max |diff| " << worst << " of outputs up to " << scale);
+        CHECK(worst <= 1e-6 * scale);  // the same sums, regrouped
+        CHECK(scale > 0.01);
+    }
+    for (void* p : bufs) cudaCheck(cudaFree(p));
 }

@@ -1,5 +1,6 @@
 // The model's CUDA kernels against the CPU reference (model.h), at shapes that are not
-// multiples of any tile: T = 37, K = 3, W = 5, C = 4, D = 96, H = 6, Hkv = 2 (hd = 16).
+// multiples of any tile: T = 37, K = 3, W = 5, C = 4, D = 96, H = 6, Hkv = 2 (hd = 16;
+// attention also at hd = 64 and 12).
 // Built into the same binaries as test_gpu.cu: emulated on the CPU and natively.
 #include <vector>
 #include <doctest/doctest.h>
@@ -8,21 +9,7 @@
 #include "../kernels/gpu_model.cuh"
 #include "../kernels/layers.cuh"
 #include "../kernels/loss.cuh"
-#include "test_util.h"
-
-// A device copy of a host vector (DeviceBuffer of test_gpu.cu, kept local to this file).
-template<typename T> static T* to_device(const std::vector<T>& h) {
-    T* d;
-    cudaCheck(cudaMalloc(&d, h.size() * sizeof(T)));
-    cudaCheck(cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
-    return d;
-}
-template<typename T> static std::vector<T> to_host(const T* d, size_t n) {
-    std::vector<T> h(n);
-    cudaCheck(cudaDeviceSynchronize());
-    cudaCheck(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
-    return h;
-}
+#include "test_gpu_util.h"
 
 static double max_rel(const std::vector<float>& got, const std::vector<float>& want) {
     double d = 0, ref = 0;
@@ -35,9 +22,17 @@ static double max_rel(const std::vector<float>& got, const std::vector<float>& w
 
 TEST_CASE("attention kernels: forward and backward equal the CPU reference; only tiles with visible pairs are visited") {
     const int B = 2, T = 37;
-    for (const char* v : {"vanilla", "phd-3", "phd-swa-3-5", "phd-cswa-3-5-4", "naive-3"}) {
+    // Every variant at hd = 16 (a compiled head size); one also at hd = 64 (the GPT-2 size)
+    // and hd = 12 (read at run time: the kernels' generic instance).
+    struct Shape { const char* variant; int D, H, Hkv; };
+    std::vector<Shape> shapes;
+    for (const char* v : {"vanilla", "phd-3", "phd-swa-3-5", "phd-cswa-3-5-4", "naive-3"}) shapes.push_back({v, 96, 6, 2});
+    shapes.push_back({"phd-cswa-3-5-4", 128, 2, 1});
+    shapes.push_back({"phd-swa-3-5", 96, 8, 2});
+    for (const Shape& sh : shapes) {
+        const char* v = sh.variant;
         Config c = tiny_config(v, 11, T);
-        c.D = 96; c.H = 6; c.Hkv = 2;
+        c.D = sh.D; c.H = sh.H; c.Hkv = sh.Hkv;
         const int TK = T * c.K, ld = c.qkv_dim(), od = c.H * c.hd();
         std::vector<float> qkv = random_vec<float>((size_t)B * TK * ld, 1, 1.5), dout = random_vec<float>((size_t)B * TK * od, 2);
         std::vector<float> o_ref((size_t)B * TK * od), lse_ref((size_t)B * c.H * TK), dqkv_ref(qkv.size());
@@ -58,7 +53,7 @@ TEST_CASE("attention kernels: forward and backward equal the CPU reference; only
                 for (int n = 0; n < T; n++)
                     for (int k = 0; k < c.K; k++)
                         lse[((size_t)b * c.H + h) * TK + n * c.K + k] = lse_g[((size_t)b * c.H + h) * TK + regrouped_row(c, T, n, k)];
-        INFO(std::string(v));
+        INFO(std::string(v) << " hd " << c.hd());
         CHECK(max_rel(o, o_ref) < 1e-5);        // o: 1e-5 of its scale
         CHECK(max_rel(lse, lse_ref) < 1e-6);    // lse: 1e-6 of its scale
         CHECK(max_rel(dqkv, dqkv_ref) < 1e-4);  // dq, dk, dv: 1e-4 of their scale (longer sums, other order)
@@ -133,7 +128,8 @@ TEST_CASE("rmsnorm, rope and swiglu kernels against the CPU, forward and backwar
     rmsnorm_forward(d_out, d_rstd, d_x, d_g, N, D, nullptr);
     CHECK(max_rel(to_host(d_out, x.size()), out_ref) < 1e-6);
     CHECK(max_rel(to_host(d_rstd, N), rstd_ref) < 1e-6);
-    rmsnorm_backward(d_dy, d_dg, d_dy, d_x, d_g, d_rstd, N, D, nullptr);  // dx aliases dout, as in the model
+    float* d_scratch = to_device(std::vector<float>((size_t)kDgChunks * D));
+    rmsnorm_backward(d_dy, d_dg, d_dy, d_x, d_g, d_rstd, N, D, d_scratch, nullptr);  // dx aliases dout, as in the model
     CHECK(max_rel(to_host(d_dy, x.size()), dx_ref) < 1e-5);
     CHECK(max_rel(to_host(d_dg, D), dg_ref) < 1e-5);
 
@@ -161,7 +157,7 @@ TEST_CASE("rmsnorm, rope and swiglu kernels against the CPU, forward and backwar
     CHECK(max_rel(to_host(d_gg, gg_ref.size()), gg_ref) < 1e-6);
     CHECK(max_rel(to_host(d_dh, h13.size()), dh_ref) < 1e-6);
     for (void* p : {(void*)d_x, (void*)d_g, (void*)d_out, (void*)d_rstd, (void*)d_dy, (void*)d_dg, (void*)d_qkv, (void*)d_cos,
-                    (void*)d_sin, (void*)d_pos, (void*)d_h13, (void*)d_gg, (void*)d_dgg, (void*)d_dh})
+                    (void*)d_sin, (void*)d_pos, (void*)d_scratch, (void*)d_h13, (void*)d_gg, (void*)d_dgg, (void*)d_dh})
         cudaCheck(cudaFree(p));
 }
 
