@@ -219,6 +219,26 @@ static void kernel_lab(const Options& o) {
     });
     report("crossentropy_backward", ce_err, 1e-5, ms, 2.0 * BT * c.Vp * 4, "GB/s");
 
+    // embedding: every copy of a position gets its token's row; the backward sums them back
+    std::vector<int> tok(BT), row_tok(N);
+    for (int& t : tok) t = (int)(rng.next_u64() % c.V);
+    for (int i = 0; i < N; i++) row_tok[i] = tok[i / TK * T + regrouped_position(c, T, i % TK)];
+    const std::vector<float> E(params.begin(), params.begin() + (size_t)c.Vp * D), dxe = randn((size_t)N * D, 13);
+    std::vector<float> xe_ref((size_t)N * D), dE_ref(E.size(), 0.0f);
+    embedding_forward(xe_ref.data(), tok.data(), E.data(), B, T, c.K, D);
+    embedding_backward(dE_ref.data(), regroup_rows(dxe, c, B, T, D, false).data(), tok.data(), B, T, c.K, D);
+    int* d_row_tok = buf.up(row_tok);
+    float *d_xe = buf.zeros<float>(xe_ref.size()), *d_dxe = buf.up(dxe), *d_dE = buf.zeros<float>(E.size());
+    ms = time_ms(reps, [&] { embedding_forward(d_xe, d_row_tok, G.p.E, N, D, s); });
+    report("embedding_forward", rel_err(regroup_rows(down(d_xe, xe_ref.size()), c, B, T, D, false), xe_ref), 0, ms, 2.0 * N * D * 4,
+           "GB/s");
+    TokenGroups groups;
+    groups.set(row_tok);
+    embedding_backward(d_dE, d_dxe, groups, D, s);
+    const double emb_err = rel_err(down(d_dE, E.size()), dE_ref);
+    ms = time_ms(reps, [&] { embedding_backward(d_dE, d_dxe, groups, D, s); });
+    report("embedding_backward", emb_err, 1e-5, ms, 2.0 * N * D * 4, "GB/s");
+
     // AdamW over every parameter (one step from zero moments, against the CPU's)
     const size_t P = params.size();
     std::vector<float> grads = randn(P, 12, 0.01f), p_ref = params, m_ref(P), v_ref(P);

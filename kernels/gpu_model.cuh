@@ -33,7 +33,7 @@ struct GpuModel : Activations<float> {
     float* act = nullptr;                        // the activations' arena (Activations in model.h)
     int *d_row_tokens = nullptr, *d_row_pos = nullptr;  // (B*T*K) each row's token and position n
     int* d_targets = nullptr;                    // (B, T)
-    std::vector<int> tokens;                     // (B, T) host copy: the embedding backward groups rows by token
+    TokenGroups groups;                          // the rows of the last forward's batch, by token
 
     GpuModel(const Config& c, const float* host_params, bool tf32) : cfg(c), P(num_params(c)) {
         gpu_check_fits(2 * P * sizeof(float), "parameters and gradients");
@@ -99,10 +99,10 @@ struct GpuModel : Activations<float> {
         const Config& c = cfg;
         size_for(B_, T_);
         const int N = B * T * c.K, BT = B * T, D = c.D;
-        tokens.assign(tok, tok + BT);
         std::vector<int> row_tokens(N);
         for (int i = 0; i < N; i++) row_tokens[i] = tok[i / (T * c.K) * T + regrouped_position(c, T, i % (T * c.K))];
         cudaCheck(cudaMemcpy(d_row_tokens, row_tokens.data(), N * sizeof(int), cudaMemcpyHostToDevice));
+        groups.set(row_tokens);
         embedding_forward(layer[0].x, d_row_tokens, p.E, N, D, stream);
         for (int l = 0; l < c.L; l++) {
             LayerActs<float>& a = layer[l];
@@ -157,7 +157,7 @@ struct GpuModel : Activations<float> {
             rmsnorm_backward(dtmp, gw.g_attn, dtmp, a.x, w.g_attn, a.rstd_a, N, D, norm_scratch, stream);
             add_inplace(dx, dtmp, (size_t)N * D, stream);
         }
-        embedding_backward(g.E, dx, tokens.data(), c, B, T, stream);
+        embedding_backward(g.E, dx, groups, D, stream);
     }
 
     void zero_grads() { cudaCheck(cudaMemsetAsync(grads, 0, P * sizeof(float), stream)); }

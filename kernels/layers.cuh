@@ -31,36 +31,49 @@ static __global__ void embedding_backward_kernel(float* dE, const float* dx, con
         dE[(size_t)ids[t] * D + j] += s;
     }
 }
-// tokens_host (B, T): the host copy of the batch, to group its rows by token.
-inline void embedding_backward(float* dE, const float* dx, const int* tokens_host, const Config& c, int B, int T, cudaStream_t s) {
-    const int TK = T * c.K;
-    std::vector<std::pair<int, int>> tr;  // (token, global row)
-    for (int b = 0; b < B; b++)
-        for (int r = 0; r < TK; r++) {
-            int n, copy;
-            regrouped_token(c, T, r, &n, &copy);
-            tr.push_back({tokens_host[b * T + n], b * TK + r});
-        }
-    std::sort(tr.begin(), tr.end());
-    std::vector<int> ids, starts, rows;
-    for (size_t i = 0; i < tr.size(); i++) {
-        if (i == 0 || tr[i].first != tr[i - 1].first) { ids.push_back(tr[i].first); starts.push_back((int)i); }
-        rows.push_back(tr[i].second);
+// The rows of a batch grouped by token, for the backward: token ids[i] is carried by rows
+// rows[starts[i] .. starts[i+1]), in increasing order. Grouped on the host when the tokens
+// arrive (the forward), so that the backward is device work only.
+struct TokenGroups {
+    int *ids = nullptr, *starts = nullptr, *rows = nullptr;  // device: (N), (N + 1), (N) at most
+    int count = 0, capacity = 0;                              // distinct tokens; rows allocated for
+    TokenGroups() = default;
+    TokenGroups(const TokenGroups&) = delete;
+    TokenGroups& operator=(const TokenGroups&) = delete;
+    ~TokenGroups() { release(); }
+    void release() {
+        for (void* p : {(void*)ids, (void*)starts, (void*)rows}) cudaFree(p);
+        ids = starts = rows = nullptr;
     }
-    starts.push_back((int)tr.size());
-    int *d_ids, *d_starts, *d_rows;
-    cudaCheck(cudaMalloc(&d_ids, ids.size() * sizeof(int)));
-    cudaCheck(cudaMalloc(&d_starts, starts.size() * sizeof(int)));
-    cudaCheck(cudaMalloc(&d_rows, rows.size() * sizeof(int)));
-    cudaCheck(cudaMemcpyAsync(d_ids, ids.data(), ids.size() * sizeof(int), cudaMemcpyHostToDevice, s));
-    cudaCheck(cudaMemcpyAsync(d_starts, starts.data(), starts.size() * sizeof(int), cudaMemcpyHostToDevice, s));
-    cudaCheck(cudaMemcpyAsync(d_rows, rows.data(), rows.size() * sizeof(int), cudaMemcpyHostToDevice, s));
-    launch(embedding_backward_kernel, dim3((unsigned)ids.size()), dim3(std::min(c.D, 256)), 0, s, dE, dx, d_ids, d_starts, d_rows, c.D);
+    // row_tokens (N): each row's token.
+    void set(const std::vector<int>& row_tokens) {
+        const int N = (int)row_tokens.size();
+        if (N > capacity) {
+            release();
+            capacity = N;
+            cudaCheck(cudaMalloc(&ids, N * sizeof(int)));
+            cudaCheck(cudaMalloc(&starts, (N + 1) * sizeof(int)));
+            cudaCheck(cudaMalloc(&rows, N * sizeof(int)));
+        }
+        std::vector<std::pair<int, int>> tr(N);  // (token, row)
+        for (int r = 0; r < N; r++) tr[r] = {row_tokens[r], r};
+        std::sort(tr.begin(), tr.end());
+        std::vector<int> h_ids, h_starts, h_rows(N);
+        for (int i = 0; i < N; i++) {
+            if (i == 0 || tr[i].first != tr[i - 1].first) { h_ids.push_back(tr[i].first); h_starts.push_back(i); }
+            h_rows[i] = tr[i].second;
+        }
+        h_starts.push_back(N);
+        count = (int)h_ids.size();
+        cudaCheck(cudaMemcpy(ids, h_ids.data(), count * sizeof(int), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(starts, h_starts.data(), (count + 1) * sizeof(int), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(rows, h_rows.data(), N * sizeof(int), cudaMemcpyHostToDevice));
+    }
+};
+inline void embedding_backward(float* dE, const float* dx, const TokenGroups& g, int D, cudaStream_t s) {
+    launch(embedding_backward_kernel, dim3((unsigned)g.count), dim3(std::min(D, 256)), 0, s, dE, dx, (const int*)g.ids,
+           (const int*)g.starts, (const int*)g.rows, D);
     cudaCheck(cudaGetLastError());
-    cudaCheck(cudaStreamSynchronize(s));  // the index arrays are freed next
-    cudaCheck(cudaFree(d_ids));
-    cudaCheck(cudaFree(d_starts));
-    cudaCheck(cudaFree(d_rows));
 }
 
 // ---- rmsnorm: out = x / sqrt(mean(x^2) + 1e-5) * g ----

@@ -2,6 +2,7 @@
 // multiples of any tile: T = 37, K = 3, W = 5, C = 4, D = 96, H = 6, Hkv = 2 (hd = 16;
 // attention also at hd = 64 and 12).
 // Built into the same binaries as test_gpu.cu: emulated on the CPU and natively.
+#include <set>
 #include <vector>
 #include <doctest/doctest.h>
 #include "../kernels/adamw.cuh"
@@ -106,11 +107,14 @@ TEST_CASE("embedding kernels: K-fold repetition, deterministic backward, against
     float *d_E = to_device(E), *d_x = to_device(std::vector<float>(x_ref.size())), *d_dx = to_device(dx), *d_dE = to_device(dE0);
     embedding_forward(d_x, d_tok, d_E, N, c.D, nullptr);
     CHECK(regroup_rows(to_host(d_x, x_ref.size()), c, B, T, c.D, false) == x_ref);  // copies: exact
-    embedding_backward(d_dE, d_dx, tok.data(), c, B, T, nullptr);
+    TokenGroups groups;
+    groups.set(row_tok);
+    CHECK(groups.count == (int)std::set<int>(tok.begin(), tok.end()).size());
+    embedding_backward(d_dE, d_dx, groups, c.D, nullptr);
     std::vector<float> dE = to_host(d_dE, E.size());
     CHECK(max_rel(dE, dE_ref) < 1e-6);  // sums of up to K*B*T/20 rows in another order
     float* d_dE2 = to_device(dE0);
-    embedding_backward(d_dE2, d_dx, tok.data(), c, B, T, nullptr);
+    embedding_backward(d_dE2, d_dx, groups, c.D, nullptr);
     CHECK(to_host(d_dE2, E.size()) == dE);  // deterministic
     for (void* p : {(void*)d_tok, (void*)d_E, (void*)d_x, (void*)d_dx, (void*)d_dE, (void*)d_dE2}) cudaCheck(cudaFree(p));
 }
