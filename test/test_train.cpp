@@ -339,9 +339,10 @@ TEST_CASE("--device cuda (emulated): --compare-cpu, --check-state, training that
     CHECK(out.find("on cuda") != std::string::npos);
     // 4 steps on the GPU path, checkpoint at 2; the same 4 on the CPU; the GPU run resumed on the CPU.
     std::string g = tmp("cuda-run"), cpu = tmp("cpu-run"), mixed = tmp("mixed-run");
-    std::string train = model + "-x 4 -u 1 -v 0 -s 0 -n 2 ";
+    std::string train = model + "-x 4 -u 1 -v 0 -s 2 -g 3 -n 2 ";  // samples at step 2: the GPU decoder inside training
     REQUIRE(run(std::string(kEmuBin) + train + "--device cuda -o " + g, &out) == 0);
     CHECK(out.find("on cuda") != std::string::npos);
+    CHECK(out.find("sample:") != std::string::npos);
     REQUIRE(run(std::string(kBin) + train + "--device cpu -o " + cpu, &out) == 0);
     mkdir(mixed.c_str(), 0755);
     for (const char* kind : {"model", "state"}) {
