@@ -67,6 +67,13 @@ run gpu-tsan env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --test-case-exclude='GP
 expect tsan-catches-race "WARNING: ThreadSanitizer: data race" env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --no-skip=true --test-case='sanitizer-race*'
 run gpu-asan ./build/test_gpu_asan --test-case-exclude='GPU model*,GPU decoder*'
 expect asan-catches-overflow "AddressSanitizer: heap-buffer-overflow" ./build/test_gpu_asan --no-skip=true --test-case='sanitizer-bounds*'
+# Registers, stack frames and spills of every kernel, from ptxas (needs nvcc, not a GPU).
+if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
+    run ptxas ./dev/ptxas_report.sh
+else
+    echo "== ptxas: SKIPPED (no nvcc)"
+    skipped=$((skipped + 1))
+fi
 if [ -x build/test_gpu_native ]; then
     out=$(./build/test_gpu_native 2>&1 | tail -n 1)
     case "$out" in
