@@ -95,7 +95,7 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
         for (int pass = 0; pass < 2; pass++)
             for (size_t r = 0; r < ns_in.size(); r++)
                 if ((cs_in[r] > 0) == (pass == 1)) { ns.push_back(ns_in[r]); toks.push_back(toks_in[r]); nc.push_back(make_int2(ns_in[r], cs_in[r])); }
-        const int R = (int)ns.size(), D = c.D, hd = c.hd();
+        const int R = (int)ns.size(), D = c.D;
         DecodeBlock b{R, 0, ns[0], 0};
         while (b.Ro < R && nc[b.Ro].y == 0) b.Ro++;
         if (b.Ro < R) b.h0 = nc[b.Ro].x * (c.K - 1) + nc[b.Ro].y - 1;
@@ -108,21 +108,12 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
         cudaCheck(cudaMemcpy(d_nc, nc.data(), R * sizeof(int2), cudaMemcpyHostToDevice));
         for (int r = b.Ro; r < R; r++) count_hidden(nc[r].x);
         embedding_forward(x, d_tok, G.p.E, R, D, G.stream);
-        for (int l = 0; l < c.L; l++) {
-            const LayerView<float>& w = G.p.layer[l];
-            rmsnorm_forward(a, rstd, x, w.g_attn, R, D, G.stream);
-            G.matmul(qkv, a, w.wqkv, R, D, c.qkv_dim(), false);
-            rope_forward(qkv, d_pos, c, R, G.rope_cos, G.rope_sin, G.stream);
-            attention_decode(o, d_part, qkv, d_nc, cache[l], b, c, G.stream);
-            kv_cache_append(cache[l], qkv, d_nc, b, c, G.stream);
-            G.copy(xm, x, (size_t)R * D);
-            G.matmul(xm, o, w.wo, R, c.H * hd, D, true);
-            rmsnorm_forward(f, rstd, xm, w.g_ffn, R, D, G.stream);
-            G.matmul(h13, f, w.w13, R, D, 2 * c.F, false);
-            swiglu_forward(g, h13, R, c.F, G.stream);
-            G.copy(x, xm, (size_t)R * D);
-            G.matmul(x, g, w.w2, R, c.F, D, true);
-        }
+        const LayerActs<float> acts{x, a, rstd, qkv, nullptr, o, xm, f, rstd, h13, g};  // one block, every layer, in place
+        for (int l = 0; l < c.L; l++)
+            G.layer_forward(acts, G.p.layer[l], x, R, d_pos, [&] {
+                attention_decode(o, d_part, qkv, d_nc, cache[l], b, c, G.stream);
+                kv_cache_append(cache[l], qkv, d_nc, b, c, G.stream);
+            });
         t = ns_in.back() + 1;
         // Only the last copy of the newest position predicts: the regrouped block's last row.
         rmsnorm_forward(f, rstd, x + (size_t)(R - 1) * D, G.p.g_final, 1, D, G.stream);

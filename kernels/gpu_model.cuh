@@ -94,6 +94,26 @@ struct GpuModel : Activations<float> {
         cudaCheck(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream));
     }
 
+    // One layer's forward over N rows, as in model.h: x_next = layer(a.x), which may be a.x
+    // itself. pos (N): the rows' positions, for RoPE; attend() fills a.o from a.qkv (the
+    // training attention here, the KV-cache attention in gpu_decode.cuh).
+    template<typename Attend>
+    void layer_forward(const LayerActs<float>& a, const LayerView<float>& w, float* x_next, int N, const int* pos, Attend attend) {
+        const Config& c = cfg;
+        const int D = c.D;
+        rmsnorm_forward(a.a, a.rstd_a, a.x, w.g_attn, N, D, stream);
+        matmul(a.qkv, a.a, w.wqkv, N, D, c.qkv_dim(), false);
+        rope_forward(a.qkv, pos, c, N, rope_cos, rope_sin, stream);
+        attend();
+        copy(a.xm, a.x, (size_t)N * D);
+        matmul(a.xm, a.o, w.wo, N, c.H * c.hd(), D, true);
+        rmsnorm_forward(a.f, a.rstd_f, a.xm, w.g_ffn, N, D, stream);
+        matmul(a.h13, a.f, w.w13, N, D, 2 * c.F, false);
+        swiglu_forward(a.g, a.h13, N, c.F, stream);
+        copy(x_next, a.xm, (size_t)N * D);
+        matmul(x_next, a.g, w.w2, N, c.F, D, true);
+    }
+
     // tokens, targets: host (B, T). Returns the mean last-copy loss (0 without targets).
     float forward(const int* tok, const int* tgt, int B_, int T_) {
         const Config& c = cfg;
@@ -105,20 +125,9 @@ struct GpuModel : Activations<float> {
         groups.set(row_tokens);
         embedding_forward(layer[0].x, d_row_tokens, p.E, N, D, stream);
         for (int l = 0; l < c.L; l++) {
-            LayerActs<float>& a = layer[l];
-            const LayerView<float>& w = p.layer[l];
-            float* x_next = l + 1 < c.L ? layer[l + 1].x : xL;
-            rmsnorm_forward(a.a, a.rstd_a, a.x, w.g_attn, N, D, stream);
-            matmul(a.qkv, a.a, w.wqkv, N, D, c.qkv_dim(), false);
-            rope_forward(a.qkv, d_row_pos, c, N, rope_cos, rope_sin, stream);
-            attention_forward(a.o, a.lse, a.qkv, c, B, T, stream);
-            copy(a.xm, a.x, (size_t)N * D);
-            matmul(a.xm, a.o, w.wo, N, c.H * c.hd(), D, true);
-            rmsnorm_forward(a.f, a.rstd_f, a.xm, w.g_ffn, N, D, stream);
-            matmul(a.h13, a.f, w.w13, N, D, 2 * c.F, false);
-            swiglu_forward(a.g, a.h13, N, c.F, stream);
-            copy(x_next, a.xm, (size_t)N * D);
-            matmul(x_next, a.g, w.w2, N, c.F, D, true);
+            const LayerActs<float>& a = layer[l];
+            layer_forward(a, p.layer[l], l + 1 < c.L ? layer[l + 1].x : xL, N, d_row_pos,
+                          [&] { attention_forward(a.o, a.lse, a.qkv, c, B, T, stream); });
         }
         last_copy_forward(xlast, xL, c, B, T, stream);
         rmsnorm_forward(xn, rstd_final, xlast, p.g_final, BT, D, stream);
