@@ -111,14 +111,14 @@ bench: build/bench_cpu build/bench_decode
 	OMP_NUM_THREADS=2 ./build/bench_decode
 
 # GPU benchmarks (nvcc and a GPU): the kernel lab and training steps, then KV-cache inference.
-build/bench_gpu: dev/bench_gpu.cu $(HEADERS)
+build/bench_gpu: dev/bench_gpu.cu $(HEADERS) $(TEST_HDR)
 	@mkdir -p build
 	$(NVCC_BUILD) $< -o $@ -lcublas -lgomp
 build/bench_decode_gpu: dev/bench_decode.cu $(HEADERS)
 	@mkdir -p build
 	$(NVCC_BUILD) $< -o $@ -lcublas -lgomp
 # The kernel lab on the CUDA emulation: `make test` runs it at --tiny.
-build/bench_gpu_emu: dev/bench_gpu.cu $(HEADERS)
+build/bench_gpu_emu: dev/bench_gpu.cu $(HEADERS) $(TEST_HDR)
 	@mkdir -p build
 	$(CXX) $(HOSTFLAGS) -pthread -DPHD_EMULATE_GPU -x c++ $< -o $@
 

@@ -6,16 +6,6 @@
 
 static const char* kFixtureVariants[] = {"vanilla", "phd-3", "phd-swa-3-2", "phd-cswa-3-2-2", "naive-2"};
 
-// max|got - want| / max|want| over a tensor: the measure --check-state prints as "rel".
-static double rel_diff(const float* got, const float* want, size_t n) {
-    double d = 0, ref = 0;
-    for (size_t i = 0; i < n; i++) {
-        d = max_nan(d, (double)std::fabs(got[i] - want[i]));
-        ref = max_nan(ref, (double)std::fabs(want[i]));
-    }
-    return d / ref;
-}
-
 // test/fixtures/NAME.ckpt and NAME.state, loaded into a float model.
 struct Fixture {
     std::string base;
@@ -42,10 +32,10 @@ TEST_CASE("logits, loss and every gradient equal the PyTorch reference") {
         model_backward(M, 1.0f);
         INFO(std::string(v));
         CHECK(std::fabs(loss - s.loss) <= 1e-6f * s.loss);  // loss: 1e-6 relative
-        CHECK(rel_diff(logits.data(), s.logits.data(), logits.size()) < 1e-5);  // logits: 1e-5 of their scale
+        CHECK(max_rel(logits.data(), s.logits.data(), logits.size()) < 1e-5);  // logits: 1e-5 of their scale
         for (const ParamTensor& t : param_tensors(c)) {
             INFO(t.name);  // every gradient: 1e-5 of its tensor's scale (seen: <= 7e-7)
-            CHECK(rel_diff(M.grads.data() + t.offset, s.grads.data() + t.offset, t.size()) < 1e-5);
+            CHECK(max_rel(M.grads.data() + t.offset, s.grads.data() + t.offset, t.size()) < 1e-5);
         }
     }
 }

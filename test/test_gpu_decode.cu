@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 #include "../kernels/gpu_decode.cuh"
 #include "test_gpu_util.h"
+#include "test_util.h"
 
 static Config decode_config(const char* variant, int maxT) {
     Config c = tiny_config(variant, 97, maxT);

@@ -11,15 +11,7 @@
 #include "../kernels/layers.cuh"
 #include "../kernels/loss.cuh"
 #include "test_gpu_util.h"
-
-static double max_rel(const std::vector<float>& got, const std::vector<float>& want) {
-    double d = 0, ref = 0;
-    for (size_t i = 0; i < got.size(); i++) {
-        d = max_nan(d, (double)std::fabs(got[i] - want[i]));
-        ref = max_nan(ref, (double)std::fabs(want[i]));
-    }
-    return d / ref;
-}
+#include "test_util.h"
 
 TEST_CASE("attention kernels: forward and backward equal the CPU reference; only tiles with visible pairs are visited") {
     const int B = 2, T = 37;

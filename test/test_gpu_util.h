@@ -1,8 +1,7 @@
-// Helpers of the GPU tests that run the model's kernels: device copies of host vectors.
+// Device copies of host vectors, for the GPU tests and the kernel lab (no doctest here).
 #pragma once
 #include <vector>
 #include "../kernels/cuda_compat.h"
-#include "test_util.h"
 
 // A device copy of a host vector; the caller frees it.
 template<typename T> T* to_device(const std::vector<T>& h) {

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 #include "../model.h"
+#include "tensor_util.h"
 
 // A tiny model with GQA (H = 4, Hkv = 2) for the given variant name.
 static inline Config tiny_config(const char* variant, int V = 11, int maxT = 9) {
@@ -16,16 +17,6 @@ static inline Config tiny_config(const char* variant, int V = 11, int maxT = 9) 
     c.V = V; c.Vp = pad_vocab(V); c.L = 2; c.D = 16; c.H = 4; c.Hkv = 2; c.F = 24; c.maxT = maxT;
     REQUIRE(config_error(c).empty());
     return c;
-}
-
-// std::max that keeps a NaN, so that a comparison which met one fails instead of passing.
-static inline double max_nan(double a, double b) { return std::isnan(a) || std::isnan(b) ? NAN : std::max(a, b); }
-
-template<typename Real> std::vector<Real> random_vec(size_t n, uint64_t seed, double scale = 1.0) {
-    Rng rng{seed};
-    std::vector<Real> v(n);
-    for (Real& x : v) x = (Real)(scale * rng.normal());
-    return v;
 }
 
 static inline std::vector<int> random_tokens(size_t n, int V, uint64_t seed) {
