@@ -9,8 +9,9 @@
 
 struct CpuEngine {
     Model<float> M;
-    std::vector<float> m, v;  // (P) AdamW moments
-    CpuEngine(const Config& c, const std::vector<float>& params) : M(c), m(params.size()), v(params.size()) { M.params = params; }
+    std::vector<float> m, v;  // (P) AdamW moments; empty for inference
+    CpuEngine(const Config& c, const std::vector<float>& params, bool training = true)
+        : M(c), m(training ? params.size() : 0), v(m.size()) { M.params = params; }
     static const char* name() { return "cpu"; }
     float forward(const int* in, const int* tg, int B, int T) { return model_forward(M, in, tg, B, T); }
     void backward(float dloss) { model_backward(M, dloss); }
@@ -53,9 +54,11 @@ inline bool gpu_available(std::string* why) {
 
 struct GpuEngine {
     GpuModel G;
-    float *m = nullptr, *v = nullptr;  // (P) AdamW moments, on the device
+    float *m = nullptr, *v = nullptr;  // (P) AdamW moments, on the device; none for inference
     double* partial = nullptr;         // grad-norm scratch
-    GpuEngine(const Config& c, const std::vector<float>& params, bool tf32) : G(c, params.data(), tf32) {
+    // training false: only what the KV-cache decoder needs (the parameters), for --generate.
+    GpuEngine(const Config& c, const std::vector<float>& params, bool tf32, bool training = true) : G(c, params.data(), tf32, training) {
+        if (!training) return;
         gpu_check_fits(2 * G.P * sizeof(float), "AdamW moments");
         cudaCheck(cudaMalloc(&m, G.P * sizeof(float)));
         cudaCheck(cudaMalloc(&v, G.P * sizeof(float)));

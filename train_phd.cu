@@ -491,15 +491,17 @@ static int compare_cpu(const Args& a, const Config& c, const std::vector<float>&
 }
 #endif
 
-// Runs fn on the engine --device chose.
-template<typename Fn> static int on_engine([[maybe_unused]] const Args& a, const Config& c, const std::vector<float>& params, Fn fn) {
+// Runs fn on the engine --device chose; training false leaves out the gradients and AdamW
+// moments (generation needs only the parameters).
+template<typename Fn>
+static int on_engine([[maybe_unused]] const Args& a, const Config& c, const std::vector<float>& params, bool training, Fn fn) {
 #ifdef PHD_GPU
     if (a.device == "cuda") {
-        GpuEngine E(c, params, a.tf32 != 0);
+        GpuEngine E(c, params, a.tf32 != 0, training);
         return fn(E);
     }
 #endif
-    CpuEngine E(c, params);
+    CpuEngine E(c, params, training);
     return fn(E);
 }
 
@@ -512,11 +514,11 @@ int main(int argc, char** argv) {
         params.resize(num_params(c));
         init_params(c, params.data(), a.seed);
     }
-    if (!a.check_state.empty()) return on_engine(a, c, params, [&](auto& E) { return check_state(a, E, c); });
+    if (!a.check_state.empty()) return on_engine(a, c, params, true, [&](auto& E) { return check_state(a, E, c); });
     if (!a.dump_state.empty()) return dump_state(a, c, params);
-    if (a.generate) return on_engine(a, c, params, [&](auto& E) { return generate(a, c, E); });
+    if (a.generate) return on_engine(a, c, params, false, [&](auto& E) { return generate(a, c, E); });
 #ifdef PHD_GPU
     if (a.compare_cpu) return compare_cpu(a, c, params);
 #endif
-    return on_engine(a, c, params, [&](auto& E) { return train(a, c, E); });
+    return on_engine(a, c, params, true, [&](auto& E) { return train(a, c, E); });
 }

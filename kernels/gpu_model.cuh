@@ -22,10 +22,10 @@ inline void gpu_check_fits(size_t bytes, const char* what, const char* hint = ""
 struct GpuModel : Activations<float> {
     Config cfg;
     size_t P = 0;
-    float *params = nullptr, *grads = nullptr;   // (P) device arenas
+    float *params = nullptr, *grads = nullptr;   // (P) device arenas; no grads for inference
     ParamView<float> p, g;                       // named views into them
     float *rope_cos = nullptr, *rope_sin = nullptr;  // (maxT, hd/2)
-    float* norm_scratch = nullptr;               // (kDgChunks, D) rmsnorm_backward's partial sums
+    float* norm_scratch = nullptr;               // (kDgChunks, D) rmsnorm_backward's partial sums (training)
     cublasHandle_t blas;
     cudaStream_t stream = nullptr;
 
@@ -35,21 +35,24 @@ struct GpuModel : Activations<float> {
     int* d_targets = nullptr;                    // (B, T)
     TokenGroups groups;                          // the rows of the last forward's batch, by token
 
-    GpuModel(const Config& c, const float* host_params, bool tf32) : cfg(c), P(num_params(c)) {
-        gpu_check_fits(2 * P * sizeof(float), "parameters and gradients");
+    // training false: inference only (the KV-cache decoder), the parameters without gradients.
+    GpuModel(const Config& c, const float* host_params, bool tf32, bool training = true) : cfg(c), P(num_params(c)) {
+        gpu_check_fits((training ? 2 : 1) * P * sizeof(float), training ? "parameters and gradients" : "parameters");
         cudaCheck(cudaMalloc(&params, P * sizeof(float)));
-        cudaCheck(cudaMalloc(&grads, P * sizeof(float)));
         cudaCheck(cudaMemcpy(params, host_params, P * sizeof(float), cudaMemcpyHostToDevice));
-        cudaCheck(cudaMemset(grads, 0, P * sizeof(float)));
         p = param_view(c, params);
-        g = param_view(c, grads);
+        if (training) {
+            cudaCheck(cudaMalloc(&grads, P * sizeof(float)));
+            cudaCheck(cudaMemset(grads, 0, P * sizeof(float)));
+            g = param_view(c, grads);
+            cudaCheck(cudaMalloc(&norm_scratch, (size_t)kDgChunks * c.D * sizeof(float)));
+        }
         std::vector<float> cs((size_t)c.maxT * c.hd() / 2), sn(cs.size());
         rope_tables(cs.data(), sn.data(), c.maxT, c.hd());
         cudaCheck(cudaMalloc(&rope_cos, cs.size() * sizeof(float)));
         cudaCheck(cudaMalloc(&rope_sin, sn.size() * sizeof(float)));
         cudaCheck(cudaMemcpy(rope_cos, cs.data(), cs.size() * sizeof(float), cudaMemcpyHostToDevice));
         cudaCheck(cudaMemcpy(rope_sin, sn.data(), sn.size() * sizeof(float), cudaMemcpyHostToDevice));
-        cudaCheck(cudaMalloc(&norm_scratch, (size_t)kDgChunks * c.D * sizeof(float)));
         cublasCheck(cublasCreate(&blas));
         cublasCheck(cublasSetMathMode(blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
     }

@@ -391,3 +391,23 @@ TEST_CASE("--device cuda (emulated): what does not fit in GPU memory gets one cl
         CHECK(out.find("MiB free of") != std::string::npos);
     }
 }
+
+TEST_CASE("--device cuda (emulated): generation allocates no gradients or AdamW moments") {
+    // A device with room for the parameters and the decoder, not for the gradients too.
+    Config c = tiny_config("phd-cswa-3-4-5", 32, 16);
+    c.D = 64; c.F = 128;
+    const size_t P = num_params(c) * sizeof(float), limit = P + 160 * 1024;
+    REQUIRE(limit < 2 * P);
+    std::string dir = tmp("gen-mem"), out, model = tiny_flags() + "--dim 64 --ffn 128 --variant phd-cswa-3-4-5 ";
+    REQUIRE(run(std::string(kBin) + model + "-x 1 -v 0 -s 0 -i " + make_shard("gen-mem.bin", 3000, 4) + " -o " + dir, &out) == 0);
+    const std::string env = "PHD_EMU_DEVICE_MEMORY=" + std::to_string(limit) + " ";
+    int rc = run(env + kEmuBin + " --device cuda -e " + dir + "/model_00000001.bin --generate 4 --prompt-ids '1 2 3' --temperature 0", &out);
+    INFO(out);
+    CHECK(rc == 0);
+    CHECK(out.find("on cuda") != std::string::npos);
+    // The same device is too small to train this model.
+    rc = run(env + kEmuBin + model + "--device cuda -x 1 -v 0 -s 0 -i " + make_shard("gen-mem.bin", 3000, 4) + " -o " + tmp("gen-mem-train"), &out);
+    INFO(out);
+    CHECK(rc == 1);
+    CHECK(out.find("GPU memory: parameters and gradients need") != std::string::npos);
+}
