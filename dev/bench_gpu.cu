@@ -121,6 +121,13 @@ static void kernel_lab(const Options& o) {
     float ms = time_ms(reps, [&] { attention_forward(d_o, d_lse, d_qkv, c, B, T, s); });
     report("attention_forward", max_rel(regroup_rows(to_host(d_o, o_ref.size()), c, B, T, od, false), o_ref), 1e-5, ms, attn_flops,
            "GFLOP/s");
+    if (c.hd() % 16 == 0 && c.hd() <= 64) {  // the tensor-core forward's head sizes; the backward reads the fp32 kernel's o, lse
+        float* d_o_tc = buf.zeros<float>(o_ref.size());
+        ms = time_ms(reps, [&] { attention_forward(d_o_tc, d_lse, d_qkv, c, B, T, s, nullptr, true); });
+        report("attention_forward TF32 mma", max_rel(regroup_rows(to_host(d_o_tc, o_ref.size()), c, B, T, od, false), o_ref), 5e-3, ms,
+               attn_flops, "GFLOP/s");
+        attention_forward(d_o, d_lse, d_qkv, c, B, T, s);
+    }
     ms = time_ms(reps, [&] { attention_backward(d_dqkv, d_dout, d_qkv, d_o, d_lse, c, B, T, s); });
     report("attention_backward", max_rel(regroup_rows(to_host(d_dqkv, qkv.size()), c, B, T, ld, false), dqkv_ref), 1e-4, ms,
            2.5 * attn_flops, "GFLOP/s");
@@ -239,7 +246,7 @@ static void attention_vs_pairs(const Options& o) {
         float *d_o = buf.zeros<float>((size_t)o.B * TK * c.H * c.hd()), *d_lse = buf.zeros<float>((size_t)o.B * c.H * TK);
         float *d_dout = buf.up(random_vec<float>((size_t)o.B * TK * c.H * c.hd(), 2)), *d_dqkv = buf.zeros<float>((size_t)o.B * TK * c.qkv_dim());
         const int reps = o.tiny ? 1 : 5;
-        float f = time_ms(reps, [&] { attention_forward(d_o, d_lse, d_qkv, c, o.B, o.T, nullptr); });
+        float f = time_ms(reps, [&] { attention_forward(d_o, d_lse, d_qkv, c, o.B, o.T, nullptr, nullptr, o.tf32 != 0); });
         float b = time_ms(reps, [&] { attention_backward(d_dqkv, d_dout, d_qkv, d_o, d_lse, c, o.B, o.T, nullptr); });
         const double pairs = visible_pairs(c, o.T);
         printf("%-18s %14.4g %10.3f %10.3f %12.1f\n", v.c_str(), pairs, f, b, (f + b) * 1e6 / (pairs * o.B / 1e6));

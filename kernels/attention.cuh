@@ -166,6 +166,139 @@ template<int HD> static __global__ void attention_forward_kernel(float* o, float
     lse[((size_t)Q.b * c.H + Q.h) * Q.TK + Q.r] = mx + __logf(l);
 }
 
+// The same forward on tensor cores (--tf32): S = Q K^T and O += P V as mma_tf32 tiles
+// (cuda_compat.h), inputs rounded to TF32, so results match the fp32 kernel to ~1e-3. A
+// block of kTcWarps warps owns 16 query rows per warp; each key tile it loads (rounded once)
+// serves all of them, and a warp none of whose rows sees a key in the tile skips it. The
+// padded shared-memory strides make the fragment reads conflict-free. HD in {16, 32, 64}.
+static constexpr int kTcRows = 16, kTcWarps = 4;  // query rows per warp (the mma's M); warps per block
+
+template<int HD> struct TcSmem {
+    static constexpr int KLD = HD + 4, VLD = HD + 8, PLD = kAttnTile + 4;  // row strides of ks, vs, ps
+    static constexpr size_t bytes = (kAttnTile * (KLD + VLD) + kTcWarps * kTcRows * PLD) * sizeof(float);
+};
+
+// grid (query blocks of kTcWarps*kTcRows rows, H, B), block 32*kTcWarps. visited, when not
+// null, counts the (16-row query tile, key tile) pairs computed.
+template<int HD> static __global__ void attention_forward_tc_kernel(float* o, float* lse, const float* qkv, Config c, int T, int* visited) {
+    static_assert(HD > 0 && HD % 8 == 0 && kTcWarps * kTcRows == 64, "two ballots cover a block's rows");
+    using S = TcSmem<HD>;
+    constexpr int NT = kAttnTile / 8, HT = HD / 8;  // 8-wide column tiles of S (keys) and of O (head)
+    const int TK = T * c.K, ld = c.qkv_dim(), h = blockIdx.y, b = blockIdx.z, kv = h / (c.H / c.Hkv);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+    const int q0 = blockIdx.x * kTcWarps * kTcRows, r0 = q0 + warp * kTcRows;  // the block's and the warp's first row
+    const float* base = qkv + (size_t)b * TK * ld;
+    const float scale = 1.0f / sqrtf((float)HD);
+    float* ks = dynamic_shared<float>();                    // (kAttnTile, KLD) keys
+    float* vs = ks + kAttnTile * S::KLD;                    // (kAttnTile, VLD) values
+    float* ps = vs + kAttnTile * S::VLD + warp * kTcRows * S::PLD;  // (kTcRows, PLD) this warp's P
+    // This thread's rows r0 + g and r0 + g + 8 (d's rows): their tokens, Q as a fragments.
+    int rn[2] = {0, 0}, rc[2] = {0, 0};
+    bool rv[2];
+    for (int i = 0; i < 2; i++) {
+        rv[i] = r0 + g + 8 * i < TK;
+        if (rv[i]) regrouped_token(c, T, r0 + g + 8 * i, &rn[i], &rc[i]);
+    }
+    float qa[HT][4], acc[HT][4];
+    PHD_UNROLL
+    for (int ht = 0; ht < HT; ht++)
+        for (int i = 0; i < 4; i++) {
+            const int r = r0 + g + 8 * (i % 2);
+            qa[ht][i] = r < TK ? to_tf32(base[(size_t)r * ld + h * HD + 8 * ht + t + 4 * (i / 2)]) : 0.0f;
+            acc[ht][i] = 0.0f;
+        }
+    float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // per row; l sums this thread's columns only
+    for (int k0 = 0; k0 < TK; k0 += kAttnTile) {
+        const int k1 = min(k0 + kAttnTile, TK);
+        // Bit i: block row q0 + i sees a key in the tile. Every warp computes all 64, so the
+        // skip needs no vote in shared memory.
+        const unsigned lo = __ballot_sync(0xffffffffu, q0 + lane < TK && query_meets_tile(c, T, q0 + lane, k0, k1));
+        const unsigned hi = __ballot_sync(0xffffffffu, q0 + 32 + lane < TK && query_meets_tile(c, T, q0 + 32 + lane, k0, k1));
+        if (!(lo | hi)) continue;
+        for (int idx = threadIdx.x; idx < kAttnTile * HD; idx += blockDim.x) {
+            const int j = idx / HD, e = idx % HD;
+            const float* row = base + (size_t)(k0 + j) * ld;
+            ks[j * S::KLD + e] = k0 + j < k1 ? to_tf32(row[(c.H + kv) * HD + e]) : 0.0f;
+            vs[j * S::VLD + e] = k0 + j < k1 ? to_tf32(row[(c.H + c.Hkv + kv) * HD + e]) : 0.0f;
+        }
+        __syncthreads();
+        if (((warp < 2 ? lo : hi) >> (16 * (warp % 2))) & 0xffffu) {
+            if (visited && lane == 0) atomicAdd(visited, 1);
+            float s[NT][4];  // S (16, kAttnTile): b = K^T, b[0] = K[key 8nt + g][dim 8ht + t]
+            PHD_UNROLL
+            for (int nt = 0; nt < NT; nt++) {
+                s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+                PHD_UNROLL
+                for (int ht = 0; ht < HT; ht++) {
+                    const float* kr = ks + (8 * nt + g) * S::KLD + 8 * ht + t;
+                    const float kb[2] = {kr[0], kr[4]};
+                    mma_tf32(s[nt], qa[ht], kb);
+                }
+            }
+            // Mask with the predicate, scale; each row's max over the tile (its 4 threads hold its keys).
+            float tmax[2] = {-INFINITY, -INFINITY};
+            PHD_UNROLL
+            for (int nt = 0; nt < NT; nt++)
+                for (int i = 0; i < 4; i++) {
+                    const int j = k0 + 8 * nt + 2 * t + i % 2, row = i / 2;
+                    int m = 0, d = 0;
+                    if (j < k1) regrouped_token(c, T, j, &m, &d);
+                    const bool vis = rv[row] && j < k1 && phd_visible(c, rn[row], rc[row], m, d);
+                    s[nt][i] = vis ? s[nt][i] * scale : -INFINITY;
+                    tmax[row] = fmaxf(tmax[row], s[nt][i]);
+                }
+            float corr[2], msafe[2];
+            for (int row = 0; row < 2; row++) {
+                tmax[row] = fmaxf(tmax[row], __shfl_xor_sync(0xffffffffu, tmax[row], 1));
+                tmax[row] = fmaxf(tmax[row], __shfl_xor_sync(0xffffffffu, tmax[row], 2));
+                const float mnew = fmaxf(mx[row], tmax[row]);
+                msafe[row] = mnew == -INFINITY ? 0.0f : mnew;  // a row with nothing visible yet: p = 0, no NaN
+                corr[row] = __expf(mx[row] - msafe[row]);
+                mx[row] = mnew;
+                l[row] *= corr[row];
+            }
+            // P = exp(S - max), rounded as the mma will read it; l sums what it reads.
+            PHD_UNROLL
+            for (int nt = 0; nt < NT; nt++)
+                for (int i = 0; i < 4; i++) {
+                    const float p = to_tf32(__expf(s[nt][i] - msafe[i / 2]));
+                    l[i / 2] += p;
+                    ps[(g + 8 * (i / 2)) * S::PLD + 8 * nt + 2 * t + i % 2] = p;
+                }
+            __syncwarp();
+            // O = O * corr + P V: a = P[row][key 8kt + t], b = V[key 8kt + t][dim 8ht + g].
+            PHD_UNROLL
+            for (int ht = 0; ht < HT; ht++)
+                for (int i = 0; i < 4; i++) acc[ht][i] *= corr[i / 2];
+            PHD_UNROLL
+            for (int kt = 0; kt < NT; kt++) {
+                const float* pr = ps + g * S::PLD + 8 * kt + t;
+                const float pa[4] = {pr[0], pr[8 * S::PLD], pr[4], pr[8 * S::PLD + 4]};
+                PHD_UNROLL
+                for (int ht = 0; ht < HT; ht++) {
+                    const float* vr = vs + (8 * kt + t) * S::VLD + 8 * ht + g;
+                    const float vb[2] = {vr[0], vr[4 * S::VLD]};
+                    mma_tf32(acc[ht], pa, vb);
+                }
+            }
+            __syncwarp();  // ps is rewritten by the next tile
+        }
+        __syncthreads();  // ks, vs too
+    }
+    for (int row = 0; row < 2; row++) {
+        l[row] += __shfl_xor_sync(0xffffffffu, l[row], 1);
+        l[row] += __shfl_xor_sync(0xffffffffu, l[row], 2);
+    }
+    PHD_UNROLL
+    for (int ht = 0; ht < HT; ht++)
+        for (int i = 0; i < 4; i++) {
+            const int row = i / 2, r = r0 + g + 8 * row;
+            if (rv[row]) o[((size_t)b * TK + r) * c.H * HD + h * HD + 8 * ht + 2 * t + i % 2] = acc[ht][i] / l[row];
+        }
+    for (int row = 0; row < 2; row++)
+        if (t == 0 && rv[row]) lse[((size_t)b * c.H + h) * TK + r0 + g + 8 * row] = mx[row] + __logf(l[row]);
+}
+
 // grid (query tiles, H, B), block kAttnTile: thread = query row; writes its dq. Its dO row
 // waits in shared memory (padded: each thread reads its own row, conflict-free), so that
 // q and dq fit in registers.
@@ -317,17 +450,28 @@ struct AttentionSmem {
         : forward(2 * kAttnTile * hd * sizeof(float)), dq((2 * hd + hd + 1) * kAttnTile * sizeof(float)),
           dkdv((2 * hd + 2 * (hd + 1)) * kAttnTile * sizeof(float)) {}
 };
-template<typename Kernel, typename... Args> void launch_attention(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, Args... args) {
+template<typename Kernel, typename... Args>
+void launch_attention(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args... args) {
     cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    launch(kernel, grid, dim3(kAttnTile), smem, stream, args...);
+    launch(kernel, grid, block, smem, stream, args...);
 }
 
+// tensor_cores: the TF32 kernel where it has an instance for the head size (16, 32, 64),
+// else the fp32 one.
 inline void attention_forward(float* o, float* lse, const float* qkv, const Config& c, int B, int T, cudaStream_t stream,
-                              int* visited = nullptr) {
-    const int tiles = (T * c.K + kAttnTile - 1) / kAttnTile;
+                              int* visited = nullptr, bool tensor_cores = false) {
+    const int TK = T * c.K;
     with_head_dim(c, [&](auto hd) {
-        launch_attention(attention_forward_kernel<hd.value>, dim3(tiles, c.H, B), AttentionSmem(c.hd()).forward, stream, o, lse, qkv, c,
-                         T, visited);
+        if constexpr (hd.value > 0) {
+            if (tensor_cores) {
+                const int rows = kTcWarps * kTcRows;
+                launch_attention(attention_forward_tc_kernel<hd.value>, dim3((TK + rows - 1) / rows, c.H, B), dim3(32 * kTcWarps),
+                                 TcSmem<hd.value>::bytes, stream, o, lse, qkv, c, T, visited);
+                return;
+            }
+        }
+        launch_attention(attention_forward_kernel<hd.value>, dim3((TK + kAttnTile - 1) / kAttnTile, c.H, B), dim3(kAttnTile),
+                         AttentionSmem(c.hd()).forward, stream, o, lse, qkv, c, T, visited);
     });
     cudaCheck(cudaGetLastError());
 }
@@ -337,8 +481,8 @@ inline void attention_backward(float* dqkv, const float* dout, const float* qkv,
     const int tiles = (T * c.K + kAttnTile - 1) / kAttnTile;
     const AttentionSmem smem(c.hd());
     with_head_dim(c, [&](auto hd) {
-        launch_attention(attention_backward_dq_kernel<hd.value>, dim3(tiles, c.H, B), smem.dq, stream, dqkv, dout, qkv, o, lse, c, T);
-        launch_attention(attention_backward_dkdv_kernel<hd.value>, dim3(tiles, c.Hkv, B), smem.dkdv, stream, dqkv, dout, qkv, o, lse, c,
+        launch_attention(attention_backward_dq_kernel<hd.value>, dim3(tiles, c.H, B), dim3(kAttnTile), smem.dq, stream, dqkv, dout, qkv, o, lse, c, T);
+        launch_attention(attention_backward_dkdv_kernel<hd.value>, dim3(tiles, c.Hkv, B), dim3(kAttnTile), smem.dkdv, stream, dqkv, dout, qkv, o, lse, c,
                          T);
     });
     cudaCheck(cudaGetLastError());

@@ -4,9 +4,17 @@
 //   dynamic_shared<T>()                                    instead of extern __shared__
 //   warp_sum(v), block_reduce(v, is_max)                   reductions, result in every thread
 //   PHD_UNROLL                                             #pragma unroll (nvcc only)
+//   to_tf32(x), mma_tf32(d, a, b)                          tensor cores, sm_80+: below
 //   cudaCheck(call), cublasCheck(call)                     one-line error, exit 1
 // Kernels live in headers and are declared `static __global__`: nvcc gives __global__
 // functions external linkage, so two translation units including one header would clash.
+//
+// mma_tf32(d, a, b): d += a b for one 16x8 tile with k = 8, a warp-wide mma.sync.m16n8k8
+// on TF32 inputs (rounded by to_tf32) with fp32 accumulation. Lane = 4 g + t holds
+// (row, column) of each matrix, as the PTX ISA lays the fragments out:
+//   a (16 x 8):     a[0] (g, t)   a[1] (g + 8, t)   a[2] (g, t + 4)   a[3] (g + 8, t + 4)
+//   b (8 x 8):      b[0] (t, g)   b[1] (t + 4, g)
+//   d (16 x 8):     d[0] (g, 2t)  d[1] (g, 2t + 1)  d[2] (g + 8, 2t)  d[3] (g + 8, 2t + 1)
 #pragma once
 #include "../utils.h"
 
@@ -38,6 +46,18 @@ __device__ inline float atomicMax(float* addr, float v) {
         old = atomicCAS(p, assumed, __float_as_int(v));
     } while (old != assumed);
     return __int_as_float(old);
+}
+
+static __device__ inline float to_tf32(float x) {
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return __uint_as_float(r);
+}
+static __device__ inline void mma_tf32(float (&d)[4], const float (&a)[4], const float (&b)[2]) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(__float_as_uint(a[0])), "r"(__float_as_uint(a[1])), "r"(__float_as_uint(a[2])), "r"(__float_as_uint(a[3])),
+                   "r"(__float_as_uint(b[0])), "r"(__float_as_uint(b[1])));
 }
 #else
 #include "cuda_emu.h"

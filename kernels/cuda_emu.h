@@ -16,7 +16,9 @@
 //   an optional size limit), streams and events (host memory, synchronous), and the
 //   cuBLAS calls the engine makes (column-major, every transpose, leading dimensions,
 //   alpha/beta), computed naively.
-// What it cannot do: timing, memory coalescing, bank conflicts, tensor-core instructions,
+// - The one tensor-core instruction the kernels use, mma_tf32 (cuda_compat.h), on the
+//   fragments its lanes hold, with TF32 rounding (to_tf32) as cvt.rna does it.
+// What it cannot do: timing, memory coalescing, bank conflicts, other tensor-core instructions,
 // warp-synchronous code that omits the *_sync primitives, or more than one launch at once
 // (launches are serialised).
 #pragma once
@@ -88,6 +90,7 @@ struct Warp {
     Barrier bar;
     int lanes = 0;        // lanes that exist (the last warp of a block may be partial)
     uint64_t slot[32];    // one value per lane, for the exchanges
+    float mma[32][6];     // each lane's a[4], b[2] fragments, for mma_tf32
 };
 
 struct Block {
@@ -190,6 +193,34 @@ inline unsigned __ballot_sync(unsigned mask, int pred) {
     for (int l = 0; l < w.lanes; l++) bits |= (unsigned)w.slot[l] << l;
     w.bar.wait();
     return bits & mask;
+}
+
+// TF32 (10-bit mantissa) rounding to nearest, ties away from zero, as cvt.rna.tf32.f32.
+inline float to_tf32(float x) {
+    if (!std::isfinite(x)) return x;
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    u = (u + 0x1000u) & 0xffffe000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+// d += a b over a full warp's fragments (layout in cuda_compat.h): each lane publishes its
+// fragments, then computes its four outputs from everyone's. TF32 products are exact in fp32.
+inline void mma_tf32(float (&d)[4], const float (&a)[4], const float (&b)[2]) {
+    using namespace cuda_emu;
+    Warp& w = t_block->warps[t_warp];
+    if (w.lanes != 32) { fprintf(stderr, "mma_tf32: needs a full warp\n"); abort(); }
+    memcpy(w.mma[t_lane], a, sizeof a);
+    memcpy(w.mma[t_lane] + 4, b, sizeof b);
+    w.bar.wait();
+    const int g = t_lane / 4, t = t_lane % 4;
+    for (int i = 0; i < 4; i++) {
+        const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+        float s = 0.0f;
+        for (int k = 0; k < 8; k++) s += w.mma[(row % 8) * 4 + k % 4][row / 8 + 2 * (k / 4)] * w.mma[col * 4 + k % 4][4 + k / 4];
+        d[i] += s;
+    }
+    w.bar.wait();
 }
 
 template<typename T> inline T atomicAdd(T* p, T v) {

@@ -21,6 +21,7 @@ inline void gpu_check_fits(size_t bytes, const char* what, const char* hint = ""
 
 struct GpuModel : Activations<float> {
     Config cfg;
+    bool tf32;                                   // TF32 tensor cores: cuBLAS and the attention forward
     size_t P = 0;
     float *params = nullptr, *grads = nullptr;   // (P) device arenas; no grads for inference
     ParamView<float> p, g;                       // named views into them
@@ -36,7 +37,7 @@ struct GpuModel : Activations<float> {
     TokenGroups groups;                          // the rows of the last forward's batch, by token
 
     // training false: inference only (the KV-cache decoder), the parameters without gradients.
-    GpuModel(const Config& c, const float* host_params, bool tf32, bool training = true) : cfg(c), P(num_params(c)) {
+    GpuModel(const Config& c, const float* host_params, bool tf32_, bool training = true) : cfg(c), tf32(tf32_), P(num_params(c)) {
         gpu_check_fits((training ? 2 : 1) * P * sizeof(float), training ? "parameters and gradients" : "parameters");
         cudaCheck(cudaMalloc(&params, P * sizeof(float)));
         cudaCheck(cudaMemcpy(params, host_params, P * sizeof(float), cudaMemcpyHostToDevice));
@@ -130,7 +131,7 @@ struct GpuModel : Activations<float> {
         for (int l = 0; l < c.L; l++) {
             const LayerActs<float>& a = layer[l];
             layer_forward(a, p.layer[l], l + 1 < c.L ? layer[l + 1].x : xL, N, d_row_pos,
-                          [&] { attention_forward(a.o, a.lse, a.qkv, c, B, T, stream); });
+                          [&] { attention_forward(a.o, a.lse, a.qkv, c, B, T, stream, nullptr, tf32); });
         }
         last_copy_forward(xlast, xL, c, B, T, stream);
         rmsnorm_forward(xn, rstd_final, xlast, p.g_final, BT, D, stream);

@@ -51,28 +51,54 @@ TEST_CASE("attention kernels: forward and backward equal the CPU reference; only
         CHECK(max_rel(lse, lse_ref) < 1e-6);    // lse: 1e-6 of its scale
         CHECK(max_rel(dqkv, dqkv_ref) < 1e-4);  // dq, dk, dv: 1e-4 of their scale (longer sums, other order)
 
-        // Visited tiles: exactly the (query tile, key tile) pairs holding a visible pair.
-        long want = 0, all = 0;
-        for (int q0 = 0; q0 < TK; q0 += kAttnTile)
-            for (int k0 = 0; k0 < TK; k0 += kAttnTile) {
-                bool any = false;
-                for (int i = q0; i < std::min(q0 + kAttnTile, TK) && !any; i++)
-                    for (int j = k0; j < std::min(k0 + kAttnTile, TK) && !any; j++) {
-                        int n, qc, m, kc;
-                        regrouped_token(c, T, i, &n, &qc);
-                        regrouped_token(c, T, j, &m, &kc);
-                        any = phd_visible(c, n, qc, m, kc);
-                    }
-                want += any;
-                all++;
-            }
+        // Visited tiles: exactly the (query tile, key tile) pairs holding a visible pair, for
+        // query tiles of `rows` rows.
+        auto tiles_wanted = [&](int rows, long* all) {
+            long want = 0;
+            *all = 0;
+            for (int q0 = 0; q0 < TK; q0 += rows)
+                for (int k0 = 0; k0 < TK; k0 += kAttnTile) {
+                    bool any = false;
+                    for (int i = q0; i < std::min(q0 + rows, TK) && !any; i++)
+                        for (int j = k0; j < std::min(k0 + kAttnTile, TK) && !any; j++) {
+                            int n, qc, m, kc;
+                            regrouped_token(c, T, i, &n, &qc);
+                            regrouped_token(c, T, j, &m, &kc);
+                            any = phd_visible(c, n, qc, m, kc);
+                        }
+                    want += any;
+                    ++*all;
+                }
+            return (long)B * c.H * want;
+        };
+        long all;
+        const long want = tiles_wanted(kAttnTile, &all);
         int visited = to_host(d_visited, 1)[0];
         MESSAGE(std::string(v) << ": visited " << visited << " of " << (long)B * c.H * all << " tiles");
-        CHECK(visited == (long)B * c.H * want);
+        CHECK(visited == want);
 
         // Deterministic: a second backward gives the same bits.
         attention_backward(d_dqkv, d_dout, d_qkv, d_o, d_lse, c, B, T, nullptr);
         CHECK(regroup_rows(to_host(d_dqkv, qkv.size()), c, B, T, ld, false) == dqkv);
+
+        // The tensor-core (TF32) forward, where the head size has an instance: the same
+        // attention to TF32 precision, and its own 16-row query tiles visited exactly.
+        if (c.hd() % 16 == 0 && c.hd() <= 64) {
+            cudaCheck(cudaMemset(d_visited, 0, sizeof(int)));
+            cudaCheck(cudaMemset(d_o, 0xff, o_ref.size() * sizeof(float)));  // NaN: every element must be written
+            attention_forward(d_o, d_lse, d_qkv, c, B, T, nullptr, d_visited, true);
+            std::vector<float> o_tc = regroup_rows(to_host(d_o, o_ref.size()), c, B, T, od, false), lse_tc = to_host(d_lse, lse_ref.size());
+            for (int b = 0; b < B; b++)
+                for (int h = 0; h < c.H; h++)
+                    for (int n = 0; n < T; n++)
+                        for (int k = 0; k < c.K; k++)
+                            lse[((size_t)b * c.H + h) * TK + n * c.K + k] = lse_tc[((size_t)b * c.H + h) * TK + regrouped_row(c, T, n, k)];
+            MESSAGE(std::string(v) << " tensor cores: o " << max_rel(o_tc, o_ref) << ", lse " << max_rel(lse, lse_ref) << " of scale");
+            CHECK(max_rel(o_tc, o_ref) < 5e-3);  // o: TF32 inputs (2^-11 relative rounding) over hd-long sums
+            CHECK(max_rel(lse, lse_ref) < 1e-3);
+            const long want_tc = tiles_wanted(kTcRows, &all);
+            CHECK(to_host(d_visited, 1)[0] == want_tc);
+        }
         for (void* p : {(void*)d_qkv, (void*)d_dout, (void*)d_o, (void*)d_lse, (void*)d_dqkv, (void*)d_visited}) cudaCheck(cudaFree(p));
     }
 }
