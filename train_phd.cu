@@ -67,7 +67,7 @@ static void usage() {
         "  -g, --sample-tokens N    tokens per sample (16)\n"
         "  -n, --ckpt-every N       checkpoint every N steps; always at the end (0)\n"
         "      --device auto|cpu|cuda  auto: cuda when built with it and a GPU exists (auto)\n"
-        "      --tf32 0|1           TF32 tensor cores for the GPU's GEMMs and attention forward (0: exact fp32)\n"
+        "      --tf32 0|1           TF32 tensor cores for the GPU's GEMMs and attention (0: exact fp32)\n"
         "      --threads N          OpenMP threads (default: all cores)\n"
         "generation (KV-cache decoder)\n"
         "      --generate N         with --init: sample N tokens after the prompt and exit\n"

@@ -6,16 +6,18 @@
 //    tensor's largest value, against a stated tolerance), then timed. Attention reports
 //    FLOP/s over visible pairs only (FlashAttention's convention: 4*hd FLOPs per visible
 //    pair and head forward, 2.5x that backward); GEMMs report FLOP/s; the rest GB/s of the
-//    bytes they must read and write.
+//    bytes they must read and write. Where the head size allows, the tensor-core (TF32)
+//    attention kernels get their own rows next to the fp32 ones: their ratio in one run.
 // 2. Attention vs the cost model (PHD.md section 7): forward + backward time per variant
 //    next to its visible pairs, and the time per million pairs (all B sequences, per layer
-//    with all H heads): flat across variants when time tracks the pairs.
+//    with all H heads): flat across variants when time tracks the pairs. --tf32 1: the
+//    tensor-core kernels.
 // 3. Training steps (zero grads, forward, backward, grad norm, AdamW): ms/step, original
 //    tokens/s and MFU, for each --variant. Model FLOPs per original token:
 //    6*(N_body*K + D*V) + 12*L*H*hd*(visible pairs per original token): the body runs on
 //    K rows per position, the LM head on one; attention is 3x its forward.
 //    MFU is against the device's FP32 peak (SMs x clock x FP32 lanes x 2), or its dense
-//    TF32 tensor peak with --tf32 1.
+//    TF32 tensor peak with --tf32 1 (cuBLAS and attention on tensor cores).
 //
 //   make bench-gpu        (nvcc and a GPU; GPT-2-small-like: L=12 D=768 H=12 T=1024, B=8)
 //   ./build/bench_gpu [--variant V]... [-b B] [-t T] [--layers L] [--dim D] [--heads H]
@@ -121,16 +123,18 @@ static void kernel_lab(const Options& o) {
     float ms = time_ms(reps, [&] { attention_forward(d_o, d_lse, d_qkv, c, B, T, s); });
     report("attention_forward", max_rel(regroup_rows(to_host(d_o, o_ref.size()), c, B, T, od, false), o_ref), 1e-5, ms, attn_flops,
            "GFLOP/s");
-    if (c.hd() % 16 == 0 && c.hd() <= 64) {  // the tensor-core forward's head sizes; the backward reads the fp32 kernel's o, lse
-        float* d_o_tc = buf.zeros<float>(o_ref.size());
-        ms = time_ms(reps, [&] { attention_forward(d_o_tc, d_lse, d_qkv, c, B, T, s, nullptr, true); });
-        report("attention_forward TF32 mma", max_rel(regroup_rows(to_host(d_o_tc, o_ref.size()), c, B, T, od, false), o_ref), 5e-3, ms,
-               attn_flops, "GFLOP/s");
-        attention_forward(d_o, d_lse, d_qkv, c, B, T, s);
-    }
     ms = time_ms(reps, [&] { attention_backward(d_dqkv, d_dout, d_qkv, d_o, d_lse, c, B, T, s); });
     report("attention_backward", max_rel(regroup_rows(to_host(d_dqkv, qkv.size()), c, B, T, ld, false), dqkv_ref), 1e-4, ms,
            2.5 * attn_flops, "GFLOP/s");
+    if (compiled_head_dim(c.hd())) {  // the tensor-core kernels' head sizes (--tf32 in training)
+        float *d_o_tc = buf.zeros<float>(o_ref.size()), *d_lse_tc = buf.zeros<float>(lse_ref.size());
+        ms = time_ms(reps, [&] { attention_forward(d_o_tc, d_lse_tc, d_qkv, c, B, T, s, nullptr, true); });
+        report("attention_forward TF32 mma", max_rel(regroup_rows(to_host(d_o_tc, o_ref.size()), c, B, T, od, false), o_ref), 5e-3, ms,
+               attn_flops, "GFLOP/s");
+        ms = time_ms(reps, [&] { attention_backward(d_dqkv, d_dout, d_qkv, d_o_tc, d_lse_tc, c, B, T, s, true); });
+        report("attention_backward TF32 mma", max_rel(regroup_rows(to_host(d_dqkv, qkv.size()), c, B, T, ld, false), dqkv_ref), 5e-3, ms,
+               2.5 * attn_flops, "GFLOP/s");
+    }
 
     // the QKV projection through cuBLAS, as GpuModel runs it
     std::vector<float> params(num_params(c));
@@ -236,8 +240,8 @@ static void kernel_lab(const Options& o) {
 
 // Forward + backward attention time per variant next to its visible pairs (PHD.md section 7).
 static void attention_vs_pairs(const Options& o) {
-    printf("\nattention forward + backward vs visible pairs (B=%d T=%d H=%d hd=%d)\n%-18s %14s %10s %10s %12s\n", o.B, o.T, o.H,
-           o.D / o.H, "variant", "pairs/seq", "fwd ms", "bwd ms", "ns/Mpairs");
+    printf("\nattention forward + backward vs visible pairs (B=%d T=%d H=%d hd=%d, %s)\n%-18s %14s %10s %10s %12s\n", o.B, o.T,
+           o.H, o.D / o.H, o.tf32 ? "TF32 tensor cores" : "fp32", "variant", "pairs/seq", "fwd ms", "bwd ms", "ns/Mpairs");
     for (const std::string& v : o.variants) {
         const Config c = make_config(v, o);
         const int TK = o.T * c.K;
@@ -247,7 +251,7 @@ static void attention_vs_pairs(const Options& o) {
         float *d_dout = buf.up(random_vec<float>((size_t)o.B * TK * c.H * c.hd(), 2)), *d_dqkv = buf.zeros<float>((size_t)o.B * TK * c.qkv_dim());
         const int reps = o.tiny ? 1 : 5;
         float f = time_ms(reps, [&] { attention_forward(d_o, d_lse, d_qkv, c, o.B, o.T, nullptr, nullptr, o.tf32 != 0); });
-        float b = time_ms(reps, [&] { attention_backward(d_dqkv, d_dout, d_qkv, d_o, d_lse, c, o.B, o.T, nullptr); });
+        float b = time_ms(reps, [&] { attention_backward(d_dqkv, d_dout, d_qkv, d_o, d_lse, c, o.B, o.T, nullptr, o.tf32 != 0); });
         const double pairs = visible_pairs(c, o.T);
         printf("%-18s %14.4g %10.3f %10.3f %12.1f\n", v.c_str(), pairs, f, b, (f + b) * 1e6 / (pairs * o.B / 1e6));
     }

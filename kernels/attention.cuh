@@ -1,80 +1,13 @@
-// kernels/attention.cuh: PHD attention on the GPU, forward and backward, flash-style, fp32.
+// kernels/attention.cuh: PHD attention on the GPU, forward and backward, flash-style, fp32
+// (one thread per row), plus the launchers, which pick the tensor-core kernels of
+// attention_tc.cuh for --tf32. The layout and the tile skipping: attention_common.cuh.
 //
-// Layout: rows are regrouped per sequence as [originals | hidden] (the paper's layout):
-// row r < T is the original (r, 0); row T + h is the hidden token with hidden-stream index
-// h = n*(K-1) + c-1. Then every query's visible keys are two intervals of rows (the
-// originals 0..n, and one range of hidden rows: visible_hidden_range in model.h), so whole
-// tiles of keys can be skipped: a query tile visits a key tile only if some query in it has
-// a visible key in it. Work then tracks the visible pairs of PHD.md section 7 (O(K*T^2)),
-// not the (K*T)^2 of the interleaved order. Inside a visited tile every pair is masked
-// with the one predicate, phd_visible.
-//
-// Tensors (regrouped rows, TK = T*K):
-//   qkv  (B, TK, qkv_dim)  q | k | v, RoPE applied     o    (B, TK, H*hd)
-//   lse  (B, H, TK)        log-sum-exp of each query's scores, for the backward
-//   dqkv (B, TK, qkv_dim)  written whole by the backward (dq, dk, dv)
 // Scores never touch global memory. The backward is deterministic: dk/dv are summed by
 // the thread that owns the key row, dq by the thread that owns the query row, each in a
 // fixed order, with no atomics.
 #pragma once
-#include <type_traits>
-#include <vector>
-#include "../model.h"
-#include "cuda_compat.h"
-
-static constexpr int kAttnTile = 32;   // query rows and key rows per tile: one warp
-static constexpr int kAttnMaxHd = 128;
-
-// (n, c) of regrouped row r.
-PHD_HOST_DEVICE inline void regrouped_token(const Config& c, int T, int r, int* n, int* copy) {
-    if (r < T) { *n = r; *copy = 0; return; }
-    *n = (r - T) / (c.K - 1);
-    *copy = (r - T) % (c.K - 1) + 1;
-}
-// Position n of regrouped row r.
-PHD_HOST_DEVICE inline int regrouped_position(const Config& c, int T, int r) {
-    int n, copy;
-    regrouped_token(c, T, r, &n, &copy);
-    return n;
-}
-// Regrouped row of token (n, c).
-PHD_HOST_DEVICE inline int regrouped_row(const Config& c, int T, int n, int copy) {
-    return copy == 0 ? n : T + n * (c.K - 1) + copy - 1;
-}
-
-// Host copy of a (B, T*K, width) tensor moved between the logical order and the regrouped
-// one: for checking GPU tensors against the CPU's.
-inline std::vector<float> regroup_rows(const std::vector<float>& x, const Config& c, int B, int T, int width, bool to_regrouped) {
-    std::vector<float> y(x.size());
-    const int TK = T * c.K;
-    for (int b = 0; b < B; b++)
-        for (int n = 0; n < T; n++)
-            for (int k = 0; k < c.K; k++) {
-                size_t logical = ((size_t)b * TK + n * c.K + k) * width, grouped = ((size_t)b * TK + regrouped_row(c, T, n, k)) * width;
-                std::copy_n(&x[to_regrouped ? logical : grouped], width, &y[to_regrouped ? grouped : logical]);
-            }
-    return y;
-}
-
-// Does query row r (regrouped) have a visible key among rows [k0, k1)?
-static __device__ bool query_meets_tile(const Config& c, int T, int r, int k0, int k1) {
-    int n, copy, lo, hi;
-    regrouped_token(c, T, r, &n, &copy);
-    if (k0 < T && k0 <= n) return true;                              // originals 0..n
-    visible_hidden_range(c, n, copy, &lo, &hi);
-    int h0 = k0 > T ? k0 - T : 0, h1 = k1 - T;                       // hidden part [h0, h1)
-    return h1 > h0 && lo <= hi && lo < h1 && hi >= h0;
-}
-
-// Each thread keeps its row's vectors (q and the output accumulators; dk and dv) in
-// registers, which needs the head size at compile time: the kernels are instantiated for
-// HD in {16, 32, 64}, where the loops over it unroll, and for HD = 0, any other head size
-// up to kAttnMaxHd read at run time (the arrays then live in local memory: slower, same
-// results). with_head_dim picks the instance.
-template<int HD> struct Hd {
-    static constexpr int max = HD ? HD : kAttnMaxHd;  // array extent
-    static PHD_HOST_DEVICE int get(const Config& c) { return HD ? HD : c.hd(); }
-};
+#include "attention_common.cuh"
+#include "attention_tc.cuh"
 
 // Keys and values of rows [k0, k1) of kv head kv into shared memory. Consecutive threads
 // read consecutive elements of a row: the loads coalesce.
@@ -164,139 +97,6 @@ template<int HD> static __global__ void attention_forward_kernel(float* o, float
         o[((size_t)Q.b * Q.TK + Q.r) * c.H * hd + Q.h * hd + e] = acc[e] / l;
     }
     lse[((size_t)Q.b * c.H + Q.h) * Q.TK + Q.r] = mx + __logf(l);
-}
-
-// The same forward on tensor cores (--tf32): S = Q K^T and O += P V as mma_tf32 tiles
-// (cuda_compat.h), inputs rounded to TF32, so results match the fp32 kernel to ~1e-3. A
-// block of kTcWarps warps owns 16 query rows per warp; each key tile it loads (rounded once)
-// serves all of them, and a warp none of whose rows sees a key in the tile skips it. The
-// padded shared-memory strides make the fragment reads conflict-free. HD in {16, 32, 64}.
-static constexpr int kTcRows = 16, kTcWarps = 4;  // query rows per warp (the mma's M); warps per block
-
-template<int HD> struct TcSmem {
-    static constexpr int KLD = HD + 4, VLD = HD + 8, PLD = kAttnTile + 4;  // row strides of ks, vs, ps
-    static constexpr size_t bytes = (kAttnTile * (KLD + VLD) + kTcWarps * kTcRows * PLD) * sizeof(float);
-};
-
-// grid (query blocks of kTcWarps*kTcRows rows, H, B), block 32*kTcWarps. visited, when not
-// null, counts the (16-row query tile, key tile) pairs computed.
-template<int HD> static __global__ void attention_forward_tc_kernel(float* o, float* lse, const float* qkv, Config c, int T, int* visited) {
-    static_assert(HD > 0 && HD % 8 == 0 && kTcWarps * kTcRows == 64, "two ballots cover a block's rows");
-    using S = TcSmem<HD>;
-    constexpr int NT = kAttnTile / 8, HT = HD / 8;  // 8-wide column tiles of S (keys) and of O (head)
-    const int TK = T * c.K, ld = c.qkv_dim(), h = blockIdx.y, b = blockIdx.z, kv = h / (c.H / c.Hkv);
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
-    const int q0 = blockIdx.x * kTcWarps * kTcRows, r0 = q0 + warp * kTcRows;  // the block's and the warp's first row
-    const float* base = qkv + (size_t)b * TK * ld;
-    const float scale = 1.0f / sqrtf((float)HD);
-    float* ks = dynamic_shared<float>();                    // (kAttnTile, KLD) keys
-    float* vs = ks + kAttnTile * S::KLD;                    // (kAttnTile, VLD) values
-    float* ps = vs + kAttnTile * S::VLD + warp * kTcRows * S::PLD;  // (kTcRows, PLD) this warp's P
-    // This thread's rows r0 + g and r0 + g + 8 (d's rows): their tokens, Q as a fragments.
-    int rn[2] = {0, 0}, rc[2] = {0, 0};
-    bool rv[2];
-    for (int i = 0; i < 2; i++) {
-        rv[i] = r0 + g + 8 * i < TK;
-        if (rv[i]) regrouped_token(c, T, r0 + g + 8 * i, &rn[i], &rc[i]);
-    }
-    float qa[HT][4], acc[HT][4];
-    PHD_UNROLL
-    for (int ht = 0; ht < HT; ht++)
-        for (int i = 0; i < 4; i++) {
-            const int r = r0 + g + 8 * (i % 2);
-            qa[ht][i] = r < TK ? to_tf32(base[(size_t)r * ld + h * HD + 8 * ht + t + 4 * (i / 2)]) : 0.0f;
-            acc[ht][i] = 0.0f;
-        }
-    float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // per row; l sums this thread's columns only
-    for (int k0 = 0; k0 < TK; k0 += kAttnTile) {
-        const int k1 = min(k0 + kAttnTile, TK);
-        // Bit i: block row q0 + i sees a key in the tile. Every warp computes all 64, so the
-        // skip needs no vote in shared memory.
-        const unsigned lo = __ballot_sync(0xffffffffu, q0 + lane < TK && query_meets_tile(c, T, q0 + lane, k0, k1));
-        const unsigned hi = __ballot_sync(0xffffffffu, q0 + 32 + lane < TK && query_meets_tile(c, T, q0 + 32 + lane, k0, k1));
-        if (!(lo | hi)) continue;
-        for (int idx = threadIdx.x; idx < kAttnTile * HD; idx += blockDim.x) {
-            const int j = idx / HD, e = idx % HD;
-            const float* row = base + (size_t)(k0 + j) * ld;
-            ks[j * S::KLD + e] = k0 + j < k1 ? to_tf32(row[(c.H + kv) * HD + e]) : 0.0f;
-            vs[j * S::VLD + e] = k0 + j < k1 ? to_tf32(row[(c.H + c.Hkv + kv) * HD + e]) : 0.0f;
-        }
-        __syncthreads();
-        if (((warp < 2 ? lo : hi) >> (16 * (warp % 2))) & 0xffffu) {
-            if (visited && lane == 0) atomicAdd(visited, 1);
-            float s[NT][4];  // S (16, kAttnTile): b = K^T, b[0] = K[key 8nt + g][dim 8ht + t]
-            PHD_UNROLL
-            for (int nt = 0; nt < NT; nt++) {
-                s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-                PHD_UNROLL
-                for (int ht = 0; ht < HT; ht++) {
-                    const float* kr = ks + (8 * nt + g) * S::KLD + 8 * ht + t;
-                    const float kb[2] = {kr[0], kr[4]};
-                    mma_tf32(s[nt], qa[ht], kb);
-                }
-            }
-            // Mask with the predicate, scale; each row's max over the tile (its 4 threads hold its keys).
-            float tmax[2] = {-INFINITY, -INFINITY};
-            PHD_UNROLL
-            for (int nt = 0; nt < NT; nt++)
-                for (int i = 0; i < 4; i++) {
-                    const int j = k0 + 8 * nt + 2 * t + i % 2, row = i / 2;
-                    int m = 0, d = 0;
-                    if (j < k1) regrouped_token(c, T, j, &m, &d);
-                    const bool vis = rv[row] && j < k1 && phd_visible(c, rn[row], rc[row], m, d);
-                    s[nt][i] = vis ? s[nt][i] * scale : -INFINITY;
-                    tmax[row] = fmaxf(tmax[row], s[nt][i]);
-                }
-            float corr[2], msafe[2];
-            for (int row = 0; row < 2; row++) {
-                tmax[row] = fmaxf(tmax[row], __shfl_xor_sync(0xffffffffu, tmax[row], 1));
-                tmax[row] = fmaxf(tmax[row], __shfl_xor_sync(0xffffffffu, tmax[row], 2));
-                const float mnew = fmaxf(mx[row], tmax[row]);
-                msafe[row] = mnew == -INFINITY ? 0.0f : mnew;  // a row with nothing visible yet: p = 0, no NaN
-                corr[row] = __expf(mx[row] - msafe[row]);
-                mx[row] = mnew;
-                l[row] *= corr[row];
-            }
-            // P = exp(S - max), rounded as the mma will read it; l sums what it reads.
-            PHD_UNROLL
-            for (int nt = 0; nt < NT; nt++)
-                for (int i = 0; i < 4; i++) {
-                    const float p = to_tf32(__expf(s[nt][i] - msafe[i / 2]));
-                    l[i / 2] += p;
-                    ps[(g + 8 * (i / 2)) * S::PLD + 8 * nt + 2 * t + i % 2] = p;
-                }
-            __syncwarp();
-            // O = O * corr + P V: a = P[row][key 8kt + t], b = V[key 8kt + t][dim 8ht + g].
-            PHD_UNROLL
-            for (int ht = 0; ht < HT; ht++)
-                for (int i = 0; i < 4; i++) acc[ht][i] *= corr[i / 2];
-            PHD_UNROLL
-            for (int kt = 0; kt < NT; kt++) {
-                const float* pr = ps + g * S::PLD + 8 * kt + t;
-                const float pa[4] = {pr[0], pr[8 * S::PLD], pr[4], pr[8 * S::PLD + 4]};
-                PHD_UNROLL
-                for (int ht = 0; ht < HT; ht++) {
-                    const float* vr = vs + (8 * kt + t) * S::VLD + 8 * ht + g;
-                    const float vb[2] = {vr[0], vr[4 * S::VLD]};
-                    mma_tf32(acc[ht], pa, vb);
-                }
-            }
-            __syncwarp();  // ps is rewritten by the next tile
-        }
-        __syncthreads();  // ks, vs too
-    }
-    for (int row = 0; row < 2; row++) {
-        l[row] += __shfl_xor_sync(0xffffffffu, l[row], 1);
-        l[row] += __shfl_xor_sync(0xffffffffu, l[row], 2);
-    }
-    PHD_UNROLL
-    for (int ht = 0; ht < HT; ht++)
-        for (int i = 0; i < 4; i++) {
-            const int row = i / 2, r = r0 + g + 8 * row;
-            if (rv[row]) o[((size_t)b * TK + r) * c.H * HD + h * HD + 8 * ht + 2 * t + i % 2] = acc[ht][i] / l[row];
-        }
-    for (int row = 0; row < 2; row++)
-        if (t == 0 && rv[row]) lse[((size_t)b * c.H + h) * TK + r0 + g + 8 * row] = mx[row] + __logf(l[row]);
 }
 
 // grid (query tiles, H, B), block kAttnTile: thread = query row; writes its dq. Its dO row
@@ -430,17 +230,6 @@ static __global__ void attention_backward_dkdv_kernel(float* dqkv, const float* 
     }
 }
 
-// Calls f(std::integral_constant<int, HD>()) with the kernels' instance for c's head size.
-template<typename F> void with_head_dim(const Config& c, F f) {
-    if (c.hd() > kAttnMaxHd) die("attention kernel: head size %d exceeds %d", c.hd(), kAttnMaxHd);
-    switch (c.hd()) {
-        case 16: f(std::integral_constant<int, 16>()); break;
-        case 32: f(std::integral_constant<int, 32>()); break;
-        case 64: f(std::integral_constant<int, 64>()); break;
-        default: f(std::integral_constant<int, 0>());
-    }
-}
-
 // Launchers. qkv, o, lse, dout, dqkv are device pointers in the regrouped layout.
 // Dynamic shared memory of each kernel at head size hd: the key (or query) tile, plus the
 // padded own rows of the backward kernels.
@@ -450,23 +239,16 @@ struct AttentionSmem {
         : forward(2 * kAttnTile * hd * sizeof(float)), dq((2 * hd + hd + 1) * kAttnTile * sizeof(float)),
           dkdv((2 * hd + 2 * (hd + 1)) * kAttnTile * sizeof(float)) {}
 };
-template<typename Kernel, typename... Args>
-void launch_attention(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args... args) {
-    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    launch(kernel, grid, block, smem, stream, args...);
-}
-
-// tensor_cores: the TF32 kernel where it has an instance for the head size (16, 32, 64),
-// else the fp32 one.
+// tensor_cores: the TF32 kernels of attention_tc.cuh where they have an instance for the
+// head size (16, 32, 64), else the fp32 ones.
 inline void attention_forward(float* o, float* lse, const float* qkv, const Config& c, int B, int T, cudaStream_t stream,
                               int* visited = nullptr, bool tensor_cores = false) {
     const int TK = T * c.K;
     with_head_dim(c, [&](auto hd) {
         if constexpr (hd.value > 0) {
             if (tensor_cores) {
-                const int rows = kTcWarps * kTcRows;
-                launch_attention(attention_forward_tc_kernel<hd.value>, dim3((TK + rows - 1) / rows, c.H, B), dim3(32 * kTcWarps),
-                                 TcSmem<hd.value>::bytes, stream, o, lse, qkv, c, T, visited);
+                launch_attention(attention_forward_tc_kernel<hd.value>, dim3((TK + kTcBlockRows - 1) / kTcBlockRows, c.H, B),
+                                 dim3(32 * kTcWarps), tc_smem_bytes<hd.value>(true), stream, o, lse, qkv, c, T, visited);
                 return;
             }
         }
@@ -477,13 +259,27 @@ inline void attention_forward(float* o, float* lse, const float* qkv, const Conf
 }
 
 inline void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* o, const float* lse,
-                               const Config& c, int B, int T, cudaStream_t stream) {
-    const int tiles = (T * c.K + kAttnTile - 1) / kAttnTile;
-    const AttentionSmem smem(c.hd());
+                               const Config& c, int B, int T, cudaStream_t stream, bool tensor_cores = false) {
+    const int TK = T * c.K;
     with_head_dim(c, [&](auto hd) {
-        launch_attention(attention_backward_dq_kernel<hd.value>, dim3(tiles, c.H, B), dim3(kAttnTile), smem.dq, stream, dqkv, dout, qkv, o, lse, c, T);
-        launch_attention(attention_backward_dkdv_kernel<hd.value>, dim3(tiles, c.Hkv, B), dim3(kAttnTile), smem.dkdv, stream, dqkv, dout, qkv, o, lse, c,
-                         T);
+        if constexpr (hd.value > 0) {
+            if (tensor_cores) {
+                const dim3 block(32 * kTcWarps);
+                const int blocks = (TK + kTcBlockRows - 1) / kTcBlockRows;
+                const size_t smem = tc_smem_bytes<hd.value>(false);
+                launch_attention(attention_backward_dq_tc_kernel<hd.value>, dim3(blocks, c.H, B), block, smem, stream, dqkv, dout, qkv, o,
+                                 lse, c, T);
+                launch_attention(attention_backward_dkdv_tc_kernel<hd.value>, dim3(blocks, c.Hkv, B), block, smem, stream, dqkv, dout, qkv,
+                                 o, lse, c, T);
+                return;
+            }
+        }
+        const int tiles = (TK + kAttnTile - 1) / kAttnTile;
+        const AttentionSmem smem(c.hd());
+        launch_attention(attention_backward_dq_kernel<hd.value>, dim3(tiles, c.H, B), dim3(kAttnTile), smem.dq, stream, dqkv, dout, qkv,
+                         o, lse, c, T);
+        launch_attention(attention_backward_dkdv_kernel<hd.value>, dim3(tiles, c.Hkv, B), dim3(kAttnTile), smem.dkdv, stream, dqkv, dout,
+                         qkv, o, lse, c, T);
     });
     cudaCheck(cudaGetLastError());
 }

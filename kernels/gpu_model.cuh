@@ -21,7 +21,7 @@ inline void gpu_check_fits(size_t bytes, const char* what, const char* hint = ""
 
 struct GpuModel : Activations<float> {
     Config cfg;
-    bool tf32;                                   // TF32 tensor cores: cuBLAS and the attention forward
+    bool tf32;                                   // TF32 tensor cores: cuBLAS and attention
     size_t P = 0;
     float *params = nullptr, *grads = nullptr;   // (P) device arenas; no grads for inference
     ParamView<float> p, g;                       // named views into them
@@ -164,7 +164,7 @@ struct GpuModel : Activations<float> {
             rmsnorm_backward(dtmp, gw.g_ffn, dtmp, a.xm, w.g_ffn, a.rstd_f, N, D, norm_scratch, stream);
             add_inplace(dx, dtmp, (size_t)N * D, stream);
             matmul_backward(dtmp, gw.wo, dx, a.o, w.wo, N, c.H * c.hd(), D);
-            attention_backward(dqkv, dtmp, a.qkv, a.o, a.lse, c, B, T, stream);
+            attention_backward(dqkv, dtmp, a.qkv, a.o, a.lse, c, B, T, stream, tf32);
             rope_backward(dqkv, d_row_pos, c, N, rope_cos, rope_sin, stream);
             matmul_backward(dtmp, gw.wqkv, dqkv, a.a, w.wqkv, N, D, c.qkv_dim());
             rmsnorm_backward(dtmp, gw.g_attn, dtmp, a.x, w.g_attn, a.rstd_a, N, D, norm_scratch, stream);

@@ -81,9 +81,9 @@ TEST_CASE("attention kernels: forward and backward equal the CPU reference; only
         attention_backward(d_dqkv, d_dout, d_qkv, d_o, d_lse, c, B, T, nullptr);
         CHECK(regroup_rows(to_host(d_dqkv, qkv.size()), c, B, T, ld, false) == dqkv);
 
-        // The tensor-core (TF32) forward, where the head size has an instance: the same
-        // attention to TF32 precision, and its own 16-row query tiles visited exactly.
-        if (c.hd() % 16 == 0 && c.hd() <= 64) {
+        // The tensor-core (TF32) kernels, where the head size has an instance: the same
+        // attention to TF32 precision, and the forward's own 16-row query tiles visited exactly.
+        if (compiled_head_dim(c.hd())) {
             cudaCheck(cudaMemset(d_visited, 0, sizeof(int)));
             cudaCheck(cudaMemset(d_o, 0xff, o_ref.size() * sizeof(float)));  // NaN: every element must be written
             attention_forward(d_o, d_lse, d_qkv, c, B, T, nullptr, d_visited, true);
@@ -98,6 +98,14 @@ TEST_CASE("attention kernels: forward and backward equal the CPU reference; only
             CHECK(max_rel(lse, lse_ref) < 1e-3);
             const long want_tc = tiles_wanted(kTcRows, &all);
             CHECK(to_host(d_visited, 1)[0] == want_tc);
+            // The tensor-core backward on that forward's o and lse; deterministic too.
+            cudaCheck(cudaMemset(d_dqkv, 0xff, qkv.size() * sizeof(float)));  // NaN: every element must be written
+            attention_backward(d_dqkv, d_dout, d_qkv, d_o, d_lse, c, B, T, nullptr, true);
+            std::vector<float> dqkv_tc = regroup_rows(to_host(d_dqkv, qkv.size()), c, B, T, ld, false);
+            MESSAGE(std::string(v) << " tensor cores: dqkv " << max_rel(dqkv_tc, dqkv_ref) << " of scale");
+            CHECK(max_rel(dqkv_tc, dqkv_ref) < 5e-3);  // dq, dk, dv: TF32 inputs and P, dS rounded to TF32
+            attention_backward(d_dqkv, d_dout, d_qkv, d_o, d_lse, c, B, T, nullptr, true);
+            CHECK(regroup_rows(to_host(d_dqkv, qkv.size()), c, B, T, ld, false) == dqkv_tc);
         }
         for (void* p : {(void*)d_qkv, (void*)d_dout, (void*)d_o, (void*)d_lse, (void*)d_dqkv, (void*)d_visited}) cudaCheck(cudaFree(p));
     }

@@ -1,0 +1,97 @@
+// kernels/attention_common.cuh: what the fp32 (attention.cuh) and the tensor-core
+// (attention_tc.cuh) attention kernels share: the row layout, tile skipping, head sizes.
+//
+// Layout: rows are regrouped per sequence as [originals | hidden] (the paper's layout):
+// row r < T is the original (r, 0); row T + h is the hidden token with hidden-stream index
+// h = n*(K-1) + c-1. Then every query's visible keys are two intervals of rows (the
+// originals 0..n, and one range of hidden rows: visible_hidden_range in model.h), so whole
+// tiles of keys can be skipped: a query tile visits a key tile only if some query in it has
+// a visible key in it. Work then tracks the visible pairs of PHD.md section 7 (O(K*T^2)),
+// not the (K*T)^2 of the interleaved order. Inside a visited tile every pair is masked
+// with the one predicate, phd_visible.
+//
+// Tensors (regrouped rows, TK = T*K):
+//   qkv  (B, TK, qkv_dim)  q | k | v, RoPE applied     o    (B, TK, H*hd)
+//   lse  (B, H, TK)        log-sum-exp of each query's scores, for the backward
+//   dqkv (B, TK, qkv_dim)  written whole by the backward (dq, dk, dv)
+#pragma once
+#include <type_traits>
+#include <vector>
+#include "../model.h"
+#include "cuda_compat.h"
+
+static constexpr int kAttnTile = 32;   // query rows and key rows per tile: one warp
+static constexpr int kAttnMaxHd = 128;
+
+// (n, c) of regrouped row r.
+PHD_HOST_DEVICE inline void regrouped_token(const Config& c, int T, int r, int* n, int* copy) {
+    if (r < T) { *n = r; *copy = 0; return; }
+    *n = (r - T) / (c.K - 1);
+    *copy = (r - T) % (c.K - 1) + 1;
+}
+// Position n of regrouped row r.
+PHD_HOST_DEVICE inline int regrouped_position(const Config& c, int T, int r) {
+    int n, copy;
+    regrouped_token(c, T, r, &n, &copy);
+    return n;
+}
+// Regrouped row of token (n, c).
+PHD_HOST_DEVICE inline int regrouped_row(const Config& c, int T, int n, int copy) {
+    return copy == 0 ? n : T + n * (c.K - 1) + copy - 1;
+}
+
+// Host copy of a (B, T*K, width) tensor moved between the logical order and the regrouped
+// one: for checking GPU tensors against the CPU's.
+inline std::vector<float> regroup_rows(const std::vector<float>& x, const Config& c, int B, int T, int width, bool to_regrouped) {
+    std::vector<float> y(x.size());
+    const int TK = T * c.K;
+    for (int b = 0; b < B; b++)
+        for (int n = 0; n < T; n++)
+            for (int k = 0; k < c.K; k++) {
+                size_t logical = ((size_t)b * TK + n * c.K + k) * width, grouped = ((size_t)b * TK + regrouped_row(c, T, n, k)) * width;
+                std::copy_n(&x[to_regrouped ? logical : grouped], width, &y[to_regrouped ? grouped : logical]);
+            }
+    return y;
+}
+
+// Does query row r (regrouped) have a visible key among rows [k0, k1)?
+static __device__ bool query_meets_tile(const Config& c, int T, int r, int k0, int k1) {
+    int n, copy, lo, hi;
+    regrouped_token(c, T, r, &n, &copy);
+    if (k0 < T && k0 <= n) return true;                              // originals 0..n
+    visible_hidden_range(c, n, copy, &lo, &hi);
+    int h0 = k0 > T ? k0 - T : 0, h1 = k1 - T;                       // hidden part [h0, h1)
+    return h1 > h0 && lo <= hi && lo < h1 && hi >= h0;
+}
+
+// The kernels keep their per-row vectors in registers, which needs the head size at compile
+// time: they are instantiated for HD in {16, 32, 64}, where the loops over it unroll, and
+// the fp32 ones also for HD = 0, any other head size up to kAttnMaxHd read at run time
+// (the arrays then live in local memory: slower, same results). with_head_dim picks the
+// instance.
+template<int HD> struct Hd {
+    static constexpr int max = HD ? HD : kAttnMaxHd;  // array extent
+    static PHD_HOST_DEVICE int get(const Config& c) { return HD ? HD : c.hd(); }
+};
+
+// The head sizes with compiled instances, which the tensor-core kernels need.
+inline bool compiled_head_dim(int hd) { return hd == 16 || hd == 32 || hd == 64; }
+// Calls f(std::integral_constant<int, HD>()) with the kernels' instance for c's head size.
+template<typename F> void with_head_dim(const Config& c, F f) {
+    if (c.hd() > kAttnMaxHd) die("attention kernel: head size %d exceeds %d", c.hd(), kAttnMaxHd);
+    switch (c.hd()) {
+        case 16: f(std::integral_constant<int, 16>()); break;
+        case 32: f(std::integral_constant<int, 32>()); break;
+        case 64: f(std::integral_constant<int, 64>()); break;
+        default: f(std::integral_constant<int, 0>());
+    }
+}
+
+// Launches an attention kernel with `smem` bytes of dynamic shared memory, which may pass
+// the 48 KB default.
+template<typename Kernel, typename... Args>
+void launch_attention(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args... args) {
+    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    launch(kernel, grid, block, smem, stream, args...);
+}
+
