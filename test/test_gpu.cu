@@ -5,6 +5,7 @@
 // This part tests the emulation itself with small kernels written the way production
 // kernels are: shuffles, shared memory, barriers, early returns, atomics, cuBLAS.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <vector>
 #include <doctest/doctest.h>
@@ -161,6 +162,44 @@ TEST_CASE("emulation: shuffles and ballot have CUDA's lane semantics") {
         CHECK(out[t * 6 + 4] == 10 * (t ^ 4));
         CHECK((unsigned)out[t * 6 + 5] == ballot);
     }
+}
+
+// One warp: d = c + a b through mma_tf32, with a (16x8), b (8x8), c (16x8) row-major in
+// global memory and the fragments taken as cuda_compat.h lays them out; and to_tf32 of x.
+__global__ void mma_kernel(const float* A, const float* B, const float* C, float* D, const float* x, float* x_tf32) {
+    const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+    const float a[4] = {A[g * 8 + t], A[(g + 8) * 8 + t], A[g * 8 + t + 4], A[(g + 8) * 8 + t + 4]};
+    const float b[2] = {B[t * 8 + g], B[(t + 4) * 8 + g]};
+    float d[4] = {C[g * 8 + 2 * t], C[g * 8 + 2 * t + 1], C[(g + 8) * 8 + 2 * t], C[(g + 8) * 8 + 2 * t + 1]};
+    mma_tf32(d, a, b);
+    D[g * 8 + 2 * t] = d[0];
+    D[g * 8 + 2 * t + 1] = d[1];
+    D[(g + 8) * 8 + 2 * t] = d[2];
+    D[(g + 8) * 8 + 2 * t + 1] = d[3];
+    x_tf32[lane] = to_tf32(x[lane]);
+}
+
+TEST_CASE("emulation: mma_tf32 multiplies the fragments of the PTX layout; to_tf32 rounds as cvt.rna") {
+    // Inputs with few mantissa bits are exact in TF32, so the product is known exactly.
+    std::vector<float> A(16 * 8), B(8 * 8), C(16 * 8), want(16 * 8);
+    for (int i = 0; i < 16 * 8; i++) A[i] = (float)((i * 7) % 11 - 5) / 8;
+    for (int i = 0; i < 8 * 8; i++) B[i] = (float)((i * 5) % 13 - 6) / 4;
+    for (int i = 0; i < 16 * 8; i++) C[i] = (float)(i % 5);
+    for (int r = 0; r < 16; r++)
+        for (int col = 0; col < 8; col++) {
+            double s = C[r * 8 + col];
+            for (int k = 0; k < 8; k++) s += (double)A[r * 8 + k] * B[k * 8 + col];
+            want[r * 8 + col] = (float)s;
+        }
+    // TF32 keeps 10 mantissa bits: 1 + 2^-11 is a tie (away from zero: 1 + 2^-10).
+    const float u = std::ldexp(1.0f, -11);
+    std::vector<float> x(32, 3.0f), x_want(32, 3.0f);
+    const float cases[][2] = {{1 + u, 1 + 2 * u}, {1 + u / 2, 1}, {-(1 + u), -(1 + 2 * u)}, {1 + 3 * u, 1 + 4 * u}, {1 + 2 * u, 1 + 2 * u}};
+    for (int i = 0; i < 5; i++) { x[i] = cases[i][0]; x_want[i] = cases[i][1]; }
+    DeviceBuffer<float> dA(A), dB(B), dC(C), dD(std::vector<float>(16 * 8, NAN)), dx(x), dxt(std::vector<float>(32, NAN));
+    launch(mma_kernel, dim3(1), dim3(32), 0, nullptr, dA.ptr, dB.ptr, dC.ptr, dD.ptr, dx.ptr, dxt.ptr);
+    CHECK(dD.get() == want);
+    CHECK(dxt.get() == x_want);
 }
 
 __global__ void atomics_kernel(const int* x, int n, int* hist, float* fsum, int* imax, float* fmax) {

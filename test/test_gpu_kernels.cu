@@ -266,6 +266,28 @@ TEST_CASE("GPU model: loss, logits and every gradient equal the CPU model, all f
     }
 }
 
+TEST_CASE("GPU model with TF32 tensor cores (hd 16): within TF32 precision of the CPU model") {
+    const int B = 2, T = 9;
+    Config c = tiny_config("phd-cswa-3-2-2", 11, T);
+    c.D = 64;  // hd 16: the tensor-core attention kernels
+    Model<float> M(c);
+    init_params(c, M.params.data(), 41);
+    std::vector<int> tok = random_tokens(B * T, c.V, 42), tgt = random_tokens(B * T, c.V, 43);
+    float loss_ref = model_forward(M, tok.data(), tgt.data(), B, T);
+    model_backward(M, 1.0f);
+    GpuModel G(c, M.params.data(), true);
+    float loss = G.forward(tok.data(), tgt.data(), B, T);
+    G.backward(1.0f);
+    std::vector<float> grads = G.download(G.grads, G.P);
+    CHECK(std::fabs(loss - loss_ref) <= 1e-3f * loss_ref);  // loss: 1e-3 relative
+    for (const ParamTensor& t : param_tensors(c)) {
+        INFO(t.name);  // gradients: 1e-2 of each tensor's scale (TF32 rounds to 2^-11)
+        std::vector<float> a(grads.begin() + t.offset, grads.begin() + t.offset + t.size()),
+            b(M.grads.begin() + t.offset, M.grads.begin() + t.offset + t.size());
+        CHECK(max_rel(a, b) < 1e-2);
+    }
+}
+
 TEST_CASE("GPU model: 10 AdamW steps follow the CPU's losses; two GPU runs give identical bits") {
     const int B = 2, T = 9, steps = 10;
     Config c = tiny_config("phd-cswa-3-2-2", 11, T);
