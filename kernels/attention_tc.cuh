@@ -107,6 +107,49 @@ static __device__ unsigned tc_warps_meeting(const Config& c, int T, int r0, int 
     return warps;
 }
 
+// The tokens of this lane's two rows of a warp's 16 rows from r0: r0 + tc_row(lane, 0)
+// and r0 + tc_row(lane, 2) (8 further).
+struct TcRows {
+    int n[2] = {0, 0}, copy[2] = {0, 0};
+    bool valid[2];
+};
+static __device__ TcRows tc_rows(const Config& c, int T, int r0) {
+    TcRows R;
+    for (int i = 0; i < 2; i++) {
+        const int r = r0 + tc_row(threadIdx.x % 32, 2 * i);
+        R.valid[i] = r < T * c.K;
+        if (R.valid[i]) regrouped_token(c, T, r, &R.n[i], &R.copy[i]);
+    }
+    return R;
+}
+
+// The key-tile loop of the query-side kernels (forward, dq), over the block of query rows
+// from q0: for every tile of kAttnTile keys that some row of the block sees, loads the
+// tile's keys and values of kv head kv into ks and vs (row strides kld, vld), then calls
+// f(k0, k1) in each warp that has a visible pair in it.
+template<int HD, typename F>
+static __device__ void tc_key_tiles(const Config& c, int T, int q0, const float* base, int kv, float* ks, int kld, float* vs, int vld, F f) {
+    const int TK = T * c.K, ld = c.qkv_dim();
+    for (int k0 = 0; k0 < TK; k0 += kAttnTile) {
+        const int k1 = min(k0 + kAttnTile, TK);
+        const unsigned warps = tc_warps_meeting(c, T, q0, k0, k1, true);
+        if (!warps) continue;
+        tc_load_tile<HD>(ks, kld, base, ld, (c.H + kv) * HD, k0, k1);
+        tc_load_tile<HD>(vs, vld, base, ld, (c.H + c.Hkv + kv) * HD, k0, k1);
+        __syncthreads();
+        if ((warps >> threadIdx.x / 32) & 1u) f(k0, k1);
+        __syncthreads();  // ks and vs are rewritten by the next tile
+    }
+}
+
+// Is the pair (this lane's row i / 2 of R, key row j < k1) visible?
+static __device__ bool tc_visible(const Config& c, int T, const TcRows& R, int i, int j, int k1) {
+    if (!R.valid[i / 2] || j >= k1) return false;
+    int m, d;
+    regrouped_token(c, T, j, &m, &d);
+    return phd_visible(c, R.n[i / 2], R.copy[i / 2], m, d);
+}
+
 // The forward. grid (query blocks of kTcBlockRows rows, H, B), block 32 * kTcWarps.
 // visited, when not null, counts the (16-row query tile, key tile) pairs computed.
 template<int HD> static __global__ void attention_forward_tc_kernel(float* o, float* lse, const float* qkv, Config c, int T, int* visited) {
@@ -120,65 +163,47 @@ template<int HD> static __global__ void attention_forward_tc_kernel(float* o, fl
     float* ks = dynamic_shared<float>();               // (kAttnTile, ABT) keys
     float* vs = ks + kAttnTile * S::ABT;               // (kAttnTile, PV) values
     float* ps = vs + kAttnTile * S::PV + warp * kTcRows * S::P;  // (16, P) this warp's P
-    int rn[2] = {0, 0}, rc[2] = {0, 0};                // tokens of this lane's rows tc_row(lane, 0 / 2)
-    bool rv[2];
-    for (int i = 0; i < 2; i++) {
-        rv[i] = r0 + tc_row(lane, 2 * i) < TK;
-        if (rv[i]) regrouped_token(c, T, r0 + tc_row(lane, 2 * i), &rn[i], &rc[i]);
-    }
+    const TcRows R = tc_rows(c, T, r0);
     float qa[HT][4], acc[HT][4] = {};
     tc_load_a<HD>(qa, base + h * HD, ld, r0, TK);
     float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // per row; l sums this lane's columns only
-    for (int k0 = 0; k0 < TK; k0 += kAttnTile) {
-        const int k1 = min(k0 + kAttnTile, TK);
-        const unsigned warps = tc_warps_meeting(c, T, q0, k0, k1, true);
-        if (!warps) continue;
-        tc_load_tile<HD>(ks, S::ABT, base, ld, (c.H + kv) * HD, k0, k1);
-        tc_load_tile<HD>(vs, S::PV, base, ld, (c.H + c.Hkv + kv) * HD, k0, k1);
-        __syncthreads();
-        if ((warps >> warp) & 1u) {
-            if (visited && lane == 0) atomicAdd(visited, 1);
-            float s[NT][4];
-            tc_abt<HD>(s, qa, ks);
-            // Mask with the predicate, scale; each row's max over the tile (its 4 lanes hold its keys).
-            float tmax[2] = {-INFINITY, -INFINITY};
-            PHD_UNROLL
-            for (int n = 0; n < NT; n++)
-                for (int i = 0; i < 4; i++) {
-                    const int j = k0 + tc_col(lane, n, i), row = i / 2;
-                    int m = 0, d = 0;
-                    if (j < k1) regrouped_token(c, T, j, &m, &d);
-                    const bool vis = rv[row] && j < k1 && phd_visible(c, rn[row], rc[row], m, d);
-                    s[n][i] = vis ? s[n][i] * scale : -INFINITY;
-                    tmax[row] = fmaxf(tmax[row], s[n][i]);
-                }
-            float corr[2], msafe[2];
-            for (int row = 0; row < 2; row++) {
-                tmax[row] = fmaxf(tmax[row], __shfl_xor_sync(0xffffffffu, tmax[row], 1));
-                tmax[row] = fmaxf(tmax[row], __shfl_xor_sync(0xffffffffu, tmax[row], 2));
-                const float mnew = fmaxf(mx[row], tmax[row]);
-                msafe[row] = mnew == -INFINITY ? 0.0f : mnew;  // nothing visible yet: p = 0, no NaN
-                corr[row] = __expf(mx[row] - msafe[row]);
-                mx[row] = mnew;
-                l[row] *= corr[row];
+    tc_key_tiles<HD>(c, T, q0, base, kv, ks, S::ABT, vs, S::PV, [&](int k0, int k1) {
+        if (visited && lane == 0) atomicAdd(visited, 1);
+        float s[NT][4];
+        tc_abt<HD>(s, qa, ks);
+        // Mask with the predicate, scale; each row's max over the tile (its 4 lanes hold its keys).
+        float tmax[2] = {-INFINITY, -INFINITY};
+        PHD_UNROLL
+        for (int n = 0; n < NT; n++)
+            for (int i = 0; i < 4; i++) {
+                s[n][i] = tc_visible(c, T, R, i, k0 + tc_col(lane, n, i), k1) ? s[n][i] * scale : -INFINITY;
+                tmax[i / 2] = fmaxf(tmax[i / 2], s[n][i]);
             }
-            // P = exp(S - max), rounded as the mma reads it; l sums what it reads.
-            PHD_UNROLL
-            for (int n = 0; n < NT; n++)
-                for (int i = 0; i < 4; i++) {
-                    const float p = to_tf32(__expf(s[n][i] - msafe[i / 2]));
-                    l[i / 2] += p;
-                    ps[tc_row(lane, i) * S::P + tc_col(lane, n, i)] = p;
-                }
-            PHD_UNROLL
-            for (int n = 0; n < HT; n++)
-                for (int i = 0; i < 4; i++) acc[n][i] *= corr[i / 2];
-            __syncwarp();
-            tc_pv<HD>(acc, ps, vs, S::PV);
-            __syncwarp();  // ps is rewritten by the next tile
+        float corr[2], msafe[2];
+        for (int row = 0; row < 2; row++) {
+            tmax[row] = fmaxf(tmax[row], __shfl_xor_sync(0xffffffffu, tmax[row], 1));
+            tmax[row] = fmaxf(tmax[row], __shfl_xor_sync(0xffffffffu, tmax[row], 2));
+            const float mnew = fmaxf(mx[row], tmax[row]);
+            msafe[row] = mnew == -INFINITY ? 0.0f : mnew;  // nothing visible yet: p = 0, no NaN
+            corr[row] = __expf(mx[row] - msafe[row]);
+            mx[row] = mnew;
+            l[row] *= corr[row];
         }
-        __syncthreads();  // ks, vs too
-    }
+        // P = exp(S - max), rounded as the mma reads it; l sums what it reads.
+        PHD_UNROLL
+        for (int n = 0; n < NT; n++)
+            for (int i = 0; i < 4; i++) {
+                const float p = to_tf32(__expf(s[n][i] - msafe[i / 2]));
+                l[i / 2] += p;
+                ps[tc_row(lane, i) * S::P + tc_col(lane, n, i)] = p;
+            }
+        PHD_UNROLL
+        for (int n = 0; n < HT; n++)
+            for (int i = 0; i < 4; i++) acc[n][i] *= corr[i / 2];
+        __syncwarp();
+        tc_pv<HD>(acc, ps, vs, S::PV);
+        __syncwarp();  // ps is rewritten by the next tile
+    });
     for (int row = 0; row < 2; row++) {
         l[row] += __shfl_xor_sync(0xffffffffu, l[row], 1);
         l[row] += __shfl_xor_sync(0xffffffffu, l[row], 2);
@@ -186,9 +211,9 @@ template<int HD> static __global__ void attention_forward_tc_kernel(float* o, fl
     PHD_UNROLL
     for (int n = 0; n < HT; n++)
         for (int i = 0; i < 4; i++)
-            if (rv[i / 2]) o[((size_t)b * TK + r0 + tc_row(lane, i)) * c.H * HD + h * HD + tc_col(lane, n, i)] = acc[n][i] / l[i / 2];
+            if (R.valid[i / 2]) o[((size_t)b * TK + r0 + tc_row(lane, i)) * c.H * HD + h * HD + tc_col(lane, n, i)] = acc[n][i] / l[i / 2];
     for (int row = 0; row < 2; row++)
-        if (lane % 4 == 0 && rv[row]) lse[((size_t)b * c.H + h) * TK + r0 + tc_row(lane, 2 * row)] = mx[row] + __logf(l[row]);
+        if (lane % 4 == 0 && R.valid[row]) lse[((size_t)b * c.H + h) * TK + r0 + tc_row(lane, 2 * row)] = mx[row] + __logf(l[row]);
 }
 
 // dq. grid (query blocks, H, B), block 32 * kTcWarps. Per key tile: S = Q K^T and
@@ -208,14 +233,11 @@ static __global__ void attention_backward_dq_tc_kernel(float* dqkv, const float*
     float* ks = dynamic_shared<float>();               // (kAttnTile, ABT) keys: read both ways
     float* vs = ks + kAttnTile * S::ABT;               // (kAttnTile, ABT) values
     float* ps = vs + kAttnTile * S::ABT + warp * kTcRows * S::P;  // (16, P) this warp's dS
-    int rn[2] = {0, 0}, rc[2] = {0, 0};
-    bool rv[2];
-    float L[2] = {0.0f, 0.0f}, Di[2] = {0.0f, 0.0f};  // this lane's rows: lse, and D (partial over its columns first)
+    const TcRows R = tc_rows(c, T, r0);
+    float L[2] = {0.0f, 0.0f}, Di[2] = {0.0f, 0.0f};  // this lane's rows: lse, and D (its columns' part first)
     for (int i = 0; i < 2; i++) {
         const int r = r0 + tc_row(lane, 2 * i);
-        rv[i] = r < TK;
-        if (!rv[i]) continue;
-        regrouped_token(c, T, r, &rn[i], &rc[i]);
+        if (!R.valid[i]) continue;
         L[i] = lse[((size_t)b * c.H + h) * TK + r];
         for (int e = lane % 4; e < HD; e += 4) Di[i] += dob[(size_t)r * od + e] * o[((size_t)b * TK + r) * od + h * HD + e];
     }
@@ -226,37 +248,24 @@ static __global__ void attention_backward_dq_tc_kernel(float* dqkv, const float*
     float qa[HT][4], da[HT][4], dq[HT][4] = {};
     tc_load_a<HD>(qa, base + h * HD, ld, r0, TK);
     tc_load_a<HD>(da, dob, od, r0, TK);
-    for (int k0 = 0; k0 < TK; k0 += kAttnTile) {
-        const int k1 = min(k0 + kAttnTile, TK);
-        const unsigned warps = tc_warps_meeting(c, T, q0, k0, k1, true);
-        if (!warps) continue;
-        tc_load_tile<HD>(ks, S::ABT, base, ld, (c.H + kv) * HD, k0, k1);
-        tc_load_tile<HD>(vs, S::ABT, base, ld, (c.H + c.Hkv + kv) * HD, k0, k1);
-        __syncthreads();
-        if ((warps >> warp) & 1u) {
-            float s[NT][4], dp[NT][4];
-            tc_abt<HD>(s, qa, ks);
-            tc_abt<HD>(dp, da, vs);
-            PHD_UNROLL
-            for (int n = 0; n < NT; n++)
-                for (int i = 0; i < 4; i++) {
-                    const int j = k0 + tc_col(lane, n, i), row = i / 2;
-                    int m = 0, d = 0;
-                    if (j < k1) regrouped_token(c, T, j, &m, &d);
-                    const bool vis = rv[row] && j < k1 && phd_visible(c, rn[row], rc[row], m, d);
-                    const float p = vis ? __expf(s[n][i] * scale - L[row]) : 0.0f;
-                    ps[tc_row(lane, i) * S::P + tc_col(lane, n, i)] = to_tf32(p * (dp[n][i] - Di[row]) * scale);
-                }
-            __syncwarp();
-            tc_pv<HD>(dq, ps, ks, S::ABT);
-            __syncwarp();
-        }
-        __syncthreads();
-    }
+    tc_key_tiles<HD>(c, T, q0, base, kv, ks, S::ABT, vs, S::ABT, [&](int k0, int k1) {
+        float s[NT][4], dp[NT][4];
+        tc_abt<HD>(s, qa, ks);
+        tc_abt<HD>(dp, da, vs);
+        PHD_UNROLL
+        for (int n = 0; n < NT; n++)
+            for (int i = 0; i < 4; i++) {
+                const float p = tc_visible(c, T, R, i, k0 + tc_col(lane, n, i), k1) ? __expf(s[n][i] * scale - L[i / 2]) : 0.0f;
+                ps[tc_row(lane, i) * S::P + tc_col(lane, n, i)] = to_tf32(p * (dp[n][i] - Di[i / 2]) * scale);
+            }
+        __syncwarp();
+        tc_pv<HD>(dq, ps, ks, S::ABT);
+        __syncwarp();
+    });
     PHD_UNROLL
     for (int n = 0; n < HT; n++)
         for (int i = 0; i < 4; i++)
-            if (rv[i / 2]) dqkv[((size_t)b * TK + r0 + tc_row(lane, i)) * ld + h * HD + tc_col(lane, n, i)] = dq[n][i];
+            if (R.valid[i / 2]) dqkv[((size_t)b * TK + r0 + tc_row(lane, i)) * ld + h * HD + tc_col(lane, n, i)] = dq[n][i];
 }
 
 // dk, dv. grid (key blocks of kTcBlockRows rows, Hkv, B), block 32 * kTcWarps. A warp owns
@@ -277,12 +286,7 @@ static __global__ void attention_backward_dkdv_tc_kernel(float* dqkv, const floa
     float* qs = dynamic_shared<float>();               // (kAttnTile, ABT) the query tile's q: read both ways
     float* dos = qs + kAttnTile * S::ABT;              // (kAttnTile, ABT) and dO
     float* ps = dos + kAttnTile * S::ABT + warp * kTcRows * S::P;  // (16, P) this warp's P^T, then dS^T
-    int km[2] = {0, 0}, kd[2] = {0, 0};                // tokens of this lane's key rows
-    bool kvalid[2];
-    for (int i = 0; i < 2; i++) {
-        kvalid[i] = r0 + tc_row(lane, 2 * i) < TK;
-        if (kvalid[i]) regrouped_token(c, T, r0 + tc_row(lane, 2 * i), &km[i], &kd[i]);
-    }
+    const TcRows R = tc_rows(c, T, r0);                 // this lane's key rows
     float ka[HT][4], va[HT][4], dk[HT][4] = {}, dv[HT][4] = {};
     tc_load_a<HD>(ka, base + (c.H + kv) * HD, ld, r0, TK);
     tc_load_a<HD>(va, base + (c.H + c.Hkv + kv) * HD, ld, r0, TK);
@@ -318,7 +322,7 @@ static __global__ void attention_backward_dkdv_tc_kernel(float* dqkv, const floa
                 for (int n = 0; n < NT; n++)
                     for (int i = 0; i < 4; i++) {
                         const int j = tc_col(lane, n, i), row = i / 2;
-                        const bool vis = kvalid[row] && q0 + j < q1 && phd_visible(c, qn[j], qc[j], km[row], kd[row]);
+                        const bool vis = R.valid[row] && q0 + j < q1 && phd_visible(c, qn[j], qc[j], R.n[row], R.copy[row]);
                         const float p = vis ? __expf(st[n][i] * scale - Ls[j]) : 0.0f;
                         st[n][i] = p * (dpt[n][i] - Ds[j]) * scale;  // dS^T
                         ps[tc_row(lane, i) * S::P + j] = to_tf32(p);
@@ -338,7 +342,7 @@ static __global__ void attention_backward_dkdv_tc_kernel(float* dqkv, const floa
     PHD_UNROLL
     for (int n = 0; n < HT; n++)
         for (int i = 0; i < 4; i++) {
-            if (!kvalid[i / 2]) continue;
+            if (!R.valid[i / 2]) continue;
             const size_t row = ((size_t)b * TK + r0 + tc_row(lane, i)) * ld;
             dqkv[row + (c.H + kv) * HD + tc_col(lane, n, i)] = dk[n][i];
             dqkv[row + (c.H + c.Hkv + kv) * HD + tc_col(lane, n, i)] = dv[n][i];
