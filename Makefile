@@ -17,7 +17,7 @@ TEST_HDR := $(wildcard test/*.h)
 
 PYTHON_TORCH := /usr/bin/python3
 
-.PHONY: all test test-gpu test-tsan test-asan test-reference fixtures bench bench-gpu clean train
+.PHONY: all test test-gpu test-tsan test-asan test-reference fixtures bench bench-gpu clean train kjv-shards
 all: train_phd
 
 # nvcc with the host flags: the rule's first prerequisite to $@
@@ -63,7 +63,9 @@ build/test_gpu_asan: $(GPU_TEST_DEPS)
 	$(EMU_BUILD) -O1 -g -fsanitize=address -fno-omit-frame-pointer
 build/test_gpu_native: $(GPU_TEST_DEPS)
 	@mkdir -p build
-	$(NVCC) $(NVCCFLAGS) -DPHD_NATIVE_GPU -Xcompiler "$(subst $() ,$(comma),$(strip -fopenmp $(WARN)))" -x cu test/test_main.cpp $(GPU_TEST_SRC) -o $@ -lcublas -lgomp
+	$(NVCC) $(NVCCFLAGS) $(DOCTEST_INC) -DPHD_NATIVE_GPU -Xcompiler "$(subst $() ,$(comma),$(strip -fopenmp $(WARN)))" -x cu test/test_main.cpp $(GPU_TEST_SRC) -o $@ -lcublas -lgomp
+# doctest from .deps/ where the system has none (a GPU machine without network: dev/gpu_run.sh).
+DOCTEST_INC := $(if $(wildcard /usr/include/doctest/doctest.h),,$(if $(wildcard .deps/doctest/doctest.h),-I.deps))
 GPU_TESTS := build/test_gpu_emu build/test_gpu_tsan build/test_gpu_asan $(if $(NVCC),build/test_gpu_native)
 
 # The data pipeline (GPT-2 BPE needs PCRE2 and nlohmann-json: data/setup.sh installs them).
@@ -128,15 +130,19 @@ bench-gpu: build/bench_gpu build/bench_decode_gpu
 	./build/bench_decode_gpu --device cuda -P 2048 --layers 12 --dim 768 --heads 12
 
 # The main job: set-up, the KJV corpus as GPT-2 shards, then a small phd-cswa-2-16-32 model.
+# Set-up and preparation are skipped where the shards exist (a machine without network can
+# be handed them: dev/gpu_run.sh); the loss curve needs gnuplot.
 KJV := data/shards/kjv
 TRAIN_FLAGS ?= --variant phd-cswa-2-16-32 --layers 4 --dim 128 --heads 4 -b 8 -t 128 \
                -x 300 -l 3e-3 -u 20 -v 50 -m 10 -s 100 -g 48 -n 100
-train:
-	bash data/setup.sh
-	$(MAKE) train_phd build/prepare
-	[ -f $(KJV)/tokenizer.bin ] || ./build/prepare --tokenizer gpt2 --out $(KJV) --name kjv data/cache/text/kjv/kjv.txt
+kjv-shards:
+	[ -f $(KJV)/tokenizer.bin ] || { bash data/setup.sh && $(MAKE) build/prepare && \
+	    ./build/prepare --tokenizer gpt2 --out $(KJV) --name kjv data/cache/text/kjv/kjv.txt; }
+train: kjv-shards
+	$(MAKE) train_phd
 	./train_phd -i '$(KJV)/kjv_train_*.bin' -j '$(KJV)/kjv_val_*.bin' -k $(KJV)/tokenizer.bin $(TRAIN_FLAGS) -o out/kjv
-	./dev/plot_loss.sh out/kjv/log.txt out/kjv/loss.png
+	if command -v gnuplot >/dev/null; then ./dev/plot_loss.sh out/kjv/log.txt out/kjv/loss.png; \
+	else echo "train: no gnuplot here, no loss curve (data/setup.sh installs it)"; fi
 
 clean:
 	rm -rf build train_phd
