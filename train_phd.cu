@@ -161,6 +161,8 @@ static Args parse_args(int argc, char** argv) {
     if (a.compare_cpu) die("--compare-cpu: this train_phd was built without nvcc");
     a.device = "cpu";
 #endif
+    if (a.tf32 > 1) die("--tf32: expected 0 or 1, got %d", a.tf32);
+    if (a.tf32 && a.device == "cpu" && !a.compare_cpu) die("--tf32 1: tensor cores are the GPU's, and this run is on the CPU");
     if (a.total_batch == 0) a.total_batch = a.B * a.T;
     if (a.total_batch % (a.B * a.T) != 0)
         die("--total-batch: %d is not a multiple of B*T = %d", a.total_batch, a.B * a.T);
@@ -410,8 +412,9 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
 
     const double MiB = 1.0 / (1 << 20);
     const size_t act_bytes = E.activation_bytes(a.B, a.T);
-    printf("model %s: V=%d L=%d D=%d H=%d Hkv=%d F=%d maxT=%d, %zu parameters, on %s\n", variant_name(c).c_str(), c.V, c.L,
-           c.D, c.H, c.Hkv, c.F, c.maxT, P, Engine::name());
+    const bool gpu = std::string(Engine::name()) == "cuda";
+    printf("model %s: V=%d L=%d D=%d H=%d Hkv=%d F=%d maxT=%d, %zu parameters, on %s%s\n", variant_name(c).c_str(), c.V, c.L,
+           c.D, c.H, c.Hkv, c.F, c.maxT, P, Engine::name(), !gpu ? "" : a.tf32 ? " (TF32 tensor cores)" : " (fp32; --tf32 1: tensor cores)");
     printf("batch B=%d T=%d x %d micro-batches = %d tokens/step, %d steps, lr %g, %d OpenMP threads\n", a.B, a.T, accum,
            a.total_batch, a.steps, a.lr, omp_get_max_threads());
     printf("memory: params+grads+adam %.1f MiB, activations %.1f MiB\n", 4.0 * P * 4 * MiB, act_bytes * MiB);

@@ -154,6 +154,8 @@ TEST_CASE("bad shards and bad flags: one clear error line, non-zero exit") {
         {"-i " + good + " -e " + tmp("nope.bin"), "nope.bin: cannot open"},
         {"-i " + good + " -e " + good, "bad magic"},
         {"--check-state " + good, "needs --init"},
+        {"-i " + good + " --tf32 2", "--tf32: expected 0 or 1"},
+        {"-i " + good + " --device cpu --tf32 1", "--tf32 1: tensor cores are the GPU's"},
     };
     for (const Case& k : cases) {
         int rc = run(std::string(kBin) + tiny_flags() + k.args + " -o " + tmp("bad-out"), &out);
