@@ -64,6 +64,16 @@ static __device__ bool query_meets_tile(const Config& c, int T, int r, int k0, i
     return h1 > h0 && lo <= hi && lo < h1 && hi >= h0;
 }
 
+// Are all pairs of query rows [q0, q1) and key rows [k0, k1) visible? Every query (n, c)
+// sees the originals 0..n (rule 1, and causal order for naive-K), so a tile of originals no
+// later than the queries' earliest position is: there the kernels skip the mask. Positions
+// rise along the originals and along the hidden rows, which start again at position 0.
+PHD_HOST_DEVICE inline bool tile_all_visible(const Config& c, int T, int q0, int q1, int k0, int k1) {
+    if (k1 > T || k1 <= k0 || q1 <= q0) return false;
+    const int nmin = q0 < T && q1 > T ? 0 : regrouped_position(c, T, q0);
+    return k1 - 1 <= nmin;
+}
+
 // The kernels keep their per-row vectors in registers, which needs the head size at compile
 // time: they are instantiated for HD in {16, 32, 64}, where the loops over it unroll, and
 // the fp32 ones also for HD = 0, any other head size up to kAttnMaxHd read at run time

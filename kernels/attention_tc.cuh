@@ -8,7 +8,9 @@
 // A block has kTcWarps warps of 16 rows each (the mma's M): query rows in the forward and
 // dq kernels, key rows in dk/dv. Every tile of the other side it loads into shared memory
 // (kAttnTile rows, rounded once) serves all four warps; a warp none of whose rows has a
-// visible pair in the tile skips it. Each warp sums its own rows' outputs in a fixed order:
+// visible pair in the tile skips it, and one whose rows see every key of it
+// (tile_all_visible: originals before all of them) skips the mask. Each warp sums its own
+// rows' outputs in a fixed order:
 // deterministic, no atomics. Head sizes 16, 32 and 64; others use the fp32 kernels.
 //
 // In a warp, lane = 4 g + t; a 16 x (8 n) tile in the mma's d layout gives the lane
@@ -142,9 +144,11 @@ static __device__ void tc_key_tiles(const Config& c, int T, int q0, const float*
     }
 }
 
-// Is the pair (this lane's row i / 2 of R, key row j < k1) visible?
-static __device__ bool tc_visible(const Config& c, int T, const TcRows& R, int i, int j, int k1) {
+// Is the pair (this lane's row i / 2 of R, key row j) visible? full: the warp's rows see
+// every key row before k1 (tile_all_visible), so only the bounds are checked.
+static __device__ bool tc_visible(const Config& c, int T, const TcRows& R, int i, int j, int k1, bool full) {
     if (!R.valid[i / 2] || j >= k1) return false;
+    if (full) return true;
     int m, d;
     regrouped_token(c, T, j, &m, &d);
     return phd_visible(c, R.n[i / 2], R.copy[i / 2], m, d);
@@ -169,6 +173,7 @@ template<int HD> static __global__ void attention_forward_tc_kernel(float* o, fl
     float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // per row; l sums this lane's columns only
     tc_key_tiles<HD>(c, T, q0, base, kv, ks, S::ABT, vs, S::PV, [&](int k0, int k1) {
         if (visited && lane == 0) atomicAdd(visited, 1);
+        const bool full = tile_all_visible(c, T, r0, min(r0 + kTcRows, TK), k0, k1);
         float s[NT][4];
         tc_abt<HD>(s, qa, ks);
         // Mask with the predicate, scale; each row's max over the tile (its 4 lanes hold its keys).
@@ -176,7 +181,7 @@ template<int HD> static __global__ void attention_forward_tc_kernel(float* o, fl
         PHD_UNROLL
         for (int n = 0; n < NT; n++)
             for (int i = 0; i < 4; i++) {
-                s[n][i] = tc_visible(c, T, R, i, k0 + tc_col(lane, n, i), k1) ? s[n][i] * scale : -INFINITY;
+                s[n][i] = tc_visible(c, T, R, i, k0 + tc_col(lane, n, i), k1, full) ? s[n][i] * scale : -INFINITY;
                 tmax[i / 2] = fmaxf(tmax[i / 2], s[n][i]);
             }
         float corr[2], msafe[2];
@@ -249,13 +254,14 @@ static __global__ void attention_backward_dq_tc_kernel(float* dqkv, const float*
     tc_load_a<HD>(qa, base + h * HD, ld, r0, TK);
     tc_load_a<HD>(da, dob, od, r0, TK);
     tc_key_tiles<HD>(c, T, q0, base, kv, ks, S::ABT, vs, S::ABT, [&](int k0, int k1) {
+        const bool full = tile_all_visible(c, T, r0, min(r0 + kTcRows, TK), k0, k1);
         float s[NT][4], dp[NT][4];
         tc_abt<HD>(s, qa, ks);
         tc_abt<HD>(dp, da, vs);
         PHD_UNROLL
         for (int n = 0; n < NT; n++)
             for (int i = 0; i < 4; i++) {
-                const float p = tc_visible(c, T, R, i, k0 + tc_col(lane, n, i), k1) ? __expf(s[n][i] * scale - L[i / 2]) : 0.0f;
+                const float p = tc_visible(c, T, R, i, k0 + tc_col(lane, n, i), k1, full) ? __expf(s[n][i] * scale - L[i / 2]) : 0.0f;
                 ps[tc_row(lane, i) * S::P + tc_col(lane, n, i)] = to_tf32(p * (dp[n][i] - Di[i / 2]) * scale);
             }
         __syncwarp();
@@ -315,6 +321,7 @@ static __global__ void attention_backward_dkdv_tc_kernel(float* dqkv, const floa
             }
             __syncthreads();
             if ((warps >> warp) & 1u) {
+                const bool full = tile_all_visible(c, T, q0, q1, r0, min(r0 + kTcRows, TK));
                 float st[NT][4], dpt[NT][4];  // (16 keys, kAttnTile queries)
                 tc_abt<HD>(st, ka, qs);
                 tc_abt<HD>(dpt, va, dos);
@@ -322,7 +329,7 @@ static __global__ void attention_backward_dkdv_tc_kernel(float* dqkv, const floa
                 for (int n = 0; n < NT; n++)
                     for (int i = 0; i < 4; i++) {
                         const int j = tc_col(lane, n, i), row = i / 2;
-                        const bool vis = R.valid[row] && q0 + j < q1 && phd_visible(c, qn[j], qc[j], R.n[row], R.copy[row]);
+                        const bool vis = R.valid[row] && q0 + j < q1 && (full || phd_visible(c, qn[j], qc[j], R.n[row], R.copy[row]));
                         const float p = vis ? __expf(st[n][i] * scale - Ls[j]) : 0.0f;
                         st[n][i] = p * (dpt[n][i] - Ds[j]) * scale;  // dS^T
                         ps[tc_row(lane, i) * S::P + j] = to_tf32(p);
