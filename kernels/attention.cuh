@@ -42,6 +42,17 @@ static __device__ QueryRow query_row(const float* qkv, const Config& c, int T) {
     return q;
 }
 
+// Does the thread's query see key row j? Do all of its tile's queries see every key row in
+// [k0, k1) (tile_all_visible: then the mask is skipped)?
+static __device__ bool query_sees(const Config& c, int T, const QueryRow& Q, int j) {
+    int m, d;
+    regrouped_token(c, T, j, &m, &d);
+    return phd_visible(c, Q.n, Q.copy, m, d);
+}
+static __device__ bool query_tile_all_visible(const Config& c, int T, const QueryRow& Q, int k0, int k1) {
+    return tile_all_visible(c, T, blockIdx.x * kAttnTile, min((int)(blockIdx.x + 1) * kAttnTile, Q.TK), k0, k1);
+}
+
 // The loops below run to Hd<HD>::max and stop at hd: for HD > 0 the two are the same
 // constant, the test folds away and the loop unrolls. Tiles live in dynamic shared memory
 // sized for hd (attention_smem): up to 66 KB at hd = 128, past the 48 KB default, so the
@@ -68,10 +79,9 @@ template<int HD> static __global__ void attention_forward_kernel(float* o, float
         if (!__ballot_sync(0xffffffffu, Q.valid && query_meets_tile(c, T, Q.r, k0, k1))) continue;
         if (visited && threadIdx.x == 0) atomicAdd(visited, 1);
         load_kv_tile<HD>(ks, vs, Q.base, c, Q.kv, k0, k1);
+        const bool full = query_tile_all_visible(c, T, Q, k0, k1);
         for (int j = 0; Q.valid && j < k1 - k0; j++) {
-            int m, d;
-            regrouped_token(c, T, k0 + j, &m, &d);
-            if (!phd_visible(c, Q.n, Q.copy, m, d)) continue;
+            if (!full && !query_sees(c, T, Q, k0 + j)) continue;
             float s = 0.0f;
             PHD_UNROLL
             for (int e = 0; e < MAX; e++) {
@@ -126,10 +136,9 @@ static __global__ void attention_backward_dq_kernel(float* dqkv, const float* do
         const int k1 = min(k0 + kAttnTile, Q.TK);
         if (!__ballot_sync(0xffffffffu, Q.valid && query_meets_tile(c, T, Q.r, k0, k1))) continue;
         load_kv_tile<HD>(ks, vs, Q.base, c, Q.kv, k0, k1);
+        const bool full = query_tile_all_visible(c, T, Q, k0, k1);
         for (int j = 0; Q.valid && j < k1 - k0; j++) {
-            int m, d;
-            regrouped_token(c, T, k0 + j, &m, &d);
-            if (!phd_visible(c, Q.n, Q.copy, m, d)) continue;
+            if (!full && !query_sees(c, T, Q, k0 + j)) continue;
             float s = 0.0f, dp = 0.0f;
             PHD_UNROLL
             for (int e = 0; e < MAX; e++) {
@@ -202,8 +211,9 @@ static __global__ void attention_backward_dkdv_kernel(float* dqkv, const float* 
                 regrouped_token(c, T, qr, &qn[t], &qc[t]);
             }
             __syncthreads();
+            const bool full = tile_all_visible(c, T, q0, q1, k0, k1);  // no mask needed
             for (int i = 0; valid && i < q1 - q0; i++) {
-                if (!phd_visible(c, qn[i], qc[i], m, d)) continue;
+                if (!full && !phd_visible(c, qn[i], qc[i], m, d)) continue;
                 float s = 0.0f, dp = 0.0f;
                 PHD_UNROLL
                 for (int e = 0; e < MAX; e++) {
