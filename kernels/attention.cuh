@@ -43,7 +43,8 @@ static __device__ QueryRow query_row(const float* qkv, const Config& c, int T) {
 }
 
 // Does the thread's query see key row j? Do all of its tile's queries see every key row in
-// [k0, k1) (tile_all_visible: then the mask is skipped)?
+// [k0, k1) (tile_all_visible)? Then the forward skips the mask; the backward kernels do not,
+// since at hd = 64 the second version of their loop spills (dev/ptxas_report.sh).
 static __device__ bool query_sees(const Config& c, int T, const QueryRow& Q, int j) {
     int m, d;
     regrouped_token(c, T, j, &m, &d);
@@ -136,9 +137,8 @@ static __global__ void attention_backward_dq_kernel(float* dqkv, const float* do
         const int k1 = min(k0 + kAttnTile, Q.TK);
         if (!__ballot_sync(0xffffffffu, Q.valid && query_meets_tile(c, T, Q.r, k0, k1))) continue;
         load_kv_tile<HD>(ks, vs, Q.base, c, Q.kv, k0, k1);
-        const bool full = query_tile_all_visible(c, T, Q, k0, k1);
         for (int j = 0; Q.valid && j < k1 - k0; j++) {
-            if (!full && !query_sees(c, T, Q, k0 + j)) continue;
+            if (!query_sees(c, T, Q, k0 + j)) continue;
             float s = 0.0f, dp = 0.0f;
             PHD_UNROLL
             for (int e = 0; e < MAX; e++) {
@@ -211,9 +211,8 @@ static __global__ void attention_backward_dkdv_kernel(float* dqkv, const float* 
                 regrouped_token(c, T, qr, &qn[t], &qc[t]);
             }
             __syncthreads();
-            const bool full = tile_all_visible(c, T, q0, q1, k0, k1);  // no mask needed
             for (int i = 0; valid && i < q1 - q0; i++) {
-                if (!full && !phd_visible(c, qn[i], qc[i], m, d)) continue;
+                if (!phd_visible(c, qn[i], qc[i], m, d)) continue;
                 float s = 0.0f, dp = 0.0f;
                 PHD_UNROLL
                 for (int e = 0; e < MAX; e++) {
