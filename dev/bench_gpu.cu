@@ -126,7 +126,7 @@ static void kernel_lab(const Options& o) {
     ms = time_ms(reps, [&] { attention_backward(d_dqkv, d_dout, d_qkv, d_o, d_lse, c, B, T, s); });
     report("attention_backward", max_rel(regroup_rows(to_host(d_dqkv, qkv.size()), c, B, T, ld, false), dqkv_ref), 1e-4, ms,
            2.5 * attn_flops, "GFLOP/s");
-    if (compiled_head_dim(c.hd())) {  // the tensor-core kernels' head sizes (--tf32 in training)
+    if (compiled_head_dim(c)) {  // the tensor-core kernels' head sizes (--tf32 in training)
         float *d_o_tc = buf.zeros<float>(o_ref.size()), *d_lse_tc = buf.zeros<float>(lse_ref.size());
         ms = time_ms(reps, [&] { attention_forward(d_o_tc, d_lse_tc, d_qkv, c, B, T, s, nullptr, true); });
         report("attention_forward TF32 mma", max_rel(regroup_rows(to_host(d_o_tc, o_ref.size()), c, B, T, od, false), o_ref), 5e-3, ms,

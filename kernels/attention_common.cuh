@@ -84,8 +84,6 @@ template<int HD> struct Hd {
     static PHD_HOST_DEVICE int get(const Config& c) { return HD ? HD : c.hd(); }
 };
 
-// The head sizes with compiled instances, which the tensor-core kernels need.
-inline bool compiled_head_dim(int hd) { return hd == 16 || hd == 32 || hd == 64; }
 // Calls f(std::integral_constant<int, HD>()) with the kernels' instance for c's head size.
 template<typename F> void with_head_dim(const Config& c, F f) {
     if (c.hd() > kAttnMaxHd) die("attention kernel: head size %d exceeds %d", c.hd(), kAttnMaxHd);
@@ -95,6 +93,12 @@ template<typename F> void with_head_dim(const Config& c, F f) {
         case 64: f(std::integral_constant<int, 64>()); break;
         default: f(std::integral_constant<int, 0>());
     }
+}
+// Has c's head size a compiled instance (HD > 0), which the tensor-core kernels need?
+inline bool compiled_head_dim(const Config& c) {
+    bool compiled = false;
+    with_head_dim(c, [&](auto hd) { compiled = hd.value > 0; });
+    return compiled;
 }
 
 // Launches an attention kernel with `smem` bytes of dynamic shared memory, which may pass

@@ -27,6 +27,11 @@ static constexpr int kTcBlockRows = kTcRows * kTcWarps;
 template<int HD> struct TcSmem {
     static constexpr int ABT = HD + 4, PV = HD + 8, P = kAttnTile + 4;
 };
+// Dynamic shared memory of the three kernels: two tiles (the forward's second read as PV)
+// plus the warps' P.
+template<int HD> constexpr size_t tc_smem_bytes(bool forward) {
+    return (kAttnTile * (TcSmem<HD>::ABT + (forward ? TcSmem<HD>::PV : TcSmem<HD>::ABT)) + kTcBlockRows * TcSmem<HD>::P) * sizeof(float);
+}
 
 static __device__ int tc_row(int lane, int i) { return lane / 4 + 8 * (i / 2); }
 static __device__ int tc_col(int lane, int n, int i) { return 8 * n + 2 * (lane % 4) + i % 2; }
@@ -84,6 +89,17 @@ template<int HD> static __device__ void tc_load_tile(float* dst, int sld, const 
         const int j = idx / HD, e = idx % HD;
         dst[j * sld + e] = k0 + j < k1 ? to_tf32(m[(size_t)(k0 + j) * ld + col + e]) : 0.0f;
     }
+}
+
+// x . y over HD columns, summed by the 4 lanes of a group (lanes 4g .. 4g + 3, each taking
+// every 4th column); every lane of the group gets it. valid false: the row counts as 0.
+// All lanes of the warp must call it.
+template<int HD> static __device__ float tc_row_dot(const float* x, const float* y, bool valid) {
+    float part = 0.0f;
+    if (valid)
+        for (int e = threadIdx.x % 4; e < HD; e += 4) part += x[e] * y[e];
+    part += __shfl_xor_sync(0xffffffffu, part, 1);
+    return part + __shfl_xor_sync(0xffffffffu, part, 2);
 }
 
 // Bit w: warp w of the block whose first row is r0 has a visible pair in the tile of rows
@@ -239,16 +255,11 @@ static __global__ void attention_backward_dq_tc_kernel(float* dqkv, const float*
     float* vs = ks + kAttnTile * S::ABT;               // (kAttnTile, ABT) values
     float* ps = vs + kAttnTile * S::ABT + warp * kTcRows * S::P;  // (16, P) this warp's dS
     const TcRows R = tc_rows(c, T, r0);
-    float L[2] = {0.0f, 0.0f}, Di[2] = {0.0f, 0.0f};  // this lane's rows: lse, and D (its columns' part first)
+    float L[2], Di[2];  // this lane's rows: lse, and D = dO . o
     for (int i = 0; i < 2; i++) {
         const int r = r0 + tc_row(lane, 2 * i);
-        if (!R.valid[i]) continue;
-        L[i] = lse[((size_t)b * c.H + h) * TK + r];
-        for (int e = lane % 4; e < HD; e += 4) Di[i] += dob[(size_t)r * od + e] * o[((size_t)b * TK + r) * od + h * HD + e];
-    }
-    for (int i = 0; i < 2; i++) {
-        Di[i] += __shfl_xor_sync(0xffffffffu, Di[i], 1);
-        Di[i] += __shfl_xor_sync(0xffffffffu, Di[i], 2);
+        L[i] = R.valid[i] ? lse[((size_t)b * c.H + h) * TK + r] : 0.0f;
+        Di[i] = tc_row_dot<HD>(dob + (size_t)r * od, o + ((size_t)b * TK + r) * od + h * HD, R.valid[i]);
     }
     float qa[HT][4], da[HT][4], dq[HT][4] = {};
     tc_load_a<HD>(qa, base + h * HD, ld, r0, TK);
@@ -306,14 +317,11 @@ static __global__ void attention_backward_dkdv_tc_kernel(float* dqkv, const floa
             tc_load_tile<HD>(qs, S::ABT, base, ld, h * HD, q0, q1);
             tc_load_tile<HD>(dos, S::ABT, dob, od, 0, q0, q1);
             {  // 4 lanes per query row: its D, lse and token
+                static_assert(4 * kAttnTile == 32 * kTcWarps, "a block holds 4 lanes per query row");
                 const int j = threadIdx.x / 4, r = q0 + j;
-                float part = 0.0f;
-                if (r < q1)
-                    for (int e = threadIdx.x % 4; e < HD; e += 4) part += dob[(size_t)r * od + e] * o[((size_t)b * TK + r) * od + h * HD + e];
-                part += __shfl_xor_sync(0xffffffffu, part, 1);
-                part += __shfl_xor_sync(0xffffffffu, part, 2);
-                if (threadIdx.x % 4 == 0 && j < kAttnTile) {
-                    Ds[j] = part;
+                const float Dj = tc_row_dot<HD>(dob + (size_t)r * od, o + ((size_t)b * TK + r) * od + h * HD, r < q1);
+                if (threadIdx.x % 4 == 0) {
+                    Ds[j] = Dj;
                     Ls[j] = r < q1 ? lse[((size_t)b * c.H + h) * TK + r] : 0.0f;
                     qn[j] = qc[j] = 0;
                     if (r < q1) regrouped_token(c, T, r, &qn[j], &qc[j]);
@@ -354,9 +362,4 @@ static __global__ void attention_backward_dkdv_tc_kernel(float* dqkv, const floa
             dqkv[row + (c.H + kv) * HD + tc_col(lane, n, i)] = dk[n][i];
             dqkv[row + (c.H + c.Hkv + kv) * HD + tc_col(lane, n, i)] = dv[n][i];
         }
-}
-
-// Dynamic shared memory of the three kernels: two tiles plus the warps' P.
-template<int HD> constexpr size_t tc_smem_bytes(bool forward) {
-    return (kAttnTile * (TcSmem<HD>::ABT + (forward ? TcSmem<HD>::PV : TcSmem<HD>::ABT)) + kTcBlockRows * TcSmem<HD>::P) * sizeof(float);
 }
