@@ -9,6 +9,13 @@
 //   leaves it, so early returns do not deadlock the others. __shared__ arrays are static
 //   storage: shared by the block's threads, and safe because blocks never run together.
 //   Dynamic shared memory comes from dynamic_shared<T>(), sized by launch().
+// - A launch past the GPU's limits fails as it would there, with the error left for
+//   cudaGetLastError: more than 1024 threads a block, grid y or z past 65535, or dynamic
+//   shared memory past 48 KB without cudaFuncSetAttribute raising the kernel's limit (at
+//   most to sm_80's 163 KB, the tighter of the two GPUs we build for).
+// - Memory a GPU leaves uninitialised starts as 0xff bytes here (NaN as float, -1 as int):
+//   cudaMalloc'd memory, and dynamic shared memory at every block. A kernel that reads what
+//   nothing wrote then fails its test instead of reading zeros by luck.
 // - Warps are 32 consecutive threads (x fastest); the shuffles, __ballot_sync and
 //   __syncwarp exchange values between real lanes through a per-warp barrier.
 // - atomicAdd/atomicMax on int and float, the math intrinsics the kernels use, bf16 and
@@ -42,6 +49,9 @@
 #define __forceinline__
 #define __launch_bounds__(...)
 #define __shared__ static
+
+typedef int cudaError_t;
+enum : int { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2, cudaErrorInvalidConfiguration = 9 };
 
 struct CUstream_st {};
 typedef CUstream_st* cudaStream_t;
@@ -105,11 +115,29 @@ inline thread_local Block* t_block = nullptr;
 inline thread_local int t_lane = 0, t_warp = 0;
 
 inline std::mutex& launch_mutex() { static std::mutex m; return m; }
+
+constexpr size_t kDefaultDynamicShared = 48 * 1024, kMaxDynamicShared = 166912;  // sm_80's opt-in maximum
+inline thread_local cudaError_t last_error = cudaSuccess;  // per host thread, as in CUDA
+// Each kernel's dynamic shared memory limit, as raised by cudaFuncSetAttribute.
+inline std::unordered_map<const void*, size_t>& shared_limits() { static std::unordered_map<const void*, size_t> m; return m; }
+
+inline cudaError_t check_launch(const void* kernel, dim3 grid, dim3 block, size_t shmem) {
+    const unsigned long threads = (unsigned long)block.x * block.y * block.z;
+    if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535)
+        return cudaErrorInvalidConfiguration;
+    auto it = shared_limits().find(kernel);
+    if (shmem > (it == shared_limits().end() ? kDefaultDynamicShared : it->second)) return cudaErrorInvalidValue;
+    return cudaSuccess;
+}
 inline std::mutex& atomic_mutex() { static std::mutex m; return m; }
 
-// Re-arms the block's barriers for the next block; runs when the last thread ends a block.
+constexpr unsigned char kPoison = 0xff;
+
+// Re-arms the block's barriers and re-poisons its dynamic shared memory for the next block;
+// runs when the last thread ends a block.
 inline void rearm(void* p) {
     Block* b = (Block*)p;
+    std::fill(b->dynamic.begin(), b->dynamic.end(), kPoison);
     b->bar.expected = b->nthreads;
     for (Warp& w : b->warps) w.bar.expected = w.lanes;
 }
@@ -132,6 +160,10 @@ template<typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shmem, cudaStream_t, Args... args) {
     using namespace cuda_emu;
     std::lock_guard<std::mutex> serial(launch_mutex());
+    if (cudaError_t e = check_launch(reinterpret_cast<const void*>(kernel), grid, block, shmem)) {
+        last_error = e;
+        return;
+    }
     Block blk;
     blk.nthreads = (int)(block.x * block.y * block.z);
     blk.dynamic.resize(shmem);
@@ -278,20 +310,28 @@ inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 
 // ---- runtime: device memory is host memory, streams and events are synchronous ----
-typedef int cudaError_t;
-enum : int { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2 };
 enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice, cudaMemcpyDefault };
 struct CUevent_st { std::chrono::steady_clock::time_point t; };
 typedef CUevent_st* cudaEvent_t;
 
 inline const char* cudaGetErrorString(cudaError_t e) {
-    return e == cudaSuccess ? "no error" : e == cudaErrorMemoryAllocation ? "out of memory" : "invalid value";
+    return e == cudaSuccess ? "no error" : e == cudaErrorMemoryAllocation ? "out of memory"
+         : e == cudaErrorInvalidConfiguration ? "invalid configuration argument" : "invalid argument";
 }
-inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline cudaError_t cudaGetLastError() {
+    cudaError_t e = cuda_emu::last_error;
+    cuda_emu::last_error = cudaSuccess;
+    return e;
+}
 inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
 inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
-template<typename F> inline cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return cudaSuccess; }  // no limit here
+template<typename F> inline cudaError_t cudaFuncSetAttribute(F kernel, cudaFuncAttribute, int bytes) {
+    if (bytes < 0 || (size_t)bytes > cuda_emu::kMaxDynamicShared) return cudaErrorInvalidValue;
+    std::lock_guard<std::mutex> serial(cuda_emu::launch_mutex());
+    cuda_emu::shared_limits()[reinterpret_cast<const void*>(kernel)] = (size_t)bytes;
+    return cudaSuccess;
+}
 enum cudaDeviceAttr { cudaDevAttrClockRate, cudaDevAttrMultiProcessorCount, cudaDevAttrComputeCapabilityMajor, cudaDevAttrComputeCapabilityMinor };
 inline cudaError_t cudaDeviceGetAttribute(int*, cudaDeviceAttr, int) { return cudaErrorInvalidValue; }  // no hardware to describe
 inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
@@ -328,6 +368,7 @@ inline cudaError_t cudaMalloc(void** p, size_t n) {
     if (d.limit && n > d.limit - d.used) return cudaErrorMemoryAllocation;
     *p = malloc(n ? n : 1);
     if (!*p) return cudaErrorMemoryAllocation;
+    memset(*p, cuda_emu::kPoison, n);
     if (d.limit) { d.used += n; d.sizes[*p] = n; }
     return cudaSuccess;
 }

@@ -133,6 +133,62 @@ TEST_CASE("emulation: early return before a barrier, static and dynamic shared m
         for (int t = 0; t < m; t++) CHECK(out2[b * m + t] == in2[b * m + m - 1 - t]);
 }
 
+// Writes n ints of dynamic shared memory and returns their sum: it needs n * 4 bytes.
+__global__ void shared_sum_kernel(int* out, int n) {
+    int* s = dynamic_shared<int>();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s[i] = i;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int sum = 0;
+        for (int i = 0; i < n; i++) sum += s[i];
+        out[blockIdx.x] = sum;
+    }
+}
+
+TEST_CASE("emulation: a launch past the GPU's limits fails as on the GPU; cudaFuncSetAttribute raises the shared memory limit") {
+    DeviceBuffer<int> dout(std::vector<int>(1, 0));
+    const int n = 16 * 1024;  // 64 KB: past the 48 KB default
+    cudaCheck(cudaGetLastError());
+    launch(shared_sum_kernel, dim3(1), dim3(1025), 0, nullptr, dout.ptr, 1);
+    CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
+    CHECK(cudaGetLastError() == cudaSuccess);  // read once, then cleared
+    launch(shared_sum_kernel, dim3(1, 65536), dim3(32), 0, nullptr, dout.ptr, 1);
+    CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
+    launch(shared_sum_kernel, dim3(1), dim3(128), n * sizeof(int), nullptr, dout.ptr, n);
+    CHECK(cudaGetLastError() != cudaSuccess);
+    CHECK(dout.get()[0] == 0);  // it did not run
+    cudaCheck(cudaFuncSetAttribute(shared_sum_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, n * (int)sizeof(int)));
+    launch(shared_sum_kernel, dim3(1), dim3(128), n * sizeof(int), nullptr, dout.ptr, n);
+    cudaCheck(cudaGetLastError());
+    CHECK(dout.get()[0] == n * (n - 1) / 2);
+#ifndef __CUDACC__
+    // sm_80's opt-in maximum is the emulation's (an H100 allows 227 KB)
+    CHECK(cudaFuncSetAttribute(shared_sum_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 170 * 1024) == cudaErrorInvalidValue);
+#endif
+}
+
+#ifndef __CUDACC__
+// What each block finds in its dynamic shared memory before writing it.
+__global__ void shared_before_write_kernel(int* out) {
+    int* s = dynamic_shared<int>();
+    out[blockIdx.x * blockDim.x + threadIdx.x] = s[threadIdx.x];
+    s[threadIdx.x] = (int)blockIdx.x;
+}
+
+TEST_CASE("emulation: memory a GPU leaves uninitialised reads as 0xff bytes, in every block") {
+    const int blocks = 3, n = 8;
+    float* fresh;
+    cudaCheck(cudaMalloc(&fresh, 4 * sizeof(float)));
+    std::vector<float> f(4, 0.0f);
+    cudaCheck(cudaMemcpy(f.data(), fresh, 4 * sizeof(float), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaFree(fresh));
+    for (float v : f) CHECK(std::isnan(v));
+    DeviceBuffer<int> dout(std::vector<int>(blocks * n, 0));
+    launch(shared_before_write_kernel, dim3(blocks), dim3(n), n * sizeof(int), nullptr, dout.ptr);
+    for (int v : dout.get()) CHECK(v == -1);
+}
+#endif
+
 // Every lane records what each primitive returns to it.
 __global__ void shuffle_kernel(int* out) {
     int lane = threadIdx.x % 32, v = 10 * (int)threadIdx.x;
