@@ -92,40 +92,44 @@ template<typename Real> struct Decoder : DecodeBlocks<Decoder<Real>> {
             rmsnorm_forward(a.data(), rstd.data(), x.data(), w.g_attn, R, D);
             matmul_forward(qkv.data(), a.data(), w.wqkv, R, D, ld);
             rope_forward(qkv.data(), ns.data(), c, R, M.rope_cos.data(), M.rope_sin.data());
+            // Candidates of row i: kept cache, window cache, the block up to row i (a visible key
+            // is never later in the logical order); the one predicate decides.
+            std::vector<std::vector<const Real*>> keys(R), vals(R);  // (R) rows of all kv heads
             #pragma omp parallel for schedule(dynamic, 4)
             for (int i = 0; i < R; i++) {
-                // Candidates: kept cache, window cache, the block up to row i (a visible key is
-                // never later in the logical order); the one predicate decides.
-                std::vector<const Real*> keys, vals;  // rows of all kv heads
                 auto consider = [&](int n2, int c2, const Real* k2, const Real* v2) {
-                    if (phd_visible(c, ns[i], cs[i], n2, c2)) { keys.push_back(k2); vals.push_back(v2); }
+                    if (phd_visible(c, ns[i], cs[i], n2, c2)) { keys[i].push_back(k2); vals[i].push_back(v2); }
                 };
                 for (const KVStore<Real>* s : {&kept[l], &window[l]})
                     for (size_t e = 0; e < s->size(); e++) consider(s->n[e], s->c[e], &s->k[e * kvdim], &s->v[e * kvdim]);
                 for (int j = 0; j <= i; j++)
                     consider(ns[j], cs[j], &qkv[(size_t)j * ld + c.H * hd], &qkv[(size_t)j * ld + (c.H + c.Hkv) * hd]);
-                std::vector<Real> p(keys.size());
+            }
+            // (row, head) pairs in parallel: a decode step of vanilla has one row
+            #pragma omp parallel for collapse(2) schedule(dynamic, 4)
+            for (int i = 0; i < R; i++)
                 for (int h = 0; h < c.H; h++) {
+                    const std::vector<const Real*>& ki = keys[i];
+                    std::vector<Real> p(ki.size());
                     const Real* q = qkv.data() + (size_t)i * ld + h * hd;
                     const int off = h / group * hd;
                     Real mx = -INFINITY, sum = 0;
-                    for (size_t t2 = 0; t2 < keys.size(); t2++) {
+                    for (size_t t2 = 0; t2 < ki.size(); t2++) {
                         Real s = 0;
                         #pragma omp simd reduction(+ : s)
-                        for (int e = 0; e < hd; e++) s += q[e] * keys[t2][off + e];
+                        for (int e = 0; e < hd; e++) s += q[e] * ki[t2][off + e];
                         p[t2] = s * scale;
                         mx = std::max(mx, p[t2]);
                     }
                     for (Real& pv : p) { pv = exp_fast(pv - mx); sum += pv; }
                     Real* oi = o.data() + (size_t)i * c.H * hd + h * hd;
                     std::fill(oi, oi + hd, Real(0));
-                    for (size_t t2 = 0; t2 < keys.size(); t2++) {
-                        const Real w = p[t2] / sum, *vr = vals[t2] + off;
+                    for (size_t t2 = 0; t2 < ki.size(); t2++) {
+                        const Real w = p[t2] / sum, *vr = vals[i][t2] + off;
                         #pragma omp simd
                         for (int e = 0; e < hd; e++) oi[e] += w * vr[e];
                     }
                 }
-            }
             // The block's keys/values enter the cache once every row of it has attended.
             for (int j = 0; j < R; j++) {
                 const Real* kr = &qkv[(size_t)j * ld + c.H * hd];

@@ -11,7 +11,10 @@
 // of A: a PHD original row computes bit-for-bit what the vanilla model computes.
 #pragma once
 #include <algorithm>
-#include <vector>
+#include <memory>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 template<typename Real> struct GemmTile;
 template<> struct GemmTile<float>  { static constexpr int MR = 8, NR = 32; };
@@ -31,6 +34,10 @@ static inline void gemm_microkernel(int kc, const Real* __restrict__ Ap, const R
         for (int j = 0; j < nr; j++) C[i * ldc + j] = accumulate ? C[i * ldc + j] + acc[i][j] : acc[i][j];
 }
 
+// Work is split into items (row block ic, column-panel chunk): one chunk of every panel
+// when there are enough row blocks to keep the threads busy (training), else the panels
+// are shared out too, so that a few rows (decoding) still use every thread. Each item packs
+// its own rows of A; the order of the sums is the same either way.
 template<typename Real>
 void gemm(Real* C, long ldc, const Real* A, long ars, long acs, const Real* B, long brs, long bcs,
           int M, int N, int Kd, bool accumulate) {
@@ -41,7 +48,14 @@ void gemm(Real* C, long ldc, const Real* A, long ars, long acs, const Real* B, l
             for (int i = 0; i < M; i++) std::fill(C + i * ldc, C + i * ldc + N, Real(0));
         return;
     }
-    std::vector<Real> Bpack((size_t)KC * (NC + NR));
+#ifdef _OPENMP
+    const int threads = omp_get_max_threads();
+#else
+    const int threads = 1;
+#endif
+    const int row_blocks = (M + MC - 1) / MC;
+    const int chunks = row_blocks >= threads ? 1 : (threads + row_blocks - 1) / row_blocks;
+    std::unique_ptr<Real[]> Bpack(new Real[(size_t)KC * (NC + NR)]);  // every element is written before it is read
     for (int jc = 0; jc < N; jc += NC) {
         const int nc = std::min(NC, N - jc);
         const int npanels = (nc + NR - 1) / NR;
@@ -52,30 +66,37 @@ void gemm(Real* C, long ldc, const Real* A, long ars, long acs, const Real* B, l
             {
                 #pragma omp for schedule(static)
                 for (int jp = 0; jp < npanels; jp++) {
-                    Real* dst = Bpack.data() + (size_t)jp * kc * NR;
-                    for (int p = 0; p < kc; p++)
-                        for (int j = 0; j < NR; j++) {
-                            int col = jc + jp * NR + j;
-                            dst[p * NR + j] = col < jc + nc ? B[(long)(pc + p) * brs + (long)col * bcs] : Real(0);
-                        }
+                    Real* dst = Bpack.get() + (size_t)jp * kc * NR;  // (kc, NR)
+                    auto put = [&](int p, int j) {
+                        const int col = jc + jp * NR + j;
+                        dst[p * NR + j] = col < jc + nc ? B[(long)(pc + p) * brs + (long)col * bcs] : Real(0);
+                    };
+                    if (brs == 1)  // a column of B is a row of W (x W^T): read it along its unit stride
+                        for (int j = 0; j < NR; j++)
+                            for (int p = 0; p < kc; p++) put(p, j);
+                    else
+                        for (int p = 0; p < kc; p++)
+                            for (int j = 0; j < NR; j++) put(p, j);
                 }
-                std::vector<Real> Apack((size_t)KC * (MC + MR));
+                std::unique_ptr<Real[]> Apack(new Real[(size_t)KC * (MC + MR)]);
                 #pragma omp for schedule(static)
-                for (int ic = 0; ic < M; ic += MC) {
-                    const int mc = std::min(MC, M - ic);
+                for (int item = 0; item < row_blocks * chunks; item++) {
+                    const int ic = item / chunks * MC, mc = std::min(MC, M - ic);
+                    const int jp0 = npanels * (item % chunks) / chunks, jp1 = npanels * (item % chunks + 1) / chunks;
+                    if (jp0 == jp1) continue;
                     for (int ip = 0; ip * MR < mc; ip++) {
-                        Real* dst = Apack.data() + (size_t)ip * kc * MR;
+                        Real* dst = Apack.get() + (size_t)ip * kc * MR;
                         for (int p = 0; p < kc; p++)
                             for (int i = 0; i < MR; i++) {
                                 int row = ic + ip * MR + i;
                                 dst[p * MR + i] = row < ic + mc ? A[(long)row * ars + (long)(pc + p) * acs] : Real(0);
                             }
                     }
-                    for (int jp = 0; jp < npanels; jp++)
+                    for (int jp = jp0; jp < jp1; jp++)
                         for (int ip = 0; ip * MR < mc; ip++) {
                             int mr = std::min(MR, mc - ip * MR), nr = std::min(NR, nc - jp * NR);
-                            gemm_microkernel<Real, MR, NR>(kc, Apack.data() + (size_t)ip * kc * MR,
-                                                           Bpack.data() + (size_t)jp * kc * NR,
+                            gemm_microkernel<Real, MR, NR>(kc, Apack.get() + (size_t)ip * kc * MR,
+                                                           Bpack.get() + (size_t)jp * kc * NR,
                                                            C + (long)(ic + ip * MR) * ldc + jc + jp * NR, ldc,
                                                            mr, nr, acc_here);
                         }

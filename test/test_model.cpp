@@ -1,6 +1,7 @@
 // The CPU reference: visibility, every layer's backward against finite differences, the
 // whole model per variant, and the invariants of PHD.md (K = 1 is vanilla, originals are a
 // vanilla model, structured attention equals dense masked attention).
+#include <omp.h>
 #include "test_util.h"
 
 // ----------------------------------------------------------------------------
@@ -141,6 +142,30 @@ TEST_CASE("gemm handles every stride pattern and accumulation, off tile multiple
                 INFO("transA " << ta << " transB " << tb << " accumulate " << acc);
                 CHECK(worst < 1e-12);
             }
+}
+
+// The determinism gemm.h promises: a row of C is the same bits whether it is computed alone
+// (a decode step), among many rows (training), and on any number of threads, because each
+// element's sum runs in one order whatever way the work is split.
+TEST_CASE("gemm: a row's bits do not depend on the other rows or on the thread count") {
+    const int M = 150, N = 1100, Kd = 300;  // several row blocks and column blocks, off every tile
+    auto A = random_vec<float>(M * Kd, 21), W = random_vec<float>(N * Kd, 22);
+    auto run = [&](int threads, int row0, int rows) {
+        const int before = omp_get_max_threads();
+        omp_set_num_threads(threads);
+        std::vector<float> C((size_t)rows * N);
+        gemm(C.data(), N, A.data() + (size_t)row0 * Kd, Kd, 1, W.data(), 1, Kd, rows, N, Kd, false);  // x W^T
+        omp_set_num_threads(before);
+        return C;
+    };
+    const std::vector<float> all = run(1, 0, M);
+    for (int threads : {2, 3, 8}) CHECK(run(threads, 0, M) == all);
+    for (int threads : {1, 2, 3})
+        for (int row : {0, 77, M - 1}) {
+            std::vector<float> one = run(threads, row, 1);
+            INFO("row " << row << ", " << threads << " threads");
+            CHECK(std::equal(one.begin(), one.end(), all.begin() + (size_t)row * N));
+        }
 }
 
 TEST_CASE("rmsnorm backward matches finite differences") {
