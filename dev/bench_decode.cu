@@ -2,10 +2,10 @@
 // time of a P-token prompt vs K, and per-token decode latency vs K, for vanilla, phd-K,
 // phd-swa-K-16 and phd-cswa-K-16-32, batch 1; ratios to vanilla from the same run, and
 // KV-cache bytes per sequence. Every time is the best of --reps runs, each from a fresh
-// decoder, vanilla's too: the development machine's neighbours add noise to single runs,
-// and the K=1 rows (each variant at K=1 computes what vanilla does) show what noise is
-// left. The same code drives decode.h's CPU decoder and, in the nvcc
-// build, kernels/gpu_decode.cuh's GPU decoder.
+// decoder, and each row has its own vanilla measurement: the development machine's
+// neighbours add noise to single runs and its speed drifts. The K=1 row (each variant at
+// K=1 computes what vanilla does) shows what noise is left. The same code drives decode.h's
+// CPU decoder and, in the nvcc build, kernels/gpu_decode.cuh's GPU decoder.
 //   CPU: make build/bench_decode && OMP_NUM_THREADS=2 ./build/bench_decode
 //   GPU: make build/bench_decode_gpu && ./build/bench_decode_gpu --device cuda -P 2048 --layers 12 --dim 768 --heads 12
 #include <omp.h>
@@ -90,27 +90,18 @@ int main(int argc, char** argv) {
     printf("L=%d D=%d H=%d V=50257, prompt P=%d, %d decode steps, batch 1, best of %d runs, on %s", o.L, o.D, o.H, o.P, o.steps,
            o.reps, o.device.c_str());
     if (o.device == "cpu") printf(" (%d OpenMP threads)", omp_get_max_threads());
-    Result base = run("vanilla", o, o.P, o.steps);
-    printf("\nvanilla: pre-fill %.1f ms, decode %.2f ms/token, KV cache %.1f KiB\n\n", base.prefill_ms, base.decode_ms,
-           base.bytes / 1024.0);
-    printf("pre-fill, ratio to vanilla\n%5s %18s %18s %18s\n", "K", "phd-K", "phd-swa-K-16", "phd-cswa-K-16-32");
-    for (int K : {1, 2, 4, 8, 16}) {
-        printf("%5d", K);
-        for (std::string v : {"phd-" + std::to_string(K), "phd-swa-" + std::to_string(K) + "-16",
-                              "phd-cswa-" + std::to_string(K) + "-16-32"}) {
-            Result r = run(v, o, o.P, 1);
-            printf(" %9.1f ms %6.2fx", r.prefill_ms, r.prefill_ms / base.prefill_ms);
-        }
-        printf("\n");
-    }
-    printf("\ndecode per token, ratio to vanilla (KV cache KiB after the run)\n%5s %24s %24s %24s\n", "K", "phd-K",
-           "phd-swa-K-16", "phd-cswa-K-16-32");
+    printf("\n\nEach row: vanilla measured next to the variants (this machine's speed drifts over tens of\n"
+           "seconds), then each variant's pre-fill and decode-per-token time as ratios to it, and its\n"
+           "KV cache after the run.\n");
+    printf("%4s %22s | %25s | %25s | %25s\n", "K", "vanilla pre-fill decode", "phd-K pre-fill decode KiB", "phd-swa-K-16",
+           "phd-cswa-K-16-32");
     for (int K : {1, 2, 4, 8, 16, 32, 64, 128, 256}) {
-        printf("%5d", K);
+        Result base = run("vanilla", o, o.P, o.steps);
+        printf("%4d %8.1f ms %7.2f ms", K, base.prefill_ms, base.decode_ms);
         for (std::string v : {"phd-" + std::to_string(K), "phd-swa-" + std::to_string(K) + "-16",
                               "phd-cswa-" + std::to_string(K) + "-16-32"}) {
             Result r = run(v, o, o.P, o.steps);
-            printf(" %7.2f ms %5.2fx %6.0f", r.decode_ms, r.decode_ms / base.decode_ms, r.bytes / 1024.0);
+            printf(" | %7.2fx %7.2fx %7.0f", r.prefill_ms / base.prefill_ms, r.decode_ms / base.decode_ms, r.bytes / 1024.0);
         }
         printf("\n");
     }
