@@ -18,16 +18,20 @@
 //   nothing wrote then fails its test instead of reading zeros by luck.
 // - Warps are 32 consecutive threads (x fastest); the shuffles, __ballot_sync and
 //   __syncwarp exchange values between real lanes through a per-warp barrier.
-// - atomicAdd/atomicMax on int and float, the math intrinsics the kernels use, bf16 and
-//   half conversions (storage types only, no arithmetic operators), device memory (with
-//   an optional size limit), streams and events (host memory, synchronous), and the
-//   cuBLAS calls the engine makes (column-major, every transpose, leading dimensions,
-//   alpha/beta), computed naively.
+// - Device memory is kept from the host as a GPU keeps it: host code that dereferences a
+//   device pointer crashes; a kernel given a host pointer does not run (cudaErrorIllegalAddress);
+//   a copy whose direction does not match its pointers, or a device range that leaves its
+//   allocation, fails (cudaErrorInvalidValue). An optional size limit drives out-of-memory paths.
+// - atomicAdd/atomicMax on int and float, the math intrinsics the kernels use (__expf and
+//   __logf with the GPU's argument rounding), bf16 and half conversions (storage types only,
+//   no arithmetic operators), streams and events (synchronous), and the cuBLAS calls the
+//   engine makes (column-major, every transpose, leading dimensions, alpha/beta, TF32 when
+//   allowed), computed naively, with cuBLAS's argument checks and device pointers required.
 // - The one tensor-core instruction the kernels use, mma_tf32 (cuda_compat.h), on the
 //   fragments its lanes hold, with TF32 rounding (to_tf32) as cvt.rna does it.
 // What it cannot do: timing, memory coalescing, bank conflicts, other tensor-core instructions,
-// warp-synchronous code that omits the *_sync primitives, or more than one launch at once
-// (launches are serialised).
+// warp-synchronous code that omits the *_sync primitives, more than one launch at once
+// (launches are serialised), or check pointers held inside a kernel's struct arguments.
 #pragma once
 #include <chrono>
 #include <cmath>
@@ -36,8 +40,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <algorithm>
+#include <map>
 #include <mutex>
+#include <sys/mman.h>
 #include <thread>
+#include <type_traits>
 #include <unordered_map>
 #include <unistd.h>
 #include <vector>
@@ -51,7 +58,8 @@
 #define __shared__ static
 
 typedef int cudaError_t;
-enum : int { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2, cudaErrorInvalidConfiguration = 9 };
+enum : int { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2, cudaErrorInvalidConfiguration = 9,
+             cudaErrorIllegalAddress = 700 };
 
 struct CUstream_st {};
 typedef CUstream_st* cudaStream_t;
@@ -153,6 +161,73 @@ template<typename T> inline T exchange(T v, int src, bool valid) {
     return r;
 }
 
+// Device memory lives apart from the host heap: each allocation has pages of its own, ends
+// 256-byte aligned against an inaccessible guard page, and outside launches, copies, memsets
+// and cuBLAS calls (DeviceAccess scopes) its pages are inaccessible too, so host code that
+// dereferences a device pointer crashes as it would with a GPU. Under AddressSanitizer it is
+// heap memory instead, so that ASan's redzones find overflows to the byte.
+// PHD_EMU_DEVICE_MEMORY=bytes gives the emulated device that much memory, so that tests can
+// drive the out-of-memory paths: cudaMemGetInfo reports what is left and cudaMalloc fails past it.
+#ifdef __SANITIZE_ADDRESS__
+constexpr bool kProtect = false;
+#else
+constexpr bool kProtect = true;
+#endif
+struct Allocation {
+    char* map;          // the mapping (kProtect) or the heap block
+    size_t map_bytes;   // pages before the guard page (kProtect)
+    size_t bytes;       // what cudaMalloc was asked for
+};
+struct DeviceMemory {
+    std::recursive_mutex m;              // held by every DeviceAccess scope
+    size_t limit = 0, used = 0;          // limit 0: the host's memory, unaccounted
+    std::map<uintptr_t, Allocation> live;  // by the address cudaMalloc returned
+    int open = 0;                        // DeviceAccess scopes entered
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    DeviceMemory() {
+        if (const char* e = getenv("PHD_EMU_DEVICE_MEMORY")) limit = strtoull(e, nullptr, 10);
+    }
+    // The allocation holding the n bytes at p (n = 0: p may be its end), or null.
+    const Allocation* holding(const void* p, size_t n) {
+        auto it = live.upper_bound((uintptr_t)p);
+        if (it == live.begin()) return nullptr;
+        --it;
+        return (uintptr_t)p + n <= it->first + it->second.bytes ? &it->second : nullptr;
+    }
+    bool is_device(const void* p) { return holding(p, 0) != nullptr; }
+    void set_access(const Allocation& a, bool on) {
+        if (kProtect && mprotect(a.map, a.map_bytes, on ? PROT_READ | PROT_WRITE : PROT_NONE) != 0) {
+            perror("cuda_emu: mprotect");
+            abort();
+        }
+    }
+};
+inline DeviceMemory& device_memory() { static DeviceMemory d; return d; }
+
+// While one exists, device memory is accessible (to the thread holding it and to the
+// kernel's threads it launches); the outermost one closes it again.
+struct DeviceAccess {
+    DeviceMemory& d = device_memory();
+    DeviceAccess() {
+        d.m.lock();
+        if (d.open++ == 0)
+            for (auto& a : d.live) d.set_access(a.second, true);
+    }
+    ~DeviceAccess() {
+        if (--d.open == 0)
+            for (auto& a : d.live) d.set_access(a.second, false);
+        d.m.unlock();
+    }
+    DeviceAccess(const DeviceAccess&) = delete;
+    DeviceAccess& operator=(const DeviceAccess&) = delete;
+};
+
+// A kernel's pointer arguments must be device memory (or null); other arguments pass.
+template<typename A> inline bool device_argument(const A& a) {
+    if constexpr (std::is_pointer_v<A>) return a == nullptr || device_memory().is_device((const void*)a);
+    else return true;
+}
+
 }  // namespace cuda_emu
 
 // kernel<<<grid, block, shmem, stream>>>(args...) in emulation.
@@ -164,6 +239,15 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shmem, cudaS
         last_error = e;
         return;
     }
+    DeviceAccess access;
+    // A GPU would fault on the first access through a host pointer; here it does not run.
+    const bool on_device[] = {true, device_argument<KArgs>(static_cast<KArgs>(args))...};
+    for (size_t i = 1; i < sizeof on_device; i++)
+        if (!on_device[i]) {
+            fprintf(stderr, "cuda_emu: kernel argument %zu is a pointer to host memory\n", i - 1);
+            last_error = cudaErrorIllegalAddress;
+            return;
+        }
     Block blk;
     blk.nthreads = (int)(block.x * block.y * block.z);
     blk.dynamic.resize(shmem);
@@ -304,8 +388,13 @@ inline float __half2float(__half h) {
     return (float)((h.x & 0x8000) ? -v : v);
 }
 
-inline float __expf(float x) { return expf(x); }
-inline float __logf(float x) { return logf(x); }
+// The fast intrinsics as nvcc compiles them (without --use_fast_math): __expf(x) is
+// ex2.approx(x * log2 e) and __logf(x) is lg2.approx(x) * ln 2, products rounded to float.
+// Rounding x * log2 e is what makes __expf's error grow with |x| (CUDA documents
+// 2 + 1.173|x| ulp), so the tests see it; ex2 and lg2 themselves are exact here (on the
+// GPU within about 2 ulp).
+inline float __expf(float x) { return exp2f(x * 1.44269502f); }
+inline float __logf(float x) { return log2f(x) * 0.693147182f; }
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 
@@ -316,7 +405,8 @@ typedef CUevent_st* cudaEvent_t;
 
 inline const char* cudaGetErrorString(cudaError_t e) {
     return e == cudaSuccess ? "no error" : e == cudaErrorMemoryAllocation ? "out of memory"
-         : e == cudaErrorInvalidConfiguration ? "invalid configuration argument" : "invalid argument";
+         : e == cudaErrorInvalidConfiguration ? "invalid configuration argument"
+         : e == cudaErrorIllegalAddress ? "an illegal memory access was encountered" : "invalid argument";
 }
 inline cudaError_t cudaGetLastError() {
     cudaError_t e = cuda_emu::last_error;
@@ -335,23 +425,9 @@ template<typename F> inline cudaError_t cudaFuncSetAttribute(F kernel, cudaFuncA
 enum cudaDeviceAttr { cudaDevAttrClockRate, cudaDevAttrMultiProcessorCount, cudaDevAttrComputeCapabilityMajor, cudaDevAttrComputeCapabilityMinor };
 inline cudaError_t cudaDeviceGetAttribute(int*, cudaDeviceAttr, int) { return cudaErrorInvalidValue; }  // no hardware to describe
 inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
-// Device memory is host memory. PHD_EMU_DEVICE_MEMORY=bytes gives the emulated device that
-// much instead, so that tests can drive the out-of-memory paths: cudaMemGetInfo reports what
-// is left of it and cudaMalloc fails past it.
-namespace cuda_emu {
-struct DeviceMemory {
-    std::mutex m;
-    size_t limit = 0, used = 0;          // limit 0: the host's memory, unaccounted
-    std::unordered_map<void*, size_t> sizes;
-    DeviceMemory() {
-        if (const char* e = getenv("PHD_EMU_DEVICE_MEMORY")) limit = strtoull(e, nullptr, 10);
-    }
-};
-inline DeviceMemory& device_memory() { static DeviceMemory d; return d; }
-}  // namespace cuda_emu
 inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
     cuda_emu::DeviceMemory& d = cuda_emu::device_memory();
-    std::lock_guard<std::mutex> lock(d.m);
+    std::lock_guard<std::recursive_mutex> lock(d.m);
     if (d.limit) {
         *total_bytes = d.limit;
         *free_bytes = d.limit - d.used;
@@ -362,28 +438,73 @@ inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
     return cudaSuccess;
 }
 inline cudaError_t cudaMalloc(void** p, size_t n) {
-    cuda_emu::DeviceMemory& d = cuda_emu::device_memory();
-    std::lock_guard<std::mutex> lock(d.m);
+    using namespace cuda_emu;
+    DeviceMemory& d = device_memory();
+    std::lock_guard<std::recursive_mutex> lock(d.m);
     *p = nullptr;
     if (d.limit && n > d.limit - d.used) return cudaErrorMemoryAllocation;
-    *p = malloc(n ? n : 1);
-    if (!*p) return cudaErrorMemoryAllocation;
-    memset(*p, cuda_emu::kPoison, n);
-    if (d.limit) { d.used += n; d.sizes[*p] = n; }
+    Allocation a{nullptr, 0, n};
+    if (kProtect) {
+        const size_t tail = (n + 255) / 256 * 256;  // the allocation ends here, 256-byte aligned
+        a.map_bytes = (tail + d.page - 1) / d.page * d.page;
+        void* m = mmap(nullptr, a.map_bytes + d.page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (m == MAP_FAILED) return cudaErrorMemoryAllocation;
+        a.map = (char*)m;
+        *p = a.map + a.map_bytes - tail;
+    } else {
+        a.map = (char*)malloc(n ? n : 1);
+        if (!a.map) return cudaErrorMemoryAllocation;
+        *p = a.map;
+    }
+    d.set_access(a, true);
+    memset(*p, kPoison, n);
+    d.set_access(a, d.open > 0);
+    d.live[(uintptr_t)*p] = a;
+    d.used += n;
     return cudaSuccess;
 }
 template<typename T> inline cudaError_t cudaMalloc(T** p, size_t n) { return cudaMalloc((void**)p, n); }
 inline cudaError_t cudaFree(void* p) {
-    cuda_emu::DeviceMemory& d = cuda_emu::device_memory();
-    std::lock_guard<std::mutex> lock(d.m);
-    auto it = d.sizes.find(p);
-    if (it != d.sizes.end()) { d.used -= it->second; d.sizes.erase(it); }
-    free(p);
+    using namespace cuda_emu;
+    DeviceMemory& d = device_memory();
+    std::lock_guard<std::recursive_mutex> lock(d.m);
+    if (!p) return cudaSuccess;
+    auto it = d.live.find((uintptr_t)p);
+    if (it == d.live.end()) return cudaErrorInvalidValue;
+    const Allocation a = it->second;
+    d.live.erase(it);
+    d.used -= a.bytes;
+    if (kProtect) munmap(a.map, a.map_bytes + d.page);
+    else free(a.map);
     return cudaSuccess;
 }
-inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) { if (n) memcpy(d, s, n); return cudaSuccess; }
+// A copy's direction must match where its pointers are (cudaMemcpyDefault: any), and a device
+// range must lie inside one allocation; otherwise cudaErrorInvalidValue, where a GPU would
+// copy wrongly or fault.
+inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind k) {
+    using namespace cuda_emu;
+    if (n == 0) return cudaSuccess;
+    DeviceAccess access;
+    DeviceMemory& d = access.d;
+    const bool dst_dev = d.holding(dst, n), src_dev = d.holding(src, n);
+    const bool dst_host = !d.is_device(dst), src_host = !d.is_device(src);
+    const bool ok = k == cudaMemcpyHostToHost     ? dst_host && src_host
+                  : k == cudaMemcpyHostToDevice   ? dst_dev && src_host
+                  : k == cudaMemcpyDeviceToHost   ? dst_host && src_dev
+                  : k == cudaMemcpyDeviceToDevice ? dst_dev && src_dev
+                                                  : (dst_dev || dst_host) && (src_dev || src_host);
+    if (!ok) return cudaErrorInvalidValue;
+    memcpy(dst, src, n);
+    return cudaSuccess;
+}
 inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaStream_t = nullptr) { return cudaMemcpy(d, s, n, k); }
-inline cudaError_t cudaMemset(void* d, int v, size_t n) { memset(d, v, n); return cudaSuccess; }
+inline cudaError_t cudaMemset(void* dst, int v, size_t n) {
+    if (n == 0) return cudaSuccess;
+    cuda_emu::DeviceAccess access;
+    if (!access.d.holding(dst, n)) return cudaErrorInvalidValue;
+    memset(dst, v, n);
+    return cudaSuccess;
+}
 inline cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t = nullptr) { return cudaMemset(d, v, n); }
 inline cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = new CUstream_st; return cudaSuccess; }
 inline cudaError_t cudaStreamDestroy(cudaStream_t s) { delete s; return cudaSuccess; }
@@ -397,31 +518,53 @@ inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b)
     return cudaSuccess;
 }
 
-// ---- cuBLAS: the subset the engine uses, fp32 only, computed naively in double ----
-enum cublasStatus_t { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_INVALID_VALUE = 7, CUBLAS_STATUS_NOT_SUPPORTED = 15 };
+// ---- cuBLAS: the subset the engine uses, fp32 only, computed naively in double, with
+// cuBLAS's argument checks ----
+enum cublasStatus_t { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_INVALID_VALUE = 7, CUBLAS_STATUS_EXECUTION_FAILED = 13,
+                      CUBLAS_STATUS_NOT_SUPPORTED = 15 };
 enum cublasOperation_t { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 };
 enum cudaDataType { CUDA_R_32F = 0, CUDA_R_16BF = 14 };
 enum cublasComputeType_t { CUBLAS_COMPUTE_32F = 68, CUBLAS_COMPUTE_32F_FAST_TF32 = 77 };
 enum cublasGemmAlgo_t { CUBLAS_GEMM_DEFAULT = -1 };
 enum cublasMath_t { CUBLAS_DEFAULT_MATH = 0, CUBLAS_TF32_TENSOR_OP_MATH = 3 };
-struct cublasContext {};
+struct cublasContext { cublasMath_t math = CUBLAS_DEFAULT_MATH; };
 typedef cublasContext* cublasHandle_t;
 
 inline cublasStatus_t cublasCreate(cublasHandle_t* h) { *h = new cublasContext; return CUBLAS_STATUS_SUCCESS; }
 inline cublasStatus_t cublasDestroy(cublasHandle_t h) { delete h; return CUBLAS_STATUS_SUCCESS; }
 inline cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
-inline cublasStatus_t cublasSetMathMode(cublasHandle_t, cublasMath_t) { return CUBLAS_STATUS_SUCCESS; }
+inline cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t m) { h->math = m; return CUBLAS_STATUS_SUCCESS; }
 inline const char* cublasGetStatusString(cublasStatus_t s) { return s == CUBLAS_STATUS_SUCCESS ? "success" : "cuBLAS error"; }
 
 // Column-major: C(i,j) = alpha * sum_p op(A)(i,p) op(B)(p,j) + beta * C(i,j), C[i + j*ldc].
-inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+// With TF32 allowed (the handle's math mode or the compute type) the inputs are rounded to
+// TF32 as tensor cores would take them: the worst case, as cuBLAS may also stay in fp32.
+inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                                                  const void* alpha, const void* A, cudaDataType at, int lda, long long sa,
                                                  const void* B, cudaDataType bt, int ldb, long long sb, const void* beta,
                                                  void* C, cudaDataType ct, int ldc, long long sc, int batch,
-                                                 cublasComputeType_t, cublasGemmAlgo_t) {
+                                                 cublasComputeType_t comp, cublasGemmAlgo_t) {
     if (at != CUDA_R_32F || bt != CUDA_R_32F || ct != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
-    if (m < 0 || n < 0 || k < 0 || batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    // cuBLAS's own checks: a stored matrix's leading dimension covers its rows.
+    const int a_rows = ta == CUBLAS_OP_N ? m : k, b_rows = tb == CUBLAS_OP_N ? k : n;
+    if (m < 0 || n < 0 || k < 0 || batch < 0 || lda < max(1, a_rows) || ldb < max(1, b_rows) || ldc < max(1, m))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
+    cuda_emu::DeviceAccess access;
+    // Every element the product touches must be device memory, where a GPU would fault.
+    auto on_device = [&](const void* p, int rows, int cols, int ld, long long stride) {
+        if (rows == 0 || cols == 0) return true;  // not read
+        const long long elems = (long long)ld * (cols - 1) + rows + stride * (batch - 1);
+        return access.d.holding(p, (size_t)elems * sizeof(float)) != nullptr;
+    };
+    if (!on_device(A, a_rows, ta == CUBLAS_OP_N ? k : m, lda, sa) || !on_device(B, b_rows, tb == CUBLAS_OP_N ? n : k, ldb, sb) ||
+        !on_device(C, m, n, ldc, sc)) {
+        fprintf(stderr, "cuda_emu: cuBLAS given a matrix outside device memory\n");
+        return CUBLAS_STATUS_EXECUTION_FAILED;
+    }
     const float al = *(const float*)alpha, be = *(const float*)beta;
+    const bool tf32 = comp == CUBLAS_COMPUTE_32F_FAST_TF32 || h->math == CUBLAS_TF32_TENSOR_OP_MATH;
+    auto in = [tf32](float x) { return (double)(tf32 ? to_tf32(x) : x); };
     for (int b = 0; b < batch; b++) {
         const float* a = (const float*)A + b * sa;
         const float* bb = (const float*)B + b * sb;
@@ -430,8 +573,8 @@ inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation
             for (int i = 0; i < m; i++) {
                 double s = 0;
                 for (int p = 0; p < k; p++)
-                    s += (double)(ta == CUBLAS_OP_N ? a[i + (long)p * lda] : a[p + (long)i * lda]) *
-                         (tb == CUBLAS_OP_N ? bb[p + (long)j * ldb] : bb[j + (long)p * ldb]);
+                    s += in(ta == CUBLAS_OP_N ? a[i + (long)p * lda] : a[p + (long)i * lda]) *
+                         in(tb == CUBLAS_OP_N ? bb[p + (long)j * ldb] : bb[j + (long)p * ldb]);
                 float& cij = c[i + (long)j * ldc];
                 cij = (float)(al * s + (be == 0.0f ? 0.0 : (double)be * cij));  // beta = 0 ignores C, as cuBLAS does
             }

@@ -6,7 +6,10 @@
 // kernels are: shuffles, shared memory, barriers, early returns, atomics, cuBLAS.
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <vector>
 #include <doctest/doctest.h>
 #include "../kernels/cuda_compat.h"
@@ -187,6 +190,78 @@ TEST_CASE("emulation: memory a GPU leaves uninitialised reads as 0xff bytes, in 
     launch(shared_before_write_kernel, dim3(blocks), dim3(n), n * sizeof(int), nullptr, dout.ptr);
     for (int v : dout.get()) CHECK(v == -1);
 }
+
+__global__ void fill_kernel(int* out, int v) { out[threadIdx.x] = v; }
+
+TEST_CASE("emulation: device memory is kept from the host as on a GPU") {
+    DeviceBuffer<int> d(std::vector<int>(8, 1));
+    std::vector<int> host(8, 5);
+    SUBCASE("a kernel given a host pointer does not run") {
+        cudaCheck(cudaGetLastError());
+        launch(fill_kernel, dim3(1), dim3(8), 0, nullptr, host.data(), 7);
+        CHECK(cudaGetLastError() == cudaErrorIllegalAddress);
+        CHECK(host == std::vector<int>(8, 5));
+        launch(fill_kernel, dim3(1), dim3(8), 0, nullptr, d.ptr, 7);
+        cudaCheck(cudaGetLastError());
+        CHECK(d.get() == std::vector<int>(8, 7));
+    }
+    SUBCASE("a copy must go the way its kind says, within its allocation") {
+        const size_t bytes = 8 * sizeof(int);
+        CHECK(cudaMemcpy(d.ptr, host.data(), bytes, cudaMemcpyDeviceToHost) == cudaErrorInvalidValue);
+        CHECK(cudaMemcpy(host.data(), d.ptr, bytes, cudaMemcpyHostToDevice) == cudaErrorInvalidValue);
+        CHECK(cudaMemcpy(host.data(), d.ptr, bytes, cudaMemcpyDeviceToDevice) == cudaErrorInvalidValue);
+        CHECK(cudaMemcpy(d.ptr + 1, host.data(), bytes, cudaMemcpyHostToDevice) == cudaErrorInvalidValue);  // one int past the end
+        CHECK(cudaMemset(d.ptr + 1, 0, bytes) == cudaErrorInvalidValue);
+        CHECK(d.get() == std::vector<int>(8, 1));
+        cudaCheck(cudaMemcpy(d.ptr, host.data(), bytes, cudaMemcpyDefault));
+        CHECK(d.get() == host);
+    }
+    SUBCASE("cuBLAS given a host matrix fails") {
+        cublasHandle_t h;
+        cublasCheck(cublasCreate(&h));
+        std::vector<float> A(4, 1.0f);
+        DeviceBuffer<float> dB(A), dC(A);
+        const float one = 1.0f;
+        CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 2, &one, A.data(), 2, dB.ptr, 2, &one, dC.ptr, 2) != CUBLAS_STATUS_SUCCESS);
+        CHECK(dC.get() == A);
+        cublasCheck(cublasDestroy(h));
+    }
+#ifndef __SANITIZE_ADDRESS__  // there device memory is heap memory, for ASan's redzones
+    SUBCASE("host code that reads device memory crashes") {
+        fflush(nullptr);
+        const pid_t child = fork();
+        if (child == 0) {
+            signal(SIGSEGV, [](int) { _exit(42); });
+            volatile int v = d.ptr[0];
+            (void)v;
+            _exit(0);
+        }
+        int status = 0;
+        REQUIRE(waitpid(child, &status, 0) == child);
+        CHECK(WIFEXITED(status));
+        CHECK(WEXITSTATUS(status) == 42);
+    }
+#endif
+}
+
+TEST_CASE("emulation: cuBLAS with TF32 allowed rounds its inputs to TF32") {
+    // 1 + 2^-12 has no TF32 form (10 mantissa bits): it rounds to 1.
+    const float x = 1.0f + 1.0f / 4096;
+    DeviceBuffer<float> dA(std::vector<float>(1, x)), dB(std::vector<float>(1, x)), dC(std::vector<float>(1, 0.0f));
+    cublasHandle_t h;
+    cublasCheck(cublasCreate(&h));
+    const float one = 1.0f, zero = 0.0f;
+    cublasCheck(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, 1, &one, dA.ptr, 1, dB.ptr, 1, &zero, dC.ptr, 1));
+    CHECK(dC.get()[0] == x * x);
+    cublasCheck(cublasSetMathMode(h, CUBLAS_TF32_TENSOR_OP_MATH));
+    cublasCheck(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, 1, &one, dA.ptr, 1, dB.ptr, 1, &zero, dC.ptr, 1));
+    CHECK(dC.get()[0] == 1.0f);
+    cublasCheck(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
+    cublasCheck(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, 1, &one, dA.ptr, CUDA_R_32F, 1, dB.ptr, CUDA_R_32F, 1, &zero,
+                             dC.ptr, CUDA_R_32F, 1, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
+    CHECK(dC.get()[0] == 1.0f);
+    cublasCheck(cublasDestroy(h));
+}
 #endif
 
 // Every lane records what each primitive returns to it.
@@ -324,6 +399,60 @@ TEST_CASE("emulation: cuBLAS GEMMs against a naive GEMM, every transpose") {
             CHECK(wrong == 0);
         }
     cublasCheck(cublasDestroy(h));
+}
+
+TEST_CASE("emulation: cuBLAS refuses a leading dimension shorter than the stored matrix's rows") {
+    cublasHandle_t h;
+    cublasCheck(cublasCreate(&h));
+    const int m = 4, n = 3, k = 5;
+    DeviceBuffer<float> dA(std::vector<float>(32, 1.0f)), dB(std::vector<float>(32, 1.0f)), dC(std::vector<float>(32, 0.0f));
+    const float one = 1.0f, zero = 0.0f;
+    // (op, lda, ldb, ldc) with one leading dimension short: A is m x k (N) or k x m (T)
+    CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, dA.ptr, m - 1, dB.ptr, k, &zero, dC.ptr, m) == CUBLAS_STATUS_INVALID_VALUE);
+    CHECK(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, dA.ptr, k - 1, dB.ptr, k, &zero, dC.ptr, m) == CUBLAS_STATUS_INVALID_VALUE);
+    CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, m, n, k, &one, dA.ptr, m, dB.ptr, n - 1, &zero, dC.ptr, m) == CUBLAS_STATUS_INVALID_VALUE);
+    CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, dA.ptr, m, dB.ptr, k, &zero, dC.ptr, m - 1) == CUBLAS_STATUS_INVALID_VALUE);
+    CHECK(dC.get() == std::vector<float>(32, 0.0f));  // nothing ran
+    cublasCheck(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, dA.ptr, k, dB.ptr, k, &zero, dC.ptr, m));
+    CHECK(dC.get()[m * n - 1] == (float)k);
+    cublasCheck(cublasDestroy(h));
+}
+
+// The fast intrinsics within CUDA's documented bounds, and __expf's error growing with |x|
+// as the GPU's does (its argument x log2 e is rounded to float).
+__global__ void fast_math_kernel(const float* x, float* e, float* l, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    e[i] = __expf(x[i]);
+    l[i] = __logf(x[i]);
+}
+
+TEST_CASE("emulation: __expf and __logf within CUDA's error bounds, __expf's growing with |x|") {
+    std::vector<float> x;
+    for (float v = -87.0f; v < 0.0f; v += 0.0137f) x.push_back(v);  // exp from 1.6e-38 to 1
+    for (float v = 0.5f; v < 2.0f; v += 0.00071f) x.push_back(v);   // __logf's absolute bound
+    for (float v = 2.0f; v < 1e30f; v *= 1.37f) x.push_back(v);     // __logf's ulp bound
+    const int n = (int)x.size();
+    const std::vector<float> zeros(n, 0.0f);
+    DeviceBuffer<float> dx(x), de(zeros), dl(zeros);
+    launch(fast_math_kernel, dim3((n + 127) / 128), dim3(128), 0, nullptr, dx.ptr, de.ptr, dl.ptr, n);
+    std::vector<float> e = de.get(), l = dl.get();
+    const double ulp1 = std::ldexp(1.0, -23);  // an ulp of [1, 2)
+    auto ulps = [&](float got, double want) { return std::fabs(got - want) / (std::ldexp(ulp1, std::ilogb(want))); };
+    double worst_far = 0;  // __expf's error in ulps at x < -60
+    int bad = 0;
+    for (int i = 0; i < n; i++) {
+        if (x[i] < 0) {
+            const double u = ulps(e[i], std::exp((double)x[i]));
+            bad += u > 2 + std::floor(1.173 * std::fabs(x[i]));
+            if (x[i] < -60) worst_far = std::max(worst_far, u);
+        }
+        if (x[i] >= 0.5f && x[i] < 2.0f) bad += std::fabs(l[i] - std::log((double)x[i])) > std::pow(2.0, -21.41);
+        if (x[i] >= 2.0f) bad += ulps(l[i], std::log((double)x[i])) > 3;
+    }
+    CHECK(bad == 0);
+    MESSAGE("__expf: worst error at x < -60 " << worst_far << " ulp");
+    CHECK(worst_far > 4);  // exact expf would stay within 1 ulp
 }
 
 __global__ void low_precision_kernel(const float* x, float* bf, float* half, int n) {

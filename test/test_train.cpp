@@ -335,7 +335,7 @@ TEST_CASE("--device cuda (emulated): --compare-cpu, --check-state, training that
     CHECK(rc == 0);
     CHECK(out.find("compare-cpu: OK") != std::string::npos);
     CHECK(out.find("dlayer1.w2") != std::string::npos);
-    // --tf32 1 at hd = 16: the tensor-core attention kernels (the emulated cuBLAS stays fp32),
+    // --tf32 1 at hd = 16: the tensor-core attention kernels and TF32 GEMMs,
     // within TF32 precision of the CPU and not within fp32's.
     const std::string tf32 = std::string(kEmuBin) + model + "--dim 64 --tf32 1 --compare-cpu 1 --check-tol ";
     rc = run(tf32 + "3e-3", &out);
