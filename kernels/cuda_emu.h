@@ -17,7 +17,9 @@
 //   cudaMalloc'd memory, and dynamic shared memory at every block. A kernel that reads what
 //   nothing wrote then fails its test instead of reading zeros by luck.
 // - Warps are 32 consecutive threads (x fastest); the shuffles, __ballot_sync and
-//   __syncwarp exchange values between real lanes through a per-warp barrier.
+//   __syncwarp exchange values between real lanes through a per-warp barrier, and abort
+//   where CUDA leaves the result undefined: a caller outside its mask, a shuffle reading a
+//   lane that has returned, does not exist or is not in the mask.
 // - Device memory is kept from the host as a GPU keeps it: host code that dereferences a
 //   device pointer crashes; a kernel given a host pointer does not run (cudaErrorIllegalAddress);
 //   a copy whose direction does not match its pointers, or a device range that leaves its
@@ -107,6 +109,7 @@ struct Barrier {
 struct Warp {
     Barrier bar;
     int lanes = 0;        // lanes that exist (the last warp of a block may be partial)
+    uint32_t running = 0; // lanes that have not returned (bit l: lane l), under bar.m
     uint64_t slot[32];    // one value per lane, for the exchanges
     float mma[32][6];     // each lane's a[4], b[2] fragments, for mma_tf32
 };
@@ -147,16 +150,32 @@ inline void rearm(void* p) {
     Block* b = (Block*)p;
     std::fill(b->dynamic.begin(), b->dynamic.end(), kPoison);
     b->bar.expected = b->nthreads;
-    for (Warp& w : b->warps) w.bar.expected = w.lanes;
+    for (Warp& w : b->warps) {
+        w.bar.expected = w.lanes;
+        w.running = w.lanes == 32 ? ~0u : (1u << w.lanes) - 1;
+    }
 }
 
-template<typename T> inline T exchange(T v, int src, bool valid) {
+// What CUDA leaves undefined in a *_sync primitive (a GPU may hang or return garbage)
+// aborts here: a caller outside its own mask, or (need, for a shuffle's source lane and
+// the mma's full warp) a lane that does not exist, has returned or is not in the mask.
+// Called between the primitive's two barriers, where no lane can return: the check is exact.
+inline void warp_check(const Warp& w, unsigned mask, uint32_t need, const char* what) {
+    if (!(mask >> t_lane & 1) || (need & ~(w.running & mask))) {
+        fprintf(stderr, "cuda_emu: %s in lane %d, mask %08x, needs lanes %08x, lanes running %08x\n", what, t_lane, mask, need,
+                w.running);
+        abort();
+    }
+}
+
+template<typename T> inline T exchange(unsigned mask, T v, int src, bool valid) {
     static_assert(sizeof(T) <= 8, "shuffle of a value wider than 8 bytes");
     Warp& w = t_block->warps[t_warp];
     memcpy(&w.slot[t_lane], &v, sizeof(T));
     w.bar.wait();
     T r = v;
-    if (valid && src >= 0 && src < w.lanes) memcpy(&r, &w.slot[src], sizeof(T));
+    warp_check(w, mask, valid ? 1u << src : 0u, "a shuffle");  // src < 32 whenever valid
+    if (valid) memcpy(&r, &w.slot[src], sizeof(T));
     w.bar.wait();
     return r;
 }
@@ -272,7 +291,12 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shmem, cudaS
                         blockIdx = dim3(bx, by, bz);
                         kernel(static_cast<KArgs>(args)...);
                         blk.bar.leave();
-                        blk.warps[t_warp].bar.leave();
+                        Warp& w = blk.warps[t_warp];
+                        {
+                            std::lock_guard<std::mutex> lock(w.bar.m);
+                            w.running &= ~(1u << t_lane);
+                        }
+                        w.bar.leave();
                         blk.end.wait();
                     }
         });
@@ -282,33 +306,39 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shmem, cudaS
 template<typename T> inline T* dynamic_shared() { return reinterpret_cast<T*>(cuda_emu::t_block->dynamic.data()); }
 
 inline void __syncthreads() { cuda_emu::t_block->bar.wait(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { cuda_emu::t_block->warps[cuda_emu::t_warp].bar.wait(); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    cuda_emu::Warp& w = cuda_emu::t_block->warps[cuda_emu::t_warp];
+    w.bar.wait();
+    cuda_emu::warp_check(w, mask, 0, "__syncwarp");
+}
 
-template<typename T> inline T __shfl_sync(unsigned, T v, int src, int width = 32) {
+template<typename T> inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
     int lane = cuda_emu::t_lane;
-    return cuda_emu::exchange(v, (lane & ~(width - 1)) + (src % width), true);
+    return cuda_emu::exchange(mask, v, (lane & ~(width - 1)) + (src % width + width) % width, true);
 }
-template<typename T> inline T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
+template<typename T> inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
     int lane = cuda_emu::t_lane;
-    return cuda_emu::exchange(v, lane + (int)delta, (lane % width) + (int)delta < width);
+    return cuda_emu::exchange(mask, v, lane + (int)delta, (lane % width) + (int)delta < width);
 }
-template<typename T> inline T __shfl_up_sync(unsigned, T v, unsigned delta, int width = 32) {
+template<typename T> inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
     int lane = cuda_emu::t_lane;
-    return cuda_emu::exchange(v, lane - (int)delta, (lane % width) >= (int)delta);
+    return cuda_emu::exchange(mask, v, lane - (int)delta, (lane % width) >= (int)delta);
 }
-template<typename T> inline T __shfl_xor_sync(unsigned, T v, int mask, int width = 32) {
-    int lane = cuda_emu::t_lane, src = lane ^ mask;
-    return cuda_emu::exchange(v, src, src / width <= lane / width);
+template<typename T> inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+    int lane = cuda_emu::t_lane, src = lane ^ lane_mask;
+    return cuda_emu::exchange(mask, v, src, src >= 0 && src < 32 && src / width <= lane / width);
 }
 inline unsigned __ballot_sync(unsigned mask, int pred) {
     using namespace cuda_emu;
     Warp& w = t_block->warps[t_warp];
     w.slot[t_lane] = pred != 0;
     w.bar.wait();
+    warp_check(w, mask, 0, "__ballot_sync");
     unsigned bits = 0;
     for (int l = 0; l < w.lanes; l++) bits |= (unsigned)w.slot[l] << l;
+    bits &= mask & w.running;  // a lane that has returned votes no
     w.bar.wait();
-    return bits & mask;
+    return bits;
 }
 
 // TF32 (10-bit mantissa) rounding to nearest, ties away from zero, as cvt.rna.tf32.f32.
@@ -325,10 +355,10 @@ inline float to_tf32(float x) {
 inline void mma_tf32(float (&d)[4], const float (&a)[4], const float (&b)[2]) {
     using namespace cuda_emu;
     Warp& w = t_block->warps[t_warp];
-    if (w.lanes != 32) { fprintf(stderr, "mma_tf32: needs a full warp\n"); abort(); }
     memcpy(w.mma[t_lane], a, sizeof a);
     memcpy(w.mma[t_lane] + 4, b, sizeof b);
     w.bar.wait();
+    warp_check(w, 0xffffffffu, 0xffffffffu, "mma_tf32");
     const int g = t_lane / 4, t = t_lane % 4;
     for (int i = 0; i < 4; i++) {
         const int row = g + 8 * (i / 2), col = 2 * t + i % 2;

@@ -191,6 +191,22 @@ TEST_CASE("emulation: memory a GPU leaves uninitialised reads as 0xff bytes, in 
     for (int v : dout.get()) CHECK(v == -1);
 }
 
+// Runs f in a child process: its exit status, 42 when it crashed on a protected page, 43
+// when it aborted.
+template<typename F> static int in_child(F f) {
+    fflush(nullptr);
+    const pid_t child = fork();
+    if (child == 0) {
+        signal(SIGSEGV, [](int) { _exit(42); });
+        signal(SIGABRT, [](int) { _exit(43); });
+        f();
+        _exit(0);
+    }
+    int status = 0;
+    if (waitpid(child, &status, 0) != child || !WIFEXITED(status)) return -1;
+    return WEXITSTATUS(status);
+}
+
 __global__ void fill_kernel(int* out, int v) { out[threadIdx.x] = v; }
 
 TEST_CASE("emulation: device memory is kept from the host as on a GPU") {
@@ -228,20 +244,32 @@ TEST_CASE("emulation: device memory is kept from the host as on a GPU") {
     }
 #ifndef __SANITIZE_ADDRESS__  // there device memory is heap memory, for ASan's redzones
     SUBCASE("host code that reads device memory crashes") {
-        fflush(nullptr);
-        const pid_t child = fork();
-        if (child == 0) {
-            signal(SIGSEGV, [](int) { _exit(42); });
-            volatile int v = d.ptr[0];
-            (void)v;
-            _exit(0);
-        }
-        int status = 0;
-        REQUIRE(waitpid(child, &status, 0) == child);
-        CHECK(WIFEXITED(status));
-        CHECK(WEXITSTATUS(status) == 42);
+        CHECK(in_child([&] { volatile int v = d.ptr[0]; (void)v; }) == 42);
+        CHECK(in_child([&] { volatile int v = host[0]; (void)v; }) == 0);
     }
 #endif
+}
+
+// Lanes 16..31 return; the others shuffle with the full mask (allowed: lanes that have
+// returned may be named) from a lane offset apart, and vote.
+__global__ void half_warp_kernel(int* out, int offset) {
+    const int lane = threadIdx.x;
+    if (lane >= 16) return;
+    out[lane] = __shfl_xor_sync(0xffffffffu, lane, offset);
+    out[16 + lane] = (int)__ballot_sync(0xffffffffu, 1);
+}
+
+TEST_CASE("emulation: a warp primitive reading a lane that has returned aborts, as CUDA leaves it undefined") {
+    DeviceBuffer<int> d(std::vector<int>(32, -1));
+    launch(half_warp_kernel, dim3(1), dim3(32), 0, nullptr, d.ptr, 8);
+    std::vector<int> out = d.get();
+    for (int l = 0; l < 16; l++) {
+        CHECK(out[l] == (l ^ 8));
+        CHECK(out[16 + l] == 0xffff);  // the returned lanes do not vote
+    }
+    CHECK(in_child([&] { launch(half_warp_kernel, dim3(1), dim3(32), 0, nullptr, d.ptr, 16); }) == 43);
+    CHECK(in_child([&] { launch(half_warp_kernel, dim3(1), dim3(24), 0, nullptr, d.ptr, 8); }) == 0);
+    CHECK(in_child([&] { launch(half_warp_kernel, dim3(1), dim3(8), 0, nullptr, d.ptr, 8); }) == 43);  // lane 8 does not exist
 }
 
 TEST_CASE("emulation: cuBLAS with TF32 allowed rounds its inputs to TF32") {
