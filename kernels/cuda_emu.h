@@ -112,6 +112,13 @@ struct Warp {
     uint32_t running = 0; // lanes that have not returned (bit l: lane l), under bar.m
     uint64_t slot[32];    // one value per lane, for the exchanges
     float mma[32][6];     // each lane's a[4], b[2] fragments, for mma_tf32
+    void leave(int lane) {  // the lane returned from the kernel
+        {
+            std::lock_guard<std::mutex> lock(bar.m);
+            running &= ~(1u << lane);
+        }
+        bar.leave();
+    }
 };
 
 struct Block {
@@ -156,11 +163,13 @@ inline void rearm(void* p) {
     }
 }
 
-// What CUDA leaves undefined in a *_sync primitive (a GPU may hang or return garbage)
-// aborts here: a caller outside its own mask, or (need, for a shuffle's source lane and
-// the mma's full warp) a lane that does not exist, has returned or is not in the mask.
-// Called between the primitive's two barriers, where no lane can return: the check is exact.
-inline void warp_check(const Warp& w, unsigned mask, uint32_t need, const char* what) {
+// The barrier every *_sync primitive starts with. Then what CUDA leaves undefined (a GPU
+// may hang or return garbage) aborts: a caller outside its own mask, or (need, for a
+// shuffle's source lane and the mma's full warp) a lane that does not exist, has returned
+// or is not in the mask. No lane can return before the primitive's second barrier, so the
+// check is exact.
+inline void warp_sync(Warp& w, unsigned mask, uint32_t need, const char* what) {
+    w.bar.wait();
     if (!(mask >> t_lane & 1) || (need & ~(w.running & mask))) {
         fprintf(stderr, "cuda_emu: %s in lane %d, mask %08x, needs lanes %08x, lanes running %08x\n", what, t_lane, mask, need,
                 w.running);
@@ -172,9 +181,8 @@ template<typename T> inline T exchange(unsigned mask, T v, int src, bool valid) 
     static_assert(sizeof(T) <= 8, "shuffle of a value wider than 8 bytes");
     Warp& w = t_block->warps[t_warp];
     memcpy(&w.slot[t_lane], &v, sizeof(T));
-    w.bar.wait();
+    warp_sync(w, mask, valid ? 1u << src : 0u, "a shuffle");  // src < 32 whenever valid
     T r = v;
-    warp_check(w, mask, valid ? 1u << src : 0u, "a shuffle");  // src < 32 whenever valid
     if (valid) memcpy(&r, &w.slot[src], sizeof(T));
     w.bar.wait();
     return r;
@@ -291,12 +299,7 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shmem, cudaS
                         blockIdx = dim3(bx, by, bz);
                         kernel(static_cast<KArgs>(args)...);
                         blk.bar.leave();
-                        Warp& w = blk.warps[t_warp];
-                        {
-                            std::lock_guard<std::mutex> lock(w.bar.m);
-                            w.running &= ~(1u << t_lane);
-                        }
-                        w.bar.leave();
+                        blk.warps[t_warp].leave(t_lane);
                         blk.end.wait();
                     }
         });
@@ -306,11 +309,7 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shmem, cudaS
 template<typename T> inline T* dynamic_shared() { return reinterpret_cast<T*>(cuda_emu::t_block->dynamic.data()); }
 
 inline void __syncthreads() { cuda_emu::t_block->bar.wait(); }
-inline void __syncwarp(unsigned mask = 0xffffffffu) {
-    cuda_emu::Warp& w = cuda_emu::t_block->warps[cuda_emu::t_warp];
-    w.bar.wait();
-    cuda_emu::warp_check(w, mask, 0, "__syncwarp");
-}
+inline void __syncwarp(unsigned mask = 0xffffffffu) { cuda_emu::warp_sync(cuda_emu::t_block->warps[cuda_emu::t_warp], mask, 0, "__syncwarp"); }
 
 template<typename T> inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
     int lane = cuda_emu::t_lane;
@@ -332,8 +331,7 @@ inline unsigned __ballot_sync(unsigned mask, int pred) {
     using namespace cuda_emu;
     Warp& w = t_block->warps[t_warp];
     w.slot[t_lane] = pred != 0;
-    w.bar.wait();
-    warp_check(w, mask, 0, "__ballot_sync");
+    warp_sync(w, mask, 0, "__ballot_sync");
     unsigned bits = 0;
     for (int l = 0; l < w.lanes; l++) bits |= (unsigned)w.slot[l] << l;
     bits &= mask & w.running;  // a lane that has returned votes no
@@ -357,8 +355,7 @@ inline void mma_tf32(float (&d)[4], const float (&a)[4], const float (&b)[2]) {
     Warp& w = t_block->warps[t_warp];
     memcpy(w.mma[t_lane], a, sizeof a);
     memcpy(w.mma[t_lane] + 4, b, sizeof b);
-    w.bar.wait();
-    warp_check(w, 0xffffffffu, 0xffffffffu, "mma_tf32");
+    warp_sync(w, 0xffffffffu, 0xffffffffu, "mma_tf32");
     const int g = t_lane / 4, t = t_lane % 4;
     for (int i = 0; i < 4; i++) {
         const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
