@@ -3,12 +3,16 @@
 // they are.
 //
 // What it does:
-// - launch() runs the grid's blocks one after another; each block runs with one host
-//   thread per CUDA thread, so threadIdx/blockIdx/blockDim/gridDim behave as on a GPU.
+// - launch() runs the grid's blocks one after another on the calling thread; each CUDA
+//   thread of a block is a fiber, a stack of its own switched in user space, so
+//   threadIdx/blockIdx/blockDim/gridDim behave as on a GPU and a barrier costs a few context
+//   switches, not system calls. Under ThreadSanitizer each fiber is a thread of its own to
+//   it, ordered only by the barriers, as on a GPU.
 // - __syncthreads() is a real barrier among the block's threads; a thread that returned
-//   leaves it, so early returns do not deadlock the others. __shared__ arrays are static
-//   storage: shared by the block's threads, and safe because blocks never run together.
-//   Dynamic shared memory comes from dynamic_shared<T>(), sized by launch().
+//   leaves it, so early returns do not deadlock the others. Threads that all wait at
+//   barriers that cannot complete (a GPU would hang) abort with a message. __shared__
+//   arrays are static storage: shared by the block's threads, and safe because blocks
+//   never run together. Dynamic shared memory comes from dynamic_shared<T>(), sized by launch().
 // - A launch past the GPU's limits fails as it would there, with the error left for
 //   cudaGetLastError: more than 1024 threads a block, grid y or z past 65535, or dynamic
 //   shared memory past 48 KB without cudaFuncSetAttribute raising the kernel's limit (at
@@ -34,22 +38,34 @@
 // What it cannot do: timing, memory coalescing, bank conflicts, other tensor-core instructions,
 // warp-synchronous code that omits the *_sync primitives, more than one launch at once
 // (launches are serialised), or check pointers held inside a kernel's struct arguments.
+// Threads run in a fixed order (each as far as its next barrier), so a missing barrier
+// gives the same wrong result every time; ThreadSanitizer reports it as a race.
 #pragma once
+#include <atomic>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <algorithm>
 #include <map>
 #include <mutex>
 #include <sys/mman.h>
-#include <thread>
 #include <type_traits>
 #include <unordered_map>
 #include <unistd.h>
 #include <vector>
+#include <xmmintrin.h>
+#ifdef __SANITIZE_THREAD__
+#include <sanitizer/tsan_interface.h>
+#endif
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/asan_interface.h>
+#endif
+#ifndef __x86_64__
+#error "kernels/cuda_emu.h switches fibers with x86-64 code (fiber_switch): port it to this architecture"
+#endif
 
 // Kernels live in headers: inline keeps one definition per program.
 #define __global__ inline
@@ -60,7 +76,7 @@
 #define __shared__ static
 
 typedef int cudaError_t;
-enum : int { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2, cudaErrorInvalidConfiguration = 9,
+enum : int { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2,
              cudaErrorIllegalAddress = 700 };
 
 struct CUstream_st {};
@@ -71,66 +87,229 @@ struct dim3 {
     dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 
-inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 static constexpr int warpSize = 32;
 using std::max;  // CUDA's integer min/max builtins
 using std::min;
 
 namespace cuda_emu {
 
+// ---- Fibers: each CUDA thread of a block runs on a stack of its own, switched in user space.
+
+// Saves the callee-saved registers and the FP control words on the current stack, stores the
+// stack pointer in *save, and resumes the stack `to` (left in the same layout by an earlier
+// fiber_switch, or by start()).
+__attribute__((naked, noinline, unused)) static void fiber_switch(void** /*save*/, void* /*to*/) {
+    asm("pushq %rbp\n\tpushq %rbx\n\tpushq %r12\n\tpushq %r13\n\tpushq %r14\n\tpushq %r15\n\t"
+        "subq $16, %rsp\n\tstmxcsr 8(%rsp)\n\tfnstcw (%rsp)\n\t"
+        "movq %rsp, (%rdi)\n\tmovq %rsi, %rsp\n\t"
+        "fldcw (%rsp)\n\tldmxcsr 8(%rsp)\n\taddq $16, %rsp\n\t"
+        "popq %r15\n\tpopq %r14\n\tpopq %r13\n\tpopq %r12\n\tpopq %rbx\n\tpopq %rbp\n\tret");
+}
+// A fiber's first switch returns here, with its Fiber* in r12 and its entry function in r13.
+__attribute__((naked, noinline, unused)) static void fiber_start() { asm("movq %r12, %rdi\n\tcallq *%r13\n\tud2"); }
+
+// Bookkeeping the fibers share (barrier counts, lanes running, the running fiber): relaxed
+// atomics, so that ThreadSanitizer, which sees each fiber as a thread, neither reports them
+// nor derives any ordering from them. The kernel's own memory is ordered by the barriers'
+// release/acquire annotations below, as __syncthreads orders it on a GPU.
+template<typename T> struct Relaxed {
+    std::atomic<T> v;
+    Relaxed(T x = T()) : v(x) {}
+    operator T() const { return v.load(std::memory_order_relaxed); }
+    Relaxed& operator=(T x) { v.store(x, std::memory_order_relaxed); return *this; }
+};
+inline void hb_release(const void* a) {
+#ifdef __SANITIZE_THREAD__
+    __tsan_release(const_cast<void*>(a));
+#else
+    (void)a;
+#endif
+}
+inline void hb_acquire(const void* a) {
+#ifdef __SANITIZE_THREAD__
+    __tsan_acquire(const_cast<void*>(a));
+#else
+    (void)a;
+#endif
+}
+
+struct Fiber {
+    void* sp = nullptr;          // the stack pointer while switched out
+    char* stack = nullptr;       // its stack, above a guard page; kept from launch to launch
+    size_t stack_bytes = 0;
+    void* tsan = nullptr;        // ThreadSanitizer's context for the fiber
+    void* fake_stack = nullptr;  // AddressSanitizer's, while switched out
+    dim3 tid;                    // threadIdx
+    int lane = 0, warp = 0;
+    Relaxed<bool> done;
+};
+
 // A barrier for a changing number of participants: leave() removes one (a returned thread).
-// on_release, if set, runs under the lock just before the waiters are let go.
+// Each generation's arrivals release, and its departures acquire, a sync address of their
+// own (two alternate: nobody can arrive twice ahead of a fiber still to depart).
 struct Barrier {
-    std::mutex m;
-    std::condition_variable cv;
-    int expected = 0, arrived = 0;
-    uint64_t generation = 0;
-    void (*on_release)(void*) = nullptr;
-    void* ctx = nullptr;
+    Relaxed<int> expected, arrived;
+    Relaxed<uint64_t> generation;
+    char sync[2];
     void release() {
         arrived = 0;
-        generation++;
-        if (on_release) on_release(ctx);
-        cv.notify_all();
+        generation = generation + 1;
     }
-    void wait() {
-        std::unique_lock<std::mutex> lock(m);
-        uint64_t g = generation;
-        if (++arrived == expected) release();
-        else cv.wait(lock, [&] { return generation != g; });
-    }
-    void leave() {
-        std::lock_guard<std::mutex> lock(m);
-        expected--;
-        if (arrived > 0 && arrived == expected) release();
-    }
+    void wait();
+    void leave();
 };
 
 struct Warp {
     Barrier bar;
-    int lanes = 0;        // lanes that exist (the last warp of a block may be partial)
-    uint32_t running = 0; // lanes that have not returned (bit l: lane l), under bar.m
-    uint64_t slot[32];    // one value per lane, for the exchanges
-    float mma[32][6];     // each lane's a[4], b[2] fragments, for mma_tf32
-    void leave(int lane) {  // the lane returned from the kernel
-        {
-            std::lock_guard<std::mutex> lock(bar.m);
-            running &= ~(1u << lane);
-        }
+    int lanes = 0;             // lanes that exist (the last warp of a block may be partial)
+    Relaxed<uint32_t> running; // lanes that have not returned (bit l: lane l)
+    uint64_t slot[32];         // one value per lane, for the exchanges
+    float mma[32][6];          // each lane's a[4], b[2] fragments, for mma_tf32
+    void leave(int lane) {     // the lane returned from the kernel
+        running = running & ~(1u << lane);
         bar.leave();
     }
 };
 
 struct Block {
     Barrier bar;                          // __syncthreads
-    Barrier end;                          // every thread, after the kernel returns
     std::vector<Warp> warps;
     std::vector<unsigned char> dynamic;   // dynamic shared memory
-    int nthreads = 0;
 };
 
-inline thread_local Block* t_block = nullptr;
-inline thread_local int t_lane = 0, t_warp = 0;
+// The launch in progress. Launches are serialised, and its fibers run on the launching
+// thread, which resumes each in turn until it yields (at a barrier) or returns.
+struct Launch {
+    std::vector<Fiber*> fibers;  // a pool, grown to the largest block launched
+    pid_t pool_pid = 0;          // a forked child starts a pool of its own
+    Relaxed<Fiber*> current;
+    Relaxed<uint64_t> progress;  // arrivals, departures, returns: a pass without any is a deadlock
+    Block* block = nullptr;
+    dim3 grid, block_dim, block_idx;
+    void (*body)(void*) = nullptr;  // the kernel call
+    void* body_ctx = nullptr;
+    void* main_sp = nullptr;        // the launching thread's, while a fiber runs
+    Relaxed<void*> main_tsan;
+    const void* main_stack = nullptr;
+    size_t main_stack_bytes = 0;
+    void* main_fake_stack = nullptr;
+    char start_sync, end_sync;      // the launching thread -> a block's fibers -> the launching thread
+    void free_fibers();
+    ~Launch() { free_fibers(); }
+};
+inline Launch g_launch;
+inline Fiber& running_fiber() { return *g_launch.current; }
+
+inline void resume(Fiber& f) {
+    Launch& L = g_launch;
+    L.current = &f;
+    void* to = f.sp;  // read before ThreadSanitizer takes us to be the fiber
+#ifdef __SANITIZE_THREAD__
+    __tsan_switch_to_fiber(f.tsan, __tsan_switch_to_fiber_no_sync);
+#endif
+#ifdef __SANITIZE_ADDRESS__
+    __sanitizer_start_switch_fiber(&L.main_fake_stack, f.stack, f.stack_bytes);
+#endif
+    fiber_switch(&L.main_sp, to);
+#ifdef __SANITIZE_ADDRESS__
+    __sanitizer_finish_switch_fiber(L.main_fake_stack, nullptr, nullptr);
+#endif
+}
+// Back to the launching thread.
+inline void yield() {
+    Launch& L = g_launch;
+    Fiber& f = running_fiber();
+    void* to = L.main_sp;
+#ifdef __SANITIZE_THREAD__
+    __tsan_switch_to_fiber(L.main_tsan, __tsan_switch_to_fiber_no_sync);
+#endif
+#ifdef __SANITIZE_ADDRESS__
+    __sanitizer_start_switch_fiber(&f.fake_stack, L.main_stack, L.main_stack_bytes);
+#endif
+    fiber_switch(&f.sp, to);
+#ifdef __SANITIZE_ADDRESS__
+    __sanitizer_finish_switch_fiber(f.fake_stack, &L.main_stack, &L.main_stack_bytes);
+#endif
+}
+
+inline void Barrier::wait() {
+    const uint64_t g = generation;
+    hb_release(&sync[g & 1]);
+    g_launch.progress = g_launch.progress + 1;
+    arrived = arrived + 1;
+    if (arrived == expected) release();
+    else
+        while (generation == g) yield();
+    hb_acquire(&sync[g & 1]);
+}
+inline void Barrier::leave() {
+    hb_release(&sync[generation & 1]);
+    g_launch.progress = g_launch.progress + 1;
+    expected = expected - 1;
+    if (arrived > 0 && arrived == expected) release();
+}
+
+// Every fiber's entry. A fiber runs one CUDA thread of a block at each turn of the loop and
+// waits to be resumed for the next: its frames stay balanced, which ThreadSanitizer's
+// per-fiber call stack needs.
+inline void fiber_main(Fiber* f) {
+    Launch& L = g_launch;
+#ifdef __SANITIZE_ADDRESS__
+    __sanitizer_finish_switch_fiber(nullptr, &L.main_stack, &L.main_stack_bytes);
+#endif
+    for (;;) {
+        hb_acquire(&L.start_sync);
+        L.body(L.body_ctx);
+        L.block->bar.leave();
+        L.block->warps[f->warp].leave(f->lane);
+        f->done = true;
+        L.progress = L.progress + 1;
+        hb_release(&L.end_sync);
+        yield();
+    }
+}
+
+constexpr size_t kFiberStack = 256 * 1024;
+
+// A fiber with a stack of its own above a guard page, whose first switch enters fiber_main:
+// the frame fiber_switch pops (the FP control words, r15 r14 r13 r12 rbx rbp, and
+// fiber_start as the return address, which then finds the stack 16-byte aligned for its call).
+inline Fiber* new_fiber() {
+    Fiber* f = new Fiber;
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    void* m = mmap(nullptr, kFiberStack + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+    if (m == MAP_FAILED || mprotect(m, page, PROT_NONE) != 0) {
+        perror("cuda_emu: a fiber's stack");
+        abort();
+    }
+    f->stack = (char*)m + page;
+    f->stack_bytes = kFiberStack;
+#ifdef __SANITIZE_ADDRESS__
+    __asan_unpoison_memory_region(f->stack, f->stack_bytes);  // the shadow of an earlier mapping here
+#endif
+#ifdef __SANITIZE_THREAD__
+    f->tsan = __tsan_create_fiber(0);
+#endif
+    uint64_t* sp = (uint64_t*)(f->stack + f->stack_bytes) - 11;
+    uint16_t fcw;
+    asm volatile("fnstcw %0" : "=m"(fcw));
+    const uint64_t frame[11] = {fcw, _mm_getcsr(), 0, 0, (uint64_t)&fiber_main, (uint64_t)f, 0, 0, (uint64_t)&fiber_start, 0, 0};
+    memcpy(sp, frame, sizeof frame);
+    f->sp = sp;
+    return f;
+}
+
+inline void Launch::free_fibers() {
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    for (Fiber* f : fibers) {
+#ifdef __SANITIZE_THREAD__
+        if (pool_pid == getpid()) __tsan_destroy_fiber(f->tsan);
+#endif
+        munmap(f->stack - page, f->stack_bytes + page);
+        delete f;
+    }
+    fibers.clear();
+}
 
 inline std::mutex& launch_mutex() { static std::mutex m; return m; }
 
@@ -139,10 +318,12 @@ inline thread_local cudaError_t last_error = cudaSuccess;  // per host thread, a
 // Each kernel's dynamic shared memory limit, as raised by cudaFuncSetAttribute.
 inline std::unordered_map<const void*, size_t>& shared_limits() { static std::unordered_map<const void*, size_t> m; return m; }
 
+// A launch past the GPU's limits: the H200 with CUDA 13.0 returns cudaErrorInvalidValue for
+// too many threads or too large a grid (measured), as for too much dynamic shared memory.
 inline cudaError_t check_launch(const void* kernel, dim3 grid, dim3 block, size_t shmem) {
     const unsigned long threads = (unsigned long)block.x * block.y * block.z;
     if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535)
-        return cudaErrorInvalidConfiguration;
+        return cudaErrorInvalidValue;
     auto it = shared_limits().find(kernel);
     if (shmem > (it == shared_limits().end() ? kDefaultDynamicShared : it->second)) return cudaErrorInvalidValue;
     return cudaSuccess;
@@ -151,16 +332,67 @@ inline std::mutex& atomic_mutex() { static std::mutex m; return m; }
 
 constexpr unsigned char kPoison = 0xff;
 
-// Re-arms the block's barriers and re-poisons its dynamic shared memory for the next block;
-// runs when the last thread ends a block.
-inline void rearm(void* p) {
-    Block* b = (Block*)p;
-    std::fill(b->dynamic.begin(), b->dynamic.end(), kPoison);
-    b->bar.expected = b->nthreads;
-    for (Warp& w : b->warps) {
-        w.bar.expected = w.lanes;
-        w.running = w.lanes == 32 ? ~0u : (1u << w.lanes) - 1;
+// Runs body(ctx), the kernel call, as every thread of every block of the grid: a block's
+// fibers are resumed in turn until all have returned; a pass in which none arrived at a
+// barrier, left one or returned means they all wait for each other, where a GPU would hang.
+inline void run_grid(dim3 grid, dim3 block, size_t shmem, void (*body)(void*), void* ctx) {
+    Launch& L = g_launch;
+    const int n = (int)(block.x * block.y * block.z);
+    if (L.pool_pid != getpid()) {  // fibers of the parent process
+        L.free_fibers();
+        L.pool_pid = getpid();
     }
+    while ((int)L.fibers.size() < n) L.fibers.push_back(new_fiber());
+#ifdef __SANITIZE_THREAD__
+    L.main_tsan = __tsan_get_current_fiber();
+#endif
+    Block blk;
+    blk.dynamic.resize(shmem);
+    blk.warps = std::vector<Warp>((n + 31) / 32);
+    L.block = &blk;
+    L.grid = grid;
+    L.block_dim = block;
+    L.body = body;
+    L.body_ctx = ctx;
+    for (unsigned bz = 0; bz < grid.z; bz++)
+        for (unsigned by = 0; by < grid.y; by++)
+            for (unsigned bx = 0; bx < grid.x; bx++) {
+                L.block_idx = dim3(bx, by, bz);
+                std::fill(blk.dynamic.begin(), blk.dynamic.end(), kPoison);
+                blk.bar.expected = n;
+                blk.bar.arrived = 0;
+                for (int w = 0; w < (int)blk.warps.size(); w++) {
+                    Warp& wp = blk.warps[w];
+                    wp.lanes = std::min(32, n - 32 * w);
+                    wp.bar.expected = wp.lanes;
+                    wp.bar.arrived = 0;
+                    wp.running = wp.lanes == 32 ? ~0u : (1u << wp.lanes) - 1;
+                }
+                for (int t = 0; t < n; t++) {
+                    Fiber& f = *L.fibers[t];
+                    f.tid = dim3(t % block.x, t / block.x % block.y, t / (block.x * block.y));
+                    f.lane = t % 32;
+                    f.warp = t / 32;
+                    f.done = false;
+                }
+                hb_release(&L.start_sync);
+                for (int live = n; live > 0;) {
+                    const uint64_t before = L.progress;
+                    for (int t = 0; t < n; t++) {
+                        Fiber& f = *L.fibers[t];
+                        if (f.done) continue;
+                        resume(f);
+                        live -= f.done;
+                    }
+                    if (live > 0 && L.progress == before) {
+                        fprintf(stderr, "cuda_emu: deadlock in block (%u, %u, %u): %d threads wait at barriers that cannot complete\n",
+                                bx, by, bz, live);
+                        abort();
+                    }
+                }
+                hb_acquire(&L.end_sync);
+            }
+    L.block = nullptr;
 }
 
 // The barrier every *_sync primitive starts with. Then what CUDA leaves undefined (a GPU
@@ -170,17 +402,19 @@ inline void rearm(void* p) {
 // check is exact.
 inline void warp_sync(Warp& w, unsigned mask, uint32_t need, const char* what) {
     w.bar.wait();
-    if (!(mask >> t_lane & 1) || (need & ~(w.running & mask))) {
-        fprintf(stderr, "cuda_emu: %s in lane %d, mask %08x, needs lanes %08x, lanes running %08x\n", what, t_lane, mask, need,
-                w.running);
+    const int lane = running_fiber().lane;
+    if (!(mask >> lane & 1) || (need & ~(w.running & mask))) {
+        fprintf(stderr, "cuda_emu: %s in lane %d, mask %08x, needs lanes %08x, lanes running %08x\n", what, lane, mask, need,
+                (uint32_t)w.running);
         abort();
     }
 }
+inline Warp& running_warp() { return g_launch.block->warps[running_fiber().warp]; }
 
 template<typename T> inline T exchange(unsigned mask, T v, int src, bool valid) {
     static_assert(sizeof(T) <= 8, "shuffle of a value wider than 8 bytes");
-    Warp& w = t_block->warps[t_warp];
-    memcpy(&w.slot[t_lane], &v, sizeof(T));
+    Warp& w = running_warp();
+    memcpy(&w.slot[running_fiber().lane], &v, sizeof(T));
     warp_sync(w, mask, valid ? 1u << src : 0u, "a shuffle");  // src < 32 whenever valid
     T r = v;
     if (valid) memcpy(&r, &w.slot[src], sizeof(T));
@@ -257,6 +491,12 @@ template<typename A> inline bool device_argument(const A& a) {
 
 }  // namespace cuda_emu
 
+// The built-in variables of the thread running now.
+#define threadIdx (cuda_emu::running_fiber().tid)
+#define blockIdx (cuda_emu::g_launch.block_idx)
+#define blockDim (cuda_emu::g_launch.block_dim)
+#define gridDim (cuda_emu::g_launch.grid)
+
 // kernel<<<grid, block, shmem, stream>>>(args...) in emulation.
 template<typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shmem, cudaStream_t, Args... args) {
@@ -275,62 +515,35 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shmem, cudaS
             last_error = cudaErrorIllegalAddress;
             return;
         }
-    Block blk;
-    blk.nthreads = (int)(block.x * block.y * block.z);
-    blk.dynamic.resize(shmem);
-    blk.warps = std::vector<Warp>((blk.nthreads + 31) / 32);
-    for (int w = 0; w < (int)blk.warps.size(); w++) blk.warps[w].lanes = std::min(32, blk.nthreads - 32 * w);
-    blk.end.expected = blk.nthreads;
-    blk.end.on_release = rearm;
-    blk.end.ctx = &blk;
-    rearm(&blk);
-    std::vector<std::thread> threads;
-    for (int t = 0; t < blk.nthreads; t++)
-        threads.emplace_back([&, t]() {
-            t_block = &blk;
-            t_lane = t % 32;
-            t_warp = t / 32;
-            blockDim = block;
-            gridDim = grid;
-            threadIdx = dim3(t % block.x, t / block.x % block.y, t / (block.x * block.y));
-            for (unsigned bz = 0; bz < grid.z; bz++)
-                for (unsigned by = 0; by < grid.y; by++)
-                    for (unsigned bx = 0; bx < grid.x; bx++) {
-                        blockIdx = dim3(bx, by, bz);
-                        kernel(static_cast<KArgs>(args)...);
-                        blk.bar.leave();
-                        blk.warps[t_warp].leave(t_lane);
-                        blk.end.wait();
-                    }
-        });
-    for (std::thread& th : threads) th.join();
+    auto call = [&]() { kernel(static_cast<KArgs>(args)...); };
+    run_grid(grid, block, shmem, [](void* c) { (*static_cast<decltype(call)*>(c))(); }, &call);
 }
 
-template<typename T> inline T* dynamic_shared() { return reinterpret_cast<T*>(cuda_emu::t_block->dynamic.data()); }
+template<typename T> inline T* dynamic_shared() { return reinterpret_cast<T*>(cuda_emu::g_launch.block->dynamic.data()); }
 
-inline void __syncthreads() { cuda_emu::t_block->bar.wait(); }
-inline void __syncwarp(unsigned mask = 0xffffffffu) { cuda_emu::warp_sync(cuda_emu::t_block->warps[cuda_emu::t_warp], mask, 0, "__syncwarp"); }
+inline void __syncthreads() { cuda_emu::g_launch.block->bar.wait(); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { cuda_emu::warp_sync(cuda_emu::running_warp(), mask, 0, "__syncwarp"); }
 
 template<typename T> inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
-    int lane = cuda_emu::t_lane;
+    int lane = cuda_emu::running_fiber().lane;
     return cuda_emu::exchange(mask, v, (lane & ~(width - 1)) + (src % width + width) % width, true);
 }
 template<typename T> inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
-    int lane = cuda_emu::t_lane;
+    int lane = cuda_emu::running_fiber().lane;
     return cuda_emu::exchange(mask, v, lane + (int)delta, (lane % width) + (int)delta < width);
 }
 template<typename T> inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
-    int lane = cuda_emu::t_lane;
+    int lane = cuda_emu::running_fiber().lane;
     return cuda_emu::exchange(mask, v, lane - (int)delta, (lane % width) >= (int)delta);
 }
 template<typename T> inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
-    int lane = cuda_emu::t_lane, src = lane ^ lane_mask;
+    int lane = cuda_emu::running_fiber().lane, src = lane ^ lane_mask;
     return cuda_emu::exchange(mask, v, src, src >= 0 && src < 32 && src / width <= lane / width);
 }
 inline unsigned __ballot_sync(unsigned mask, int pred) {
     using namespace cuda_emu;
-    Warp& w = t_block->warps[t_warp];
-    w.slot[t_lane] = pred != 0;
+    Warp& w = running_warp();
+    w.slot[running_fiber().lane] = pred != 0;
     warp_sync(w, mask, 0, "__ballot_sync");
     unsigned bits = 0;
     for (int l = 0; l < w.lanes; l++) bits |= (unsigned)w.slot[l] << l;
@@ -352,11 +565,12 @@ inline float to_tf32(float x) {
 // fragments, then computes its four outputs from everyone's. TF32 products are exact in fp32.
 inline void mma_tf32(float (&d)[4], const float (&a)[4], const float (&b)[2]) {
     using namespace cuda_emu;
-    Warp& w = t_block->warps[t_warp];
-    memcpy(w.mma[t_lane], a, sizeof a);
-    memcpy(w.mma[t_lane] + 4, b, sizeof b);
+    Warp& w = running_warp();
+    const int lane = running_fiber().lane;
+    memcpy(w.mma[lane], a, sizeof a);
+    memcpy(w.mma[lane] + 4, b, sizeof b);
     warp_sync(w, 0xffffffffu, 0xffffffffu, "mma_tf32");
-    const int g = t_lane / 4, t = t_lane % 4;
+    const int g = lane / 4, t = lane % 4;
     for (int i = 0; i < 4; i++) {
         const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
         float s = 0.0f;
@@ -432,7 +646,6 @@ typedef CUevent_st* cudaEvent_t;
 
 inline const char* cudaGetErrorString(cudaError_t e) {
     return e == cudaSuccess ? "no error" : e == cudaErrorMemoryAllocation ? "out of memory"
-         : e == cudaErrorInvalidConfiguration ? "invalid configuration argument"
          : e == cudaErrorIllegalAddress ? "an illegal memory access was encountered" : "invalid argument";
 }
 inline cudaError_t cudaGetLastError() {
