@@ -25,6 +25,7 @@ NVCC_BUILD = $(NVCC) $(NVCCFLAGS) -Xcompiler "$(subst $() ,$(comma),$(strip $(CX
 
 ifneq ($(NVCC),)
 train_phd: train_phd.cu $(HEADERS)
+	@rm -f $@
 	$(NVCC_BUILD) $(PCRE2_FLAGS) $< -o $@ -lcublas -lgomp $(PCRE2_LIBS)
 else
 train_phd: build/train_phd_cpu
@@ -34,17 +35,17 @@ comma := ,
 
 # The same source as plain C++: the CPU-only build, always compiled by `make test` too.
 build/train_phd_cpu: train_phd.cu $(HEADERS)
-	@mkdir -p build
+	@mkdir -p build && rm -f $@
 	$(CXX) $(HOSTFLAGS) $(PCRE2_FLAGS) -x c++ $< -o $@ $(PCRE2_LIBS)
 
 CPU_TESTS := test/test_main.cpp test/test_model.cpp test/test_train.cpp test/test_fixtures.cpp test/test_decode.cpp
 # train_phd with its CUDA path running on the CPU emulation: the tests drive --device cuda with it.
 build/train_phd_emu: train_phd.cu $(HEADERS)
-	@mkdir -p build
+	@mkdir -p build && rm -f $@
 	$(CXX) $(HOSTFLAGS) -pthread -DPHD_EMULATE_GPU $(PCRE2_FLAGS) -x c++ $< -o $@ $(PCRE2_LIBS)
 
 build/test_cpu: $(CPU_TESTS) $(TEST_HDR) $(HEADERS)
-	@mkdir -p build
+	@mkdir -p build && rm -f $@
 	$(CXX) $(HOSTFLAGS) $(CPU_TESTS) -o $@
 
 # GPU tests, one source built four ways: emulated on the CPU (kernels/cuda_emu.h), the same
@@ -53,16 +54,16 @@ GPU_TEST_SRC  := test/test_gpu.cu test/test_gpu_kernels.cu test/test_gpu_decode.
 GPU_TEST_DEPS := test/test_main.cpp $(GPU_TEST_SRC) $(TEST_HDR) $(HEADERS)
 EMU_BUILD = $(CXX) -std=c++17 $(WARN) -fopenmp -pthread test/test_main.cpp -x c++ $(GPU_TEST_SRC) -o $@
 build/test_gpu_emu: $(GPU_TEST_DEPS)
-	@mkdir -p build
+	@mkdir -p build && rm -f $@
 	$(EMU_BUILD) $(CXXFLAGS)
 build/test_gpu_tsan: $(GPU_TEST_DEPS)
-	@mkdir -p build
+	@mkdir -p build && rm -f $@
 	$(EMU_BUILD) -O1 -g -fsanitize=thread
 build/test_gpu_asan: $(GPU_TEST_DEPS)
-	@mkdir -p build
+	@mkdir -p build && rm -f $@
 	$(EMU_BUILD) -O1 -g -fsanitize=address -fno-omit-frame-pointer
 build/test_gpu_native: $(GPU_TEST_DEPS)
-	@mkdir -p build
+	@mkdir -p build && rm -f $@
 	$(NVCC) $(NVCCFLAGS) $(DOCTEST_INC) -DPHD_NATIVE_GPU -Xcompiler "$(subst $() ,$(comma),$(strip -fopenmp $(WARN)))" -x cu test/test_main.cpp $(GPU_TEST_SRC) -o $@ -lcublas -lgomp
 # doctest from .deps/ where the system has none (a GPU machine without network: dev/gpu_run.sh).
 DOCTEST_INC := $(if $(wildcard /usr/include/doctest/doctest.h),,$(if $(wildcard .deps/doctest/doctest.h),-I.deps))
@@ -71,18 +72,25 @@ GPU_TESTS := build/test_gpu_emu build/test_gpu_tsan build/test_gpu_asan $(if $(N
 # The data pipeline (GPT-2 BPE needs PCRE2 and nlohmann-json: data/setup.sh installs them).
 DATA_HDR := $(wildcard data/*.h) dataloader.h utils.h
 build/prepare: data/prepare.cpp $(DATA_HDR)
-	@mkdir -p build
+	@mkdir -p build && rm -f $@
 	$(CXX) $(HOSTFLAGS) $< -o $@ -lpcre2-8
 
 build/test_data: test/test_main.cpp test/test_data.cpp $(TEST_HDR) $(DATA_HDR)
-	@mkdir -p build
+	@mkdir -p build && rm -f $@
 	$(CXX) $(HOSTFLAGS) test/test_main.cpp test/test_data.cpp -o $@ -lpcre2-8
 
-# Every suite (C++ tests; the PyTorch reference's self-tests when torch is installed);
-# the last line is the total, "total: N passed, M failed, K skipped".
+# Every suite (C++ tests; the PyTorch reference's self-tests when torch is installed).
+# All binaries are built first, in parallel and past failures (a rule that fails leaves no
+# binary, so its suite counts as failed instead of running an old one); then the runner
+# runs the suites, as many at once as there are cores, and prints the total last:
+# "total: N passed, M failed, K skipped".
 GPU_BENCH := build/bench_gpu_emu $(if $(NVCC),build/bench_gpu build/bench_decode_gpu)
-test: train_phd build/train_phd_cpu build/train_phd_emu build/test_cpu build/prepare build/test_data $(GPU_TESTS) $(GPU_BENCH) build/bench_decode
-	./test/run_tests.sh
+TEST_BINS := train_phd build/train_phd_cpu build/train_phd_emu build/test_cpu build/prepare build/test_data $(GPU_TESTS) \
+             $(GPU_BENCH) build/bench_decode
+NPROC := $(shell nproc 2>/dev/null || echo 2)
+test:
+	-@$(MAKE) --no-print-directory -k -j$(NPROC) $(TEST_BINS)
+	@./test/run_tests.sh
 
 # The GPU tests alone, natively (needs nvcc and a GPU) and under the sanitizers.
 test-gpu: build/test_gpu_native
@@ -101,11 +109,11 @@ fixtures:
 	$(PYTHON_TORCH) dev/phd_reference.py write test/fixtures
 
 build/bench_cpu: dev/bench_cpu.cpp $(HEADERS)
-	@mkdir -p build
+	@mkdir -p build && rm -f $@
 	$(CXX) $(HOSTFLAGS) $< -o $@
 
 build/bench_decode: dev/bench_decode.cu $(HEADERS)
-	@mkdir -p build
+	@mkdir -p build && rm -f $@
 	$(CXX) $(HOSTFLAGS) -x c++ $< -o $@
 
 bench: build/bench_cpu build/bench_decode
@@ -114,14 +122,14 @@ bench: build/bench_cpu build/bench_decode
 
 # GPU benchmarks (nvcc and a GPU): the kernel lab and training steps, then KV-cache inference.
 build/bench_gpu: dev/bench_gpu.cu $(HEADERS) $(TEST_HDR)
-	@mkdir -p build
+	@mkdir -p build && rm -f $@
 	$(NVCC_BUILD) $< -o $@ -lcublas -lgomp
 build/bench_decode_gpu: dev/bench_decode.cu $(HEADERS)
-	@mkdir -p build
+	@mkdir -p build && rm -f $@
 	$(NVCC_BUILD) $< -o $@ -lcublas -lgomp
 # The kernel lab on the CUDA emulation: `make test` runs it at --tiny.
 build/bench_gpu_emu: dev/bench_gpu.cu $(HEADERS) $(TEST_HDR)
-	@mkdir -p build
+	@mkdir -p build && rm -f $@
 	$(CXX) $(HOSTFLAGS) -pthread -DPHD_EMULATE_GPU -x c++ $< -o $@
 
 bench-gpu: build/bench_gpu build/bench_decode_gpu
