@@ -8,6 +8,9 @@ optimizer. Everything runs in float64.
     /usr/bin/python3 dev/phd_reference.py write test/fixtures   # `make fixtures`
     /usr/bin/python3 dev/phd_reference.py selftest              # `make test-reference`
 
+selftest also regenerates the fixtures into a temporary directory and compares them with
+test/fixtures/ (see "Committed fixtures against a fresh `write`" below).
+
 Needs Debian's PyTorch (apt-get install python3-torch); the pyenv python3 cannot import it.
 Fixture files per variant (formats in README.md):
     NAME.ckpt    model checkpoint (float32 weights)
@@ -19,6 +22,7 @@ import os
 import re
 import struct
 import sys
+import tempfile
 
 import torch
 
@@ -202,11 +206,15 @@ def f32(t):
     return struct.pack(f"<{t.numel()}f", *t.detach().reshape(-1).tolist())
 
 
+FIXTURE_B, FIXTURE_T = 2, 7  # the batch of every fixture
+
+
 def write_fixture(outdir, variant, seed):
+    """Writes the three files of one variant; returns the loss before and after the AdamW steps."""
     cfg = make_config(variant)
     gen = torch.Generator().manual_seed(seed)
     P = init_params(cfg, gen)
-    B, T = 2, 7
+    B, T = FIXTURE_B, FIXTURE_T
     tokens = torch.randint(0, cfg["V"], (B, T), generator=gen)
     targets = torch.randint(0, cfg["V"], (B, T), generator=gen)
     logits, loss = forward(cfg, P, tokens, targets)
@@ -232,10 +240,84 @@ def write_fixture(outdir, variant, seed):
         f.write(f"{sched['lr']!r} {sched['warmup']} {sched['steps']} {sched['final_frac']!r} {sched['wd']!r}\n")
         for x in losses:
             f.write(f"{x!r}\n")
-    print(f"{variant}: loss {loss.item():.6f}, after 10 AdamW steps {losses[-1]:.6f}")
+    return loss.item(), losses[-1]
 
 
 FIXTURE_VARIANTS = ["vanilla", "phd-3", "phd-swa-3-2", "phd-cswa-3-2-2", "naive-2"]
+FIXTURE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "test", "fixtures")
+
+
+def write_fixtures(outdir, log=print):
+    os.makedirs(outdir, exist_ok=True)
+    for i, v in enumerate(FIXTURE_VARIANTS):
+        loss, final = write_fixture(outdir, v, seed=100 + i)
+        log(f"{v}: loss {loss:.6f}, after 10 AdamW steps {final:.6f}")
+
+
+# ---------------------------------------------------------------------------------------
+# Committed fixtures against a fresh `write`
+#
+# The files hold no platform-dependent formatting: binaries are explicit little-endian
+# int32/float32 (struct rounds float64 to float32 correctly), and the text losses are
+# Python's repr, the shortest string that round-trips a double. What may differ between
+# machines is the float64 math itself (BLAS reduction order, torch's vectorized exp per CPU
+# capability), by ulps that the rounding to float32 usually hides but can show as one
+# float32 ulp; here ATEN_CPU_CAPABILITY=default or avx512 changes no float32 bit but the
+# losses' last digits, by up to 4e-16 relative. So headers, tokens, targets and the
+# schedule lines must be equal byte for byte; float32 sections within F32_TOL of their
+# tensor's largest |value| (two float32 ulps at that scale); the float64 losses within
+# LOSS_TOL relative. Both are far inside the C++ fixture tests' tolerances (1e-5 of the
+# scale; the .state loss 1e-6 relative), so what can slip through is below what those
+# tests resolve.
+F32_TOL = 2.5e-7
+LOSS_TOL = 1e-12
+
+
+def fixture_layout(variant, ext):
+    """(section, count, struct format) of a binary fixture, in the order write_fixture writes it."""
+    cfg = make_config(variant)
+    BT = FIXTURE_B * FIXTURE_T
+    params = [(name, math.prod(shape), "f") for name, shape in param_shapes(cfg)]
+    if ext == "ckpt":
+        return [("header", 256, "i")] + params
+    return ([("header", 256, "i"), ("tokens", BT, "i"), ("targets", BT, "i"), ("logits", BT * cfg["V"], "f"),
+             ("loss", 1, "f")] + [("grad " + name, n, fmt) for name, n, fmt in params])
+
+
+def first_outside(name, want, got, tol, scales):
+    """None when every |got - want| <= tol * scale, else the first element that is not (NaN is not)."""
+    for i, (w, g, s) in enumerate(zip(want, got, scales)):
+        if not abs(g - w) <= tol * s:
+            return f"{name}[{i}] is {g!r}, a fresh write gives {w!r} (tolerance {tol} of {s:.3g})"
+    return None
+
+
+def compare_fixture(fname, want, got):
+    """Why the committed bytes `got` differ from the regenerated `want` beyond the tolerances, or None."""
+    variant, ext = fname.rsplit(".", 1)
+    if ext == "adamw":
+        w, g = want.decode().splitlines(), got.decode(errors="replace").splitlines()
+        if w[:2] != g[:2] or len(w) != len(g):
+            return "the comment or schedule line or the number of losses differs"
+        try:
+            lw, lg = [float(x) for x in w[2:]], [float(x) for x in g[2:]]
+        except ValueError as e:
+            return str(e)
+        return first_outside("loss", lw, lg, LOSS_TOL, [abs(x) for x in lw])
+    if len(got) != len(want):
+        return f"{len(got)} bytes, a fresh write gives {len(want)}"
+    off = 0
+    for name, n, fmt in fixture_layout(variant, ext):
+        w, g = struct.unpack_from(f"<{n}{fmt}", want, off), struct.unpack_from(f"<{n}{fmt}", got, off)
+        off += 4 * n
+        if fmt == "i" and w != g:
+            return f"{name} not byte-identical"
+        if fmt == "f":
+            scale = max(abs(x) for x in w)
+            why = first_outside(name, w, g, F32_TOL, [scale] * n)
+            if why:
+                return why
+    return None if off == len(want) else "fixture_layout does not match write_fixture"
 
 
 # ---------------------------------------------------------------------------------------
@@ -291,6 +373,20 @@ def selftest():
     lk, _ = forward(make_config("phd-3", **small), P, tokens)
     check("phd-3 differs from vanilla (the K=1 check can fail)", not torch.allclose(lk, lv))
 
+    with tempfile.TemporaryDirectory() as fresh:
+        write_fixtures(fresh, log=lambda line: None)
+        names = sorted(os.listdir(fresh))
+        check(f"test/fixtures/ holds exactly the {len(names)} files `write` produces",
+              sorted(os.listdir(FIXTURE_DIR)) == names)
+        for name in names:
+            with open(os.path.join(fresh, name), "rb") as f:
+                want = f.read()
+            path = os.path.join(FIXTURE_DIR, name)
+            got = open(path, "rb").read() if os.path.exists(path) else None
+            why = compare_fixture(name, want, got) if got is not None else "missing"
+            how = "bit-identical" if got == want else why or "within tolerance, not bit-identical"
+            check(f"test/fixtures/{name} is what `write` produces now ({how})", why is None)
+
     failed = results.count(False)
     print(f"reference: {len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0
@@ -298,9 +394,7 @@ def selftest():
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "write":
-        os.makedirs(sys.argv[2], exist_ok=True)
-        for i, v in enumerate(FIXTURE_VARIANTS):
-            write_fixture(sys.argv[2], v, seed=100 + i)
+        write_fixtures(sys.argv[2])
     elif len(sys.argv) == 2 and sys.argv[1] == "selftest":
         sys.exit(selftest())
     else:

@@ -1,6 +1,6 @@
 // KV-cache inference: pre-fill + decode steps reproduce the training forward's last-copy
 // logits for every variant, with the cache sizes of PHD.md section 6 and only the hidden
-// tokens each variant needs.
+// tokens each variant needs; sampling draws from the softmax of the top k at temperature T.
 #include "../decode.h"
 #include "test_util.h"
 
@@ -77,12 +77,62 @@ TEST_CASE("phd-cswa pre-fill computes hidden tokens of the last chunk only, what
     CHECK(dec.cache_entries() == 250 + 16);
 }
 
-TEST_CASE("sampling: greedy at temperature 0, top-k keeps the k best") {
-    std::vector<float> z = {0.1f, 3.0f, -1.0f, 2.9f, 0.0f};
+// Logits of 8 real ids whose best three (1, 5, 3) are not in front and whose next two (6, 0)
+// are close behind, so ignoring top-k or the temperature shows; ids 8 and 9 are vocabulary
+// padding (beyond V) with the largest logits, which must never be drawn.
+static const std::vector<float> kSampleLogits = {1.2f, 2.0f, -1.0f, 1.3f, 0.5f, 1.6f, 1.25f, -0.3f, 9.0f, 9.0f};
+static const int kSampleV = 8;
+
+// Draws n tokens at temperature T with top_k. Every id must be one of the k largest logits;
+// each of those must be drawn (the rarest below has n p > 250: missing it has probability
+// < e^-250); each id's count must be within 5 standard deviations of n p, p the softmax at T
+// of the kept logits (computed here, not by sample_token). The draws are seeded, hence
+// reproducible; 5 sigma keeps the bound from depending on the seed (a binomial count leaves
+// it with probability < 1e-6) yet rejects a wrong temperature or k.
+static void check_sampling(float T, int top_k, int n) {
+    const std::vector<float>& z = kSampleLogits;
+    const int V = kSampleV, k = top_k > 0 && top_k < V ? top_k : V;
+    std::vector<float> sorted(z.begin(), z.begin() + V);
+    std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+    const float kth = sorted[k - 1];  // the logits have no ties
+    std::vector<double> p(V, 0.0);
+    double sum = 0;
+    for (int j = 0; j < V; j++)
+        if (z[j] >= kth) sum += p[j] = std::exp((double)z[j] / T);
+    for (double& x : p) x /= sum;
+    Rng rng{1234};
+    std::vector<long> count(V, 0);
+    long outside = 0;  // ids outside the top k, padding included
+    for (int i = 0; i < n; i++) {
+        int t = sample_token(z.data(), V, T, top_k, rng);
+        if (t < 0 || t >= V || p[t] == 0) outside++;
+        else count[t]++;
+    }
+    INFO("temperature " << T << ", top-k " << top_k << ", " << n << " draws");
+    CHECK(outside == 0);
+    for (int j = 0; j < V; j++) {
+        INFO("id " << j << " (logit " << z[j] << "): drawn " << count[j] << " times, expected " << n * p[j]);
+        if (p[j] == 0) continue;
+        CHECK(count[j] > 0);
+        CHECK(std::fabs(count[j] - n * p[j]) <= 5 * std::sqrt(n * p[j] * (1 - p[j])));
+    }
+}
+
+TEST_CASE("sampling: top-k draws only the k best, with the softmax's frequencies at temperature T") {
+    check_sampling(0.7f, 3, 20000);
+    check_sampling(1.5f, 5, 20000);
+    check_sampling(1.0f, 0, 20000);             // top-k 0: every real id
+    check_sampling(1.0f, kSampleV + 3, 20000);  // top-k past V: every real id
+}
+
+TEST_CASE("sampling: temperature 0 and top-k 1 are greedy") {
+    const float* z = kSampleLogits.data();
     Rng rng{5};
-    CHECK(sample_token(z.data(), 5, 0.0f, 0, rng) == 1);
-    for (int i = 0; i < 200; i++) {
-        int t = sample_token(z.data(), 5, 1.0f, 2, rng);
-        CHECK((t == 1 || t == 3));
+    for (int top_k : {0, 1, 3, 100}) CHECK(sample_token(z, kSampleV, 0.0f, top_k, rng) == 1);
+    for (float T : {0.3f, 1.0f, 10.0f}) {
+        int not_argmax = 0;
+        for (int i = 0; i < 1000; i++) not_argmax += sample_token(z, kSampleV, T, 1, rng) != 1;
+        INFO("temperature " << T);
+        CHECK(not_argmax == 0);
     }
 }
