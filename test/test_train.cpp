@@ -10,6 +10,8 @@
 #include "test_util.h"
 
 static const char* kBin = "./train_phd";
+// --device cuda through build/train_phd_emu: train_phd's CUDA path on the CPU emulation.
+static const char* kEmuBin = "./build/train_phd_emu";
 static std::string tmp(const std::string& name) { return scratch_path("test-tmp", name); }
 
 static bool exists(const std::string& path) {
@@ -258,6 +260,72 @@ TEST_CASE("check-state: float forward/backward against a double-precision debug 
     }
 }
 
+// naive-4 at T=1: the K copies of the one position are identical, so attention is uniform
+// over equal values and the exact gradients of wq and wk are zero; the float path leaves
+// rounding noise there, which must be measured against the state's gradient scale.
+TEST_CASE("check-state and compare-cpu: gradients that are exactly zero (naive-4, T=1)") {
+    Config c = tiny_config("naive-4", 32, 16);
+    c.D = 32; c.F = 48;
+    std::vector<float> p(num_params(c));
+    init_params(c, p.data(), 4);
+    std::string ck = tmp("zero.ckpt"), st = tmp("zero.state"), shard = make_shard("zero.bin", 1000, 6), out;
+    save_checkpoint(ck.c_str(), c, p.data());
+    REQUIRE(run(std::string(kBin) + " -b 2 -t 1 -e " + ck + " -i " + shard + " --dump-state " + st, &out) == 0);
+    DebugState s = load_debug_state(st.c_str());
+    const ParamTensor wq = param_tensors(c)[1 + kTensorsPerLayer + 1];
+    REQUIRE(wq.name == "layer1.wq");
+    double wq_max = 0, g_max = 0;
+    for (size_t i = 0; i < wq.size(); i++) wq_max = max_nan(wq_max, std::fabs(s.grads[wq.offset + i]));
+    for (float g : s.grads) g_max = max_nan(g_max, std::fabs(g));
+    REQUIRE(wq_max < 1e-12 * g_max);  // the situation this test is about
+    int rc = run(std::string(kBin) + " -e " + ck + " --check-state " + st, &out);
+    INFO(out);
+    CHECK(rc == 0);
+    CHECK(out.find("check-state: OK") != std::string::npos);
+    rc = run(std::string(kEmuBin) + " -b 2 -t 1 -e " + ck + " -i " + shard + " --compare-cpu 1", &out);
+    CHECK(rc == 0);
+    CHECK(out.find("compare-cpu: OK") != std::string::npos);
+    // The floor is not a pass for anything small: an error of 1e-5 of the largest gradient in
+    // the zero tensor fails.
+    s.grads[wq.offset + 3] = (float)(1e-5 * g_max);
+    save_debug_state(st.c_str(), s);
+    rc = run(std::string(kBin) + " -e " + ck + " --check-state " + st, &out);
+    CHECK(rc == 1);
+    CHECK(out.find("check-state: FAILED") != std::string::npos);
+}
+
+// A NaN or inf in the expected state (a broken reference) fails the check, as one in the
+// computed result does; std::max would drop it.
+TEST_CASE("check-state: a NaN or inf in the expected state fails") {
+    Config c = tiny_config("phd-2", 32, 16);
+    c.D = 32; c.F = 48;
+    std::vector<float> p(num_params(c));
+    init_params(c, p.data(), 4);
+    std::string ck = tmp("nanref.ckpt"), st = tmp("nanref.state"), bad = tmp("nanref-bad.state"), out;
+    save_checkpoint(ck.c_str(), c, p.data());
+    REQUIRE(run(std::string(kBin) + " -b 2 -t 8 -e " + ck + " -i " + make_shard("nanref.bin", 1000, 6) + " --dump-state " + st, &out) == 0);
+    REQUIRE(run(std::string(kBin) + " -e " + ck + " --check-state " + st, &out) == 0);
+    const DebugState good = load_debug_state(st.c_str());
+    const size_t w2 = param_tensors(c)[1 + kTensorsPerLayer + 8].offset;
+    struct Case { const char* what; float value; std::function<float&(DebugState&)> at; const char* line; };
+    for (const Case& k : {Case{"gradient NaN", NAN, [&](DebugState& s) -> float& { return s.grads[w2 + 5]; }, "dlayer1.w2"},
+                          Case{"gradient inf", INFINITY, [&](DebugState& s) -> float& { return s.grads[w2 + 5]; }, "dlayer1.w2"},
+                          Case{"loss NaN", NAN, [](DebugState& s) -> float& { return s.loss; }, "loss"},
+                          Case{"logit NaN", NAN, [](DebugState& s) -> float& { return s.logits[7]; }, "logits"}}) {
+        DebugState s = good;
+        k.at(s) = k.value;
+        save_debug_state(bad.c_str(), s);
+        int rc = run(std::string(kBin) + " -e " + ck + " --check-state " + bad, &out);
+        INFO(k.what << ":\n" << out);
+        CHECK(rc == 1);
+        CHECK(out.find("check-state: FAILED") != std::string::npos);
+        std::string line = out.substr(out.find("\n" + std::string(k.line) + " ") + 1);
+        line = line.substr(0, line.find('\n'));
+        CHECK(line.find("FAIL") != std::string::npos);
+        CHECK(line.find("non-finite") != std::string::npos);
+    }
+}
+
 TEST_CASE("a NaN loss stops training with a clear error and writes no checkpoint") {
     Config c = tiny_config("phd-2", 32, 16);
     c.D = 32; c.F = 48;
@@ -322,9 +390,6 @@ TEST_CASE("generation: streams tokens and reports the cache; bad prompts get one
     CHECK(run(std::string(kBin) + " --generate 3", &out) == 1);
     CHECK(out.find("--generate: needs --init") != std::string::npos);
 }
-
-// --device cuda through build/train_phd_emu: train_phd's CUDA path on the CPU emulation.
-static const char* kEmuBin = "./build/train_phd_emu";
 
 TEST_CASE("--device cuda (emulated): --compare-cpu, --check-state, training that follows the CPU and resumes on it") {
     std::string out, shard = make_shard("cuda.bin", 3000, 9);
