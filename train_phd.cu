@@ -23,7 +23,7 @@
 
 struct Args {
     std::string train_pattern, val_pattern, out_dir = "out", init, device = "auto";
-    std::string check_state, dump_state, tokenizer, prompt, prompt_ids;
+    std::string check_state, dump_state, tokenizer, prompt, prompt_ids, show_mask;
     std::string variant = "phd-cswa-2-16-32";
     int V = 50257, L = 4, D = 256, H = 4, Hkv = 0, F = 0, maxT = 0;
     int B = 4, T = 64, total_batch = 0, steps = 100, warmup = 0;
@@ -31,7 +31,7 @@ struct Args {
     int resume = 0, threads = 0, generate = 0, top_k = 0, tf32 = 0, compare_cpu = 0;
     uint64_t seed = 1337;
     float lr = 1e-3f, final_frac = 0.1f, weight_decay = 0.1f, check_tol = 1e-5f, temperature = 1.0f;
-    bool variant_given = false;
+    bool variant_given = false, T_given = false;
 };
 
 static void usage() {
@@ -83,7 +83,11 @@ static void usage() {
         "      --check-tol X        largest allowed max|diff| / max|expected| per tensor (1e-5); for a\n"
         "                           gradient, max|expected| is at least 1e-2 of the largest gradient\n"
         "      --compare-cpu 1      one step on the GPU and the CPU from the same weights (the first\n"
-        "                           training batch): per-tensor differences, exit 1 past --check-tol\n");
+        "                           training batch): per-tensor differences, exit 1 past --check-tol\n"
+        "learning the method\n"
+        "      --show-mask VARIANT  print which keys each query of one sequence of -t positions\n"
+        "                           sees (default -t 8 here; at most 64 positions, 256 rows)\n"
+        "                           and exit; needs no data, model or GPU\n");
 }
 
 static int parse_int(const char* flag, const char* s, int lo) {
@@ -123,7 +127,7 @@ static Args parse_args(int argc, char** argv) {
         else if (f == "--max-seq") a.maxT = parse_int(fl, v, 1);
         else if (f == "-r" || f == "--seed") a.seed = (uint64_t)parse_int(fl, v, 0);
         else if (f == "-b" || f == "--batch") a.B = parse_int(fl, v, 1);
-        else if (f == "-t" || f == "--seq") a.T = parse_int(fl, v, 1);
+        else if (f == "-t" || f == "--seq") { a.T = parse_int(fl, v, 1); a.T_given = true; }
         else if (f == "-d" || f == "--total-batch") a.total_batch = parse_int(fl, v, 1);
         else if (f == "-x" || f == "--steps") a.steps = parse_int(fl, v, 1);
         else if (f == "-l" || f == "--lr") a.lr = parse_float(fl, v, 0, 10);
@@ -147,8 +151,10 @@ static Args parse_args(int argc, char** argv) {
         else if (f == "--prompt-ids") a.prompt_ids = v;
         else if (f == "--temperature") a.temperature = parse_float(fl, v, 0, 100);
         else if (f == "--top-k") a.top_k = parse_int(fl, v, 0);
+        else if (f == "--show-mask") a.show_mask = v;
         else die("%s: unknown flag (see --help)", fl);
     }
+    if (!a.show_mask.empty()) return a;  // touches no device, data or model: show_mask() checks its input
     if (a.device != "auto" && a.device != "cpu" && a.device != "cuda")
         die("--device: expected auto, cpu or cuda, got '%s'", a.device.c_str());
 #ifdef PHD_GPU
@@ -524,6 +530,58 @@ static int compare_cpu(const Args& a, const Config& c, const std::vector<float>&
 }
 #endif
 
+// --show-mask: the visibility grid of one sequence of T positions, straight from phd_visible
+// (PHD.md section 4), for readers learning the method. Rows are queries, columns keys, both
+// in the logical order (position n, copy c) and labelled n.c (row labels with their dots
+// aligned; a column's label reads downwards). '#': the query sees the key. With K > 1 a space
+// separates the columns of consecutive positions. Flags other than -t are ignored.
+static int show_mask(const Args& a) {
+    Config c;
+    std::string err = parse_variant(a.show_mask.c_str(), &c);
+    if (!err.empty()) die("--show-mask: %s", err.c_str());
+    const int T = a.T_given ? a.T : 8, K = c.K;
+    const long long rows = (long long)T * K;
+    if (T > 64) die("--show-mask: T=%d positions, at most 64 can be printed (lower -t)", T);
+    if (rows > 256) die("--show-mask: T*K = %d*%d = %lld rows, at most 256 can be printed (lower -t or K)", T, K, rows);
+    const int N = (int)rows;
+    auto digits = [](int x) { int d = 1; for (; x >= 10; x /= 10) d++; return d; };
+    const int dn = digits(T - 1), dc = digits(K - 1), lw = dn + 1 + dc;
+    std::vector<std::string> grid(N);
+    long visible = 0;
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++) {
+            if (K > 1 && j > 0 && j % K == 0) grid[i] += ' ';
+            const bool v = phd_visible(c, i / K, i % K, j / K, j % K);
+            grid[i] += v ? '#' : '.';
+            visible += v;
+        }
+    auto param = [](bool used, int x) { return used ? std::to_string(x) : std::string("-"); };
+    printf("%s K=%d W=%s C=%s T=%d: %ld of %d pairs visible; # = query n.c (row) sees key m.d (column, read down)\n",
+           variant_name(c).c_str(), K,
+           param(c.variant == PHD_SWA || c.variant == PHD_CSWA, c.W).c_str(), param(c.variant == PHD_CSWA, c.C).c_str(),
+           T, visible, N * N);
+    // Column labels, one character per line: the position's digits (right-aligned, so padded
+    // at the top), a '.', the copy's digits.
+    auto digit_line = [&](int ndig, int line, bool copy) {
+        std::string s(lw + 2, ' ');
+        for (int j = 0; j < N; j++) {
+            if (K > 1 && j > 0 && j % K == 0) s += ' ';
+            const int x = copy ? j % K : j / K, place = ndig - 1 - line;
+            int p10 = 1;
+            for (int k = 0; k < place; k++) p10 *= 10;
+            s += x >= p10 || place == 0 ? (char)('0' + x / p10 % 10) : ' ';
+        }
+        printf("%s\n", s.c_str());
+    };
+    for (int l = 0; l < dn; l++) digit_line(dn, l, false);
+    std::string dots(lw + 2, ' ');
+    for (int j = 0; j < N; j++) dots += K > 1 && j > 0 && j % K == 0 ? " ." : ".";
+    printf("%s\n", dots.c_str());
+    for (int l = 0; l < dc; l++) digit_line(dc, l, true);
+    for (int i = 0; i < N; i++) printf("%*d.%-*d  %s\n", dn, i / K, dc, i % K, grid[i].c_str());  // dots aligned
+    return 0;
+}
+
 // Runs fn on the engine --device chose; training false leaves out the gradients and AdamW
 // moments (generation needs only the parameters).
 template<typename Fn>
@@ -543,6 +601,7 @@ int main(int argc, char** argv) {
     // shows up as it is printed, not when a 4 KiB block fills.
     setvbuf(stdout, nullptr, _IOLBF, 0);
     Args a = parse_args(argc, argv);
+    if (!a.show_mask.empty()) return show_mask(a);
     if (a.threads) omp_set_num_threads(a.threads);
     std::vector<float> params;
     Config c = model_config(a, &params);

@@ -170,6 +170,152 @@ TEST_CASE("bad shards and bad flags: one clear error line, non-zero exit") {
 }
 
 // ----------------------------------------------------------------------------
+// --show-mask: the visibility grid, read back from the binary's output
+
+// A grid printed by --show-mask, parsed: the legend line, the pair counts it states, and
+// every cell with its row's label and its column's label (read down the header lines above
+// the cell's character column) exactly as printed.
+struct ShownMask {
+    std::string legend;
+    long visible = -1, pairs = -1;
+    std::vector<std::string> row_labels, col_labels;
+    std::vector<std::string> cells;  // cells[row][col]: '#' or '.'
+};
+
+static ShownMask read_mask(const std::string& out, int rows) {
+    std::vector<std::string> lines;
+    std::istringstream in(out);
+    for (std::string l; std::getline(in, l);) lines.push_back(l);
+    REQUIRE(lines.size() >= (size_t)rows + 2);  // legend, at least one header line, the rows
+    ShownMask s;
+    s.legend = lines[0];
+    size_t colon = s.legend.find(": ");
+    REQUIRE(colon != std::string::npos);
+    REQUIRE(sscanf(s.legend.c_str() + colon, ": %ld of %ld pairs visible", &s.visible, &s.pairs) == 2);
+    const std::vector<std::string> header(lines.begin() + 1, lines.end() - rows), grid(lines.end() - rows, lines.end());
+    std::vector<size_t> cols;  // character columns of the cells, the same in every row
+    for (const std::string& line : grid) {
+        const size_t a = line.find_first_not_of(' '), b = line.find(' ', a);
+        REQUIRE(b != std::string::npos);
+        s.row_labels.push_back(line.substr(a, b - a));
+        std::vector<size_t> at;
+        std::string row;
+        for (size_t i = b; i < line.size(); i++) {
+            if (line[i] == ' ') continue;
+            CHECK((line[i] == '#' || line[i] == '.'));
+            at.push_back(i);
+            row += line[i];
+        }
+        if (cols.empty()) cols = at;
+        REQUIRE(at == cols);
+        s.cells.push_back(row);
+    }
+    for (size_t j = 0; j < cols.size(); j++) {
+        std::string label;
+        for (const std::string& h : header)
+            if (cols[j] < h.size() && h[cols[j]] != ' ') label += h[cols[j]];
+        s.col_labels.push_back(label);
+    }
+    for (const std::string& h : header)  // nothing in the header but the column labels
+        for (size_t i = 0; i < h.size(); i++)
+            if (h[i] != ' ') CHECK(std::find(cols.begin(), cols.end(), i) != cols.end());
+    return s;
+}
+
+static std::string label(int n, int c) { return std::to_string(n) + "." + std::to_string(c); }
+
+// Runs --show-mask (T = 0: without -t) and checks every cell against phd_visible.
+static void check_shown_mask(const char* variant, int T) {
+    Config c;
+    REQUIRE(parse_variant(variant, &c).empty());
+    std::string out;
+    int rc = run(std::string(kBin) + " --show-mask " + variant + (T ? " -t " + std::to_string(T) : ""), &out);
+    if (T == 0) T = 8;
+    const int K = c.K, N = T * K;
+    INFO(variant << " T=" << T << ":\n" << out);
+    REQUIRE(rc == 0);
+    ShownMask s = read_mask(out, N);
+    CHECK(s.legend.rfind(std::string(variant) + " ", 0) == 0);
+    CHECK(s.legend.find(" K=" + std::to_string(K) + " ") != std::string::npos);
+    CHECK(s.legend.find(" T=" + std::to_string(T) + ":") != std::string::npos);
+    const bool window = c.variant == PHD_SWA || c.variant == PHD_CSWA;
+    CHECK(s.legend.find(" W=" + (window ? std::to_string(c.W) : std::string("-")) + " ") != std::string::npos);
+    CHECK(s.legend.find(" C=" + (c.variant == PHD_CSWA ? std::to_string(c.C) : std::string("-")) + " ") != std::string::npos);
+    REQUIRE(s.col_labels.size() == (size_t)N);
+    long visible = 0, wrong = 0;
+    std::string first_wrong;
+    for (int i = 0; i < N; i++) {
+        CHECK(s.row_labels[i] == label(i / K, i % K));
+        CHECK(s.col_labels[i] == label(i / K, i % K));
+        for (int j = 0; j < N; j++) {
+            const bool v = phd_visible(c, i / K, i % K, j / K, j % K);
+            visible += v;
+            if (s.cells[i][j] != (v ? '#' : '.') && wrong++ == 0) first_wrong = label(i / K, i % K) + " -> " + label(j / K, j % K);
+        }
+    }
+    INFO("first wrong cell: query " << first_wrong);
+    CHECK(wrong == 0);
+    CHECK(s.visible == visible);
+    CHECK(s.pairs == (long)N * N);
+}
+
+TEST_CASE("--show-mask prints phd_visible's grid, labelled, cell by cell") {
+    check_shown_mask("phd-cswa-3-2-2", 4);
+    check_shown_mask("phd-cswa-2-2-2", 6);
+    check_shown_mask("phd-cswa-4-3-2", 16);   // two-digit positions
+    check_shown_mask("phd-cswa-2-16-32", 64); // the paper's model at the most positions printed
+    check_shown_mask("phd-swa-3-4", 5);
+    check_shown_mask("phd-2", 3);
+    check_shown_mask("naive-3", 4);
+    check_shown_mask("phd-12", 2);            // two-digit copies
+    check_shown_mask("phd-4", 64);            // the most rows printed, 256
+    check_shown_mask("vanilla", 1);
+    check_shown_mask("phd-swa-2-3", 0);       // no -t: 8 positions
+}
+
+TEST_CASE("--show-mask vanilla is the lower-triangular causal mask") {
+    for (int T : {5, 12}) {
+        std::string out;
+        REQUIRE(run(std::string(kBin) + " --show-mask vanilla -t " + std::to_string(T), &out) == 0);
+        INFO(out);
+        ShownMask s = read_mask(out, T);
+        CHECK(s.visible == (long)T * (T + 1) / 2);
+        for (int i = 0; i < T; i++) {
+            CHECK(s.row_labels[i] == label(i, 0));
+            CHECK(s.col_labels[i] == label(i, 0));
+            CHECK(s.cells[i] == std::string(i + 1, '#') + std::string(T - 1 - i, '.'));
+        }
+    }
+}
+
+TEST_CASE("--show-mask: bad input gets one clear error line naming the flag, exit 1") {
+    struct Case { std::string args, expect; };
+    std::vector<Case> cases = {
+        {"--show-mask bogus -t 4", "--show-mask: unknown variant 'bogus'"},
+        {"--show-mask phd-swa-2 -t 4", "--show-mask: unknown variant 'phd-swa-2'"},
+        {"--show-mask phd-0 -t 4", "--show-mask: variant 'phd-0': K must be >= 1"},
+        {"--show-mask phd-cswa-2-4-0 -t 4", "--show-mask: variant 'phd-cswa-2-4-0': C must be >= 1"},
+        {"--show-mask phd-2 -t 0", "-t: expected an integer >= 1"},
+        {"--show-mask phd-2 --seq -3", "--seq: expected an integer >= 1"},
+        {"--show-mask vanilla -t 65", "--show-mask: T=65 positions, at most 64"},
+        {"--show-mask phd-5 -t 52", "--show-mask: T*K = 52*5 = 260 rows, at most 256"},
+        {"--show-mask phd-300 -t 1", "--show-mask: T*K = 1*300 = 300 rows, at most 256"},
+        {"--show-mask", "--show-mask: missing value"},
+    };
+    std::string out;
+    for (const Case& k : cases) {
+        int rc = run(std::string(kBin) + " " + k.args, &out);
+        INFO(k.args << " -> " << out);
+        CHECK(rc == 1);
+        CHECK(out.find(k.expect) != std::string::npos);
+        CHECK(out.rfind("error: ", 0) == 0);
+        CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+    }
+    REQUIRE(run(std::string(kBin) + " --help", &out) == 0);
+    CHECK(out.find("--show-mask VARIANT") != std::string::npos);
+}
+
+// ----------------------------------------------------------------------------
 // Checkpoints, debug states, resume
 
 TEST_CASE("checkpoint round trip and rejection of corrupt files") {
