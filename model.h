@@ -124,6 +124,8 @@ PHD_HOST_DEVICE inline bool phd_visible(const Config& cfg, int n, int c, int m, 
 // hidden tokens with hidden-stream index h(m, d) in [*hid_lo, *hid_hi] (empty when lo > hi).
 // Every key inside them is visible (tests prove the intervals equal the predicate), so a
 // tile of keys holds a visible one exactly when it meets an interval of one of its queries.
+// With phd_visible, the one place that knows W and C: key enumeration, the attention
+// kernels' tile bounds and the KV caches' eviction (hidden_live_from) all derive from it.
 PHD_HOST_DEVICE inline void visible_hidden_range(const Config& cfg, int n, int c, int* hid_lo, int* hid_hi) {
     const int K = cfg.K;
     *hid_lo = 0;
@@ -144,31 +146,28 @@ PHD_HOST_DEVICE inline void visible_hidden_range(const Config& cfg, int n, int c
     }
 }
 
-// The visible keys of query (n, c) as logical indices m*K + d, in increasing order, found
-// by walking the structure (originals 0..n, the window, the own group) instead of testing
-// all K*T keys: O(visible) per query. Tests prove it equals the predicate's set.
-// keys must hold n*K + c + 1 entries. Returns the count.
+// The lowest hidden-stream index that a query at position n or later can still see. A
+// query's hidden interval only moves forward along the logical order (tests prove it), so
+// this is the interval of query (n, 1). The KV caches drop the hidden tokens below it once
+// the context holds n positions, and size their windows from it.
+PHD_HOST_DEVICE inline int hidden_live_from(const Config& cfg, int n) {
+    int lo, hi;
+    visible_hidden_range(cfg, n, cfg.K > 1 ? 1 : 0, &lo, &hi);
+    return lo;
+}
+
+// The visible keys of query (n, c) as logical indices m*K + d, in increasing order: every
+// original m <= n, with the hidden tokens of position m that fall in visible_hidden_range.
+// O(n + visible) per query. keys must hold n*K + c + 1 entries. Returns the count.
 static inline int visible_keys(const Config& cfg, int n, int c, int* keys) {
     const int K = cfg.K;
-    int count = 0;
-    if (cfg.variant == NAIVE) {
-        for (int j = 0; j <= n * K + c; j++) keys[count++] = j;
-        return count;
-    }
-    // Window: hidden tokens of earlier positions with stream index in [hlo, h(n,c)).
-    int mlo = n, hlo = 0;
-    if (c > 0 && cfg.W > 0 && (cfg.variant == PHD_SWA || cfg.variant == PHD_CSWA)) {
-        hlo = std::max(0, n * (K - 1) + c - 1 - cfg.W);
-        mlo = hlo / (K - 1);
-        if (cfg.variant == PHD_CSWA) mlo = std::max(mlo, n / cfg.C * cfg.C);
-    }
-    for (int m = 0; m < n; m++) {
+    int lo, hi, count = 0;
+    visible_hidden_range(cfg, n, c, &lo, &hi);
+    for (int m = 0; m <= n; m++) {
         keys[count++] = m * K;
-        if (m >= mlo)
-            for (int d = 1; d < K; d++)
-                if (m * (K - 1) + d - 1 >= hlo) keys[count++] = m * K + d;
+        const int h0 = m * (K - 1) - 1;  // h(m, d) = h0 + d
+        for (int d = std::max(1, lo - h0); d <= std::min(K - 1, hi - h0); d++) keys[count++] = m * K + d;
     }
-    for (int d = 0; d <= c; d++) keys[count++] = n * K + d;
     return count;
 }
 
@@ -377,45 +376,53 @@ template<typename Real> void rope_backward(Real* dqkv, const int* pos, const Con
     rope_rotate(dqkv, c.qkv_dim(), pos, N, c.H + c.Hkv, c.hd(), cosT, sinT, -1);
 }
 
+// Softmax attention of one query head over its visible keys, in the order given: o (hd) =
+// sum_t softmax_t(q . k_t / sqrt(hd)) v_t, with k_t = key(t), v_t = value(t) rows of hd.
+// p (nk) is scratch. Returns the log-sum-exp of the scaled scores, all the backward needs to
+// rebuild the probabilities. The training attention and the KV-cache decoder both use it.
+template<typename Real, typename Key, typename Value>
+Real attend_query(Real* o, Real* p, const Real* q, int nk, int hd, Key key, Value value) {
+    const Real scale = Real(1) / std::sqrt((Real)hd);
+    Real mx = -INFINITY;
+    for (int t = 0; t < nk; t++) {
+        const Real* kt = key(t);
+        Real s = 0;
+        #pragma omp simd reduction(+ : s)
+        for (int e = 0; e < hd; e++) s += q[e] * kt[e];
+        p[t] = s * scale;
+        mx = std::max(mx, p[t]);
+    }
+    Real sum = 0;
+    for (int t = 0; t < nk; t++) { p[t] = exp_fast(p[t] - mx); sum += p[t]; }
+    std::fill(o, o + hd, Real(0));
+    for (int t = 0; t < nk; t++) {
+        const Real *vt = value(t), w = p[t] / sum;
+        #pragma omp simd
+        for (int e = 0; e < hd; e++) o[e] += w * vt[e];
+    }
+    return mx + std::log(sum);
+}
+
 // Attention over the PHD mask. qkv (B, T*K, qkv_dim) with RoPE applied; o (B, T*K, H*hd);
-// lse (B, H, T*K) log-sum-exp of each query's scores, all the backward needs to rebuild
-// the probabilities. Only visible keys are ever touched.
+// lse (B, H, T*K). Only visible keys are ever touched.
 template<typename Real> void attention_forward(Real* o, Real* lse, const Real* qkv, const Config& c, int B, int T) {
     const int K = c.K, TK = T * K, hd = c.hd(), ld = c.qkv_dim(), group = c.H / c.Hkv;
-    const Real scale = Real(1) / std::sqrt((Real)hd);
     #pragma omp parallel
     {
-        std::vector<int> keys(TK);
-        std::vector<Real> p(TK);
+        std::vector<int> keys(TK);  // (TK) logical indices of the visible keys
+        std::vector<Real> p(TK);    // (TK) their probabilities
         #pragma omp for collapse(3) schedule(dynamic, 16)
         for (int b = 0; b < B; b++)
             for (int h = 0; h < c.H; h++)
                 for (int i = 0; i < TK; i++) {
                     const Real* base = qkv + (size_t)b * TK * ld;
-                    const Real* q = base + (size_t)i * ld + h * hd;
                     const Real* kbase = base + (c.H + h / group) * hd;
                     const Real* vbase = base + (c.H + c.Hkv + h / group) * hd;
-                    int nk = visible_keys(c, i / K, i % K, keys.data());
-                    Real mx = -INFINITY;
-                    for (int t = 0; t < nk; t++) {
-                        const Real* kj = kbase + (size_t)keys[t] * ld;
-                        Real s = 0;
-                        #pragma omp simd reduction(+ : s)
-                        for (int e = 0; e < hd; e++) s += q[e] * kj[e];
-                        p[t] = s * scale;
-                        mx = std::max(mx, p[t]);
-                    }
-                    Real sum = 0;
-                    for (int t = 0; t < nk; t++) { p[t] = exp_fast(p[t] - mx); sum += p[t]; }
-                    Real* oi = o + ((size_t)b * TK + i) * c.H * hd + h * hd;
-                    std::fill(oi, oi + hd, Real(0));
-                    for (int t = 0; t < nk; t++) {
-                        const Real* vj = vbase + (size_t)keys[t] * ld;
-                        Real w = p[t] / sum;
-                        #pragma omp simd
-                        for (int e = 0; e < hd; e++) oi[e] += w * vj[e];
-                    }
-                    lse[((size_t)b * c.H + h) * TK + i] = mx + std::log(sum);
+                    const int nk = visible_keys(c, i / K, i % K, keys.data());
+                    lse[((size_t)b * c.H + h) * TK + i] =
+                        attend_query(o + ((size_t)b * TK + i) * c.H * hd + h * hd, p.data(), base + (size_t)i * ld + h * hd, nk, hd,
+                                     [&](int t) { return kbase + (size_t)keys[t] * ld; },
+                                     [&](int t) { return vbase + (size_t)keys[t] * ld; });
                 }
     }
 }
@@ -611,6 +618,48 @@ template<typename Real> struct Model : Activations<Real> {
     }
 };
 
+// One layer's forward over N rows: x_next (N, D) = layer(a.x), which may be a.x itself (the
+// decoder works in place). pos (N): the rows' positions, for RoPE. attend() fills a.o from
+// a.qkv: the training attention in model_forward, the KV-cache attention in decode.h.
+// kernels/gpu_model.cuh's GpuModel::layer_forward is the same body on the GPU.
+template<typename Real, typename Attend>
+void layer_forward(const Model<Real>& M, const LayerActs<Real>& a, const LayerView<Real>& w, Real* x_next, int N, const int* pos,
+                   Attend attend) {
+    const Config& c = M.cfg;
+    const int D = c.D;
+    rmsnorm_forward(a.a, a.rstd_a, a.x, w.g_attn, N, D);
+    matmul_forward(a.qkv, a.a, w.wqkv, N, D, c.qkv_dim());
+    rope_forward(a.qkv, pos, c, N, M.rope_cos.data(), M.rope_sin.data());
+    attend();
+    matmul_forward(a.xm, a.o, w.wo, N, c.H * c.hd(), D);
+    for (size_t i = 0; i < (size_t)N * D; i++) a.xm[i] += a.x[i];
+    rmsnorm_forward(a.f, a.rstd_f, a.xm, w.g_ffn, N, D);
+    matmul_forward(a.h13, a.f, w.w13, N, D, 2 * c.F);
+    swiglu_forward(a.g, a.h13, N, c.F);
+    matmul_forward(x_next, a.g, w.w2, N, c.F, D);
+    for (size_t i = 0; i < (size_t)N * D; i++) x_next[i] += a.xm[i];
+}
+// Its backward over the B*T*K rows of the last forward: M.dx (N, D), the gradient of x_next
+// on entry, becomes that of a.x; gradients are added into gw. GpuModel::layer_backward on the GPU.
+template<typename Real>
+void layer_backward(Model<Real>& M, const LayerActs<Real>& a, const LayerView<Real>& w, const LayerView<Real>& gw) {
+    const Config& c = M.cfg;
+    const int N = M.B * M.T * c.K, D = c.D;
+    // x_next = xm + swiglu(f) w2^T
+    matmul_backward(M.dtmp, gw.w2, M.dx, a.g, w.w2, N, c.F, D);
+    swiglu_backward(M.dh13, M.dtmp, a.h13, N, c.F);
+    matmul_backward(M.dtmp, gw.w13, M.dh13, a.f, w.w13, N, D, 2 * c.F);
+    rmsnorm_backward(M.dtmp, gw.g_ffn, M.dtmp, a.xm, w.g_ffn, a.rstd_f, N, D);
+    for (size_t i = 0; i < (size_t)N * D; i++) M.dx[i] += M.dtmp[i];
+    // xm = x + attention(rope(a wqkv^T)) wo^T
+    matmul_backward(M.dtmp, gw.wo, M.dx, a.o, w.wo, N, c.H * c.hd(), D);
+    attention_backward(M.dqkv, M.dtmp, a.qkv, a.o, a.lse, c, M.B, M.T);
+    rope_backward(M.dqkv, M.pos.data(), c, N, M.rope_cos.data(), M.rope_sin.data());
+    matmul_backward(M.dtmp, gw.wqkv, M.dqkv, a.a, w.wqkv, N, D, c.qkv_dim());
+    rmsnorm_backward(M.dtmp, gw.g_attn, M.dtmp, a.x, w.g_attn, a.rstd_a, N, D);
+    for (size_t i = 0; i < (size_t)N * D; i++) M.dx[i] += M.dtmp[i];
+}
+
 // Forward over tokens (B, T). Returns the mean last-copy loss if targets is given (else 0,
 // and only the logits are computed).
 template<typename Real> Real model_forward(Model<Real>& M, const int* tokens, const int* targets, int B, int T) {
@@ -622,20 +671,9 @@ template<typename Real> Real model_forward(Model<Real>& M, const int* tokens, co
 
     embedding_forward(M.layer[0].x, tokens, M.p.E, B, T, K, D);
     for (int l = 0; l < c.L; l++) {
-        LayerActs<Real>& a = M.layer[l];
-        const LayerView<Real>& w = M.p.layer[l];
-        Real* x_next = l + 1 < c.L ? M.layer[l + 1].x : M.xL;
-        rmsnorm_forward(a.a, a.rstd_a, a.x, w.g_attn, N, D);
-        matmul_forward(a.qkv, a.a, w.wqkv, N, D, c.qkv_dim());
-        rope_forward(a.qkv, M.pos.data(), c, N, M.rope_cos.data(), M.rope_sin.data());
-        attention_forward(a.o, a.lse, a.qkv, c, B, T);
-        matmul_forward(a.xm, a.o, w.wo, N, c.H * c.hd(), D);
-        for (size_t i = 0; i < (size_t)N * D; i++) a.xm[i] += a.x[i];
-        rmsnorm_forward(a.f, a.rstd_f, a.xm, w.g_ffn, N, D);
-        matmul_forward(a.h13, a.f, w.w13, N, D, 2 * c.F);
-        swiglu_forward(a.g, a.h13, N, c.F);
-        matmul_forward(x_next, a.g, w.w2, N, c.F, D);
-        for (size_t i = 0; i < (size_t)N * D; i++) x_next[i] += a.xm[i];
+        const LayerActs<Real>& a = M.layer[l];
+        layer_forward(M, a, M.p.layer[l], l + 1 < c.L ? M.layer[l + 1].x : M.xL, N, M.pos.data(),
+                      [&] { attention_forward(a.o, a.lse, a.qkv, c, B, T); });
     }
     // Only the last copy of each position reaches the final norm and the LM head.
     for (int i = 0; i < BT; i++)
@@ -661,24 +699,7 @@ template<typename Real> void model_backward(Model<Real>& M, Real dloss) {
     for (int i = 0; i < BT; i++)
         std::copy(M.dxlast + (size_t)i * D, M.dxlast + (size_t)(i + 1) * D, M.dx + ((size_t)i * K + K - 1) * D);
 
-    for (int l = c.L - 1; l >= 0; l--) {
-        LayerActs<Real>& a = M.layer[l];
-        const LayerView<Real>& w = M.p.layer[l];
-        const LayerView<Real>& gw = M.g.layer[l];
-        // x_next = xm + swiglu(f) w2^T
-        matmul_backward(M.dtmp, gw.w2, M.dx, a.g, w.w2, N, c.F, D);
-        swiglu_backward(M.dh13, M.dtmp, a.h13, N, c.F);
-        matmul_backward(M.dtmp, gw.w13, M.dh13, a.f, w.w13, N, D, 2 * c.F);
-        rmsnorm_backward(M.dtmp, gw.g_ffn, M.dtmp, a.xm, w.g_ffn, a.rstd_f, N, D);
-        for (size_t i = 0; i < (size_t)N * D; i++) M.dx[i] += M.dtmp[i];
-        // xm = x + attention(rope(a wqkv^T)) wo^T
-        matmul_backward(M.dtmp, gw.wo, M.dx, a.o, w.wo, N, c.H * c.hd(), D);
-        attention_backward(M.dqkv, M.dtmp, a.qkv, a.o, a.lse, c, B, T);
-        rope_backward(M.dqkv, M.pos.data(), c, N, M.rope_cos.data(), M.rope_sin.data());
-        matmul_backward(M.dtmp, gw.wqkv, M.dqkv, a.a, w.wqkv, N, D, c.qkv_dim());
-        rmsnorm_backward(M.dtmp, gw.g_attn, M.dtmp, a.x, w.g_attn, a.rstd_a, N, D);
-        for (size_t i = 0; i < (size_t)N * D; i++) M.dx[i] += M.dtmp[i];
-    }
+    for (int l = c.L - 1; l >= 0; l--) layer_backward(M, M.layer[l], M.p.layer[l], M.g.layer[l]);
     embedding_backward(M.g.E, M.dx, M.tokens.data(), B, T, K, D);
 }
 

@@ -15,8 +15,7 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
     std::vector<KVLayer> cache;       // (L)
     int t = 0;                        // positions in the context so far
     long hidden_computed = 0;         // hidden-token rows computed so far (pre-fill + decode)
-    size_t window_entries = 0;        // hidden tokens a cache that evicts would hold (decode.h's window)
-    int window_chunk = -1;            // phd-cswa: the chunk those belong to
+    size_t window_entries = 0;        // live hidden tokens in the window (decode.h's hidden store)
     std::vector<float> logits;        // (Vp) last copy of the newest position
 
     // The block's activations, (rows, .) each, for up to `rows` rows (grown on demand).
@@ -30,8 +29,16 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
 
     explicit GpuDecoder(GpuModel& model) : G(model), cache(model.cfg.L), logits(model.cfg.Vp) {
         const Config& c = G.cfg;
-        const size_t kvdim = (size_t)c.Hkv * c.hd(), cap = (size_t)c.maxT * (c.variant == NAIVE ? c.K : 1);
-        const int W = (c.variant == PHD_SWA || c.variant == PHD_CSWA) ? c.W : 0;
+        // The window: as many slots as hidden tokens are ever live at once; where none ever
+        // dies (naive-K), the live ones go to kept instead and there is no window.
+        int live_max = 0;
+        bool dies = false;
+        for (int n = 1; n <= c.maxT; n++) {
+            live_max = std::max(live_max, n * (c.K - 1) - hidden_live_from(c, n));
+            dies |= hidden_live_from(c, n) > 0;
+        }
+        const int W = dies ? live_max : 0;
+        const size_t kvdim = (size_t)c.Hkv * c.hd(), cap = (size_t)c.maxT + (dies ? 0 : live_max);
         gpu_check_fits(c.L * ((cap + W) * (2 * kvdim * sizeof(float) + sizeof(int2))), "KV-cache buffers");
         for (KVLayer& L : cache) {
             L.win_slots = W;
@@ -106,7 +113,7 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
         cudaCheck(cudaMemcpy(d_tok, toks.data(), R * sizeof(int), cudaMemcpyHostToDevice));
         cudaCheck(cudaMemcpy(d_pos, ns.data(), R * sizeof(int), cudaMemcpyHostToDevice));
         cudaCheck(cudaMemcpy(d_nc, nc.data(), R * sizeof(int2), cudaMemcpyHostToDevice));
-        for (int r = b.Ro; r < R; r++) count_hidden(nc[r].x);
+        hidden_computed += R - b.Ro;
         embedding_forward(x, d_tok, G.p.E, R, D, G.stream);
         const LayerActs<float> acts{x, a, rstd, qkv, nullptr, o, xm, f, rstd, h13, g};  // one block, every layer, in place
         for (int l = 0; l < c.L; l++)
@@ -115,19 +122,11 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
                 kv_cache_append(cache[l], qkv, d_nc, b, c, G.stream);
             });
         t = ns_in.back() + 1;
+        // The live hidden tokens: the pre-fill computes every one a later query sees.
+        if (cache[0].win_slots > 0) window_entries = (size_t)t * (c.K - 1) - hidden_live_from(c, t);
         // Only the last copy of the newest position predicts: the regrouped block's last row.
         rmsnorm_forward(f, rstd, x + (size_t)(R - 1) * D, G.p.g_final, 1, D, G.stream);
         G.matmul(d_logits, f, G.p.wout, 1, D, c.Vp, false);
         cudaCheck(cudaMemcpy(logits.data(), d_logits, c.Vp * sizeof(float), cudaMemcpyDeviceToHost));
-    }
-
-    // decode.h's window rule, counted: phd-swa keeps the last W hidden tokens; phd-cswa the
-    // last W of the current chunk.
-    void count_hidden(int n) {
-        hidden_computed++;
-        if (cache[0].win_slots == 0) return;
-        if (G.cfg.variant == PHD_CSWA && n / G.cfg.C != window_chunk) window_entries = 0;
-        window_chunk = G.cfg.variant == PHD_CSWA ? n / G.cfg.C : 0;
-        window_entries = std::min<size_t>(window_entries + 1, cache[0].win_slots);
     }
 };

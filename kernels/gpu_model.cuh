@@ -98,9 +98,9 @@ struct GpuModel : Activations<float> {
         cudaCheck(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream));
     }
 
-    // One layer's forward over N rows, as in model.h: x_next = layer(a.x), which may be a.x
-    // itself. pos (N): the rows' positions, for RoPE; attend() fills a.o from a.qkv (the
-    // training attention here, the KV-cache attention in gpu_decode.cuh).
+    // One layer's forward over N rows, as layer_forward in model.h: x_next = layer(a.x), which
+    // may be a.x itself. pos (N): the rows' positions, for RoPE; attend() fills a.o from a.qkv
+    // (the training attention here, the KV-cache attention in gpu_decode.cuh).
     template<typename Attend>
     void layer_forward(const LayerActs<float>& a, const LayerView<float>& w, float* x_next, int N, const int* pos, Attend attend) {
         const Config& c = cfg;
@@ -116,6 +116,26 @@ struct GpuModel : Activations<float> {
         swiglu_forward(a.g, a.h13, N, c.F, stream);
         copy(x_next, a.xm, (size_t)N * D);
         matmul(x_next, a.g, w.w2, N, c.F, D, true);
+    }
+
+    // Its backward over the B*T*K rows of the last forward, as layer_backward in model.h: dx
+    // (N, D), the gradient of x_next on entry, becomes that of a.x; gradients add into gw.
+    void layer_backward(const LayerActs<float>& a, const LayerView<float>& w, const LayerView<float>& gw) {
+        const Config& c = cfg;
+        const int N = B * T * c.K, D = c.D;
+        // x_next = xm + swiglu(f) w2^T
+        matmul_backward(dtmp, gw.w2, dx, a.g, w.w2, N, c.F, D);
+        swiglu_backward(dh13, dtmp, a.h13, N, c.F, stream);
+        matmul_backward(dtmp, gw.w13, dh13, a.f, w.w13, N, D, 2 * c.F);
+        rmsnorm_backward(dtmp, gw.g_ffn, dtmp, a.xm, w.g_ffn, a.rstd_f, N, D, norm_scratch, stream);
+        add_inplace(dx, dtmp, (size_t)N * D, stream);
+        // xm = x + attention(rope(a wqkv^T)) wo^T
+        matmul_backward(dtmp, gw.wo, dx, a.o, w.wo, N, c.H * c.hd(), D);
+        attention_backward(dqkv, dtmp, a.qkv, a.o, a.lse, c, B, T, stream, tf32);
+        rope_backward(dqkv, d_row_pos, c, N, rope_cos, rope_sin, stream);
+        matmul_backward(dtmp, gw.wqkv, dqkv, a.a, w.wqkv, N, D, c.qkv_dim());
+        rmsnorm_backward(dtmp, gw.g_attn, dtmp, a.x, w.g_attn, a.rstd_a, N, D, norm_scratch, stream);
+        add_inplace(dx, dtmp, (size_t)N * D, stream);
     }
 
     // tokens, targets: host (B, T). Returns the mean last-copy loss (0 without targets).
@@ -149,27 +169,12 @@ struct GpuModel : Activations<float> {
     // Gradients of dloss * (mean loss) of the last forward, added into grads.
     void backward(float dloss) {
         const Config& c = cfg;
-        const int N = B * T * c.K, BT = B * T, D = c.D;
+        const int BT = B * T, D = c.D;
         crossentropy_backward(logits, lse, d_targets, dloss / BT, BT, c.V, c.Vp, stream);
         matmul_backward(dxlast, g.wout, logits, xn, p.wout, BT, D, c.Vp);
         rmsnorm_backward(dxlast, g.g_final, dxlast, xlast, p.g_final, rstd_final, BT, D, norm_scratch, stream);
         last_copy_backward(dx, dxlast, c, B, T, stream);
-        for (int l = c.L - 1; l >= 0; l--) {
-            LayerActs<float>& a = layer[l];
-            const LayerView<float>& w = p.layer[l];
-            const LayerView<float>& gw = g.layer[l];
-            matmul_backward(dtmp, gw.w2, dx, a.g, w.w2, N, c.F, D);
-            swiglu_backward(dh13, dtmp, a.h13, N, c.F, stream);
-            matmul_backward(dtmp, gw.w13, dh13, a.f, w.w13, N, D, 2 * c.F);
-            rmsnorm_backward(dtmp, gw.g_ffn, dtmp, a.xm, w.g_ffn, a.rstd_f, N, D, norm_scratch, stream);
-            add_inplace(dx, dtmp, (size_t)N * D, stream);
-            matmul_backward(dtmp, gw.wo, dx, a.o, w.wo, N, c.H * c.hd(), D);
-            attention_backward(dqkv, dtmp, a.qkv, a.o, a.lse, c, B, T, stream, tf32);
-            rope_backward(dqkv, d_row_pos, c, N, rope_cos, rope_sin, stream);
-            matmul_backward(dtmp, gw.wqkv, dqkv, a.a, w.wqkv, N, D, c.qkv_dim());
-            rmsnorm_backward(dtmp, gw.g_attn, dtmp, a.x, w.g_attn, a.rstd_a, N, D, norm_scratch, stream);
-            add_inplace(dx, dtmp, (size_t)N * D, stream);
-        }
+        for (int l = c.L - 1; l >= 0; l--) layer_backward(layer[l], p.layer[l], g.layer[l]);
         embedding_backward(g.E, dx, groups, D, stream);
     }
 

@@ -3,12 +3,14 @@
 // that moves the block into it. decode.h is the CPU version of the same steps; the tests
 // hold this one to it.
 //
-// One layer's cache (device):
-//   kept   k, v (cap, Hkv*hd), nc (cap): every original (every copy for naive-K), appended.
-//   window k, v (W, Hkv*hd), nc (W): phd-swa and phd-cswa only. The hidden token of stream
-//          index h lives in slot h % W, so the slots hold the last W hidden tokens written.
-//          A slot of an earlier chunk (cswa) or one never written (n = -1) is a candidate
-//          that phd_visible rejects: no eviction pass is needed.
+// One layer's cache (device), holding what decode.h's holds: every original, and the hidden
+// tokens at or past hidden_live_from(t) (model.h), t the positions so far:
+//   kept   k, v (cap, Hkv*hd), nc (cap): the originals, appended; with them the live hidden
+//          tokens when there is no window (naive-K: no hidden token ever dies).
+//   window k, v (W, Hkv*hd), nc (W): W = the most hidden tokens live at once (phd-swa,
+//          phd-cswa). The hidden token of stream index h lives in slot h % W, so the slots
+//          hold every live hidden token. A slot of a dead token or one never written
+//          (n = -1) is a candidate that phd_visible rejects: no eviction pass is needed.
 // A block (DecodeBlock): R rows, regrouped: Ro originals of consecutive positions n0.., then
 // the hidden tokens of consecutive stream indices h0.. (every block the decoder makes, a
 // pre-fill or a decode step, has this form).
@@ -29,10 +31,18 @@ struct KVLayer {
     float *win_k = nullptr, *win_v = nullptr;    // (W, Hkv*hd)
     int2* win_nc = nullptr;                      // (W), n = -1 when empty
     int kept = 0;                                // entries in kept
-    int win_slots = 0;                           // W for phd-swa and phd-cswa, else 0
+    int win_slots = 0;                           // W, 0 without a window
 };
 
 struct DecodeBlock { int R, Ro, n0, h0; };
+
+// The first of the block's hidden rows that a later query can still see, as a stream index:
+// the block's live hidden rows are [it, h0 + R - Ro - 1]. Every block holds the originals
+// of all its positions, so the context then has n0 + Ro positions.
+PHD_HOST_DEVICE inline int block_live_from(const DecodeBlock& b, const Config& c) {
+    const int live = hidden_live_from(c, b.n0 + b.Ro);
+    return live > b.h0 ? live : b.h0;
+}
 
 // Where candidate j of a query lies: counts of the four parts of its index space.
 struct Candidates {
@@ -157,19 +167,18 @@ static __global__ void attention_decode_combine_kernel(float* o, const float* pa
 }
 
 // grid (R), block 128: the block's keys and values enter the cache; run after every row of
-// the block has attended. Originals (every row for naive) append to kept; hidden rows go
-// to their window slot, unless a later row of the block takes the same slot.
+// the block has attended. Originals append to kept; live hidden rows go to their window
+// slot, or to kept when there is no window; dead ones nowhere.
 static __global__ void kv_cache_append_kernel(KVLayer L, const float* qkv, const int2* nc, DecodeBlock b, Config c) {
-    const int j = blockIdx.x, kvdim = c.Hkv * c.hd();
+    const int j = blockIdx.x, kvdim = c.Hkv * c.hd(), hid = b.h0 + j - b.Ro, live = block_live_from(b, c);
     const float* kr = qkv + (size_t)j * c.qkv_dim() + c.H * c.hd();
+    if (j >= b.Ro && hid < live) return;
     float *kd, *vd;
     int2* ncd;
-    if (c.variant == NAIVE || j < b.Ro) {
-        const int slot = L.kept + j;
+    if (j < b.Ro || L.win_slots == 0) {
+        const int slot = L.kept + (j < b.Ro ? j : b.Ro + hid - live);
         kd = L.kept_k + (size_t)slot * kvdim; vd = L.kept_v + (size_t)slot * kvdim; ncd = L.kept_nc + slot;
     } else {
-        const int hid = b.h0 + j - b.Ro, last = b.h0 + b.R - b.Ro - 1;
-        if (L.win_slots == 0 || hid <= last - L.win_slots) return;
         const int slot = hid % L.win_slots;
         kd = L.win_k + (size_t)slot * kvdim; vd = L.win_v + (size_t)slot * kvdim; ncd = L.win_nc + slot;
     }
@@ -202,5 +211,5 @@ inline void attention_decode(float* o, float* part, const float* qkv, const int2
 inline void kv_cache_append(KVLayer& L, const float* qkv, const int2* nc, const DecodeBlock& b, const Config& c, cudaStream_t s) {
     launch(kv_cache_append_kernel, dim3(b.R), dim3(128), 0, s, L, qkv, nc, b, c);
     cudaCheck(cudaGetLastError());
-    L.kept += c.variant == NAIVE ? b.R : b.Ro;
+    L.kept += b.Ro + (L.win_slots == 0 ? std::max(0, b.h0 + b.R - b.Ro - block_live_from(b, c)) : 0);
 }

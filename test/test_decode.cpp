@@ -7,12 +7,13 @@
 static const int kC = 5;  // chunk length of the cswa variant below; prompts cross its boundaries
 static const char* kDecodeVariants[] = {"vanilla", "phd-3", "phd-swa-3-4", "phd-cswa-3-4-5", "naive-2"};
 
-// Cache entries per layer after t positions (PHD.md section 6's table).
+// Cache entries per layer after t positions (PHD.md section 6's table). phd-cswa keeps the
+// hidden tokens of the chunk of position t, the next query's: none once t starts a chunk.
 static size_t expected_entries(const Config& c, int t) {
     switch (c.variant) {
         case NAIVE: return (size_t)c.K * t;
         case PHD_SWA: return t + std::min<size_t>(c.W, (size_t)t * (c.K - 1));
-        case PHD_CSWA: return t + std::min<size_t>(c.W, (size_t)(t - (t - 1) / c.C * c.C) * (c.K - 1));
+        case PHD_CSWA: return t + std::min<size_t>(c.W, (size_t)(t - t / c.C * c.C) * (c.K - 1));
         default: return t;
     }
 }

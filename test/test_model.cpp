@@ -84,6 +84,25 @@ TEST_CASE("visible_hidden_range: originals [0, n] plus one interval of hidden to
     }
 }
 
+TEST_CASE("hidden_live_from: no query at position >= t sees a hidden token below it, and query (t, 1) sees it") {
+    const char* variants[] = {"vanilla", "phd-2", "phd-4", "naive-3", "phd-swa-3-0", "phd-swa-3-1", "phd-swa-3-5",
+                              "phd-swa-4-16", "phd-cswa-2-3-1", "phd-cswa-3-2-2", "phd-cswa-3-5-3", "phd-cswa-4-7-4"};
+    const int T = 11;
+    for (const char* v : variants) {
+        Config c = tiny_config(v);
+        for (int t = 0; t < T; t++) {
+            const int live = hidden_live_from(c, t);
+            INFO(std::string(v) << " t " << t << " live from " << live);
+            for (int n = t; n < T; n++)
+                for (int q = 0; q < c.K; q++)
+                    for (int m = 0; m < T; m++)
+                        for (int d = 1; d < c.K; d++)
+                            if (phd_visible(c, n, q, m, d)) CHECK(m * (c.K - 1) + d - 1 >= live);
+            if (c.K > 1 && live < t * (c.K - 1)) CHECK(phd_visible(c, t, 1, live / (c.K - 1), live % (c.K - 1) + 1));
+        }
+    }
+}
+
 TEST_CASE("variant names parse, print back, and bad ones are rejected") {
     const char* good[] = {"vanilla", "phd-2", "phd-swa-3-16", "phd-cswa-2-16-32", "naive-2", "phd-swa-2-0"};
     for (const char* v : good) {
