@@ -324,6 +324,54 @@ TEST_CASE("emulation: shuffles and ballot have CUDA's lane semantics") {
     }
 }
 
+// Lane l shuffles value 100 + l with masks[l] from source lane srcs[l], in groups of width
+// lanes: divergent groups of lanes may each name only themselves in their mask.
+__global__ void shuffle_groups_kernel(int* out, const unsigned* masks, const int* srcs, int width) {
+    const int l = threadIdx.x;
+    out[l] = __shfl_sync(masks[l], 100 + l, srcs[l], width);
+}
+
+// out[l] of shuffle_groups_kernel over one warp.
+static std::vector<int> shuffle_groups(const std::vector<unsigned>& masks, const std::vector<int>& srcs, int width) {
+    DeviceBuffer<unsigned> dm(masks);
+    DeviceBuffer<int> ds(srcs), dout(std::vector<int>(32, -1));
+    launch(shuffle_groups_kernel, dim3(1), dim3(32), 0, nullptr, dout.ptr, dm.ptr, ds.ptr, width);
+    return dout.get();
+}
+
+TEST_CASE("emulation: __shfl_sync's source lane is taken modulo width, a negative one too, as in CUDA") {
+    const std::vector<unsigned> full(32, 0xffffffffu);
+    for (int width : {32, 8}) {
+        std::vector<int> srcs(32), want(32);
+        for (int l = 0; l < 32; l++) {
+            srcs[l] = -1 - l % width - (l % 3) * width;  // -1 .. -width, some a further 1 or 2 widths down
+            want[l] = 100 + l / width * width + width - 1 - l % width;  // its group's lanes reversed
+        }
+        INFO("width " << width);
+        CHECK(shuffle_groups(full, srcs, width) == want);
+    }
+}
+
+#ifndef __CUDACC__
+TEST_CASE("emulation: a shuffle whose caller is outside its mask, or that reads a lane outside it, aborts") {
+    // Two half-warps, each with its own mask, shuffle within themselves (from lane l ^ 1).
+    std::vector<unsigned> masks(32);
+    std::vector<int> srcs(32), want(32);
+    for (int l = 0; l < 32; l++) {
+        masks[l] = l < 16 ? 0x0000ffffu : 0xffff0000u;
+        srcs[l] = l ^ 1;
+        want[l] = 100 + (l ^ 1);
+    }
+    CHECK(shuffle_groups(masks, srcs, 32) == want);
+    std::vector<unsigned> outside = masks;
+    outside[3] = 0x0000fff7u;  // lane 3's mask leaves lane 3 out (lane 2 still reads it)
+    CHECK(in_child([&] { shuffle_groups(outside, srcs, 32); }) == 43);
+    std::vector<int> across = srcs;
+    across[3] = 20;  // lane 3 reads lane 20: running, but not in lane 3's mask
+    CHECK(in_child([&] { shuffle_groups(masks, across, 32); }) == 43);
+}
+#endif
+
 // One warp: d = c + a b through mma_tf32, with a (16x8), b (8x8), c (16x8) row-major in
 // global memory and the fragments taken as cuda_compat.h lays them out; and to_tf32 of x.
 __global__ void mma_kernel(const float* A, const float* B, const float* C, float* D, const float* x, float* x_tf32) {
