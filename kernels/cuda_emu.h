@@ -133,12 +133,17 @@ inline void hb_acquire(const void* a) {
 #endif
 }
 
-struct Fiber {
+// A stack one can switch to: a fiber's, or the launching thread's.
+struct Context {
     void* sp = nullptr;          // the stack pointer while switched out
-    char* stack = nullptr;       // its stack, above a guard page; kept from launch to launch
+    char* stack = nullptr;       // the stack's lowest byte (the launching thread's: as ASan last saw it)
     size_t stack_bytes = 0;
-    void* tsan = nullptr;        // ThreadSanitizer's context for the fiber
+    Relaxed<void*> tsan;         // ThreadSanitizer's context
     void* fake_stack = nullptr;  // AddressSanitizer's, while switched out
+};
+
+struct Fiber {
+    Context ctx;                 // its stack lies above a guard page, kept from launch to launch
     dim3 tid;                    // threadIdx
     int lane = 0, warp = 0;
     Relaxed<bool> done;
@@ -188,11 +193,7 @@ struct Launch {
     dim3 grid, block_dim, block_idx;
     void (*body)(void*) = nullptr;  // the kernel call
     void* body_ctx = nullptr;
-    void* main_sp = nullptr;        // the launching thread's, while a fiber runs
-    Relaxed<void*> main_tsan;
-    const void* main_stack = nullptr;
-    size_t main_stack_bytes = 0;
-    void* main_fake_stack = nullptr;
+    Context main;                   // the launching thread's, while a fiber runs
     char start_sync, end_sync;      // the launching thread -> a block's fibers -> the launching thread
     void free_fibers();
     ~Launch() { free_fibers(); }
@@ -200,37 +201,34 @@ struct Launch {
 inline Launch g_launch;
 inline Fiber& running_fiber() { return *g_launch.current; }
 
-inline void resume(Fiber& f) {
-    Launch& L = g_launch;
-    L.current = &f;
-    void* to = f.sp;  // read before ThreadSanitizer takes us to be the fiber
+// From the running context to `to`, until something switches back. Only the launching
+// thread and its fibers switch, always to each other, so the stack that switched back is the
+// launching thread's when `from` is a fiber: ASan learns it there.
+inline void switch_context(Context& from, Context& to) {
+    void* sp = to.sp;  // read before ThreadSanitizer takes us to be `to`
 #ifdef __SANITIZE_THREAD__
-    __tsan_switch_to_fiber(f.tsan, __tsan_switch_to_fiber_no_sync);
+    __tsan_switch_to_fiber(to.tsan, __tsan_switch_to_fiber_no_sync);
 #endif
 #ifdef __SANITIZE_ADDRESS__
-    __sanitizer_start_switch_fiber(&L.main_fake_stack, f.stack, f.stack_bytes);
+    __sanitizer_start_switch_fiber(&from.fake_stack, to.stack, to.stack_bytes);
 #endif
-    fiber_switch(&L.main_sp, to);
+    fiber_switch(&from.sp, sp);
 #ifdef __SANITIZE_ADDRESS__
-    __sanitizer_finish_switch_fiber(L.main_fake_stack, nullptr, nullptr);
+    const void* back;
+    size_t back_bytes;
+    __sanitizer_finish_switch_fiber(from.fake_stack, &back, &back_bytes);
+    if (&from != &g_launch.main) {
+        g_launch.main.stack = (char*)back;
+        g_launch.main.stack_bytes = back_bytes;
+    }
 #endif
+}
+inline void resume(Fiber& f) {
+    g_launch.current = &f;
+    switch_context(g_launch.main, f.ctx);
 }
 // Back to the launching thread.
-inline void yield() {
-    Launch& L = g_launch;
-    Fiber& f = running_fiber();
-    void* to = L.main_sp;
-#ifdef __SANITIZE_THREAD__
-    __tsan_switch_to_fiber(L.main_tsan, __tsan_switch_to_fiber_no_sync);
-#endif
-#ifdef __SANITIZE_ADDRESS__
-    __sanitizer_start_switch_fiber(&f.fake_stack, L.main_stack, L.main_stack_bytes);
-#endif
-    fiber_switch(&f.sp, to);
-#ifdef __SANITIZE_ADDRESS__
-    __sanitizer_finish_switch_fiber(f.fake_stack, &L.main_stack, &L.main_stack_bytes);
-#endif
-}
+inline void yield() { switch_context(running_fiber().ctx, g_launch.main); }
 
 inline void Barrier::wait() {
     const uint64_t g = generation;
@@ -255,7 +253,9 @@ inline void Barrier::leave() {
 inline void fiber_main(Fiber* f) {
     Launch& L = g_launch;
 #ifdef __SANITIZE_ADDRESS__
-    __sanitizer_finish_switch_fiber(nullptr, &L.main_stack, &L.main_stack_bytes);
+    const void* back;
+    __sanitizer_finish_switch_fiber(nullptr, &back, &L.main.stack_bytes);
+    L.main.stack = (char*)back;
 #endif
     for (;;) {
         hb_acquire(&L.start_sync);
@@ -282,20 +282,21 @@ inline Fiber* new_fiber() {
         perror("cuda_emu: a fiber's stack");
         abort();
     }
-    f->stack = (char*)m + page;
-    f->stack_bytes = kFiberStack;
+    Context& x = f->ctx;
+    x.stack = (char*)m + page;
+    x.stack_bytes = kFiberStack;
 #ifdef __SANITIZE_ADDRESS__
-    __asan_unpoison_memory_region(f->stack, f->stack_bytes);  // the shadow of an earlier mapping here
+    __asan_unpoison_memory_region(x.stack, x.stack_bytes);  // the shadow of an earlier mapping here
 #endif
 #ifdef __SANITIZE_THREAD__
-    f->tsan = __tsan_create_fiber(0);
+    x.tsan = __tsan_create_fiber(0);
 #endif
-    uint64_t* sp = (uint64_t*)(f->stack + f->stack_bytes) - 11;
+    uint64_t* sp = (uint64_t*)(x.stack + x.stack_bytes) - 11;
     uint16_t fcw;
     asm volatile("fnstcw %0" : "=m"(fcw));
     const uint64_t frame[11] = {fcw, _mm_getcsr(), 0, 0, (uint64_t)&fiber_main, (uint64_t)f, 0, 0, (uint64_t)&fiber_start, 0, 0};
     memcpy(sp, frame, sizeof frame);
-    f->sp = sp;
+    x.sp = sp;
     return f;
 }
 
@@ -303,9 +304,9 @@ inline void Launch::free_fibers() {
     const size_t page = (size_t)sysconf(_SC_PAGESIZE);
     for (Fiber* f : fibers) {
 #ifdef __SANITIZE_THREAD__
-        if (pool_pid == getpid()) __tsan_destroy_fiber(f->tsan);
+        if (pool_pid == getpid()) __tsan_destroy_fiber(f->ctx.tsan);
 #endif
-        munmap(f->stack - page, f->stack_bytes + page);
+        munmap(f->ctx.stack - page, f->ctx.stack_bytes + page);
         delete f;
     }
     fibers.clear();
@@ -344,7 +345,7 @@ inline void run_grid(dim3 grid, dim3 block, size_t shmem, void (*body)(void*), v
     }
     while ((int)L.fibers.size() < n) L.fibers.push_back(new_fiber());
 #ifdef __SANITIZE_THREAD__
-    L.main_tsan = __tsan_get_current_fiber();
+    L.main.tsan = __tsan_get_current_fiber();
 #endif
     Block blk;
     blk.dynamic.resize(shmem);

@@ -64,11 +64,13 @@ TEST_CASE("visible_keys enumerates exactly the predicate's keys, in order") {
     }
 }
 
+// Windows of 0, 1, a few and more than T hidden tokens; chunks of 1, 2, 3 and 4 positions.
+static const char* kWindowVariants[] = {"vanilla", "phd-2", "phd-4", "naive-3", "phd-swa-3-0", "phd-swa-3-1", "phd-swa-3-5",
+                                        "phd-swa-4-16", "phd-cswa-2-3-1", "phd-cswa-3-2-2", "phd-cswa-3-5-3", "phd-cswa-4-7-4"};
+
 TEST_CASE("visible_hidden_range: originals [0, n] plus one interval of hidden tokens, exactly the predicate") {
-    const char* variants[] = {"vanilla", "phd-2", "phd-4", "naive-3", "phd-swa-3-0", "phd-swa-3-1", "phd-swa-3-5",
-                              "phd-swa-4-16", "phd-cswa-2-3-1", "phd-cswa-3-2-2", "phd-cswa-3-5-3", "phd-cswa-4-7-4"};
     const int T = 11;
-    for (const char* v : variants) {
+    for (const char* v : kWindowVariants) {
         Config c = tiny_config(v);
         for (int n = 0; n < T; n++)
             for (int q = 0; q < c.K; q++) {
@@ -85,10 +87,8 @@ TEST_CASE("visible_hidden_range: originals [0, n] plus one interval of hidden to
 }
 
 TEST_CASE("hidden_live_from: no query at position >= t sees a hidden token below it, and query (t, 1) sees it") {
-    const char* variants[] = {"vanilla", "phd-2", "phd-4", "naive-3", "phd-swa-3-0", "phd-swa-3-1", "phd-swa-3-5",
-                              "phd-swa-4-16", "phd-cswa-2-3-1", "phd-cswa-3-2-2", "phd-cswa-3-5-3", "phd-cswa-4-7-4"};
     const int T = 11;
-    for (const char* v : variants) {
+    for (const char* v : kWindowVariants) {
         Config c = tiny_config(v);
         for (int t = 0; t < T; t++) {
             const int live = hidden_live_from(c, t);

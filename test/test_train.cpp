@@ -378,16 +378,30 @@ TEST_CASE("resume is bit-identical: N steps straight equal N/2, save, reload, N/
     CHECK(sa.str() == sb.str());
 }
 
+// A checkpoint NAME.ckpt of a small model of `variant` and NAME.state, the debug state of
+// its first B x T batch of `shard` (train_phd --dump-state): what the check tests start from.
+static Config dump_state(const char* variant, int B, int T, const std::string& shard, const std::string& name,
+                         std::string* ck, std::string* st) {
+    Config c = tiny_config(variant, 32, 16);
+    c.D = 32; c.F = 48;
+    std::vector<float> p(num_params(c));
+    init_params(c, p.data(), 4);
+    *ck = tmp(name + ".ckpt");
+    *st = tmp(name + ".state");
+    save_checkpoint(ck->c_str(), c, p.data());
+    std::string out;
+    const int rc = run(std::string(kBin) + " -b " + std::to_string(B) + " -t " + std::to_string(T) + " -e " + *ck + " -i " + shard +
+                           " --dump-state " + *st, &out);
+    INFO(out);
+    REQUIRE(rc == 0);
+    return c;
+}
+
 TEST_CASE("check-state: float forward/backward against a double-precision debug state") {
     std::string shard = make_shard("state.bin", 1000, 6), out;
     for (const char* v : {"vanilla", "phd-3", "phd-swa-3-2", "phd-cswa-3-2-2", "naive-2"}) {
-        Config c = tiny_config(v, 32, 16);
-        c.D = 32; c.F = 48;
-        std::vector<float> p(num_params(c));
-        init_params(c, p.data(), 4);
-        std::string ck = tmp(std::string("state_") + v + ".ckpt"), st = tmp(std::string("state_") + v + ".state");
-        save_checkpoint(ck.c_str(), c, p.data());
-        REQUIRE(run(std::string(kBin) + " -b 2 -t 16 -e " + ck + " -i " + shard + " --dump-state " + st, &out) == 0);
+        std::string ck, st;
+        const Config c = dump_state(v, 2, 16, shard, std::string("state_") + v, &ck, &st);
         int rc = run(std::string(kBin) + " -e " + ck + " --check-state " + st, &out);
         INFO(std::string(v) << ":\n" << out);
         CHECK(rc == 0);
@@ -410,13 +424,8 @@ TEST_CASE("check-state: float forward/backward against a double-precision debug 
 // over equal values and the exact gradients of wq and wk are zero; the float path leaves
 // rounding noise there, which must be measured against the state's gradient scale.
 TEST_CASE("check-state and compare-cpu: gradients that are exactly zero (naive-4, T=1)") {
-    Config c = tiny_config("naive-4", 32, 16);
-    c.D = 32; c.F = 48;
-    std::vector<float> p(num_params(c));
-    init_params(c, p.data(), 4);
-    std::string ck = tmp("zero.ckpt"), st = tmp("zero.state"), shard = make_shard("zero.bin", 1000, 6), out;
-    save_checkpoint(ck.c_str(), c, p.data());
-    REQUIRE(run(std::string(kBin) + " -b 2 -t 1 -e " + ck + " -i " + shard + " --dump-state " + st, &out) == 0);
+    std::string ck, st, shard = make_shard("zero.bin", 1000, 6), out;
+    const Config c = dump_state("naive-4", 2, 1, shard, "zero", &ck, &st);
     DebugState s = load_debug_state(st.c_str());
     const ParamTensor wq = param_tensors(c)[1 + kTensorsPerLayer + 1];
     REQUIRE(wq.name == "layer1.wq");
@@ -443,13 +452,8 @@ TEST_CASE("check-state and compare-cpu: gradients that are exactly zero (naive-4
 // A NaN or inf in the expected state (a broken reference) fails the check, as one in the
 // computed result does; std::max would drop it.
 TEST_CASE("check-state: a NaN or inf in the expected state fails") {
-    Config c = tiny_config("phd-2", 32, 16);
-    c.D = 32; c.F = 48;
-    std::vector<float> p(num_params(c));
-    init_params(c, p.data(), 4);
-    std::string ck = tmp("nanref.ckpt"), st = tmp("nanref.state"), bad = tmp("nanref-bad.state"), out;
-    save_checkpoint(ck.c_str(), c, p.data());
-    REQUIRE(run(std::string(kBin) + " -b 2 -t 8 -e " + ck + " -i " + make_shard("nanref.bin", 1000, 6) + " --dump-state " + st, &out) == 0);
+    std::string ck, st, bad = tmp("nanref-bad.state"), out;
+    const Config c = dump_state("phd-2", 2, 8, make_shard("nanref.bin", 1000, 6), "nanref", &ck, &st);
     REQUIRE(run(std::string(kBin) + " -e " + ck + " --check-state " + st, &out) == 0);
     const DebugState good = load_debug_state(st.c_str());
     const size_t w2 = param_tensors(c)[1 + kTensorsPerLayer + 8].offset;
