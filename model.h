@@ -171,6 +171,34 @@ static inline int visible_keys(const Config& cfg, int n, int c, int* keys) {
     return count;
 }
 
+// Inference (PHD.md section 6) runs in blocks of rows, on the CPU (decode.h) and the GPU
+// (kernels/gpu_decode.cuh) alike: the blocks a decoder runs, for any Dec with cfg(), t and
+// run_block(ns, cs, toks) (rows
+// (n, c) in increasing logical order, with their tokens): pre-fill of a P-token prompt as
+// one block, with originals only up to the first position whose hidden tokens are needed
+// and every copy from there on; then one block of the K copies of each new token.
+template<typename Dec> struct DecodeBlocks {
+    void prefill(const int* prompt, int P) {
+        Dec& d = static_cast<Dec&>(*this);
+        const Config& c = d.cfg();
+        int first_full = 0;
+        if (c.variant == VANILLA || c.variant == PHD) first_full = P - 1;
+        if (c.variant == PHD_CSWA) first_full = (P - 1) / c.C * c.C;
+        std::vector<int> ns, cs, toks;
+        for (int n = 0; n < P; n++)
+            for (int k = 0; k < (n < first_full ? 1 : c.K); k++) { ns.push_back(n); cs.push_back(k); toks.push_back(prompt[n]); }
+        d.run_block(ns, cs, toks);
+    }
+    // Feeds the K copies of the next token; logits then hold its last copy's prediction.
+    void step(int token) {
+        Dec& d = static_cast<Dec&>(*this);
+        const int K = d.cfg().K;
+        std::vector<int> ns(K, d.t), cs, toks(K, token);
+        for (int k = 0; k < K; k++) cs.push_back(k);
+        d.run_block(ns, cs, toks);
+    }
+};
+
 // ----------------------------------------------------------------------------
 // Parameters: one contiguous arena; the tensor list below fixes its order (it is also the
 // checkpoint order), shapes, weight decay and initialisation.

@@ -1,5 +1,5 @@
 // kernels/cuda_compat.h: the few primitives every kernel header uses, the same under nvcc
-// (real CUDA) and under g++ (kernels/cuda_emu.h runs them on the CPU).
+// (real CUDA) and under g++ (test/cuda_emu.h runs them on the CPU).
 //   launch(kernel, grid, block, shmem, stream, args...)   instead of kernel<<<...>>>(...)
 //   dynamic_shared<T>()                                    instead of extern __shared__
 //   warp_sum(v), block_reduce(v, is_max)                   reductions, result in every thread
@@ -60,7 +60,7 @@ static __device__ inline void mma_tf32(float (&d)[4], const float (&a)[4], const
                    "r"(__float_as_uint(b[0])), "r"(__float_as_uint(b[1])));
 }
 #else
-#include "cuda_emu.h"
+#include "../test/cuda_emu.h"
 #define PHD_UNROLL
 #endif
 

@@ -1,12 +1,12 @@
 // kernels/gpu_decode.cuh: KV-cache inference on the GPU, the same steps as Decoder in
-// decode.h (read that first), and the same blocks (DecodeBlocks: the pre-fill's rows, then
+// decode.h (read that first), and the same blocks (DecodeBlocks in model.h: the pre-fill's rows, then
 // the K copies of each new token). The weights, cuBLAS and the RoPE tables are a
 // GpuModel's; the block's rows are regrouped [originals | hidden] (the form
 // kernels/kv_cache.cuh needs); only the block's last row, the last copy of the newest
 // position, goes through the LM head.
 #pragma once
 #include <vector>
-#include "../decode.h"
+#include "../model.h"
 #include "gpu_model.cuh"
 #include "kv_cache.cuh"
 

@@ -1,5 +1,5 @@
 // GPU tests. Built twice from this one source: natively by nvcc (runs where a GPU exists,
-// otherwise says it skipped) and by g++ as host code on kernels/cuda_emu.h (runs in every
+// otherwise says it skipped) and by g++ as host code on test/cuda_emu.h (runs in every
 // `make test`, also under ThreadSanitizer and AddressSanitizer).
 //
 // This part tests the emulation itself with small kernels written the way production

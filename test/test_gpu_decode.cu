@@ -5,6 +5,7 @@
 // and the head count is not a multiple of anything), L = 2, V = 97.
 #include <vector>
 #include <doctest/doctest.h>
+#include "../decode.h"
 #include "../kernels/gpu_decode.cuh"
 #include "test_gpu_util.h"
 #include "test_util.h"

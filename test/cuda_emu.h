@@ -1,4 +1,4 @@
-// kernels/cuda_emu.h: CUDA on the CPU, so that every kernel is tested on machines without
+// test/cuda_emu.h: CUDA on the CPU, so that every kernel is tested on machines without
 // a GPU. Included by cuda_compat.h when the compiler is not nvcc; kernel bodies stay as
 // they are.
 //
@@ -64,7 +64,7 @@
 #include <sanitizer/asan_interface.h>
 #endif
 #ifndef __x86_64__
-#error "kernels/cuda_emu.h switches fibers with x86-64 code (fiber_switch): port it to this architecture"
+#error "test/cuda_emu.h switches fibers with x86-64 code (fiber_switch): port it to this architecture"
 #endif
 
 // Kernels live in headers: inline keeps one definition per program.
