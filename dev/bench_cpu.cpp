@@ -43,6 +43,7 @@ static StepTime time_step(const char* variant, int V, int B, int T, int steps) {
 }
 
 int main(int argc, char** argv) {
+    setvbuf(stdout, nullptr, _IOLBF, 0);  // a line at a time even into a file or pipe: a run stopped early keeps its rows
     const int steps = argc > 1 ? atoi(argv[1]) : 5, B = 4, T = 256;
     const char* variants[] = {"vanilla", "phd-2", "phd-cswa-2-16-32", "phd-cswa-3-16-32"};
     printf("L=4 D=256 H=4 F=683 V=50257 B=%d T=%d, %d OpenMP threads, best of %d steps after 1 warm-up\n", B, T,

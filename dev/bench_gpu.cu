@@ -101,7 +101,7 @@ static void report(const char* name, double err, double tol, float ms, double wo
     printf("%-28s %9.3f ms %9.1f %s  err %8.1e (tol %.0e) %s\n", name, ms, work / (ms * 1e6), unit, err, tol, ok ? "ok" : "FAILED");
 }
 
-static void kernel_lab(const Options& o) {
+static void kernel_lab(const Options& o, const std::vector<float>& params) {
     const Config c = make_config(o.lab_variant, o);
     const int B = o.B, T = o.T, TK = T * c.K, N = B * TK, BT = B * T, D = c.D, F = c.F, ld = c.qkv_dim(), od = c.H * c.hd();
     const int reps = o.tiny ? 1 : 10;
@@ -137,8 +137,6 @@ static void kernel_lab(const Options& o) {
     }
 
     // the QKV projection through cuBLAS, as GpuModel runs it
-    std::vector<float> params(num_params(c));
-    init_params(c, params.data(), 3);
     GpuModel G(c, params.data(), o.tf32 != 0);
     std::vector<float> a = random_vec<float>((size_t)N * D, 4), proj_ref((size_t)N * ld);
     const float* wqkv = params.data() + param_tensors(c)[2].offset;
@@ -270,7 +268,7 @@ static double peak_tflops(bool tf32) {
     return sms * (khz * 1e3) * (tf32 ? tensor : fp32) / 1e12;
 }
 
-static void training_steps(const Options& o) {
+static void training_steps(const Options& o, const std::vector<float>& params) {
     const double peak = peak_tflops(o.tf32 != 0);
     printf("\ntraining step (zero grads, forward, backward, grad norm, AdamW), B=%d T=%d L=%d D=%d H=%d, TF32 %s, "
            "median of %d after 1 warm-up; peak %.1f TFLOP/s (%s)\n", o.B, o.T, o.L, o.D, o.H, o.tf32 ? "on" : "off", o.steps, peak,
@@ -279,8 +277,6 @@ static void training_steps(const Options& o) {
     double base = 0;
     for (const std::string& v : o.variants) {
         const Config c = make_config(v, o);
-        std::vector<float> params(num_params(c));
-        init_params(c, params.data(), 1);
         GpuEngine E(c, params, o.tf32 != 0);
         Rng rng{2};
         std::vector<int> tok(o.B * o.T), tgt(o.B * o.T);
@@ -309,6 +305,7 @@ static void training_steps(const Options& o) {
 }
 
 int main(int argc, char** argv) {
+    setvbuf(stdout, nullptr, _IOLBF, 0);  // a line at a time even into a file or pipe: a run stopped early keeps its lines
     Options o;
     for (int i = 1; i < argc; i++) {
         std::string f = argv[i];
@@ -332,9 +329,14 @@ int main(int argc, char** argv) {
     if (o.variants.empty()) o.variants = {"vanilla", "phd-2", "phd-cswa-2-16-32", "phd-cswa-3-16-32"};
     std::string why;
     if (!gpu_available(&why)) die("bench_gpu: no CUDA device (%s)", why.c_str());
-    kernel_lab(o);
+    // One set of weights for the lab and every variant's steps (they do not depend on the
+    // variant): initialising GPT-2-small's on the host takes seconds.
+    const Config shape = make_config(o.lab_variant, o);
+    std::vector<float> params(num_params(shape));
+    init_params(shape, params.data(), 1);
+    kernel_lab(o, params);
     attention_vs_pairs(o);
-    training_steps(o);
+    training_steps(o, params);
     printf("lab: %d passed, %d failed\n", g_passed, g_failed);
     return g_failed ? 1 : 0;
 }

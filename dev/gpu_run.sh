@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
-# What a session lent a GPU runs first: the native GPU tests, the benchmarks and the main
-# training job, each step even when an earlier one failed, every log kept.
+# What a session lent a GPU runs first, in one call on a fresh machine: the native GPU
+# tests, the benchmarks and the main training job, each step even when an earlier one
+# failed, every log kept, the whole within 8 minutes.
 #
 # The GPU machine has nvcc but no network, no doctest and no corpora. So first, here:
 #   dev/gpu_run.sh stage      doctest's header into .deps/ and the KJV shards into
 #                             data/shards/ (both ignored by git: carry them)
-# then on the GPU machine, carrying .deps and data/shards, within one call's 10 minutes:
-#   dev/gpu_run.sh [build] [tests] [bench] [train]     (no step named: all four)
-# build: nvidia-smi and every GPU binary (make -j); tests: make test-gpu; bench: make
-# bench-gpu (kernel lab, fp32 and TF32, then the decode benchmark); train: make train.
-# Each step's output goes to $OUT/STEP.log (build/gpu-run/ without $OUT) and its last
-# lines to the screen; the last lines printed are each step's exit status and seconds.
+# then on the GPU machine, carrying .deps and data/shards:
+#   dev/gpu_run.sh [STEP]...  (no step named: all of them, in this order)
+# build         nvidia-smi and every GPU binary (make -j), for sm_90 only unless NVCC_ARCH is set
+# tests         make test-gpu
+# bench_fp32    build/bench_gpu: the kernel lab and training steps, fp32
+# bench_tf32    the same with --tf32 1
+# bench_decode  build/bench_decode_gpu: KV-cache inference at GPT-2-small size, P=2048
+# train         make train
+# bench names the three bench steps: make bench-gpu's commands, each under its own limit.
+# Each step runs under its own time limit (timeout; the limits below add up to 7.5 minutes,
+# from the H200 run's times: build 2-3 min, tests 30 s, each bench_gpu ~60 s, train 10 s),
+# so that a hanging step costs only its own time. Its output, line-buffered, goes to
+# $OUT/STEP.log (build/gpu-run/ without $OUT) after a timestamped header naming the limit,
+# and its last lines to the screen; the last lines printed are each step's exit status,
+# seconds and limit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,24 +34,42 @@ if [ "${1:-}" = stage ]; then
     exit 0
 fi
 
+# H100 and H200 are sm_90: building for it alone skips the Makefile's sm_80 pass.
+export NVCC_ARCH=${NVCC_ARCH:--gencode arch=compute_90,code=sm_90}
 out=${OUT:-build/gpu-run}
 mkdir -p "$out"
-steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(build tests bench train)
+# Each step's time limit in seconds and its command.
+plan() {
+    case $1 in
+        build) limit=200 cmd="nvidia-smi; make -j\$(nproc) train_phd build/test_gpu_native build/bench_gpu build/bench_decode_gpu" ;;
+        tests) limit=40 cmd="make test-gpu" ;;
+        bench_fp32) limit=70 cmd="./build/bench_gpu" ;;
+        bench_tf32) limit=60 cmd="./build/bench_gpu --tf32 1" ;;
+        bench_decode) limit=60 cmd="./build/bench_decode_gpu --device cuda -P 2048 --layers 12 --dim 768 --heads 12" ;;
+        train) limit=20 cmd="make train" ;;
+        *) return 1 ;;
+    esac
+}
+[ $# -gt 0 ] || set -- build tests bench train
+steps=()
+for step in "$@"; do
+    if [ "$step" = bench ]; then steps+=(bench_fp32 bench_tf32 bench_decode); continue; fi
+    plan "$step" || { echo "gpu_run: unknown step '$step' (build, tests, bench_fp32, bench_tf32, bench_decode, bench, train, or stage)" >&2; exit 2; }
+    steps+=("$step")
+done
+start=$(date +%s)
 summary=()
 for step in "${steps[@]}"; do
-    case $step in
-        build) cmd="nvidia-smi && make -j\$(nproc) train_phd build/test_gpu_native build/bench_gpu build/bench_decode_gpu" ;;
-        tests) cmd="make test-gpu" ;;
-        bench) cmd="make bench-gpu" ;;
-        train) cmd="make train" ;;
-        *) echo "gpu_run: unknown step '$step' (build, tests, bench, train, or stage)" >&2; exit 2 ;;
-    esac
-    echo "== $step: $cmd"
+    plan "$step"
+    log=$out/$step.log
+    echo "== $(date +%T) $step (limit ${limit}s): $cmd" | tee "$log"
     t0=$(date +%s)
-    bash -c "$cmd" > "$out/$step.log" 2>&1
+    # stdbuf: programs that do not set their own buffering still write their lines as they go
+    timeout -k 2 "$limit" stdbuf -oL -eL bash -c "$cmd" >> "$log" 2>&1
     rc=$?
-    tail -n 25 "$out/$step.log"
-    summary+=("$step: exit $rc in $(($(date +%s) - t0)) s ($out/$step.log)")
+    tail -n +2 "$log" | tail -n 20
+    status="exit $rc"
+    if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then status="TIMED OUT"; fi
+    summary+=("$step: $status in $(($(date +%s) - t0)) s (limit ${limit} s, $log)")
 done
-printf 'gpu_run: %s\n' "${summary[@]}"
+printf 'gpu_run: %s\n' "${summary[@]}" "total $(($(date +%s) - start)) s"
