@@ -99,7 +99,7 @@ template<typename Real> struct Decoder : DecodeBlocks<Decoder<Real>> {
                 }
                 KVStore<Real>& hid = hidden[l];  // in stream order: the dead ones come first
                 int dead = 0;
-                while (dead < (int)hid.size() && hid.n[dead] * (c.K - 1) + hid.c[dead] - 1 < live) dead++;
+                while (dead < (int)hid.size() && hidden_index(c, hid.n[dead], hid.c[dead]) < live) dead++;
                 hid.pop_front(dead, kvdim);
             });
         // Only the last copy of the newest position predicts (the block's last row).

@@ -108,6 +108,10 @@ static inline std::string config_error(const Config& c) {
 // ----------------------------------------------------------------------------
 // Visibility (PHD.md section 4): the one predicate. Query (n, c), key (m, d).
 
+// The hidden-stream index h(n, c) of hidden token (n, c), c >= 1: the hidden tokens of all
+// positions in logical order, K-1 per position.
+PHD_HOST_DEVICE inline int hidden_index(const Config& cfg, int n, int c) { return n * (cfg.K - 1) + c - 1; }
+
 PHD_HOST_DEVICE inline bool phd_visible(const Config& cfg, int n, int c, int m, int d) {
     const int K = cfg.K;
     if (cfg.variant == NAIVE) return m * K + d <= n * K + c;   // causal over the logical order
@@ -115,7 +119,7 @@ PHD_HOST_DEVICE inline bool phd_visible(const Config& cfg, int n, int c, int m, 
     if (c == 0) return false;                                   // rule 2: originals never see hidden
     if (m == n) return d <= c;                                  // rule 3: causal inside the group
     if (cfg.variant != PHD_SWA && cfg.variant != PHD_CSWA) return false;
-    long gap = (long)(n * (K - 1) + c - 1) - (long)(m * (K - 1) + d - 1);  // h(n,c) - h(m,d)
+    long gap = (long)hidden_index(cfg, n, c) - hidden_index(cfg, m, d);
     if (gap <= 0 || gap > cfg.W) return false;
     return cfg.variant == PHD_SWA || m / cfg.C == n / cfg.C;
 }
@@ -132,11 +136,11 @@ PHD_HOST_DEVICE inline void visible_hidden_range(const Config& cfg, int n, int c
     *hid_hi = -1;
     if (K == 1) return;
     if (cfg.variant == NAIVE) {           // every earlier hidden token (and the own group)
-        *hid_hi = c == 0 ? n * (K - 1) - 1 : n * (K - 1) + c - 1;
+        *hid_hi = hidden_index(cfg, n, c);  // c = 0: the last hidden token of position n-1
         return;
     }
     if (c == 0) return;                    // originals never see hidden tokens
-    const int hq = n * (K - 1) + c - 1, group_lo = n * (K - 1);
+    const int hq = hidden_index(cfg, n, c), group_lo = hidden_index(cfg, n, 1);
     *hid_hi = hq;
     *hid_lo = group_lo;                    // phd: the own group only
     if (cfg.variant == PHD_SWA || cfg.variant == PHD_CSWA) {
@@ -165,7 +169,7 @@ static inline int visible_keys(const Config& cfg, int n, int c, int* keys) {
     visible_hidden_range(cfg, n, c, &lo, &hi);
     for (int m = 0; m <= n; m++) {
         keys[count++] = m * K;
-        const int h0 = m * (K - 1) - 1;  // h(m, d) = h0 + d
+        const int h0 = hidden_index(cfg, m, 0);  // h(m, d) = h0 + d
         for (int d = std::max(1, lo - h0); d <= std::min(K - 1, hi - h0); d++) keys[count++] = m * K + d;
     }
     return count;

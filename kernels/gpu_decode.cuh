@@ -105,9 +105,9 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
         const int R = (int)ns.size(), D = c.D;
         DecodeBlock b{R, 0, ns[0], 0};
         while (b.Ro < R && nc[b.Ro].y == 0) b.Ro++;
-        if (b.Ro < R) b.h0 = nc[b.Ro].x * (c.K - 1) + nc[b.Ro].y - 1;
+        if (b.Ro < R) b.h0 = hidden_index(c, nc[b.Ro].x, nc[b.Ro].y);
         for (int r = 0; r < R; r++)  // the form kv_cache.cuh relies on
-            if ((r < b.Ro && nc[r].x != b.n0 + r) || (r >= b.Ro && nc[r].x * (c.K - 1) + nc[r].y - 1 != b.h0 + r - b.Ro))
+            if ((r < b.Ro && nc[r].x != b.n0 + r) || (r >= b.Ro && hidden_index(c, nc[r].x, nc[r].y) != b.h0 + r - b.Ro))
                 die("GpuDecoder: block row %d (%d, %d) breaks the regrouped form", r, nc[r].x, nc[r].y);
         reserve(R);
         cudaCheck(cudaMemcpy(d_tok, toks.data(), R * sizeof(int), cudaMemcpyHostToDevice));

@@ -9,9 +9,10 @@ set -u
 cd "$(dirname "$0")/.."
 logs=build/test-logs
 rm -rf "$logs" && mkdir -p "$logs"
-jobs=${TEST_JOBS:-$(nproc 2>/dev/null || echo 2)}
+cores=$(nproc 2>/dev/null || echo 2)
+jobs=${TEST_JOBS:-$cores}
 # Suites run side by side: give each OpenMP suite its share of the cores, not all of them.
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc 2>/dev/null || echo 2) / jobs > 0 ? $(nproc 2>/dev/null || echo 2) / jobs : 1 ))}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( cores / jobs > 0 ? cores / jobs : 1 ))}
 
 names=() kinds=() limits=() cmds=() skips=()
 # suite NAME KIND LIMIT_S SKIP_REASON CMD...: KIND is "run" (the command's last summary
