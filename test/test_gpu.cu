@@ -260,6 +260,21 @@ __global__ void half_warp_kernel(int* out, int offset) {
     out[16 + lane] = (int)__ballot_sync(0xffffffffu, 1);
 }
 
+// Warp 0 and lane 63 wait at __syncthreads, lanes 32..62 at a __syncwarp that needs lane 63:
+// neither barrier can complete (a GPU would hang); with `hang` false both are the same barrier.
+__global__ void stuck_kernel(int* out, bool hang) {
+    if (hang && threadIdx.x >= 32 && threadIdx.x < 63) __syncwarp();
+    else __syncthreads();
+    out[threadIdx.x] = 1;
+}
+
+TEST_CASE("emulation: threads that all wait at barriers that cannot complete abort instead of hanging") {
+    DeviceBuffer<int> d(std::vector<int>(64, 0));
+    launch(stuck_kernel, dim3(1), dim3(64), 0, nullptr, d.ptr, false);
+    CHECK(d.get() == std::vector<int>(64, 1));
+    CHECK(in_child([&] { launch(stuck_kernel, dim3(1), dim3(64), 0, nullptr, d.ptr, true); }) == 43);
+}
+
 TEST_CASE("emulation: a warp primitive reading a lane that has returned aborts, as CUDA leaves it undefined") {
     DeviceBuffer<int> d(std::vector<int>(32, -1));
     launch(half_warp_kernel, dim3(1), dim3(32), 0, nullptr, d.ptr, 8);
