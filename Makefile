@@ -8,7 +8,7 @@ NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2
 # sm_90 (H100/H200) and sm_80 (A100)
 NVCC_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 NVCCFLAGS ?= -O3 -std=c++17 $(NVCC_ARCH)
-HEADERS  := $(wildcard *.h kernels/*.h kernels/*.cuh data/*.h) test/cuda_emu.h test/cuda_emu_cublas.h
+HEADERS  := $(wildcard *.h cpu/*.h common/*.h kernels/*.h kernels/*.cuh data/*.h) test/cuda_emu.h test/cuda_emu_cublas.h
 # GPT-2 text prompts in train_phd need PCRE2 (data/setup.sh installs it); built without otherwise.
 PCRE2_FLAGS := $(if $(wildcard /usr/include/pcre2.h),-DPHD_PCRE2)
 PCRE2_LIBS  := $(if $(wildcard /usr/include/pcre2.h),-lpcre2-8)
@@ -70,7 +70,7 @@ DOCTEST_INC := $(if $(wildcard /usr/include/doctest/doctest.h),,$(if $(wildcard 
 GPU_TESTS := build/test_gpu_emu build/test_gpu_tsan build/test_gpu_asan $(if $(NVCC),build/test_gpu_native)
 
 # The data pipeline (GPT-2 BPE needs PCRE2 and nlohmann-json: data/setup.sh installs them).
-DATA_HDR := $(wildcard data/*.h) dataloader.h utils.h
+DATA_HDR := $(wildcard data/*.h) common/utils.h
 build/prepare: data/prepare.cpp $(DATA_HDR)
 	@mkdir -p build && rm -f $@
 	$(CXX) $(HOSTFLAGS) $< -o $@ -lpcre2-8

@@ -25,8 +25,8 @@
 #include <cstdio>
 #include <string>
 #include <vector>
-#include "gemm.h"
-#include "utils.h"
+#include "cpu/gemm.h"
+#include "common/utils.h"
 
 // Functions that CUDA kernels call too (the predicate, the config's derived sizes).
 #ifdef __CUDACC__
@@ -175,7 +175,7 @@ static inline int visible_keys(const Config& cfg, int n, int c, int* keys) {
     return count;
 }
 
-// Inference (PHD.md section 6) runs in blocks of rows, on the CPU (decode.h) and the GPU
+// Inference (PHD.md section 6) runs in blocks of rows, on the CPU (cpu/decode.h) and the GPU
 // (kernels/gpu_decode.cuh) alike: the blocks a decoder runs, for any Dec with cfg(), t and
 // run_block(ns, cs, toks) (rows
 // (n, c) in increasing logical order, with their tokens): pre-fill of a P-token prompt as
@@ -652,7 +652,7 @@ template<typename Real> struct Model : Activations<Real> {
 
 // One layer's forward over N rows: x_next (N, D) = layer(a.x), which may be a.x itself (the
 // decoder works in place). pos (N): the rows' positions, for RoPE. attend() fills a.o from
-// a.qkv: the training attention in model_forward, the KV-cache attention in decode.h.
+// a.qkv: the training attention in model_forward, the KV-cache attention in cpu/decode.h.
 // kernels/gpu_model.cuh's GpuModel::layer_forward is the same body on the GPU.
 template<typename Real, typename Attend>
 void layer_forward(const Model<Real>& M, const LayerActs<Real>& a, const LayerView<Real>& w, Real* x_next, int N, const int* pos,

@@ -4,22 +4,22 @@
 //   for each micro-batch: tokens (B, T) -> forward (every token fed K times, loss on the
 //   last copy) -> backward (gradients added up, scaled by 1/micro-batches); then the global
 //   gradient norm, clipping to 1.0, the learning-rate schedule, AdamW.
-// The step runs on an engine (engine.h): the CPU model, or the GPU model when built by
+// The step runs on an engine (common/engine.h): the CPU model, or the GPU model when built by
 // nvcc (or by g++ with PHD_EMULATE_GPU, the CUDA emulation the tests use).
 #include <omp.h>
 #include <chrono>
 #include <string>
 #include <vector>
-#include "checkpoint.h"
+#include "common/checkpoint.h"
 #include "data/tokenizer.h"
 #ifdef PHD_PCRE2
 #include "data/bpe.h"  // GPT-2 text prompts
 #endif
-#include "dataloader.h"
-#include "decode.h"
-#include "engine.h"
+#include "data/dataloader.h"
+#include "cpu/decode.h"
+#include "common/engine.h"
 #include "model.h"
-#include "utils.h"
+#include "common/utils.h"
 
 struct Args {
     std::string train_pattern, val_pattern, out_dir = "out", init, device = "auto";
@@ -307,7 +307,7 @@ template<typename Engine> static float validate(Engine& E, DataLoader& val, int 
     return (float)(sum / steps);
 }
 
-// Samples n tokens after the prompt with a KV-cache decoder (decode.h's on the CPU,
+// Samples n tokens after the prompt with a KV-cache decoder (cpu/decode.h's on the CPU,
 // kernels/gpu_decode.cuh's on the GPU); on_token(id) sees each one.
 template<typename Dec, typename OnToken>
 static void sample(Dec& dec, int V, const std::vector<int>& prompt, int n, float temperature, int top_k, Rng& rng, OnToken on_token) {

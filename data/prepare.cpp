@@ -10,7 +10,7 @@
 // Output: DIR/NAME_val_000000.bin, DIR/NAME_train_000000.bin, ... (each at most
 // --shard-tokens tokens) and DIR/tokenizer.bin. Every file is written to .tmp and renamed.
 #include <memory>
-#include "../dataloader.h"
+#include "dataloader.h"
 #include "bpe.h"
 #include "gpt2_files.h"
 

@@ -10,7 +10,7 @@
 #pragma once
 #include <string>
 #include <vector>
-#include "../utils.h"
+#include "../common/utils.h"
 
 static constexpr int kTokenizerMagic = 20261127;
 

@@ -4,7 +4,7 @@
 // KV-cache bytes per sequence. Every time is the best of --reps runs, and each row has its
 // own vanilla measurement: the development machine's neighbours add noise to single runs
 // and its speed drifts. The K=1 row (each variant at K=1 computes what vanilla does) shows
-// what noise is left. The same code drives decode.h's CPU decoder and, in the nvcc build,
+// what noise is left. The same code drives cpu/decode.h's CPU decoder and, in the nvcc build,
 // kernels/gpu_decode.cuh's GPU decoder.
 //
 // The weights are initialised once (they do not depend on the variant or K) and each model
@@ -20,7 +20,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
-#include "../engine.h"
+#include "../common/engine.h"
 
 static double now_ms() {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();

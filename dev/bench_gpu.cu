@@ -29,7 +29,7 @@
 #include <algorithm>
 #include <chrono>
 #include <string>
-#include "../engine.h"
+#include "../common/engine.h"
 #include "../test/tensor_util.h"
 #include "../test/test_gpu_util.h"
 

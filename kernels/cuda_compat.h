@@ -16,7 +16,7 @@
 //   b (8 x 8):      b[0] (t, g)   b[1] (t + 4, g)
 //   d (16 x 8):     d[0] (g, 2t)  d[1] (g, 2t + 1)  d[2] (g + 8, 2t)  d[3] (g + 8, 2t + 1)
 #pragma once
-#include "../utils.h"
+#include "../common/utils.h"
 
 #ifdef __CUDACC__
 #include <cublas_v2.h>

@@ -1,5 +1,5 @@
 // kernels/gpu_decode.cuh: KV-cache inference on the GPU, the same steps as Decoder in
-// decode.h (read that first), and the same blocks (DecodeBlocks in model.h: the pre-fill's rows, then
+// cpu/decode.h (read that first), and the same blocks (DecodeBlocks in model.h: the pre-fill's rows, then
 // the K copies of each new token). The weights, cuBLAS and the RoPE tables are a
 // GpuModel's; the block's rows are regrouped [originals | hidden] (the form
 // kernels/kv_cache.cuh needs); only the block's last row, the last copy of the newest
@@ -15,7 +15,7 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
     std::vector<KVLayer> cache;       // (L)
     int t = 0;                        // positions in the context so far
     long hidden_computed = 0;         // hidden-token rows computed so far (pre-fill + decode)
-    size_t window_entries = 0;        // live hidden tokens in the window (decode.h's hidden store)
+    size_t window_entries = 0;        // live hidden tokens in the window (cpu/decode.h's hidden store)
     std::vector<float> logits;        // (Vp) last copy of the newest position
 
     // The block's activations, (rows, .) each, for up to `rows` rows (grown on demand).
@@ -85,14 +85,14 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
         cudaCheck(cudaMalloc(&d_nc, R * sizeof(int2)));
     }
 
-    // Cache entries per layer (the same in every layer), as decode.h counts them: what an
+    // Cache entries per layer (the same in every layer), as cpu/decode.h counts them: what an
     // evicting cache holds. The device keeps W window slots whatever the count.
     size_t cache_entries() const { return cache[0].kept + window_entries; }
     size_t cache_bytes() const { return cache_entries() * 2 * G.cfg.Hkv * G.cfg.hd() * sizeof(float) * G.cfg.L; }
 
     const Config& cfg() const { return G.cfg; }
 
-    // Rows (n, c) in increasing logical order, as decode.h's run_block takes them.
+    // Rows (n, c) in increasing logical order, as cpu/decode.h's run_block takes them.
     void run_block(const std::vector<int>& ns_in, const std::vector<int>& cs_in, const std::vector<int>& toks_in) {
         const Config& c = G.cfg;
         if (ns_in.back() >= c.maxT) die("context of %d tokens exceeds the model's max sequence length %d", ns_in.back() + 1, c.maxT);

@@ -1,9 +1,9 @@
 // kernels/kv_cache.cuh: the PHD KV cache on the GPU (PHD.md section 6): one layer's cache,
 // the attention of a block of new rows against it and against themselves, and the append
-// that moves the block into it. decode.h is the CPU version of the same steps; the tests
+// that moves the block into it. cpu/decode.h is the CPU version of the same steps; the tests
 // hold this one to it.
 //
-// One layer's cache (device), holding what decode.h's holds: every original, and the hidden
+// One layer's cache (device), holding what cpu/decode.h's holds: every original, and the hidden
 // tokens at or past hidden_live_from(t) (model.h), t the positions so far:
 //   kept   k, v (cap, Hkv*hd), nc (cap): the originals, appended; with them the live hidden
 //          tokens when there is no window (naive-K: no hidden token ever dies).

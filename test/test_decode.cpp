@@ -1,7 +1,7 @@
 // KV-cache inference: pre-fill + decode steps reproduce the training forward's last-copy
 // logits for every variant, with the cache sizes of PHD.md section 6 and only the hidden
 // tokens each variant needs; sampling draws from the softmax of the top k at temperature T.
-#include "../decode.h"
+#include "../cpu/decode.h"
 #include "test_util.h"
 
 static const int kC = 5;  // chunk length of the cswa variant below; prompts cross its boundaries

@@ -1,11 +1,11 @@
-// KV-cache inference on the GPU (kernels/gpu_decode.cuh) against the CPU decoder (decode.h),
+// KV-cache inference on the GPU (kernels/gpu_decode.cuh) against the CPU decoder (cpu/decode.h),
 // which test_decode.cpp holds to the full training forward. Built into the GPU test
 // binaries: emulated on the CPU in every `make test`, natively where a GPU exists.
 // Shape: D = 160, H = 2, Hkv = 1 (hd = 80: the kernel's second pass over output dims runs,
 // and the head count is not a multiple of anything), L = 2, V = 97.
 #include <vector>
 #include <doctest/doctest.h>
-#include "../decode.h"
+#include "../cpu/decode.h"
 #include "../kernels/gpu_decode.cuh"
 #include "test_gpu_util.h"
 #include "test_util.h"

@@ -5,8 +5,8 @@
 #include <cstdio>
 #include <fstream>
 #include <sstream>
-#include "../checkpoint.h"
-#include "../dataloader.h"
+#include "../common/checkpoint.h"
+#include "../data/dataloader.h"
 #include "test_util.h"
 
 static const char* kBin = "./train_phd";

@@ -1,4 +1,4 @@
-// checkpoint.h: the three binary files the engine writes, all little-endian, each a header
+// common/checkpoint.h: the three binary files the engine writes, all little-endian, each a header
 // of 256 int32 followed by raw arrays. Every file is written to PATH.tmp and renamed.
 //
 // Config block, header[2..15] of all three files:
@@ -17,7 +17,7 @@
 //   loss (P float32, parameter order).
 #pragma once
 #include <vector>
-#include "model.h"
+#include "../model.h"
 
 static constexpr int kCkptMagic = 20261124, kStateMagic = 20261125, kDebugMagic = 20261126, kFormatVersion = 1;
 

@@ -1,4 +1,4 @@
-// utils.h: checked wrappers for every fallible C library call, and the one way the
+// common/utils.h: checked wrappers for every fallible C library call, and the one way the
 // engine reports a fatal error: a single line naming the file or flag, then exit(1).
 #pragma once
 #include <cerrno>

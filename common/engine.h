@@ -1,11 +1,11 @@
-// engine.h: where a training step runs. CpuEngine wraps the CPU model of model.h;
+// common/engine.h: where a training step runs. CpuEngine wraps the CPU model of model.h;
 // GpuEngine (built by nvcc, or by g++ over the CUDA emulation with PHD_EMULATE_GPU) wraps
 // kernels/gpu_model.cuh. Both offer the same calls, so train_phd's loop is written once;
 // parameters and AdamW moments cross between them in checkpoint order, so a model trained
 // on one device resumes on the other.
 #pragma once
 #include <vector>
-#include "decode.h"
+#include "../cpu/decode.h"
 
 struct CpuEngine {
     Model<float> M;
@@ -29,7 +29,7 @@ struct CpuEngine {
         for (int i = 0; i < M.B * M.T; i++) out.insert(out.end(), M.logits + (size_t)i * M.cfg.Vp, M.logits + (size_t)i * M.cfg.Vp + M.cfg.V);
         return out;
     }
-    // A KV-cache decoder over the current weights (decode.h).
+    // A KV-cache decoder over the current weights (cpu/decode.h).
     Decoder<float> decoder() const { return Decoder<float>(M); }
     size_t activation_bytes(int B, int T) {
         M.size_for(B, T);
@@ -39,7 +39,7 @@ struct CpuEngine {
 
 #if defined(__CUDACC__) || defined(PHD_EMULATE_GPU)
 #define PHD_GPU 1
-#include "kernels/gpu_decode.cuh"
+#include "../kernels/gpu_decode.cuh"
 
 // True if a CUDA device can be used; else *why says why not.
 inline bool gpu_available(std::string* why) {

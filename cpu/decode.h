@@ -1,4 +1,4 @@
-// decode.h: inference with the PHD KV cache (PHD.md section 6), on the CPU.
+// cpu/decode.h: inference with the PHD KV cache (PHD.md section 6), on the CPU.
 //
 // Per layer the cache keeps the keys/values that later tokens can still see:
 //   originals - every original: grows by one per position
@@ -17,7 +17,7 @@
 // originals and every copy of the last chunk; phd-swa and naive, every copy (all needed).
 #pragma once
 #include <vector>
-#include "model.h"
+#include "../model.h"
 
 template<typename Real> struct KVStore {
     std::vector<Real> k, v;  // (entries, Hkv*hd): keys after RoPE, values

@@ -1,4 +1,4 @@
-// dataloader.h: llm.c token shards in, contiguous (B, T+1) windows out.
+// data/dataloader.h: llm.c token shards in, contiguous (B, T+1) windows out.
 //
 // Shard file: a header of 256 little-endian int32, then the tokens.
 //   header[0] magic: 20240520 (tokens are uint16) or 20240801 (tokens are uint32)
@@ -12,7 +12,7 @@
 #include <glob.h>
 #include <string>
 #include <vector>
-#include "utils.h"
+#include "../common/utils.h"
 
 static constexpr int kShardMagic16 = 20240520, kShardVersion16 = 1;
 static constexpr int kShardMagic32 = 20240801, kShardVersion32 = 7;
