@@ -8,7 +8,7 @@ NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2
 # sm_90 (H100/H200) and sm_80 (A100)
 NVCC_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 NVCCFLAGS ?= -O3 -std=c++17 $(NVCC_ARCH)
-HEADERS  := $(wildcard *.h cpu/*.h common/*.h kernels/*.h kernels/*.cuh data/*.h) test/cuda_emu.h test/cuda_emu_cublas.h
+HEADERS  := $(wildcard *.h cpu/*.h common/*.h kernels/*.h kernels/*.cuh data/*.h dev/*.h) test/cuda_emu.h test/cuda_emu_cublas.h
 # GPT-2 text prompts in train_phd need PCRE2 (data/setup.sh installs it); built without otherwise.
 PCRE2_FLAGS := $(if $(wildcard /usr/include/pcre2.h),-DPHD_PCRE2)
 PCRE2_LIBS  := $(if $(wildcard /usr/include/pcre2.h),-lpcre2-8)
@@ -121,14 +121,14 @@ bench: build/bench_cpu build/bench_decode
 	OMP_NUM_THREADS=2 ./build/bench_decode
 
 # GPU benchmarks (nvcc and a GPU): the kernel lab and training steps, then KV-cache inference.
-build/bench_gpu: dev/bench_gpu.cu $(HEADERS) $(TEST_HDR)
+build/bench_gpu: dev/bench_gpu.cu $(HEADERS)
 	@mkdir -p build && rm -f $@
 	$(NVCC_BUILD) $< -o $@ -lcublas -lgomp
 build/bench_decode_gpu: dev/bench_decode.cu $(HEADERS)
 	@mkdir -p build && rm -f $@
 	$(NVCC_BUILD) $< -o $@ -lcublas -lgomp
 # The kernel lab on the CUDA emulation: `make test` runs it at --tiny.
-build/bench_gpu_emu: dev/bench_gpu.cu $(HEADERS) $(TEST_HDR)
+build/bench_gpu_emu: dev/bench_gpu.cu $(HEADERS)
 	@mkdir -p build && rm -f $@
 	$(CXX) $(HOSTFLAGS) -pthread -DPHD_EMULATE_GPU -x c++ $< -o $@
 

@@ -5,14 +5,15 @@
 // see every earlier original plus the earlier copies of their own token (and, for SWA/CSWA,
 // a window of recent hidden tokens); only the last copy predicts the next token.
 //
-// Layout: activations use the logical, interleaved order of the spec. Row r of a (B, T*K, .)
-// tensor is batch b = r / (T*K), position n = (r % (T*K)) / K, copy c = r % K.
+// Layout: the K*T rows of a sequence are grouped [originals | hidden] (token_row below), on
+// the CPU and the GPU alike: row n < T is the original (n, 0), row T + h the hidden token
+// of hidden-stream index h. A (B, T*K, .) tensor holds B such sequences one after another.
 //
 // Choices PHD.md leaves open, made here:
 // - Every CPU layer is a template over the scalar type (float to train, double to check
 //   gradients against finite differences); all accumulation happens in that type.
-// - Attention enumerates the visible keys of a query in increasing logical order, the order
-//   a dense masked loop visits them in (tests compare the two).
+// - Attention visits the visible keys of a query in row order (originals, then hidden), the
+//   order a dense masked loop over the rows visits them in (tests compare the two).
 // - The RoPE angle pos * 10000^(-2i/hd) is computed in double, then rounded to Real.
 // - Softmaxes and the sigmoid use exp_fast: in float a vectorisable polynomial within 2 ulp
 //   of exp, in double std::exp.
@@ -112,6 +113,18 @@ static inline std::string config_error(const Config& c) {
 // positions in logical order, K-1 per position.
 PHD_HOST_DEVICE inline int hidden_index(const Config& cfg, int n, int c) { return n * (cfg.K - 1) + c - 1; }
 
+// The row order of a sequence's K*T rows: [originals | hidden]. Row n < T is the original
+// (n, 0); row T + hidden_index(n, c) the hidden token (n, c). A query's visible keys are then
+// two intervals of rows (visible_rows), which lets the attention kernels skip whole tiles.
+PHD_HOST_DEVICE inline int token_row(const Config& cfg, int T, int n, int c) { return c == 0 ? n : T + hidden_index(cfg, n, c); }
+// (n, c) of row r.
+PHD_HOST_DEVICE inline void row_token(const Config& cfg, int T, int r, int* n, int* c) {
+    if (r < T) { *n = r; *c = 0; return; }
+    *n = (r - T) / (cfg.K - 1);
+    *c = (r - T) % (cfg.K - 1) + 1;
+}
+PHD_HOST_DEVICE inline int row_position(const Config& cfg, int T, int r) { return r < T ? r : (r - T) / (cfg.K - 1); }
+
 PHD_HOST_DEVICE inline bool phd_visible(const Config& cfg, int n, int c, int m, int d) {
     const int K = cfg.K;
     if (cfg.variant == NAIVE) return m * K + d <= n * K + c;   // causal over the logical order
@@ -160,37 +173,43 @@ PHD_HOST_DEVICE inline int hidden_live_from(const Config& cfg, int n) {
     return lo;
 }
 
-// The visible keys of query (n, c) as logical indices m*K + d, in increasing order: every
-// original m <= n, with the hidden tokens of position m that fall in visible_hidden_range.
-// O(n + visible) per query. keys must hold n*K + c + 1 entries. Returns the count.
-static inline int visible_keys(const Config& cfg, int n, int c, int* keys) {
-    const int K = cfg.K;
-    int lo, hi, count = 0;
+// The visible keys of query (n, c) in a sequence of T positions, as rows: the originals
+// [0, n], then the hidden rows of visible_hidden_range. Key t is row(t).
+struct VisibleRows {
+    int originals, hidden_row0, count;
+    PHD_HOST_DEVICE int row(int t) const { return t < originals ? t : hidden_row0 + t - originals; }
+};
+PHD_HOST_DEVICE inline VisibleRows visible_rows(const Config& cfg, int T, int n, int c) {
+    int lo, hi;
     visible_hidden_range(cfg, n, c, &lo, &hi);
-    for (int m = 0; m <= n; m++) {
-        keys[count++] = m * K;
-        const int h0 = hidden_index(cfg, m, 0);  // h(m, d) = h0 + d
-        for (int d = std::max(1, lo - h0); d <= std::min(K - 1, hi - h0); d++) keys[count++] = m * K + d;
-    }
-    return count;
+    return {n + 1, T + lo, n + 1 + (hi >= lo ? hi - lo + 1 : 0)};
 }
 
 // Inference (PHD.md section 6) runs in blocks of rows, on the CPU (cpu/decode.h) and the GPU
-// (kernels/gpu_decode.cuh) alike: the blocks a decoder runs, for any Dec with cfg(), t and
-// run_block(ns, cs, toks) (rows
-// (n, c) in increasing logical order, with their tokens): pre-fill of a P-token prompt as
-// one block, with originals only up to the first position whose hidden tokens are needed
-// and every copy from there on; then one block of the K copies of each new token.
+// (kernels/gpu_decode.cuh) alike. A block is in the row order: originals of consecutive
+// positions, then hidden tokens of consecutive stream indices. DecodeBlocks makes the blocks
+// of any Dec with cfg(), t and run_block(ns, cs, toks) (each row's position, copy and token):
+// the pre-fill of a P-token prompt as one block, then one block of the K copies of each new
+// token.
 template<typename Dec> struct DecodeBlocks {
+    // The pre-fill computes every original, and the hidden tokens from the first position
+    // whose hidden tokens the last position's copies see, directly or through the hidden
+    // tokens they see (the window rule's closure): phd, the last position's; phd-cswa, the
+    // last chunk's; phd-swa and naive, all of them. Later queries see no earlier ones.
     void prefill(const int* prompt, int P) {
         Dec& d = static_cast<Dec&>(*this);
         const Config& c = d.cfg();
-        int first_full = 0;
-        if (c.variant == VANILLA || c.variant == PHD) first_full = P - 1;
-        if (c.variant == PHD_CSWA) first_full = (P - 1) / c.C * c.C;
+        int first = P - 1;
+        while (c.K > 1 && first > 0) {
+            const int m = hidden_live_from(c, first) / (c.K - 1);  // position of the lowest hidden token seen
+            if (m >= first) break;
+            first = m;
+        }
         std::vector<int> ns, cs, toks;
-        for (int n = 0; n < P; n++)
-            for (int k = 0; k < (n < first_full ? 1 : c.K); k++) { ns.push_back(n); cs.push_back(k); toks.push_back(prompt[n]); }
+        auto add = [&](int n, int copy) { ns.push_back(n); cs.push_back(copy); toks.push_back(prompt[n]); };
+        for (int n = 0; n < P; n++) add(n, 0);
+        for (int n = first; n < P; n++)
+            for (int copy = 1; copy < c.K; copy++) add(n, copy);
         d.run_block(ns, cs, toks);
     }
     // Feeds the K copies of the next token; logits then hold its last copy's prediction.
@@ -324,19 +343,21 @@ template<typename Real> void matmul_backward(Real* din, Real* dW, const Real* do
 }
 
 // x (B, T*K, D): every copy of position n gets E[tokens[b, n]] (PHD.md section 3).
-template<typename Real> void embedding_forward(Real* x, const int* tokens, const Real* E, int B, int T, int K, int D) {
+template<typename Real> void embedding_forward(Real* x, const int* tokens, const Real* E, const Config& cfg, int B, int T) {
+    const int D = cfg.D;
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int n = 0; n < T; n++)
-            for (int c = 0; c < K; c++)
+            for (int c = 0; c < cfg.K; c++)
                 std::copy(E + (size_t)tokens[b * T + n] * D, E + (size_t)tokens[b * T + n] * D + D,
-                          x + ((size_t)(b * T + n) * K + c) * D);
+                          x + ((size_t)b * T * cfg.K + token_row(cfg, T, n, c)) * D);
 }
 // dE (Vp, D) += sum over copies of dx. Serial: repeated tokens would race, and this is cheap.
-template<typename Real> void embedding_backward(Real* dE, const Real* dx, const int* tokens, int B, int T, int K, int D) {
+template<typename Real> void embedding_backward(Real* dE, const Real* dx, const int* tokens, const Config& cfg, int B, int T) {
+    const int D = cfg.D;
     for (int i = 0; i < B * T; i++)
-        for (int c = 0; c < K; c++) {
-            const Real* src = dx + ((size_t)i * K + c) * D;
+        for (int c = 0; c < cfg.K; c++) {
+            const Real* src = dx + ((size_t)i / T * T * cfg.K + token_row(cfg, T, i % T, c)) * D;
             Real* dst = dE + (size_t)tokens[i] * D;
             for (int j = 0; j < D; j++) dst[j] += src[j];
         }
@@ -438,11 +459,10 @@ Real attend_query(Real* o, Real* p, const Real* q, int nk, int hd, Key key, Valu
 // Attention over the PHD mask. qkv (B, T*K, qkv_dim) with RoPE applied; o (B, T*K, H*hd);
 // lse (B, H, T*K). Only visible keys are ever touched.
 template<typename Real> void attention_forward(Real* o, Real* lse, const Real* qkv, const Config& c, int B, int T) {
-    const int K = c.K, TK = T * K, hd = c.hd(), ld = c.qkv_dim(), group = c.H / c.Hkv;
+    const int TK = T * c.K, hd = c.hd(), ld = c.qkv_dim(), group = c.H / c.Hkv;
     #pragma omp parallel
     {
-        std::vector<int> keys(TK);  // (TK) logical indices of the visible keys
-        std::vector<Real> p(TK);    // (TK) their probabilities
+        std::vector<Real> p(TK);  // (TK) probabilities of a query's visible keys
         #pragma omp for collapse(3) schedule(dynamic, 16)
         for (int b = 0; b < B; b++)
             for (int h = 0; h < c.H; h++)
@@ -450,11 +470,13 @@ template<typename Real> void attention_forward(Real* o, Real* lse, const Real* q
                     const Real* base = qkv + (size_t)b * TK * ld;
                     const Real* kbase = base + (c.H + h / group) * hd;
                     const Real* vbase = base + (c.H + c.Hkv + h / group) * hd;
-                    const int nk = visible_keys(c, i / K, i % K, keys.data());
+                    int n, copy;
+                    row_token(c, T, i, &n, &copy);
+                    const VisibleRows keys = visible_rows(c, T, n, copy);
                     lse[((size_t)b * c.H + h) * TK + i] =
-                        attend_query(o + ((size_t)b * TK + i) * c.H * hd + h * hd, p.data(), base + (size_t)i * ld + h * hd, nk, hd,
-                                     [&](int t) { return kbase + (size_t)keys[t] * ld; },
-                                     [&](int t) { return vbase + (size_t)keys[t] * ld; });
+                        attend_query(o + ((size_t)b * TK + i) * c.H * hd + h * hd, p.data(), base + (size_t)i * ld + h * hd, keys.count, hd,
+                                     [&](int t) { return kbase + (size_t)keys.row(t) * ld; },
+                                     [&](int t) { return vbase + (size_t)keys.row(t) * ld; });
                 }
     }
 }
@@ -462,12 +484,11 @@ template<typename Real> void attention_forward(Real* o, Real* lse, const Real* q
 // the dq of its query heads, so the sums are race-free and in a fixed order.
 template<typename Real> void attention_backward(Real* dqkv, const Real* dout, const Real* qkv, const Real* o,
                                                 const Real* lse, const Config& c, int B, int T) {
-    const int K = c.K, TK = T * K, hd = c.hd(), ld = c.qkv_dim(), group = c.H / c.Hkv;
+    const int TK = T * c.K, hd = c.hd(), ld = c.qkv_dim(), group = c.H / c.Hkv;
     const Real scale = Real(1) / std::sqrt((Real)hd);
     std::fill(dqkv, dqkv + (size_t)B * TK * ld, Real(0));
     #pragma omp parallel
     {
-        std::vector<int> keys(TK);
         #pragma omp for collapse(2) schedule(dynamic, 1)
         for (int b = 0; b < B; b++)
             for (int kh = 0; kh < c.Hkv; kh++) {
@@ -484,17 +505,20 @@ template<typename Real> void attention_backward(Real* dqkv, const Real* dout, co
                         Real Di = 0;  // sum_j p_j dp_j = dout . o
                         #pragma omp simd reduction(+ : Di)
                         for (int e = 0; e < hd; e++) Di += doi[e] * oi[e];
-                        int nk = visible_keys(c, i / K, i % K, keys.data());
-                        for (int t = 0; t < nk; t++) {
-                            const Real* kj = base + (size_t)keys[t] * ld + koff;
-                            const Real* vj = base + (size_t)keys[t] * ld + voff;
+                        int n, copy;
+                        row_token(c, T, i, &n, &copy);
+                        const VisibleRows keys = visible_rows(c, T, n, copy);
+                        for (int t = 0; t < keys.count; t++) {
+                            const size_t j = keys.row(t);
+                            const Real* kj = base + j * ld + koff;
+                            const Real* vj = base + j * ld + voff;
                             Real s = 0, dp = 0;
                             #pragma omp simd reduction(+ : s, dp)
                             for (int e = 0; e < hd; e++) { s += q[e] * kj[e]; dp += doi[e] * vj[e]; }
                             Real p = exp_fast(s * scale - l);
                             Real ds = p * (dp - Di) * scale;
-                            Real* dk = dbase + (size_t)keys[t] * ld + koff;
-                            Real* dv = dbase + (size_t)keys[t] * ld + voff;
+                            Real* dk = dbase + j * ld + koff;
+                            Real* dv = dbase + j * ld + voff;
                             #pragma omp simd  // dq, dk, dv are disjoint columns of dqkv
                             for (int e = 0; e < hd; e++) {
                                 dq[e] += ds * kj[e];
@@ -646,7 +670,7 @@ template<typename Real> struct Model : Activations<Real> {
         this->point(cfg, B, T, act_mem.data());
         const size_t N = (size_t)B * T * cfg.K;
         pos.resize(N);
-        for (size_t r = 0; r < N; r++) pos[r] = (int)(r % ((size_t)T * cfg.K) / cfg.K);  // every copy: position n
+        for (size_t r = 0; r < N; r++) pos[r] = row_position(cfg, T, (int)(r % ((size_t)T * cfg.K)));  // every copy: position n
     }
 };
 
@@ -701,15 +725,17 @@ template<typename Real> Real model_forward(Model<Real>& M, const int* tokens, co
     M.tokens.assign(tokens, tokens + BT);
     if (targets) M.targets.assign(targets, targets + BT);
 
-    embedding_forward(M.layer[0].x, tokens, M.p.E, B, T, K, D);
+    embedding_forward(M.layer[0].x, tokens, M.p.E, c, B, T);
     for (int l = 0; l < c.L; l++) {
         const LayerActs<Real>& a = M.layer[l];
         layer_forward(M, a, M.p.layer[l], l + 1 < c.L ? M.layer[l + 1].x : M.xL, N, M.pos.data(),
                       [&] { attention_forward(a.o, a.lse, a.qkv, c, B, T); });
     }
     // Only the last copy of each position reaches the final norm and the LM head.
-    for (int i = 0; i < BT; i++)
-        std::copy(M.xL + ((size_t)i * K + K - 1) * D, M.xL + ((size_t)i * K + K) * D, M.xlast + (size_t)i * D);
+    for (int i = 0; i < BT; i++) {
+        const Real* last = M.xL + ((size_t)i / T * T * K + token_row(c, T, i % T, K - 1)) * D;
+        std::copy(last, last + D, M.xlast + (size_t)i * D);
+    }
     rmsnorm_forward(M.xn, M.rstd_final, M.xlast, M.p.g_final, BT, D);
     matmul_forward(M.logits, M.xn, M.p.wout, BT, D, c.Vp);
     if (!targets) return 0;
@@ -729,10 +755,10 @@ template<typename Real> void model_backward(Model<Real>& M, Real dloss) {
     rmsnorm_backward(M.dxlast, M.g.g_final, M.dxlast, M.xlast, M.p.g_final, M.rstd_final, BT, D);
     std::fill(M.dx, M.dx + (size_t)N * D, Real(0));
     for (int i = 0; i < BT; i++)
-        std::copy(M.dxlast + (size_t)i * D, M.dxlast + (size_t)(i + 1) * D, M.dx + ((size_t)i * K + K - 1) * D);
+        std::copy(M.dxlast + (size_t)i * D, M.dxlast + (size_t)(i + 1) * D, M.dx + ((size_t)i / T * T * K + token_row(c, T, i % T, K - 1)) * D);
 
     for (int l = c.L - 1; l >= 0; l--) layer_backward(M, M.layer[l], M.p.layer[l], M.g.layer[l]);
-    embedding_backward(M.g.E, M.dx, M.tokens.data(), B, T, K, D);
+    embedding_backward(M.g.E, M.dx, M.tokens.data(), c, B, T);
 }
 
 // ----------------------------------------------------------------------------

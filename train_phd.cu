@@ -7,7 +7,9 @@
 // The step runs on an engine (common/engine.h): the CPU model, or the GPU model when built by
 // nvcc (or by g++ with PHD_EMULATE_GPU, the CUDA emulation the tests use).
 #include <omp.h>
+#include <algorithm>
 #include <chrono>
+#include <sstream>
 #include <string>
 #include <vector>
 #include "common/checkpoint.h"
@@ -339,26 +341,19 @@ static Tokenizer load_tokenizer_for(const Args& a, const Config& c) {
     return tok;
 }
 
-// --generate: prompt -> pre-fill -> N decode steps, streamed, on the engine's device; then
-// the KV-cache report.
-template<typename Engine> static int generate(const Args& a, const Config& c, Engine& E) {
-    Tokenizer tok = load_tokenizer_for(a, c);
+// The prompt of --generate: --prompt-ids "I J K" (or "I,J,K"), --prompt text encoded with the
+// tokenizer (bytes, or GPT-2's BPE), else the separator alone.
+static std::vector<int> prompt_tokens(const Args& a, const Tokenizer& tok, const Config& c) {
     std::vector<int> prompt;
     if (!a.prompt_ids.empty()) {
-        std::string ids = a.prompt_ids;
-        for (char& ch : ids) if (ch == ',') ch = ' ';
-        char* p = &ids[0];
-        for (char* end; *p;) {
-            long v = strtol(p, &end, 10);
-            if (end == p) {
-                if (isspace((unsigned char)*p)) { p++; continue; }
-                die("--prompt-ids: '%s' is not a list of token ids", a.prompt_ids.c_str());
-            }
-            if (v < 0 || v >= c.V) die("--prompt-ids: token %ld is out of range for vocabulary size %d", v, c.V);
-            prompt.push_back((int)v);
-            p = end;
+        std::string ids = a.prompt_ids, word;
+        std::replace(ids.begin(), ids.end(), ',', ' ');
+        std::istringstream words(ids);
+        while (words >> word) {
+            const int v = parse_int("--prompt-ids", word.c_str(), 0);
+            if (v >= c.V) die("--prompt-ids: token %d is out of range for vocabulary size %d", v, c.V);
+            prompt.push_back(v);
         }
-        if (prompt.empty()) die("--prompt-ids: the prompt is empty");
     } else if (!a.prompt.empty()) {
         if (!tok.vocab_size()) die("--prompt: text prompts need --tokenizer (or give --prompt-ids)");
         if (tok.merges.empty()) {
@@ -372,10 +367,18 @@ template<typename Engine> static int generate(const Args& a, const Config& c, En
             die("--prompt: this train_phd was built without PCRE2, which GPT-2 text needs (data/setup.sh installs it; then rebuild)");
 #endif
         }
-        if (prompt.empty()) die("--prompt: the prompt is empty");
     } else {
         prompt.push_back(separator_token(tok, c));
     }
+    if (prompt.empty()) die("%s: the prompt is empty", a.prompt_ids.empty() ? "--prompt" : "--prompt-ids");
+    return prompt;
+}
+
+// --generate: prompt -> pre-fill -> N decode steps, streamed, on the engine's device; then
+// the KV-cache report.
+template<typename Engine> static int generate(const Args& a, const Config& c, Engine& E) {
+    Tokenizer tok = load_tokenizer_for(a, c);
+    const std::vector<int> prompt = prompt_tokens(a, tok, c);
     if ((int)prompt.size() + a.generate > c.maxT)
         die("--generate: prompt (%zu tokens) + %d new tokens exceed the model's max sequence length %d", prompt.size(),
             a.generate, c.maxT);

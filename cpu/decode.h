@@ -53,7 +53,7 @@ template<typename Real> struct Decoder : DecodeBlocks<Decoder<Real>> {
 
     const Config& cfg() const { return M.cfg; }
 
-    // Rows (n, c) in increasing logical order, all layers; t moves past the block.
+    // A block of rows (n, c) in the row order (DecodeBlocks), all layers; t moves past it.
     void run_block(const std::vector<int>& ns, const std::vector<int>& cs, const std::vector<int>& toks) {
         const Config& c = M.cfg;
         const int R = (int)ns.size(), D = c.D, hd = c.hd(), kvdim = c.Hkv * hd, ld = c.qkv_dim(), group = c.H / c.Hkv;
@@ -69,8 +69,7 @@ template<typename Real> struct Decoder : DecodeBlocks<Decoder<Real>> {
         const int live = hidden_live_from(c, t);  // hidden tokens below it are dead once the block is in
         for (int l = 0; l < c.L; l++)
             layer_forward(M, acts, M.p.layer[l], x.data(), R, ns.data(), [&] {
-                // Candidates of row i: the cache, then the block up to row i (a visible key is
-                // never later in the logical order); the one predicate decides.
+                // Candidates of row i: the cache, then the block's rows; the one predicate decides.
                 std::vector<std::vector<const Real*>> keys(R), vals(R);  // (R) rows of all kv heads
                 #pragma omp parallel for schedule(dynamic, 4)
                 for (int i = 0; i < R; i++) {
@@ -79,7 +78,7 @@ template<typename Real> struct Decoder : DecodeBlocks<Decoder<Real>> {
                     };
                     for (const KVStore<Real>* s : {&originals[l], &hidden[l]})
                         for (size_t e = 0; e < s->size(); e++) consider(s->n[e], s->c[e], &s->k[e * kvdim], &s->v[e * kvdim]);
-                    for (int j = 0; j <= i; j++)
+                    for (int j = 0; j < R; j++)
                         consider(ns[j], cs[j], &qkv[(size_t)j * ld + c.H * hd], &qkv[(size_t)j * ld + (c.H + c.Hkv) * hd]);
                 }
                 // (row, head) pairs in parallel: a decode step of vanilla has one row
@@ -102,7 +101,7 @@ template<typename Real> struct Decoder : DecodeBlocks<Decoder<Real>> {
                 while (dead < (int)hid.size() && hidden_index(c, hid.n[dead], hid.c[dead]) < live) dead++;
                 hid.pop_front(dead, kvdim);
             });
-        // Only the last copy of the newest position predicts (the block's last row).
+        // Only the last copy of the newest position predicts: the block's last row.
         Real r;
         rmsnorm_forward(f.data(), &r, x.data() + (size_t)(R - 1) * D, M.p.g_final, 1, D);
         matmul_forward(logits.data(), f.data(), M.p.wout, 1, D, c.Vp);

@@ -38,7 +38,7 @@ static __device__ QueryRow query_row(const float* qkv, const Config& c, int T) {
     q.base = qkv + (size_t)q.b * q.TK * q.ld;
     q.scale = 1.0f / sqrtf((float)c.hd());
     q.n = q.copy = 0;
-    if (q.valid) regrouped_token(c, T, q.r, &q.n, &q.copy);
+    if (q.valid) row_token(c, T, q.r, &q.n, &q.copy);
     return q;
 }
 
@@ -47,7 +47,7 @@ static __device__ QueryRow query_row(const float* qkv, const Config& c, int T) {
 // since at hd = 64 the second version of their loop spills (dev/ptxas_report.sh).
 static __device__ bool query_sees(const Config& c, int T, const QueryRow& Q, int j) {
     int m, d;
-    regrouped_token(c, T, j, &m, &d);
+    row_token(c, T, j, &m, &d);
     return phd_visible(c, Q.n, Q.copy, m, d);
 }
 static __device__ bool query_tile_all_visible(const Config& c, int T, const QueryRow& Q, int k0, int k1) {
@@ -183,7 +183,7 @@ static __global__ void attention_backward_dkdv_kernel(float* dqkv, const float* 
     const float* base = qkv + (size_t)b * TK * ld;
     const float scale = 1.0f / sqrtf((float)hd);
     int m = 0, d = 0;
-    if (valid) regrouped_token(c, T, r, &m, &d);
+    if (valid) row_token(c, T, r, &m, &d);
     float dk[MAX], dv[MAX];
     PHD_UNROLL
     for (int e = 0; e < MAX; e++) {
@@ -208,7 +208,7 @@ static __global__ void attention_backward_dkdv_kernel(float* dqkv, const float* 
                 for (int e = 0; e < hd; e++) Di += dos[t * hd + e] * o[orow + e];
                 Ds[t] = Di;
                 ls[t] = lse[((size_t)b * c.H + h) * TK + qr];
-                regrouped_token(c, T, qr, &qn[t], &qc[t]);
+                row_token(c, T, qr, &qn[t], &qc[t]);
             }
             __syncthreads();
             for (int i = 0; valid && i < q1 - q0; i++) {
@@ -239,7 +239,7 @@ static __global__ void attention_backward_dkdv_kernel(float* dqkv, const float* 
     }
 }
 
-// Launchers. qkv, o, lse, dout, dqkv are device pointers in the regrouped layout.
+// Launchers. qkv, o, lse, dout, dqkv are device pointers, rows in the row order.
 // Dynamic shared memory of each kernel at head size hd: the key (or query) tile, plus the
 // padded own rows of the backward kernels.
 struct AttentionSmem {

@@ -1,16 +1,14 @@
 // kernels/attention_common.cuh: what the fp32 (attention.cuh) and the tensor-core
 // (attention_tc.cuh) attention kernels share: the row layout, tile skipping, head sizes.
 //
-// Layout: rows are regrouped per sequence as [originals | hidden] (the paper's layout):
-// row r < T is the original (r, 0); row T + h is the hidden token with hidden-stream index
-// h = n*(K-1) + c-1. Then every query's visible keys are two intervals of rows (the
-// originals 0..n, and one range of hidden rows: visible_hidden_range in model.h), so whole
-// tiles of keys can be skipped: a query tile visits a key tile only if some query in it has
+// Layout: the row order of model.h, [originals | hidden] per sequence (token_row). Every
+// query's visible keys are two intervals of rows (visible_rows), so whole tiles of keys can
+// be skipped: a query tile visits a key tile only if some query in it has
 // a visible key in it. Work then tracks the visible pairs of PHD.md section 7 (O(K*T^2)),
-// not the (K*T)^2 of the interleaved order. Inside a visited tile every pair is masked
+// not the (K*T)^2 of a dense mask. Inside a visited tile every pair is masked
 // with the one predicate, phd_visible.
 //
-// Tensors (regrouped rows, TK = T*K):
+// Tensors (TK = T*K rows per sequence):
 //   qkv  (B, TK, qkv_dim)  q | k | v, RoPE applied     o    (B, TK, H*hd)
 //   lse  (B, H, TK)        log-sum-exp of each query's scores, for the backward
 //   dqkv (B, TK, qkv_dim)  written whole by the backward (dq, dk, dv)
@@ -23,41 +21,10 @@
 static constexpr int kAttnTile = 32;   // query rows and key rows per tile: one warp
 static constexpr int kAttnMaxHd = 128;
 
-// (n, c) of regrouped row r.
-PHD_HOST_DEVICE inline void regrouped_token(const Config& c, int T, int r, int* n, int* copy) {
-    if (r < T) { *n = r; *copy = 0; return; }
-    *n = (r - T) / (c.K - 1);
-    *copy = (r - T) % (c.K - 1) + 1;
-}
-// Position n of regrouped row r.
-PHD_HOST_DEVICE inline int regrouped_position(const Config& c, int T, int r) {
-    int n, copy;
-    regrouped_token(c, T, r, &n, &copy);
-    return n;
-}
-// Regrouped row of token (n, c).
-PHD_HOST_DEVICE inline int regrouped_row(const Config& c, int T, int n, int copy) {
-    return copy == 0 ? n : T + n * (c.K - 1) + copy - 1;
-}
-
-// Host copy of a (B, T*K, width) tensor moved between the logical order and the regrouped
-// one: for checking GPU tensors against the CPU's.
-inline std::vector<float> regroup_rows(const std::vector<float>& x, const Config& c, int B, int T, int width, bool to_regrouped) {
-    std::vector<float> y(x.size());
-    const int TK = T * c.K;
-    for (int b = 0; b < B; b++)
-        for (int n = 0; n < T; n++)
-            for (int k = 0; k < c.K; k++) {
-                size_t logical = ((size_t)b * TK + n * c.K + k) * width, grouped = ((size_t)b * TK + regrouped_row(c, T, n, k)) * width;
-                std::copy_n(&x[to_regrouped ? logical : grouped], width, &y[to_regrouped ? grouped : logical]);
-            }
-    return y;
-}
-
-// Does query row r (regrouped) have a visible key among rows [k0, k1)?
+// Does query row r have a visible key among rows [k0, k1)?
 static __device__ bool query_meets_tile(const Config& c, int T, int r, int k0, int k1) {
     int n, copy, lo, hi;
-    regrouped_token(c, T, r, &n, &copy);
+    row_token(c, T, r, &n, &copy);
     if (k0 < T && k0 <= n) return true;                              // originals 0..n
     visible_hidden_range(c, n, copy, &lo, &hi);
     int h0 = k0 > T ? k0 - T : 0, h1 = k1 - T;                       // hidden part [h0, h1)
@@ -70,7 +37,7 @@ static __device__ bool query_meets_tile(const Config& c, int T, int r, int k0, i
 // rise along the originals and along the hidden rows, which start again at position 0.
 PHD_HOST_DEVICE inline bool tile_all_visible(const Config& c, int T, int q0, int q1, int k0, int k1) {
     if (k1 > T || k1 <= k0 || q1 <= q0) return false;
-    const int nmin = q0 < T && q1 > T ? 0 : regrouped_position(c, T, q0);
+    const int nmin = q0 < T && q1 > T ? 0 : row_position(c, T, q0);
     return k1 - 1 <= nmin;
 }
 

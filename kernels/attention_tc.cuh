@@ -136,7 +136,7 @@ static __device__ TcRows tc_rows(const Config& c, int T, int r0) {
     for (int i = 0; i < 2; i++) {
         const int r = r0 + tc_row(threadIdx.x % 32, 2 * i);
         R.valid[i] = r < T * c.K;
-        if (R.valid[i]) regrouped_token(c, T, r, &R.n[i], &R.copy[i]);
+        if (R.valid[i]) row_token(c, T, r, &R.n[i], &R.copy[i]);
     }
     return R;
 }
@@ -166,7 +166,7 @@ static __device__ bool tc_visible(const Config& c, int T, const TcRows& R, int i
     if (!R.valid[i / 2] || j >= k1) return false;
     if (full) return true;
     int m, d;
-    regrouped_token(c, T, j, &m, &d);
+    row_token(c, T, j, &m, &d);
     return phd_visible(c, R.n[i / 2], R.copy[i / 2], m, d);
 }
 
@@ -324,7 +324,7 @@ static __global__ void attention_backward_dkdv_tc_kernel(float* dqkv, const floa
                     Ds[j] = Dj;
                     Ls[j] = r < q1 ? lse[((size_t)b * c.H + h) * TK + r] : 0.0f;
                     qn[j] = qc[j] = 0;
-                    if (r < q1) regrouped_token(c, T, r, &qn[j], &qc[j]);
+                    if (r < q1) row_token(c, T, r, &qn[j], &qc[j]);
                 }
             }
             __syncthreads();

@@ -6,6 +6,7 @@
 //   PHD_UNROLL                                             #pragma unroll (nvcc only)
 //   to_tf32(x), mma_tf32(d, a, b)                          tensor cores, sm_80+: below
 //   cudaCheck(call), cublasCheck(call)                     one-line error, exit 1
+//   to_device(vector), to_host(ptr, n)                     host copies, for the tests and the lab
 // Kernels live in headers and are declared `static __global__`: nvcc gives __global__
 // functions external linkage, so two translation units including one header would clash.
 //
@@ -16,6 +17,7 @@
 //   b (8 x 8):      b[0] (t, g)   b[1] (t + 4, g)
 //   d (16 x 8):     d[0] (g, 2t)  d[1] (g, 2t + 1)  d[2] (g + 8, 2t)  d[3] (g + 8, 2t + 1)
 #pragma once
+#include <vector>
 #include "../common/utils.h"
 
 #ifdef __CUDACC__
@@ -92,4 +94,19 @@ static inline void cuda_check(cudaError_t e, const char* what, const char* file,
 #define cublasCheck(call) cublas_check((call), #call, __FILE__, __LINE__)
 static inline void cublas_check(cublasStatus_t s, const char* what, const char* file, int line) {
     if (s != CUBLAS_STATUS_SUCCESS) die("%s:%d: %s failed: cuBLAS status %d", file, line, what, (int)s);
+}
+
+// Host helpers for the tests and the kernel lab: a device copy of a host vector (the caller
+// frees it), and a host copy of device memory after the work queued before it.
+template<typename T> T* to_device(const std::vector<T>& h) {
+    T* d;
+    cudaCheck(cudaMalloc(&d, h.size() * sizeof(T)));
+    cudaCheck(cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+    return d;
+}
+template<typename T> std::vector<T> to_host(const T* d, size_t n) {
+    std::vector<T> h(n);
+    cudaCheck(cudaDeviceSynchronize());
+    cudaCheck(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
 }

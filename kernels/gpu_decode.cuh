@@ -1,9 +1,8 @@
 // kernels/gpu_decode.cuh: KV-cache inference on the GPU, the same steps as Decoder in
-// cpu/decode.h (read that first), and the same blocks (DecodeBlocks in model.h: the pre-fill's rows, then
-// the K copies of each new token). The weights, cuBLAS and the RoPE tables are a
-// GpuModel's; the block's rows are regrouped [originals | hidden] (the form
-// kernels/kv_cache.cuh needs); only the block's last row, the last copy of the newest
-// position, goes through the LM head.
+// cpu/decode.h (read that first), and the same blocks (DecodeBlocks in model.h: the
+// pre-fill's rows, then the K copies of each new token, in the row order that
+// kernels/kv_cache.cuh needs). The weights, cuBLAS and the RoPE tables are a GpuModel's;
+// only the block's last row, the last copy of the newest position, goes through the LM head.
 #pragma once
 #include <vector>
 #include "../model.h"
@@ -24,7 +23,8 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
     float *qkv = nullptr, *o = nullptr, *h13 = nullptr, *g = nullptr;              // (rows, qkv_dim), (rows, H*hd), (rows, 2F), (rows, F)
     float* d_logits = nullptr;                                                    // (Vp)
     float* d_part = nullptr;                                                      // (kDecodeMaxParts, hd + 2) split-K parts
-    int *d_tok = nullptr, *d_pos = nullptr;                                       // (rows)
+    int* d_pos = nullptr;                                                         // (rows) each row's position
+    int* d_context = nullptr;                                                     // (maxT) the tokens so far
     int2* d_nc = nullptr;                                                         // (rows) (n, c)
 
     explicit GpuDecoder(GpuModel& model) : G(model), cache(model.cfg.L), logits(model.cfg.Vp) {
@@ -53,6 +53,7 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
             cudaCheck(cudaMemcpy(L.win_nc, empty.data(), W * sizeof(int2), cudaMemcpyHostToDevice));
         }
         cudaCheck(cudaMalloc(&d_logits, c.Vp * sizeof(float)));
+        cudaCheck(cudaMalloc(&d_context, c.maxT * sizeof(int)));
         cudaCheck(cudaMalloc(&d_part, (size_t)kDecodeMaxParts * (c.hd() + 2) * sizeof(float)));
     }
     ~GpuDecoder() {
@@ -61,13 +62,14 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
             for (void* p : {(void*)L.kept_k, (void*)L.kept_v, (void*)L.kept_nc, (void*)L.win_k, (void*)L.win_v, (void*)L.win_nc}) cudaFree(p);
         cudaFree(d_logits);
         cudaFree(d_part);
+        cudaFree(d_context);
     }
     GpuDecoder(const GpuDecoder&) = delete;
     GpuDecoder& operator=(const GpuDecoder&) = delete;
 
     void free_block() {
-        for (void* p : {(void*)x, (void*)a, (void*)xm, (void*)f, (void*)rstd, (void*)qkv, (void*)o, (void*)h13, (void*)g, (void*)d_tok,
-                        (void*)d_pos, (void*)d_nc})
+        for (void* p : {(void*)x, (void*)a, (void*)xm, (void*)f, (void*)rstd, (void*)qkv, (void*)o, (void*)h13, (void*)g, (void*)d_pos,
+                        (void*)d_nc})
             cudaFree(p);
     }
     void reserve(int R) {
@@ -76,11 +78,10 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
         free_block();
         rows = R;
         const size_t floats = (size_t)R * (4 * c.D + 1 + c.qkv_dim() + c.H * c.hd() + 3 * c.F);
-        gpu_check_fits(floats * sizeof(float) + (size_t)R * (2 * sizeof(int) + sizeof(int2)), "decoder activations");
+        gpu_check_fits(floats * sizeof(float) + (size_t)R * (sizeof(int) + sizeof(int2)), "decoder activations");
         for (auto [buf, width] : {std::pair<float**, int>{&x, c.D}, {&a, c.D}, {&xm, c.D}, {&f, c.D}, {&rstd, 1}, {&qkv, c.qkv_dim()},
                                   {&o, c.H * c.hd()}, {&h13, 2 * c.F}, {&g, c.F}})
             cudaCheck(cudaMalloc(buf, (size_t)R * width * sizeof(float)));
-        cudaCheck(cudaMalloc(&d_tok, R * sizeof(int)));
         cudaCheck(cudaMalloc(&d_pos, R * sizeof(int)));
         cudaCheck(cudaMalloc(&d_nc, R * sizeof(int2)));
     }
@@ -92,39 +93,32 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
 
     const Config& cfg() const { return G.cfg; }
 
-    // Rows (n, c) in increasing logical order, as cpu/decode.h's run_block takes them.
-    void run_block(const std::vector<int>& ns_in, const std::vector<int>& cs_in, const std::vector<int>& toks_in) {
+    // A block of rows (n, c) in the row order (DecodeBlocks), as cpu/decode.h's run_block.
+    void run_block(const std::vector<int>& ns, const std::vector<int>& cs, const std::vector<int>& toks) {
         const Config& c = G.cfg;
-        if (ns_in.back() >= c.maxT) die("context of %d tokens exceeds the model's max sequence length %d", ns_in.back() + 1, c.maxT);
-        // Regroup: originals, then hidden tokens (both stay in logical order).
-        std::vector<int> ns, toks;
-        std::vector<int2> nc;
-        for (int pass = 0; pass < 2; pass++)
-            for (size_t r = 0; r < ns_in.size(); r++)
-                if ((cs_in[r] > 0) == (pass == 1)) { ns.push_back(ns_in[r]); toks.push_back(toks_in[r]); nc.push_back(make_int2(ns_in[r], cs_in[r])); }
+        if (ns.back() >= c.maxT) die("context of %d tokens exceeds the model's max sequence length %d", ns.back() + 1, c.maxT);
         const int R = (int)ns.size(), D = c.D;
         DecodeBlock b{R, 0, ns[0], 0};
-        while (b.Ro < R && nc[b.Ro].y == 0) b.Ro++;
-        if (b.Ro < R) b.h0 = hidden_index(c, nc[b.Ro].x, nc[b.Ro].y);
-        for (int r = 0; r < R; r++)  // the form kv_cache.cuh relies on
-            if ((r < b.Ro && nc[r].x != b.n0 + r) || (r >= b.Ro && hidden_index(c, nc[r].x, nc[r].y) != b.h0 + r - b.Ro))
-                die("GpuDecoder: block row %d (%d, %d) breaks the regrouped form", r, nc[r].x, nc[r].y);
+        while (b.Ro < R && cs[b.Ro] == 0) b.Ro++;
+        if (b.Ro < R) b.h0 = hidden_index(c, ns[b.Ro], cs[b.Ro]);
+        std::vector<int2> nc(R);
+        for (int r = 0; r < R; r++) nc[r] = make_int2(ns[r], cs[r]);
         reserve(R);
-        cudaCheck(cudaMemcpy(d_tok, toks.data(), R * sizeof(int), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(d_context + b.n0, toks.data(), b.Ro * sizeof(int), cudaMemcpyHostToDevice));  // the originals' tokens
         cudaCheck(cudaMemcpy(d_pos, ns.data(), R * sizeof(int), cudaMemcpyHostToDevice));
         cudaCheck(cudaMemcpy(d_nc, nc.data(), R * sizeof(int2), cudaMemcpyHostToDevice));
         hidden_computed += R - b.Ro;
-        embedding_forward(x, d_tok, G.p.E, R, D, G.stream);
+        embedding_forward(x, d_context, d_pos, G.p.E, R, D, G.stream);
         const LayerActs<float> acts{x, a, rstd, qkv, nullptr, o, xm, f, rstd, h13, g};  // one block, every layer, in place
         for (int l = 0; l < c.L; l++)
             G.layer_forward(acts, G.p.layer[l], x, R, d_pos, [&] {
                 attention_decode(o, d_part, qkv, d_nc, cache[l], b, c, G.stream);
                 kv_cache_append(cache[l], qkv, d_nc, b, c, G.stream);
             });
-        t = ns_in.back() + 1;
+        t = ns.back() + 1;
         // The live hidden tokens: the pre-fill computes every one a later query sees.
         if (cache[0].win_slots > 0) window_entries = (size_t)t * (c.K - 1) - hidden_live_from(c, t);
-        // Only the last copy of the newest position predicts: the regrouped block's last row.
+        // Only the last copy of the newest position predicts: the block's last row.
         rmsnorm_forward(f, rstd, x + (size_t)(R - 1) * D, G.p.g_final, 1, D, G.stream);
         G.matmul(d_logits, f, G.p.wout, 1, D, c.Vp, false);
         cudaCheck(cudaMemcpy(logits.data(), d_logits, c.Vp * sizeof(float), cudaMemcpyDeviceToHost));

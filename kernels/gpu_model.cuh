@@ -1,6 +1,6 @@
 // kernels/gpu_model.cuh: the PHD-Transformer on the GPU, forward and backward, fp32: the
-// same steps as model_forward/model_backward in model.h, on device buffers, with the
-// sequence rows regrouped as [originals | hidden] (attention.cuh) and plain GEMMs through
+// same steps as model_forward/model_backward in model.h, on device buffers in the same row
+// order, with plain GEMMs through
 // cuBLAS (TF32 off unless asked for, so that results stay close to the CPU's).
 // Parameters and gradients use the checkpoint order of param_tensors() (model.h).
 #pragma once
@@ -32,9 +32,9 @@ struct GpuModel : Activations<float> {
 
     int B = 0, T = 0;
     float* act = nullptr;                        // the activations' arena (Activations in model.h)
-    int *d_row_tokens = nullptr, *d_row_pos = nullptr;  // (B*T*K) each row's token and position n
-    int* d_targets = nullptr;                    // (B, T)
-    TokenGroups groups;                          // the rows of the last forward's batch, by token
+    int *d_tokens = nullptr, *d_targets = nullptr;     // (B, T) of the last forward
+    int *d_row_index = nullptr, *d_row_pos = nullptr;  // (B*T*K) each row's b*T + n, and n: set once per shape
+    uint64_t* d_sort_keys = nullptr;                   // (token_sort_slots(B*T)) the embedding backward's scratch
 
     // training false: inference only (the KV-cache decoder), the parameters without gradients.
     GpuModel(const Config& c, const float* host_params, bool tf32_, bool training = true) : cfg(c), tf32(tf32_), P(num_params(c)) {
@@ -58,7 +58,8 @@ struct GpuModel : Activations<float> {
         cublasCheck(cublasSetMathMode(blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
     }
     ~GpuModel() {
-        for (void* q : {(void*)params, (void*)grads, (void*)rope_cos, (void*)rope_sin, (void*)norm_scratch, (void*)act, (void*)d_row_tokens, (void*)d_row_pos, (void*)d_targets})
+        for (void* q : {(void*)params, (void*)grads, (void*)rope_cos, (void*)rope_sin, (void*)norm_scratch, (void*)act, (void*)d_tokens, (void*)d_targets,
+                         (void*)d_row_index, (void*)d_row_pos, (void*)d_sort_keys})
             cudaFree(q);
         cublasDestroy(blas);
     }
@@ -68,18 +69,26 @@ struct GpuModel : Activations<float> {
     void size_for(int B_, int T_) {
         if (B_ == B && T_ == T) return;
         B = B_; T = T_;
-        cudaFree(act); cudaFree(d_row_tokens); cudaFree(d_row_pos); cudaFree(d_targets);
-        const int N = B * T * cfg.K;
+        for (void* q : {(void*)act, (void*)d_tokens, (void*)d_targets, (void*)d_row_index, (void*)d_row_pos, (void*)d_sort_keys}) cudaFree(q);
+        const int N = B * T * cfg.K, TK = T * cfg.K;
+        const size_t slots = token_sort_slots(B * T);
         char what[64];
         snprintf(what, sizeof what, "activations for B=%d T=%d", B, T);
-        gpu_check_fits(floats(cfg, B, T) * sizeof(float) + (2 * (size_t)N + B * T) * sizeof(int), what, " (lower -b or -t)");
+        gpu_check_fits(floats(cfg, B, T) * sizeof(float) + (2 * (size_t)N + 2 * B * T) * sizeof(int) + slots * sizeof(uint64_t), what,
+                       " (lower -b or -t)");
         cudaCheck(cudaMalloc(&act, floats(cfg, B, T) * sizeof(float)));
-        cudaCheck(cudaMalloc(&d_row_tokens, (size_t)N * sizeof(int)));
-        cudaCheck(cudaMalloc(&d_row_pos, (size_t)N * sizeof(int)));
+        cudaCheck(cudaMalloc(&d_tokens, (size_t)B * T * sizeof(int)));
         cudaCheck(cudaMalloc(&d_targets, (size_t)B * T * sizeof(int)));
+        cudaCheck(cudaMalloc(&d_row_index, (size_t)N * sizeof(int)));
+        cudaCheck(cudaMalloc(&d_row_pos, (size_t)N * sizeof(int)));
+        cudaCheck(cudaMalloc(&d_sort_keys, slots * sizeof(uint64_t)));
         point(cfg, B, T, act);
-        std::vector<int> pos(N);
-        for (int i = 0; i < N; i++) pos[i] = regrouped_position(cfg, T, i % (T * cfg.K));
+        std::vector<int> index(N), pos(N);
+        for (int i = 0; i < N; i++) {
+            pos[i] = row_position(cfg, T, i % TK);
+            index[i] = i / TK * T + pos[i];
+        }
+        cudaCheck(cudaMemcpy(d_row_index, index.data(), N * sizeof(int), cudaMemcpyHostToDevice));
         cudaCheck(cudaMemcpy(d_row_pos, pos.data(), N * sizeof(int), cudaMemcpyHostToDevice));
     }
 
@@ -143,11 +152,8 @@ struct GpuModel : Activations<float> {
         const Config& c = cfg;
         size_for(B_, T_);
         const int N = B * T * c.K, BT = B * T, D = c.D;
-        std::vector<int> row_tokens(N);
-        for (int i = 0; i < N; i++) row_tokens[i] = tok[i / (T * c.K) * T + regrouped_position(c, T, i % (T * c.K))];
-        cudaCheck(cudaMemcpy(d_row_tokens, row_tokens.data(), N * sizeof(int), cudaMemcpyHostToDevice));
-        groups.set(row_tokens);
-        embedding_forward(layer[0].x, d_row_tokens, p.E, N, D, stream);
+        cudaCheck(cudaMemcpyAsync(d_tokens, tok, BT * sizeof(int), cudaMemcpyHostToDevice, stream));
+        embedding_forward(layer[0].x, d_tokens, d_row_index, p.E, N, D, stream);
         for (int l = 0; l < c.L; l++) {
             const LayerActs<float>& a = layer[l];
             layer_forward(a, p.layer[l], l + 1 < c.L ? layer[l + 1].x : xL, N, d_row_pos,
@@ -157,7 +163,7 @@ struct GpuModel : Activations<float> {
         rmsnorm_forward(xn, rstd_final, xlast, p.g_final, BT, D, stream);
         matmul(logits, xn, p.wout, BT, D, c.Vp, false);
         if (!tgt) return 0;
-        cudaCheck(cudaMemcpy(d_targets, tgt, BT * sizeof(int), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpyAsync(d_targets, tgt, BT * sizeof(int), cudaMemcpyHostToDevice, stream));
         crossentropy_forward(losses, lse, logits, d_targets, BT, c.V, c.Vp, stream);
         std::vector<float> l(BT);
         cudaCheck(cudaMemcpy(l.data(), losses, BT * sizeof(float), cudaMemcpyDeviceToHost));
@@ -175,7 +181,7 @@ struct GpuModel : Activations<float> {
         rmsnorm_backward(dxlast, g.g_final, dxlast, xlast, p.g_final, rstd_final, BT, D, norm_scratch, stream);
         last_copy_backward(dx, dxlast, c, B, T, stream);
         for (int l = c.L - 1; l >= 0; l--) layer_backward(layer[l], p.layer[l], g.layer[l]);
-        embedding_backward(g.E, dx, groups, D, stream);
+        embedding_backward(g.E, dx, d_tokens, d_sort_keys, c, B, T, stream);
     }
 
     void zero_grads() { cudaCheck(cudaMemsetAsync(grads, 0, P * sizeof(float), stream)); }

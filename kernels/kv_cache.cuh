@@ -11,7 +11,7 @@
 //          phd-cswa). The hidden token of stream index h lives in slot h % W, so the slots
 //          hold every live hidden token. A slot of a dead token or one never written
 //          (n = -1) is a candidate that phd_visible rejects: no eviction pass is needed.
-// A block (DecodeBlock): R rows, regrouped: Ro originals of consecutive positions n0.., then
+// A block (DecodeBlock): R rows in the row order: Ro originals of consecutive positions n0.., then
 // the hidden tokens of consecutive stream indices h0.. (every block the decoder makes, a
 // pre-fill or a decode step, has this form).
 //

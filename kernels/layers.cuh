@@ -1,78 +1,110 @@
 // kernels/layers.cuh: the pointwise and per-row layers on the GPU, fp32, each forward next
-// to its backward. Row layouts as in attention.cuh: (B, T*K, .) with the rows of each
-// sequence regrouped as [originals | hidden]. Every launcher takes device pointers.
+// to its backward. Rows (B, T*K, .) in model.h's row order. Every launcher takes device
+// pointers.
 #pragma once
 #include <algorithm>
-#include <vector>
+#include <cstdint>
 #include "attention.cuh"
 
 static constexpr int kRowsPerBlock = 4;  // one warp per row
 
 // ---- embedding: every copy of position n gets E[tokens[b, n]] ----
 
-// grid (N), block min(D, 256): x (N, D) = E[row_tokens[i]]; the caller lays out the rows
-// (a training batch regrouped, or a decoder's block), so one kernel serves both.
-static __global__ void embedding_forward_kernel(float* x, const int* row_tokens, const float* E, int D) {
+// grid (N), block min(D, 256): x (N, D), row i = E[tokens[index[i]]]. index (N) says which
+// token each row carries: b*T + n in a training batch (GpuModel sets it once per shape),
+// the position n in a decoder's block over the context's tokens. One kernel serves both.
+static __global__ void embedding_forward_kernel(float* x, const int* tokens, const int* index, const float* E, int D) {
     const int row = blockIdx.x;
-    for (int j = threadIdx.x; j < D; j += blockDim.x) x[(size_t)row * D + j] = E[(size_t)row_tokens[row] * D + j];
+    const float* e = E + (size_t)tokens[index[row]] * D;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) x[(size_t)row * D + j] = e[j];
 }
-inline void embedding_forward(float* x, const int* row_tokens, const float* E, int N, int D, cudaStream_t s) {
-    launch(embedding_forward_kernel, dim3(N), dim3(std::min(D, 256)), 0, s, x, row_tokens, E, D);
+inline void embedding_forward(float* x, const int* tokens, const int* index, const float* E, int N, int D, cudaStream_t s) {
+    launch(embedding_forward_kernel, dim3(N), dim3(std::min(D, 256)), 0, s, x, tokens, index, E, D);
     cudaCheck(cudaGetLastError());
 }
 
-// grid (distinct tokens), block min(D, 256): dE[token] += the rows carrying it, summed in a
-// fixed order (rows[starts[i] .. starts[i+1]) of token ids[i]): deterministic, no atomics.
-static __global__ void embedding_backward_kernel(float* dE, const float* dx, const int* ids, const int* starts, const int* rows, int D) {
-    const int t = blockIdx.x;
-    for (int j = threadIdx.x; j < D; j += blockDim.x) {
-        float s = 0.0f;
-        for (int k = starts[t]; k < starts[t + 1]; k++) s += dx[(size_t)rows[k] * D + j];
-        dE[(size_t)ids[t] * D + j] += s;
+// The backward sums, for each token, the rows of every copy of every position that carries
+// it, in a fixed order and without atomics: the batch's positions are sorted by token on the
+// device (keys token << 32 | b*T + n, by a bitonic sorting network), then one block per run
+// of equal tokens sums its rows. Nothing goes through the host.
+static constexpr int kSortBlock = 1024;  // keys sorted in shared memory by one block (2 per thread)
+
+// Keys for n2 slots (a power of two >= kSortBlock): the positions' tokens and indices; the
+// padding sorts last.
+inline size_t token_sort_slots(int BT) {
+    size_t n2 = kSortBlock;
+    while (n2 < (size_t)BT) n2 *= 2;
+    return n2;
+}
+static __global__ void token_keys_kernel(uint64_t* keys, const int* tokens, int BT) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    keys[i] = i < BT ? (uint64_t)tokens[i] << 32 | (uint32_t)i : ~(uint64_t)0;
+}
+// One compare-exchange of the network: keys i and i ^ j, ascending where (i & k) == 0.
+static __device__ void bitonic_exchange(uint64_t* keys, int i, int j, int k, size_t global_i) {
+    const int partner = i ^ j;
+    if (partner <= i) return;
+    const uint64_t a = keys[i], b = keys[partner];
+    if ((a > b) == ((global_i & k) == 0)) { keys[i] = b; keys[partner] = a; }
+}
+// grid (n2 / 2 / 256), block 256: one step (k, j) with j >= kSortBlock over the whole array.
+static __global__ void bitonic_step_kernel(uint64_t* keys, int k, int j) {
+    const size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const size_t i = t / j * 2 * j + t % j;  // the lower index of pair t
+    bitonic_exchange(keys, (int)i, j, k, i);
+}
+// grid (n2 / kSortBlock), block kSortBlock / 2: the steps with j < kSortBlock inside each
+// block's kSortBlock keys, in shared memory: every step up to k = kSortBlock when k == 0
+// (sorting each block's keys into alternating runs), else the tail j = kSortBlock/2 .. 1 of
+// stage k.
+static __global__ void bitonic_block_kernel(uint64_t* keys, int k) {
+    __shared__ uint64_t s[kSortBlock];
+    const size_t base = (size_t)blockIdx.x * kSortBlock;
+    for (int i = threadIdx.x; i < kSortBlock; i += blockDim.x) s[i] = keys[base + i];
+    __syncthreads();
+    for (int kk = k ? k : 2; kk <= (k ? k : kSortBlock); kk *= 2)
+        for (int j = min(kk, kSortBlock) / 2; j > 0; j /= 2) {
+            const int i = threadIdx.x / j * 2 * j + threadIdx.x % j;
+            bitonic_exchange(s, i, j, kk, base + i);
+            __syncthreads();
+        }
+    for (int i = threadIdx.x; i < kSortBlock; i += blockDim.x) keys[base + i] = s[i];
+}
+// Sorts keys (n2) ascending, n2 a power of two >= kSortBlock.
+inline void token_sort(uint64_t* keys, size_t n2, cudaStream_t s) {
+    launch(bitonic_block_kernel, dim3((unsigned)(n2 / kSortBlock)), dim3(kSortBlock / 2), 0, s, keys, 0);
+    for (size_t k = 2 * kSortBlock; k <= n2; k *= 2) {
+        for (size_t j = k / 2; j >= (size_t)kSortBlock; j /= 2)
+            launch(bitonic_step_kernel, dim3((unsigned)(n2 / 2 / 256)), dim3(256), 0, s, keys, (int)k, (int)j);
+        launch(bitonic_block_kernel, dim3((unsigned)(n2 / kSortBlock)), dim3(kSortBlock / 2), 0, s, keys, (int)k);
+    }
+    cudaCheck(cudaGetLastError());
+}
+// grid (B*T), block min(D, 256): the block at the start of a run of equal tokens in the
+// sorted keys adds the run's rows (every copy of each position, in key order) into dE.
+static __global__ void embedding_backward_kernel(float* dE, const float* dx, const uint64_t* keys, Config c, int BT, int T) {
+    const int i = blockIdx.x;
+    const uint32_t token = keys[i] >> 32;
+    if (i > 0 && keys[i - 1] >> 32 == token) return;
+    int end = i + 1;
+    while (end < BT && keys[end] >> 32 == token) end++;
+    for (int j = threadIdx.x; j < c.D; j += blockDim.x) {
+        float sum = 0.0f;
+        for (int e = i; e < end; e++) {
+            const int p = (uint32_t)keys[e], b = p / T, n = p % T;
+            for (int copy = 0; copy < c.K; copy++) sum += dx[((size_t)b * T * c.K + token_row(c, T, n, copy)) * c.D + j];
+        }
+        dE[(size_t)token * c.D + j] += sum;
     }
 }
-// The rows of a batch grouped by token, for the backward: token ids[i] is carried by rows
-// rows[starts[i] .. starts[i+1]), in increasing order. Grouped on the host when the tokens
-// arrive (the forward), so that the backward is device work only.
-struct TokenGroups {
-    int *ids = nullptr, *starts = nullptr, *rows = nullptr;  // device: (N), (N + 1), (N) at most
-    int count = 0, capacity = 0;                              // distinct tokens; rows allocated for
-    TokenGroups() = default;
-    TokenGroups(const TokenGroups&) = delete;
-    TokenGroups& operator=(const TokenGroups&) = delete;
-    ~TokenGroups() { release(); }
-    void release() {
-        for (void* p : {(void*)ids, (void*)starts, (void*)rows}) cudaFree(p);
-        ids = starts = rows = nullptr;
-    }
-    // row_tokens (N): each row's token.
-    void set(const std::vector<int>& row_tokens) {
-        const int N = (int)row_tokens.size();
-        if (N > capacity) {
-            release();
-            capacity = N;
-            cudaCheck(cudaMalloc(&ids, N * sizeof(int)));
-            cudaCheck(cudaMalloc(&starts, (N + 1) * sizeof(int)));
-            cudaCheck(cudaMalloc(&rows, N * sizeof(int)));
-        }
-        std::vector<std::pair<int, int>> tr(N);  // (token, row)
-        for (int r = 0; r < N; r++) tr[r] = {row_tokens[r], r};
-        std::sort(tr.begin(), tr.end());
-        std::vector<int> h_ids, h_starts, h_rows(N);
-        for (int i = 0; i < N; i++) {
-            if (i == 0 || tr[i].first != tr[i - 1].first) { h_ids.push_back(tr[i].first); h_starts.push_back(i); }
-            h_rows[i] = tr[i].second;
-        }
-        h_starts.push_back(N);
-        count = (int)h_ids.size();
-        cudaCheck(cudaMemcpy(ids, h_ids.data(), count * sizeof(int), cudaMemcpyHostToDevice));
-        cudaCheck(cudaMemcpy(starts, h_starts.data(), (count + 1) * sizeof(int), cudaMemcpyHostToDevice));
-        cudaCheck(cudaMemcpy(rows, h_rows.data(), N * sizeof(int), cudaMemcpyHostToDevice));
-    }
-};
-inline void embedding_backward(float* dE, const float* dx, const TokenGroups& g, int D, cudaStream_t s) {
-    launch(embedding_backward_kernel, dim3((unsigned)g.count), dim3(std::min(D, 256)), 0, s, dE, dx, (const int*)g.ids,
-           (const int*)g.starts, (const int*)g.rows, D);
+// dE (Vp, D) += the rows of dx (B, TK, D) by the token (B, T) they carry; keys: device
+// scratch of token_sort_slots(B*T).
+inline void embedding_backward(float* dE, const float* dx, const int* tokens, uint64_t* keys, const Config& c, int B, int T,
+                               cudaStream_t s) {
+    const size_t n2 = token_sort_slots(B * T);
+    launch(token_keys_kernel, dim3((unsigned)(n2 / 256)), dim3(256), 0, s, keys, tokens, B * T);
+    token_sort(keys, n2, s);
+    launch(embedding_backward_kernel, dim3(B * T), dim3(std::min(c.D, 256)), 0, s, dE, dx, (const uint64_t*)keys, c, B * T, T);
     cudaCheck(cudaGetLastError());
 }
 
@@ -202,7 +234,7 @@ inline void add_inplace(float* y, const float* x, size_t n, cudaStream_t s) {
 
 // grid (B*T), block min(D, 256): xlast (B, T, D) = the rows (n, K-1) of x (B, TK, D)
 static __global__ void last_copy_forward_kernel(float* xlast, const float* x, Config c, int T) {
-    const int i = blockIdx.x, b = i / T, r = b * T * c.K + regrouped_row(c, T, i % T, c.K - 1);
+    const int i = blockIdx.x, b = i / T, r = b * T * c.K + token_row(c, T, i % T, c.K - 1);
     for (int j = threadIdx.x; j < c.D; j += blockDim.x) xlast[(size_t)i * c.D + j] = x[(size_t)r * c.D + j];
 }
 inline void last_copy_forward(float* xlast, const float* x, const Config& c, int B, int T, cudaStream_t s) {
@@ -211,7 +243,7 @@ inline void last_copy_forward(float* xlast, const float* x, const Config& c, int
 }
 // dx (B, TK, D) = 0 except the last-copy rows, which get dxlast (B, T, D)
 static __global__ void last_copy_backward_kernel(float* dx, const float* dxlast, Config c, int T) {
-    const int i = blockIdx.x, b = i / T, r = b * T * c.K + regrouped_row(c, T, i % T, c.K - 1);
+    const int i = blockIdx.x, b = i / T, r = b * T * c.K + token_row(c, T, i % T, c.K - 1);
     for (int j = threadIdx.x; j < c.D; j += blockDim.x) dx[(size_t)r * c.D + j] = dxlast[(size_t)i * c.D + j];
 }
 inline void last_copy_backward(float* dx, const float* dxlast, const Config& c, int B, int T, cudaStream_t s) {

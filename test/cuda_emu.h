@@ -449,14 +449,17 @@ struct DeviceMemory {
     DeviceMemory() {
         if (const char* e = getenv("PHD_EMU_DEVICE_MEMORY")) limit = strtoull(e, nullptr, 10);
     }
-    // The allocation holding the n bytes at p (n = 0: p may be its end), or null.
-    const Allocation* holding(const void* p, size_t n) {
-        auto it = live.upper_bound((uintptr_t)p);
+    // The allocation holding the n bytes at p (n = 0: p may be its end), or null. By address
+    // (an integer): only the pointer's value is read, never what it points to, which GCC's
+    // uninitialised-read warning cannot tell for a pointer to host memory not yet written.
+    const Allocation* holding(const void* p, size_t n) { return holding_address((uintptr_t)p, n); }
+    const Allocation* holding_address(uintptr_t a, size_t n) {
+        auto it = live.upper_bound(a);
         if (it == live.begin()) return nullptr;
         --it;
-        return (uintptr_t)p + n <= it->first + it->second.bytes ? &it->second : nullptr;
+        return a + n <= it->first + it->second.bytes ? &it->second : nullptr;
     }
-    bool is_device(const void* p) { return holding(p, 0) != nullptr; }
+    bool is_device(const void* p) { return holding_address((uintptr_t)p, 0) != nullptr; }
     void set_access(const Allocation& a, bool on) {
         if (kProtect && mprotect(a.map, a.map_bytes, on ? PROT_READ | PROT_WRITE : PROT_NONE) != 0) {
             perror("cuda_emu: mprotect");

@@ -7,7 +7,6 @@
 #include <doctest/doctest.h>
 #include "../cpu/decode.h"
 #include "../kernels/gpu_decode.cuh"
-#include "test_gpu_util.h"
 #include "test_util.h"
 
 static Config decode_config(const char* variant, int maxT) {
@@ -120,7 +119,7 @@ TEST_CASE("decode kernels: split-K (2, 3, 7, 170 splits) equals one split, inclu
             scale = max_nan(scale, std::fabs(one[i]));
         }
         INFO(splits << " splits: max |diff| " << worst << " of outputs up to " << scale);
-        CHECK(worst <= 1e-6 * scale);  // the same sums, regrouped
+        CHECK(worst <= 1e-6 * scale);  // the same sums, split differently
         CHECK(scale > 0.01);
     }
     for (void* p : bufs) cudaCheck(cudaFree(p));

@@ -44,22 +44,25 @@ TEST_CASE("visibility predicate equals hand-written masks for K=3, T=4") {
     check_mask("naive-3", naive);
 }
 
-TEST_CASE("visible_keys enumerates exactly the predicate's keys, in order") {
+TEST_CASE("visible_rows holds exactly the predicate's keys, in row order") {
     const char* variants[] = {"vanilla", "phd-1", "phd-2", "phd-4", "naive-3", "phd-swa-1-3", "phd-swa-2-0",
                               "phd-swa-3-1", "phd-swa-3-5", "phd-swa-4-16", "phd-cswa-2-3-1", "phd-cswa-3-2-2",
                               "phd-cswa-3-5-3", "phd-cswa-4-7-4", "phd-cswa-3-16-32"};
     const int T = 11;
     for (const char* v : variants) {
         Config c = tiny_config(v);
-        std::vector<int> keys(T * c.K);
         for (int n = 0; n < T; n++)
             for (int q = 0; q < c.K; q++) {
-                std::vector<int> want;
-                for (int j = 0; j < T * c.K; j++)
-                    if (phd_visible(c, n, q, j / c.K, j % c.K)) want.push_back(j);
-                int cnt = visible_keys(c, n, q, keys.data());
+                std::vector<int> want, got;
+                for (int j = 0; j < T * c.K; j++) {
+                    int m, d;
+                    row_token(c, T, j, &m, &d);
+                    if (phd_visible(c, n, q, m, d)) want.push_back(j);
+                }
+                const VisibleRows keys = visible_rows(c, T, n, q);
+                for (int t = 0; t < keys.count; t++) got.push_back(keys.row(t));
                 INFO(std::string(v) << " query (" << n << "," << q << ")");
-                CHECK(std::vector<int>(keys.begin(), keys.begin() + cnt) == want);
+                CHECK(got == want);
             }
     }
 }
@@ -265,16 +268,39 @@ TEST_CASE("cross-entropy backward matches finite differences; padded columns nev
     CHECK(loss() == before);
 }
 
+TEST_CASE("the row order: originals, then the hidden tokens in stream order; every row once") {
+    for (const char* v : {"vanilla", "phd-2", "phd-4", "naive-3"}) {
+        Config c = tiny_config(v);
+        const int T = 7;
+        std::vector<int> seen(T * c.K, 0);
+        for (int n = 0; n < T; n++)
+            for (int q = 0; q < c.K; q++) {
+                const int r = token_row(c, T, n, q);
+                REQUIRE(r >= 0);
+                REQUIRE(r < T * c.K);
+                seen[r]++;
+                int m, d;
+                row_token(c, T, r, &m, &d);
+                CHECK(m == n);
+                CHECK(d == q);
+                CHECK(row_position(c, T, r) == n);
+                CHECK(r == (q == 0 ? n : T + n * (c.K - 1) + q - 1));  // written out: [originals | hidden]
+            }
+        CHECK(std::count(seen.begin(), seen.end(), 1) == T * c.K);
+    }
+}
+
 TEST_CASE("embedding repeats every token K times; backward sums the copies") {
-    const int B = 2, T = 3, K = 3, D = 4, Vp = 128;
+    Config c = tiny_config("phd-3");
+    const int B = 2, T = 3, K = c.K, D = c.D, Vp = c.Vp;
     auto E = random_vec<double>(Vp * D, 17), R = random_vec<double>(B * T * K * D, 18);
     std::vector<int> tok = {5, 7, 5, 1, 0, 5};
     std::vector<double> x(B * T * K * D), dE(Vp * D, 0.0);
-    auto loss = [&]() { embedding_forward(x.data(), tok.data(), E.data(), B, T, K, D); return dot(x, R); };
+    auto loss = [&]() { embedding_forward(x.data(), tok.data(), E.data(), c, B, T); return dot(x, R); };
     loss();
     for (int r = 0; r < B * T * K; r++)
-        for (int j = 0; j < D; j++) CHECK(x[r * D + j] == E[tok[r / K] * D + j]);
-    embedding_backward(dE.data(), R.data(), tok.data(), B, T, K, D);
+        for (int j = 0; j < D; j++) CHECK(x[r * D + j] == E[tok[r / (T * K) * T + row_position(c, T, r % (T * K))] * D + j]);
+    embedding_backward(dE.data(), R.data(), tok.data(), c, B, T);
     check_fd("embedding", E, dE, loss);
 }
 
@@ -360,21 +386,28 @@ TEST_CASE("the originals of phd, phd-swa and phd-cswa are a vanilla model, layer
         for (int l = 0; l <= c.L; l++) {
             const float* xm = l < c.L ? M.layer[l].x : M.xL;
             const float* xv = l < c.L ? V.layer[l].x : V.xL;
-            for (int i = 0; i < B * T; i++)
-                mismatched += !std::equal(xm + (size_t)i * c.K * c.D, xm + ((size_t)i * c.K + 1) * c.D, xv + (size_t)i * c.D);
+            for (int b = 0; b < B; b++)  // the originals: rows [0, T) of each sequence
+                mismatched += !std::equal(xm + (size_t)b * T * c.K * c.D, xm + ((size_t)b * T * c.K + T) * c.D, xv + (size_t)b * T * c.D);
         }
         INFO(std::string(v));
         CHECK(mismatched == 0);
         // The hidden copies do compute something else (from position 1 on: at position 0 every
         // copy sees the same keys and values as the original), so the test can fail.
-        CHECK(!std::equal(M.xL + (size_t)(c.K + 1) * c.D, M.xL + (size_t)(c.K + 2) * c.D, V.xL + c.D));
+        const float* copy1 = M.xL + (size_t)token_row(c, T, 1, 1) * c.D;  // (1, 1) against the original of position 1
+        CHECK(!std::equal(copy1, copy1 + c.D, V.xL + c.D));
     }
 }
 
 // Dense attention: every query against every key, masked with the predicate. Written
-// independently of attention_forward, in the same summation order.
+// independently of attention_forward, in the same summation order (the row order).
 static void dense_attention(float* o, const float* qkv, const Config& c, int B, int T) {
-    const int K = c.K, TK = T * K, hd = c.hd(), ld = c.qkv_dim(), group = c.H / c.Hkv;
+    const int TK = T * c.K, hd = c.hd(), ld = c.qkv_dim(), group = c.H / c.Hkv;
+    auto visible = [&](int i, int j) {
+        int n, q, m, d;
+        row_token(c, T, i, &n, &q);
+        row_token(c, T, j, &m, &d);
+        return phd_visible(c, n, q, m, d);
+    };
     const float scale = 1.0f / std::sqrt((float)hd);
     std::vector<float> s(TK);
     for (int b = 0; b < B; b++)
@@ -383,7 +416,7 @@ static void dense_attention(float* o, const float* qkv, const Config& c, int B, 
                 const float* q = qkv + ((size_t)b * TK + i) * ld + h * hd;
                 float mx = -INFINITY;
                 for (int j = 0; j < TK; j++) {
-                    if (!phd_visible(c, i / K, i % K, j / K, j % K)) continue;
+                    if (!visible(i, j)) continue;
                     const float* k = qkv + ((size_t)b * TK + j) * ld + (c.H + h / group) * hd;
                     float d = 0;
                     for (int e = 0; e < hd; e++) d += q[e] * k[e];
@@ -392,11 +425,11 @@ static void dense_attention(float* o, const float* qkv, const Config& c, int B, 
                 }
                 float sum = 0;
                 for (int j = 0; j < TK; j++)
-                    if (phd_visible(c, i / K, i % K, j / K, j % K)) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
+                    if (visible(i, j)) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
                 float* out = o + ((size_t)b * TK + i) * c.H * hd + h * hd;
                 for (int e = 0; e < hd; e++) out[e] = 0;
                 for (int j = 0; j < TK; j++) {
-                    if (!phd_visible(c, i / K, i % K, j / K, j % K)) continue;
+                    if (!visible(i, j)) continue;
                     const float* v = qkv + ((size_t)b * TK + j) * ld + (c.H + c.Hkv + h / group) * hd;
                     for (int e = 0; e < hd; e++) out[e] += s[j] / sum * v[e];
                 }

@@ -526,7 +526,7 @@ TEST_CASE("generation: streams tokens and reports the cache; bad prompts get one
         {"--generate 10 --prompt-ids '1 2 3 4 5 6 7'", "exceed the model's max sequence length 16"},
         {"--generate 2 --prompt-ids ' , '", "the prompt is empty"},
         {"--generate 2 --prompt-ids '1 32'", "token 32 is out of range"},
-        {"--generate 2 --prompt-ids '1 x'", "is not a list of token ids"},
+        {"--generate 2 --prompt-ids '1 x'", "--prompt-ids: expected an integer >= 0, got 'x'"},
         {"--generate 2 --variant phd-cswa-3-4-3", "does not match the checkpoint"},
         {"--generate 2 --prompt hello", "text prompts need --tokenizer"},
     };

@@ -1,0 +1,294 @@
+// dev/kernel_checks.h: every kernel of a training step checked against its CPU counterpart
+// in model.h, as one table that both the kernel lab (dev/bench_gpu.cu: at the benchmark's
+// shape, then timed) and the GPU tests (test/test_gpu_kernels.cu: at their shapes) run, so
+// that the two cannot drift apart.
+//
+// A check draws random inputs for the model shape of a GpuModel (its config, B, T), runs the
+// CPU reference and the kernel on them, and returns each output tensor's error, max |got -
+// want| / max |want| (NaN when either holds one), with the tolerance stated for it here.
+// Outputs start as NaN, so an element the kernel fails to write fails the check. The
+// tolerances hold at both the tests' shapes and GPT-2-small's (the H200 lab run of
+// 2026-11-27 measured the errors noted). Then `timed` gets the kernel call: the lab times it,
+// the tests pass one that does nothing.
+#pragma once
+#include <functional>
+#include <string>
+#include <vector>
+#include "../common/tensor_util.h"
+#include "../kernels/gpu_model.cuh"
+
+struct TensorError {
+    std::string tensor;
+    double err, tol;
+    bool ok() const { return err <= tol; }  // false for NaN
+};
+struct CheckResult {
+    std::vector<TensorError> errors;  // empty: the check does not apply to this shape
+    double work;                      // FLOPs or bytes of one kernel call, for the lab's rate
+};
+using Timed = std::function<void(const std::function<void()>&)>;
+
+// Device buffers of one check, freed when it returns.
+struct CheckBuffers {
+    std::vector<void*> all;
+    template<typename T> T* up(const std::vector<T>& h) {
+        T* d = to_device(h);
+        all.push_back(d);
+        return d;
+    }
+    float* nan(size_t n) { return up(std::vector<float>(n, NAN)); }
+    ~CheckBuffers() { for (void* p : all) cudaFree(p); }
+    CheckBuffers() = default;
+    CheckBuffers(const CheckBuffers&) = delete;
+    CheckBuffers& operator=(const CheckBuffers&) = delete;
+};
+
+// Visible (query, key) pairs of one sequence, from the intervals the kernels skip tiles by.
+static inline double visible_pairs(const Config& c, int T) {
+    double pairs = 0;
+    for (int n = 0; n < T; n++)
+        for (int k = 0; k < c.K; k++) pairs += visible_rows(c, T, n, k).count;
+    return pairs;
+}
+
+// dq, dk and dv of a (rows, qkv_dim) gradient, each to its own scale.
+static inline std::vector<TensorError> dqkv_errors(const std::vector<float>& got, const std::vector<float>& want, const Config& c, double tol) {
+    const int hd = c.hd(), ld = c.qkv_dim(), edge[4] = {0, c.H * hd, (c.H + c.Hkv) * hd, ld};
+    const char* names[3] = {"dq", "dk", "dv"};
+    std::vector<TensorError> out;
+    for (int blk = 0; blk < 3; blk++) {
+        std::vector<float> a, b;
+        for (size_t r = 0; r < got.size() / ld; r++) {
+            a.insert(a.end(), got.begin() + r * ld + edge[blk], got.begin() + r * ld + edge[blk + 1]);
+            b.insert(b.end(), want.begin() + r * ld + edge[blk], want.begin() + r * ld + edge[blk + 1]);
+        }
+        out.push_back({names[blk], max_rel(a, b), tol});
+    }
+    return out;
+}
+
+// Attention forward and backward, fp32 or (tensor_cores) TF32 mma; FlashAttention's FLOP
+// convention: 4 hd per visible pair and head forward, 2.5x that backward.
+static CheckResult check_attention(GpuModel& G, int B, int T, const Timed& timed, bool backward, bool tensor_cores) {
+    const Config& c = G.cfg;
+    if (tensor_cores && !compiled_head_dim(c)) return {{}, 0};
+    const int TK = T * c.K, ld = c.qkv_dim(), od = c.H * c.hd();
+    std::vector<float> qkv = random_vec<float>((size_t)B * TK * ld, 1, 1.5), dout = random_vec<float>((size_t)B * TK * od, 2);
+    std::vector<float> o_ref((size_t)B * TK * od), lse_ref((size_t)B * c.H * TK), dqkv_ref(qkv.size());
+    attention_forward(o_ref.data(), lse_ref.data(), qkv.data(), c, B, T);
+    CheckBuffers buf;
+    float *d_qkv = buf.up(qkv), *d_o = buf.nan(o_ref.size()), *d_lse = buf.nan(lse_ref.size());
+    auto forward = [&] { attention_forward(d_o, d_lse, d_qkv, c, B, T, nullptr, nullptr, tensor_cores); };
+    forward();
+    const double flops = 4.0 * c.hd() * c.H * visible_pairs(c, T) * B;
+    // o: 2.8e-7 fp32, 3.3e-4 TF32 (TF32 inputs, 2^-11 relative rounding, over hd-long sums)
+    std::vector<TensorError> e = {{"o", max_rel(to_host(d_o, o_ref.size()), o_ref), tensor_cores ? 5e-3 : 1e-5},
+                                  {"lse", max_rel(to_host(d_lse, lse_ref.size()), lse_ref), tensor_cores ? 1e-3 : 1e-6}};
+    if (!backward) {
+        timed(forward);
+        return {e, flops};
+    }
+    // The backward from the kernel's own forward (o, lse), as in training.
+    attention_backward(dqkv_ref.data(), dout.data(), qkv.data(), o_ref.data(), lse_ref.data(), c, B, T);
+    float *d_dout = buf.up(dout), *d_dqkv = buf.nan(qkv.size());
+    auto run = [&] { attention_backward(d_dqkv, d_dout, d_qkv, d_o, d_lse, c, B, T, nullptr, tensor_cores); };
+    run();
+    // dq, dk, dv: 1.7e-6 fp32 (longer sums, another order); 3.3e-4 TF32 (P and dS rounded too)
+    e = dqkv_errors(to_host(d_dqkv, qkv.size()), dqkv_ref, c, tensor_cores ? 5e-3 : 1e-4);
+    timed(run);
+    return {e, 2.5 * flops};
+}
+
+// The QKV projection through cuBLAS, as GpuModel runs every linear layer.
+static CheckResult check_matmul(GpuModel& G, int B, int T, const Timed& timed) {
+    const Config& c = G.cfg;
+    const int N = B * T * c.K, D = c.D, ld = c.qkv_dim();
+    std::vector<float> a = random_vec<float>((size_t)N * D, 4), w = random_vec<float>((size_t)ld * D, 3, 0.02), ref((size_t)N * ld);
+    matmul_forward(ref.data(), a.data(), w.data(), N, D, ld);
+    CheckBuffers buf;
+    float *d_a = buf.up(a), *d_w = buf.up(w), *d_out = buf.nan(ref.size());
+    auto run = [&] { G.matmul(d_out, d_a, d_w, N, D, ld, false); };
+    run();
+    std::vector<TensorError> e = {{"out", max_rel(to_host(d_out, ref.size()), ref), G.tf32 ? 5e-3 : 1e-5}};  // 1.5e-6; TF32 3.3e-4
+    timed(run);
+    return {e, 2.0 * N * D * ld};
+}
+
+static CheckResult check_rmsnorm(GpuModel& G, int B, int T, const Timed& timed, bool backward) {
+    const int N = B * T * G.cfg.K, D = G.cfg.D;
+    std::vector<float> x = random_vec<float>((size_t)N * D, 5), g = random_vec<float>(D, 6), dy = random_vec<float>((size_t)N * D, 7);
+    std::vector<float> out_ref(x.size()), rstd_ref(N), dx_ref(x.size()), dg_ref(D, 0.5f);
+    rmsnorm_forward(out_ref.data(), rstd_ref.data(), x.data(), g.data(), N, D);
+    CheckBuffers buf;
+    float *d_x = buf.up(x), *d_g = buf.up(g), *d_out = buf.nan(x.size()), *d_rstd = buf.nan(N);
+    auto forward = [&] { rmsnorm_forward(d_out, d_rstd, d_x, d_g, N, D, nullptr); };
+    forward();
+    if (!backward) {
+        std::vector<TensorError> e = {{"out", max_rel(to_host(d_out, x.size()), out_ref), 2e-6},  // 4.5e-7
+                                      {"rstd", max_rel(to_host(d_rstd, N), rstd_ref), 2e-6}};
+        timed(forward);
+        return {e, 2.0 * N * D * 4};
+    }
+    rmsnorm_backward(dx_ref.data(), dg_ref.data(), dy.data(), x.data(), g.data(), rstd_ref.data(), N, D);
+    float *d_dy = buf.up(dy), *d_dg = buf.up(std::vector<float>(D, 0.5f)), *d_scratch = buf.nan((size_t)kDgChunks * D);
+    rmsnorm_backward(d_dy, d_dg, d_dy, d_x, d_g, d_rstd, N, D, d_scratch, nullptr);  // dx aliases dout, as in the model
+    std::vector<TensorError> e = {{"dx", max_rel(to_host(d_dy, x.size()), dx_ref), 2e-5},  // 3.2e-6 (the larger of dx and dg)
+                                  {"dg", max_rel(to_host(d_dg, D), dg_ref), 2e-5}};
+    timed([&] { rmsnorm_backward(d_dy, d_dg, d_dy, d_x, d_g, d_rstd, N, D, d_scratch, nullptr); });
+    return {e, 5.0 * N * D * 4};
+}
+
+// RoPE on the q and k heads at each row's position; the backward must restore the input.
+static CheckResult check_rope(GpuModel& G, int B, int T, const Timed& timed) {
+    const Config& c = G.cfg;
+    const int N = B * T * c.K, ld = c.qkv_dim();
+    std::vector<float> qkv = random_vec<float>((size_t)N * ld, 10), rot_ref = qkv;
+    std::vector<int> pos(N);
+    for (int r = 0; r < N; r++) pos[r] = row_position(c, T, r % (T * c.K));
+    std::vector<float> cs((size_t)c.maxT * c.hd() / 2), sn(cs.size());
+    rope_tables(cs.data(), sn.data(), c.maxT, c.hd());
+    rope_forward(rot_ref.data(), pos.data(), c, N, cs.data(), sn.data());
+    CheckBuffers buf;
+    float* d_qkv = buf.up(qkv);
+    int* d_pos = buf.up(pos);
+    rope_forward(d_qkv, d_pos, c, N, G.rope_cos, G.rope_sin, nullptr);
+    std::vector<TensorError> e = {{"rotated", max_rel(to_host(d_qkv, qkv.size()), rot_ref), 1e-6}};  // 0
+    rope_backward(d_qkv, d_pos, c, N, G.rope_cos, G.rope_sin, nullptr);
+    e.push_back({"rotated back", max_rel(to_host(d_qkv, qkv.size()), qkv), 1e-6});
+    timed([&] { rope_forward(d_qkv, d_pos, c, N, G.rope_cos, G.rope_sin, nullptr); });
+    return {e, 2.0 * N * (c.H + c.Hkv) * c.hd() * 4};
+}
+
+static CheckResult check_swiglu(GpuModel& G, int B, int T, const Timed& timed, bool backward) {
+    const int N = B * T * G.cfg.K, F = G.cfg.F;
+    std::vector<float> h13 = random_vec<float>((size_t)N * 2 * F, 11, 3.0), dg = random_vec<float>((size_t)N * F, 12);
+    std::vector<float> g_ref((size_t)N * F), dh_ref(h13.size());
+    swiglu_forward(g_ref.data(), h13.data(), N, F);
+    swiglu_backward(dh_ref.data(), dg.data(), h13.data(), N, F);
+    CheckBuffers buf;
+    float *d_h13 = buf.up(h13), *d_g = buf.nan(g_ref.size()), *d_dg = buf.up(dg), *d_dh = buf.nan(h13.size());
+    std::function<void()> run = [&] { swiglu_forward(d_g, d_h13, N, F, nullptr); };
+    if (backward) run = [&] { swiglu_backward(d_dh, d_dg, d_h13, N, F, nullptr); };
+    run();
+    std::vector<TensorError> e;  // (not `c ? TensorError{..} : TensorError{..}`: nvcc 13.0's cicc crashes on it)
+    if (backward) e.push_back({"dh13", max_rel(to_host(d_dh, h13.size()), dh_ref), 2e-6});  // 3.1e-7
+    else e.push_back({"g", max_rel(to_host(d_g, g_ref.size()), g_ref), 1e-6});               // 6.8e-8
+    timed(run);
+    return {e, (backward ? 5.0 : 3.0) * N * F * 4};
+}
+
+// Fused softmax + cross-entropy over the B*T last-copy rows; the backward overwrites the
+// logits with their gradient and must leave the padded columns at zero.
+static CheckResult check_crossentropy(GpuModel& G, int B, int T, const Timed& timed, bool backward) {
+    const Config& c = G.cfg;
+    const int BT = B * T;
+    std::vector<float> z = random_vec<float>((size_t)BT * c.Vp, 13, 4.0), loss_ref(BT), lse_ref(BT);
+    std::vector<int> y(BT);
+    Rng rng{14};
+    for (int& t : y) t = (int)(rng.next_u64() % c.V);
+    crossentropy_forward(loss_ref.data(), lse_ref.data(), z.data(), y.data(), BT, c.V, c.Vp);
+    CheckBuffers buf;
+    float *d_z = buf.up(z), *d_loss = buf.nan(BT), *d_lse = buf.nan(BT);
+    int* d_y = buf.up(y);
+    auto forward = [&] { crossentropy_forward(d_loss, d_lse, d_z, d_y, BT, c.V, c.Vp, nullptr); };
+    forward();
+    if (!backward) {
+        // __expf, __logf and another summation order: 7.3e-7
+        std::vector<TensorError> e = {{"loss", max_rel(to_host(d_loss, BT), loss_ref), 2e-6},
+                                      {"lse", max_rel(to_host(d_lse, BT), lse_ref), 2e-6}};
+        timed(forward);
+        return {e, (double)BT * c.Vp * 4};
+    }
+    std::vector<float> dz_ref = z;
+    crossentropy_backward(dz_ref.data(), lse_ref.data(), y.data(), 1.0f / BT, BT, c.V, c.Vp);
+    auto run = [&] { crossentropy_backward(d_z, d_lse, d_y, 1.0f / BT, BT, c.V, c.Vp, nullptr); };
+    run();
+    const std::vector<float> dz = to_host(d_z, z.size());
+    double pad_nonzero = 0;
+    for (int i = 0; i < BT; i++)
+        for (int j = c.V; j < c.Vp; j++) pad_nonzero += dz[(size_t)i * c.Vp + j] != 0.0f;
+    std::vector<TensorError> e = {{"dlogits", max_rel(dz, dz_ref), 1e-5},  // __expf's error at the largest logits: 1.6e-6
+                                  {"padded columns not zero", pad_nonzero, 0}};
+    timed(run);  // on its own output: the same work
+    return {e, 2.0 * BT * c.Vp * 4};
+}
+
+// Every copy of a position gets its token's row; the backward sums them back by token.
+static CheckResult check_embedding(GpuModel& G, int B, int T, const Timed& timed, bool backward) {
+    const Config& c = G.cfg;
+    const int TK = T * c.K, N = B * TK, D = c.D;
+    std::vector<int> tok(B * T), index(N);
+    Rng rng{15};
+    for (int& t : tok) t = (int)(rng.next_u64() % c.V);
+    for (int i = 0; i < N; i++) index[i] = i / TK * T + row_position(c, T, i % TK);
+    std::vector<float> E = random_vec<float>((size_t)c.Vp * D, 4), dx = random_vec<float>((size_t)N * D, 5);
+    std::vector<float> x_ref((size_t)N * D), dE0 = random_vec<float>(E.size(), 6), dE_ref = dE0;
+    embedding_forward(x_ref.data(), tok.data(), E.data(), c, B, T);
+    embedding_backward(dE_ref.data(), dx.data(), tok.data(), c, B, T);
+    CheckBuffers buf;
+    int *d_tok = buf.up(tok), *d_index = buf.up(index);
+    float *d_E = buf.up(E), *d_x = buf.nan(x_ref.size()), *d_dx = buf.up(dx), *d_dE = buf.up(dE0);
+    uint64_t* d_keys = buf.up(std::vector<uint64_t>(token_sort_slots(B * T)));
+    std::function<void()> run = [&] { embedding_forward(d_x, d_tok, d_index, d_E, N, D, nullptr); };
+    if (backward) run = [&] { embedding_backward(d_dE, d_dx, d_tok, d_keys, c, B, T, nullptr); };
+    run();
+    std::vector<TensorError> e;
+    if (backward) e.push_back({"dE", max_rel(to_host(d_dE, E.size()), dE_ref), 1e-6});  // 9.3e-8
+    else e.push_back({"x", max_rel(to_host(d_x, x_ref.size()), x_ref), 0});             // copies: exact
+    timed(run);
+    return {e, 2.0 * N * D * 4};
+}
+
+// One AdamW step over every parameter, after the gradient norm, against the CPU's.
+static CheckResult check_adamw(GpuModel& G, int, int, const Timed& timed) {
+    const Config& c = G.cfg;
+    const size_t P = num_params(c);
+    std::vector<float> p = random_vec<float>(P, 15), g = random_vec<float>(P, 16, 0.01), m = random_vec<float>(P, 17, 0.001), v(P);
+    for (size_t i = 0; i < P; i++) v[i] = 1e-4f * (1 + (float)(i % 7));
+    AdamW o;
+    const double norm_ref = grad_norm(g.data(), P);
+    std::vector<float> p_ref = p, m_ref = m, v_ref = v;
+    adamw_update(c, o, p_ref.data(), g.data(), m_ref.data(), v_ref.data(), 4, 1e-3f, norm_ref);
+    CheckBuffers buf;
+    float *d_p = buf.up(p), *d_g = buf.up(g), *d_m = buf.up(m), *d_v = buf.up(v);
+    double* d_part = buf.up(std::vector<double>(kNormBlocks));
+    const double norm = grad_norm(d_g, P, d_part, nullptr);
+    adamw_update(c, o, d_p, d_g, d_m, d_v, 4, 1e-3f, norm, nullptr);
+    std::vector<TensorError> e = {{"grad norm", std::fabs(norm - norm_ref) / norm_ref, 1e-12},  // double sums, another order
+                                  {"params", max_rel(to_host(d_p, P), p_ref), 1e-6},            // 0
+                                  {"m", max_rel(to_host(d_m, P), m_ref), 1e-6},
+                                  {"v", max_rel(to_host(d_v, P), v_ref), 1e-6}};
+    timed([&] { adamw_update(c, o, d_p, d_g, d_m, d_v, 5, 1e-3f, norm, nullptr); });
+    return {e, 7.0 * P * 4};
+}
+
+struct KernelCheck {
+    const char* name;
+    const char* unit;  // of the lab's rate: GFLOP/s (work in FLOPs) or GB/s (bytes)
+    std::function<CheckResult(GpuModel&, int B, int T, const Timed&)> run;
+};
+
+// The table, in the order of a training step.
+static inline std::vector<KernelCheck> kernel_checks() {
+    // A check with its flags fixed (forward or backward, fp32 or tensor cores).
+    auto with = [](auto check, auto... flags) {
+        return [=](GpuModel& G, int B, int T, const Timed& timed) { return check(G, B, T, timed, flags...); };
+    };
+    return {
+        {"embedding_forward", "GB/s", with(check_embedding, false)},
+        {"rmsnorm_forward", "GB/s", with(check_rmsnorm, false)},
+        {"matmul qkv (cuBLAS)", "GFLOP/s", check_matmul},
+        {"rope_forward/backward", "GB/s", check_rope},
+        {"attention_forward", "GFLOP/s", with(check_attention, false, false)},
+        {"attention_forward TF32 mma", "GFLOP/s", with(check_attention, false, true)},
+        {"swiglu_forward", "GB/s", with(check_swiglu, false)},
+        {"crossentropy_forward", "GB/s", with(check_crossentropy, false)},
+        {"crossentropy_backward", "GB/s", with(check_crossentropy, true)},
+        {"swiglu_backward", "GB/s", with(check_swiglu, true)},
+        {"attention_backward", "GFLOP/s", with(check_attention, true, false)},
+        {"attention_backward TF32 mma", "GFLOP/s", with(check_attention, true, true)},
+        {"rmsnorm_backward", "GB/s", with(check_rmsnorm, true)},
+        {"embedding_backward", "GB/s", with(check_embedding, true)},
+        {"grad norm + adamw_update", "GB/s", check_adamw},
+    };
+}
