@@ -8,7 +8,7 @@ NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2
 # sm_90 (H100/H200) and sm_80 (A100)
 NVCC_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 NVCCFLAGS ?= -O3 -std=c++17 $(NVCC_ARCH)
-HEADERS  := $(wildcard *.h cpu/*.h common/*.h kernels/*.h kernels/*.cuh data/*.h dev/*.h) test/cuda_emu.h test/cuda_emu_cublas.h
+HEADERS  := $(wildcard *.h cpu/*.h common/*.h kernels/*.h kernels/*.cuh data/*.h dev/*.h) test/cuda_emu.h test/cuda_emu_mma.h test/cuda_emu_cublas.h
 # GPT-2 text prompts in train_phd need PCRE2 (data/setup.sh installs it); built without otherwise.
 PCRE2_FLAGS := $(if $(wildcard /usr/include/pcre2.h),-DPHD_PCRE2)
 PCRE2_LIBS  := $(if $(wildcard /usr/include/pcre2.h),-lpcre2-8)
@@ -50,7 +50,7 @@ build/test_cpu: $(CPU_TESTS) $(TEST_HDR) $(HEADERS)
 
 # GPU tests, one source built four ways: emulated on the CPU (test/cuda_emu.h), the same
 # under ThreadSanitizer and AddressSanitizer, and natively with nvcc (skips without a GPU).
-GPU_TEST_SRC  := test/test_gpu.cu test/test_gpu_kernels.cu test/test_gpu_decode.cu
+GPU_TEST_SRC  := test/test_gpu.cu test/test_gpu_mma.cu test/test_gpu_kernels.cu test/test_gpu_decode.cu
 GPU_TEST_DEPS := test/test_main.cpp $(GPU_TEST_SRC) $(TEST_HDR) $(HEADERS)
 EMU_BUILD = $(CXX) -std=c++17 $(WARN) -fopenmp -pthread test/test_main.cpp -x c++ $(GPU_TEST_SRC) -o $@
 build/test_gpu_emu: $(GPU_TEST_DEPS)

@@ -5,6 +5,9 @@
 //   warp_sum(v), block_reduce(v, is_max)                   reductions, result in every thread
 //   PHD_UNROLL                                             #pragma unroll (nvcc only)
 //   to_tf32(x), mma_tf32(d, a, b)                          tensor cores, sm_80+: below
+//   pack_bf16(lo, hi), mma_bf16(d, a, b)                   bf16 tensor cores, sm_80+: below
+//   ldmatrix<N, trans>(r, row)                             8x8 b16 matrices, shared memory -> fragments
+//   cp_async16(dst, src), cp_async_commit(), cp_async_wait<N>()   global -> shared without registers
 //   cudaCheck(call), cublasCheck(call)                     one-line error, exit 1
 //   to_device(vector), to_host(ptr, n)                     host copies, for the tests and the lab
 // Kernels live in headers and are declared `static __global__`: nvcc gives __global__
@@ -16,6 +19,21 @@
 //   a (16 x 8):     a[0] (g, t)   a[1] (g + 8, t)   a[2] (g, t + 4)   a[3] (g + 8, t + 4)
 //   b (8 x 8):      b[0] (t, g)   b[1] (t + 4, g)
 //   d (16 x 8):     d[0] (g, 2t)  d[1] (g, 2t + 1)  d[2] (g + 8, 2t)  d[3] (g + 8, 2t + 1)
+//
+// mma_bf16(d, a, b): d += a b for one 16x8 tile with k = 16, mma.sync.m16n8k16 on bf16
+// inputs with fp32 accumulation (the products are exact in fp32). Each 32-bit register
+// holds two bf16 (pack_bf16 rounds to nearest even, as cvt.rn.bf16x2.f32), the lower
+// column or row in its low half:
+//   a (16 x 16):    a[0] (g, 2t|2t+1)  a[1] (g + 8, 2t|2t+1)  a[2] (g, 2t+8|2t+9)  a[3] (g + 8, 2t+8|2t+9)
+//   b (16 x 8):     b[0] (2t|2t+1, g)  b[1] (2t+8|2t+9, g)
+//   d (16 x 8):     as for mma_tf32
+// ldmatrix<N, trans>(r, row): N in {1, 2, 4} 8x8 matrices of 16-bit elements from shared
+// memory; lane 8i + j gives the address of row j of matrix i (16 bytes, 16-byte aligned).
+// Lane 4g + t receives in r[i] row g, columns 2t|2t+1 of matrix i, or with trans column g,
+// rows 2t|2t+1: exactly the a and b fragments above, read from row-major tiles.
+// cp_async16(dst, src): 16 bytes from global to shared memory (both 16-byte aligned), in
+// flight until a cp_async_wait<N>() has left at most N of the groups that cp_async_commit()
+// closed outstanding; then a barrier makes them visible to the block.
 #pragma once
 #include <vector>
 #include "../common/utils.h"
@@ -61,6 +79,37 @@ static __device__ inline void mma_tf32(float (&d)[4], const float (&a)[4], const
                  : "r"(__float_as_uint(a[0])), "r"(__float_as_uint(a[1])), "r"(__float_as_uint(a[2])), "r"(__float_as_uint(a[3])),
                    "r"(__float_as_uint(b[0])), "r"(__float_as_uint(b[1])));
 }
+static __device__ inline uint32_t pack_bf16(float lo, float hi) {
+    uint32_t r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+static __device__ inline void mma_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+template<int N, bool Trans = false> static __device__ inline void ldmatrix(uint32_t (&r)[N], const void* row) {
+    static_assert(N == 1 || N == 2 || N == 4, "ldmatrix loads 1, 2 or 4 matrices");
+    const unsigned p = (unsigned)__cvta_generic_to_shared(row);
+    if constexpr (N == 1 && !Trans) asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];" : "=r"(r[0]) : "r"(p));
+    if constexpr (N == 1 && Trans) asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];" : "=r"(r[0]) : "r"(p));
+    if constexpr (N == 2 && !Trans)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(p));
+    if constexpr (N == 2 && Trans)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(p));
+    if constexpr (N == 4 && !Trans)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(p));
+    if constexpr (N == 4 && Trans)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(p));
+}
+static __device__ inline void cp_async16(void* dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src) : "memory");
+}
+static __device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template<int N> static __device__ inline void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 #else
 #include "../test/cuda_emu.h"
 #define PHD_UNROLL

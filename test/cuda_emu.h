@@ -33,8 +33,9 @@
 //   no arithmetic operators), streams and events (synchronous), and the cuBLAS calls the
 //   engine makes (column-major, every transpose, leading dimensions, alpha/beta, TF32 when
 //   allowed), computed naively, with cuBLAS's argument checks and device pointers required.
-// - The one tensor-core instruction the kernels use, mma_tf32 (cuda_compat.h), on the
-//   fragments its lanes hold, with TF32 rounding (to_tf32) as cvt.rna does it.
+// - The tensor-core instructions the kernels use (cuda_emu_mma.h): mma_tf32 and mma_bf16
+//   on the fragments their lanes hold, ldmatrix, cp.async with its groups (a copy lands
+//   only at the wait that covers it), TF32 and bf16 rounding as cvt.rna and cvt.rn do it.
 // What it cannot do: timing, memory coalescing, bank conflicts, other tensor-core instructions,
 // warp-synchronous code that omits the *_sync primitives, more than one launch at once
 // (launches are serialised), or check pointers held inside a kernel's struct arguments.
@@ -74,6 +75,7 @@
 #define __forceinline__
 #define __launch_bounds__(...)
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 
 typedef int cudaError_t;
 enum : int { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2,
@@ -147,6 +149,11 @@ struct Fiber {
     dim3 tid;                    // threadIdx
     int lane = 0, warp = 0;
     Relaxed<bool> done;
+    // cp.async copies issued and not yet waited for (cuda_emu_mma.h), each with its group:
+    // the number of commits before it.
+    struct AsyncCopy { void* dst; unsigned char bytes[16]; int group; };
+    std::vector<AsyncCopy> async;
+    int commits = 0;
 };
 
 // A barrier for a changing number of participants: leave() removes one (a returned thread).
@@ -169,7 +176,7 @@ struct Warp {
     int lanes = 0;             // lanes that exist (the last warp of a block may be partial)
     Relaxed<uint32_t> running; // lanes that have not returned (bit l: lane l)
     uint64_t slot[32];         // one value per lane, for the exchanges
-    float mma[32][6];          // each lane's a[4], b[2] fragments, for mma_tf32
+    uint32_t mma[32][6];       // each lane's a[4], b[2] fragments (their bits), for the mma instructions
     void leave(int lane) {     // the lane returned from the kernel
         running = running & ~(1u << lane);
         bar.leave();
@@ -375,6 +382,8 @@ inline void run_grid(dim3 grid, dim3 block, size_t shmem, void (*body)(void*), v
                     f.lane = t % 32;
                     f.warp = t / 32;
                     f.done = false;
+                    f.async.clear();  // copies a thread left in flight never land
+                    f.commits = 0;
                 }
                 hb_release(&L.start_sync);
                 for (int live = n; live > 0;) {
@@ -556,34 +565,6 @@ inline unsigned __ballot_sync(unsigned mask, int pred) {
     return bits;
 }
 
-// TF32 (10-bit mantissa) rounding to nearest, ties away from zero, as cvt.rna.tf32.f32.
-inline float to_tf32(float x) {
-    if (!std::isfinite(x)) return x;
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    u = (u + 0x1000u) & 0xffffe000u;
-    memcpy(&x, &u, 4);
-    return x;
-}
-// d += a b over a full warp's fragments (layout in cuda_compat.h): each lane publishes its
-// fragments, then computes its four outputs from everyone's. TF32 products are exact in fp32.
-inline void mma_tf32(float (&d)[4], const float (&a)[4], const float (&b)[2]) {
-    using namespace cuda_emu;
-    Warp& w = running_warp();
-    const int lane = running_fiber().lane;
-    memcpy(w.mma[lane], a, sizeof a);
-    memcpy(w.mma[lane] + 4, b, sizeof b);
-    warp_sync(w, 0xffffffffu, 0xffffffffu, "mma_tf32");
-    const int g = lane / 4, t = lane % 4;
-    for (int i = 0; i < 4; i++) {
-        const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
-        float s = 0.0f;
-        for (int k = 0; k < 8; k++) s += w.mma[(row % 8) * 4 + k % 4][row / 8 + 2 * (k / 4)] * w.mma[col * 4 + k % 4][4 + k / 4];
-        d[i] += s;
-    }
-    w.bar.wait();
-}
-
 template<typename T> inline T atomicAdd(T* p, T v) {
     std::lock_guard<std::mutex> lock(cuda_emu::atomic_mutex());
     T old = *p;
@@ -762,4 +743,5 @@ inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b)
     return cudaSuccess;
 }
 
+#include "cuda_emu_mma.h"
 #include "cuda_emu_cublas.h"

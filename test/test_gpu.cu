@@ -13,6 +13,7 @@
 #include <vector>
 #include <doctest/doctest.h>
 #include "../kernels/cuda_compat.h"
+#include "test_util.h"
 
 // A device copy of a host vector, freed on scope exit.
 template<typename T> struct DeviceBuffer {
@@ -190,22 +191,6 @@ TEST_CASE("emulation: memory a GPU leaves uninitialised reads as 0xff bytes, in 
     DeviceBuffer<int> dout(std::vector<int>(blocks * n, 0));
     launch(shared_before_write_kernel, dim3(blocks), dim3(n), n * sizeof(int), nullptr, dout.ptr);
     for (int v : dout.get()) CHECK(v == -1);
-}
-
-// Runs f in a child process: its exit status, 42 when it crashed on a protected page, 43
-// when it aborted.
-template<typename F> static int in_child(F f) {
-    fflush(nullptr);
-    const pid_t child = fork();
-    if (child == 0) {
-        signal(SIGSEGV, [](int) { _exit(42); });
-        signal(SIGABRT, [](int) { _exit(43); });
-        f();
-        _exit(0);
-    }
-    int status = 0;
-    if (waitpid(child, &status, 0) != child || !WIFEXITED(status)) return -1;
-    return WEXITSTATUS(status);
 }
 
 __global__ void fill_kernel(int* out, int v) { out[threadIdx.x] = v; }

@@ -2,6 +2,8 @@
 #pragma once
 #include <doctest/doctest.h>
 #include <sys/wait.h>
+#include <unistd.h>
+#include <csignal>
 #include <algorithm>
 #include <functional>
 #include <string>
@@ -50,6 +52,22 @@ static inline void check_fd(const char* what, std::vector<double>& x, const std:
     INFO(what << ": worst relative error " << worst << " at element " << worst_i << " (max |grad| " << gmax << ")");
     CHECK(worst < tol);
     CHECK(gmax > 1e-9);  // a gradient that is identically zero would pass vacuously
+}
+
+// Runs f in a child process: its exit status, 42 when it crashed on a protected page, 43
+// when it aborted.
+template<typename F> static inline int in_child(F f) {
+    fflush(nullptr);
+    const pid_t child = fork();
+    if (child == 0) {
+        signal(SIGSEGV, [](int) { _exit(42); });
+        signal(SIGABRT, [](int) { _exit(43); });
+        f();
+        _exit(0);
+    }
+    int status = 0;
+    if (waitpid(child, &status, 0) != child || !WIFEXITED(status)) return -1;
+    return WEXITSTATUS(status);
 }
 
 // Runs a shell command, returns its exit status; *out gets stdout and stderr.
