@@ -267,6 +267,26 @@ static inline size_t num_params(const Config& c) {
     return last.offset + last.size();
 }
 
+// Visible (query, key) pairs of one sequence of T positions, from the intervals the
+// attention kernels skip tiles by: ~K*T^2/2 (PHD.md section 7), not naive's (K*T)^2/2.
+static inline double visible_pairs(const Config& c, int T) {
+    double pairs = 0;
+    for (int n = 0; n < T; n++)
+        for (int k = 0; k < c.K; k++) pairs += visible_rows(c, T, n, k).count;
+    return pairs;
+}
+
+// Model FLOPs of a training step (forward + backward) per original token at sequence length
+// T, PHD.md section 7's cost model counted as llm.c counts them: 6 per weight per row it
+// multiplies (2 forward, 4 backward), every layer tensor on all K copies of a position, the
+// LM head on the last copy only (the embedding is a lookup); attention 4*hd per visible pair
+// and head forward (QK^T and PV), 3x that with its backward. The numerator of MFU, in
+// train_phd's step line and dev/bench_gpu.cu alike.
+static inline double model_flops_per_token(const Config& c, int T) {
+    const size_t body = num_params(c) - 2 * (size_t)c.Vp * c.D - c.D;  // all but E, wout, g_final
+    return 6.0 * ((double)body * c.K + (double)c.D * c.V) + 12.0 * c.L * c.H * c.hd() * visible_pairs(c, T) / T;
+}
+
 // Named views into a parameter (or gradient) arena.
 template<typename Real> struct LayerView {
     Real* g_attn;  // (D)

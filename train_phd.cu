@@ -3,7 +3,9 @@
 // One training step, top to bottom (train()):
 //   for each micro-batch: tokens (B, T) -> forward (every token fed K times, loss on the
 //   last copy) -> backward (gradients added up, scaled by 1/micro-batches); then the global
-//   gradient norm, clipping to 1.0, the learning-rate schedule, AdamW.
+//   gradient norm, clipping to 1.0, the learning-rate schedule, AdamW (skipped when the loss
+//   or norm is a spike and --skip-update-z asks; common/outliers.h). The step line shows the
+//   loss, norm, lr, time, tokens/s, on a GPU the MFU, and flags spikes.
 // The step runs on an engine (common/engine.h): the CPU model, or the GPU model when built by
 // nvcc (or by g++ with PHD_EMULATE_GPU, the CUDA emulation the tests use).
 #include <omp.h>
@@ -20,6 +22,7 @@
 #include "data/dataloader.h"
 #include "cpu/decode.h"
 #include "common/engine.h"
+#include "common/outliers.h"
 #include "model.h"
 #include "common/utils.h"
 
@@ -33,6 +36,7 @@ struct Args {
     int resume = 0, threads = 0, generate = 0, top_k = 0, tf32 = 0, compare_cpu = 0;
     uint64_t seed = 1337;
     float lr = 1e-3f, final_frac = 0.1f, weight_decay = 0.1f, check_tol = 1e-5f, temperature = 1.0f;
+    float skip_update_z = 0;  // 0: never skip an update
     bool variant_given = false, T_given = false;
 };
 
@@ -68,6 +72,8 @@ static void usage() {
         "  -s, --sample-every N     sample every N steps, 0 = never (50)\n"
         "  -g, --sample-tokens N    tokens per sample (16)\n"
         "  -n, --ckpt-every N       checkpoint every N steps; always at the end (0)\n"
+        "      --skip-update-z Z    skip the AdamW update of a step whose loss or grad-norm z-score\n"
+        "                           over the last 128 steps exceeds Z; 0 = never (0)\n"
         "      --device auto|cpu|cuda  auto: cuda when built with it and a GPU exists (auto)\n"
         "      --tf32 0|1           TF32 tensor cores for the GPU's GEMMs and attention (0: exact fp32)\n"
         "      --threads N          OpenMP threads (default: all cores)\n"
@@ -141,6 +147,7 @@ static Args parse_args(int argc, char** argv) {
         else if (f == "-s" || f == "--sample-every") a.sample_every = parse_int(fl, v, 0);
         else if (f == "-g" || f == "--sample-tokens") a.sample_tokens = parse_int(fl, v, 1);
         else if (f == "-n" || f == "--ckpt-every") a.ckpt_every = parse_int(fl, v, 0);
+        else if (f == "--skip-update-z") a.skip_update_z = parse_float(fl, v, 0, 1e6);
         else if (f == "--device") a.device = v;
         else if (f == "--tf32") a.tf32 = parse_int(fl, v, 0);
         else if (f == "--compare-cpu") a.compare_cpu = parse_int(fl, v, 0);
@@ -466,11 +473,30 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
     printf("batch B=%d T=%d x %d micro-batches = %d tokens/step, %d steps, lr %g, %d OpenMP threads\n", a.B, a.T, accum,
            a.total_batch, a.steps, a.lr, omp_get_max_threads());
     printf("memory: params+grads+adam %.1f MiB, activations %.1f MiB\n", 4.0 * P * 4 * MiB, act_bytes * MiB);
+    // MFU as llm.c shows it: the step's model FLOPs (PHD.md section 7's cost model, original
+    // tokens) per second against the device's dense peak for the format of its matrix
+    // products. A GPU's only; "-" where its peak is unknown (the emulation).
+    const double step_flops = model_flops_per_token(c, a.T) * a.total_batch, peak = E.peak_tflops();
+    if (gpu && peak > 0)
+        printf("MFU: %.3g GFLOP/token of model FLOPs against this GPU's dense peak, %.1f TFLOP/s\n", step_flops / a.total_batch / 1e9, peak);
+    else if (gpu)
+        printf("MFU: shown as -, this GPU's peak is unknown (it reports no attributes, or engine.h has no rates for it)\n");
+    // Spikes (common/outliers.h): a step whose loss or gradient norm lies more than flag_z
+    // standard deviations above the last 128 steps' is flagged on its line. A fall is never
+    // a spike. With --skip-update-z, one above that z also keeps its update out. The window
+    // starts empty in every process: the training state has no room for it, so a resumed
+    // run scores nothing for its first 16 steps (a run without skips resumes bit for bit,
+    // as the detector only reads).
+    const double flag_z = a.skip_update_z > 0 ? std::min((double)a.skip_update_z, OutlierDetector::kFlagZ) : OutlierDetector::kFlagZ;
+    OutlierDetector loss_z, norm_z;
+    DivergenceCheck divergence;
+    int skipped = 0;
 
     std::string log_path = a.out_dir + "/log.txt";
     FILE* log = fopen_check(log_path.c_str(), a.resume ? "a" : "w");
     std::vector<int> in((size_t)a.B * a.T), tg(in.size());
-    for (int step = st.step; step < a.steps; step++) {
+    const int first_step = st.step;  // st.step moves on at each checkpoint
+    for (int step = first_step; step < a.steps; step++) {
         const bool last = step == a.steps - 1;
         if (a.val_every && !a.val_pattern.empty() && (step % a.val_every == 0 || last)) {
             float vl = validate(E, val_dl, a.val_steps, in, tg);
@@ -497,10 +523,25 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
             die("training loss is %s at step %d; no checkpoint written for this step", std::isnan(loss) ? "NaN" : "infinite", step);
         double norm = E.norm();
         float lr = learning_rate(opt, step);
-        E.update(opt, step, lr, norm);
+        // A skipped step still counts, as in llm.c: its batch is used up, and the schedule,
+        // AdamW's bias correction and the checkpoint cadence move on; only the parameters and
+        // moments stay as they were.
+        const double zloss = loss_z.update(loss), znorm = norm_z.update(norm);
+        const bool skip = a.skip_update_z > 0 && (zloss > a.skip_update_z || znorm > a.skip_update_z);
+        if (skip) skipped++;
+        else E.update(opt, step, lr, norm);
         double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-        printf("step %4d/%d | loss %.6f | norm %.4f | lr %.2e | %.1f ms | %.0f tok/s\n", step + 1, a.steps, loss, norm,
-               lr, ms, a.total_batch / (ms / 1000));
+        printf("step %4d/%d | loss %.6f | norm %.4f | lr %.2e | %.1f ms | %.0f tok/s", step + 1, a.steps, loss, norm, lr, ms,
+               a.total_batch / (ms / 1000));
+        if (gpu && peak > 0) printf(" | MFU %.1f%%", 100 * step_flops / (ms / 1000) / (peak * 1e12));
+        else if (gpu) printf(" | MFU -");
+        if (zloss > flag_z) printf(" | loss z %.1f SPIKE", zloss);
+        if (znorm > flag_z) printf(" | norm z %.1f SPIKE", znorm);
+        printf(skip ? " | update skipped\n" : "\n");
+        if (divergence.update(loss))
+            printf("warning: loss %.4g at step %d is far above its start, %.4g at step %d (over %gx for %d steps in a row): "
+                   "the learning rate (-l %g) may be too high\n", loss, step + 1, divergence.start, first_step + 1,
+                   DivergenceCheck::kFactor, DivergenceCheck::kSteps, a.lr);
         fprintf(log, "step %d train %.9g\n", step, (float)loss);
         fflush(log);
 
@@ -513,6 +554,7 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
             printf("saved %s\n", ckpt_path(a, "model", st.step).c_str());
         }
     }
+    if (a.skip_update_z > 0) printf("skipped %d of %d updates (--skip-update-z %g)\n", skipped, a.steps - first_step, a.skip_update_z);
     fclose_check(log, log_path.c_str());
     return 0;
 }

@@ -29,6 +29,8 @@ struct CpuEngine {
         for (int i = 0; i < M.B * M.T; i++) out.insert(out.end(), M.logits + (size_t)i * M.cfg.Vp, M.logits + (size_t)i * M.cfg.Vp + M.cfg.V);
         return out;
     }
+    // No MFU on the CPU: its peak hangs on vector width, cores and clocks not modelled here.
+    static double peak_tflops() { return 0; }
     // A KV-cache decoder over the current weights (cpu/decode.h).
     Decoder<float> decoder() const { return Decoder<float>(M); }
     size_t activation_bytes(int B, int T) {
@@ -50,6 +52,31 @@ inline bool gpu_available(std::string* why) {
         return false;
     }
     return true;
+}
+
+// The number format of a step's matrix products (GEMMs and attention), which sets the peak
+// its MFU is measured against. FP32: the CUDA cores' FMA lanes (today's default path). TF32
+// (--tf32 1) and BF16 (the bf16 path to come): dense tensor-core math with fp32 accumulation.
+enum class MatmulDtype { FP32, TF32, BF16 };
+
+// Device 0's peak in TFLOP/s for dtype d, dense (no 2:4 sparsity): SMs x the clock the device
+// reports (its highest) x FLOPs per SM per clock of its architecture, so MFU never flatters.
+// 0 when unknown: a device that does not describe itself (the CUDA emulation) or an
+// architecture not below (those the Makefile builds for; a new one adds its rates here).
+inline double peak_tflops(MatmulDtype d) {
+    int sms, khz, major, minor;
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess ||
+        cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, 0) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0) != cudaSuccess)
+        return 0;
+    // FLOPs per SM per clock, an FMA being 2 (NVIDIA's dense rates): sm_80 (A100) 64 FP32
+    // lanes, TF32 1024, BF16 2048; sm_90 (H100, H200) 128 lanes, TF32 2048, BF16 4096. The
+    // other sm_8x, which run the sm_80 code, have 128 lanes and tensor rates that vary by part.
+    const int cc = major * 10 + minor;
+    const double fp32 = cc == 80 ? 128 : major == 8 || cc == 90 ? 256 : 0, tensor = cc == 80 ? 1024 : cc == 90 ? 2048 : 0;
+    const double per_clock = d == MatmulDtype::FP32 ? fp32 : d == MatmulDtype::TF32 ? tensor : 2 * tensor;
+    return sms * (khz * 1e3) * per_clock / 1e12;
 }
 
 struct GpuEngine {
@@ -88,6 +115,8 @@ struct GpuEngine {
     }
     std::vector<float> moment(bool second) const { return G.download(second ? v : m, G.P); }
     std::vector<float> logits() const { return G.logits_host(); }
+    MatmulDtype dtype() const { return G.tf32 ? MatmulDtype::TF32 : MatmulDtype::FP32; }
+    double peak_tflops() const { return ::peak_tflops(dtype()); }  // 0: unknown, no MFU
     // A KV-cache decoder over the current weights, on the device (kernels/gpu_decode.cuh).
     GpuDecoder decoder() { return GpuDecoder(G); }
     // GpuModel::size_for checks that they fit before it allocates them.

@@ -15,10 +15,9 @@
 //    with all H heads): flat across variants when time tracks the pairs. --tf32 1: the
 //    tensor-core kernels.
 // 3. Training steps (zero grads, forward, backward, grad norm, AdamW): ms/step, original
-//    tokens/s and MFU, for each --variant. Model FLOPs per original token:
-//    6*(N_body*K + D*V) + 12*L*H*hd*(visible pairs per original token): the body runs on
-//    K rows per position, the LM head on one; attention is 3x its forward.
-//    MFU is against the device's FP32 peak (SMs x clock x FP32 lanes x 2), or its dense
+//    tokens/s and MFU, for each --variant, as train_phd's step line computes them: model
+//    FLOPs per original token from model_flops_per_token (model.h: PHD.md section 7's cost
+//    model), against peak_tflops (common/engine.h): the device's FP32 peak, or its dense
 //    TF32 tensor peak with --tf32 1 (cuBLAS and attention on tensor cores).
 //
 //   make bench-gpu        (nvcc and a GPU; GPT-2-small-like: L=12 D=768 H=12 T=1024, B=8)
@@ -117,21 +116,8 @@ static void attention_vs_pairs(const Options& o) {
     }
 }
 
-// The device's peak in TFLOP/s (FP32 lanes, or dense TF32 tensor cores), 0 when unknown.
-static double peak_tflops(bool tf32) {
-    int sms, khz, major, minor;
-    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess ||
-        cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, 0) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0) != cudaSuccess)
-        return 0;
-    // per SM per clock: FP32 FMA lanes x 2; dense TF32 tensor FLOPs (A100: 1024, H100: 2048)
-    const double fp32 = (major == 8 && minor == 0 ? 64 : 128) * 2.0, tensor = major == 8 ? 1024 : major == 9 ? 2048 : 0;
-    return sms * (khz * 1e3) * (tf32 ? tensor : fp32) / 1e12;
-}
-
 static void training_steps(const Options& o, const std::vector<float>& params) {
-    const double peak = peak_tflops(o.tf32 != 0);
+    const double peak = peak_tflops(o.tf32 ? MatmulDtype::TF32 : MatmulDtype::FP32);
     printf("\ntraining step (zero grads, forward, backward, grad norm, AdamW), B=%d T=%d L=%d D=%d H=%d, TF32 %s, "
            "median of %d after 1 warm-up; peak %.1f TFLOP/s (%s)\n", o.B, o.T, o.L, o.D, o.H, o.tf32 ? "on" : "off", o.steps, peak,
            peak > 0 ? (o.tf32 ? "dense TF32" : "FP32") : "unknown here: no MFU");
@@ -158,8 +144,7 @@ static void training_steps(const Options& o, const std::vector<float>& params) {
         std::sort(times.begin(), times.end());
         const double ms = times[times.size() / 2];
         if (base == 0) base = ms;
-        const size_t body = num_params(c) - 2 * (size_t)c.Vp * c.D - c.D;  // every layer tensor
-        const double per_token = 6.0 * ((double)body * c.K + (double)c.D * c.V) + 12.0 * c.L * c.H * c.hd() * visible_pairs(c, o.T) / o.T;
+        const double per_token = model_flops_per_token(c, o.T);
         const double tokens = (double)o.B * o.T, tflops = per_token * tokens / (ms * 1e9);
         printf("%-18s %9.2f %7.2f %12.0f %12.3f %9.2f ", v.c_str(), ms, ms / base, tokens / (ms / 1e3), per_token / 1e9, tflops);
         printf(peak > 0 ? "%5.1f%%\n" : "    -\n", 100 * tflops / std::max(peak, 1e-30));

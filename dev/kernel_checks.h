@@ -43,14 +43,6 @@ struct CheckBuffers {
     CheckBuffers& operator=(const CheckBuffers&) = delete;
 };
 
-// Visible (query, key) pairs of one sequence, from the intervals the kernels skip tiles by.
-static inline double visible_pairs(const Config& c, int T) {
-    double pairs = 0;
-    for (int n = 0; n < T; n++)
-        for (int k = 0; k < c.K; k++) pairs += visible_rows(c, T, n, k).count;
-    return pairs;
-}
-
 // dq, dk and dv of a (rows, qkv_dim) gradient, each to its own scale.
 static inline std::vector<TensorError> dqkv_errors(const std::vector<float>& got, const std::vector<float>& want, const Config& c, double tol) {
     const int hd = c.hd(), ld = c.qkv_dim(), edge[4] = {0, c.H * hd, (c.H + c.Hkv) * hd, ld};
@@ -95,6 +87,54 @@ static CheckResult check_attention(GpuModel& G, int B, int T, const Timed& timed
     run();
     // dq, dk, dv: 1.7e-6 fp32 (longer sums, another order); 3.3e-4 TF32 (P and dS rounded too)
     e = dqkv_errors(to_host(d_dqkv, qkv.size()), dqkv_ref, c, tensor_cores ? 5e-3 : 1e-4);
+    timed(run);
+    return {e, 2.5 * flops};
+}
+
+// bf16 <-> float copies of host tensors.
+static inline std::vector<__nv_bfloat16> to_bf16(const std::vector<float>& x) {
+    std::vector<__nv_bfloat16> y(x.size());
+    for (size_t i = 0; i < x.size(); i++) y[i] = __float2bfloat16(x[i]);
+    return y;
+}
+static inline std::vector<float> from_bf16(const std::vector<__nv_bfloat16>& x) {
+    std::vector<float> y(x.size());
+    for (size_t i = 0; i < x.size(); i++) y[i] = __bfloat162float(x[i]);
+    return y;
+}
+
+// Attention on bf16 tensor cores, forward and backward: q, k, v and dO rounded to bf16
+// once, and the CPU reference run on those rounded values, so the error is the kernels'
+// own: P and dS rounded to bf16 for their mma (2^-9 relative), o rounded to bf16 (2^-9 of
+// each element, and so D = dO . o), every output rounded to bf16; sums in fp32. The
+// backward runs on the kernel's own forward (o, lse), as in training.
+static CheckResult check_attention_bf16(GpuModel& G, int B, int T, const Timed& timed, bool backward) {
+    const Config& c = G.cfg;
+    if (c.hd() % 16) return {{}, 0};  // the mma's k is 16
+    const int TK = T * c.K, ld = c.qkv_dim(), od = c.H * c.hd();
+    const std::vector<__nv_bfloat16> qkv16 = to_bf16(random_vec<float>((size_t)B * TK * ld, 1, 1.5));
+    const std::vector<__nv_bfloat16> dout16 = to_bf16(random_vec<float>((size_t)B * TK * od, 2));
+    const std::vector<float> qkv = from_bf16(qkv16), dout = from_bf16(dout16);
+    std::vector<float> o_ref((size_t)B * TK * od), lse_ref((size_t)B * c.H * TK), dqkv_ref(qkv.size());
+    attention_forward(o_ref.data(), lse_ref.data(), qkv.data(), c, B, T);
+    CheckBuffers buf;
+    __nv_bfloat16 *d_qkv = buf.up(qkv16), *d_o = buf.up(to_bf16(std::vector<float>(o_ref.size(), NAN)));
+    float* d_lse = buf.nan(lse_ref.size());
+    auto forward = [&] { attention_forward_bf16(d_o, d_lse, d_qkv, c, B, T, nullptr); };
+    forward();
+    const double flops = 4.0 * c.hd() * c.H * visible_pairs(c, T) * B;
+    if (!backward) {
+        std::vector<TensorError> e = {{"o", max_rel(from_bf16(to_host(d_o, o_ref.size())), o_ref), 1e-2},  // 2.2e-3 to 2.9e-3
+                                      {"lse", max_rel(to_host(d_lse, lse_ref.size()), lse_ref), 1e-5}};
+        timed(forward);
+        return {e, flops};
+    }
+    attention_backward(dqkv_ref.data(), dout.data(), qkv.data(), o_ref.data(), lse_ref.data(), c, B, T);
+    __nv_bfloat16 *d_dout = buf.up(dout16), *d_dqkv = buf.up(to_bf16(std::vector<float>(qkv.size(), NAN)));
+    float* d_D = buf.nan(lse_ref.size());
+    auto run = [&] { attention_backward_bf16(d_dqkv, d_dout, d_qkv, d_o, d_lse, d_D, c, B, T, nullptr); };
+    run();
+    const std::vector<TensorError> e = dqkv_errors(from_bf16(to_host(d_dqkv, qkv.size())), dqkv_ref, c, 2e-2);
     timed(run);
     return {e, 2.5 * flops};
 }
@@ -281,12 +321,14 @@ static inline std::vector<KernelCheck> kernel_checks() {
         {"rope_forward/backward", "GB/s", check_rope},
         {"attention_forward", "GFLOP/s", with(check_attention, false, false)},
         {"attention_forward TF32 mma", "GFLOP/s", with(check_attention, false, true)},
+        {"attention_forward bf16 mma", "GFLOP/s", with(check_attention_bf16, false)},
         {"swiglu_forward", "GB/s", with(check_swiglu, false)},
         {"crossentropy_forward", "GB/s", with(check_crossentropy, false)},
         {"crossentropy_backward", "GB/s", with(check_crossentropy, true)},
         {"swiglu_backward", "GB/s", with(check_swiglu, true)},
         {"attention_backward", "GFLOP/s", with(check_attention, true, false)},
         {"attention_backward TF32 mma", "GFLOP/s", with(check_attention, true, true)},
+        {"attention_backward bf16 mma", "GFLOP/s", with(check_attention_bf16, true)},
         {"rmsnorm_backward", "GB/s", with(check_rmsnorm, true)},
         {"embedding_backward", "GB/s", with(check_embedding, true)},
         {"grad norm + adamw_update", "GB/s", check_adamw},

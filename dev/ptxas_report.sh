@@ -10,7 +10,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
-log=$("$NVCC" -std=c++17 -O3 -arch=sm_90 -Xptxas -v -x cu -c train_phd.cu -o /dev/null 2>&1)
+# train_phd.cu holds the kernels of training and inference; dev/bench_gpu.cu also the
+# kernels it checks that training does not use yet (the bf16 attention).
+log=$(for src in train_phd.cu dev/bench_gpu.cu; do "$NVCC" -std=c++17 -O3 -arch=sm_90 -Xptxas -v -x cu -c "$src" -o /dev/null 2>&1; done)
 table=$(printf '%s\n' "$log" | awk '
     /Compiling entry function/ { name = $0; sub(/.*function .?/, "", name); sub(/.? for .*/, "", name) }
     /bytes stack frame/ { stack = $1; spills = $5 + $9 }

@@ -7,6 +7,7 @@
 // fixed order, with no atomics.
 #pragma once
 #include "attention_common.cuh"
+#include "attention_bf16.cuh"
 #include "attention_tc.cuh"
 
 // Keys and values of rows [k0, k1) of kv head kv into shared memory. Consecutive threads

@@ -118,8 +118,11 @@ static __device__ unsigned tc_warps_meeting(const Config& c, int T, int r0, int 
         }
     } else {
         for (int w = 0; w < kTcWarps; w++) {
-            const int q = k0 + lane, kr0 = r0 + w * kTcRows;
-            warps |= (__ballot_sync(0xffffffffu, q < k1 && kr0 < TK && query_meets_tile(c, T, q, kr0, min(kr0 + kTcRows, TK))) ? 1u : 0u) << w;
+            const int kr0 = r0 + w * kTcRows;
+            for (int qs = k0; qs < k1; qs += 32) {  // the tile's queries, 32 per ballot
+                const int q = qs + lane;
+                warps |= (__ballot_sync(0xffffffffu, q < k1 && kr0 < TK && query_meets_tile(c, T, q, kr0, min(kr0 + kTcRows, TK))) ? 1u : 0u) << w;
+            }
         }
     }
     return warps;

@@ -3,9 +3,10 @@
 //   launch(kernel, grid, block, shmem, stream, args...)   instead of kernel<<<...>>>(...)
 //   dynamic_shared<T>()                                    instead of extern __shared__
 //   warp_sum(v), block_reduce(v, is_max)                   reductions, result in every thread
-//   PHD_UNROLL                                             #pragma unroll (nvcc only)
+//   PHD_UNROLL, PHD_NO_UNROLL                              #pragma unroll, unroll 1 (nvcc only)
 //   to_tf32(x), mma_tf32(d, a, b)                          tensor cores, sm_80+: below
 //   pack_bf16(lo, hi), mma_bf16(d, a, b)                   bf16 tensor cores, sm_80+: below
+//   fast_exp2(x)                                           2^x as ex2.approx.ftz (the softmaxes' exp)
 //   ldmatrix<N, trans>(r, row)                             8x8 b16 matrices, shared memory -> fragments
 //   cp_async16(dst, src), cp_async_commit(), cp_async_wait<N>()   global -> shared without registers
 //   cudaCheck(call), cublasCheck(call)                     one-line error, exit 1
@@ -45,6 +46,7 @@
 #include <cuda_runtime.h>
 
 #define PHD_UNROLL _Pragma("unroll")
+#define PHD_NO_UNROLL _Pragma("unroll 1")
 
 template<typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shmem, cudaStream_t stream, Args... args) {
@@ -105,6 +107,11 @@ template<int N, bool Trans = false> static __device__ inline void ldmatrix(uint3
         asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
                      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(p));
 }
+static __device__ inline float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
 static __device__ inline void cp_async16(void* dst, const void* src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src) : "memory");
 }
@@ -113,6 +120,7 @@ template<int N> static __device__ inline void cp_async_wait() { asm volatile("cp
 #else
 #include "../test/cuda_emu.h"
 #define PHD_UNROLL
+#define PHD_NO_UNROLL
 #endif
 
 // Sum over a warp's lanes; every lane gets it.

@@ -19,13 +19,14 @@ static Config kernel_config(const KernelShape& s) {
 }
 // Every variant at hd = 16 (a compiled head size), T = 37; phd-cswa also at hd = 64 (the
 // GPT-2 size) with V = 1000 (the loss kernels' rows span 3.9 passes of their 256 threads,
-// and a padding of 24 columns), phd-swa at hd = 12 (read at run time: the generic attention
-// instance); phd-2 at T = 80, where hidden rows have tiles without a mask in the
-// tensor-core kernels.
+// and a padding of 24 columns) and at hd = 128 (the bf16 kernels' largest), phd-swa at
+// hd = 12 (read at run time: the generic attention instance), naive at hd = 32; phd-2 at
+// T = 80, where hidden rows have tiles without a mask in the tensor-core kernels.
 static const KernelShape kKernelShapes[] = {
     {"phd-cswa-3-5-4", 97, 96, 6, 2, 37}, {"vanilla", 97, 96, 6, 2, 37}, {"phd-3", 97, 96, 6, 2, 37},
     {"phd-swa-3-5", 97, 96, 6, 2, 37},    {"naive-3", 97, 96, 6, 2, 37}, {"phd-cswa-3-5-4", 1000, 128, 2, 1, 37},
-    {"phd-swa-3-5", 97, 96, 8, 2, 37},    {"phd-2", 97, 32, 2, 1, 80},
+    {"phd-swa-3-5", 97, 96, 8, 2, 37},    {"phd-2", 97, 32, 2, 1, 80},       {"phd-cswa-3-5-4", 97, 256, 2, 1, 37},
+    {"naive-2", 97, 128, 4, 2, 37},
 };
 static const int kKernelB = 2;
 
@@ -88,19 +89,19 @@ TEST_CASE("attention: the tiles the tensor-core kernels leave unmasked hold only
     }
 }
 
-TEST_CASE("attention kernels: only tiles with visible pairs are visited; the backward is deterministic") {
+TEST_CASE("attention kernels (fp32, TF32, bf16): only tiles with visible pairs are visited; the backward is deterministic") {
     for (const KernelShape& sh : kKernelShapes) {
         const Config c = kernel_config(sh);
         const int B = kKernelB, T = sh.T, TK = T * c.K;
         // Visited tiles: exactly the (query tile, key tile) pairs holding a visible pair, for
-        // query tiles of `rows` rows.
-        auto tiles_wanted = [&](int rows) {
+        // query tiles of `rows` rows and key tiles of `keys`.
+        auto tiles_wanted = [&](int rows, int keys) {
             long want = 0;
             for (int q0 = 0; q0 < TK; q0 += rows)
-                for (int k0 = 0; k0 < TK; k0 += kAttnTile) {
+                for (int k0 = 0; k0 < TK; k0 += keys) {
                     bool any = false;
                     for (int i = q0; i < std::min(q0 + rows, TK) && !any; i++)
-                        for (int j = k0; j < std::min(k0 + kAttnTile, TK) && !any; j++) {
+                        for (int j = k0; j < std::min(k0 + keys, TK) && !any; j++) {
                             int n, qc, m, kc;
                             row_token(c, T, i, &n, &qc);
                             row_token(c, T, j, &m, &kc);
@@ -120,11 +121,27 @@ TEST_CASE("attention kernels: only tiles with visible pairs are visited; the bac
             INFO(variant_name(c) << " hd " << c.hd() << (tc ? " tensor cores" : " fp32"));
             cudaCheck(cudaMemset(d_visited, 0, sizeof(int)));
             attention_forward(d_o, d_lse, d_qkv, c, B, T, nullptr, d_visited, tc);
-            CHECK(to_host(d_visited, 1)[0] == tiles_wanted(tc ? kTcRows : kAttnTile));
+            CHECK(to_host(d_visited, 1)[0] == tiles_wanted(tc ? kTcRows : kAttnTile, kAttnTile));
             attention_backward(d_dqkv, d_dout, d_qkv, d_o, d_lse, c, B, T, nullptr, tc);
             const std::vector<float> first = to_host(d_dqkv, (size_t)B * TK * c.qkv_dim());
             attention_backward(d_dqkv, d_dout, d_qkv, d_o, d_lse, c, B, T, nullptr, tc);
             CHECK(to_host(d_dqkv, first.size()) == first);
+        }
+        if (c.hd() % 16 == 0) {  // bf16: 16-row query tiles, kBfKeys-row key tiles; the backward twice
+            __nv_bfloat16* d_qkv16 = to_device(to_bf16(random_vec<float>((size_t)B * TK * c.qkv_dim(), 1, 1.5)));
+            __nv_bfloat16* d_o16 = to_device(std::vector<__nv_bfloat16>((size_t)B * TK * c.H * c.hd()));
+            cudaCheck(cudaMemset(d_visited, 0, sizeof(int)));
+            attention_forward_bf16(d_o16, d_lse, d_qkv16, c, B, T, nullptr, d_visited);
+            INFO(variant_name(c) << " hd " << c.hd() << " bf16");
+            CHECK(to_host(d_visited, 1)[0] == tiles_wanted(kTcRows, kBfKeys));
+            __nv_bfloat16* d_dout16 = to_device(to_bf16(random_vec<float>((size_t)B * TK * c.H * c.hd(), 2)));
+            __nv_bfloat16* d_dqkv16 = to_device(std::vector<__nv_bfloat16>((size_t)B * TK * c.qkv_dim()));
+            float* d_D = to_device(std::vector<float>((size_t)B * c.H * TK));
+            attention_backward_bf16(d_dqkv16, d_dout16, d_qkv16, d_o16, d_lse, d_D, c, B, T, nullptr);
+            const std::vector<float> first = from_bf16(to_host(d_dqkv16, (size_t)B * TK * c.qkv_dim()));
+            attention_backward_bf16(d_dqkv16, d_dout16, d_qkv16, d_o16, d_lse, d_D, c, B, T, nullptr);
+            CHECK(from_bf16(to_host(d_dqkv16, first.size())) == first);
+            for (void* p : {(void*)d_qkv16, (void*)d_o16, (void*)d_dout16, (void*)d_dqkv16, (void*)d_D}) cudaCheck(cudaFree(p));
         }
         for (void* p : {(void*)d_qkv, (void*)d_dout, (void*)d_o, (void*)d_lse, (void*)d_dqkv, (void*)d_visited}) cudaCheck(cudaFree(p));
     }

@@ -1,11 +1,12 @@
-// Training machinery: optimizer, shards, checkpoints, debug states, resume, and the
-// train_phd binary's handling of bad input (run as a subprocess: it must exit non-zero
+// Training machinery: optimizer, shards, checkpoints, debug states, resume, the step line's
+// MFU, spikes and divergence, and the train_phd binary's handling of bad input (run as a subprocess: it must exit non-zero
 // with one clear line).
 #include <sys/stat.h>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
 #include "../common/checkpoint.h"
+#include "../common/outliers.h"
 #include "../data/dataloader.h"
 #include "test_util.h"
 
@@ -158,6 +159,8 @@ TEST_CASE("bad shards and bad flags: one clear error line, non-zero exit") {
         {"--check-state " + good, "needs --init"},
         {"-i " + good + " --tf32 2", "--tf32: expected 0 or 1"},
         {"-i " + good + " --device cpu --tf32 1", "--tf32 1: tensor cores are the GPU's"},
+        {"-i " + good + " --skip-update-z -1", "--skip-update-z: expected a number in [0, 1e+06], got '-1'"},
+        {"-i " + good + " --skip-update-z x", "--skip-update-z: expected a number in [0, 1e+06], got 'x'"},
     };
     for (const Case& k : cases) {
         int rc = run(std::string(kBin) + tiny_flags() + k.args + " -o " + tmp("bad-out"), &out);
@@ -635,4 +638,181 @@ TEST_CASE("--device cuda (emulated): generation allocates no gradients or AdamW 
     INFO(out);
     CHECK(rc == 1);
     CHECK(out.find("GPU memory: parameters and gradients need") != std::string::npos);
+}
+
+// ----------------------------------------------------------------------------
+// MFU, spikes and divergence (common/outliers.h, the step line)
+
+// tiny_flags() on one thread: these runs time nothing, and two OpenMP threads that spin on a
+// loaded machine (make test runs suites side by side) take seconds over a few steps.
+static std::string one_thread_flags() { return tiny_flags() + "--threads 1 "; }
+
+TEST_CASE("model FLOPs per token: PHD.md section 7's cost model over the visible pairs") {
+    const int T = 9;
+    for (const char* v : {"vanilla", "phd-3", "naive-2"}) {
+        const Config c = tiny_config(v);
+        const int K = c.K;
+        // Visible pairs in closed form from PHD.md section 4: causal over T rows (vanilla) or
+        // K*T rows (naive); phd-K: the originals' causal T(T+1)/2, each hidden copy (n, c)
+        // the originals 0..n and copies 1..c of its own group.
+        const double pairs = c.variant == NAIVE ? K * T * (K * T + 1) / 2.0 : K * T * (T + 1) / 2.0 + T * K * (K - 1) / 2.0;
+        INFO(v);
+        CHECK(visible_pairs(c, T) == pairs);
+        const double layer = 2.0 * c.D + (double)c.qkv_dim() * c.D + (double)c.D * c.H * c.hd() + 3.0 * c.F * c.D;
+        const double want = 6 * (c.L * layer * K + (double)c.D * c.V) + 12.0 * c.L * c.H * c.hd() * pairs / T;
+        CHECK(model_flops_per_token(c, T) == doctest::Approx(want).epsilon(1e-12));
+    }
+}
+
+TEST_CASE("outlier detector: a steady window, then a spike; z against the last 128 values") {
+    OutlierDetector d;
+    std::vector<double> seen;  // every value, to score by hand
+    Rng rng{7};
+    auto steady = [&] { return 3.0 + 0.02 * (rng.uniform() - 0.5); };  // uniform: |z| <= sqrt(3) in the limit
+    for (int i = 0; i < OutlierDetector::kMinSamples; i++) {
+        seen.push_back(steady());
+        CHECK(std::isnan(d.update(seen.back())));  // too few values to score
+    }
+    // Past the window's length, so that the ring has wrapped: steady values score low, and
+    // every score is the one computed by hand over the last kWindow values.
+    auto by_hand = [&](double x) {
+        const size_t n = std::min(seen.size(), (size_t)OutlierDetector::kWindow);
+        double mean = 0, var = 0;
+        for (size_t i = seen.size() - n; i < seen.size(); i++) mean += seen[i] / n;
+        for (size_t i = seen.size() - n; i < seen.size(); i++) var += (seen[i] - mean) * (seen[i] - mean) / n;
+        return (x - mean) / std::sqrt(var);
+    };
+    for (int i = 0; i < 300; i++) {
+        const double x = steady(), want = by_hand(x), z = d.update(x);
+        seen.push_back(x);
+        CHECK(std::fabs(z) < 2.5);
+        CHECK(z == doctest::Approx(want).epsilon(1e-9));
+    }
+    CHECK(d.window.size() == (size_t)OutlierDetector::kWindow);
+    // A loss 0.1 above steady values of std ~0.006 (0.02/sqrt(12)): z ~ 17, a spike.
+    double want = by_hand(3.1), z = d.update(3.1);
+    seen.push_back(3.1);
+    INFO("spike z " << z);
+    CHECK(z > 2 * OutlierDetector::kFlagZ);
+    CHECK(z == doctest::Approx(want).epsilon(1e-9));
+    // The spike joined the window (as llm.c): a steady value after it still scores low, and a
+    // fall is negative, never a spike.
+    CHECK(std::fabs(d.update(3.0)) < 2.5);
+    CHECK(d.update(2.9) < -5);
+    // A non-finite value gets no score and stays out of the window.
+    const std::vector<double> before = d.window;
+    CHECK(std::isnan(d.update(NAN)));
+    CHECK(std::isnan(d.update(INFINITY)));
+    CHECK(d.window == before);
+    // All-equal values: std 0, a different value is infinitely far, an equal one not at all.
+    OutlierDetector flat;
+    for (int i = 0; i < OutlierDetector::kMinSamples; i++) flat.update(1.0);
+    CHECK(flat.update(1.0) == 0.0);
+    CHECK(flat.update(1.5) == INFINITY);
+}
+
+TEST_CASE("divergence check: true once, after kSteps losses in a row above twice the first") {
+    DivergenceCheck d;
+    CHECK(!d.update(3.0));
+    CHECK(!d.update(100.0));  // a lone spike is not divergence
+    CHECK(!d.update(2.5));
+    for (int i = 0; i < DivergenceCheck::kSteps - 1; i++) CHECK(!d.update(6.5));
+    CHECK(!d.update(5.9));    // not above 2 x 3: the run of losses above is broken
+    for (int i = 0; i < DivergenceCheck::kSteps - 1; i++) CHECK(!d.update(7.0));
+    CHECK(d.update(7.0));     // the kSteps-th in a row
+    for (int i = 0; i < 20; i++) CHECK(!d.update(1000.0));  // said once
+}
+
+TEST_CASE("a run at a huge learning rate warns once that its loss ran away; a healthy run does not") {
+    std::string shard = make_shard("diverge.bin", 3000, 12), out;
+    const std::string run_flags = std::string(kBin) + one_thread_flags() + "-i " + shard + " -x 30 -v 0 -s 0 ";
+    REQUIRE(run(run_flags + "-l 10 -o " + tmp("diverge"), &out) == 0);  // it trains on: a warning, not an error
+    INFO(out);
+    size_t n = 0;
+    for (size_t at = out.find("warning: "); at != std::string::npos; at = out.find("warning: ", at + 1)) n++;
+    CHECK(n == 1);
+    CHECK(out.find("is far above its start") != std::string::npos);
+    CHECK(out.find("the learning rate (-l 10) may be too high") != std::string::npos);
+    REQUIRE(run(run_flags + "-l 3e-3 -o " + tmp("no-diverge"), &out) == 0);
+    CHECK(out.find("warning") == std::string::npos);
+}
+
+static std::string file_bytes(const std::string& path, size_t from = 0) {
+    std::ifstream f(path, std::ios::binary);
+    std::stringstream s;
+    s << f.rdbuf();
+    REQUIRE(s.str().size() > from);
+    return s.str().substr(from);
+}
+
+// Each printed step line of a run's output, by its 1-based step number.
+static std::vector<std::string> step_lines(const std::string& out) {
+    std::vector<std::string> lines(1);
+    std::istringstream in(out);
+    for (std::string l; std::getline(in, l);)
+        if (l.rfind("step ", 0) == 0 && l.find(" | loss ") != std::string::npos) lines.push_back(l);
+    return lines;
+}
+
+TEST_CASE("--skip-update-z: a skipped step leaves parameters and moments as they were, the schedule moves on") {
+    std::string shard = make_shard("skip.bin", 3000, 5), out, plain_out;
+    const std::string flags = std::string(kBin) + one_thread_flags() + "-i " + shard + " -x 30 -l 3e-3 -v 0 -s 0 -n 1 ";
+    const std::string skip = tmp("skip"), plain = tmp("skip-plain"), never = tmp("skip-never");
+    // A low threshold, so that some step of 30 is skipped (z > 1 is common; the first 16 are never scored).
+    REQUIRE(run(flags + "--skip-update-z 1 -o " + skip, &out) == 0);
+    REQUIRE(run(flags + "-o " + plain, &plain_out) == 0);
+    INFO(out);
+    const std::vector<std::string> lines = step_lines(out), plain_lines = step_lines(plain_out);
+    REQUIRE((lines.size() == 31 && plain_lines.size() == 31));
+    auto field = [](const std::string& line, const char* name) {  // "| lr 1.00e-03 |" -> "1.00e-03"
+        const size_t at = line.find(std::string("| ") + name + " ") + strlen(name) + 3;
+        return line.substr(at, line.find(' ', at) - at);
+    };
+    auto path = [](const std::string& dir, const char* kind, int step) {
+        char name[64];
+        snprintf(name, sizeof name, "/%s_%08d.bin", kind, step);
+        return dir + name;
+    };
+    auto model = [&](const std::string& dir, int step) { return file_bytes(path(dir, "model", step)); };
+    auto moments = [&](const std::string& dir, int step) { return file_bytes(path(dir, "state", step), 1024); };  // AdamW m, v
+    int skipped = 0, first_skip = 0;
+    for (int step = 1; step <= 30; step++) {
+        INFO(lines[step]);
+        CHECK(field(lines[step], "lr") == field(plain_lines[step], "lr"));  // the schedule ignores skips
+        if (lines[step].find("| update skipped") == std::string::npos) continue;
+        skipped++;
+        first_skip = first_skip ? first_skip : step;
+        CHECK(step > OutlierDetector::kMinSamples);
+        CHECK(lines[step].find(" SPIKE") != std::string::npos);  // a skipped step is always flagged
+        CHECK(model(skip, step) == model(skip, step - 1));
+        CHECK(moments(skip, step) == moments(skip, step - 1));
+    }
+    REQUIRE(skipped > 0);
+    CHECK(out.find("skipped " + std::to_string(skipped) + " of 30 updates (--skip-update-z 1)") != std::string::npos);
+    // Up to the first skip, the run is the plain one, bit for bit; an update that is not
+    // skipped changes the parameters.
+    CHECK(model(skip, first_skip - 1) == model(plain, first_skip - 1));
+    CHECK(model(plain, first_skip) != model(plain, first_skip - 1));
+    // A threshold nothing reaches changes nothing: the same log and files as no flag at all.
+    REQUIRE(run(flags + "--skip-update-z 1e6 -o " + never, &out) == 0);
+    CHECK(out.find("skipped 0 of 30 updates") != std::string::npos);
+    CHECK(file_bytes(never + "/log.txt") == file_bytes(plain + "/log.txt"));
+    CHECK(model(never, 30) == model(plain, 30));
+    CHECK(moments(never, 30) == moments(plain, 30));
+}
+
+TEST_CASE("the step line shows MFU on the GPU (emulated: peak unknown, '-') and not on the CPU") {
+    std::string shard = make_shard("mfu.bin", 3000, 3), out;
+    const std::string flags = one_thread_flags() + "-i " + shard + " -x 2 -v 0 -s 0 -o " + tmp("mfu");
+    REQUIRE(run(std::string(kEmuBin) + flags + " --device cuda", &out) == 0);
+    INFO(out);
+    const std::vector<std::string> gpu = step_lines(out);
+    REQUIRE(gpu.size() == 3);
+    for (int i = 1; i <= 2; i++) CHECK(gpu[i].find(" | MFU ") != std::string::npos);
+    CHECK(out.find("MFU: shown as -, this GPU's peak is unknown") != std::string::npos);  // the emulation describes no hardware
+    for (std::string bin : {std::string(kBin), std::string(kEmuBin) + " --device cpu"}) {
+        REQUIRE(run(bin + flags, &out) == 0);
+        CHECK(step_lines(out).size() == 3);
+        CHECK(out.find("MFU") == std::string::npos);
+    }
 }
