@@ -134,7 +134,8 @@ build/bench_gpu_emu: dev/bench_gpu.cu $(HEADERS)
 
 bench-gpu: build/bench_gpu build/bench_decode_gpu
 	./build/bench_gpu
-	./build/bench_gpu --tf32 1
+	./build/bench_gpu --tf32 1 --lab 0
+	./build/bench_gpu --tf32 1 --bf16 1 --lab 0
 	./build/bench_decode_gpu --device cuda -P 2048 --layers 12 --dim 768 --heads 12
 
 # The main job: set-up, the KJV corpus as GPT-2 shards, then a small phd-cswa-2-16-32 model.
@@ -143,13 +144,16 @@ bench-gpu: build/bench_gpu build/bench_decode_gpu
 KJV := data/shards/kjv
 TRAIN_FLAGS ?= --variant phd-cswa-2-16-32 --layers 4 --dim 128 --heads 4 -b 8 -t 128 \
                -x 300 -l 3e-3 -u 20 -v 50 -m 10 -s 100 -g 48 -n 100
+# Added to TRAIN_FLAGS (e.g. --dtype bf16), and where the run goes.
+TRAIN_EXTRA ?=
+TRAIN_OUT ?= out/kjv
 kjv-shards:
 	[ -f $(KJV)/tokenizer.bin ] || { bash data/setup.sh && $(MAKE) build/prepare && \
 	    ./build/prepare --tokenizer gpt2 --out $(KJV) --name kjv data/cache/text/kjv/kjv.txt; }
 train: kjv-shards
 	$(MAKE) train_phd
-	./train_phd -i '$(KJV)/kjv_train_*.bin' -j '$(KJV)/kjv_val_*.bin' -k $(KJV)/tokenizer.bin $(TRAIN_FLAGS) -o out/kjv
-	if command -v gnuplot >/dev/null; then ./dev/plot_loss.sh out/kjv/log.txt out/kjv/loss.png; \
+	./train_phd -i '$(KJV)/kjv_train_*.bin' -j '$(KJV)/kjv_val_*.bin' -k $(KJV)/tokenizer.bin $(TRAIN_FLAGS) $(TRAIN_EXTRA) -o $(TRAIN_OUT)
+	if command -v gnuplot >/dev/null; then ./dev/plot_loss.sh $(TRAIN_OUT)/log.txt $(TRAIN_OUT)/loss.png; \
 	else echo "train: no gnuplot here, no loss curve (data/setup.sh installs it)"; fi
 
 clean:

@@ -28,7 +28,7 @@
 
 struct Args {
     std::string train_pattern, val_pattern, out_dir = "out", init, device = "auto";
-    std::string check_state, dump_state, tokenizer, prompt, prompt_ids, show_mask;
+    std::string check_state, dump_state, tokenizer, prompt, prompt_ids, show_mask, dtype = "fp32";
     std::string variant = "phd-cswa-2-16-32";
     int V = 50257, L = 4, D = 256, H = 4, Hkv = 0, F = 0, maxT = 0;
     int B = 4, T = 64, total_batch = 0, steps = 100, warmup = 0;
@@ -76,6 +76,8 @@ static void usage() {
         "                           over the last 128 steps exceeds Z; 0 = never (0)\n"
         "      --device auto|cpu|cuda  auto: cuda when built with it and a GPU exists (auto)\n"
         "      --tf32 0|1           TF32 tensor cores for the GPU's GEMMs and attention (0: exact fp32)\n"
+        "      --dtype fp32|bf16    bf16: the GPU's attention on bf16 tensor cores (head size 16, 32,\n"
+        "                           64 or 128); GEMMs and the rest stay fp32 (or TF32) for now\n"
         "      --threads N          OpenMP threads (default: all cores)\n"
         "generation (KV-cache decoder)\n"
         "      --generate N         with --init: sample N tokens after the prompt and exit\n"
@@ -150,6 +152,7 @@ static Args parse_args(int argc, char** argv) {
         else if (f == "--skip-update-z") a.skip_update_z = parse_float(fl, v, 0, 1e6);
         else if (f == "--device") a.device = v;
         else if (f == "--tf32") a.tf32 = parse_int(fl, v, 0);
+        else if (f == "--dtype") a.dtype = v;
         else if (f == "--compare-cpu") a.compare_cpu = parse_int(fl, v, 0);
         else if (f == "--threads") a.threads = parse_int(fl, v, 1);
         else if (f == "--dump-state") a.dump_state = v;
@@ -179,6 +182,8 @@ static Args parse_args(int argc, char** argv) {
 #endif
     if (a.tf32 > 1) die("--tf32: expected 0 or 1, got %d", a.tf32);
     if (a.tf32 && a.device == "cpu" && !a.compare_cpu) die("--tf32 1: tensor cores are the GPU's, and this run is on the CPU");
+    if (a.dtype != "fp32" && a.dtype != "bf16") die("--dtype: expected fp32 or bf16, got '%s'", a.dtype.c_str());
+    if (a.dtype == "bf16" && a.device == "cpu" && !a.compare_cpu) die("--dtype bf16: bf16 tensor cores are the GPU's, and this run is on the CPU");
     if (a.total_batch == 0) a.total_batch = a.B * a.T;
     if (a.total_batch % (a.B * a.T) != 0)
         die("--total-batch: %d is not a multiple of B*T = %d", a.total_batch, a.B * a.T);
@@ -468,8 +473,9 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
     const double MiB = 1.0 / (1 << 20);
     const size_t act_bytes = E.activation_bytes(a.B, a.T);
     const bool gpu = std::string(Engine::name()) == "cuda";
-    printf("model %s: V=%d L=%d D=%d H=%d Hkv=%d F=%d maxT=%d, %zu parameters, on %s%s\n", variant_name(c).c_str(), c.V, c.L,
-           c.D, c.H, c.Hkv, c.F, c.maxT, P, Engine::name(), !gpu ? "" : a.tf32 ? " (TF32 tensor cores)" : " (fp32; --tf32 1: tensor cores)");
+    printf("model %s: V=%d L=%d D=%d H=%d Hkv=%d F=%d maxT=%d, %zu parameters, on %s%s%s\n", variant_name(c).c_str(), c.V, c.L,
+           c.D, c.H, c.Hkv, c.F, c.maxT, P, Engine::name(), !gpu ? "" : a.tf32 ? " (TF32 tensor cores)" : " (fp32; --tf32 1: tensor cores)",
+           gpu && a.dtype == "bf16" ? ", attention on bf16 tensor cores" : "");
     printf("batch B=%d T=%d x %d micro-batches = %d tokens/step, %d steps, lr %g, %d OpenMP threads\n", a.B, a.T, accum,
            a.total_batch, a.steps, a.lr, omp_get_max_threads());
     printf("memory: params+grads+adam %.1f MiB, activations %.1f MiB\n", 4.0 * P * 4 * MiB, act_bytes * MiB);
@@ -560,6 +566,13 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
 }
 
 #ifdef PHD_GPU
+// --dtype bf16: attention on bf16 tensor cores, where the model's head size has a kernel.
+static bool bf16_attention(const Args& a, const Config& c) {
+    if (a.dtype != "bf16") return false;
+    if (c.hd() % 16 || c.hd() > 128) die("--dtype bf16: head size %d has no bf16 attention kernel (16, 32, 64 or 128)", c.hd());
+    return true;
+}
+
 // --compare-cpu: one forward and backward on both engines from the same weights.
 static int compare_cpu(const Args& a, const Config& c, const std::vector<float>& params) {
     if (a.train_pattern.empty()) die("--compare-cpu: needs --train PATTERN for its batch");
@@ -568,7 +581,7 @@ static int compare_cpu(const Args& a, const Config& c, const std::vector<float>&
     std::vector<int> in((size_t)a.B * a.T), tg(in.size());
     dl.next_batch(in.data(), tg.data());
     CpuEngine cpu(c, params);
-    GpuEngine gpu(c, params, a.tf32 != 0);
+    GpuEngine gpu(c, params, a.tf32 != 0, true, bf16_attention(a, c));
     StepResult want = run_step(cpu, in.data(), tg.data(), a.B, a.T), got = run_step(gpu, in.data(), tg.data(), a.B, a.T);
     printf("GPU vs CPU, one step of %s (B=%d T=%d), tolerance %.1e\n", variant_name(c).c_str(), a.B, a.T, a.check_tol);
     return compare_step("compare-cpu", c, got, want, a.check_tol);
@@ -633,7 +646,7 @@ template<typename Fn>
 static int on_engine([[maybe_unused]] const Args& a, const Config& c, const std::vector<float>& params, bool training, Fn fn) {
 #ifdef PHD_GPU
     if (a.device == "cuda") {
-        GpuEngine E(c, params, a.tf32 != 0, training);
+        GpuEngine E(c, params, a.tf32 != 0, training, bf16_attention(a, c));
         return fn(E);
     }
 #endif

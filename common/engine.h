@@ -84,7 +84,9 @@ struct GpuEngine {
     float *m = nullptr, *v = nullptr;  // (P) AdamW moments, on the device; none for inference
     double* partial = nullptr;         // grad-norm scratch
     // training false: only what the KV-cache decoder needs (the parameters), for --generate.
-    GpuEngine(const Config& c, const std::vector<float>& params, bool tf32, bool training = true) : G(c, params.data(), tf32, training) {
+    // bf16: attention on bf16 tensor cores (kernels/attention_bf16.cuh).
+    GpuEngine(const Config& c, const std::vector<float>& params, bool tf32, bool training = true, bool bf16 = false)
+        : G(c, params.data(), tf32, training, bf16) {
         if (!training) return;
         gpu_check_fits(2 * G.P * sizeof(float), "AdamW moments");
         cudaCheck(cudaMalloc(&m, G.P * sizeof(float)));

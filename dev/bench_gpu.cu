@@ -22,7 +22,10 @@
 //
 //   make bench-gpu        (nvcc and a GPU; GPT-2-small-like: L=12 D=768 H=12 T=1024, B=8)
 //   ./build/bench_gpu [--variant V]... [-b B] [-t T] [--layers L] [--dim D] [--heads H]
-//                     [--steps N] [--tf32 0|1] [--lab-variant V] [--tiny]
+//                     [--steps N] [--tf32 0|1] [--bf16 0|1] [--lab 0|1] [--lab-variant V] [--tiny]
+// --bf16 1: attention on bf16 tensor cores in sections 2 and 3 (the lab checks every
+// attention kernel whatever the flags); --lab 0 leaves the lab out (its CPU references at
+// GPT-2 size take most of a run's time).
 // --tiny is a small shape that the CUDA emulation runs in seconds: `make test` runs
 // build/bench_gpu_emu --tiny, so the lab keeps building and its checks keep passing.
 // The last line is "lab: N passed, M failed" over the kernel checks.
@@ -36,7 +39,7 @@
 struct Options {
     std::vector<std::string> variants;
     std::string lab_variant = "phd-cswa-2-16-32";
-    int B = 8, T = 1024, L = 12, D = 768, H = 12, steps = 10, tf32 = 0;
+    int B = 8, T = 1024, L = 12, D = 768, H = 12, steps = 10, tf32 = 0, bf16 = 0, lab = 1;
     bool tiny = false;
 };
 
@@ -100,7 +103,8 @@ static void kernel_lab(const Options& o, const std::vector<float>& params) {
 // Forward + backward attention time per variant next to its visible pairs (PHD.md section 7).
 static void attention_vs_pairs(const Options& o) {
     printf("\nattention forward + backward vs visible pairs (B=%d T=%d H=%d hd=%d, %s)\n%-18s %14s %10s %10s %12s\n", o.B, o.T,
-           o.H, o.D / o.H, o.tf32 ? "TF32 tensor cores" : "fp32", "variant", "pairs/seq", "fwd ms", "bwd ms", "ns/Mpairs");
+           o.H, o.D / o.H, o.bf16 ? "bf16 tensor cores" : o.tf32 ? "TF32 tensor cores" : "fp32", "variant", "pairs/seq", "fwd ms",
+           "bwd ms", "ns/Mpairs");
     for (const std::string& v : o.variants) {
         const Config c = make_config(v, o);
         const int TK = o.T * c.K;
@@ -109,8 +113,17 @@ static void attention_vs_pairs(const Options& o) {
         float *d_o = buf.nan((size_t)o.B * TK * c.H * c.hd()), *d_lse = buf.nan((size_t)o.B * c.H * TK);
         float *d_dout = buf.up(random_vec<float>((size_t)o.B * TK * c.H * c.hd(), 2)), *d_dqkv = buf.nan((size_t)o.B * TK * c.qkv_dim());
         const int reps = o.tiny ? 1 : 5;
-        float f = time_ms(reps, [&] { attention_forward(d_o, d_lse, d_qkv, c, o.B, o.T, nullptr, nullptr, o.tf32 != 0); });
-        float b = time_ms(reps, [&] { attention_backward(d_dqkv, d_dout, d_qkv, d_o, d_lse, c, o.B, o.T, nullptr, o.tf32 != 0); });
+        float f, b;
+        if (o.bf16) {
+            __nv_bfloat16 *q16 = buf.up(to_bf16(random_vec<float>((size_t)o.B * TK * c.qkv_dim(), 1))), *o16 = buf.up(to_bf16(std::vector<float>((size_t)o.B * TK * c.H * c.hd())));
+            __nv_bfloat16 *do16 = buf.up(to_bf16(random_vec<float>((size_t)o.B * TK * c.H * c.hd(), 2))), *dq16 = buf.up(to_bf16(std::vector<float>((size_t)o.B * TK * c.qkv_dim())));
+            float* D = buf.nan((size_t)o.B * c.H * TK);
+            f = time_ms(reps, [&] { attention_forward_bf16(o16, d_lse, q16, c, o.B, o.T, nullptr); });
+            b = time_ms(reps, [&] { attention_backward_bf16(dq16, do16, q16, o16, d_lse, D, c, o.B, o.T, nullptr); });
+        } else {
+            f = time_ms(reps, [&] { attention_forward(d_o, d_lse, d_qkv, c, o.B, o.T, nullptr, nullptr, o.tf32 != 0); });
+            b = time_ms(reps, [&] { attention_backward(d_dqkv, d_dout, d_qkv, d_o, d_lse, c, o.B, o.T, nullptr, o.tf32 != 0); });
+        }
         const double pairs = visible_pairs(c, o.T);
         printf("%-18s %14.4g %10.3f %10.3f %12.1f\n", v.c_str(), pairs, f, b, (f + b) * 1e6 / (pairs * o.B / 1e6));
     }
@@ -118,14 +131,15 @@ static void attention_vs_pairs(const Options& o) {
 
 static void training_steps(const Options& o, const std::vector<float>& params) {
     const double peak = peak_tflops(o.tf32 ? MatmulDtype::TF32 : MatmulDtype::FP32);
-    printf("\ntraining step (zero grads, forward, backward, grad norm, AdamW), B=%d T=%d L=%d D=%d H=%d, TF32 %s, "
-           "median of %d after 1 warm-up; peak %.1f TFLOP/s (%s)\n", o.B, o.T, o.L, o.D, o.H, o.tf32 ? "on" : "off", o.steps, peak,
+    printf("\ntraining step (zero grads, forward, backward, grad norm, AdamW), B=%d T=%d L=%d D=%d H=%d, TF32 %s, attention %s, "
+           "median of %d after 1 warm-up; peak %.1f TFLOP/s (%s)\n", o.B, o.T, o.L, o.D, o.H, o.tf32 ? "on" : "off", o.bf16 ? "bf16" : "fp32/TF32",
+           o.steps, peak,
            peak > 0 ? (o.tf32 ? "dense TF32" : "FP32") : "unknown here: no MFU");
     printf("%-18s %9s %7s %12s %12s %9s %6s\n", "variant", "ms/step", "ratio", "orig tok/s", "GFLOP/token", "TFLOP/s", "MFU");
     double base = 0;
     for (const std::string& v : o.variants) {
         const Config c = make_config(v, o);
-        GpuEngine E(c, params, o.tf32 != 0);
+        GpuEngine E(c, params, o.tf32 != 0, true, o.bf16 != 0);
         Rng rng{2};
         std::vector<int> tok(o.B * o.T), tgt(o.B * o.T);
         for (size_t i = 0; i < tok.size(); i++) { tok[i] = (int)(rng.next_u64() % c.V); tgt[i] = (int)(rng.next_u64() % c.V); }
@@ -168,6 +182,8 @@ int main(int argc, char** argv) {
         else if (f == "--heads") o.H = atoi(v.c_str());
         else if (f == "--steps") o.steps = atoi(v.c_str());
         else if (f == "--tf32") o.tf32 = atoi(v.c_str());
+        else if (f == "--bf16") o.bf16 = atoi(v.c_str());
+        else if (f == "--lab") o.lab = atoi(v.c_str());
         else die("bench_gpu: unknown flag %s", f.c_str());
     }
     if (o.B < 1 || o.T < 1 || o.steps < 1) die("bench_gpu: -b, -t and --steps must be >= 1");
@@ -181,7 +197,7 @@ int main(int argc, char** argv) {
     const Config shape = make_config(o.lab_variant, o);
     std::vector<float> params(num_params(shape));
     init_params(shape, params.data(), 1);
-    kernel_lab(o, params);
+    if (o.lab) kernel_lab(o, params);
     attention_vs_pairs(o);
     training_steps(o, params);
     printf("lab: %d passed, %d failed\n", g_passed, g_failed);

@@ -10,13 +10,15 @@
 #   dev/gpu_run.sh [STEP]...  (no step named: all of them, in this order)
 # build         nvidia-smi and every GPU binary (make -j), for sm_90 only unless NVCC_ARCH is set
 # tests         make test-gpu
-# bench_fp32    build/bench_gpu: the kernel lab and training steps, fp32
-# bench_tf32    the same with --tf32 1
+# bench_fp32    build/bench_gpu: the kernel lab (every kernel, fp32, TF32 and bf16) and training steps, fp32
+# bench_tf32    training steps with --tf32 1 (no lab: it checked the same kernels)
+# bench_bf16    training steps with --tf32 1 --bf16 1: attention on bf16 tensor cores
 # bench_decode  build/bench_decode_gpu: KV-cache inference at GPT-2-small size, P=2048
 # train         make train
-# bench names the three bench steps: make bench-gpu's commands, each under its own limit.
-# Each step runs under its own time limit (timeout; the limits below add up to 7.5 minutes,
-# from the H200 run's times: build 2-3 min, tests 30 s, each bench_gpu ~60 s, train 10 s),
+# train_bf16    make train with attention on bf16 tensor cores (--dtype bf16)
+# bench names the four bench steps: make bench-gpu's commands, each under its own limit.
+# Each step runs under its own time limit (timeout; the limits below add up to 7.8 minutes,
+# from the H200 run's times: build 2-3 min, tests 30 s, bench_gpu ~60 s with its lab, train 10 s),
 # so that a hanging step costs only its own time. Its output, line-buffered, goes to
 # $OUT/STEP.log (build/gpu-run/ without $OUT) after a timestamped header naming the limit,
 # and its last lines to the screen; the last lines printed are each step's exit status,
@@ -41,20 +43,22 @@ mkdir -p "$out"
 # Each step's time limit in seconds and its command.
 plan() {
     case $1 in
-        build) limit=200 cmd="nvidia-smi; make -j\$(nproc) train_phd build/test_gpu_native build/bench_gpu build/bench_decode_gpu" ;;
+        build) limit=190 cmd="nvidia-smi; make -j\$(nproc) train_phd build/test_gpu_native build/bench_gpu build/bench_decode_gpu" ;;
         tests) limit=40 cmd="make test-gpu" ;;
-        bench_fp32) limit=70 cmd="./build/bench_gpu" ;;
-        bench_tf32) limit=60 cmd="./build/bench_gpu --tf32 1" ;;
-        bench_decode) limit=60 cmd="./build/bench_decode_gpu --device cuda -P 2048 --layers 12 --dim 768 --heads 12" ;;
+        bench_fp32) limit=90 cmd="./build/bench_gpu" ;;
+        bench_tf32) limit=30 cmd="./build/bench_gpu --tf32 1 --lab 0" ;;
+        bench_bf16) limit=30 cmd="./build/bench_gpu --tf32 1 --bf16 1 --lab 0" ;;
+        bench_decode) limit=45 cmd="./build/bench_decode_gpu --device cuda -P 2048 --layers 12 --dim 768 --heads 12" ;;
         train) limit=20 cmd="make train" ;;
+        train_bf16) limit=25 cmd="make train TRAIN_EXTRA='--dtype bf16' TRAIN_OUT=out/kjv-bf16" ;;
         *) return 1 ;;
     esac
 }
-[ $# -gt 0 ] || set -- build tests bench train
+[ $# -gt 0 ] || set -- build tests bench train train_bf16
 steps=()
 for step in "$@"; do
-    if [ "$step" = bench ]; then steps+=(bench_fp32 bench_tf32 bench_decode); continue; fi
-    plan "$step" || { echo "gpu_run: unknown step '$step' (build, tests, bench_fp32, bench_tf32, bench_decode, bench, train, or stage)" >&2; exit 2; }
+    if [ "$step" = bench ]; then steps+=(bench_fp32 bench_tf32 bench_bf16 bench_decode); continue; fi
+    plan "$step" || { echo "gpu_run: unknown step '$step' (build, tests, bench_fp32, bench_tf32, bench_bf16, bench_decode, bench, train, train_bf16, or stage)" >&2; exit 2; }
     steps+=("$step")
 done
 start=$(date +%s)

@@ -1,7 +1,10 @@
 // kernels/gpu_model.cuh: the PHD-Transformer on the GPU, forward and backward, fp32: the
 // same steps as model_forward/model_backward in model.h, on device buffers in the same row
 // order, with plain GEMMs through
-// cuBLAS (TF32 off unless asked for, so that results stay close to the CPU's).
+// cuBLAS (TF32 off unless asked for, so that results stay close to the CPU's). With bf16
+// attention (--dtype bf16) each layer's attention runs on the bf16 tensor-core kernels of
+// attention_bf16.cuh: q, k, v (and in the backward o and dO) are rounded to bf16 copies
+// around it, and the rest of the step stays fp32 (bf16 GEMMs and activations are to come).
 // Parameters and gradients use the checkpoint order of param_tensors() (model.h).
 #pragma once
 #include <vector>
@@ -22,6 +25,7 @@ inline void gpu_check_fits(size_t bytes, const char* what, const char* hint = ""
 struct GpuModel : Activations<float> {
     Config cfg;
     bool tf32;                                   // TF32 tensor cores: cuBLAS and attention
+    bool bf16;                                   // attention on bf16 tensor cores
     size_t P = 0;
     float *params = nullptr, *grads = nullptr;   // (P) device arenas; no grads for inference
     ParamView<float> p, g;                       // named views into them
@@ -35,9 +39,16 @@ struct GpuModel : Activations<float> {
     int *d_tokens = nullptr, *d_targets = nullptr;     // (B, T) of the last forward
     int *d_row_index = nullptr, *d_row_pos = nullptr;  // (B*T*K) each row's b*T + n, and n: set once per shape
     uint64_t* d_sort_keys = nullptr;                   // (token_sort_slots(B*T)) the embedding backward's scratch
+    // bf16 attention's copies, one set for every layer: (B*T*K, qkv_dim), (B*T*K, H*hd) x 2,
+    // (B*T*K, qkv_dim), and D (B, H, T*K) fp32
+    __nv_bfloat16 *qkv16 = nullptr, *o16 = nullptr, *do16 = nullptr, *dqkv16 = nullptr;
+    float* attn_D = nullptr;
 
     // training false: inference only (the KV-cache decoder), the parameters without gradients.
-    GpuModel(const Config& c, const float* host_params, bool tf32_, bool training = true) : cfg(c), tf32(tf32_), P(num_params(c)) {
+    // bf16_: attention on bf16 tensor cores (head sizes 16, 32, 64, 128).
+    GpuModel(const Config& c, const float* host_params, bool tf32_, bool training = true, bool bf16_ = false)
+        : cfg(c), tf32(tf32_), bf16(bf16_), P(num_params(c)) {
+        if (bf16 && (c.hd() % 16 || c.hd() > 128)) die("bf16 attention: head size %d has no instance (16, 32, 64, 128)", c.hd());
         gpu_check_fits((training ? 2 : 1) * P * sizeof(float), training ? "parameters and gradients" : "parameters");
         cudaCheck(cudaMalloc(&params, P * sizeof(float)));
         cudaCheck(cudaMemcpy(params, host_params, P * sizeof(float), cudaMemcpyHostToDevice));
@@ -59,7 +70,8 @@ struct GpuModel : Activations<float> {
     }
     ~GpuModel() {
         for (void* q : {(void*)params, (void*)grads, (void*)rope_cos, (void*)rope_sin, (void*)norm_scratch, (void*)act, (void*)d_tokens, (void*)d_targets,
-                         (void*)d_row_index, (void*)d_row_pos, (void*)d_sort_keys})
+                         (void*)d_row_index, (void*)d_row_pos, (void*)d_sort_keys, (void*)qkv16, (void*)o16, (void*)do16, (void*)dqkv16,
+                         (void*)attn_D})
             cudaFree(q);
         cublasDestroy(blas);
     }
@@ -69,19 +81,31 @@ struct GpuModel : Activations<float> {
     void size_for(int B_, int T_) {
         if (B_ == B && T_ == T) return;
         B = B_; T = T_;
-        for (void* q : {(void*)act, (void*)d_tokens, (void*)d_targets, (void*)d_row_index, (void*)d_row_pos, (void*)d_sort_keys}) cudaFree(q);
+        for (void* q : {(void*)act, (void*)d_tokens, (void*)d_targets, (void*)d_row_index, (void*)d_row_pos, (void*)d_sort_keys, (void*)qkv16,
+                        (void*)o16, (void*)do16, (void*)dqkv16, (void*)attn_D})
+            cudaFree(q);
         const int N = B * T * cfg.K, TK = T * cfg.K;
         const size_t slots = token_sort_slots(B * T);
         char what[64];
         snprintf(what, sizeof what, "activations for B=%d T=%d", B, T);
-        gpu_check_fits(floats(cfg, B, T) * sizeof(float) + (2 * (size_t)N + 2 * B * T) * sizeof(int) + slots * sizeof(uint64_t), what,
-                       " (lower -b or -t)");
+        const size_t attn16 = bf16 ? (size_t)N * (2 * cfg.qkv_dim() + 2 * cfg.H * cfg.hd()) : 0;  // bf16 copies, in bf16 elements
+        gpu_check_fits(floats(cfg, B, T) * sizeof(float) + (2 * (size_t)N + 2 * B * T) * sizeof(int) + slots * sizeof(uint64_t) +
+                           attn16 * sizeof(__nv_bfloat16) + (bf16 ? (size_t)N * cfg.H * sizeof(float) : 0),
+                       what, " (lower -b or -t)");
         cudaCheck(cudaMalloc(&act, floats(cfg, B, T) * sizeof(float)));
         cudaCheck(cudaMalloc(&d_tokens, (size_t)B * T * sizeof(int)));
         cudaCheck(cudaMalloc(&d_targets, (size_t)B * T * sizeof(int)));
         cudaCheck(cudaMalloc(&d_row_index, (size_t)N * sizeof(int)));
         cudaCheck(cudaMalloc(&d_row_pos, (size_t)N * sizeof(int)));
         cudaCheck(cudaMalloc(&d_sort_keys, slots * sizeof(uint64_t)));
+        if (bf16) {
+            const size_t od = (size_t)N * cfg.H * cfg.hd();
+            cudaCheck(cudaMalloc(&qkv16, (size_t)N * cfg.qkv_dim() * sizeof(__nv_bfloat16)));
+            cudaCheck(cudaMalloc(&o16, od * sizeof(__nv_bfloat16)));
+            cudaCheck(cudaMalloc(&do16, od * sizeof(__nv_bfloat16)));
+            cudaCheck(cudaMalloc(&dqkv16, (size_t)N * cfg.qkv_dim() * sizeof(__nv_bfloat16)));
+            cudaCheck(cudaMalloc(&attn_D, (size_t)N * cfg.H * sizeof(float)));
+        }
         point(cfg, B, T, act);
         std::vector<int> index(N), pos(N);
         for (int i = 0; i < N; i++) {
@@ -105,6 +129,32 @@ struct GpuModel : Activations<float> {
     }
     void copy(float* dst, const float* src, size_t n) {
         cudaCheck(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+    }
+
+    // The training attention of one layer: fp32 (or TF32) kernels, or the bf16 ones on
+    // rounded copies of q, k, v; a.o and a.lse stay fp32 for the rest of the step.
+    void attention(const LayerActs<float>& a) {
+        const size_t N = (size_t)B * T * cfg.K, od = N * cfg.H * cfg.hd();
+        if (!bf16) {
+            attention_forward(a.o, a.lse, a.qkv, cfg, B, T, stream, nullptr, tf32);
+            return;
+        }
+        copy_to_bf16(qkv16, a.qkv, N * cfg.qkv_dim(), stream);
+        attention_forward_bf16(o16, a.lse, qkv16, cfg, B, T, stream);
+        copy_from_bf16(a.o, o16, od, stream);
+    }
+    // Its backward: dqkv from dout (N, H*hd). o rounds back to the bf16 the forward wrote.
+    void attention_grad(const LayerActs<float>& a, const float* dout) {
+        const size_t N = (size_t)B * T * cfg.K, od = N * cfg.H * cfg.hd();
+        if (!bf16) {
+            attention_backward(dqkv, dout, a.qkv, a.o, a.lse, cfg, B, T, stream, tf32);
+            return;
+        }
+        copy_to_bf16(qkv16, a.qkv, N * cfg.qkv_dim(), stream);
+        copy_to_bf16(o16, a.o, od, stream);
+        copy_to_bf16(do16, dout, od, stream);
+        attention_backward_bf16(dqkv16, do16, qkv16, o16, a.lse, attn_D, cfg, B, T, stream);
+        copy_from_bf16(dqkv, dqkv16, N * cfg.qkv_dim(), stream);
     }
 
     // One layer's forward over N rows, as layer_forward in model.h: x_next = layer(a.x), which
@@ -140,7 +190,7 @@ struct GpuModel : Activations<float> {
         add_inplace(dx, dtmp, (size_t)N * D, stream);
         // xm = x + attention(rope(a wqkv^T)) wo^T
         matmul_backward(dtmp, gw.wo, dx, a.o, w.wo, N, c.H * c.hd(), D);
-        attention_backward(dqkv, dtmp, a.qkv, a.o, a.lse, c, B, T, stream, tf32);
+        attention_grad(a, dtmp);
         rope_backward(dqkv, d_row_pos, c, N, rope_cos, rope_sin, stream);
         matmul_backward(dtmp, gw.wqkv, dqkv, a.a, w.wqkv, N, D, c.qkv_dim());
         rmsnorm_backward(dtmp, gw.g_attn, dtmp, a.x, w.g_attn, a.rstd_a, N, D, norm_scratch, stream);
@@ -157,7 +207,7 @@ struct GpuModel : Activations<float> {
         for (int l = 0; l < c.L; l++) {
             const LayerActs<float>& a = layer[l];
             layer_forward(a, p.layer[l], l + 1 < c.L ? layer[l + 1].x : xL, N, d_row_pos,
-                          [&] { attention_forward(a.o, a.lse, a.qkv, c, B, T, stream, nullptr, tf32); });
+                          [&] { attention(a); });
         }
         last_copy_forward(xlast, xL, c, B, T, stream);
         rmsnorm_forward(xn, rstd_final, xlast, p.g_final, BT, D, stream);

@@ -108,6 +108,25 @@ inline void embedding_backward(float* dE, const float* dx, const int* tokens, ui
     cudaCheck(cudaGetLastError());
 }
 
+// ---- bf16 copies: the bf16 attention's inputs and outputs (round to nearest even) ----
+
+static __global__ void copy_to_bf16_kernel(__nv_bfloat16* y, const float* x, size_t n) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = __float2bfloat16(x[i]);
+}
+static __global__ void copy_from_bf16_kernel(float* y, const __nv_bfloat16* x, size_t n) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = __bfloat162float(x[i]);
+}
+inline void copy_to_bf16(__nv_bfloat16* y, const float* x, size_t n, cudaStream_t s) {
+    launch(copy_to_bf16_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, y, x, n);
+    cudaCheck(cudaGetLastError());
+}
+inline void copy_from_bf16(float* y, const __nv_bfloat16* x, size_t n, cudaStream_t s) {
+    launch(copy_from_bf16_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, y, x, n);
+    cudaCheck(cudaGetLastError());
+}
+
 // ---- rmsnorm: out = x / sqrt(mean(x^2) + 1e-5) * g ----
 
 

@@ -91,6 +91,7 @@ TEST_CASE("attention: the tiles the tensor-core kernels leave unmasked hold only
 
 TEST_CASE("attention kernels (fp32, TF32, bf16): only tiles with visible pairs are visited; the backward is deterministic") {
     for (const KernelShape& sh : kKernelShapes) {
+        if (sh.D / sh.H != 16) continue;  // which tiles are visited does not depend on the head size: the cheapest one
         const Config c = kernel_config(sh);
         const int B = kKernelB, T = sh.T, TK = T * c.K;
         // Visited tiles: exactly the (query tile, key tile) pairs holding a visible pair, for
@@ -201,7 +202,7 @@ static Config model_config(const char* variant, int T, int hd) {
 // same weights: the loss's relative error, the logits' max_rel, and the worst gradient
 // tensor's (each tensor to its own scale) with its name.
 struct ModelDiff { double loss, logits, grads; std::string worst; };
-static ModelDiff gpu_model_diff(const Config& c, int B, int T, bool tf32, uint64_t seed) {
+static ModelDiff gpu_model_diff(const Config& c, int B, int T, bool tf32, uint64_t seed, bool bf16 = false) {
     Model<float> M(c);
     init_params(c, M.params.data(), seed);
     std::vector<int> tok = random_tokens(B * T, c.V, seed + 1), tgt = random_tokens(B * T, c.V, seed + 2);
@@ -209,7 +210,7 @@ static ModelDiff gpu_model_diff(const Config& c, int B, int T, bool tf32, uint64
     std::vector<float> logits_ref;
     for (int i = 0; i < B * T; i++) logits_ref.insert(logits_ref.end(), M.logits + (size_t)i * c.Vp, M.logits + (size_t)i * c.Vp + c.V);
     model_backward(M, 1.0f);
-    GpuModel G(c, M.params.data(), tf32);
+    GpuModel G(c, M.params.data(), tf32, true, bf16);
     const float loss = G.forward(tok.data(), tgt.data(), B, T);
     ModelDiff d{std::fabs(loss - loss_ref) / loss_ref, max_rel(G.logits_host(), logits_ref), 0.0, ""};
     G.backward(1.0f);
@@ -218,7 +219,7 @@ static ModelDiff gpu_model_diff(const Config& c, int B, int T, bool tf32, uint64
         const double e = max_rel(grads.data() + t.offset, M.grads.data() + t.offset, t.size());
         if (std::isnan(e) || e > d.grads) { d.grads = e; d.worst = t.name; }  // a NaN stays the worst: it fails
     }
-    MESSAGE(variant_name(c) << (tf32 ? " TF32" : " fp32") << " hd " << c.hd() << " T " << T << ": loss " << d.loss << ", logits "
+    MESSAGE(variant_name(c) << std::string(bf16 ? " bf16 attention" : tf32 ? " TF32" : " fp32") << " hd " << c.hd() << " T " << T << ": loss " << d.loss << ", logits "
                             << d.logits << ", gradients " << d.grads << " (" << d.worst << ")");
     return d;
 }
@@ -254,6 +255,19 @@ TEST_CASE("GPU model with TF32 tensor cores (hd 16, 32, 64): within TF32 precisi
         CHECK(d.logits < 3e-3);  // logits: 3e-3 of their scale (TF32 rounds inputs to 2^-11)
         CHECK(d.grads < 3e-3);   // every gradient: 3e-3 of its tensor's scale (measured 1.0e-3 to 1.4e-3)
         CHECK(d.grads > 1e-4);   // and far from fp32's (< 1e-5, test above): TF32 is really used
+    }
+}
+
+TEST_CASE("GPU model with bf16 attention (hd 16, 64): within bf16 precision of the CPU model, and not fp32's") {
+    // As the TF32 test's shapes: 27 rows at hd 16 (one 64-row block), 69 at hd 64 (two).
+    for (int hd : {16, 64}) {
+        const int T = hd == 16 ? 9 : 23;
+        const ModelDiff d = gpu_model_diff(model_config("phd-cswa-3-2-2", T, hd), hd == 16 ? 2 : 1, T, false, 51, true);
+        INFO("hd " << hd << ", worst gradient " << d.worst);
+        CHECK(d.loss <= 1e-3);   // loss: 1e-3 relative
+        CHECK(d.logits < 1e-2);  // logits: 1e-2 of their scale (bf16 keeps 8 bits: P, dS, o rounded at 2^-9)
+        CHECK(d.grads < 2e-2);   // every gradient: 2e-2 of its tensor's scale
+        CHECK(d.grads > 1e-4);   // and far from fp32's (< 1e-5): the bf16 kernels really ran
     }
 }
 

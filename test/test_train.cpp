@@ -816,3 +816,58 @@ TEST_CASE("the step line shows MFU on the GPU (emulated: peak unknown, '-') and 
         CHECK(out.find("MFU") == std::string::npos);
     }
 }
+
+// Lines of log.txt holding kind (" train " or " val "): its last number.
+static std::vector<double> log_values(const std::string& log, const char* kind) {
+    std::ifstream f(log);
+    std::vector<double> v;
+    std::string line;
+    while (std::getline(f, line))
+        if (line.find(kind) != std::string::npos) v.push_back(std::stod(line.substr(line.rfind(' '))));
+    return v;
+}
+
+TEST_CASE("--dtype bf16 (emulated): attention on bf16 tensor cores within bf16 precision of the CPU, every variant") {
+    std::string out, shard = make_shard("bf16.bin", 3000, 9);
+    // hd = 16 (D = 64, H = 4): the bf16 kernels' smallest head size.
+    for (const char* v : {"vanilla", "phd-3", "phd-swa-3-4", "phd-cswa-3-4-5", "naive-2"}) {
+        const std::string cmd = std::string(kEmuBin) + tiny_flags() + "--dim 64 --variant " + v + " -i " + shard +
+                                " --device cuda --dtype bf16 --compare-cpu 1 --check-tol ";
+        INFO(v);
+        // Every tensor within 2e-2 of its scale (seen: worst 5.7e-3, the bf16 rounding of
+        // P, dS and o at 2^-9); and not within 1e-4, so the bf16 kernels really ran (fp32: ~1e-6).
+        int rc = run(cmd + "2e-2", &out);
+        INFO(out);
+        CHECK(rc == 0);
+        CHECK(run(cmd + "1e-4", &out) == 1);
+        CHECK(out.find("compare-cpu: FAILED") != std::string::npos);
+    }
+    // Bad uses: one line naming the flag, exit 1.
+    struct Case { std::string args, expect; };
+    for (const Case& k : {Case{"--dtype fp16 --device cuda", "--dtype: expected fp32 or bf16, got 'fp16'"},
+                          Case{"--dtype bf16 --device cpu", "--dtype bf16: bf16 tensor cores are the GPU's"},
+                          Case{"--dtype bf16 --device cuda", "--dtype bf16: head size 8 has no bf16 attention kernel"}}) {
+        INFO(k.args);
+        CHECK(run(std::string(kEmuBin) + tiny_flags() + k.args + " -i " + shard + " -x 1 -o " + tmp("bf16-bad"), &out) == 1);
+        CHECK(out.find(k.expect) != std::string::npos);
+        CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+    }
+}
+
+TEST_CASE("--dtype bf16 (emulated): 40 training steps follow the fp32 run's validation losses to 2 %") {
+    std::string out, shard = make_shard("bf16-train.bin", 4000, 10);
+    const std::string flags = std::string(kEmuBin) + tiny_flags() + "--dim 64 --variant phd-cswa-3-4-5 -i " + shard + " -j " + shard +
+                              " --device cuda -x 40 -l 3e-3 -u 4 -v 10 -m 2 -s 0 -n 0 ";
+    const std::string f32 = tmp("bf16-run-fp32"), b16 = tmp("bf16-run-bf16");
+    REQUIRE(run(flags + "--dtype fp32 -o " + f32, &out) == 0);
+    REQUIRE(run(flags + "--dtype bf16 -o " + b16, &out) == 0);
+    CHECK(out.find("attention on bf16 tensor cores") != std::string::npos);
+    const std::vector<double> a = log_values(f32 + "/log.txt", " val "), b = log_values(b16 + "/log.txt", " val ");
+    REQUIRE(a.size() == 5);  // steps 0, 10, 20, 30, 39
+    REQUIRE(b.size() == a.size());
+    CHECK(a.back() < 0.8 * a.front());  // the model learns: the comparison is of a real curve
+    for (size_t i = 0; i < a.size(); i++) {
+        INFO("validation " << i << ": fp32 " << a[i] << ", bf16 " << b[i]);
+        CHECK(std::fabs(b[i] - a[i]) <= 0.02 * a[i]);
+    }
+}
