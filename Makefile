@@ -38,7 +38,7 @@ build/train_phd_cpu: train_phd.cu $(HEADERS)
 	@mkdir -p build && rm -f $@
 	$(CXX) $(HOSTFLAGS) $(PCRE2_FLAGS) -x c++ $< -o $@ $(PCRE2_LIBS)
 
-CPU_TESTS := test/test_main.cpp test/test_model.cpp test/test_train.cpp test/test_fixtures.cpp test/test_decode.cpp
+CPU_TESTS := test/test_main.cpp test/test_model.cpp test/test_train.cpp test/test_train_gpu.cpp test/test_fixtures.cpp test/test_decode.cpp
 # train_phd with its CUDA path running on the CPU emulation: the tests drive --device cuda with it.
 build/train_phd_emu: train_phd.cu $(HEADERS)
 	@mkdir -p build && rm -f $@

@@ -83,7 +83,7 @@ static inline int run(const std::string& cmd, std::string* out) {
 
 // A path in build/NAME/, a scratch directory emptied on its first use in this run, so that
 // no file of an earlier run (say, a later checkpoint for --resume to find) leaks in.
-static inline std::string scratch_path(const char* dir, const std::string& name) {
+inline std::string scratch_path(const char* dir, const std::string& name) {  // inline, not static: one list of emptied directories for every test file
     static std::vector<std::string> fresh;
     std::string d = std::string("build/") + dir;
     if (std::find(fresh.begin(), fresh.end(), d) == fresh.end()) {

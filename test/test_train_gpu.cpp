@@ -1,0 +1,164 @@
+// train_phd's CUDA path, driven through build/train_phd_emu (train_phd over the CUDA
+// emulation): --compare-cpu, --check-state, training that follows the CPU and resumes on it,
+// GPU memory errors, generation, the step line's MFU, and --dtype bf16.
+#include <sys/stat.h>
+#include <algorithm>
+#include <fstream>
+#include "train_util.h"
+
+TEST_CASE("--device cuda (emulated): --compare-cpu, --check-state, training that follows the CPU and resumes on it") {
+    std::string out, shard = make_shard("cuda.bin", 3000, 9);
+    std::string model = tiny_flags() + "--variant phd-cswa-3-4-5 -i " + shard + " ";
+    // One step on both engines from the same weights.
+    int rc = run(std::string(kEmuBin) + model + "--compare-cpu 1", &out);
+    INFO(out);
+    CHECK(rc == 0);
+    CHECK(out.find("compare-cpu: OK") != std::string::npos);
+    CHECK(out.find("dlayer1.w2") != std::string::npos);
+    // --tf32 1 at hd = 16: the tensor-core attention kernels and TF32 GEMMs,
+    // within TF32 precision of the CPU and not within fp32's.
+    const std::string tf32 = std::string(kEmuBin) + model + "--dim 64 --tf32 1 --compare-cpu 1 --check-tol ";
+    rc = run(tf32 + "3e-3", &out);
+    INFO(out);
+    CHECK(rc == 0);
+    CHECK(run(tf32 + "1e-6", &out) == 1);
+    CHECK(out.find("compare-cpu: FAILED") != std::string::npos);
+    // The PyTorch fixture on the GPU path.
+    rc = run(std::string(kEmuBin) + " --device cuda -e test/fixtures/phd-cswa-3-2-2.ckpt --check-state test/fixtures/phd-cswa-3-2-2.state", &out);
+    CHECK(rc == 0);
+    CHECK(out.find("on cuda") != std::string::npos);
+    // 4 steps on the GPU path, checkpoint at 2; the same 4 on the CPU; the GPU run resumed on the CPU.
+    std::string g = tmp("cuda-run"), cpu = tmp("cpu-run"), mixed = tmp("mixed-run");
+    std::string train = model + "-x 4 -u 1 -v 0 -s 2 -g 3 -n 2 ";  // samples at step 2: the GPU decoder inside training
+    REQUIRE(run(std::string(kEmuBin) + train + "--device cuda -o " + g, &out) == 0);
+    CHECK(out.find("on cuda") != std::string::npos);
+    CHECK(out.find("sample:") != std::string::npos);
+    REQUIRE(run(std::string(kBin) + train + "--device cpu -o " + cpu, &out) == 0);
+    mkdir(mixed.c_str(), 0755);
+    for (const char* kind : {"model", "state"}) {
+        std::string name = std::string("/") + kind + "_00000002.bin";
+        std::ifstream src(g + name, std::ios::binary);
+        std::ofstream(mixed + name, std::ios::binary) << src.rdbuf();
+    }
+    REQUIRE(run(std::string(kBin) + train + "--device cpu -y 1 -o " + mixed, &out) == 0);
+    std::vector<std::string> lg = train_losses(g + "/log.txt"), lc = train_losses(cpu + "/log.txt"), lm = train_losses(mixed + "/log.txt");
+    REQUIRE((lg.size() == 4 && lc.size() == 4 && lm.size() == 2));
+    auto value = [](const std::string& line) { return std::stod(line.substr(line.rfind(' '))); };
+    for (int i = 0; i < 4; i++) {
+        INFO("step " << i << ": cuda " << lg[i] << " | cpu " << lc[i]);
+        CHECK(std::fabs(value(lg[i]) - value(lc[i])) <= 1e-4 * value(lc[i]));
+    }
+    for (int i = 0; i < 2; i++) {
+        INFO("resumed step " << i + 2 << ": " << lm[i] << " | cuda " << lg[i + 2]);
+        CHECK(std::fabs(value(lm[i]) - value(lg[i + 2])) <= 1e-4 * value(lg[i + 2]));
+    }
+    // Generation with the GPU decoder: the CPU decoder's greedy tokens and cache report.
+    std::string gen = std::string(kEmuBin) + " -e " + g + "/model_00000002.bin --generate 8 --prompt-ids '3 1 4 1 5 9' --temperature 0 ",
+                on_cpu;
+    REQUIRE(run(gen + "--device cpu", &on_cpu) == 0);
+    REQUIRE(run(gen + "--device cuda", &out) == 0);
+    INFO(on_cpu << "\n" << out);
+    CHECK(out.substr(0, out.find('\n')) == on_cpu.substr(0, on_cpu.find('\n')));
+    CHECK(out.find("on cuda") != std::string::npos);
+    auto cache_line = [](const std::string& o) { return o.substr(o.find("KV cache after")); };
+    CHECK(cache_line(out) == cache_line(on_cpu));
+}
+
+TEST_CASE("--device cuda (emulated): what does not fit in GPU memory gets one clear error line") {
+    // The emulated device gets PHD_EMU_DEVICE_MEMORY bytes; the model of tiny_flags().
+    Config c = tiny_config("phd-cswa-3-4-5", 32, 16);
+    c.D = 32; c.F = 48;
+    const size_t P = num_params(c) * sizeof(float);
+    std::string shard = make_shard("oom.bin", 3000, 9), out;
+    struct Case { size_t bytes; std::string expect; };
+    for (const Case& k : {Case{1000, "GPU memory: parameters and gradients need"}, Case{3 * P, "GPU memory: AdamW moments need"},
+                          Case{4 * P + 65536, "GPU memory: activations for B=2 T=16 need"}}) {
+        int rc = run("PHD_EMU_DEVICE_MEMORY=" + std::to_string(k.bytes) + " " + kEmuBin + tiny_flags() +
+                         "--variant phd-cswa-3-4-5 --device cuda -x 1 -v 0 -s 0 -i " + shard + " -o " + tmp("oom"), &out);
+        INFO(k.bytes << " bytes -> " << out);
+        CHECK(rc == 1);
+        CHECK(out.find(k.expect) != std::string::npos);
+        CHECK(out.find("MiB free of") != std::string::npos);
+    }
+}
+
+TEST_CASE("--device cuda (emulated): generation allocates no gradients or AdamW moments") {
+    // A device with room for the parameters and the decoder, not for the gradients too.
+    Config c = tiny_config("phd-cswa-3-4-5", 32, 16);
+    c.D = 64; c.F = 128;
+    const size_t P = num_params(c) * sizeof(float), limit = P + 160 * 1024;
+    REQUIRE(limit < 2 * P);
+    std::string dir = tmp("gen-mem"), out, model = tiny_flags() + "--dim 64 --ffn 128 --variant phd-cswa-3-4-5 ";
+    REQUIRE(run(std::string(kBin) + model + "-x 1 -v 0 -s 0 -i " + make_shard("gen-mem.bin", 3000, 4) + " -o " + dir, &out) == 0);
+    const std::string env = "PHD_EMU_DEVICE_MEMORY=" + std::to_string(limit) + " ";
+    int rc = run(env + kEmuBin + " --device cuda -e " + dir + "/model_00000001.bin --generate 4 --prompt-ids '1 2 3' --temperature 0", &out);
+    INFO(out);
+    CHECK(rc == 0);
+    CHECK(out.find("on cuda") != std::string::npos);
+    // The same device is too small to train this model.
+    rc = run(env + kEmuBin + model + "--device cuda -x 1 -v 0 -s 0 -i " + make_shard("gen-mem.bin", 3000, 4) + " -o " + tmp("gen-mem-train"), &out);
+    INFO(out);
+    CHECK(rc == 1);
+    CHECK(out.find("GPU memory: parameters and gradients need") != std::string::npos);
+}
+
+TEST_CASE("the step line shows MFU on the GPU (emulated: peak unknown, '-') and not on the CPU") {
+    std::string shard = make_shard("mfu.bin", 3000, 3), out;
+    const std::string flags = one_thread_flags() + "-i " + shard + " -x 2 -v 0 -s 0 -o " + tmp("mfu");
+    REQUIRE(run(std::string(kEmuBin) + flags + " --device cuda", &out) == 0);
+    INFO(out);
+    const std::vector<std::string> gpu = step_lines(out);
+    REQUIRE(gpu.size() == 3);
+    for (int i = 1; i <= 2; i++) CHECK(gpu[i].find(" | MFU ") != std::string::npos);
+    CHECK(out.find("MFU: shown as -, this GPU's peak is unknown") != std::string::npos);  // the emulation describes no hardware
+    for (std::string bin : {std::string(kBin), std::string(kEmuBin) + " --device cpu"}) {
+        REQUIRE(run(bin + flags, &out) == 0);
+        CHECK(step_lines(out).size() == 3);
+        CHECK(out.find("MFU") == std::string::npos);
+    }
+}
+
+TEST_CASE("--dtype bf16 (emulated): attention on bf16 tensor cores within bf16 precision of the CPU, every variant") {
+    std::string out, shard = make_shard("bf16.bin", 3000, 9);
+    // hd = 16 (D = 64, H = 4): the bf16 kernels' smallest head size.
+    for (const char* v : {"vanilla", "phd-3", "phd-swa-3-4", "phd-cswa-3-4-5", "naive-2"}) {
+        const std::string cmd = std::string(kEmuBin) + tiny_flags() + "--dim 64 --variant " + v + " -i " + shard +
+                                " --device cuda --dtype bf16 --compare-cpu 1 --check-tol ";
+        INFO(v);
+        // Every tensor within 2e-2 of its scale (seen: worst 5.7e-3, the bf16 rounding of
+        // P, dS and o at 2^-9); and not within 1e-4, so the bf16 kernels really ran (fp32: ~1e-6).
+        int rc = run(cmd + "2e-2", &out);
+        INFO(out);
+        CHECK(rc == 0);
+        CHECK(run(cmd + "1e-4", &out) == 1);
+        CHECK(out.find("compare-cpu: FAILED") != std::string::npos);
+    }
+    // Bad uses: one line naming the flag, exit 1.
+    struct Case { std::string args, expect; };
+    for (const Case& k : {Case{"--dtype fp16 --device cuda", "--dtype: expected fp32 or bf16, got 'fp16'"},
+                          Case{"--dtype bf16 --device cpu", "--dtype bf16: bf16 tensor cores are the GPU's"},
+                          Case{"--dtype bf16 --device cuda", "--dtype bf16: head size 8 has no bf16 attention kernel"}}) {
+        INFO(k.args);
+        CHECK(run(std::string(kEmuBin) + tiny_flags() + k.args + " -i " + shard + " -x 1 -o " + tmp("bf16-bad"), &out) == 1);
+        CHECK(out.find(k.expect) != std::string::npos);
+        CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+    }
+}
+
+TEST_CASE("--dtype bf16 (emulated): 40 training steps follow the fp32 run's validation losses to 2 %") {
+    std::string out, shard = make_shard("bf16-train.bin", 4000, 10);
+    const std::string flags = std::string(kEmuBin) + tiny_flags() + "--dim 64 --variant phd-cswa-3-4-5 -i " + shard + " -j " + shard +
+                              " --device cuda -x 40 -l 3e-3 -u 4 -v 10 -m 2 -s 0 -n 0 ";
+    const std::string f32 = tmp("bf16-run-fp32"), b16 = tmp("bf16-run-bf16");
+    REQUIRE(run(flags + "--dtype fp32 -o " + f32, &out) == 0);
+    REQUIRE(run(flags + "--dtype bf16 -o " + b16, &out) == 0);
+    CHECK(out.find("attention on bf16 tensor cores") != std::string::npos);
+    const std::vector<double> a = log_values(f32 + "/log.txt", " val "), b = log_values(b16 + "/log.txt", " val ");
+    REQUIRE(a.size() == 5);  // steps 0, 10, 20, 30, 39
+    REQUIRE(b.size() == a.size());
+    CHECK(a.back() < 0.8 * a.front());  // the model learns: the comparison is of a real curve
+    for (size_t i = 0; i < a.size(); i++) {
+        INFO("validation " << i << ": fp32 " << a[i] << ", bf16 " << b[i]);
+        CHECK(std::fabs(b[i] - a[i]) <= 0.02 * a[i]);
+    }
+}

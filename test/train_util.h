@@ -1,0 +1,69 @@
+// Helpers of the tests that drive the train_phd binaries (test_train.cpp, test_train_gpu.cpp):
+// their paths, scratch files, a small learnable shard, a tiny model's flags, log.txt lines.
+#pragma once
+#include <sys/stat.h>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+#include "../data/dataloader.h"
+#include "test_util.h"
+
+static const char* const kBin = "./train_phd";
+// --device cuda through build/train_phd_emu: train_phd's CUDA path on the CPU emulation.
+static const char* const kEmuBin = "./build/train_phd_emu";
+static inline std::string tmp(const std::string& name) { return scratch_path("test-tmp", name); }
+
+static inline bool exists(const std::string& path) {
+    struct stat st;
+    return stat(path.c_str(), &st) == 0;
+}
+
+// A shard of a small repetitive language (so that loss can fall), V = 32.
+static inline std::string make_shard(const std::string& name, int n, uint64_t seed) {
+    std::vector<uint32_t> t;
+    Rng rng{seed};
+    while ((int)t.size() < n) {
+        for (uint32_t k = 1; k <= 6 && (int)t.size() < n; k++) t.push_back(k);
+        t.push_back(7 + (uint32_t)(rng.next_u64() % 25));
+    }
+    std::string path = tmp(name);
+    write_shard(path.c_str(), t.data(), (int64_t)t.size());
+    return path;
+}
+
+static inline std::string tiny_flags() {
+    return " --vocab 32 --layers 2 --dim 32 --heads 4 --kv-heads 2 --ffn 48 -b 2 -t 16 --threads 2 ";
+}
+
+static inline std::vector<std::string> train_losses(const std::string& log) {
+    std::ifstream f(log);
+    std::vector<std::string> l;
+    std::string line;
+    while (std::getline(f, line))
+        if (line.find(" train ") != std::string::npos) l.push_back(line);
+    return l;
+}
+
+// Lines of log.txt holding kind (" train " or " val "): its last number.
+static inline std::vector<double> log_values(const std::string& log, const char* kind) {
+    std::ifstream f(log);
+    std::vector<double> v;
+    std::string line;
+    while (std::getline(f, line))
+        if (line.find(kind) != std::string::npos) v.push_back(std::stod(line.substr(line.rfind(' '))));
+    return v;
+}
+
+// tiny_flags() on one thread: these runs time nothing, and two OpenMP threads that spin on a
+// loaded machine (make test runs suites side by side) take seconds over a few steps.
+static inline std::string one_thread_flags() { return tiny_flags() + "--threads 1 "; }
+
+// Each printed step line of a run's output, by its 1-based step number.
+static inline std::vector<std::string> step_lines(const std::string& out) {
+    std::vector<std::string> lines(1);
+    std::istringstream in(out);
+    for (std::string l; std::getline(in, l);)
+        if (l.rfind("step ", 0) == 0 && l.find(" | loss ") != std::string::npos) lines.push_back(l);
+    return lines;
+}
