@@ -61,21 +61,34 @@ struct Config {
 static inline int pad_vocab(int V) { return (V + 127) / 128 * 128; }
 
 // "vanilla", "phd-K", "phd-swa-K-W", "phd-cswa-K-W-C", "naive-K" (PHD.md section 4).
-// Returns an empty string on success, else what is wrong.
+// Returns an empty string on success, else what is wrong. The numbers are plain digits
+// (no sign), at most 7 of them, so that none can overflow.
 static inline std::string parse_variant(const char* name, Config* cfg) {
-    int K = 1, W = 0, C = 0, used = -1, variant;
-    if (strcmp(name, "vanilla") == 0) { variant = VANILLA; used = (int)strlen(name); }
-    else if (sscanf(name, "phd-swa-%d-%d%n", &K, &W, &used) == 2) variant = PHD_SWA;
-    else if (sscanf(name, "phd-cswa-%d-%d-%d%n", &K, &W, &C, &used) == 3) variant = PHD_CSWA;
-    else if (sscanf(name, "phd-%d%n", &K, &used) == 1) variant = PHD;
-    else if (sscanf(name, "naive-%d%n", &K, &used) == 1) variant = NAIVE;
-    else variant = -1;
-    if (variant < 0 || used != (int)strlen(name))
-        return std::string("unknown variant '") + name + "' (expected vanilla, phd-K, phd-swa-K-W, phd-cswa-K-W-C or naive-K)";
-    if (K < 1) return std::string("variant '") + name + "': K must be >= 1";
-    if (W < 0) return std::string("variant '") + name + "': W must be >= 0";
-    if (variant == PHD_CSWA && C < 1) return std::string("variant '") + name + "': C must be >= 1";
-    cfg->variant = variant; cfg->K = K; cfg->W = W; cfg->C = C;
+    const std::string s = name, unknown = "unknown variant '" + s + "' (expected vanilla, phd-K, phd-swa-K-W, phd-cswa-K-W-C or naive-K)";
+    std::vector<std::string> parts(1);
+    for (char ch : s) {
+        if (ch == '-') parts.emplace_back();
+        else parts.back().push_back(ch);
+    }
+    int variant, words;  // the variant and how many leading parts name it
+    if (s == "vanilla") { variant = VANILLA; words = 1; }
+    else if (parts[0] == "phd" && parts.size() > 1 && parts[1] == "swa") { variant = PHD_SWA; words = 2; }
+    else if (parts[0] == "phd" && parts.size() > 1 && parts[1] == "cswa") { variant = PHD_CSWA; words = 2; }
+    else if (parts[0] == "phd") { variant = PHD; words = 1; }
+    else if (parts[0] == "naive") { variant = NAIVE; words = 1; }
+    else return unknown;
+    const size_t want = variant == VANILLA ? 0 : variant == PHD_SWA ? 2 : variant == PHD_CSWA ? 3 : 1;  // K [W [C]]
+    if (parts.size() != words + want) return unknown;
+    int num[3] = {1, 0, 0};
+    for (size_t i = 0; i < want; i++) {
+        const std::string& p = parts[words + i];
+        if (p.empty() || p.find_first_not_of("0123456789") != std::string::npos) return unknown;
+        if (p.size() > 7) return "variant '" + s + "': " + p + " is too large";
+        num[i] = std::stoi(p);
+    }
+    if (num[0] < 1) return "variant '" + s + "': K must be >= 1";
+    if (variant == PHD_CSWA && num[2] < 1) return "variant '" + s + "': C must be >= 1";
+    cfg->variant = variant; cfg->K = num[0]; cfg->W = num[1]; cfg->C = num[2];
     return "";
 }
 

@@ -122,6 +122,6 @@ struct GpuEngine {
     // A KV-cache decoder over the current weights, on the device (kernels/gpu_decode.cuh).
     GpuDecoder decoder() { return GpuDecoder(G); }
     // GpuModel::size_for checks that they fit before it allocates them.
-    size_t activation_bytes(int B, int T) const { return GpuModel::floats(G.cfg, B, T) * sizeof(float); }
+    size_t activation_bytes(int B, int T) const { return GpuModel::floats(G.cfg, B, T) * sizeof(float) + G.attention_copy_bytes(B, T); }
 };
 #endif

@@ -7,6 +7,11 @@ optimizer. Everything runs in float64.
 
     /usr/bin/python3 dev/phd_reference.py write test/fixtures   # `make fixtures`
     /usr/bin/python3 dev/phd_reference.py selftest              # `make test-reference`
+    /usr/bin/python3 dev/phd_reference.py generate OUT.pt --prompt-ids '1 2 3' --generate 20
+
+`generate` loads a model that dev/export.py wrote from a train_phd checkpoint (load_export)
+and continues the prompt greedily (generate_greedy); its first output line has the form
+train_phd --generate prints without a tokenizer (" 1 2 3 | 7 7 9").
 
 selftest also regenerates the fixtures into a temporary directory and compares them with
 test/fixtures/ (see "Committed fixtures against a fresh `write`" below).
@@ -19,6 +24,7 @@ Fixture files per variant (formats in README.md):
 """
 import math
 import os
+import pickle
 import re
 import struct
 import sys
@@ -321,6 +327,80 @@ def compare_fixture(fname, want, got):
 
 
 # ---------------------------------------------------------------------------------------
+# Exported models (dev/export.py) and greedy generation
+
+def load_export(path):
+    """dev/export.py's OUT.pt -> (cfg, P): cfg as make_config builds it, P the float64
+    parameters by name, as forward() takes them. Raises ValueError naming what is wrong."""
+    # weights_only: the file holds only dicts, strings, ints and tensors, so nothing in it
+    # can run code while it loads.
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or set(obj) != {"config", "state_dict"}:
+        raise ValueError(f"{path}: not a dev/export.py file (want a dict with 'config' and 'state_dict')")
+    c, sd = obj["config"], obj["state_dict"]
+    try:
+        cfg = make_config(c["variant"], V=c["V"], L=c["L"], D=c["D"], H=c["H"], Hkv=c["Hkv"], F=c["F"],
+                          maxT=c["maxT"])
+    except (KeyError, AttributeError, AssertionError) as e:
+        raise ValueError(f"{path}: bad config {c!r} ({type(e).__name__}: {e})") from None
+    # The redundant fields must agree with what the variant name and V imply.
+    for key in ("Vp", "K", "W", "C"):
+        if c.get(key) != cfg[key]:
+            raise ValueError(f"{path}: config {key}={c.get(key)} disagrees with {c['variant']}, V={c['V']} ({cfg[key]})")
+    shapes = param_shapes(cfg)
+    if set(sd) != {name for name, _ in shapes}:
+        raise ValueError(f"{path}: state_dict tensors {sorted(set(sd) ^ {n for n, _ in shapes})} missing or unexpected")
+    P = {}
+    for name, shape in shapes:
+        if tuple(sd[name].shape) != shape:
+            raise ValueError(f"{path}: {name} has shape {tuple(sd[name].shape)}, the config implies {shape}")
+        P[name] = sd[name].to(F64)
+    return cfg, P
+
+
+@torch.no_grad()
+def generate_greedy(cfg, P, prompt, n):
+    """Greedy continuation: n tokens after the prompt, and the smallest gap between the best
+    and the second-best logit seen (how close a choice came to a tie).
+
+    Each step runs the whole forward over prompt + tokens so far and takes the argmax of the
+    last position's last-copy logits: by PHD.md section 6 a KV-cache decoder must give the
+    same logits, so this is the definition the engine's decoder is held to. The columns
+    V..Vp-1 of the padded LM head are dropped: their logits are 0, not -inf, and could win."""
+    if not prompt or len(prompt) + n > cfg["maxT"]:
+        raise ValueError(f"prompt of {len(prompt)} tokens + {n} new must be 1..max T={cfg['maxT']}")
+    if not all(0 <= t < cfg["V"] for t in prompt):
+        raise ValueError(f"prompt tokens must be in 0..{cfg['V'] - 1}")
+    tokens, gap = list(prompt), math.inf
+    for _ in range(n):
+        logits, _ = forward(cfg, P, torch.tensor([tokens]))
+        top = torch.topk(logits[0, -1, : cfg["V"]], 2)
+        gap = min(gap, (top.values[0] - top.values[1]).item())
+        tokens.append(int(torch.argmax(logits[0, -1, : cfg["V"]])))  # the first of equal maxima, as the engine
+    return tokens[len(prompt):], gap
+
+
+def generate_main(argv):
+    import argparse
+    ap = argparse.ArgumentParser(prog="phd_reference.py generate",
+                                 description="Greedy generation from a dev/export.py file (float64, full forward per token).")
+    ap.add_argument("model", help="OUT.pt written by dev/export.py")
+    ap.add_argument("--prompt-ids", required=True, help="the prompt as token ids, 'I J K' or 'I,J,K'")
+    ap.add_argument("--generate", type=int, default=20, metavar="N", help="tokens to generate (20)")
+    a = ap.parse_args(argv)
+    try:
+        prompt = [int(w) for w in a.prompt_ids.replace(",", " ").split()]
+        cfg, P = load_export(a.model)
+        out, gap = generate_greedy(cfg, P, prompt, a.generate)
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
+        print(f"error: {e}".splitlines()[0], file=sys.stderr)
+        return 1
+    print("".join(f" {t}" for t in prompt) + " |" + "".join(f" {t}" for t in out))
+    print(f"{a.generate} tokens greedily from {a.model} ({cfg['name']}); smallest top-2 logit gap {gap:.3g}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
 # Self-tests of the reference
 
 HAND_MASKS = {  # K = 3, T = 4, written out by hand from PHD.md section 4
@@ -397,5 +477,7 @@ if __name__ == "__main__":
         write_fixtures(sys.argv[2])
     elif len(sys.argv) == 2 and sys.argv[1] == "selftest":
         sys.exit(selftest())
+    elif len(sys.argv) >= 3 and sys.argv[1] == "generate":
+        sys.exit(generate_main(sys.argv[2:]))
     else:
         sys.exit(__doc__)

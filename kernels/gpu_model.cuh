@@ -88,9 +88,8 @@ struct GpuModel : Activations<float> {
         const size_t slots = token_sort_slots(B * T);
         char what[64];
         snprintf(what, sizeof what, "activations for B=%d T=%d", B, T);
-        const size_t attn16 = bf16 ? (size_t)N * (2 * cfg.qkv_dim() + 2 * cfg.H * cfg.hd()) : 0;  // bf16 copies, in bf16 elements
         gpu_check_fits(floats(cfg, B, T) * sizeof(float) + (2 * (size_t)N + 2 * B * T) * sizeof(int) + slots * sizeof(uint64_t) +
-                           attn16 * sizeof(__nv_bfloat16) + (bf16 ? (size_t)N * cfg.H * sizeof(float) : 0),
+                           attention_copy_bytes(B, T),
                        what, " (lower -b or -t)");
         cudaCheck(cudaMalloc(&act, floats(cfg, B, T) * sizeof(float)));
         cudaCheck(cudaMalloc(&d_tokens, (size_t)B * T * sizeof(int)));
@@ -129,6 +128,12 @@ struct GpuModel : Activations<float> {
     }
     void copy(float* dst, const float* src, size_t n) {
         cudaCheck(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+    }
+
+    // Device memory of bf16 attention's copies for a batch (B, T): 0 without bf16.
+    size_t attention_copy_bytes(int B_, int T_) const {
+        const size_t N = (size_t)B_ * T_ * cfg.K;
+        return bf16 ? N * (2 * cfg.qkv_dim() + 2 * cfg.H * cfg.hd()) * sizeof(__nv_bfloat16) + N * cfg.H * sizeof(float) : 0;
     }
 
     // The training attention of one layer: fp32 (or TF32) kernels, or the bf16 ones on

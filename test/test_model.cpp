@@ -117,7 +117,8 @@ TEST_CASE("variant names parse, print back, and bad ones are rejected") {
     CHECK(parse_variant("phd-cswa-3-16-32", &c).empty());
     CHECK((c.variant == PHD_CSWA && c.K == 3 && c.W == 16 && c.C == 32));
     const char* bad[] = {"phd-0", "phd--1", "phd-swa-2--1", "phd-cswa-2-4-0", "naive-0", "vanilla-2", "phd",
-                         "phd-2x", "swa-2-3", "", "phd-swa-2", "PHD-2"};
+                         "phd-2x", "swa-2-3", "", "phd-swa-2", "PHD-2", "phd-99999999999", "phd-swa-2-4294967297",
+                         "phd-+2", "naive-2-3", "phd-cswa-2-4-", "vanilla-"};
     for (const char* v : bad) {
         Config b;
         INFO(std::string(v));

@@ -511,6 +511,20 @@ TEST_CASE("generation: streams tokens and reports the cache; bad prompts get one
 // ----------------------------------------------------------------------------
 // MFU's FLOPs, spikes and divergence (common/outliers.h, the step line)
 
+TEST_CASE("train_phd prints the cost model: FLOPs per original token and visible pairs") {
+    std::string shard = make_shard("cost.bin", 2000, 4), out;
+    REQUIRE(run(std::string(kBin) + one_thread_flags() + "--variant phd-cswa-3-4-5 -i " + shard + " -x 1 -v 0 -s 0 -o " + tmp("cost"), &out) == 0);
+    Config c;  // tiny_flags()'s model
+    REQUIRE(parse_variant("phd-cswa-3-4-5", &c).empty());
+    c.V = 32; c.Vp = pad_vocab(32); c.L = 2; c.D = 32; c.H = 4; c.Hkv = 2; c.F = 48; c.maxT = 16;
+    const size_t at = out.find("cost model: ");
+    REQUIRE(at != std::string::npos);
+    double flops = 0, pairs = 0;
+    REQUIRE(sscanf(out.c_str() + at, "cost model: %lf FLOPs per original token, %lf visible", &flops, &pairs) == 2);
+    CHECK(flops == doctest::Approx(model_flops_per_token(c, 16)).epsilon(1e-6));  // printed to 6 digits
+    CHECK(pairs == visible_pairs(c, 16));
+}
+
 TEST_CASE("model FLOPs per token: PHD.md section 7's cost model over the visible pairs") {
     const int T = 9;
     for (const char* v : {"vanilla", "phd-3", "naive-2"}) {
