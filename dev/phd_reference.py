@@ -10,8 +10,8 @@ optimizer. Everything runs in float64.
     /usr/bin/python3 dev/phd_reference.py generate OUT.pt --prompt-ids '1 2 3' --generate 20
 
 `generate` loads a model that dev/export.py wrote from a train_phd checkpoint (load_export)
-and continues the prompt greedily (generate_greedy); its first output line has the form
-train_phd --generate prints without a tokenizer (" 1 2 3 | 7 7 9").
+and continues each prompt greedily (generate_greedy; --prompt-ids may be repeated), one line
+per prompt in the form train_phd --generate prints without a tokenizer (" 1 2 3 | 7 7 9").
 
 selftest also regenerates the fixtures into a temporary directory and compares them with
 test/fixtures/ (see "Committed fixtures against a fresh `write`" below).
@@ -334,7 +334,11 @@ def load_export(path):
     parameters by name, as forward() takes them. Raises ValueError naming what is wrong."""
     # weights_only: the file holds only dicts, strings, ints and tensors, so nothing in it
     # can run code while it loads.
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as e:  # e.g. a train_phd .bin given by mistake
+        why = str(e).split(".")[0]
+        raise ValueError(f"{path}: torch.load cannot read it as a dev/export.py file ({why})") from None
     if not isinstance(obj, dict) or set(obj) != {"config", "state_dict"}:
         raise ValueError(f"{path}: not a dev/export.py file (want a dict with 'config' and 'state_dict')")
     c, sd = obj["config"], obj["state_dict"]
@@ -367,10 +371,14 @@ def generate_greedy(cfg, P, prompt, n):
     last position's last-copy logits: by PHD.md section 6 a KV-cache decoder must give the
     same logits, so this is the definition the engine's decoder is held to. The columns
     V..Vp-1 of the padded LM head are dropped: their logits are 0, not -inf, and could win."""
-    if not prompt or len(prompt) + n > cfg["maxT"]:
-        raise ValueError(f"prompt of {len(prompt)} tokens + {n} new must be 1..max T={cfg['maxT']}")
-    if not all(0 <= t < cfg["V"] for t in prompt):
-        raise ValueError(f"prompt tokens must be in 0..{cfg['V'] - 1}")
+    if not prompt or n < 1:
+        raise ValueError("the prompt is empty" if not prompt else f"--generate {n}: must be >= 1")
+    if len(prompt) + n > cfg["maxT"]:  # as train_phd: RoPE and the engine's buffers stop at max T
+        raise ValueError(f"prompt ({len(prompt)} tokens) + {n} new tokens exceed the model's max sequence "
+                         f"length {cfg['maxT']}")
+    bad = [t for t in prompt if not 0 <= t < cfg["V"]]
+    if bad:
+        raise ValueError(f"--prompt-ids: token {bad[0]} is out of range for vocabulary size {cfg['V']}")
     tokens, gap = list(prompt), math.inf
     for _ in range(n):
         logits, _ = forward(cfg, P, torch.tensor([tokens]))
@@ -385,18 +393,24 @@ def generate_main(argv):
     ap = argparse.ArgumentParser(prog="phd_reference.py generate",
                                  description="Greedy generation from a dev/export.py file (float64, full forward per token).")
     ap.add_argument("model", help="OUT.pt written by dev/export.py")
-    ap.add_argument("--prompt-ids", required=True, help="the prompt as token ids, 'I J K' or 'I,J,K'")
-    ap.add_argument("--generate", type=int, default=20, metavar="N", help="tokens to generate (20)")
+    ap.add_argument("--prompt-ids", required=True, action="append",
+                    help="a prompt as token ids, 'I J K' or 'I,J,K'; repeat it for several prompts")
+    ap.add_argument("--generate", type=int, default=20, metavar="N", help="tokens to generate per prompt (20)")
     a = ap.parse_args(argv)
     try:
-        prompt = [int(w) for w in a.prompt_ids.replace(",", " ").split()]
+        try:
+            prompts = [[int(w) for w in ids.replace(",", " ").split()] for ids in a.prompt_ids]
+        except ValueError as e:
+            raise ValueError(f"--prompt-ids: {e}") from None
         cfg, P = load_export(a.model)
-        out, gap = generate_greedy(cfg, P, prompt, a.generate)
+        outs = [generate_greedy(cfg, P, prompt, a.generate) for prompt in prompts]
     except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
         print(f"error: {e}".splitlines()[0], file=sys.stderr)
         return 1
-    print("".join(f" {t}" for t in prompt) + " |" + "".join(f" {t}" for t in out))
-    print(f"{a.generate} tokens greedily from {a.model} ({cfg['name']}); smallest top-2 logit gap {gap:.3g}")
+    for prompt, (out, _) in zip(prompts, outs):
+        print("".join(f" {t}" for t in prompt) + " |" + "".join(f" {t}" for t in out))
+    print(f"{len(prompts)} prompt(s) x {a.generate} tokens greedily from {a.model} ({cfg['name']}); "
+          f"smallest top-2 logit gap {min(gap for _, gap in outs):.3g}")
     return 0
 
 
