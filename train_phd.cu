@@ -483,7 +483,7 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
     // tokens) per second against the device's dense peak for the format of its matrix
     // products. A GPU's only; "-" where its peak is unknown (the emulation).
     const double step_flops = model_flops_per_token(c, a.T) * a.total_batch, peak = E.peak_tflops();
-    printf("cost model: %.6g FLOPs per original token, %.0f visible (query, key) pairs per sequence of T=%d (PHD.md section 7)\n",
+    printf("cost model: %.9g FLOPs per original token, %.0f visible (query, key) pairs per sequence of T=%d (PHD.md section 7)\n",
            model_flops_per_token(c, a.T), visible_pairs(c, a.T), a.T);
     if (gpu && peak > 0)
         printf("MFU: the cost model's FLOPs against this GPU's dense peak, %.1f TFLOP/s\n", peak);

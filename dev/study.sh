@@ -19,13 +19,10 @@
 #                   points are 0, v, 2v, ..., steps and the last one sees `steps` updates)
 #   tokens          original tokens trained on: step * B * T (copies not counted)
 #   train_flops     training FLOPs so far: step * B * T * flops_per_token (validation and
-#                   sampling not counted), with PHD.md section 7's count, as dev/bench_gpu.cu:
-#                     flops_per_token = 6 * (N_body * K + D * V) + 12 * L * D * pairs / T
-#                   N_body: every layer parameter (all but E, Wout and g_final), run on K rows
-#                   per position; D * V: the LM head, on the last copy only; attention: 4*hd
-#                   FLOPs per visible (query, key) pair and head forward, 3x that with the
-#                   backward; pairs: visible pairs of one sequence of T positions, counted from
-#                   the visibility rules (PHD.md section 4) below, as the kernels visit them.
+#                   sampling not counted), flops_per_token from train_phd's "cost model:" line
+#                   (model_flops_per_token in model.h, PHD.md section 7: the layers on K rows
+#                   per position, the LM head on the last copy, attention over the visible
+#                   pairs, as the kernels visit them)
 #   val_loss        train_phd's validation loss (log.txt, 9 digits)
 #   train_s         seconds of training steps so far (the sum of the step times train_phd
 #                   prints: forward, backward, AdamW; no validation, no start-up)
@@ -60,7 +57,6 @@ usage: dev/study.sh [options]
   --no-plot            skip the plots and the summary
   --plot-only          only redraw the plots and summary from DIR/study.csv
   --dry-run            print the train_phd command lines and exit
-  --pairs VARIANT T    print the visible (query, key) pairs of one sequence and exit
 presets (all runs: AdamW, weight decay 0.1, cosine to 0.1*lr, no sampling):
   cpu  byte-level KJV (V=256; chapters in a fixed scrambled order), L=4 D=128 H=4
        (854k parameters), B=8 T=256, 300 steps (614k tokens a run), lr 3e-3 warm-up 20,
@@ -71,46 +67,6 @@ presets (all runs: AdamW, weight decay 0.1, cosine to 0.1*lr, no sampling):
        measured step times)
 EOF
 }
-
-# Visible (query, key) pairs of one sequence of T positions (PHD.md section 4), summed per
-# query over its two key intervals: the originals 0..n, and a run of hidden-stream indices
-# (hidden token (m, d), d >= 1, has index m*(K-1) + d-1). An original sees only originals;
-# a hidden token (n, c) sees its own group up to itself, and for swa/cswa the W hidden tokens
-# before it in the stream (cswa: not before its chunk of C positions); naive-K is causal over
-# all K*T copies. The test checks this count against train_phd --show-mask.
-pairs_awk='
-function visible_pairs(name, T,    f, kind, K, W, C, n, c, hq, lo, hi, l, total) {
-    split(name, f, "-")
-    if (name == "vanilla") { kind = "vanilla"; K = 1 }
-    else if (f[2] == "swa") { kind = "swa"; K = f[3]; W = f[4] }
-    else if (f[2] == "cswa") { kind = "cswa"; K = f[3]; W = f[4]; C = f[5] }
-    else if (f[1] == "naive") { kind = "naive"; K = f[2] }
-    else { kind = "phd"; K = f[2] }
-    K += 0; W += 0; C += 0
-    total = 0
-    for (n = 0; n < T; n++)
-        for (c = 0; c < K; c++) {
-            lo = 0; hi = -1
-            hq = n * (K - 1) + c - 1
-            if (K > 1 && kind == "naive") hi = hq             # every earlier copy
-            else if (K > 1 && c > 0) {
-                hi = hq; lo = n * (K - 1)                     # own group, up to itself
-                if (kind == "swa" || kind == "cswa") {
-                    l = hq - W; if (l < 0) l = 0
-                    if (kind == "cswa" && l < int(n / C) * C * (K - 1)) l = int(n / C) * C * (K - 1)
-                    if (l < lo) lo = l
-                }
-            }
-            total += n + 1 + (hi >= lo ? hi - lo + 1 : 0)
-        }
-    return total
-}
-function variant_K(name,    f) {
-    split(name, f, "-")
-    if (name == "vanilla") return 1
-    if (f[2] == "swa" || f[2] == "cswa") return f[3] + 0
-    return f[2] + 0
-}'
 
 valid_variant() { [[ $1 =~ ^(vanilla|phd-[1-9][0-9]*|phd-swa-[1-9][0-9]*-[0-9]+|phd-cswa-[1-9][0-9]*-[0-9]+-[1-9][0-9]*|naive-[1-9][0-9]*)$ ]]; }
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
@@ -144,12 +100,6 @@ while [ $# -gt 0 ]; do
         --no-plot) plot=0 ;;
         --plot-only) plot_only=1 ;;
         --dry-run) dry_run=1 ;;
-        --pairs)
-            [ $# -ge 3 ] || die "--pairs: expected VARIANT T"
-            valid_variant "$2" || die "--pairs: unknown variant '$2'"
-            is_uint "$3" && [ "$3" -ge 1 ] || die "--pairs: expected a positive T, got '$3'"
-            awk -v v="$2" -v T="$3" "$pairs_awk"' BEGIN { printf "%.0f\n", visible_pairs(v, T) }'
-            exit 0 ;;
         *) die "$1: unknown option (see --help)" ;;
     esac
     shift
@@ -353,17 +303,11 @@ run_one() {
         exit 1
     fi
     # One row per validation point with step <= steps (the extra last update is never
-    # validated). Sources: the model and batch lines (parameters, V, L, D, H, tokens per
+    # validated). Sources: the cost model and batch lines (FLOPs and tokens per
     # step), the step lines' times, the stamped validation lines, log.txt's losses.
-    awk -v variant="$v" -v seed="$s" -v t0="$t0" -v steps="${p[steps]}" -v T="${p[seq]}" \
-        -v ve="${p[val-every]}" -v logf="$dir/log.txt" "$pairs_awk"'
-        $2 == "model" {
-            for (i = 3; i <= NF; i++) {
-                split($i, kv, "=")
-                if (kv[1] == "V" || kv[1] == "L" || kv[1] == "D" || kv[1] == "H") m[kv[1]] = kv[2] + 0
-                if ($(i + 1) ~ /^parameters/) P = $i + 0
-            }
-        }
+    awk -v variant="$v" -v seed="$s" -v t0="$t0" -v steps="${p[steps]}" \
+        -v ve="${p[val-every]}" -v logf="$dir/log.txt" '
+        $2 == "cost" && $3 == "model:" { fpt = $4 + 0 }
         $2 == "batch" { for (i = 3; i <= NF; i++) if ($(i + 1) == "tokens/step,") tps = $i + 0 }
         $2 == "step" && $4 == "|" {             # "step k/S | ... | X ms | ...": update k done
             split($3, ks, "/"); k = ks[1] + 0
@@ -371,10 +315,7 @@ run_one() {
         }
         $2 == "step" && $4 == "val" { wall[$3 + 0] = $1 - t0 }
         END {
-            if (!P || !tps) { print "no model or batch line in the output" > "/dev/stderr"; exit 1 }
-            Vp = int((m["V"] + 127) / 128) * 128
-            body = P - 2 * Vp * m["D"] - m["D"]
-            fpt = 6 * (body * variant_K(variant) + m["D"] * m["V"]) + 12 * m["L"] * m["D"] * visible_pairs(variant, T) / T
+            if (!fpt || !tps) { print "no cost model or batch line in the output" > "/dev/stderr"; exit 1 }
             while ((getline line < logf) > 0) {
                 split(line, f, " ")
                 if (f[3] != "val" || f[2] + 0 > steps) continue
