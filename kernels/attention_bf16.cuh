@@ -172,6 +172,23 @@ static __device__ void bf_pipeline(int tiles, uint16_t* smem, Need need, Load lo
     }
 }
 
+// The key-tile loop of the query-side kernels (forward, dQ) over the block of query rows
+// from q0: every key tile some warp of the block needs goes through the pipeline (its K and V
+// tiles, of kv head kv, in a stage), and f(stage, k0, k1) runs in each warp that has a
+// visible pair among its rows [k0, k1).
+template<int HD, typename F>
+static __device__ void bf_key_tiles(const Config& c, int T, int q0, const uint16_t* base, int kv, F f) {
+    const int TK = T * c.K, ld = c.qkv_dim(), warp = threadIdx.x / 32;
+    auto warps = [&](int i) { return tc_warps_meeting(c, T, q0, i * kBfKeys, min(i * kBfKeys + kBfKeys, TK), true); };
+    bf_pipeline<HD>((TK + kBfKeys - 1) / kBfKeys, dynamic_shared<uint16_t>(), [&](int i) { return warps(i) != 0; },
+        [&](uint16_t* st, int i) {
+            bf_load_tiles<HD>(st, base + (c.H + kv) * HD, ld, st + BfSmem<HD>::tile, base + (c.H + c.Hkv + kv) * HD, ld, i * kBfKeys, TK);
+        },
+        [&](const uint16_t* st, int i) {
+            if (warps(i) >> warp & 1u) f(st, i * kBfKeys, min(i * kBfKeys + kBfKeys, TK));
+        });
+}
+
 // The forward. grid (query blocks of kTcBlockRows rows, H, B), block kBfThreads.
 // visited, when not null, counts the (16-row query tile, key tile) pairs computed.
 template<int HD>
@@ -188,17 +205,7 @@ static __global__ void attention_forward_bf16_kernel(__nv_bfloat16* o_, float* l
     uint32_t qa[HD / 16][4];
     bf_load_a<HD>(qa, base + h * HD, ld, r0, TK);
     float acc[HT][4] = {}, mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // l: this lane's columns only
-    const int tiles = (TK + kBfKeys - 1) / kBfKeys;
-    auto range = [&](int i, int* k0, int* k1) { *k0 = i * kBfKeys; *k1 = min(*k0 + kBfKeys, TK); };
-    bf_pipeline<HD>(tiles, dynamic_shared<uint16_t>(),
-        [&](int i) { int k0, k1; range(i, &k0, &k1); return tc_warps_meeting(c, T, q0, k0, k1, true) != 0; },
-        [&](uint16_t* st, int i) {
-            bf_load_tiles<HD>(st, base + (c.H + kv) * HD, ld, st + BfSmem<HD>::tile, base + (c.H + c.Hkv + kv) * HD, ld, i * kBfKeys, TK);
-        },
-        [&](const uint16_t* st, int i) {
-            int k0, k1;
-            range(i, &k0, &k1);
-            if (!(tc_warps_meeting(c, T, q0, k0, k1, true) >> warp & 1u)) return;
+    bf_key_tiles<HD>(c, T, q0, base, kv, [&](const uint16_t* st, int k0, int k1) {
             if (visited && lane == 0) atomicAdd(visited, 1);
             float s[NT][4];
             bf_abt<HD>(s, qa, st);
@@ -214,15 +221,7 @@ static __global__ void attention_forward_bf16_kernel(__nv_bfloat16* o_, float* l
                     tmax[row] = fmaxf(tmax[row], s[n][i2]);
                 }
             float corr[2], msafe[2];
-            for (int row = 0; row < 2; row++) {
-                tmax[row] = fmaxf(tmax[row], __shfl_xor_sync(0xffffffffu, tmax[row], 1));
-                tmax[row] = fmaxf(tmax[row], __shfl_xor_sync(0xffffffffu, tmax[row], 2));
-                const float mnew = fmaxf(mx[row], tmax[row]);
-                msafe[row] = mnew == -INFINITY ? 0.0f : mnew;  // nothing visible yet: p = 0, no NaN
-                corr[row] = fast_exp2(mx[row] - msafe[row]);
-                mx[row] = mnew;
-                l[row] *= corr[row];
-            }
+            online_softmax_step(tmax, mx, l, corr, msafe, [](float x) { return fast_exp2(x); });
             PHD_UNROLL
             for (int n = 0; n < NT; n++)
                 for (int i2 = 0; i2 < 4; i2++) {
@@ -233,7 +232,7 @@ static __global__ void attention_forward_bf16_kernel(__nv_bfloat16* o_, float* l
             for (int n = 0; n < HT; n++)
                 for (int i2 = 0; i2 < 4; i2++) acc[n][i2] *= corr[i2 / 2];
             bf_pb<HD>(acc, s, st + BfSmem<HD>::tile);
-        });
+    });
     for (int row = 0; row < 2; row++) {
         l[row] += __shfl_xor_sync(0xffffffffu, l[row], 1);
         l[row] += __shfl_xor_sync(0xffffffffu, l[row], 2);
@@ -282,17 +281,7 @@ static __global__ void attention_backward_dq_bf16_kernel(__nv_bfloat16* dqkv_, c
     bf_load_a<HD>(qa, base + h * HD, ld, r0, TK);
     bf_load_a<HD>(da, reinterpret_cast<const uint16_t*>(dout_) + (size_t)b * TK * od + h * HD, od, r0, TK);
     float dq[HT][4] = {};
-    const int tiles = (TK + kBfKeys - 1) / kBfKeys;
-    auto range = [&](int i, int* k0, int* k1) { *k0 = i * kBfKeys; *k1 = min(*k0 + kBfKeys, TK); };
-    bf_pipeline<HD>(tiles, dynamic_shared<uint16_t>(),
-        [&](int i) { int k0, k1; range(i, &k0, &k1); return tc_warps_meeting(c, T, q0, k0, k1, true) != 0; },
-        [&](uint16_t* st, int i) {
-            bf_load_tiles<HD>(st, base + (c.H + kv) * HD, ld, st + BfSmem<HD>::tile, base + (c.H + c.Hkv + kv) * HD, ld, i * kBfKeys, TK);
-        },
-        [&](const uint16_t* st, int i) {
-            int k0, k1;
-            range(i, &k0, &k1);
-            if (!(tc_warps_meeting(c, T, q0, k0, k1, true) >> warp & 1u)) return;
+    bf_key_tiles<HD>(c, T, q0, base, kv, [&](const uint16_t* st, int k0, int k1) {
             const bool full = tile_all_visible(c, T, r0, min(r0 + kTcRows, TK), k0, k1);
             float s[NT][4], dp[NT][4];
             bf_abt<HD>(s, qa, st);
@@ -305,7 +294,7 @@ static __global__ void attention_backward_dq_bf16_kernel(__nv_bfloat16* dqkv_, c
                     s[n][i2] = vis ? fast_exp2(s[n][i2] * scale - L[row]) * (dp[n][i2] - Di[row]) : 0.0f;  // dS
                 }
             bf_pb<HD>(dq, s, st);
-        });
+    });
     const float inv = 1.0f / sqrtf((float)HD);
     uint16_t* dqkv = reinterpret_cast<uint16_t*>(dqkv_);
     for (int row = 0; row < 2; row++) {

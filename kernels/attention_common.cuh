@@ -41,6 +41,25 @@ PHD_HOST_DEVICE inline bool tile_all_visible(const Config& c, int T, int q0, int
     return k1 - 1 <= nmin;
 }
 
+// The online softmax's step over a new key tile for a tensor-core lane's two rows (each row's
+// keys spread over its group of 4 lanes): tmax, this lane's max of the tile's scores, becomes
+// the group's; the running max mx moves to it; corr is e^(old - new max) (exp is the
+// kernel's exponential for its score units, e^x or 2^x), by which l (and the caller's
+// accumulators) are rescaled; msafe is what the tile's scores subtract: 0 while a row has
+// seen nothing visible, so that its p = exp(-inf) = 0, never NaN.
+template<typename Exp>
+static __device__ void online_softmax_step(float (&tmax)[2], float (&mx)[2], float (&l)[2], float (&corr)[2], float (&msafe)[2], Exp exp) {
+    for (int row = 0; row < 2; row++) {
+        tmax[row] = fmaxf(tmax[row], __shfl_xor_sync(0xffffffffu, tmax[row], 1));
+        tmax[row] = fmaxf(tmax[row], __shfl_xor_sync(0xffffffffu, tmax[row], 2));
+        const float mnew = fmaxf(mx[row], tmax[row]);
+        msafe[row] = mnew == -INFINITY ? 0.0f : mnew;
+        corr[row] = exp(mx[row] - msafe[row]);
+        mx[row] = mnew;
+        l[row] *= corr[row];
+    }
+}
+
 // The kernels keep their per-row vectors in registers, which needs the head size at compile
 // time: they are instantiated for HD in {16, 32, 64}, where the loops over it unroll, and
 // the fp32 ones also for HD = 0, any other head size up to kAttnMaxHd read at run time

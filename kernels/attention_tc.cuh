@@ -204,15 +204,7 @@ template<int HD> static __global__ void attention_forward_tc_kernel(float* o, fl
                 tmax[i / 2] = fmaxf(tmax[i / 2], s[n][i]);
             }
         float corr[2], msafe[2];
-        for (int row = 0; row < 2; row++) {
-            tmax[row] = fmaxf(tmax[row], __shfl_xor_sync(0xffffffffu, tmax[row], 1));
-            tmax[row] = fmaxf(tmax[row], __shfl_xor_sync(0xffffffffu, tmax[row], 2));
-            const float mnew = fmaxf(mx[row], tmax[row]);
-            msafe[row] = mnew == -INFINITY ? 0.0f : mnew;  // nothing visible yet: p = 0, no NaN
-            corr[row] = __expf(mx[row] - msafe[row]);
-            mx[row] = mnew;
-            l[row] *= corr[row];
-        }
+        online_softmax_step(tmax, mx, l, corr, msafe, [](float x) { return __expf(x); });
         // P = exp(S - max), rounded as the mma reads it; l sums what it reads.
         PHD_UNROLL
         for (int n = 0; n < NT; n++)

@@ -12,14 +12,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${1:-$root/build/train_phd_cpu}
 study=$root/dev/study.sh
 
-passed=0 failed=0
-ok() { passed=$((passed + 1)); echo "ok      $1"; }
-bad() { failed=$((failed + 1)); echo "FAILED  $1"; }
-check() {  # NAME COMMAND...: passes when the command succeeds
-    local name=$1; shift
-    if "$@"; then ok "$name"; else bad "$name"; fi
-}
-finish() { echo "$passed passed, $failed failed"; [ "$failed" -eq 0 ]; exit $?; }
+source "$(dirname "$0")/check.sh"
 
 tmp=$(mktemp -d)
 trap '[ -n "${KEEP_TMP:-}" ] || rm -rf "$tmp"' EXIT
