@@ -31,17 +31,7 @@ run() { nice -n 10 "$@"; }  # a long study may share these cores: stay out of it
 # A synthetic byte-level shard (llm.c format: 256 int32 header, magic 20240520, version 1,
 # token count; uint16 tokens) of words from a small list, so that a short training teaches
 # the model something and greedy continuations are not one repeated token.
-perl -e '
-    my ($out, $n) = @ARGV;
-    my @w = qw(in the beginning god created heaven and earth was without form void darkness upon face of deep);
-    srand(7);
-    my $s = "";
-    $s .= $w[int(rand(@w))] . (rand() < 0.15 ? ".\n" : " ") while length($s) < $n;
-    open(my $f, ">", $out) or die "$out: $!";
-    binmode $f;
-    print $f pack("l<256", 20240520, 1, $n, (0) x 253);
-    print $f pack("S<*", map { ord } split //, substr($s, 0, $n));
-    close $f or die;' "$tmp/syn_train_000000.bin" 20000
+make_shard "$tmp/syn_train_000000.bin" 20000 7
 
 # Greedy continuations of a small trained model fall into short loops that a small error in
 # the model would not change; the first tokens after a prompt are what depend on the whole

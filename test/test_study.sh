@@ -19,21 +19,6 @@ trap '[ -n "${KEEP_TMP:-}" ] || rm -rf "$tmp"' EXIT
 
 if [ ! -x "$bin" ]; then bad "train_phd binary $bin exists (make build/train_phd_cpu)"; finish; fi
 
-# Synthetic byte-level shards (llm.c format: 256 int32 header, magic 20240520, version 1,
-# token count; uint16 tokens): words from a small list, so that the loss can fall quickly.
-make_shard() {  # FILE TOKENS SEED
-    perl -e '
-        my ($out, $n, $seed) = @ARGV;
-        my @w = qw(in the beginning god created heaven and earth was without form void darkness upon face of deep);
-        srand($seed);
-        my $s = "";
-        $s .= $w[int(rand(@w))] . (rand() < 0.15 ? ".\n" : " ") while length($s) < $n;
-        open(my $f, ">", $out) or die "$out: $!";
-        binmode $f;
-        print $f pack("l<256", 20240520, 1, $n, (0) x 253);
-        print $f pack("S<*", map { ord } split //, substr($s, 0, $n));
-        close $f or die;' "$@"
-}
 mkdir -p "$tmp/data"
 make_shard "$tmp/data/syn_train_000000.bin" 20000 1
 make_shard "$tmp/data/syn_val_000000.bin" 2000 2
