@@ -147,16 +147,19 @@ template<int HD, int N = kBfKeys> static __device__ void bf_pb(float (&acc)[HD /
     }
 }
 
-// The two-stage pipeline: for each tile i < tiles that need(i) (the same in every thread),
-// load(stage, i) issues its copies into a stage buffer while compute(stage, i) works on the
-// previous one. The whole block calls it.
-template<int HD, typename Need, typename Load, typename Compute>
-static __device__ void bf_pipeline(int tiles, uint16_t* smem, Need need, Load load, Compute compute) {
+// The two-stage pipeline over tiles i < tiles: warps(i) says which warps of the block have
+// a visible pair in tile i (the same in every thread; a tile no warp needs is skipped).
+// load(stage, i) issues tile i's copies into a stage buffer while compute(stage, i) works on
+// the previous tile, in the warps that need it. The whole block calls it.
+template<int HD, typename Warps, typename Load, typename Compute>
+static __device__ void bf_pipeline(int tiles, uint16_t* smem, Warps warps, Load load, Compute compute) {
+    unsigned need = 0, next_need = 0;  // warps(i), warps(n)
     auto next = [&](int i) {
-        for (i++; i < tiles && !need(i); i++) {}
+        for (i++; i < tiles && !(next_need = warps(i)); i++) {}
         return i;
     };
     int i = next(-1), stage = 0;
+    need = next_need;
     if (i < tiles) load(smem, i);
     cp_async_commit();
     while (i < tiles) {
@@ -165,9 +168,10 @@ static __device__ void bf_pipeline(int tiles, uint16_t* smem, Need need, Load lo
         cp_async_commit();
         cp_async_wait<1>();  // tile i's group has landed; tile n's may still fly
         __syncthreads();
-        compute(smem + stage * BfSmem<HD>::stage, i);
+        if (need >> threadIdx.x / 32 & 1u) compute(smem + stage * BfSmem<HD>::stage, i);
         __syncthreads();  // the stage is refilled by the next iteration's load
         i = n;
+        need = next_need;
         stage ^= 1;
     }
 }
@@ -178,15 +182,13 @@ static __device__ void bf_pipeline(int tiles, uint16_t* smem, Need need, Load lo
 // visible pair among its rows [k0, k1).
 template<int HD, typename F>
 static __device__ void bf_key_tiles(const Config& c, int T, int q0, const uint16_t* base, int kv, F f) {
-    const int TK = T * c.K, ld = c.qkv_dim(), warp = threadIdx.x / 32;
-    auto warps = [&](int i) { return tc_warps_meeting(c, T, q0, i * kBfKeys, min(i * kBfKeys + kBfKeys, TK), true); };
-    bf_pipeline<HD>((TK + kBfKeys - 1) / kBfKeys, dynamic_shared<uint16_t>(), [&](int i) { return warps(i) != 0; },
+    const int TK = T * c.K, ld = c.qkv_dim();
+    bf_pipeline<HD>((TK + kBfKeys - 1) / kBfKeys, dynamic_shared<uint16_t>(),
+        [&](int i) { return tc_warps_meeting(c, T, q0, i * kBfKeys, min(i * kBfKeys + kBfKeys, TK), true); },
         [&](uint16_t* st, int i) {
             bf_load_tiles<HD>(st, base + (c.H + kv) * HD, ld, st + BfSmem<HD>::tile, base + (c.H + c.Hkv + kv) * HD, ld, i * kBfKeys, TK);
         },
-        [&](const uint16_t* st, int i) {
-            if (warps(i) >> warp & 1u) f(st, i * kBfKeys, min(i * kBfKeys + kBfKeys, TK));
-        });
+        [&](const uint16_t* st, int i) { f(st, i * kBfKeys, min(i * kBfKeys + kBfKeys, TK)); });
 }
 
 // The forward. grid (query blocks of kTcBlockRows rows, H, B), block kBfThreads.
@@ -338,7 +340,7 @@ static __global__ void attention_backward_dkdv_bf16_kernel(__nv_bfloat16* dqkv_,
     };
     auto meta = [](const uint16_t* st) { return reinterpret_cast<const BfRow*>(st + 2 * S::tile); };
     bf_pipeline<HD>(group * qtiles, smem,
-        [&](int i) { int h, q0, q1; range(i, &h, &q0, &q1); return tc_warps_meeting(c, T, kb0, q0, q1, false) != 0; },
+        [&](int i) { int h, q0, q1; range(i, &h, &q0, &q1); return tc_warps_meeting(c, T, kb0, q0, q1, false); },
         [&](uint16_t* st, int i) {
             int h, q0, q1;
             range(i, &h, &q0, &q1);
@@ -355,7 +357,6 @@ static __global__ void attention_backward_dkdv_bf16_kernel(__nv_bfloat16* dqkv_,
         [&](const uint16_t* st, int i) {
             int h, q0, q1;
             range(i, &h, &q0, &q1);
-            if (!(tc_warps_meeting(c, T, kb0, q0, q1, false) >> warp & 1u)) return;
             const BfRow* rows = meta(st);
             const float* Ls = reinterpret_cast<const float*>(rows + kBfKeys);
             const bool full = tile_all_visible(c, T, q0, q1, r0, min(r0 + kTcRows, TK));
