@@ -385,22 +385,24 @@ template<typename Real> struct Activations {
     Real* dh13;        // (B, TK, 2F)
     Real* dxlast;      // (B, T, D)
 
-    static size_t floats(const Config& c, int B, int T) {
+    static size_t floats(const Config& c, int B, int T, bool matmul_inputs = true) {
         const size_t N = (size_t)B * T * c.K, BT = (size_t)B * T;
-        const size_t per_layer = N * (4 * c.D + 2 + c.qkv_dim() + c.H + c.H * c.hd() + 3 * c.F);
+        const size_t per_layer = N * (4 * c.D + 2 + c.qkv_dim() + c.H + c.H * c.hd() + 3 * c.F) -
+                                 (matmul_inputs ? 0 : N * (2 * c.D + c.H * c.hd() + c.F));
         return per_layer * c.L + N * c.D + BT * (2 * c.D + 3 + c.Vp) +
                N * (c.D + std::max(c.D, c.F) + c.qkv_dim() + 2 * c.F) + BT * c.D;
     }
     // Points every tensor into mem, which holds floats(c, B, T) elements.
-    void point(const Config& c, int B, int T, Real* mem) {
+    void point(const Config& c, int B, int T, Real* mem, bool matmul_inputs = true) {
         const size_t N = (size_t)B * T * c.K, BT = (size_t)B * T;
         auto take = [&mem](size_t n) { Real* r = mem; mem += n; return r; };
+        auto input = [&](size_t n) { return matmul_inputs ? take(n) : nullptr; };
         layer.resize(c.L);
         for (LayerActs<Real>& a : layer) {
-            a.x = take(N * c.D); a.a = take(N * c.D); a.rstd_a = take(N);
-            a.qkv = take(N * c.qkv_dim()); a.lse = take(N * c.H); a.o = take(N * c.H * c.hd());
-            a.xm = take(N * c.D); a.f = take(N * c.D); a.rstd_f = take(N);
-            a.h13 = take(N * 2 * c.F); a.g = take(N * c.F);
+            a.x = take(N * c.D); a.a = input(N * c.D); a.rstd_a = take(N);
+            a.qkv = take(N * c.qkv_dim()); a.lse = take(N * c.H); a.o = input(N * c.H * c.hd());
+            a.xm = take(N * c.D); a.f = input(N * c.D); a.rstd_f = take(N);
+            a.h13 = take(N * 2 * c.F); a.g = input(N * c.F);
         }
         xL = take(N * c.D); xlast = take(BT * c.D); rstd_final = take(BT);
         xn = take(BT * c.D); logits = take(BT * c.Vp); losses = take(BT); lse = take(BT);

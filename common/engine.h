@@ -56,7 +56,7 @@ inline bool gpu_available(std::string* why) {
 
 // The number format of a step's matrix products (GEMMs and attention), which sets the peak
 // its MFU is measured against. FP32: the CUDA cores' FMA lanes (today's default path). TF32
-// (--tf32 1) and BF16 (the bf16 path to come): dense tensor-core math with fp32 accumulation.
+// (--tf32 1) and BF16 (--dtype bf16): dense tensor-core math with fp32 accumulation.
 enum class MatmulDtype { FP32, TF32, BF16 };
 
 // Device 0's peak in TFLOP/s for dtype d, dense (no 2:4 sparsity): SMs x the clock the device
@@ -84,7 +84,7 @@ struct GpuEngine {
     float *m = nullptr, *v = nullptr;  // (P) AdamW moments, on the device; none for inference
     double* partial = nullptr;         // grad-norm scratch
     // training false: only what the KV-cache decoder needs (the parameters), for --generate.
-    // bf16: attention on bf16 tensor cores (kernels/attention_bf16.cuh).
+    // bf16: matmuls and attention on bf16 tensor cores (kernels/gpu_model.cuh).
     GpuEngine(const Config& c, const std::vector<float>& params, bool tf32, bool training = true, bool bf16 = false)
         : G(c, params.data(), tf32, training, bf16) {
         if (!training) return;
@@ -107,21 +107,23 @@ struct GpuEngine {
     void backward(float dloss) { G.backward(dloss); }
     void zero_grads() { G.zero_grads(); }
     double norm() { return grad_norm(G.grads, G.P, partial, G.stream); }
-    void update(const AdamW& o, int step, float lr, double norm) { adamw_update(G.cfg, o, G.params, G.grads, m, v, step, lr, norm, G.stream); }
+    void update(const AdamW& o, int step, float lr, double norm) {
+        adamw_update(G.cfg, o, G.params, G.grads, m, v, step, lr, norm, G.stream, G.params16);
+    }
     std::vector<float> params() const { return G.download(G.params, G.P); }
     std::vector<float> grads() const { return G.download(G.grads, G.P); }
     void set_state(const std::vector<float>& p, const std::vector<float>& m_, const std::vector<float>& v_) {
-        cudaCheck(cudaMemcpy(G.params, p.data(), G.P * sizeof(float), cudaMemcpyHostToDevice));
+        G.upload_params(p.data());
         cudaCheck(cudaMemcpy(m, m_.data(), G.P * sizeof(float), cudaMemcpyHostToDevice));
         cudaCheck(cudaMemcpy(v, v_.data(), G.P * sizeof(float), cudaMemcpyHostToDevice));
     }
     std::vector<float> moment(bool second) const { return G.download(second ? v : m, G.P); }
     std::vector<float> logits() const { return G.logits_host(); }
-    MatmulDtype dtype() const { return G.tf32 ? MatmulDtype::TF32 : MatmulDtype::FP32; }
+    MatmulDtype dtype() const { return G.bf16 ? MatmulDtype::BF16 : G.tf32 ? MatmulDtype::TF32 : MatmulDtype::FP32; }
     double peak_tflops() const { return ::peak_tflops(dtype()); }  // 0: unknown, no MFU
     // A KV-cache decoder over the current weights, on the device (kernels/gpu_decode.cuh).
     GpuDecoder decoder() { return GpuDecoder(G); }
     // GpuModel::size_for checks that they fit before it allocates them.
-    size_t activation_bytes(int B, int T) const { return GpuModel::floats(G.cfg, B, T) * sizeof(float) + G.attention_copy_bytes(B, T); }
+    size_t activation_bytes(int B, int T) const { return G.activation_bytes(B, T); }
 };
 #endif

@@ -17,14 +17,14 @@
 // 3. Training steps (zero grads, forward, backward, grad norm, AdamW): ms/step, original
 //    tokens/s and MFU, for each --variant, as train_phd's step line computes them: model
 //    FLOPs per original token from model_flops_per_token (model.h: PHD.md section 7's cost
-//    model), against peak_tflops (common/engine.h): the device's FP32 peak, or its dense
-//    TF32 tensor peak with --tf32 1 (cuBLAS and attention on tensor cores).
+//    model), against peak_tflops (common/engine.h): the device's FP32 peak, its dense TF32
+//    tensor peak with --tf32 1, or its dense bf16 peak with --bf16 1.
 //
 //   make bench-gpu        (nvcc and a GPU; GPT-2-small-like: L=12 D=768 H=12 T=1024, B=8)
 //   ./build/bench_gpu [--variant V]... [-b B] [-t T] [--layers L] [--dim D] [--heads H]
 //                     [--steps N] [--tf32 0|1] [--bf16 0|1] [--lab 0|1] [--lab-variant V] [--tiny]
-// --bf16 1: attention on bf16 tensor cores in sections 2 and 3 (the lab checks every
-// attention kernel whatever the flags); --lab 0 leaves the lab out (its CPU references at
+// --bf16 1: sections 2 and 3 in bf16 (train_phd's --dtype bf16: matmuls and attention on
+// bf16 tensor cores; the lab checks every kernel, fp32 and bf16, whatever the flags); --lab 0 leaves the lab out (its CPU references at
 // GPT-2 size take most of a run's time).
 // --tiny is a small shape that the CUDA emulation runs in seconds: `make test` runs
 // build/bench_gpu_emu --tiny, so the lab keeps building and its checks keep passing.
@@ -79,13 +79,13 @@ static void kernel_lab(const Options& o, const std::vector<float>& params) {
     const int B = o.B, T = o.T, N = B * T * c.K;
     printf("kernel lab: %s, B=%d T=%d (N=%d rows), D=%d H=%d hd=%d F=%d V=%d; visible pairs/sequence %.4g\n",
            variant_name(c).c_str(), B, T, N, c.D, c.H, c.hd(), c.F, c.V, visible_pairs(c, T));
-    printf("%-28s %12s %14s  %s\n", "kernel", "time", "rate", "check against the CPU (model.h): the tensor nearest its tolerance");
+    printf("%-38s %12s %14s  %s\n", "kernel", "time", "rate", "check against the CPU (model.h): the tensor nearest its tolerance");
     GpuModel G(c, params.data(), o.tf32 != 0);
     for (const KernelCheck& k : kernel_checks()) {
         float ms = 0;
         const CheckResult r = k.run(G, B, T, [&](const std::function<void()>& fn) { ms = time_ms(o.tiny ? 1 : 10, fn); });
         if (r.errors.empty()) {
-            printf("%-28s (no instance for head size %d)\n", k.name, c.hd());
+            printf("%-38s (no instance for head size %d)\n", k.name, c.hd());
             continue;
         }
         const TensorError* worst = &r.errors[0];
@@ -95,7 +95,7 @@ static void kernel_lab(const Options& o, const std::vector<float>& params) {
             if (!e.ok() || (worst->ok() && e.err / std::max(e.tol, 1e-300) > worst->err / std::max(worst->tol, 1e-300))) worst = &e;
         }
         (ok ? g_passed : g_failed)++;
-        printf("%-28s %9.3f ms %9.1f %-7s  %s: err %8.1e (tol %.0e) %s\n", k.name, ms, r.work / (ms * 1e6), k.unit, worst->tensor.c_str(),
+        printf("%-38s %9.3f ms %9.1f %-7s  %s: err %8.1e (tol %.0e) %s\n", k.name, ms, r.work / (ms * 1e6), k.unit, worst->tensor.c_str(),
                worst->err, worst->tol, ok ? "ok" : "FAILED");
     }
 }
@@ -130,11 +130,12 @@ static void attention_vs_pairs(const Options& o) {
 }
 
 static void training_steps(const Options& o, const std::vector<float>& params) {
-    const double peak = peak_tflops(o.tf32 ? MatmulDtype::TF32 : MatmulDtype::FP32);
-    printf("\ntraining step (zero grads, forward, backward, grad norm, AdamW), B=%d T=%d L=%d D=%d H=%d, TF32 %s, attention %s, "
-           "median of %d after 1 warm-up; peak %.1f TFLOP/s (%s)\n", o.B, o.T, o.L, o.D, o.H, o.tf32 ? "on" : "off", o.bf16 ? "bf16" : "fp32/TF32",
-           o.steps, peak,
-           peak > 0 ? (o.tf32 ? "dense TF32" : "FP32") : "unknown here: no MFU");
+    const MatmulDtype dt = o.bf16 ? MatmulDtype::BF16 : o.tf32 ? MatmulDtype::TF32 : MatmulDtype::FP32;
+    const char* dt_name = o.bf16 ? "bf16" : o.tf32 ? "TF32" : "fp32";
+    const double peak = peak_tflops(dt);
+    printf("\ntraining step (zero grads, forward, backward, grad norm, AdamW), B=%d T=%d L=%d D=%d H=%d, matmuls and attention in %s, "
+           "median of %d after 1 warm-up; peak %.1f TFLOP/s (%s)\n", o.B, o.T, o.L, o.D, o.H, dt_name, o.steps, peak,
+           peak > 0 ? (o.bf16 ? "dense bf16" : o.tf32 ? "dense TF32" : "FP32") : "unknown here: no MFU");
     printf("%-18s %9s %7s %12s %12s %9s %6s\n", "variant", "ms/step", "ratio", "orig tok/s", "GFLOP/token", "TFLOP/s", "MFU");
     double base = 0;
     for (const std::string& v : o.variants) {

@@ -12,10 +12,10 @@
 # tests         make test-gpu
 # bench_fp32    build/bench_gpu: the kernel lab (every kernel, fp32, TF32 and bf16) and training steps, fp32
 # bench_tf32    training steps with --tf32 1 (no lab: it checked the same kernels)
-# bench_bf16    training steps with --tf32 1 --bf16 1: attention on bf16 tensor cores
+# bench_bf16    training steps with --bf16 1: matmuls and attention on bf16 tensor cores
 # bench_decode  build/bench_decode_gpu: KV-cache inference at GPT-2-small size, P=2048
-# train         make train
-# train_bf16    make train with attention on bf16 tensor cores (--dtype bf16)
+# train         make train (bf16 on the GPU: --dtype auto)
+# train_fp32    make train in fp32 (--dtype fp32), the curve to compare bf16's with
 # bench names the four bench steps: make bench-gpu's commands, each under its own limit.
 # Each step runs under its own time limit (timeout; the limits below add up to 7.8 minutes,
 # from the H200 run's times: build 2-3 min, tests 30 s, bench_gpu ~60 s with its lab, train 10 s),
@@ -47,18 +47,18 @@ plan() {
         tests) limit=40 cmd="make test-gpu" ;;
         bench_fp32) limit=90 cmd="./build/bench_gpu" ;;
         bench_tf32) limit=30 cmd="./build/bench_gpu --tf32 1 --lab 0" ;;
-        bench_bf16) limit=30 cmd="./build/bench_gpu --tf32 1 --bf16 1 --lab 0" ;;
+        bench_bf16) limit=30 cmd="./build/bench_gpu --bf16 1 --lab 0" ;;
         bench_decode) limit=45 cmd="./build/bench_decode_gpu --device cuda -P 2048 --layers 12 --dim 768 --heads 12" ;;
         train) limit=20 cmd="make train" ;;
-        train_bf16) limit=25 cmd="make train TRAIN_EXTRA='--dtype bf16' TRAIN_OUT=out/kjv-bf16" ;;
+        train_fp32) limit=25 cmd="make train TRAIN_EXTRA='--dtype fp32' TRAIN_OUT=out/kjv-fp32" ;;
         *) return 1 ;;
     esac
 }
-[ $# -gt 0 ] || set -- build tests bench train train_bf16
+[ $# -gt 0 ] || set -- build tests bench train train_fp32
 steps=()
 for step in "$@"; do
     if [ "$step" = bench ]; then steps+=(bench_fp32 bench_tf32 bench_bf16 bench_decode); continue; fi
-    plan "$step" || { echo "gpu_run: unknown step '$step' (build, tests, bench_fp32, bench_tf32, bench_bf16, bench_decode, bench, train, train_bf16, or stage)" >&2; exit 2; }
+    plan "$step" || { echo "gpu_run: unknown step '$step' (build, tests, bench_fp32, bench_tf32, bench_bf16, bench_decode, bench, train, train_fp32, or stage)" >&2; exit 2; }
     steps+=("$step")
 done
 start=$(date +%s)

@@ -12,6 +12,7 @@
 // the tests pass one that does nothing.
 #pragma once
 #include <functional>
+#include <type_traits>
 #include <string>
 #include <vector>
 #include "../common/tensor_util.h"
@@ -139,36 +140,61 @@ static CheckResult check_attention_bf16(GpuModel& G, int B, int T, const Timed& 
     return {e, 2.5 * flops};
 }
 
-// The QKV projection through cuBLAS, as GpuModel runs every linear layer.
-static CheckResult check_matmul(GpuModel& G, int B, int T, const Timed& timed) {
+// A device tensor of n NaNs stored as T (fp32 or bf16), and a host copy of one as floats.
+template<typename T> static T* nan_of(CheckBuffers& buf, size_t n) {
+    if constexpr (std::is_same_v<T, float>) return buf.nan(n);
+    else return buf.up(to_bf16(std::vector<float>(n, NAN)));
+}
+template<typename T> static std::vector<float> host_floats(const T* d, size_t n) {
+    if constexpr (std::is_same_v<T, float>) return to_host(d, n);
+    else return from_bf16(to_host(d, n));
+}
+// The error a bf16 output may carry against the fp32 reference: its own rounding, 2^-9 of
+// each element (so of the tensor's scale), with room for fp32's other orders of summation.
+static constexpr double kBf16Out = 4e-3;
+template<typename T> static constexpr bool is_bf16 = std::is_same_v<T, __nv_bfloat16>;
+
+// The QKV projection through cuBLAS, as GpuModel runs every linear layer: fp32 (TF32 where
+// the model allows it) or bf16 inputs, which the CPU reference then takes rounded the same.
+template<typename In> static CheckResult check_matmul(GpuModel& G, int B, int T, const Timed& timed) {
     const Config& c = G.cfg;
     const int N = B * T * c.K, D = c.D, ld = c.qkv_dim();
     std::vector<float> a = random_vec<float>((size_t)N * D, 4), w = random_vec<float>((size_t)ld * D, 3, 0.02), ref((size_t)N * ld);
+    if constexpr (is_bf16<In>) a = from_bf16(to_bf16(a)), w = from_bf16(to_bf16(w));
     matmul_forward(ref.data(), a.data(), w.data(), N, D, ld);
     CheckBuffers buf;
-    float *d_a = buf.up(a), *d_w = buf.up(w), *d_out = buf.nan(ref.size());
+    In *d_a, *d_w;
+    if constexpr (is_bf16<In>) d_a = buf.up(to_bf16(a)), d_w = buf.up(to_bf16(w));
+    else d_a = buf.up(a), d_w = buf.up(w);
+    float* d_out = buf.nan(ref.size());
     auto run = [&] { G.matmul(d_out, d_a, d_w, N, D, ld, false); };
     run();
-    std::vector<TensorError> e = {{"out", max_rel(to_host(d_out, ref.size()), ref), G.tf32 ? 5e-3 : 1e-5}};  // 1.5e-6; TF32 3.3e-4
+    // fp32 1.5e-6; TF32 3.3e-4; bf16: exact products, fp32 sums in another order
+    std::vector<TensorError> e = {{"out", max_rel(to_host(d_out, ref.size()), ref), G.tf32 && !is_bf16<In> ? 5e-3 : 1e-5}};
     timed(run);
     return {e, 2.0 * N * D * ld};
 }
 
-static CheckResult check_rmsnorm(GpuModel& G, int B, int T, const Timed& timed, bool backward) {
+// out fp32, or bf16 (the matmul input of bf16 runs), and the copy of x for the residual
+// stream's next buffer (exact); the backward is fp32's.
+template<typename Out> static CheckResult check_rmsnorm(GpuModel& G, int B, int T, const Timed& timed, bool backward) {
     const int N = B * T * G.cfg.K, D = G.cfg.D;
     std::vector<float> x = random_vec<float>((size_t)N * D, 5), g = random_vec<float>(D, 6), dy = random_vec<float>((size_t)N * D, 7);
     std::vector<float> out_ref(x.size()), rstd_ref(N), dx_ref(x.size()), dg_ref(D, 0.5f);
     rmsnorm_forward(out_ref.data(), rstd_ref.data(), x.data(), g.data(), N, D);
     CheckBuffers buf;
-    float *d_x = buf.up(x), *d_g = buf.up(g), *d_out = buf.nan(x.size()), *d_rstd = buf.nan(N);
-    auto forward = [&] { rmsnorm_forward(d_out, d_rstd, d_x, d_g, N, D, nullptr); };
+    float *d_x = buf.up(x), *d_g = buf.up(g), *d_rstd = buf.nan(N), *d_copy = buf.nan(x.size());
+    Out* d_out = nan_of<Out>(buf, x.size());
+    auto forward = [&] { rmsnorm_forward(d_out, d_rstd, d_x, d_g, N, D, nullptr, d_copy); };
     forward();
     if (!backward) {
-        std::vector<TensorError> e = {{"out", max_rel(to_host(d_out, x.size()), out_ref), 2e-6},  // 4.5e-7
-                                      {"rstd", max_rel(to_host(d_rstd, N), rstd_ref), 2e-6}};
+        std::vector<TensorError> e = {{"out", max_rel(host_floats(d_out, x.size()), out_ref), is_bf16<Out> ? kBf16Out : 2e-6},  // 4.5e-7
+                                      {"rstd", max_rel(to_host(d_rstd, N), rstd_ref), 2e-6},
+                                      {"copy of x", max_rel(to_host(d_copy, x.size()), x), 0}};
         timed(forward);
-        return {e, 2.0 * N * D * 4};
+        return {e, (8.0 + sizeof(Out)) * N * D};  // x read, out and the copy written
     }
+    if constexpr (is_bf16<Out>) return {{}, 0};  // no bf16 backward
     rmsnorm_backward(dx_ref.data(), dg_ref.data(), dy.data(), x.data(), g.data(), rstd_ref.data(), N, D);
     float *d_dy = buf.up(dy), *d_dg = buf.up(std::vector<float>(D, 0.5f)), *d_scratch = buf.nan((size_t)kDgChunks * D);
     rmsnorm_backward(d_dy, d_dg, d_dy, d_x, d_g, d_rstd, N, D, d_scratch, nullptr);  // dx aliases dout, as in the model
@@ -179,7 +205,9 @@ static CheckResult check_rmsnorm(GpuModel& G, int B, int T, const Timed& timed, 
 }
 
 // RoPE on the q and k heads at each row's position; the backward must restore the input.
-static CheckResult check_rope(GpuModel& G, int B, int T, const Timed& timed) {
+// fp32 in place; or, as bf16 runs do, from the fp32 qkv into a bf16 copy (v copied too),
+// rotated back in place in bf16 (each way one rounding).
+template<typename Out> static CheckResult check_rope(GpuModel& G, int B, int T, const Timed& timed) {
     const Config& c = G.cfg;
     const int N = B * T * c.K, ld = c.qkv_dim();
     std::vector<float> qkv = random_vec<float>((size_t)N * ld, 10), rot_ref = qkv;
@@ -191,35 +219,41 @@ static CheckResult check_rope(GpuModel& G, int B, int T, const Timed& timed) {
     CheckBuffers buf;
     float* d_qkv = buf.up(qkv);
     int* d_pos = buf.up(pos);
-    rope_forward(d_qkv, d_pos, c, N, G.rope_cos, G.rope_sin, nullptr);
-    std::vector<TensorError> e = {{"rotated", max_rel(to_host(d_qkv, qkv.size()), rot_ref), 1e-6}};  // 0
-    rope_backward(d_qkv, d_pos, c, N, G.rope_cos, G.rope_sin, nullptr);
-    e.push_back({"rotated back", max_rel(to_host(d_qkv, qkv.size()), qkv), 1e-6});
-    timed([&] { rope_forward(d_qkv, d_pos, c, N, G.rope_cos, G.rope_sin, nullptr); });
+    Out* d_out;
+    if constexpr (is_bf16<Out>) d_out = nan_of<Out>(buf, qkv.size());
+    else d_out = d_qkv;
+    rope_forward(d_out, d_qkv, d_pos, c, N, G.rope_cos, G.rope_sin, nullptr);
+    std::vector<TensorError> e = {{"rotated", max_rel(host_floats(d_out, qkv.size()), rot_ref), is_bf16<Out> ? kBf16Out : 1e-6}};  // 0
+    rope_backward(d_out, d_pos, c, N, G.rope_cos, G.rope_sin, nullptr);
+    e.push_back({"rotated back", max_rel(host_floats(d_out, qkv.size()), qkv), is_bf16<Out> ? 2 * kBf16Out : 1e-6});
+    timed([&] { rope_forward(d_out, d_qkv, d_pos, c, N, G.rope_cos, G.rope_sin, nullptr); });
     return {e, 2.0 * N * (c.H + c.Hkv) * c.hd() * 4};
 }
 
-static CheckResult check_swiglu(GpuModel& G, int B, int T, const Timed& timed, bool backward) {
+// g and dh13 fp32, or bf16 (the matmul inputs of bf16 runs).
+template<typename Out> static CheckResult check_swiglu(GpuModel& G, int B, int T, const Timed& timed, bool backward) {
     const int N = B * T * G.cfg.K, F = G.cfg.F;
     std::vector<float> h13 = random_vec<float>((size_t)N * 2 * F, 11, 3.0), dg = random_vec<float>((size_t)N * F, 12);
     std::vector<float> g_ref((size_t)N * F), dh_ref(h13.size());
     swiglu_forward(g_ref.data(), h13.data(), N, F);
     swiglu_backward(dh_ref.data(), dg.data(), h13.data(), N, F);
     CheckBuffers buf;
-    float *d_h13 = buf.up(h13), *d_g = buf.nan(g_ref.size()), *d_dg = buf.up(dg), *d_dh = buf.nan(h13.size());
+    float *d_h13 = buf.up(h13), *d_dg = buf.up(dg);
+    Out *d_g = nan_of<Out>(buf, g_ref.size()), *d_dh = nan_of<Out>(buf, h13.size());
     std::function<void()> run = [&] { swiglu_forward(d_g, d_h13, N, F, nullptr); };
     if (backward) run = [&] { swiglu_backward(d_dh, d_dg, d_h13, N, F, nullptr); };
     run();
     std::vector<TensorError> e;  // (not `c ? TensorError{..} : TensorError{..}`: nvcc 13.0's cicc crashes on it)
-    if (backward) e.push_back({"dh13", max_rel(to_host(d_dh, h13.size()), dh_ref), 2e-6});  // 3.1e-7
-    else e.push_back({"g", max_rel(to_host(d_g, g_ref.size()), g_ref), 1e-6});               // 6.8e-8
+    if (backward) e.push_back({"dh13", max_rel(host_floats(d_dh, h13.size()), dh_ref), is_bf16<Out> ? kBf16Out : 2e-6});  // 3.1e-7
+    else e.push_back({"g", max_rel(host_floats(d_g, g_ref.size()), g_ref), is_bf16<Out> ? kBf16Out : 1e-6});               // 6.8e-8
     timed(run);
     return {e, (backward ? 5.0 : 3.0) * N * F * 4};
 }
 
 // Fused softmax + cross-entropy over the B*T last-copy rows; the backward overwrites the
-// logits with their gradient and must leave the padded columns at zero.
-static CheckResult check_crossentropy(GpuModel& G, int B, int T, const Timed& timed, bool backward) {
+// logits with their gradient (fp32), or writes it in bf16 (bf16 runs), and must leave the
+// padded columns at zero.
+template<typename Out> static CheckResult check_crossentropy(GpuModel& G, int B, int T, const Timed& timed, bool backward) {
     const Config& c = G.cfg;
     const int BT = B * T;
     std::vector<float> z = random_vec<float>((size_t)BT * c.Vp, 13, 4.0), loss_ref(BT), lse_ref(BT);
@@ -232,6 +266,7 @@ static CheckResult check_crossentropy(GpuModel& G, int B, int T, const Timed& ti
     int* d_y = buf.up(y);
     auto forward = [&] { crossentropy_forward(d_loss, d_lse, d_z, d_y, BT, c.V, c.Vp, nullptr); };
     forward();
+    if (!backward && is_bf16<Out>) return {{}, 0};  // the forward is fp32's
     if (!backward) {
         // __expf, __logf and another summation order: 7.3e-7
         std::vector<TensorError> e = {{"loss", max_rel(to_host(d_loss, BT), loss_ref), 2e-6},
@@ -241,13 +276,17 @@ static CheckResult check_crossentropy(GpuModel& G, int B, int T, const Timed& ti
     }
     std::vector<float> dz_ref = z;
     crossentropy_backward(dz_ref.data(), lse_ref.data(), y.data(), 1.0f / BT, BT, c.V, c.Vp);
-    auto run = [&] { crossentropy_backward(d_z, d_lse, d_y, 1.0f / BT, BT, c.V, c.Vp, nullptr); };
+    Out* d_dz;
+    if constexpr (is_bf16<Out>) d_dz = nan_of<Out>(buf, z.size());
+    else d_dz = d_z;
+    auto run = [&] { crossentropy_backward(d_dz, d_z, d_lse, d_y, 1.0f / BT, BT, c.V, c.Vp, nullptr); };
     run();
-    const std::vector<float> dz = to_host(d_z, z.size());
+    const std::vector<float> dz = host_floats(d_dz, z.size());
     double pad_nonzero = 0;
     for (int i = 0; i < BT; i++)
         for (int j = c.V; j < c.Vp; j++) pad_nonzero += dz[(size_t)i * c.Vp + j] != 0.0f;
-    std::vector<TensorError> e = {{"dlogits", max_rel(dz, dz_ref), 1e-5},  // __expf's error at the largest logits: 1.6e-6
+    // __expf's error at the largest logits: 1.6e-6
+    std::vector<TensorError> e = {{"dlogits", max_rel(dz, dz_ref), is_bf16<Out> ? kBf16Out : 1e-5},
                                   {"padded columns not zero", pad_nonzero, 0}};
     timed(run);  // on its own output: the same work
     return {e, 2.0 * BT * c.Vp * 4};
@@ -279,7 +318,25 @@ static CheckResult check_embedding(GpuModel& G, int B, int T, const Timed& timed
     return {e, 2.0 * N * D * 4};
 }
 
-// One AdamW step over every parameter, after the gradient norm, against the CPU's.
+// The residual stream's gradient: dx += dtmp, and in bf16 runs its bf16 copy for the next
+// matmuls in the same pass. The sum is one float add, the copy one rounding: both exact.
+static CheckResult check_residual_add(GpuModel& G, int B, int T, const Timed& timed) {
+    const size_t n = (size_t)B * T * G.cfg.K * G.cfg.D;
+    const std::vector<float> y = random_vec<float>(n, 18), x = random_vec<float>(n, 19);
+    std::vector<float> sum(n);
+    for (size_t i = 0; i < n; i++) sum[i] = y[i] + x[i];
+    CheckBuffers buf;
+    float *d_y = buf.up(y), *d_x = buf.up(x);
+    __nv_bfloat16* d_copy = nan_of<__nv_bfloat16>(buf, n);
+    add_inplace(d_y, d_x, n, nullptr, d_copy);
+    std::vector<TensorError> e = {{"sum", max_rel(to_host(d_y, n), sum), 0},
+                                  {"bf16 copy", max_rel(host_floats(d_copy, n), from_bf16(to_bf16(sum))), 0}};
+    timed([&] { add_inplace(d_y, d_x, n, nullptr, d_copy); });
+    return {e, 10.0 * n};
+}
+
+// One AdamW step over every parameter, after the gradient norm, against the CPU's; with
+// bf16 runs' copy of the parameters, which must be the updated ones rounded, bit for bit.
 static CheckResult check_adamw(GpuModel& G, int, int, const Timed& timed) {
     const Config& c = G.cfg;
     const size_t P = num_params(c);
@@ -293,13 +350,18 @@ static CheckResult check_adamw(GpuModel& G, int, int, const Timed& timed) {
     float *d_p = buf.up(p), *d_g = buf.up(g), *d_m = buf.up(m), *d_v = buf.up(v);
     double* d_part = buf.up(std::vector<double>(kNormBlocks));
     const double norm = grad_norm(d_g, P, d_part, nullptr);
-    adamw_update(c, o, d_p, d_g, d_m, d_v, 4, 1e-3f, norm, nullptr);
+    __nv_bfloat16* d_p16 = nan_of<__nv_bfloat16>(buf, P);
+    adamw_update(c, o, d_p, d_g, d_m, d_v, 4, 1e-3f, norm, nullptr, d_p16);
+    const std::vector<float> p_got = to_host(d_p, P), p16 = host_floats(d_p16, P), p_rounded = from_bf16(to_bf16(p_got));
+    double copy_wrong = 0;
+    for (size_t i = 0; i < P; i++) copy_wrong += !(p16[i] == p_rounded[i]);
     std::vector<TensorError> e = {{"grad norm", std::fabs(norm - norm_ref) / norm_ref, 1e-12},  // double sums, another order
-                                  {"params", max_rel(to_host(d_p, P), p_ref), 1e-6},            // 0
+                                  {"params", max_rel(p_got, p_ref), 1e-6},                      // 0
                                   {"m", max_rel(to_host(d_m, P), m_ref), 1e-6},
-                                  {"v", max_rel(to_host(d_v, P), v_ref), 1e-6}};
-    timed([&] { adamw_update(c, o, d_p, d_g, d_m, d_v, 5, 1e-3f, norm, nullptr); });
-    return {e, 7.0 * P * 4};
+                                  {"v", max_rel(to_host(d_v, P), v_ref), 1e-6},
+                                  {"bf16 copy != rounded params", copy_wrong, 0}};
+    timed([&] { adamw_update(c, o, d_p, d_g, d_m, d_v, 5, 1e-3f, norm, nullptr, d_p16); });
+    return {e, (7.0 * 4 + 2) * P};
 }
 
 struct KernelCheck {
@@ -310,27 +372,35 @@ struct KernelCheck {
 
 // The table, in the order of a training step.
 static inline std::vector<KernelCheck> kernel_checks() {
+    using bf16 = __nv_bfloat16;
     // A check with its flags fixed (forward or backward, fp32 or tensor cores).
     auto with = [](auto check, auto... flags) {
         return [=](GpuModel& G, int B, int T, const Timed& timed) { return check(G, B, T, timed, flags...); };
     };
     return {
         {"embedding_forward", "GB/s", with(check_embedding, false)},
-        {"rmsnorm_forward", "GB/s", with(check_rmsnorm, false)},
-        {"matmul qkv (cuBLAS)", "GFLOP/s", check_matmul},
-        {"rope_forward/backward", "GB/s", check_rope},
+        {"rmsnorm_forward", "GB/s", with(check_rmsnorm<float>, false)},
+        {"rmsnorm_forward bf16 out", "GB/s", with(check_rmsnorm<bf16>, false)},
+        {"matmul qkv (cuBLAS)", "GFLOP/s", check_matmul<float>},
+        {"matmul qkv (cuBLAS bf16)", "GFLOP/s", check_matmul<bf16>},
+        {"rope_forward/backward", "GB/s", check_rope<float>},
+        {"rope_forward/backward bf16 out", "GB/s", check_rope<bf16>},
         {"attention_forward", "GFLOP/s", with(check_attention, false, false)},
         {"attention_forward TF32 mma", "GFLOP/s", with(check_attention, false, true)},
         {"attention_forward bf16 mma", "GFLOP/s", with(check_attention_bf16, false)},
-        {"swiglu_forward", "GB/s", with(check_swiglu, false)},
-        {"crossentropy_forward", "GB/s", with(check_crossentropy, false)},
-        {"crossentropy_backward", "GB/s", with(check_crossentropy, true)},
-        {"swiglu_backward", "GB/s", with(check_swiglu, true)},
+        {"swiglu_forward", "GB/s", with(check_swiglu<float>, false)},
+        {"swiglu_forward bf16 out", "GB/s", with(check_swiglu<bf16>, false)},
+        {"crossentropy_forward", "GB/s", with(check_crossentropy<float>, false)},
+        {"crossentropy_backward", "GB/s", with(check_crossentropy<float>, true)},
+        {"crossentropy_backward bf16 out", "GB/s", with(check_crossentropy<bf16>, true)},
+        {"swiglu_backward", "GB/s", with(check_swiglu<float>, true)},
+        {"swiglu_backward bf16 out", "GB/s", with(check_swiglu<bf16>, true)},
         {"attention_backward", "GFLOP/s", with(check_attention, true, false)},
         {"attention_backward TF32 mma", "GFLOP/s", with(check_attention, true, true)},
         {"attention_backward bf16 mma", "GFLOP/s", with(check_attention_bf16, true)},
-        {"rmsnorm_backward", "GB/s", with(check_rmsnorm, true)},
+        {"rmsnorm_backward", "GB/s", with(check_rmsnorm<float>, true)},
+        {"residual add + bf16 copy", "GB/s", check_residual_add},
         {"embedding_backward", "GB/s", with(check_embedding, true)},
-        {"grad norm + adamw_update", "GB/s", check_adamw},
+        {"grad norm + adamw_update (+ bf16 copy)", "GB/s", check_adamw},
     };
 }

@@ -1,5 +1,6 @@
 // kernels/adamw.cuh: global gradient norm (deterministic) and the AdamW update of PHD.md
-// section 9, fp32 parameters, gradients and moments.
+// section 9, fp32 parameters, gradients and moments (and the bf16 copy of the parameters
+// under --dtype bf16).
 #pragma once
 #include "../model.h"
 #include "cuda_compat.h"
@@ -21,8 +22,9 @@ static __global__ void grad_norm_partial_kernel(double* partial, const float* g,
     }
     if (threadIdx.x == 0) partial[blockIdx.x] = s[0];
 }
-// partial: device scratch of kNormBlocks doubles. Returns the L2 norm (synchronises).
-inline double grad_norm(const float* g, size_t n, double* partial, cudaStream_t s) {
+// partial: device scratch of kNormBlocks doubles. Returns the sum of squares (synchronises);
+// grad_norm its square root.
+inline double grad_sumsq(const float* g, size_t n, double* partial, cudaStream_t s) {
     const int blocks = (int)std::min<size_t>(kNormBlocks, (n + kNormThreads - 1) / kNormThreads);
     launch(grad_norm_partial_kernel, dim3(blocks), dim3(kNormThreads), 0, s, partial, g, n);
     cudaCheck(cudaGetLastError());
@@ -30,27 +32,36 @@ inline double grad_norm(const float* g, size_t n, double* partial, cudaStream_t 
     cudaCheck(cudaMemcpyAsync(host, partial, blocks * sizeof(double), cudaMemcpyDeviceToHost, s));
     cudaCheck(cudaStreamSynchronize(s));
     for (int b = 0; b < blocks; b++) sum += host[b];
-    return sqrt(sum);
+    return sum;
 }
+inline double grad_norm(const float* g, size_t n, double* partial, cudaStream_t s) { return sqrt(grad_sumsq(g, n, partial, s)); }
 
-static __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, size_t n, float lr, float b1, float b2, float eps,
-                             float wd, float bc1, float bc2, float clip_scale) {
+// p16, when given, receives the updated parameters rounded to bf16: the copy that --dtype
+// bf16's matmuls read, written in the same pass instead of a conversion of its own.
+static __global__ void adamw_kernel(float* p, __nv_bfloat16* p16, const float* g, float* m, float* v, size_t n, float lr, float b1, float b2,
+                                    float eps, float wd, float bc1, float bc2, float clip_scale) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     const float gi = g[i] * clip_scale;
     m[i] = b1 * m[i] + (1 - b1) * gi;
     v[i] = b2 * v[i] + (1 - b2) * gi * gi;
     p[i] -= lr * ((m[i] / bc1) / (sqrtf(v[i] / bc2) + eps) + wd * p[i]);
+    if (p16) p16[i] = __float2bfloat16(p[i]);
 }
-// As adamw_update in model.h: decay on matrices and embeddings only, after clipping.
+// As adamw_update in model.h: decay on matrices and embeddings only, after clipping; only
+// the parameters [lo, hi) (a rank's shard, common/dist.h), grads, m and v holding just those.
+// params16: (P) the bf16 copy to refresh, or nullptr.
 inline void adamw_update(const Config& c, const AdamW& o, float* params, const float* grads, float* m, float* v, int step, float lr,
-                         double norm, cudaStream_t s) {
+                         double norm, cudaStream_t s, __nv_bfloat16* params16 = nullptr, size_t lo = 0, size_t hi = SIZE_MAX) {
     const float clip_scale = (float)std::min(1.0, o.clip / (norm + 1e-6));
     const float bc1 = (float)(1.0 - pow(o.beta1, step + 1)), bc2 = (float)(1.0 - pow(o.beta2, step + 1));
     for (const ParamTensor& t : param_tensors(c)) {
-        const size_t n = t.size();
-        launch(adamw_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, params + t.offset, grads + t.offset, m + t.offset,
-               v + t.offset, n, lr, o.beta1, o.beta2, o.eps, t.decay ? o.weight_decay : 0.0f, bc1, bc2, clip_scale);
+        const size_t from = std::max(lo, t.offset), to = std::min(hi, t.offset + t.size());  // the tensor's part of the shard
+        if (from >= to) continue;
+        const size_t n = to - from;
+        launch(adamw_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, params + from, params16 ? params16 + from : nullptr,
+               grads + (from - lo), m + (from - lo), v + (from - lo), n, lr, o.beta1, o.beta2, o.eps, t.decay ? o.weight_decay : 0.0f,
+               bc1, bc2, clip_scale);
     }
     cudaCheck(cudaGetLastError());
 }

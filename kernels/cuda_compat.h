@@ -4,6 +4,7 @@
 //   dynamic_shared<T>()                                    instead of extern __shared__
 //   warp_sum(v), block_reduce(v, is_max)                   reductions, result in every thread
 //   PHD_UNROLL, PHD_NO_UNROLL                              #pragma unroll, unroll 1 (nvcc only)
+//   to_f32(x), store(p, v)                                 fp32 or bf16 tensors, arithmetic in fp32
 //   to_tf32(x), mma_tf32(d, a, b)                          tensor cores, sm_80+: below
 //   pack_bf16(lo, hi), mma_bf16(d, a, b)                   bf16 tensor cores, sm_80+: below
 //   fast_exp2(x)                                           2^x as ex2.approx.ftz (the softmaxes' exp)
@@ -122,6 +123,13 @@ template<int N> static __device__ inline void cp_async_wait() { asm volatile("cp
 #define PHD_UNROLL
 #define PHD_NO_UNROLL
 #endif
+
+// Element access for kernels templated on a tensor's storage type, fp32 or bf16 (--dtype
+// bf16's matmul inputs): arithmetic stays fp32, a bf16 store rounds to nearest even.
+static __device__ float to_f32(float x) { return x; }
+static __device__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+static __device__ void store(float* p, float v) { *p = v; }
+static __device__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
 
 // Sum over a warp's lanes; every lane gets it.
 static __device__ float warp_sum(float v) {

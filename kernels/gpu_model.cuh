@@ -1,10 +1,12 @@
-// kernels/gpu_model.cuh: the PHD-Transformer on the GPU, forward and backward, fp32: the
-// same steps as model_forward/model_backward in model.h, on device buffers in the same row
-// order, with plain GEMMs through
-// cuBLAS (TF32 off unless asked for, so that results stay close to the CPU's). With bf16
-// attention (--dtype bf16) each layer's attention runs on the bf16 tensor-core kernels of
-// attention_bf16.cuh: q, k, v (and in the backward o and dO) are rounded to bf16 copies
-// around it, and the rest of the step stays fp32 (bf16 GEMMs and activations are to come).
+// kernels/gpu_model.cuh: the PHD-Transformer on the GPU, forward and backward: the same
+// steps as model_forward/model_backward in model.h, on device buffers in the same row order,
+// with plain GEMMs through cuBLAS. fp32 runs keep the CPU's precision (TF32 off unless asked
+// for). bf16 runs (--dtype bf16) multiply on bf16 tensor cores with fp32 accumulation: the
+// weights' bf16 copy (written by AdamW), and bf16 matmul inputs that the kernels before
+// each matmul write directly (rmsnorm, RoPE, attention, swiglu, the loss's and the residual
+// stream's gradients); the residual stream, norms' statistics, softmax, loss, the weights'
+// gradients and AdamW's state stay fp32. One templated sequence serves both (In = float or
+// __nv_bfloat16): StepIn<In> names where each matmul input lives.
 // Parameters and gradients use the checkpoint order of param_tensors() (model.h).
 #pragma once
 #include <vector>
@@ -22,13 +24,36 @@ inline void gpu_check_fits(size_t bytes, const char* what, const char* hint = ""
             total_bytes / 1048576.0, hint);
 }
 
+// --dtype bf16: what the bf16 matmuls read, in bf16. One layer's inputs, kept for its
+// backward (fp32 runs point them at the fp32 tensors of LayerActs instead):
+template<typename In> struct LayerIn {
+    In* a;    // (B, TK, D) rmsnorm(x): the qkv matmul's input
+    In* qkv;  // (B, TK, qkv_dim) q | k | v after RoPE: the attention's input
+    In* o;    // (B, TK, H*hd) the attention's output: the wo matmul's input
+    In* f;    // (B, TK, D) rmsnorm(xm): the w13 matmul's input
+    In* g;    // (B, TK, F) swiglu(h13): the w2 matmul's input
+};
+// ... and the gradients that matmuls (and the attention backward) read, one set for all
+// layers, with the LM head's input and output gradient.
+template<typename In> struct StepIn {
+    std::vector<LayerIn<In>> layer;  // (L)
+    In* dx;                          // (B, TK, D) the residual stream's gradient
+    In* dh13;                        // (B, TK, 2F)
+    In* dout;                        // (B, TK, H*hd) the attention output's gradient
+    In* dqkv;                        // (B, TK, qkv_dim)
+    In* xn;                          // (B, T, D) rmsnorm(xlast): the LM head's input
+    In* dlogits;                     // (B, T, Vp)
+};
+
 struct GpuModel : Activations<float> {
     Config cfg;
-    bool tf32;                                   // TF32 tensor cores: cuBLAS and attention
-    bool bf16;                                   // attention on bf16 tensor cores
+    bool tf32;                                   // TF32 tensor cores: cuBLAS and attention (fp32 runs)
+    bool bf16;                                   // matmuls and attention on bf16 tensor cores
     size_t P = 0;
     float *params = nullptr, *grads = nullptr;   // (P) device arenas; no grads for inference
     ParamView<float> p, g;                       // named views into them
+    __nv_bfloat16* params16 = nullptr;           // (P) bf16 copy of params (bf16 runs), rewritten by AdamW
+    ParamView<__nv_bfloat16> p16;
     float *rope_cos = nullptr, *rope_sin = nullptr;  // (maxT, hd/2)
     float* norm_scratch = nullptr;               // (kDgChunks, D) rmsnorm_backward's partial sums (training)
     cublasHandle_t blas;
@@ -39,20 +64,25 @@ struct GpuModel : Activations<float> {
     int *d_tokens = nullptr, *d_targets = nullptr;     // (B, T) of the last forward
     int *d_row_index = nullptr, *d_row_pos = nullptr;  // (B*T*K) each row's b*T + n, and n: set once per shape
     uint64_t* d_sort_keys = nullptr;                   // (token_sort_slots(B*T)) the embedding backward's scratch
-    // bf16 attention's copies, one set for every layer: (B*T*K, qkv_dim), (B*T*K, H*hd) x 2,
-    // (B*T*K, qkv_dim), and D (B, H, T*K) fp32
-    __nv_bfloat16 *qkv16 = nullptr, *o16 = nullptr, *do16 = nullptr, *dqkv16 = nullptr;
-    float* attn_D = nullptr;
+    StepIn<float> in32;                          // fp32 runs: the tensors of Activations, as matmul inputs
+    StepIn<__nv_bfloat16> in16;                  // bf16 runs: their bf16 tensors, in the arena act16
+    __nv_bfloat16* act16 = nullptr;
+    float* attn_D = nullptr;                     // (B, H, TK) the bf16 attention backward's rowsum(dO o)
 
     // training false: inference only (the KV-cache decoder), the parameters without gradients.
-    // bf16_: attention on bf16 tensor cores (head sizes 16, 32, 64, 128).
+    // bf16_: matmuls and attention on bf16 tensor cores (head sizes 16, 32, 64, 128).
     GpuModel(const Config& c, const float* host_params, bool tf32_, bool training = true, bool bf16_ = false)
         : cfg(c), tf32(tf32_), bf16(bf16_), P(num_params(c)) {
         if (bf16 && (c.hd() % 16 || c.hd() > 128)) die("bf16 attention: head size %d has no instance (16, 32, 64, 128)", c.hd());
-        gpu_check_fits((training ? 2 : 1) * P * sizeof(float), training ? "parameters and gradients" : "parameters");
+        gpu_check_fits((training ? 2 : 1) * P * sizeof(float) + (bf16 ? P * sizeof(__nv_bfloat16) : 0),
+                       training ? "parameters and gradients" : "parameters");
         cudaCheck(cudaMalloc(&params, P * sizeof(float)));
-        cudaCheck(cudaMemcpy(params, host_params, P * sizeof(float), cudaMemcpyHostToDevice));
         p = param_view(c, params);
+        if (bf16) {
+            cudaCheck(cudaMalloc(&params16, P * sizeof(__nv_bfloat16)));
+            p16 = param_view(c, params16);
+        }
+        upload_params(host_params);
         if (training) {
             cudaCheck(cudaMalloc(&grads, P * sizeof(float)));
             cudaCheck(cudaMemset(grads, 0, P * sizeof(float)));
@@ -69,43 +99,75 @@ struct GpuModel : Activations<float> {
         cublasCheck(cublasSetMathMode(blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
     }
     ~GpuModel() {
-        for (void* q : {(void*)params, (void*)grads, (void*)rope_cos, (void*)rope_sin, (void*)norm_scratch, (void*)act, (void*)d_tokens, (void*)d_targets,
-                         (void*)d_row_index, (void*)d_row_pos, (void*)d_sort_keys, (void*)qkv16, (void*)o16, (void*)do16, (void*)dqkv16,
-                         (void*)attn_D})
+        for (void* q : {(void*)params, (void*)grads, (void*)params16, (void*)rope_cos, (void*)rope_sin, (void*)norm_scratch, (void*)act,
+                        (void*)d_tokens, (void*)d_targets, (void*)d_row_index, (void*)d_row_pos, (void*)d_sort_keys, (void*)act16,
+                        (void*)attn_D})
             cudaFree(q);
         cublasDestroy(blas);
     }
     GpuModel(const GpuModel&) = delete;
     GpuModel& operator=(const GpuModel&) = delete;
 
+    // New parameters (P, host): the fp32 masters and, in bf16 runs, their bf16 copy.
+    void upload_params(const float* host) {
+        cudaCheck(cudaMemcpy(params, host, P * sizeof(float), cudaMemcpyHostToDevice));
+        if (bf16) copy_to_bf16(params16, params, P, stream);
+    }
+
+    // Elements of in16's arena for a batch (B, T); each tensor starts on a 256-byte boundary,
+    // as the bf16 attention's 16-byte cp.async loads and cuBLAS's fastest kernels want.
+    static size_t bf16_elems(const Config& c, int B_, int T_) {
+        const size_t N = (size_t)B_ * T_ * c.K, BT = (size_t)B_ * T_;
+        auto al = [](size_t n) { return (n + 127) / 128 * 128; };
+        const size_t per_layer = 2 * al(N * c.D) + al(N * c.qkv_dim()) + al(N * c.H * c.hd()) + al(N * c.F);
+        return c.L * per_layer + al(N * c.D) + al(N * 2 * c.F) + al(N * c.H * c.hd()) + al(N * c.qkv_dim()) + al(BT * c.D) +
+               al(BT * c.Vp);
+    }
+    // Device memory of the activations for a batch (B, T): Activations' fp32 arena (bf16 runs
+    // without the fp32 matmul inputs), and in bf16 runs the bf16 tensors and D of the bf16
+    // attention backward.
+    size_t activation_bytes(int B_, int T_) const {
+        const size_t f32 = floats(cfg, B_, T_, !bf16) * sizeof(float);
+        return bf16 ? f32 + bf16_elems(cfg, B_, T_) * sizeof(__nv_bfloat16) + (size_t)B_ * T_ * cfg.K * cfg.H * sizeof(float) : f32;
+    }
+
     void size_for(int B_, int T_) {
         if (B_ == B && T_ == T) return;
         B = B_; T = T_;
-        for (void* q : {(void*)act, (void*)d_tokens, (void*)d_targets, (void*)d_row_index, (void*)d_row_pos, (void*)d_sort_keys, (void*)qkv16,
-                        (void*)o16, (void*)do16, (void*)dqkv16, (void*)attn_D})
+        for (void* q : {(void*)act, (void*)d_tokens, (void*)d_targets, (void*)d_row_index, (void*)d_row_pos, (void*)d_sort_keys, (void*)act16,
+                        (void*)attn_D})
             cudaFree(q);
+        act16 = nullptr;
+        attn_D = nullptr;
         const int N = B * T * cfg.K, TK = T * cfg.K;
         const size_t slots = token_sort_slots(B * T);
         char what[64];
         snprintf(what, sizeof what, "activations for B=%d T=%d", B, T);
-        gpu_check_fits(floats(cfg, B, T) * sizeof(float) + (2 * (size_t)N + 2 * B * T) * sizeof(int) + slots * sizeof(uint64_t) +
-                           attention_copy_bytes(B, T),
-                       what, " (lower -b or -t)");
-        cudaCheck(cudaMalloc(&act, floats(cfg, B, T) * sizeof(float)));
+        gpu_check_fits(activation_bytes(B, T) + (2 * (size_t)N + 2 * B * T) * sizeof(int) + slots * sizeof(uint64_t), what,
+                       " (lower -b or -t)");
+        cudaCheck(cudaMalloc(&act, floats(cfg, B, T, !bf16) * sizeof(float)));
         cudaCheck(cudaMalloc(&d_tokens, (size_t)B * T * sizeof(int)));
         cudaCheck(cudaMalloc(&d_targets, (size_t)B * T * sizeof(int)));
         cudaCheck(cudaMalloc(&d_row_index, (size_t)N * sizeof(int)));
         cudaCheck(cudaMalloc(&d_row_pos, (size_t)N * sizeof(int)));
         cudaCheck(cudaMalloc(&d_sort_keys, slots * sizeof(uint64_t)));
+        point(cfg, B, T, act, !bf16);
+        in32.layer.clear();
+        for (const LayerActs<float>& a : layer) in32.layer.push_back({a.a, a.qkv, a.o, a.f, a.g});
+        in32.dx = dx; in32.dh13 = dh13; in32.dout = dtmp; in32.dqkv = dqkv; in32.xn = xn; in32.dlogits = logits;
         if (bf16) {
-            const size_t od = (size_t)N * cfg.H * cfg.hd();
-            cudaCheck(cudaMalloc(&qkv16, (size_t)N * cfg.qkv_dim() * sizeof(__nv_bfloat16)));
-            cudaCheck(cudaMalloc(&o16, od * sizeof(__nv_bfloat16)));
-            cudaCheck(cudaMalloc(&do16, od * sizeof(__nv_bfloat16)));
-            cudaCheck(cudaMalloc(&dqkv16, (size_t)N * cfg.qkv_dim() * sizeof(__nv_bfloat16)));
+            cudaCheck(cudaMalloc(&act16, bf16_elems(cfg, B, T) * sizeof(__nv_bfloat16)));
             cudaCheck(cudaMalloc(&attn_D, (size_t)N * cfg.H * sizeof(float)));
+            __nv_bfloat16* mem = act16;
+            auto take = [&mem](size_t n) { __nv_bfloat16* r = mem; mem += (n + 127) / 128 * 128; return r; };
+            const size_t n = N, od = (size_t)cfg.H * cfg.hd();
+            in16.layer.resize(cfg.L);
+            for (LayerIn<__nv_bfloat16>& l : in16.layer) {
+                l.a = take(n * cfg.D); l.qkv = take(n * cfg.qkv_dim()); l.o = take(n * od); l.f = take(n * cfg.D); l.g = take(n * cfg.F);
+            }
+            in16.dx = take(n * cfg.D); in16.dh13 = take(n * 2 * cfg.F); in16.dout = take(n * od); in16.dqkv = take(n * cfg.qkv_dim());
+            in16.xn = take((size_t)B * T * cfg.D); in16.dlogits = take((size_t)B * T * cfg.Vp);
         }
-        point(cfg, B, T, act);
         std::vector<int> index(N), pos(N);
         for (int i = 0; i < N; i++) {
             pos[i] = row_position(cfg, T, i % TK);
@@ -114,109 +176,122 @@ struct GpuModel : Activations<float> {
         cudaCheck(cudaMemcpy(d_row_index, index.data(), N * sizeof(int), cudaMemcpyHostToDevice));
         cudaCheck(cudaMemcpy(d_row_pos, pos.data(), N * sizeof(int), cudaMemcpyHostToDevice));
     }
+    // The matmul inputs of the run's dtype, and the weights they multiply.
+    template<typename In> const StepIn<In>& step_in() const {
+        if constexpr (std::is_same_v<In, float>) return in32;
+        else return in16;
+    }
+    template<typename In> const ParamView<In>& weights() const {
+        if constexpr (std::is_same_v<In, float>) return p;
+        else return p16;
+    }
 
+    // Column-major C (m, n) = op(A) op(B) + beta C through cuBLAS: fp32 (TF32 when allowed)
+    // or bf16 inputs, fp32 accumulation, C fp32 or bf16.
+    static cudaDataType dtype_of(const float*) { return CUDA_R_32F; }
+    static cudaDataType dtype_of(const __nv_bfloat16*) { return CUDA_R_16BF; }
+    template<typename In, typename Out>
+    void gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const In* A, int lda, const In* Bm, int ldb, Out* C, int ldc,
+              float beta) {
+        const float one = 1.0f;
+        const cublasComputeType_t comp = std::is_same_v<In, float> && tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+        cublasCheck(cublasGemmEx(blas, ta, tb, m, n, k, &one, A, dtype_of(A), lda, Bm, dtype_of(Bm), ldb, &beta, C, dtype_of(C), ldc, comp,
+                                 CUBLAS_GEMM_DEFAULT));
+    }
     // Row-major out (N, O) = in (N, I) W^T [+ out]: cuBLAS sees the column-major transposes.
-    void matmul(float* out, const float* in, const float* W, int N, int I, int O, bool accumulate) {
-        const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-        cublasCheck(cublasSgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, &one, W, I, in, I, &beta, out, O));
+    template<typename In> void matmul(float* out, const In* in, const In* W, int N, int I, int O, bool accumulate) {
+        gemm(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, W, I, in, I, out, O, accumulate ? 1.0f : 0.0f);
     }
-    // din (N, I) = dout W (overwritten); dW (O, I) += dout^T in
-    void matmul_backward(float* din, float* dW, const float* dout, const float* in, const float* W, int N, int I, int O) {
-        const float one = 1.0f, zero = 0.0f;
-        cublasCheck(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, &one, W, I, dout, O, &zero, din, I));
-        cublasCheck(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, &one, in, I, dout, O, &one, dW, I));
-    }
-    void copy(float* dst, const float* src, size_t n) {
-        cudaCheck(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+    // din (N, I) = dout W (overwritten, fp32 or bf16); dW (O, I) += dout^T in
+    template<typename In, typename Din>
+    void matmul_backward(Din* din, float* dW, const In* dout, const In* in, const In* W, int N, int I, int O) {
+        gemm(CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, W, I, dout, O, din, I, 0.0f);
+        gemm(CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, in, I, dout, O, dW, I, 1.0f);
     }
 
-    // Device memory of bf16 attention's copies for a batch (B, T): 0 without bf16.
-    size_t attention_copy_bytes(int B_, int T_) const {
-        const size_t N = (size_t)B_ * T_ * cfg.K;
-        return bf16 ? N * (2 * cfg.qkv_dim() + 2 * cfg.H * cfg.hd()) * sizeof(__nv_bfloat16) + N * cfg.H * sizeof(float) : 0;
+    // The training attention of one layer, from in.qkv to in.o: fp32 (or TF32) kernels, or
+    // the bf16 ones; the log-sum-exp a.lse stays fp32.
+    template<typename In> void attention(const LayerActs<float>& a, const LayerIn<In>& in) {
+        if constexpr (std::is_same_v<In, float>) attention_forward(in.o, a.lse, in.qkv, cfg, B, T, stream, nullptr, tf32);
+        else attention_forward_bf16(in.o, a.lse, in.qkv, cfg, B, T, stream);
     }
-
-    // The training attention of one layer: fp32 (or TF32) kernels, or the bf16 ones on
-    // rounded copies of q, k, v; a.o and a.lse stay fp32 for the rest of the step.
-    void attention(const LayerActs<float>& a) {
-        const size_t N = (size_t)B * T * cfg.K, od = N * cfg.H * cfg.hd();
-        if (!bf16) {
-            attention_forward(a.o, a.lse, a.qkv, cfg, B, T, stream, nullptr, tf32);
-            return;
-        }
-        copy_to_bf16(qkv16, a.qkv, N * cfg.qkv_dim(), stream);
-        attention_forward_bf16(o16, a.lse, qkv16, cfg, B, T, stream);
-        copy_from_bf16(a.o, o16, od, stream);
-    }
-    // Its backward: dqkv from dout (N, H*hd). o rounds back to the bf16 the forward wrote.
-    void attention_grad(const LayerActs<float>& a, const float* dout) {
-        const size_t N = (size_t)B * T * cfg.K, od = N * cfg.H * cfg.hd();
-        if (!bf16) {
-            attention_backward(dqkv, dout, a.qkv, a.o, a.lse, cfg, B, T, stream, tf32);
-            return;
-        }
-        copy_to_bf16(qkv16, a.qkv, N * cfg.qkv_dim(), stream);
-        copy_to_bf16(o16, a.o, od, stream);
-        copy_to_bf16(do16, dout, od, stream);
-        attention_backward_bf16(dqkv16, do16, qkv16, o16, a.lse, attn_D, cfg, B, T, stream);
-        copy_from_bf16(dqkv, dqkv16, N * cfg.qkv_dim(), stream);
+    // Its backward: d.dqkv from d.dout.
+    template<typename In> void attention_grad(const LayerActs<float>& a, const LayerIn<In>& in, const StepIn<In>& d) {
+        if constexpr (std::is_same_v<In, float>) attention_backward(d.dqkv, d.dout, in.qkv, in.o, a.lse, cfg, B, T, stream, tf32);
+        else attention_backward_bf16(d.dqkv, d.dout, in.qkv, in.o, a.lse, attn_D, cfg, B, T, stream);
     }
 
     // One layer's forward over N rows, as layer_forward in model.h: x_next = layer(a.x), which
-    // may be a.x itself. pos (N): the rows' positions, for RoPE; attend() fills a.o from a.qkv
-    // (the training attention here, the KV-cache attention in gpu_decode.cuh).
-    template<typename Attend>
-    void layer_forward(const LayerActs<float>& a, const LayerView<float>& w, float* x_next, int N, const int* pos, Attend attend) {
+    // may be a.x itself. in: where the matmul inputs go (fp32: a's own tensors), w: the
+    // weights of their type, w32: the fp32 ones (for the norms' gains). pos (N): the rows'
+    // positions, for RoPE; attend() fills in.o from in.qkv (the training attention here, the
+    // KV-cache attention in gpu_decode.cuh).
+    template<typename In, typename Attend>
+    void layer_forward(const LayerActs<float>& a, const LayerIn<In>& in, const LayerView<In>& w, const LayerView<float>& w32, float* x_next,
+                       int N, const int* pos, Attend attend) {
         const Config& c = cfg;
         const int D = c.D;
-        rmsnorm_forward(a.a, a.rstd_a, a.x, w.g_attn, N, D, stream);
-        matmul(a.qkv, a.a, w.wqkv, N, D, c.qkv_dim(), false);
-        rope_forward(a.qkv, pos, c, N, rope_cos, rope_sin, stream);
+        // Each residual add is a GEMM accumulating into a copy of the stream, which the
+        // RMSNorm before it writes as it reads the stream.
+        rmsnorm_forward(in.a, a.rstd_a, a.x, w32.g_attn, N, D, stream, a.xm);
+        matmul(a.qkv, in.a, w.wqkv, N, D, c.qkv_dim(), false);
+        rope_forward(in.qkv, a.qkv, pos, c, N, rope_cos, rope_sin, stream);
         attend();
-        copy(a.xm, a.x, (size_t)N * D);
-        matmul(a.xm, a.o, w.wo, N, c.H * c.hd(), D, true);
-        rmsnorm_forward(a.f, a.rstd_f, a.xm, w.g_ffn, N, D, stream);
-        matmul(a.h13, a.f, w.w13, N, D, 2 * c.F, false);
-        swiglu_forward(a.g, a.h13, N, c.F, stream);
-        copy(x_next, a.xm, (size_t)N * D);
-        matmul(x_next, a.g, w.w2, N, c.F, D, true);
+        matmul(a.xm, in.o, w.wo, N, c.H * c.hd(), D, true);
+        rmsnorm_forward(in.f, a.rstd_f, a.xm, w32.g_ffn, N, D, stream, x_next);
+        matmul(a.h13, in.f, w.w13, N, D, 2 * c.F, false);
+        swiglu_forward(in.g, a.h13, N, c.F, stream);
+        matmul(x_next, in.g, w.w2, N, c.F, D, true);
+    }
+    // The same in fp32 on a's own tensors (the KV-cache decoder's).
+    template<typename Attend>
+    void layer_forward(const LayerActs<float>& a, const LayerView<float>& w, float* x_next, int N, const int* pos, Attend attend) {
+        layer_forward(a, LayerIn<float>{a.a, a.qkv, a.o, a.f, a.g}, w, w, x_next, N, pos, attend);
     }
 
     // Its backward over the B*T*K rows of the last forward, as layer_backward in model.h: dx
-    // (N, D), the gradient of x_next on entry, becomes that of a.x; gradients add into gw.
-    void layer_backward(const LayerActs<float>& a, const LayerView<float>& w, const LayerView<float>& gw) {
+    // (N, D), the gradient of x_next on entry (and d.dx, its copy in the matmuls' type),
+    // becomes that of a.x; gradients add into gw. fp32 runs: d's tensors are Activations'.
+    template<typename In>
+    void layer_backward(const LayerActs<float>& a, const LayerIn<In>& in, const StepIn<In>& d, const LayerView<In>& w,
+                        const LayerView<float>& w32, const LayerView<float>& gw) {
         const Config& c = cfg;
         const int N = B * T * c.K, D = c.D;
         // x_next = xm + swiglu(f) w2^T
-        matmul_backward(dtmp, gw.w2, dx, a.g, w.w2, N, c.F, D);
-        swiglu_backward(dh13, dtmp, a.h13, N, c.F, stream);
-        matmul_backward(dtmp, gw.w13, dh13, a.f, w.w13, N, D, 2 * c.F);
-        rmsnorm_backward(dtmp, gw.g_ffn, dtmp, a.xm, w.g_ffn, a.rstd_f, N, D, norm_scratch, stream);
-        add_inplace(dx, dtmp, (size_t)N * D, stream);
+        matmul_backward(dtmp, gw.w2, d.dx, in.g, w.w2, N, c.F, D);
+        swiglu_backward(d.dh13, dtmp, a.h13, N, c.F, stream);
+        matmul_backward(dtmp, gw.w13, d.dh13, in.f, w.w13, N, D, 2 * c.F);
+        rmsnorm_backward(dtmp, gw.g_ffn, dtmp, a.xm, w32.g_ffn, a.rstd_f, N, D, norm_scratch, stream);
+        add_inplace(dx, dtmp, (size_t)N * D, stream, d.dx);
         // xm = x + attention(rope(a wqkv^T)) wo^T
-        matmul_backward(dtmp, gw.wo, dx, a.o, w.wo, N, c.H * c.hd(), D);
-        attention_grad(a, dtmp);
-        rope_backward(dqkv, d_row_pos, c, N, rope_cos, rope_sin, stream);
-        matmul_backward(dtmp, gw.wqkv, dqkv, a.a, w.wqkv, N, D, c.qkv_dim());
-        rmsnorm_backward(dtmp, gw.g_attn, dtmp, a.x, w.g_attn, a.rstd_a, N, D, norm_scratch, stream);
-        add_inplace(dx, dtmp, (size_t)N * D, stream);
+        matmul_backward(d.dout, gw.wo, d.dx, in.o, w.wo, N, c.H * c.hd(), D);
+        attention_grad(a, in, d);
+        rope_backward(d.dqkv, d_row_pos, c, N, rope_cos, rope_sin, stream);
+        matmul_backward(dtmp, gw.wqkv, d.dqkv, in.a, w.wqkv, N, D, c.qkv_dim());
+        rmsnorm_backward(dtmp, gw.g_attn, dtmp, a.x, w32.g_attn, a.rstd_a, N, D, norm_scratch, stream);
+        add_inplace(dx, dtmp, (size_t)N * D, stream, d.dx);
     }
 
     // tokens, targets: host (B, T). Returns the mean last-copy loss (0 without targets).
     float forward(const int* tok, const int* tgt, int B_, int T_) {
+        return bf16 ? forward_as<__nv_bfloat16>(tok, tgt, B_, T_) : forward_as<float>(tok, tgt, B_, T_);
+    }
+    template<typename In> float forward_as(const int* tok, const int* tgt, int B_, int T_) {
         const Config& c = cfg;
         size_for(B_, T_);
         const int N = B * T * c.K, BT = B * T, D = c.D;
+        const StepIn<In>& in = step_in<In>();
+        const ParamView<In>& w = weights<In>();
         cudaCheck(cudaMemcpyAsync(d_tokens, tok, BT * sizeof(int), cudaMemcpyHostToDevice, stream));
         embedding_forward(layer[0].x, d_tokens, d_row_index, p.E, N, D, stream);
         for (int l = 0; l < c.L; l++) {
             const LayerActs<float>& a = layer[l];
-            layer_forward(a, p.layer[l], l + 1 < c.L ? layer[l + 1].x : xL, N, d_row_pos,
-                          [&] { attention(a); });
+            layer_forward(a, in.layer[l], w.layer[l], p.layer[l], l + 1 < c.L ? layer[l + 1].x : xL, N, d_row_pos,
+                          [&] { attention(a, in.layer[l]); });
         }
         last_copy_forward(xlast, xL, c, B, T, stream);
-        rmsnorm_forward(xn, rstd_final, xlast, p.g_final, BT, D, stream);
-        matmul(logits, xn, p.wout, BT, D, c.Vp, false);
+        rmsnorm_forward(in.xn, rstd_final, xlast, p.g_final, BT, D, stream);
+        matmul(logits, in.xn, w.wout, BT, D, c.Vp, false);
         if (!tgt) return 0;
         cudaCheck(cudaMemcpyAsync(d_targets, tgt, BT * sizeof(int), cudaMemcpyHostToDevice, stream));
         crossentropy_forward(losses, lse, logits, d_targets, BT, c.V, c.Vp, stream);
@@ -228,14 +303,18 @@ struct GpuModel : Activations<float> {
     }
 
     // Gradients of dloss * (mean loss) of the last forward, added into grads.
-    void backward(float dloss) {
+    void backward(float dloss) { bf16 ? backward_as<__nv_bfloat16>(dloss) : backward_as<float>(dloss); }
+    template<typename In> void backward_as(float dloss) {
         const Config& c = cfg;
         const int BT = B * T, D = c.D;
-        crossentropy_backward(logits, lse, d_targets, dloss / BT, BT, c.V, c.Vp, stream);
-        matmul_backward(dxlast, g.wout, logits, xn, p.wout, BT, D, c.Vp);
+        const StepIn<In>& in = step_in<In>();
+        const ParamView<In>& w = weights<In>();
+        crossentropy_backward(in.dlogits, logits, lse, d_targets, dloss / BT, BT, c.V, c.Vp, stream);
+        matmul_backward(dxlast, g.wout, in.dlogits, in.xn, w.wout, BT, D, c.Vp);
         rmsnorm_backward(dxlast, g.g_final, dxlast, xlast, p.g_final, rstd_final, BT, D, norm_scratch, stream);
         last_copy_backward(dx, dxlast, c, B, T, stream);
-        for (int l = c.L - 1; l >= 0; l--) layer_backward(layer[l], p.layer[l], g.layer[l]);
+        if constexpr (!std::is_same_v<In, float>) copy_to_bf16(in.dx, dx, (size_t)B * T * c.K * D, stream);
+        for (int l = c.L - 1; l >= 0; l--) layer_backward(layer[l], in.layer[l], in, w.layer[l], p.layer[l], g.layer[l]);
         embedding_backward(g.E, dx, d_tokens, d_sort_keys, c, B, T, stream);
     }
 

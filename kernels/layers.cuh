@@ -130,19 +130,29 @@ inline void copy_from_bf16(float* y, const __nv_bfloat16* x, size_t n, cudaStrea
 // ---- rmsnorm: out = x / sqrt(mean(x^2) + 1e-5) * g ----
 
 
-// grid (ceil(N / kRowsPerBlock)), block (32, kRowsPerBlock): one warp per row
-static __global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* x, const float* g, int N, int D) {
+// grid (ceil(N / kRowsPerBlock)), block (32, kRowsPerBlock): one warp per row; out fp32, or
+// bf16 where it only feeds a bf16 matmul. x_copy, when given (not x), receives x: the
+// residual stream's next buffer, which the following GEMM adds into, copied in the pass
+// that reads x anyway.
+template<typename Out>
+static __global__ void rmsnorm_forward_kernel(Out* out, float* rstd, float* x_copy, const float* x, const float* g, int N, int D) {
     const int i = blockIdx.x * kRowsPerBlock + threadIdx.y;
     if (i >= N) return;  // whole warps leave together
     const float* xi = x + (size_t)i * D;
     float ss = 0.0f;
     for (int j = threadIdx.x; j < D; j += 32) ss += xi[j] * xi[j];
     const float r = rsqrtf(warp_sum(ss) / D + 1e-5f);
-    for (int j = threadIdx.x; j < D; j += 32) out[(size_t)i * D + j] = xi[j] * r * g[j];
+    for (int j = threadIdx.x; j < D; j += 32) {
+        store(out + (size_t)i * D + j, xi[j] * r * g[j]);
+        if (x_copy) x_copy[(size_t)i * D + j] = xi[j];
+    }
     if (threadIdx.x == 0) rstd[i] = r;
 }
-inline void rmsnorm_forward(float* out, float* rstd, const float* x, const float* g, int N, int D, cudaStream_t s) {
-    launch(rmsnorm_forward_kernel, dim3((N + kRowsPerBlock - 1) / kRowsPerBlock), dim3(32, kRowsPerBlock), 0, s, out, rstd, x, g, N, D);
+template<typename Out>
+inline void rmsnorm_forward(Out* out, float* rstd, const float* x, const float* g, int N, int D, cudaStream_t s,
+                            float* x_copy = nullptr) {
+    launch(rmsnorm_forward_kernel<Out>, dim3((N + kRowsPerBlock - 1) / kRowsPerBlock), dim3(32, kRowsPerBlock), 0, s, out, rstd, x_copy,
+           x, g, N, D);
     cudaCheck(cudaGetLastError());
 }
 
@@ -191,63 +201,85 @@ inline void rmsnorm_backward(float* dx, float* dg, const float* dout, const floa
 // ---- RoPE on the q and k heads of the fused qkv rows; every copy at its position n ----
 
 // one thread per (row, head, pair i); row i is at position pos[i] (every copy at its n);
-// sign +1 rotates (forward), -1 rotates back (backward)
-static __global__ void rope_kernel(float* qkv, const int* pos, const float* cosT, const float* sinT, Config c, int N, float sign) {
-    const int half = c.hd() / 2, heads = c.H + c.Hkv;
+// sign +1 rotates (forward), -1 rotates back (backward). y = rotated x, the v heads copied:
+// y may be x itself, or x's bf16 copy (the bf16 attention's input, written in this pass).
+template<typename In, typename Out>
+static __global__ void rope_kernel(Out* y, const In* x, const int* pos, const float* cosT, const float* sinT, Config c, int N, int heads,
+                                   float sign) {
+    const int half = c.hd() / 2;
     const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long)N * heads * half) return;
     const int i = idx % half, h = idx / half % heads, row = idx / ((long)half * heads), n = pos[row];
-    float* z = qkv + (size_t)row * c.qkv_dim() + h * c.hd();
-    const float cs = cosT[n * half + i], sn = sign * sinT[n * half + i], a = z[i], b = z[i + half];
-    z[i] = a * cs - b * sn;
-    z[i + half] = a * sn + b * cs;
+    const size_t off = (size_t)row * c.qkv_dim() + h * c.hd();
+    const float a = to_f32(x[off + i]), b = to_f32(x[off + i + half]);
+    const bool v_head = h >= c.H + c.Hkv;
+    const float cs = v_head ? 1.0f : cosT[n * half + i], sn = v_head ? 0.0f : sign * sinT[n * half + i];
+    store(y + off + i, a * cs - b * sn);
+    store(y + off + i + half, a * sn + b * cs);
 }
-// qkv (N, qkv_dim), pos (N): the same arguments as the CPU's rope_forward, on the device
-inline void rope_forward(float* qkv, const int* pos, const Config& c, int N, const float* cosT, const float* sinT, cudaStream_t s) {
-    const long total = (long)N * (c.H + c.Hkv) * (c.hd() / 2);
-    launch(rope_kernel, dim3((unsigned)((total + 255) / 256)), dim3(256), 0, s, qkv, pos, cosT, sinT, c, N, 1.0f);
+template<typename In, typename Out>
+inline void rope(Out* y, const In* x, const int* pos, const Config& c, int N, const float* cosT, const float* sinT, float sign,
+                 cudaStream_t s) {
+    // the v heads too when y is not x, to complete the copy; in place they stay as they are
+    const int heads = c.H + c.Hkv + ((const void*)y == (const void*)x ? 0 : c.Hkv);
+    const long total = (long)N * heads * (c.hd() / 2);
+    launch(rope_kernel<In, Out>, dim3((unsigned)((total + 255) / 256)), dim3(256), 0, s, y, x, pos, cosT, sinT, c, N, heads, sign);
     cudaCheck(cudaGetLastError());
 }
-inline void rope_backward(float* dqkv, const int* pos, const Config& c, int N, const float* cosT, const float* sinT, cudaStream_t s) {
-    const long total = (long)N * (c.H + c.Hkv) * (c.hd() / 2);
-    launch(rope_kernel, dim3((unsigned)((total + 255) / 256)), dim3(256), 0, s, dqkv, pos, cosT, sinT, c, N, -1.0f);
-    cudaCheck(cudaGetLastError());
+// qkv (N, qkv_dim), pos (N): the same arguments as the CPU's rope_forward, on the device;
+// out: qkv itself, or its bf16 copy
+template<typename Out>
+inline void rope_forward(Out* out, const float* qkv, const int* pos, const Config& c, int N, const float* cosT, const float* sinT,
+                         cudaStream_t s) {
+    rope(out, qkv, pos, c, N, cosT, sinT, 1.0f, s);
+}
+// dqkv (N, qkv_dim), fp32 or bf16, in place
+template<typename T>
+inline void rope_backward(T* dqkv, const int* pos, const Config& c, int N, const float* cosT, const float* sinT, cudaStream_t s) {
+    rope(dqkv, dqkv, pos, c, N, cosT, sinT, -1.0f, s);
 }
 
 // ---- SwiGLU: g (N, F) = silu(h1) * h3, from h13 (N, 2F) = h1 | h3 ----
 
-static __global__ void swiglu_forward_kernel(float* g, const float* h13, int N, int F) {
+// g fp32, or bf16 where it only feeds a bf16 matmul
+template<typename Out> static __global__ void swiglu_forward_kernel(Out* g, const float* h13, int N, int F) {
     const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long)N * F) return;
     const long i = idx / F, j = idx % F;
     const float a = h13[i * 2 * F + j], b = h13[i * 2 * F + F + j];
-    g[idx] = a / (1.0f + __expf(-a)) * b;
+    store(g + idx, a / (1.0f + __expf(-a)) * b);
 }
-inline void swiglu_forward(float* g, const float* h13, int N, int F, cudaStream_t s) {
-    launch(swiglu_forward_kernel, dim3((unsigned)(((long)N * F + 255) / 256)), dim3(256), 0, s, g, h13, N, F);
+template<typename Out> inline void swiglu_forward(Out* g, const float* h13, int N, int F, cudaStream_t s) {
+    launch(swiglu_forward_kernel<Out>, dim3((unsigned)(((long)N * F + 255) / 256)), dim3(256), 0, s, g, h13, N, F);
     cudaCheck(cudaGetLastError());
 }
-static __global__ void swiglu_backward_kernel(float* dh13, const float* dg, const float* h13, int N, int F) {
+// dh13 fp32, or bf16 where it only feeds bf16 matmuls
+template<typename Out> static __global__ void swiglu_backward_kernel(Out* dh13, const float* dg, const float* h13, int N, int F) {
     const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long)N * F) return;
     const long i = idx / F, j = idx % F;
     const float a = h13[i * 2 * F + j], b = h13[i * 2 * F + F + j], sg = 1.0f / (1.0f + __expf(-a)), d = dg[idx];
-    dh13[i * 2 * F + j] = d * b * sg * (1.0f + a * (1.0f - sg));
-    dh13[i * 2 * F + F + j] = d * a * sg;
+    store(dh13 + i * 2 * F + j, d * b * sg * (1.0f + a * (1.0f - sg)));
+    store(dh13 + i * 2 * F + F + j, d * a * sg);
 }
-inline void swiglu_backward(float* dh13, const float* dg, const float* h13, int N, int F, cudaStream_t s) {
-    launch(swiglu_backward_kernel, dim3((unsigned)(((long)N * F + 255) / 256)), dim3(256), 0, s, dh13, dg, h13, N, F);
+template<typename Out> inline void swiglu_backward(Out* dh13, const float* dg, const float* h13, int N, int F, cudaStream_t s) {
+    launch(swiglu_backward_kernel<Out>, dim3((unsigned)(((long)N * F + 255) / 256)), dim3(256), 0, s, dh13, dg, h13, N, F);
     cudaCheck(cudaGetLastError());
 }
 
 // ---- residual stream: y += x; the last copies in and out of the B*T rows the head sees ----
 
-static __global__ void add_inplace_kernel(float* y, const float* x, size_t n) {
+// y += x; y_copy, when it is not y itself, receives the sum too: the bf16 copy of a
+// gradient that bf16 matmuls read next, in the same pass
+template<typename Copy> static __global__ void add_inplace_kernel(float* y, const float* x, Copy* y_copy, size_t n) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) y[i] += x[i];
+    if (i >= n) return;
+    const float v = y[i] + x[i];
+    y[i] = v;
+    if ((void*)y_copy != (void*)y) store(y_copy + i, v);
 }
-inline void add_inplace(float* y, const float* x, size_t n, cudaStream_t s) {
-    launch(add_inplace_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, y, x, n);
+template<typename Copy = float> inline void add_inplace(float* y, const float* x, size_t n, cudaStream_t s, Copy* y_copy = nullptr) {
+    launch(add_inplace_kernel<Copy>, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, y, x, y_copy ? y_copy : (Copy*)y, n);
     cudaCheck(cudaGetLastError());
 }
 

@@ -1,6 +1,6 @@
 // kernels/loss.cuh: fused softmax + cross-entropy on the last-copy rows, fp32. Probabilities
 // are never stored: the forward keeps each row's log-sum-exp, the backward turns the logits
-// into their gradient in place. Padded vocabulary columns (V..Vp-1) never count.
+// into their gradient (in place, or into bf16 for bf16 matmuls). Padded vocabulary columns (V..Vp-1) never count.
 #pragma once
 #include "cuda_compat.h"
 
@@ -24,15 +24,21 @@ inline void crossentropy_forward(float* losses, float* lse, const float* logits,
     cudaCheck(cudaGetLastError());
 }
 
-// grid (N), block kLossThreads: logits become dloss_row * (softmax - onehot), padding 0
-static __global__ void crossentropy_backward_kernel(float* logits, const float* lse, const int* targets, float dloss_row, int V, int Vp) {
-    float* z = logits + (size_t)blockIdx.x * Vp;
+// grid (N), block kLossThreads: dlogits (N, Vp) = dloss_row * (softmax - onehot), padding 0;
+// dlogits is the logits themselves (fp32, in place) or a bf16 tensor for bf16 matmuls
+template<typename Out>
+static __global__ void crossentropy_backward_kernel(Out* dlogits, const float* logits, const float* lse, const int* targets, float dloss_row,
+                                                    int V, int Vp) {
+    const float* z = logits + (size_t)blockIdx.x * Vp;
+    Out* dz = dlogits + (size_t)blockIdx.x * Vp;
     const float l = lse[blockIdx.x];
     const int y = targets[blockIdx.x];
     for (int j = threadIdx.x; j < Vp; j += kLossThreads)
-        z[j] = j < V ? dloss_row * (__expf(z[j] - l) - (j == y ? 1.0f : 0.0f)) : 0.0f;
+        store(dz + j, j < V ? dloss_row * (__expf(z[j] - l) - (j == y ? 1.0f : 0.0f)) : 0.0f);
 }
-inline void crossentropy_backward(float* logits, const float* lse, const int* targets, float dloss_row, int N, int V, int Vp, cudaStream_t s) {
-    launch(crossentropy_backward_kernel, dim3(N), dim3(kLossThreads), 0, s, logits, lse, targets, dloss_row, V, Vp);
+template<typename Out>
+inline void crossentropy_backward(Out* dlogits, const float* logits, const float* lse, const int* targets, float dloss_row, int N, int V,
+                                  int Vp, cudaStream_t s) {
+    launch(crossentropy_backward_kernel<Out>, dim3(N), dim3(kLossThreads), 0, s, dlogits, logits, lse, targets, dloss_row, V, Vp);
     cudaCheck(cudaGetLastError());
 }

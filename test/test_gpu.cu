@@ -478,6 +478,80 @@ TEST_CASE("emulation: cuBLAS GEMMs against a naive GEMM, every transpose") {
     cublasCheck(cublasDestroy(h));
 }
 
+// The bf16 GEMMs of --dtype bf16: bf16 A and B, fp32 accumulation, an fp32 C or a bf16 C
+// rounded once to nearest even. Natively too: every value below is exact in either format.
+TEST_CASE("emulation: cuBLAS bf16 GEMMs, fp32 and bf16 C, against a naive GEMM; one rounding of a bf16 C") {
+    cublasHandle_t h;
+    cublasCheck(cublasCreate(&h));
+    auto bf = [](const std::vector<float>& x) {
+        std::vector<__nv_bfloat16> y;
+        for (float v : x) y.push_back(__float2bfloat16(v));
+        return y;
+    };
+    auto fl = [](const std::vector<__nv_bfloat16>& x) {
+        std::vector<float> y;
+        for (__nv_bfloat16 v : x) y.push_back(__bfloat162float(v));
+        return y;
+    };
+    // A^T B with A (k, m) and B (k, n) column-major, as the engine's forward calls it; integers
+    // (bf16-exact) small enough that every product and sum is exact in fp32, most sums past
+    // bf16's 2^8, where it starts to round.
+    const int m = 7, n = 5, k = 40;
+    std::vector<float> A(k * m), B(k * n), C0(m * n);
+    for (size_t i = 0; i < A.size(); i++) A[i] = 3.0f * ((float)((i * 7) % 13) - 6);
+    for (size_t i = 0; i < B.size(); i++) B[i] = 5.0f * ((float)((i * 5) % 9) - 2);
+    for (size_t i = 0; i < C0.size(); i++) C0[i] = (float)(i % 3);
+    DeviceBuffer<__nv_bfloat16> dA(bf(A)), dB(bf(B)), dC16(bf(C0));
+    DeviceBuffer<float> dC(C0);
+    const float one = 1.0f;
+    cublasCheck(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, dA.ptr, CUDA_R_16BF, k, dB.ptr, CUDA_R_16BF, k, &one, dC.ptr,
+                             CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    cublasCheck(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, dA.ptr, CUDA_R_16BF, k, dB.ptr, CUDA_R_16BF, k, &one, dC16.ptr,
+                             CUDA_R_16BF, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    const std::vector<float> C = dC.get(), C16 = fl(dC16.get());
+    int wrong = 0, rounded = 0;
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < m; i++) {
+            float s = C0[i + j * m];
+            for (int p = 0; p < k; p++) s += A[p + i * k] * B[p + j * k];
+            wrong += C[i + j * m] != s;
+            wrong += C16[i + j * m] != __bfloat162float(__float2bfloat16(s));
+            rounded += __bfloat162float(__float2bfloat16(s)) != s;
+        }
+    CHECK(wrong == 0);
+    CHECK(rounded > 0);  // the bf16 C did need rounding somewhere
+    // Ties go to even: 1 + 2^-8 lies halfway between 1 and 1 + 2^-7 (odd), 1 + 3 2^-8 between
+    // 1 + 2^-7 (odd) and 1 + 2^-6 (even).
+    for (float x : {1.0f / 256, 3.0f / 256}) {
+        DeviceBuffer<__nv_bfloat16> a(bf({1.0f, x})), b(bf({1.0f, 1.0f})), c(bf({0.0f}));
+        const float zero = 0.0f;
+        cublasCheck(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, 1, 1, 2, &one, a.ptr, CUDA_R_16BF, 2, b.ptr, CUDA_R_16BF, 2, &zero, c.ptr,
+                                 CUDA_R_16BF, 1, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        CHECK(fl(c.get())[0] == (x < 0.005f ? 1.0f : 1.0f + 1.0f / 64));
+    }
+    cublasCheck(cublasDestroy(h));
+}
+
+#ifndef __CUDACC__
+TEST_CASE("emulation: cuBLAS refuses type combinations it has no kernel for") {
+    cublasHandle_t h;
+    cublasCheck(cublasCreate(&h));
+    DeviceBuffer<float> f(std::vector<float>(4, 1.0f));
+    DeviceBuffer<__nv_bfloat16> b(std::vector<__nv_bfloat16>(4, __float2bfloat16(1.0f)));
+    const float one = 1.0f;
+    auto gemm = [&](const void* A, cudaDataType at, const void* B, cudaDataType bt, void* C, cudaDataType ct) {
+        return cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 2, &one, A, at, 2, B, bt, 2, &one, C, ct, 2, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT);
+    };
+    CHECK(gemm(b.ptr, CUDA_R_16BF, f.ptr, CUDA_R_32F, f.ptr, CUDA_R_32F) == CUBLAS_STATUS_NOT_SUPPORTED);  // mixed inputs
+    CHECK(gemm(f.ptr, CUDA_R_32F, f.ptr, CUDA_R_32F, b.ptr, CUDA_R_16BF) == CUBLAS_STATUS_NOT_SUPPORTED);  // fp32 in, bf16 out
+    CHECK(f.get() == std::vector<float>(4, 1.0f));
+    CHECK(gemm(b.ptr, CUDA_R_16BF, b.ptr, CUDA_R_16BF, f.ptr, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS);
+    CHECK(f.get() == std::vector<float>(4, 3.0f));
+    cublasCheck(cublasDestroy(h));
+}
+#endif
+
 TEST_CASE("emulation: cuBLAS refuses a leading dimension shorter than the stored matrix's rows") {
     cublasHandle_t h;
     cublasCheck(cublasCreate(&h));

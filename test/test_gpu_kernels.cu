@@ -219,7 +219,7 @@ static ModelDiff gpu_model_diff(const Config& c, int B, int T, bool tf32, uint64
         const double e = max_rel(grads.data() + t.offset, M.grads.data() + t.offset, t.size());
         if (std::isnan(e) || e > d.grads) { d.grads = e; d.worst = t.name; }  // a NaN stays the worst: it fails
     }
-    MESSAGE(variant_name(c) << std::string(bf16 ? " bf16 attention" : tf32 ? " TF32" : " fp32") << " hd " << c.hd() << " T " << T << ": loss " << d.loss << ", logits "
+    MESSAGE(variant_name(c) << std::string(bf16 ? " bf16" : tf32 ? " TF32" : " fp32") << " hd " << c.hd() << " T " << T << ": loss " << d.loss << ", logits "
                             << d.logits << ", gradients " << d.grads << " (" << d.worst << ")");
     return d;
 }
@@ -258,15 +258,16 @@ TEST_CASE("GPU model with TF32 tensor cores (hd 16, 32, 64): within TF32 precisi
     }
 }
 
-TEST_CASE("GPU model with bf16 attention (hd 16, 64): within bf16 precision of the CPU model, and not fp32's") {
+TEST_CASE("GPU model in bf16 (hd 16, 64): matmuls and attention within bf16 precision of the CPU model, and not fp32's") {
     // As the TF32 test's shapes: 27 rows at hd 16 (one 64-row block), 69 at hd 64 (two).
     for (int hd : {16, 64}) {
         const int T = hd == 16 ? 9 : 23;
         const ModelDiff d = gpu_model_diff(model_config("phd-cswa-3-2-2", T, hd), hd == 16 ? 2 : 1, T, false, 51, true);
         INFO("hd " << hd << ", worst gradient " << d.worst);
         CHECK(d.loss <= 1e-3);   // loss: 1e-3 relative
-        CHECK(d.logits < 1e-2);  // logits: 1e-2 of their scale (bf16 keeps 8 bits: P, dS, o rounded at 2^-9)
-        CHECK(d.grads < 2e-2);   // every gradient: 2e-2 of its tensor's scale
+        // bf16 keeps 8 bits: every matmul's inputs, P, dS and o rounded at 2^-9 relative
+        CHECK(d.logits < 1e-2);  // logits: 1e-2 of their scale (seen 2.4e-3, 2.7e-3)
+        CHECK(d.grads < 2e-2);   // every gradient: 2e-2 of its tensor's scale (seen 9.5e-3, 1.1e-2)
         CHECK(d.grads > 1e-4);   // and far from fp32's (< 1e-5): the bf16 kernels really ran
     }
 }
