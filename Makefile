@@ -8,10 +8,23 @@ NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2
 # sm_90 (H100/H200) and sm_80 (A100)
 NVCC_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 NVCCFLAGS ?= -O3 -std=c++17 $(NVCC_ARCH)
-HEADERS  := $(wildcard *.h cpu/*.h common/*.h kernels/*.h kernels/*.cuh data/*.h dev/*.h) test/cuda_emu.h test/cuda_emu_mma.h test/cuda_emu_cublas.h
+HEADERS  := $(wildcard *.h cpu/*.h common/*.h kernels/*.h kernels/*.cuh data/*.h dev/*.h) test/cuda_emu.h test/cuda_emu_mma.h test/cuda_emu_cublas.h test/cuda_emu_graph.h \
+            test/cuda_emu_nccl.h
 # GPT-2 text prompts in train_phd need PCRE2 (data/setup.sh installs it); built without otherwise.
 PCRE2_FLAGS := $(if $(wildcard /usr/include/pcre2.h),-DPHD_PCRE2)
 PCRE2_LIBS  := $(if $(wildcard /usr/include/pcre2.h),-lpcre2-8)
+# train_phd runs under mpirun (data parallel, common/dist.h) when OpenMPI's mpicc and mpi.h are
+# here (Debian's libopenmpi-dev and openmpi-bin: .ci/run installs them); else it is built for
+# one process. The nvcc build talks between GPUs with NCCL: MPI there also needs nccl.h.
+MPICC     := $(shell command -v mpicc 2>/dev/null)
+MPI_INC   := $(if $(MPICC),$(shell $(MPICC) --showme:incdirs 2>/dev/null))
+MPI_ON    := $(if $(wildcard $(addsuffix /mpi.h,$(MPI_INC))),1)
+# MPI's C API only: its C++ bindings do not compile under -Wextra -Werror.
+MPI_FLAGS := $(if $(MPI_ON),-DPHD_MPI -DOMPI_SKIP_MPICXX -DMPICH_SKIP_MPICXX $(addprefix -I,$(MPI_INC)))
+MPI_LIBS  := $(if $(MPI_ON),$(addprefix -L,$(shell $(MPICC) --showme:libdirs)) $(addprefix -l,$(shell $(MPICC) --showme:libs)))
+NCCL_ON   := $(and $(MPI_ON),$(NVCC),$(wildcard /usr/include/nccl.h $(dir $(NVCC))../include/nccl.h))
+NVCC_MPI_FLAGS := $(if $(NCCL_ON),$(MPI_FLAGS))
+NVCC_MPI_LIBS  := $(if $(NCCL_ON),$(MPI_LIBS) -lnccl)
 TEST_SRC := $(wildcard test/*.cpp)
 TEST_HDR := $(wildcard test/*.h)
 
@@ -26,7 +39,7 @@ NVCC_BUILD = $(NVCC) $(NVCCFLAGS) -Xcompiler "$(subst $() ,$(comma),$(strip $(CX
 ifneq ($(NVCC),)
 train_phd: train_phd.cu $(HEADERS)
 	@rm -f $@
-	$(NVCC_BUILD) $(PCRE2_FLAGS) $< -o $@ -lcublas -lgomp $(PCRE2_LIBS)
+	$(NVCC_BUILD) $(PCRE2_FLAGS) $(NVCC_MPI_FLAGS) $< -o $@ -lcublas -lgomp $(PCRE2_LIBS) $(NVCC_MPI_LIBS)
 else
 train_phd: build/train_phd_cpu
 	cp $< $@
@@ -36,13 +49,13 @@ comma := ,
 # The same source as plain C++: the CPU-only build, always compiled by `make test` too.
 build/train_phd_cpu: train_phd.cu $(HEADERS)
 	@mkdir -p build && rm -f $@
-	$(CXX) $(HOSTFLAGS) $(PCRE2_FLAGS) -x c++ $< -o $@ $(PCRE2_LIBS)
+	$(CXX) $(HOSTFLAGS) $(PCRE2_FLAGS) $(MPI_FLAGS) -x c++ $< -o $@ $(PCRE2_LIBS) $(MPI_LIBS)
 
 CPU_TESTS := test/test_main.cpp test/test_model.cpp test/test_train.cpp test/test_train_gpu.cpp test/test_fixtures.cpp test/test_decode.cpp
 # train_phd with its CUDA path running on the CPU emulation: the tests drive --device cuda with it.
 build/train_phd_emu: train_phd.cu $(HEADERS)
 	@mkdir -p build && rm -f $@
-	$(CXX) $(HOSTFLAGS) -pthread -DPHD_EMULATE_GPU $(PCRE2_FLAGS) -x c++ $< -o $@ $(PCRE2_LIBS)
+	$(CXX) $(HOSTFLAGS) -pthread -DPHD_EMULATE_GPU $(PCRE2_FLAGS) $(MPI_FLAGS) -x c++ $< -o $@ $(PCRE2_LIBS) $(MPI_LIBS)
 
 build/test_cpu: $(CPU_TESTS) $(TEST_HDR) $(HEADERS)
 	@mkdir -p build && rm -f $@
@@ -144,15 +157,17 @@ bench-gpu: build/bench_gpu build/bench_decode_gpu
 KJV := data/shards/kjv
 TRAIN_FLAGS ?= --variant phd-cswa-2-16-32 --layers 4 --dim 128 --heads 4 -b 8 -t 128 \
                -x 300 -l 3e-3 -u 20 -v 50 -m 10 -s 100 -g 48 -n 100
-# Added to TRAIN_FLAGS (e.g. --dtype bf16), and where the run goes.
+# Added to TRAIN_FLAGS (e.g. --dtype bf16), where the run goes, and what starts it
+# (e.g. TRAIN_LAUNCH='mpirun -np 2': 2 ranks, each B=8, so 2048 tokens a step).
 TRAIN_EXTRA ?=
 TRAIN_OUT ?= out/kjv
+TRAIN_LAUNCH ?=
 kjv-shards:
 	[ -f $(KJV)/tokenizer.bin ] || { bash data/setup.sh && $(MAKE) build/prepare && \
 	    ./build/prepare --tokenizer gpt2 --out $(KJV) --name kjv data/cache/text/kjv/kjv.txt; }
 train: kjv-shards
 	$(MAKE) train_phd
-	./train_phd -i '$(KJV)/kjv_train_*.bin' -j '$(KJV)/kjv_val_*.bin' -k $(KJV)/tokenizer.bin $(TRAIN_FLAGS) $(TRAIN_EXTRA) -o $(TRAIN_OUT)
+	$(TRAIN_LAUNCH) ./train_phd -i '$(KJV)/kjv_train_*.bin' -j '$(KJV)/kjv_val_*.bin' -k $(KJV)/tokenizer.bin $(TRAIN_FLAGS) $(TRAIN_EXTRA) -o $(TRAIN_OUT)
 	if command -v gnuplot >/dev/null; then ./dev/plot_loss.sh $(TRAIN_OUT)/log.txt $(TRAIN_OUT)/loss.png; \
 	else echo "train: no gnuplot here, no loss curve (data/setup.sh installs it)"; fi
 

@@ -29,13 +29,6 @@
 #include "cpu/gemm.h"
 #include "common/utils.h"
 
-// Functions that CUDA kernels call too (the predicate, the config's derived sizes).
-#ifdef __CUDACC__
-#define PHD_HOST_DEVICE __host__ __device__
-#else
-#define PHD_HOST_DEVICE
-#endif
-
 // ----------------------------------------------------------------------------
 // Configuration and variants
 
@@ -199,11 +192,13 @@ PHD_HOST_DEVICE inline VisibleRows visible_rows(const Config& cfg, int T, int n,
 }
 
 // Inference (PHD.md section 6) runs in blocks of rows, on the CPU (cpu/decode.h) and the GPU
-// (kernels/gpu_decode.cuh) alike. A block is in the row order: originals of consecutive
-// positions, then hidden tokens of consecutive stream indices. DecodeBlocks makes the blocks
-// of any Dec with cfg(), t and run_block(ns, cs, toks) (each row's position, copy and token):
-// the pre-fill of a P-token prompt as one block, then one block of the K copies of each new
-// token.
+// (kernels/gpu_decode.cuh) alike, for S samples at once (--samples): continuations of one
+// prompt, each with its own cache after the prompt's. A block is in the row order: originals
+// of consecutive positions, then hidden tokens of consecutive stream indices. DecodeBlocks
+// makes the blocks of any Dec with cfg(), t and run_block(ns, cs, toks): the rows' positions
+// and copies (R each) and their tokens, (B, R) for B samples: the pre-fill of a P-token
+// prompt as one block of one sample (the samples share it), then one block of the K copies
+// of each sample's next token.
 template<typename Dec> struct DecodeBlocks {
     // The pre-fill computes every original, and the hidden tokens from the first position
     // whose hidden tokens the last position's copies see, directly or through the hidden
@@ -225,14 +220,38 @@ template<typename Dec> struct DecodeBlocks {
             for (int copy = 1; copy < c.K; copy++) add(n, copy);
         d.run_block(ns, cs, toks);
     }
-    // Feeds the K copies of the next token; logits then hold its last copy's prediction.
-    void step(int token) {
+    // Feeds the K copies of each sample's next token, tokens (S); each sample's logits then
+    // hold its last copy's prediction.
+    void step(const std::vector<int>& tokens) {
         Dec& d = static_cast<Dec&>(*this);
         const int K = d.cfg().K;
-        std::vector<int> ns(K, d.t), cs, toks(K, token);
+        std::vector<int> ns(K, d.t), cs, toks;
         for (int k = 0; k < K; k++) cs.push_back(k);
+        for (int tok : tokens) toks.insert(toks.end(), K, tok);
         d.run_block(ns, cs, toks);
     }
+    // n tokens for each sample after the prompt: the pre-fill, then each token's draws (the
+    // decoder's sample(), its Sampling), which on_tokens(next) sees, fed back by a step.
+    template<typename OnTokens> void generate(const std::vector<int>& prompt, int n, OnTokens on_tokens) {
+        Dec& d = static_cast<Dec&>(*this);
+        prefill(prompt.data(), (int)prompt.size());
+        for (int i = 0; i < n; i++) {
+            const std::vector<int> next = d.sample();
+            on_tokens(next);
+            if (i + 1 < n) step(next);
+        }
+    }
+};
+
+// How both decoders pick each sample's next token from its logits (Vp, the first V real):
+// greedy at temperature 0 (the lowest id among the largest), else a draw from the softmax at
+// the temperature over the logits at or above the top_k-th largest (all when top_k <= 0).
+// Sample s draws from an Rng (common/utils.h) of its own, seeded seed + s, once per block:
+// sample s of a batch is what seed + s gives alone.
+struct Sampling {
+    float temperature = 1.0f;
+    int top_k = 0;
+    uint64_t seed = 0;
 };
 
 // ----------------------------------------------------------------------------
@@ -385,6 +404,8 @@ template<typename Real> struct Activations {
     Real* dh13;        // (B, TK, 2F)
     Real* dxlast;      // (B, T, D)
 
+    // matmul_inputs false leaves out a, o, f and g (null): bf16 GPU runs keep those only as
+    // the bf16 tensors their matmuls read (kernels/gpu_model.cuh).
     static size_t floats(const Config& c, int B, int T, bool matmul_inputs = true) {
         const size_t N = (size_t)B * T * c.K, BT = (size_t)B * T;
         const size_t per_layer = N * (4 * c.D + 2 + c.qkv_dim() + c.H + c.H * c.hd() + 3 * c.F) -
@@ -392,7 +413,7 @@ template<typename Real> struct Activations {
         return per_layer * c.L + N * c.D + BT * (2 * c.D + 3 + c.Vp) +
                N * (c.D + std::max(c.D, c.F) + c.qkv_dim() + 2 * c.F) + BT * c.D;
     }
-    // Points every tensor into mem, which holds floats(c, B, T) elements.
+    // Points every tensor into mem, which holds floats(c, B, T, matmul_inputs) elements.
     void point(const Config& c, int B, int T, Real* mem, bool matmul_inputs = true) {
         const size_t N = (size_t)B * T * c.K, BT = (size_t)B * T;
         auto take = [&mem](size_t n) { Real* r = mem; mem += n; return r; };
@@ -551,9 +572,10 @@ static inline float learning_rate(const AdamW& o, int step) {
     return (float)(lo + 0.5 * (1.0 + cos(M_PI * progress)) * (o.lr_max - lo));
 }
 
-// Global L2 norm, summed in double over fixed 64k-element chunks so that the result does
-// not depend on the number of threads.
-template<typename Real> double grad_norm(const Real* g, size_t n) {
+// Sum of squares, in double over fixed 64k-element chunks so that the result does not
+// depend on the number of threads. The gradient norm is its square root (summed over the
+// ranks' shards first in a data-parallel run, common/dist.h).
+template<typename Real> double grad_sumsq(const Real* g, size_t n) {
     const size_t chunk = 1 << 16, nchunks = (n + chunk - 1) / chunk;
     std::vector<double> part(nchunks, 0.0);
     #pragma omp parallel for
@@ -564,24 +586,29 @@ template<typename Real> double grad_norm(const Real* g, size_t n) {
     }
     double s = 0;
     for (double x : part) s += x;
-    return sqrt(s);
+    return s;
 }
+template<typename Real> double grad_norm(const Real* g, size_t n) { return sqrt(grad_sumsq(g, n)); }
 
 // One AdamW update at 0-based `step` with learning rate lr; gradients are first scaled by
-// min(1, clip / (norm + 1e-6)) as torch.nn.utils.clip_grad_norm_ does. m, v: (P).
+// min(1, clip / (norm + 1e-6)) as torch.nn.utils.clip_grad_norm_ does. params: (P).
+// Only the parameters [lo, hi) are updated (a rank's shard under ZeRO-1, common/dist.h; by
+// default all), and grads, m, v hold just those: (hi - lo), element i of the arena at i - lo.
+// Each tensor keeps its own weight decay: the shard is cut along the tensors it crosses.
 template<typename Real> void adamw_update(const Config& c, const AdamW& o, Real* params, const Real* grads,
-                                          Real* m, Real* v, int step, float lr, double norm) {
+                                          Real* m, Real* v, int step, float lr, double norm, size_t lo = 0, size_t hi = SIZE_MAX) {
     const Real clip_scale = (Real)std::min(1.0, o.clip / (norm + 1e-6));
     const Real b1 = o.beta1, b2 = o.beta2, eps = o.eps, lr_ = lr;
     const Real bc1 = (Real)(1.0 - pow(o.beta1, step + 1)), bc2 = (Real)(1.0 - pow(o.beta2, step + 1));
     for (const ParamTensor& t : param_tensors(c)) {
         const Real wd = t.decay ? (Real)o.weight_decay : Real(0);
+        const size_t from = std::max(lo, t.offset), to = std::min(hi, t.offset + t.size());  // the tensor's part of the shard
         #pragma omp parallel for simd
-        for (size_t i = t.offset; i < t.offset + t.size(); i++) {
-            Real gi = grads[i] * clip_scale;
-            m[i] = b1 * m[i] + (1 - b1) * gi;
-            v[i] = b2 * v[i] + (1 - b2) * gi * gi;
-            params[i] -= lr_ * ((m[i] / bc1) / (std::sqrt(v[i] / bc2) + eps) + wd * params[i]);
+        for (size_t i = from; i < to; i++) {
+            Real gi = grads[i - lo] * clip_scale;
+            m[i - lo] = b1 * m[i - lo] + (1 - b1) * gi;
+            v[i - lo] = b2 * v[i - lo] + (1 - b2) * gi * gi;
+            params[i] -= lr_ * ((m[i - lo] / bc1) / (std::sqrt(v[i - lo] / bc2) + eps) + wd * params[i]);
         }
     }
 }

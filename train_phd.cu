@@ -6,6 +6,9 @@
 //   gradient norm, clipping to 1.0, the learning-rate schedule, AdamW (skipped when the loss
 //   or norm is a spike and --skip-update-z asks; common/outliers.h). The step line shows the
 //   loss, norm, lr, time, tokens/s, on a GPU the MFU, and flags spikes.
+// Under mpirun (common/dist.h) each rank runs its own micro-batches; then a reduce-scatter
+// gives each rank its shard of the summed gradients, AdamW updates that shard (ZeRO-1: a rank
+// keeps only its shard's moments) and an all-gather gives every rank all the parameters.
 // The step runs on an engine (common/engine.h): the CPU model, or the GPU model when built by
 // nvcc (or by g++ with PHD_EMULATE_GPU, the CUDA emulation the tests use).
 #include <omp.h>
@@ -34,6 +37,7 @@ struct Args {
     int B = 4, T = 64, total_batch = 0, steps = 100, warmup = 0;
     int val_every = 20, val_steps = 10, sample_every = 50, sample_tokens = 16, ckpt_every = 0;
     int resume = 0, threads = 0, generate = 0, top_k = 0, tf32 = 0, compare_cpu = 0;
+    int samples = 1;  // --generate's continuations, decoded together
     uint64_t seed = 1337;
     float lr = 1e-3f, final_frac = 0.1f, weight_decay = 0.1f, check_tol = -1, temperature = 1.0f;
     float skip_update_z = 0;  // 0: never skip an update
@@ -87,6 +91,8 @@ static void usage() {
         "      --prompt TEXT        the prompt as text (needs --tokenizer)\n"
         "      --temperature T      0 = greedy (1.0)\n"
         "      --top-k K            sample among the K most likely, 0 = all (0)\n"
+        "      --samples S          S continuations of the prompt, decoded together (one pre-fill; sample\n"
+        "                           s draws as -r SEED+s alone would), printed one after another (1)\n"
         "checking\n"
         "      --dump-state FILE    write a debug state for the first training batch (computed\n"
         "                           in double precision) and exit\n"
@@ -166,6 +172,7 @@ static Args parse_args(int argc, char** argv) {
         else if (f == "--prompt-ids") a.prompt_ids = v;
         else if (f == "--temperature") a.temperature = parse_float(fl, v, 0, 100);
         else if (f == "--top-k") a.top_k = parse_int(fl, v, 0);
+        else if (f == "--samples") a.samples = parse_int(fl, v, 1);
         else if (f == "--show-mask") a.show_mask = v;
         else die("%s: unknown flag (see --help)", fl);
     }
@@ -188,9 +195,11 @@ static Args parse_args(int argc, char** argv) {
     if (a.dtype != "auto" && a.dtype != "fp32" && a.dtype != "bf16") die("--dtype: expected auto, fp32 or bf16, got '%s'", a.dtype.c_str());
     if (a.dtype == "bf16" && a.tf32) die("--tf32 1: TF32 is for --dtype fp32's matmuls; --dtype bf16 runs them in bf16");
     if (a.dtype == "bf16" && a.device == "cpu" && !a.compare_cpu) die("--dtype bf16: bf16 tensor cores are the GPU's, and this run is on the CPU");
-    if (a.total_batch == 0) a.total_batch = a.B * a.T;
-    if (a.total_batch % (a.B * a.T) != 0)
-        die("--total-batch: %d is not a multiple of B*T = %d", a.total_batch, a.B * a.T);
+    // -d counts every rank's tokens: each rank runs total / (B*T*ranks) micro-batches.
+    if (a.total_batch == 0) a.total_batch = a.B * a.T * dist.size;
+    if (a.total_batch % (a.B * a.T * dist.size) != 0)
+        die("--total-batch: %d is not a multiple of B*T*ranks = %d*%d*%d = %d", a.total_batch, a.B, a.T, dist.size,
+            a.B * a.T * dist.size);
     if (a.resume && !a.init.empty()) die("--resume: cannot be combined with --init");
     if (!a.check_state.empty() && a.init.empty()) die("--check-state: needs --init CKPT");
     if (a.generate && a.init.empty()) die("--generate: needs --init CKPT");
@@ -337,18 +346,6 @@ template<typename Engine> static float validate(Engine& E, DataLoader& val, int 
     return (float)(sum / steps);
 }
 
-// Samples n tokens after the prompt with a KV-cache decoder (cpu/decode.h's on the CPU,
-// kernels/gpu_decode.cuh's on the GPU); on_token(id) sees each one.
-template<typename Dec, typename OnToken>
-static void sample(Dec& dec, int V, const std::vector<int>& prompt, int n, float temperature, int top_k, Rng& rng, OnToken on_token) {
-    dec.prefill(prompt.data(), (int)prompt.size());
-    for (int i = 0; i < n; i++) {
-        int tok = sample_token(dec.logits.data(), V, temperature, top_k, rng);
-        on_token(tok);
-        if (i + 1 < n) dec.step(tok);
-    }
-}
-
 static void print_token(const Tokenizer& tok, int id) {
     if (tok.vocab_size()) fputs(tok.decode(id).c_str(), stdout);
     else printf(" %d", id);
@@ -402,25 +399,43 @@ static std::vector<int> prompt_tokens(const Args& a, const Tokenizer& tok, const
     return prompt;
 }
 
-// --generate: prompt -> pre-fill -> N decode steps, streamed, on the engine's device; then
-// the KV-cache report.
+// --generate: prompt -> pre-fill -> N decode steps on the engine's device, streamed; with
+// --samples S, S continuations decoded together (one pre-fill, each sample's own draws:
+// sample s is what seed + s gives alone), printed one after another. Then the time and the
+// KV-cache report.
 template<typename Engine> static int generate(const Args& a, const Config& c, Engine& E) {
     Tokenizer tok = load_tokenizer_for(a, c);
     const std::vector<int> prompt = prompt_tokens(a, tok, c);
     if ((int)prompt.size() + a.generate > c.maxT)
         die("--generate: prompt (%zu tokens) + %d new tokens exceed the model's max sequence length %d", prompt.size(),
             a.generate, c.maxT);
-    Rng rng{a.seed};
-    for (int t : prompt) print_token(tok, t);
-    printf(tok.vocab_size() ? "" : " |");
+    const int S = a.samples;
+    auto print_prompt = [&] {
+        for (int t : prompt) print_token(tok, t);
+        printf(tok.vocab_size() ? "" : " |");
+    };
+    if (S == 1) print_prompt();
     auto t0 = std::chrono::steady_clock::now();
-    auto dec = E.decoder();
-    sample(dec, c.V, prompt, a.generate, a.temperature, a.top_k, rng, [&](int t) { print_token(tok, t); });
+    auto dec = E.decoder(S, Sampling{a.temperature, a.top_k, a.seed});
+    std::vector<std::vector<int>> out(S);
+    dec.generate(prompt, a.generate, [&](const std::vector<int>& next) {
+        if (S == 1) print_token(tok, next[0]);
+        for (int s = 0; s < S; s++) out[s].push_back(next[s]);
+    });
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    for (int s = 0; S > 1 && s < S; s++) {
+        printf("%s--- sample %d of %d (seed %llu)\n", s ? "\n" : "", s + 1, S, (unsigned long long)(a.seed + s));
+        print_prompt();
+        for (int t : out[s]) print_token(tok, t);
+    }
     const double kib = 1.0 / 1024, per_entry = 2.0 * c.Hkv * c.hd() * sizeof(float);
     const size_t t = dec.t;
-    printf("\n%d tokens in %.0f ms on %s (%.1f ms/token incl. pre-fill of %zu)\n", a.generate, ms, E.name(), ms / a.generate,
-           prompt.size());
+    if (S == 1)
+        printf("\n%d tokens in %.0f ms on %s (%.1f ms/token incl. pre-fill of %zu)\n", a.generate, ms, E.name(), ms / a.generate,
+               prompt.size());
+    else
+        printf("\n%d tokens x %d samples in %.0f ms on %s (%.1f ms/step, %.0f tokens/s, incl. one pre-fill of %zu)\n", a.generate, S, ms,
+               E.name(), ms / a.generate, 1e3 * a.generate * S / ms, prompt.size());
     printf("KV cache after %zu tokens: %zu entries/layer = %.1f KiB/layer, %.1f KiB/sequence (%s); "
            "vanilla %.1f KiB, naive-%d %.1f KiB per layer\n", t, dec.cache_entries(), dec.cache_entries() * per_entry * kib,
            dec.cache_bytes() * kib, variant_name(c).c_str(), t * per_entry * kib, c.K, c.K * t * per_entry * kib);
@@ -431,6 +446,56 @@ static std::string ckpt_path(const Args& a, const char* kind, int step) {
     char buf[64];
     snprintf(buf, sizeof buf, "/%s_%08d.bin", kind, step);
     return a.out_dir + buf;
+}
+
+// snprintf into a string.
+static std::string strf(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+static std::string strf(const char* fmt, ...) {
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    return buf;
+}
+
+// With several ranks, all must train the same model from the same weights on the same data,
+// with the same batch, schedule and collectives (validation, checkpoints): a rank that
+// differs from rank 0 names the first thing that does, and the run stops (common/dist.h).
+template<typename Engine>
+static void check_ranks_agree(const Args& a, const Config& c, const Engine& E, const DataLoader& train_dl, const DataLoader& val_dl) {
+    if (dist.size == 1) return;
+    uint64_t hash = 1469598103934665603ull;  // FNV-1a over the parameters' 32-bit words
+    for (float x : E.params()) {
+        uint32_t w;
+        memcpy(&w, &x, 4);
+        hash = (hash ^ w) * 1099511628211ull;
+    }
+    auto shards = [](const DataLoader& d) { return strf("%zu files, %lld tokens", d.files.size(), (long long)d.total); };
+    dist.same_on_every_rank({
+        {"model", strf("%s V=%d L=%d D=%d H=%d Hkv=%d F=%d maxT=%d", variant_name(c).c_str(), c.V, c.L, c.D, c.H, c.Hkv, c.F, c.maxT)},
+        {"initial parameters", strf("hash %016llx", (unsigned long long)hash)},
+        {"batch", strf("B=%d T=%d total %d", a.B, a.T, a.total_batch)},
+        {"schedule", strf("%d steps, lr %.9g, warm-up %d, final %.9g, decay %.9g, --skip-update-z %.9g", a.steps, a.lr, a.warmup,
+                          a.final_frac, a.weight_decay, a.skip_update_z)},
+        {"cadence", strf("validation every %d (%d batches), checkpoint every %d, resume %d", a.val_every, a.val_steps, a.ckpt_every,
+                         a.resume)},
+        {"device", strf("%s, --tf32 %d, --dtype %s", a.device.c_str(), a.tf32, a.dtype.c_str())},
+        {"training shards", shards(train_dl)},
+        {"validation shards", a.val_pattern.empty() ? std::string("none") : shards(val_dl)},
+    });
+}
+
+// --resume: rank 0 read the checkpoint and the training state; every rank gets them.
+static void share_resumed(std::vector<float>* params, TrainState* st, size_t P) {
+    params->resize(P);
+    st->m.resize(P);
+    st->v.resize(P);
+    dist.bcast(&st->step, sizeof st->step);
+    dist.bcast(&st->shard, sizeof st->shard);
+    dist.bcast(&st->pos, sizeof st->pos);
+    dist.bcast(&st->rng, sizeof st->rng);
+    for (std::vector<float>* x : {params, &st->m, &st->v}) dist.bcast(x->data(), P * sizeof(float));
 }
 
 // Latest step with both a model and a state file in the output directory, or -1.
@@ -454,13 +519,13 @@ static int latest_checkpoint(const Args& a) {
 template<typename Engine> static int train(const Args& a, const Config& c, Engine& E) {
     if (a.train_pattern.empty()) die("--train: no training shards given (see --help)");
     if (a.T > c.maxT) die("--seq: T=%d exceeds the model's max sequence length %d", a.T, c.maxT);
-    mkdir_p(a.out_dir);
-    const int accum = a.total_batch / (a.B * a.T);
+    if (dist.rank == 0) mkdir_p(a.out_dir);  // rank 0 reads and writes every file of --out
+    const int accum = a.total_batch / (a.B * a.T * dist.size);
     const size_t P = num_params(c);
 
-    DataLoader train_dl, val_dl;
-    train_dl.open(a.train_pattern.c_str(), a.B, a.T, c.V);
-    if (!a.val_pattern.empty()) val_dl.open(a.val_pattern.c_str(), a.B, a.T, c.V);
+    DataLoader train_dl, val_dl;  // this rank's rows of every batch (data/dataloader.h)
+    train_dl.open(a.train_pattern.c_str(), a.B, a.T, c.V, dist.rank, dist.size);
+    if (!a.val_pattern.empty()) val_dl.open(a.val_pattern.c_str(), a.B, a.T, c.V, dist.rank, dist.size);
     AdamW opt;
     opt.lr_max = a.lr; opt.final_frac = a.final_frac; opt.warmup = a.warmup; opt.total_steps = a.steps;
     opt.weight_decay = a.weight_decay;
@@ -471,19 +536,26 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
     Tokenizer tok = load_tokenizer_for(a, c);
     const std::vector<int> start = {separator_token(tok, c)};
 
-    if (a.resume) {
+    std::vector<float> resumed;
+    if (a.resume && dist.rank == 0) {
         int step = latest_checkpoint(a);
         if (step < 0) die("--resume: no model_*.bin + state_*.bin pair in %s", a.out_dir.c_str());
         std::string mp = ckpt_path(a, "model", step), sp = ckpt_path(a, "state", step);
-        std::vector<float> resumed;
         Config rc = load_checkpoint(mp.c_str(), &resumed);
         if (variant_name(rc) != variant_name(c) || num_params(rc) != P)
             die("%s: checkpoint is %s, not the model asked for (%s)", mp.c_str(), variant_name(rc).c_str(), variant_name(c).c_str());
         st = load_state(sp.c_str(), c);
+    }
+    // Start-up is over (common/dist.h): the ranks check that they agree, then rank 0's
+    // checkpoint goes to all of them.
+    dist.startup_end();
+    check_ranks_agree(a, c, E, train_dl, val_dl);
+    if (a.resume) {
+        share_resumed(&resumed, &st, P);
         E.set_state(resumed, st.m, st.v);
         train_dl.seek(st.shard, st.pos);
         sample_rng.state = st.rng;
-        printf("resumed from %s at step %d\n", mp.c_str(), st.step);
+        printf("resumed from %s at step %d\n", ckpt_path(a, "model", st.step).c_str(), st.step);
     }
 
     const double MiB = 1.0 / (1 << 20);
@@ -495,8 +567,8 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
                                               : " (fp32; --dtype bf16 or --tf32 1: tensor cores)";
     printf("model %s: V=%d L=%d D=%d H=%d Hkv=%d F=%d maxT=%d, %zu parameters, on %s%s\n", variant_name(c).c_str(), c.V, c.L, c.D, c.H,
            c.Hkv, c.F, c.maxT, P, Engine::name(), precision);
-    printf("batch B=%d T=%d x %d micro-batches = %d tokens/step, %d steps, lr %g, %d OpenMP threads\n", a.B, a.T, accum,
-           a.total_batch, a.steps, a.lr, omp_get_max_threads());
+    printf("batch B=%d T=%d x %d micro-batches x %d rank%s = %d tokens/step, %d steps, lr %g, %d OpenMP threads%s\n", a.B, a.T,
+           accum, dist.size, dist.size > 1 ? "s" : "", a.total_batch, a.steps, a.lr, omp_get_max_threads(), dist.size > 1 ? " each" : "");
     printf("memory: params+grads+adam %.1f MiB, activations %.1f MiB\n", 4.0 * P * 4 * MiB, act_bytes * MiB);
     // MFU as llm.c shows it: the step's model FLOPs (PHD.md section 7's cost model, original
     // tokens) per second against the device's dense peak for the format of its matrix
@@ -519,21 +591,22 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
     DivergenceCheck divergence;
     int skipped = 0;
 
-    std::string log_path = a.out_dir + "/log.txt";
+    // Rank 0 keeps the log; the other ranks write theirs to /dev/null (as their stdout).
+    std::string log_path = dist.rank == 0 ? a.out_dir + "/log.txt" : "/dev/null";
     FILE* log = fopen_check(log_path.c_str(), a.resume ? "a" : "w");
     std::vector<int> in((size_t)a.B * a.T), tg(in.size());
     const int first_step = st.step;  // st.step moves on at each checkpoint
     for (int step = first_step; step < a.steps; step++) {
         const bool last = step == a.steps - 1;
         if (a.val_every && !a.val_pattern.empty() && (step % a.val_every == 0 || last)) {
-            float vl = validate(E, val_dl, a.val_steps, in, tg);
+            float vl = dist.sum(validate(E, val_dl, a.val_steps, in, tg)) / dist.size;  // the ranks' rows, averaged
             printf("step %d val loss %.4f\n", step, vl);
             fprintf(log, "step %d val %.9g\n", step, vl);
         }
-        if (a.sample_every && step > 0 && step % a.sample_every == 0) {
+        if (dist.rank == 0 && a.sample_every && step > 0 && step % a.sample_every == 0) {
             printf("sample: ");
-            auto dec = E.decoder();
-            sample(dec, c.V, start, std::min(a.sample_tokens, c.maxT - 1), 1.0f, 0, sample_rng, [&](int t) { print_token(tok, t); });
+            auto dec = E.decoder(1, Sampling{1.0f, 0, sample_rng.next_u64()});  // one draw of the saved stream a sample
+            dec.generate(start, std::min(a.sample_tokens, c.maxT - 1), [&](const std::vector<int>& t) { print_token(tok, t[0]); });
             printf("\n");
         }
 
@@ -543,12 +616,14 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
         for (int micro = 0; micro < accum; micro++) {
             train_dl.next_batch(in.data(), tg.data());
             loss += E.forward(in.data(), tg.data(), a.B, a.T);
-            E.backward(1.0f / accum);
+            E.backward(1.0f / (accum * dist.size));  // of the mean loss over every rank's micro-batches
         }
-        loss /= accum;
+        loss = dist.sum(loss) / (accum * dist.size);
         if (!std::isfinite(loss))
-            die("training loss is %s at step %d; no checkpoint written for this step", std::isnan(loss) ? "NaN" : "infinite", step);
-        double norm = E.norm();
+            dist.die_everywhere("training loss is %s at step %d; no checkpoint written for this step", std::isnan(loss) ? "NaN" : "infinite",
+                                step);
+        E.reduce_grads();  // ZeRO-1: each rank gets its shard of the gradients summed over the ranks
+        double norm = E.norm();  // of all the gradients, from every rank's shard
         float lr = learning_rate(opt, step);
         // A skipped step still counts, as in llm.c: its batch is used up, and the schedule,
         // AdamW's bias correction and the checkpoint cadence move on; only the parameters and
@@ -556,7 +631,10 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
         const double zloss = loss_z.update(loss), znorm = norm_z.update(norm);
         const bool skip = a.skip_update_z > 0 && (zloss > a.skip_update_z || znorm > a.skip_update_z);
         if (skip) skipped++;
-        else E.update(opt, step, lr, norm);
+        else {
+            E.update(opt, step, lr, norm);  // AdamW on this rank's shard of the parameters and moments
+            E.gather_params();              // every rank gets every updated parameter
+        }
         double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
         printf("step %4d/%d | loss %.6f | norm %.4f | lr %.2e | %.1f ms | %.0f tok/s", step + 1, a.steps, loss, norm, lr, ms,
                a.total_batch / (ms / 1000));
@@ -574,11 +652,13 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
 
         if ((a.ckpt_every && (step + 1) % a.ckpt_every == 0) || last) {
             st.step = step + 1; st.shard = train_dl.shard; st.pos = train_dl.pos; st.rng = sample_rng.state;
-            st.m = E.moment(false);
+            st.m = E.moment(false);  // whole, gathered from every rank's shard
             st.v = E.moment(true);
-            save_checkpoint(ckpt_path(a, "model", st.step).c_str(), c, E.params().data());
-            save_state(ckpt_path(a, "state", st.step).c_str(), c, st);
-            printf("saved %s\n", ckpt_path(a, "model", st.step).c_str());
+            if (dist.rank == 0) {
+                save_checkpoint(ckpt_path(a, "model", st.step).c_str(), c, E.params().data());
+                save_state(ckpt_path(a, "state", st.step).c_str(), c, st);
+                printf("saved %s\n", ckpt_path(a, "model", st.step).c_str());
+            }
         }
     }
     if (a.skip_update_z > 0) printf("skipped %d of %d updates (--skip-update-z %g)\n", skipped, a.steps - first_step, a.skip_update_z);
@@ -676,8 +756,13 @@ int main(int argc, char** argv) {
     // Line-buffered even into a file or a pipe (make train > log, | tee): each step line
     // shows up as it is printed, not when a 4 KiB block fills.
     setvbuf(stdout, nullptr, _IOLBF, 0);
+    dist.init(&argc, &argv);  // under mpirun: this process's rank (common/dist.h)
+    dist.startup_begin();     // rank 0 starts up first; train() ends the start-up
     Args a = parse_args(argc, argv);
+    if (dist.size > 1 && (!a.show_mask.empty() || a.generate || !a.check_state.empty() || !a.dump_state.empty() || a.compare_cpu))
+        die("--show-mask, --generate, --check-state, --dump-state and --compare-cpu run in one process: start them without mpirun");
     if (!a.show_mask.empty()) return show_mask(a);
+    if (a.device == "cuda") dist.gpu_init();
     if (a.threads) omp_set_num_threads(a.threads);
     std::vector<float> params;
     Config c = model_config(a, &params);

@@ -2,28 +2,44 @@
 // GpuEngine (built by nvcc, or by g++ over the CUDA emulation with PHD_EMULATE_GPU) wraps
 // kernels/gpu_model.cuh. Both offer the same calls, so train_phd's loop is written once;
 // parameters and AdamW moments cross between them in checkpoint order, so a model trained
-// on one device resumes on the other.
+// on one device resumes on the other. With several ranks (common/dist.h) each engine keeps
+// the AdamW moments of its shard of the parameters only (ZeRO-1): reduce_grads, norm, update
+// and gather_params are the step's collectives, moment() gathers the whole moments.
 #pragma once
+#include <cmath>
 #include <vector>
 #include "../cpu/decode.h"
+#include "dist.h"
 
 struct CpuEngine {
     Model<float> M;
-    std::vector<float> m, v;  // (P) AdamW moments; empty for inference
+    size_t lo, hi;                // this rank's shard of the parameters: [lo, hi) (all of them alone)
+    std::vector<float> m, v;      // (hi - lo) AdamW moments of the shard; empty for inference
+    std::vector<float> gshard;    // (hi - lo) the gradients of the shard summed over the ranks; several ranks only
     CpuEngine(const Config& c, const std::vector<float>& params, bool training = true)
-        : M(c), m(training ? params.size() : 0), v(m.size()) { M.params = params; }
+        : M(c), lo(dist.lo(params.size())), hi(dist.hi(params.size())), m(training ? hi - lo : 0), v(m.size()),
+          gshard(dist.size > 1 ? m.size() : 0) { M.params = params; }
     static const char* name() { return "cpu"; }
     float forward(const int* in, const int* tg, int B, int T) { return model_forward(M, in, tg, B, T); }
     void backward(float dloss) { model_backward(M, dloss); }
     void zero_grads() { std::fill(M.grads.begin(), M.grads.end(), 0.0f); }
-    double norm() { return grad_norm(M.grads.data(), M.grads.size()); }
+    // The summed gradients of the shard: gshard, or alone the gradients themselves.
+    const float* gsum() const { return dist.size > 1 ? gshard.data() : M.grads.data(); }
+    void reduce_grads() { dist.reduce_scatter(M.grads.data(), gshard.data(), M.grads.size()); }
+    double norm() { return std::sqrt(dist.sum(grad_sumsq(gsum(), hi - lo))); }  // of all the gradients: the shards' sums of squares
     void update(const AdamW& o, int step, float lr, double norm) {
-        adamw_update(M.cfg, o, M.params.data(), M.grads.data(), m.data(), v.data(), step, lr, norm);
+        adamw_update(M.cfg, o, M.params.data(), gsum(), m.data(), v.data(), step, lr, norm, lo, hi);
     }
+    void gather_params() { dist.all_gather(M.params.data(), M.params.size()); }
     std::vector<float> params() const { return M.params; }
     std::vector<float> grads() const { return M.grads; }
-    void set_state(const std::vector<float>& p, const std::vector<float>& m_, const std::vector<float>& v_) { M.params = p; m = m_; v = v_; }
-    std::vector<float> moment(bool second) const { return second ? v : m; }
+    // m_, v_: (P), whole; the engine keeps its shard.
+    void set_state(const std::vector<float>& p, const std::vector<float>& m_, const std::vector<float>& v_) {
+        M.params = p;
+        m.assign(m_.begin() + lo, m_.begin() + hi);
+        v.assign(v_.begin() + lo, v_.begin() + hi);
+    }
+    std::vector<float> moment(bool second) const { return dist.gather((second ? v : m).data(), M.params.size()); }  // (P), collective
     std::vector<float> logits() const {  // (B*T, V) of the last forward
         std::vector<float> out;
         for (int i = 0; i < M.B * M.T; i++) out.insert(out.end(), M.logits + (size_t)i * M.cfg.Vp, M.logits + (size_t)i * M.cfg.Vp + M.cfg.V);
@@ -31,8 +47,8 @@ struct CpuEngine {
     }
     // No MFU on the CPU: its peak hangs on vector width, cores and clocks not modelled here.
     static double peak_tflops() { return 0; }
-    // A KV-cache decoder over the current weights (cpu/decode.h).
-    Decoder<float> decoder() const { return Decoder<float>(M); }
+    // A KV-cache decoder of `samples` continuations over the current weights (cpu/decode.h).
+    Decoder<float> decoder(int samples = 1, Sampling s = {}) const { return Decoder<float>(M, samples, s); }
     size_t activation_bytes(int B, int T) {
         M.size_for(B, T);
         return M.act_mem.size() * sizeof(float);
@@ -81,23 +97,28 @@ inline double peak_tflops(MatmulDtype d) {
 
 struct GpuEngine {
     GpuModel G;
-    float *m = nullptr, *v = nullptr;  // (P) AdamW moments, on the device; none for inference
+    size_t lo, hi;                     // this rank's shard of the parameters: [lo, hi) (all of them alone)
+    float *m = nullptr, *v = nullptr;  // (hi - lo) AdamW moments of the shard, on the device; none for inference
+    float* gshard = nullptr;           // (hi - lo) the gradients of the shard summed over the ranks; several ranks only
     double* partial = nullptr;         // grad-norm scratch
     // training false: only what the KV-cache decoder needs (the parameters), for --generate.
     // bf16: matmuls and attention on bf16 tensor cores (kernels/gpu_model.cuh).
     GpuEngine(const Config& c, const std::vector<float>& params, bool tf32, bool training = true, bool bf16 = false)
-        : G(c, params.data(), tf32, training, bf16) {
+        : G(c, params.data(), tf32, training, bf16), lo(dist.lo(G.P)), hi(dist.hi(G.P)) {
         if (!training) return;
-        gpu_check_fits(2 * G.P * sizeof(float), "AdamW moments");
-        cudaCheck(cudaMalloc(&m, G.P * sizeof(float)));
-        cudaCheck(cudaMalloc(&v, G.P * sizeof(float)));
+        const size_t n = hi - lo;
+        gpu_check_fits((dist.size > 1 ? 3 : 2) * n * sizeof(float), "AdamW moments");
+        cudaCheck(cudaMalloc(&m, n * sizeof(float)));
+        cudaCheck(cudaMalloc(&v, n * sizeof(float)));
+        if (dist.size > 1) cudaCheck(cudaMalloc(&gshard, n * sizeof(float)));
         cudaCheck(cudaMalloc(&partial, kNormBlocks * sizeof(double)));
-        cudaCheck(cudaMemset(m, 0, G.P * sizeof(float)));
-        cudaCheck(cudaMemset(v, 0, G.P * sizeof(float)));
+        cudaCheck(cudaMemset(m, 0, n * sizeof(float)));
+        cudaCheck(cudaMemset(v, 0, n * sizeof(float)));
     }
     ~GpuEngine() {
         cudaFree(m);
         cudaFree(v);
+        cudaFree(gshard);
         cudaFree(partial);
     }
     GpuEngine(const GpuEngine&) = delete;
@@ -106,23 +127,30 @@ struct GpuEngine {
     float forward(const int* in, const int* tg, int B, int T) { return G.forward(in, tg, B, T); }
     void backward(float dloss) { G.backward(dloss); }
     void zero_grads() { G.zero_grads(); }
-    double norm() { return grad_norm(G.grads, G.P, partial, G.stream); }
+    // As CpuEngine's, over NCCL.
+    const float* gsum() const { return dist.size > 1 ? gshard : G.grads; }
+    void reduce_grads() { dist.reduce_scatter_device(G.grads, gshard, G.P, G.stream); }
+    double norm() { return std::sqrt(dist.sum(grad_sumsq(gsum(), hi - lo, partial, G.stream))); }
     void update(const AdamW& o, int step, float lr, double norm) {
-        adamw_update(G.cfg, o, G.params, G.grads, m, v, step, lr, norm, G.stream, G.params16);
+        adamw_update(G.cfg, o, G.params, gsum(), m, v, step, lr, norm, G.stream, G.params16, lo, hi);
+    }
+    void gather_params() {
+        dist.all_gather_device(G.params, G.P, G.stream);
+        if (G.params16 && dist.size > 1) copy_to_bf16(G.params16, G.params, G.P, G.stream);  // the other shards came in fp32
     }
     std::vector<float> params() const { return G.download(G.params, G.P); }
     std::vector<float> grads() const { return G.download(G.grads, G.P); }
     void set_state(const std::vector<float>& p, const std::vector<float>& m_, const std::vector<float>& v_) {
         G.upload_params(p.data());
-        cudaCheck(cudaMemcpy(m, m_.data(), G.P * sizeof(float), cudaMemcpyHostToDevice));
-        cudaCheck(cudaMemcpy(v, v_.data(), G.P * sizeof(float), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(m, m_.data() + lo, (hi - lo) * sizeof(float), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(v, v_.data() + lo, (hi - lo) * sizeof(float), cudaMemcpyHostToDevice));
     }
-    std::vector<float> moment(bool second) const { return G.download(second ? v : m, G.P); }
+    std::vector<float> moment(bool second) const { return dist.gather(G.download(second ? v : m, hi - lo).data(), G.P); }
     std::vector<float> logits() const { return G.logits_host(); }
     MatmulDtype dtype() const { return G.bf16 ? MatmulDtype::BF16 : G.tf32 ? MatmulDtype::TF32 : MatmulDtype::FP32; }
     double peak_tflops() const { return ::peak_tflops(dtype()); }  // 0: unknown, no MFU
     // A KV-cache decoder over the current weights, on the device (kernels/gpu_decode.cuh).
-    GpuDecoder decoder() { return GpuDecoder(G); }
+    GpuDecoder decoder(int samples = 1, Sampling s = {}) { return GpuDecoder(G, samples, s); }
     // GpuModel::size_for checks that they fit before it allocates them.
     size_t activation_bytes(int B, int T) const { return G.activation_bytes(B, T); }
 };

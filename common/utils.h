@@ -11,14 +11,22 @@
 #include <string>
 #include <sys/stat.h>
 
+// Under mpirun with several ranks (common/dist.h sets them): the line names the rank, and
+// then every rank is stopped, so that none waits forever for this one.
+inline std::string g_die_prefix;
+inline void (*g_die_stop)() = nullptr;
+
 [[noreturn]] static inline void die(const char* fmt, ...) {
     fflush(stdout);
+    // The whole line in one write: stderr is unbuffered, and another rank's (or thread's)
+    // output must not land inside it.
+    char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    fputs("error: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    fputs(("error: " + g_die_prefix + msg + "\n").c_str(), stderr);
+    if (g_die_stop) g_die_stop();
     exit(1);
 }
 
@@ -74,16 +82,24 @@ static inline void atomic_commit(FILE* f, const char* path) {
     if (rename(tmp.c_str(), path) != 0) die("%s: cannot rename from %s (%s)", path, tmp.c_str(), strerror(errno));
 }
 
-// Deterministic random numbers (splitmix64): the same seed gives the same model everywhere.
+// Functions that CUDA kernels call too (model.h's predicate and sizes, Rng's draws).
+#ifdef __CUDACC__
+#define PHD_HOST_DEVICE __host__ __device__
+#else
+#define PHD_HOST_DEVICE
+#endif
+
+// Deterministic random numbers (splitmix64): the same seed gives the same model everywhere,
+// and the same draws on the host and the device (kernels/sampling.cuh).
 struct Rng {
     uint64_t state;
-    uint64_t next_u64() {
+    PHD_HOST_DEVICE uint64_t next_u64() {
         uint64_t z = (state += 0x9E3779B97F4A7C15ull);
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
         z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
         return z ^ (z >> 31);
     }
-    double uniform() { return (double)(next_u64() >> 11) * (1.0 / 9007199254740992.0); }  // [0, 1)
+    PHD_HOST_DEVICE double uniform() { return (double)(next_u64() >> 11) * (1.0 / 9007199254740992.0); }  // [0, 1)
     double normal() {  // Box-Muller, one draw per call
         double u1 = uniform(), u2 = uniform();
         return sqrt(-2.0 * log(1.0 - u1)) * cos(6.283185307179586 * u2);

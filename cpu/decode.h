@@ -1,6 +1,6 @@
 // cpu/decode.h: inference with the PHD KV cache (PHD.md section 6), on the CPU.
 //
-// Per layer the cache keeps the keys/values that later tokens can still see:
+// Per layer and sample the cache keeps the keys/values that later tokens can still see:
 //   originals - every original: grows by one per position
 //   hidden    - the hidden tokens with stream index >= hidden_live_from(t) (model.h), t the
 //               positions so far: phd-swa, the last W; phd-cswa, those of the current chunk,
@@ -15,6 +15,8 @@
 // Pre-fill of a prompt of P tokens computes only the hidden tokens the variant needs, in one
 // block: vanilla and phd, the originals and the copies of position P-1; phd-cswa, the
 // originals and every copy of the last chunk; phd-swa and naive, every copy (all needed).
+// With S samples (--samples) the pre-fill runs once and every sample's cache gets a copy of
+// it; each decode step is one block of S*K rows, each sample's against its own cache.
 #pragma once
 #include <vector>
 #include "../model.h"
@@ -38,89 +40,127 @@ template<typename Real> struct KVStore {
     }
 };
 
+// Next token from logits (Vp, first V real), by model.h's Sampling rule: greedy at temperature
+// 0, else a draw from the softmax at the temperature over the ids whose logits are at or
+// above the top_k-th largest (all when top_k <= 0 or >= V), walked in id order.
+template<typename Real> int sample_token(const Real* logits, int V, float temperature, int top_k, Rng& rng) {
+    const int best = (int)(std::max_element(logits, logits + V) - logits);
+    if (temperature <= 0) return best;
+    const Real mx = logits[best];
+    Real cut = -INFINITY;
+    if (top_k > 0 && top_k < V) {
+        std::vector<Real> z(logits, logits + V);
+        std::nth_element(z.begin(), z.begin() + top_k - 1, z.end(), std::greater<Real>());
+        cut = z[top_k - 1];
+    }
+    std::vector<double> p(V);
+    double sum = 0;
+    for (int j = 0; j < V; j++) sum += p[j] = logits[j] >= cut ? exp(((double)logits[j] - mx) / temperature) : 0.0;
+    double u = rng.uniform() * sum;
+    int last = 0;
+    for (int j = 0; j < V; j++) {
+        if (p[j] == 0) continue;
+        last = j;
+        if ((u -= p[j]) < 0) return j;
+    }
+    return last;  // where rounding left u past the sum
+}
+
 template<typename Real> struct Decoder : DecodeBlocks<Decoder<Real>> {
     const Model<Real>& M;
-    std::vector<KVStore<Real>> originals, hidden;  // (L) each; hidden in stream order
-    int t = 0;                       // positions in the context so far
-    long hidden_computed = 0;        // hidden-token rows computed so far (pre-fill + decode)
-    std::vector<Real> logits;        // (Vp) last copy of the newest position
+    int S;                                         // samples decoded together
+    Sampling sampling;
+    std::vector<Rng> rng;                          // (S) each sample's draws
+    std::vector<KVStore<Real>> originals, hidden;  // (S, L) each; hidden in stream order
+    int t = 0;                                     // positions in the context so far
+    long hidden_computed = 0;                      // hidden-token rows computed so far (pre-fill + decode), one sample's
+    std::vector<Real> last_logits;                 // (S, Vp) last copy of each sample's newest position
 
-    explicit Decoder(const Model<Real>& model) : M(model), originals(model.cfg.L), hidden(model.cfg.L), logits(model.cfg.Vp) {}
+    Decoder(const Model<Real>& model, int samples = 1, Sampling s = {})
+        : M(model), S(samples), sampling(s), originals((size_t)samples * model.cfg.L), hidden(originals.size()),
+          last_logits((size_t)samples * model.cfg.Vp) {
+        for (int i = 0; i < S; i++) rng.push_back(Rng{s.seed + i});
+    }
 
-    // Cache entries per layer (the same in every layer).
+    // Cache entries per layer of one sample (the same in every layer and sample).
     size_t cache_entries() const { return originals[0].size() + hidden[0].size(); }
-    size_t cache_bytes() const { return cache_entries() * 2 * M.cfg.Hkv * M.cfg.hd() * sizeof(float) * M.cfg.L; }
+    size_t cache_bytes() const { return cache_entries() * 2 * M.cfg.Hkv * M.cfg.hd() * sizeof(float) * M.cfg.L; }  // one sample's
 
     const Config& cfg() const { return M.cfg; }
+    std::vector<Real> logits(int s) const { return {last_logits.begin() + (size_t)s * M.cfg.Vp, last_logits.begin() + (size_t)(s + 1) * M.cfg.Vp}; }
+    // Each sample's next token from its logits (sample_token below), one draw of its Rng.
+    std::vector<int> sample() {
+        std::vector<int> next(S);
+        for (int s = 0; s < S; s++) next[s] = sample_token(&last_logits[(size_t)s * M.cfg.Vp], M.cfg.V, sampling.temperature, sampling.top_k, rng[s]);
+        return next;
+    }
 
     // A block of rows (n, c) in the row order (DecodeBlocks), all layers; t moves past it.
+    // toks (B, R): B = 1, the pre-fill, whose keys and values go to every sample's cache; or
+    // B = S, a row block per sample against its own cache.
     void run_block(const std::vector<int>& ns, const std::vector<int>& cs, const std::vector<int>& toks) {
         const Config& c = M.cfg;
-        const int R = (int)ns.size(), D = c.D, hd = c.hd(), kvdim = c.Hkv * hd, ld = c.qkv_dim(), group = c.H / c.Hkv;
+        const int R = (int)ns.size(), B = (int)toks.size() / R, N = B * R, D = c.D, hd = c.hd(), kvdim = c.Hkv * hd, ld = c.qkv_dim(),
+                  group = c.H / c.Hkv, L = c.L;
         if (ns.back() >= c.maxT) die("context of %d tokens exceeds the model's max sequence length %d", ns.back() + 1, c.maxT);
-        std::vector<Real> x((size_t)R * D), a(x.size()), xm(x.size()), f(x.size());  // (R, D)
-        std::vector<Real> rstd(R), qkv((size_t)R * ld), o((size_t)R * c.H * hd);        // (R), (R, qkv_dim), (R, H*hd)
-        std::vector<Real> h13((size_t)R * 2 * c.F), g((size_t)R * c.F);                // (R, 2F), (R, F)
+        std::vector<Real> x((size_t)N * D), a(x.size()), xm(x.size()), f(x.size());  // (N, D)
+        std::vector<Real> rstd(N), qkv((size_t)N * ld), o((size_t)N * c.H * hd);        // (N), (N, qkv_dim), (N, H*hd)
+        std::vector<Real> h13((size_t)N * 2 * c.F), g((size_t)N * c.F);                // (N, 2F), (N, F)
+        std::vector<int> pos(N);                                                       // (N) each row's position
         const LayerActs<Real> acts{x.data(), a.data(), rstd.data(), qkv.data(), nullptr, o.data(),
                                    xm.data(), f.data(), rstd.data(), h13.data(), g.data()};  // one block, every layer, in place
-        for (int r = 0; r < R; r++) std::copy(M.p.E + (size_t)toks[r] * D, M.p.E + (size_t)(toks[r] + 1) * D, x.begin() + (size_t)r * D);
+        for (int i = 0; i < N; i++) {
+            std::copy(M.p.E + (size_t)toks[i] * D, M.p.E + (size_t)(toks[i] + 1) * D, x.begin() + (size_t)i * D);
+            pos[i] = ns[i % R];
+        }
         for (int r = 0; r < R; r++) hidden_computed += cs[r] > 0;
         t = ns.back() + 1;
         const int live = hidden_live_from(c, t);  // hidden tokens below it are dead once the block is in
-        for (int l = 0; l < c.L; l++)
-            layer_forward(M, acts, M.p.layer[l], x.data(), R, ns.data(), [&] {
-                // Candidates of row i: the cache, then the block's rows; the one predicate decides.
-                std::vector<std::vector<const Real*>> keys(R), vals(R);  // (R) rows of all kv heads
+        for (int l = 0; l < L; l++)
+            layer_forward(M, acts, M.p.layer[l], x.data(), N, pos.data(), [&] {
+                // Candidates of row i of sample b: its cache, then its block rows; the one predicate decides.
+                std::vector<std::vector<const Real*>> keys(N), vals(N);  // (N) rows of all kv heads
                 #pragma omp parallel for schedule(dynamic, 4)
-                for (int i = 0; i < R; i++) {
+                for (int i = 0; i < N; i++) {
+                    const int b = i / R, r = i % R;
                     auto consider = [&](int n2, int c2, const Real* k2, const Real* v2) {
-                        if (phd_visible(c, ns[i], cs[i], n2, c2)) { keys[i].push_back(k2); vals[i].push_back(v2); }
+                        if (phd_visible(c, ns[r], cs[r], n2, c2)) { keys[i].push_back(k2); vals[i].push_back(v2); }
                     };
-                    for (const KVStore<Real>* s : {&originals[l], &hidden[l]})
-                        for (size_t e = 0; e < s->size(); e++) consider(s->n[e], s->c[e], &s->k[e * kvdim], &s->v[e * kvdim]);
-                    for (int j = 0; j < R; j++)
-                        consider(ns[j], cs[j], &qkv[(size_t)j * ld + c.H * hd], &qkv[(size_t)j * ld + (c.H + c.Hkv) * hd]);
+                    for (const KVStore<Real>* st : {&originals[(size_t)b * L + l], &hidden[(size_t)b * L + l]})
+                        for (size_t e = 0; e < st->size(); e++) consider(st->n[e], st->c[e], &st->k[e * kvdim], &st->v[e * kvdim]);
+                    for (int j = 0; j < R; j++) {
+                        const Real* kr = &qkv[((size_t)b * R + j) * ld + c.H * hd];
+                        consider(ns[j], cs[j], kr, kr + kvdim);
+                    }
                 }
-                // (row, head) pairs in parallel: a decode step of vanilla has one row
+                // (row, head) pairs in parallel: a decode step of vanilla has one row a sample
                 #pragma omp parallel for collapse(2) schedule(dynamic, 4)
-                for (int i = 0; i < R; i++)
+                for (int i = 0; i < N; i++)
                     for (int h = 0; h < c.H; h++) {
                         std::vector<Real> p(keys[i].size());
                         const int off = h / group * hd;
                         attend_query(&o[(size_t)i * c.H * hd + h * hd], p.data(), &qkv[(size_t)i * ld + h * hd], (int)p.size(), hd,
                                      [&](int j) { return keys[i][j] + off; }, [&](int j) { return vals[i][j] + off; });
                     }
-                // The block's keys/values enter the cache once every row of it has attended;
-                // then the hidden tokens no later query can see leave it.
-                for (int j = 0; j < R; j++) {
-                    const Real* kr = &qkv[(size_t)j * ld + c.H * hd];
-                    (cs[j] == 0 ? originals[l] : hidden[l]).push(kr, kr + kvdim, kvdim, ns[j], cs[j]);
+                // The block's keys/values enter the caches once every row of it has attended
+                // (the pre-fill's, one sample's, every sample's); then the hidden tokens no
+                // later query can see leave them.
+                for (int s = 0; s < S; s++) {
+                    for (int j = 0; j < R; j++) {
+                        const Real* kr = &qkv[((size_t)(s % B) * R + j) * ld + c.H * hd];
+                        (cs[j] == 0 ? originals : hidden)[(size_t)s * L + l].push(kr, kr + kvdim, kvdim, ns[j], cs[j]);
+                    }
+                    KVStore<Real>& hid = hidden[(size_t)s * L + l];  // in stream order: the dead ones come first
+                    int dead = 0;
+                    while (dead < (int)hid.size() && hidden_index(c, hid.n[dead], hid.c[dead]) < live) dead++;
+                    hid.pop_front(dead, kvdim);
                 }
-                KVStore<Real>& hid = hidden[l];  // in stream order: the dead ones come first
-                int dead = 0;
-                while (dead < (int)hid.size() && hidden_index(c, hid.n[dead], hid.c[dead]) < live) dead++;
-                hid.pop_front(dead, kvdim);
             });
-        // Only the last copy of the newest position predicts: the block's last row.
-        Real r;
-        rmsnorm_forward(f.data(), &r, x.data() + (size_t)(R - 1) * D, M.p.g_final, 1, D);
-        matmul_forward(logits.data(), f.data(), M.p.wout, 1, D, c.Vp);
+        // Only the last copy of each sample's newest position predicts (its block's last row):
+        // the LM head over the S of them at once.
+        std::vector<Real> last((size_t)S * D), norm(last.size()), r(S);  // (S, D), (S, D), (S)
+        for (int s = 0; s < S; s++) std::copy_n(x.begin() + ((size_t)(s % B) * R + R - 1) * D, D, last.begin() + (size_t)s * D);
+        rmsnorm_forward(norm.data(), r.data(), last.data(), M.p.g_final, S, D);
+        matmul_forward(last_logits.data(), norm.data(), M.p.wout, S, D, c.Vp);
     }
 };
-
-// Next token from logits (Vp, first V real): greedy at temperature 0, else softmax over the
-// top_k largest (all when top_k <= 0) at the given temperature.
-template<typename Real> int sample_token(const Real* logits, int V, float temperature, int top_k, Rng& rng) {
-    std::vector<int> idx(V);
-    for (int j = 0; j < V; j++) idx[j] = j;
-    if (temperature <= 0) return (int)(std::max_element(logits, logits + V) - logits);
-    int k = top_k > 0 && top_k < V ? top_k : V;
-    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int a, int b) { return logits[a] > logits[b]; });
-    std::vector<double> p(k);
-    double sum = 0;
-    for (int i = 0; i < k; i++) sum += p[i] = exp(((double)logits[idx[i]] - logits[idx[0]]) / temperature);
-    double u = rng.uniform() * sum;
-    for (int i = 0; i < k - 1; i++)
-        if ((u -= p[i]) < 0) return idx[i];
-    return idx[k - 1];
-}

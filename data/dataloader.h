@@ -8,6 +8,9 @@
 // [pos + b*T, pos + b*T + T] (inputs) shifted by one (targets); the position then moves
 // by B*T. A batch never straddles two shards: when fewer than B*T+1 tokens remain, the
 // loader moves to the next shard (and after the last, back to the first).
+// With N ranks (common/dist.h) the batch is the N*B rows one process with N times the
+// batch would read, and rank r takes rows r*B .. r*B+B-1 of it: together the ranks see that
+// process's token stream exactly, and the position (the same on every rank) moves by N*B*T.
 #pragma once
 #include <glob.h>
 #include <string>
@@ -83,13 +86,17 @@ static inline void write_shard(const char* path, const uint32_t* tokens, int64_t
 struct DataLoader {
     std::vector<std::string> files;  // sorted matches of the glob
     int B = 0, T = 0, V = 0;
+    int rank = 0, ranks = 1;         // this rank's rows of the ranks' batch
     int shard = -1;                  // index into files of the loaded shard
-    int64_t pos = 0;                 // next token to read in it
+    int64_t pos = 0;                 // start of the next batch in it (of all ranks')
+    int64_t total = 0;               // tokens in all the shards
     std::vector<uint32_t> tokens;    // the loaded shard
 
+    int64_t span() const { return (int64_t)ranks * B * T; }  // tokens the ranks' batch moves on by
+
     // Every matching shard's header is checked now; its tokens when it is first read.
-    void open(const char* pattern, int B_, int T_, int V_) {
-        B = B_; T = T_; V = V_;
+    void open(const char* pattern, int B_, int T_, int V_, int rank_ = 0, int ranks_ = 1) {
+        B = B_; T = T_; V = V_; rank = rank_; ranks = ranks_;
         glob_t g;
         int rc = glob(pattern, 0, nullptr, &g);
         if (rc != 0) die("%s: no file matches this pattern", pattern);
@@ -99,27 +106,31 @@ struct DataLoader {
             FILE* f = fopen_check(p.c_str(), "rb");
             ShardInfo s = shard_info(p.c_str(), f);
             fclose_check(f, p.c_str());
-            if (s.ntok < (int64_t)B * T + 1)
-                die("%s: %lld tokens, shorter than one batch (B*T+1 = %lld)", p.c_str(), (long long)s.ntok,
-                    (long long)B * T + 1);
+            if (s.ntok < span() + 1)
+                die("%s: %lld tokens, shorter than one batch (%sB*T+1 = %lld)", p.c_str(), (long long)s.ntok,
+                    ranks > 1 ? "ranks*" : "", (long long)span() + 1);
+            total += s.ntok;
         }
         seek(0, 0);
     }
+    // A position where the ranks' batch no longer fits (a run resumed with another batch or
+    // number of ranks) means, as in next_batch, the start of the next shard.
     void seek(int shard_, int64_t pos_) {
         if (shard_ < 0 || shard_ >= (int)files.size()) die("data position names shard %d of %zu", shard_, files.size());
         if (shard_ != shard) tokens = load_shard(files[shard_].c_str(), V);
         shard = shard_;
         pos = pos_;
-        if (pos < 0 || pos + (int64_t)B * T + 1 > (int64_t)tokens.size())
+        if (pos < 0 || pos > (int64_t)tokens.size())
             die("%s: data position %lld is outside the shard", files[shard].c_str(), (long long)pos);
+        if (pos + span() + 1 > (int64_t)tokens.size()) seek((shard + 1) % (int)files.size(), 0);
     }
-    // inputs, targets: (B, T)
+    // inputs, targets: (B, T), this rank's rows
     void next_batch(int* inputs, int* targets) {
+        const int64_t at = pos + (int64_t)rank * B * T;
         for (int i = 0; i < B * T; i++) {
-            inputs[i] = (int)tokens[pos + i];
-            targets[i] = (int)tokens[pos + i + 1];
+            inputs[i] = (int)tokens[at + i];
+            targets[i] = (int)tokens[at + i + 1];
         }
-        pos += (int64_t)B * T;
-        if (pos + (int64_t)B * T + 1 > (int64_t)tokens.size()) seek((shard + 1) % (int)files.size(), 0);
+        seek(shard, pos + span());
     }
 };

@@ -1,36 +1,95 @@
 // kernels/gpu_decode.cuh: KV-cache inference on the GPU, the same steps as Decoder in
 // cpu/decode.h (read that first), and the same blocks (DecodeBlocks in model.h: the
-// pre-fill's rows, then the K copies of each new token, in the row order that
-// kernels/kv_cache.cuh needs). The weights, cuBLAS and the RoPE tables are a GpuModel's;
-// only the block's last row, the last copy of the newest position, goes through the LM head.
+// pre-fill's rows, then the K copies of each sample's new token, in the row order that
+// kernels/kv_cache.cuh needs), for S samples at once. The weights, cuBLAS and the RoPE tables
+// are a GpuModel's (its fp32 path); only each sample's last copy of its newest position goes
+// through the LM head.
+//
+// Pre-fill: one block of one sample, whose keys and values every sample's cache shares (the
+// prompt part of kv_cache.cuh). Its attention runs in the training kernels (attention.cuh's
+// attention_forward): where the pre-fill computes every copy (vanilla, naive-K, phd-swa, or a
+// prompt inside the first chunk) its rows are exactly a training sequence of P positions;
+// otherwise (phd, phd-cswa) the originals are a vanilla sequence of P positions, and the few
+// hidden rows (the last position's, or the last chunk's) then attend by the split-K decode
+// kernel to the block's originals and to each other (the training kernels lay the hidden
+// rows of every position out from position 0, so they cannot take a tail of them alone).
+// One kv_cache_append per layer then writes what the cache keeps.
+//
+// A decode step: the block's shape (S*K rows) is the same at every token and everything that
+// changes (the position, the rows' tokens (n, c), the cache's counts, the window's ring
+// index h % W) lives in device memory (DecodeState), advanced by the step's first kernel. So
+// the step's work (that kernel, the embedding of the fed tokens, L layers, the LM head and
+// the sampling kernel of kernels/sampling.cuh) is captured once as a CUDA graph and replayed
+// for every token: one launch per token. Each block ends by sampling each sample's next token
+// into feed (S), which the next step embeds: while generating nothing goes to the device, and
+// sample() copies S ints back, once per token.
 #pragma once
 #include <vector>
 #include "../model.h"
 #include "gpu_model.cuh"
 #include "kv_cache.cuh"
+#include "sampling.cuh"
+
+// grid 1, block 128: a decode step's block from the positions so far: K rows (t, 0..K-1) a
+// sample, pos (S*K) their positions, nc (K) their tokens, then t moves past them. prompt: the
+// pre-fill's positions; per_step: the entries each step adds to a sample's own part.
+static __global__ void decode_step_begin_kernel(DecodeState* st, int* pos, int2* nc, Config c, int S, int prompt, int per_step) {
+    const int t = st->t;
+    for (int r = threadIdx.x; r < S * c.K; r += blockDim.x) pos[r] = t;
+    for (int k = threadIdx.x; k < c.K; k += blockDim.x) nc[k] = make_int2(t, k);
+    __syncthreads();  // every thread has read st->t
+    if (threadIdx.x > 0) return;
+    st->b = DecodeBlock{c.K, 1, t, t * (c.K - 1)};
+    st->own = (t - prompt) * per_step;
+    st->t = t + 1;
+}
+// grid S, block min(D, 256): xlast (S, D) = each sample's last block row (sample s % B's).
+static __global__ void last_rows_kernel(float* xlast, const float* x, const DecodeState* st, int B, int D) {
+    const int R = st->b.R, s = blockIdx.x;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) xlast[(size_t)s * D + j] = x[((size_t)(s % B) * R + R - 1) * D + j];
+}
 
 struct GpuDecoder : DecodeBlocks<GpuDecoder> {
     GpuModel& G;
+    int S;                            // samples decoded together
+    Sampling sampling;
+    bool graphs;                      // steps replay a captured graph (false: launched kernel by kernel)
     std::vector<KVLayer> cache;       // (L)
     int t = 0;                        // positions in the context so far
-    long hidden_computed = 0;         // hidden-token rows computed so far (pre-fill + decode)
+    int prompt = 0;                   // positions the pre-fill put in (shared by the samples)
+    long hidden_computed = 0;         // hidden-token rows computed so far (pre-fill + decode), one sample's
     size_t window_entries = 0;        // live hidden tokens in the window (cpu/decode.h's hidden store)
-    std::vector<float> logits;        // (Vp) last copy of the newest position
+    int step_splits = 1;              // split-K parts of a step's attention, for the longest context (a graph's grid is fixed)
+    int per_step = 1;                 // entries a step adds to each sample's own part
 
-    // The block's activations, (rows, .) each, for up to `rows` rows (grown on demand).
+    DecodeState* state = nullptr;     // (1) the block being run (device)
+    int* feed = nullptr;              // (S) each sample's next token: sampled on the device, or put there by step()
+    Rng* rng = nullptr;               // (S) each sample's generator (Sampling: seed + s)
+    float* d_logits = nullptr;        // (S, Vp)
+    float *xlast = nullptr, *flast = nullptr, *rlast = nullptr;  // (S, D), (S, D), (S): the LM head's rows
+    float* part = nullptr;            // (kDecodeMaxParts, hd + 2) split-K parts
+    int* sample_of_row = nullptr;     // (S*K) a step's embedding index: row -> its sample's token in feed
+    int* prompt_tokens = nullptr;     // (P) the pre-fill's embedding reads them by position
+    std::vector<int> fed;             // (S) what feed holds, as the host last saw it (empty: unknown)
+
+    // The block's activations, (rows, .) each, for up to `rows` rows (grown on demand, before
+    // any step is captured).
     int rows = 0;
     float *x = nullptr, *a = nullptr, *xm = nullptr, *f = nullptr, *rstd = nullptr;  // (rows, D), rstd (rows)
     float *qkv = nullptr, *o = nullptr, *h13 = nullptr, *g = nullptr;              // (rows, qkv_dim), (rows, H*hd), (rows, 2F), (rows, F)
-    float* d_logits = nullptr;                                                    // (Vp)
-    float* d_part = nullptr;                                                      // (kDecodeMaxParts, hd + 2) split-K parts
-    int* d_pos = nullptr;                                                         // (rows) each row's position
-    int* d_context = nullptr;                                                     // (maxT) the tokens so far
-    int2* d_nc = nullptr;                                                         // (rows) (n, c)
+    float* lse = nullptr;                                                         // (H, rows) the training attention's
+    int* pos = nullptr;                                                           // (rows) each row's position
+    int2* nc = nullptr;                                                           // (rows) (n, c) of one sample's rows
 
-    explicit GpuDecoder(GpuModel& model) : G(model), cache(model.cfg.L), logits(model.cfg.Vp) {
+    cudaStream_t capture_stream = nullptr;
+    cudaGraphExec_t step_graph = nullptr;
+
+    // graphs_ false: each step's kernels launched one by one (the tests compare the two).
+    explicit GpuDecoder(GpuModel& model, int samples = 1, Sampling s = {}, bool graphs_ = true)
+        : G(model), S(samples), sampling(s), graphs(graphs_), cache(model.cfg.L) {
         const Config& c = G.cfg;
         // The window: as many slots as hidden tokens are ever live at once; where none ever
-        // dies (naive-K), the live ones go to kept instead and there is no window.
+        // dies (naive-K), the live ones are kept instead and there is no window.
         int live_max = 0;
         bool dies = false;
         for (int n = 1; n <= c.maxT; n++) {
@@ -38,89 +97,194 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
             dies |= hidden_live_from(c, n) > 0;
         }
         const int W = dies ? live_max : 0;
-        const size_t kvdim = (size_t)c.Hkv * c.hd(), cap = (size_t)c.maxT + (dies ? 0 : live_max);
-        gpu_check_fits(c.L * ((cap + W) * (2 * kvdim * sizeof(float) + sizeof(int2))), "KV-cache buffers");
+        per_step = dies ? 1 : c.K;
+        step_splits = decode_splits(c.maxT * per_step + W + c.K, S * c.K, c);
+        const size_t kvdim = (size_t)c.Hkv * c.hd();
+        gpu_check_fits(c.L * W * (S * 2 * kvdim * sizeof(float) + sizeof(int2)), "KV-cache windows");
         for (KVLayer& L : cache) {
             L.win_slots = W;
-            cudaCheck(cudaMalloc(&L.kept_k, cap * kvdim * sizeof(float)));
-            cudaCheck(cudaMalloc(&L.kept_v, cap * kvdim * sizeof(float)));
-            cudaCheck(cudaMalloc(&L.kept_nc, cap * sizeof(int2)));
             if (W == 0) continue;
-            cudaCheck(cudaMalloc(&L.win_k, W * kvdim * sizeof(float)));
-            cudaCheck(cudaMalloc(&L.win_v, W * kvdim * sizeof(float)));
+            cudaCheck(cudaMalloc(&L.win_k, S * W * kvdim * sizeof(float)));
+            cudaCheck(cudaMalloc(&L.win_v, S * W * kvdim * sizeof(float)));
             cudaCheck(cudaMalloc(&L.win_nc, W * sizeof(int2)));
             std::vector<int2> empty(W, make_int2(-1, 0));
             cudaCheck(cudaMemcpy(L.win_nc, empty.data(), W * sizeof(int2), cudaMemcpyHostToDevice));
         }
-        cudaCheck(cudaMalloc(&d_logits, c.Vp * sizeof(float)));
-        cudaCheck(cudaMalloc(&d_context, c.maxT * sizeof(int)));
-        cudaCheck(cudaMalloc(&d_part, (size_t)kDecodeMaxParts * (c.hd() + 2) * sizeof(float)));
+        std::vector<Rng> rngs;
+        std::vector<int> row_sample;
+        for (int i = 0; i < S; i++) rngs.push_back(Rng{s.seed + i});
+        for (int r = 0; r < S * c.K; r++) row_sample.push_back(r / c.K);
+        cudaCheck(cudaMalloc(&state, sizeof(DecodeState)));
+        cudaCheck(cudaMalloc(&feed, S * sizeof(int)));
+        cudaCheck(cudaMalloc(&rng, S * sizeof(Rng)));
+        cudaCheck(cudaMemcpy(rng, rngs.data(), S * sizeof(Rng), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMalloc(&d_logits, (size_t)S * c.Vp * sizeof(float)));
+        for (float** buf : {&xlast, &flast}) cudaCheck(cudaMalloc(buf, (size_t)S * c.D * sizeof(float)));
+        cudaCheck(cudaMalloc(&rlast, S * sizeof(float)));
+        cudaCheck(cudaMalloc(&part, (size_t)kDecodeMaxParts * (c.hd() + 2) * sizeof(float)));
+        sample_of_row = to_device(row_sample);
+        cudaCheck(cudaStreamCreate(&capture_stream));
     }
     ~GpuDecoder() {
         free_block();
         for (KVLayer& L : cache)
-            for (void* p : {(void*)L.kept_k, (void*)L.kept_v, (void*)L.kept_nc, (void*)L.win_k, (void*)L.win_v, (void*)L.win_nc}) cudaFree(p);
-        cudaFree(d_logits);
-        cudaFree(d_part);
-        cudaFree(d_context);
+            for (void* p : {(void*)L.pre_k, (void*)L.pre_v, (void*)L.pre_nc, (void*)L.own_k, (void*)L.own_v, (void*)L.own_nc, (void*)L.win_k,
+                            (void*)L.win_v, (void*)L.win_nc})
+                cudaFree(p);
+        for (void* p : {(void*)state, (void*)feed, (void*)rng, (void*)d_logits, (void*)xlast, (void*)flast, (void*)rlast, (void*)part,
+                        (void*)sample_of_row, (void*)prompt_tokens})
+            cudaFree(p);
+        if (step_graph) cudaGraphExecDestroy(step_graph);
+        cudaStreamDestroy(capture_stream);
     }
     GpuDecoder(const GpuDecoder&) = delete;
     GpuDecoder& operator=(const GpuDecoder&) = delete;
 
     void free_block() {
-        for (void* p : {(void*)x, (void*)a, (void*)xm, (void*)f, (void*)rstd, (void*)qkv, (void*)o, (void*)h13, (void*)g, (void*)d_pos,
-                        (void*)d_nc})
+        for (void* p : {(void*)x, (void*)a, (void*)xm, (void*)f, (void*)rstd, (void*)qkv, (void*)o, (void*)h13, (void*)g, (void*)lse, (void*)pos,
+                        (void*)nc})
             cudaFree(p);
     }
     void reserve(int R) {
         if (R <= rows) return;
+        if (step_graph) die("GpuDecoder: a block of %d rows after the step graph was captured", R);
         const Config& c = G.cfg;
         free_block();
         rows = R;
-        const size_t floats = (size_t)R * (4 * c.D + 1 + c.qkv_dim() + c.H * c.hd() + 3 * c.F);
+        const size_t floats = (size_t)R * (4 * c.D + 1 + c.qkv_dim() + c.H * c.hd() + 3 * c.F + c.H);
         gpu_check_fits(floats * sizeof(float) + (size_t)R * (sizeof(int) + sizeof(int2)), "decoder activations");
         for (auto [buf, width] : {std::pair<float**, int>{&x, c.D}, {&a, c.D}, {&xm, c.D}, {&f, c.D}, {&rstd, 1}, {&qkv, c.qkv_dim()},
-                                  {&o, c.H * c.hd()}, {&h13, 2 * c.F}, {&g, c.F}})
+                                  {&o, c.H * c.hd()}, {&h13, 2 * c.F}, {&g, c.F}, {&lse, c.H}})
             cudaCheck(cudaMalloc(buf, (size_t)R * width * sizeof(float)));
-        cudaCheck(cudaMalloc(&d_pos, R * sizeof(int)));
-        cudaCheck(cudaMalloc(&d_nc, R * sizeof(int2)));
+        cudaCheck(cudaMalloc(&pos, R * sizeof(int)));
+        cudaCheck(cudaMalloc(&nc, R * sizeof(int2)));
     }
 
-    // Cache entries per layer (the same in every layer), as cpu/decode.h counts them: what an
-    // evicting cache holds. The device keeps W window slots whatever the count.
-    size_t cache_entries() const { return cache[0].kept + window_entries; }
-    size_t cache_bytes() const { return cache_entries() * 2 * G.cfg.Hkv * G.cfg.hd() * sizeof(float) * G.cfg.L; }
+    // Cache entries per layer of one sample (the same in every layer and sample), as
+    // cpu/decode.h counts them: what an evicting cache holds. The device keeps W window slots
+    // whatever the count, and the prompt's entries once for all the samples.
+    size_t cache_entries() const { return cache[0].pre + (size_t)(t - prompt) * per_step + window_entries; }
+    size_t cache_bytes() const { return cache_entries() * 2 * G.cfg.Hkv * G.cfg.hd() * sizeof(float) * G.cfg.L; }  // one sample's
 
     const Config& cfg() const { return G.cfg; }
+    std::vector<float> logits(int s) const { return G.download(d_logits + (size_t)s * G.cfg.Vp, G.cfg.Vp); }
+    // Each sample's next token, drawn on the device at the end of the last block: S ints back.
+    std::vector<int> sample() {
+        fed.resize(S);
+        cudaCheck(cudaMemcpy(fed.data(), feed, S * sizeof(int), cudaMemcpyDeviceToHost));
+        return fed;
+    }
 
-    // A block of rows (n, c) in the row order (DecodeBlocks), as cpu/decode.h's run_block.
+    // A block of rows (n, c) in the row order (DecodeBlocks), as cpu/decode.h's run_block:
+    // toks (B, R), the pre-fill's (B = 1) first, then steps' (B = S).
     void run_block(const std::vector<int>& ns, const std::vector<int>& cs, const std::vector<int>& toks) {
         const Config& c = G.cfg;
         if (ns.back() >= c.maxT) die("context of %d tokens exceeds the model's max sequence length %d", ns.back() + 1, c.maxT);
-        const int R = (int)ns.size(), D = c.D;
-        DecodeBlock b{R, 0, ns[0], 0};
-        while (b.Ro < R && cs[b.Ro] == 0) b.Ro++;
-        if (b.Ro < R) b.h0 = hidden_index(c, ns[b.Ro], cs[b.Ro]);
-        std::vector<int2> nc(R);
-        for (int r = 0; r < R; r++) nc[r] = make_int2(ns[r], cs[r]);
-        reserve(R);
-        cudaCheck(cudaMemcpy(d_context + b.n0, toks.data(), b.Ro * sizeof(int), cudaMemcpyHostToDevice));  // the originals' tokens
-        cudaCheck(cudaMemcpy(d_pos, ns.data(), R * sizeof(int), cudaMemcpyHostToDevice));
-        cudaCheck(cudaMemcpy(d_nc, nc.data(), R * sizeof(int2), cudaMemcpyHostToDevice));
-        hidden_computed += R - b.Ro;
-        embedding_forward(x, d_context, d_pos, G.p.E, R, D, G.stream);
-        const LayerActs<float> acts{x, a, rstd, qkv, nullptr, o, xm, f, rstd, h13, g};  // one block, every layer, in place
-        for (int l = 0; l < c.L; l++)
-            G.layer_forward(acts, G.p.layer[l], x, R, d_pos, [&] {
-                attention_decode(o, d_part, qkv, d_nc, cache[l], b, c, G.stream);
-                kv_cache_append(cache[l], qkv, d_nc, b, c, G.stream);
-            });
+        const int R = (int)ns.size();
+        hidden_computed += R - std::count(cs.begin(), cs.end(), 0);
         t = ns.back() + 1;
         // The live hidden tokens: the pre-fill computes every one a later query sees.
         if (cache[0].win_slots > 0) window_entries = (size_t)t * (c.K - 1) - hidden_live_from(c, t);
-        // Only the last copy of the newest position predicts: the block's last row.
-        rmsnorm_forward(f, rstd, x + (size_t)(R - 1) * D, G.p.g_final, 1, D, G.stream);
-        G.matmul(d_logits, f, G.p.wout, 1, D, c.Vp, false);
-        cudaCheck(cudaMemcpy(logits.data(), d_logits, c.Vp * sizeof(float), cudaMemcpyDeviceToHost));
+        if (!prompt) return prefill_block(ns, cs, toks);  // the first block
+        step_tokens(toks);
+    }
+
+private:
+    void prefill_block(const std::vector<int>& ns, const std::vector<int>& cs, const std::vector<int>& toks) {
+        const Config& c = G.cfg;
+        const int R = (int)ns.size(), P = t, kvdim = c.Hkv * c.hd();
+        DecodeState st{{R, P, 0, 0}, 0, P};
+        if (R > P) st.b.h0 = hidden_index(c, ns[P], cs[P]);
+        std::vector<int2> ncs(R);
+        for (int r = 0; r < R; r++) ncs[r] = make_int2(ns[r], cs[r]);
+        reserve(std::max(R, S * c.K));
+        // The cache: the prompt's kept rows once, and each sample's room for the rest.
+        const int pre = block_kept(st.b, cache[0], c), own_cap = (c.maxT - P) * per_step;
+        gpu_check_fits(c.L * ((size_t)pre + (size_t)S * own_cap) * (2 * kvdim * sizeof(float) + sizeof(int2)), "KV-cache buffers");
+        for (KVLayer& L : cache) {
+            L.own_cap = own_cap;
+            cudaCheck(cudaMalloc(&L.pre_k, (size_t)pre * kvdim * sizeof(float)));
+            cudaCheck(cudaMalloc(&L.pre_v, (size_t)pre * kvdim * sizeof(float)));
+            cudaCheck(cudaMalloc(&L.pre_nc, pre * sizeof(int2)));
+            cudaCheck(cudaMalloc(&L.own_k, (size_t)S * own_cap * kvdim * sizeof(float)));
+            cudaCheck(cudaMalloc(&L.own_v, (size_t)S * own_cap * kvdim * sizeof(float)));
+            cudaCheck(cudaMalloc(&L.own_nc, own_cap * sizeof(int2)));
+        }
+        prompt_tokens = to_device(std::vector<int>(toks.begin(), toks.begin() + P));
+        cudaCheck(cudaMemcpy(state, &st, sizeof st, cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(pos, ns.data(), R * sizeof(int), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(nc, ncs.data(), R * sizeof(int2), cudaMemcpyHostToDevice));
+        embedding_forward(x, prompt_tokens, pos, G.p.E, R, c.D, G.stream);
+        // Every copy of the P positions: a training sequence; else its originals are one (a
+        // vanilla model's), and the hidden rows attend through the decode kernel.
+        const bool whole = st.b.h0 == 0 && R == P * c.K;
+        Config originals = c;
+        originals.variant = VANILLA; originals.K = 1; originals.W = 0; originals.C = 0;
+        const int splits = decode_splits(R, std::max(1, R - P), c);  // a hidden row's candidates: at most the block
+        const LayerActs<float> acts{x, a, rstd, qkv, lse, o, xm, f, rstd, h13, g};  // one block, every layer, in place
+        for (int l = 0; l < c.L; l++)
+            G.layer_forward(acts, G.p.layer[l], x, R, pos, [&] {
+                attention_forward(o, lse, qkv, whole ? c : originals, 1, P, G.stream, nullptr, G.tf32);
+                if (!whole) attention_decode(o, part, qkv, nc, cache[l], state, c, 1, R, P, splits, G.stream);
+                kv_cache_append(cache[l], qkv, nc, state, c, 1, R, S, true, G.stream);
+            });
+        for (KVLayer& L : cache) L.pre = pre;
+        prompt = P;
+        head(1);
+    }
+
+    // The LM head on each sample's last row (of sample s % B's rows), then each sample's draw.
+    void head(int B) {
+        const Config& c = G.cfg;
+        launch(last_rows_kernel, dim3(S), dim3(std::min(c.D, 256)), 0, G.stream, xlast, (const float*)x, (const DecodeState*)state, B, c.D);
+        cudaCheck(cudaGetLastError());
+        rmsnorm_forward(flast, rlast, xlast, G.p.g_final, S, c.D, G.stream);
+        G.matmul(d_logits, flast, G.p.wout, S, c.D, c.Vp, false);
+        sample_tokens(feed, rng, d_logits, S, c.V, c.Vp, sampling.temperature, sampling.top_k, G.stream);
+        fed.clear();  // feed holds new draws: sample() reads them
+    }
+
+    // A decode step's work, all of it on G.stream and read from device memory.
+    void enqueue_step() {
+        const Config& c = G.cfg;
+        const int N = S * c.K;
+        launch(decode_step_begin_kernel, dim3(1), dim3(128), 0, G.stream, state, pos, nc, c, S, prompt, per_step);
+        cudaCheck(cudaGetLastError());
+        embedding_forward(x, feed, sample_of_row, G.p.E, N, c.D, G.stream);
+        const LayerActs<float> acts{x, a, rstd, qkv, lse, o, xm, f, rstd, h13, g};
+        for (int l = 0; l < c.L; l++)
+            G.layer_forward(acts, G.p.layer[l], x, N, pos, [&] {
+                attention_decode(o, part, qkv, nc, cache[l], state, c, S, c.K, 0, step_splits, G.stream);
+                kv_cache_append(cache[l], qkv, nc, state, c, S, c.K, S, false, G.stream);
+            });
+        head(S);
+    }
+
+    // The step of tokens (S*K, each sample's K copies): feed gets them unless it holds them
+    // already (they are the last draws); then the step, by graph or kernel by kernel.
+    void step_tokens(const std::vector<int>& toks) {
+        const Config& c = G.cfg;
+        std::vector<int> next(S);
+        for (int s = 0; s < S; s++) next[s] = toks[(size_t)s * c.K];
+        if (next != fed) cudaCheck(cudaMemcpy(feed, next.data(), S * sizeof(int), cudaMemcpyHostToDevice));
+        reserve(S * c.K);
+        if (!graphs) return enqueue_step();
+        if (!step_graph) capture_step();
+        cudaCheck(cudaGraphLaunch(step_graph, G.stream));
+    }
+    // Captures enqueue_step on a stream of its own, which G's kernels and cuBLAS use meanwhile.
+    void capture_step() {
+        cudaStream_t keep = G.stream;
+        cudaGraph_t graph;
+        cudaCheck(cudaDeviceSynchronize());
+        G.stream = capture_stream;
+        cublasCheck(cublasSetStream(G.blas, capture_stream));
+        cudaCheck(cudaStreamBeginCapture(capture_stream, cudaStreamCaptureModeThreadLocal));
+        enqueue_step();
+        cudaCheck(cudaStreamEndCapture(capture_stream, &graph));
+        G.stream = keep;
+        cublasCheck(cublasSetStream(G.blas, keep));
+        cudaCheck(cudaGraphInstantiate(&step_graph, graph, 0));
+        cudaCheck(cudaGraphDestroy(graph));
     }
 };

@@ -1,23 +1,29 @@
-// kernels/kv_cache.cuh: the PHD KV cache on the GPU (PHD.md section 6): one layer's cache,
-// the attention of a block of new rows against it and against themselves, and the append
-// that moves the block into it. cpu/decode.h is the CPU version of the same steps; the tests
-// hold this one to it.
+// kernels/kv_cache.cuh: the PHD KV cache on the GPU (PHD.md section 6) for S samples of one
+// prompt: one layer's cache, the attention of a block of new rows against it and against
+// themselves, and the append that moves the block into it. cpu/decode.h is the CPU version of
+// the same steps; the tests hold this one to it.
 //
-// One layer's cache (device), holding what cpu/decode.h's holds: every original, and the hidden
-// tokens at or past hidden_live_from(t) (model.h), t the positions so far:
-//   kept   k, v (cap, Hkv*hd), nc (cap): the originals, appended; with them the live hidden
-//          tokens when there is no window (naive-K: no hidden token ever dies).
-//   window k, v (W, Hkv*hd), nc (W): W = the most hidden tokens live at once (phd-swa,
+// One layer's cache (device), holding for each sample what cpu/decode.h's holds: every
+// original, and the hidden tokens at or past hidden_live_from(t) (model.h), t the positions so
+// far. Samples decode in lockstep, so the token (n, c) of every entry is the same in each:
+//   prompt k, v (pre, Hkv*hd), nc (pre): what the pre-fill keeps (its originals; naive-K: with
+//          every hidden token, none of which ever dies), once for all the samples.
+//   own    k, v (S, own_cap, Hkv*hd), nc (own_cap): what each sample keeps after the prompt,
+//          appended step by step (the original; naive-K: every copy).
+//   window k, v (S, W, Hkv*hd), nc (W): W = the most hidden tokens live at once (phd-swa,
 //          phd-cswa). The hidden token of stream index h lives in slot h % W, so the slots
 //          hold every live hidden token. A slot of a dead token or one never written
 //          (n = -1) is a candidate that phd_visible rejects: no eviction pass is needed.
-// A block (DecodeBlock): R rows in the row order: Ro originals of consecutive positions n0.., then
-// the hidden tokens of consecutive stream indices h0.. (every block the decoder makes, a
-// pre-fill or a decode step, has this form).
+// A block (DecodeBlock): R rows in the row order: Ro originals of consecutive positions n0..,
+// then the hidden tokens of consecutive stream indices h0.. (every block the decoder makes, a
+// pre-fill or a decode step, has this form), for B samples: B = 1 (the pre-fill, whose
+// entries every sample shares) or S (a step), rows (B, R). The block and the count of own
+// entries live in device memory (DecodeState), which every kernel here reads: a decode step
+// captured once as a CUDA graph then replays for every token (kernels/gpu_decode.cuh).
 //
-// The candidate keys of query (n, c) are one index space [kept | window | block originals
-// 0..n | block hidden rows inside visible_hidden_range]: its visible keys plus at most W
-// window slots, each masked with phd_visible. So the work tracks the visible pairs (§7).
+// The candidate keys of query (n, c) are one index space [prompt | own | window | block
+// originals 0..n | block hidden rows inside visible_hidden_range]: its visible keys plus at
+// most W window slots, each masked with phd_visible. So the work tracks the visible pairs (§7).
 #pragma once
 #include <algorithm>
 #include "attention.cuh"
@@ -26,15 +32,21 @@
 static constexpr int kDecodeThreads = 64;  // threads per (row, head): keys per tile, output dims per pass
 
 struct KVLayer {
-    float *kept_k = nullptr, *kept_v = nullptr;  // (cap, Hkv*hd)
-    int2* kept_nc = nullptr;                     // (cap) token (n, c) of each entry
-    float *win_k = nullptr, *win_v = nullptr;    // (W, Hkv*hd)
-    int2* win_nc = nullptr;                      // (W), n = -1 when empty
-    int kept = 0;                                // entries in kept
-    int win_slots = 0;                           // W, 0 without a window
+    float *pre_k = nullptr, *pre_v = nullptr;  // (pre, Hkv*hd)
+    int2* pre_nc = nullptr;                    // (pre) token (n, c) of each entry
+    float *own_k = nullptr, *own_v = nullptr;  // (S, own_cap, Hkv*hd)
+    int2* own_nc = nullptr;                    // (own_cap)
+    float *win_k = nullptr, *win_v = nullptr;  // (S, W, Hkv*hd)
+    int2* win_nc = nullptr;                    // (W), n = -1 when empty
+    int pre = 0;                               // entries in the prompt part (0 until the pre-fill is in)
+    int own_cap = 0;                           // entries each sample's own part holds
+    int win_slots = 0;                         // W, 0 without a window
 };
 
 struct DecodeBlock { int R, Ro, n0, h0; };
+// In device memory: the block the kernels run, each sample's own entries before it, and the
+// positions in the context once it is in.
+struct DecodeState { DecodeBlock b; int own, t; };
 
 // The first of the block's hidden rows that a later query can still see, as a stream index:
 // the block's live hidden rows are [it, h0 + R - Ro - 1]. Every block holds the originals
@@ -43,15 +55,23 @@ PHD_HOST_DEVICE inline int block_live_from(const DecodeBlock& b, const Config& c
     const int live = hidden_live_from(c, b.n0 + b.Ro);
     return live > b.h0 ? live : b.h0;
 }
+// Entries a block adds to a kept part (prompt or own) of each sample: its originals, and its
+// live hidden rows where there is no window.
+PHD_HOST_DEVICE inline int block_kept(const DecodeBlock& b, const KVLayer& L, const Config& c) {
+    const int hid = b.h0 + b.R - b.Ro - block_live_from(b, c);
+    return b.Ro + (L.win_slots == 0 && hid > 0 ? hid : 0);
+}
 
-// Where candidate j of a query lies: counts of the four parts of its index space.
+// Where candidate j of a query lies: counts of the five parts of its index space.
 struct Candidates {
-    int kept, win, orig, hid, hid0;  // hid0: the first block hidden row, counted from row Ro
-    __device__ int count() const { return kept + win + orig + hid; }
+    int pre, own, win, orig, hid, hid0;  // hid0: the first block hidden row, counted from row Ro
+    __device__ int count() const { return pre + own + win + orig + hid; }
 };
-static __device__ Candidates decode_candidates(const Config& c, const KVLayer& L, const DecodeBlock& b, int n, int copy) {
+static __device__ Candidates decode_candidates(const Config& c, const KVLayer& L, const DecodeState& st, int n, int copy) {
+    const DecodeBlock& b = st.b;
     Candidates s;
-    s.kept = L.kept;
+    s.pre = L.pre;
+    s.own = st.own;
     s.win = L.win_slots;
     s.orig = min(max(n - b.n0 + 1, 0), b.Ro);
     int lo, hi;
@@ -63,23 +83,27 @@ static __device__ Candidates decode_candidates(const Config& c, const KVLayer& L
     return s;
 }
 
-// Candidate j: its token (*m, *d) (m = -1: an empty slot) and its k and v rows (all kv heads).
-static __device__ void decode_key(const Candidates& s, int j, const KVLayer& L, const float* qkv, const int2* nc, const DecodeBlock& b,
-                           const Config& c, int* m, int* d, const float** k, const float** v) {
+// Candidate j of a query of sample smp: its token (*m, *d) (m = -1: an empty slot) and its k
+// and v rows (all kv heads). qkv, nc: the sample's block rows (R, .) and the rows' tokens.
+static __device__ void decode_key(const Candidates& s, int j, const KVLayer& L, int smp, const float* qkv, const int2* nc, int Ro,
+                                  const Config& c, int* m, int* d, const float** k, const float** v) {
     const size_t kvdim = (size_t)c.Hkv * c.hd(), ld = c.qkv_dim();
     int2 t;
-    if (j < s.kept) {
-        t = L.kept_nc[j];
-        *k = L.kept_k + j * kvdim;
-        *v = L.kept_v + j * kvdim;
-    } else if (j < s.kept + s.win) {
-        j -= s.kept;
+    if (j < s.pre) {
+        t = L.pre_nc[j];
+        *k = L.pre_k + j * kvdim;
+        *v = L.pre_v + j * kvdim;
+    } else if ((j -= s.pre) < s.own) {
+        t = L.own_nc[j];
+        *k = L.own_k + ((size_t)smp * L.own_cap + j) * kvdim;
+        *v = L.own_v + ((size_t)smp * L.own_cap + j) * kvdim;
+    } else if ((j -= s.own) < s.win) {
         t = L.win_nc[j];
-        *k = L.win_k + j * kvdim;
-        *v = L.win_v + j * kvdim;
+        *k = L.win_k + ((size_t)smp * s.win + j) * kvdim;
+        *v = L.win_v + ((size_t)smp * s.win + j) * kvdim;
     } else {
-        j -= s.kept + s.win;
-        const int row = j < s.orig ? j : b.Ro + s.hid0 + j - s.orig;
+        j -= s.win;
+        const int row = j < s.orig ? j : Ro + s.hid0 + j - s.orig;
         t = nc[row];
         *k = qkv + row * ld + c.H * c.hd();
         *v = *k + kvdim;
@@ -88,23 +112,26 @@ static __device__ void decode_key(const Candidates& s, int j, const KVLayer& L, 
     *d = t.y;
 }
 
-// grid (R, H, splits), block kDecodeThreads: o (R, H*hd) for the block's rows; qkv (R, qkv_dim)
-// with RoPE applied; nc (R) the rows' tokens. Online softmax over tiles of kDecodeThreads
-// candidates: thread t scores candidate t of the tile, then owns output dims t, t + 64.
-// With splits > 1 (split-K, as in flash-decoding: a decode step has too few rows to fill
-// the GPU) split z takes the z-th share of the candidates and writes its unnormalised
-// output, max and sum to part (R, H, splits, hd + 2); attention_decode_combine_kernel
-// merges them.
-static __global__ void attention_decode_kernel(float* o, float* part, const float* qkv, const int2* nc, KVLayer L, DecodeBlock b,
-                                               Config c) {
+// grid (B * (R - row0), H, splits), block kDecodeThreads: o (B, R, H*hd) for the block's rows
+// row0..R-1 of each sample; qkv (B, R, qkv_dim) with RoPE applied; nc (R) the rows' tokens.
+// Online softmax over tiles of kDecodeThreads candidates: thread t scores candidate t of the
+// tile, then owns output dims t, t + 64. With splits > 1 (split-K, as in flash-decoding: a
+// decode step has too few rows to fill the GPU) split z takes the z-th share of the
+// candidates and writes its unnormalised output, max and sum to part (blocks, H, splits,
+// hd + 2); attention_decode_combine_kernel merges them.
+static __global__ void attention_decode_kernel(float* o, float* part, const float* qkv, const int2* nc, KVLayer L, const DecodeState* state,
+                                               Config c, int row0) {
     __shared__ float q[kAttnMaxHd], p[kDecodeThreads];
     __shared__ const float* vrow[kDecodeThreads];
-    const int i = blockIdx.x, h = blockIdx.y, t = threadIdx.x, hd = c.hd(), off = h / (c.H / c.Hkv) * hd;
+    const DecodeState st = *state;
+    const int rows = st.b.R - row0, smp = blockIdx.x / rows, i = row0 + blockIdx.x % rows;
+    const int h = blockIdx.y, t = threadIdx.x, hd = c.hd(), off = h / (c.H / c.Hkv) * hd;
+    const float* sq = qkv + (size_t)smp * st.b.R * c.qkv_dim();  // the sample's block rows
     const int n = nc[i].x, copy = nc[i].y;
     const float scale = 1.0f / sqrtf((float)hd);
-    for (int e = t; e < hd; e += kDecodeThreads) q[e] = qkv[(size_t)i * c.qkv_dim() + h * hd + e];
+    for (int e = t; e < hd; e += kDecodeThreads) q[e] = sq[(size_t)i * c.qkv_dim() + h * hd + e];
     __syncthreads();
-    const Candidates s = decode_candidates(c, L, b, n, copy);
+    const Candidates s = decode_candidates(c, L, st, n, copy);
     const int share = (s.count() + gridDim.z - 1) / gridDim.z, lo = blockIdx.z * share, hi = min(s.count(), lo + share);
     float mx = -INFINITY, l = 0.0f, acc[kAttnMaxHd / kDecodeThreads] = {};
     for (int j0 = lo; j0 < hi; j0 += kDecodeThreads) {
@@ -113,7 +140,7 @@ static __global__ void attention_decode_kernel(float* o, float* part, const floa
         if (j0 + t < hi) {
             int m, d;
             const float *kr, *v;
-            decode_key(s, j0 + t, L, qkv, nc, b, c, &m, &d, &kr, &v);
+            decode_key(s, j0 + t, L, smp, sq, nc, st.b.Ro, c, &m, &d, &kr, &v);
             if (m >= 0 && phd_visible(c, n, copy, m, d)) {
                 float dot = 0.0f;
                 for (int e = 0; e < hd; e++) dot += q[e] * kr[off + e];
@@ -141,75 +168,89 @@ static __global__ void attention_decode_kernel(float* o, float* part, const floa
         }
         __syncthreads();  // before the next tile overwrites p and vrow
     }
+    float* oi = o + ((size_t)smp * st.b.R + i) * c.H * hd + h * hd;
     if (gridDim.z == 1) {
         for (int u = 0; u < kAttnMaxHd / kDecodeThreads; u++)  // l > 0: a query always sees itself
-            if (u * kDecodeThreads + t < hd) o[(size_t)i * c.H * hd + h * hd + u * kDecodeThreads + t] = acc[u] / l;
+            if (u * kDecodeThreads + t < hd) oi[u * kDecodeThreads + t] = acc[u] / l;
         return;
     }
-    float* pz = part + (((size_t)i * c.H + h) * gridDim.z + blockIdx.z) * (hd + 2);  // a share may see nothing: l = 0
+    float* pz = part + (((size_t)blockIdx.x * c.H + h) * gridDim.z + blockIdx.z) * (hd + 2);  // a share may see nothing: l = 0
     for (int u = 0; u < kAttnMaxHd / kDecodeThreads; u++)
         if (u * kDecodeThreads + t < hd) pz[u * kDecodeThreads + t] = acc[u];
     if (t == 0) { pz[hd] = mx; pz[hd + 1] = l; }
 }
 
-// grid (R, H), block kDecodeThreads: o from the splits' parts, rescaled to their common max.
-static __global__ void attention_decode_combine_kernel(float* o, const float* part, int splits, Config c) {
-    const int i = blockIdx.x, h = blockIdx.y, hd = c.hd();
-    const float* pi = part + ((size_t)i * c.H + h) * splits * (hd + 2);
+// grid (B * (R - row0), H), block kDecodeThreads: o from the splits' parts, rescaled to their
+// common max.
+static __global__ void attention_decode_combine_kernel(float* o, const float* part, int splits, const DecodeState* state, Config c, int row0) {
+    const int R = state->b.R, rows = R - row0, smp = blockIdx.x / rows, i = row0 + blockIdx.x % rows, h = blockIdx.y, hd = c.hd();
+    const float* pi = part + ((size_t)blockIdx.x * c.H + h) * splits * (hd + 2);
     float M = -INFINITY, l = 0.0f;
     for (int z = 0; z < splits; z++) M = fmaxf(M, pi[z * (hd + 2) + hd]);
     for (int z = 0; z < splits; z++) l += __expf(pi[z * (hd + 2) + hd] - M) * pi[z * (hd + 2) + hd + 1];
     for (int e = threadIdx.x; e < hd; e += kDecodeThreads) {
         float a = 0.0f;
         for (int z = 0; z < splits; z++) a += __expf(pi[z * (hd + 2) + hd] - M) * pi[z * (hd + 2) + e];
-        o[(size_t)i * c.H * hd + h * hd + e] = a / l;
+        o[((size_t)smp * R + i) * c.H * hd + h * hd + e] = a / l;
     }
 }
 
-// grid (R), block 128: the block's keys and values enter the cache; run after every row of
-// the block has attended. Originals append to kept; live hidden rows go to their window
-// slot, or to kept when there is no window; dead ones nowhere.
-static __global__ void kv_cache_append_kernel(KVLayer L, const float* qkv, const int2* nc, DecodeBlock b, Config c) {
-    const int j = blockIdx.x, kvdim = c.Hkv * c.hd(), hid = b.h0 + j - b.Ro, live = block_live_from(b, c);
-    const float* kr = qkv + (size_t)j * c.qkv_dim() + c.H * c.hd();
+// grid (R, S), block 128: the block's keys and values enter the cache of every sample s, from
+// its rows (a step's, B = S) or the pre-fill's (B = 1, every sample's copy of the prompt);
+// run after every row of the block has attended. Originals append to the kept part (to_prompt:
+// the prompt part, written once; else the sample's own); live hidden rows go to their window
+// slot, or to the kept part where there is no window; dead ones nowhere. Sample 0 writes the
+// tokens (n, c), the same for every sample.
+static __global__ void kv_cache_append_kernel(KVLayer L, const float* qkv, const int2* nc, const DecodeState* state, Config c, int B,
+                                              bool to_prompt) {
+    const DecodeBlock b = state->b;
+    const int j = blockIdx.x, smp = blockIdx.y, kvdim = c.Hkv * c.hd(), hid = b.h0 + j - b.Ro, live = block_live_from(b, c);
+    const float* kr = qkv + ((size_t)(smp % B) * b.R + j) * c.qkv_dim() + c.H * c.hd();
     if (j >= b.Ro && hid < live) return;
     float *kd, *vd;
     int2* ncd;
     if (j < b.Ro || L.win_slots == 0) {
-        const int slot = L.kept + (j < b.Ro ? j : b.Ro + hid - live);
-        kd = L.kept_k + (size_t)slot * kvdim; vd = L.kept_v + (size_t)slot * kvdim; ncd = L.kept_nc + slot;
+        const int e = j < b.Ro ? j : b.Ro + hid - live;
+        if (to_prompt && smp > 0) return;
+        const size_t slot = to_prompt ? (size_t)e : (size_t)smp * L.own_cap + state->own + e;
+        kd = (to_prompt ? L.pre_k : L.own_k) + slot * kvdim;
+        vd = (to_prompt ? L.pre_v : L.own_v) + slot * kvdim;
+        ncd = (to_prompt ? L.pre_nc : L.own_nc) + (to_prompt ? e : state->own + e);
     } else {
         const int slot = hid % L.win_slots;
-        kd = L.win_k + (size_t)slot * kvdim; vd = L.win_v + (size_t)slot * kvdim; ncd = L.win_nc + slot;
+        kd = L.win_k + ((size_t)smp * L.win_slots + slot) * kvdim; vd = L.win_v + ((size_t)smp * L.win_slots + slot) * kvdim; ncd = L.win_nc + slot;
     }
     for (int e = threadIdx.x; e < kvdim; e += blockDim.x) {
         kd[e] = kr[e];
         vd[e] = kr[kvdim + e];
     }
-    if (threadIdx.x == 0) *ncd = nc[j];
+    if (threadIdx.x == 0 && smp == 0) *ncd = nc[j];
 }
 
-// Split-K: at least kDecodeKeysPerSplit candidates a split, and R*H*splits <= kDecodeMaxParts
-// (the part buffer's size, in units of hd + 2 floats); splits = 1 once R*H rows fill the GPU.
+// Split-K: at least kDecodeKeysPerSplit candidates a split, and rows*H*splits <= kDecodeMaxParts
+// (the part buffer's size, in units of hd + 2 floats); splits = 1 once rows*H fill the GPU.
+// candidates: the most any query of the block has; rows: the block's query rows, all samples.
 static constexpr int kDecodeKeysPerSplit = 256, kDecodeMaxParts = 1024, kDecodeMaxSplits = 32;
-inline int decode_splits(const KVLayer& L, const DecodeBlock& b, const Config& c) {
-    const int candidates = L.kept + L.win_slots + b.R, by_keys = (candidates + kDecodeKeysPerSplit - 1) / kDecodeKeysPerSplit;
-    return std::max(1, std::min({by_keys, kDecodeMaxSplits, kDecodeMaxParts / (b.R * c.H)}));
+inline int decode_splits(int candidates, int rows, const Config& c) {
+    const int by_keys = (candidates + kDecodeKeysPerSplit - 1) / kDecodeKeysPerSplit;
+    return std::max(1, std::min({by_keys, kDecodeMaxSplits, kDecodeMaxParts / (rows * c.H)}));
 }
 
-// Launchers: o, qkv, nc are the block's device tensors; L's counts are the host's; part holds
-// kDecodeMaxParts * (hd + 2) floats; splits = 0 chooses with decode_splits (tests force others).
-inline void attention_decode(float* o, float* part, const float* qkv, const int2* nc, const KVLayer& L, const DecodeBlock& b,
-                             const Config& c, cudaStream_t s, int splits = 0) {
+// Launchers. o, qkv, nc, state are the block's device tensors (state as the host last wrote or
+// a step's first kernel set it); B samples of R rows, of which rows row0..R-1 attend; part
+// holds kDecodeMaxParts * (hd + 2) floats.
+inline void attention_decode(float* o, float* part, const float* qkv, const int2* nc, const KVLayer& L, const DecodeState* state,
+                             const Config& c, int B, int R, int row0, int splits, cudaStream_t s) {
     if (c.hd() > kAttnMaxHd) die("attention kernel: head size %d exceeds %d", c.hd(), kAttnMaxHd);
-    if (splits == 0) splits = decode_splits(L, b, c);
-    if (splits > 1 && b.R * c.H * splits > kDecodeMaxParts) die("attention_decode: %d splits of %d rows exceed the part buffer", splits, b.R);
-    launch(attention_decode_kernel, dim3(b.R, c.H, splits), dim3(kDecodeThreads), 0, s, o, part, qkv, nc, L, b, c);
-    if (splits > 1) launch(attention_decode_combine_kernel, dim3(b.R, c.H), dim3(kDecodeThreads), 0, s, o, (const float*)part, splits, c);
+    const int rows = B * (R - row0);
+    if (splits > 1 && rows * c.H * splits > kDecodeMaxParts) die("attention_decode: %d splits of %d rows exceed the part buffer", splits, rows);
+    launch(attention_decode_kernel, dim3(rows, c.H, splits), dim3(kDecodeThreads), 0, s, o, part, qkv, nc, L, state, c, row0);
+    if (splits > 1)
+        launch(attention_decode_combine_kernel, dim3(rows, c.H), dim3(kDecodeThreads), 0, s, o, (const float*)part, splits, state, c, row0);
     cudaCheck(cudaGetLastError());
 }
-inline void kv_cache_append(KVLayer& L, const float* qkv, const int2* nc, const DecodeBlock& b, const Config& c, cudaStream_t s) {
-    launch(kv_cache_append_kernel, dim3(b.R), dim3(128), 0, s, L, qkv, nc, b, c);
+inline void kv_cache_append(const KVLayer& L, const float* qkv, const int2* nc, const DecodeState* state, const Config& c, int B, int R,
+                            int S, bool to_prompt, cudaStream_t s) {
+    launch(kv_cache_append_kernel, dim3(R, S), dim3(128), 0, s, L, qkv, nc, state, c, B, to_prompt);
     cudaCheck(cudaGetLastError());
-    L.kept += b.Ro + (L.win_slots == 0 ? std::max(0, b.h0 + b.R - b.Ro - block_live_from(b, c)) : 0);
 }

@@ -30,7 +30,8 @@
 //   allocation, fails (cudaErrorInvalidValue). An optional size limit drives out-of-memory paths.
 // - atomicAdd/atomicMax on int and float, the math intrinsics the kernels use (__expf and
 //   __logf with the GPU's argument rounding), bf16 and half conversions (storage types only,
-//   no arithmetic operators), streams and events (synchronous), and the cuBLAS calls the
+//   no arithmetic operators), streams and events (synchronous), CUDA graphs made by stream
+//   capture (cuda_emu_graph.h), and the cuBLAS calls the
 //   engine makes (column-major, every transpose, leading dimensions, alpha/beta, TF32 when
 //   allowed), computed naively, with cuBLAS's argument checks and device pointers required.
 // - The tensor-core instructions the kernels use (cuda_emu_mma.h): mma_tf32 and mma_bf16
@@ -55,6 +56,7 @@
 #include <sys/mman.h>
 #include <type_traits>
 #include <unordered_map>
+#include <utility>
 #include <unistd.h>
 #include <vector>
 #include <xmmintrin.h>
@@ -504,6 +506,8 @@ template<typename A> inline bool device_argument(const A& a) {
 
 }  // namespace cuda_emu
 
+#include "cuda_emu_graph.h"
+
 // The built-in variables of the thread running now.
 #define threadIdx (cuda_emu::running_fiber().tid)
 #define blockIdx (cuda_emu::g_launch.block_idx)
@@ -512,10 +516,13 @@ template<typename A> inline bool device_argument(const A& a) {
 
 // kernel<<<grid, block, shmem, stream>>>(args...) in emulation.
 template<typename... KArgs, typename... Args>
-void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shmem, cudaStream_t, Args... args) {
+void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shmem, cudaStream_t stream, Args... args) {
     using namespace cuda_emu;
     std::lock_guard<std::mutex> serial(launch_mutex());
-    if (cudaError_t e = check_launch(reinterpret_cast<const void*>(kernel), grid, block, shmem)) {
+    cudaError_t e = check_launch(reinterpret_cast<const void*>(kernel), grid, block, shmem);
+    // While its stream captures, the launch is recorded to run at each replay (cuda_emu_graph.h).
+    if (!e && captured(stream, [=] { launch(kernel, grid, block, shmem, nullptr, args...); return std::exchange(last_error, cudaSuccess); }, e) && !e) return;
+    if (e) {
         last_error = e;
         return;
     }
@@ -722,7 +729,10 @@ inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKi
     memcpy(dst, src, n);
     return cudaSuccess;
 }
-inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaStream_t = nullptr) { return cudaMemcpy(d, s, n, k); }
+inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaStream_t st = nullptr) {
+    cudaError_t e;
+    return cuda_emu::captured(st, [=] { return cudaMemcpy(d, s, n, k); }, e) ? e : cudaMemcpy(d, s, n, k);
+}
 inline cudaError_t cudaMemset(void* dst, int v, size_t n) {
     if (n == 0) return cudaSuccess;
     cuda_emu::DeviceAccess access;
@@ -730,7 +740,10 @@ inline cudaError_t cudaMemset(void* dst, int v, size_t n) {
     memset(dst, v, n);
     return cudaSuccess;
 }
-inline cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t = nullptr) { return cudaMemset(d, v, n); }
+inline cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t st = nullptr) {
+    cudaError_t e;
+    return cuda_emu::captured(st, [=] { return cudaMemset(d, v, n); }, e) ? e : cudaMemset(d, v, n);
+}
 inline cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = new CUstream_st; return cudaSuccess; }
 inline cudaError_t cudaStreamDestroy(cudaStream_t s) { delete s; return cudaSuccess; }
 inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
@@ -745,3 +758,4 @@ inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b)
 
 #include "cuda_emu_mma.h"
 #include "cuda_emu_cublas.h"
+#include "cuda_emu_nccl.h"

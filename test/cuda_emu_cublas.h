@@ -39,6 +39,13 @@ inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperati
     if (m < 0 || n < 0 || k < 0 || batch < 0 || lda < max(1, a_rows) || ldb < max(1, b_rows) || ldc < max(1, m))
         return CUBLAS_STATUS_INVALID_VALUE;
     if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
+    // While the handle's stream captures, the product is recorded with the scalars' values (cuda_emu_graph.h).
+    const float alpha_v = *(const float*)alpha, beta_v = *(const float*)beta;
+    cudaError_t captured_status;
+    if (cuda_emu::captured(h->stream, [=] {
+            return cublasGemmStridedBatchedEx(h, ta, tb, m, n, k, &alpha_v, A, at, lda, sa, B, bt, ldb, sb, &beta_v, C, ct, ldc, sc, batch,
+                                              comp, CUBLAS_GEMM_DEFAULT) ? cudaErrorInvalidValue : cudaSuccess; }, captured_status))
+        return captured_status ? CUBLAS_STATUS_EXECUTION_FAILED : CUBLAS_STATUS_SUCCESS;
     cuda_emu::DeviceAccess access;
     // Every element the product touches must be device memory, where a GPU would fault.
     auto on_device = [&](const void* p, cudaDataType t, int rows, int cols, int ld, long long stride) {

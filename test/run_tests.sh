@@ -42,6 +42,8 @@ suite export run 120 "$(has_torch || echo "Debian's python3-torch is not install
     env OMP_NUM_THREADS=1 bash test/test_export.sh build/train_phd_cpu
 # The loss study's machinery (dev/study.sh): a tiny study, its CSV, resume and plots.
 suite study run 120 "" env OMP_NUM_THREADS=1 bash test/test_study.sh build/train_phd_cpu
+# Data parallel under mpirun (CPU, and the GPU path on the emulation); SKIPPED without mpirun.
+suite dist run 120 "" env OMP_NUM_THREADS=1 bash test/test_dist.sh build/train_phd_cpu build/train_phd_emu
 suite gpu-emulated run 300 "" ./build/test_gpu_emu
 suite gpu-asan run 300 "" ./build/test_gpu_asan
 # The kernel lab's checks at a tiny shape, on the emulation (its timings mean nothing here).

@@ -1,8 +1,10 @@
 // KV-cache inference: pre-fill + decode steps reproduce the training forward's last-copy
 // logits for every variant, with the cache sizes of PHD.md section 6 and only the hidden
 // tokens each variant needs; sampling draws from the softmax of the top k at temperature T.
+#include "../common/checkpoint.h"
 #include "../cpu/decode.h"
 #include "test_util.h"
+#include "train_util.h"
 
 static const int kC = 5;  // chunk length of the cswa variant below; prompts cross its boundaries
 static const char* kDecodeVariants[] = {"vanilla", "phd-3", "phd-swa-3-4", "phd-cswa-3-4-5", "naive-2"};
@@ -43,13 +45,14 @@ template<typename Real> static void check_decoder(const char* variant, double to
         CHECK(dec.hidden_computed == expected_prefill_hidden(c, P));
         for (int s = 0; s <= steps; s++) {
             const int len = P + s;
-            if (s > 0) dec.step(seq[len - 1]);
+            if (s > 0) dec.step({seq[len - 1]});
             CHECK(dec.cache_entries() == expected_entries(c, len));
             model_forward(full, seq.data(), nullptr, 1, len);
             const Real* want = full.logits + (size_t)(len - 1) * c.Vp;
+            const std::vector<Real> got = dec.logits(0);
             double worst = 0, scale = 0;
             for (int j = 0; j < c.V; j++) {
-                worst = max_nan(worst, (double)std::fabs(dec.logits[j] - want[j]));
+                worst = max_nan(worst, (double)std::fabs(got[j] - want[j]));
                 scale = max_nan(scale, (double)std::fabs(want[j]));
             }
             INFO("after " << s << " decode steps: max |diff| " << worst << " of logits up to " << scale);
@@ -84,39 +87,12 @@ TEST_CASE("phd-cswa pre-fill computes hidden tokens of the last chunk only, what
 static const std::vector<float> kSampleLogits = {1.2f, 2.0f, -1.0f, 1.3f, 0.5f, 1.6f, 1.25f, -0.3f, 9.0f, 9.0f};
 static const int kSampleV = 8;
 
-// Draws n tokens at temperature T with top_k. Every id must be one of the k largest logits;
-// each of those must be drawn (the rarest below has n p > 250: missing it has probability
-// < e^-250); each id's count must be within 5 standard deviations of n p, p the softmax at T
-// of the kept logits (computed here, not by sample_token). The draws are seeded, hence
-// reproducible; 5 sigma keeps the bound from depending on the seed (a binomial count leaves
-// it with probability < 1e-6) yet rejects a wrong temperature or k.
+// n draws of sample_token from one seeded Rng, for check_draws (test_util.h).
 static void check_sampling(float T, int top_k, int n) {
-    const std::vector<float>& z = kSampleLogits;
-    const int V = kSampleV, k = top_k > 0 && top_k < V ? top_k : V;
-    std::vector<float> sorted(z.begin(), z.begin() + V);
-    std::sort(sorted.begin(), sorted.end(), std::greater<float>());
-    const float kth = sorted[k - 1];  // the logits have no ties
-    std::vector<double> p(V, 0.0);
-    double sum = 0;
-    for (int j = 0; j < V; j++)
-        if (z[j] >= kth) sum += p[j] = std::exp((double)z[j] / T);
-    for (double& x : p) x /= sum;
     Rng rng{1234};
-    std::vector<long> count(V, 0);
-    long outside = 0;  // ids outside the top k, padding included
-    for (int i = 0; i < n; i++) {
-        int t = sample_token(z.data(), V, T, top_k, rng);
-        if (t < 0 || t >= V || p[t] == 0) outside++;
-        else count[t]++;
-    }
-    INFO("temperature " << T << ", top-k " << top_k << ", " << n << " draws");
-    CHECK(outside == 0);
-    for (int j = 0; j < V; j++) {
-        INFO("id " << j << " (logit " << z[j] << "): drawn " << count[j] << " times, expected " << n * p[j]);
-        if (p[j] == 0) continue;
-        CHECK(count[j] > 0);
-        CHECK(std::fabs(count[j] - n * p[j]) <= 5 * std::sqrt(n * p[j] * (1 - p[j])));
-    }
+    std::vector<int> draws(n);
+    for (int& t : draws) t = sample_token(kSampleLogits.data(), kSampleV, T, top_k, rng);
+    check_draws(kSampleLogits, kSampleV, T, top_k, draws);
 }
 
 TEST_CASE("sampling: top-k draws only the k best, with the softmax's frequencies at temperature T") {
@@ -135,5 +111,70 @@ TEST_CASE("sampling: temperature 0 and top-k 1 are greedy") {
         for (int i = 0; i < 1000; i++) not_argmax += sample_token(z, kSampleV, T, 1, rng) != 1;
         INFO("temperature " << T);
         CHECK(not_argmax == 0);
+    }
+}
+
+TEST_CASE("batched generation: each sample of a batch is the sample its seed gives alone, greedy and drawn") {
+    // phd-cswa-3-4-5: its window moves with each sample's own tokens; 9 prompt + 8 new tokens
+    // cross a chunk boundary.
+    Config c = tiny_config("phd-cswa-3-4-5", 11, 20);
+    Model<float> M(c);
+    init_params(c, M.params.data(), 8);
+    for (float& x : M.params) x *= 3;
+    const std::vector<int> prompt = random_tokens(9, c.V, 4);
+    for (Sampling sm : {Sampling{0.0f, 0, 21}, Sampling{1.0f, 4, 21}, Sampling{1.5f, 0, 99}}) {
+        Decoder<float> batch(M, 3, sm);
+        const std::vector<std::vector<int>> got = generated(batch, prompt, 8);
+        for (int s = 0; s < 3; s++) {
+            Decoder<float> alone(M, 1, Sampling{sm.temperature, sm.top_k, sm.seed + s});
+            const std::vector<std::vector<int>> want = generated(alone, prompt, 8);
+            INFO("temperature " << sm.temperature << " top-k " << sm.top_k << " sample " << s);
+            CHECK(got[s] == want[0]);
+            CHECK(max_rel(batch.logits(s), alone.logits(0)) <= 1e-6);  // the same rows, in a larger block
+            CHECK(batch.cache_entries() == alone.cache_entries());
+        }
+        if (sm.temperature > 0) CHECK(got[0] != got[1]);  // the samples' own draws, not one stream
+    }
+}
+
+TEST_CASE("train_phd --generate --samples S: each sample's line is what its seed prints alone, on the CPU and the emulated GPU") {
+    Config c = tiny_config("phd-cswa-2-4-3", 32, 16);
+    std::vector<float> p(num_params(c));
+    init_params(c, p.data(), 12);
+    for (float& x : p) x *= 3;
+    const std::string ck = tmp("samples.ckpt"), gen = std::string(kEmuBin) + " -e " + ck + " --generate 6 --prompt-ids '1 2 3' ";
+    save_checkpoint(ck.c_str(), c, p.data());
+    auto first_line = [](const std::string& o) { return o.substr(0, o.find('\n')); };
+    for (const char* device : {"cpu", "cuda"}) {
+        for (const char* sampling : {"--temperature 0", "--temperature 1 --top-k 8"}) {
+            const std::string flags = std::string("--device ") + device + " " + sampling;
+            std::string out, alone;
+            REQUIRE(run(gen + flags + " --samples 3 -r 40", &out) == 0);
+            INFO(device << " " << sampling << ":\n" << out);
+            std::vector<std::string> lines;
+            for (int s = 0; s < 3; s++) {
+                const std::string head = "--- sample " + std::to_string(s + 1) + " of 3 (seed " + std::to_string(40 + s) + ")\n";
+                const size_t at = out.find(head);
+                REQUIRE(at != std::string::npos);
+                lines.push_back(first_line(out.substr(at + head.size())));
+                REQUIRE(run(gen + flags + " -r " + std::to_string(40 + s), &alone) == 0);
+                CHECK(lines[s] == first_line(alone));
+                CHECK(lines[s].find(" 1 2 3 | ") == 0);
+            }
+            CHECK(out.find("6 tokens x 3 samples in") != std::string::npos);
+            CHECK(out.find("KV cache after 8 tokens: 10 entries/layer") != std::string::npos);
+            if (std::string(sampling) != "--temperature 0") CHECK((lines[0] != lines[1] || lines[1] != lines[2]));
+        }
+    }
+    struct Case { std::string args, expect; };
+    for (const Case& k : {Case{"--samples 0", "--samples: expected an integer >= 1, got '0'"},
+                          Case{"--samples 2 --prompt-ids '1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17'", "exceed the model's max sequence length 16"},
+                          Case{"--samples 2 --prompt-ids '1 32'", "token 32 is out of range"}}) {
+        std::string out;
+        const int rc = run(std::string(kEmuBin) + " -e " + ck + " --device cuda --generate 2 " + k.args, &out);
+        INFO(k.args << " -> " << out);
+        CHECK(rc == 1);
+        CHECK(out.find(k.expect) != std::string::npos);
+        CHECK(std::count(out.begin(), out.end(), '\n') == 1);
     }
 }

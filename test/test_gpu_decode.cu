@@ -16,50 +16,52 @@ static Config decode_config(const char* variant, int maxT) {
     return c;
 }
 
-// Runs both decoders over seq: pre-fill of P tokens, then `steps` decode steps; after each
-// block the last-copy logits must agree and the caches must count the same entries.
-// Logits within tol of their scale. Returns the fewest split-K parts a decode step's
-// attention took (decode_splits, as the decoder calls it: from the cache's counts and the
-// step's K rows).
-static int check_gpu_decoder(const char* variant, int P, int steps, double tol = 1e-5) {
+// Runs both decoders over S sequences of one prompt: pre-fill of P tokens, then `steps`
+// decode steps, sample s feeding its own tokens; after each block every sample's last-copy
+// logits must agree and the caches must count the same entries. Logits within tol of their
+// scale. Returns the split-K parts a step's attention takes (decode_splits, as the decoder
+// sizes them for its longest context).
+static int check_gpu_decoder(const char* variant, int P, int steps, double tol = 1e-5, int S = 2) {
     Config c = decode_config(variant, P + steps);
     Model<float> M(c);
     init_params(c, M.params.data(), 91);
     for (float& x : M.params) x *= 3;  // sharper attention: a wrong or missing key shows
     GpuModel G(c, M.params.data(), false);
-    std::vector<int> seq = random_tokens(P + steps, c.V, 200 + P);
-    Decoder<float> cpu(M);
-    GpuDecoder gpu(G);
-    cpu.prefill(seq.data(), P);
-    gpu.prefill(seq.data(), P);
+    const std::vector<int> prompt = random_tokens(P, c.V, 200 + P);
+    Decoder<float> cpu(M, S);
+    GpuDecoder gpu(G, S);
+    cpu.prefill(prompt.data(), P);
+    gpu.prefill(prompt.data(), P);
     INFO(std::string(variant) << " prompt " << P);
     CHECK(gpu.hidden_computed == cpu.hidden_computed);
-    int splits = kDecodeMaxSplits;
-    for (int s = 0; s <= steps; s++) {
-        if (s > 0) {
-            splits = std::min(splits, decode_splits(gpu.cache[0], DecodeBlock{c.K, 1, gpu.t, gpu.t * (c.K - 1)}, c));
-            cpu.step(seq[P + s - 1]);
-            gpu.step(seq[P + s - 1]);
+    for (int step = 0; step <= steps; step++) {
+        if (step > 0) {
+            const std::vector<int> next = random_tokens(S, c.V, 300 + step);
+            cpu.step(next);
+            gpu.step(next);
         }
         CHECK(gpu.cache_entries() == cpu.cache_entries());
         CHECK(gpu.t == cpu.t);
-        double worst = 0, scale = 0;
-        for (int j = 0; j < c.V; j++) {
-            worst = max_nan(worst, (double)std::fabs(gpu.logits[j] - cpu.logits[j]));
-            scale = max_nan(scale, (double)std::fabs(cpu.logits[j]));
+        for (int s = 0; s < S; s++) {
+            const std::vector<float> got = gpu.logits(s), want = cpu.logits(s);
+            double worst = 0, scale = 0;
+            for (int j = 0; j < c.V; j++) {
+                worst = max_nan(worst, (double)std::fabs(got[j] - want[j]));
+                scale = max_nan(scale, (double)std::fabs(want[j]));
+            }
+            // float on both sides, other summation orders and exp implementations: by default 1e-5
+            // of the logits' scale (the GPU training forward meets 2e-6 of it on one step; decode
+            // chains L layers; measured up to 6e-6 here, 8.3e-6 in the ThreadSanitizer build)
+            INFO("sample " << s << " after " << step << " decode steps: max |diff| " << worst << " of logits up to " << scale);
+            CHECK(worst <= tol * scale);
+            CHECK(scale > 0.1);  // logits that vanished would agree vacuously
         }
-        // float on both sides, other summation orders and exp implementations: by default 1e-5
-        // of the logits' scale (the GPU training forward meets 2e-6 of it on one step; decode
-        // chains L layers; measured up to 6e-6 here, 8.3e-6 in the ThreadSanitizer build)
-        INFO("after " << s << " decode steps: max |diff| " << worst << " of logits up to " << scale);
-        CHECK(worst <= tol * scale);
-        CHECK(scale > 0.1);  // logits that vanished would agree vacuously
     }
     CHECK(gpu.hidden_computed == cpu.hidden_computed);
-    return splits;
+    return gpu.step_splits;
 }
 
-TEST_CASE("GPU decoder: pre-fill + decode steps equal the CPU decoder, every variant, prompts across chunk boundaries") {
+TEST_CASE("GPU decoder: pre-fill + decode steps of 2 samples equal the CPU decoder, every variant, prompts across chunk boundaries") {
     const int C = 5;
     for (const char* v : {"vanilla", "phd-3", "phd-swa-3-4", "phd-cswa-3-4-5", "naive-2"})
         for (int P : {1, C - 1, C, C + 1, 3 * C + 2}) check_gpu_decoder(v, P, 4);
@@ -71,47 +73,162 @@ TEST_CASE("decode kernels: a long prompt spans several key tiles; the decoder st
 }
 
 TEST_CASE("GPU decoder: decode steps over 500+ candidate keys take split-K and still equal the CPU decoder") {
-    // phd-cswa-3-4-5 after a 510-token prompt: 510 kept originals, 4 window slots and the
-    // step's 3 rows, 517 candidates: 3 splits (kDecodeKeysPerSplit = 256), each of up to
-    // 3 tiles of 64 keys (kDecodeThreads), the last partial. The steps start a new chunk
-    // (510 = 102 C): the window's slots hold the last chunk's hidden tokens, which no query
-    // sees, then this chunk's. The pre-fill (520 rows) takes one split. Logits to 3e-5 of
-    // their scale: sums over 500 keys (measured 7.3e-6, 9.3e-6 in the ThreadSanitizer build,
-    // 1.15e-5 there with a 600-token prompt).
-    CHECK(check_gpu_decoder("phd-cswa-3-4-5", 510, 3, 3e-5) == 3);
+    // phd-cswa-3-4-5 after a 510-token prompt: 510 shared prompt originals, then each
+    // sample's own, 4 window slots and the step's 3 rows: up to 513 + 4 + 3 candidates, 3
+    // splits (kDecodeKeysPerSplit = 256), each of up to 3 tiles of 64 keys (kDecodeThreads),
+    // the last partial. The steps start a new chunk (510 = 102 C): the window's slots hold
+    // the last chunk's hidden tokens, which no query sees, then this chunk's. The pre-fill's
+    // 20 hidden rows attend to the 510 originals through the decode kernel, in 1 split. Logits
+    // to 3e-5 of their scale: sums over 500 keys (measured 7.3e-6, 9.3e-6 in the
+    // ThreadSanitizer build, 1.15e-5 there with a 600-token prompt).
+    CHECK(check_gpu_decoder("phd-cswa-3-4-5", 510, 3, 3e-5, 1) == 3);
 }
 
-TEST_CASE("decode kernels: split-K (2, 3, 7, 170 splits) equals one split, including splits that see no key") {
-    // A decode step of phd-swa-3-4 at position 200: 200 kept originals, 4 window slots (one
-    // empty), the block's 3 copies: up to 207 candidates a query. 170 splits take 2
-    // candidates each, and the last ones none.
+TEST_CASE("GPU decoder: a step replayed from its CUDA graph gives the bits of the step launched kernel by kernel") {
+    // Two samples drawn at temperature 1 with top-k 4: the graph holds the sampling too, and
+    // every step after the first replays it, with the position, the counts and the window's
+    // slot read from device memory; a value frozen at capture would show from the second
+    // replay on. phd-cswa-3-4-5 with 8 prompt tokens and 8 new ones: the window wraps and a
+    // chunk starts.
+    Config c = decode_config("phd-cswa-3-4-5", 16);
+    std::vector<float> params(num_params(c));
+    init_params(c, params.data(), 5);
+    for (float& x : params) x *= 3;
+    GpuModel G(c, params.data(), false, false);
+    const std::vector<int> prompt = random_tokens(8, c.V, 6);
+    const Sampling sm{1.0f, 4, 77};
+    GpuDecoder graph(G, 2, sm, true), direct(G, 2, sm, false);
+    graph.prefill(prompt.data(), 8);
+    direct.prefill(prompt.data(), 8);
+    for (int i = 0; i < 8; i++) {
+        const std::vector<int> a = graph.sample(), b = direct.sample();
+        INFO("token " << i);
+        REQUIRE(a == b);
+        for (int s = 0; s < 2; s++) {
+            const std::vector<float> x = graph.logits(s), y = direct.logits(s);
+            CHECK(memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0);
+        }
+        graph.step(a);
+        direct.step(b);
+    }
+    CHECK(graph.step_graph != nullptr);
+    CHECK(direct.step_graph == nullptr);
+    CHECK(graph.cache_entries() == direct.cache_entries());
+}
+
+TEST_CASE("GPU decoder: each sample of a batch is the sample its seed gives alone, greedy and drawn; samples differ") {
+    Config c = decode_config("phd-swa-3-4", 20);
+    std::vector<float> params(num_params(c));
+    init_params(c, params.data(), 9);
+    for (float& x : params) x *= 3;
+    GpuModel G(c, params.data(), false, false);
+    const std::vector<int> prompt = random_tokens(7, c.V, 10);
+    for (Sampling sm : {Sampling{0.0f, 0, 3}, Sampling{1.5f, 5, 40}}) {
+        GpuDecoder batch(G, 3, sm);
+        const std::vector<std::vector<int>> got = generated(batch, prompt, 5);
+        for (int s = 0; s < 3; s++) {
+            GpuDecoder alone(G, 1, Sampling{sm.temperature, sm.top_k, sm.seed + s});
+            INFO("temperature " << sm.temperature << " top-k " << sm.top_k << " sample " << s);
+            CHECK(got[s] == generated(alone, prompt, 5)[0]);
+        }
+        if (sm.temperature > 0) CHECK(got[0] != got[1]);
+    }
+}
+
+TEST_CASE("device sampling: greedy is the lowest id of the largest logit; draws follow the softmax of the top k at temperature T") {
+    // The logits of the CPU's sampling test, ids 8, 9 padding (largest, never drawn), and a
+    // tie for greedy; n rows of them drawn in one launch, row s with its own Rng (seed + s).
+    const std::vector<float> z = {1.2f, 2.0f, -1.0f, 1.3f, 0.5f, 1.6f, 1.25f, -0.3f, 9.0f, 9.0f};
+    const int V = 8, Vp = 10, n = 2500;
+    std::vector<float> rows;
+    for (int s = 0; s < n; s++) rows.insert(rows.end(), z.begin(), z.end());
+    std::vector<Rng> rngs;
+    for (int s = 0; s < n; s++) rngs.push_back(Rng{500 + (uint64_t)s});
+    float* logits = to_device(rows);
+    int* feed = to_device(std::vector<int>(n, -1));
+    Rng* rng = to_device(rngs);
+    auto draw = [&](float T, int top_k, int rows_drawn) {
+        sample_tokens(feed, rng, logits, rows_drawn, V, Vp, T, top_k, nullptr);
+        return to_host(feed, rows_drawn);
+    };
+    CHECK(draw(0.0f, 0, 1)[0] == 1);
+    CHECK(draw(0.0f, 3, 1)[0] == 1);
+    check_draws(z, V, 0.7f, 3, draw(0.7f, 3, n));
+    check_draws(z, V, 1.0f, 0, draw(1.0f, 0, n));
+    const std::vector<float> tie = {0.5f, 3.0f, 1.0f, 3.0f, 3.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    cudaCheck(cudaMemcpy(logits, tie.data(), tie.size() * sizeof(float), cudaMemcpyHostToDevice));
+    CHECK(draw(0.0f, 0, 1)[0] == 1);  // as std::max_element
+    for (void* p : {(void*)logits, (void*)feed, (void*)rng}) cudaCheck(cudaFree(p));
+}
+
+// A kernel that adds v to x[0], for the graph tests.
+static __global__ void add_kernel(float* x, float v) {
+    if (threadIdx.x == 0) x[0] += v;
+}
+
+TEST_CASE("CUDA graphs: a captured launch replays with its arguments; work on the legacy stream during a capture invalidates it") {
+    float* x = to_device(std::vector<float>{1.0f});
+    cudaStream_t s;
+    cudaCheck(cudaStreamCreate(&s));
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CHECK(cudaStreamBeginCapture(nullptr, cudaStreamCaptureModeGlobal) != cudaSuccess);  // the legacy stream cannot capture
+    cudaCheck(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    launch(add_kernel, dim3(1), dim3(32), 0, s, x, 2.0f);
+    cudaCheck(cudaGetLastError());
+    cudaCheck(cudaStreamEndCapture(s, &graph));
+    CHECK(to_host(x, 1)[0] == 1.0f);  // captured, not run
+    cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
+    for (int i = 0; i < 3; i++) cudaCheck(cudaGraphLaunch(exec, nullptr));
+    CHECK(to_host(x, 1)[0] == 7.0f);
+    cudaCheck(cudaGraphExecDestroy(exec));
+    cudaCheck(cudaGraphDestroy(graph));
+    cudaCheck(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    launch(add_kernel, dim3(1), dim3(32), 0, nullptr, x, 5.0f);
+    CHECK(cudaGetLastError() != cudaSuccess);
+    CHECK(cudaStreamEndCapture(s, &graph) == cudaErrorStreamCaptureInvalidated);
+    CHECK(to_host(x, 1)[0] == 7.0f);
+    cudaCheck(cudaStreamDestroy(s));
+    cudaCheck(cudaFree(x));
+}
+
+TEST_CASE("decode kernels: split-K (2, 3, 7, 85 splits) equals one split, including splits that see no key") {
+    // A decode step of phd-swa-3-4 at position 200 for 2 samples: 190 shared prompt
+    // originals, 10 own ones a sample, 4 window slots (one empty), the block's 3 copies: up to
+    // 207 candidates a query. 85 splits (the most the part buffer holds for 6 rows) take 3
+    // candidates each, and the last 16 none.
     Config c = decode_config("phd-swa-3-4", 256);
-    const int R = 3, t = 200, kvdim = c.Hkv * c.hd(), W = c.W;
+    const int R = 3, S = 2, t = 200, pre = 190, kvdim = c.Hkv * c.hd(), W = c.W;
     KVLayer L;
-    L.kept = t;
+    L.pre = pre;
+    L.own_cap = 16;
     L.win_slots = W;
-    std::vector<int2> kept_nc, win_nc(W, make_int2(-1, 0)), nc;
-    for (int n = 0; n < t; n++) kept_nc.push_back(make_int2(n, 0));
+    std::vector<int2> pre_nc, own_nc(L.own_cap, make_int2(-1, 0)), win_nc(W, make_int2(-1, 0)), nc;
+    for (int n = 0; n < pre; n++) pre_nc.push_back(make_int2(n, 0));
+    for (int n = pre; n < t; n++) own_nc[n - pre] = make_int2(n, 0);
     for (int h = t * 2 - 3; h < t * 2; h++) win_nc[h % W] = make_int2(h / 2, h % 2 + 1);  // the last 3 hidden tokens
     for (int k = 0; k < R; k++) nc.push_back(make_int2(t, k));
     std::vector<void*> bufs;
     auto up = [&](auto v) { auto* d = to_device(v); bufs.push_back(d); return d; };
-    L.kept_k = up(random_vec<float>((size_t)t * kvdim, 1));
-    L.kept_v = up(random_vec<float>((size_t)t * kvdim, 2));
-    L.kept_nc = up(kept_nc);
-    L.win_k = up(random_vec<float>((size_t)W * kvdim, 3));
-    L.win_v = up(random_vec<float>((size_t)W * kvdim, 4));
+    L.pre_k = up(random_vec<float>((size_t)pre * kvdim, 1));
+    L.pre_v = up(random_vec<float>((size_t)pre * kvdim, 2));
+    L.pre_nc = up(pre_nc);
+    L.own_k = up(random_vec<float>((size_t)S * L.own_cap * kvdim, 3));
+    L.own_v = up(random_vec<float>((size_t)S * L.own_cap * kvdim, 4));
+    L.own_nc = up(own_nc);
+    L.win_k = up(random_vec<float>((size_t)S * W * kvdim, 5));
+    L.win_v = up(random_vec<float>((size_t)S * W * kvdim, 6));
     L.win_nc = up(win_nc);
-    const DecodeBlock b{R, 1, t, t * 2};
-    float* qkv = up(random_vec<float>((size_t)R * c.qkv_dim(), 5, 2.0));
+    DecodeState* st = up(std::vector<DecodeState>{DecodeState{{R, 1, t, t * 2}, t - pre, t + 1}});
+    float* qkv = up(random_vec<float>((size_t)S * R * c.qkv_dim(), 7, 2.0));
     int2* d_nc = up(nc);
     float* part = up(std::vector<float>((size_t)kDecodeMaxParts * (c.hd() + 2)));
-    const size_t osize = (size_t)R * c.H * c.hd();
+    const size_t osize = (size_t)S * R * c.H * c.hd();
     float* o = up(std::vector<float>(osize));
-    attention_decode(o, part, qkv, d_nc, L, b, c, nullptr, 1);
+    attention_decode(o, part, qkv, d_nc, L, st, c, S, R, 0, 1, nullptr);
     const std::vector<float> one = to_host(o, osize);
-    for (int splits : {2, 3, 7, 170}) {
-        attention_decode(o, part, qkv, d_nc, L, b, c, nullptr, splits);
+    for (int splits : {2, 3, 7, 85}) {
+        attention_decode(o, part, qkv, d_nc, L, st, c, S, R, 0, splits, nullptr);
         const std::vector<float> got = to_host(o, osize);
         double worst = 0, scale = 0;
         for (size_t i = 0; i < osize; i++) {

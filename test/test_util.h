@@ -99,3 +99,47 @@ static inline double dot(const std::vector<double>& a, const std::vector<double>
     for (size_t i = 0; i < a.size(); i++) s += a[i] * b[i];
     return s;
 }
+
+// Each sample's n tokens after the prompt from a KV-cache decoder (DecodeBlocks::generate),
+// (S, n).
+template<typename Dec> std::vector<std::vector<int>> generated(Dec& dec, const std::vector<int>& prompt, int n) {
+    std::vector<std::vector<int>> out(dec.S);
+    dec.generate(prompt, n, [&](const std::vector<int>& next) {
+        for (int s = 0; s < dec.S; s++) out[s].push_back(next[s]);
+    });
+    return out;
+}
+
+// Draws from logits z (the first V real) at temperature T with top_k (model.h's Sampling),
+// made by the code under test. Every id must be one of the k largest logits; each of those
+// must be drawn (the rarest in the tests has n p > 30: missing it has probability < e^-30); each
+// id's count must be within 5 standard deviations of n p, p the softmax at T of the kept
+// logits (computed here). The draws are seeded, hence reproducible; 5 sigma keeps the bound
+// from depending on the seed (a binomial count leaves it with probability < 1e-6) yet
+// rejects a wrong temperature or k.
+static inline void check_draws(const std::vector<float>& z, int V, float T, int top_k, const std::vector<int>& draws) {
+    const int k = top_k > 0 && top_k < V ? top_k : V;
+    const long n = (long)draws.size();
+    std::vector<float> sorted(z.begin(), z.begin() + V);
+    std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+    const float kth = sorted[k - 1];  // the logits have no ties
+    std::vector<double> p(V, 0.0);
+    double sum = 0;
+    for (int j = 0; j < V; j++)
+        if (z[j] >= kth) sum += p[j] = std::exp((double)z[j] / T);
+    for (double& x : p) x /= sum;
+    std::vector<long> count(V, 0);
+    long outside = 0;  // ids outside the top k, padding included
+    for (int t : draws) {
+        if (t < 0 || t >= V || p[t] == 0) outside++;
+        else count[t]++;
+    }
+    INFO("temperature " << T << ", top-k " << top_k << ", " << n << " draws");
+    CHECK(outside == 0);
+    for (int j = 0; j < V; j++) {
+        INFO("id " << j << " (logit " << z[j] << "): drawn " << count[j] << " times, expected " << n * p[j]);
+        if (p[j] == 0) continue;
+        CHECK(count[j] > 0);
+        CHECK(std::fabs(count[j] - n * p[j]) <= 5 * std::sqrt(n * p[j] * (1 - p[j])));
+    }
+}

@@ -1,0 +1,267 @@
+// common/dist.h: the ranks of a data-parallel run and what they say to each other.
+//
+// Launch: `mpirun -np N ./train_phd ...`, one process per rank (per GPU: rank r uses the GPU
+// of its rank on its node). A process started without mpirun, or built without MPI (no
+// mpi.h when the Makefile ran; then PHD_MPI is not defined), is rank 0 of 1, and every call
+// below is then a no-op or a copy. The host collectives are MPI's; the GPU's (the *_device
+// calls, with device pointers) are NCCL's, in the CUDA emulation test/cuda_emu_nccl.h's.
+//
+// A step with N ranks (train_phd.cu's train()): each rank runs its own micro-batches and
+// backward; reduce_scatter sums the ranks' gradients so that rank r gets its shard of the
+// sum; the gradient norm is each rank's sum of squares over its shard, summed over the
+// ranks (sum); AdamW updates the rank's shard of the parameters with the moments of that
+// shard, which is all a rank keeps of them (ZeRO-1); all_gather then gives every rank all the
+// updated parameters. Shards are contiguous runs of the parameter arena (checkpoint order):
+// rank r owns [begin(P, r), begin(P, r + 1)), P / N elements each, the last rank also the
+// P mod N left over (NCCL's reduce-scatter and all-gather take equal pieces).
+//
+// Errors: a rank that dies (die() in common/utils.h) prints its line, naming the rank, and
+// stops every rank (MPI_Abort), so that none waits forever for it. An error that every rank
+// meets at once would print N lines; the start-up, where they are common (a bad flag, a
+// missing file), runs on rank 0 first and on the others only after it (startup_begin/end),
+// and errors from values all ranks share go through die_everywhere: one line either way.
+// agree() and same_on_every_rank() check, collectively, what each rank found on its own.
+#pragma once
+#include <climits>
+#include <string>
+#include <utility>
+#include <vector>
+#include "utils.h"
+#ifdef PHD_MPI
+#include <mpi.h>
+#endif
+#if defined(PHD_MPI) && (defined(__CUDACC__) || defined(PHD_EMULATE_GPU))
+#define PHD_NCCL 1
+#include "../kernels/cuda_compat.h"  // the emulation's NCCL comes with test/cuda_emu.h
+#ifdef __CUDACC__
+#include <nccl.h>
+#endif
+#define ncclCheck(call)                                                                         \
+    do {                                                                                        \
+        ncclResult_t r_ = (call);                                                               \
+        if (r_ != ncclSuccess) die("%s:%d: NCCL: %s", __FILE__, __LINE__, ncclGetErrorString(r_)); \
+    } while (0)
+#endif
+
+struct Dist {
+    int rank = 0, size = 1, local_rank = 0;  // local_rank: among the ranks on this machine
+    bool started = false;                    // startup_end has run
+#ifdef PHD_NCCL
+    ncclComm_t nccl = nullptr;  // the GPUs' communicator, made at the first collective on them
+#endif
+
+    // First element of rank r's shard of n (r = size: n).
+    size_t begin(size_t n, int r) const { return r == size ? n : n / size * r; }
+    size_t lo(size_t n) const { return begin(n, rank); }
+    size_t hi(size_t n) const { return begin(n, rank + 1); }
+
+#ifdef PHD_MPI
+    static void check(int rc, const char* what) {
+        if (rc != MPI_SUCCESS) {
+            char msg[MPI_MAX_ERROR_STRING];
+            int len = 0;
+            MPI_Error_string(rc, msg, &len);
+            die("%s: %s", what, msg);
+        }
+    }
+    // Each rank's count and offset, as MPI's int (the GPU path's NCCL takes size_t).
+    void counts(size_t n, std::vector<int>* count, std::vector<int>* displ) const {
+        if (n > (size_t)INT_MAX) die("%zu parameters: the CPU path's MPI collectives take at most 2^31 - 1", n);
+        for (int r = 0; r < size; r++) {
+            count->push_back((int)(begin(n, r + 1) - begin(n, r)));
+            displ->push_back((int)begin(n, r));
+        }
+    }
+#endif
+
+    // First thing in main. Under mpirun (its variables are set: OpenMPI's, or the PMI ones
+    // of MPICH and Slurm) the ranks come from MPI; else one rank, and MPI is never started,
+    // so a plain run costs nothing. Ranks other than 0 print nothing on stdout (errors still
+    // go to stderr): rank 0 speaks for the run.
+    void init([[maybe_unused]] int* argc, [[maybe_unused]] char*** argv) {
+        const char* n = getenv("OMPI_COMM_WORLD_SIZE") ? getenv("OMPI_COMM_WORLD_SIZE") : getenv("PMI_SIZE");
+#ifndef PHD_MPI
+        if (n && atoi(n) > 1) die("started by mpirun with %s ranks, but built without MPI (no mpi.h: install libopenmpi-dev and rebuild)", n);
+#else
+        if (!n && !getenv("PMIX_RANK")) return;
+        check(MPI_Init(argc, argv), "MPI_Init");
+        check(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
+        check(MPI_Comm_rank(MPI_COMM_WORLD, &rank), "MPI_Comm_rank");
+        check(MPI_Comm_size(MPI_COMM_WORLD, &size), "MPI_Comm_size");
+        MPI_Comm node;
+        check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
+        check(MPI_Comm_rank(node, &local_rank), "MPI_Comm_rank");
+        check(MPI_Comm_free(&node), "MPI_Comm_free");
+        atexit(at_exit);
+        if (size == 1) return;
+        g_die_prefix = "rank " + std::to_string(rank) + ": ";
+        g_die_stop = [] { MPI_Abort(MPI_COMM_WORLD, 1); };
+        if (rank != 0 && !freopen("/dev/null", "w", stdout)) die("/dev/null: cannot open for stdout (%s)", strerror(errno));
+#endif
+    }
+
+    // Start-up runs on rank 0 first: the others wait in startup_begin until rank 0 reaches
+    // startup_end, so that an error every rank would meet is printed once, by rank 0. No
+    // collective may run between the two.
+    void startup_begin() { if (rank != 0) release(); }
+    void startup_end() {
+        if (rank == 0 && !started) release();
+        started = true;
+    }
+    void release() const {
+#ifdef PHD_MPI
+        if (size == 1) return;
+        int go = 1;
+        check(MPI_Bcast(&go, 1, MPI_INT, 0, MPI_COMM_WORLD), "MPI_Bcast");
+#endif
+    }
+    // Every way out of the process but die(), which aborts: a rank 0 that leaves during its
+    // start-up (--help) lets the others go on to leave too.
+    static void at_exit();
+
+    // For an error that every rank finds at once, from values they all share (the summed
+    // loss): rank 0 prints it and stops the job; the others wait to be stopped.
+    template<typename... A> [[noreturn]] void die_everywhere(const char* fmt, A... args) const {
+        if (rank == 0) die(fmt, args...);
+        wait_to_be_stopped();
+    }
+    [[noreturn]] void wait_to_be_stopped() const {
+#ifdef PHD_MPI
+        MPI_Barrier(MPI_COMM_WORLD);  // the failing rank never comes: MPI_Abort ends this
+#endif
+        die("the rank that failed did not stop the run");
+    }
+
+    // Collective: each rank passes the error it found on its own ("" for none). If any rank
+    // found one, the lowest such rank prints it and stops the job; the others wait to be
+    // stopped. So one line, however many ranks failed.
+    void agree(const std::string& err) const {
+        int mine = err.empty() ? size : rank, first = mine;
+#ifdef PHD_MPI
+        if (size > 1) check(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD), "MPI_Allreduce");
+#endif
+        if (first == size) return;
+        if (first == rank) die("%s", err.c_str());
+        wait_to_be_stopped();
+    }
+
+    // Collective: every rank must have the values rank 0 has; a rank that differs names the
+    // first (name, value) pair that does, with its own value and rank 0's.
+    void same_on_every_rank(const std::vector<std::pair<std::string, std::string>>& kv) const {
+        std::string err;
+        for (const auto& [name, value] : kv) {
+            std::string zero = value;
+            bcast_string(&zero);
+            if (err.empty() && zero != value) err = name + ": " + value + " here, " + zero + " on rank 0";
+        }
+        agree(err);
+    }
+    void bcast_string(std::string* s) const {
+        unsigned long long n = s->size();
+        bcast(&n, sizeof n);
+        s->resize(n);
+        bcast(&(*s)[0], n);
+    }
+
+    // Rank 0's bytes to every rank.
+    void bcast([[maybe_unused]] void* p, [[maybe_unused]] size_t bytes) const {
+#ifdef PHD_MPI
+        if (size == 1) return;
+        for (size_t at = 0; at < bytes; at += 1 << 30)  // MPI's counts are int
+            check(MPI_Bcast((char*)p + at, (int)std::min(bytes - at, (size_t)1 << 30), MPI_BYTE, 0, MPI_COMM_WORLD), "MPI_Bcast");
+#endif
+    }
+
+    // The sum of x over the ranks, the same bits on every rank.
+    double sum(double x) const {
+#ifdef PHD_MPI
+        if (size > 1) check(MPI_Allreduce(MPI_IN_PLACE, &x, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+#endif
+        return x;
+    }
+
+    // full (n, on every rank) summed over the ranks; rank r gets its shard of the sum in
+    // mine (hi - lo). Alone there is nothing to sum: the shard is full itself.
+    void reduce_scatter([[maybe_unused]] const float* full, [[maybe_unused]] float* mine, [[maybe_unused]] size_t n) const {
+#ifdef PHD_MPI
+        if (size == 1) return;
+        std::vector<int> count, displ;
+        counts(n, &count, &displ);
+        check(MPI_Reduce_scatter(full, mine, count.data(), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "MPI_Reduce_scatter");
+#endif
+    }
+    // full (n): each rank's shard of it, in place, to every rank.
+    void all_gather([[maybe_unused]] float* full, [[maybe_unused]] size_t n) const {
+#ifdef PHD_MPI
+        if (size == 1) return;
+        std::vector<int> count, displ;
+        counts(n, &count, &displ);
+        check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, full, count.data(), displ.data(), MPI_FLOAT, MPI_COMM_WORLD),
+              "MPI_Allgatherv");
+#endif
+    }
+    // The whole of a sharded array (n) from every rank's shard (mine: hi - lo).
+    std::vector<float> gather(const float* mine, size_t n) const {
+        std::vector<float> full(n);
+        std::copy(mine, mine + (hi(n) - lo(n)), full.begin() + lo(n));
+        all_gather(full.data(), n);
+        return full;
+    }
+
+#ifdef PHD_NCCL
+    // Before anything touches the GPU: the rank's device is its local rank's (more ranks
+    // than GPUs on a machine share them round-robin, which real NCCL refuses at
+    // ncclCommInitRank and the emulation, a device per process, allows).
+    void gpu_init() const {
+        int n = 0;
+        cudaCheck(cudaGetDeviceCount(&n));
+        cudaCheck(cudaSetDevice(local_rank % n));
+    }
+    // The NCCL communicator, at the first collective (so never during the start-up), its id
+    // sent from rank 0 by MPI.
+    ncclComm_t comm() {
+        if (nccl) return nccl;
+        ncclUniqueId id;
+        if (rank == 0) ncclCheck(ncclGetUniqueId(&id));
+        bcast(&id, sizeof id);
+        ncclCheck(ncclCommInitRank(&nccl, size, id, rank));
+        return nccl;
+    }
+    // As reduce_scatter and all_gather, on device memory and the stream s: NCCL's
+    // reduce-scatter and all-gather move the P / N shards, a reduce and a broadcast the last
+    // rank's leftover. Grouped: NCCL runs them as one launch.
+    void reduce_scatter_device(const float* full, float* mine, size_t n, cudaStream_t s) {
+        if (size == 1) return;
+        ncclComm_t c = comm();
+        const size_t each = n / size, rest = n - each * size;
+        ncclCheck(ncclGroupStart());
+        ncclCheck(ncclReduceScatter(full, mine, each, ncclFloat, ncclSum, c, s));
+        if (rest) ncclCheck(ncclReduce(full + each * size, mine + each, rest, ncclFloat, ncclSum, size - 1, c, s));
+        ncclCheck(ncclGroupEnd());
+    }
+    void all_gather_device(float* full, size_t n, cudaStream_t s) {
+        if (size == 1) return;
+        ncclComm_t c = comm();
+        const size_t each = n / size, rest = n - each * size;
+        ncclCheck(ncclGroupStart());
+        ncclCheck(ncclAllGather(full + each * rank, full, each, ncclFloat, c, s));
+        if (rest) ncclCheck(ncclBroadcast(full + each * size, full + each * size, rest, ncclFloat, size - 1, c, s));
+        ncclCheck(ncclGroupEnd());
+    }
+#else
+    void gpu_init() const {}
+    // One rank: nothing to sum or gather.
+    template<typename S> void reduce_scatter_device(const float*, float*, size_t, S) const {}
+    template<typename S> void all_gather_device(float*, size_t, S) const {}
+#endif
+};
+
+// The process's place in the run (init() in main; one rank until then).
+inline Dist dist;
+
+inline void Dist::at_exit() {
+    dist.startup_end();
+#ifdef PHD_MPI
+    MPI_Finalize();
+#endif
+}

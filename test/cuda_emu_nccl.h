@@ -1,0 +1,96 @@
+// test/cuda_emu_nccl.h: the NCCL of test/cuda_emu.h (included at its end), for builds with
+// MPI (PHD_MPI): the calls common/dist.h makes, on top of MPI_COMM_WORLD, one emulated GPU per
+// process. As NCCL, every buffer must be device memory (else ncclInvalidArgument) and the
+// communicator's ranks must be MPI's; a call completes before it returns (streams are
+// synchronous here), and a group (ncclGroupStart/End) runs its calls in the order made,
+// which every rank makes the same. float and sum only: what the engine uses.
+#pragma once
+#ifdef PHD_MPI
+#include <mpi.h>
+
+enum ncclResult_t { ncclSuccess = 0, ncclSystemError = 2, ncclInvalidArgument = 4, ncclInvalidUsage = 5 };
+enum ncclDataType_t { ncclFloat = 7 };
+enum ncclRedOp_t { ncclSum = 0 };
+struct ncclUniqueId { char internal[128]; };
+struct ncclComm { int rank, size; };
+typedef ncclComm* ncclComm_t;
+
+inline const char* ncclGetErrorString(ncclResult_t r) {
+    return r == ncclSuccess ? "no error" : r == ncclSystemError ? "unhandled system error (MPI failed)"
+         : r == ncclInvalidArgument ? "invalid argument" : "invalid usage";
+}
+
+namespace cuda_emu {
+inline size_t nccl_bytes(ncclDataType_t) { return sizeof(float); }
+inline MPI_Datatype nccl_mpi_type(ncclDataType_t) { return MPI_FLOAT; }
+// Every buffer a call names must be device memory of the size it reads or writes.
+inline bool nccl_device(const void* p, size_t count, ncclDataType_t t) { return device_memory().holding(p, count * nccl_bytes(t)) != nullptr; }
+inline bool nccl_args_ok(ncclComm_t comm, ncclDataType_t t, ncclRedOp_t op) {
+    return comm && t == ncclFloat && op == ncclSum;
+}
+inline ncclResult_t nccl_mpi(int rc) { return rc == MPI_SUCCESS ? ncclSuccess : ncclSystemError; }
+}  // namespace cuda_emu
+
+// The id only has to be the same object on every rank (rank 0 makes it, the caller sends it).
+inline ncclResult_t ncclGetUniqueId(ncclUniqueId* id) {
+    memset(id, 0, sizeof *id);
+    snprintf(id->internal, sizeof id->internal, "cuda_emu nccl %d", (int)getpid());
+    return ncclSuccess;
+}
+inline ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int rank) {
+    int size, me;
+    if (MPI_Comm_size(MPI_COMM_WORLD, &size) != MPI_SUCCESS || MPI_Comm_rank(MPI_COMM_WORLD, &me) != MPI_SUCCESS) return ncclSystemError;
+    if (nranks != size || rank != me) return ncclInvalidUsage;  // this emulation's ranks are MPI's
+    // Every rank must have been handed rank 0's id.
+    ncclUniqueId zero = id;
+    if (MPI_Bcast(&zero, sizeof zero, MPI_BYTE, 0, MPI_COMM_WORLD) != MPI_SUCCESS) return ncclSystemError;
+    if (memcmp(&zero, &id, sizeof id) != 0) return ncclInvalidUsage;
+    *comm = new ncclComm{rank, nranks};
+    return ncclSuccess;
+}
+inline ncclResult_t ncclCommDestroy(ncclComm_t comm) { delete comm; return ncclSuccess; }
+inline ncclResult_t ncclGroupStart() { return ncclSuccess; }
+inline ncclResult_t ncclGroupEnd() { return ncclSuccess; }
+
+// recv (count) on rank r = piece r of send (nranks * count) summed over the ranks.
+inline ncclResult_t ncclReduceScatter(const void* send, void* recv, size_t count, ncclDataType_t t, ncclRedOp_t op, ncclComm_t comm,
+                                      cudaStream_t) {
+    using namespace cuda_emu;
+    DeviceAccess access;
+    if (!nccl_args_ok(comm, t, op) || !nccl_device(send, count * comm->size, t) || !nccl_device(recv, count, t)) return ncclInvalidArgument;
+    std::vector<char> in((const char*)send, (const char*)send + count * comm->size * nccl_bytes(t));  // send and recv may overlap
+    return nccl_mpi(MPI_Reduce_scatter_block(in.data(), recv, (int)count, nccl_mpi_type(t), MPI_SUM, MPI_COMM_WORLD));
+}
+// recv (count) on root = send (count) summed over the ranks; recv is not touched elsewhere.
+inline ncclResult_t ncclReduce(const void* send, void* recv, size_t count, ncclDataType_t t, ncclRedOp_t op, int root, ncclComm_t comm,
+                               cudaStream_t) {
+    using namespace cuda_emu;
+    DeviceAccess access;
+    if (!nccl_args_ok(comm, t, op) || root < 0 || root >= comm->size || !nccl_device(send, count, t) ||
+        (comm->rank == root && !nccl_device(recv, count, t)))
+        return ncclInvalidArgument;
+    std::vector<char> in((const char*)send, (const char*)send + count * nccl_bytes(t));
+    return nccl_mpi(MPI_Reduce(in.data(), comm->rank == root ? recv : nullptr, (int)count, nccl_mpi_type(t), MPI_SUM, root, MPI_COMM_WORLD));
+}
+// recv (nranks * count, on every rank): piece r is rank r's send (count); in place when
+// send is piece `rank` of recv.
+inline ncclResult_t ncclAllGather(const void* send, void* recv, size_t count, ncclDataType_t t, ncclComm_t comm, cudaStream_t) {
+    using namespace cuda_emu;
+    DeviceAccess access;
+    if (!nccl_args_ok(comm, t, ncclSum) || !nccl_device(send, count, t) || !nccl_device(recv, count * comm->size, t))
+        return ncclInvalidArgument;
+    const size_t bytes = count * nccl_bytes(t);
+    std::vector<char> in((const char*)send, (const char*)send + bytes);
+    return nccl_mpi(MPI_Allgather(in.data(), (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, MPI_COMM_WORLD));
+}
+// recv (count) on every rank = send (count) of root; in place when send == recv.
+inline ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataType_t t, int root, ncclComm_t comm, cudaStream_t) {
+    using namespace cuda_emu;
+    DeviceAccess access;
+    if (!nccl_args_ok(comm, t, ncclSum) || root < 0 || root >= comm->size || !nccl_device(recv, count, t) ||
+        (comm->rank == root && !nccl_device(send, count, t)))
+        return ncclInvalidArgument;
+    if (comm->rank == root && send != recv) memmove(recv, send, count * nccl_bytes(t));
+    return nccl_mpi(MPI_Bcast(recv, (int)(count * nccl_bytes(t)), MPI_BYTE, root, MPI_COMM_WORLD));
+}
+#endif

@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Data-parallel training under mpirun (issue 18, common/dist.h): 2 ranks on the CPU path
+# against one process with twice the micro-batch (the same token stream, the same total
+# batch), ZeRO-1's gathered moments, resuming on 2, 1 and 2 ranks, the GPU path's rank logic
+# on the CUDA emulation (its NCCL over MPI), and bad input stopping every rank with one line.
+#   test/test_dist.sh [TRAIN_PHD_CPU [TRAIN_PHD_EMU]]  (default build/train_phd_cpu, build/train_phd_emu)
+# KEEP_TMP=1 keeps the temporary directory. The last line is "N passed, M failed" (or
+# SKIPPED with the reason, where there is no mpirun or the binary was built without MPI).
+#
+# Why 2 ranks do not give one process's bits: the ranks' gradients are summed after each
+# rank summed its own rows (one process sums all rows in one pass, e.g. into the embedding's
+# rows), the loss is the mean of the ranks' means, and the gradient norm the sum of the
+# shards' sums of squares: the same numbers in another order, so float rounding differs in
+# the last bits (seen: losses ~2e-7 relative). Hence 1e-6 relative for losses; parameters and
+# moments to 1e-5 of each file's largest value. Resuming on the same ranks is bit for bit.
+set -euo pipefail
+export LC_ALL=C
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bin=${1:-$root/build/train_phd_cpu}
+emu=${2:-$root/build/train_phd_emu}
+
+source "$(dirname "$0")/check.sh"
+
+if ! command -v mpirun >/dev/null; then echo "SKIPPED: no mpirun (apt-get install openmpi-bin libopenmpi-dev)"; exit 0; fi
+if [ ! -x "$bin" ]; then bad "train_phd binary $bin exists (make build/train_phd_cpu)"; finish; fi
+if ! ldd "$bin" | grep libmpi >/dev/null; then echo "SKIPPED: $bin was built without MPI (no mpi.h: apt-get install libopenmpi-dev)"; exit 0; fi
+
+tmp=$(mktemp -d)
+trap '[ -n "${KEEP_TMP:-}" ] || rm -rf "$tmp"' EXIT
+
+export OMP_NUM_THREADS=1
+# Root (CI) may start ranks only when it says so; containers often forbid the single-copy
+# shared-memory path (ptrace), which the ranks do not need.
+[ "$(id -u)" -eq 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_btl_vader_single_copy_mechanism=none
+# -q: mpirun's own banners off, so that what is printed is train_phd's.
+mpi() { timeout -k 5 60 mpirun -q --oversubscribe --bind-to none "$@"; }
+
+mkdir -p "$tmp/data"
+make_shard "$tmp/data/syn_train_000000.bin" 20000 1
+make_shard "$tmp/data/syn_train_000001.bin" 20000 3
+make_shard "$tmp/data/syn_val_000000.bin" 4000 2
+model=(--variant phd-cswa-2-4-8 --vocab 256 --layers 1 --dim 16 --heads 2 -t 32 -s 0 -l 1e-2 --threads 1)
+flags=(-i "$tmp/data/syn_train_*.bin" -j "$tmp/data/syn_val_*.bin" "${model[@]}" -x 5 -v 4 -m 2 -n 3 -d 256)
+
+# run NAME RANKS B [FLAGS...]: trains into $tmp/NAME (log in $tmp/NAME.log); true on success.
+run() {
+    local name=$1 np=$2 b=$3; shift 3
+    if [ "$np" -eq 1 ]; then "$bin" "${flags[@]}" -b "$b" -o "$tmp/$name" "$@" > "$tmp/$name.log" 2>&1
+    else mpi -np "$np" "$bin" "${flags[@]}" -b "$b" -o "$tmp/$name" "$@" > "$tmp/$name.log" 2>&1; fi
+}
+# The numbers of log.txt's lines for steps >= FROM ("step S train|val X").
+log_from() { awk -v from="$2" '$2 >= from' "$1/log.txt"; }
+# close FILE_A FILE_B TOL: the same lines, and each line's numbers within TOL relative.
+close() {
+    awk -v tol="$3" 'NR == FNR { a[FNR] = $0; n = FNR; next }
+        { split(a[FNR], x); if (x[1] != $1 || x[2] != $2 || x[3] != $3) exit 1
+          d = x[4] - $4; if (d < 0) d = -d; s = $4 < 0 ? -$4 : $4; if (d > tol * s) exit 1; m = FNR }
+        END { exit !(m == n && n > 0) }' "$1" "$2"
+}
+# near FILE_A FILE_B TOL: equal 1024-byte headers, and the float32 payloads within TOL of the
+# largest |value| of B (the moments are zero-based: a relative test per element would
+# divide by ~0).
+near() {
+    cmp -s -n 1024 "$1" "$2" || return 1
+    perl -e '
+        my ($fa, $fb, $tol) = @ARGV;
+        local $/; open(my $f, "<", $fa) or die; binmode $f; my $a = <$f>; open($f, "<", $fb) or die; binmode $f; my $b = <$f>;
+        length($a) == length($b) or exit 1;
+        my @x = unpack("f<*", substr($a, 1024)); my @y = unpack("f<*", substr($b, 1024));
+        my ($d, $s) = (0, 0);
+        for my $i (0 .. $#y) { my $e = abs($x[$i] - $y[$i]); $d = $e if $e > $d; $s = abs($y[$i]) if abs($y[$i]) > $s }
+        printf "    max |diff| %.3g of max |value| %.3g\n", $d, $s;
+        exit !($s > 0 && $d <= $tol * $s);' "$1" "$2" "$3"
+}
+fails() { ! "$@"; }
+p5=model_00000005.bin s5=state_00000005.bin p3=model_00000003.bin s3=state_00000003.bin
+
+# 1. Two ranks = one process with twice the micro-batch.
+check "1 process, B=4 trains" run one 1 4
+check "2 ranks (mpirun -np 2), B=2 each, train" run two 2 2
+check "2 ranks print one step line per step" [ "$(grep -c '^step .*/5 |' "$tmp/two.log")" -eq 5 ]
+check "2 ranks: the losses of 1 process to 1e-6 relative" close "$tmp/one/log.txt" "$tmp/two/log.txt" 1e-6
+check "2 ranks: the parameters after 5 steps, to 1e-5" near "$tmp/two/$p5" "$tmp/one/$p5" 1e-5
+check "2 ranks: the gathered AdamW moments (state file) equal the unsharded ones, to 1e-5" near "$tmp/two/$s5" "$tmp/one/$s5" 1e-5
+# A test that the comparison can fail: a different batch gives other losses.
+run other 1 2 -d 128 || true
+check "(the loss comparison fails on another batch)" fails close "$tmp/one/log.txt" "$tmp/other/log.txt" 1e-6
+
+# 2. Resuming: from the step-3 files of each run, on 2 ranks and on 1.
+resume_from() {  # NAME FROM: $tmp/NAME starts with FROM's step-3 model and state
+    mkdir -p "$tmp/$1" && cp "$tmp/$2/$p3" "$tmp/$2/$s3" "$tmp/$1/"
+}
+resume_from two_on_two two
+check "2 ranks resume at step 3" run two_on_two 2 2 -y 1
+check "2 ranks resumed: model_5 is the uninterrupted run's, bit for bit" cmp "$tmp/two_on_two/$p5" "$tmp/two/$p5"
+check "2 ranks resumed: state_5 too" cmp "$tmp/two_on_two/$s5" "$tmp/two/$s5"
+log_from "$tmp/two" 3 > "$tmp/two.tail"
+check "2 ranks resumed: the losses of steps 3-4, bit for bit" cmp "$tmp/two_on_two/log.txt" "$tmp/two.tail"
+resume_from two_on_one two
+check "the 2-rank run resumes on 1 process (B=4)" run two_on_one 1 4 -y 1
+check "... with the uninterrupted 2-rank run's losses to 1e-6" close "$tmp/two_on_one/log.txt" "$tmp/two.tail" 1e-6
+resume_from one_on_two one
+check "the 1-process run resumes on 2 ranks (B=2)" run one_on_two 2 2 -y 1
+log_from "$tmp/one" 3 > "$tmp/one.tail"
+check "... with the uninterrupted 1-process run's losses to 1e-6" close "$tmp/one_on_two/log.txt" "$tmp/one.tail" 1e-6
+
+# 3. Three ranks, D = 20: P = 15140 = 3 * 5046 + 2, so the last rank's shard is 2 longer
+# (P is even for every model, so 2 ranks always have equal shards), on the CPU and on the
+# GPU path: train_phd --device cuda on the CUDA emulation, its NCCL calls (test/cuda_emu_nccl.h)
+# over MPI, the 2 left over through NCCL's reduce and broadcast.
+three=(-i "$tmp/data/syn_train_*.bin" "${model[@]}" --dim 20 -x 3 -v 0 -n 0 -d 192)
+three_ranks() {  # NAME BINARY [FLAGS...]
+    local name=$1 b=$2; shift 2
+    "$b" "${three[@]}" "$@" -b 6 -o "$tmp/${name}1" > "$tmp/${name}1.log" 2>&1 && ok "$name, 1 process, B=6, trains" ||
+        bad "$name, 1 process, B=6, trains ($tmp/${name}1.log)"
+    mpi -np 3 "$b" "${three[@]}" "$@" -b 2 -o "$tmp/${name}3" > "$tmp/${name}3.log" 2>&1 && ok "$name, 3 ranks, B=2 each, train" ||
+        bad "$name, 3 ranks, B=2 each, train ($tmp/${name}3.log)"
+    check "$name, 3 ranks: the losses of 1 process to 1e-6" close "$tmp/${name}1/log.txt" "$tmp/${name}3/log.txt" 1e-6
+    check "$name, 3 ranks: the parameters after 3 steps, to 1e-5" near "$tmp/${name}3/model_00000003.bin" "$tmp/${name}1/model_00000003.bin" 1e-5
+    check "$name, 3 ranks: the gathered moments, to 1e-5" near "$tmp/${name}3/state_00000003.bin" "$tmp/${name}1/state_00000003.bin" 1e-5
+}
+three_ranks cpu "$bin"
+if [ -x "$emu" ] && ldd "$emu" | grep libmpi >/dev/null; then three_ranks "emulated GPU" "$emu" --device cuda --dtype fp32
+else echo "SKIPPED: the emulated GPU ranks ($emu missing or built without MPI)"; fi
+
+# 4. Bad input: every rank stops, one line, non-zero exit, no hang (mpi's timeout: exit 124).
+# refused NAME PATTERN MPIRUN_ARGS...: besides rank 0's lines of a run under way (model,
+# batch, ..., step lines), the output is exactly one line, "error: ..." holding PATTERN.
+refused() {
+    local name=$1 pattern=$2 rc=0 rest; shift 2
+    mpi "$@" > "$tmp/bad.log" 2>&1 || rc=$?
+    rest=$(grep -vE '^(model |batch |memory: |cost model: |step )' "$tmp/bad.log" || true)
+    if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$(echo "$rest" | wc -l)" -eq 1 ] && echo "$rest" | grep -q "^error: .*$pattern"; then
+        ok "$name: $rest"
+    else
+        bad "$name (exit $rc, want one line with '$pattern'):"; sed 's/^/    /' "$tmp/bad.log" | head -n 20
+    fi
+}
+one=("$bin" "${flags[@]}" -b 2 -o "$tmp/bad")
+refused "a total batch the 2 ranks cannot share" "not a multiple of B\*T\*ranks = 2\*32\*2" -np 2 "${one[@]}" -d 192
+refused "ranks that disagree on the model" "rank 1: model: .*L=2 .* here, .*L=1 .* on rank 0" \
+    -np 1 "${one[@]}" : -np 1 "${one[@]}" --layers 2
+refused "ranks that disagree on the learning rate" "rank 1: schedule: .* on rank 0" -np 1 "${one[@]}" : -np 1 "${one[@]}" -l 2e-2
+mkdir -p "$tmp/data1"
+cp "$tmp/data/syn_train_000000.bin" "$tmp/data/syn_val_000000.bin" "$tmp/data1/"
+refused "a shard missing on rank 1" "rank 1: training shards: 1 files, 20000 tokens here, 2 files, 40000 tokens on rank 0" \
+    -np 1 "${one[@]}" : -np 1 "${one[@]}" -i "$tmp/data1/syn_train_*.bin"
+refused "no shard at all on rank 1" "rank 1: $tmp/nowhere/x_\*.bin: no file matches" \
+    -np 1 "${one[@]}" : -np 1 "${one[@]}" -i "$tmp/nowhere/x_*.bin"
+# A bad token in a shard that only rank 1 reaches, after 2 steps: rank 0 waits in a
+# collective then, and must be stopped, not left hanging.
+mkdir -p "$tmp/late0" "$tmp/late1"
+make_shard "$tmp/late0/s_000000.bin" 600 1 && make_shard "$tmp/late0/s_000001.bin" 600 3
+cp "$tmp/late0/"*.bin "$tmp/late1/"
+perl -e 'open(my $f, "+<", $ARGV[0]) or die; binmode $f; seek($f, 1024 + 2 * 100, 0); print $f pack("S<", 300); close $f or die' \
+    "$tmp/late1/s_000001.bin"
+late=("$bin" "${model[@]}" -x 5 -v 0 -b 2 -d 256 -o "$tmp/bad")
+refused "a bad token that rank 1 meets mid-run" "rank 1: .*s_000001.bin: token 300 at byte offset 1224 is out of range" \
+    -np 1 "${late[@]}" -i "$tmp/late0/s_*.bin" : -np 1 "${late[@]}" -i "$tmp/late1/s_*.bin"
+refused "--generate under mpirun" "run in one process" -np 2 "$bin" --generate 4 -e "$tmp/one/$p5"
+
+finish
