@@ -38,7 +38,7 @@ suite reference run 300 "$(has_torch || echo "Debian's python3-torch is not inst
 suite ptxas run 300 "$(has_nvcc || echo 'no nvcc')" ./dev/ptxas_report.sh
 suite cpu run 600 "" ./build/test_cpu
 # A model exported to PyTorch (dev/export.py) generates what train_phd generates.
-suite export run 120 "$(has_torch || echo "Debian's python3-torch is not installed: apt-get install python3-torch")" \
+suite export run 300 "$(has_torch || echo "Debian's python3-torch is not installed: apt-get install python3-torch")" \
     env OMP_NUM_THREADS=1 bash test/test_export.sh build/train_phd_cpu
 # The loss study's machinery (dev/study.sh): a tiny study, its CSV, resume and plots.
 suite study run 120 "" env OMP_NUM_THREADS=1 bash test/test_study.sh build/train_phd_cpu
