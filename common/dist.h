@@ -11,9 +11,12 @@
 // sum; the gradient norm is each rank's sum of squares over its shard, summed over the
 // ranks (sum); AdamW updates the rank's shard of the parameters with the moments of that
 // shard, which is all a rank keeps of them (ZeRO-1); all_gather then gives every rank all the
-// updated parameters. Shards are contiguous runs of the parameter arena (checkpoint order):
-// rank r owns [begin(P, r), begin(P, r + 1)), P / N elements each, the last rank also the
-// P mod N left over (NCCL's reduce-scatter and all-gather take equal pieces).
+// updated parameters. Shards (struct Shards): the parameter arena (checkpoint order) is cut
+// into buckets, and each bucket [a, b) is shared as an arena of its own: rank r owns
+// [a + begin(b - a, r), a + begin(b - a, r + 1)), (b - a) / N elements each, the last rank
+// also the (b - a) mod N left over (NCCL's reduce-scatter and all-gather take equal pieces).
+// A bucket is reduced by itself, so the GPU path (a bucket per layer) starts a layer's
+// reduction while the backward still runs (engine.h); the CPU path has one bucket.
 //
 // Errors: a rank that dies (die() in common/utils.h) prints its line, naming the rank, and
 // stops every rank (MPI_Abort), so that none waits forever for it. An error that every rank
@@ -43,6 +46,22 @@
     } while (0)
 #endif
 
+// A rank's shard of an arena cut into buckets: its piece of each bucket, one after another
+// in arena order. Alone, the shard is the whole arena (every piece at its own offset).
+struct Piece { size_t lo, hi, at; };  // the arena's [lo, hi), at element `at` of the shard
+struct Shards {
+    std::vector<size_t> bounds;  // (buckets + 1) bucket b is the arena's [bounds[b], bounds[b + 1])
+    std::vector<Piece> mine;     // (buckets) this rank's piece of each bucket
+    size_t size = 0;             // elements of the shard: the pieces' sum
+    int buckets() const { return (int)mine.size(); }
+    // This rank's shard (size) of a whole arena (bounds.back()).
+    std::vector<float> cut(const std::vector<float>& full) const {
+        std::vector<float> shard(size);
+        for (const Piece& p : mine) std::copy(full.begin() + p.lo, full.begin() + p.hi, shard.begin() + p.at);
+        return shard;
+    }
+};
+
 struct Dist {
     int rank = 0, size = 1, local_rank = 0;  // local_rank: among the ranks on this machine
     bool started = false;                    // startup_end has run
@@ -50,10 +69,19 @@ struct Dist {
     ncclComm_t nccl = nullptr;  // the GPUs' communicator, made at the first collective on them
 #endif
 
-    // First element of rank r's shard of n (r = size: n).
+    // First element of rank r's share of n (r = size: n).
     size_t begin(size_t n, int r) const { return r == size ? n : n / size * r; }
-    size_t lo(size_t n) const { return begin(n, rank); }
-    size_t hi(size_t n) const { return begin(n, rank + 1); }
+    // This rank's shard of an arena cut at bounds (0, ..., its size).
+    Shards shards(const std::vector<size_t>& bounds) const {
+        Shards S;
+        S.bounds = bounds;
+        for (size_t b = 0; b + 1 < bounds.size(); b++) {
+            const size_t n = bounds[b + 1] - bounds[b];
+            S.mine.push_back({bounds[b] + begin(n, rank), bounds[b] + begin(n, rank + 1), S.size});
+            S.size += S.mine.back().hi - S.mine.back().lo;
+        }
+        return S;
+    }
 
 #ifdef PHD_MPI
     static void check(int rc, const char* what) {
@@ -180,31 +208,36 @@ struct Dist {
         return x;
     }
 
-    // full (n, on every rank) summed over the ranks; rank r gets its shard of the sum in
-    // mine (hi - lo). Alone there is nothing to sum: the shard is full itself.
-    void reduce_scatter([[maybe_unused]] const float* full, [[maybe_unused]] float* mine, [[maybe_unused]] size_t n) const {
+    // Bucket b of full (the arena, on every rank) summed over the ranks; rank r gets its
+    // piece of the sum in its shard. Alone there is nothing to sum: the shard is full itself.
+    void reduce_scatter([[maybe_unused]] const float* full, [[maybe_unused]] float* shard, [[maybe_unused]] const Shards& S,
+                        [[maybe_unused]] int b) const {
 #ifdef PHD_MPI
         if (size == 1) return;
         std::vector<int> count, displ;
-        counts(n, &count, &displ);
-        check(MPI_Reduce_scatter(full, mine, count.data(), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "MPI_Reduce_scatter");
+        counts(S.bounds[b + 1] - S.bounds[b], &count, &displ);
+        check(MPI_Reduce_scatter(full + S.bounds[b], shard + S.mine[b].at, count.data(), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
+              "MPI_Reduce_scatter");
 #endif
     }
-    // full (n): each rank's shard of it, in place, to every rank.
-    void all_gather([[maybe_unused]] float* full, [[maybe_unused]] size_t n) const {
+    // full (the arena): each rank's pieces, in place, to every rank.
+    void all_gather([[maybe_unused]] float* full, [[maybe_unused]] const Shards& S) const {
 #ifdef PHD_MPI
         if (size == 1) return;
-        std::vector<int> count, displ;
-        counts(n, &count, &displ);
-        check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, full, count.data(), displ.data(), MPI_FLOAT, MPI_COMM_WORLD),
-              "MPI_Allgatherv");
+        for (int b = 0; b < S.buckets(); b++) {
+            std::vector<int> count, displ;
+            counts(S.bounds[b + 1] - S.bounds[b], &count, &displ);
+            check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, full + S.bounds[b], count.data(), displ.data(), MPI_FLOAT,
+                                 MPI_COMM_WORLD),
+                  "MPI_Allgatherv");
+        }
 #endif
     }
-    // The whole of a sharded array (n) from every rank's shard (mine: hi - lo).
-    std::vector<float> gather(const float* mine, size_t n) const {
-        std::vector<float> full(n);
-        std::copy(mine, mine + (hi(n) - lo(n)), full.begin() + lo(n));
-        all_gather(full.data(), n);
+    // The whole of a sharded array (the arena) from every rank's shard (S.size).
+    std::vector<float> gather(const float* shard, const Shards& S) const {
+        std::vector<float> full(S.bounds.back());
+        for (const Piece& p : S.mine) std::copy(shard + p.at, shard + p.at + (p.hi - p.lo), full.begin() + p.lo);
+        all_gather(full.data(), S);
         return full;
     }
 
@@ -228,31 +261,36 @@ struct Dist {
         return nccl;
     }
     // As reduce_scatter and all_gather, on device memory and the stream s: NCCL's
-    // reduce-scatter and all-gather move the P / N shards, a reduce and a broadcast the last
-    // rank's leftover. Grouped: NCCL runs them as one launch.
-    void reduce_scatter_device(const float* full, float* mine, size_t n, cudaStream_t s) {
+    // reduce-scatter and all-gather move a bucket's (n / N)-element pieces, a reduce and a
+    // broadcast the last rank's leftover. Grouped: NCCL runs a group as one launch.
+    void reduce_scatter_device(const float* full, float* shard, const Shards& S, int b, cudaStream_t s) {
         if (size == 1) return;
         ncclComm_t c = comm();
-        const size_t each = n / size, rest = n - each * size;
+        const size_t n = S.bounds[b + 1] - S.bounds[b], each = n / size, rest = n - each * size;
+        const float* in = full + S.bounds[b];
+        float* mine = shard + S.mine[b].at;
         ncclCheck(ncclGroupStart());
-        ncclCheck(ncclReduceScatter(full, mine, each, ncclFloat, ncclSum, c, s));
-        if (rest) ncclCheck(ncclReduce(full + each * size, mine + each, rest, ncclFloat, ncclSum, size - 1, c, s));
+        ncclCheck(ncclReduceScatter(in, mine, each, ncclFloat, ncclSum, c, s));
+        if (rest) ncclCheck(ncclReduce(in + each * size, mine + each, rest, ncclFloat, ncclSum, size - 1, c, s));
         ncclCheck(ncclGroupEnd());
     }
-    void all_gather_device(float* full, size_t n, cudaStream_t s) {
+    void all_gather_device(float* full, const Shards& S, cudaStream_t s) {
         if (size == 1) return;
         ncclComm_t c = comm();
-        const size_t each = n / size, rest = n - each * size;
         ncclCheck(ncclGroupStart());
-        ncclCheck(ncclAllGather(full + each * rank, full, each, ncclFloat, c, s));
-        if (rest) ncclCheck(ncclBroadcast(full + each * size, full + each * size, rest, ncclFloat, size - 1, c, s));
+        for (int b = 0; b < S.buckets(); b++) {
+            const size_t n = S.bounds[b + 1] - S.bounds[b], each = n / size, rest = n - each * size;
+            float* out = full + S.bounds[b];
+            ncclCheck(ncclAllGather(out + each * rank, out, each, ncclFloat, c, s));
+            if (rest) ncclCheck(ncclBroadcast(out + each * size, out + each * size, rest, ncclFloat, size - 1, c, s));
+        }
         ncclCheck(ncclGroupEnd());
     }
 #else
     void gpu_init() const {}
     // One rank: nothing to sum or gather.
-    template<typename S> void reduce_scatter_device(const float*, float*, size_t, S) const {}
-    template<typename S> void all_gather_device(float*, size_t, S) const {}
+    template<typename St> void reduce_scatter_device(const float*, float*, const Shards&, int, St) const {}
+    template<typename St> void all_gather_device(float*, const Shards&, St) const {}
 #endif
 };
 
