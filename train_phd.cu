@@ -770,6 +770,7 @@ int main(int argc, char** argv) {
         die("--show-mask, --generate, --check-state, --dump-state and --compare-cpu run in one process: start them without mpirun");
     if (!a.show_mask.empty()) return show_mask(a);
     if (a.device == "cuda") dist.gpu_init();
+    else if (dist.by_env) die("--device cpu: ranks started without mpirun (PHD_RENDEZVOUS) run on GPUs; the CPU path's need mpirun");
     if (a.threads) omp_set_num_threads(a.threads);
     std::vector<float> params;
     Config c = model_config(a, &params);

@@ -130,7 +130,8 @@ same_as_one() {
 check "cpu, 1 process, B=6, trains" cpu cpu1 1 6
 check "cpu, 3 ranks, B=2 each, train" cpu cpu3 3 2
 same_as_one cpu 3
-if [ -x "$emu" ] && ldd "$emu" | grep libmpi >/dev/null; then
+emu_ok=$([ -x "$emu" ] && ldd "$emu" | grep -q libmpi && echo 1 || true)
+if [ -n "$emu_ok" ]; then
     check "emulated GPU, 1 process, B=6, trains" gpu gpu1 1 6
     check "emulated GPU, 2 ranks, B=3 each, train" gpu gpu2 2 3
     same_as_one gpu 2
@@ -143,11 +144,6 @@ if [ -x "$emu" ] && ldd "$emu" | grep libmpi >/dev/null; then
     check "--overlap 0: its parameters, bit for bit" cmp "$tmp/gpu3_after/$p5" "$tmp/gpu3/$p5"
     check "--overlap 0: its gathered moments, bit for bit" cmp "$tmp/gpu3_after/$s5" "$tmp/gpu3/$s5"
     log_from "$tmp/gpu3" 3 > "$tmp/gpu3.tail"
-    resume_from gpu3_on_3 gpu3
-    check "emulated GPU: the 3-rank run resumes on 3 ranks" gpu gpu3_on_3 3 2 -y 1
-    check "... model_5 bit for bit" cmp "$tmp/gpu3_on_3/$p5" "$tmp/gpu3/$p5"
-    check "... state_5 bit for bit" cmp "$tmp/gpu3_on_3/$s5" "$tmp/gpu3/$s5"
-    check "... the losses of steps 3-4 bit for bit" cmp "$tmp/gpu3_on_3/log.txt" "$tmp/gpu3.tail"
     resume_from gpu3_on_2 gpu3
     check "emulated GPU: the 3-rank run resumes on 2 ranks (B=3)" gpu gpu3_on_2 2 3 -y 1
     check "... with the uninterrupted run's losses to 1e-6" close "$tmp/gpu3_on_2/log.txt" "$tmp/gpu3.tail" 1e-6
@@ -158,12 +154,12 @@ if [ -x "$emu" ] && ldd "$emu" | grep libmpi >/dev/null; then
 else echo "SKIPPED: the emulated GPU ranks ($emu missing or built without MPI)"; fi
 
 # 4. Bad input: every rank stops, one line, non-zero exit, no hang (mpi's timeout: exit 124).
-# refused NAME PATTERN MPIRUN_ARGS...: besides rank 0's lines of a run under way (model,
+# refused NAME PATTERN COMMAND...: besides rank 0's lines of a run under way (model,
 # batch, ..., step lines), the output is exactly one line, "error: ..." holding PATTERN.
 refused() {
     local name=$1 pattern=$2 rc=0 rest; shift 2
-    mpi "$@" > "$tmp/bad.log" 2>&1 || rc=$?
-    rest=$(grep -vE '^(model |batch |memory: |cost model: |step )' "$tmp/bad.log" || true)
+    "$@" > "$tmp/bad.log" 2>&1 || rc=$?
+    rest=$(grep -vE '^(ranks: |model |batch |memory: |cost model: |step )' "$tmp/bad.log" || true)
     if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$(echo "$rest" | wc -l)" -eq 1 ] && echo "$rest" | grep -q "^error: .*$pattern"; then
         ok "$name: $rest"
     else
@@ -171,16 +167,16 @@ refused() {
     fi
 }
 one=("$bin" "${flags[@]}" -b 2 -o "$tmp/bad")
-refused "a total batch the 2 ranks cannot share" "not a multiple of B\*T\*ranks = 2\*32\*2" -np 2 "${one[@]}" -d 192
+refused "a total batch the 2 ranks cannot share" "not a multiple of B\*T\*ranks = 2\*32\*2" mpi -np 2 "${one[@]}" -d 192
 refused "ranks that disagree on the model" "rank 1: model: .*L=2 .* here, .*L=1 .* on rank 0" \
-    -np 1 "${one[@]}" : -np 1 "${one[@]}" --layers 2
-refused "ranks that disagree on the learning rate" "rank 1: schedule: .* on rank 0" -np 1 "${one[@]}" : -np 1 "${one[@]}" -l 2e-2
+    mpi -np 1 "${one[@]}" : -np 1 "${one[@]}" --layers 2
+refused "ranks that disagree on the learning rate" "rank 1: schedule: .* on rank 0" mpi -np 1 "${one[@]}" : -np 1 "${one[@]}" -l 2e-2
 mkdir -p "$tmp/data1"
 cp "$tmp/data/syn_train_000000.bin" "$tmp/data/syn_val_000000.bin" "$tmp/data1/"
 refused "a shard missing on rank 1" "rank 1: training shards: 1 files, 20000 tokens here, 2 files, 40000 tokens on rank 0" \
-    -np 1 "${one[@]}" : -np 1 "${one[@]}" -i "$tmp/data1/syn_train_*.bin"
+    mpi -np 1 "${one[@]}" : -np 1 "${one[@]}" -i "$tmp/data1/syn_train_*.bin"
 refused "no shard at all on rank 1" "rank 1: $tmp/nowhere/x_\*.bin: no file matches" \
-    -np 1 "${one[@]}" : -np 1 "${one[@]}" -i "$tmp/nowhere/x_*.bin"
+    mpi -np 1 "${one[@]}" : -np 1 "${one[@]}" -i "$tmp/nowhere/x_*.bin"
 # A bad token in a shard that only rank 1 reaches, after 2 steps: rank 0 waits in a
 # collective then, and must be stopped, not left hanging.
 mkdir -p "$tmp/late0" "$tmp/late1"
@@ -190,7 +186,46 @@ perl -e 'open(my $f, "+<", $ARGV[0]) or die; binmode $f; seek($f, 1024 + 2 * 100
     "$tmp/late1/s_000001.bin"
 late=("$bin" "${model[@]}" -x 5 -v 0 -b 2 -d 256 -o "$tmp/bad")
 refused "a bad token that rank 1 meets mid-run" "rank 1: .*s_000001.bin: token 300 at byte offset 1224 is out of range" \
-    -np 1 "${late[@]}" -i "$tmp/late0/s_*.bin" : -np 1 "${late[@]}" -i "$tmp/late1/s_*.bin"
-refused "--generate under mpirun" "run in one process" -np 2 "$bin" --generate 4 -e "$tmp/one/$p5"
+    mpi -np 1 "${late[@]}" -i "$tmp/late0/s_*.bin" : -np 1 "${late[@]}" -i "$tmp/late1/s_*.bin"
+refused "--generate under mpirun" "run in one process" mpi -np 2 "$bin" --generate 4 -e "$tmp/one/$p5"
+
+# 5. A launch without mpirun (PHD_RENDEZVOUS: the ranks from torchrun's or Slurm's variables,
+# the NCCL id through a file, the host collectives over NCCL). The emulation's NCCL runs on
+# MPI, so the ranks are still started by mpirun here, with the scheduler's variables made
+# from mpirun's; train_phd itself does not start MPI (the emulated NCCL does). Such runs
+# must give the bits of the same ranks launched by mpirun.
+torchrun_vars='export WORLD_SIZE=$OMPI_COMM_WORLD_SIZE RANK=$OMPI_COMM_WORLD_RANK LOCAL_RANK=$OMPI_COMM_WORLD_LOCAL_RANK'
+slurm_vars='export SLURM_NTASKS=$OMPI_COMM_WORLD_SIZE SLURM_PROCID=$OMPI_COMM_WORLD_RANK SLURM_LOCALID=$OMPI_COMM_WORLD_LOCAL_RANK'
+mkdir -p "$tmp/rdv"
+# by_env RANKS VARS COMMAND...: RANKS copies of COMMAND, launched as a scheduler would.
+by_env() { local np=$1 vars=$2; shift 2; mpi -np "$np" -x PHD_RENDEZVOUS="$tmp/rdv" sh -c "$vars; exec \"\$@\"" _ "$@"; }
+if [ -n "$emu_ok" ]; then
+    # env_run NAME RANKS B VARS: as gpu NAME RANKS B, launched by VARS.
+    env_run() {
+        by_env "$2" "$4" "$emu" "${three[@]}" --device cuda --dtype fp32 -b "$3" -o "$tmp/$1" > "$tmp/$1.log" 2>&1
+    }
+    for r in "2 3 torchrun" "3 2 slurm"; do
+        set -- $r
+        vars=${3}_vars
+        check "$3's variables, $1 emulated GPUs, train" env_run "$3$1" "$1" "$2" "${!vars}"
+        check "... without MPI: its line says so" grep -q "^ranks: $1, started by .*'s variables without MPI" "$tmp/$3$1.log"
+        for f in log.txt "$p5" "$s5"; do check "... $f: the mpirun-launched run's, bit for bit" cmp "$tmp/$3$1/$f" "$tmp/gpu$1/$f"; done
+    done
+    check "the rendezvous file is gone after the run" [ ! -e "$tmp/rdv/nccl_id" ]
+    alone=("$emu" "${three[@]}" -b 2 -o "$tmp/alone")
+    refused "--device cpu without mpirun" "rank 0: --device cpu: ranks started without mpirun (PHD_RENDEZVOUS) run on GPUs" \
+        by_env 2 "$torchrun_vars" "${alone[@]}" --device cpu
+    # A process alone: rank 1 waits for rank 0's file, which never comes; rank 0 finds a
+    # file left by a failed run.
+    refused "rank 1, no rank 0" "rank 1: $tmp/rdv/nccl_id: no NCCL id from rank 0 after 1 s" \
+        env PHD_RENDEZVOUS="$tmp/rdv" PHD_RENDEZVOUS_TIMEOUT=1 WORLD_SIZE=2 RANK=1 LOCAL_RANK=0 "${alone[@]}"
+    touch "$tmp/rdv/nccl_id"
+    refused "a rendezvous file left by an earlier run" "rank 0: $tmp/rdv/nccl_id: left by an earlier run" \
+        env PHD_RENDEZVOUS="$tmp/rdv" WORLD_SIZE=2 RANK=0 LOCAL_RANK=0 "${alone[@]}"
+    refused "RANK missing" "PHD_RENDEZVOUS is set, but RANK is not" env PHD_RENDEZVOUS="$tmp/rdv" WORLD_SIZE=2 "${alone[@]}"
+else echo "SKIPPED: the launch without mpirun ($emu missing or built without MPI)"; fi
+refused "WORLD_SIZE=2 without PHD_RENDEZVOUS" "2 ranks from the scheduler's variables: set PHD_RENDEZVOUS" env WORLD_SIZE=2 "${one[@]}"
+refused "PHD_RENDEZVOUS on a build without NCCL" "built without NCCL" \
+    env PHD_RENDEZVOUS="$tmp/rdv" WORLD_SIZE=2 RANK=0 LOCAL_RANK=0 "${one[@]}"
 
 finish
