@@ -204,12 +204,12 @@ if [ -n "$emu_ok" ]; then
     env_run() {
         by_env "$2" "$4" "$emu" "${three[@]}" --device cuda --dtype fp32 -b "$3" -o "$tmp/$1" > "$tmp/$1.log" 2>&1
     }
-    for r in "2 3 torchrun" "3 2 slurm"; do
-        set -- $r
-        vars=${3}_vars
-        check "$3's variables, $1 emulated GPUs, train" env_run "$3$1" "$1" "$2" "${!vars}"
-        check "... without MPI: its line says so" grep -q "^ranks: $1, started by .*'s variables without MPI" "$tmp/$3$1.log"
-        for f in log.txt "$p5" "$s5"; do check "... $f: the mpirun-launched run's, bit for bit" cmp "$tmp/$3$1/$f" "$tmp/gpu$1/$f"; done
+    for r in "2 3 torchrun" "3 2 slurm"; do  # ranks, B, whose variables
+        read -r np b by <<< "$r"
+        vars=${by}_vars
+        check "$by's variables, $np emulated GPUs, train" env_run "$by$np" "$np" "$b" "${!vars}"
+        check "... without MPI: its line says so" grep -q "^ranks: $np, started by .*'s variables without MPI" "$tmp/$by$np.log"
+        for f in log.txt "$p5" "$s5"; do check "... $f: the mpirun-launched run's, bit for bit" cmp "$tmp/$by$np/$f" "$tmp/gpu$np/$f"; done
     done
     check "the rendezvous file is gone after the run" [ ! -e "$tmp/rdv/nccl_id" ]
     alone=("$emu" "${three[@]}" -b 2 -o "$tmp/alone")
