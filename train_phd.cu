@@ -38,6 +38,7 @@ struct Args {
     int val_every = 20, val_steps = 10, sample_every = 50, sample_tokens = 16, ckpt_every = 0;
     int resume = 0, threads = 0, generate = 0, top_k = 0, tf32 = 0, compare_cpu = 0;
     int samples = 1;  // --generate's continuations, decoded together
+    int overlap = 1;  // the GPU's gradient reduction during the backward (common/engine.h)
     uint64_t seed = 1337;
     float lr = 1e-3f, final_frac = 0.1f, weight_decay = 0.1f, check_tol = -1, temperature = 1.0f;
     float skip_update_z = 0;  // 0: never skip an update
@@ -85,6 +86,8 @@ static void usage() {
         "                           auto: bf16 on the GPU where the head size allows and --tf32 is 0,\n"
         "                           else fp32 (auto)\n"
         "      --threads N          OpenMP threads (default: all cores)\n"
+        "      --overlap 0|1        under mpirun, the GPU reduces each layer's gradients during the\n"
+        "                           backward (1), or all after it (0): the same bits, later (1)\n"
         "generation (KV-cache decoder)\n"
         "      --generate N         with --init: sample N tokens after the prompt and exit\n"
         "      --prompt-ids 'I J K' the prompt as token ids (default: the separator token)\n"
@@ -161,6 +164,7 @@ static Args parse_args(int argc, char** argv) {
         else if (f == "--skip-update-z") a.skip_update_z = parse_float(fl, v, 0, 1e6);
         else if (f == "--device") a.device = v;
         else if (f == "--tf32") a.tf32 = parse_int(fl, v, 0);
+        else if (f == "--overlap") a.overlap = parse_int(fl, v, 0);
         else if (f == "--dtype") a.dtype = v;
         else if (f == "--compare-cpu") a.compare_cpu = parse_int(fl, v, 0);
         else if (f == "--threads") a.threads = parse_int(fl, v, 1);
@@ -191,6 +195,7 @@ static Args parse_args(int argc, char** argv) {
     a.device = "cpu";
 #endif
     if (a.tf32 > 1) die("--tf32: expected 0 or 1, got %d", a.tf32);
+    if (a.overlap > 1) die("--overlap: expected 0 or 1, got %d", a.overlap);
     if (a.tf32 && a.device == "cpu" && !a.compare_cpu) die("--tf32 1: tensor cores are the GPU's, and this run is on the CPU");
     if (a.dtype != "auto" && a.dtype != "fp32" && a.dtype != "bf16") die("--dtype: expected auto, fp32 or bf16, got '%s'", a.dtype.c_str());
     if (a.dtype == "bf16" && a.tf32) die("--tf32 1: TF32 is for --dtype fp32's matmuls; --dtype bf16 runs them in bf16");
@@ -616,13 +621,15 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
         for (int micro = 0; micro < accum; micro++) {
             train_dl.next_batch(in.data(), tg.data());
             loss += E.forward(in.data(), tg.data(), a.B, a.T);
-            E.backward(1.0f / (accum * dist.size));  // of the mean loss over every rank's micro-batches
+            // Of the mean loss over every rank's micro-batches; the last one's gradients are the
+            // step's, and the GPU starts reducing them during that backward.
+            E.backward(1.0f / (accum * dist.size), micro == accum - 1);
         }
         loss = dist.sum(loss) / (accum * dist.size);
         if (!std::isfinite(loss))
             dist.die_everywhere("training loss is %s at step %d; no checkpoint written for this step", std::isnan(loss) ? "NaN" : "infinite",
                                 step);
-        E.reduce_grads();  // ZeRO-1: each rank gets its shard of the gradients summed over the ranks
+        E.reduce_grads();  // ZeRO-1: each rank gets (or has got) its shard of the gradients summed over the ranks
         double norm = E.norm();  // of all the gradients, from every rank's shard
         float lr = learning_rate(opt, step);
         // A skipped step still counts, as in llm.c: its batch is used up, and the schedule,
@@ -744,7 +751,7 @@ static int on_engine([[maybe_unused]] const Args& a, const Config& c, const std:
 #ifdef PHD_GPU
     if (a.device == "cuda") {
         // generation decodes in fp32 (its bf16 kernels are to come): no bf16 weights for it
-        GpuEngine E(c, params, a.tf32 != 0, training, training && use_bf16(a, c));
+        GpuEngine E(c, params, a.tf32 != 0, training, training && use_bf16(a, c), a.overlap != 0);
         return fn(E);
     }
 #endif
@@ -763,6 +770,7 @@ int main(int argc, char** argv) {
         die("--show-mask, --generate, --check-state, --dump-state and --compare-cpu run in one process: start them without mpirun");
     if (!a.show_mask.empty()) return show_mask(a);
     if (a.device == "cuda") dist.gpu_init();
+    else if (dist.by_env) die("--device cpu: ranks started without mpirun (PHD_RENDEZVOUS) run on GPUs; the CPU path's need mpirun");
     if (a.threads) omp_set_num_threads(a.threads);
     std::vector<float> params;
     Config c = model_config(a, &params);

@@ -4,7 +4,8 @@
 // parameters and AdamW moments cross between them in checkpoint order, so a model trained
 // on one device resumes on the other. With several ranks (common/dist.h) each engine keeps
 // the AdamW moments of its shard of the parameters only (ZeRO-1): reduce_grads, norm, update
-// and gather_params are the step's collectives, moment() gathers the whole moments.
+// and gather_params are the step's collectives, moment() gathers the whole moments. A step's
+// last backward is told so (backward's last): the GPU starts each layer's reduction there.
 #pragma once
 #include <cmath>
 #include <vector>
@@ -13,33 +14,36 @@
 
 struct CpuEngine {
     Model<float> M;
-    size_t lo, hi;                // this rank's shard of the parameters: [lo, hi) (all of them alone)
-    std::vector<float> m, v;      // (hi - lo) AdamW moments of the shard; empty for inference
-    std::vector<float> gshard;    // (hi - lo) the gradients of the shard summed over the ranks; several ranks only
+    Shards S;                     // this rank's shard of the parameters: one bucket, one run of the arena (all of it alone)
+    std::vector<float> m, v;      // (S.size) AdamW moments of the shard; empty for inference
+    std::vector<float> gshard;    // (S.size) the gradients of the shard summed over the ranks; several ranks only
     CpuEngine(const Config& c, const std::vector<float>& params, bool training = true)
-        : M(c), lo(dist.lo(params.size())), hi(dist.hi(params.size())), m(training ? hi - lo : 0), v(m.size()),
-          gshard(dist.size > 1 ? m.size() : 0) { M.params = params; }
+        : M(c), S(dist.shards({0, params.size()})), m(training ? S.size : 0), v(m.size()), gshard(dist.size > 1 ? m.size() : 0) {
+        M.params = params;
+    }
     static const char* name() { return "cpu"; }
     float forward(const int* in, const int* tg, int B, int T) { return model_forward(M, in, tg, B, T); }
-    void backward(float dloss) { model_backward(M, dloss); }
+    // last (the step's last backward) is the GPU's business: the CPU reduces after it, in reduce_grads.
+    void backward(float dloss, bool /*last*/ = false) { model_backward(M, dloss); }
     void zero_grads() { std::fill(M.grads.begin(), M.grads.end(), 0.0f); }
     // The summed gradients of the shard: gshard, or alone the gradients themselves.
     const float* gsum() const { return dist.size > 1 ? gshard.data() : M.grads.data(); }
-    void reduce_grads() { dist.reduce_scatter(M.grads.data(), gshard.data(), M.grads.size()); }
-    double norm() { return std::sqrt(dist.sum(grad_sumsq(gsum(), hi - lo))); }  // of all the gradients: the shards' sums of squares
+    void reduce_grads() { dist.reduce_scatter(M.grads.data(), gshard.data(), S, 0); }
+    double norm() { return std::sqrt(dist.sum(grad_sumsq(gsum(), S.size))); }  // of all the gradients: the shards' sums of squares
     void update(const AdamW& o, int step, float lr, double norm) {
-        adamw_update(M.cfg, o, M.params.data(), gsum(), m.data(), v.data(), step, lr, norm, lo, hi);
+        for (const Piece& p : S.mine)
+            adamw_update(M.cfg, o, M.params.data(), gsum() + p.at, m.data() + p.at, v.data() + p.at, step, lr, norm, p.lo, p.hi);
     }
-    void gather_params() { dist.all_gather(M.params.data(), M.params.size()); }
+    void gather_params() { dist.all_gather(M.params.data(), S); }
     std::vector<float> params() const { return M.params; }
     std::vector<float> grads() const { return M.grads; }
     // m_, v_: (P), whole; the engine keeps its shard.
     void set_state(const std::vector<float>& p, const std::vector<float>& m_, const std::vector<float>& v_) {
         M.params = p;
-        m.assign(m_.begin() + lo, m_.begin() + hi);
-        v.assign(v_.begin() + lo, v_.begin() + hi);
+        m = S.cut(m_);
+        v = S.cut(v_);
     }
-    std::vector<float> moment(bool second) const { return dist.gather((second ? v : m).data(), M.params.size()); }  // (P), collective
+    std::vector<float> moment(bool second) const { return dist.gather((second ? v : m).data(), S); }  // (P), collective
     std::vector<float> logits() const {  // (B*T, V) of the last forward
         std::vector<float> out;
         for (int i = 0; i < M.B * M.T; i++) out.insert(out.end(), M.logits + (size_t)i * M.cfg.Vp, M.logits + (size_t)i * M.cfg.Vp + M.cfg.V);
@@ -95,57 +99,96 @@ inline double peak_tflops(MatmulDtype d) {
     return sms * (khz * 1e3) * per_clock / 1e12;
 }
 
+// With several ranks the gradients are reduced a bucket at a time, a bucket being the
+// tensors of a layer (GpuModel::grad_buckets), on a stream of their own (comm): bucket b's
+// reduction waits on the event ready[b], recorded on the compute stream once the backward's
+// kernels that write its gradients are issued, so that it runs while the backward goes on to
+// the layers below. With overlap off (--overlap 0) the same reductions are issued in the same
+// order after the whole backward, so both give the same bits. The compute stream waits on
+// `reduced` (recorded on comm after the last one) before it reads the sums.
 struct GpuEngine {
     GpuModel G;
-    size_t lo, hi;                     // this rank's shard of the parameters: [lo, hi) (all of them alone)
-    float *m = nullptr, *v = nullptr;  // (hi - lo) AdamW moments of the shard, on the device; none for inference
-    float* gshard = nullptr;           // (hi - lo) the gradients of the shard summed over the ranks; several ranks only
+    Shards S;                          // this rank's shard of the parameters: its piece of each bucket (all of them alone)
+    float *m = nullptr, *v = nullptr;  // (S.size) AdamW moments of the shard, on the device; none for inference
+    float* gshard = nullptr;           // (S.size) the gradients of the shard summed over the ranks; several ranks only
     double* partial = nullptr;         // grad-norm scratch
+    bool overlap;                      // reductions start during the step's last backward
+    cudaStream_t comm = nullptr;       // the reductions' stream; several ranks only
+    std::vector<cudaEvent_t> ready;    // (buckets) bucket b's gradients are written
+    cudaEvent_t reduced = nullptr;     // every reduction of the step is done
     // training false: only what the KV-cache decoder needs (the parameters), for --generate.
     // bf16: matmuls and attention on bf16 tensor cores (kernels/gpu_model.cuh).
-    GpuEngine(const Config& c, const std::vector<float>& params, bool tf32, bool training = true, bool bf16 = false)
-        : G(c, params.data(), tf32, training, bf16), lo(dist.lo(G.P)), hi(dist.hi(G.P)) {
+    GpuEngine(const Config& c, const std::vector<float>& params, bool tf32, bool training = true, bool bf16 = false, bool overlap_ = true)
+        : G(c, params.data(), tf32, training, bf16), S(dist.shards(GpuModel::grad_buckets(c))), overlap(overlap_) {
         if (!training) return;
-        const size_t n = hi - lo;
+        const size_t n = S.size;
         gpu_check_fits((dist.size > 1 ? 3 : 2) * n * sizeof(float), "AdamW moments");
         cudaCheck(cudaMalloc(&m, n * sizeof(float)));
         cudaCheck(cudaMalloc(&v, n * sizeof(float)));
-        if (dist.size > 1) cudaCheck(cudaMalloc(&gshard, n * sizeof(float)));
         cudaCheck(cudaMalloc(&partial, kNormBlocks * sizeof(double)));
         cudaCheck(cudaMemset(m, 0, n * sizeof(float)));
         cudaCheck(cudaMemset(v, 0, n * sizeof(float)));
+        if (dist.size == 1) return;
+        cudaCheck(cudaMalloc(&gshard, n * sizeof(float)));
+        // Non-blocking: a stream created plainly would wait for, and hold up, the legacy
+        // default stream the model runs on, and nothing would overlap.
+        cudaCheck(cudaStreamCreateWithFlags(&comm, cudaStreamNonBlocking));
+        ready.resize(S.buckets());
+        for (cudaEvent_t& e : ready) cudaCheck(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+        cudaCheck(cudaEventCreateWithFlags(&reduced, cudaEventDisableTiming));
     }
     ~GpuEngine() {
         cudaFree(m);
         cudaFree(v);
         cudaFree(gshard);
         cudaFree(partial);
+        for (cudaEvent_t e : ready) cudaEventDestroy(e);
+        if (reduced) cudaEventDestroy(reduced);
+        if (comm) cudaStreamDestroy(comm);
     }
     GpuEngine(const GpuEngine&) = delete;
     GpuEngine& operator=(const GpuEngine&) = delete;
     static const char* name() { return "cuda"; }
     float forward(const int* in, const int* tg, int B, int T) { return G.forward(in, tg, B, T); }
-    void backward(float dloss) { G.backward(dloss); }
+    // last: the step's last backward, whose gradients are the step's: with overlap each bucket's
+    // reduction starts as soon as its gradients are written.
+    void backward(float dloss, bool last = false) {
+        if (last && overlap && dist.size > 1) G.backward(dloss, [this](int b) { reduce_bucket(b); });
+        else G.backward(dloss);
+    }
     void zero_grads() { G.zero_grads(); }
     // As CpuEngine's, over NCCL.
     const float* gsum() const { return dist.size > 1 ? gshard : G.grads; }
-    void reduce_grads() { dist.reduce_scatter_device(G.grads, gshard, G.P, G.stream); }
-    double norm() { return std::sqrt(dist.sum(grad_sumsq(gsum(), hi - lo, partial, G.stream))); }
+    void reduce_bucket(int b) {
+        cudaCheck(cudaEventRecord(ready[b], G.stream));
+        cudaCheck(cudaStreamWaitEvent(comm, ready[b], 0));
+        dist.reduce_scatter_device(G.grads, gshard, S, b, comm);
+    }
+    // Without overlap, all the reductions now, in the backward's order (the last bucket first).
+    void reduce_grads() {
+        if (dist.size == 1) return;
+        if (!overlap)
+            for (int b = S.buckets() - 1; b >= 0; b--) reduce_bucket(b);
+        cudaCheck(cudaEventRecord(reduced, comm));
+        cudaCheck(cudaStreamWaitEvent(G.stream, reduced, 0));
+    }
+    double norm() { return std::sqrt(dist.sum(grad_sumsq(gsum(), S.size, partial, G.stream))); }
     void update(const AdamW& o, int step, float lr, double norm) {
-        adamw_update(G.cfg, o, G.params, gsum(), m, v, step, lr, norm, G.stream, G.params16, lo, hi);
+        for (const Piece& p : S.mine)
+            adamw_update(G.cfg, o, G.params, gsum() + p.at, m + p.at, v + p.at, step, lr, norm, G.stream, G.params16, p.lo, p.hi);
     }
     void gather_params() {
-        dist.all_gather_device(G.params, G.P, G.stream);
+        dist.all_gather_device(G.params, S, G.stream);
         if (G.params16 && dist.size > 1) copy_to_bf16(G.params16, G.params, G.P, G.stream);  // the other shards came in fp32
     }
     std::vector<float> params() const { return G.download(G.params, G.P); }
     std::vector<float> grads() const { return G.download(G.grads, G.P); }
     void set_state(const std::vector<float>& p, const std::vector<float>& m_, const std::vector<float>& v_) {
         G.upload_params(p.data());
-        cudaCheck(cudaMemcpy(m, m_.data() + lo, (hi - lo) * sizeof(float), cudaMemcpyHostToDevice));
-        cudaCheck(cudaMemcpy(v, v_.data() + lo, (hi - lo) * sizeof(float), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(m, S.cut(m_).data(), S.size * sizeof(float), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(v, S.cut(v_).data(), S.size * sizeof(float), cudaMemcpyHostToDevice));
     }
-    std::vector<float> moment(bool second) const { return dist.gather(G.download(second ? v : m, hi - lo).data(), G.P); }
+    std::vector<float> moment(bool second) const { return dist.gather(G.download(second ? v : m, S.size).data(), S); }
     std::vector<float> logits() const { return G.logits_host(); }
     MatmulDtype dtype() const { return G.bf16 ? MatmulDtype::BF16 : G.tf32 ? MatmulDtype::TF32 : MatmulDtype::FP32; }
     double peak_tflops() const { return ::peak_tflops(dtype()); }  // 0: unknown, no MFU

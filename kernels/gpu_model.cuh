@@ -9,6 +9,7 @@
 // __nv_bfloat16): StepIn<In> names where each matmul input lives.
 // Parameters and gradients use the checkpoint order of param_tensors() (model.h).
 #pragma once
+#include <functional>
 #include <vector>
 #include "adamw.cuh"
 #include "attention.cuh"
@@ -302,9 +303,24 @@ struct GpuModel : Activations<float> {
         return sum / BT;
     }
 
-    // Gradients of dloss * (mean loss) of the last forward, added into grads.
-    void backward(float dloss) { bf16 ? backward_as<__nv_bfloat16>(dloss) : backward_as<float>(dloss); }
-    template<typename In> void backward_as(float dloss) {
+    // Where the backward's gradients complete: bucket 0 is E, 1 + l layer l, L + 1 g_final
+    // and wout (the arena's offsets, param_tensors() order: 0, ..., P).
+    static std::vector<size_t> grad_buckets(const Config& c) {
+        const std::vector<ParamTensor> t = param_tensors(c);
+        std::vector<size_t> bounds = {0};
+        for (int l = 0; l < c.L; l++) bounds.push_back(t[1 + l * kTensorsPerLayer].offset);  // layer l's g_attn
+        bounds.push_back(t[1 + c.L * kTensorsPerLayer].offset);                            // g_final
+        bounds.push_back(num_params(c));
+        return bounds;
+    }
+
+    // Gradients of dloss * (mean loss) of the last forward, added into grads. written(b), when
+    // given, is called as soon as the kernels that write bucket b's gradients are on the
+    // stream: b = L + 1, L, ..., 0 (grad_buckets), so that their reduction can start then.
+    void backward(float dloss, const std::function<void(int)>& written = nullptr) {
+        bf16 ? backward_as<__nv_bfloat16>(dloss, written) : backward_as<float>(dloss, written);
+    }
+    template<typename In> void backward_as(float dloss, const std::function<void(int)>& written) {
         const Config& c = cfg;
         const int BT = B * T, D = c.D;
         const StepIn<In>& in = step_in<In>();
@@ -312,10 +328,15 @@ struct GpuModel : Activations<float> {
         crossentropy_backward(in.dlogits, logits, lse, d_targets, dloss / BT, BT, c.V, c.Vp, stream);
         matmul_backward(dxlast, g.wout, in.dlogits, in.xn, w.wout, BT, D, c.Vp);
         rmsnorm_backward(dxlast, g.g_final, dxlast, xlast, p.g_final, rstd_final, BT, D, norm_scratch, stream);
+        if (written) written(c.L + 1);
         last_copy_backward(dx, dxlast, c, B, T, stream);
         if constexpr (!std::is_same_v<In, float>) copy_to_bf16(in.dx, dx, (size_t)B * T * c.K * D, stream);
-        for (int l = c.L - 1; l >= 0; l--) layer_backward(layer[l], in.layer[l], in, w.layer[l], p.layer[l], g.layer[l]);
+        for (int l = c.L - 1; l >= 0; l--) {
+            layer_backward(layer[l], in.layer[l], in, w.layer[l], p.layer[l], g.layer[l]);
+            if (written) written(1 + l);
+        }
         embedding_backward(g.E, dx, d_tokens, d_sort_keys, c, B, T, stream);
+        if (written) written(0);
     }
 
     void zero_grads() { cudaCheck(cudaMemsetAsync(grads, 0, P * sizeof(float), stream)); }

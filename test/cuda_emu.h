@@ -744,10 +744,20 @@ inline cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t st = n
     cudaError_t e;
     return cuda_emu::captured(st, [=] { return cudaMemset(d, v, n); }, e) ? e : cudaMemset(d, v, n);
 }
+// Work on every stream completes before its call returns, so the order between streams that
+// events give is already there: a stream's flags and a wait on an event change nothing.
+enum : unsigned { cudaStreamDefault = 0, cudaStreamNonBlocking = 1, cudaEventDefault = 0, cudaEventDisableTiming = 2 };
 inline cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = new CUstream_st; return cudaSuccess; }
+inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags) {
+    return flags > cudaStreamNonBlocking ? cudaErrorInvalidValue : cudaStreamCreate(s);
+}
 inline cudaError_t cudaStreamDestroy(cudaStream_t s) { delete s; return cudaSuccess; }
 inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 inline cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = new CUevent_st; return cudaSuccess; }
+inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned flags) {
+    return flags & ~cudaEventDisableTiming ? cudaErrorInvalidValue : cudaEventCreate(e);
+}
+inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t e, unsigned flags = 0) { return e && !flags ? cudaSuccess : cudaErrorInvalidValue; }
 inline cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
 inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = nullptr) { e->t = std::chrono::steady_clock::now(); return cudaSuccess; }
 inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }

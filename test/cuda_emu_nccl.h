@@ -3,14 +3,16 @@
 // process. As NCCL, every buffer must be device memory (else ncclInvalidArgument) and the
 // communicator's ranks must be MPI's; a call completes before it returns (streams are
 // synchronous here), and a group (ncclGroupStart/End) runs its calls in the order made,
-// which every rank makes the same. float and sum only: what the engine uses.
+// which every rank makes the same. The types and operations common/dist.h uses only. A
+// launch without MPI (common/dist.h's PHD_RENDEZVOUS) leaves MPI to this emulation, which
+// starts it at ncclCommInitRank: such a run must still be started by mpirun here.
 #pragma once
 #ifdef PHD_MPI
 #include <mpi.h>
 
 enum ncclResult_t { ncclSuccess = 0, ncclSystemError = 2, ncclInvalidArgument = 4, ncclInvalidUsage = 5 };
-enum ncclDataType_t { ncclFloat = 7 };
-enum ncclRedOp_t { ncclSum = 0 };
+enum ncclDataType_t { ncclUint8 = 1, ncclInt32 = 2, ncclFloat = 7, ncclDouble = 8 };
+enum ncclRedOp_t { ncclSum = 0, ncclMin = 3 };
 struct ncclUniqueId { char internal[128]; };
 struct ncclComm { int rank, size; };
 typedef ncclComm* ncclComm_t;
@@ -21,12 +23,15 @@ inline const char* ncclGetErrorString(ncclResult_t r) {
 }
 
 namespace cuda_emu {
-inline size_t nccl_bytes(ncclDataType_t) { return sizeof(float); }
-inline MPI_Datatype nccl_mpi_type(ncclDataType_t) { return MPI_FLOAT; }
+inline size_t nccl_bytes(ncclDataType_t t) { return t == ncclUint8 ? 1 : t == ncclInt32 ? 4 : t == ncclFloat ? 4 : 8; }
+inline MPI_Datatype nccl_mpi_type(ncclDataType_t t) {
+    return t == ncclUint8 ? MPI_UNSIGNED_CHAR : t == ncclInt32 ? MPI_INT : t == ncclFloat ? MPI_FLOAT : MPI_DOUBLE;
+}
+inline MPI_Op nccl_mpi_op(ncclRedOp_t op) { return op == ncclSum ? MPI_SUM : MPI_MIN; }
 // Every buffer a call names must be device memory of the size it reads or writes.
 inline bool nccl_device(const void* p, size_t count, ncclDataType_t t) { return device_memory().holding(p, count * nccl_bytes(t)) != nullptr; }
 inline bool nccl_args_ok(ncclComm_t comm, ncclDataType_t t, ncclRedOp_t op) {
-    return comm && t == ncclFloat && op == ncclSum;
+    return comm && (t == ncclUint8 || t == ncclInt32 || t == ncclFloat || t == ncclDouble) && (op == ncclSum || op == ncclMin);
 }
 inline ncclResult_t nccl_mpi(int rc) { return rc == MPI_SUCCESS ? ncclSuccess : ncclSystemError; }
 }  // namespace cuda_emu
@@ -38,7 +43,9 @@ inline ncclResult_t ncclGetUniqueId(ncclUniqueId* id) {
     return ncclSuccess;
 }
 inline ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int rank) {
-    int size, me;
+    int size, me, on;
+    if (MPI_Initialized(&on) != MPI_SUCCESS) return ncclSystemError;
+    if (!on && (MPI_Init(nullptr, nullptr) != MPI_SUCCESS || atexit([] { MPI_Finalize(); }) != 0)) return ncclSystemError;
     if (MPI_Comm_size(MPI_COMM_WORLD, &size) != MPI_SUCCESS || MPI_Comm_rank(MPI_COMM_WORLD, &me) != MPI_SUCCESS) return ncclSystemError;
     if (nranks != size || rank != me) return ncclInvalidUsage;  // this emulation's ranks are MPI's
     // Every rank must have been handed rank 0's id.
@@ -59,7 +66,7 @@ inline ncclResult_t ncclReduceScatter(const void* send, void* recv, size_t count
     DeviceAccess access;
     if (!nccl_args_ok(comm, t, op) || !nccl_device(send, count * comm->size, t) || !nccl_device(recv, count, t)) return ncclInvalidArgument;
     std::vector<char> in((const char*)send, (const char*)send + count * comm->size * nccl_bytes(t));  // send and recv may overlap
-    return nccl_mpi(MPI_Reduce_scatter_block(in.data(), recv, (int)count, nccl_mpi_type(t), MPI_SUM, MPI_COMM_WORLD));
+    return nccl_mpi(MPI_Reduce_scatter_block(in.data(), recv, (int)count, nccl_mpi_type(t), nccl_mpi_op(op), MPI_COMM_WORLD));
 }
 // recv (count) on root = send (count) summed over the ranks; recv is not touched elsewhere.
 inline ncclResult_t ncclReduce(const void* send, void* recv, size_t count, ncclDataType_t t, ncclRedOp_t op, int root, ncclComm_t comm,
@@ -70,7 +77,17 @@ inline ncclResult_t ncclReduce(const void* send, void* recv, size_t count, ncclD
         (comm->rank == root && !nccl_device(recv, count, t)))
         return ncclInvalidArgument;
     std::vector<char> in((const char*)send, (const char*)send + count * nccl_bytes(t));
-    return nccl_mpi(MPI_Reduce(in.data(), comm->rank == root ? recv : nullptr, (int)count, nccl_mpi_type(t), MPI_SUM, root, MPI_COMM_WORLD));
+    return nccl_mpi(MPI_Reduce(in.data(), comm->rank == root ? recv : nullptr, (int)count, nccl_mpi_type(t), nccl_mpi_op(op), root, MPI_COMM_WORLD));
+}
+// recv (count, on every rank) = send (count) summed (or the least) over the ranks; in place
+// when send == recv.
+inline ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataType_t t, ncclRedOp_t op, ncclComm_t comm,
+                                  cudaStream_t) {
+    using namespace cuda_emu;
+    DeviceAccess access;
+    if (!nccl_args_ok(comm, t, op) || !nccl_device(send, count, t) || !nccl_device(recv, count, t)) return ncclInvalidArgument;
+    std::vector<char> in((const char*)send, (const char*)send + count * nccl_bytes(t));
+    return nccl_mpi(MPI_Allreduce(in.data(), recv, (int)count, nccl_mpi_type(t), nccl_mpi_op(op), MPI_COMM_WORLD));
 }
 // recv (nranks * count, on every rank): piece r is rank r's send (count); in place when
 // send is piece `rank` of recv.

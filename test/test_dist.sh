@@ -2,7 +2,8 @@
 # Data-parallel training under mpirun (issue 18, common/dist.h): 2 ranks on the CPU path
 # against one process with twice the micro-batch (the same token stream, the same total
 # batch), ZeRO-1's gathered moments, resuming on 2, 1 and 2 ranks, the GPU path's rank logic
-# on the CUDA emulation (its NCCL over MPI), and bad input stopping every rank with one line.
+# on the CUDA emulation (its NCCL over MPI): 2 and 3 ranks, the reduction overlapped with the
+# backward or not, resumed on other rank counts; and bad input stopping every rank with one line.
 #   test/test_dist.sh [TRAIN_PHD_CPU [TRAIN_PHD_EMU]]  (default build/train_phd_cpu, build/train_phd_emu)
 # KEEP_TMP=1 keeps the temporary directory. The last line is "N passed, M failed" (or
 # SKIPPED with the reason, where there is no mpirun or the binary was built without MPI).
@@ -43,11 +44,13 @@ make_shard "$tmp/data/syn_val_000000.bin" 4000 2
 model=(--variant phd-cswa-2-4-8 --vocab 256 --layers 1 --dim 16 --heads 2 -t 32 -s 0 -l 1e-2 --threads 1)
 flags=(-i "$tmp/data/syn_train_*.bin" -j "$tmp/data/syn_val_*.bin" "${model[@]}" -x 5 -v 4 -m 2 -n 3 -d 256)
 
-# run NAME RANKS B [FLAGS...]: trains into $tmp/NAME (log in $tmp/NAME.log); true on success.
+# run NAME RANKS B [FLAGS...]: $exe with $flags trains into $tmp/NAME (log in $tmp/NAME.log);
+# true on success.
+exe=$bin
 run() {
     local name=$1 np=$2 b=$3; shift 3
-    if [ "$np" -eq 1 ]; then "$bin" "${flags[@]}" -b "$b" -o "$tmp/$name" "$@" > "$tmp/$name.log" 2>&1
-    else mpi -np "$np" "$bin" "${flags[@]}" -b "$b" -o "$tmp/$name" "$@" > "$tmp/$name.log" 2>&1; fi
+    if [ "$np" -eq 1 ]; then "$exe" "${flags[@]}" -b "$b" -o "$tmp/$name" "$@" > "$tmp/$name.log" 2>&1
+    else mpi -np "$np" "$exe" "${flags[@]}" -b "$b" -o "$tmp/$name" "$@" > "$tmp/$name.log" 2>&1; fi
 }
 # The numbers of log.txt's lines for steps >= FROM ("step S train|val X").
 log_from() { awk -v from="$2" '$2 >= from' "$1/log.txt"; }
@@ -105,32 +108,58 @@ check "the 1-process run resumes on 2 ranks (B=2)" run one_on_two 2 2 -y 1
 log_from "$tmp/one" 3 > "$tmp/one.tail"
 check "... with the uninterrupted 1-process run's losses to 1e-6" close "$tmp/one_on_two/log.txt" "$tmp/one.tail" 1e-6
 
-# 3. Three ranks, D = 20: P = 15140 = 3 * 5046 + 2, so the last rank's shard is 2 longer
-# (P is even for every model, so 2 ranks always have equal shards), on the CPU and on the
-# GPU path: train_phd --device cuda on the CUDA emulation, its NCCL calls (test/cuda_emu_nccl.h)
-# over MPI, the 2 left over through NCCL's reduce and broadcast.
-three=(-i "$tmp/data/syn_train_*.bin" "${model[@]}" --dim 20 -x 3 -v 0 -n 0 -d 192)
-three_ranks() {  # NAME BINARY [FLAGS...]
-    local name=$1 b=$2; shift 2
-    "$b" "${three[@]}" "$@" -b 6 -o "$tmp/${name}1" > "$tmp/${name}1.log" 2>&1 && ok "$name, 1 process, B=6, trains" ||
-        bad "$name, 1 process, B=6, trains ($tmp/${name}1.log)"
-    mpi -np 3 "$b" "${three[@]}" "$@" -b 2 -o "$tmp/${name}3" > "$tmp/${name}3.log" 2>&1 && ok "$name, 3 ranks, B=2 each, train" ||
-        bad "$name, 3 ranks, B=2 each, train ($tmp/${name}3.log)"
-    check "$name, 3 ranks: the losses of 1 process to 1e-6" close "$tmp/${name}1/log.txt" "$tmp/${name}3/log.txt" 1e-6
-    check "$name, 3 ranks: the parameters after 3 steps, to 1e-5" near "$tmp/${name}3/model_00000003.bin" "$tmp/${name}1/model_00000003.bin" 1e-5
-    check "$name, 3 ranks: the gathered moments, to 1e-5" near "$tmp/${name}3/state_00000003.bin" "$tmp/${name}1/state_00000003.bin" 1e-5
+# 3. Three ranks, D = 20: P = 15140 = 3 * 5046 + 2, so the last rank's shard is longer (P is
+# even for every model, so 2 ranks always have equal shards), on the CPU and on the GPU path:
+# train_phd --device cuda on the CUDA emulation, its NCCL calls (test/cuda_emu_nccl.h) over
+# MPI. The GPU path shards each layer's bucket by itself (E 5120, the layer 4880, the head
+# 5140: 2, 2 and 1 left over to the last rank, through NCCL's reduce and broadcast). 2
+# micro-batches a step: the reduction may only start in the last one's backward.
+three=(-i "$tmp/data/syn_train_*.bin" "${model[@]}" --dim 20 -x 5 -v 0 -n 3 -d 384)
+# cpu and gpu: run with these flags (bash's locals reach the functions called), on the CPU
+# and on the emulated GPU.
+cpu() { local flags=("${three[@]}"); run "$@"; }
+gpu() { local exe=$emu flags=("${three[@]}" --device cuda --dtype fp32); run "$@"; }
+# same_as_one NAME N: run NAMEN (N ranks) has run NAME1's (1 process, B=6) losses, parameters
+# and gathered moments.
+same_as_one() {
+    local one=$tmp/${1}1 many=$tmp/$1$2
+    check "$1, $2 ranks: the losses of 1 process to 1e-6" close "$one/log.txt" "$many/log.txt" 1e-6
+    check "$1, $2 ranks: the parameters after 5 steps, to 1e-5" near "$many/$p5" "$one/$p5" 1e-5
+    check "$1, $2 ranks: the gathered moments, to 1e-5" near "$many/$s5" "$one/$s5" 1e-5
 }
-three_ranks cpu "$bin"
-if [ -x "$emu" ] && ldd "$emu" | grep libmpi >/dev/null; then three_ranks "emulated GPU" "$emu" --device cuda --dtype fp32
+check "cpu, 1 process, B=6, trains" cpu cpu1 1 6
+check "cpu, 3 ranks, B=2 each, train" cpu cpu3 3 2
+same_as_one cpu 3
+emu_ok=$([ -x "$emu" ] && ldd "$emu" | grep -q libmpi && echo 1 || true)
+if [ -n "$emu_ok" ]; then
+    check "emulated GPU, 1 process, B=6, trains" gpu gpu1 1 6
+    check "emulated GPU, 2 ranks, B=3 each, train" gpu gpu2 2 3
+    same_as_one gpu 2
+    check "emulated GPU, 3 ranks, B=2 each, train" gpu gpu3 3 2
+    same_as_one gpu 3
+    # Overlap off issues the same reductions after the backward: a bucket reduced before
+    # the backward wrote all of its gradients would give other bits.
+    check "emulated GPU, 3 ranks, --overlap 0, train" gpu gpu3_after 3 2 --overlap 0
+    check "--overlap 0: the overlapped run's losses, bit for bit" cmp "$tmp/gpu3_after/log.txt" "$tmp/gpu3/log.txt"
+    check "--overlap 0: its parameters, bit for bit" cmp "$tmp/gpu3_after/$p5" "$tmp/gpu3/$p5"
+    check "--overlap 0: its gathered moments, bit for bit" cmp "$tmp/gpu3_after/$s5" "$tmp/gpu3/$s5"
+    log_from "$tmp/gpu3" 3 > "$tmp/gpu3.tail"
+    resume_from gpu3_on_2 gpu3
+    check "emulated GPU: the 3-rank run resumes on 2 ranks (B=3)" gpu gpu3_on_2 2 3 -y 1
+    check "... with the uninterrupted run's losses to 1e-6" close "$tmp/gpu3_on_2/log.txt" "$tmp/gpu3.tail" 1e-6
+    resume_from gpu2_on_3 gpu2
+    check "emulated GPU: the 2-rank run resumes on 3 ranks (B=2)" gpu gpu2_on_3 3 2 -y 1
+    log_from "$tmp/gpu2" 3 > "$tmp/gpu2.tail"
+    check "... with the uninterrupted run's losses to 1e-6" close "$tmp/gpu2_on_3/log.txt" "$tmp/gpu2.tail" 1e-6
 else echo "SKIPPED: the emulated GPU ranks ($emu missing or built without MPI)"; fi
 
 # 4. Bad input: every rank stops, one line, non-zero exit, no hang (mpi's timeout: exit 124).
-# refused NAME PATTERN MPIRUN_ARGS...: besides rank 0's lines of a run under way (model,
+# refused NAME PATTERN COMMAND...: besides rank 0's lines of a run under way (model,
 # batch, ..., step lines), the output is exactly one line, "error: ..." holding PATTERN.
 refused() {
     local name=$1 pattern=$2 rc=0 rest; shift 2
-    mpi "$@" > "$tmp/bad.log" 2>&1 || rc=$?
-    rest=$(grep -vE '^(model |batch |memory: |cost model: |step )' "$tmp/bad.log" || true)
+    "$@" > "$tmp/bad.log" 2>&1 || rc=$?
+    rest=$(grep -vE '^(ranks: |model |batch |memory: |cost model: |step )' "$tmp/bad.log" || true)
     if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$(echo "$rest" | wc -l)" -eq 1 ] && echo "$rest" | grep -q "^error: .*$pattern"; then
         ok "$name: $rest"
     else
@@ -138,16 +167,16 @@ refused() {
     fi
 }
 one=("$bin" "${flags[@]}" -b 2 -o "$tmp/bad")
-refused "a total batch the 2 ranks cannot share" "not a multiple of B\*T\*ranks = 2\*32\*2" -np 2 "${one[@]}" -d 192
+refused "a total batch the 2 ranks cannot share" "not a multiple of B\*T\*ranks = 2\*32\*2" mpi -np 2 "${one[@]}" -d 192
 refused "ranks that disagree on the model" "rank 1: model: .*L=2 .* here, .*L=1 .* on rank 0" \
-    -np 1 "${one[@]}" : -np 1 "${one[@]}" --layers 2
-refused "ranks that disagree on the learning rate" "rank 1: schedule: .* on rank 0" -np 1 "${one[@]}" : -np 1 "${one[@]}" -l 2e-2
+    mpi -np 1 "${one[@]}" : -np 1 "${one[@]}" --layers 2
+refused "ranks that disagree on the learning rate" "rank 1: schedule: .* on rank 0" mpi -np 1 "${one[@]}" : -np 1 "${one[@]}" -l 2e-2
 mkdir -p "$tmp/data1"
 cp "$tmp/data/syn_train_000000.bin" "$tmp/data/syn_val_000000.bin" "$tmp/data1/"
 refused "a shard missing on rank 1" "rank 1: training shards: 1 files, 20000 tokens here, 2 files, 40000 tokens on rank 0" \
-    -np 1 "${one[@]}" : -np 1 "${one[@]}" -i "$tmp/data1/syn_train_*.bin"
+    mpi -np 1 "${one[@]}" : -np 1 "${one[@]}" -i "$tmp/data1/syn_train_*.bin"
 refused "no shard at all on rank 1" "rank 1: $tmp/nowhere/x_\*.bin: no file matches" \
-    -np 1 "${one[@]}" : -np 1 "${one[@]}" -i "$tmp/nowhere/x_*.bin"
+    mpi -np 1 "${one[@]}" : -np 1 "${one[@]}" -i "$tmp/nowhere/x_*.bin"
 # A bad token in a shard that only rank 1 reaches, after 2 steps: rank 0 waits in a
 # collective then, and must be stopped, not left hanging.
 mkdir -p "$tmp/late0" "$tmp/late1"
@@ -157,7 +186,46 @@ perl -e 'open(my $f, "+<", $ARGV[0]) or die; binmode $f; seek($f, 1024 + 2 * 100
     "$tmp/late1/s_000001.bin"
 late=("$bin" "${model[@]}" -x 5 -v 0 -b 2 -d 256 -o "$tmp/bad")
 refused "a bad token that rank 1 meets mid-run" "rank 1: .*s_000001.bin: token 300 at byte offset 1224 is out of range" \
-    -np 1 "${late[@]}" -i "$tmp/late0/s_*.bin" : -np 1 "${late[@]}" -i "$tmp/late1/s_*.bin"
-refused "--generate under mpirun" "run in one process" -np 2 "$bin" --generate 4 -e "$tmp/one/$p5"
+    mpi -np 1 "${late[@]}" -i "$tmp/late0/s_*.bin" : -np 1 "${late[@]}" -i "$tmp/late1/s_*.bin"
+refused "--generate under mpirun" "run in one process" mpi -np 2 "$bin" --generate 4 -e "$tmp/one/$p5"
+
+# 5. A launch without mpirun (PHD_RENDEZVOUS: the ranks from torchrun's or Slurm's variables,
+# the NCCL id through a file, the host collectives over NCCL). The emulation's NCCL runs on
+# MPI, so the ranks are still started by mpirun here, with the scheduler's variables made
+# from mpirun's; train_phd itself does not start MPI (the emulated NCCL does). Such runs
+# must give the bits of the same ranks launched by mpirun.
+torchrun_vars='export WORLD_SIZE=$OMPI_COMM_WORLD_SIZE RANK=$OMPI_COMM_WORLD_RANK LOCAL_RANK=$OMPI_COMM_WORLD_LOCAL_RANK'
+slurm_vars='export SLURM_NTASKS=$OMPI_COMM_WORLD_SIZE SLURM_PROCID=$OMPI_COMM_WORLD_RANK SLURM_LOCALID=$OMPI_COMM_WORLD_LOCAL_RANK'
+mkdir -p "$tmp/rdv"
+# by_env RANKS VARS COMMAND...: RANKS copies of COMMAND, launched as a scheduler would.
+by_env() { local np=$1 vars=$2; shift 2; mpi -np "$np" -x PHD_RENDEZVOUS="$tmp/rdv" sh -c "$vars; exec \"\$@\"" _ "$@"; }
+if [ -n "$emu_ok" ]; then
+    # env_run NAME RANKS B VARS: as gpu NAME RANKS B, launched by VARS.
+    env_run() {
+        by_env "$2" "$4" "$emu" "${three[@]}" --device cuda --dtype fp32 -b "$3" -o "$tmp/$1" > "$tmp/$1.log" 2>&1
+    }
+    for r in "2 3 torchrun" "3 2 slurm"; do  # ranks, B, whose variables
+        read -r np b by <<< "$r"
+        vars=${by}_vars
+        check "$by's variables, $np emulated GPUs, train" env_run "$by$np" "$np" "$b" "${!vars}"
+        check "... without MPI: its line says so" grep -q "^ranks: $np, started by .*'s variables without MPI" "$tmp/$by$np.log"
+        for f in log.txt "$p5" "$s5"; do check "... $f: the mpirun-launched run's, bit for bit" cmp "$tmp/$by$np/$f" "$tmp/gpu$np/$f"; done
+    done
+    check "the rendezvous file is gone after the run" [ ! -e "$tmp/rdv/nccl_id" ]
+    alone=("$emu" "${three[@]}" -b 2 -o "$tmp/alone")
+    refused "--device cpu without mpirun" "rank 0: --device cpu: ranks started without mpirun (PHD_RENDEZVOUS) run on GPUs" \
+        by_env 2 "$torchrun_vars" "${alone[@]}" --device cpu
+    # A process alone: rank 1 waits for rank 0's file, which never comes; rank 0 finds a
+    # file left by a failed run.
+    refused "rank 1, no rank 0" "rank 1: $tmp/rdv/nccl_id: no NCCL id from rank 0 after 1 s" \
+        env PHD_RENDEZVOUS="$tmp/rdv" PHD_RENDEZVOUS_TIMEOUT=1 WORLD_SIZE=2 RANK=1 LOCAL_RANK=0 "${alone[@]}"
+    touch "$tmp/rdv/nccl_id"
+    refused "a rendezvous file left by an earlier run" "rank 0: $tmp/rdv/nccl_id: left by an earlier run" \
+        env PHD_RENDEZVOUS="$tmp/rdv" WORLD_SIZE=2 RANK=0 LOCAL_RANK=0 "${alone[@]}"
+    refused "RANK missing" "PHD_RENDEZVOUS is set, but RANK is not" env PHD_RENDEZVOUS="$tmp/rdv" WORLD_SIZE=2 "${alone[@]}"
+else echo "SKIPPED: the launch without mpirun ($emu missing or built without MPI)"; fi
+refused "WORLD_SIZE=2 without PHD_RENDEZVOUS" "2 ranks from the scheduler's variables: set PHD_RENDEZVOUS" env WORLD_SIZE=2 "${one[@]}"
+refused "PHD_RENDEZVOUS on a build without NCCL" "built without NCCL" \
+    env PHD_RENDEZVOUS="$tmp/rdv" WORLD_SIZE=2 RANK=0 LOCAL_RANK=0 "${one[@]}"
 
 finish
