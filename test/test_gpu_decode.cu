@@ -2,8 +2,9 @@
 // which test_decode.cpp holds to the full training forward. Built into the GPU test
 // binaries: emulated on the CPU in every `make test`, natively where a GPU exists.
 // Shape: D = 160, H = 2, Hkv = 1 (hd = 80: the kernel's second pass over output dims runs,
-// and the head count is not a multiple of anything), L = 2, V = 97; in bf16 D = 256 (hd =
-// 128: the bf16 attention's head sizes are multiples of 16, and the second pass still runs).
+// and the head count is not a multiple of anything), L = 2, V = 97; in bf16 D = 128 (hd =
+// 64: the bf16 attention's head sizes are multiples of 16; one pass, as the same templated
+// kernel's second pass runs in fp32).
 #include <vector>
 #include <doctest/doctest.h>
 #include "../cpu/decode.h"
@@ -12,7 +13,7 @@
 
 static Config decode_config(const char* variant, int maxT, bool bf16 = false) {
     Config c = tiny_config(variant, 97, maxT);
-    c.D = bf16 ? 256 : 160; c.H = 2; c.Hkv = 1; c.F = 96;
+    c.D = bf16 ? 128 : 160; c.H = 2; c.Hkv = 1; c.F = 96;
     REQUIRE(config_error(c).empty());
     return c;
 }
@@ -98,7 +99,7 @@ TEST_CASE("GPU decoder: decode steps over 500+ candidate keys take split-K and s
 TEST_CASE("GPU decoder in bf16: pre-fill + decode steps within bf16's precision of the CPU decoder, every variant; not within fp32's") {
     // bf16 weights, matmul inputs, q, k, v, the attention's output and the cache keep 8 bits
     // of mantissa (2^-9 relative a rounding), through L = 2 layers: logits to 2e-2 of their
-    // scale, as the bf16 training step's check (measured up to 6.4e-3 here). fp32 meets 1e-5:
+    // scale, as the bf16 training step's check (measured up to 5.4e-3 here). fp32 meets 1e-5:
     // a worst case above 1e-4 shows the bf16 kernels ran.
     const int C = 5;
     double worst = 0;
@@ -197,8 +198,8 @@ TEST_CASE("CUDA graphs: a captured launch replays with its arguments; work on th
     float* x = to_device(std::vector<float>{1.0f});
     cudaStream_t s;
     cudaCheck(cudaStreamCreate(&s));
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
+    cudaGraph_t graph = nullptr;  // set by the calls below (GCC cannot tell at -O1)
+    cudaGraphExec_t exec = nullptr;
     CHECK(cudaStreamBeginCapture(nullptr, cudaStreamCaptureModeGlobal) != cudaSuccess);  // the legacy stream cannot capture
     cudaCheck(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
     launch(add_kernel, dim3(1), dim3(32), 0, s, x, 2.0f);
