@@ -83,6 +83,7 @@ static void usage() {
         "      --tf32 0|1           TF32 tensor cores for the GPU's GEMMs and attention (0: exact fp32)\n"
         "      --dtype auto|fp32|bf16  bf16: the GPU's matmuls and attention on bf16 tensor cores, fp32\n"
         "                           accumulation, weights and optimizer (head size 16, 32, 64 or 128);\n"
+        "                           --generate: bf16 weights and KV cache, fp32 sums and logits;\n"
         "                           auto: bf16 on the GPU where the head size allows and --tf32 is 0,\n"
         "                           else fp32 (auto)\n"
         "      --threads N          OpenMP threads (default: all cores)\n"
@@ -433,14 +434,14 @@ template<typename Engine> static int generate(const Args& a, const Config& c, En
         print_prompt();
         for (int t : out[s]) print_token(tok, t);
     }
-    const double kib = 1.0 / 1024, per_entry = 2.0 * c.Hkv * c.hd() * sizeof(float);
+    const double kib = 1.0 / 1024, per_entry = dec.entry_bytes();
     const size_t t = dec.t;
     if (S == 1)
-        printf("\n%d tokens in %.0f ms on %s (%.1f ms/token incl. pre-fill of %zu)\n", a.generate, ms, E.name(), ms / a.generate,
-               prompt.size());
+        printf("\n%d tokens in %.0f ms on %s in %s (%.1f ms/token incl. pre-fill of %zu)\n", a.generate, ms, E.name(),
+               dec.precision(), ms / a.generate, prompt.size());
     else
-        printf("\n%d tokens x %d samples in %.0f ms on %s (%.1f ms/step, %.0f tokens/s, incl. one pre-fill of %zu)\n", a.generate, S, ms,
-               E.name(), ms / a.generate, 1e3 * a.generate * S / ms, prompt.size());
+        printf("\n%d tokens x %d samples in %.0f ms on %s in %s (%.1f ms/step, %.0f tokens/s, incl. one pre-fill of %zu)\n", a.generate,
+               S, ms, E.name(), dec.precision(), ms / a.generate, 1e3 * a.generate * S / ms, prompt.size());
     printf("KV cache after %zu tokens: %zu entries/layer = %.1f KiB/layer, %.1f KiB/sequence (%s); "
            "vanilla %.1f KiB, naive-%d %.1f KiB per layer\n", t, dec.cache_entries(), dec.cache_entries() * per_entry * kib,
            dec.cache_bytes() * kib, variant_name(c).c_str(), t * per_entry * kib, c.K, c.K * t * per_entry * kib);
@@ -750,8 +751,7 @@ template<typename Fn>
 static int on_engine([[maybe_unused]] const Args& a, const Config& c, const std::vector<float>& params, bool training, Fn fn) {
 #ifdef PHD_GPU
     if (a.device == "cuda") {
-        // generation decodes in fp32 (its bf16 kernels are to come): no bf16 weights for it
-        GpuEngine E(c, params, a.tf32 != 0, training, training && use_bf16(a, c), a.overlap != 0);
+        GpuEngine E(c, params, a.tf32 != 0, training, use_bf16(a, c), a.overlap != 0);  // generation decodes in the same dtype
         return fn(E);
     }
 #endif

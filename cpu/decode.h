@@ -84,7 +84,9 @@ template<typename Real> struct Decoder : DecodeBlocks<Decoder<Real>> {
 
     // Cache entries per layer of one sample (the same in every layer and sample).
     size_t cache_entries() const { return originals[0].size() + hidden[0].size(); }
-    size_t cache_bytes() const { return cache_entries() * 2 * M.cfg.Hkv * M.cfg.hd() * sizeof(float) * M.cfg.L; }  // one sample's
+    size_t entry_bytes() const { return 2 * M.cfg.Hkv * M.cfg.hd() * sizeof(float); }  // its k and v, as the GPU's fp32 cache
+    size_t cache_bytes() const { return cache_entries() * entry_bytes() * M.cfg.L; }  // one sample's
+    static const char* precision() { return "fp32"; }
 
     const Config& cfg() const { return M.cfg; }
     std::vector<Real> logits(int s) const { return {last_logits.begin() + (size_t)s * M.cfg.Vp, last_logits.begin() + (size_t)(s + 1) * M.cfg.Vp}; }

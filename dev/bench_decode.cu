@@ -19,6 +19,8 @@
 // computed more than --max-prefill (8) times P rows is not run at larger K (rows, not
 // seconds, so that every machine, busy or not, measures the same cells; 0: no limit).
 //   CPU: make build/bench_decode && OMP_NUM_THREADS=2 ./build/bench_decode
+// On the GPU the decoder runs in bf16 (bf16 weights, matmul inputs and KV cache) where the
+// head size allows and --tf32 is 0, as train_phd's --dtype auto; --bf16 0 keeps fp32.
 //   GPU: make build/bench_decode_gpu && ./build/bench_decode_gpu --device cuda -P 2048 --layers 12 --dim 768 --heads 12
 #include <omp.h>
 #include <chrono>
@@ -33,6 +35,7 @@ static double now_ms() {
 struct Options {
     std::string device = "cpu";
     int P = 512, steps = 8, reps = 3, L = 4, D = 256, H = 4, tf32 = 0;
+    int bf16 = -1;  // -1: bf16 on the GPU where the head size allows and tf32 is 0
     double max_prefill = 8;
 };
 struct Result {
@@ -73,10 +76,13 @@ template<typename Dec> static Result time_decoder(Dec& dec, const Config& c, int
         next = dec.sample();
     }
     double t3 = now_ms();
-    // The weights: every layer's, the final norm and the LM head (E: only the fed rows).
-    const size_t weights = num_params(c) - (size_t)c.Vp * c.D + (size_t)dec.S * c.D;
+    // The weights: every layer's matrices and the LM head's at the decoder's width (a bf16
+    // run reads the bf16 copy: the cache's value width), the norms' gains and the fed rows of
+    // E in fp32; and the cache entries the step's queries see.
+    const size_t gains = (size_t)(2 * c.L + 1) * c.D, matrices = num_params(c) - (size_t)c.Vp * c.D - gains;
+    const double width = dec.entry_bytes() / (2.0 * c.Hkv * c.hd());
     const size_t entries = prompt_entries + (size_t)dec.S * (dec.cache_entries() - prompt_entries);
-    const double bytes = 4.0 * weights + 4.0 * 2 * c.Hkv * c.hd() * c.L * entries;
+    const double bytes = width * matrices + 4.0 * (gains + (size_t)dec.S * c.D) + (double)dec.entry_bytes() * c.L * entries;
     return {t1 - t0, (t3 - t2) / steps, dec.cache_bytes() / 1024, bytes, prefill_rows};
 }
 
@@ -91,7 +97,7 @@ struct Bench {
     Bench(const std::string& variant, const Options& o, const std::vector<float>& params) : c(make_config(variant, o)) {
 #ifdef PHD_GPU
         if (o.device == "cuda") {
-            gpu = std::make_unique<GpuModel>(c, params.data(), o.tf32 != 0, false);
+            gpu = std::make_unique<GpuModel>(c, params.data(), o.tf32 != 0, false, o.bf16 == 1);
             return;
         }
 #endif
@@ -135,9 +141,10 @@ int main(int argc, char** argv) {
         else if (f == "--dim") o.D = v;
         else if (f == "--heads") o.H = v;
         else if (f == "--tf32") o.tf32 = v;
+        else if (f == "--bf16") o.bf16 = v;
         else if (f == "--max-prefill") o.max_prefill = atof(argv[i + 1]);
-        else die("bench_decode: unknown flag %s (--device cpu|cuda, -P, --steps, --reps, --layers, --dim, --heads, --tf32, --max-prefill)",
-                 f.c_str());
+        else die("bench_decode: unknown flag %s (--device cpu|cuda, -P, --steps, --reps, --layers, --dim, --heads, --tf32, --bf16, "
+                 "--max-prefill)", f.c_str());
     }
 #ifdef PHD_GPU
     std::string why;
@@ -146,7 +153,11 @@ int main(int argc, char** argv) {
     if (o.device != "cpu" && o.device != "cuda") die("bench_decode: --device must be cpu or cuda");
     if (o.P < 1 || o.steps < 1 || o.reps < 1) die("bench_decode: -P, --steps and --reps must be >= 1");
     if (o.tf32 && o.device != "cuda") die("bench_decode: --tf32 1 is for --device cuda");
+    if (o.bf16 == 1 && (o.device != "cuda" || o.tf32)) die("bench_decode: --bf16 1 is for --device cuda with --tf32 0");
     const Config shape = make_config("vanilla", o);
+    const bool has_kernel = shape.hd() % 16 == 0 && shape.hd() <= 128;  // the bf16 attention's head sizes
+    if (o.bf16 == 1 && !has_kernel) die("bench_decode: --bf16 1: head size %d has no bf16 attention kernel (16, 32, 64 or 128)", shape.hd());
+    if (o.bf16 < 0) o.bf16 = o.device == "cuda" && !o.tf32 && has_kernel;
     std::vector<float> params(num_params(shape));
     init_params(shape, params.data(), 1);
     Bench vanilla("vanilla", o, params);
@@ -154,7 +165,7 @@ int main(int argc, char** argv) {
     printf("L=%d D=%d H=%d V=50257, prompt P=%d, %d timed decode steps, best of %d runs, on %s", o.L, o.D, o.H, o.P, o.steps, o.reps,
            o.device.c_str());
     if (o.device == "cpu") printf(" (%d OpenMP threads)", omp_get_max_threads());
-    else printf(o.tf32 ? " (TF32 tensor cores)" : " (fp32)");
+    else printf(o.bf16 ? " (bf16 weights, matmul inputs and KV cache)" : o.tf32 ? " (TF32 tensor cores)" : " (fp32)");
     printf("; set-up and warm-up %.1f s\n\nLatency, batch 1. Each K: vanilla, measured next to the variants, then each variant with\n"
            "its pre-fill and decode time as ratios to it. decode: ms per token (a step and its draw);\n"
            "MB/step: the weights and the KV cache a step must read; GB/s: MB/step over the decode time;\n"

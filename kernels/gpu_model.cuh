@@ -210,11 +210,12 @@ struct GpuModel : Activations<float> {
         gemm(CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, in, I, dout, O, dW, I, 1.0f);
     }
 
-    // The training attention of one layer, from in.qkv to in.o: fp32 (or TF32) kernels, or
-    // the bf16 ones; the log-sum-exp a.lse stays fp32.
-    template<typename In> void attention(const LayerActs<float>& a, const LayerIn<In>& in) {
-        if constexpr (std::is_same_v<In, float>) attention_forward(in.o, a.lse, in.qkv, cfg, B, T, stream, nullptr, tf32);
-        else attention_forward_bf16(in.o, a.lse, in.qkv, cfg, B, T, stream);
+    // The training attention over B sequences of T positions of the variant c, from qkv to
+    // o: fp32 (or TF32) kernels, or the bf16 ones; the log-sum-exp lse stays fp32. (The
+    // KV-cache decoder's pre-fill runs it too, on its prompt.)
+    template<typename In> void attention(In* o, float* lse, const In* qkv, const Config& c, int B_, int T_) {
+        if constexpr (std::is_same_v<In, float>) attention_forward(o, lse, qkv, c, B_, T_, stream, nullptr, tf32);
+        else attention_forward_bf16(o, lse, qkv, c, B_, T_, stream);
     }
     // Its backward: d.dqkv from d.dout.
     template<typename In> void attention_grad(const LayerActs<float>& a, const LayerIn<In>& in, const StepIn<In>& d) {
@@ -243,11 +244,6 @@ struct GpuModel : Activations<float> {
         matmul(a.h13, in.f, w.w13, N, D, 2 * c.F, false);
         swiglu_forward(in.g, a.h13, N, c.F, stream);
         matmul(x_next, in.g, w.w2, N, c.F, D, true);
-    }
-    // The same in fp32 on a's own tensors (the KV-cache decoder's).
-    template<typename Attend>
-    void layer_forward(const LayerActs<float>& a, const LayerView<float>& w, float* x_next, int N, const int* pos, Attend attend) {
-        layer_forward(a, LayerIn<float>{a.a, a.qkv, a.o, a.f, a.g}, w, w, x_next, N, pos, attend);
     }
 
     // Its backward over the B*T*K rows of the last forward, as layer_backward in model.h: dx
@@ -288,7 +284,7 @@ struct GpuModel : Activations<float> {
         for (int l = 0; l < c.L; l++) {
             const LayerActs<float>& a = layer[l];
             layer_forward(a, in.layer[l], w.layer[l], p.layer[l], l + 1 < c.L ? layer[l + 1].x : xL, N, d_row_pos,
-                          [&] { attention(a, in.layer[l]); });
+                          [&] { attention(in.layer[l].o, a.lse, in.layer[l].qkv, cfg, B, T); });
         }
         last_copy_forward(xlast, xL, c, B, T, stream);
         rmsnorm_forward(in.xn, rstd_final, xlast, p.g_final, BT, D, stream);

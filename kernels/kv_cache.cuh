@@ -5,7 +5,9 @@
 //
 // One layer's cache (device), holding for each sample what cpu/decode.h's holds: every
 // original, and the hidden tokens at or past hidden_live_from(t) (model.h), t the positions so
-// far. Samples decode in lockstep, so the token (n, c) of every entry is the same in each:
+// far. Keys and values are of the decoder's dtype T (float, or bf16 in bf16 runs, which halves
+// the bytes a step reads; the attention's arithmetic is fp32 in both). Samples decode in
+// lockstep, so the token (n, c) of every entry is the same in each:
 //   prompt k, v (pre, Hkv*hd), nc (pre): what the pre-fill keeps (its originals; naive-K: with
 //          every hidden token, none of which ever dies), once for all the samples.
 //   own    k, v (S, own_cap, Hkv*hd), nc (own_cap): what each sample keeps after the prompt,
@@ -31,12 +33,12 @@
 
 static constexpr int kDecodeThreads = 64;  // threads per (row, head): keys per tile, output dims per pass
 
-struct KVLayer {
-    float *pre_k = nullptr, *pre_v = nullptr;  // (pre, Hkv*hd)
+template<typename T> struct KVLayer {
+    T *pre_k = nullptr, *pre_v = nullptr;      // (pre, Hkv*hd)
     int2* pre_nc = nullptr;                    // (pre) token (n, c) of each entry
-    float *own_k = nullptr, *own_v = nullptr;  // (S, own_cap, Hkv*hd)
+    T *own_k = nullptr, *own_v = nullptr;      // (S, own_cap, Hkv*hd)
     int2* own_nc = nullptr;                    // (own_cap)
-    float *win_k = nullptr, *win_v = nullptr;  // (S, W, Hkv*hd)
+    T *win_k = nullptr, *win_v = nullptr;      // (S, W, Hkv*hd)
     int2* win_nc = nullptr;                    // (W), n = -1 when empty
     int pre = 0;                               // entries in the prompt part (0 until the pre-fill is in)
     int own_cap = 0;                           // entries each sample's own part holds
@@ -57,9 +59,9 @@ PHD_HOST_DEVICE inline int block_live_from(const DecodeBlock& b, const Config& c
 }
 // Entries a block adds to a kept part (prompt or own) of each sample: its originals, and its
 // live hidden rows where there is no window.
-PHD_HOST_DEVICE inline int block_kept(const DecodeBlock& b, const KVLayer& L, const Config& c) {
+PHD_HOST_DEVICE inline int block_kept(const DecodeBlock& b, int win_slots, const Config& c) {
     const int hid = b.h0 + b.R - b.Ro - block_live_from(b, c);
-    return b.Ro + (L.win_slots == 0 && hid > 0 ? hid : 0);
+    return b.Ro + (win_slots == 0 && hid > 0 ? hid : 0);
 }
 
 // Where candidate j of a query lies: counts of the five parts of its index space.
@@ -67,7 +69,8 @@ struct Candidates {
     int pre, own, win, orig, hid, hid0;  // hid0: the first block hidden row, counted from row Ro
     __device__ int count() const { return pre + own + win + orig + hid; }
 };
-static __device__ Candidates decode_candidates(const Config& c, const KVLayer& L, const DecodeState& st, int n, int copy) {
+template<typename T>
+static __device__ Candidates decode_candidates(const Config& c, const KVLayer<T>& L, const DecodeState& st, int n, int copy) {
     const DecodeBlock& b = st.b;
     Candidates s;
     s.pre = L.pre;
@@ -85,8 +88,9 @@ static __device__ Candidates decode_candidates(const Config& c, const KVLayer& L
 
 // Candidate j of a query of sample smp: its token (*m, *d) (m = -1: an empty slot) and its k
 // and v rows (all kv heads). qkv, nc: the sample's block rows (R, .) and the rows' tokens.
-static __device__ void decode_key(const Candidates& s, int j, const KVLayer& L, int smp, const float* qkv, const int2* nc, int Ro,
-                                  const Config& c, int* m, int* d, const float** k, const float** v) {
+template<typename T>
+static __device__ void decode_key(const Candidates& s, int j, const KVLayer<T>& L, int smp, const T* qkv, const int2* nc, int Ro,
+                                  const Config& c, int* m, int* d, const T** k, const T** v) {
     const size_t kvdim = (size_t)c.Hkv * c.hd(), ld = c.qkv_dim();
     int2 t;
     if (j < s.pre) {
@@ -114,36 +118,38 @@ static __device__ void decode_key(const Candidates& s, int j, const KVLayer& L, 
 
 // grid (B * (R - row0), H, splits), block kDecodeThreads: o (B, R, H*hd) for the block's rows
 // row0..R-1 of each sample; qkv (B, R, qkv_dim) with RoPE applied; nc (R) the rows' tokens.
+// qkv, o and the cache are of type T; scores, softmax and sums are fp32.
 // Online softmax over tiles of kDecodeThreads candidates: thread t scores candidate t of the
 // tile, then owns output dims t, t + 64. With splits > 1 (split-K, as in flash-decoding: a
 // decode step has too few rows to fill the GPU) split z takes the z-th share of the
 // candidates and writes its unnormalised output, max and sum to part (blocks, H, splits,
 // hd + 2); attention_decode_combine_kernel merges them.
-static __global__ void attention_decode_kernel(float* o, float* part, const float* qkv, const int2* nc, KVLayer L, const DecodeState* state,
+template<typename T>
+static __global__ void attention_decode_kernel(T* o, float* part, const T* qkv, const int2* nc, KVLayer<T> L, const DecodeState* state,
                                                Config c, int row0) {
     __shared__ float q[kAttnMaxHd], p[kDecodeThreads];
-    __shared__ const float* vrow[kDecodeThreads];
+    __shared__ const T* vrow[kDecodeThreads];
     const DecodeState st = *state;
     const int rows = st.b.R - row0, smp = blockIdx.x / rows, i = row0 + blockIdx.x % rows;
     const int h = blockIdx.y, t = threadIdx.x, hd = c.hd(), off = h / (c.H / c.Hkv) * hd;
-    const float* sq = qkv + (size_t)smp * st.b.R * c.qkv_dim();  // the sample's block rows
+    const T* sq = qkv + (size_t)smp * st.b.R * c.qkv_dim();  // the sample's block rows
     const int n = nc[i].x, copy = nc[i].y;
     const float scale = 1.0f / sqrtf((float)hd);
-    for (int e = t; e < hd; e += kDecodeThreads) q[e] = sq[(size_t)i * c.qkv_dim() + h * hd + e];
+    for (int e = t; e < hd; e += kDecodeThreads) q[e] = to_f32(sq[(size_t)i * c.qkv_dim() + h * hd + e]);
     __syncthreads();
     const Candidates s = decode_candidates(c, L, st, n, copy);
     const int share = (s.count() + gridDim.z - 1) / gridDim.z, lo = blockIdx.z * share, hi = min(s.count(), lo + share);
     float mx = -INFINITY, l = 0.0f, acc[kAttnMaxHd / kDecodeThreads] = {};
     for (int j0 = lo; j0 < hi; j0 += kDecodeThreads) {
         float score = -INFINITY;
-        const float* vr = nullptr;
+        const T* vr = nullptr;
         if (j0 + t < hi) {
             int m, d;
-            const float *kr, *v;
+            const T *kr, *v;
             decode_key(s, j0 + t, L, smp, sq, nc, st.b.Ro, c, &m, &d, &kr, &v);
             if (m >= 0 && phd_visible(c, n, copy, m, d)) {
                 float dot = 0.0f;
-                for (int e = 0; e < hd; e++) dot += q[e] * kr[off + e];
+                for (int e = 0; e < hd; e++) dot += q[e] * to_f32(kr[off + e]);
                 score = dot * scale;
                 vr = v + off;
             }
@@ -160,7 +166,7 @@ static __global__ void attention_decode_kernel(float* o, float* part, const floa
                 if (e >= hd) break;
                 float a = acc[u] * corr;
                 for (int j = 0; j < kDecodeThreads; j++)
-                    if (vrow[j]) a += p[j] * vrow[j][e];
+                    if (vrow[j]) a += p[j] * to_f32(vrow[j][e]);
                 acc[u] = a;
             }
             l = l * corr + psum;
@@ -168,10 +174,10 @@ static __global__ void attention_decode_kernel(float* o, float* part, const floa
         }
         __syncthreads();  // before the next tile overwrites p and vrow
     }
-    float* oi = o + ((size_t)smp * st.b.R + i) * c.H * hd + h * hd;
+    T* oi = o + ((size_t)smp * st.b.R + i) * c.H * hd + h * hd;
     if (gridDim.z == 1) {
         for (int u = 0; u < kAttnMaxHd / kDecodeThreads; u++)  // l > 0: a query always sees itself
-            if (u * kDecodeThreads + t < hd) oi[u * kDecodeThreads + t] = acc[u] / l;
+            if (u * kDecodeThreads + t < hd) store(oi + u * kDecodeThreads + t, acc[u] / l);
         return;
     }
     float* pz = part + (((size_t)blockIdx.x * c.H + h) * gridDim.z + blockIdx.z) * (hd + 2);  // a share may see nothing: l = 0
@@ -182,7 +188,8 @@ static __global__ void attention_decode_kernel(float* o, float* part, const floa
 
 // grid (B * (R - row0), H), block kDecodeThreads: o from the splits' parts, rescaled to their
 // common max.
-static __global__ void attention_decode_combine_kernel(float* o, const float* part, int splits, const DecodeState* state, Config c, int row0) {
+template<typename T>
+static __global__ void attention_decode_combine_kernel(T* o, const float* part, int splits, const DecodeState* state, Config c, int row0) {
     const int R = state->b.R, rows = R - row0, smp = blockIdx.x / rows, i = row0 + blockIdx.x % rows, h = blockIdx.y, hd = c.hd();
     const float* pi = part + ((size_t)blockIdx.x * c.H + h) * splits * (hd + 2);
     float M = -INFINITY, l = 0.0f;
@@ -191,7 +198,7 @@ static __global__ void attention_decode_combine_kernel(float* o, const float* pa
     for (int e = threadIdx.x; e < hd; e += kDecodeThreads) {
         float a = 0.0f;
         for (int z = 0; z < splits; z++) a += __expf(pi[z * (hd + 2) + hd] - M) * pi[z * (hd + 2) + e];
-        o[((size_t)smp * R + i) * c.H * hd + h * hd + e] = a / l;
+        store(o + ((size_t)smp * R + i) * c.H * hd + h * hd + e, a / l);
     }
 }
 
@@ -201,13 +208,14 @@ static __global__ void attention_decode_combine_kernel(float* o, const float* pa
 // the prompt part, written once; else the sample's own); live hidden rows go to their window
 // slot, or to the kept part where there is no window; dead ones nowhere. Sample 0 writes the
 // tokens (n, c), the same for every sample.
-static __global__ void kv_cache_append_kernel(KVLayer L, const float* qkv, const int2* nc, const DecodeState* state, Config c, int B,
+template<typename T>
+static __global__ void kv_cache_append_kernel(KVLayer<T> L, const T* qkv, const int2* nc, const DecodeState* state, Config c, int B,
                                               bool to_prompt) {
     const DecodeBlock b = state->b;
     const int j = blockIdx.x, smp = blockIdx.y, kvdim = c.Hkv * c.hd(), hid = b.h0 + j - b.Ro, live = block_live_from(b, c);
-    const float* kr = qkv + ((size_t)(smp % B) * b.R + j) * c.qkv_dim() + c.H * c.hd();
+    const T* kr = qkv + ((size_t)(smp % B) * b.R + j) * c.qkv_dim() + c.H * c.hd();
     if (j >= b.Ro && hid < live) return;
-    float *kd, *vd;
+    T *kd, *vd;
     int2* ncd;
     if (j < b.Ro || L.win_slots == 0) {
         const int e = j < b.Ro ? j : b.Ro + hid - live;
@@ -239,18 +247,20 @@ inline int decode_splits(int candidates, int rows, const Config& c) {
 // Launchers. o, qkv, nc, state are the block's device tensors (state as the host last wrote or
 // a step's first kernel set it); B samples of R rows, of which rows row0..R-1 attend; part
 // holds kDecodeMaxParts * (hd + 2) floats.
-inline void attention_decode(float* o, float* part, const float* qkv, const int2* nc, const KVLayer& L, const DecodeState* state,
+template<typename T>
+inline void attention_decode(T* o, float* part, const T* qkv, const int2* nc, const KVLayer<T>& L, const DecodeState* state,
                              const Config& c, int B, int R, int row0, int splits, cudaStream_t s) {
     if (c.hd() > kAttnMaxHd) die("attention kernel: head size %d exceeds %d", c.hd(), kAttnMaxHd);
     const int rows = B * (R - row0);
     if (splits > 1 && rows * c.H * splits > kDecodeMaxParts) die("attention_decode: %d splits of %d rows exceed the part buffer", splits, rows);
-    launch(attention_decode_kernel, dim3(rows, c.H, splits), dim3(kDecodeThreads), 0, s, o, part, qkv, nc, L, state, c, row0);
+    launch(attention_decode_kernel<T>, dim3(rows, c.H, splits), dim3(kDecodeThreads), 0, s, o, part, qkv, nc, L, state, c, row0);
     if (splits > 1)
-        launch(attention_decode_combine_kernel, dim3(rows, c.H), dim3(kDecodeThreads), 0, s, o, (const float*)part, splits, state, c, row0);
+        launch(attention_decode_combine_kernel<T>, dim3(rows, c.H), dim3(kDecodeThreads), 0, s, o, (const float*)part, splits, state, c, row0);
     cudaCheck(cudaGetLastError());
 }
-inline void kv_cache_append(const KVLayer& L, const float* qkv, const int2* nc, const DecodeState* state, const Config& c, int B, int R,
+template<typename T>
+inline void kv_cache_append(const KVLayer<T>& L, const T* qkv, const int2* nc, const DecodeState* state, const Config& c, int B, int R,
                             int S, bool to_prompt, cudaStream_t s) {
-    launch(kv_cache_append_kernel, dim3(R, S), dim3(128), 0, s, L, qkv, nc, state, c, B, to_prompt);
+    launch(kv_cache_append_kernel<T>, dim3(R, S), dim3(128), 0, s, L, qkv, nc, state, c, B, to_prompt);
     cudaCheck(cudaGetLastError());
 }

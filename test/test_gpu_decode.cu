@@ -2,16 +2,18 @@
 // which test_decode.cpp holds to the full training forward. Built into the GPU test
 // binaries: emulated on the CPU in every `make test`, natively where a GPU exists.
 // Shape: D = 160, H = 2, Hkv = 1 (hd = 80: the kernel's second pass over output dims runs,
-// and the head count is not a multiple of anything), L = 2, V = 97.
+// and the head count is not a multiple of anything), L = 2, V = 97; in bf16 D = 128 (hd =
+// 64: the bf16 attention's head sizes are multiples of 16; one pass, as the same templated
+// kernel's second pass runs in fp32).
 #include <vector>
 #include <doctest/doctest.h>
 #include "../cpu/decode.h"
 #include "../kernels/gpu_decode.cuh"
 #include "test_util.h"
 
-static Config decode_config(const char* variant, int maxT) {
+static Config decode_config(const char* variant, int maxT, bool bf16 = false) {
     Config c = tiny_config(variant, 97, maxT);
-    c.D = 160; c.H = 2; c.Hkv = 1; c.F = 96;
+    c.D = bf16 ? 128 : 160; c.H = 2; c.Hkv = 1; c.F = 96;
     REQUIRE(config_error(c).empty());
     return c;
 }
@@ -19,14 +21,22 @@ static Config decode_config(const char* variant, int maxT) {
 // Runs both decoders over S sequences of one prompt: pre-fill of P tokens, then `steps`
 // decode steps, sample s feeding its own tokens; after each block every sample's last-copy
 // logits must agree and the caches must count the same entries. Logits within tol of their
-// scale. Returns the split-K parts a step's attention takes (decode_splits, as the decoder
-// sizes them for its longest context).
-static int check_gpu_decoder(const char* variant, int P, int steps, double tol = 1e-5, int S = 2) {
-    Config c = decode_config(variant, P + steps);
+// scale. bf16: the GPU decodes in bf16 (the CPU in fp32). Returns the split-K parts a step's
+// attention takes (decode_splits, as the decoder sizes them for its longest context) and the
+// largest |diff| / scale seen.
+struct DecodeCheck {
+    int splits;
+    double worst;
+};
+static DecodeCheck check_gpu_decoder(const char* variant, int P, int steps, double tol = 1e-5, int S = 2, bool bf16 = false) {
+    Config c = decode_config(variant, P + steps, bf16);
     Model<float> M(c);
     init_params(c, M.params.data(), 91);
-    for (float& x : M.params) x *= 3;  // sharper attention: a wrong or missing key shows
-    GpuModel G(c, M.params.data(), false);
+    // Sharper attention: a wrong or missing key shows. Not in bf16, whose rounding of q and k
+    // (2^-9 relative) the sharper scores would amplify to ~4e-2 of the logits; unsharpened, one
+    // key left out still moves them by ~30 % of their scale.
+    for (float& x : M.params) x *= bf16 ? 1 : 3;
+    GpuModel G(c, M.params.data(), false, false, bf16);
     const std::vector<int> prompt = random_tokens(P, c.V, 200 + P);
     Decoder<float> cpu(M, S);
     GpuDecoder gpu(G, S);
@@ -34,6 +44,7 @@ static int check_gpu_decoder(const char* variant, int P, int steps, double tol =
     gpu.prefill(prompt.data(), P);
     INFO(std::string(variant) << " prompt " << P);
     CHECK(gpu.hidden_computed == cpu.hidden_computed);
+    double seen = 0;
     for (int step = 0; step <= steps; step++) {
         if (step > 0) {
             const std::vector<int> next = random_tokens(S, c.V, 300 + step);
@@ -55,10 +66,11 @@ static int check_gpu_decoder(const char* variant, int P, int steps, double tol =
             INFO("sample " << s << " after " << step << " decode steps: max |diff| " << worst << " of logits up to " << scale);
             CHECK(worst <= tol * scale);
             CHECK(scale > 0.1);  // logits that vanished would agree vacuously
+            seen = std::max(seen, worst / scale);
         }
     }
     CHECK(gpu.hidden_computed == cpu.hidden_computed);
-    return gpu.step_splits;
+    return {gpu.step_splits, seen};
 }
 
 TEST_CASE("GPU decoder: pre-fill + decode steps of 2 samples equal the CPU decoder, every variant, prompts across chunk boundaries") {
@@ -81,39 +93,55 @@ TEST_CASE("GPU decoder: decode steps over 500+ candidate keys take split-K and s
     // 20 hidden rows attend to the 510 originals through the decode kernel, in 1 split. Logits
     // to 3e-5 of their scale: sums over 500 keys (measured 7.3e-6, 9.3e-6 in the
     // ThreadSanitizer build, 1.15e-5 there with a 600-token prompt).
-    CHECK(check_gpu_decoder("phd-cswa-3-4-5", 510, 3, 3e-5, 1) == 3);
+    CHECK(check_gpu_decoder("phd-cswa-3-4-5", 510, 3, 3e-5, 1).splits == 3);
 }
 
-TEST_CASE("GPU decoder: a step replayed from its CUDA graph gives the bits of the step launched kernel by kernel") {
+TEST_CASE("GPU decoder in bf16: pre-fill + decode steps within bf16's precision of the CPU decoder, every variant; not within fp32's") {
+    // bf16 weights, matmul inputs, q, k, v, the attention's output and the cache keep 8 bits
+    // of mantissa (2^-9 relative a rounding), through L = 2 layers: logits to 2e-2 of their
+    // scale, as the bf16 training step's check (measured up to 5.4e-3 here). fp32 meets 1e-5:
+    // a worst case above 1e-4 shows the bf16 kernels ran.
+    const int C = 5;
+    double worst = 0;
+    for (const char* v : {"vanilla", "phd-3", "phd-swa-3-4", "phd-cswa-3-4-5", "naive-2"})
+        for (int P : {C - 1, 3 * C + 2}) worst = std::max(worst, check_gpu_decoder(v, P, 3, 2e-2, 2, true).worst);
+    MESSAGE("bf16 decoder: largest |diff| / scale " << worst);
+    CHECK(worst > 1e-4);
+}
+
+TEST_CASE("GPU decoder: a step replayed from its CUDA graph gives the bits of the step launched kernel by kernel, fp32 and bf16") {
     // Two samples drawn at temperature 1 with top-k 4: the graph holds the sampling too, and
     // every step after the first replays it, with the position, the counts and the window's
     // slot read from device memory; a value frozen at capture would show from the second
     // replay on. phd-cswa-3-4-5 with 8 prompt tokens and 8 new ones: the window wraps and a
     // chunk starts.
-    Config c = decode_config("phd-cswa-3-4-5", 16);
-    std::vector<float> params(num_params(c));
-    init_params(c, params.data(), 5);
-    for (float& x : params) x *= 3;
-    GpuModel G(c, params.data(), false, false);
-    const std::vector<int> prompt = random_tokens(8, c.V, 6);
-    const Sampling sm{1.0f, 4, 77};
-    GpuDecoder graph(G, 2, sm, true), direct(G, 2, sm, false);
-    graph.prefill(prompt.data(), 8);
-    direct.prefill(prompt.data(), 8);
-    for (int i = 0; i < 8; i++) {
-        const std::vector<int> a = graph.sample(), b = direct.sample();
-        INFO("token " << i);
-        REQUIRE(a == b);
-        for (int s = 0; s < 2; s++) {
-            const std::vector<float> x = graph.logits(s), y = direct.logits(s);
-            CHECK(memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0);
+    for (bool bf16 : {false, true}) {
+        INFO((bf16 ? "bf16" : "fp32"));
+        Config c = decode_config("phd-cswa-3-4-5", 16, bf16);
+        std::vector<float> params(num_params(c));
+        init_params(c, params.data(), 5);
+        for (float& x : params) x *= 3;
+        GpuModel G(c, params.data(), false, false, bf16);
+        const std::vector<int> prompt = random_tokens(8, c.V, 6);
+        const Sampling sm{1.0f, 4, 77};
+        GpuDecoder graph(G, 2, sm, true), direct(G, 2, sm, false);
+        graph.prefill(prompt.data(), 8);
+        direct.prefill(prompt.data(), 8);
+        for (int i = 0; i < 8; i++) {
+            const std::vector<int> a = graph.sample(), b = direct.sample();
+            INFO("token " << i);
+            REQUIRE(a == b);
+            for (int s = 0; s < 2; s++) {
+                const std::vector<float> x = graph.logits(s), y = direct.logits(s);
+                CHECK(memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0);
+            }
+            graph.step(a);
+            direct.step(b);
         }
-        graph.step(a);
-        direct.step(b);
+        CHECK(graph.step_graph != nullptr);
+        CHECK(direct.step_graph == nullptr);
+        CHECK(graph.cache_entries() == direct.cache_entries());
     }
-    CHECK(graph.step_graph != nullptr);
-    CHECK(direct.step_graph == nullptr);
-    CHECK(graph.cache_entries() == direct.cache_entries());
 }
 
 TEST_CASE("GPU decoder: each sample of a batch is the sample its seed gives alone, greedy and drawn; samples differ") {
@@ -170,8 +198,8 @@ TEST_CASE("CUDA graphs: a captured launch replays with its arguments; work on th
     float* x = to_device(std::vector<float>{1.0f});
     cudaStream_t s;
     cudaCheck(cudaStreamCreate(&s));
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
+    cudaGraph_t graph = nullptr;  // set by the calls below (GCC cannot tell at -O1)
+    cudaGraphExec_t exec = nullptr;
     CHECK(cudaStreamBeginCapture(nullptr, cudaStreamCaptureModeGlobal) != cudaSuccess);  // the legacy stream cannot capture
     cudaCheck(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
     launch(add_kernel, dim3(1), dim3(32), 0, s, x, 2.0f);
@@ -199,7 +227,7 @@ TEST_CASE("decode kernels: split-K (2, 3, 7, 85 splits) equals one split, includ
     // candidates each, and the last 16 none.
     Config c = decode_config("phd-swa-3-4", 256);
     const int R = 3, S = 2, t = 200, pre = 190, kvdim = c.Hkv * c.hd(), W = c.W;
-    KVLayer L;
+    KVLayer<float> L;
     L.pre = pre;
     L.own_cap = 16;
     L.win_slots = W;

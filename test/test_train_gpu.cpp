@@ -83,10 +83,11 @@ TEST_CASE("--device cuda (emulated): what does not fit in GPU memory gets one cl
 }
 
 TEST_CASE("--device cuda (emulated): generation allocates no gradients or AdamW moments") {
-    // A device with room for the parameters and the decoder, not for the gradients too.
+    // A device with room for the parameters, their bf16 copy (hd 16: bf16 by default) and the
+    // decoder, not for the gradients too.
     Config c = tiny_config("phd-cswa-3-4-5", 32, 16);
     c.D = 64; c.F = 128;
-    const size_t P = num_params(c) * sizeof(float), limit = P + 160 * 1024;
+    const size_t P = num_params(c) * sizeof(float), limit = P + P / 2 + 160 * 1024;
     REQUIRE(limit < 2 * P);
     std::string dir = tmp("gen-mem"), out, model = tiny_flags() + "--dim 64 --ffn 128 --variant phd-cswa-3-4-5 ";
     REQUIRE(run(std::string(kBin) + model + "-x 1 -v 0 -s 0 -i " + make_shard("gen-mem.bin", 3000, 4) + " -o " + dir, &out) == 0);
@@ -100,6 +101,28 @@ TEST_CASE("--device cuda (emulated): generation allocates no gradients or AdamW 
     INFO(out);
     CHECK(rc == 1);
     CHECK(out.find("GPU memory: parameters and gradients need") != std::string::npos);
+}
+
+TEST_CASE("--generate on --device cuda (emulated): bf16 by default where the head size allows, half the fp32 cache bytes; --dtype fp32") {
+    std::string out, dir = tmp("gen-bf16"), shard = make_shard("gen-bf16.bin", 3000, 13);
+    const std::string train = tiny_flags() + "--dim 64 --heads 4 --variant phd-cswa-3-4-5 -x 1 -v 0 -s 0 -i " + shard + " -o " + dir;
+    REQUIRE(run(std::string(kBin) + train, &out) == 0);
+    const std::string gen = std::string(kEmuBin) + " --device cuda -e " + dir + "/model_00000001.bin --generate 6 --prompt-ids '1 2 3' ";
+    std::string f32;
+    REQUIRE(run(gen, &out) == 0);  // hd 16: bf16
+    REQUIRE(run(gen + "--dtype fp32", &f32) == 0);
+    INFO(out << "\n" << f32);
+    CHECK(out.find("on cuda in bf16 weights, matmul inputs and KV cache; fp32 sums and logits") != std::string::npos);
+    CHECK(f32.find("on cuda in fp32 (") != std::string::npos);
+    // The same entries, at 2 bytes a value instead of 4.
+    auto kib = [](const std::string& o, const char* unit) {
+        const size_t at = o.find(unit);
+        return at == std::string::npos ? -1.0 : std::stod(o.substr(o.rfind(' ', at - 2) + 1));
+    };
+    auto entries = [](const std::string& o) { return o.substr(o.find("KV cache after"), o.find(" entries/layer") - o.find("KV cache after")); };
+    CHECK(entries(out) == entries(f32));
+    CHECK(kib(f32, " KiB/layer") > 0);
+    CHECK(std::fabs(kib(out, " KiB/layer") * 2 - kib(f32, " KiB/layer")) <= 0.1);  // printed to 0.1 KiB
 }
 
 TEST_CASE("the step line shows MFU on the GPU (emulated: peak unknown, '-') and not on the CPU") {
