@@ -23,15 +23,17 @@
 // entries live in device memory (DecodeState), which every kernel here reads: a decode step
 // captured once as a CUDA graph then replays for every token (kernels/gpu_decode.cuh).
 //
-// The candidate keys of query (n, c) are one index space [prompt | own | window | block
-// originals 0..n | block hidden rows inside visible_hidden_range]: its visible keys plus at
-// most W window slots, each masked with phd_visible. So the work tracks the visible pairs (§7).
+// The candidate keys of a block's queries are one index space [prompt | own | window | the
+// block's rows], the same for each of them and each masked with phd_visible: a query's
+// visible keys plus at most W window slots and the block's R rows (K for a step). So the work
+// tracks the visible pairs (§7), and a thread block of queries reads each key tile once.
 #pragma once
 #include <algorithm>
 #include "attention.cuh"
 #include "layers.cuh"
 
-static constexpr int kDecodeThreads = 64;  // threads per (row, head): keys per tile, output dims per pass
+static constexpr int kDecodeThreads = 64;  // threads per block: keys per tile, output dims per pass
+static constexpr int kDecodeRows = 16;     // query rows per block, each key and value tile read once for all of them
 
 template<typename T> struct KVLayer {
     T *pre_k = nullptr, *pre_v = nullptr;      // (pre, Hkv*hd)
@@ -64,33 +66,24 @@ PHD_HOST_DEVICE inline int block_kept(const DecodeBlock& b, int win_slots, const
     return b.Ro + (win_slots == 0 && hid > 0 ? hid : 0);
 }
 
-// Where candidate j of a query lies: counts of the five parts of its index space.
+// A block's candidate keys: one index space [prompt | own | window | the block's R rows],
+// the same for every query of the block (phd_visible masks each pair), so that a key tile is
+// read once for all the queries a thread block holds.
 struct Candidates {
-    int pre, own, win, orig, hid, hid0;  // hid0: the first block hidden row, counted from row Ro
-    __device__ int count() const { return pre + own + win + orig + hid; }
+    int pre, own, win, blk;
+    __device__ int count() const { return pre + own + win + blk; }
 };
-template<typename T>
-static __device__ Candidates decode_candidates(const Config& c, const KVLayer<T>& L, const DecodeState& st, int n, int copy) {
-    const DecodeBlock& b = st.b;
-    Candidates s;
-    s.pre = L.pre;
-    s.own = st.own;
-    s.win = L.win_slots;
-    s.orig = min(max(n - b.n0 + 1, 0), b.Ro);
-    int lo, hi;
-    visible_hidden_range(c, n, copy, &lo, &hi);
-    lo = max(lo, b.h0);
-    hi = min(hi, b.h0 + b.R - b.Ro - 1);
-    s.hid0 = lo - b.h0;
-    s.hid = hi >= lo ? hi - lo + 1 : 0;
-    return s;
+template<typename T> static __device__ Candidates decode_candidates(const KVLayer<T>& L, const DecodeState& st) {
+    return {L.pre, st.own, L.win_slots, st.b.R};
 }
+// True where candidate j is the same entry for every sample (the shared prompt part).
+static __device__ bool candidate_shared(const Candidates& s, int j) { return j < s.pre; }
 
-// Candidate j of a query of sample smp: its token (*m, *d) (m = -1: an empty slot) and its k
-// and v rows (all kv heads). qkv, nc: the sample's block rows (R, .) and the rows' tokens.
+// Candidate j for sample smp: its token (*m, *d) (m = -1: an empty slot) and its k and v rows
+// (all kv heads). qkv, nc: the sample's block rows (R, .) and the rows' tokens.
 template<typename T>
-static __device__ void decode_key(const Candidates& s, int j, const KVLayer<T>& L, int smp, const T* qkv, const int2* nc, int Ro,
-                                  const Config& c, int* m, int* d, const T** k, const T** v) {
+static __device__ void decode_key(const Candidates& s, int j, const KVLayer<T>& L, int smp, const T* qkv, const int2* nc, const Config& c,
+                                  int* m, int* d, const T** k, const T** v) {
     const size_t kvdim = (size_t)c.Hkv * c.hd(), ld = c.qkv_dim();
     int2 t;
     if (j < s.pre) {
@@ -107,83 +100,166 @@ static __device__ void decode_key(const Candidates& s, int j, const KVLayer<T>& 
         *v = L.win_v + ((size_t)smp * s.win + j) * kvdim;
     } else {
         j -= s.win;
-        const int row = j < s.orig ? j : Ro + s.hid0 + j - s.orig;
-        t = nc[row];
-        *k = qkv + row * ld + c.H * c.hd();
+        t = nc[j];
+        *k = qkv + j * ld + c.H * c.hd();
         *v = *k + kvdim;
     }
     *m = t.x;
     *d = t.y;
 }
 
-// grid (B * (R - row0), H, splits), block kDecodeThreads: o (B, R, H*hd) for the block's rows
-// row0..R-1 of each sample; qkv (B, R, qkv_dim) with RoPE applied; nc (R) the rows' tokens.
-// qkv, o and the cache are of type T; scores, softmax and sums are fp32.
-// Online softmax over tiles of kDecodeThreads candidates: thread t scores candidate t of the
-// tile, then owns output dims t, t + 64. With splits > 1 (split-K, as in flash-decoding: a
-// decode step has too few rows to fill the GPU) split z takes the z-th share of the
-// candidates and writes its unnormalised output, max and sum to part (blocks, H, splits,
-// hd + 2); attention_decode_combine_kernel merges them.
+// Per-row max of v (kDecodeRows, the first nq used) over the block's kDecodeThreads threads;
+// every thread gets them. red: kDecodeRows * kDecodeThreads / 32 floats of shared scratch.
+static __device__ void rows_max(float (&v)[kDecodeRows], int nq, float* red) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = kDecodeThreads / 32;
+    PHD_UNROLL
+    for (int r = 0; r < kDecodeRows; r++) {
+        if (r >= nq) break;  // the same in every thread
+        for (int o = 16; o > 0; o /= 2) {
+            const float w = __shfl_xor_sync(0xffffffffu, v[r], o);
+            v[r] = fmaxf(v[r], w);
+        }
+        if (lane == 0) red[r * warps + warp] = v[r];
+    }
+    __syncthreads();
+    PHD_UNROLL
+    for (int r = 0; r < kDecodeRows; r++) {
+        if (r >= nq) break;
+        v[r] = red[r * warps];
+        for (int w = 1; w < warps; w++) v[r] = fmaxf(v[r], red[r * warps + w]);
+    }
+    __syncthreads();  // before red is reused
+}
+
+// grid (ceil(B * (R - row0) / kDecodeRows), H, splits), block kDecodeThreads: o (B, R, H*hd)
+// for the block's rows row0..R-1 of each sample; qkv (B, R, qkv_dim) with RoPE applied; nc
+// (R) the rows' tokens. qkv, o and the cache are of type T; scores, softmax and sums are fp32.
+// A thread block holds kDecodeRows query rows (the B * (R - row0) rows in order, samples
+// after one another) and walks the candidates in tiles of kDecodeThreads: thread t reads
+// candidate t's key once and scores it against every row, then owns output dims t, t + 64 of
+// every row and reads each value row once for all of them. So a tile of the shared prompt
+// part is read once for up to kDecodeRows rows of any samples (a step's K copies, and the
+// samples of a batch); a tile of a sample's own part or window, once for that sample's rows
+// in the block (one pass per sample there). Online softmax per row. With splits > 1
+// (split-K, as in flash-decoding: a decode step has too few rows to fill the GPU) split z
+// takes the z-th share of the candidates and writes each row's unnormalised output, max and
+// sum to part (B * (R - row0), H, splits, hd + 2); attention_decode_combine_kernel merges them.
 template<typename T>
 static __global__ void attention_decode_kernel(T* o, float* part, const T* qkv, const int2* nc, KVLayer<T> L, const DecodeState* state,
-                                               Config c, int row0) {
-    __shared__ float q[kAttnMaxHd], p[kDecodeThreads];
+                                               Config c, int B, int row0) {
+    __shared__ float q[kDecodeRows][kAttnMaxHd], p[kDecodeRows][kDecodeThreads], red[kDecodeRows * kDecodeThreads / 32];
     __shared__ const T* vrow[kDecodeThreads];
+    __shared__ int rn[kDecodeRows], rcopy[kDecodeRows], rsmp[kDecodeRows], ri[kDecodeRows];
     const DecodeState st = *state;
-    const int rows = st.b.R - row0, smp = blockIdx.x / rows, i = row0 + blockIdx.x % rows;
-    const int h = blockIdx.y, t = threadIdx.x, hd = c.hd(), off = h / (c.H / c.Hkv) * hd;
-    const T* sq = qkv + (size_t)smp * st.b.R * c.qkv_dim();  // the sample's block rows
-    const int n = nc[i].x, copy = nc[i].y;
+    const int R = st.b.R, rows = R - row0, first = blockIdx.x * kDecodeRows, nq = min(kDecodeRows, B * rows - first);
+    const int h = blockIdx.y, t = threadIdx.x, hd = c.hd(), off = h / (c.H / c.Hkv) * hd, ld = c.qkv_dim();
     const float scale = 1.0f / sqrtf((float)hd);
-    for (int e = t; e < hd; e += kDecodeThreads) q[e] = to_f32(sq[(size_t)i * c.qkv_dim() + h * hd + e]);
+    if (t < kDecodeRows) {  // rows past the block's last (nq) get sample -1: no pass is theirs
+        const int smp = (first + t) / rows, i = row0 + (first + t) % rows;
+        rsmp[t] = t < nq ? smp : -1;
+        ri[t] = i;
+        rn[t] = t < nq ? nc[i].x : 0;
+        rcopy[t] = t < nq ? nc[i].y : 0;
+    }
     __syncthreads();
-    const Candidates s = decode_candidates(c, L, st, n, copy);
+    for (int x = t; x < nq * hd; x += kDecodeThreads) {
+        const int r = x / hd, e = x % hd;
+        q[r][e] = to_f32(qkv[((size_t)rsmp[r] * R + ri[r]) * ld + h * hd + e]);
+    }
+    const int s_lo = rsmp[0], s_hi = rsmp[nq - 1];
+    __syncthreads();
+    const Candidates s = decode_candidates(L, st);
     const int share = (s.count() + gridDim.z - 1) / gridDim.z, lo = blockIdx.z * share, hi = min(s.count(), lo + share);
-    float mx = -INFINITY, l = 0.0f, acc[kAttnMaxHd / kDecodeThreads] = {};
+    float mx[kDecodeRows], l[kDecodeRows], acc[kDecodeRows][kAttnMaxHd / kDecodeThreads];
+    PHD_UNROLL
+    for (int r = 0; r < kDecodeRows; r++) {
+        mx[r] = -INFINITY;
+        l[r] = 0.0f;
+        for (int u = 0; u < kAttnMaxHd / kDecodeThreads; u++) acc[r][u] = 0.0f;
+    }
     for (int j0 = lo; j0 < hi; j0 += kDecodeThreads) {
-        float score = -INFINITY;
-        const T* vr = nullptr;
-        if (j0 + t < hi) {
-            int m, d;
-            const T *kr, *v;
-            decode_key(s, j0 + t, L, smp, sq, nc, st.b.Ro, c, &m, &d, &kr, &v);
-            if (m >= 0 && phd_visible(c, n, copy, m, d)) {
-                float dot = 0.0f;
-                for (int e = 0; e < hd; e++) dot += q[e] * to_f32(kr[off + e]);
-                score = dot * scale;
-                vr = v + off;
+        // One pass for the rows of each sample; a tile wholly in the shared part, one for all.
+        const int last = candidate_shared(s, min(hi, j0 + kDecodeThreads) - 1) ? s_lo : s_hi;
+        for (int smp = s_lo; smp <= last; smp++) {
+            const int j = j0 + t;
+            float score[kDecodeRows];
+            const T* vr = nullptr;
+            int m = -1, d = 0;
+            const T* kr = nullptr;
+            const bool shared = candidate_shared(s, j);  // scored in the first pass only, for every row
+            if (j < hi && (!shared || smp == s_lo)) decode_key(s, j, L, smp, qkv + (size_t)smp * R * ld, nc, c, &m, &d, &kr, &vr);
+            PHD_UNROLL
+            for (int r = 0; r < kDecodeRows; r++) score[r] = 0.0f;
+            if (m >= 0)
+                for (int e = 0; e < hd; e++) {
+                    const float k = to_f32(kr[off + e]);
+                    PHD_UNROLL
+                    for (int r = 0; r < kDecodeRows; r++) {
+                        if (r >= nq) break;  // the block's last rows may be fewer
+                        score[r] += q[r][e] * k;
+                    }
+                }
+            bool any = false;
+            PHD_UNROLL
+            for (int r = 0; r < kDecodeRows; r++) {
+                const bool mine = rsmp[r] >= 0 && (shared || rsmp[r] == smp);
+                const bool vis = m >= 0 && mine && phd_visible(c, rn[r], rcopy[r], m, d);
+                score[r] = vis ? score[r] * scale : -INFINITY;
+                any |= vis;
             }
-        }
-        const float mnew = fmaxf(mx, block_reduce(score, true));
-        const float pt = vr ? __expf(score - mnew) : 0.0f;
-        p[t] = pt;
-        vrow[t] = vr;
-        const float psum = block_reduce(pt, false);  // its barriers publish p and vrow
-        if (mnew > -INFINITY) {  // the same for every thread: some candidate so far was visible
-            const float corr = __expf(mx - mnew);
+            float mnew[kDecodeRows];
+            PHD_UNROLL
+            for (int r = 0; r < kDecodeRows; r++) mnew[r] = score[r];
+            rows_max(mnew, nq, red);
+            PHD_UNROLL
+            for (int r = 0; r < kDecodeRows; r++) {
+                mnew[r] = fmaxf(mx[r], mnew[r]);
+                p[r][t] = score[r] > -INFINITY ? __expf(score[r] - mnew[r]) : 0.0f;
+            }
+            vrow[t] = any ? vr + off : nullptr;
+            __syncthreads();  // p and vrow published
+            PHD_UNROLL
+            for (int r = 0; r < kDecodeRows; r++) {
+                if (mnew[r] == -INFINITY) continue;  // the same for every thread: nothing visible to row r yet
+                const float corr = __expf(mx[r] - mnew[r]);
+                float psum = 0.0f;
+                for (int jj = 0; jj < kDecodeThreads; jj++) psum += p[r][jj];
+                l[r] = l[r] * corr + psum;
+                mx[r] = mnew[r];
+                PHD_UNROLL
+                for (int u = 0; u < kAttnMaxHd / kDecodeThreads; u++) acc[r][u] *= corr;
+            }
+            PHD_UNROLL
             for (int u = 0; u < kAttnMaxHd / kDecodeThreads; u++) {
                 const int e = u * kDecodeThreads + t;
                 if (e >= hd) break;
-                float a = acc[u] * corr;
-                for (int j = 0; j < kDecodeThreads; j++)
-                    if (vrow[j]) a += p[j] * to_f32(vrow[j][e]);
-                acc[u] = a;
+                for (int jj = 0; jj < kDecodeThreads; jj++) {
+                    if (!vrow[jj]) continue;
+                    const float v = to_f32(vrow[jj][e]);
+                    PHD_UNROLL
+                    for (int r = 0; r < kDecodeRows; r++) {
+                        if (r >= nq) break;
+                        acc[r][u] += p[r][jj] * v;
+                    }
+                }
             }
-            l = l * corr + psum;
-            mx = mnew;
+            __syncthreads();  // before the next pass overwrites p and vrow
         }
-        __syncthreads();  // before the next tile overwrites p and vrow
     }
-    T* oi = o + ((size_t)smp * st.b.R + i) * c.H * hd + h * hd;
-    if (gridDim.z == 1) {
-        for (int u = 0; u < kAttnMaxHd / kDecodeThreads; u++)  // l > 0: a query always sees itself
-            if (u * kDecodeThreads + t < hd) store(oi + u * kDecodeThreads + t, acc[u] / l);
-        return;
+    PHD_UNROLL
+    for (int r = 0; r < kDecodeRows; r++) {
+        if (r >= nq) break;
+        if (gridDim.z == 1) {  // l > 0: a query always sees itself
+            T* orow = o + ((size_t)rsmp[r] * R + ri[r]) * c.H * hd + h * hd;
+            for (int u = 0; u < kAttnMaxHd / kDecodeThreads; u++)
+                if (u * kDecodeThreads + t < hd) store(orow + u * kDecodeThreads + t, acc[r][u] / l[r]);
+            continue;
+        }
+        float* pz = part + (((size_t)(first + r) * c.H + h) * gridDim.z + blockIdx.z) * (hd + 2);  // a share may see nothing: l = 0
+        for (int u = 0; u < kAttnMaxHd / kDecodeThreads; u++)
+            if (u * kDecodeThreads + t < hd) pz[u * kDecodeThreads + t] = acc[r][u];
+        if (t == 0) { pz[hd] = mx[r]; pz[hd + 1] = l[r]; }
     }
-    float* pz = part + (((size_t)blockIdx.x * c.H + h) * gridDim.z + blockIdx.z) * (hd + 2);  // a share may see nothing: l = 0
-    for (int u = 0; u < kAttnMaxHd / kDecodeThreads; u++)
-        if (u * kDecodeThreads + t < hd) pz[u * kDecodeThreads + t] = acc[u];
-    if (t == 0) { pz[hd] = mx; pz[hd + 1] = l; }
 }
 
 // grid (B * (R - row0), H), block kDecodeThreads: o from the splits' parts, rescaled to their
@@ -253,7 +329,8 @@ inline void attention_decode(T* o, float* part, const T* qkv, const int2* nc, co
     if (c.hd() > kAttnMaxHd) die("attention kernel: head size %d exceeds %d", c.hd(), kAttnMaxHd);
     const int rows = B * (R - row0);
     if (splits > 1 && rows * c.H * splits > kDecodeMaxParts) die("attention_decode: %d splits of %d rows exceed the part buffer", splits, rows);
-    launch(attention_decode_kernel<T>, dim3(rows, c.H, splits), dim3(kDecodeThreads), 0, s, o, part, qkv, nc, L, state, c, row0);
+    launch(attention_decode_kernel<T>, dim3((rows + kDecodeRows - 1) / kDecodeRows, c.H, splits), dim3(kDecodeThreads), 0, s, o, part, qkv, nc,
+           L, state, c, B, row0);
     if (splits > 1)
         launch(attention_decode_combine_kernel<T>, dim3(rows, c.H), dim3(kDecodeThreads), 0, s, o, (const float*)part, splits, state, c, row0);
     cudaCheck(cudaGetLastError());

@@ -22,11 +22,12 @@ static Config decode_config(const char* variant, int maxT, bool bf16 = false) {
 // decode steps, sample s feeding its own tokens; after each block every sample's last-copy
 // logits must agree and the caches must count the same entries. Logits within tol of their
 // scale. bf16: the GPU decodes in bf16 (the CPU in fp32). Returns the split-K parts a step's
-// attention takes (decode_splits, as the decoder sizes them for its longest context) and the
-// largest |diff| / scale seen.
+// attention takes (decode_splits, as the decoder sizes them for its longest context), the
+// largest |diff| / scale seen and the hidden rows the pre-fill computed.
 struct DecodeCheck {
     int splits;
     double worst;
+    long prefill_hidden;  // hidden rows the pre-fill computed
 };
 static DecodeCheck check_gpu_decoder(const char* variant, int P, int steps, double tol = 1e-5, int S = 2, bool bf16 = false) {
     Config c = decode_config(variant, P + steps, bf16);
@@ -44,6 +45,7 @@ static DecodeCheck check_gpu_decoder(const char* variant, int P, int steps, doub
     gpu.prefill(prompt.data(), P);
     INFO(std::string(variant) << " prompt " << P);
     CHECK(gpu.hidden_computed == cpu.hidden_computed);
+    const long prefill_hidden = gpu.hidden_computed;
     double seen = 0;
     for (int step = 0; step <= steps; step++) {
         if (step > 0) {
@@ -70,7 +72,7 @@ static DecodeCheck check_gpu_decoder(const char* variant, int P, int steps, doub
         }
     }
     CHECK(gpu.hidden_computed == cpu.hidden_computed);
-    return {gpu.step_splits, seen};
+    return {gpu.step_splits, seen, prefill_hidden};
 }
 
 TEST_CASE("GPU decoder: pre-fill + decode steps of 2 samples equal the CPU decoder, every variant, prompts across chunk boundaries") {
@@ -82,6 +84,14 @@ TEST_CASE("GPU decoder: pre-fill + decode steps of 2 samples equal the CPU decod
 TEST_CASE("decode kernels: a long prompt spans several key tiles; the decoder still equals the CPU") {
     // 70 originals > kDecodeThreads candidates per tile; naive-2 keeps 140 entries
     for (const char* v : {"phd-cswa-3-4-5", "phd-swa-2-70", "naive-2"}) check_gpu_decoder(v, 70, 3);
+}
+
+TEST_CASE("decode kernels: more query rows than a thread block holds (kDecodeRows = 16); the decoder still equals the CPU") {
+    // A step of 6 samples of phd-cswa-3-4-5: 18 rows, two thread blocks, the first ending in
+    // sample 5's first row; a pre-fill of phd-cswa-5-32-6 whose last chunk's 5 positions
+    // give 20 hidden rows that attend through the decode kernel.
+    check_gpu_decoder("phd-cswa-3-4-5", 12, 2, 1e-5, 6);
+    CHECK(check_gpu_decoder("phd-cswa-5-32-6", 17, 2).prefill_hidden == 20);
 }
 
 TEST_CASE("GPU decoder: decode steps over 500+ candidate keys take split-K and still equal the CPU decoder") {
@@ -220,13 +230,14 @@ TEST_CASE("CUDA graphs: a captured launch replays with its arguments; work on th
     cudaCheck(cudaFree(x));
 }
 
-TEST_CASE("decode kernels: split-K (2, 3, 7, 85 splits) equals one split, including splits that see no key") {
-    // A decode step of phd-swa-3-4 at position 200 for 2 samples: 190 shared prompt
-    // originals, 10 own ones a sample, 4 window slots (one empty), the block's 3 copies: up to
-    // 207 candidates a query. 85 splits (the most the part buffer holds for 6 rows) take 3
-    // candidates each, and the last 16 none.
+TEST_CASE("decode kernels: split-K (2, 3, 7, 28 splits) equals one split, including splits that see no key") {
+    // A decode step of phd-swa-3-4 at position 200 for 6 samples (18 rows: two thread blocks
+    // of kDecodeRows, the second holding sample 5's last two rows): 190 shared prompt
+    // originals, 10 own ones a sample, 4 window slots (one empty), the block's 3 copies: 207
+    // candidates. 28 splits (the most the part buffer holds for 18 rows of 2 heads) take 8
+    // candidates each, and the last 2 none.
     Config c = decode_config("phd-swa-3-4", 256);
-    const int R = 3, S = 2, t = 200, pre = 190, kvdim = c.Hkv * c.hd(), W = c.W;
+    const int R = 3, S = 6, t = 200, pre = 190, kvdim = c.Hkv * c.hd(), W = c.W;
     KVLayer<float> L;
     L.pre = pre;
     L.own_cap = 16;
@@ -255,7 +266,7 @@ TEST_CASE("decode kernels: split-K (2, 3, 7, 85 splits) equals one split, includ
     float* o = up(std::vector<float>(osize));
     attention_decode(o, part, qkv, d_nc, L, st, c, S, R, 0, 1, nullptr);
     const std::vector<float> one = to_host(o, osize);
-    for (int splits : {2, 3, 7, 85}) {
+    for (int splits : {2, 3, 7, 28}) {
         attention_decode(o, part, qkv, d_nc, L, st, c, S, R, 0, splits, nullptr);
         const std::vector<float> got = to_host(o, osize);
         double worst = 0, scale = 0;
