@@ -121,7 +121,9 @@ struct Dist {
     void init([[maybe_unused]] int* argc, [[maybe_unused]] char*** argv) {
         if (getenv("PHD_RENDEZVOUS")) return init_by_env();
         const char* n = getenv("OMPI_COMM_WORLD_SIZE") ? getenv("OMPI_COMM_WORLD_SIZE") : getenv("PMI_SIZE");
-        const char* w = getenv("WORLD_SIZE") ? getenv("WORLD_SIZE") : getenv("SLURM_NTASKS");
+        // torchrun sets WORLD_SIZE only in the processes it starts; Slurm's SLURM_NTASKS is
+        // also set in a batch script's own shell, where one plain process must still run.
+        const char* w = getenv("WORLD_SIZE");
         if (!n && !getenv("PMIX_RANK") && w && atoi(w) > 1)
             die("%s ranks from the scheduler's variables: set PHD_RENDEZVOUS to a directory every rank sees (or start with mpirun)", w);
 #ifndef PHD_MPI

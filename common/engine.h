@@ -175,7 +175,8 @@ struct GpuEngine {
     double norm() { return std::sqrt(dist.sum(grad_sumsq(gsum(), S.size, partial, G.stream))); }
     void update(const AdamW& o, int step, float lr, double norm) {
         for (const Piece& p : S.mine)
-            adamw_update(G.cfg, o, G.params, gsum() + p.at, m + p.at, v + p.at, step, lr, norm, G.stream, G.params16, p.lo, p.hi);
+            adamw_update(G.cfg, o, G.params, gsum() + p.at, m + p.at, v + p.at, step, lr, norm, G.stream,
+                         dist.size > 1 ? nullptr : G.params16, p.lo, p.hi);  // several ranks: gather_params writes the copy
     }
     void gather_params() {
         dist.all_gather_device(G.params, S, G.stream);

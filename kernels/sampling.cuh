@@ -40,8 +40,10 @@ static __global__ void sample_kernel(int* feed, Rng* rng, const float* logits, i
         if (z[j] > best) { best = z[j]; arg = j; }
     const float mx = block_reduce(best, true);
     const int first = V - (int)block_reduce(best == mx ? (float)(V - arg) : 0.0f, true);  // ids < 2^24: exact in float
+    // An id in [0, V) whatever the logits: all NaN leave first at V.
+    const int fallback = min(first, V - 1);
     if (temperature <= 0) {
-        if (t == 0) feed[blockIdx.x] = first;
+        if (t == 0) feed[blockIdx.x] = fallback;
         return;
     }
     // top_k: the top_k-th largest key by radix selection, 8 bits a pass from the top: each
@@ -78,6 +80,7 @@ static __global__ void sample_kernel(int* feed, Rng* rng, const float* logits, i
         double total = 0.0;
         for (int i = 0; i < nt; i++) total += part[i];
         u = rng[blockIdx.x].uniform() * total;
+        feed[blockIdx.x] = fallback;  // kept only where non-finite logits leave u with no owner
     }
     __syncthreads();
     double before = 0.0;

@@ -130,7 +130,8 @@ same_as_one() {
 check "cpu, 1 process, B=6, trains" cpu cpu1 1 6
 check "cpu, 3 ranks, B=2 each, train" cpu cpu3 3 2
 same_as_one cpu 3
-emu_ok=$([ -x "$emu" ] && ldd "$emu" | grep -q libmpi && echo 1 || true)
+# (grep reads ldd's whole output: under pipefail, grep -q's early exit could fail ldd with SIGPIPE)
+emu_ok=$([ -x "$emu" ] && ldd "$emu" | grep libmpi > /dev/null && echo 1 || true)
 if [ -n "$emu_ok" ]; then
     check "emulated GPU, 1 process, B=6, trains" gpu gpu1 1 6
     check "emulated GPU, 2 ranks, B=3 each, train" gpu gpu2 2 3
@@ -160,7 +161,7 @@ refused() {
     local name=$1 pattern=$2 rc=0 rest; shift 2
     "$@" > "$tmp/bad.log" 2>&1 || rc=$?
     rest=$(grep -vE '^(ranks: |model |batch |memory: |cost model: |step )' "$tmp/bad.log" || true)
-    if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$(echo "$rest" | wc -l)" -eq 1 ] && echo "$rest" | grep -q "^error: .*$pattern"; then
+    if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$(echo "$rest" | wc -l)" -eq 1 ] && echo "$rest" | grep "^error: .*$pattern" > /dev/null; then
         ok "$name: $rest"
     else
         bad "$name (exit $rc, want one line with '$pattern'):"; sed 's/^/    /' "$tmp/bad.log" | head -n 20
