@@ -19,6 +19,28 @@ static inline bool exists(const std::string& path) {
     return stat(path.c_str(), &st) == 0;
 }
 
+// A file's bytes from offset `from` on (it must hold more than that).
+static inline std::string file_bytes(const std::string& path, size_t from = 0) {
+    std::ifstream f(path, std::ios::binary);
+    std::stringstream s;
+    s << f.rdbuf();
+    REQUIRE(s.str().size() > from);
+    return s.str().substr(from);
+}
+
+// The checkpoint of `step` (model and training state) of the run in `from`, copied into the
+// directory `to` (made), for a run there to resume from.
+static inline void copy_checkpoint(const std::string& from, const std::string& to, int step) {
+    mkdir(to.c_str(), 0755);
+    char name[32];
+    for (const char* kind : {"model", "state"}) {
+        snprintf(name, sizeof name, "/%s_%08d.bin", kind, step);
+        std::ifstream src(from + name, std::ios::binary);
+        REQUIRE(src.good());
+        std::ofstream(to + name, std::ios::binary) << src.rdbuf();
+    }
+}
+
 // A shard of a small repetitive language (so that loss can fall), V = 32.
 static inline std::string make_shard(const std::string& name, int n, uint64_t seed) {
     std::vector<uint32_t> t;
