@@ -94,19 +94,23 @@ check "(the loss comparison fails on another batch)" fails close "$tmp/one/log.t
 resume_from() {  # NAME FROM: $tmp/NAME starts with FROM's step-3 model and state
     mkdir -p "$tmp/$1" && cp "$tmp/$2/$p3" "$tmp/$2/$s3" "$tmp/$1/"
 }
+# resumed LAUNCH NAME FROM N B WHAT: run NAME resumes FROM's step 3 on N ranks of B (LAUNCH:
+# run, or gpu below) and gives FROM's losses of steps 3-4 to 1e-6.
+resumed() {
+    local launch=$1 name=$2 from=$3 np=$4 b=$5 what=$6
+    resume_from "$name" "$from"
+    check "$what" "$launch" "$name" "$np" "$b" -y 1
+    log_from "$tmp/$from" 3 > "$tmp/$from.tail"
+    check "... with the uninterrupted run's losses to 1e-6" close "$tmp/$name/log.txt" "$tmp/$from.tail" 1e-6
+}
 resume_from two_on_two two
 check "2 ranks resume at step 3" run two_on_two 2 2 -y 1
 check "2 ranks resumed: model_5 is the uninterrupted run's, bit for bit" cmp "$tmp/two_on_two/$p5" "$tmp/two/$p5"
 check "2 ranks resumed: state_5 too" cmp "$tmp/two_on_two/$s5" "$tmp/two/$s5"
 log_from "$tmp/two" 3 > "$tmp/two.tail"
 check "2 ranks resumed: the losses of steps 3-4, bit for bit" cmp "$tmp/two_on_two/log.txt" "$tmp/two.tail"
-resume_from two_on_one two
-check "the 2-rank run resumes on 1 process (B=4)" run two_on_one 1 4 -y 1
-check "... with the uninterrupted 2-rank run's losses to 1e-6" close "$tmp/two_on_one/log.txt" "$tmp/two.tail" 1e-6
-resume_from one_on_two one
-check "the 1-process run resumes on 2 ranks (B=2)" run one_on_two 2 2 -y 1
-log_from "$tmp/one" 3 > "$tmp/one.tail"
-check "... with the uninterrupted 1-process run's losses to 1e-6" close "$tmp/one_on_two/log.txt" "$tmp/one.tail" 1e-6
+resumed run two_on_one two 1 4 "the 2-rank run resumes on 1 process (B=4)"
+resumed run one_on_two one 2 2 "the 1-process run resumes on 2 ranks (B=2)"
 
 # 3. Three ranks, D = 20: P = 15140 = 3 * 5046 + 2, so the last rank's shard is longer (P is
 # even for every model, so 2 ranks always have equal shards), on the CPU and on the GPU path:
@@ -144,14 +148,8 @@ if [ -n "$emu_ok" ]; then
     check "--overlap 0: the overlapped run's losses, bit for bit" cmp "$tmp/gpu3_after/log.txt" "$tmp/gpu3/log.txt"
     check "--overlap 0: its parameters, bit for bit" cmp "$tmp/gpu3_after/$p5" "$tmp/gpu3/$p5"
     check "--overlap 0: its gathered moments, bit for bit" cmp "$tmp/gpu3_after/$s5" "$tmp/gpu3/$s5"
-    log_from "$tmp/gpu3" 3 > "$tmp/gpu3.tail"
-    resume_from gpu3_on_2 gpu3
-    check "emulated GPU: the 3-rank run resumes on 2 ranks (B=3)" gpu gpu3_on_2 2 3 -y 1
-    check "... with the uninterrupted run's losses to 1e-6" close "$tmp/gpu3_on_2/log.txt" "$tmp/gpu3.tail" 1e-6
-    resume_from gpu2_on_3 gpu2
-    check "emulated GPU: the 2-rank run resumes on 3 ranks (B=2)" gpu gpu2_on_3 3 2 -y 1
-    log_from "$tmp/gpu2" 3 > "$tmp/gpu2.tail"
-    check "... with the uninterrupted run's losses to 1e-6" close "$tmp/gpu2_on_3/log.txt" "$tmp/gpu2.tail" 1e-6
+    resumed gpu gpu3_on_2 gpu3 2 3 "emulated GPU: the 3-rank run resumes on 2 ranks (B=3)"
+    resumed gpu gpu2_on_3 gpu2 3 2 "emulated GPU: the 2-rank run resumes on 3 ranks (B=2)"
 else echo "SKIPPED: the emulated GPU ranks ($emu missing or built without MPI)"; fi
 
 # 4. Bad input: every rank stops, one line, non-zero exit, no hang (mpi's timeout: exit 124).
