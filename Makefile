@@ -8,12 +8,12 @@ NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2
 # sm_90 (H100/H200) and sm_80 (A100)
 NVCC_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 NVCCFLAGS ?= -O3 -std=c++17 $(NVCC_ARCH)
-HEADERS  := $(wildcard *.h cpu/*.h common/*.h kernels/*.h kernels/*.cuh data/*.h dev/*.h) test/cuda_emu.h test/cuda_emu_mma.h test/cuda_emu_cublas.h test/cuda_emu_graph.h \
+HEADERS  := $(wildcard *.h kernels/*.h kernels/*.cuh data/*.h dev/*.h) test/cuda_emu.h test/cuda_emu_mma.h test/cuda_emu_cublas.h test/cuda_emu_graph.h \
             test/cuda_emu_nccl.h
-# GPT-2 text prompts in train_phd need PCRE2 (data/setup.sh installs it); built without otherwise.
+# GPT-2 text prompts in train_phd need PCRE2 (dev/setup.sh installs it); built without otherwise.
 PCRE2_FLAGS := $(if $(wildcard /usr/include/pcre2.h),-DPHD_PCRE2)
 PCRE2_LIBS  := $(if $(wildcard /usr/include/pcre2.h),-lpcre2-8)
-# train_phd runs under mpirun (data parallel, common/dist.h) when OpenMPI's mpicc and mpi.h are
+# train_phd runs under mpirun (data parallel, kernels/dist.h) when OpenMPI's mpicc and mpi.h are
 # here (Debian's libopenmpi-dev and openmpi-bin: .ci/run installs them); else it is built for
 # one process. The nvcc build talks between GPUs with NCCL: MPI there also needs nccl.h.
 MPICC     := $(shell command -v mpicc 2>/dev/null)
@@ -25,12 +25,18 @@ MPI_LIBS  := $(if $(MPI_ON),$(addprefix -L,$(shell $(MPICC) --showme:libdirs)) $
 NCCL_ON   := $(and $(MPI_ON),$(NVCC),$(wildcard /usr/include/nccl.h $(dir $(NVCC))../include/nccl.h))
 NVCC_MPI_FLAGS := $(if $(NCCL_ON),$(MPI_FLAGS))
 NVCC_MPI_LIBS  := $(if $(NCCL_ON),$(MPI_LIBS) -lnccl)
+# What the binaries were built with follows what this machine has: the line below changes
+# when PCRE2, MPI, NCCL or nvcc come or go (dev/setup.sh installs the first two), and every
+# binary depends on it, so that they are rebuilt then.
+FEATURES := pcre2=$(if $(PCRE2_FLAGS),1,0) mpi=$(if $(MPI_ON),1,0) nccl=$(if $(NCCL_ON),1,0) nvcc=$(if $(NVCC),1,0)
+$(shell mkdir -p build && { [ "$$(cat build/features 2>/dev/null)" = "$(FEATURES)" ] || echo "$(FEATURES)" > build/features; })
+HEADERS += build/features
 TEST_SRC := $(wildcard test/*.cpp)
 TEST_HDR := $(wildcard test/*.h)
 
 PYTHON_TORCH := /usr/bin/python3
 
-.PHONY: all test test-gpu test-tsan test-asan test-reference fixtures bench bench-gpu clean train kjv-shards
+.PHONY: all setup test test-gpu test-tsan test-asan test-reference fixtures bench bench-gpu clean train kjv-shards
 all: train_phd
 
 # nvcc with the host flags: the rule's first prerequisite to $@
@@ -82,8 +88,8 @@ build/test_gpu_native: $(GPU_TEST_DEPS)
 DOCTEST_INC := $(if $(wildcard /usr/include/doctest/doctest.h),,$(if $(wildcard .deps/doctest/doctest.h),-I.deps))
 GPU_TESTS := build/test_gpu_emu build/test_gpu_tsan build/test_gpu_asan $(if $(NVCC),build/test_gpu_native)
 
-# The data pipeline (GPT-2 BPE needs PCRE2 and nlohmann-json: data/setup.sh installs them).
-DATA_HDR := $(wildcard data/*.h) common/utils.h
+# The data pipeline (GPT-2 BPE needs PCRE2 and nlohmann-json: dev/setup.sh installs them).
+DATA_HDR := $(wildcard data/*.h) kernels/utils.h
 build/prepare: data/prepare.cpp $(DATA_HDR)
 	@mkdir -p build && rm -f $@
 	$(CXX) $(HOSTFLAGS) $< -o $@ -lpcre2-8
@@ -101,7 +107,12 @@ GPU_BENCH := build/bench_gpu_emu $(if $(NVCC),build/bench_gpu build/bench_decode
 TEST_BINS := train_phd build/train_phd_cpu build/train_phd_emu build/test_cpu build/prepare build/test_data $(GPU_TESTS) \
              $(GPU_BENCH) build/bench_decode
 NPROC := $(shell nproc 2>/dev/null || echo 2)
-test:
+# The set-up first, then the builds in a make of their own, which sees what it installed.
+# SETUP=0 skips it (a GPU machine without network, handed what it needs: dev/gpu_run.sh).
+SETUP ?= 1
+setup:
+	@[ "$(SETUP)" = 0 ] || bash dev/setup.sh
+test: setup
 	-@$(MAKE) --no-print-directory -k -j$(NPROC) $(TEST_BINS)
 	@./test/run_tests.sh
 
@@ -153,7 +164,8 @@ bench-gpu: build/bench_gpu build/bench_decode_gpu
 
 # The main job: set-up, the KJV corpus as GPT-2 shards, then a small phd-cswa-2-16-32 model.
 # Set-up and preparation are skipped where the shards exist (a machine without network can
-# be handed them: dev/gpu_run.sh); the loss curve needs gnuplot.
+# be handed them: dev/gpu_run.sh), and the builds run in a make of their own after the set-up;
+# the loss curve needs gnuplot.
 KJV := data/shards/kjv
 TRAIN_FLAGS ?= --variant phd-cswa-2-16-32 --layers 4 --dim 128 --heads 4 -b 8 -t 128 \
                -x 300 -l 3e-3 -u 20 -v 50 -m 10 -s 100 -g 48 -n 100
@@ -163,13 +175,13 @@ TRAIN_EXTRA ?=
 TRAIN_OUT ?= out/kjv
 TRAIN_LAUNCH ?=
 kjv-shards:
-	[ -f $(KJV)/tokenizer.bin ] || { bash data/setup.sh && $(MAKE) build/prepare && \
+	[ -f $(KJV)/tokenizer.bin ] || { $(MAKE) --no-print-directory build/prepare && \
 	    ./build/prepare --tokenizer gpt2 --out $(KJV) --name kjv data/cache/text/kjv/kjv.txt; }
-train: kjv-shards
-	$(MAKE) train_phd
+train: setup
+	@$(MAKE) --no-print-directory kjv-shards train_phd
 	$(TRAIN_LAUNCH) ./train_phd -i '$(KJV)/kjv_train_*.bin' -j '$(KJV)/kjv_val_*.bin' -k $(KJV)/tokenizer.bin $(TRAIN_FLAGS) $(TRAIN_EXTRA) -o $(TRAIN_OUT)
 	if command -v gnuplot >/dev/null; then ./dev/plot_loss.sh $(TRAIN_OUT)/log.txt $(TRAIN_OUT)/loss.png; \
-	else echo "train: no gnuplot here, no loss curve (data/setup.sh installs it)"; fi
+	else echo "train: no gnuplot here, no loss curve (dev/setup.sh installs it)"; fi
 
 clean:
 	rm -rf build train_phd

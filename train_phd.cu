@@ -4,12 +4,12 @@
 //   for each micro-batch: tokens (B, T) -> forward (every token fed K times, loss on the
 //   last copy) -> backward (gradients added up, scaled by 1/micro-batches); then the global
 //   gradient norm, clipping to 1.0, the learning-rate schedule, AdamW (skipped when the loss
-//   or norm is a spike and --skip-update-z asks; common/outliers.h). The step line shows the
+//   or norm is a spike and --skip-update-z asks; kernels/outliers.h). The step line shows the
 //   loss, norm, lr, time, tokens/s, on a GPU the MFU, and flags spikes.
-// Under mpirun (common/dist.h) each rank runs its own micro-batches; then a reduce-scatter
+// Under mpirun (kernels/dist.h) each rank runs its own micro-batches; then a reduce-scatter
 // gives each rank its shard of the summed gradients, AdamW updates that shard (ZeRO-1: a rank
 // keeps only its shard's moments) and an all-gather gives every rank all the parameters.
-// The step runs on an engine (common/engine.h): the CPU model, or the GPU model when built by
+// The step runs on an engine (kernels/engine.h): the CPU model, or the GPU model when built by
 // nvcc (or by g++ with PHD_EMULATE_GPU, the CUDA emulation the tests use).
 #include <omp.h>
 #include <algorithm>
@@ -17,17 +17,17 @@
 #include <sstream>
 #include <string>
 #include <vector>
-#include "common/checkpoint.h"
+#include "data/checkpoint.h"
 #include "data/tokenizer.h"
 #ifdef PHD_PCRE2
 #include "data/bpe.h"  // GPT-2 text prompts
 #endif
 #include "data/dataloader.h"
-#include "cpu/decode.h"
-#include "common/engine.h"
-#include "common/outliers.h"
+#include "kernels/cpu_decode.h"
+#include "kernels/engine.h"
+#include "kernels/outliers.h"
 #include "model.h"
-#include "common/utils.h"
+#include "kernels/utils.h"
 
 struct Args {
     std::string train_pattern, val_pattern, out_dir = "out", init, device = "auto";
@@ -38,7 +38,7 @@ struct Args {
     int val_every = 20, val_steps = 10, sample_every = 50, sample_tokens = 16, ckpt_every = 0;
     int resume = 0, threads = 0, generate = 0, top_k = 0, tf32 = 0, compare_cpu = 0;
     int samples = 1;  // --generate's continuations, decoded together
-    int overlap = 1;  // the GPU's gradient reduction during the backward (common/engine.h)
+    int overlap = 1;  // the GPU's gradient reduction during the backward (kernels/engine.h)
     uint64_t seed = 1337;
     float lr = 1e-3f, final_frac = 0.1f, weight_decay = 0.1f, check_tol = -1, temperature = 1.0f;
     float skip_update_z = 0;  // 0: never skip an update
@@ -395,7 +395,7 @@ static std::vector<int> prompt_tokens(const Args& a, const Tokenizer& tok, const
             Gpt2Bpe(tok).encode(a.prompt, ids);
             prompt.assign(ids.begin(), ids.end());
 #else
-            die("--prompt: this train_phd was built without PCRE2, which GPT-2 text needs (data/setup.sh installs it; then rebuild)");
+            die("--prompt: this train_phd was built without PCRE2, which GPT-2 text needs (dev/setup.sh installs it; then rebuild)");
 #endif
         }
     } else {
@@ -467,7 +467,7 @@ static std::string strf(const char* fmt, ...) {
 
 // With several ranks, all must train the same model from the same weights on the same data,
 // with the same batch, schedule and collectives (validation, checkpoints): a rank that
-// differs from rank 0 names the first thing that does, and the run stops (common/dist.h).
+// differs from rank 0 names the first thing that does, and the run stops (kernels/dist.h).
 template<typename Engine>
 static void check_ranks_agree(const Args& a, const Config& c, const Engine& E, const DataLoader& train_dl, const DataLoader& val_dl) {
     if (dist.size == 1) return;
@@ -525,7 +525,10 @@ static int latest_checkpoint(const Args& a) {
 template<typename Engine> static int train(const Args& a, const Config& c, Engine& E) {
     if (a.train_pattern.empty()) die("--train: no training shards given (see --help)");
     if (a.T > c.maxT) die("--seq: T=%d exceeds the model's max sequence length %d", a.T, c.maxT);
-    if (dist.rank == 0) mkdir_p(a.out_dir);  // rank 0 reads and writes every file of --out
+    if (dist.rank == 0) {  // rank 0 reads and writes every file of --out, and holds its lock for the run
+        mkdir_p(a.out_dir);
+        lock_dir(a.out_dir);
+    }
     const int accum = a.total_batch / (a.B * a.T * dist.size);
     const size_t P = num_params(c);
 
@@ -552,7 +555,7 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
             die("%s: checkpoint is %s, not the model asked for (%s)", mp.c_str(), variant_name(rc).c_str(), variant_name(c).c_str());
         st = load_state(sp.c_str(), c);
     }
-    // Start-up is over (common/dist.h): the ranks check that they agree, then rank 0's
+    // Start-up is over (kernels/dist.h): the ranks check that they agree, then rank 0's
     // checkpoint goes to all of them.
     dist.startup_end();
     check_ranks_agree(a, c, E, train_dl, val_dl);
@@ -586,7 +589,7 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
         printf("MFU: the cost model's FLOPs against this GPU's dense peak, %.1f TFLOP/s\n", peak);
     else if (gpu)
         printf("MFU: shown as -, this GPU's peak is unknown (it reports no attributes, or engine.h has no rates for it)\n");
-    // Spikes (common/outliers.h): a step whose loss or gradient norm lies more than flag_z
+    // Spikes (kernels/outliers.h): a step whose loss or gradient norm lies more than flag_z
     // standard deviations above the last 128 steps' is flagged on its line. A fall is never
     // a spike. With --skip-update-z, one above that z also keeps its update out. The window
     // starts empty in every process: the training state has no room for it, so a resumed
@@ -763,7 +766,7 @@ int main(int argc, char** argv) {
     // Line-buffered even into a file or a pipe (make train > log, | tee): each step line
     // shows up as it is printed, not when a 4 KiB block fills.
     setvbuf(stdout, nullptr, _IOLBF, 0);
-    dist.init(&argc, &argv);  // under mpirun: this process's rank (common/dist.h)
+    dist.init(&argc, &argv);  // under mpirun: this process's rank (kernels/dist.h)
     dist.startup_begin();     // rank 0 starts up first; train() ends the start-up
     Args a = parse_args(argc, argv);
     if (dist.size > 1 && (!a.show_mask.empty() || a.generate || !a.check_state.empty() || !a.dump_state.empty() || a.compare_cpu))

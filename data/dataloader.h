@@ -8,14 +8,14 @@
 // [pos + b*T, pos + b*T + T] (inputs) shifted by one (targets); the position then moves
 // by B*T. A batch never straddles two shards: when fewer than B*T+1 tokens remain, the
 // loader moves to the next shard (and after the last, back to the first).
-// With N ranks (common/dist.h) the batch is the N*B rows one process with N times the
+// With N ranks (kernels/dist.h) the batch is the N*B rows one process with N times the
 // batch would read, and rank r takes rows r*B .. r*B+B-1 of it: together the ranks see that
 // process's token stream exactly, and the position (the same on every rank) moves by N*B*T.
 #pragma once
 #include <glob.h>
 #include <string>
 #include <vector>
-#include "../common/utils.h"
+#include "../kernels/utils.h"
 
 static constexpr int kShardMagic16 = 20240520, kShardVersion16 = 1;
 static constexpr int kShardMagic32 = 20240801, kShardVersion32 = 7;

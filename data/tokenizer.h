@@ -10,7 +10,7 @@
 #pragma once
 #include <string>
 #include <vector>
-#include "../common/utils.h"
+#include "../kernels/utils.h"
 
 static constexpr int kTokenizerMagic = 20261127;
 

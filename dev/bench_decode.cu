@@ -9,7 +9,7 @@
 // Pre-fill: the prompt's block and the first draw; a decode step: one step and its draw, as
 // generation runs them (on the GPU, one graph launch and S tokens copied back). The first step
 // after the pre-fill (which captures the GPU's step graph) is not timed. Every time is the
-// best of --reps runs. The same code drives cpu/decode.h's CPU decoder and, in the nvcc build,
+// best of --reps runs. The same code drives kernels/cpu_decode.h's CPU decoder and, in the nvcc build,
 // kernels/gpu_decode.cuh's GPU decoder.
 //
 // The weights are initialised once (they do not depend on the variant or K) and each model
@@ -26,7 +26,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
-#include "../common/engine.h"
+#include "../kernels/engine.h"
 
 static double now_ms() {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();

@@ -17,7 +17,7 @@
 // 3. Training steps (zero grads, forward, backward, grad norm, AdamW): ms/step, original
 //    tokens/s and MFU, for each --variant, as train_phd's step line computes them: model
 //    FLOPs per original token from model_flops_per_token (model.h: PHD.md section 7's cost
-//    model), against peak_tflops (common/engine.h): the device's FP32 peak, its dense TF32
+//    model), against peak_tflops (kernels/engine.h): the device's FP32 peak, its dense TF32
 //    tensor peak with --tf32 1, or its dense bf16 peak with --bf16 1.
 //
 //   make bench-gpu        (nvcc and a GPU; GPT-2-small-like: L=12 D=768 H=12 T=1024, B=8)
@@ -33,7 +33,7 @@
 #include <algorithm>
 #include <chrono>
 #include <string>
-#include "../common/engine.h"
+#include "../kernels/engine.h"
 #include "kernel_checks.h"
 
 struct Options {

@@ -21,7 +21,7 @@ before a softmax or an argmax: the padded columns are 0, not -inf. What the weig
 dev/phd_reference.py's load_export() and forward() run it, and
 `phd_reference.py generate OUT.pt` continues a prompt greedily.
 
-The checkpoint format is common/checkpoint.h's: a header of 256 little-endian int32 (magic
+The checkpoint format is data/checkpoint.h's: a header of 256 little-endian int32 (magic
 20261124, version 1, the config block in header[2..15]) and then P float32. A file that is
 not such a checkpoint gets one line `error: ...` and exit status 1; OUT.pt is written to
 OUT.pt.tmp and renamed, so it is never left half-written.

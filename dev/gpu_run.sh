@@ -33,11 +33,14 @@ if [ "${1:-}" = stage ]; then
     [ -f /usr/include/doctest/doctest.h ] || { echo "gpu_run: no /usr/include/doctest here (apt-get install doctest-dev)" >&2; exit 1; }
     mkdir -p .deps
     cp -r /usr/include/doctest .deps/
+    bash dev/setup.sh
     make kjv-shards
     echo "gpu_run: staged .deps ($(du -sh .deps | cut -f1)) and data/shards ($(du -sh data/shards | cut -f1)); carry both"
     exit 0
 fi
 
+# No network there: make's set-up step (dev/setup.sh) would fail; what it needs was staged.
+export SETUP=0
 # H100 and H200 are sm_90: building for it alone skips the Makefile's sm_80 pass.
 export NVCC_ARCH=${NVCC_ARCH:--gencode arch=compute_90,code=sm_90}
 out=${OUT:-build/gpu-run}

@@ -15,7 +15,7 @@
 #include <type_traits>
 #include <string>
 #include <vector>
-#include "../common/tensor_util.h"
+#include "tensor_util.h"
 #include "../kernels/gpu_model.cuh"
 
 struct TensorError {

@@ -3,7 +3,7 @@
 set -euo pipefail
 log=$1 png=$2
 [ -f "$log" ] || { echo "error: $log: no such log" >&2; exit 1; }
-command -v gnuplot >/dev/null || { echo "error: gnuplot is not installed (data/setup.sh installs it)" >&2; exit 1; }
+command -v gnuplot >/dev/null || { echo "error: gnuplot is not installed (dev/setup.sh installs it)" >&2; exit 1; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 awk '$3 == "train" {print $2, $4}' "$log" > "$tmp/train"

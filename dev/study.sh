@@ -208,8 +208,8 @@ prepare_data() {
     [ "$data" = "$def_data" ] || die "--data $data: no *_train_*.bin and *_val_*.bin shards there"
     local kjv=$root/data/cache/text/kjv/kjv.txt brown=$root/data/cache/text/brown texts tmpdir
     if [ ! -f "$kjv" ] || { [ "$size" = gpu ] && ! compgen -G "$brown/*.txt" >/dev/null; }; then
-        echo "study: corpus missing, running data/setup.sh"
-        bash "$root/data/setup.sh"
+        echo "study: corpus missing, running dev/setup.sh"
+        bash "$root/dev/setup.sh"
     fi
     [ -x "$root/build/prepare" ] || make -C "$root" build/prepare
     tmpdir=$(mktemp -d)

@@ -87,7 +87,7 @@ cat "$dir/summary.md"
 echo "wrote $dir/summary.md"
 
 if ! command -v gnuplot >/dev/null; then
-    echo "SKIPPED: no gnuplot (data/setup.sh installs gnuplot-nox): no PNGs drawn"
+    echo "SKIPPED: no gnuplot (dev/setup.sh installs gnuplot-nox): no PNGs drawn"
     exit 0
 fi
 

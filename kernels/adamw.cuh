@@ -49,7 +49,7 @@ static __global__ void adamw_kernel(float* p, __nv_bfloat16* p16, const float* g
     if (p16) p16[i] = __float2bfloat16(p[i]);
 }
 // As adamw_update in model.h: decay on matrices and embeddings only, after clipping; only
-// the parameters [lo, hi) (a rank's shard, common/dist.h), grads, m and v holding just those.
+// the parameters [lo, hi) (a rank's shard, kernels/dist.h), grads, m and v holding just those.
 // params16: (P) the bf16 copy to refresh, or nullptr.
 inline void adamw_update(const Config& c, const AdamW& o, float* params, const float* grads, float* m, float* v, int step, float lr,
                          double norm, cudaStream_t s, __nv_bfloat16* params16 = nullptr, size_t lo = 0, size_t hi = SIZE_MAX) {

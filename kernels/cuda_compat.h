@@ -38,7 +38,7 @@
 // closed outstanding; then a barrier makes them visible to the block.
 #pragma once
 #include <vector>
-#include "../common/utils.h"
+#include "utils.h"
 
 #ifdef __CUDACC__
 #include <cublas_v2.h>

@@ -1,5 +1,5 @@
 // kernels/gpu_decode.cuh: KV-cache inference on the GPU, the same steps as Decoder in
-// cpu/decode.h (read that first), and the same blocks (DecodeBlocks in model.h: the
+// kernels/cpu_decode.h (read that first), and the same blocks (DecodeBlocks in model.h: the
 // pre-fill's rows, then the K copies of each sample's new token, in the row order that
 // kernels/kv_cache.cuh needs), for S samples at once. The weights, cuBLAS and the RoPE tables
 // are a GpuModel's, and so is the dtype: a bf16 model (--dtype bf16) decodes as its training
@@ -29,7 +29,7 @@
 // sample() copies S ints back, once per token.
 #pragma once
 #include <vector>
-#include "../model.h"
+#include "decode_blocks.h"
 #include "gpu_model.cuh"
 #include "kv_cache.cuh"
 #include "sampling.cuh"
@@ -74,7 +74,7 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
     int t = 0;                        // positions in the context so far
     int prompt = 0;                   // positions the pre-fill put in (shared by the samples)
     long hidden_computed = 0;         // hidden-token rows computed so far (pre-fill + decode), one sample's
-    size_t window_entries = 0;        // live hidden tokens in the window (cpu/decode.h's hidden store)
+    size_t window_entries = 0;        // live hidden tokens in the window (kernels/cpu_decode.h's hidden store)
     int step_splits = 1;              // split-K parts of a step's attention, for the longest context (a graph's grid is fixed)
     int per_step = 1;                 // entries a step adds to each sample's own part
 
@@ -215,7 +215,7 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
     }
 
     // Cache entries per layer of one sample (the same in every layer and sample), as
-    // cpu/decode.h counts them: what an evicting cache holds. The device keeps W window slots
+    // kernels/cpu_decode.h counts them: what an evicting cache holds. The device keeps W window slots
     // whatever the count, and the prompt's entries once for all the samples.
     size_t cache_entries() const { return prompt_kept + (size_t)(t - prompt) * per_step + window_entries; }
     size_t entry_bytes() const { return 2 * G.cfg.Hkv * G.cfg.hd() * (bf16 ? sizeof(__nv_bfloat16) : sizeof(float)); }  // its k and v
@@ -231,7 +231,7 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
         return fed;
     }
 
-    // A block of rows (n, c) in the row order (DecodeBlocks), as cpu/decode.h's run_block:
+    // A block of rows (n, c) in the row order (DecodeBlocks), as kernels/cpu_decode.h's run_block:
     // toks (B, R), the pre-fill's (B = 1) first, then steps' (B = S).
     void run_block(const std::vector<int>& ns, const std::vector<int>& cs, const std::vector<int>& toks) {
         const Config& c = G.cfg;

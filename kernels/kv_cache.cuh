@@ -1,9 +1,9 @@
 // kernels/kv_cache.cuh: the PHD KV cache on the GPU (PHD.md section 6) for S samples of one
 // prompt: one layer's cache, the attention of a block of new rows against it and against
-// themselves, and the append that moves the block into it. cpu/decode.h is the CPU version of
+// themselves, and the append that moves the block into it. kernels/cpu_decode.h is the CPU version of
 // the same steps; the tests hold this one to it.
 //
-// One layer's cache (device), holding for each sample what cpu/decode.h's holds: every
+// One layer's cache (device), holding for each sample what kernels/cpu_decode.h's holds: every
 // original, and the hidden tokens at or past hidden_live_from(t) (model.h), t the positions so
 // far. Keys and values are of the decoder's dtype T (float, or bf16 in bf16 runs, which halves
 // the bytes a step reads; the attention's arithmetic is fp32 in both). Samples decode in

@@ -1,9 +1,9 @@
 // kernels/sampling.cuh: each sample's next token, drawn on the device from its logits, by
-// the rule of model.h's Sampling that sample_token (cpu/decode.h) follows on the host:
+// the rule of model.h's Sampling that sample_token (kernels/cpu_decode.h) follows on the host:
 // greedy at temperature 0 (the lowest id among the largest logits, as std::max_element),
 // else a draw from the softmax at the temperature over the logits at or above the top_k-th
 // largest (ties with it are kept too; every id when top_k <= 0 or >= V). The draw u comes
-// from the sample's Rng (common/utils.h), one per call. The host walks the kept ids in id
+// from the sample's Rng (kernels/utils.h), one per call. The host walks the kept ids in id
 // order and the device in its own fixed order (thread by thread, each thread's ids in
 // order): the same distribution, not the same id for the same u.
 //

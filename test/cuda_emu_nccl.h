@@ -1,10 +1,10 @@
 // test/cuda_emu_nccl.h: the NCCL of test/cuda_emu.h (included at its end), for builds with
-// MPI (PHD_MPI): the calls common/dist.h makes, on top of MPI_COMM_WORLD, one emulated GPU per
+// MPI (PHD_MPI): the calls kernels/dist.h makes, on top of MPI_COMM_WORLD, one emulated GPU per
 // process. As NCCL, every buffer must be device memory (else ncclInvalidArgument) and the
 // communicator's ranks must be MPI's; a call completes before it returns (streams are
 // synchronous here), and a group (ncclGroupStart/End) runs its calls in the order made,
-// which every rank makes the same. The types and operations common/dist.h uses only. A
-// launch without MPI (common/dist.h's PHD_RENDEZVOUS) leaves MPI to this emulation, which
+// which every rank makes the same. The types and operations kernels/dist.h uses only. A
+// launch without MPI (kernels/dist.h's PHD_RENDEZVOUS) leaves MPI to this emulation, which
 // starts it at ncclCommInitRank: such a run must still be started by mpirun here.
 #pragma once
 #ifdef PHD_MPI

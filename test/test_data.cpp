@@ -1,11 +1,11 @@
 // The data pipeline: tokenizer file, GPT-2 BPE (against OpenAI's ids, and against the npm
 // package tiktoken on megabytes of the corpora), and data/prepare's shards and errors.
-// Run from the repository root after data/setup.sh (which fetches encoder.json/vocab.bpe).
+// Run from the repository root after dev/setup.sh (which fetches encoder.json/vocab.bpe).
 #include <sys/stat.h>
 #include <fstream>
 #include "../data/bpe.h"
 #include "../data/gpt2_files.h"
-#include "../common/checkpoint.h"
+#include "../data/checkpoint.h"
 #include "../data/dataloader.h"
 #include "test_util.h"
 
@@ -64,7 +64,7 @@ TEST_CASE("utf8_error_offset finds the first invalid byte") {
     CHECK(utf8_error_offset("ab\xc3") == 2);
 }
 
-// Needs node and data/cache (data/setup.sh); test/run_tests.sh runs it only then.
+// Needs node and data/cache (dev/setup.sh); test/run_tests.sh runs it only then.
 TEST_CASE("tiktoken: identical ids on megabytes of KJV, Brown and Unicode text" * doctest::skip(true)) {
     std::string all;
     for (const char* f : {"data/cache/text/kjv/kjv.txt"}) {

@@ -1,8 +1,8 @@
 // KV-cache inference: pre-fill + decode steps reproduce the training forward's last-copy
 // logits for every variant, with the cache sizes of PHD.md section 6 and only the hidden
 // tokens each variant needs; sampling draws from the softmax of the top k at temperature T.
-#include "../common/checkpoint.h"
-#include "../cpu/decode.h"
+#include "../data/checkpoint.h"
+#include "../kernels/cpu_decode.h"
 #include "test_util.h"
 #include "train_util.h"
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Data-parallel training under mpirun (issue 18, common/dist.h): 2 ranks on the CPU path
+# Data-parallel training under mpirun (issue 18, kernels/dist.h): 2 ranks on the CPU path
 # against one process with twice the micro-batch (the same token stream, the same total
 # batch), ZeRO-1's gathered moments, resuming on 2, 1 and 2 ranks, the GPU path's rank logic
 # on the CUDA emulation (its NCCL over MPI): 2 and 3 ranks, the reduction overlapped with the

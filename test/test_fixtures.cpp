@@ -1,7 +1,7 @@
 // The C++ CPU path against fixtures from the independent PyTorch reference
 // (dev/phd_reference.py, float64; regenerate with `make fixtures`).
 #include <fstream>
-#include "../common/checkpoint.h"
+#include "../data/checkpoint.h"
 #include "test_util.h"
 
 static const char* kFixtureVariants[] = {"vanilla", "phd-3", "phd-swa-3-2", "phd-cswa-3-2-2", "naive-2"};

@@ -1,4 +1,4 @@
-// KV-cache inference on the GPU (kernels/gpu_decode.cuh) against the CPU decoder (cpu/decode.h),
+// KV-cache inference on the GPU (kernels/gpu_decode.cuh) against the CPU decoder (kernels/cpu_decode.h),
 // which test_decode.cpp holds to the full training forward. Built into the GPU test
 // binaries: emulated on the CPU in every `make test`, natively where a GPU exists.
 // Shape: D = 160, H = 2, Hkv = 1 (hd = 80: the kernel's second pass over output dims runs,
@@ -7,7 +7,7 @@
 // kernel's second pass runs in fp32).
 #include <vector>
 #include <doctest/doctest.h>
-#include "../cpu/decode.h"
+#include "../kernels/cpu_decode.h"
 #include "../kernels/gpu_decode.cuh"
 #include "test_util.h"
 

@@ -167,7 +167,7 @@ TEST_CASE("gemm handles every stride pattern and accumulation, off tile multiple
             }
 }
 
-// The determinism cpu/gemm.h promises: a row of C is the same bits whether it is computed alone
+// The determinism kernels/cpu_gemm.h promises: a row of C is the same bits whether it is computed alone
 // (a decode step), among many rows (training), and on any number of threads, because each
 // element's sum runs in one order whatever way the work is split.
 TEST_CASE("gemm: a row's bits do not depend on the other rows or on the thread count") {

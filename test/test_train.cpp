@@ -5,8 +5,8 @@
 #include <cstdio>
 #include <fstream>
 #include <sstream>
-#include "../common/checkpoint.h"
-#include "../common/outliers.h"
+#include "../data/checkpoint.h"
+#include "../kernels/outliers.h"
 #include "../data/dataloader.h"
 #include "train_util.h"
 
@@ -452,6 +452,29 @@ TEST_CASE("a NaN loss stops training with a clear error and writes no checkpoint
     CHECK(!exists(dir + "/model_00000003.bin"));
 }
 
+TEST_CASE("one run per --out: a second run on a busy folder fails in one line naming the holder; a dead holder does not block") {
+    std::string shard = make_shard("lock.bin", 2000, 9), dir = tmp("lock-out"), out;
+    const std::string cmd = std::string(kBin) + one_thread_flags() + "-i " + shard + " -x 2 -v 0 -s 0 -o " + dir;
+    REQUIRE(run("mkdir -p " + dir, &out) == 0);
+    // The holder: a process that writes its pid into the lock file and keeps the flock (util-linux) on it.
+    REQUIRE(run("sh -c 'echo $$ > " + dir + "/train_phd.lock; exec flock " + dir + "/train_phd.lock sleep 60' >/dev/null 2>&1 & "
+                "while flock -n " + dir + "/train_phd.lock true; do sleep 0.05; done; cat " + dir + "/train_phd.lock",
+                &out) == 0);
+    const std::string holder = out.substr(0, out.find('\n'));
+    REQUIRE(!holder.empty());
+    int rc = run(cmd, &out);
+    INFO(out);
+    CHECK(rc == 1);
+    CHECK(out.find("error: --out " + dir + ": another run is using this folder (pid " + holder + ")") != std::string::npos);
+    CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+    CHECK(!exists(dir + "/model_00000002.bin"));
+    REQUIRE(run("kill " + holder + "; while ! flock -n " + dir + "/train_phd.lock true; do sleep 0.05; done", &out) == 0);
+    rc = run(cmd, &out);
+    INFO(out);
+    CHECK(rc == 0);
+    CHECK(exists(dir + "/model_00000002.bin"));
+}
+
 TEST_CASE("training through the binary lowers the loss and leaves no temporary files") {
     std::string shard = make_shard("learn.bin", 20000, 8), dir = tmp("learn-out"), out;
     int rc = run(std::string(kBin) + tiny_flags() + "--variant phd-cswa-2-4-8 -i " + shard + " -x 60 -l 3e-3 -v 0 -s 0 -o " + dir, &out);
@@ -501,7 +524,7 @@ TEST_CASE("generation: streams tokens and reports the cache; bad prompts get one
 }
 
 // ----------------------------------------------------------------------------
-// MFU's FLOPs, spikes and divergence (common/outliers.h, the step line)
+// MFU's FLOPs, spikes and divergence (kernels/outliers.h, the step line)
 
 TEST_CASE("train_phd prints the cost model: FLOPs per original token and visible pairs") {
     std::string shard = make_shard("cost.bin", 2000, 4), out;

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 #include "../model.h"
-#include "../common/tensor_util.h"
+#include "../dev/tensor_util.h"
 
 // A tiny model with GQA (H = 4, Hkv = 2) for the given variant name.
 static inline Config tiny_config(const char* variant, int V = 11, int maxT = 9) {

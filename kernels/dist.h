@@ -1,4 +1,4 @@
-// common/dist.h: the ranks of a data-parallel run and what they say to each other.
+// kernels/dist.h: the ranks of a data-parallel run and what they say to each other.
 //
 // Launch: `mpirun -np N ./train_phd ...`, one process per rank (per GPU: rank r uses the GPU
 // of its rank on its node). A process started without mpirun, or built without MPI (no
@@ -23,7 +23,7 @@
 // A bucket is reduced by itself, so the GPU path (a bucket per layer) starts a layer's
 // reduction while the backward still runs (engine.h); the CPU path has one bucket.
 //
-// Errors: a rank that dies (die() in common/utils.h) prints its line, naming the rank, and
+// Errors: a rank that dies (die() in kernels/utils.h) prints its line, naming the rank, and
 // stops every rank (MPI_Abort), so that none waits forever for it; launched without MPI it
 // exits, and the scheduler stops the others (torchrun does; srun with --kill-on-bad-exit=1).
 // An error that every rank meets at once would print N lines; the start-up, where they are
@@ -45,7 +45,7 @@
 #endif
 #if defined(PHD_MPI) && (defined(__CUDACC__) || defined(PHD_EMULATE_GPU))
 #define PHD_NCCL 1
-#include "../kernels/cuda_compat.h"  // the emulation's NCCL comes with test/cuda_emu.h
+#include "cuda_compat.h"  // the emulation's NCCL comes with test/cuda_emu.h
 #ifdef __CUDACC__
 #include <nccl.h>
 #endif

@@ -1,4 +1,4 @@
-// cpu/decode.h: inference with the PHD KV cache (PHD.md section 6), on the CPU.
+// kernels/cpu_decode.h: inference with the PHD KV cache (PHD.md section 6), on the CPU.
 //
 // Per layer and sample the cache keeps the keys/values that later tokens can still see:
 //   originals - every original: grows by one per position
@@ -19,7 +19,7 @@
 // it; each decode step is one block of S*K rows, each sample's against its own cache.
 #pragma once
 #include <vector>
-#include "../model.h"
+#include "decode_blocks.h"
 
 template<typename Real> struct KVStore {
     std::vector<Real> k, v;  // (entries, Hkv*hd): keys after RoPE, values

@@ -1,4 +1,4 @@
-// common/utils.h: checked wrappers for every fallible C library call, and the one way the
+// kernels/utils.h: checked wrappers for every fallible C library call, and the one way the
 // engine reports a fatal error: a single line naming the file or flag, then exit(1).
 #pragma once
 #include <cerrno>
@@ -9,9 +9,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
-// Under mpirun with several ranks (common/dist.h sets them): the line names the rank, and
+// Under mpirun with several ranks (kernels/dist.h sets them): the line names the rank, and
 // then every rank is stopped, so that none waits forever for this one.
 inline std::string g_die_prefix;
 inline void (*g_die_stop)() = nullptr;
@@ -65,6 +68,26 @@ static inline void mkdir_p(const std::string& dir) {
         std::string part = dir.substr(0, i);
         if (mkdir(part.c_str(), 0755) != 0 && errno != EEXIST) die("%s: cannot create directory (%s)", part.c_str(), strerror(errno));
     }
+}
+
+// One run per output folder: an exclusive flock on DIR/train_phd.lock, held until the process
+// ends (the kernel drops it then, so a killed run leaves no stale lock), with the holder's
+// pid in the file for the error a second run prints.
+static inline void lock_dir(const std::string& dir) {
+    const std::string path = dir + "/train_phd.lock";
+    const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) die("%s: cannot open (%s)", path.c_str(), strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        if (errno != EWOULDBLOCK) die("%s: cannot lock (%s)", path.c_str(), strerror(errno));
+        char pid[32] = {0};
+        const ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = 0;
+        pid[strcspn(pid, "\n")] = 0;
+        die("--out %s: another run is using this folder (pid %s); give each run its own --out", dir.c_str(), pid[0] ? pid : "unknown");
+    }
+    const std::string me = std::to_string((long)getpid()) + "\n";
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, me.data(), me.size(), 0) != (ssize_t)me.size())
+        die("%s: cannot write (%s)", path.c_str(), strerror(errno));
 }
 
 // Files are never written in place: a crash mid-write leaves the previous file intact.

@@ -1,10 +1,10 @@
-// common/tensor_util.h: tensor helpers shared by the tests and the kernel lab: random
+// dev/tensor_util.h: tensor helpers shared by the tests and the kernel lab: random
 // tensors and NaN-safe comparisons. No doctest here, so that benchmarks can use them.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <vector>
-#include "utils.h"
+#include "../kernels/utils.h"
 
 // std::max that keeps a NaN, so that a comparison which met one fails instead of passing.
 static inline double max_nan(double a, double b) { return std::isnan(a) || std::isnan(b) ? NAN : std::max(a, b); }

@@ -1,4 +1,4 @@
-// common/outliers.h: spikes and divergence in a training run, seen rather than trained
+// kernels/outliers.h: spikes and divergence in a training run, seen rather than trained
 // through. train_phd flags a step whose loss or gradient norm is an outlier, can skip its
 // update (--skip-update-z), and says once, plainly, when the loss has run away from its start.
 #pragma once

@@ -1,4 +1,4 @@
-// cpu/gemm.h: the one CPU matrix multiply behind every linear layer, forward and backward.
+// kernels/cpu_gemm.h: the one CPU matrix multiply behind every linear layer, forward and backward.
 //
 // C(M,N) = [C +] A(M,Kd) B(Kd,N), with A and B given by (pointer, row stride, column
 // stride) so that one routine serves x W^T, dy W and dy^T x without copies. It is the

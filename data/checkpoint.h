@@ -1,4 +1,4 @@
-// common/checkpoint.h: the three binary files the engine writes, all little-endian, each a header
+// data/checkpoint.h: the three binary files the engine writes, all little-endian, each a header
 // of 256 int32 followed by raw arrays. Every file is written to PATH.tmp and renamed.
 //
 // Config block, header[2..15] of all three files:

@@ -1,15 +1,15 @@
-// common/engine.h: where a training step runs. CpuEngine wraps the CPU model of model.h;
+// kernels/engine.h: where a training step runs. CpuEngine wraps the CPU model of model.h;
 // GpuEngine (built by nvcc, or by g++ over the CUDA emulation with PHD_EMULATE_GPU) wraps
 // kernels/gpu_model.cuh. Both offer the same calls, so train_phd's loop is written once;
 // parameters and AdamW moments cross between them in checkpoint order, so a model trained
-// on one device resumes on the other. With several ranks (common/dist.h) each engine keeps
+// on one device resumes on the other. With several ranks (kernels/dist.h) each engine keeps
 // the AdamW moments of its shard of the parameters only (ZeRO-1): reduce_grads, norm, update
 // and gather_params are the step's collectives, moment() gathers the whole moments. A step's
 // last backward is told so (backward's last): the GPU starts each layer's reduction there.
 #pragma once
 #include <cmath>
 #include <vector>
-#include "../cpu/decode.h"
+#include "cpu_decode.h"
 #include "dist.h"
 
 struct CpuEngine {
@@ -51,7 +51,7 @@ struct CpuEngine {
     }
     // No MFU on the CPU: its peak hangs on vector width, cores and clocks not modelled here.
     static double peak_tflops() { return 0; }
-    // A KV-cache decoder of `samples` continuations over the current weights (cpu/decode.h).
+    // A KV-cache decoder of `samples` continuations over the current weights (kernels/cpu_decode.h).
     Decoder<float> decoder(int samples = 1, Sampling s = {}) const { return Decoder<float>(M, samples, s); }
     size_t activation_bytes(int B, int T) {
         M.size_for(B, T);
@@ -61,7 +61,7 @@ struct CpuEngine {
 
 #if defined(__CUDACC__) || defined(PHD_EMULATE_GPU)
 #define PHD_GPU 1
-#include "../kernels/gpu_decode.cuh"
+#include "gpu_decode.cuh"
 
 // True if a CUDA device can be used; else *why says why not.
 inline bool gpu_available(std::string* why) {
