@@ -1,15 +1,131 @@
 // model.h: the PHD-Transformer, one source of truth for its shapes, and its CPU reference.
 //
-// Read ../shared/PHD.md first. In short: every input token is fed K times in a row; copy
-// c = 0 (the original) is an ordinary causal token, copies 1..K-1 (hidden decoding tokens)
-// see every earlier original plus the earlier copies of their own token (and, for SWA/CSWA,
-// a window of recent hidden tokens); only the last copy predicts the next token.
+// =================================================================================================
+// The method
 //
-// Layout: the K*T rows of a sequence are grouped [originals | hidden] (token_row below), on
-// the CPU and the GPU alike: row n < T is the original (n, 0), row T + h the hidden token
-// of hidden-stream index h. A (B, T*K, .) tensor holds B such sequences one after another.
+// This opening comment is the engine's specification; the rest of the repository cites it as
+// "model.h §N". It restates the PHD-Transformer of "Efficient Pretraining Length Scaling" (Wu
+// et al., 2025, arXiv 2504.14992) and settles every point the paper leaves open. Where the code
+// and this text disagree, the code is wrong.
 //
-// Choices PHD.md leaves open, made here:
+// §1 The idea. Lengthen pre-training without enlarging the KV cache. Each input token is fed K
+// times in a row. Copy 0, the original token, acts exactly as a token of a vanilla transformer,
+// and its keys and values are the only ones kept for later steps. Copies 1..K-1, the hidden
+// decoding tokens, spend more compute on the same position: they attend to every earlier
+// original and to the earlier copies of their own token, and are discarded once used. The next
+// token is predicted by the last copy alone. A PHD model thus costs K x the compute per token
+// with the parameters and the KV cache of the vanilla model. Two variants keep some hidden
+// context: PHD-SWA lets hidden tokens see a sliding window of recent hidden tokens, and PHD-CSWA
+// cuts that window into chunks so that pre-filling a prompt stays as cheap as vanilla.
+//
+// §2 Notation and row order. A sequence has T original positions n = 0..T-1, tokens x[n] and
+// targets y[n] = x[n+1]. Position n has K >= 1 copies c = 0..K-1: c = 0 is the original, c >= 1
+// the hidden ones. K = 1 is the vanilla transformer, exactly. In the logical (interleaved) order
+// copy (n, c) is token i = n*K + c of a sequence of K*T tokens. The hidden stream is that order
+// with the originals left out; hidden token (n, c), c >= 1, has hidden-stream index
+// h(n, c) = n*(K-1) + (c-1). W >= 0 is a window counted in hidden tokens, C >= 1 a chunk length
+// counted in original positions. Any physical order of the rows is allowed if it computes the
+// function the logical order and the §4 mask define. This engine's order (token_row) is the
+// paper's regrouping [originals | hidden]: row n < T holds (n, 0), row T + h(n, c) holds (n, c).
+//
+// §3 Inputs and positions. All K copies of position n take the same input embedding E[x[n]] and
+// the same RoPE position n. There are no copy embeddings and no other new parameters: a PHD
+// model has exactly the parameters of the vanilla model. (The paper does not fix the positions;
+// sharing n makes the original stream identical to a vanilla model and K = 1 exact.)
+//
+// §4 Visibility. Query (n, c) sees key (m, d) as the first of these rules that applies decides:
+//   1. d = 0 (the key is an original): visible iff m <= n (earlier originals and its own).
+//   2. c = 0 (the query is an original, the key hidden): never. No original attends to a hidden
+//      token, so the original stream computes exactly a vanilla causal transformer.
+//   3. m = n (both hidden, same position): visible iff d <= c, causal within the group.
+//   4. Both hidden, m != n. phd: never. phd-swa: visible iff 0 < h(n,c) - h(m,d) <= W, the W
+//      hidden tokens just before the query in the hidden stream. phd-cswa: as phd-swa, and also
+//      m / C == n / C (integer division: both in the same chunk of C positions), so the window
+//      starts afresh at each chunk boundary.
+//   5. Naive repetition, the paper's motivating baseline and no PHD variant, replaces rules 1-4
+//      by causal attention over the logical order: visible iff m*K + d <= n*K + c. Positions are
+//      as in §3. Its KV cache grows K-fold; it exists to be compared against.
+// The rule is written once, phd_visible below; every optimised path (structured CPU loops, GPU
+// kernels, the KV-cache decoders) must agree with it, and the tests show that they do. Variant
+// names, as in the paper: vanilla, phd-K, phd-swa-K-W, phd-cswa-K-W-C, naive-K (for example
+// phd-cswa-3-16-32). The paper's main models are phd-cswa-2-16-32 and phd-cswa-3-16-32; its
+// ablations use phd-swa-{2,3,5}-16.
+//
+// §5 Loss. The cross-entropy of the last copy (n, K-1) against y[n], averaged over the B*T
+// original positions. Copies 0..K-2 produce no logits at all: the final norm and the LM head
+// run on B*T rows, not K*B*T.
+//
+// §6 Inference with the PHD KV cache. What each layer keeps for a context of t tokens:
+//   variant          keys/values kept                                           entries
+//   vanilla          every token                                                t
+//   naive-K          every copy                                                 K*t
+//   phd-K            the originals only                                         t
+//   phd-swa-K-W      the originals + a ring buffer of the last W hidden tokens  t + W
+//   phd-cswa-K-W-C   the originals + the current chunk's hidden tokens (<= W)   t + at most W
+// Decode step: the K copies of the newest token go in together, as one block of K queries. The
+// original's K/V are appended to the cache; the hidden copies attend to the cache, to their own
+// group and (swa, cswa) to the hidden buffer, then push their K/V into that buffer (swa, cswa)
+// or drop them (phd). The logits are the last copy's. Pre-fill of a prompt of P tokens:
+//   phd       a vanilla pre-fill of the originals, then the hidden copies of the last prompt
+//             token: about vanilla's cost, whatever K.
+//   phd-swa   hidden tokens depend on earlier hidden tokens, so all P*(K-1) are computed (the
+//             paper's "K x pre-fill"). An exact shortcut exists, since the dependence reaches
+//             back only about L*W hidden tokens; it is optional.
+//   phd-cswa  the originals of the whole prompt plus the hidden tokens of its last chunk only:
+//             about vanilla + (K-1)*C tokens, whatever P.
+// The central property of the method: after a pre-fill and any number of decode steps the
+// logits equal, to float tolerance, those of the full training-style forward over the same
+// tokens.
+//
+// §7 Cost model. Linear layers (QKV, output, FFN) cost K x vanilla; the LM head and the loss
+// 1 x. Visible query-key pairs per head over T positions: originals ~T^2/2, hidden to originals
+// ~(K-1)*T^2/2, within groups ~T*K^2/2, windows ~(K-1)*T*W; in all ~K*T^2/2, which is O(K), not
+// the O(K^2) of naive repetition over K*T tokens. An attention kernel must skip fully masked
+// tiles so that its time follows the visible pairs. Pre-fill: phd and phd-cswa ~vanilla,
+// phd-swa ~K x vanilla. Decode: K queries a step against a cache of vanilla's size, so nearly
+// flat in K while memory-bound.
+//
+// §8 What the paper reports, at its scale, for comparison. OLMo2-style models of 1.2B (16
+// layers, d_model 2048, 32 query / 8 KV heads, head dim 64) and 550M (16 layers, d_model 1536,
+// 16 / 4 heads), trained on 300-500B tokens:
+//   model                           training loss           average of 7 benchmarks
+//   vanilla 1.2B                    2.601                   54.7
+//   phd-cswa-2-16-32                2.576                   56.2
+//   phd-cswa-3-16-32                2.567                   56.7
+//   vanilla 550M                    2.782                   49.3
+//   phd-swa-2-16 / -3-16 / -5-16    2.753 / 2.739 / 2.725   50.1 / 50.2 / 51.1
+// Ablations (550M, K = 2): widening the window from 1 to 4 brings most of the gain, 16 adds
+// little; chunks of 16, of 32 or none differ negligibly. Latency (550M, one A100, batch 1): at
+// K = 16 pre-fill takes ~73 x vanilla's time for phd-swa but ~1.08 x for phd-cswa; at K = 256
+// decoding takes <= 1.2 x vanilla's.
+//
+// §9 The base transformer and the optimiser, fixed so that any two implementations agree. A
+// small Llama/OLMo-style decoder: vocabulary V, stored as Vp rows (V rounded up to a multiple of
+// 128) in E and Wout; L layers, width D, H query heads, Hkv key/value heads (GQA, H % Hkv == 0),
+// head size hd = D / H, FFN width F. Matrices are row-major (out, in), applied as y = x W^T; no
+// biases.
+//   x = E[token]                                 token x[n] for every copy of n (§3); E (Vp, D)
+//   each layer:
+//     a = rmsnorm(x, g_attn)                     rmsnorm(x, g) = x / sqrt(mean(x^2) + 1e-5) * g
+//     q = a Wq^T (H*hd),  k = a Wk^T (Hkv*hd),  v = a Wv^T (Hkv*hd)
+//     q, k = rope(q, n), rope(k, n)              n: the position of the original (§3)
+//     o[h] = sum_j softmax_j(q[h] . k[j, h/(H/Hkv)] / sqrt(hd)) v[j, h/(H/Hkv)]
+//                                                j: the keys visible to the query (§4)
+//     x = x + o Wo^T                             Wo (D, H*hd)
+//     f = rmsnorm(x, g_ffn)
+//     x = x + (silu(f W1^T) * (f W3^T)) W2^T     W1, W3 (F, D); W2 (D, F); silu(z) = z sigmoid(z)
+//   logits = rmsnorm(x, g_final) Wout^T          last copy only (§5); Wout (Vp, D), not tied to E
+//   loss = mean over positions of logsumexp(logits[:V]) - logits[y]   (padded columns excluded)
+// RoPE, rotate-half: for i < hd/2, w_i = 10000^(-2i/hd) and angle a = pos * w_i; the pair
+// (z[i], z[i+hd/2]) becomes (z[i] cos a - z[i+hd/2] sin a, z[i] sin a + z[i+hd/2] cos a), per
+// head of q and of k. Initialisation: E and every matrix from N(0, 0.02), except Wo and W2 from
+// N(0, 0.02 / sqrt(2L)); norm gains 1; the padded rows of E and Wout are zero and stay zero.
+// Optimiser: AdamW, beta1 0.9, beta2 0.95, eps 1e-8, decoupled weight decay on the matrices and
+// embeddings but not on the norm gains; gradients clipped to global norm 1.0; the learning rate
+// rises linearly during warm-up, then decays along a cosine to a final fraction of its peak.
+//
+// =================================================================================================
+// Choices the method leaves open, made here:
 // - Every CPU layer is a template over the scalar type (float to train, double to check
 //   gradients against finite differences); all accumulation happens in that type.
 // - Attention visits the visible keys of a query in row order (originals, then hidden), the
@@ -21,6 +137,10 @@
 //   min(1, clip / (norm + 1e-6))); the schedule is in learning_rate().
 // - Parameter draws: one splitmix64 stream, Box-Muller, tensor by tensor in checkpoint
 //   order, row by row; padded rows of E and Wout are not drawn (they are zero).
+//
+// Layout: the K*T rows of a sequence are grouped [originals | hidden] (token_row below), on
+// the CPU and the GPU alike: row n < T is the original (n, 0), row T + h the hidden token
+// of hidden-stream index h. A (B, T*K, .) tensor holds B such sequences one after another.
 #pragma once
 #include <cmath>
 #include <cstdio>
@@ -53,7 +173,7 @@ struct Config {
 
 static inline int pad_vocab(int V) { return (V + 127) / 128 * 128; }
 
-// "vanilla", "phd-K", "phd-swa-K-W", "phd-cswa-K-W-C", "naive-K" (PHD.md section 4).
+// "vanilla", "phd-K", "phd-swa-K-W", "phd-cswa-K-W-C", "naive-K" (§4).
 // Returns an empty string on success, else what is wrong. The numbers are plain digits
 // (no sign), at most 7 of them, so that none can overflow.
 static inline std::string parse_variant(const char* name, Config* cfg) {
@@ -113,7 +233,7 @@ static inline std::string config_error(const Config& c) {
 }
 
 // ----------------------------------------------------------------------------
-// Visibility (PHD.md section 4): the one predicate. Query (n, c), key (m, d).
+// Visibility (§4): the one predicate. Query (n, c), key (m, d).
 
 // The hidden-stream index h(n, c) of hidden token (n, c), c >= 1: the hidden tokens of all
 // positions in logical order, K-1 per position.
@@ -237,7 +357,7 @@ static inline size_t num_params(const Config& c) {
 }
 
 // Visible (query, key) pairs of one sequence of T positions, from the intervals the
-// attention kernels skip tiles by: ~K*T^2/2 (PHD.md section 7), not naive's (K*T)^2/2.
+// attention kernels skip tiles by: ~K*T^2/2 (§7), not naive's (K*T)^2/2.
 static inline double visible_pairs(const Config& c, int T) {
     double pairs = 0;
     for (int n = 0; n < T; n++)
@@ -246,7 +366,7 @@ static inline double visible_pairs(const Config& c, int T) {
 }
 
 // Model FLOPs of a training step (forward + backward) per original token at sequence length
-// T, PHD.md section 7's cost model counted as llm.c counts them: 6 per weight per row it
+// T, the cost model of §7 counted as llm.c counts them: 6 per weight per row it
 // multiplies (2 forward, 4 backward), every layer tensor on all K copies of a position, the
 // LM head on the last copy only (the embedding is a lookup); attention 4*hd per visible pair
 // and head forward (QK^T and PV), 3x that with its backward. The numerator of MFU, in
@@ -332,7 +452,7 @@ template<typename Real> void matmul_backward(Real* din, Real* dW, const Real* do
     gemm(dW, I, dout, 1, O, in, I, 1, O, I, N, true);
 }
 
-// x (B, T*K, D): every copy of position n gets E[tokens[b, n]] (PHD.md section 3).
+// x (B, T*K, D): every copy of position n gets E[tokens[b, n]] (§3).
 template<typename Real> void embedding_forward(Real* x, const int* tokens, const Real* E, const Config& cfg, int B, int T) {
     const int D = cfg.D;
     #pragma omp parallel for collapse(2)
@@ -385,7 +505,7 @@ template<typename Real> void rmsnorm_backward(Real* dx, Real* dg, const Real* do
     }
 }
 
-// RoPE tables (maxT, hd/2): rotate-half pairing of PHD.md section 9.
+// RoPE tables (maxT, hd/2): rotate-half pairing of §9.
 template<typename Real> void rope_tables(Real* cosT, Real* sinT, int maxT, int hd) {
     for (int p = 0; p < maxT; p++)
         for (int i = 0; i < hd / 2; i++) {
@@ -757,7 +877,7 @@ template<typename Real> void model_backward(Model<Real>& M, Real dloss) {
 }
 
 // ----------------------------------------------------------------------------
-// Optimiser (PHD.md section 9)
+// Optimiser (§9)
 
 struct AdamW {
     float lr_max = 3e-4f, final_frac = 0.1f;

@@ -579,11 +579,11 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
     printf("batch B=%d T=%d x %d micro-batches x %d rank%s = %d tokens/step, %d steps, lr %g, %d OpenMP threads%s\n", a.B, a.T,
            accum, dist.size, dist.size > 1 ? "s" : "", a.total_batch, a.steps, a.lr, omp_get_max_threads(), dist.size > 1 ? " each" : "");
     printf("memory: params+grads+adam %.1f MiB, activations %.1f MiB\n", 4.0 * P * 4 * MiB, act_bytes * MiB);
-    // MFU as llm.c shows it: the step's model FLOPs (PHD.md section 7's cost model, original
+    // MFU as llm.c shows it: the step's model FLOPs (model.h §7's cost model, original
     // tokens) per second against the device's dense peak for the format of its matrix
     // products. A GPU's only; "-" where its peak is unknown (the emulation).
     const double step_flops = model_flops_per_token(c, a.T) * a.total_batch, peak = E.peak_tflops();
-    printf("cost model: %.9g FLOPs per original token, %.0f visible (query, key) pairs per sequence of T=%d (PHD.md section 7)\n",
+    printf("cost model: %.9g FLOPs per original token, %.0f visible (query, key) pairs per sequence of T=%d (model.h §7)\n",
            model_flops_per_token(c, a.T), visible_pairs(c, a.T), a.T);
     if (gpu && peak > 0)
         printf("MFU: the cost model's FLOPs against this GPU's dense peak, %.1f TFLOP/s\n", peak);
@@ -697,7 +697,7 @@ static int compare_cpu(const Args& a, const Config& c, const std::vector<float>&
 #endif
 
 // --show-mask: the visibility grid of one sequence of T positions, straight from phd_visible
-// (PHD.md section 4), for readers learning the method. Rows are queries, columns keys, both
+// (model.h §4), for readers learning the method. Rows are queries, columns keys, both
 // in the logical order (position n, copy c) and labelled n.c (row labels with their dots
 // aligned; a column's label reads downwards). '#': the query sees the key. With K > 1 a space
 // separates the columns of consecutive positions. Flags other than -t are ignored.

@@ -2,7 +2,7 @@
 // (forward, backward, grad norm, AdamW) for several variants at one fixed size, split into
 // the transformer body and the LM head. The body is timed directly, as the same step with a
 // 128-token vocabulary (its head and embedding are negligible); the head is the difference.
-// PHD.md section 7: the body should cost about K x vanilla, the head 1 x.
+// model.h §7: the body should cost about K x vanilla, the head 1 x.
 // Each number is the best of N steps after one warm-up: this machine's neighbours add
 // noise, never speed.
 //   make bench            (OMP_NUM_THREADS=2)

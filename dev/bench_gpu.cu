@@ -10,15 +10,15 @@
 //    pair and head forward, 2.5x that backward); GEMMs report FLOP/s; the rest GB/s of the
 //    bytes they must read and write. Where the head size allows, the tensor-core (TF32)
 //    attention kernels get their own rows next to the fp32 ones: their ratio in one run.
-// 2. Attention vs the cost model (PHD.md section 7): forward + backward time per variant
+// 2. Attention vs the cost model (model.h §7): forward + backward time per variant
 //    next to its visible pairs, and the time per million pairs (all B sequences, per layer
 //    with all H heads): flat across variants when time tracks the pairs. --tf32 1: the
 //    tensor-core kernels.
 // 3. Training steps (zero grads, forward, backward, grad norm, AdamW): ms/step, original
 //    tokens/s and MFU, for each --variant, as train_phd's step line computes them: model
-//    FLOPs per original token from model_flops_per_token (model.h: PHD.md section 7's cost
-//    model), against peak_tflops (kernels/engine.h): the device's FP32 peak, its dense TF32
-//    tensor peak with --tf32 1, or its dense bf16 peak with --bf16 1.
+//    FLOPs per original token from model_flops_per_token (the cost model of model.h §7),
+//    against peak_tflops (kernels/engine.h): the device's FP32 peak, its dense TF32 tensor
+//    peak with --tf32 1, or its dense bf16 peak with --bf16 1.
 //
 //   make bench-gpu        (nvcc and a GPU; GPT-2-small-like: L=12 D=768 H=12 T=1024, B=8)
 //   ./build/bench_gpu [--variant V]... [-b B] [-t T] [--layers L] [--dim D] [--heads H]
@@ -100,7 +100,7 @@ static void kernel_lab(const Options& o, const std::vector<float>& params) {
     }
 }
 
-// Forward + backward attention time per variant next to its visible pairs (PHD.md section 7).
+// Forward + backward attention time per variant next to its visible pairs (model.h §7).
 static void attention_vs_pairs(const Options& o) {
     printf("\nattention forward + backward vs visible pairs (B=%d T=%d H=%d hd=%d, %s)\n%-18s %14s %10s %10s %12s\n", o.B, o.T,
            o.H, o.D / o.H, o.bf16 ? "bf16 tensor cores" : o.tf32 ? "TF32 tensor cores" : "fp32", "variant", "pairs/seq", "fwd ms",

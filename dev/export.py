@@ -17,7 +17,7 @@ param_tensors() in model.h (matrices (out, in), so y = x @ w.T; the norm gains a
 E and wout keep all Vp rows, rows V..Vp-1 being zero as in the checkpoint, so that the state
 dict is the file one to one; config["V"] says how many are real. Slice logits to [:V]
 before a softmax or an argmax: the padded columns are 0, not -inf. What the weights compute
-(row layout of the K copies, visibility, RoPE, RMSNorm, SwiGLU) is ../shared/PHD.md;
+(row layout of the K copies, visibility, RoPE, RMSNorm, SwiGLU) is the method, model.h §2-§9;
 dev/phd_reference.py's load_export() and forward() run it, and
 `phd_reference.py generate OUT.pt` continues a prompt greedily.
 

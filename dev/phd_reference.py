@@ -1,8 +1,9 @@
 #!/usr/bin/python3
-"""An independent PyTorch reference of the PHD-Transformer (../shared/PHD.md).
+"""An independent PyTorch reference of the PHD-Transformer.
 
-Written from the spec, not from the C++: dense attention over the K*T logical sequence with
-a mask built from the spec's rules, autograd for gradients, torch.optim.AdamW for the
+It implements the method as written at the top of model.h ("The method", model.h §1-§9),
+independently of the C++ code: dense attention over the K*T logical sequence with a mask
+built rule by rule from model.h §4, autograd for gradients, torch.optim.AdamW for the
 optimizer. Everything runs in float64.
 
     /usr/bin/python3 dev/phd_reference.py write test/fixtures   # `make fixtures`
@@ -59,7 +60,7 @@ def make_config(variant, V=97, L=2, D=32, H=4, Hkv=2, F=64, maxT=7):
 
 
 # ---------------------------------------------------------------------------------------
-# Visibility: PHD.md section 4, rule by rule
+# Visibility: model.h §4, rule by rule
 
 def visible(cfg, n, c, m, d):
     K, kind = cfg["K"], cfg["kind"]
@@ -107,7 +108,7 @@ def param_shapes(cfg):
 
 
 def init_params(cfg, gen):
-    """PHD.md section 9, drawn with torch's generator (the fixture stores the result)."""
+    """model.h §9, drawn with torch's generator (the fixture stores the result)."""
     out = {}
     std_out = 0.02 / math.sqrt(2 * cfg["L"])
     for name, shape in param_shapes(cfg):
@@ -124,7 +125,7 @@ def init_params(cfg, gen):
 
 
 # ---------------------------------------------------------------------------------------
-# The model: PHD.md section 9
+# The model: model.h §9
 
 def rmsnorm(x, g):
     return x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-5) * g
@@ -368,7 +369,7 @@ def generate_greedy(cfg, P, prompt, n):
     and the second-best logit seen (how close a choice came to a tie).
 
     Each step runs the whole forward over prompt + tokens so far and takes the argmax of the
-    last position's last-copy logits: by PHD.md section 6 a KV-cache decoder must give the
+    last position's last-copy logits: by model.h §6 a KV-cache decoder must give the
     same logits, so this is the definition the engine's decoder is held to. The columns
     V..Vp-1 of the padded LM head are dropped: their logits are 0, not -inf, and could win."""
     if not prompt or n < 1:
@@ -417,7 +418,7 @@ def generate_main(argv):
 # ---------------------------------------------------------------------------------------
 # Self-tests of the reference
 
-HAND_MASKS = {  # K = 3, T = 4, written out by hand from PHD.md section 4
+HAND_MASKS = {  # K = 3, T = 4, written out by hand from model.h §4
     "phd-3": ["100000000000", "110000000000", "111000000000", "100100000000", "100110000000", "100111000000",
               "100100100000", "100100110000", "100100111000", "100100100100", "100100100110", "100100100111"],
     "phd-swa-3-2": ["100000000000", "110000000000", "111000000000", "100100000000", "111110000000", "101111000000",

@@ -20,7 +20,7 @@
 #   tokens          original tokens trained on: step * B * T (copies not counted)
 #   train_flops     training FLOPs so far: step * B * T * flops_per_token (validation and
 #                   sampling not counted), flops_per_token from train_phd's "cost model:" line
-#                   (model_flops_per_token in model.h, PHD.md section 7: the layers on K rows
+#                   (model_flops_per_token in model.h, model.h §7: the layers on K rows
 #                   per position, the LM head on the last copy, attention over the visible
 #                   pairs, as the kernels visit them)
 #   val_loss        train_phd's validation loss (log.txt, 9 digits)
@@ -111,7 +111,7 @@ done
 # phd-cswa-3-16-32 525, naive-2 524: 3.25 s a step for the 8 variants, 9.8 s for 3 seeds.
 # A validation of 6 batches is ~2 steps' work, so 300 steps + 11 validations ~ 322 steps:
 # ~52 min, the rest of the hour a margin for this machine's noise (+-40 %, more when it
-# builds). The GPU size from the H200 measurements (../shared/measurements/h200-2026-11-27,
+# builds). The GPU size from the H200 measurements (dev/measurements/h200-2026-11-27,
 # TF32, B=8 T=1024): vanilla 93.8 ms/step, phd-2 181.3, phd-cswa-2-16-32 184.8,
 # phd-cswa-3-16-32 284.5; phd-swa-K taken as phd-cswa-K, phd-3 as phd-cswa-3, naive-2
 # ~315 (phd-2 plus its attention again: attention was ~130 of phd-cswa-2's 185 ms and

@@ -4,7 +4,7 @@
 # writes next to the CSV:
 #   loss_tokens.png       validation loss against original tokens, one line per variant: the
 #                         mean over seeds, the min-max range over seeds as a shaded band
-#   loss_flops.png        the same against training FLOPs (PHD.md section 7's count)
+#   loss_flops.png        the same against training FLOPs (model.h §7's count)
 #   final_vs_vanilla.png  final validation loss minus vanilla's, per variant (mean over seeds;
 #                         error bar: half the min-max range of that variant's seeds)
 #   summary.md            the table, also printed
@@ -110,7 +110,7 @@ what="mean of $seeds seed(s), band: min-max over seeds"
 [ "$(cat "$tmp/skipped0")" = 1 ] && what+="; step 0 not shown"
 gnuplot -e "$common; set output '$dir/loss_tokens.png.tmp'; set xlabel 'original tokens';
     set title 'validation loss vs tokens ($what)'; plot $(curves 2)"
-gnuplot -e "$common; set output '$dir/loss_flops.png.tmp'; set xlabel 'training FLOPs (PHD.md section 7)';
+gnuplot -e "$common; set output '$dir/loss_flops.png.tmp'; set xlabel 'training FLOPs (model.h §7)';
     set format x '%.1e'; set title 'validation loss vs training FLOPs ($what)'; plot $(curves 3)"
 mv "$dir/loss_tokens.png.tmp" "$dir/loss_tokens.png"
 mv "$dir/loss_flops.png.tmp" "$dir/loss_flops.png"

@@ -1,5 +1,5 @@
-// kernels/adamw.cuh: global gradient norm (deterministic) and the AdamW update of PHD.md
-// section 9, fp32 parameters, gradients and moments (and the bf16 copy of the parameters
+// kernels/adamw.cuh: global gradient norm (deterministic) and the AdamW update of
+// model.h §9, fp32 parameters, gradients and moments (and the bf16 copy of the parameters
 // under --dtype bf16).
 #pragma once
 #include "../model.h"

@@ -15,7 +15,7 @@
 //   O += P V       P is S's accumulator re-packed to bf16 as the A fragment of the next
 //                  mma, never leaving registers; V's fragments come by ldmatrix.trans.
 // A warp with no visible pair in a tile skips it; a tile no warp needs is neither loaded
-// nor visited, so work follows the visible pairs of PHD.md section 7. Every sum is fp32
+// nor visited, so work follows the visible pairs of model.h §7. Every sum is fp32
 // (the mma accumulates in fp32, l and the max in registers): bf16 only rounds Q, K, V, the
 // probabilities P and the output. lse is fp32, for the backward.
 //

@@ -4,7 +4,7 @@
 // Layout: the row order of model.h, [originals | hidden] per sequence (token_row). Every
 // query's visible keys are two intervals of rows (visible_rows), so whole tiles of keys can
 // be skipped: a query tile visits a key tile only if some query in it has
-// a visible key in it. Work then tracks the visible pairs of PHD.md section 7 (O(K*T^2)),
+// a visible key in it. Work then tracks the visible pairs of model.h §7 (O(K*T^2)),
 // not the (K*T)^2 of a dense mask. Inside a visited tile every pair is masked
 // with the one predicate, phd_visible.
 //

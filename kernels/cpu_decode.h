@@ -1,4 +1,4 @@
-// kernels/cpu_decode.h: inference with the PHD KV cache (PHD.md section 6), on the CPU.
+// kernels/cpu_decode.h: inference with the PHD KV cache (model.h §6), on the CPU.
 //
 // Per layer and sample the cache keeps the keys/values that later tokens can still see:
 //   originals - every original: grows by one per position

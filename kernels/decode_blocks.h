@@ -5,7 +5,7 @@
 #include <vector>
 #include "../model.h"
 
-// Inference (PHD.md section 6) runs in blocks of rows, on the CPU (kernels/cpu_decode.h) and the GPU
+// Inference (model.h §6) runs in blocks of rows, on the CPU (kernels/cpu_decode.h) and the GPU
 // (kernels/gpu_decode.cuh) alike, for S samples at once (--samples): continuations of one
 // prompt, each with its own cache after the prompt's. A block is in the row order: originals
 // of consecutive positions, then hidden tokens of consecutive stream indices. DecodeBlocks

@@ -1,4 +1,4 @@
-// kernels/kv_cache.cuh: the PHD KV cache on the GPU (PHD.md section 6) for S samples of one
+// kernels/kv_cache.cuh: the PHD KV cache on the GPU (model.h §6) for S samples of one
 // prompt: one layer's cache, the attention of a block of new rows against it and against
 // themselves, and the append that moves the block into it. kernels/cpu_decode.h is the CPU version of
 // the same steps; the tests hold this one to it.
@@ -26,7 +26,7 @@
 // The candidate keys of a block's queries are one index space [prompt | own | window | the
 // block's rows], the same for each of them and each masked with phd_visible: a query's
 // visible keys plus at most W window slots and the block's R rows (K for a step). So the work
-// tracks the visible pairs (§7), and a thread block of queries reads each key tile once.
+// tracks the visible pairs (model.h §7), and a thread block of queries reads each key tile once.
 #pragma once
 #include <algorithm>
 #include "attention.cuh"

@@ -1,5 +1,5 @@
 // KV-cache inference: pre-fill + decode steps reproduce the training forward's last-copy
-// logits for every variant, with the cache sizes of PHD.md section 6 and only the hidden
+// logits for every variant, with the cache sizes of model.h §6 and only the hidden
 // tokens each variant needs; sampling draws from the softmax of the top k at temperature T.
 #include "../data/checkpoint.h"
 #include "../kernels/cpu_decode.h"
@@ -9,7 +9,7 @@
 static const int kC = 5;  // chunk length of the cswa variant below; prompts cross its boundaries
 static const char* kDecodeVariants[] = {"vanilla", "phd-3", "phd-swa-3-4", "phd-cswa-3-4-5", "naive-2"};
 
-// Cache entries per layer after t positions (PHD.md section 6's table). phd-cswa keeps the
+// Cache entries per layer after t positions (the table of model.h §6). phd-cswa keeps the
 // hidden tokens of the chunk of position t, the next query's: none once t starts a chunk.
 static size_t expected_entries(const Config& c, int t) {
     switch (c.variant) {
@@ -20,7 +20,7 @@ static size_t expected_entries(const Config& c, int t) {
     }
 }
 
-// Hidden tokens a pre-fill of P tokens must compute (PHD.md section 6).
+// Hidden tokens a pre-fill of P tokens must compute (model.h §6).
 static long expected_prefill_hidden(const Config& c, int P) {
     switch (c.variant) {
         case PHD: return c.K - 1;

@@ -153,7 +153,7 @@ TEST_CASE("emulation: a launch past the GPU's limits fails as on the GPU; cudaFu
     DeviceBuffer<int> dout(std::vector<int>(1, 0));
     const int n = 16 * 1024;  // 64 KB: past the 48 KB default
     cudaCheck(cudaGetLastError());
-    // cudaErrorInvalidValue, as the H200 returned with CUDA 13.0 (shared/measurements/h200-2026-11-27)
+    // cudaErrorInvalidValue, as the H200 returned with CUDA 13.0 (dev/measurements/h200-2026-11-27)
     launch(shared_sum_kernel, dim3(1), dim3(1025), 0, nullptr, dout.ptr, 1);
     CHECK(cudaGetLastError() == cudaErrorInvalidValue);
     CHECK(cudaGetLastError() == cudaSuccess);  // read once, then cleared

@@ -1,13 +1,13 @@
 // The CPU reference: visibility, every layer's backward against finite differences, the
-// whole model per variant, and the invariants of PHD.md (K = 1 is vanilla, originals are a
-// vanilla model, structured attention equals dense masked attention).
+// whole model per variant, and the invariants of the method (model.h §2-§4: K = 1 is
+// vanilla, originals are a vanilla model, structured attention equals dense masked attention).
 #include <omp.h>
 #include "test_util.h"
 
 // ----------------------------------------------------------------------------
 // Visibility
 
-// Masks for K = 3, T = 4 written out by hand from PHD.md section 4. Row = query n*3+c,
+// Masks for K = 3, T = 4 written out by hand from model.h §4. Row = query n*3+c,
 // column = key m*3+d; '1' = visible.
 static const char* kMaskPhd[12] = {
     "100000000000", "110000000000", "111000000000",

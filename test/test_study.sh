@@ -50,7 +50,7 @@ check "the validation loss falls from step 0 to step $steps in every run" awk -F
 check "train_s and wall_s grow with the step; wall_s >= train_s" awk -F, '
     NR > 1 { k = $1 " " $2; if ($7 + 0 < pt[k] || $8 + 0 < pw[k] || $8 + 0 < $7 + 0) exit 1; pt[k] = $7; pw[k] = $8 }' "$csv"
 
-# FLOPs per token (PHD.md section 7), computed here independently: the layer parameters
+# FLOPs per token (model.h §7), computed here independently: the layer parameters
 # from the architecture (two gains, q k v o at D x D, SwiGLU's three D x F, F = (8D+2)/3),
 # the visible pairs from train_phd --show-mask.
 F=$(((8 * D + 2) / 3)) V=256

@@ -540,12 +540,12 @@ TEST_CASE("train_phd prints the cost model: FLOPs per original token and visible
     CHECK(pairs == visible_pairs(c, 16));
 }
 
-TEST_CASE("model FLOPs per token: PHD.md section 7's cost model over the visible pairs") {
+TEST_CASE("model FLOPs per token: model.h §7's cost model over the visible pairs") {
     const int T = 9;
     for (const char* v : {"vanilla", "phd-3", "naive-2"}) {
         const Config c = tiny_config(v);
         const int K = c.K;
-        // Visible pairs in closed form from PHD.md section 4: causal over T rows (vanilla) or
+        // Visible pairs in closed form from model.h §4: causal over T rows (vanilla) or
         // K*T rows (naive); phd-K: the originals' causal T(T+1)/2, each hidden copy (n, c)
         // the originals 0..n and copies 1..c of its own group.
         const double pairs = c.variant == NAIVE ? K * T * (K * T + 1) / 2.0 : K * T * (T + 1) / 2.0 + T * K * (K - 1) / 2.0;
