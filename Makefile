@@ -9,7 +9,7 @@ NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2
 NVCC_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 NVCCFLAGS ?= -O3 -std=c++17 $(NVCC_ARCH)
 HEADERS  := $(wildcard *.h kernels/*.h kernels/*.cuh data/*.h dev/*.h) test/cuda_emu.h test/cuda_emu_mma.h test/cuda_emu_cublas.h test/cuda_emu_graph.h \
-            test/cuda_emu_nccl.h
+            test/cuda_emu_nccl.h test/cuda_emu_stream.h
 # GPT-2 text prompts in train_phd need PCRE2 (dev/setup.sh installs it); built without otherwise.
 PCRE2_FLAGS := $(if $(wildcard /usr/include/pcre2.h),-DPHD_PCRE2)
 PCRE2_LIBS  := $(if $(wildcard /usr/include/pcre2.h),-lpcre2-8)
@@ -42,10 +42,17 @@ all: train_phd
 # nvcc with the host flags: the rule's first prerequisite to $@
 NVCC_BUILD = $(NVCC) $(NVCCFLAGS) -Xcompiler "$(subst $() ,$(comma),$(strip $(CXXFLAGS) -fopenmp $(WARN)))"
 
+# The nvcc builds of train_phd and the kernel lab keep what ptxas says of each kernel in
+# build/ptxas/ (dev/ptxas_report.sh reads it there instead of compiling again); the rest of
+# nvcc's output goes to the terminal as usual.
+# A failed build leaves no log, so that the report compiles the source and fails itself.
+PTXAS_LOG = -Xptxas -v 2> build/ptxas/$(notdir $@).log; rc=$$?; grep -v '^ptxas info\|bytes stack frame' build/ptxas/$(notdir $@).log >&2; \
+            [ $$rc -eq 0 ] || rm -f build/ptxas/$(notdir $@).log; exit $$rc
+
 ifneq ($(NVCC),)
 train_phd: train_phd.cu $(HEADERS)
-	@rm -f $@
-	$(NVCC_BUILD) $(PCRE2_FLAGS) $(NVCC_MPI_FLAGS) $< -o $@ -lcublas -lgomp $(PCRE2_LIBS) $(NVCC_MPI_LIBS)
+	@rm -f $@ && mkdir -p build/ptxas
+	$(NVCC_BUILD) $(PCRE2_FLAGS) $(NVCC_MPI_FLAGS) $< -o $@ -lcublas -lgomp $(PCRE2_LIBS) $(NVCC_MPI_LIBS) $(PTXAS_LOG)
 else
 train_phd: build/train_phd_cpu
 	cp $< $@
@@ -69,7 +76,7 @@ build/test_cpu: $(CPU_TESTS) $(TEST_HDR) $(HEADERS)
 
 # GPU tests, one source built four ways: emulated on the CPU (test/cuda_emu.h), the same
 # under ThreadSanitizer and AddressSanitizer, and natively with nvcc (skips without a GPU).
-GPU_TEST_SRC  := test/test_gpu.cu test/test_gpu_mma.cu test/test_gpu_kernels.cu test/test_gpu_decode.cu
+GPU_TEST_SRC  := test/test_gpu.cu test/test_gpu_mma.cu test/test_gpu_kernels.cu test/test_gpu_decode.cu test/test_gpu_emu.cu
 GPU_TEST_DEPS := test/test_main.cpp $(GPU_TEST_SRC) $(TEST_HDR) $(HEADERS)
 EMU_BUILD = $(CXX) -std=c++17 $(WARN) -fopenmp -pthread test/test_main.cpp -x c++ $(GPU_TEST_SRC) -o $@
 build/test_gpu_emu: $(GPU_TEST_DEPS)
@@ -146,8 +153,8 @@ bench: build/bench_cpu build/bench_decode
 
 # GPU benchmarks (nvcc and a GPU): the kernel lab and training steps, then KV-cache inference.
 build/bench_gpu: dev/bench_gpu.cu $(HEADERS)
-	@mkdir -p build && rm -f $@
-	$(NVCC_BUILD) $< -o $@ -lcublas -lgomp
+	@mkdir -p build/ptxas && rm -f $@
+	$(NVCC_BUILD) $< -o $@ -lcublas -lgomp $(PTXAS_LOG)
 build/bench_decode_gpu: dev/bench_decode.cu $(HEADERS)
 	@mkdir -p build && rm -f $@
 	$(NVCC_BUILD) $< -o $@ -lcublas -lgomp

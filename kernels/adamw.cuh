@@ -10,7 +10,7 @@ static constexpr int kNormBlocks = 256, kNormThreads = 256;
 // grid (at most kNormBlocks), block kNormThreads: partial[b] = sum of squares of a fixed
 // strided share, in double, reduced in a fixed tree order: the same bits on every run.
 static __global__ void grad_norm_partial_kernel(double* partial, const float* g, size_t n) {
-    __shared__ double s[kNormThreads];
+    PHD_SHARED(double, s, [kNormThreads]);
     double acc = 0.0;
     for (size_t i = (size_t)blockIdx.x * kNormThreads + threadIdx.x; i < n; i += (size_t)gridDim.x * kNormThreads)
         acc += (double)g[i] * g[i];

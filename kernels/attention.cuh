@@ -172,8 +172,10 @@ template<int HD>
 static __global__ void attention_backward_dkdv_kernel(float* dqkv, const float* dout, const float* qkv, const float* o,
                                                       const float* lse, Config c, int T) {
     constexpr int MAX = Hd<HD>::max;
-    __shared__ float ls[kAttnTile], Ds[kAttnTile];
-    __shared__ int qn[kAttnTile], qc[kAttnTile];
+    PHD_SHARED(float, ls, [kAttnTile]);
+    PHD_SHARED(float, Ds, [kAttnTile]);
+    PHD_SHARED(int, qn, [kAttnTile]);
+    PHD_SHARED(int, qc, [kAttnTile]);
     const int TK = T * c.K, hd = Hd<HD>::get(c), ld = c.qkv_dim(), kv = blockIdx.y, b = blockIdx.z, t = threadIdx.x;
     float* qs = dynamic_shared<float>();             // (kAttnTile, hd)
     float* dos = qs + kAttnTile * hd;                // (kAttnTile, hd)

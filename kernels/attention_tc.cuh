@@ -288,8 +288,10 @@ static __global__ void attention_backward_dkdv_tc_kernel(float* dqkv, const floa
                                                          Config c, int T) {
     using S = TcSmem<HD>;
     constexpr int NT = kAttnTile / 8, HT = HD / 8;
-    __shared__ float Ls[kAttnTile], Ds[kAttnTile];  // the query tile's lse and D = dO . o
-    __shared__ int qn[kAttnTile], qc[kAttnTile];    // and tokens
+    PHD_SHARED(float, Ls, [kAttnTile]);
+    PHD_SHARED(float, Ds, [kAttnTile]);  // the query tile's lse and D = dO . o
+    PHD_SHARED(int, qn, [kAttnTile]);
+    PHD_SHARED(int, qc, [kAttnTile]);    // and tokens
     const int TK = T * c.K, ld = c.qkv_dim(), od = c.H * HD, kv = blockIdx.y, b = blockIdx.z;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int kb0 = blockIdx.x * kTcBlockRows, r0 = kb0 + warp * kTcRows;  // the block's and the warp's first key row

@@ -2,6 +2,8 @@
 // (real CUDA) and under g++ (test/cuda_emu.h runs them on the CPU).
 //   launch(kernel, grid, block, shmem, stream, args...)   instead of kernel<<<...>>>(...)
 //   dynamic_shared<T>()                                    instead of extern __shared__
+//   PHD_SHARED(T, name, dims)                              instead of __shared__ T name dims;
+//                                                          (the emulation poisons it per block)
 //   warp_sum(v), block_reduce(v, is_max)                   reductions, result in every thread
 //   PHD_UNROLL, PHD_NO_UNROLL                              #pragma unroll, unroll 1 (nvcc only)
 //   to_f32(x), store(p, v)                                 fp32 or bf16 tensors, arithmetic in fp32
@@ -53,6 +55,8 @@ template<typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shmem, cudaStream_t stream, Args... args) {
     kernel<<<grid, block, shmem, stream>>>(static_cast<KArgs>(args)...);
 }
+
+#define PHD_SHARED(T, name, dims) __shared__ __align__(16) T name dims
 
 template<typename T> __device__ inline T* dynamic_shared() {
     extern __shared__ __align__(16) unsigned char phd_dynamic_shared[];
@@ -139,7 +143,7 @@ static __device__ float warp_sum(float v) {
 // Sum (or max when is_max) over a block of whole warps (up to 1024 threads); every thread
 // gets it. Holds two barriers: all threads of the block must call it.
 static __device__ float block_reduce(float v, bool is_max) {
-    __shared__ float part[32];
+    PHD_SHARED(float, part, [32]);
     for (int o = 16; o > 0; o /= 2) {
         const float w = __shfl_xor_sync(0xffffffffu, v, o);
         v = is_max ? fmaxf(v, w) : v + w;

@@ -147,9 +147,14 @@ static __device__ void rows_max(float (&v)[kDecodeRows], int nq, float* red) {
 template<typename T>
 static __global__ void attention_decode_kernel(T* o, float* part, const T* qkv, const int2* nc, KVLayer<T> L, const DecodeState* state,
                                                Config c, int B, int row0) {
-    __shared__ float q[kDecodeRows][kAttnMaxHd], p[kDecodeRows][kDecodeThreads], red[kDecodeRows * kDecodeThreads / 32];
-    __shared__ const T* vrow[kDecodeThreads];
-    __shared__ int rn[kDecodeRows], rcopy[kDecodeRows], rsmp[kDecodeRows], ri[kDecodeRows];
+    PHD_SHARED(float, q, [kDecodeRows][kAttnMaxHd]);
+    PHD_SHARED(float, p, [kDecodeRows][kDecodeThreads]);
+    PHD_SHARED(float, red, [kDecodeRows * kDecodeThreads / 32]);
+    PHD_SHARED(const T*, vrow, [kDecodeThreads]);
+    PHD_SHARED(int, rn, [kDecodeRows]);
+    PHD_SHARED(int, rcopy, [kDecodeRows]);
+    PHD_SHARED(int, rsmp, [kDecodeRows]);
+    PHD_SHARED(int, ri, [kDecodeRows]);
     const DecodeState st = *state;
     const int R = st.b.R, rows = R - row0, first = blockIdx.x * kDecodeRows, nq = min(kDecodeRows, B * rows - first);
     const int h = blockIdx.y, t = threadIdx.x, hd = c.hd(), off = h / (c.H / c.Hkv) * hd, ld = c.qkv_dim();

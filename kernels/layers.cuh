@@ -58,7 +58,7 @@ static __global__ void bitonic_step_kernel(uint64_t* keys, int k, int j) {
 // (sorting each block's keys into alternating runs), else the tail j = kSortBlock/2 .. 1 of
 // stage k.
 static __global__ void bitonic_block_kernel(uint64_t* keys, int k) {
-    __shared__ uint64_t s[kSortBlock];
+    PHD_SHARED(uint64_t, s, [kSortBlock]);
     const size_t base = (size_t)blockIdx.x * kSortBlock;
     for (int i = threadIdx.x; i < kSortBlock; i += blockDim.x) s[i] = keys[base + i];
     __syncthreads();

@@ -26,11 +26,11 @@ static __device__ uint32_t order_key(float f) {
 // sample from logits (S, Vp) (the first V real), rng (S) each sample's generator. Thread t
 // owns the ids t, t + blockDim.x, ... (coalesced reads).
 static __global__ void sample_kernel(int* feed, Rng* rng, const float* logits, int V, int Vp, float temperature, int top_k) {
-    __shared__ int hist[256];
-    __shared__ double part[kSampleThreads];
-    __shared__ double u;
-    __shared__ uint32_t cut;  // the ids with order_key(z) >= cut are kept
-    __shared__ int rank;
+    PHD_SHARED(int, hist, [256]);
+    PHD_SHARED(double, part, [kSampleThreads]);
+    PHD_SHARED(double, u, );
+    PHD_SHARED(uint32_t, cut, );  // the ids with order_key(z) >= cut are kept
+    PHD_SHARED(int, rank, );
     const float* z = logits + (size_t)blockIdx.x * Vp;
     const int t = threadIdx.x, nt = blockDim.x;
     // The largest logit, and its lowest id: greedy's token and the softmax's shift.

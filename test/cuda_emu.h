@@ -2,24 +2,27 @@
 // a GPU. Included by cuda_compat.h when the compiler is not nvcc; kernel bodies stay as
 // they are.
 //
-// What it does:
-// - launch() runs the grid's blocks one after another on the calling thread; each CUDA
-//   thread of a block is a fiber, a stack of its own switched in user space, so
-//   threadIdx/blockIdx/blockDim/gridDim behave as on a GPU and a barrier costs a few context
-//   switches, not system calls. Under ThreadSanitizer each fiber is a thread of its own to
-//   it, ordered only by the barriers, as on a GPU.
+// What it does, as strictly as a GPU would punish what it checks:
+// - launch() runs the grid's blocks one after another on the calling thread, in an order
+//   shuffled anew for each launch (PHD_EMU_SEED, default 1, makes it repeat), so that code
+//   relying on block order fails; each CUDA thread of a block is a fiber, a stack of its own
+//   switched in user space, so threadIdx/blockIdx/blockDim/gridDim behave as on a GPU and a
+//   barrier costs a few context switches, not system calls. Under ThreadSanitizer each fiber
+//   is a thread of its own to it, ordered only by __syncthreads and __syncwarp, as on a GPU:
+//   shuffles, votes, ldmatrix and mma exchange values without ordering memory.
 // - __syncthreads() is a real barrier among the block's threads; a thread that returned
 //   leaves it, so early returns do not deadlock the others. Threads that all wait at
-//   barriers that cannot complete (a GPU would hang) abort with a message. __shared__
-//   arrays are static storage: shared by the block's threads, and safe because blocks
-//   never run together. Dynamic shared memory comes from dynamic_shared<T>(), sized by launch().
+//   barriers that cannot complete (a GPU would hang) abort with a message. Static shared
+//   memory (PHD_SHARED; a bare __shared__ does not compile) and dynamic shared memory
+//   (dynamic_shared<T>(), sized by launch()) are the block's own, poisoned as each block starts.
 // - A launch past the GPU's limits fails as it would there, with the error left for
 //   cudaGetLastError: more than 1024 threads a block, grid y or z past 65535, or dynamic
 //   shared memory past 48 KB without cudaFuncSetAttribute raising the kernel's limit (at
-//   most to sm_80's 163 KB, the tighter of the two GPUs we build for).
-// - Memory a GPU leaves uninitialised starts as 0xff bytes here (NaN as float, -1 as int):
-//   cudaMalloc'd memory, and dynamic shared memory at every block. A kernel that reads what
-//   nothing wrote then fails its test instead of reading zeros by luck.
+//   most to sm_80's 163 KB, the tighter of the two GPUs we build for); static shared memory
+//   past 48 KB stops the emulation.
+// - Memory a GPU leaves uninitialised starts as 0xff bytes here (NaN as float or bf16, -1 as
+//   int): cudaMalloc'd memory, shared memory at every block, a cp.async destination from the
+//   copy's issue to its wait. A kernel that reads what nothing wrote then fails its test.
 // - Warps are 32 consecutive threads (x fastest); the shuffles, __ballot_sync and
 //   __syncwarp exchange values between real lanes through a per-warp barrier, and abort
 //   where CUDA leaves the result undefined: a caller outside its mask, a shuffle reading a
@@ -28,18 +31,22 @@
 //   device pointer crashes; a kernel given a host pointer does not run (cudaErrorIllegalAddress);
 //   a copy whose direction does not match its pointers, or a device range that leaves its
 //   allocation, fails (cudaErrorInvalidValue). An optional size limit drives out-of-memory paths.
+// - Streams are queues that run late, in the worst order CUDA allows (cuda_emu_stream.h): a
+//   missing event wait or stream synchronization gives wrong numbers. Stream capture records
+//   into CUDA graphs and refuses what the driver refuses (cuda_emu_graph.h).
 // - atomicAdd/atomicMax on int and float, the math intrinsics the kernels use (__expf and
 //   __logf with the GPU's argument rounding), bf16 and half conversions (storage types only,
-//   no arithmetic operators), streams and events (synchronous), CUDA graphs made by stream
-//   capture (cuda_emu_graph.h), and the cuBLAS calls the
-//   engine makes (column-major, every transpose, leading dimensions, alpha/beta, TF32 when
-//   allowed), computed naively, with cuBLAS's argument checks and device pointers required.
+//   no arithmetic operators), and the cuBLAS calls the engine makes (column-major, every
+//   transpose, leading dimensions, alpha/beta, TF32 when allowed), summed in fp32, with
+//   cuBLAS's argument checks and device pointers required; NCCL over MPI (cuda_emu_nccl.h).
 // - The tensor-core instructions the kernels use (cuda_emu_mma.h): mma_tf32 and mma_bf16
-//   on the fragments their lanes hold, ldmatrix, cp.async with its groups (a copy lands
-//   only at the wait that covers it), TF32 and bf16 rounding as cvt.rna and cvt.rn do it.
-// What it cannot do: timing, memory coalescing, bank conflicts, other tensor-core instructions,
-// warp-synchronous code that omits the *_sync primitives, more than one launch at once
-// (launches are serialised), or check pointers held inside a kernel's struct arguments.
+//   on the fragments their lanes hold, ldmatrix, cp.async with its groups, TF32 and bf16
+//   rounding as cvt.rna and cvt.rn do it.
+// What it cannot do: timing, memory coalescing, bank conflicts, registers (a launch that needs
+// more than the register file fails only on a GPU: dev/ptxas_report.sh reads the counts),
+// other tensor-core instructions, warp-synchronous code that omits the *_sync primitives,
+// two blocks at once (lost updates between blocks that a GPU would show; ThreadSanitizer sees
+// the blocks of a launch as ordered), or check pointers held inside a kernel's struct arguments.
 // Threads run in a fixed order (each as far as its next barrier), so a missing barrier
 // gives the same wrong result every time; ThreadSanitizer reports it as a race.
 #pragma once
@@ -52,6 +59,7 @@
 #include <cstring>
 #include <algorithm>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <sys/mman.h>
 #include <type_traits>
@@ -76,15 +84,19 @@
 #define __host__
 #define __forceinline__
 #define __launch_bounds__(...)
-#define __shared__ static
+// Kernels declare static shared memory with PHD_SHARED (kernels/cuda_compat.h): a reference
+// into the running block's arena, which starts poisoned. A bare __shared__ does not compile.
+#define __shared__ __shared__is_not_emulated_use_PHD_SHARED
+#define PHD_SHARED(T, name, dims)                                                          \
+    static const char name##_site = 0;                                                     \
+    auto& name = *reinterpret_cast<T(*) dims>(cuda_emu::static_shared(&name##_site, sizeof(T dims)))
 #define __align__(n) __attribute__((aligned(n)))
 
 typedef int cudaError_t;
 enum : int { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2,
              cudaErrorIllegalAddress = 700 };
 
-struct CUstream_st {};
-typedef CUstream_st* cudaStream_t;
+#include "cuda_emu_stream.h"
 
 struct dim3 {
     unsigned x, y, z;
@@ -158,6 +170,8 @@ struct Fiber {
     int commits = 0;
 };
 
+constexpr size_t kStaticShared = 48 * 1024;  // CUDA's limit on a kernel's static shared memory
+
 // A barrier for a changing number of participants: leave() removes one (a returned thread).
 // Each generation's arrivals release, and its departures acquire, a sync address of their
 // own (two alternate: nobody can arrive twice ahead of a fiber still to depart).
@@ -169,7 +183,7 @@ struct Barrier {
         arrived = 0;
         generation = generation + 1;
     }
-    void wait();
+    void wait(bool order = true);
     void leave();
 };
 
@@ -177,8 +191,10 @@ struct Warp {
     Barrier bar;
     int lanes = 0;             // lanes that exist (the last warp of a block may be partial)
     Relaxed<uint32_t> running; // lanes that have not returned (bit l: lane l)
-    uint64_t slot[32];         // one value per lane, for the exchanges
-    uint32_t mma[32][6];       // each lane's a[4], b[2] fragments (their bits), for the mma instructions
+    // One value per lane for the exchanges, and each lane's a[4], b[2] fragments (their bits)
+    // for the mma instructions: relaxed, so that ThreadSanitizer derives no order from them.
+    Relaxed<uint64_t> slot[32];
+    Relaxed<uint32_t> mma[32][6];
     void leave(int lane) {     // the lane returned from the kernel
         running = running & ~(1u << lane);
         bar.leave();
@@ -189,6 +205,15 @@ struct Block {
     Barrier bar;                          // __syncthreads
     std::vector<Warp> warps;
     std::vector<unsigned char> dynamic;   // dynamic shared memory
+    // Static shared memory (PHD_SHARED), poisoned: each declaration's place in it is given at
+    // the first thread that reaches it, as the launch's kernel lays them out. Relaxed atomics:
+    // the fibers share this table, and ThreadSanitizer must derive no order from it.
+    std::vector<unsigned char> statics = std::vector<unsigned char>(kStaticShared, 0xff);
+    static constexpr int kSites = 64;
+    Relaxed<const void*> site[kSites];
+    Relaxed<size_t> site_at[kSites];
+    Relaxed<int> sites;
+    Relaxed<size_t> static_used;
 };
 
 // The launch in progress. Launches are serialised, and its fibers run on the launching
@@ -203,6 +228,7 @@ struct Launch {
     void (*body)(void*) = nullptr;  // the kernel call
     void* body_ctx = nullptr;
     Context main;                   // the launching thread's, while a fiber runs
+    uint64_t launches = 0;          // so far: each shuffles its blocks differently
     char start_sync, end_sync;      // the launching thread -> a block's fibers -> the launching thread
     void free_fibers();
     ~Launch() { free_fibers(); }
@@ -239,15 +265,18 @@ inline void resume(Fiber& f) {
 // Back to the launching thread.
 inline void yield() { switch_context(running_fiber().ctx, g_launch.main); }
 
-inline void Barrier::wait() {
+// order: the barrier orders memory (__syncthreads, __syncwarp) for ThreadSanitizer, as on a
+// GPU; the warp collectives' own barriers do not, since shuffles, votes, ldmatrix and mma
+// promise no order for other memory.
+inline void Barrier::wait(bool order) {
     const uint64_t g = generation;
-    hb_release(&sync[g & 1]);
+    if (order) hb_release(&sync[g & 1]);
     g_launch.progress = g_launch.progress + 1;
     arrived = arrived + 1;
     if (arrived == expected) release();
     else
         while (generation == g) yield();
-    hb_acquire(&sync[g & 1]);
+    if (order) hb_acquire(&sync[g & 1]);
 }
 inline void Barrier::leave() {
     hb_release(&sync[generation & 1]);
@@ -323,6 +352,18 @@ inline void Launch::free_fibers() {
 
 inline std::mutex& launch_mutex() { static std::mutex m; return m; }
 
+// The order blocks run in comes from PHD_EMU_SEED (default 1), so that a failure repeats.
+inline uint64_t block_seed() {
+    static const uint64_t seed = getenv("PHD_EMU_SEED") ? strtoull(getenv("PHD_EMU_SEED"), nullptr, 10) : 1;
+    return seed;
+}
+inline uint64_t splitmix(uint64_t& x) {
+    uint64_t z = (x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
 constexpr size_t kDefaultDynamicShared = 48 * 1024, kMaxDynamicShared = 166912;  // sm_80's opt-in maximum
 inline thread_local cudaError_t last_error = cudaSuccess;  // per host thread, as in CUDA
 // Each kernel's dynamic shared memory limit, as raised by cudaFuncSetAttribute.
@@ -364,46 +405,52 @@ inline void run_grid(dim3 grid, dim3 block, size_t shmem, void (*body)(void*), v
     L.block_dim = block;
     L.body = body;
     L.body_ctx = ctx;
-    for (unsigned bz = 0; bz < grid.z; bz++)
-        for (unsigned by = 0; by < grid.y; by++)
-            for (unsigned bx = 0; bx < grid.x; bx++) {
-                L.block_idx = dim3(bx, by, bz);
-                std::fill(blk.dynamic.begin(), blk.dynamic.end(), kPoison);
-                blk.bar.expected = n;
-                blk.bar.arrived = 0;
-                for (int w = 0; w < (int)blk.warps.size(); w++) {
-                    Warp& wp = blk.warps[w];
-                    wp.lanes = std::min(32, n - 32 * w);
-                    wp.bar.expected = wp.lanes;
-                    wp.bar.arrived = 0;
-                    wp.running = wp.lanes == 32 ? ~0u : (1u << wp.lanes) - 1;
-                }
-                for (int t = 0; t < n; t++) {
-                    Fiber& f = *L.fibers[t];
-                    f.tid = dim3(t % block.x, t / block.x % block.y, t / (block.x * block.y));
-                    f.lane = t % 32;
-                    f.warp = t / 32;
-                    f.done = false;
-                    f.async.clear();  // copies a thread left in flight never land
-                    f.commits = 0;
-                }
-                hb_release(&L.start_sync);
-                for (int live = n; live > 0;) {
-                    const uint64_t before = L.progress;
-                    for (int t = 0; t < n; t++) {
-                        Fiber& f = *L.fibers[t];
-                        if (f.done) continue;
-                        resume(f);
-                        live -= f.done;
-                    }
-                    if (live > 0 && L.progress == before) {
-                        fprintf(stderr, "cuda_emu: deadlock in block (%u, %u, %u): %d threads wait at barriers that cannot complete\n",
-                                bx, by, bz, live);
-                        abort();
-                    }
-                }
-                hb_acquire(&L.end_sync);
+    // The blocks in a shuffled order, another for each launch (a GPU promises none).
+    std::vector<uint64_t> order((uint64_t)grid.x * grid.y * grid.z);
+    for (uint64_t i = 0; i < order.size(); i++) order[i] = i;
+    uint64_t state = block_seed() ^ (0x9e3779b97f4a7c15ull * ++L.launches);
+    for (uint64_t i = order.size(); i > 1; i--) std::swap(order[i - 1], order[splitmix(state) % i]);
+    for (const uint64_t linear : order) {
+        const unsigned bx = (unsigned)(linear % grid.x), by = (unsigned)(linear / grid.x % grid.y),
+                       bz = (unsigned)(linear / grid.x / grid.y);
+        L.block_idx = dim3(bx, by, bz);
+        std::fill(blk.dynamic.begin(), blk.dynamic.end(), kPoison);
+        std::fill(blk.statics.begin(), blk.statics.begin() + (size_t)blk.static_used, kPoison);
+        blk.bar.expected = n;
+        blk.bar.arrived = 0;
+        for (int w = 0; w < (int)blk.warps.size(); w++) {
+            Warp& wp = blk.warps[w];
+            wp.lanes = std::min(32, n - 32 * w);
+            wp.bar.expected = wp.lanes;
+            wp.bar.arrived = 0;
+            wp.running = wp.lanes == 32 ? ~0u : (1u << wp.lanes) - 1;
+        }
+        for (int t = 0; t < n; t++) {
+            Fiber& f = *L.fibers[t];
+            f.tid = dim3(t % block.x, t / block.x % block.y, t / (block.x * block.y));
+            f.lane = t % 32;
+            f.warp = t / 32;
+            f.done = false;
+            f.async.clear();  // copies a thread left in flight never land
+            f.commits = 0;
+        }
+        hb_release(&L.start_sync);
+        for (int live = n; live > 0;) {
+            const uint64_t before = L.progress;
+            for (int t = 0; t < n; t++) {
+                Fiber& f = *L.fibers[t];
+                if (f.done) continue;
+                resume(f);
+                live -= f.done;
             }
+            if (live > 0 && L.progress == before) {
+                fprintf(stderr, "cuda_emu: deadlock in block (%u, %u, %u): %d threads wait at barriers that cannot complete\n",
+                        bx, by, bz, live);
+                abort();
+            }
+        }
+        hb_acquire(&L.end_sync);
+    }
     L.block = nullptr;
 }
 
@@ -412,8 +459,8 @@ inline void run_grid(dim3 grid, dim3 block, size_t shmem, void (*body)(void*), v
 // shuffle's source lane and the mma's full warp) a lane that does not exist, has returned
 // or is not in the mask. No lane can return before the primitive's second barrier, so the
 // check is exact.
-inline void warp_sync(Warp& w, unsigned mask, uint32_t need, const char* what) {
-    w.bar.wait();
+inline void warp_sync(Warp& w, unsigned mask, uint32_t need, const char* what, bool order = false) {
+    w.bar.wait(order);
     const int lane = running_fiber().lane;
     if (!(mask >> lane & 1) || (need & ~(w.running & mask))) {
         fprintf(stderr, "cuda_emu: %s in lane %d, mask %08x, needs lanes %08x, lanes running %08x\n", what, lane, mask, need,
@@ -426,11 +473,16 @@ inline Warp& running_warp() { return g_launch.block->warps[running_fiber().warp]
 template<typename T> inline T exchange(unsigned mask, T v, int src, bool valid) {
     static_assert(sizeof(T) <= 8, "shuffle of a value wider than 8 bytes");
     Warp& w = running_warp();
-    memcpy(&w.slot[running_fiber().lane], &v, sizeof(T));
+    uint64_t bits = 0;
+    memcpy(&bits, &v, sizeof(T));
+    w.slot[running_fiber().lane] = bits;
     warp_sync(w, mask, valid ? 1u << src : 0u, "a shuffle");  // src < 32 whenever valid
     T r = v;
-    if (valid) memcpy(&r, &w.slot[src], sizeof(T));
-    w.bar.wait();
+    if (valid) {
+        bits = w.slot[src];
+        memcpy(&r, &bits, sizeof(T));
+    }
+    w.bar.wait(false);
     return r;
 }
 
@@ -518,31 +570,61 @@ template<typename A> inline bool device_argument(const A& a) {
 template<typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shmem, cudaStream_t stream, Args... args) {
     using namespace cuda_emu;
-    std::lock_guard<std::mutex> serial(launch_mutex());
     cudaError_t e = check_launch(reinterpret_cast<const void*>(kernel), grid, block, shmem);
-    // While its stream captures, the launch is recorded to run at each replay (cuda_emu_graph.h).
-    if (!e && captured(stream, [=] { launch(kernel, grid, block, shmem, nullptr, args...); return std::exchange(last_error, cudaSuccess); }, e) && !e) return;
+    if (!e) {
+        // A GPU would fault on the first access through a host pointer; here it does not run.
+        DeviceAccess access;
+        const bool on_device[] = {true, device_argument<KArgs>(static_cast<KArgs>(args))...};
+        for (size_t i = 1; i < sizeof on_device && !e; i++)
+            if (!on_device[i]) {
+                fprintf(stderr, "cuda_emu: kernel argument %zu is a pointer to host memory\n", i - 1);
+                e = cudaErrorIllegalAddress;
+            }
+    }
     if (e) {
         last_error = e;
         return;
     }
-    DeviceAccess access;
-    // A GPU would fault on the first access through a host pointer; here it does not run.
-    const bool on_device[] = {true, device_argument<KArgs>(static_cast<KArgs>(args))...};
-    for (size_t i = 1; i < sizeof on_device; i++)
-        if (!on_device[i]) {
-            fprintf(stderr, "cuda_emu: kernel argument %zu is a pointer to host memory\n", i - 1);
-            last_error = cudaErrorIllegalAddress;
-            return;
-        }
-    auto call = [&]() { kernel(static_cast<KArgs>(args)...); };
-    run_grid(grid, block, shmem, [](void* c) { (*static_cast<decltype(call)*>(c))(); }, &call);
+    auto run = [=]() -> cudaError_t {
+        std::lock_guard<std::mutex> serial(launch_mutex());
+        DeviceAccess access;
+        auto call = [&]() { kernel(static_cast<KArgs>(args)...); };
+        run_grid(grid, block, shmem, [](void* c) { (*static_cast<decltype(call)*>(c))(); }, &call);
+        return cudaSuccess;
+    };
+    // Queued on its stream, or recorded while the stream captures (cuda_emu_graph.h).
+    if (deferred(stream, run, e)) {
+        if (e) last_error = e;
+        return;
+    }
+    run();
 }
 
 template<typename T> inline T* dynamic_shared() { return reinterpret_cast<T*>(cuda_emu::g_launch.block->dynamic.data()); }
+namespace cuda_emu {
+// The running block's copy of the static shared declaration `site` (bytes long), 16-byte
+// aligned; past CUDA's 48 KB of static shared memory the emulation stops, as nvcc would.
+inline void* static_shared(const void* site, size_t bytes) {
+    Block& b = *g_launch.block;
+    int i = 0;
+    while (i < b.sites && b.site[i] != site) i++;
+    if (i == b.sites) {
+        const size_t at = (b.static_used + 15) / 16 * 16;
+        if (at + bytes > kStaticShared || i == Block::kSites) {
+            fprintf(stderr, "cuda_emu: static shared memory past %zu bytes or %d declarations\n", kStaticShared, Block::kSites);
+            abort();
+        }
+        b.site[i] = site;
+        b.site_at[i] = at;
+        b.sites = i + 1;
+        b.static_used = at + bytes;
+    }
+    return b.statics.data() + b.site_at[i];
+}
+}  // namespace cuda_emu
 
 inline void __syncthreads() { cuda_emu::g_launch.block->bar.wait(); }
-inline void __syncwarp(unsigned mask = 0xffffffffu) { cuda_emu::warp_sync(cuda_emu::running_warp(), mask, 0, "__syncwarp"); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { cuda_emu::warp_sync(cuda_emu::running_warp(), mask, 0, "__syncwarp", true); }
 
 template<typename T> inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
     int lane = cuda_emu::running_fiber().lane;
@@ -566,9 +648,9 @@ inline unsigned __ballot_sync(unsigned mask, int pred) {
     w.slot[running_fiber().lane] = pred != 0;
     warp_sync(w, mask, 0, "__ballot_sync");
     unsigned bits = 0;
-    for (int l = 0; l < w.lanes; l++) bits |= (unsigned)w.slot[l] << l;
+    for (int l = 0; l < w.lanes; l++) bits |= (unsigned)(uint64_t)w.slot[l] << l;
     bits &= mask & w.running;  // a lane that has returned votes no
-    w.bar.wait();
+    w.bar.wait(false);
     return bits;
 }
 
@@ -631,9 +713,12 @@ inline float __logf(float x) { return log2f(x) * 0.693147182f; }
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 
-// ---- runtime: device memory is host memory, streams and events are synchronous ----
+// ---- runtime: device memory is host memory, streams are queues (cuda_emu_stream.h) ----
 enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice, cudaMemcpyDefault };
-struct CUevent_st { std::chrono::steady_clock::time_point t; };
+struct CUevent_st {
+    std::chrono::steady_clock::time_point t;
+    uint64_t id = 0;  // the queued item that records it (cuda_emu_stream.h)
+};
 typedef CUevent_st* cudaEvent_t;
 
 inline const char* cudaGetErrorString(cudaError_t e) {
@@ -656,7 +741,11 @@ template<typename F> inline cudaError_t cudaFuncSetAttribute(F kernel, cudaFuncA
 }
 enum cudaDeviceAttr { cudaDevAttrClockRate, cudaDevAttrMultiProcessorCount, cudaDevAttrComputeCapabilityMajor, cudaDevAttrComputeCapabilityMinor };
 inline cudaError_t cudaDeviceGetAttribute(int*, cudaDeviceAttr, int) { return cudaErrorInvalidValue; }  // no hardware to describe
-inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() {
+    if (cuda_emu::capture_refuses()) return cudaErrorStreamCaptureUnsupported;
+    cuda_emu::streams().run_all();
+    return cuda_emu::streams().take_error();
+}
 inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
     cuda_emu::DeviceMemory& d = cuda_emu::device_memory();
     std::lock_guard<std::recursive_mutex> lock(d.m);
@@ -671,9 +760,10 @@ inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
 }
 inline cudaError_t cudaMalloc(void** p, size_t n) {
     using namespace cuda_emu;
+    *p = nullptr;
+    if (capture_refuses()) return cudaErrorStreamCaptureUnsupported;
     DeviceMemory& d = device_memory();
     std::lock_guard<std::recursive_mutex> lock(d.m);
-    *p = nullptr;
     if (d.limit && n > d.limit - d.used) return cudaErrorMemoryAllocation;
     Allocation a{nullptr, 0, n};
     if (kProtect) {
@@ -696,11 +786,14 @@ inline cudaError_t cudaMalloc(void** p, size_t n) {
     return cudaSuccess;
 }
 template<typename T> inline cudaError_t cudaMalloc(T** p, size_t n) { return cudaMalloc((void**)p, n); }
+// As on a GPU, it waits for the device's work first.
 inline cudaError_t cudaFree(void* p) {
     using namespace cuda_emu;
+    if (capture_refuses()) return cudaErrorStreamCaptureUnsupported;
+    if (!p) return cudaSuccess;
+    streams().run_all();
     DeviceMemory& d = device_memory();
     std::lock_guard<std::recursive_mutex> lock(d.m);
-    if (!p) return cudaSuccess;
     auto it = d.live.find((uintptr_t)p);
     if (it == d.live.end()) return cudaErrorInvalidValue;
     const Allocation a = it->second;
@@ -710,12 +803,11 @@ inline cudaError_t cudaFree(void* p) {
     else free(a.map);
     return cudaSuccess;
 }
+namespace cuda_emu {
 // A copy's direction must match where its pointers are (cudaMemcpyDefault: any), and a device
 // range must lie inside one allocation; otherwise cudaErrorInvalidValue, where a GPU would
 // copy wrongly or fault.
-inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind k) {
-    using namespace cuda_emu;
-    if (n == 0) return cudaSuccess;
+inline cudaError_t check_copy(void* dst, const void* src, size_t n, cudaMemcpyKind k) {
     DeviceAccess access;
     DeviceMemory& d = access.d;
     const bool dst_dev = d.holding(dst, n), src_dev = d.holding(src, n);
@@ -725,42 +817,117 @@ inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKi
                   : k == cudaMemcpyDeviceToHost   ? dst_host && src_dev
                   : k == cudaMemcpyDeviceToDevice ? dst_dev && src_dev
                                                   : (dst_dev || dst_host) && (src_dev || src_host);
-    if (!ok) return cudaErrorInvalidValue;
-    memcpy(dst, src, n);
-    return cudaSuccess;
+    return ok ? cudaSuccess : cudaErrorInvalidValue;
+}
+// Queues a copy on s; host memory is pageable here, so, as CUDA promises for it, the source
+// is read at the call and a copy into host memory is done when the call returns.
+inline cudaError_t copy_on(cudaStream_t s, void* dst, const void* src, size_t n, cudaMemcpyKind k) {
+    if (n == 0) return cudaSuccess;
+    if (cudaError_t e = check_copy(dst, src, n, k)) return e;
+    const bool from_host = !device_memory().is_device(src), to_host = !device_memory().is_device(dst);
+    std::shared_ptr<std::vector<char>> staged;
+    if (from_host) staged = std::make_shared<std::vector<char>>((const char*)src, (const char*)src + n);
+    auto copy = [=]() -> cudaError_t {
+        DeviceAccess access;
+        memcpy(dst, staged ? staged->data() : src, n);
+        return cudaSuccess;
+    };
+    cudaError_t status;
+    uint64_t id = 0;
+    if (!deferred(s, copy, status, &id)) return copy();
+    if (status || !to_host || !id) return status;
+    streams().run({id});
+    return streams().take_error();
+}
+inline cudaError_t set_on(cudaStream_t s, void* dst, int v, size_t n) {
+    if (n == 0) return cudaSuccess;
+    {
+        DeviceAccess access;
+        if (!access.d.holding(dst, n)) return cudaErrorInvalidValue;
+    }
+    auto set = [=]() -> cudaError_t {
+        DeviceAccess access;
+        memset(dst, v, n);
+        return cudaSuccess;
+    };
+    cudaError_t status;
+    return deferred(s, set, status) ? status : set();
+}
+}  // namespace cuda_emu
+
+// On the legacy stream, and done when it returns, with the errors of earlier work.
+inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind k) {
+    if (cuda_emu::capture_refuses()) return cudaErrorStreamCaptureImplicit;
+    if (cudaError_t e = cuda_emu::copy_on(nullptr, dst, src, n, k)) return e;
+    cuda_emu::streams().run({cuda_emu::streams().legacy.tail});
+    return cuda_emu::streams().take_error();
 }
 inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaStream_t st = nullptr) {
-    cudaError_t e;
-    return cuda_emu::captured(st, [=] { return cudaMemcpy(d, s, n, k); }, e) ? e : cudaMemcpy(d, s, n, k);
+    return cuda_emu::copy_on(st, d, s, n, k);
 }
 inline cudaError_t cudaMemset(void* dst, int v, size_t n) {
-    if (n == 0) return cudaSuccess;
-    cuda_emu::DeviceAccess access;
-    if (!access.d.holding(dst, n)) return cudaErrorInvalidValue;
-    memset(dst, v, n);
+    if (cuda_emu::capture_refuses()) return cudaErrorStreamCaptureImplicit;
+    return cuda_emu::set_on(nullptr, dst, v, n);
+}
+inline cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t st = nullptr) { return cuda_emu::set_on(st, d, v, n); }
+
+enum : unsigned { cudaStreamDefault = 0, cudaStreamNonBlocking = 1, cudaEventDefault = 0, cudaEventDisableTiming = 2 };
+inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags) {
+    if (flags > cudaStreamNonBlocking) return cudaErrorInvalidValue;
+    cuda_emu::Streams& q = cuda_emu::streams();
+    std::lock_guard<std::recursive_mutex> lock(q.m);
+    *s = new CUstream_st;
+    (*s)->nonblocking = flags == cudaStreamNonBlocking;
+    if (!(*s)->nonblocking) q.blocking.insert(*s);
     return cudaSuccess;
 }
-inline cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t st = nullptr) {
-    cudaError_t e;
-    return cuda_emu::captured(st, [=] { return cudaMemset(d, v, n); }, e) ? e : cudaMemset(d, v, n);
+inline cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, cudaStreamDefault); }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    if (cuda_emu::g_capture.stream == s && cuda_emu::capture_refuses()) return cudaErrorStreamCaptureUnsupported;
+    cuda_emu::Streams& q = cuda_emu::streams();
+    q.run({q.of(s)->tail});
+    return q.take_error();
 }
-// Work on every stream completes before its call returns, so the order between streams that
-// events give is already there: a stream's flags and a wait on an event change nothing.
-enum : unsigned { cudaStreamDefault = 0, cudaStreamNonBlocking = 1, cudaEventDefault = 0, cudaEventDisableTiming = 2 };
-inline cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = new CUstream_st; return cudaSuccess; }
-inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags) {
-    return flags > cudaStreamNonBlocking ? cudaErrorInvalidValue : cudaStreamCreate(s);
+// Its work still runs, as on a GPU.
+inline cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    if (!s) return cudaErrorInvalidValue;
+    cuda_emu::Streams& q = cuda_emu::streams();
+    std::lock_guard<std::recursive_mutex> lock(q.m);
+    q.run({s->tail});
+    q.blocking.erase(s);
+    delete s;
+    return cudaSuccess;
 }
-inline cudaError_t cudaStreamDestroy(cudaStream_t s) { delete s; return cudaSuccess; }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 inline cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = new CUevent_st; return cudaSuccess; }
 inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned flags) {
     return flags & ~cudaEventDisableTiming ? cudaErrorInvalidValue : cudaEventCreate(e);
 }
-inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t e, unsigned flags = 0) { return e && !flags ? cudaSuccess : cudaErrorInvalidValue; }
 inline cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
-inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = nullptr) { e->t = std::chrono::steady_clock::now(); return cudaSuccess; }
-inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr) {
+    if (!e) return cudaErrorInvalidValue;
+    auto stamp = [e]() -> cudaError_t {
+        e->t = std::chrono::steady_clock::now();
+        return cudaSuccess;
+    };
+    cudaError_t status;
+    uint64_t id = 0;
+    if (!cuda_emu::deferred(s, stamp, status, &id)) return stamp();
+    e->id = id;
+    return status;
+}
+inline cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags = 0) {
+    if (!e || flags) return cudaErrorInvalidValue;
+    cuda_emu::Streams& q = cuda_emu::streams();
+    if (q.ignore_waits == (s ? (q.of(s)->nonblocking ? "nonblocking" : "blocking") : "legacy")) return cudaSuccess;  // a planted bug
+    if (cuda_emu::g_capture.stream && cuda_emu::g_capture.stream == s) return cudaSuccess;  // one stream's capture: stream order holds
+    q.enqueue(s, [] { return cudaSuccess; }, {e->id});
+    return cudaSuccess;
+}
+inline cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+    if (!e) return cudaErrorInvalidValue;
+    cuda_emu::streams().run({e->id});
+    return cuda_emu::streams().take_error();
+}
 inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
     *ms = std::chrono::duration<float, std::milli>(b->t - a->t).count();
     return cudaSuccess;

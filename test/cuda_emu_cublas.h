@@ -21,6 +21,37 @@ inline cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s) { h->str
 inline cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t m) { h->math = m; return CUBLAS_STATUS_SUCCESS; }
 inline const char* cublasGetStatusString(cublasStatus_t s) { return s == CUBLAS_STATUS_SUCCESS ? "success" : "cuBLAS error"; }
 
+namespace cuda_emu {
+// The product itself, summed in fp32 over k in order (the tensor cores' and cuBLAS's
+// accumulator type; its rounding errors are what the tests' tolerances must allow).
+inline void gemm(cublasMath_t math, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float al, const void* A,
+                 cudaDataType at, int lda, long long sa, const void* B, cudaDataType bt, int ldb, long long sb, float be, void* C,
+                 cudaDataType ct, int ldc, long long sc, int batch, cublasComputeType_t comp) {
+    const bool bf16 = at == CUDA_R_16BF;
+    const bool tf32 = !bf16 && (comp == CUBLAS_COMPUTE_32F_FAST_TF32 || math == CUBLAS_TF32_TENSOR_OP_MATH);
+    // element e of a matrix of type t, as the product takes it
+    auto in = [tf32](const void* p, cudaDataType t, long long e) {
+        if (t == CUDA_R_16BF) return __bfloat162float(((const __nv_bfloat16*)p)[e]);
+        const float x = ((const float*)p)[e];
+        return tf32 ? to_tf32(x) : x;
+    };
+    for (int b = 0; b < batch; b++)
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < m; i++) {
+                float s = 0;
+                for (int p = 0; p < k; p++)
+                    s = fmaf(in(A, at, b * sa + (ta == CUBLAS_OP_N ? i + (long long)p * lda : p + (long long)i * lda)),
+                             in(B, bt, b * sb + (tb == CUBLAS_OP_N ? p + (long long)j * ldb : j + (long long)p * ldb)), s);
+                const long long e = b * sc + i + (long long)j * ldc;
+                // beta = 0 ignores C, as cuBLAS does
+                const float c = ct == CUDA_R_16BF ? __bfloat162float(((__nv_bfloat16*)C)[e]) : ((float*)C)[e];
+                const float cij = be == 0.0f ? al * s : fmaf(be, c, al * s);
+                if (ct == CUDA_R_16BF) ((__nv_bfloat16*)C)[e] = __float2bfloat16(cij);
+                else ((float*)C)[e] = cij;
+            }
+}
+}  // namespace cuda_emu
+
 // Column-major: C(i,j) = alpha * sum_p op(A)(i,p) op(B)(p,j) + beta * C(i,j), C[i + j*ldc].
 // With TF32 allowed (the handle's math mode or the compute type) fp32 inputs are rounded to
 // TF32 as tensor cores would take them: the worst case, as cuBLAS may also stay in fp32.
@@ -39,48 +70,32 @@ inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperati
     if (m < 0 || n < 0 || k < 0 || batch < 0 || lda < max(1, a_rows) || ldb < max(1, b_rows) || ldc < max(1, m))
         return CUBLAS_STATUS_INVALID_VALUE;
     if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
-    // While the handle's stream captures, the product is recorded with the scalars' values (cuda_emu_graph.h).
-    const float alpha_v = *(const float*)alpha, beta_v = *(const float*)beta;
-    cudaError_t captured_status;
-    if (cuda_emu::captured(h->stream, [=] {
-            return cublasGemmStridedBatchedEx(h, ta, tb, m, n, k, &alpha_v, A, at, lda, sa, B, bt, ldb, sb, &beta_v, C, ct, ldc, sc, batch,
-                                              comp, CUBLAS_GEMM_DEFAULT) ? cudaErrorInvalidValue : cudaSuccess; }, captured_status))
-        return captured_status ? CUBLAS_STATUS_EXECUTION_FAILED : CUBLAS_STATUS_SUCCESS;
-    cuda_emu::DeviceAccess access;
-    // Every element the product touches must be device memory, where a GPU would fault.
-    auto on_device = [&](const void* p, cudaDataType t, int rows, int cols, int ld, long long stride) {
-        if (rows == 0 || cols == 0) return true;  // not read
-        const long long elems = (long long)ld * (cols - 1) + rows + stride * (batch - 1);
-        return access.d.holding(p, (size_t)elems * (t == CUDA_R_16BF ? 2 : 4)) != nullptr;
-    };
-    if (!on_device(A, at, a_rows, ta == CUBLAS_OP_N ? k : m, lda, sa) || !on_device(B, bt, b_rows, tb == CUBLAS_OP_N ? n : k, ldb, sb) ||
-        !on_device(C, ct, m, n, ldc, sc)) {
-        fprintf(stderr, "cuda_emu: cuBLAS given a matrix outside device memory\n");
-        return CUBLAS_STATUS_EXECUTION_FAILED;
+    {
+        cuda_emu::DeviceAccess access;
+        // Every element the product touches must be device memory, where a GPU would fault.
+        auto on_device = [&](const void* p, cudaDataType t, int rows, int cols, int ld, long long stride) {
+            if (rows == 0 || cols == 0) return true;  // not read
+            const long long elems = (long long)ld * (cols - 1) + rows + stride * (batch - 1);
+            return access.d.holding(p, (size_t)elems * (t == CUDA_R_16BF ? 2 : 4)) != nullptr;
+        };
+        if (!on_device(A, at, a_rows, ta == CUBLAS_OP_N ? k : m, lda, sa) || !on_device(B, bt, b_rows, tb == CUBLAS_OP_N ? n : k, ldb, sb) ||
+            !on_device(C, ct, m, n, ldc, sc)) {
+            fprintf(stderr, "cuda_emu: cuBLAS given a matrix outside device memory\n");
+            return CUBLAS_STATUS_EXECUTION_FAILED;
+        }
     }
-    const float al = *(const float*)alpha, be = *(const float*)beta;
-    const bool tf32 = !bf16 && (comp == CUBLAS_COMPUTE_32F_FAST_TF32 || h->math == CUBLAS_TF32_TENSOR_OP_MATH);
-    // element e of a matrix of type t, as the product takes it
-    auto in = [tf32](const void* p, cudaDataType t, long long e) {
-        if (t == CUDA_R_16BF) return (double)__bfloat162float(((const __nv_bfloat16*)p)[e]);
-        const float x = ((const float*)p)[e];
-        return (double)(tf32 ? to_tf32(x) : x);
+    // Queued on the handle's stream (or recorded while it captures) with the scalars' values, as
+    // cuBLAS reads host scalars at the call (cuda_emu_stream.h, cuda_emu_graph.h).
+    const float alpha_v = *(const float*)alpha, beta_v = *(const float*)beta;
+    const cublasMath_t math = h->math;
+    auto product = [=]() -> cudaError_t {
+        cuda_emu::DeviceAccess access;
+        cuda_emu::gemm(math, ta, tb, m, n, k, alpha_v, A, at, lda, sa, B, bt, ldb, sb, beta_v, C, ct, ldc, sc, batch, comp);
+        return cudaSuccess;
     };
-    for (int b = 0; b < batch; b++)
-        for (int j = 0; j < n; j++)
-            for (int i = 0; i < m; i++) {
-                double s = 0;
-                for (int p = 0; p < k; p++)
-                    s += in(A, at, b * sa + (ta == CUBLAS_OP_N ? i + (long long)p * lda : p + (long long)i * lda)) *
-                         in(B, bt, b * sb + (tb == CUBLAS_OP_N ? p + (long long)j * ldb : j + (long long)p * ldb));
-                const long long e = b * sc + i + (long long)j * ldc;
-                // beta = 0 ignores C, as cuBLAS does
-                const double c = ct == CUDA_R_16BF ? __bfloat162float(((__nv_bfloat16*)C)[e]) : ((float*)C)[e];
-                const float cij = (float)(al * s + (be == 0.0f ? 0.0 : (double)be * c));
-                if (ct == CUDA_R_16BF) ((__nv_bfloat16*)C)[e] = __float2bfloat16(cij);
-                else ((float*)C)[e] = cij;
-            }
-    return CUBLAS_STATUS_SUCCESS;
+    cudaError_t status;
+    if (!cuda_emu::deferred(h->stream, product, status)) status = product();
+    return status ? CUBLAS_STATUS_EXECUTION_FAILED : CUBLAS_STATUS_SUCCESS;
 }
 inline cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                                    const void* alpha, const void* A, cudaDataType at, int lda, const void* B, cudaDataType bt,

@@ -2,17 +2,19 @@
 // test/cuda_emu.h ahead of launch()). Between cudaStreamBeginCapture and cudaStreamEndCapture
 // the work queued on the capturing stream does not run: launch(), cudaMemcpyAsync,
 // cudaMemsetAsync and cuBLAS (on the handle's stream, cublasSetStream) each pass it to
-// captured(), which records it with its arguments copied (cuBLAS's host scalars by value, as
-// cuBLAS reads them at capture). cudaGraphLaunch runs the recorded work in order, each time
-// on the arguments it was captured with, so a graph that should follow changing state must
-// read it from device memory, as on a GPU.
+// deferred(), which records it with its arguments copied (cuBLAS's host scalars by value, as
+// cuBLAS reads them at capture). cudaGraphLaunch queues the recorded work, to run in order,
+// each time on the arguments it was captured with, so a graph that should follow changing
+// state must read it from device memory, as on a GPU.
 // As on a GPU: the legacy stream cannot capture (cudaErrorStreamCaptureUnsupported); work
 // queued on the legacy stream while a capture is open invalidates that capture (the call
 // fails with cudaErrorStreamCaptureImplicit and cudaStreamEndCapture with
 // cudaErrorStreamCaptureInvalidated), so a forgotten stream (cuBLAS's, say) fails here as it
 // would there; a replayed launch fails as a direct one would, and cudaGraphLaunch returns the
-// first error. Not emulated: capture across streams (events), graph nodes and updates,
-// synchronous calls during a capture.
+// first error. What the driver refuses during a capture fails the same way and invalidates
+// it: cudaMalloc, cudaFree, cudaMemcpy and cudaMemset (the legacy stream), and synchronizing
+// the device or the capturing stream. Not emulated: capture across streams (events), graph
+// nodes and updates.
 #pragma once
 #include <functional>
 
@@ -33,24 +35,35 @@ struct Capture {
     cudaStream_t stream = nullptr;  // capturing, or null
     CUgraph_st* graph = nullptr;
     bool invalid = false;
-    int replaying = 0;              // cudaGraphLaunch in progress: its work runs
 };
 inline thread_local Capture g_capture;  // one capture at a time per host thread
 
 // Called with the work a call queues on stream s. True when the call is done with it: recorded
-// into the open capture of s (status cudaSuccess), or refused because it went to the legacy
-// stream while a capture is open (status says so; the capture is invalid). False: run it now.
-template<typename F> bool captured(cudaStream_t s, F work, cudaError_t& status) {
+// into the open capture of s (status cudaSuccess), refused because it went to the legacy stream
+// while a capture is open (status says so; the capture is invalid), or queued on s
+// (cuda_emu_stream.h). False inside queued work that runs (a graph's replay, say): run it now.
+template<typename F> bool deferred(cudaStream_t s, F work, cudaError_t& status, uint64_t* id = nullptr) {
     Capture& c = g_capture;
-    if (!c.stream || c.replaying) return false;
-    if (s == c.stream) {
+    Streams& q = streams();
+    if (q.running) return false;
+    status = cudaSuccess;
+    if (c.stream && s == c.stream) {
         c.graph->work.push_back(work);
-        status = cudaSuccess;
         return true;
     }
-    if (s) return false;
-    c.invalid = true;
-    status = cudaErrorStreamCaptureImplicit;
+    if (c.stream && !s) {
+        c.invalid = true;
+        status = cudaErrorStreamCaptureImplicit;
+        return true;
+    }
+    const uint64_t i = q.enqueue(s, work);
+    if (id) *id = i;
+    return true;
+}
+// A call the driver refuses while a capture is open: true (and the capture is invalid) then.
+inline bool capture_refuses() {
+    if (!g_capture.stream) return false;
+    g_capture.invalid = true;
     return true;
 }
 
@@ -79,20 +92,17 @@ inline cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph
     *exec = new CUgraphExec_st{*graph};
     return cudaSuccess;
 }
-// Runs the graph's work now (launches are synchronous here); captured itself when s captures.
+// Queues the graph's work on s as one item (or records it, when s captures).
 inline cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
     if (!exec) return cudaErrorInvalidValue;
     auto run = [exec] {
-        cuda_emu::Capture& c = cuda_emu::g_capture;
-        c.replaying++;
         cudaError_t first = cudaSuccess;
         for (auto& w : exec->graph.work)
             if (cudaError_t e = w(); e && !first) first = e;
-        c.replaying--;
         return first;
     };
     cudaError_t status;
-    return cuda_emu::captured(s, run, status) ? status : run();
+    return cuda_emu::deferred(s, run, status) ? status : run();
 }
 inline cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) { delete exec; return cudaSuccess; }
 inline cudaError_t cudaGraphDestroy(cudaGraph_t graph) { delete graph; return cudaSuccess; }

@@ -49,8 +49,7 @@ template<typename Element> inline void mma_tile(float (&d)[4], const uint32_t* a
     using namespace cuda_emu;
     Warp& w = running_warp();
     const int lane = running_fiber().lane;
-    memcpy(w.mma[lane], a, 4 * sizeof(uint32_t));
-    memcpy(w.mma[lane] + 4, b, 2 * sizeof(uint32_t));
+    for (int r = 0; r < 6; r++) w.mma[lane][r] = r < 4 ? a[r] : b[r - 4];
     warp_sync(w, 0xffffffffu, 0xffffffffu, what);
     const int g = lane / 4, t = lane % 4;
     for (int i = 0; i < 4; i++) {
@@ -59,7 +58,7 @@ template<typename Element> inline void mma_tile(float (&d)[4], const uint32_t* a
         for (int k = 0; k < k_len; k++) s += element(w, row, k, true) * element(w, k, col, false);
         d[i] += s;
     }
-    w.bar.wait();
+    w.bar.wait(false);
 }
 // TF32, k = 8: a (row, k) is lane (row % 8) * 4 + k % 4, register row / 8 + 2 (k / 4); b
 // (k, col) lane col * 4 + k % 4, register k / 4.
@@ -67,14 +66,14 @@ inline void mma_tf32(float (&d)[4], const float (&a)[4], const float (&b)[2]) {
     const uint32_t ab[4] = {cuda_emu::float_bits(a[0]), cuda_emu::float_bits(a[1]), cuda_emu::float_bits(a[2]), cuda_emu::float_bits(a[3])};
     const uint32_t bb[2] = {cuda_emu::float_bits(b[0]), cuda_emu::float_bits(b[1])};
     mma_tile(d, ab, bb, 8, [](cuda_emu::Warp& w, int r, int c, bool is_a) {
-        return cuda_emu::bits_float(is_a ? w.mma[(r % 8) * 4 + c % 4][r / 8 + 2 * (c / 4)] : w.mma[c * 4 + r % 4][4 + r / 4]);
+        return cuda_emu::bits_float(is_a ? (uint32_t)w.mma[(r % 8) * 4 + c % 4][r / 8 + 2 * (c / 4)] : (uint32_t)w.mma[c * 4 + r % 4][4 + r / 4]);
     }, "mma_tf32");
 }
 // bf16, k = 16: a (row, k) is lane (row % 8) * 4 + (k % 8) / 2, register row / 8 + 2 (k / 8),
 // half k % 2; b (k, col) lane col * 4 + (k % 8) / 2, register k / 8, half k % 2.
 inline void mma_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     mma_tile(d, a, b, 16, [](cuda_emu::Warp& w, int r, int c, bool is_a) {
-        const uint32_t reg = is_a ? w.mma[(r % 8) * 4 + (c % 8) / 2][r / 8 + 2 * (c / 8)] : w.mma[c * 4 + (r % 8) / 2][4 + r / 8];
+        const uint32_t reg = is_a ? (uint32_t)w.mma[(r % 8) * 4 + (c % 8) / 2][r / 8 + 2 * (c / 8)] : (uint32_t)w.mma[c * 4 + (r % 8) / 2][4 + r / 8];
         const int half = is_a ? c % 2 : r % 2;
         return cuda_emu::bits_float((reg >> (16 * half) & 0xffffu) << 16);
     }, "mma_bf16");
@@ -95,18 +94,20 @@ template<int N, bool Trans = false> inline void ldmatrix(uint32_t (&r)[N], const
     }
     w.slot[lane] = (uint64_t)(uintptr_t)row;
     warp_sync(w, 0xffffffffu, 0xffffffffu, "ldmatrix");
-    auto element = [&](int m, int rr, int cc) { return (uint32_t)((const uint16_t*)(uintptr_t)w.slot[8 * m + rr])[cc]; };
+    auto element = [&](int m, int rr, int cc) { return (uint32_t)((const uint16_t*)(uintptr_t)(uint64_t)w.slot[8 * m + rr])[cc]; };
     const int g = lane / 4, t = lane % 4;
     for (int m = 0; m < N; m++)
         r[m] = Trans ? element(m, 2 * t, g) | element(m, 2 * t + 1, g) << 16 : element(m, g, 2 * t) | element(m, g, 2 * t + 1) << 16;
-    w.bar.wait();
+    w.bar.wait(false);
 }
 
 // ---- cp.async ----
 
-// The source is read when the copy is issued; the destination is written only by the
-// cp_async_wait that covers the copy's group, so a kernel that reads shared memory before
-// waiting sees the poison of uninitialised memory and fails its test.
+// The source is read when the copy is issued. On a GPU the destination may change at any
+// moment until the cp_async_wait that covers the copy's group; here it holds poison (0xff
+// bytes: NaN as float or bf16) from the issue to that wait, then the data. So a kernel that
+// reads a stage before its wait, or refills a stage another warp still reads (without a
+// barrier between), reads NaN and fails its test, and ThreadSanitizer sees the write at issue.
 inline void cp_async16(void* dst, const void* src) {
     using namespace cuda_emu;
     if ((uintptr_t)dst % 16 || (uintptr_t)src % 16) fault("cp.async: a 16-byte copy between addresses that are not 16-byte aligned", src);
@@ -115,6 +116,7 @@ inline void cp_async16(void* dst, const void* src) {
     Fiber& f = running_fiber();
     f.async.push_back({dst, {}, f.commits});
     memcpy(f.async.back().bytes, src, 16);
+    memset(dst, kPoison, 16);
 }
 inline void cp_async_commit() { cuda_emu::running_fiber().commits++; }
 // Lands every copy of the groups committed before the last N commits.

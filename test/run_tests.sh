@@ -52,6 +52,8 @@ suite data run 300 "$no_data" ./build/test_data
 suite tiktoken run 300 "$no_node" ./build/test_data --no-skip=true --test-case='tiktoken*'
 suite tsan-catches-race "expect:WARNING: ThreadSanitizer: data race" 120 "" \
     env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --no-skip=true --test-case='sanitizer-race*'
+suite tsan-catches-shuffle-order "expect:WARNING: ThreadSanitizer: data race" 120 "" \
+    env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --no-skip=true --test-case='sanitizer-warp-race*'
 suite asan-catches-overflow "expect:AddressSanitizer: heap-buffer-overflow" 120 "" \
     ./build/test_gpu_asan --no-skip=true --test-case='sanitizer-bounds*'
 # Prints "gpu: SKIPPED (no CUDA device: ...)" where there is no GPU.

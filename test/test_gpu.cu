@@ -39,7 +39,7 @@ template<typename T> struct DeviceBuffer {
 
 // One sum per block: warp reduction by xor shuffles, then warp 0 reduces the warp sums.
 __global__ void block_sum_kernel(const float* x, float* out, int n) {
-    __shared__ float warp_sums[32];
+    PHD_SHARED(float, warp_sums, [32]);
     int i = blockIdx.x * blockDim.x + threadIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     float v = i < n ? x[i] : 0.0f;
     for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -68,7 +68,8 @@ TEST_CASE("emulation: block reduction with warp shuffles and shared memory") {
 
 // C (M, N) = A (M, K) B (K, N), row-major, 8x8 tiles through shared memory.
 __global__ void tiled_matmul_kernel(const float* A, const float* B, float* C, int M, int N, int K) {
-    __shared__ float As[8][8], Bs[8][8];
+    PHD_SHARED(float, As, [8][8]);
+    PHD_SHARED(float, Bs, [8][8]);
     int row = blockIdx.y * 8 + threadIdx.y, col = blockIdx.x * 8 + threadIdx.x;
     float acc = 0;
     for (int k0 = 0; k0 < K; k0 += 8) {
@@ -101,7 +102,7 @@ TEST_CASE("emulation: shared-memory tiled matmul with __syncthreads, sizes off t
 
 // Threads past n return before the barrier; the rest reverse the first n values.
 __global__ void reverse_kernel(const int* in, int* out, int n) {
-    __shared__ int s[64];
+    PHD_SHARED(int, s, [64]);
     int t = threadIdx.x;
     if (t >= n) return;
     s[t] = in[t];
@@ -257,7 +258,7 @@ TEST_CASE("emulation: threads that all wait at barriers that cannot complete abo
     DeviceBuffer<int> d(std::vector<int>(64, 0));
     launch(stuck_kernel, dim3(1), dim3(64), 0, nullptr, d.ptr, false);
     CHECK(d.get() == std::vector<int>(64, 1));
-    CHECK(in_child([&] { launch(stuck_kernel, dim3(1), dim3(64), 0, nullptr, d.ptr, true); }) == 43);
+    CHECK(in_child([&] { launch(stuck_kernel, dim3(1), dim3(64), 0, nullptr, d.ptr, true); cudaDeviceSynchronize(); }) == 43);
 }
 
 TEST_CASE("emulation: a warp primitive reading a lane that has returned aborts, as CUDA leaves it undefined") {
@@ -268,9 +269,9 @@ TEST_CASE("emulation: a warp primitive reading a lane that has returned aborts, 
         CHECK(out[l] == (l ^ 8));
         CHECK(out[16 + l] == 0xffff);  // the returned lanes do not vote
     }
-    CHECK(in_child([&] { launch(half_warp_kernel, dim3(1), dim3(32), 0, nullptr, d.ptr, 16); }) == 43);
-    CHECK(in_child([&] { launch(half_warp_kernel, dim3(1), dim3(24), 0, nullptr, d.ptr, 8); }) == 0);
-    CHECK(in_child([&] { launch(half_warp_kernel, dim3(1), dim3(8), 0, nullptr, d.ptr, 8); }) == 43);  // lane 8 does not exist
+    CHECK(in_child([&] { launch(half_warp_kernel, dim3(1), dim3(32), 0, nullptr, d.ptr, 16); cudaDeviceSynchronize(); }) == 43);
+    CHECK(in_child([&] { launch(half_warp_kernel, dim3(1), dim3(24), 0, nullptr, d.ptr, 8); cudaDeviceSynchronize(); }) == 0);
+    CHECK(in_child([&] { launch(half_warp_kernel, dim3(1), dim3(8), 0, nullptr, d.ptr, 8); cudaDeviceSynchronize(); }) == 43);  // lane 8 does not exist
 }
 
 TEST_CASE("emulation: cuBLAS with TF32 allowed rounds its inputs to TF32") {
@@ -633,7 +634,7 @@ TEST_CASE("emulation: bf16 and half conversions round to nearest even, as on the
 
 // reverse_kernel without its barrier: a read of s[] races with another thread's write.
 __global__ void racy_reverse_kernel(const int* in, int* out, int n) {
-    __shared__ int s[64];
+    PHD_SHARED(int, s, [64]);
     int t = threadIdx.x;
     s[t] = in[t];
     out[t] = s[n - 1 - t];

@@ -105,7 +105,7 @@ TEST_CASE("mma_bf16 multiplies bf16 fragments laid out as the PTX ISA documents 
 // at row j of matrix i; each lane writes what it receives for N matrices, plain and
 // transposed: out (32 lanes, 2 forms, 4 registers).
 template<int N> __global__ void ldmatrix_kernel(uint32_t* out) {
-    __shared__ __align__(16) uint16_t s[4][8][8];
+    PHD_SHARED(uint16_t, s, [4][8][8]);
     const int lane = threadIdx.x;
     for (int e = lane; e < 256; e += 32) s[e / 64][e / 8 % 8][e % 8] = (uint16_t)(256 * (e / 64) + 16 * (e / 8 % 8) + e % 8);
     __syncwarp();
@@ -147,7 +147,9 @@ TEST_CASE("ldmatrix x1, x2 and x4, plain and transposed, deliver the fragments t
 // point at rows 0-15 at column 0, lanes 16-31 at column 8); B (16x8, rows k) by x2.trans (as
 // V in P V); and B stored transposed, Bt (8x16, rows n), by plain x2 (as K in Q K^T).
 __global__ void ldmatrix_mma_kernel(const uint16_t* A, const uint16_t* B, const float* C, float* D, float* Dt) {
-    __shared__ __align__(16) uint16_t sA[16][16], sB[16][8], sBt[8][16];
+    PHD_SHARED(uint16_t, sA, [16][16]);
+    PHD_SHARED(uint16_t, sB, [16][8]);
+    PHD_SHARED(uint16_t, sBt, [8][16]);
     const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
     for (int e = lane; e < 256; e += 32) sA[e / 16][e % 16] = A[e];
     for (int e = lane; e < 128; e += 32) {
@@ -227,7 +229,7 @@ __global__ void bad_async_kernel(const int* src, int mode) {
     cp_async_wait<0>();
 }
 __global__ void bad_ldmatrix_kernel(int mode) {
-    __shared__ __align__(16) uint16_t s[8][16];
+    PHD_SHARED(uint16_t, s, [8][16]);
     uint32_t r[1];
     ldmatrix<1>(r, &s[threadIdx.x % 8][mode == 0 ? 4 : 8]);  // 8 bytes into a row: misaligned
     (void)r;
@@ -235,11 +237,11 @@ __global__ void bad_ldmatrix_kernel(int mode) {
 
 TEST_CASE("emulation: cp.async and ldmatrix abort on misaligned or wrong-space addresses, as the GPU faults") {
     int* d_src = to_device(std::vector<int>(512, 0));
-    CHECK(in_child([&] { launch(bad_async_kernel, dim3(1), dim3(32), 512 * sizeof(int), nullptr, (const int*)d_src, 0); }) == 43);
-    CHECK(in_child([&] { launch(bad_async_kernel, dim3(1), dim3(32), 512 * sizeof(int), nullptr, (const int*)d_src, 1); }) == 0);
-    CHECK(in_child([&] { launch(bad_async_kernel, dim3(1), dim3(32), 512 * sizeof(int), nullptr, (const int*)d_src, 2); }) == 43);
-    CHECK(in_child([&] { launch(bad_ldmatrix_kernel, dim3(1), dim3(32), 0, nullptr, 0); }) == 43);
-    CHECK(in_child([&] { launch(bad_ldmatrix_kernel, dim3(1), dim3(32), 0, nullptr, 1); }) == 0);
+    CHECK(in_child([&] { launch(bad_async_kernel, dim3(1), dim3(32), 512 * sizeof(int), nullptr, (const int*)d_src, 0); cudaDeviceSynchronize(); }) == 43);
+    CHECK(in_child([&] { launch(bad_async_kernel, dim3(1), dim3(32), 512 * sizeof(int), nullptr, (const int*)d_src, 1); cudaDeviceSynchronize(); }) == 0);
+    CHECK(in_child([&] { launch(bad_async_kernel, dim3(1), dim3(32), 512 * sizeof(int), nullptr, (const int*)d_src, 2); cudaDeviceSynchronize(); }) == 43);
+    CHECK(in_child([&] { launch(bad_ldmatrix_kernel, dim3(1), dim3(32), 0, nullptr, 0); cudaDeviceSynchronize(); }) == 43);
+    CHECK(in_child([&] { launch(bad_ldmatrix_kernel, dim3(1), dim3(32), 0, nullptr, 1); cudaDeviceSynchronize(); }) == 0);
     cudaCheck(cudaFree(d_src));
 }
 #endif
