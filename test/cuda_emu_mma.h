@@ -32,10 +32,10 @@ inline float to_tf32(float x) {
 // Two floats rounded to bf16 (to nearest even, as cvt.rn.bf16x2.f32), lo in the low half.
 inline uint32_t pack_bf16(float lo, float hi) { return __float2bfloat16(lo).x | (uint32_t)__float2bfloat16(hi).x << 16; }
 
-// 2^x as ex2.approx.ftz.f32: results below the smallest normal flush to 0 (the GPU's error
-// of about 2 ulp is not modelled).
+// 2^x as ex2.approx.ftz.f32: off by an ulp (cuda_emu.h's approx_ex2), and results below the
+// smallest normal flush to 0.
 inline float fast_exp2(float x) {
-    const float y = std::exp2(x);
+    const float y = cuda_emu::approx_ex2(x);
     return y < 1.17549435e-38f ? 0.0f : y;
 }
 
