@@ -37,7 +37,9 @@ static __device__ uint32_t order_key(float f) {
 
 // grid (S), block a multiple of 32 up to kSampleThreads: feed (S) the token drawn for each
 // sample from logits (S, Vp) (the first V real), rng (S) each sample's generator. Thread t
-// owns the ids t, t + blockDim.x, ... (coalesced reads). temperature finite.
+// owns the ids t, t + blockDim.x, ... (coalesced reads). temperature finite. Bounded at
+// kSampleThreads: 1024 threads may use 64 registers each, and ptxas, unbounded, may give a
+// thread more, which the GPU then refuses to launch (29 on sm_90 with the bound).
 static __global__ void __launch_bounds__(kSampleThreads) sample_kernel(int* feed, Rng* rng, const float* logits, int V, int Vp,
                                                                        float temperature, int top_k) {
     __shared__ int hist[256];
