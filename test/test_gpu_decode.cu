@@ -220,15 +220,16 @@ TEST_CASE("device sampling: top-k at or past V keeps every id; 4000 draws tell t
     CHECK(device_draws(z, V, 0.7f, V, n) == all);
     CHECK(device_draws(z, V, 0.7f, V + 5, n) == all);
     // At 0.7 the drawn logit has mean 1.530 and standard deviation 0.482, at 0.9 1.445 and
-    // 0.553: over 4000 draws the means are 11.1 standard errors (at 0.7) apart, so a sampler
-    // at 0.9 lands within the 5 of check_draws with probability 6e-8 (5.3 of its own); 3000
-    // draws would leave it 3e-5. (One id's count, alone, would need 7600 draws.)
+    // 0.553: over 4000 draws the means are 11.1 standard errors (0.7's) apart, so a sampler
+    // at 0.9 lands within check_draws' 5 only 5.3 of its own standard errors off its mean:
+    // probability 6e-8 (3000 draws would leave it 3e-5). One id's count, alone, would need
+    // 7600 draws to do as well.
     check_draws(z, V, 0.7f, 0, all);
 }
 
 TEST_CASE("device sampling: every id tied with the k-th largest logit is kept, -0 with +0") {
     // Ids 1, 3, 6 tie at 1.0 (ranks 2 to 4): top-k 2, 3 and 4 keep the same 4 ids and give
-    // the same draws; 5, 6 and 7 keep 0.3, then 0.0 and -0.0 (ranks 6 and 7) together.
+    // the same draws. Top-k 5 adds 0.3; 6 and 7 add 0.0 and -0.0 (ranks 6 and 7) together.
     const std::vector<float> z = {0.3f, 1.0f, -0.5f, 1.0f, 2.0f, 0.0f, 1.0f, -0.0f, 9.0f, 9.0f};
     const int V = 8, n = 1000;
     const std::vector<int> top2 = device_draws(z, V, 1.0f, 2, n);
@@ -258,7 +259,7 @@ TEST_CASE("device sampling: NaN counts as -inf, -inf is never drawn, +inf ones e
         }
 }
 
-TEST_CASE("device sampling at GPT-2's vocabulary (V = 50257, Vp = 50304): 1024 threads of 49 ids, ties across threads, NaN, -inf") {
+TEST_CASE("device sampling at GPT-2's vocabulary (V = 50257, Vp = 50304): 1024 threads of 49 or 50 ids, ties across threads, NaN, -inf") {
     // A tail of 50257 logits in [-3, 0), 14 % of the mass at T = 1, and above it ids owned
     // by different threads, several ids into their rows: 2049 (thread 1's third) and 50256
     // (the last, thread 80's 50th) tie for the largest, greedy's lowest id across threads;
