@@ -5,7 +5,10 @@
 //
 // A check draws random inputs for the model shape of a GpuModel (its config, B, T), runs the
 // CPU reference and the kernel on them, and returns each output tensor's error, max |got -
-// want| / max |want| (NaN when either holds one), with the tolerance stated for it here.
+// want| / max |want| (NaN when either holds one), with the tolerance stated for it here; a
+// check that does not apply to the shape (no kernel instance for its head size) runs
+// nothing and returns no error, and says so by ran(): the tests require every check to run
+// at one of their shapes at least, since one that never runs can never fail.
 // Outputs start as NaN, so an element the kernel fails to write fails the check. The
 // tolerances hold at both the tests' shapes and GPT-2-small's (the H200 lab run of
 // 2026-11-27 measured the errors noted). Then `timed` gets the kernel call: the lab times it,
@@ -26,6 +29,7 @@ struct TensorError {
 struct CheckResult {
     std::vector<TensorError> errors;  // empty: the check does not apply to this shape
     double work;                      // FLOPs or bytes of one kernel call, for the lab's rate
+    bool ran() const { return !errors.empty(); }
 };
 using Timed = std::function<void(const std::function<void()>&)>;
 

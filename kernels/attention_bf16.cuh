@@ -248,10 +248,13 @@ static __global__ void attention_forward_bf16_kernel(__nv_bfloat16* o_, float* l
 }
 
 // D (B, H, TK) = dO . o of every query row, fp32: one warp per (row, head), lanes over HD.
-static __global__ void attention_backward_d_bf16_kernel(float* D, const __nv_bfloat16* dout, const __nv_bfloat16* o, Config c, int TK, int rows) {
-    const int w = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32, hd = c.hd();
+// rows = B * TK * H: 32 rows threads, indexed in 64 bits (32-bit, the index would wrap at
+// B * TK * H = 2^27; GPT-2-small at B = 8, T = 1024, K = 3, H = 12 has 2^18.2).
+static __global__ void attention_backward_d_bf16_kernel(float* D, const __nv_bfloat16* dout, const __nv_bfloat16* o, Config c, int TK, long rows) {
+    const long w = ((long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32, hd = c.hd();
     if (w >= rows) return;  // whole warps leave together
-    const int r = w / c.H, h = w % c.H;  // r = b * TK + row
+    const int r = (int)(w / c.H), h = (int)(w % c.H);  // r = b * TK + row: B * TK rows of activations, far below 2^31
     const size_t at = (size_t)r * c.H * hd + h * hd;
     float s = 0.0f;
     for (int e = lane; e < hd; e += 32) s += __bfloat162float(dout[at + e]) * __bfloat162float(o[at + e]);
@@ -421,8 +424,9 @@ inline void attention_forward_bf16(__nv_bfloat16* o, float* lse, const __nv_bflo
 // dqkv written whole; D: device scratch of B*H*T*K floats.
 inline void attention_backward_bf16(__nv_bfloat16* dqkv, const __nv_bfloat16* dout, const __nv_bfloat16* qkv, const __nv_bfloat16* o,
                                     const float* lse, float* D, const Config& c, int B, int T, cudaStream_t stream) {
-    const int TK = T * c.K, rows = B * TK * c.H, blocks = (TK + kTcBlockRows - 1) / kTcBlockRows;
-    launch(attention_backward_d_bf16_kernel, dim3((rows + 7) / 8), dim3(256), 0, stream, D, dout, o, c, TK, rows);
+    const int TK = T * c.K, blocks = (TK + kTcBlockRows - 1) / kTcBlockRows;
+    const long rows = (long)B * TK * c.H;
+    launch(attention_backward_d_bf16_kernel, dim3((unsigned)((rows + 7) / 8)), dim3(256), 0, stream, D, dout, o, c, TK, rows);
     with_bf16_head_dim(c, [&](auto hd) {
         const size_t smem = BfSmem<hd.value>::bytes;
         launch_attention(attention_backward_dq_bf16_kernel<hd.value>, dim3(blocks, c.H, B), dim3(kBfThreads), smem, stream, dqkv, dout,

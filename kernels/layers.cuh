@@ -57,7 +57,7 @@ static __global__ void bitonic_step_kernel(uint64_t* keys, int k, int j) {
 // block's kSortBlock keys, in shared memory: every step up to k = kSortBlock when k == 0
 // (sorting each block's keys into alternating runs), else the tail j = kSortBlock/2 .. 1 of
 // stage k.
-static __global__ void bitonic_block_kernel(uint64_t* keys, int k) {
+static __global__ void __launch_bounds__(kSortBlock / 2) bitonic_block_kernel(uint64_t* keys, int k) {
     PHD_SHARED(uint64_t, s, [kSortBlock]);
     const size_t base = (size_t)blockIdx.x * kSortBlock;
     for (int i = threadIdx.x; i < kSortBlock; i += blockDim.x) s[i] = keys[base + i];

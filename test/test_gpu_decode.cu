@@ -173,30 +173,112 @@ TEST_CASE("GPU decoder: each sample of a batch is the sample its seed gives alon
     }
 }
 
-TEST_CASE("device sampling: greedy is the lowest id of the largest logit; draws follow the softmax of the top k at temperature T") {
-    // The logits of the CPU's sampling test, ids 8, 9 padding (largest, never drawn), and a
-    // tie for greedy; n rows of them drawn in one launch, row s with its own Rng (seed + s).
-    const std::vector<float> z = {1.2f, 2.0f, -1.0f, 1.3f, 0.5f, 1.6f, 1.25f, -0.3f, 9.0f, 9.0f};
-    const int V = 8, Vp = 10, n = 2500;
+// n draws by the device sampler (kernels/sampling.cuh) from the logits z (Vp = z.size(),
+// the first V real) at temperature T with top_k: S rows holding z in one launch, row s with
+// its own Rng (seed + s), launched n / S times (each launch carries the Rngs on).
+static std::vector<int> device_draws(const std::vector<float>& z, int V, float T, int top_k, int n, int S = 500, uint64_t seed = 500) {
+    S = std::min(S, n);
+    REQUIRE(n % S == 0);
     std::vector<float> rows;
-    for (int s = 0; s < n; s++) rows.insert(rows.end(), z.begin(), z.end());
     std::vector<Rng> rngs;
-    for (int s = 0; s < n; s++) rngs.push_back(Rng{500 + (uint64_t)s});
+    for (int s = 0; s < S; s++) {
+        rows.insert(rows.end(), z.begin(), z.end());
+        rngs.push_back(Rng{seed + (uint64_t)s});
+    }
     float* logits = to_device(rows);
-    int* feed = to_device(std::vector<int>(n, -1));
+    int* feed = to_device(std::vector<int>(S, -1));
     Rng* rng = to_device(rngs);
-    auto draw = [&](float T, int top_k, int rows_drawn) {
-        sample_tokens(feed, rng, logits, rows_drawn, V, Vp, T, top_k, nullptr);
-        return to_host(feed, rows_drawn);
-    };
-    CHECK(draw(0.0f, 0, 1)[0] == 1);
-    CHECK(draw(0.0f, 3, 1)[0] == 1);
-    check_draws(z, V, 0.7f, 3, draw(0.7f, 3, n));
-    check_draws(z, V, 1.0f, 0, draw(1.0f, 0, n));
-    const std::vector<float> tie = {0.5f, 3.0f, 1.0f, 3.0f, 3.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    cudaCheck(cudaMemcpy(logits, tie.data(), tie.size() * sizeof(float), cudaMemcpyHostToDevice));
-    CHECK(draw(0.0f, 0, 1)[0] == 1);  // as std::max_element
+    std::vector<int> draws;
+    for (int i = 0; i < n / S; i++) {
+        sample_tokens(feed, rng, logits, S, V, (int)z.size(), T, top_k, nullptr);
+        const std::vector<int> got = to_host(feed, S);
+        draws.insert(draws.end(), got.begin(), got.end());
+    }
     for (void* p : {(void*)logits, (void*)feed, (void*)rng}) cudaCheck(cudaFree(p));
+    return draws;
+}
+
+// The logits of the CPU's sampling test: ids 8, 9 padding (largest, never drawn).
+static const std::vector<float> kDeviceLogits = {1.2f, 2.0f, -1.0f, 1.3f, 0.5f, 1.6f, 1.25f, -0.3f, 9.0f, 9.0f};
+
+TEST_CASE("device sampling: greedy is the lowest id of the largest logit; draws follow the softmax of the top k at temperature T") {
+    const std::vector<float>& z = kDeviceLogits;
+    const int V = 8;
+    CHECK(device_draws(z, V, 0.0f, 0, 1)[0] == 1);
+    CHECK(device_draws(z, V, 0.0f, 3, 1)[0] == 1);
+    check_draws(z, V, 0.7f, 3, device_draws(z, V, 0.7f, 3, 2500));
+    check_draws(z, V, 1.0f, 0, device_draws(z, V, 1.0f, 0, 2500));
+    const std::vector<float> tie = {0.5f, 3.0f, 1.0f, 3.0f, 3.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    CHECK(device_draws(tie, V, 0.0f, 0, 1)[0] == 1);  // as std::max_element
+}
+
+TEST_CASE("device sampling: top-k at or past V keeps every id; 4000 draws tell temperature 0.7 from 0.9") {
+    // top_k 0, V and past V keep the same ids: the same draws from the same seeds.
+    const std::vector<float>& z = kDeviceLogits;
+    const int V = 8, n = 4000;
+    const std::vector<int> all = device_draws(z, V, 0.7f, 0, n);
+    CHECK(device_draws(z, V, 0.7f, V, n) == all);
+    CHECK(device_draws(z, V, 0.7f, V + 5, n) == all);
+    // At 0.7 the drawn logit has mean 1.530 and standard deviation 0.482, at 0.9 1.445 and
+    // 0.553: over 4000 draws the means are 11.1 standard errors (0.7's) apart, so a sampler
+    // at 0.9 lands within check_draws' 5 only 5.3 of its own standard errors off its mean:
+    // probability 6e-8 (3000 draws would leave it 3e-5). One id's count, alone, would need
+    // 7600 draws to do as well.
+    check_draws(z, V, 0.7f, 0, all);
+}
+
+TEST_CASE("device sampling: every id tied with the k-th largest logit is kept, -0 with +0") {
+    // Ids 1, 3, 6 tie at 1.0 (ranks 2 to 4): top-k 2, 3 and 4 keep the same 4 ids and give
+    // the same draws. Top-k 5 adds 0.3; 6 and 7 add 0.0 and -0.0 (ranks 6 and 7) together.
+    const std::vector<float> z = {0.3f, 1.0f, -0.5f, 1.0f, 2.0f, 0.0f, 1.0f, -0.0f, 9.0f, 9.0f};
+    const int V = 8, n = 1000;
+    const std::vector<int> top2 = device_draws(z, V, 1.0f, 2, n);
+    check_draws(z, V, 1.0f, 2, top2);
+    CHECK(device_draws(z, V, 1.0f, 3, n) == top2);
+    CHECK(device_draws(z, V, 1.0f, 4, n) == top2);
+    check_draws(z, V, 1.0f, 5, device_draws(z, V, 1.0f, 5, n));
+    const std::vector<int> top6 = device_draws(z, V, 1.0f, 6, n);
+    check_draws(z, V, 1.0f, 6, top6);
+    CHECK(device_draws(z, V, 1.0f, 7, n) == top6);
+}
+
+TEST_CASE("device sampling: NaN counts as -inf, -inf is never drawn, +inf ones evenly; a row of -inf and NaN draws every id") {
+    const float nan = NAN, neg_nan = std::copysign(NAN, -1.0f), inf = INFINITY;
+    const int V = 8, n = 1000;
+    struct Row { std::vector<float> z; int greedy; };
+    const Row rows[] = {
+        {{nan, 1.0f, -inf, 0.5f, neg_nan, -inf, 1.5f, 0.0f, 9.0f, 9.0f}, 6},  // the finite ids by their softmax
+        {{1.0f, inf, nan, inf, -inf, 2.0f, 0.0f, 0.0f, 9.0f, 9.0f}, 1},        // ids 1 and 3 half each
+        {{nan, -inf, neg_nan, -inf, nan, nan, -inf, -inf, 9.0f, 9.0f}, 0},     // every id, 1/8 each
+    };
+    for (const Row& r : rows)
+        for (int top_k : {0, 1, 2}) {
+            INFO("row with greedy id " << r.greedy << ", top-k " << top_k);
+            CHECK(device_draws(r.z, V, 0.0f, top_k, 1)[0] == r.greedy);
+            check_draws(r.z, V, 1.0f, top_k, device_draws(r.z, V, 1.0f, top_k, n));
+        }
+}
+
+TEST_CASE("device sampling at GPT-2's vocabulary (V = 50257, Vp = 50304): 1024 threads of 49 or 50 ids, ties across threads, NaN, -inf") {
+    // A tail of 50257 logits in [-3, 0), 14 % of the mass at T = 1, and above it ids owned
+    // by different threads, several ids into their rows: 2049 (thread 1's third) and 50256
+    // (the last, thread 80's 50th) tie for the largest, greedy's lowest id across threads;
+    // then 0; 1023 and 30000 (thread 304's 30th) tie at top-k 4's cut, which keeps 5 ids. A
+    // NaN (ids 5 and 40000) and -inf (7000) are never drawn; the padding, largest, neither.
+    // 168 draws, 21 launches of 8 rows (each a block of 1024 threads: the emulation's
+    // costliest): the rarest id kept at top-k 4 is expected 30 times; at top-k 0 ids 2049 and
+    // 50256 are counted alone and the rest in check_draws' pooled count.
+    const int V = 50257, Vp = 50304, n = 168, S = 8;
+    std::vector<float> z(Vp, 50.0f);
+    Rng rng{77};
+    for (int j = 0; j < V; j++) z[j] = (float)(-3.0 * rng.uniform());
+    z[2049] = z[50256] = 10.0f;
+    z[0] = 9.9f;
+    z[1023] = z[30000] = 9.8f;
+    z[5] = z[40000] = NAN;
+    z[7000] = -INFINITY;
+    CHECK(device_draws(z, V, 0.0f, 0, 1)[0] == 2049);
+    for (int top_k : {4, 0}) check_draws(z, V, 1.0f, top_k, device_draws(z, V, 1.0f, top_k, n, S));
 }
 
 // A kernel that adds v to x[0], for the graph tests.

@@ -111,35 +111,67 @@ template<typename Dec> std::vector<std::vector<int>> generated(Dec& dec, const s
 }
 
 // Draws from logits z (the first V real) at temperature T with top_k (model.h's Sampling),
-// made by the code under test. Every id must be one of the k largest logits; each of those
-// must be drawn (the rarest in the tests has n p > 30: missing it has probability < e^-30); each
-// id's count must be within 5 standard deviations of n p, p the softmax at T of the kept
-// logits (computed here). The draws are seeded, hence reproducible; 5 sigma keeps the bound
-// from depending on the seed (a binomial count leaves it with probability < 1e-6) yet
-// rejects a wrong temperature or k.
+// made by the code under test, against the rule's distribution p, computed here as
+// kernels/sampling.cuh states it: every id tied with the top_k-th largest logit kept, a NaN
+// counted as -inf, the ids at the largest logit weighing 1 even where it is infinite. Every
+// draw must be an id of p > 0. Ids expected at least 30 times are counted one by one, the
+// others together (a vocabulary's tail): each count must be within 5 standard deviations of
+// n p, so an id expected 30 times must be drawn. The temperature is checked through the mean
+// of the drawn logits, within 5 standard errors of its value under p: the softmax at 1/T is
+// an exponential family in the logit, whose mean is the statistic most sensitive to T (it
+// is skipped where the ids of p > 0 share one logit, +inf or all -inf, and T changes
+// nothing). The draws are seeded, hence reproducible; 5 sigma keeps each bound from
+// depending on the seed (a count or mean leaves it with probability < 1e-6) yet rejects a
+// wrong k, and a wrong T given enough draws (the tests say how many).
 static inline void check_draws(const std::vector<float>& z, int V, float T, int top_k, const std::vector<int>& draws) {
     const int k = top_k > 0 && top_k < V ? top_k : V;
     const long n = (long)draws.size();
-    std::vector<float> sorted(z.begin(), z.begin() + V);
-    std::sort(sorted.begin(), sorted.end(), std::greater<float>());
-    const float kth = sorted[k - 1];  // the logits have no ties
+    std::vector<double> x(V);
+    for (int j = 0; j < V; j++) x[j] = std::isnan(z[j]) ? -INFINITY : z[j];
+    std::vector<double> sorted = x;
+    std::sort(sorted.begin(), sorted.end(), std::greater<double>());
+    const double kth = sorted[k - 1], mx = sorted[0];
     std::vector<double> p(V, 0.0);
     double sum = 0;
     for (int j = 0; j < V; j++)
-        if (z[j] >= kth) sum += p[j] = std::exp((double)z[j] / T);
-    for (double& x : p) x /= sum;
+        if (x[j] >= kth) sum += p[j] = x[j] == mx ? 1.0 : std::exp((x[j] - mx) / T);
+    for (double& q : p) q /= sum;
     std::vector<long> count(V, 0);
-    long outside = 0;  // ids outside the top k, padding included
+    long outside = 0;  // ids of p = 0: outside the top k, at -inf, padding
     for (int t : draws) {
         if (t < 0 || t >= V || p[t] == 0) outside++;
         else count[t]++;
     }
     INFO("temperature " << T << ", top-k " << top_k << ", " << n << " draws");
     CHECK(outside == 0);
+    auto check_count = [&](long got, double q) {
+        INFO("drawn " << got << " times, expected " << n * q);
+        CHECK(std::fabs(got - n * q) <= 5 * std::sqrt(n * q * (1 - q)));
+    };
+    long rest = 0;
+    double p_rest = 0, mean = 0, drawn_mean = 0, var = 0, lo = INFINITY, hi = -INFINITY;
     for (int j = 0; j < V; j++) {
-        INFO("id " << j << " (logit " << z[j] << "): drawn " << count[j] << " times, expected " << n * p[j]);
         if (p[j] == 0) continue;
-        CHECK(count[j] > 0);
-        CHECK(std::fabs(count[j] - n * p[j]) <= 5 * std::sqrt(n * p[j] * (1 - p[j])));
+        mean += p[j] * x[j];
+        drawn_mean += count[j] * x[j] / n;
+        lo = std::min(lo, x[j]);
+        hi = std::max(hi, x[j]);
+        if (n * p[j] < 30) {
+            rest += count[j];
+            p_rest += p[j];
+        } else {
+            INFO("id " << j << " (logit " << z[j] << ")");
+            check_count(count[j], p[j]);
+        }
+    }
+    if (p_rest > 0) {
+        INFO("the ids expected fewer than 30 times each, together");
+        check_count(rest, p_rest);
+    }
+    if (lo < hi) {
+        for (int j = 0; j < V; j++)
+            if (p[j] > 0) var += p[j] * (x[j] - mean) * (x[j] - mean);
+        INFO("mean drawn logit " << drawn_mean << ", expected " << mean << " with standard error " << std::sqrt(var / n));
+        CHECK(std::fabs(drawn_mean - mean) <= 5 * std::sqrt(var / n));
     }
 }
