@@ -29,12 +29,19 @@ static const KernelShape kKernelShapes[] = {
     {"naive-2", 97, 128, 4, 2, 37},
 };
 static const int kKernelB = 2;
+// Under ThreadSanitizer: every compiled head size (16, 32, 64, 128), the generic instance
+// (hd 12), the loss kernels' partial passes (V = 1000) and the unmasked tiles (T = 80), at
+// one variant each; the other variants at hd 16 run the same instances over other masks.
+static bool tsan_keeps(const KernelShape& s) {
+    return !kUnderTsan || s.D / s.H != 16 || s.T == 80 || &s == &kKernelShapes[0];
+}
 
 TEST_CASE("kernel lab table: every kernel equals its CPU counterpart, every tensor within its tolerance; every check runs at a shape") {
     const Timed untimed = [](const std::function<void()>&) {};
     const std::vector<KernelCheck> checks = kernel_checks();
     std::vector<int> ran(checks.size(), 0);  // shapes each check ran at: one that runs at none cannot fail
     for (const KernelShape& sh : kKernelShapes) {
+        if (!tsan_keeps(sh)) continue;
         const Config c = kernel_config(sh);
         std::vector<float> params(num_params(c));
         init_params(c, params.data(), 1);
@@ -98,7 +105,7 @@ TEST_CASE("attention: the tiles the tensor-core kernels leave unmasked hold only
 
 TEST_CASE("attention kernels (fp32, TF32, bf16): only tiles with visible pairs are visited; the backward is deterministic") {
     for (const KernelShape& sh : kKernelShapes) {
-        if (sh.D / sh.H != 16) continue;  // which tiles are visited does not depend on the head size: the cheapest one
+        if (sh.D / sh.H != 16 || !tsan_keeps(sh)) continue;  // which tiles are visited does not depend on the head size: the cheapest one
         const Config c = kernel_config(sh);
         const int B = kKernelB, T = sh.T, TK = T * c.K;
         // Visited tiles: exactly the (query tile, key tile) pairs holding a visible pair, for
@@ -272,6 +279,7 @@ TEST_CASE("GPU model in bf16 (hd 16, 64, 128): matmuls and attention within bf16
     // pipeline's two stages are each refilled, with the originals/hidden edge (row 65) in
     // the second tile.
     for (int hd : {16, 64, 128}) {
+        if (kUnderTsan && hd == 128) continue;  // the kernel table runs the hd 128 instances under TSan
         const int T = hd == 16 ? 9 : hd == 64 ? 23 : 65;
         const ModelDiff d = gpu_model_diff(model_config("phd-cswa-3-2-2", T, hd), hd == 16 ? 2 : 1, T, false, 51, true);
         INFO("hd " << hd << ", worst gradient " << d.worst);

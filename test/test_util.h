@@ -11,6 +11,14 @@
 #include "../model.h"
 #include "../dev/tensor_util.h"
 
+// Under ThreadSanitizer (every fiber a thread to it: ~20x slower) the GPU tests keep one case
+// per kernel instance and partial-tile pattern; the emulated and ASan builds run every case.
+#ifdef __SANITIZE_THREAD__
+constexpr bool kUnderTsan = true;
+#else
+constexpr bool kUnderTsan = false;
+#endif
+
 // A tiny model with GQA (H = 4, Hkv = 2) for the given variant name.
 static inline Config tiny_config(const char* variant, int V = 11, int maxT = 9) {
     Config c;
