@@ -42,20 +42,28 @@ template<typename Real> struct KVStore {
 
 // Next token from logits (Vp, first V real), by model.h's Sampling rule: greedy at temperature
 // 0, else a draw from the softmax at the temperature over the ids whose logits are at or
-// above the top_k-th largest (all when top_k <= 0 or >= V), walked in id order.
+// above the top_k-th largest (all when top_k <= 0 or >= V), walked in id order. Non-finite
+// logits as the device's sampler takes them (kernels/sampling.cuh).
 template<typename Real> int sample_token(const Real* logits, int V, float temperature, int top_k, Rng& rng) {
-    const int best = (int)(std::max_element(logits, logits + V) - logits);
+    std::vector<double> z(V);  // as the device sees them (kernels/sampling.cuh): NaN as -inf
+    for (int j = 0; j < V; j++) z[j] = std::isnan((double)logits[j]) ? -INFINITY : (double)logits[j];
+    const int best = (int)(std::max_element(z.begin(), z.end()) - z.begin());
     if (temperature <= 0) return best;
-    const Real mx = logits[best];
-    Real cut = -INFINITY;
+    const double mx = z[best];
+    double cut = -INFINITY;
     if (top_k > 0 && top_k < V) {
-        std::vector<Real> z(logits, logits + V);
-        std::nth_element(z.begin(), z.begin() + top_k - 1, z.end(), std::greater<Real>());
-        cut = z[top_k - 1];
+        std::vector<double> sorted = z;
+        std::nth_element(sorted.begin(), sorted.begin() + top_k - 1, sorted.end(), std::greater<double>());
+        cut = sorted[top_k - 1];
     }
+    // exp((z - mx) / T), with its limits where mx is infinite: 1 at the largest, 0 below it.
+    auto weight = [&](double x) {
+        if (x < cut || (x == -INFINITY && mx > -INFINITY)) return 0.0;
+        return x == mx ? 1.0 : exp((x - mx) / temperature);
+    };
     std::vector<double> p(V);
     double sum = 0;
-    for (int j = 0; j < V; j++) sum += p[j] = logits[j] >= cut ? exp(((double)logits[j] - mx) / temperature) : 0.0;
+    for (int j = 0; j < V; j++) sum += p[j] = weight(z[j]);
     double u = rng.uniform() * sum;
     int last = 0;
     for (int j = 0; j < V; j++) {

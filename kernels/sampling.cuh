@@ -13,8 +13,7 @@
 // limits: a NaN counts as -inf, -0 as +0; an id at -inf is never drawn, and the ids at the
 // largest logit weigh exp(0) = 1 even when it is infinite, so one or more at +inf are drawn
 // evenly and the others never, and where every logit is -inf or NaN every id is equally
-// likely (greedy: id 0). This rule is the device's; sample_token follows it for finite
-// logits.
+// likely (greedy: id 0). sample_token follows the same rule on the host.
 //
 // One block per sample: the decoder samples S rows of logits at once and its step needs
 // nothing from the host (kernels/gpu_decode.cuh).

@@ -88,11 +88,11 @@ static const std::vector<float> kSampleLogits = {1.2f, 2.0f, -1.0f, 1.3f, 0.5f, 
 static const int kSampleV = 8;
 
 // n draws of sample_token from one seeded Rng, for check_draws (test_util.h).
-static void check_sampling(float T, int top_k, int n) {
+static void check_sampling(float T, int top_k, int n, const std::vector<float>& z = kSampleLogits) {
     Rng rng{1234};
     std::vector<int> draws(n);
-    for (int& t : draws) t = sample_token(kSampleLogits.data(), kSampleV, T, top_k, rng);
-    check_draws(kSampleLogits, kSampleV, T, top_k, draws);
+    for (int& t : draws) t = sample_token(z.data(), kSampleV, T, top_k, rng);
+    check_draws(z, kSampleV, T, top_k, draws);
 }
 
 TEST_CASE("sampling: top-k draws only the k best, with the softmax's frequencies at temperature T") {
@@ -100,6 +100,23 @@ TEST_CASE("sampling: top-k draws only the k best, with the softmax's frequencies
     check_sampling(1.5f, 5, 20000);
     check_sampling(1.0f, 0, 20000);             // top-k 0: every real id
     check_sampling(1.0f, kSampleV + 3, 20000);  // top-k past V: every real id
+}
+
+TEST_CASE("sampling: non-finite logits as the device takes them: NaN as -inf, +inf ones evenly, a row of -inf and NaN every id") {
+    const float nan = NAN, inf = INFINITY;
+    struct Row { std::vector<float> z; int greedy; };
+    const Row rows[] = {
+        {{nan, 1.0f, -inf, 0.5f, -nan, -inf, 1.5f, 0.0f, 9.0f, 9.0f}, 6},
+        {{1.0f, inf, nan, inf, -inf, 2.0f, 0.0f, 0.0f, 9.0f, 9.0f}, 1},
+        {{nan, -inf, -nan, -inf, nan, nan, -inf, -inf, 9.0f, 9.0f}, 0},
+    };
+    for (const Row& r : rows)
+        for (int top_k : {0, 1, 2}) {
+            INFO("row with greedy id " << r.greedy << ", top-k " << top_k);
+            Rng rng{7};
+            CHECK(sample_token(r.z.data(), kSampleV, 0.0f, top_k, rng) == r.greedy);
+            check_sampling(1.0f, top_k, 4000, r.z);
+        }
 }
 
 TEST_CASE("sampling: temperature 0 and top-k 1 are greedy") {
