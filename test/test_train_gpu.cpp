@@ -120,6 +120,17 @@ TEST_CASE("--generate on --device cuda (emulated): bf16 by default where the hea
     CHECK(std::fabs(kib(out, " KiB/layer") * 2 - kib(f32, " KiB/layer")) <= 0.1);  // printed to 0.1 KiB
 }
 
+TEST_CASE("--device cuda (emulated): a NaN loss or gradient norm stops training with a clear error, no checkpoint, bf16 and fp32") {
+    const Config c = planted_config();  // head size 16: bf16 by default
+    const std::string loss = planted_checkpoint("gpu-nan-loss.ckpt", 3 * c.D + 4, NAN),
+                      norm = planted_checkpoint("gpu-nan-norm.ckpt", padded_logit_row(c), NAN);
+    for (const char* dtype : {"bf16", "fp32"}) {
+        const std::string cmd = std::string(kEmuBin) + " --device cuda --dtype " + dtype;
+        stops_at_step_0(cmd, loss, std::string("gpu-nan-loss-") + dtype, "error: training loss is NaN at step 0; no checkpoint written for this step");
+        stops_at_step_0(cmd, norm, std::string("gpu-nan-norm-") + dtype, "error: gradient norm is NaN at step 0; no checkpoint written for this step");
+    }
+}
+
 TEST_CASE("the step line shows MFU on the GPU (emulated: peak unknown, '-') and not on the CPU") {
     std::string shard = make_shard("mfu.bin", 3000, 3), out;
     const std::string flags = one_thread_flags() + "-i " + shard + " -x 2 -v 0 -s 0 -o " + tmp("mfu");
