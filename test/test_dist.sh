@@ -3,10 +3,12 @@
 # against one process with twice the micro-batch (the same token stream, the same total
 # batch), ZeRO-1's gathered moments, resuming on 2, 1 and 2 ranks, the GPU path's rank logic
 # on the CUDA emulation (its NCCL over MPI): 2 and 3 ranks, the reduction overlapped with the
-# backward or not, resumed on other rank counts; and bad input stopping every rank with one line.
+# backward or not, resumed on other rank counts, and in bf16 (the GPU's default dtype); and bad
+# input or a NaN gradient stopping every rank with one line.
 #   test/test_dist.sh [TRAIN_PHD_CPU [TRAIN_PHD_EMU]]  (default build/train_phd_cpu, build/train_phd_emu)
 # KEEP_TMP=1 keeps the temporary directory. The last line is "N passed, M failed" (or
-# SKIPPED with the reason, where there is no mpirun or the binary was built without MPI).
+# SKIPPED with the reason, where there is no mpirun or the binary was built without MPI; an
+# emulated-GPU binary that is missing or lacks MPI next to an MPI build is a failure, not a skip).
 #
 # Why 2 ranks do not give one process's bits: the ranks' gradients are summed after each
 # rank summed its own rows (one process sums all rows in one pass, e.g. into the embedding's
@@ -160,6 +162,19 @@ if [ -n "$emu_ok" ]; then
     check "--overlap 0: its gathered moments, bit for bit" cmp "$tmp/gpu3_after/$s5" "$tmp/gpu3/$s5"
     resumed gpu gpu3_on_2 gpu3 2 3 "emulated GPU: the 3-rank run resumes on 2 ranks (B=3)"
     resumed gpu gpu2_on_3 gpu2 3 2 "emulated GPU: the 2-rank run resumes on 3 ranks (B=2)"
+    # bf16, the GPU's default dtype, under ZeRO: head size 16 (D = 32, H = 2; the models above
+    # have 8 and 10, which have no bf16 kernel and run in fp32), 2 ranks against 1 process. A
+    # sum whose last bit the ranks' order moves can round to another bf16 weight or activation
+    # (2^-9 relative), so the runs agree less closely than in fp32 (seen: losses 2e-6
+    # relative, parameters 7e-6 and moments 5e-5 of their scales): 1e-4 and 1e-3, still far
+    # below what a stale bf16 copy of the other rank's shard gives (seen: losses 3e-3).
+    bf16() { local exe=$emu flags=("${three[@]}" --dim 32 --device cuda --dtype bf16); run "$@"; }
+    check "bf16 (emulated GPU, head size 16), 1 process, B=6, trains" bf16 bf161 1 6
+    check "bf16, 2 ranks, B=3 each, train" bf16 bf162 2 3
+    check "... on bf16 tensor cores" grep -q "(bf16 tensor cores" "$tmp/bf162.log"
+    same_as_one bf16 2 1e-4 1e-3
+    resumed bf16 bf162_on_2 bf162 2 3 "bf16: the 2-rank run resumes on 2 ranks, its bf16 weights made anew from the fp32 ones"
+    check "... its model_5 is the uninterrupted run's, bit for bit" cmp "$tmp/bf162_on_2/$p5" "$tmp/bf162/$p5"
 fi
 
 # 4. Bad input: every rank stops, one line, non-zero exit, no hang (mpi's timeout: exit 124).
@@ -168,7 +183,7 @@ fi
 refused() {
     local name=$1 pattern=$2 rc=0 rest; shift 2
     "$@" > "$tmp/bad.log" 2>&1 || rc=$?
-    rest=$(grep -vE '^(ranks: |model |batch |memory: |cost model: |step )' "$tmp/bad.log" || true)
+    rest=$(grep -vE '^(ranks: |model |batch |memory: |cost model: |MFU: |step )' "$tmp/bad.log" || true)
     if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$(echo "$rest" | wc -l)" -eq 1 ] && echo "$rest" | grep "^error: .*$pattern" > /dev/null; then
         ok "$name: $rest"
     else
@@ -197,6 +212,19 @@ late=("$bin" "${model[@]}" -x 5 -v 0 -b 2 -d 256 -o "$tmp/bad")
 refused "a bad token that rank 1 meets mid-run" "rank 1: .*s_000001.bin: token 300 at byte offset 1224 is out of range" \
     mpi -np 1 "${late[@]}" -i "$tmp/late0/s_*.bin" : -np 1 "${late[@]}" -i "$tmp/late1/s_*.bin"
 refused "--generate under mpirun" "run in one process" mpi -np 2 "$bin" --generate 4 -e "$tmp/one/$p5"
+# A NaN gradient under a finite loss: a NaN in a padded row of wout (V = 200, Vp = 256) gives
+# a logit that never counts, but the backward's 0 * NaN reaches every gradient. Every rank
+# stops at step 0, before its update, with one line, and writes no checkpoint (-n 1).
+check "1 process, V = 200, trains a step: the model to plant the NaN in" run v200 1 2 --vocab 200 -x 1 -v 0
+perl -e 'open(my $f, "+<", $ARGV[0]) or die; binmode $f; read($f, my $h, 1024) == 1024 or die;
+         my ($V, $Vp, $D, $lo, $hi) = (unpack("l<256", $h))[2, 3, 5, 14, 15];
+         seek($f, 1024 + 4 * ($lo + $hi * 2**32 - ($Vp - $V) * $D), 0); print $f pack("L<", 0x7fc00000); close $f or die' \
+    "$tmp/v200/model_00000001.bin"
+nan_norm=(-e "$tmp/v200/model_00000001.bin" "${flags[@]}" -b 2 -n 1 -o "$tmp/nan")
+refused "a NaN gradient norm, 2 ranks" "gradient norm is NaN at step 0; no checkpoint written for this step" mpi -np 2 "$bin" "${nan_norm[@]}"
+[ -z "$emu_ok" ] || refused "a NaN gradient norm, 2 emulated GPUs" "gradient norm is NaN at step 0; no checkpoint written for this step" \
+    mpi -np 2 "$emu" "${nan_norm[@]}" --device cuda
+check "... and no checkpoint" [ ! -e "$tmp/nan/model_00000001.bin" ]
 
 # 5. A launch without mpirun (PHD_RENDEZVOUS: the ranks from torchrun's or Slurm's variables,
 # the NCCL id through a file, the host collectives over NCCL). The emulation's NCCL runs on
