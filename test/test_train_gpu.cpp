@@ -151,7 +151,7 @@ TEST_CASE("--dtype bf16 (emulated): matmuls and attention on bf16 tensor cores w
     std::string out, shard = make_shard("bf16.bin", 3000, 9);
     // hd = 16 (D = 64, H = 4): the bf16 kernels' smallest head size, every variant; and hd = 64
     // (D = 128, H = 2 sharing one KV head), one layer, T = 32: 96 rows, two tiles of keys.
-    struct Model { const char *variant, *flags; };
+    struct Model { std::string variant, flags; };
     for (const Model& m : {Model{"vanilla", "--dim 64"}, Model{"phd-3", "--dim 64"}, Model{"phd-swa-3-4", "--dim 64"},
                            Model{"phd-cswa-3-4-5", "--dim 64"}, Model{"naive-2", "--dim 64"},
                            Model{"phd-cswa-3-4-5", "--dim 128 --heads 2 --kv-heads 1 --layers 1 -t 32"}}) {
