@@ -913,14 +913,24 @@ template<typename Real> double grad_sumsq(const Real* g, size_t n) {
 }
 template<typename Real> double grad_norm(const Real* g, size_t n) { return sqrt(grad_sumsq(g, n)); }
 
+// The factor that clips the gradients to global norm o.clip: min(1, clip / (norm + 1e-6)), as
+// torch.nn.utils.clip_grad_norm_. A NaN or inf norm has none: std::min would pass a NaN as 1
+// (no clipping) and an inf would scale by 0 (inf * 0 = NaN), NaN weights either way; so it
+// stops the process, as clip_grad_norm_(error_if_nonfinite=True) raises. train_phd stops its
+// run before this, naming the step, on every rank; this guards every other caller.
+static inline double clip_scale(const AdamW& o, double norm) {
+    if (!std::isfinite(norm)) die("AdamW: the gradient norm is %s: no update can be made from it", std::isnan(norm) ? "NaN" : "infinite");
+    return std::min(1.0, o.clip / (norm + 1e-6));
+}
+
 // One AdamW update at 0-based `step` with learning rate lr; gradients are first scaled by
-// min(1, clip / (norm + 1e-6)) as torch.nn.utils.clip_grad_norm_ does. params: (P).
+// clip_scale(o, norm). params: (P).
 // Only the parameters [lo, hi) are updated (a rank's shard under ZeRO-1, kernels/dist.h; by
 // default all), and grads, m, v hold just those: (hi - lo), element i of the arena at i - lo.
 // Each tensor keeps its own weight decay: the shard is cut along the tensors it crosses.
 template<typename Real> void adamw_update(const Config& c, const AdamW& o, Real* params, const Real* grads,
                                           Real* m, Real* v, int step, float lr, double norm, size_t lo = 0, size_t hi = SIZE_MAX) {
-    const Real clip_scale = (Real)std::min(1.0, o.clip / (norm + 1e-6));
+    const Real scale = (Real)clip_scale(o, norm);
     const Real b1 = o.beta1, b2 = o.beta2, eps = o.eps, lr_ = lr;
     const Real bc1 = (Real)(1.0 - pow(o.beta1, step + 1)), bc2 = (Real)(1.0 - pow(o.beta2, step + 1));
     for (const ParamTensor& t : param_tensors(c)) {
@@ -928,7 +938,7 @@ template<typename Real> void adamw_update(const Config& c, const AdamW& o, Real*
         const size_t from = std::max(lo, t.offset), to = std::min(hi, t.offset + t.size());  // the tensor's part of the shard
         #pragma omp parallel for simd
         for (size_t i = from; i < to; i++) {
-            Real gi = grads[i - lo] * clip_scale;
+            Real gi = grads[i - lo] * scale;
             m[i - lo] = b1 * m[i - lo] + (1 - b1) * gi;
             v[i - lo] = b2 * v[i - lo] + (1 - b2) * gi * gi;
             params[i] -= lr_ * ((m[i - lo] / bc1) / (std::sqrt(v[i - lo] / bc2) + eps) + wd * params[i]);

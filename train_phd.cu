@@ -629,12 +629,18 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
             // step's, and the GPU starts reducing them during that backward.
             E.backward(1.0f / (accum * dist.size), micro == accum - 1);
         }
+        // A NaN or inf loss or gradient norm would reach the weights (no clipping scales a NaN
+        // away), and then every later checkpoint: the run stops here, before its update. Both
+        // are sums over every rank, so all ranks stop together, with one line.
+        auto stop_unless_finite = [&](const char* what, double x) {
+            if (!std::isfinite(x))
+                dist.die_everywhere("%s is %s at step %d; no checkpoint written for this step", what, std::isnan(x) ? "NaN" : "infinite", step);
+        };
         loss = dist.sum(loss) / (accum * dist.size);
-        if (!std::isfinite(loss))
-            dist.die_everywhere("training loss is %s at step %d; no checkpoint written for this step", std::isnan(loss) ? "NaN" : "infinite",
-                                step);
+        stop_unless_finite("training loss", loss);
         E.reduce_grads();  // ZeRO-1: each rank gets (or has got) its shard of the gradients summed over the ranks
         double norm = E.norm();  // of all the gradients, from every rank's shard
+        stop_unless_finite("gradient norm", norm);  // a finite loss can have one: e.g. 0 * a NaN weight in a padded logit's row
         float lr = learning_rate(opt, step);
         // A skipped step still counts, as in llm.c: its batch is used up, and the schedule,
         // AdamW's bias correction and the checkpoint cadence move on; only the parameters and

@@ -39,10 +39,10 @@ inline double grad_norm(const float* g, size_t n, double* partial, cudaStream_t 
 // p16, when given, receives the updated parameters rounded to bf16: the copy that --dtype
 // bf16's matmuls read, written in the same pass instead of a conversion of its own.
 static __global__ void adamw_kernel(float* p, __nv_bfloat16* p16, const float* g, float* m, float* v, size_t n, float lr, float b1, float b2,
-                                    float eps, float wd, float bc1, float bc2, float clip_scale) {
+                                    float eps, float wd, float bc1, float bc2, float scale) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    const float gi = g[i] * clip_scale;
+    const float gi = g[i] * scale;
     m[i] = b1 * m[i] + (1 - b1) * gi;
     v[i] = b2 * v[i] + (1 - b2) * gi * gi;
     p[i] -= lr * ((m[i] / bc1) / (sqrtf(v[i] / bc2) + eps) + wd * p[i]);
@@ -53,7 +53,7 @@ static __global__ void adamw_kernel(float* p, __nv_bfloat16* p16, const float* g
 // params16: (P) the bf16 copy to refresh, or nullptr.
 inline void adamw_update(const Config& c, const AdamW& o, float* params, const float* grads, float* m, float* v, int step, float lr,
                          double norm, cudaStream_t s, __nv_bfloat16* params16 = nullptr, size_t lo = 0, size_t hi = SIZE_MAX) {
-    const float clip_scale = (float)std::min(1.0, o.clip / (norm + 1e-6));
+    const float scale = (float)clip_scale(o, norm);
     const float bc1 = (float)(1.0 - pow(o.beta1, step + 1)), bc2 = (float)(1.0 - pow(o.beta2, step + 1));
     for (const ParamTensor& t : param_tensors(c)) {
         const size_t from = std::max(lo, t.offset), to = std::min(hi, t.offset + t.size());  // the tensor's part of the shard
@@ -61,7 +61,7 @@ inline void adamw_update(const Config& c, const AdamW& o, float* params, const f
         const size_t n = to - from;
         launch(adamw_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, params + from, params16 ? params16 + from : nullptr,
                grads + (from - lo), m + (from - lo), v + (from - lo), n, lr, o.beta1, o.beta2, o.eps, t.decay ? o.weight_decay : 0.0f,
-               bc1, bc2, clip_scale);
+               bc1, bc2, scale);
     }
     cudaCheck(cudaGetLastError());
 }

@@ -20,7 +20,9 @@ struct OutlierDetector {
     int next = 0;                // the oldest value once full: the next to be replaced
 
     // x's z-score against the window (NaN while it has under kMinSamples values; +-inf when
-    // they are all equal and x is not), then x joins it. A NaN or inf gets NaN and stays out.
+    // they are all equal and x is not), then x joins it. A NaN or inf gets NaN and stays out
+    // (so no z flags or skips it: train_phd stops the run at a non-finite loss or gradient
+    // norm before it scores them, rather than train on past a model that has broken).
     double update(double x) {
         if (!std::isfinite(x)) return NAN;
         double z = NAN;

@@ -84,20 +84,29 @@ same_ids() {  # NAME CKPT PT N PROMPT...
 steps=100
 model=$(printf 'model_%08d.bin' "$steps") state=$(printf 'state_%08d.bin' "$steps")
 seed=1
-for v in vanilla phd-3 phd-swa-3-2 phd-cswa-2-2-2 naive-2; do
-    dir=$tmp/$v seed=$((seed + 1))
-    if ! run "$bin" -i "$tmp/syn_train_*.bin" -o "$dir" --device cpu --variant "$v" --vocab 256 --layers 2 --dim 32 \
-            --heads 4 --kv-heads 2 -b 4 -t 32 -x "$steps" -l 1e-2 -s 0 -r "$seed" > "$dir.train.log" 2>&1; then
-        bad "$v: training failed ($(tail -n 1 "$dir.train.log"))"; continue
+# exported NAME VARIANT V H HKV: trains $tmp/NAME (L = 2, D = 32) with a vocabulary of V, H
+# heads and HKV KV heads, exports it to $tmp/NAME/model.pt, and checks export.py's line and
+# the greedy continuations.
+exported() {
+    local name=$1 v=$2 V=$3 H=$4 Hkv=$5 dir=$tmp/$1 ckpt pt
+    seed=$((seed + 1))
+    if ! run "$bin" -i "$tmp/syn_train_*.bin" -o "$dir" --device cpu --variant "$v" --vocab "$V" --layers 2 --dim 32 \
+            --heads "$H" --kv-heads "$Hkv" -b 4 -t 32 -x "$steps" -l 1e-2 -s 0 -r "$seed" > "$dir.train.log" 2>&1; then
+        bad "$name: training failed ($(tail -n 1 "$dir.train.log"))"; return
     fi
     ckpt=$dir/$model pt=$dir/model.pt
     if ! run "$py" "$root/dev/export.py" "$ckpt" "$pt" > "$dir.export.log" 2>&1; then
-        bad "$v: export failed ($(tail -n 1 "$dir.export.log"))"; continue
+        bad "$name: export failed ($(tail -n 1 "$dir.export.log"))"; return
     fi
-    check "$v: export.py prints one summary line" grep -qx "wrote $pt: $v V=256 (E, wout with Vp=256 rows) L=2 D=32 H=4 \
-Hkv=2 F=86 maxT=32, [0-9]* float32 parameters in 21 tensors" "$dir.export.log"
-    same_ids "$v" "$ckpt" "$pt" "$n" "${prompts[@]}"
-done
+    check "$name: export.py prints one summary line" grep -qx "wrote $pt: $v V=$V (E, wout with Vp=$(((V + 127) / 128 * 128)) \
+rows) L=2 D=32 H=$H Hkv=$Hkv F=86 maxT=32, [0-9]* float32 parameters in 21 tensors" "$dir.export.log"
+    same_ids "$name" "$ckpt" "$pt" "$n" "${prompts[@]}"
+}
+for v in vanilla phd-3 phd-swa-3-2 phd-cswa-2-2-2 naive-2; do exported "$v" "$v" 256 4 2; done
+# A padded vocabulary, V = 120 (the shard's bytes are all below it): E and wout have Vp = 128
+# rows, the last 8 padding, whose logits the engine and the reference must both leave out;
+# and head size 16 (H = 2, one KV head), RoPE's frequencies twice as many as at head size 8.
+exported padded phd-cswa-2-2-2 120 2 1
 
 # The longest continuation max T allows, from the one-token prompt a sample starts with.
 v=phd-cswa-2-2-2
@@ -108,22 +117,27 @@ same_ids "$v, 31 tokens" "$tmp/$v/$model" "$tmp/$v/model.pt" 31 0
 check "torch.load(weights_only=True) alone reads every exported file: its config, the checkpoint's exact float32 values" \
     run "$py" - "$tmp" "$model" <<'EOF'
 import os, sys, torch
-for variant, kind, K, W, C in [("vanilla", "vanilla", 1, 0, 0), ("phd-3", "phd", 3, 0, 0), ("phd-swa-3-2", "phd-swa", 3, 2, 0),
-                               ("phd-cswa-2-2-2", "phd-cswa", 2, 2, 2), ("naive-2", "naive", 2, 0, 0)]:
-    obj = torch.load(os.path.join(sys.argv[1], variant, "model.pt"), weights_only=True)
+for name, variant, kind, K, W, C, V, Vp, H, Hkv in [
+        ("vanilla", "vanilla", "vanilla", 1, 0, 0, 256, 256, 4, 2), ("phd-3", "phd-3", "phd", 3, 0, 0, 256, 256, 4, 2),
+        ("phd-swa-3-2", "phd-swa-3-2", "phd-swa", 3, 2, 0, 256, 256, 4, 2),
+        ("phd-cswa-2-2-2", "phd-cswa-2-2-2", "phd-cswa", 2, 2, 2, 256, 256, 4, 2),
+        ("naive-2", "naive-2", "naive", 2, 0, 0, 256, 256, 4, 2), ("padded", "phd-cswa-2-2-2", "phd-cswa", 2, 2, 2, 120, 128, 2, 1)]:
+    obj = torch.load(os.path.join(sys.argv[1], name, "model.pt"), weights_only=True)
     c, sd = obj["config"], obj["state_dict"]
     names = ["E"] + [f"layer{l}.{s}" for l in range(2)
                      for s in ("g_attn", "wq", "wk", "wv", "wo", "g_ffn", "w1", "w3", "w2")] + ["g_final", "wout"]
-    payload = open(os.path.join(sys.argv[1], variant, sys.argv[2]), "rb").read()[1024:]
+    payload = open(os.path.join(sys.argv[1], name, sys.argv[2]), "rb").read()[1024:]
     flat = torch.cat([sd[n].reshape(-1) for n in names])
     assert list(sd) == names, list(sd)
     assert all(t.dtype == torch.float32 for t in sd.values())
-    want = dict(variant=variant, kind=kind, K=K, W=W, C=C, V=256, Vp=256, L=2, D=32, H=4, Hkv=2, F=86, maxT=32,
+    want = dict(variant=variant, kind=kind, K=K, W=W, C=C, V=V, Vp=Vp, L=2, D=32, H=H, Hkv=Hkv, F=86, maxT=32,
                 params=flat.numel())
     assert c == want, (c, want)
-    assert sd["E"].shape == (256, 32) and sd["layer0.wk"].shape == (16, 32) and sd["layer1.w2"].shape == (32, 86)
-    assert sd["g_final"].shape == (32,)
-    assert flat.numpy().astype("<f4").tobytes() == payload, variant
+    # H * hd = 32 query rows; Hkv * hd = 16 key rows at both (H, Hkv) = (4, 2) and (2, 1)
+    assert sd["E"].shape == (Vp, 32) and sd["wout"].shape == (Vp, 32) and sd["layer0.wq"].shape == (32, 32)
+    assert sd["layer0.wk"].shape == (16, 32) and sd["layer1.w2"].shape == (32, 86) and sd["g_final"].shape == (32,)
+    assert not sd["E"][V:].any() and not sd["wout"][V:].any(), name  # the padding rows, zero as the checkpoint's
+    assert flat.numpy().astype("<f4").tobytes() == payload, name
 EOF
 
 # Bad inputs: one line `error: ...` on stderr, exit 1, nothing on stdout, no OUT.pt left.

@@ -120,6 +120,17 @@ TEST_CASE("--generate on --device cuda (emulated): bf16 by default where the hea
     CHECK(std::fabs(kib(out, " KiB/layer") * 2 - kib(f32, " KiB/layer")) <= 0.1);  // printed to 0.1 KiB
 }
 
+TEST_CASE("--device cuda (emulated): a NaN loss or gradient norm stops training with a clear error, no checkpoint, bf16 and fp32") {
+    const Config c = planted_config();  // head size 16: bf16 by default
+    const std::string loss = planted_checkpoint("gpu-nan-loss.ckpt", 3 * c.D + 4, NAN),
+                      norm = planted_checkpoint("gpu-nan-norm.ckpt", padded_logit_row(c), NAN);
+    for (const char* dtype : {"bf16", "fp32"}) {
+        const std::string cmd = std::string(kEmuBin) + " --device cuda --dtype " + dtype;
+        stops_at_step_0(cmd, loss, std::string("gpu-nan-loss-") + dtype, "error: training loss is NaN at step 0; no checkpoint written for this step");
+        stops_at_step_0(cmd, norm, std::string("gpu-nan-norm-") + dtype, "error: gradient norm is NaN at step 0; no checkpoint written for this step");
+    }
+}
+
 TEST_CASE("the step line shows MFU on the GPU (emulated: peak unknown, '-') and not on the CPU") {
     std::string shard = make_shard("mfu.bin", 3000, 3), out;
     const std::string flags = one_thread_flags() + "-i " + shard + " -x 2 -v 0 -s 0 -o " + tmp("mfu");
@@ -138,11 +149,15 @@ TEST_CASE("the step line shows MFU on the GPU (emulated: peak unknown, '-') and 
 
 TEST_CASE("--dtype bf16 (emulated): matmuls and attention on bf16 tensor cores within bf16 precision of the CPU, every variant") {
     std::string out, shard = make_shard("bf16.bin", 3000, 9);
-    // hd = 16 (D = 64, H = 4): the bf16 kernels' smallest head size.
-    for (const char* v : {"vanilla", "phd-3", "phd-swa-3-4", "phd-cswa-3-4-5", "naive-2"}) {
-        const std::string cmd = std::string(kEmuBin) + tiny_flags() + "--dim 64 --variant " + v + " -i " + shard +
+    // hd = 16 (D = 64, H = 4): the bf16 kernels' smallest head size, every variant; and hd = 64
+    // (D = 128, H = 2 sharing one KV head), one layer, T = 32: 96 rows, two tiles of keys.
+    struct Model { std::string variant, flags; };
+    for (const Model& m : {Model{"vanilla", "--dim 64"}, Model{"phd-3", "--dim 64"}, Model{"phd-swa-3-4", "--dim 64"},
+                           Model{"phd-cswa-3-4-5", "--dim 64"}, Model{"naive-2", "--dim 64"},
+                           Model{"phd-cswa-3-4-5", "--dim 128 --heads 2 --kv-heads 1 --layers 1 -t 32"}}) {
+        const std::string cmd = std::string(kEmuBin) + tiny_flags() + m.flags + " --variant " + m.variant + " -i " + shard +
                                 " --device cuda --dtype bf16 --compare-cpu 1 --check-tol ";
-        INFO(v);
+        INFO(m.variant << " " << m.flags);
         // Every tensor within 2e-2 of its scale (seen: worst 7.5e-3, dlayer1.w1: bf16 rounds
         // each matmul's inputs, P, dS and o at 2^-9 relative); and not within 1e-4, so the
         // bf16 kernels really ran (fp32: ~1e-6).

@@ -6,6 +6,7 @@
 #include <sstream>
 #include <string>
 #include <vector>
+#include "../data/checkpoint.h"
 #include "../data/dataloader.h"
 #include "test_util.h"
 
@@ -41,6 +42,31 @@ static inline void copy_checkpoint(const std::string& from, const std::string& t
     }
 }
 
+// The model that the runs with a planted value start from: phd-2, V = 32 (so E and wout have
+// Vp = 128 rows, 96 of them padding), D = 32 with H = 2: head size 16, which the GPU path runs
+// in bf16 by default.
+static inline Config planted_config() {
+    Config c = tiny_config("phd-2", 32, 16);
+    c.D = 32; c.F = 48; c.H = 2; c.Hkv = 1;
+    REQUIRE(config_error(c).empty());
+    return c;
+}
+// planted_config()'s fresh weights with parameter `at` set to `value`, saved as a
+// checkpoint: its path.
+static inline std::string planted_checkpoint(const std::string& name, size_t at, float value) {
+    const Config c = planted_config();
+    std::vector<float> p(num_params(c));
+    init_params(c, p.data(), 4);
+    p.at(at) = value;
+    const std::string path = tmp(name);
+    save_checkpoint(path.c_str(), c, p.data());
+    return path;
+}
+// A parameter whose NaN leaves the loss finite and makes the gradient NaN: wout's first padded
+// row. Its logit never counts, but the backward multiplies the row by that logit's zero
+// gradient, and 0 * NaN = NaN reaches every gradient below the LM head.
+static inline size_t padded_logit_row(const Config& c) { return param_tensors(c).back().offset + (size_t)c.V * c.D; }
+
 // A shard of a small repetitive language (so that loss can fall), V = 32.
 static inline std::string make_shard(const std::string& name, int n, uint64_t seed) {
     std::vector<uint32_t> t;
@@ -52,6 +78,20 @@ static inline std::string make_shard(const std::string& name, int n, uint64_t se
     std::string path = tmp(name);
     write_shard(path.c_str(), t.data(), (int64_t)t.size());
     return path;
+}
+
+// Training from `ckpt` through `cmd` (a train_phd binary and flags) into tmp(name), 3 steps
+// with a checkpoint after each, stops at its first step: exit 1, the one line `error`, and no
+// checkpoint at all.
+static inline void stops_at_step_0(const std::string& cmd, const std::string& ckpt, const std::string& name, const std::string& error) {
+    const std::string dir = tmp(name);
+    std::string out;
+    const int rc = run(cmd + " -b 2 -t 16 -x 3 -v 0 -s 0 -n 1 -e " + ckpt + " -i " + make_shard(name + ".bin", 500, 3) + " -o " + dir, &out);
+    INFO(cmd << "\n" << out);
+    CHECK(rc == 1);
+    CHECK(out.find("\n" + error + "\n") != std::string::npos);
+    CHECK(out.find("error:") == out.rfind("error:"));
+    for (int step = 1; step <= 3; step++) CHECK(!exists(dir + "/model_0000000" + std::to_string(step) + ".bin"));
 }
 
 static inline std::string tiny_flags() {
