@@ -49,7 +49,7 @@ suite export run 300 "$(has_torch || echo "missing: Debian's python3-torch: run 
     env OMP_NUM_THREADS=1 bash test/test_export.sh build/train_phd_cpu
 # The loss study's machinery (dev/study.sh): a tiny study, its CSV, resume and plots.
 suite study run 120 "" env OMP_NUM_THREADS=1 bash test/test_study.sh build/train_phd_cpu
-# Data parallel under mpirun (CPU, and the GPU path on the emulation); SKIPPED without mpirun.
+# Data parallel under mpirun (CPU, and the GPU path on the emulation).
 suite dist run 120 "" env OMP_NUM_THREADS=1 bash test/test_dist.sh build/train_phd_cpu build/train_phd_emu
 suite gpu-emulated run 300 "" ./build/test_gpu_emu
 suite gpu-asan run 300 "" ./build/test_gpu_asan

@@ -6,9 +6,8 @@
 # backward or not, resumed on other rank counts, and in bf16 (the GPU's default dtype); and bad
 # input or a NaN gradient stopping every rank with one line.
 #   test/test_dist.sh [TRAIN_PHD_CPU [TRAIN_PHD_EMU]]  (default build/train_phd_cpu, build/train_phd_emu)
-# KEEP_TMP=1 keeps the temporary directory. The last line is "N passed, M failed" (or
-# SKIPPED with the reason, where there is no mpirun or the binary was built without MPI; an
-# emulated-GPU binary that is missing or lacks MPI next to an MPI build is a failure, not a skip).
+# KEEP_TMP=1 keeps the temporary directory. The last line is "N passed, M failed". No mpirun,
+# or a binary built without MPI, is a failure, not a skip: dev/setup.sh installs OpenMPI.
 #
 # Why 2 ranks do not give one process's bits: the ranks' gradients are summed after each
 # rank summed its own rows (one process sums all rows in one pass, e.g. into the embedding's
@@ -26,9 +25,9 @@ emu=${2:-$root/build/train_phd_emu}
 
 source "$(dirname "$0")/check.sh"
 
-if ! command -v mpirun >/dev/null; then echo "SKIPPED: no mpirun (apt-get install openmpi-bin libopenmpi-dev)"; exit 0; fi
+if ! command -v mpirun >/dev/null; then echo "no mpirun (dev/setup.sh installs openmpi-bin)"; echo "0 passed, 1 failed"; exit 1; fi
 if [ ! -x "$bin" ]; then bad "train_phd binary $bin exists (make build/train_phd_cpu)"; finish; fi
-if ! ldd "$bin" | grep libmpi >/dev/null; then echo "SKIPPED: $bin was built without MPI (no mpi.h: apt-get install libopenmpi-dev)"; exit 0; fi
+if ! ldd "$bin" | grep libmpi >/dev/null; then echo "$bin was built without MPI (dev/setup.sh installs libopenmpi-dev)"; echo "0 passed, 1 failed"; exit 1; fi
 
 tmp=$(mktemp -d)
 trap '[ -n "${KEEP_TMP:-}" ] || rm -rf "$tmp"' EXIT
