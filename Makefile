@@ -7,7 +7,8 @@ HOSTFLAGS = -std=c++17 $(CXXFLAGS) -fopenmp $(WARN)
 NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 # sm_90 (H100/H200) and sm_80 (A100)
 NVCC_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
-NVCCFLAGS ?= -O3 -std=c++17 $(NVCC_ARCH)
+# --threads 2: the two architectures' device passes side by side, where a build runs alone.
+NVCCFLAGS ?= -O3 -std=c++17 $(NVCC_ARCH) --threads 2
 HEADERS  := $(wildcard *.h kernels/*.h kernels/*.cuh data/*.h dev/*.h) test/cuda_emu.h test/cuda_emu_mma.h test/cuda_emu_cublas.h test/cuda_emu_graph.h \
             test/cuda_emu_nccl.h test/cuda_emu_stream.h
 # GPT-2 text prompts in train_phd need PCRE2 (dev/setup.sh installs it); built without otherwise.
@@ -93,7 +94,6 @@ build/test_gpu_native: $(GPU_TEST_DEPS)
 	$(NVCC) $(NVCCFLAGS) $(DOCTEST_INC) -DPHD_NATIVE_GPU -Xcompiler "$(subst $() ,$(comma),$(strip -fopenmp $(WARN)))" -x cu test/test_main.cpp $(GPU_TEST_SRC) -o $@ -lcublas -lgomp
 # doctest from .deps/ where the system has none (a GPU machine without network: dev/gpu_run.sh).
 DOCTEST_INC := $(if $(wildcard /usr/include/doctest/doctest.h),,$(if $(wildcard .deps/doctest/doctest.h),-I.deps))
-GPU_TESTS := build/test_gpu_emu build/test_gpu_tsan build/test_gpu_asan $(if $(NVCC),build/test_gpu_native)
 
 # The data pipeline (GPT-2 BPE needs PCRE2 and nlohmann-json: dev/setup.sh installs them).
 DATA_HDR := $(wildcard data/*.h) kernels/utils.h
@@ -110,9 +110,11 @@ build/test_data: test/test_main.cpp test/test_data.cpp $(TEST_HDR) $(DATA_HDR)
 # binary, so its suite counts as failed instead of running an old one); then the runner
 # runs the suites, as many at once as there are cores, and prints the total last:
 # "total: N passed, M failed, K skipped".
-GPU_BENCH := build/bench_gpu_emu $(if $(NVCC),build/bench_gpu build/bench_decode_gpu)
-TEST_BINS := train_phd build/train_phd_cpu build/train_phd_emu build/test_cpu build/prepare build/test_data $(GPU_TESTS) \
-             $(GPU_BENCH) build/bench_decode
+# The longest builds first (nvcc's, ThreadSanitizer's), so that the short ones fill the cores
+# at the end instead of one long build running alone.
+TEST_BINS := $(if $(NVCC),build/test_gpu_native train_phd build/bench_gpu build/bench_decode_gpu) build/test_gpu_tsan \
+             build/test_gpu_asan build/test_gpu_emu build/test_cpu build/train_phd_emu build/bench_gpu_emu \
+             $(if $(NVCC),,train_phd) build/train_phd_cpu build/prepare build/test_data build/bench_decode
 NPROC := $(shell nproc 2>/dev/null || echo 2)
 # The set-up first, then the builds in a make of their own, which sees what it installed.
 # SETUP=0 skips it (a GPU machine without network, handed what it needs: dev/gpu_run.sh).

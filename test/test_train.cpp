@@ -461,8 +461,9 @@ TEST_CASE("one run per --out: a second run on a busy folder fails in one line na
     std::string shard = make_shard("lock.bin", 2000, 9), dir = tmp("lock-out"), out;
     const std::string cmd = std::string(kBin) + one_thread_flags() + "-i " + shard + " -x 2 -v 0 -s 0 -o " + dir;
     REQUIRE(run("mkdir -p " + dir, &out) == 0);
-    // The holder: a process that writes its pid into the lock file and keeps the flock (util-linux) on it.
-    REQUIRE(run("sh -c 'echo $$ > " + dir + "/train_phd.lock; exec flock " + dir + "/train_phd.lock sleep 60' >/dev/null 2>&1 & "
+    // The holder: a process that writes its pid into the lock file and keeps the flock (util-linux) on it
+    // while its child sleeps (-o: the child does not hold the lock too).
+    REQUIRE(run("sh -c 'echo $$ > " + dir + "/train_phd.lock; exec flock -o " + dir + "/train_phd.lock sleep 60' >/dev/null 2>&1 & "
                 "while flock -n " + dir + "/train_phd.lock true; do sleep 0.05; done; cat " + dir + "/train_phd.lock",
                 &out) == 0);
     const std::string holder = out.substr(0, out.find('\n'));
@@ -473,7 +474,7 @@ TEST_CASE("one run per --out: a second run on a busy folder fails in one line na
     CHECK(out.find("error: --out " + dir + ": another run is using this folder (pid " + holder + ")") != std::string::npos);
     CHECK(std::count(out.begin(), out.end(), '\n') == 1);
     CHECK(!exists(dir + "/model_00000002.bin"));
-    REQUIRE(run("kill " + holder + "; while ! flock -n " + dir + "/train_phd.lock true; do sleep 0.05; done", &out) == 0);
+    REQUIRE(run("pkill -P " + holder + "; kill " + holder + "; while ! flock -n " + dir + "/train_phd.lock true; do sleep 0.05; done", &out) == 0);
     rc = run(cmd, &out);
     INFO(out);
     CHECK(rc == 0);
