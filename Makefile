@@ -26,10 +26,19 @@ MPI_LIBS  := $(if $(MPI_ON),$(addprefix -L,$(shell $(MPICC) --showme:libdirs)) $
 NCCL_ON   := $(and $(MPI_ON),$(NVCC),$(wildcard /usr/include/nccl.h $(dir $(NVCC))../include/nccl.h))
 NVCC_MPI_FLAGS := $(if $(NCCL_ON),$(MPI_FLAGS))
 NVCC_MPI_LIBS  := $(if $(NCCL_ON),$(MPI_LIBS) -lnccl)
+# Where no GPU answers, the native binaries that only a GPU can run are compiled for sm_90
+# alone: the tests and the decode benchmark to PTX (nvcc's every check but ptxas's, whose
+# report comes from train_phd's and the kernel lab's builds), the kernel lab to sm_90 (the
+# ptxas suite reads its report). They are built for every architecture once a GPU is here.
+GPUS := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+ifeq ($(GPUS),0)
+build/test_gpu_native build/bench_decode_gpu: NVCC_ARCH := -gencode arch=compute_90,code=compute_90
+build/bench_gpu: NVCC_ARCH := -gencode arch=compute_90,code=sm_90
+endif
 # What the binaries were built with follows what this machine has: the line below changes
-# when PCRE2, MPI, NCCL or nvcc come or go (dev/setup.sh installs the first two), and every
+# when PCRE2, MPI, NCCL, nvcc or a GPU come or go (dev/setup.sh installs the first two), and every
 # binary depends on it, so that they are rebuilt then.
-FEATURES := pcre2=$(if $(PCRE2_FLAGS),1,0) mpi=$(if $(MPI_ON),1,0) nccl=$(if $(NCCL_ON),1,0) nvcc=$(if $(NVCC),1,0)
+FEATURES := pcre2=$(if $(PCRE2_FLAGS),1,0) mpi=$(if $(MPI_ON),1,0) nccl=$(if $(NCCL_ON),1,0) nvcc=$(if $(NVCC),1,0) gpus=$(GPUS)
 $(shell mkdir -p build && { [ "$$(cat build/features 2>/dev/null)" = "$(FEATURES)" ] || echo "$(FEATURES)" > build/features; })
 HEADERS += build/features
 TEST_SRC := $(wildcard test/*.cpp)
