@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# What ptxas says of every kernel train_phd holds, for sm_90: registers, stack frame, spills
-# and static shared memory; no GPU needed. A kernel that keeps its per-thread vectors in
+# What ptxas says of every kernel train_phd holds, for sm_90: registers (and the largest block
+# they allow: a launch past it fails on a GPU, not in the emulation), stack frame, spills and
+# static shared memory; no GPU needed. A kernel that keeps its per-thread vectors in
 # registers has no stack frame; one that spills has lost them. Fails (and says which) if a
 # kernel has a stack frame or spills, except the attention kernels' generic instances
 # (HD = 0: any head size, read at run time, which cannot stay in registers), or if a compile
@@ -38,7 +39,9 @@ table=$(cat "${logs[@]}" | awk '
     if [ "$stack" -gt 0 ] || [ "$spills" -gt 0 ]; then
         case "$mangled" in *ILi0EE*) verdict="ok (generic instance)" ;; *) verdict=FAILED ;; esac
     fi
-    printf '%-42s %4s regs %4s B stack %4s B spilled %5s B static smem  %s\n' "${demangled%%(*}" "$regs" "$stack" "$spills" "$smem" "$verdict"
+    # The largest block the register file (64K registers, given out 256 a warp) allows.
+    warp_regs=$(( (regs * 32 + 255) / 256 * 256 )); most=$(( 65536 / warp_regs * 32 )); [ "$most" -gt 1024 ] && most=1024
+    printf '%-42s %4s regs (blocks <= %4s threads) %4s B stack %4s B spilled %5s B static smem  %s\n' "${demangled%%(*}" "$regs" "$most" "$stack" "$spills" "$smem" "$verdict"
 done)
 printf '%s\n' "$table"
 total=$(printf '%s\n' "$table" | grep -c .)
