@@ -465,6 +465,12 @@ static std::string strf(const char* fmt, ...) {
     return buf;
 }
 
+// A model's variant and shapes, as the start-up line, the ranks' agreement and a refused
+// resume name them.
+static std::string model_shape(const Config& c) {
+    return variant_name(c) + strf(": V=%d L=%d D=%d H=%d Hkv=%d F=%d maxT=%d", c.V, c.L, c.D, c.H, c.Hkv, c.F, c.maxT);
+}
+
 // With several ranks, all must train the same model from the same weights on the same data,
 // with the same batch, schedule and collectives (validation, checkpoints): a rank that
 // differs from rank 0 names the first thing that does, and the run stops (kernels/dist.h).
@@ -479,7 +485,7 @@ static void check_ranks_agree(const Args& a, const Config& c, const Engine& E, c
     }
     auto shards = [](const DataLoader& d) { return strf("%zu files, %lld tokens", d.files.size(), (long long)d.total); };
     dist.same_on_every_rank({
-        {"model", strf("%s V=%d L=%d D=%d H=%d Hkv=%d F=%d maxT=%d", variant_name(c).c_str(), c.V, c.L, c.D, c.H, c.Hkv, c.F, c.maxT)},
+        {"model", model_shape(c)},
         {"initial parameters", strf("hash %016llx", (unsigned long long)hash)},
         {"batch", strf("B=%d T=%d total %d", a.B, a.T, a.total_batch)},
         {"schedule", strf("%d steps, lr %.9g, warm-up %d, final %.9g, decay %.9g, --skip-update-z %.9g", a.steps, a.lr, a.warmup,
@@ -552,7 +558,7 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
         std::string mp = ckpt_path(a, "model", step), sp = ckpt_path(a, "state", step);
         Config rc = load_checkpoint(mp.c_str(), &resumed);
         if (variant_name(rc) != variant_name(c) || num_params(rc) != P)
-            die("%s: checkpoint is %s, not the model asked for (%s)", mp.c_str(), variant_name(rc).c_str(), variant_name(c).c_str());
+            die("%s: checkpoint is %s, not the model asked for (%s)", mp.c_str(), model_shape(rc).c_str(), model_shape(c).c_str());
         st = load_state(sp.c_str(), c);
     }
     // Start-up is over (kernels/dist.h): the ranks check that they agree, then rank 0's
@@ -574,8 +580,7 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
                             : use_bf16(a, c) ? " (bf16 tensor cores: matmuls and attention; fp32 weights, accumulation, optimizer)"
                             : a.tf32          ? " (TF32 tensor cores)"
                                               : " (fp32; --dtype bf16 or --tf32 1: tensor cores)";
-    printf("model %s: V=%d L=%d D=%d H=%d Hkv=%d F=%d maxT=%d, %zu parameters, on %s%s\n", variant_name(c).c_str(), c.V, c.L, c.D, c.H,
-           c.Hkv, c.F, c.maxT, P, Engine::name(), precision);
+    printf("model %s, %zu parameters, on %s%s\n", model_shape(c).c_str(), P, Engine::name(), precision);
     printf("batch B=%d T=%d x %d micro-batches x %d rank%s = %d tokens/step, %d steps, lr %g, %d OpenMP threads%s\n", a.B, a.T,
            accum, dist.size, dist.size > 1 ? "s" : "", a.total_batch, a.steps, a.lr, omp_get_max_threads(), dist.size > 1 ? " each" : "");
     printf("memory: params+grads+adam %.1f MiB, activations %.1f MiB\n", 4.0 * P * 4 * MiB, act_bytes * MiB);

@@ -346,6 +346,12 @@ TEST_CASE("resume is bit-identical: N steps straight equal N/2, save, reload, N/
     const std::string final_a = file_bytes(a + "/model_00000012.bin");
     CHECK(final_a.size() > 1024);  // more than the header
     CHECK(final_a == file_bytes(b + "/model_00000012.bin"));
+    // A resume with another shape is refused in one line that names both shapes.
+    const int rc = run(flags + "-y 1 --ffn 40 -o " + b, &out);
+    INFO(out);
+    CHECK(rc == 1);
+    CHECK(out.find("not the model asked for (phd-swa-2-3: V=32 L=2 D=32 H=4 Hkv=2 F=40") != std::string::npos);
+    CHECK(out.find("checkpoint is phd-swa-2-3: V=32 L=2 D=32 H=4 Hkv=2 F=48") != std::string::npos);
 }
 
 // A checkpoint NAME.ckpt of a small model of `variant` and NAME.state, the debug state of
