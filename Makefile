@@ -7,15 +7,14 @@ HOSTFLAGS = -std=c++17 $(CXXFLAGS) -fopenmp $(WARN)
 NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 # sm_90 (H100/H200) and sm_80 (A100)
 NVCC_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
-# --threads 2: the two architectures' device passes side by side, where a build runs alone.
-NVCCFLAGS ?= -O3 -std=c++17 $(NVCC_ARCH) --threads 2
+NVCCFLAGS ?= -O3 -std=c++17 $(NVCC_ARCH)
 HEADERS  := $(wildcard *.h kernels/*.h kernels/*.cuh data/*.h dev/*.h) test/cuda_emu.h test/cuda_emu_mma.h test/cuda_emu_cublas.h test/cuda_emu_graph.h \
             test/cuda_emu_nccl.h test/cuda_emu_stream.h
 # GPT-2 text prompts in train_phd need PCRE2 (dev/setup.sh installs it); built without otherwise.
 PCRE2_FLAGS := $(if $(wildcard /usr/include/pcre2.h),-DPHD_PCRE2)
 PCRE2_LIBS  := $(if $(wildcard /usr/include/pcre2.h),-lpcre2-8)
 # train_phd runs under mpirun (data parallel, kernels/dist.h) when OpenMPI's mpicc and mpi.h are
-# here (Debian's libopenmpi-dev and openmpi-bin: .ci/run installs them); else it is built for
+# here (Debian's libopenmpi-dev and openmpi-bin: dev/setup.sh installs them); else it is built for
 # one process. The nvcc build talks between GPUs with NCCL: MPI there also needs nccl.h.
 MPICC     := $(shell command -v mpicc 2>/dev/null)
 MPI_INC   := $(if $(MPICC),$(shell $(MPICC) --showme:incdirs 2>/dev/null))
@@ -181,9 +180,9 @@ bench-gpu: build/bench_gpu build/bench_decode_gpu
 	./build/bench_decode_gpu --device cuda -P 2048 --layers 12 --dim 768 --heads 12
 
 # The main job: set-up, the KJV corpus as GPT-2 shards, then a small phd-cswa-2-16-32 model.
-# Set-up and preparation are skipped where the shards exist (a machine without network can
-# be handed them: dev/gpu_run.sh), and the builds run in a make of their own after the set-up;
-# the loss curve needs gnuplot.
+# Preparation is skipped where the shards exist (a machine without network can be handed
+# them, and SETUP=0 skips the set-up: dev/gpu_run.sh); the builds run in a make of their own
+# after the set-up; the loss curve needs gnuplot.
 KJV := data/shards/kjv
 TRAIN_FLAGS ?= --variant phd-cswa-2-16-32 --layers 4 --dim 128 --heads 4 -b 8 -t 128 \
                -x 300 -l 3e-3 -u 20 -v 50 -m 10 -s 100 -g 48 -n 100

@@ -30,10 +30,9 @@ cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = stage ]; then
     set -e
-    [ -f /usr/include/doctest/doctest.h ] || { echo "gpu_run: no /usr/include/doctest here (apt-get install doctest-dev)" >&2; exit 1; }
+    bash dev/setup.sh  # doctest, the corpora
     mkdir -p .deps
     cp -r /usr/include/doctest .deps/
-    bash dev/setup.sh
     make kjv-shards
     echo "gpu_run: staged .deps ($(du -sh .deps | cut -f1)) and data/shards ($(du -sh data/shards | cut -f1)); carry both"
     exit 0

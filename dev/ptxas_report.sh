@@ -19,7 +19,7 @@ mkdir -p build/ptxas
 logs=()
 for pair in train_phd.cu:train_phd dev/bench_gpu.cu:bench_gpu; do
     src=${pair%%:*} log=build/ptxas/${pair##*:}.log
-    if [ ! -f "$log" ] || [ -n "$(find "$src" kernels -newer "$log" -name '*.c*' -o -newer "$log" -name '*.h' | head -n 1)" ]; then
+    if [ ! -f "$log" ] || [ -n "$(find "$src" model.h kernels data dev -newer "$log" -name '*.c*' -o -newer "$log" -name '*.h' | head -n 1)" ]; then
         "$NVCC" -std=c++17 -O3 -arch=sm_90 -Xptxas -v -x cu -c "$src" -o /dev/null > "$log.tmp" 2>&1 ||
             { cat "$log.tmp"; echo "ptxas: 0 passed, 1 failed ($src does not compile)"; exit 1; }
         mv "$log.tmp" "$log"

@@ -40,7 +40,7 @@ template<typename Real> struct KVStore {
     }
 };
 
-// Next token from logits (Vp, first V real), by model.h's Sampling rule: greedy at temperature
+// Next token from logits (Vp, first V real), by the Sampling rule (kernels/decode_blocks.h): greedy at temperature
 // 0, else a draw from the softmax at the temperature over the ids whose logits are at or
 // above the top_k-th largest (all when top_k <= 0 or >= V), walked in id order. Non-finite
 // logits as the device's sampler takes them (kernels/sampling.cuh).
@@ -98,7 +98,7 @@ template<typename Real> struct Decoder : DecodeBlocks<Decoder<Real>> {
 
     const Config& cfg() const { return M.cfg; }
     std::vector<Real> logits(int s) const { return {last_logits.begin() + (size_t)s * M.cfg.Vp, last_logits.begin() + (size_t)(s + 1) * M.cfg.Vp}; }
-    // Each sample's next token from its logits (sample_token below), one draw of its Rng.
+    // Each sample's next token from its logits (sample_token above), one draw of its Rng.
     std::vector<int> sample() {
         std::vector<int> next(S);
         for (int s = 0; s < S; s++) next[s] = sample_token(&last_logits[(size_t)s * M.cfg.Vp], M.cfg.V, sampling.temperature, sampling.top_k, rng[s]);

@@ -1,5 +1,5 @@
 // kernels/gpu_decode.cuh: KV-cache inference on the GPU, the same steps as Decoder in
-// kernels/cpu_decode.h (read that first), and the same blocks (DecodeBlocks in model.h: the
+// kernels/cpu_decode.h (read that first), and the same blocks (DecodeBlocks in kernels/decode_blocks.h: the
 // pre-fill's rows, then the K copies of each sample's new token, in the row order that
 // kernels/kv_cache.cuh needs), for S samples at once. The weights, cuBLAS and the RoPE tables
 // are a GpuModel's, and so is the dtype: a bf16 model (--dtype bf16) decodes as its training

@@ -1,5 +1,5 @@
 // kernels/sampling.cuh: each sample's next token, drawn on the device from its logits, by
-// the rule of model.h's Sampling that sample_token (kernels/cpu_decode.h) follows on the host:
+// the rule of Sampling (kernels/decode_blocks.h) that sample_token (kernels/cpu_decode.h) follows on the host:
 // greedy at temperature 0 (the lowest id among the largest logits, as std::max_element),
 // else a draw from the softmax at the temperature over the logits at or above the top_k-th
 // largest (every id when top_k <= 0 or >= V). Ties with the top_k-th largest are all kept,

@@ -357,12 +357,6 @@ inline uint64_t block_seed() {
     static const uint64_t seed = getenv("PHD_EMU_SEED") ? strtoull(getenv("PHD_EMU_SEED"), nullptr, 10) : 1;
     return seed;
 }
-inline uint64_t splitmix(uint64_t& x) {
-    uint64_t z = (x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
 
 constexpr size_t kDefaultDynamicShared = 48 * 1024, kMaxDynamicShared = 166912;  // sm_80's opt-in maximum
 inline thread_local cudaError_t last_error = cudaSuccess;  // per host thread, as in CUDA
@@ -408,8 +402,8 @@ inline void run_grid(dim3 grid, dim3 block, size_t shmem, void (*body)(void*), v
     // The blocks in a shuffled order, another for each launch (a GPU promises none).
     std::vector<uint64_t> order((uint64_t)grid.x * grid.y * grid.z);
     for (uint64_t i = 0; i < order.size(); i++) order[i] = i;
-    uint64_t state = block_seed() ^ (0x9e3779b97f4a7c15ull * ++L.launches);
-    for (uint64_t i = order.size(); i > 1; i--) std::swap(order[i - 1], order[splitmix(state) % i]);
+    Rng rng{block_seed() ^ (0x9e3779b97f4a7c15ull * ++L.launches)};
+    for (uint64_t i = order.size(); i > 1; i--) std::swap(order[i - 1], order[rng.next_u64() % i]);
     for (const uint64_t linear : order) {
         const unsigned bx = (unsigned)(linear % grid.x), by = (unsigned)(linear / grid.x % grid.y),
                        bz = (unsigned)(linear / grid.x / grid.y);
@@ -735,7 +729,7 @@ inline float approx_lg2(float x) {
 // 2 + 1.173|x| ulp), so the tests see it.
 inline float __expf(float x) { return cuda_emu::approx_ex2(x * 1.44269502f); }
 inline float __logf(float x) { return cuda_emu::approx_lg2(x) * 0.693147182f; }
-inline float rsqrtf(float x) { return cuda_emu::off_by_ulps(1.0f / sqrtf(x), x, 2); }
+inline float rsqrtf(float x) { return cuda_emu::off_by_ulps((float)(1.0 / std::sqrt((double)x)), x, 2); }
 inline float __fdividef(float a, float b) { return a / b; }
 
 // ---- runtime: device memory is host memory, streams are queues (cuda_emu_stream.h) ----
@@ -927,7 +921,13 @@ inline cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = new CUevent_st; return
 inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned flags) {
     return flags & ~cudaEventDisableTiming ? cudaErrorInvalidValue : cudaEventCreate(e);
 }
-inline cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
+// Work that still records it runs first (CUDA lets it finish after the call).
+inline cudaError_t cudaEventDestroy(cudaEvent_t e) {
+    if (!e) return cudaErrorInvalidValue;
+    cuda_emu::streams().run({e->id});
+    delete e;
+    return cudaSuccess;
+}
 inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr) {
     if (!e) return cudaErrorInvalidValue;
     auto stamp = [e]() -> cudaError_t {
@@ -944,7 +944,10 @@ inline cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned f
     if (!e || flags) return cudaErrorInvalidValue;
     cuda_emu::Streams& q = cuda_emu::streams();
     if (q.ignore_waits == (s ? (q.of(s)->nonblocking ? "nonblocking" : "blocking") : "legacy")) return cudaSuccess;  // a planted bug
-    if (cuda_emu::g_capture.stream && cuda_emu::g_capture.stream == s) return cudaSuccess;  // one stream's capture: stream order holds
+    cuda_emu::Capture& c = cuda_emu::g_capture;
+    if (c.stream && !s && cuda_emu::capture_refuses()) return cudaErrorStreamCaptureImplicit;
+    // Inside running work, or on the capturing stream (one stream's capture), order holds already.
+    if (q.running || (c.stream && c.stream == s)) return cudaSuccess;
     q.enqueue(s, [] { return cudaSuccess; }, {e->id});
     return cudaSuccess;
 }
@@ -954,6 +957,8 @@ inline cudaError_t cudaEventSynchronize(cudaEvent_t e) {
     return cuda_emu::streams().take_error();
 }
 inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
+    if (!a || !b) return cudaErrorInvalidValue;
+    cuda_emu::streams().run({a->id, b->id});
     *ms = std::chrono::duration<float, std::milli>(b->t - a->t).count();
     return cudaSuccess;
 }

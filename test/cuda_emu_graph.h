@@ -10,8 +10,8 @@
 // queued on the legacy stream while a capture is open invalidates that capture (the call
 // fails with cudaErrorStreamCaptureImplicit and cudaStreamEndCapture with
 // cudaErrorStreamCaptureInvalidated), so a forgotten stream (cuBLAS's, say) fails here as it
-// would there; a replayed launch fails as a direct one would, and cudaGraphLaunch returns the
-// first error. What the driver refuses during a capture fails the same way and invalidates
+// would there; a replayed launch fails as a direct one would, its first error returned by the
+// next synchronization. What the driver refuses during a capture fails the same way and invalidates
 // it: cudaMalloc, cudaFree, cudaMemcpy and cudaMemset (the legacy stream), and synchronizing
 // the device or the capturing stream. Not emulated: capture across streams (events), graph
 // nodes and updates.
@@ -104,5 +104,10 @@ inline cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
     cudaError_t status;
     return cuda_emu::deferred(s, run, status) ? status : run();
 }
-inline cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) { delete exec; return cudaSuccess; }
+// Queued launches of it run first (CUDA lets them finish after the call).
+inline cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+    cuda_emu::streams().run_all();
+    delete exec;
+    return cudaSuccess;
+}
 inline cudaError_t cudaGraphDestroy(cudaGraph_t graph) { delete graph; return cudaSuccess; }

@@ -4,7 +4,7 @@
 // communicator's ranks must be MPI's. A call is checked when made and queued on its stream
 // (test/cuda_emu_stream.h), reading and writing its buffers when it runs, as NCCL does; a
 // group (ncclGroupStart/End) runs its calls in the order made, which every rank makes the
-// same, and so are the points where the ranks' queues run. The types and operations kernels/dist.h uses only. A
+// same (MPI's blocking calls then pair them, wherever each rank's queue runs). The types and operations kernels/dist.h uses only. A
 // launch without MPI (kernels/dist.h's PHD_RENDEZVOUS) leaves MPI to this emulation, which
 // starts it at ncclCommInitRank: such a run must still be started by mpirun here.
 #pragma once

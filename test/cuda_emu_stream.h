@@ -7,8 +7,9 @@
 // follow: the stream's previous item; on the legacy stream (null), the last item of every
 // blocking stream; on a blocking stream, the legacy stream's last item; for a wait, the item
 // the event recorded. Streams made with cudaStreamNonBlocking have no tie to the legacy one.
-// Nothing runs until the host needs it: a synchronous copy, cudaStreamSynchronize,
-// cudaEventSynchronize, cudaDeviceSynchronize, cudaFree, or a copy to or from host memory. Then
+// Nothing runs until the host needs it: a synchronous copy, a copy into host memory,
+// cudaStreamSynchronize, cudaEventSynchronize, cudaDeviceSynchronize, cudaFree, or destroying a
+// stream, an event or a graph that work still uses. Then
 // what it needs runs, and only that, always picking among the items whose predecessors are
 // done the one queued last. So whatever two streams do without an event between them happens
 // in the order opposite to the host's, and a missing wait gives wrong numbers every time.
@@ -28,7 +29,6 @@ typedef CUstream_st* cudaStream_t;
 namespace cuda_emu {
 
 struct StreamWork {
-    CUstream_st* stream;
     std::function<cudaError_t()> fn;
     std::vector<uint64_t> after;  // the items this one follows
 };
@@ -58,7 +58,7 @@ struct Streams {
         for (uint64_t a : after)
             if (is_pending(a)) open.push_back(a);
         const uint64_t id = next++;
-        pending[id] = StreamWork{st, std::move(fn), std::move(open)};
+        pending[id] = StreamWork{std::move(fn), std::move(open)};
         st->tail = id;
         return id;
     }

@@ -3,8 +3,9 @@
 # and prints a table of the suites' times and results, then the total as the last line:
 # "total: N passed, M failed, K skipped". `make test` builds the binaries first.
 # A suite counts as failed when its binary is missing, it prints no summary line, it ran no
-# test, it exits non-zero or it runs past its limit; a suite whose tools are missing here
-# says so and counts as skipped, never as passed. Logs: build/test-logs/SUITE.log.
+# test, it exits non-zero or it runs past its limit, or when tools dev/setup.sh installs are
+# missing; a suite that needs what no set-up can give (a GPU, nvcc) says so and counts as
+# skipped, never as passed. Logs: build/test-logs/SUITE.log.
 set -u
 cd "$(dirname "$0")/.."
 logs=build/test-logs

@@ -72,7 +72,7 @@ __global__ void ticket_kernel(int* counter, int* order, float* sum, const float*
 TEST_CASE("emulation: a launch's blocks run in a shuffled order, another each launch, so block-order bugs show") {
     const int n = 64, runs = 4;
     // A float sum that tells where block 0 ran: 2^24 (spacing 2 there) after k ones is 2^24 + k
-    // rounded to even, and every later one is lost.
+    // rounded to even, and each later one is a tie, rounded to even again.
     std::vector<float> x(n, 1.0f);
     x[0] = 16777216.0f;
     float* dx = to_device(x);
@@ -161,6 +161,7 @@ TEST_CASE("emulation: a stream capture refuses what the driver refuses, and is t
         {"cudaMalloc", [&] { return cudaMalloc(&p, 16); }},
         {"cudaFree", [&] { return cudaFree(a); }},
         {"cudaMemcpy", [&] { return cudaMemcpy(&host, a, sizeof host, cudaMemcpyDeviceToHost); }},
+        {"cudaMemset", [&] { return cudaMemset(a, 0, sizeof(int)); }},
         {"cudaStreamSynchronize", [&] { return cudaStreamSynchronize(s); }},
         {"cudaDeviceSynchronize", [&] { return cudaDeviceSynchronize(); }},
     };

@@ -118,7 +118,7 @@ template<typename Dec> std::vector<std::vector<int>> generated(Dec& dec, const s
     return out;
 }
 
-// Draws from logits z (the first V real) at temperature T with top_k (model.h's Sampling),
+// Draws from logits z (the first V real) at temperature T with top_k (kernels/decode_blocks.h's Sampling),
 // made by the code under test, against the rule's distribution p, computed here as
 // kernels/sampling.cuh states it: every id tied with the top_k-th largest logit kept, a NaN
 // counted as -inf, the ids at the largest logit weighing 1 even where it is infinite. Every
