@@ -762,8 +762,7 @@ enum cudaDeviceAttr { cudaDevAttrClockRate, cudaDevAttrMultiProcessorCount, cuda
 inline cudaError_t cudaDeviceGetAttribute(int*, cudaDeviceAttr, int) { return cudaErrorInvalidValue; }  // no hardware to describe
 inline cudaError_t cudaDeviceSynchronize() {
     if (cuda_emu::capture_refuses()) return cudaErrorStreamCaptureUnsupported;
-    cuda_emu::streams().run_all();
-    return cuda_emu::streams().take_error();
+    return cuda_emu::streams().wait_all();
 }
 inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
     cuda_emu::DeviceMemory& d = cuda_emu::device_memory();
@@ -855,8 +854,7 @@ inline cudaError_t copy_on(cudaStream_t s, void* dst, const void* src, size_t n,
     uint64_t id = 0;
     if (!deferred(s, copy, status, &id)) return copy();
     if (status || !to_host || !id) return status;
-    streams().run({id});
-    return streams().take_error();
+    return streams().wait({id});
 }
 inline cudaError_t set_on(cudaStream_t s, void* dst, int v, size_t n) {
     if (n == 0) return cudaSuccess;
@@ -878,8 +876,7 @@ inline cudaError_t set_on(cudaStream_t s, void* dst, int v, size_t n) {
 inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind k) {
     if (cuda_emu::capture_refuses()) return cudaErrorStreamCaptureImplicit;
     if (cudaError_t e = cuda_emu::copy_on(nullptr, dst, src, n, k)) return e;
-    cuda_emu::streams().run({cuda_emu::streams().legacy.tail});
-    return cuda_emu::streams().take_error();
+    return cuda_emu::streams().wait({cuda_emu::streams().legacy.tail});
 }
 inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaStream_t st = nullptr) {
     return cuda_emu::copy_on(st, d, s, n, k);
@@ -904,8 +901,7 @@ inline cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWi
 inline cudaError_t cudaStreamSynchronize(cudaStream_t s) {
     if (cuda_emu::g_capture.stream == s && cuda_emu::capture_refuses()) return cudaErrorStreamCaptureUnsupported;
     cuda_emu::Streams& q = cuda_emu::streams();
-    q.run({q.of(s)->tail});
-    return q.take_error();
+    return q.wait({q.of(s)->tail});
 }
 // Its work still runs, as on a GPU.
 inline cudaError_t cudaStreamDestroy(cudaStream_t s) {
@@ -953,8 +949,7 @@ inline cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned f
 }
 inline cudaError_t cudaEventSynchronize(cudaEvent_t e) {
     if (!e) return cudaErrorInvalidValue;
-    cuda_emu::streams().run({e->id});
-    return cuda_emu::streams().take_error();
+    return cuda_emu::streams().wait({e->id});
 }
 inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
     if (!a || !b) return cudaErrorInvalidValue;

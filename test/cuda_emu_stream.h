@@ -96,9 +96,16 @@ struct Streams {
         for (auto& p : pending) all.push_back(p.first);
         run(all);
     }
-    // The error work that ran late left, once.
-    cudaError_t take_error() {
+    // What a synchronizing call does: runs what the targets need, then returns the first error
+    // that work which ran late left (once), as a GPU's synchronizing calls return it.
+    cudaError_t wait(const std::vector<uint64_t>& targets) {
         std::lock_guard<std::recursive_mutex> lock(m);
+        run(targets);
+        return std::exchange(error, cudaSuccess);
+    }
+    cudaError_t wait_all() {
+        std::lock_guard<std::recursive_mutex> lock(m);
+        run_all();
         return std::exchange(error, cudaSuccess);
     }
 };
