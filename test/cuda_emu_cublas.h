@@ -2,7 +2,7 @@
 // device memory and to_tf32 it uses).
 #pragma once
 
-// ---- cuBLAS: the subset the engine uses, computed naively in double, with cuBLAS's
+// ---- cuBLAS: the subset the engine uses, each element one fp32 fmaf chain over k, with cuBLAS's
 // argument checks. Types: fp32 throughout, or bf16 A and B with an fp32 or bf16 C (the
 // combinations cublasGemmEx takes with CUBLAS_COMPUTE_32F); others are NOT_SUPPORTED ----
 enum cublasStatus_t { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_INVALID_VALUE = 7, CUBLAS_STATUS_EXECUTION_FAILED = 13,
@@ -35,20 +35,35 @@ inline void gemm(cublasMath_t math, cublasOperation_t ta, cublasOperation_t tb, 
         const float x = ((const float*)p)[e];
         return tf32 ? to_tf32(x) : x;
     };
+    // A panel of kRows rows of op(A), packed p by p, so that those rows' sums advance together,
+    // each still one fmaf chain over p in order: the compiler vectorises across the rows, and
+    // the bits are the naive loop's.
+    constexpr int kRows = 64;
+    std::vector<float> panel((size_t)k * kRows), bj(k);
+    float s[kRows];
     for (int b = 0; b < batch; b++)
-        for (int j = 0; j < n; j++)
-            for (int i = 0; i < m; i++) {
-                float s = 0;
+        for (int i0 = 0; i0 < m; i0 += kRows) {
+            const int rows = min(kRows, m - i0);
+            for (int p = 0; p < k; p++)
+                for (int r = 0; r < rows; r++) {
+                    const int i = i0 + r;
+                    panel[(size_t)p * kRows + r] = in(A, at, b * sa + (ta == CUBLAS_OP_N ? i + (long long)p * lda : p + (long long)i * lda));
+                }
+            for (int j = 0; j < n; j++) {
+                for (int p = 0; p < k; p++) bj[p] = in(B, bt, b * sb + (tb == CUBLAS_OP_N ? p + (long long)j * ldb : j + (long long)p * ldb));
+                for (int r = 0; r < kRows; r++) s[r] = 0;
                 for (int p = 0; p < k; p++)
-                    s = fmaf(in(A, at, b * sa + (ta == CUBLAS_OP_N ? i + (long long)p * lda : p + (long long)i * lda)),
-                             in(B, bt, b * sb + (tb == CUBLAS_OP_N ? p + (long long)j * ldb : j + (long long)p * ldb)), s);
-                const long long e = b * sc + i + (long long)j * ldc;
-                // beta = 0 ignores C, as cuBLAS does
-                const float c = ct == CUDA_R_16BF ? __bfloat162float(((__nv_bfloat16*)C)[e]) : ((float*)C)[e];
-                const float cij = be == 0.0f ? al * s : fmaf(be, c, al * s);
-                if (ct == CUDA_R_16BF) ((__nv_bfloat16*)C)[e] = __float2bfloat16(cij);
-                else ((float*)C)[e] = cij;
+                    for (int r = 0; r < kRows; r++) s[r] = fmaf(panel[(size_t)p * kRows + r], bj[p], s[r]);
+                for (int r = 0; r < rows; r++) {
+                    const long long e = b * sc + i0 + r + (long long)j * ldc;
+                    // beta = 0 ignores C, as cuBLAS does
+                    const float c = ct == CUDA_R_16BF ? __bfloat162float(((__nv_bfloat16*)C)[e]) : ((float*)C)[e];
+                    const float cij = be == 0.0f ? al * s[r] : fmaf(be, c, al * s[r]);
+                    if (ct == CUDA_R_16BF) ((__nv_bfloat16*)C)[e] = __float2bfloat16(cij);
+                    else ((float*)C)[e] = cij;
+                }
             }
+        }
 }
 }  // namespace cuda_emu
 
@@ -71,12 +86,12 @@ inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperati
         return CUBLAS_STATUS_INVALID_VALUE;
     if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
     {
-        cuda_emu::DeviceAccess access;
+        cuda_emu::DeviceMap map;
         // Every element the product touches must be device memory, where a GPU would fault.
         auto on_device = [&](const void* p, cudaDataType t, int rows, int cols, int ld, long long stride) {
             if (rows == 0 || cols == 0) return true;  // not read
             const long long elems = (long long)ld * (cols - 1) + rows + stride * (batch - 1);
-            return access.d.holding(p, (size_t)elems * (t == CUDA_R_16BF ? 2 : 4)) != nullptr;
+            return map.d.holding(p, (size_t)elems * (t == CUDA_R_16BF ? 2 : 4)) != nullptr;
         };
         if (!on_device(A, at, a_rows, ta == CUBLAS_OP_N ? k : m, lda, sa) || !on_device(B, bt, b_rows, tb == CUBLAS_OP_N ? n : k, ldb, sb) ||
             !on_device(C, ct, m, n, ldc, sc)) {

@@ -74,7 +74,7 @@ inline ncclResult_t ncclReduceScatter(const void* send, void* recv, size_t count
                                       cudaStream_t s) {
     using namespace cuda_emu;
     {
-        DeviceAccess access;
+        DeviceMap map;
         if (!nccl_args_ok(comm, t, op) || !nccl_device(send, count * comm->size, t) || !nccl_device(recv, count, t)) return ncclInvalidArgument;
     }
     return nccl_queue(s, [=] {
@@ -87,7 +87,7 @@ inline ncclResult_t ncclReduce(const void* send, void* recv, size_t count, ncclD
                                cudaStream_t s) {
     using namespace cuda_emu;
     {
-        DeviceAccess access;
+        DeviceMap map;
         if (!nccl_args_ok(comm, t, op) || root < 0 || root >= comm->size || !nccl_device(send, count, t) ||
             (comm->rank == root && !nccl_device(recv, count, t)))
             return ncclInvalidArgument;
@@ -104,7 +104,7 @@ inline ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, nc
                                   cudaStream_t s) {
     using namespace cuda_emu;
     {
-        DeviceAccess access;
+        DeviceMap map;
         if (!nccl_args_ok(comm, t, op) || !nccl_device(send, count, t) || !nccl_device(recv, count, t)) return ncclInvalidArgument;
     }
     return nccl_queue(s, [=] {
@@ -117,7 +117,7 @@ inline ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, nc
 inline ncclResult_t ncclAllGather(const void* send, void* recv, size_t count, ncclDataType_t t, ncclComm_t comm, cudaStream_t s) {
     using namespace cuda_emu;
     {
-        DeviceAccess access;
+        DeviceMap map;
         if (!nccl_args_ok(comm, t, ncclSum) || !nccl_device(send, count, t) || !nccl_device(recv, count * comm->size, t))
             return ncclInvalidArgument;
     }
@@ -131,7 +131,7 @@ inline ncclResult_t ncclAllGather(const void* send, void* recv, size_t count, nc
 inline ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataType_t t, int root, ncclComm_t comm, cudaStream_t s) {
     using namespace cuda_emu;
     {
-        DeviceAccess access;
+        DeviceMap map;
         if (!nccl_args_ok(comm, t, ncclSum) || root < 0 || root >= comm->size || !nccl_device(recv, count, t) ||
             (comm->rank == root && !nccl_device(send, count, t)))
             return ncclInvalidArgument;

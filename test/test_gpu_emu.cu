@@ -143,10 +143,12 @@ TEST_CASE("emulation: a cp.async destination holds poison from issue to wait, so
     CHECK(to_host(out, 32) == want);
     // Without the barrier warp 0 runs ahead to its refill (the emulation runs each thread to its
     // next barrier in turn, the last to arrive on past it) and warp 1 reads poison: the
-    // planted bug.
-    launch(refill_kernel, dim3(1), dim3(64), 128 * sizeof(int), nullptr, (const int*)d_src, out, false);
-    const std::vector<int> got = to_host(out, 32);
-    CHECK(std::count(got.begin(), got.end(), -1) >= 16);
+    // planted bug. ThreadSanitizer reports it as a race (suite tsan-catches-refill).
+    if (!kUnderTsan) {
+        launch(refill_kernel, dim3(1), dim3(64), 128 * sizeof(int), nullptr, (const int*)d_src, out, false);
+        const std::vector<int> got = to_host(out, 32);
+        CHECK(std::count(got.begin(), got.end(), -1) >= 16);
+    }
     cudaCheck(cudaFree(d_src));
     cudaCheck(cudaFree(out));
 }
@@ -165,7 +167,9 @@ TEST_CASE("emulation: a stream capture refuses what the driver refuses, and is t
         {"cudaStreamSynchronize", [&] { return cudaStreamSynchronize(s); }},
         {"cudaDeviceSynchronize", [&] { return cudaDeviceSynchronize(); }},
     };
-    for (const auto& [what, call] : refused) {
+    for (const auto& r : refused) {
+        const char* what = r.first;
+        const auto& call = r.second;
         INFO(what);
         cudaCheck(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
         launch(set_kernel, dim3(1), dim3(32), 0, s, a, 1, 2);
@@ -177,8 +181,8 @@ TEST_CASE("emulation: a stream capture refuses what the driver refuses, and is t
     // A capture of launches alone is fine, and its replay runs when the stream is synchronized.
     cudaCheck(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
     launch(set_kernel, dim3(1), dim3(32), 0, s, a, 1, 3);
-    cudaGraph_t g;
-    cudaGraphExec_t exec;
+    cudaGraph_t g = nullptr;
+    cudaGraphExec_t exec = nullptr;
     cudaCheck(cudaStreamEndCapture(s, &g));
     cudaCheck(cudaGraphInstantiate(&exec, g, 0));
     cudaCheck(cudaGraphLaunch(exec, s));
@@ -197,6 +201,16 @@ __global__ void shuffle_ordered_kernel(int* out) {
     if (threadIdx.x == 0) s[0] = 42;
     const int v = __shfl_sync(0xffffffffu, (int)threadIdx.x, 0);
     if (threadIdx.x == 1) out[0] = s[0] + v;
+}
+
+TEST_CASE("sanitizer-refill-race: a cp.async refill of a stage another warp still reads is reported by ThreadSanitizer" *
+          doctest::skip(true)) {
+    int* src = to_device(std::vector<int>(256, 1));
+    int* out = to_device(std::vector<int>(32, 0));
+    launch(refill_kernel, dim3(1), dim3(64), 128 * sizeof(int), nullptr, (const int*)src, out, false);
+    to_host(out, 32);
+    cudaCheck(cudaFree(src));
+    cudaCheck(cudaFree(out));
 }
 
 TEST_CASE("sanitizer-warp-race: memory ordered only by a shuffle is reported by ThreadSanitizer" * doctest::skip(true)) {

@@ -487,9 +487,9 @@ TEST_CASE("one run per --out: a second run on a busy folder fails in one line na
     CHECK(exists(dir + "/model_00000002.bin"));
 }
 
-TEST_CASE("training through the binary lowers the loss and leaves no temporary files") {
+TEST_CASE("training through ./train_phd, the binary make builds, lowers the loss and leaves no temporary files") {
     std::string shard = make_shard("learn.bin", 20000, 8), dir = tmp("learn-out"), out;
-    int rc = run(std::string(kBin) + tiny_flags() + "--variant phd-cswa-2-4-8 -i " + shard + " -x 60 -l 3e-3 -v 0 -s 0 -o " + dir, &out);
+    int rc = run(std::string(kProductBin) + tiny_flags() + "--variant phd-cswa-2-4-8 -i " + shard + " -x 60 -l 3e-3 -v 0 -s 0 -o " + dir, &out);
     REQUIRE(rc == 0);
     std::vector<std::string> l = train_losses(dir + "/log.txt");
     REQUIRE(l.size() == 60);

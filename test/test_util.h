@@ -89,11 +89,13 @@ static inline int run(const std::string& cmd, std::string* out) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
-// A path in build/NAME/, a scratch directory emptied on its first use in this run, so that
-// no file of an earlier run (say, a later checkpoint for --resume to find) leaks in.
+// A path in build/NAME-PID/, a scratch directory emptied on its first use in this run, so that
+// no file of an earlier run (say, a later checkpoint for --resume to find) leaks in, and of
+// this process alone, so that two suites running the same binary at once (data and tiktoken)
+// do not empty each other's. test/run_tests.sh clears them all before a run.
 inline std::string scratch_path(const char* dir, const std::string& name) {  // inline, not static: one list of emptied directories for every test file
     static std::vector<std::string> fresh;
-    std::string d = std::string("build/") + dir;
+    std::string d = std::string("build/") + dir + "-" + std::to_string(getpid());
     if (std::find(fresh.begin(), fresh.end(), d) == fresh.end()) {
         REQUIRE(system(("rm -rf " + d + " && mkdir -p " + d).c_str()) == 0);
         fresh.push_back(d);
