@@ -54,16 +54,20 @@ all: train_phd
 # nvcc with the host flags: the rule's first prerequisite to $@
 NVCC_BUILD = $(NVCC) $(NVCCFLAGS) -Xcompiler "$(subst $() ,$(comma),$(strip $(CXXFLAGS) -fopenmp $(WARN)))"
 
-# The nvcc builds of train_phd and the kernel lab keep what ptxas says of each kernel in
-# build/ptxas/ (dev/ptxas_report.sh reads it there instead of compiling again); the rest of
-# nvcc's output goes to the terminal as usual.
+# The nvcc builds of train_phd and the kernel lab keep what ptxas says of each kernel, and the
+# PTX (for __launch_bounds__), in build/ptxas/ (dev/ptxas_report.sh reads them there instead of
+# compiling again); the rest of nvcc's output goes to the terminal as usual.
 # A failed build leaves no log, so that the report compiles the source and fails itself.
-PTXAS_LOG = -Xptxas -v 2> build/ptxas/$(notdir $@).log; rc=$$?; grep -v '^ptxas info\|bytes stack frame' build/ptxas/$(notdir $@).log >&2; \
-            [ $$rc -eq 0 ] || rm -f build/ptxas/$(notdir $@).log; exit $$rc
+PTXAS_OUT = build/ptxas/$(notdir $@)
+PTXAS_LOG = --keep --keep-dir $(PTXAS_OUT).keep -Xptxas -v 2> $(PTXAS_OUT).log; rc=$$?; \
+            grep -v '^ptxas info\|bytes stack frame' $(PTXAS_OUT).log >&2; cat $(PTXAS_OUT).keep/*.ptx > $(PTXAS_OUT).ptx 2>/dev/null; \
+            rm -rf $(PTXAS_OUT).keep; [ $$rc -eq 0 ] || rm -f $(PTXAS_OUT).log; exit $$rc
+PTXAS_DIR = @rm -rf $(PTXAS_OUT).keep && mkdir -p $(PTXAS_OUT).keep
 
 ifneq ($(NVCC),)
 train_phd: train_phd.cu $(HEADERS)
-	@rm -f $@ && mkdir -p build/ptxas
+	@rm -f $@
+	$(PTXAS_DIR)
 	$(NVCC_BUILD) $(PCRE2_FLAGS) $(NVCC_MPI_FLAGS) $< -o $@ -lcublas -lgomp $(PCRE2_LIBS) $(NVCC_MPI_LIBS) $(PTXAS_LOG)
 else
 train_phd: build/train_phd_cpu
@@ -172,8 +176,13 @@ bench: build/bench_cpu build/bench_decode
 
 # GPU benchmarks (nvcc and a GPU): the kernel lab and training steps, then KV-cache inference.
 build/bench_gpu: dev/bench_gpu.cu $(HEADERS)
-	@mkdir -p build/ptxas && rm -f $@
+	@rm -f $@
+	$(PTXAS_DIR)
 	$(NVCC_BUILD) $< -o $@ -lcublas -lgomp $(PTXAS_LOG)
+# Every kernel's registers, static shared memory and __launch_bounds__, for the emulation's
+# launch checks (PHD_EMU_KERNELS, test/cuda_emu_limits.h).
+build/ptxas/kernels.tsv: train_phd build/bench_gpu dev/ptxas_report.sh
+	./dev/ptxas_report.sh --table $@
 build/bench_decode_gpu: dev/bench_decode.cu $(HEADERS)
 	@mkdir -p build && rm -f $@
 	$(NVCC_BUILD) $< -o $@ -lcublas -lgomp
@@ -186,6 +195,7 @@ bench-gpu: build/bench_gpu build/bench_decode_gpu
 	./build/bench_gpu
 	./build/bench_gpu --tf32 1 --lab 0
 	./build/bench_gpu --bf16 1 --lab 0
+	./build/bench_gpu --budget vanilla --budget phd-cswa-2-16-32 --budget phd-cswa-3-16-32
 	./build/bench_decode_gpu --device cuda -P 2048 --layers 12 --dim 768 --heads 12
 
 # The main job: set-up, the KJV corpus as GPT-2 shards, then a small phd-cswa-2-16-32 model.

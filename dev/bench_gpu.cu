@@ -19,10 +19,18 @@
 //    FLOPs per original token from model_flops_per_token (the cost model of model.h §7),
 //    against peak_tflops (kernels/engine.h): the device's FP32 peak, its dense TF32 tensor
 //    peak with --tf32 1, or its dense bf16 peak with --bf16 1.
+// 4. --budget V (instead of 1-3; repeatable): the counted budget of one bf16 training step of
+//    variant V. Every launch the step makes, in order, with the bytes and FLOPs its launcher
+//    counts (count_launch, kernels/cuda_compat.h) and its floor: the longer of bytes at the
+//    H200's 4.3 TB/s (device-to-device copies, measured) and FLOPs at 790 TFLOP/s (dense bf16
+//    matrix products, measured); then the launches summed by name, and `counted step: X ms`,
+//    the design's floor. On a GPU each launch is timed too (measured beside floor); on the
+//    emulation the step is a dry run (nothing runs), so it counts GPT-2-small in a second.
 //
 //   make bench-gpu        (nvcc and a GPU; GPT-2-small-like: L=12 D=768 H=12 T=1024, B=8)
 //   ./build/bench_gpu [--variant V]... [-b B] [-t T] [--layers L] [--dim D] [--heads H]
 //                     [--steps N] [--tf32 0|1] [--bf16 0|1] [--lab 0|1] [--lab-variant V] [--tiny]
+//   ./build/bench_gpu --budget V [--budget V]... [-b B] [-t T] ...
 // --bf16 1: sections 2 and 3 in bf16 (train_phd's --dtype bf16: matmuls and attention on
 // bf16 tensor cores; the lab checks every kernel, fp32 and bf16, whatever the flags); --lab 0 leaves the lab out (its CPU references at
 // GPT-2 size take most of a run's time).
@@ -37,7 +45,7 @@
 #include "kernel_checks.h"
 
 struct Options {
-    std::vector<std::string> variants;
+    std::vector<std::string> variants, budgets;
     std::string lab_variant = "phd-cswa-2-16-32";
     int B = 8, T = 1024, L = 12, D = 768, H = 12, steps = 10, tf32 = 0, bf16 = 0, lab = 1;
     bool tiny = false;
@@ -129,6 +137,83 @@ static void attention_vs_pairs(const Options& o) {
     }
 }
 
+// The step the benchmarks time and count: zero grads, forward, backward, grad norm, AdamW.
+static void train_step(GpuEngine& E, const std::vector<int>& tok, const std::vector<int>& tgt, const Options& o, int step) {
+    AdamW opt;
+    E.zero_grads();
+    E.forward(tok.data(), tgt.data(), o.B, o.T);
+    E.backward(1.0f);
+    E.update(opt, step, 1e-4f, E.norm());
+}
+static void random_batch(const Config& c, const Options& o, std::vector<int>* tok, std::vector<int>* tgt) {
+    Rng rng{2};
+    tok->resize(o.B * o.T);
+    tgt->resize(o.B * o.T);
+    for (size_t i = 0; i < tok->size(); i++) { (*tok)[i] = (int)(rng.next_u64() % c.V); (*tgt)[i] = (int)(rng.next_u64() % c.V); }
+}
+
+static constexpr double kH200Bytes = 4.3e12, kH200Flops = 790e12;  // per second (see section 4 above)
+
+// params: the weights do not change what is counted, nor (much) the time it takes.
+static void budget(const Options& o, const std::vector<float>& params, const std::string& v) {
+#ifndef __CUDACC__
+    cuda_emu::dry_run() = true;
+#endif
+    const Config c = make_config(v, o);
+    GpuEngine E(c, params, false, true, true);
+    std::vector<int> tok, tgt;
+    random_batch(c, o, &tok, &tgt);
+    Ledger ledger;
+#ifdef __CUDACC__
+    ledger.timed = true;
+    train_step(E, tok, tgt, o, 0);  // warm-up: cuBLAS's first calls, the first launch of each kernel
+#endif
+    open_ledger() = &ledger;
+    train_step(E, tok, tgt, o, 1);
+    open_ledger() = nullptr;
+    cudaEvent_t end;
+    cudaCheck(cudaEventCreate(&end));
+    cudaCheck(cudaEventRecord(end, E.G.stream));
+    cudaCheck(cudaEventSynchronize(end));
+    printf("\ncounted budget of one bf16 training step: %s, B=%d T=%d L=%d D=%d H=%d; floor = max(bytes / %.1f TB/s, FLOPs / %.0f TFLOP/s)\n",
+           v.c_str(), o.B, o.T, c.L, c.D, c.H, kH200Bytes / 1e12, kH200Flops / 1e12);
+    printf("%4s  %-30s %10s %10s %10s %12s\n", "#", "launch", "MB", "GFLOP", "floor us", ledger.timed ? "measured us" : "");
+    struct Sum { int n = 0; double bytes = 0, flops = 0, floor = 0, measured = 0; };
+    std::vector<std::pair<std::string, Sum>> by_name;
+    double floor_ms = 0, measured_ms = 0;
+    for (size_t i = 0; i < ledger.launches.size(); i++) {
+        const CountedLaunch& l = ledger.launches[i];
+        const double floor = std::max(l.bytes / kH200Bytes, l.flops / kH200Flops) * 1e3;  // ms
+        float ms = 0;
+        if (ledger.timed) cudaCheck(cudaEventElapsedTime(&ms, l.start, i + 1 < ledger.launches.size() ? ledger.launches[i + 1].start : end));
+        printf("%4zu  %-30s %10.2f %10.3f %10.1f", i, l.what.c_str(), l.bytes / 1e6, l.flops / 1e9, floor * 1e3);
+        printf(ledger.timed ? " %12.1f\n" : "\n", ms * 1e3);
+        auto it = std::find_if(by_name.begin(), by_name.end(), [&](const auto& p) { return p.first == l.what; });
+        if (it == by_name.end()) it = by_name.insert(by_name.end(), {l.what, Sum{}});
+        it->second.n++;
+        it->second.bytes += l.bytes;
+        it->second.flops += l.flops;
+        it->second.floor += floor;
+        it->second.measured += ms;
+        floor_ms += floor;
+        measured_ms += ms;
+        if (l.start) cudaCheck(cudaEventDestroy(l.start));
+    }
+    std::stable_sort(by_name.begin(), by_name.end(), [](const auto& a, const auto& b) { return a.second.floor > b.second.floor; });
+    printf("\nby launch name, largest floor first:\n%-30s %5s %10s %10s %10s %7s %12s\n", "launch", "count", "GB", "TFLOP", "floor ms", "share",
+           ledger.timed ? "measured ms" : "");
+    for (const auto& [name, t] : by_name) {
+        printf("%-30s %5d %10.3f %10.3f %10.3f %6.1f%%", name.c_str(), t.n, t.bytes / 1e9, t.flops / 1e12, t.floor, 100 * t.floor / floor_ms);
+        printf(ledger.timed ? " %12.3f\n" : "\n", t.measured);
+    }
+    printf("launches: %zu\ncounted step: %.2f ms\n", ledger.launches.size(), floor_ms);
+    if (ledger.timed) printf("measured step: %.2f ms\n", measured_ms);
+    cudaCheck(cudaEventDestroy(end));
+#ifndef __CUDACC__
+    cuda_emu::dry_run() = false;
+#endif
+}
+
 static void training_steps(const Options& o, const std::vector<float>& params) {
     const MatmulDtype dt = o.bf16 ? MatmulDtype::BF16 : o.tf32 ? MatmulDtype::TF32 : MatmulDtype::FP32;
     const char* dt_name = o.bf16 ? "bf16" : o.tf32 ? "TF32" : "fp32";
@@ -141,18 +226,13 @@ static void training_steps(const Options& o, const std::vector<float>& params) {
     for (const std::string& v : o.variants) {
         const Config c = make_config(v, o);
         GpuEngine E(c, params, o.tf32 != 0, true, o.bf16 != 0);
-        Rng rng{2};
-        std::vector<int> tok(o.B * o.T), tgt(o.B * o.T);
-        for (size_t i = 0; i < tok.size(); i++) { tok[i] = (int)(rng.next_u64() % c.V); tgt[i] = (int)(rng.next_u64() % c.V); }
-        AdamW opt;
+        std::vector<int> tok, tgt;
+        random_batch(c, o, &tok, &tgt);
         std::vector<double> times;
         for (int s = 0; s <= o.steps; s++) {
             cudaCheck(cudaDeviceSynchronize());
             auto t0 = std::chrono::steady_clock::now();
-            E.zero_grads();
-            E.forward(tok.data(), tgt.data(), o.B, o.T);
-            E.backward(1.0f);
-            E.update(opt, s, 1e-4f, E.norm());
+            train_step(E, tok, tgt, o, s);
             cudaCheck(cudaDeviceSynchronize());
             if (s > 0) times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
         }
@@ -175,6 +255,7 @@ int main(int argc, char** argv) {
         if (i + 1 >= argc) die("bench_gpu: %s needs a value", f.c_str());
         std::string v = argv[++i];
         if (f == "--variant") o.variants.push_back(v);
+        else if (f == "--budget") o.budgets.push_back(v);
         else if (f == "--lab-variant") o.lab_variant = v;
         else if (f == "-b") o.B = atoi(v.c_str());
         else if (f == "-t") o.T = atoi(v.c_str());
@@ -197,6 +278,10 @@ int main(int argc, char** argv) {
     // variant): initialising GPT-2-small's on the host takes seconds.
     const Config shape = make_config(o.lab_variant, o);
     std::vector<float> params(num_params(shape));
+    if (!o.budgets.empty()) {
+        for (const std::string& v : o.budgets) budget(o, params, v);
+        return 0;
+    }
     init_params(shape, params.data(), 1);
     if (o.lab) kernel_lab(o, params);
     attention_vs_pairs(o);

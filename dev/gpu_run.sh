@@ -13,12 +13,14 @@
 # bench_fp32    build/bench_gpu: the kernel lab (every kernel, fp32, TF32 and bf16) and training steps, fp32
 # bench_tf32    training steps with --tf32 1 (no lab: it checked the same kernels)
 # bench_bf16    training steps with --bf16 1: matmuls and attention on bf16 tensor cores
+# bench_budget  the counted budget of a bf16 step (--budget) for vanilla, phd-cswa-2-16-32 and
+#               phd-cswa-3-16-32: every launch's floor beside its measured time
 # bench_decode  build/bench_decode_gpu: KV-cache inference at GPT-2-small size, P=2048: latency against K
 #               (pre-fill, ms/token, GB/s), then batch 1/8/64 throughput (issue 17: under a minute)
 # train         make train (bf16 on the GPU: --dtype auto)
 # train_fp32    make train in fp32 (--dtype fp32), the curve to compare bf16's with
 # train_2gpu    make train on 2 ranks (mpirun -np 2, NCCL, ZeRO-1) where 2 GPUs and mpirun exist; else SKIPPED
-# bench names the four bench steps: make bench-gpu's commands, each under its own limit.
+# bench names the five bench steps: make bench-gpu's commands, each under its own limit.
 # Each step runs under its own time limit (timeout; the limits below add up to 8.0 minutes,
 # from the H200 run's times: build 2-3 min, tests 30 s, bench_gpu ~60 s with its lab, train 10 s),
 # so that a hanging step costs only its own time. Its output, line-buffered, goes to
@@ -49,9 +51,10 @@ plan() {
     case $1 in
         build) limit=190 cmd="nvidia-smi; make -j\$(nproc) train_phd build/test_gpu_native build/bench_gpu build/bench_decode_gpu" ;;
         tests) limit=40 cmd="make test-gpu" ;;
-        bench_fp32) limit=90 cmd="./build/bench_gpu" ;;
+        bench_fp32) limit=75 cmd="./build/bench_gpu" ;;
         bench_tf32) limit=25 cmd="./build/bench_gpu --tf32 1 --lab 0" ;;
         bench_bf16) limit=25 cmd="./build/bench_gpu --bf16 1 --lab 0" ;;
+        bench_budget) limit=15 cmd="./build/bench_gpu --budget vanilla --budget phd-cswa-2-16-32 --budget phd-cswa-3-16-32" ;;
         bench_decode) limit=50 cmd="./build/bench_decode_gpu --device cuda -P 2048 --layers 12 --dim 768 --heads 12" ;;
         train) limit=20 cmd="make train" ;;
         train_fp32) limit=20 cmd="make train TRAIN_EXTRA='--dtype fp32' TRAIN_OUT=out/kjv-fp32" ;;
@@ -65,8 +68,8 @@ plan() {
 [ $# -gt 0 ] || set -- build tests bench train train_fp32 train_2gpu
 steps=()
 for step in "$@"; do
-    if [ "$step" = bench ]; then steps+=(bench_fp32 bench_tf32 bench_bf16 bench_decode); continue; fi
-    plan "$step" || { echo "gpu_run: unknown step '$step' (build, tests, bench_fp32, bench_tf32, bench_bf16, bench_decode, bench, train, train_fp32, train_2gpu, or stage)" >&2; exit 2; }
+    if [ "$step" = bench ]; then steps+=(bench_fp32 bench_tf32 bench_bf16 bench_budget bench_decode); continue; fi
+    plan "$step" || { echo "gpu_run: unknown step '$step' (build, tests, bench_fp32, bench_tf32, bench_bf16, bench_budget, bench_decode, bench, train, train_fp32, train_2gpu, or stage)" >&2; exit 2; }
     steps+=("$step")
 done
 start=$(date +%s)

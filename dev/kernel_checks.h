@@ -171,7 +171,7 @@ template<typename In> static CheckResult check_matmul(GpuModel& G, int B, int T,
     if constexpr (is_bf16<In>) d_a = buf.up(to_bf16(a)), d_w = buf.up(to_bf16(w));
     else d_a = buf.up(a), d_w = buf.up(w);
     float* d_out = buf.nan(ref.size());
-    auto run = [&] { G.matmul(d_out, d_a, d_w, N, D, ld, false); };
+    auto run = [&] { G.matmul("matmul", d_out, d_a, d_w, N, D, ld, false); };
     run();
     // fp32 1.5e-6; TF32 3.3e-4; bf16: exact products, fp32 sums in another order
     std::vector<TensorError> e = {{"out", max_rel(to_host(d_out, ref.size()), ref), G.tf32 && !is_bf16<In> ? 5e-3 : 1e-5}};

@@ -26,9 +26,10 @@ static __global__ void grad_norm_partial_kernel(double* partial, const float* g,
 // grad_norm its square root.
 inline double grad_sumsq(const float* g, size_t n, double* partial, cudaStream_t s) {
     const int blocks = (int)std::min<size_t>(kNormBlocks, (n + kNormThreads - 1) / kNormThreads);
+    count_launch("grad_norm", 4.0 * n, 0, s);
     launch(grad_norm_partial_kernel, dim3(blocks), dim3(kNormThreads), 0, s, partial, g, n);
     cudaCheck(cudaGetLastError());
-    double host[kNormBlocks], sum = 0.0;
+    double host[kNormBlocks] = {}, sum = 0.0;
     cudaCheck(cudaMemcpyAsync(host, partial, blocks * sizeof(double), cudaMemcpyDeviceToHost, s));
     cudaCheck(cudaStreamSynchronize(s));
     for (int b = 0; b < blocks; b++) sum += host[b];
@@ -59,6 +60,7 @@ inline void adamw_update(const Config& c, const AdamW& o, float* params, const f
         const size_t from = std::max(lo, t.offset), to = std::min(hi, t.offset + t.size());  // the tensor's part of the shard
         if (from >= to) continue;
         const size_t n = to - from;
+        count_launch("adamw", (double)n * (28 + (params16 ? 2 : 0)), 0, s);  // p, m, v read and written, g read
         launch(adamw_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, params + from, params16 ? params16 + from : nullptr,
                grads + (from - lo), m + (from - lo), v + (from - lo), n, lr, o.beta1, o.beta2, o.eps, t.decay ? o.weight_decay : 0.0f,
                bc1, bc2, scale);

@@ -414,6 +414,10 @@ template<typename F> static void with_bf16_head_dim(const Config& c, F f) {
 inline void attention_forward_bf16(__nv_bfloat16* o, float* lse, const __nv_bfloat16* qkv, const Config& c, int B, int T,
                                    cudaStream_t stream, int* visited = nullptr) {
     const dim3 grid((T * c.K + kTcBlockRows - 1) / kTcBlockRows, c.H, B);
+    if (open_ledger()) {  // two products (S = Q K^T, O = P V) over the visible pairs; q, k, v read and o, lse written once
+        const double rows = (double)B * T * c.K, pairs = (double)B * c.H * visible_pairs(c, T);
+        count_launch("attention_forward", rows * (2.0 * (c.qkv_dim() + c.H * c.hd()) + 4.0 * c.H), 4.0 * c.hd() * pairs, stream);
+    }
     with_bf16_head_dim(c, [&](auto hd) {
         launch_attention(attention_forward_bf16_kernel<hd.value>, grid, dim3(kBfThreads), BfSmem<hd.value>::bytes, stream, o, lse, qkv, c, T,
                          visited);
@@ -426,11 +430,18 @@ inline void attention_backward_bf16(__nv_bfloat16* dqkv, const __nv_bfloat16* do
                                     const float* lse, float* D, const Config& c, int B, int T, cudaStream_t stream) {
     const int TK = T * c.K, blocks = (TK + kTcBlockRows - 1) / kTcBlockRows;
     const long rows = (long)B * TK * c.H;
+    // dQ: S, dP = dO V^T and dS K (3 products); dK/dV: S, dP, P^T dO and dS^T Q (4), over the
+    // visible pairs; each reads q, k, v, dO, lse and D once and writes its part of dqkv.
+    const double pairs = open_ledger() ? (double)B * c.H * visible_pairs(c, T) : 0,
+                 in = (double)B * TK * (2.0 * (c.qkv_dim() + c.H * c.hd()) + 8.0 * c.H);
+    count_launch("attention_backward D", (double)rows * (4.0 * c.hd() + 4), 0, stream);
     launch(attention_backward_d_bf16_kernel, dim3((unsigned)((rows + 7) / 8)), dim3(256), 0, stream, D, dout, o, c, TK, rows);
     with_bf16_head_dim(c, [&](auto hd) {
         const size_t smem = BfSmem<hd.value>::bytes;
+        count_launch("attention_backward dQ", in + 2.0 * B * TK * c.H * c.hd(), 6.0 * c.hd() * pairs, stream);
         launch_attention(attention_backward_dq_bf16_kernel<hd.value>, dim3(blocks, c.H, B), dim3(kBfThreads), smem, stream, dqkv, dout,
                          qkv, lse, (const float*)D, c, T);
+        count_launch("attention_backward dK dV", in + 4.0 * B * TK * c.Hkv * c.hd(), 8.0 * c.hd() * pairs, stream);
         launch_attention(attention_backward_dkdv_bf16_kernel<hd.value>, dim3(blocks, c.Hkv, B), dim3(kBfThreads),
                          BfSmem<hd.value>::dkdv_bytes, stream, dqkv, dout, qkv, lse, (const float*)D, c, T);
     });

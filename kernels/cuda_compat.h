@@ -39,6 +39,7 @@
 // flight until a cp_async_wait<N>() has left at most N of the groups that cp_async_commit()
 // closed outstanding; then a barrier makes them visible to the block.
 #pragma once
+#include <string>
 #include <vector>
 #include "utils.h"
 
@@ -178,4 +179,34 @@ template<typename T> std::vector<T> to_host(const T* d, size_t n) {
     cudaCheck(cudaDeviceSynchronize());
     cudaCheck(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
     return h;
+}
+
+// The counted budget of a step (dev/bench_gpu.cu --budget): while a ledger is open, every
+// launcher counts what its launch must move and compute: the bytes it reads and writes in
+// the passes it makes (each element of each tensor once a pass; rows read again from a cache
+// count again only where the kernel reads them again from memory), the FLOPs of its matrix
+// products (2 per multiply-add). A timed ledger (on a GPU) records an event before each
+// launch on its stream, so that each launch's time is the gap to the next event.
+struct CountedLaunch {
+    std::string what;
+    double bytes, flops;
+    cudaEvent_t start = nullptr;  // timed ledgers only
+};
+struct Ledger {
+    bool timed = false;
+    std::vector<CountedLaunch> launches;
+};
+inline Ledger*& open_ledger() {
+    static Ledger* l = nullptr;
+    return l;
+}
+inline void count_launch(const std::string& what, double bytes, double flops, cudaStream_t s) {
+    Ledger* l = open_ledger();
+    if (!l) return;
+    CountedLaunch c{what, bytes, flops};
+    if (l->timed) {
+        cudaCheck(cudaEventCreate(&c.start));
+        cudaCheck(cudaEventRecord(c.start, s));
+    }
+    l->launches.push_back(c);
 }

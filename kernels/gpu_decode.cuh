@@ -306,7 +306,7 @@ private:
         launch(last_rows_kernel, dim3(S), dim3(std::min(c.D, 256)), 0, G.stream, xlast, (const float*)x, (const DecodeState*)state, B, c.D);
         cudaCheck(cudaGetLastError());
         rmsnorm_forward(flast, rlast, xlast, G.p.g_final, S, c.D, G.stream);
-        G.matmul(d_logits, flast, G.weights<In>().wout, S, c.D, c.Vp, false);
+        G.matmul("matmul lm_head", d_logits, flast, G.weights<In>().wout, S, c.D, c.Vp, false);
         sample_tokens(feed, rng, d_logits, S, c.V, c.Vp, sampling.temperature, sampling.top_k, G.stream);
         fed.clear();  // feed holds new draws: sample() reads them
     }

@@ -191,23 +191,26 @@ struct GpuModel : Activations<float> {
     // or bf16 inputs, fp32 accumulation, C fp32 or bf16.
     static cudaDataType dtype_of(const float*) { return CUDA_R_32F; }
     static cudaDataType dtype_of(const __nv_bfloat16*) { return CUDA_R_16BF; }
+    // Counted (dev/bench_gpu.cu --budget): A and B read once, C written (and read when beta != 0).
     template<typename In, typename Out>
-    void gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const In* A, int lda, const In* Bm, int ldb, Out* C, int ldc,
-              float beta) {
+    void gemm(const std::string& what, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const In* A, int lda, const In* Bm,
+              int ldb, Out* C, int ldc, float beta) {
+        count_launch(what, ((double)m * k + (double)k * n) * sizeof(In) + (double)m * n * sizeof(Out) * (beta != 0.0f ? 2 : 1),
+                     2.0 * m * n * k, stream);
         const float one = 1.0f;
         const cublasComputeType_t comp = std::is_same_v<In, float> && tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
         cublasCheck(cublasGemmEx(blas, ta, tb, m, n, k, &one, A, dtype_of(A), lda, Bm, dtype_of(Bm), ldb, &beta, C, dtype_of(C), ldc, comp,
                                  CUBLAS_GEMM_DEFAULT));
     }
     // Row-major out (N, O) = in (N, I) W^T [+ out]: cuBLAS sees the column-major transposes.
-    template<typename In> void matmul(float* out, const In* in, const In* W, int N, int I, int O, bool accumulate) {
-        gemm(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, W, I, in, I, out, O, accumulate ? 1.0f : 0.0f);
+    template<typename In> void matmul(const char* what, float* out, const In* in, const In* W, int N, int I, int O, bool accumulate) {
+        gemm(what, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, W, I, in, I, out, O, accumulate ? 1.0f : 0.0f);
     }
     // din (N, I) = dout W (overwritten, fp32 or bf16); dW (O, I) += dout^T in
     template<typename In, typename Din>
-    void matmul_backward(Din* din, float* dW, const In* dout, const In* in, const In* W, int N, int I, int O) {
-        gemm(CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, W, I, dout, O, din, I, 0.0f);
-        gemm(CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, in, I, dout, O, dW, I, 1.0f);
+    void matmul_backward(const char* what, Din* din, float* dW, const In* dout, const In* in, const In* W, int N, int I, int O) {
+        gemm(std::string(what) + " backward dx", CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, W, I, dout, O, din, I, 0.0f);
+        gemm(std::string(what) + " backward dW", CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, in, I, dout, O, dW, I, 1.0f);
     }
 
     // The training attention over B sequences of T positions of the variant c, from qkv to
@@ -236,14 +239,14 @@ struct GpuModel : Activations<float> {
         // Each residual add is a GEMM accumulating into a copy of the stream, which the
         // RMSNorm before it writes as it reads the stream.
         rmsnorm_forward(in.a, a.rstd_a, a.x, w32.g_attn, N, D, stream, a.xm);
-        matmul(a.qkv, in.a, w.wqkv, N, D, c.qkv_dim(), false);
+        matmul("matmul qkv", a.qkv, in.a, w.wqkv, N, D, c.qkv_dim(), false);
         rope_forward(in.qkv, a.qkv, pos, c, N, rope_cos, rope_sin, stream);
         attend();
-        matmul(a.xm, in.o, w.wo, N, c.H * c.hd(), D, true);
+        matmul("matmul wo", a.xm, in.o, w.wo, N, c.H * c.hd(), D, true);
         rmsnorm_forward(in.f, a.rstd_f, a.xm, w32.g_ffn, N, D, stream, x_next);
-        matmul(a.h13, in.f, w.w13, N, D, 2 * c.F, false);
+        matmul("matmul w13", a.h13, in.f, w.w13, N, D, 2 * c.F, false);
         swiglu_forward(in.g, a.h13, N, c.F, stream);
-        matmul(x_next, in.g, w.w2, N, c.F, D, true);
+        matmul("matmul w2", x_next, in.g, w.w2, N, c.F, D, true);
     }
 
     // Its backward over the B*T*K rows of the last forward, as layer_backward in model.h: dx
@@ -255,16 +258,16 @@ struct GpuModel : Activations<float> {
         const Config& c = cfg;
         const int N = B * T * c.K, D = c.D;
         // x_next = xm + swiglu(f) w2^T
-        matmul_backward(dtmp, gw.w2, d.dx, in.g, w.w2, N, c.F, D);
+        matmul_backward("matmul w2", dtmp, gw.w2, d.dx, in.g, w.w2, N, c.F, D);
         swiglu_backward(d.dh13, dtmp, a.h13, N, c.F, stream);
-        matmul_backward(dtmp, gw.w13, d.dh13, in.f, w.w13, N, D, 2 * c.F);
+        matmul_backward("matmul w13", dtmp, gw.w13, d.dh13, in.f, w.w13, N, D, 2 * c.F);
         rmsnorm_backward(dtmp, gw.g_ffn, dtmp, a.xm, w32.g_ffn, a.rstd_f, N, D, norm_scratch, stream);
         add_inplace(dx, dtmp, (size_t)N * D, stream, d.dx);
         // xm = x + attention(rope(a wqkv^T)) wo^T
-        matmul_backward(d.dout, gw.wo, d.dx, in.o, w.wo, N, c.H * c.hd(), D);
+        matmul_backward("matmul wo", d.dout, gw.wo, d.dx, in.o, w.wo, N, c.H * c.hd(), D);
         attention_grad(a, in, d);
         rope_backward(d.dqkv, d_row_pos, c, N, rope_cos, rope_sin, stream);
-        matmul_backward(dtmp, gw.wqkv, d.dqkv, in.a, w.wqkv, N, D, c.qkv_dim());
+        matmul_backward("matmul qkv", dtmp, gw.wqkv, d.dqkv, in.a, w.wqkv, N, D, c.qkv_dim());
         rmsnorm_backward(dtmp, gw.g_attn, dtmp, a.x, w32.g_attn, a.rstd_a, N, D, norm_scratch, stream);
         add_inplace(dx, dtmp, (size_t)N * D, stream, d.dx);
     }
@@ -288,7 +291,7 @@ struct GpuModel : Activations<float> {
         }
         last_copy_forward(xlast, xL, c, B, T, stream);
         rmsnorm_forward(in.xn, rstd_final, xlast, p.g_final, BT, D, stream);
-        matmul(logits, in.xn, w.wout, BT, D, c.Vp, false);
+        matmul("matmul lm_head", logits, in.xn, w.wout, BT, D, c.Vp, false);
         if (!tgt) return 0;
         cudaCheck(cudaMemcpyAsync(d_targets, tgt, BT * sizeof(int), cudaMemcpyHostToDevice, stream));
         crossentropy_forward(losses, lse, logits, d_targets, BT, c.V, c.Vp, stream);
@@ -322,7 +325,7 @@ struct GpuModel : Activations<float> {
         const StepIn<In>& in = step_in<In>();
         const ParamView<In>& w = weights<In>();
         crossentropy_backward(in.dlogits, logits, lse, d_targets, dloss / BT, BT, c.V, c.Vp, stream);
-        matmul_backward(dxlast, g.wout, in.dlogits, in.xn, w.wout, BT, D, c.Vp);
+        matmul_backward("matmul lm_head", dxlast, g.wout, in.dlogits, in.xn, w.wout, BT, D, c.Vp);
         rmsnorm_backward(dxlast, g.g_final, dxlast, xlast, p.g_final, rstd_final, BT, D, norm_scratch, stream);
         if (written) written(c.L + 1);
         last_copy_backward(dx, dxlast, c, B, T, stream);
@@ -335,7 +338,10 @@ struct GpuModel : Activations<float> {
         if (written) written(0);
     }
 
-    void zero_grads() { cudaCheck(cudaMemsetAsync(grads, 0, P * sizeof(float), stream)); }
+    void zero_grads() {
+        count_launch("zero_grads", 4.0 * P, 0, stream);
+        cudaCheck(cudaMemsetAsync(grads, 0, P * sizeof(float), stream));
+    }
     std::vector<float> download(const float* dev, size_t n) const {
         std::vector<float> h(n);
         cudaCheck(cudaMemcpy(h.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost));

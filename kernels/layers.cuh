@@ -19,6 +19,7 @@ static __global__ void embedding_forward_kernel(float* x, const int* tokens, con
     for (int j = threadIdx.x; j < D; j += blockDim.x) x[(size_t)row * D + j] = e[j];
 }
 inline void embedding_forward(float* x, const int* tokens, const int* index, const float* E, int N, int D, cudaStream_t s) {
+    count_launch("embedding_forward", (double)N * (8.0 * D + 8), 0, s);  // E's rows read, x written; index, tokens
     launch(embedding_forward_kernel, dim3(N), dim3(std::min(D, 256)), 0, s, x, tokens, index, E, D);
     cudaCheck(cudaGetLastError());
 }
@@ -72,10 +73,14 @@ static __global__ void __launch_bounds__(kSortBlock / 2) bitonic_block_kernel(ui
 }
 // Sorts keys (n2) ascending, n2 a power of two >= kSortBlock.
 inline void token_sort(uint64_t* keys, size_t n2, cudaStream_t s) {
+    count_launch("token_sort block", 16.0 * n2, 0, s);  // each launch reads and writes every key
     launch(bitonic_block_kernel, dim3((unsigned)(n2 / kSortBlock)), dim3(kSortBlock / 2), 0, s, keys, 0);
     for (size_t k = 2 * kSortBlock; k <= n2; k *= 2) {
-        for (size_t j = k / 2; j >= (size_t)kSortBlock; j /= 2)
+        for (size_t j = k / 2; j >= (size_t)kSortBlock; j /= 2) {
+            count_launch("token_sort step", 16.0 * n2, 0, s);
             launch(bitonic_step_kernel, dim3((unsigned)(n2 / 2 / 256)), dim3(256), 0, s, keys, (int)k, (int)j);
+        }
+        count_launch("token_sort block", 16.0 * n2, 0, s);
         launch(bitonic_block_kernel, dim3((unsigned)(n2 / kSortBlock)), dim3(kSortBlock / 2), 0, s, keys, (int)k);
     }
     cudaCheck(cudaGetLastError());
@@ -102,8 +107,11 @@ static __global__ void embedding_backward_kernel(float* dE, const float* dx, con
 inline void embedding_backward(float* dE, const float* dx, const int* tokens, uint64_t* keys, const Config& c, int B, int T,
                                cudaStream_t s) {
     const size_t n2 = token_sort_slots(B * T);
+    count_launch("token_keys", 8.0 * n2 + 4.0 * B * T, 0, s);
     launch(token_keys_kernel, dim3((unsigned)(n2 / 256)), dim3(256), 0, s, keys, tokens, B * T);
     token_sort(keys, n2, s);
+    // dx's rows, the keys; dE's rows read and written once per distinct token (at most min(B*T, V))
+    count_launch("embedding_backward", 4.0 * B * T * c.K * c.D + 8.0 * B * T + 8.0 * std::min(B * T, c.V) * c.D, 0, s);
     launch(embedding_backward_kernel, dim3(B * T), dim3(std::min(c.D, 256)), 0, s, dE, dx, (const uint64_t*)keys, c, B * T, T);
     cudaCheck(cudaGetLastError());
 }
@@ -119,10 +127,12 @@ static __global__ void copy_from_bf16_kernel(float* y, const __nv_bfloat16* x, s
     if (i < n) y[i] = __bfloat162float(x[i]);
 }
 inline void copy_to_bf16(__nv_bfloat16* y, const float* x, size_t n, cudaStream_t s) {
+    count_launch("copy_to_bf16", 6.0 * n, 0, s);
     launch(copy_to_bf16_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, y, x, n);
     cudaCheck(cudaGetLastError());
 }
 inline void copy_from_bf16(float* y, const __nv_bfloat16* x, size_t n, cudaStream_t s) {
+    count_launch("copy_from_bf16", 6.0 * n, 0, s);
     launch(copy_from_bf16_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, y, x, n);
     cudaCheck(cudaGetLastError());
 }
@@ -151,6 +161,7 @@ static __global__ void rmsnorm_forward_kernel(Out* out, float* rstd, float* x_co
 template<typename Out>
 inline void rmsnorm_forward(Out* out, float* rstd, const float* x, const float* g, int N, int D, cudaStream_t s,
                             float* x_copy = nullptr) {
+    count_launch("rmsnorm_forward", (double)N * D * (4 + sizeof(Out) + (x_copy ? 4 : 0)) + 4.0 * N + 4.0 * D, 0, s);
     launch(rmsnorm_forward_kernel<Out>, dim3((N + kRowsPerBlock - 1) / kRowsPerBlock), dim3(32, kRowsPerBlock), 0, s, out, rstd, x_copy,
            x, g, N, D);
     cudaCheck(cudaGetLastError());
@@ -192,8 +203,11 @@ static __global__ void rmsnorm_backward_dx_kernel(float* dx, const float* dout, 
 inline void rmsnorm_backward(float* dx, float* dg, const float* dout, const float* x, const float* g, const float* rstd, int N, int D,
                              float* scratch, cudaStream_t s) {
     const unsigned cols = (D + 127) / 128;  // dg first: dx may overwrite dout
+    count_launch("rmsnorm_backward dg partial", 8.0 * N * D + 4.0 * N + 4.0 * kDgChunks * D, 0, s);
     launch(rmsnorm_backward_dg_partial_kernel, dim3(cols, kDgChunks), dim3(128), 0, s, scratch, dout, x, rstd, N, D);
+    count_launch("rmsnorm_backward dg", 4.0 * kDgChunks * D + 8.0 * D, 0, s);
     launch(rmsnorm_backward_dg_kernel, dim3(cols), dim3(128), 0, s, dg, scratch, D);
+    count_launch("rmsnorm_backward dx", 12.0 * N * D + 4.0 * N + 4.0 * D, 0, s);
     launch(rmsnorm_backward_dx_kernel, dim3((N + kRowsPerBlock - 1) / kRowsPerBlock), dim3(32, kRowsPerBlock), 0, s, dx, dout, x, g, rstd, N, D);
     cudaCheck(cudaGetLastError());
 }
@@ -223,6 +237,7 @@ inline void rope(Out* y, const In* x, const int* pos, const Config& c, int N, co
     // the v heads too when y is not x, to complete the copy; in place they stay as they are
     const int heads = c.H + c.Hkv + ((const void*)y == (const void*)x ? 0 : c.Hkv);
     const long total = (long)N * heads * (c.hd() / 2);
+    count_launch(sign > 0 ? "rope_forward" : "rope_backward", 2.0 * total * (sizeof(In) + sizeof(Out)) + 4.0 * N, 0, s);
     launch(rope_kernel<In, Out>, dim3((unsigned)((total + 255) / 256)), dim3(256), 0, s, y, x, pos, cosT, sinT, c, N, heads, sign);
     cudaCheck(cudaGetLastError());
 }
@@ -250,6 +265,7 @@ template<typename Out> static __global__ void swiglu_forward_kernel(Out* g, cons
     store(g + idx, a / (1.0f + __expf(-a)) * b);
 }
 template<typename Out> inline void swiglu_forward(Out* g, const float* h13, int N, int F, cudaStream_t s) {
+    count_launch("swiglu_forward", (double)N * F * (8 + sizeof(Out)), 0, s);
     launch(swiglu_forward_kernel<Out>, dim3((unsigned)(((long)N * F + 255) / 256)), dim3(256), 0, s, g, h13, N, F);
     cudaCheck(cudaGetLastError());
 }
@@ -263,6 +279,7 @@ template<typename Out> static __global__ void swiglu_backward_kernel(Out* dh13, 
     store(dh13 + i * 2 * F + F + j, d * a * sg);
 }
 template<typename Out> inline void swiglu_backward(Out* dh13, const float* dg, const float* h13, int N, int F, cudaStream_t s) {
+    count_launch("swiglu_backward", (double)N * F * (12 + 2 * sizeof(Out)), 0, s);
     launch(swiglu_backward_kernel<Out>, dim3((unsigned)(((long)N * F + 255) / 256)), dim3(256), 0, s, dh13, dg, h13, N, F);
     cudaCheck(cudaGetLastError());
 }
@@ -279,6 +296,7 @@ template<typename Copy> static __global__ void add_inplace_kernel(float* y, cons
     if ((void*)y_copy != (void*)y) store(y_copy + i, v);
 }
 template<typename Copy = float> inline void add_inplace(float* y, const float* x, size_t n, cudaStream_t s, Copy* y_copy = nullptr) {
+    count_launch("add_inplace", (double)n * (12 + (y_copy && (void*)y_copy != (void*)y ? sizeof(Copy) : 0)), 0, s);
     launch(add_inplace_kernel<Copy>, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, y, x, y_copy ? y_copy : (Copy*)y, n);
     cudaCheck(cudaGetLastError());
 }
@@ -289,6 +307,7 @@ static __global__ void last_copy_forward_kernel(float* xlast, const float* x, Co
     for (int j = threadIdx.x; j < c.D; j += blockDim.x) xlast[(size_t)i * c.D + j] = x[(size_t)r * c.D + j];
 }
 inline void last_copy_forward(float* xlast, const float* x, const Config& c, int B, int T, cudaStream_t s) {
+    count_launch("last_copy_forward", 8.0 * B * T * c.D, 0, s);
     launch(last_copy_forward_kernel, dim3(B * T), dim3(std::min(c.D, 256)), 0, s, xlast, x, c, T);
     cudaCheck(cudaGetLastError());
 }
@@ -298,7 +317,9 @@ static __global__ void last_copy_backward_kernel(float* dx, const float* dxlast,
     for (int j = threadIdx.x; j < c.D; j += blockDim.x) dx[(size_t)r * c.D + j] = dxlast[(size_t)i * c.D + j];
 }
 inline void last_copy_backward(float* dx, const float* dxlast, const Config& c, int B, int T, cudaStream_t s) {
+    count_launch("last_copy_backward zero", 4.0 * B * T * c.K * c.D, 0, s);
     cudaCheck(cudaMemsetAsync(dx, 0, (size_t)B * T * c.K * c.D * sizeof(float), s));
+    count_launch("last_copy_backward", 8.0 * B * T * c.D, 0, s);
     launch(last_copy_backward_kernel, dim3(B * T), dim3(std::min(c.D, 256)), 0, s, dx, dxlast, c, T);
     cudaCheck(cudaGetLastError());
 }

@@ -20,6 +20,7 @@ static __global__ void crossentropy_forward_kernel(float* losses, float* lse, co
     }
 }
 inline void crossentropy_forward(float* losses, float* lse, const float* logits, const int* targets, int N, int V, int Vp, cudaStream_t s) {
+    count_launch("crossentropy_forward", 8.0 * N * V + 16.0 * N, 0, s);  // two passes over the logits
     launch(crossentropy_forward_kernel, dim3(N), dim3(kLossThreads), 0, s, losses, lse, logits, targets, V, Vp);
     cudaCheck(cudaGetLastError());
 }
@@ -39,6 +40,7 @@ static __global__ void crossentropy_backward_kernel(Out* dlogits, const float* l
 template<typename Out>
 inline void crossentropy_backward(Out* dlogits, const float* logits, const float* lse, const int* targets, float dloss_row, int N, int V,
                                   int Vp, cudaStream_t s) {
+    count_launch("crossentropy_backward", 4.0 * N * V + (double)N * Vp * sizeof(Out) + 8.0 * N, 0, s);
     launch(crossentropy_backward_kernel<Out>, dim3(N), dim3(kLossThreads), 0, s, dlogits, logits, lse, targets, dloss_row, V, Vp);
     cudaCheck(cudaGetLastError());
 }

@@ -3,13 +3,15 @@
 // they are.
 //
 // What it does, as strictly as a GPU would punish what it checks:
-// - launch() runs the grid's blocks one after another on the calling thread, in an order
-//   shuffled anew for each launch (PHD_EMU_SEED, default 1, makes it repeat), so that code
-//   relying on block order fails; each CUDA thread of a block is a fiber, a stack of its own
-//   switched in user space, so threadIdx/blockIdx/blockDim/gridDim behave as on a GPU and a
-//   barrier costs a few context switches, not system calls. Under ThreadSanitizer each fiber
-//   is a thread of its own to it, ordered only by __syncthreads and __syncwarp, as on a GPU:
-//   shuffles, votes, ldmatrix and mma exchange values without ordering memory.
+// - launch() runs the grid's blocks in an order shuffled anew for each launch (PHD_EMU_SEED,
+//   default 1, makes it repeat), so that code relying on block order fails; under
+//   ThreadSanitizer (or PHD_EMU_THREADS=2) on two OS threads at once, each taking every other
+//   block, so that races between blocks and lost updates are reported. Each CUDA thread of a
+//   block is a fiber, a stack of its own switched in user space, so threadIdx/blockIdx/
+//   blockDim/gridDim behave as on a GPU and a barrier costs a few context switches, not
+//   system calls. Under ThreadSanitizer each fiber is a thread of its own to it, ordered only
+//   by __syncthreads and __syncwarp, as on a GPU: shuffles, votes, ldmatrix, mma and atomics
+//   exchange values without ordering memory.
 // - __syncthreads() is a real barrier among the block's threads; a thread that returned
 //   leaves it, so early returns do not deadlock the others. Threads that all wait at
 //   barriers that cannot complete (a GPU would hang) abort with a message. Static shared
@@ -20,6 +22,10 @@
 //   shared memory past 48 KB without cudaFuncSetAttribute raising the kernel's limit (at
 //   most to sm_80's 163 KB, the tighter of the two GPUs we build for); static shared memory
 //   past 48 KB stops the emulation.
+//   With ptxas's counts at hand, also a block that needs more registers than an SM has, or
+//   more threads than the kernel's __launch_bounds__ (cuda_emu_limits.h).
+// - A dry run (cuda_emu::dry_run()) checks every call but runs no device work: the counted
+//   budget of a full-size step (dev/bench_gpu.cu --budget) in a second.
 // - Memory a GPU leaves uninitialised starts as 0xff bytes here (NaN as float or bf16, -1 as
 //   int): cudaMalloc'd memory, shared memory at every block, a cp.async destination from the
 //   copy's issue to its wait. A kernel that reads what nothing wrote then fails its test.
@@ -42,13 +48,13 @@
 // - The tensor-core instructions the kernels use (cuda_emu_mma.h): mma_tf32 and mma_bf16
 //   on the fragments their lanes hold, ldmatrix, cp.async with its groups, TF32 and bf16
 //   rounding as cvt.rna and cvt.rn do it.
-// What it cannot do: timing, memory coalescing, bank conflicts, registers (a launch that needs
-// more than the register file fails only on a GPU: dev/ptxas_report.sh reads the counts),
-// other tensor-core instructions, warp-synchronous code that omits the *_sync primitives,
-// two blocks at once (lost updates between blocks that a GPU would show; ThreadSanitizer sees
-// the blocks of a launch as ordered), or check pointers held inside a kernel's struct arguments.
-// Threads run in a fixed order (each as far as its next barrier), so a missing barrier
-// gives the same wrong result every time; ThreadSanitizer reports it as a race.
+// What it cannot do: timing, memory coalescing, bank conflicts, other tensor-core
+// instructions, warp-synchronous code that omits the *_sync primitives, or check pointers held
+// inside a kernel's struct arguments. Registers are checked only where ptxas's counts are at
+// hand (launch limits, below). Threads of a block run in a fixed order (each as far as its next
+// barrier), so a missing barrier gives the same wrong result every time; ThreadSanitizer
+// reports it as a race. Blocks on one OS thread are ordered for ThreadSanitizer: a race between
+// two blocks shows when the shuffle puts them on different threads.
 #pragma once
 #include <atomic>
 #include <cmath>
@@ -60,7 +66,10 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <linux/futex.h>
+#include <pthread.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <type_traits>
 #include <unordered_map>
 #include <utility>
@@ -92,7 +101,7 @@
 
 typedef int cudaError_t;
 enum : int { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2,
-             cudaErrorIllegalAddress = 700 };
+             cudaErrorIllegalAddress = 700, cudaErrorLaunchOutOfResources = 701 };
 
 #include "cuda_emu_stream.h"
 
@@ -214,8 +223,10 @@ struct Block {
     Relaxed<size_t> static_used;
 };
 
-// The launch in progress. Launches are serialised, and its fibers run on the launching
-// thread, which resumes each in turn until it yields (at a barrier) or returns.
+// What each OS thread that runs blocks keeps (the launching thread and, under PHD_EMU_THREADS=2,
+// a helper): its fibers, which run there only, and the block they run now. Launches are
+// serialised; the thread resumes each of its block's fibers in turn until it yields (at a
+// barrier) or returns.
 struct Launch {
     std::vector<Fiber*> fibers;  // a pool, grown to the largest block launched
     pid_t pool_pid = 0;          // a forked child starts a pool of its own
@@ -225,14 +236,19 @@ struct Launch {
     dim3 grid, block_dim, block_idx;
     void (*body)(void*) = nullptr;  // the kernel call
     void* body_ctx = nullptr;
-    Context main;                   // the launching thread's, while a fiber runs
-    uint64_t launches = 0;          // so far: each shuffles its blocks differently
-    char start_sync, end_sync;      // the launching thread -> a block's fibers -> the launching thread
+    Context main;                   // this OS thread's own, while a fiber runs
+    char start_sync, end_sync;      // this thread -> a block's fibers -> this thread
     void free_fibers();
     ~Launch() { free_fibers(); }
 };
-inline Launch g_launch;
-inline Fiber& running_fiber() { return *g_launch.current; }
+// This OS thread's (a plain pointer: the fibers read it at every threadIdx).
+inline thread_local Launch* t_launch = nullptr;
+inline Launch& this_thread_launch() {
+    static thread_local Launch mine;  // not on the heap: a fiber's last read of it races with no free
+    if (!t_launch) t_launch = &mine;  // once: every fiber reads it
+    return mine;
+}
+inline Fiber& running_fiber() { return *t_launch->current; }
 
 // From the running context to `to`, until something switches back. Only the launching
 // thread and its fibers switch, always to each other, so the stack that switched back is the
@@ -250,18 +266,18 @@ inline void switch_context(Context& from, Context& to) {
     const void* back;
     size_t back_bytes;
     __sanitizer_finish_switch_fiber(from.fake_stack, &back, &back_bytes);
-    if (&from != &g_launch.main) {
-        g_launch.main.stack = (char*)back;
-        g_launch.main.stack_bytes = back_bytes;
+    if (&from != &t_launch->main) {
+        t_launch->main.stack = (char*)back;
+        t_launch->main.stack_bytes = back_bytes;
     }
 #endif
 }
 inline void resume(Fiber& f) {
-    g_launch.current = &f;
-    switch_context(g_launch.main, f.ctx);
+    t_launch->current = &f;
+    switch_context(t_launch->main, f.ctx);
 }
 // Back to the launching thread.
-inline void yield() { switch_context(running_fiber().ctx, g_launch.main); }
+inline void yield() { switch_context(running_fiber().ctx, t_launch->main); }
 
 // order: the barrier orders memory (__syncthreads, __syncwarp) for ThreadSanitizer, as on a
 // GPU; the warp collectives' own barriers do not, since shuffles, votes, ldmatrix and mma
@@ -269,7 +285,7 @@ inline void yield() { switch_context(running_fiber().ctx, g_launch.main); }
 inline void Barrier::wait(bool order) {
     const uint64_t g = generation;
     if (order) hb_release(&sync[g & 1]);
-    g_launch.progress = g_launch.progress + 1;
+    t_launch->progress = t_launch->progress + 1;
     arrived = arrived + 1;
     if (arrived == expected) release();
     else
@@ -278,7 +294,7 @@ inline void Barrier::wait(bool order) {
 }
 inline void Barrier::leave() {
     hb_release(&sync[generation & 1]);
-    g_launch.progress = g_launch.progress + 1;
+    t_launch->progress = t_launch->progress + 1;
     expected = expected - 1;
     if (arrived > 0 && arrived == expected) release();
 }
@@ -287,7 +303,7 @@ inline void Barrier::leave() {
 // waits to be resumed for the next: its frames stay balanced, which ThreadSanitizer's
 // per-fiber call stack needs.
 inline void fiber_main(Fiber* f) {
-    Launch& L = g_launch;
+    Launch& L = *t_launch;
 #ifdef __SANITIZE_ADDRESS__
     const void* back;
     __sanitizer_finish_switch_fiber(nullptr, &back, &L.main.stack_bytes);
@@ -358,6 +374,9 @@ constexpr size_t kDefaultDynamicShared = 48 * 1024, kMaxDynamicShared = 166912; 
 inline thread_local cudaError_t last_error = cudaSuccess;  // per host thread, as in CUDA
 // Each kernel's dynamic shared memory limit, as raised by cudaFuncSetAttribute.
 inline std::unordered_map<const void*, size_t>& shared_limits() { static std::unordered_map<const void*, size_t> m; return m; }
+}  // namespace cuda_emu
+#include "cuda_emu_limits.h"
+namespace cuda_emu {
 
 // A launch past the GPU's limits: the H200 with CUDA 13.0 returns cudaErrorInvalidValue for
 // too many threads or too large a grid (measured), as for too much dynamic shared memory.
@@ -366,18 +385,29 @@ inline cudaError_t check_launch(const void* kernel, dim3 grid, dim3 block, size_
     if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535)
         return cudaErrorInvalidValue;
     auto it = shared_limits().find(kernel);
-    if (shmem > (it == shared_limits().end() ? kDefaultDynamicShared : it->second)) return cudaErrorInvalidValue;
-    return cudaSuccess;
+    const size_t limit = it == shared_limits().end() ? kDefaultDynamicShared : it->second;
+    if (shmem > limit) return cudaErrorInvalidValue;
+    return check_kernel_limits(kernel, threads, shmem, limit);
 }
-inline std::mutex& atomic_mutex() { static std::mutex m; return m; }
 
 constexpr unsigned char kPoison = 0xff;
 
-// Runs body(ctx), the kernel call, as every thread of every block of the grid: a block's
-// fibers are resumed in turn until all have returned; a pass in which none arrived at a
-// barrier, left one or returned means they all wait for each other, where a GPU would hang.
-inline void run_grid(dim3 grid, dim3 block, size_t shmem, void (*body)(void*), void* ctx) {
-    Launch& L = g_launch;
+// One launch's grid, as every OS thread that runs its blocks sees it.
+struct Grid {
+    dim3 grid, block;
+    size_t shmem;
+    void (*body)(void*);          // the kernel call
+    void* ctx;
+    std::vector<uint64_t> order;  // the blocks, shuffled
+};
+
+// Runs the kernel call as every thread of the blocks order[first], order[first + stride], ...
+// of the grid, on this OS thread: a block's fibers are resumed in turn until all have
+// returned; a pass in which none arrived at a barrier, left one or returned means they all
+// wait for each other, where a GPU would hang.
+inline void run_blocks(const Grid& g, size_t first, size_t stride) {
+    Launch& L = this_thread_launch();
+    const dim3 block = g.block;
     const int n = (int)(block.x * block.y * block.z);
     if (L.pool_pid != getpid()) {  // fibers of the parent process
         L.free_fibers();
@@ -388,21 +418,17 @@ inline void run_grid(dim3 grid, dim3 block, size_t shmem, void (*body)(void*), v
     L.main.tsan = __tsan_get_current_fiber();
 #endif
     Block blk;
-    blk.dynamic.resize(shmem);
+    blk.dynamic.resize(g.shmem);
     blk.warps = std::vector<Warp>((n + 31) / 32);
     L.block = &blk;
-    L.grid = grid;
+    L.grid = g.grid;
     L.block_dim = block;
-    L.body = body;
-    L.body_ctx = ctx;
-    // The blocks in a shuffled order, another for each launch (a GPU promises none).
-    std::vector<uint64_t> order((uint64_t)grid.x * grid.y * grid.z);
-    for (uint64_t i = 0; i < order.size(); i++) order[i] = i;
-    Rng rng{block_seed() ^ (0x9e3779b97f4a7c15ull * ++L.launches)};
-    for (uint64_t i = order.size(); i > 1; i--) std::swap(order[i - 1], order[rng.next_u64() % i]);
-    for (const uint64_t linear : order) {
-        const unsigned bx = (unsigned)(linear % grid.x), by = (unsigned)(linear / grid.x % grid.y),
-                       bz = (unsigned)(linear / grid.x / grid.y);
+    L.body = g.body;
+    L.body_ctx = g.ctx;
+    for (size_t i = first; i < g.order.size(); i += stride) {
+        const uint64_t linear = g.order[i];
+        const unsigned bx = (unsigned)(linear % g.grid.x), by = (unsigned)(linear / g.grid.x % g.grid.y),
+                       bz = (unsigned)(linear / g.grid.x / g.grid.y);
         L.block_idx = dim3(bx, by, bz);
         std::fill(blk.dynamic.begin(), blk.dynamic.end(), kPoison);
         std::fill(blk.statics.begin(), blk.statics.begin() + (size_t)blk.static_used, kPoison);
@@ -444,6 +470,88 @@ inline void run_grid(dim3 grid, dim3 block, size_t shmem, void (*body)(void*), v
     L.block = nullptr;
 }
 
+// PHD_EMU_THREADS=2 (the default under ThreadSanitizer, else 1): a second OS thread runs every
+// other block of each launch, at the same time as the launching thread runs the rest. Blocks
+// then overlap as on a GPU, and ThreadSanitizer, which sees the two threads' blocks as
+// unordered, reports a race between blocks and a lost update. The two threads meet only at
+// the launch's start and end (futexes, with release/acquire atomics: the start orders the host's
+// writes before every block, the end every block before what the host does next). A forked
+// child runs its blocks on one thread (ThreadSanitizer refuses threads started after a fork).
+inline const pid_t g_first_pid = getpid();
+// How many OS threads run a launch's blocks (a test may change it).
+inline int& block_threads_setting() {
+    static int n = [] {
+        const char* e = getenv("PHD_EMU_THREADS");
+#ifdef __SANITIZE_THREAD__
+        const int n = e ? atoi(e) : 2;
+#else
+        const int n = e ? atoi(e) : 1;
+#endif
+        if (n != 1 && n != 2) {
+            fprintf(stderr, "cuda_emu: PHD_EMU_THREADS must be 1 or 2, not %s\n", e);
+            exit(1);
+        }
+        return n;
+    }();
+    return n;
+}
+inline int block_threads() { return getpid() == g_first_pid ? block_threads_setting() : 1; }
+inline void futex_wait(std::atomic<uint32_t>& a, uint32_t seen) {
+    while (a.load(std::memory_order_acquire) == seen) syscall(SYS_futex, &a, FUTEX_WAIT_PRIVATE, seen, nullptr, nullptr, 0);
+}
+inline void futex_wake(std::atomic<uint32_t>& a) { syscall(SYS_futex, &a, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0); }
+struct Helper {
+    std::atomic<uint32_t> posted{0}, finished{0};  // launches given to it, and run by it
+    const Grid* grid = nullptr;
+    static void* main(void* self) {
+        Helper& h = *static_cast<Helper*>(self);
+        for (uint32_t seen = 0;; seen++) {
+            futex_wait(h.posted, seen);
+            run_blocks(*h.grid, 1, 2);
+            h.finished.store(seen + 1, std::memory_order_release);
+            futex_wake(h.finished);
+        }
+        return nullptr;
+    }
+};
+inline Helper& helper() {
+    static Helper* h = [] {
+        Helper* h = new Helper;  // lives as long as its thread, which waits for launches until exit
+        pthread_t t;
+        pthread_attr_t attr;
+        if (pthread_attr_init(&attr) || pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) ||
+            pthread_create(&t, &attr, &Helper::main, h)) {
+            fprintf(stderr, "cuda_emu: cannot start the thread that runs blocks\n");
+            abort();
+        }
+        pthread_attr_destroy(&attr);
+        return h;
+    }();
+    return *h;
+}
+
+inline uint64_t g_launches = 0;  // so far (under launch_mutex): each shuffles its blocks differently
+
+// Runs body(ctx), the kernel call, as every thread of every block of the grid.
+inline void run_grid(dim3 grid, dim3 block, size_t shmem, void (*body)(void*), void* ctx) {
+    Grid g{grid, block, shmem, body, ctx, std::vector<uint64_t>((uint64_t)grid.x * grid.y * grid.z)};
+    // The blocks in a shuffled order, another for each launch (a GPU promises none).
+    for (uint64_t i = 0; i < g.order.size(); i++) g.order[i] = i;
+    Rng rng{block_seed() ^ (0x9e3779b97f4a7c15ull * ++g_launches)};
+    for (uint64_t i = g.order.size(); i > 1; i--) std::swap(g.order[i - 1], g.order[rng.next_u64() % i]);
+    if (block_threads() == 1 || g.order.size() == 1) {
+        run_blocks(g, 0, 1);
+        return;
+    }
+    Helper& h = helper();
+    const uint32_t n = h.finished.load(std::memory_order_relaxed) + 1;
+    h.grid = &g;
+    h.posted.store(n, std::memory_order_release);
+    futex_wake(h.posted);
+    run_blocks(g, 0, 2);
+    futex_wait(h.finished, n - 1);
+}
+
 // The barrier every *_sync primitive starts with. Then what CUDA leaves undefined (a GPU
 // may hang or return garbage) aborts: a caller outside its own mask, or (need, for a
 // shuffle's source lane and the mma's full warp) a lane that does not exist, has returned
@@ -458,7 +566,7 @@ inline void warp_sync(Warp& w, unsigned mask, uint32_t need, const char* what, b
         abort();
     }
 }
-inline Warp& running_warp() { return g_launch.block->warps[running_fiber().warp]; }
+inline Warp& running_warp() { return t_launch->block->warps[running_fiber().warp]; }
 
 template<typename T> inline T exchange(unsigned mask, T v, int src, bool valid) {
     static_assert(sizeof(T) <= 8, "shuffle of a value wider than 8 bytes");
@@ -557,15 +665,23 @@ template<typename A> inline bool device_argument(const A& a) {
     else return true;
 }
 
+// A dry run (dev/bench_gpu.cu --budget at GPT-2-small's shape): every call checks its
+// arguments as usual, but no device work runs (launches, copies, memsets, cuBLAS), device
+// memory is reserved, never touched (no poison), and the device has an H200's 141 GB.
+inline bool& dry_run() {
+    static bool d = false;
+    return d;
+}
+
 }  // namespace cuda_emu
 
 #include "cuda_emu_graph.h"
 
 // The built-in variables of the thread running now.
 #define threadIdx (cuda_emu::running_fiber().tid)
-#define blockIdx (cuda_emu::g_launch.block_idx)
-#define blockDim (cuda_emu::g_launch.block_dim)
-#define gridDim (cuda_emu::g_launch.grid)
+#define blockIdx (cuda_emu::t_launch->block_idx)
+#define blockDim (cuda_emu::t_launch->block_dim)
+#define gridDim (cuda_emu::t_launch->grid)
 
 // kernel<<<grid, block, shmem, stream>>>(args...) in emulation.
 template<typename... KArgs, typename... Args>
@@ -601,12 +717,12 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shmem, cudaS
     run();
 }
 
-template<typename T> inline T* dynamic_shared() { return reinterpret_cast<T*>(cuda_emu::g_launch.block->dynamic.data()); }
+template<typename T> inline T* dynamic_shared() { return reinterpret_cast<T*>(cuda_emu::t_launch->block->dynamic.data()); }
 namespace cuda_emu {
 // The running block's copy of the static shared declaration `site` (bytes long), 16-byte
 // aligned; past CUDA's 48 KB of static shared memory the emulation stops, as nvcc would.
 inline void* static_shared(const void* site, size_t bytes) {
-    Block& b = *g_launch.block;
+    Block& b = *t_launch->block;
     int i = 0;
     while (i < b.sites && b.site[i] != site) i++;
     if (i == b.sites) {
@@ -624,7 +740,7 @@ inline void* static_shared(const void* site, size_t bytes) {
 }
 }  // namespace cuda_emu
 
-inline void __syncthreads() { cuda_emu::g_launch.block->bar.wait(); }
+inline void __syncthreads() { cuda_emu::t_launch->block->bar.wait(); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) { cuda_emu::warp_sync(cuda_emu::running_warp(), mask, 0, "__syncwarp", true); }
 
 template<typename T> inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
@@ -655,18 +771,25 @@ inline unsigned __ballot_sync(unsigned mask, int pred) {
     return bits;
 }
 
-template<typename T> inline T atomicAdd(T* p, T v) {
-    std::lock_guard<std::mutex> lock(cuda_emu::atomic_mutex());
-    T old = *p;
-    *p = old + v;
+// Atomics as a GPU's: indivisible, relaxed (they order no other memory, for ThreadSanitizer
+// too), on the value's bits by compare-and-swap.
+namespace cuda_emu {
+template<typename T, typename F> inline T atomic_update(T* p, F next) {
+    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "atomics on 4- or 8-byte values");
+    using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+    U* q = reinterpret_cast<U*>(p);
+    U old_bits = __atomic_load_n(q, __ATOMIC_RELAXED), new_bits;
+    T old;
+    do {
+        memcpy(&old, &old_bits, sizeof old);
+        const T v = next(old);
+        memcpy(&new_bits, &v, sizeof v);
+    } while (!__atomic_compare_exchange_n(q, &old_bits, new_bits, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
     return old;
 }
-template<typename T> inline T atomicMax(T* p, T v) {
-    std::lock_guard<std::mutex> lock(cuda_emu::atomic_mutex());
-    T old = *p;
-    *p = old > v ? old : v;
-    return old;
-}
+}  // namespace cuda_emu
+template<typename T> inline T atomicAdd(T* p, T v) { return cuda_emu::atomic_update(p, [v](T old) { return old + v; }); }
+template<typename T> inline T atomicMax(T* p, T v) { return cuda_emu::atomic_update(p, [v](T old) { return old > v ? old : v; }); }
 
 // bf16 and half storage types with CUDA's conversion functions (round to nearest even,
 // overflow to infinity, subnormals kept); no arithmetic operators.

@@ -41,12 +41,14 @@ inline thread_local Capture g_capture;  // one capture at a time per host thread
 // Called with the work a call queues on stream s. True when the call is done with it: recorded
 // into the open capture of s (status cudaSuccess), refused because it went to the legacy stream
 // while a capture is open (status says so; the capture is invalid), or queued on s
-// (cuda_emu_stream.h). False inside queued work that runs (a graph's replay, say): run it now.
+// (cuda_emu_stream.h), or dropped in a dry run. False inside queued work that runs (a graph's
+// replay, say): run it now.
 template<typename F> bool deferred(cudaStream_t s, F work, cudaError_t& status, uint64_t* id = nullptr) {
     Capture& c = g_capture;
     Streams& q = streams();
     if (q.running) return false;
     status = cudaSuccess;
+    if (dry_run()) return true;  // checked, never run
     if (c.stream && s == c.stream) {
         c.graph->work.push_back(work);
         return true;

@@ -14,7 +14,8 @@ typedef CUevent_st* cudaEvent_t;
 
 inline const char* cudaGetErrorString(cudaError_t e) {
     return e == cudaSuccess ? "no error" : e == cudaErrorMemoryAllocation ? "out of memory"
-         : e == cudaErrorIllegalAddress ? "an illegal memory access was encountered" : "invalid argument";
+         : e == cudaErrorIllegalAddress ? "an illegal memory access was encountered"
+         : e == cudaErrorLaunchOutOfResources ? "too many resources requested for launch" : "invalid argument";
 }
 inline cudaError_t cudaGetLastError() {
     cudaError_t e = cuda_emu::last_error;
@@ -39,6 +40,11 @@ inline cudaError_t cudaDeviceSynchronize() {
 inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
     cuda_emu::DeviceMemory& d = cuda_emu::device_memory();
     std::lock_guard<std::recursive_mutex> lock(d.m);
+    if (cuda_emu::dry_run()) {
+        *total_bytes = 141000000000;
+        *free_bytes = *total_bytes - d.used;
+        return cudaSuccess;
+    }
     if (d.limit) {
         *total_bytes = d.limit;
         *free_bytes = d.limit - d.used;
@@ -68,9 +74,11 @@ inline cudaError_t cudaMalloc(void** p, size_t n) {
         if (!a.map) return cudaErrorMemoryAllocation;
         *p = a.map;
     }
-    d.set_access(a, true);
-    memset(*p, kPoison, n);
-    d.set_access(a, d.open > 0);
+    if (!dry_run()) {  // a dry run leaves the reservation untouched
+        d.set_access(a, true);
+        memset(*p, kPoison, n);
+        d.set_access(a, d.open > 0);
+    }
     d.live[(uintptr_t)*p] = a;
     d.used += n;
     return cudaSuccess;

@@ -51,6 +51,7 @@ if has_nvcc; then
     build build/bench_gpu 37
     build build/test_gpu_native 32
     build build/bench_decode_gpu 23
+    build build/ptxas/kernels.tsv 1 "train_phd build/bench_gpu"
 else
     build train_phd 1 build/train_phd_cpu
 fi
@@ -83,10 +84,13 @@ suite study run 5 build/train_phd_cpu 120 "" env OMP_NUM_THREADS=1 bash test/tes
 # Data parallel under mpirun (CPU, and the GPU path on the emulation).
 suite dist run 32 "build/train_phd_cpu build/train_phd_emu" 120 "" \
     env OMP_NUM_THREADS=1 bash test/test_dist.sh build/train_phd_cpu build/train_phd_emu
-suite gpu-emulated run 18 build/test_gpu_emu 300 "" ./build/test_gpu_emu
+# Launches checked against ptxas's registers and __launch_bounds__ where nvcc built the table
+# (test/cuda_emu_limits.h); without it the one test that needs it says that it skips.
+kernels=$(has_nvcc && echo build/ptxas/kernels.tsv || true)
+suite gpu-emulated run 18 "build/test_gpu_emu $kernels" 300 "" env ${kernels:+PHD_EMU_KERNELS=$kernels} ./build/test_gpu_emu
 suite gpu-asan run 40 build/test_gpu_asan 300 "" ./build/test_gpu_asan
 # The kernel lab's checks at a tiny shape, on the emulation (its timings mean nothing here).
-suite kernel-lab run 1 build/bench_gpu_emu 300 "" ./build/bench_gpu_emu --tiny
+suite kernel-lab run 1 "build/bench_gpu_emu $kernels" 300 "" env ${kernels:+PHD_EMU_KERNELS=$kernels} ./build/bench_gpu_emu --tiny
 suite data run 2 "build/test_data build/prepare train_phd" 300 "$no_data" ./build/test_data
 suite tiktoken run 2 build/test_data 300 "$no_node" ./build/test_data --no-skip=true --test-case='tiktoken*'
 suite tsan-catches-race "expect:WARNING: ThreadSanitizer: data race" 1 $tsan 120 "" \
@@ -95,6 +99,8 @@ suite tsan-catches-shuffle-order "expect:WARNING: ThreadSanitizer: data race" 1 
     env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --no-skip=true --test-case='sanitizer-warp-race*'
 suite tsan-catches-refill "expect:WARNING: ThreadSanitizer: data race" 1 $tsan 120 "" \
     env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --no-skip=true --test-case='sanitizer-refill-race*'
+suite tsan-catches-block-race "expect:WARNING: ThreadSanitizer: data race" 1 $tsan 120 "" \
+    env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --no-skip=true --test-case='sanitizer-block-race*'
 suite asan-catches-overflow "expect:AddressSanitizer: heap-buffer-overflow" 1 build/test_gpu_asan 120 "" \
     ./build/test_gpu_asan --no-skip=true --test-case='sanitizer-bounds*'
 # Prints "gpu: SKIPPED (no CUDA device: ...)" where there is no GPU.

@@ -3,10 +3,13 @@
 // tests run on it mean what they would mean on a GPU. Emulation only: on a GPU these bugs give
 // whatever the timing gives.
 #include <algorithm>
+#include <chrono>
 #include <functional>
 #include <vector>
 #include <doctest/doctest.h>
+#include "../kernels/adamw.cuh"
 #include "../kernels/cuda_compat.h"
+#include "../kernels/sampling.cuh"
 #include "test_util.h"
 
 #ifndef __CUDACC__
@@ -211,6 +214,89 @@ TEST_CASE("sanitizer-refill-race: a cp.async refill of a stage another warp stil
     to_host(out, 32);
     cudaCheck(cudaFree(src));
     cudaCheck(cudaFree(out));
+}
+
+TEST_CASE("emulation: launches are checked against ptxas's registers and __launch_bounds__ (PHD_EMU_KERNELS)") {
+    auto* table = cuda_emu::kernel_table();
+    if (!table) {
+        MESSAGE("SKIPPED: no kernel table (PHD_EMU_KERNELS unset: make test sets it where nvcc builds train_phd)");
+        return;
+    }
+    // The production kernels are found under the names ptxas gives them.
+    const cuda_emu::KernelLimits* sample = cuda_emu::kernel_limits((const void*)&sample_kernel);
+    const cuda_emu::KernelLimits* adamw = cuda_emu::kernel_limits((const void*)&adamw_kernel);
+    REQUIRE(sample);
+    REQUIRE(adamw);
+    CHECK(sample->max_threads == kSampleThreads);
+    CHECK((sample->registers > 0 && adamw->registers > 0));
+    CHECK(adamw->max_threads == 0);
+    MESSAGE(table->size() << " kernels of the table are in this binary");
+    // Planted: what ptxas might give a kernel (set_kernel's entry, for the test only).
+    const uintptr_t key = (uintptr_t)&set_kernel;
+    int* x = to_device(std::vector<int>(1024, 0));
+    auto launch_with = [&](int registers, int bounds, size_t static_shared, int threads, size_t dynamic) {
+        (*table)[key] = cuda_emu::KernelLimits{"set_kernel", registers, static_shared, bounds};
+        launch(set_kernel, dim3(1), dim3(threads), dynamic, nullptr, x, 1, 7);
+        const cudaError_t e = cudaGetLastError();
+        cudaCheck(cudaDeviceSynchronize());
+        return e;
+    };
+    CHECK(launch_with(64, 1024, 0, 1024, 0) == cudaSuccess);  // 32 warps of 2048: the whole register file
+    CHECK(launch_with(72, 1024, 0, 1024, 0) == cudaErrorLaunchOutOfResources);  // 72 x 32 = 2304 a warp: 73,728
+    CHECK(launch_with(72, 1024, 0, 896, 0) == cudaSuccess);                     // 28 warps: 64,512
+    CHECK(launch_with(32, 256, 0, 512, 0) == cudaErrorLaunchOutOfResources);    // past its bounds
+    CHECK(launch_with(32, 0, 0, 256, 0) == cudaSuccess);
+    CHECK(launch_with(32, 0, 0, 512, 0) == cudaErrorLaunchOutOfResources);      // no bounds above 256 threads
+    CHECK(launch_with(32, 0, 40 << 10, 256, 8 << 10) == cudaSuccess);           // 48 KB in all
+    CHECK(launch_with(32, 0, 40 << 10, 256, 9 << 10) == cudaErrorLaunchOutOfResources);
+    table->erase(key);
+    launch(set_kernel, dim3(1), dim3(1024), 0, nullptr, x, 1, 7);  // the tests' own kernels: unchecked
+    CHECK(cudaGetLastError() == cudaSuccess);
+    cudaCheck(cudaDeviceSynchronize());
+    cudaCheck(cudaFree(x));
+}
+
+// A lost update: thread 0 of every block adds to one counter without an atomic. A GPU loses
+// updates; the emulation runs blocks on two OS threads under ThreadSanitizer, which reports it.
+__global__ void unguarded_count_kernel(int* count) {
+    if (threadIdx.x == 0) *count += 1;
+}
+
+TEST_CASE("sanitizer-block-race: two blocks updating one word without an atomic are reported by ThreadSanitizer" *
+          doctest::skip(true)) {
+    int* count = to_device(std::vector<int>(1, 0));
+    launch(unguarded_count_kernel, dim3(16), dim3(32), 0, nullptr, count);
+    to_host(count, 1);
+    cudaCheck(cudaFree(count));
+}
+
+// Each block raises its flag, then waits (wait_ms at most) to see the other block's: only
+// blocks that run at the same time both see it.
+__global__ void meet_kernel(int* flags, int* met, int wait_ms) {
+    if (threadIdx.x != 0) return;
+    __atomic_store_n(&flags[blockIdx.x], 1, __ATOMIC_RELAXED);
+    const auto start = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() - start < std::chrono::milliseconds(wait_ms))
+        if (__atomic_load_n(&flags[1 - blockIdx.x], __ATOMIC_RELAXED)) {
+            met[blockIdx.x] = 1;
+            return;
+        }
+}
+
+TEST_CASE("emulation: with PHD_EMU_THREADS=2 (ThreadSanitizer's default) two blocks of a launch run at the same time") {
+    const int setting = cuda_emu::block_threads_setting();
+    for (int threads : {1, 2}) {
+        cuda_emu::block_threads_setting() = threads;
+        int* flags = to_device(std::vector<int>(2, 0));
+        int* met = to_device(std::vector<int>(2, 0));
+        launch(meet_kernel, dim3(2), dim3(32), 0, nullptr, flags, met, threads == 1 ? 100 : 5000);
+        const std::vector<int> m = to_host(met, 2);
+        // One thread: the block that runs first waits in vain; the second sees the first's flag.
+        CHECK(m[0] + m[1] == threads);
+        cudaCheck(cudaFree(flags));
+        cudaCheck(cudaFree(met));
+    }
+    cuda_emu::block_threads_setting() = setting;
 }
 
 TEST_CASE("sanitizer-warp-race: memory ordered only by a shuffle is reported by ThreadSanitizer" * doctest::skip(true)) {

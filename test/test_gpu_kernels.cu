@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <vector>
 #include <doctest/doctest.h>
+#include <map>
 #include "../dev/kernel_checks.h"
 #include "test_util.h"
 
@@ -336,4 +337,68 @@ TEST_CASE("GPU model: 10 AdamW steps follow the CPU's losses; two GPU runs give 
     G1.backward(1.0f);
     G2.backward(1.0f);
     CHECK(G1.download(G1.grads, G1.P) == G2.download(G2.grads, G2.P));
+}
+
+// The counted budget (dev/bench_gpu.cu --budget): one bf16 training step with a ledger open,
+// the launches GpuEngine makes on one rank (kernels/engine.h).
+static Ledger count_step(const Config& c, const std::vector<float>& init, const std::vector<int>& tok, const std::vector<int>& tgt, int B,
+                         int T) {
+    GpuModel G(c, init.data(), false, true, true);
+    float *m = to_device(std::vector<float>(G.P, 0.0f)), *v = to_device(std::vector<float>(G.P, 0.0f));
+    double* part = to_device(std::vector<double>(kNormBlocks));
+    Ledger l;
+    open_ledger() = &l;
+    G.zero_grads();
+    G.forward(tok.data(), tgt.data(), B, T);
+    G.backward(1.0f);
+    adamw_update(c, AdamW{}, G.params, G.grads, m, v, 0, 1e-3f, grad_norm(G.grads, G.P, part, G.stream), G.stream, G.params16);
+    open_ledger() = nullptr;
+    cudaCheck(cudaDeviceSynchronize());
+    for (void* q : {(void*)m, (void*)v, (void*)part}) cudaCheck(cudaFree(q));
+    return l;
+}
+
+TEST_CASE("counted budget: a bf16 step's launches count the model's FLOPs and the optimizer's bytes; a dry run counts the same") {
+    const int B = 2, T = 23;
+    const Config c = model_config("phd-cswa-3-2-2", T, 32);
+    std::vector<float> init(num_params(c));
+    init_params(c, init.data(), 61);
+    const std::vector<int> tok = random_tokens(B * T, c.V, 62), tgt = random_tokens(B * T, c.V, 63);
+    const Ledger l = count_step(c, init, tok, tgt, B, T);
+    double gemm = 0, attention = 0, other = 0;
+    std::map<std::string, int> n;
+    std::map<std::string, double> bytes;
+    for (const CountedLaunch& x : l.launches) {
+        (x.what.rfind("matmul", 0) == 0 ? gemm : x.what.rfind("attention", 0) == 0 ? attention : other) += x.flops;
+        n[x.what]++;
+        bytes[x.what] += x.bytes;
+    }
+    // 2 FLOPs a multiply-add, 3 products a weight (forward, dx, dW): the body on all B*T*K
+    // rows, the head (padded vocabulary) on the B*T last copies.
+    const double rows = (double)B * T * c.K,
+                 layer = (double)c.D * c.qkv_dim() + (double)c.H * c.hd() * c.D + (double)c.D * 2 * c.F + (double)c.F * c.D;
+    CHECK(gemm == 6 * (rows * c.L * layer + (double)B * T * c.D * c.Vp));
+    // Attention's 2 + 3 + 4 products of 2 hd FLOPs a visible pair and head, in every layer.
+    CHECK(attention == 18.0 * c.hd() * B * c.H * c.L * visible_pairs(c, T));
+    CHECK(other == 0);
+    CHECK(n["attention_forward"] == c.L);
+    CHECK(n["matmul qkv backward dW"] == c.L);
+    CHECK(n["rmsnorm_forward"] == 2 * c.L + 1);
+    CHECK(n["adamw"] == (int)param_tensors(c).size());
+    const double P = (double)num_params(c);
+    CHECK(bytes["zero_grads"] == 4 * P);
+    CHECK(bytes["grad_norm"] == 4 * P);
+    CHECK(bytes["adamw"] == 30 * P);  // p, m, v read and written, g read, the bf16 copy written
+#ifndef __CUDACC__
+    cuda_emu::dry_run() = true;
+    const Ledger dry = count_step(c, init, tok, tgt, B, T);
+    cuda_emu::dry_run() = false;
+    REQUIRE(dry.launches.size() == l.launches.size());
+    for (size_t i = 0; i < l.launches.size(); i++) {
+        INFO("launch " << i << ": " << l.launches[i].what);
+        CHECK(dry.launches[i].what == l.launches[i].what);
+        CHECK(dry.launches[i].bytes == l.launches[i].bytes);
+        CHECK(dry.launches[i].flops == l.launches[i].flops);
+    }
+#endif
 }
