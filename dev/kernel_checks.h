@@ -208,30 +208,30 @@ template<typename Out> static CheckResult check_rmsnorm(GpuModel& G, int B, int 
     return {e, 5.0 * N * D * 4};
 }
 
-// RoPE on the q and k heads at each row's position; the backward must restore the input.
-// fp32 in place; or, as bf16 runs do, from the fp32 qkv into a bf16 copy (v copied too),
-// rotated back in place in bf16 (each way one rounding).
-template<typename Out> static CheckResult check_rope(GpuModel& G, int B, int T, const Timed& timed) {
+// RoPE on the q and k heads at each row's position, in place; the backward must restore
+// the input. fp32, or bf16 as bf16 runs keep qkv (each way one rounding).
+template<typename T> static CheckResult check_rope(GpuModel& G, int B, int T_, const Timed& timed) {
     const Config& c = G.cfg;
-    const int N = B * T * c.K, ld = c.qkv_dim();
-    std::vector<float> qkv = random_vec<float>((size_t)N * ld, 10), rot_ref = qkv;
+    const int N = B * T_ * c.K, ld = c.qkv_dim();
+    std::vector<float> qkv = random_vec<float>((size_t)N * ld, 10);
+    if constexpr (is_bf16<T>) qkv = from_bf16(to_bf16(qkv));  // the kernel's input: bf16 values
+    std::vector<float> rot_ref = qkv;
     std::vector<int> pos(N);
-    for (int r = 0; r < N; r++) pos[r] = row_position(c, T, r % (T * c.K));
+    for (int r = 0; r < N; r++) pos[r] = row_position(c, T_, r % (T_ * c.K));
     std::vector<float> cs((size_t)c.maxT * c.hd() / 2), sn(cs.size());
     rope_tables(cs.data(), sn.data(), c.maxT, c.hd());
     rope_forward(rot_ref.data(), pos.data(), c, N, cs.data(), sn.data());
     CheckBuffers buf;
-    float* d_qkv = buf.up(qkv);
+    T* d_qkv;
+    if constexpr (is_bf16<T>) d_qkv = buf.up(to_bf16(qkv));
+    else d_qkv = buf.up(qkv);
     int* d_pos = buf.up(pos);
-    Out* d_out;
-    if constexpr (is_bf16<Out>) d_out = nan_of<Out>(buf, qkv.size());
-    else d_out = d_qkv;
-    rope_forward(d_out, d_qkv, d_pos, c, N, G.rope_cos, G.rope_sin, nullptr);
-    std::vector<TensorError> e = {{"rotated", max_rel(host_floats(d_out, qkv.size()), rot_ref), is_bf16<Out> ? kBf16Out : 1e-6}};  // 0
-    rope_backward(d_out, d_pos, c, N, G.rope_cos, G.rope_sin, nullptr);
-    e.push_back({"rotated back", max_rel(host_floats(d_out, qkv.size()), qkv), is_bf16<Out> ? 2 * kBf16Out : 1e-6});
-    timed([&] { rope_forward(d_out, d_qkv, d_pos, c, N, G.rope_cos, G.rope_sin, nullptr); });
-    return {e, 2.0 * N * (c.H + c.Hkv) * c.hd() * 4};
+    rope_forward(d_qkv, d_pos, c, N, G.rope_cos, G.rope_sin, nullptr);
+    std::vector<TensorError> e = {{"rotated", max_rel(host_floats(d_qkv, qkv.size()), rot_ref), is_bf16<T> ? kBf16Out : 1e-6}};  // 0
+    rope_backward(d_qkv, d_pos, c, N, G.rope_cos, G.rope_sin, nullptr);
+    e.push_back({"rotated back", max_rel(host_floats(d_qkv, qkv.size()), qkv), is_bf16<T> ? 2 * kBf16Out : 1e-6});
+    timed([&] { rope_forward(d_qkv, d_pos, c, N, G.rope_cos, G.rope_sin, nullptr); });
+    return {e, 2.0 * N * (c.H + c.Hkv) * c.hd() * sizeof(T)};
 }
 
 // g and dh13 fp32, or bf16 (the matmul inputs of bf16 runs).
@@ -272,7 +272,7 @@ template<typename Out> static CheckResult check_crossentropy(GpuModel& G, int B,
     forward();
     if (!backward && is_bf16<Out>) return {{}, 0};  // the forward is fp32's
     if (!backward) {
-        // __expf, __logf and another summation order: 7.3e-7
+        // __expf, __logf, the online rescaling and another summation order: 1.1e-7
         std::vector<TensorError> e = {{"loss", max_rel(to_host(d_loss, BT), loss_ref), 2e-6},
                                       {"lse", max_rel(to_host(d_lse, BT), lse_ref), 2e-6}};
         timed(forward);
@@ -322,21 +322,28 @@ static CheckResult check_embedding(GpuModel& G, int B, int T, const Timed& timed
     return {e, 2.0 * N * D * 4};
 }
 
-// The residual stream's gradient: dx += dtmp, and in bf16 runs its bf16 copy for the next
-// matmuls in the same pass. The sum is one float add, the copy one rounding: both exact.
-static CheckResult check_residual_add(GpuModel& G, int B, int T, const Timed& timed) {
-    const size_t n = (size_t)B * T * G.cfg.K * G.cfg.D;
-    const std::vector<float> y = random_vec<float>(n, 18), x = random_vec<float>(n, 19);
-    std::vector<float> sum(n);
-    for (size_t i = 0; i < n; i++) sum[i] = y[i] + x[i];
+// RMSNorm's backward added into the residual stream's gradient in the same pass, as the
+// model's layers do it, and in bf16 runs its bf16 copy for the next matmuls: against the
+// CPU's backward plus the residual.
+static CheckResult check_rmsnorm_residual(GpuModel& G, int B, int T, const Timed& timed) {
+    const int N = B * T * G.cfg.K, D = G.cfg.D;
+    const std::vector<float> x = random_vec<float>((size_t)N * D, 5), g = random_vec<float>(D, 6), dy = random_vec<float>((size_t)N * D, 7),
+                             resid = random_vec<float>((size_t)N * D, 18);
+    std::vector<float> out(x.size()), rstd(N), dx(x.size()), dg(D, 0.0f), sum(x.size());
+    rmsnorm_forward(out.data(), rstd.data(), x.data(), g.data(), N, D);
+    rmsnorm_backward(dx.data(), dg.data(), dy.data(), x.data(), g.data(), rstd.data(), N, D);
+    for (size_t i = 0; i < sum.size(); i++) sum[i] = resid[i] + dx[i];
     CheckBuffers buf;
-    float *d_y = buf.up(y), *d_x = buf.up(x);
-    __nv_bfloat16* d_copy = nan_of<__nv_bfloat16>(buf, n);
-    add_inplace(d_y, d_x, n, nullptr, d_copy);
-    std::vector<TensorError> e = {{"sum", max_rel(to_host(d_y, n), sum), 0},
-                                  {"bf16 copy", max_rel(host_floats(d_copy, n), from_bf16(to_bf16(sum))), 0}};
-    timed([&] { add_inplace(d_y, d_x, n, nullptr, d_copy); });
-    return {e, 10.0 * n};
+    float *d_x = buf.up(x), *d_g = buf.up(g), *d_dy = buf.up(dy), *d_rstd = buf.up(rstd), *d_resid = buf.up(resid),
+          *d_dg = buf.up(std::vector<float>(D, 0.0f)), *d_scratch = buf.nan((size_t)kDgChunks * D);
+    __nv_bfloat16* d_copy = nan_of<__nv_bfloat16>(buf, x.size());
+    auto run = [&] { rmsnorm_backward(d_resid, d_dg, d_dy, d_x, d_g, d_rstd, N, D, d_scratch, nullptr, true, d_copy); };
+    run();
+    const std::vector<float> got = to_host(d_resid, x.size());
+    std::vector<TensorError> e = {{"residual + dx", max_rel(got, sum), 2e-5},  // as dx alone
+                                  {"bf16 copy", max_rel(host_floats(d_copy, x.size()), from_bf16(to_bf16(got))), 0}};  // one rounding
+    timed(run);  // adds again: the same work
+    return {e, 26.0 * N * D};  // dg's pass: dout and x; dx's: dout, x and the residual read, the residual and its copy written
 }
 
 // One AdamW step over every parameter, after the gradient norm, against the CPU's; with
@@ -388,7 +395,7 @@ static inline std::vector<KernelCheck> kernel_checks() {
         {"matmul qkv (cuBLAS)", "GFLOP/s", check_matmul<float>},
         {"matmul qkv (cuBLAS bf16)", "GFLOP/s", check_matmul<bf16>},
         {"rope_forward/backward", "GB/s", check_rope<float>},
-        {"rope_forward/backward bf16 out", "GB/s", check_rope<bf16>},
+        {"rope_forward/backward bf16", "GB/s", check_rope<bf16>},
         {"attention_forward", "GFLOP/s", with(check_attention, false, false)},
         {"attention_forward TF32 mma", "GFLOP/s", with(check_attention, false, true)},
         {"attention_forward bf16 mma", "GFLOP/s", with(check_attention_bf16, false)},
@@ -403,7 +410,7 @@ static inline std::vector<KernelCheck> kernel_checks() {
         {"attention_backward TF32 mma", "GFLOP/s", with(check_attention, true, true)},
         {"attention_backward bf16 mma", "GFLOP/s", with(check_attention_bf16, true)},
         {"rmsnorm_backward", "GB/s", with(check_rmsnorm<float>, true)},
-        {"residual add + bf16 copy", "GB/s", check_residual_add},
+        {"rmsnorm_backward + residual (+ bf16 copy)", "GB/s", check_rmsnorm_residual},
         {"embedding_backward", "GB/s", with(check_embedding, true)},
         {"grad norm + adamw_update (+ bf16 copy)", "GB/s", check_adamw},
     };

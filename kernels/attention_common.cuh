@@ -13,6 +13,7 @@
 //   lse  (B, H, TK)        log-sum-exp of each query's scores, for the backward
 //   dqkv (B, TK, qkv_dim)  written whole by the backward (dq, dk, dv)
 #pragma once
+#include <unordered_map>
 #include <type_traits>
 #include <vector>
 #include "../model.h"
@@ -88,10 +89,16 @@ inline bool compiled_head_dim(const Config& c) {
 }
 
 // Launches an attention kernel with `smem` bytes of dynamic shared memory, which may pass
-// the 48 KB default.
+// the 48 KB default: the kernel's limit is raised at its first launch that needs more, not at
+// every launch (a host call per launch, kept out of the step).
 template<typename Kernel, typename... Args>
 void launch_attention(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args... args) {
-    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    static std::unordered_map<const void*, size_t> raised;  // each kernel's limit, as set so far
+    size_t& limit = raised[(const void*)kernel];
+    if (smem > limit) {
+        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        limit = smem;
+    }
     launch(kernel, grid, block, smem, stream, args...);
 }
 

@@ -202,8 +202,10 @@ struct GpuModel : Activations<float> {
         cublasCheck(cublasGemmEx(blas, ta, tb, m, n, k, &one, A, dtype_of(A), lda, Bm, dtype_of(Bm), ldb, &beta, C, dtype_of(C), ldc, comp,
                                  CUBLAS_GEMM_DEFAULT));
     }
-    // Row-major out (N, O) = in (N, I) W^T [+ out]: cuBLAS sees the column-major transposes.
-    template<typename In> void matmul(const char* what, float* out, const In* in, const In* W, int N, int I, int O, bool accumulate) {
+    // Row-major out (N, O) = in (N, I) W^T [+ out], out fp32 or bf16: cuBLAS sees the
+    // column-major transposes.
+    template<typename In, typename Out>
+    void matmul(const char* what, Out* out, const In* in, const In* W, int N, int I, int O, bool accumulate) {
         gemm(what, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, W, I, in, I, out, O, accumulate ? 1.0f : 0.0f);
     }
     // din (N, I) = dout W (overwritten, fp32 or bf16); dW (O, I) += dout^T in
@@ -239,8 +241,8 @@ struct GpuModel : Activations<float> {
         // Each residual add is a GEMM accumulating into a copy of the stream, which the
         // RMSNorm before it writes as it reads the stream.
         rmsnorm_forward(in.a, a.rstd_a, a.x, w32.g_attn, N, D, stream, a.xm);
-        matmul("matmul qkv", a.qkv, in.a, w.wqkv, N, D, c.qkv_dim(), false);
-        rope_forward(in.qkv, a.qkv, pos, c, N, rope_cos, rope_sin, stream);
+        matmul("matmul qkv", in.qkv, in.a, w.wqkv, N, D, c.qkv_dim(), false);  // bf16 runs: the attention's bf16 input
+        rope_forward(in.qkv, pos, c, N, rope_cos, rope_sin, stream);
         attend();
         matmul("matmul wo", a.xm, in.o, w.wo, N, c.H * c.hd(), D, true);
         rmsnorm_forward(in.f, a.rstd_f, a.xm, w32.g_ffn, N, D, stream, x_next);
@@ -261,15 +263,13 @@ struct GpuModel : Activations<float> {
         matmul_backward("matmul w2", dtmp, gw.w2, d.dx, in.g, w.w2, N, c.F, D);
         swiglu_backward(d.dh13, dtmp, a.h13, N, c.F, stream);
         matmul_backward("matmul w13", dtmp, gw.w13, d.dh13, in.f, w.w13, N, D, 2 * c.F);
-        rmsnorm_backward(dtmp, gw.g_ffn, dtmp, a.xm, w32.g_ffn, a.rstd_f, N, D, norm_scratch, stream);
-        add_inplace(dx, dtmp, (size_t)N * D, stream, d.dx);
+        rmsnorm_backward(dx, gw.g_ffn, dtmp, a.xm, w32.g_ffn, a.rstd_f, N, D, norm_scratch, stream, true, d.dx);
         // xm = x + attention(rope(a wqkv^T)) wo^T
         matmul_backward("matmul wo", d.dout, gw.wo, d.dx, in.o, w.wo, N, c.H * c.hd(), D);
         attention_grad(a, in, d);
         rope_backward(d.dqkv, d_row_pos, c, N, rope_cos, rope_sin, stream);
         matmul_backward("matmul qkv", dtmp, gw.wqkv, d.dqkv, in.a, w.wqkv, N, D, c.qkv_dim());
-        rmsnorm_backward(dtmp, gw.g_attn, dtmp, a.x, w32.g_attn, a.rstd_a, N, D, norm_scratch, stream);
-        add_inplace(dx, dtmp, (size_t)N * D, stream, d.dx);
+        rmsnorm_backward(dx, gw.g_attn, dtmp, a.x, w32.g_attn, a.rstd_a, N, D, norm_scratch, stream, true, d.dx);
     }
 
     // tokens, targets: host (B, T). Returns the mean last-copy loss (0 without targets).

@@ -189,69 +189,77 @@ static __global__ void rmsnorm_backward_dg_kernel(float* dg, const float* partia
     for (int c = 0; c < kDgChunks; c++) s += partial[(size_t)c * D + j];
     dg[j] += s;
 }
-// grid (ceil(N / kRowsPerBlock)), block (32, kRowsPerBlock): dx may alias dout
-static __global__ void rmsnorm_backward_dx_kernel(float* dx, const float* dout, const float* x, const float* g, const float* rstd, int N, int D) {
+// grid (ceil(N / kRowsPerBlock)), block (32, kRowsPerBlock): dx = the rows' gradient (dx may
+// alias dout), or with accumulate dx += it (dx is then the residual stream's gradient, not
+// dout); copy, when it is not dx itself, receives dx too (its bf16 copy for the matmuls).
+template<typename Copy>
+static __global__ void rmsnorm_backward_dx_kernel(float* dx, Copy* copy, const float* dout, const float* x, const float* g, const float* rstd,
+                                                  int N, int D, bool accumulate) {
     const int i = blockIdx.x * kRowsPerBlock + threadIdx.y;
     if (i >= N) return;
     const float *xi = x + (size_t)i * D, *dyi = dout + (size_t)i * D, r = rstd[i];
     float dot = 0.0f;
     for (int j = threadIdx.x; j < D; j += 32) dot += dyi[j] * g[j] * xi[j] * r;
     dot = warp_sum(dot) / D;
-    for (int j = threadIdx.x; j < D; j += 32) dx[(size_t)i * D + j] = r * (dyi[j] * g[j] - xi[j] * r * dot);
+    for (int j = threadIdx.x; j < D; j += 32) {
+        const size_t e = (size_t)i * D + j;
+        const float v = r * (dyi[j] * g[j] - xi[j] * r * dot) + (accumulate ? dx[e] : 0.0f);
+        dx[e] = v;
+        if ((void*)copy != (void*)dx) store(copy + e, v);
+    }
 }
-// scratch: device memory for kDgChunks * D floats
+// scratch: device memory for kDgChunks * D floats. dx (N, D) receives the input's gradient
+// (it may alias dout); with accumulate it is added into dx instead, in the same pass, as the
+// residual stream's gradient takes it, and copy (when given) receives the sum as well.
+template<typename Copy = float>
 inline void rmsnorm_backward(float* dx, float* dg, const float* dout, const float* x, const float* g, const float* rstd, int N, int D,
-                             float* scratch, cudaStream_t s) {
+                             float* scratch, cudaStream_t s, bool accumulate = false, Copy* copy = nullptr) {
     const unsigned cols = (D + 127) / 128;  // dg first: dx may overwrite dout
     count_launch("rmsnorm_backward dg partial", 8.0 * N * D + 4.0 * N + 4.0 * kDgChunks * D, 0, s);
     launch(rmsnorm_backward_dg_partial_kernel, dim3(cols, kDgChunks), dim3(128), 0, s, scratch, dout, x, rstd, N, D);
     count_launch("rmsnorm_backward dg", 4.0 * kDgChunks * D + 8.0 * D, 0, s);
     launch(rmsnorm_backward_dg_kernel, dim3(cols), dim3(128), 0, s, dg, scratch, D);
-    count_launch("rmsnorm_backward dx", 12.0 * N * D + 4.0 * N + 4.0 * D, 0, s);
-    launch(rmsnorm_backward_dx_kernel, dim3((N + kRowsPerBlock - 1) / kRowsPerBlock), dim3(32, kRowsPerBlock), 0, s, dx, dout, x, g, rstd, N, D);
+    const bool copies = copy && (void*)copy != (void*)dx;
+    count_launch("rmsnorm_backward dx", (double)N * D * (12 + (accumulate ? 4 : 0) + (copies ? sizeof(Copy) : 0)) + 4.0 * N + 4.0 * D, 0, s);
+    launch(rmsnorm_backward_dx_kernel<Copy>, dim3((N + kRowsPerBlock - 1) / kRowsPerBlock), dim3(32, kRowsPerBlock), 0, s, dx,
+           copies ? copy : (Copy*)dx, dout, x, g, rstd, N, D, accumulate);
     cudaCheck(cudaGetLastError());
 }
 
 // ---- RoPE on the q and k heads of the fused qkv rows; every copy at its position n ----
 
-// one thread per (row, head, pair i); row i is at position pos[i] (every copy at its n);
-// sign +1 rotates (forward), -1 rotates back (backward). y = rotated x, the v heads copied:
-// y may be x itself, or x's bf16 copy (the bf16 attention's input, written in this pass).
-template<typename In, typename Out>
-static __global__ void rope_kernel(Out* y, const In* x, const int* pos, const float* cosT, const float* sinT, Config c, int N, int heads,
-                                   float sign) {
-    const int half = c.hd() / 2;
+// one thread per (row, head, pair i) of the q and k heads, in place; row i is at position
+// pos[i] (every copy at its n); sign +1 rotates (forward), -1 rotates back (backward). qkv is
+// fp32, or bf16 in bf16 runs (written so by the qkv matmul: rotated in bf16, one rounding).
+template<typename T>
+static __global__ void rope_kernel(T* qkv, const int* pos, const float* cosT, const float* sinT, Config c, int N, float sign) {
+    const int half = c.hd() / 2, heads = c.H + c.Hkv;
     const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long)N * heads * half) return;
     const int i = idx % half, h = idx / half % heads, row = idx / ((long)half * heads), n = pos[row];
     const size_t off = (size_t)row * c.qkv_dim() + h * c.hd();
-    const float a = to_f32(x[off + i]), b = to_f32(x[off + i + half]);
-    const bool v_head = h >= c.H + c.Hkv;
-    const float cs = v_head ? 1.0f : cosT[n * half + i], sn = v_head ? 0.0f : sign * sinT[n * half + i];
-    store(y + off + i, a * cs - b * sn);
-    store(y + off + i + half, a * sn + b * cs);
+    const float a = to_f32(qkv[off + i]), b = to_f32(qkv[off + i + half]);
+    const float cs = cosT[n * half + i], sn = sign * sinT[n * half + i];
+    store(qkv + off + i, a * cs - b * sn);
+    store(qkv + off + i + half, a * sn + b * cs);
 }
-template<typename In, typename Out>
-inline void rope(Out* y, const In* x, const int* pos, const Config& c, int N, const float* cosT, const float* sinT, float sign,
-                 cudaStream_t s) {
-    // the v heads too when y is not x, to complete the copy; in place they stay as they are
-    const int heads = c.H + c.Hkv + ((const void*)y == (const void*)x ? 0 : c.Hkv);
-    const long total = (long)N * heads * (c.hd() / 2);
-    count_launch(sign > 0 ? "rope_forward" : "rope_backward", 2.0 * total * (sizeof(In) + sizeof(Out)) + 4.0 * N, 0, s);
-    launch(rope_kernel<In, Out>, dim3((unsigned)((total + 255) / 256)), dim3(256), 0, s, y, x, pos, cosT, sinT, c, N, heads, sign);
+template<typename T>
+inline void rope(T* qkv, const int* pos, const Config& c, int N, const float* cosT, const float* sinT, float sign, cudaStream_t s) {
+    const long total = (long)N * (c.H + c.Hkv) * (c.hd() / 2);
+    count_launch(sign > 0 ? "rope_forward" : "rope_backward", 4.0 * total * sizeof(T) + 4.0 * N, 0, s);  // the pairs read and written
+    launch(rope_kernel<T>, dim3((unsigned)((total + 255) / 256)), dim3(256), 0, s, qkv, pos, cosT, sinT, c, N, sign);
     cudaCheck(cudaGetLastError());
 }
-// qkv (N, qkv_dim), pos (N): the same arguments as the CPU's rope_forward, on the device;
-// out: qkv itself, or its bf16 copy
-template<typename Out>
-inline void rope_forward(Out* out, const float* qkv, const int* pos, const Config& c, int N, const float* cosT, const float* sinT,
-                         cudaStream_t s) {
-    rope(out, qkv, pos, c, N, cosT, sinT, 1.0f, s);
+// qkv (N, qkv_dim), fp32 or bf16, in place; pos (N): the same arguments as the CPU's
+// rope_forward, on the device
+template<typename T>
+inline void rope_forward(T* qkv, const int* pos, const Config& c, int N, const float* cosT, const float* sinT, cudaStream_t s) {
+    rope(qkv, pos, c, N, cosT, sinT, 1.0f, s);
 }
 // dqkv (N, qkv_dim), fp32 or bf16, in place
 template<typename T>
 inline void rope_backward(T* dqkv, const int* pos, const Config& c, int N, const float* cosT, const float* sinT, cudaStream_t s) {
-    rope(dqkv, dqkv, pos, c, N, cosT, sinT, -1.0f, s);
+    rope(dqkv, pos, c, N, cosT, sinT, -1.0f, s);
 }
 
 // ---- SwiGLU: g (N, F) = silu(h1) * h3, from h13 (N, 2F) = h1 | h3 ----
@@ -284,22 +292,7 @@ template<typename Out> inline void swiglu_backward(Out* dh13, const float* dg, c
     cudaCheck(cudaGetLastError());
 }
 
-// ---- residual stream: y += x; the last copies in and out of the B*T rows the head sees ----
-
-// y += x; y_copy, when it is not y itself, receives the sum too: the bf16 copy of a
-// gradient that bf16 matmuls read next, in the same pass
-template<typename Copy> static __global__ void add_inplace_kernel(float* y, const float* x, Copy* y_copy, size_t n) {
-    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    const float v = y[i] + x[i];
-    y[i] = v;
-    if ((void*)y_copy != (void*)y) store(y_copy + i, v);
-}
-template<typename Copy = float> inline void add_inplace(float* y, const float* x, size_t n, cudaStream_t s, Copy* y_copy = nullptr) {
-    count_launch("add_inplace", (double)n * (12 + (y_copy && (void*)y_copy != (void*)y ? sizeof(Copy) : 0)), 0, s);
-    launch(add_inplace_kernel<Copy>, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, y, x, y_copy ? y_copy : (Copy*)y, n);
-    cudaCheck(cudaGetLastError());
-}
+// ---- the last copies in and out of the B*T rows the head sees ----
 
 // grid (B*T), block min(D, 256): xlast (B, T, D) = the rows (n, K-1) of x (B, TK, D)
 static __global__ void last_copy_forward_kernel(float* xlast, const float* x, Config c, int T) {

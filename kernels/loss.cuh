@@ -6,21 +6,30 @@
 
 static constexpr int kLossThreads = 256;
 
-// grid (N), block kLossThreads: losses (N), lse (N) from logits (N, Vp)
+// grid (N), block kLossThreads: losses (N), lse (N) from logits (N, Vp), in one pass over
+// the row (online softmax): each thread keeps its running max and its sum of exp relative to
+// it, rescaled when the max grows; then the block combines the threads' (max, sum) pairs.
 static __global__ void crossentropy_forward_kernel(float* losses, float* lse, const float* logits, const int* targets, int V, int Vp) {
     const float* z = logits + (size_t)blockIdx.x * Vp;
     float mx = -INFINITY, sum = 0.0f;
-    for (int j = threadIdx.x; j < V; j += kLossThreads) mx = fmaxf(mx, z[j]);
-    mx = block_reduce(mx, true);
-    for (int j = threadIdx.x; j < V; j += kLossThreads) sum += __expf(z[j] - mx);
-    sum = block_reduce(sum, false);
+    for (int j = threadIdx.x; j < V; j += kLossThreads) {
+        const float x = z[j];
+        if (x > mx) {
+            sum = sum * __expf(mx - x) + 1.0f;  // 0 * exp(-inf) at the first
+            mx = x;
+        } else {
+            sum += __expf(x - mx);
+        }
+    }
+    const float row_max = block_reduce(mx, true);
+    sum = block_reduce(sum > 0.0f ? sum * __expf(mx - row_max) : 0.0f, false);  // a thread without columns adds 0
     if (threadIdx.x == 0) {
-        lse[blockIdx.x] = mx + __logf(sum);
+        lse[blockIdx.x] = row_max + __logf(sum);
         losses[blockIdx.x] = lse[blockIdx.x] - z[targets[blockIdx.x]];
     }
 }
 inline void crossentropy_forward(float* losses, float* lse, const float* logits, const int* targets, int N, int V, int Vp, cudaStream_t s) {
-    count_launch("crossentropy_forward", 8.0 * N * V + 16.0 * N, 0, s);  // two passes over the logits
+    count_launch("crossentropy_forward", 4.0 * N * V + 16.0 * N, 0, s);
     launch(crossentropy_forward_kernel, dim3(N), dim3(kLossThreads), 0, s, losses, lse, logits, targets, V, Vp);
     cudaCheck(cudaGetLastError());
 }
