@@ -727,12 +727,13 @@ template<typename Real> struct Activations {
     Real* dh13;        // (B, TK, 2F)
     Real* dxlast;      // (B, T, D)
 
-    // matmul_inputs false leaves out a, qkv, o, f, g, dqkv and dh13 (null): bf16 GPU runs keep
-    // those only as the bf16 tensors the matmuls and the attention read (kernels/gpu_model.cuh).
+    // matmul_inputs false leaves out a, qkv, o, f, h13, g, dqkv and dh13 (null): bf16 GPU runs
+    // keep those only as the bf16 tensors the matmuls, the attention and the SwiGLU read
+    // (kernels/gpu_model.cuh).
     static size_t floats(const Config& c, int B, int T, bool matmul_inputs = true) {
         const size_t N = (size_t)B * T * c.K, BT = (size_t)B * T;
         const size_t per_layer = N * (4 * c.D + 2 + c.qkv_dim() + c.H + c.H * c.hd() + 3 * c.F) -
-                                 (matmul_inputs ? 0 : N * (2 * c.D + c.qkv_dim() + c.H * c.hd() + c.F));
+                                 (matmul_inputs ? 0 : N * (2 * c.D + c.qkv_dim() + c.H * c.hd() + 3 * c.F));
         return per_layer * c.L + N * c.D + BT * (2 * c.D + 3 + c.Vp) + N * (c.D + std::max(c.D, c.F)) +
                (matmul_inputs ? N * (c.qkv_dim() + 2 * c.F) : 0) + BT * c.D;
     }
@@ -746,7 +747,7 @@ template<typename Real> struct Activations {
             a.x = take(N * c.D); a.a = input(N * c.D); a.rstd_a = take(N);
             a.qkv = input(N * c.qkv_dim()); a.lse = take(N * c.H); a.o = input(N * c.H * c.hd());
             a.xm = take(N * c.D); a.f = input(N * c.D); a.rstd_f = take(N);
-            a.h13 = take(N * 2 * c.F); a.g = input(N * c.F);
+            a.h13 = input(N * 2 * c.F); a.g = input(N * c.F);
         }
         xL = take(N * c.D); xlast = take(BT * c.D); rstd_final = take(BT);
         xn = take(BT * c.D); logits = take(BT * c.Vp); losses = take(BT); lse = take(BT);

@@ -92,7 +92,6 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
     // before any step is captured); the matmul inputs are the dtype's, in f32.in or b16.in.
     int rows = 0;
     float *x = nullptr, *xm = nullptr, *rstd = nullptr;  // (rows, D), (rows, D), (rows)
-    float* h13 = nullptr;                                // (rows, 2F)
     float* lse = nullptr;                                // (H, rows) the training attention's
     int* pos = nullptr;                                                           // (rows) each row's position
     int2* nc = nullptr;                                                           // (rows) (n, c) of one sample's rows
@@ -152,7 +151,7 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
     }
     template<typename T> static void alloc(T** p, size_t n) { cudaCheck(cudaMalloc(p, n * sizeof(T))); }
     template<typename In> void free_inputs(DecodeTyped<In>& d) {
-        for (void* p : {(void*)d.in.a, (void*)d.in.qkv, (void*)d.in.o, (void*)d.in.f, (void*)d.in.g}) cudaFree(p);
+        for (void* p : {(void*)d.in.a, (void*)d.in.qkv, (void*)d.in.o, (void*)d.in.f, (void*)d.in.h13, (void*)d.in.g}) cudaFree(p);
         d.in = {};
     }
     template<typename In> void free_typed(DecodeTyped<In>& d) {
@@ -185,7 +184,7 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
     void free_block() {
         free_inputs(f32);
         free_inputs(b16);
-        for (void* p : {(void*)x, (void*)xm, (void*)rstd, (void*)h13, (void*)lse, (void*)pos, (void*)nc}) cudaFree(p);
+        for (void* p : {(void*)x, (void*)xm, (void*)rstd, (void*)lse, (void*)pos, (void*)nc}) cudaFree(p);
     }
     void reserve(int R) {
         if (R <= rows) return;
@@ -193,11 +192,11 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
         const Config& c = G.cfg;
         free_block();
         rows = R;
-        const size_t floats = (size_t)R * (2 * c.D + 1 + 2 * c.F + c.H);
-        const size_t inputs = (size_t)R * (2 * c.D + c.qkv_dim() + c.H * c.hd() + c.F);  // a, qkv, o, f, g
+        const size_t floats = (size_t)R * (2 * c.D + 1 + c.H);
+        const size_t inputs = (size_t)R * (2 * c.D + c.qkv_dim() + c.H * c.hd() + 3 * c.F);  // a, qkv, o, f, h13, g
         gpu_check_fits(floats * sizeof(float) + inputs * (bf16 ? sizeof(__nv_bfloat16) : sizeof(float)) +
                            (size_t)R * (sizeof(int) + sizeof(int2)), "decoder activations");
-        for (auto [buf, width] : {std::pair<float**, int>{&x, c.D}, {&xm, c.D}, {&rstd, 1}, {&h13, 2 * c.F}, {&lse, c.H}})
+        for (auto [buf, width] : {std::pair<float**, int>{&x, c.D}, {&xm, c.D}, {&rstd, 1}, {&lse, c.H}})
             alloc(buf, (size_t)R * width);
         bf16 ? alloc_inputs(b16.in, R) : alloc_inputs(f32.in, R);
         alloc(&pos, R);
@@ -209,6 +208,7 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
         alloc(&in.qkv, (size_t)R * c.qkv_dim());
         alloc(&in.o, (size_t)R * c.H * c.hd());
         alloc(&in.f, (size_t)R * c.D);
+        alloc(&in.h13, (size_t)R * 2 * c.F);
         alloc(&in.g, (size_t)R * c.F);
     }
 
@@ -293,7 +293,7 @@ private:
     // the attention's output from its qkv.
     template<typename In, typename Attend> void layer(int l, int R, Attend attend) {
         const LayerIn<In>& in = typed<In>().in;
-        const LayerActs<float> acts{x, nullptr, rstd, nullptr, lse, nullptr, xm, nullptr, rstd, h13, nullptr};  // layer_forward's fp32 tensors
+        const LayerActs<float> acts{x, nullptr, rstd, nullptr, lse, nullptr, xm, nullptr, rstd, nullptr, nullptr};  // layer_forward's fp32 tensors
         G.layer_forward(acts, in, G.weights<In>().layer[l], G.p.layer[l], x, R, pos, attend);
     }
 

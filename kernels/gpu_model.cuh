@@ -32,6 +32,7 @@ template<typename In> struct LayerIn {
     In* qkv;  // (B, TK, qkv_dim) q | k | v after RoPE: the attention's input
     In* o;    // (B, TK, H*hd) the attention's output: the wo matmul's input
     In* f;    // (B, TK, D) rmsnorm(xm): the w13 matmul's input
+    In* h13;  // (B, TK, 2F) f w13^T: the SwiGLU's input, forward and backward
     In* g;    // (B, TK, F) swiglu(h13): the w2 matmul's input
 };
 // ... and the gradients that matmuls (and the attention backward) read, one set for all
@@ -39,6 +40,7 @@ template<typename In> struct LayerIn {
 template<typename In> struct StepIn {
     std::vector<LayerIn<In>> layer;  // (L)
     In* dx;                          // (B, TK, D) the residual stream's gradient
+    In* dg;                          // (B, TK, F) the gradient of g (fp32 runs: dtmp)
     In* dh13;                        // (B, TK, 2F)
     In* dout;                        // (B, TK, H*hd) the attention output's gradient
     In* dqkv;                        // (B, TK, qkv_dim)
@@ -120,8 +122,8 @@ struct GpuModel : Activations<float> {
     static size_t bf16_elems(const Config& c, int B_, int T_) {
         const size_t N = (size_t)B_ * T_ * c.K, BT = (size_t)B_ * T_;
         auto al = [](size_t n) { return (n + 127) / 128 * 128; };
-        const size_t per_layer = 2 * al(N * c.D) + al(N * c.qkv_dim()) + al(N * c.H * c.hd()) + al(N * c.F);
-        return c.L * per_layer + al(N * c.D) + al(N * 2 * c.F) + al(N * c.H * c.hd()) + al(N * c.qkv_dim()) + al(BT * c.D) +
+        const size_t per_layer = 2 * al(N * c.D) + al(N * c.qkv_dim()) + al(N * c.H * c.hd()) + al(N * 2 * c.F) + al(N * c.F);
+        return c.L * per_layer + al(N * c.D) + al(N * c.F) + al(N * 2 * c.F) + al(N * c.H * c.hd()) + al(N * c.qkv_dim()) + al(BT * c.D) +
                al(BT * c.Vp);
     }
     // Device memory of the activations for a batch (B, T): Activations' fp32 arena (bf16 runs
@@ -154,8 +156,8 @@ struct GpuModel : Activations<float> {
         cudaCheck(cudaMalloc(&d_sort_keys, slots * sizeof(uint64_t)));
         point(cfg, B, T, act, !bf16);
         in32.layer.clear();
-        for (const LayerActs<float>& a : layer) in32.layer.push_back({a.a, a.qkv, a.o, a.f, a.g});
-        in32.dx = dx; in32.dh13 = dh13; in32.dout = dtmp; in32.dqkv = dqkv; in32.xn = xn; in32.dlogits = logits;
+        for (const LayerActs<float>& a : layer) in32.layer.push_back({a.a, a.qkv, a.o, a.f, a.h13, a.g});
+        in32.dx = dx; in32.dg = dtmp; in32.dh13 = dh13; in32.dout = dtmp; in32.dqkv = dqkv; in32.xn = xn; in32.dlogits = logits;
         if (bf16) {
             cudaCheck(cudaMalloc(&act16, bf16_elems(cfg, B, T) * sizeof(__nv_bfloat16)));
             cudaCheck(cudaMalloc(&attn_D, (size_t)N * cfg.H * sizeof(float)));
@@ -164,9 +166,11 @@ struct GpuModel : Activations<float> {
             const size_t n = N, od = (size_t)cfg.H * cfg.hd();
             in16.layer.resize(cfg.L);
             for (LayerIn<__nv_bfloat16>& l : in16.layer) {
-                l.a = take(n * cfg.D); l.qkv = take(n * cfg.qkv_dim()); l.o = take(n * od); l.f = take(n * cfg.D); l.g = take(n * cfg.F);
+                l.a = take(n * cfg.D); l.qkv = take(n * cfg.qkv_dim()); l.o = take(n * od); l.f = take(n * cfg.D);
+                l.h13 = take(n * 2 * cfg.F); l.g = take(n * cfg.F);
             }
-            in16.dx = take(n * cfg.D); in16.dh13 = take(n * 2 * cfg.F); in16.dout = take(n * od); in16.dqkv = take(n * cfg.qkv_dim());
+            in16.dx = take(n * cfg.D); in16.dg = take(n * cfg.F); in16.dh13 = take(n * 2 * cfg.F);
+            in16.dout = take(n * od); in16.dqkv = take(n * cfg.qkv_dim());
             in16.xn = take((size_t)B * T * cfg.D); in16.dlogits = take((size_t)B * T * cfg.Vp);
         }
         std::vector<int> index(N), pos(N);
@@ -246,8 +250,8 @@ struct GpuModel : Activations<float> {
         attend();
         matmul("matmul wo", a.xm, in.o, w.wo, N, c.H * c.hd(), D, true);
         rmsnorm_forward(in.f, a.rstd_f, a.xm, w32.g_ffn, N, D, stream, x_next);
-        matmul("matmul w13", a.h13, in.f, w.w13, N, D, 2 * c.F, false);
-        swiglu_forward(in.g, a.h13, N, c.F, stream);
+        matmul("matmul w13", in.h13, in.f, w.w13, N, D, 2 * c.F, false);
+        swiglu_forward(in.g, in.h13, N, c.F, stream);
         matmul("matmul w2", x_next, in.g, w.w2, N, c.F, D, true);
     }
 
@@ -260,8 +264,8 @@ struct GpuModel : Activations<float> {
         const Config& c = cfg;
         const int N = B * T * c.K, D = c.D;
         // x_next = xm + swiglu(f) w2^T
-        matmul_backward("matmul w2", dtmp, gw.w2, d.dx, in.g, w.w2, N, c.F, D);
-        swiglu_backward(d.dh13, dtmp, a.h13, N, c.F, stream);
+        matmul_backward("matmul w2", d.dg, gw.w2, d.dx, in.g, w.w2, N, c.F, D);
+        swiglu_backward(d.dh13, d.dg, in.h13, N, c.F, stream);
         matmul_backward("matmul w13", dtmp, gw.w13, d.dh13, in.f, w.w13, N, D, 2 * c.F);
         rmsnorm_backward(dx, gw.g_ffn, dtmp, a.xm, w32.g_ffn, a.rstd_f, N, D, norm_scratch, stream, true, d.dx);
         // xm = x + attention(rope(a wqkv^T)) wo^T

@@ -264,31 +264,31 @@ inline void rope_backward(T* dqkv, const int* pos, const Config& c, int N, const
 
 // ---- SwiGLU: g (N, F) = silu(h1) * h3, from h13 (N, 2F) = h1 | h3 ----
 
-// g fp32, or bf16 where it only feeds a bf16 matmul
-template<typename Out> static __global__ void swiglu_forward_kernel(Out* g, const float* h13, int N, int F) {
+// g and h13 fp32, or bf16 in bf16 runs (the w13 matmul's output and the w2 matmul's input)
+template<typename T> static __global__ void swiglu_forward_kernel(T* g, const T* h13, int N, int F) {
     const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long)N * F) return;
     const long i = idx / F, j = idx % F;
-    const float a = h13[i * 2 * F + j], b = h13[i * 2 * F + F + j];
+    const float a = to_f32(h13[i * 2 * F + j]), b = to_f32(h13[i * 2 * F + F + j]);
     store(g + idx, a / (1.0f + __expf(-a)) * b);
 }
-template<typename Out> inline void swiglu_forward(Out* g, const float* h13, int N, int F, cudaStream_t s) {
-    count_launch("swiglu_forward", (double)N * F * (8 + sizeof(Out)), 0, s);
-    launch(swiglu_forward_kernel<Out>, dim3((unsigned)(((long)N * F + 255) / 256)), dim3(256), 0, s, g, h13, N, F);
+template<typename T> inline void swiglu_forward(T* g, const T* h13, int N, int F, cudaStream_t s) {
+    count_launch("swiglu_forward", 3.0 * N * F * sizeof(T), 0, s);
+    launch(swiglu_forward_kernel<T>, dim3((unsigned)(((long)N * F + 255) / 256)), dim3(256), 0, s, g, h13, N, F);
     cudaCheck(cudaGetLastError());
 }
-// dh13 fp32, or bf16 where it only feeds bf16 matmuls
-template<typename Out> static __global__ void swiglu_backward_kernel(Out* dh13, const float* dg, const float* h13, int N, int F) {
+// dh13, dg and h13 fp32, or bf16 in bf16 runs
+template<typename T> static __global__ void swiglu_backward_kernel(T* dh13, const T* dg, const T* h13, int N, int F) {
     const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long)N * F) return;
     const long i = idx / F, j = idx % F;
-    const float a = h13[i * 2 * F + j], b = h13[i * 2 * F + F + j], sg = 1.0f / (1.0f + __expf(-a)), d = dg[idx];
+    const float a = to_f32(h13[i * 2 * F + j]), b = to_f32(h13[i * 2 * F + F + j]), sg = 1.0f / (1.0f + __expf(-a)), d = to_f32(dg[idx]);
     store(dh13 + i * 2 * F + j, d * b * sg * (1.0f + a * (1.0f - sg)));
     store(dh13 + i * 2 * F + F + j, d * a * sg);
 }
-template<typename Out> inline void swiglu_backward(Out* dh13, const float* dg, const float* h13, int N, int F, cudaStream_t s) {
-    count_launch("swiglu_backward", (double)N * F * (12 + 2 * sizeof(Out)), 0, s);
-    launch(swiglu_backward_kernel<Out>, dim3((unsigned)(((long)N * F + 255) / 256)), dim3(256), 0, s, dh13, dg, h13, N, F);
+template<typename T> inline void swiglu_backward(T* dh13, const T* dg, const T* h13, int N, int F, cudaStream_t s) {
+    count_launch("swiglu_backward", 5.0 * N * F * sizeof(T), 0, s);
+    launch(swiglu_backward_kernel<T>, dim3((unsigned)(((long)N * F + 255) / 256)), dim3(256), 0, s, dh13, dg, h13, N, F);
     cudaCheck(cudaGetLastError());
 }
 
