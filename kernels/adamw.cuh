@@ -37,33 +37,68 @@ inline double grad_sumsq(const float* g, size_t n, double* partial, cudaStream_t
 }
 inline double grad_norm(const float* g, size_t n, double* partial, cudaStream_t s) { return sqrt(grad_sumsq(g, n, partial, s)); }
 
-// p16, when given, receives the updated parameters rounded to bf16: the copy that --dtype
-// bf16's matmuls read, written in the same pass instead of a conversion of its own.
-static __global__ void adamw_kernel(float* p, __nv_bfloat16* p16, const float* g, float* m, float* v, size_t n, float lr, float b1, float b2,
-                                    float eps, float wd, float bc1, float bc2, float scale) {
+// The parameter tensors as the one AdamW launch looks its elements up in them (param_tensors
+// order, model.h): each one's end offset and whether it decays, on the device. GpuModel keeps
+// one for its Config.
+struct AdamWTensors {
+    size_t* end = nullptr;           // (n)
+    unsigned char* decay = nullptr;  // (n) 1: matrices and embeddings; 0: the norms' gains
+    int n = 0;
+    size_t P = 0;                    // every parameter: end[n - 1]
+    explicit AdamWTensors(const Config& c) {
+        std::vector<size_t> e;
+        std::vector<unsigned char> d;
+        for (const ParamTensor& t : param_tensors(c)) {
+            e.push_back(t.offset + t.size());
+            d.push_back(t.decay);
+        }
+        n = (int)e.size();
+        P = e.back();
+        end = to_device(e);
+        decay = to_device(d);
+    }
+    ~AdamWTensors() {
+        cudaFree(end);
+        cudaFree(decay);
+    }
+    AdamWTensors(const AdamWTensors&) = delete;
+    AdamWTensors& operator=(const AdamWTensors&) = delete;
+};
+// grid (ceil(n / 256)), block 256: parameters lo .. lo + n - 1 of every tensor in one launch
+// (p, g, m, v and p16 start at parameter lo); each element decays as its tensor does, found by
+// a binary search of the tensors' ends. p16, when given, receives the updated parameters
+// rounded to bf16: the copy that --dtype bf16's matmuls read, written in the same pass
+// instead of a conversion of its own.
+static __global__ void adamw_kernel(float* p, __nv_bfloat16* p16, const float* g, float* m, float* v, size_t lo, size_t n,
+                                    const size_t* ends, const unsigned char* decays, int tensors, float lr, float b1, float b2, float eps,
+                                    float wd, float bc1, float bc2, float scale) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
+    int t = 0;  // the first tensor that ends past parameter lo + i
+    for (int hi = tensors - 1; t < hi;) {
+        const int mid = (t + hi) / 2;
+        if (ends[mid] > lo + i) hi = mid;
+        else t = mid + 1;
+    }
+    const float decay = decays[t] ? wd : 0.0f;
     const float gi = g[i] * scale;
     m[i] = b1 * m[i] + (1 - b1) * gi;
     v[i] = b2 * v[i] + (1 - b2) * gi * gi;
-    p[i] -= lr * ((m[i] / bc1) / (sqrtf(v[i] / bc2) + eps) + wd * p[i]);
+    p[i] -= lr * ((m[i] / bc1) / (sqrtf(v[i] / bc2) + eps) + decay * p[i]);
     if (p16) p16[i] = __float2bfloat16(p[i]);
 }
 // As adamw_update in model.h: decay on matrices and embeddings only, after clipping; only
 // the parameters [lo, hi) (a rank's shard, kernels/dist.h), grads, m and v holding just those.
-// params16: (P) the bf16 copy to refresh, or nullptr.
-inline void adamw_update(const Config& c, const AdamW& o, float* params, const float* grads, float* m, float* v, int step, float lr,
+// params16: (P) the bf16 copy to refresh, or nullptr. One launch, whatever the tensors.
+inline void adamw_update(const AdamWTensors& t, const AdamW& o, float* params, const float* grads, float* m, float* v, int step, float lr,
                          double norm, cudaStream_t s, __nv_bfloat16* params16 = nullptr, size_t lo = 0, size_t hi = SIZE_MAX) {
     const float scale = (float)clip_scale(o, norm);
     const float bc1 = (float)(1.0 - pow(o.beta1, step + 1)), bc2 = (float)(1.0 - pow(o.beta2, step + 1));
-    for (const ParamTensor& t : param_tensors(c)) {
-        const size_t from = std::max(lo, t.offset), to = std::min(hi, t.offset + t.size());  // the tensor's part of the shard
-        if (from >= to) continue;
-        const size_t n = to - from;
-        count_launch("adamw", (double)n * (28 + (params16 ? 2 : 0)), 0, s);  // p, m, v read and written, g read
-        launch(adamw_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, params + from, params16 ? params16 + from : nullptr,
-               grads + (from - lo), m + (from - lo), v + (from - lo), n, lr, o.beta1, o.beta2, o.eps, t.decay ? o.weight_decay : 0.0f,
-               bc1, bc2, scale);
-    }
+    hi = std::min(hi, t.P);
+    if (lo >= hi) return;
+    const size_t n = hi - lo;
+    count_launch("adamw", (double)n * (28 + (params16 ? 2 : 0)), 0, s);  // p, m, v read and written, g read
+    launch(adamw_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, params + lo, params16 ? params16 + lo : nullptr, grads, m, v, lo,
+           n, (const size_t*)t.end, (const unsigned char*)t.decay, t.n, lr, o.beta1, o.beta2, o.eps, o.weight_decay, bc1, bc2, scale);
     cudaCheck(cudaGetLastError());
 }

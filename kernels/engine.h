@@ -173,10 +173,19 @@ struct GpuEngine {
         cudaCheck(cudaStreamWaitEvent(G.stream, reduced, 0));
     }
     double norm() { return std::sqrt(dist.sum(grad_sumsq(gsum(), S.size, partial, G.stream))); }
+    // One launch for each run of pieces that lie next to each other in the arena and in the
+    // shard: the whole arena on one rank.
     void update(const AdamW& o, int step, float lr, double norm) {
-        for (const Piece& p : S.mine)
-            adamw_update(G.cfg, o, G.params, gsum() + p.at, m + p.at, v + p.at, step, lr, norm, G.stream,
-                         dist.size > 1 ? nullptr : G.params16, p.lo, p.hi);  // several ranks: gather_params writes the copy
+        auto continues = [&](size_t k) {  // piece k starts where piece k - 1 ends, in both
+            const Piece &a = S.mine[k - 1], &b = S.mine[k];
+            return b.lo == a.hi && b.at == a.at + (a.hi - a.lo);
+        };
+        for (size_t i = 0, j; i < S.mine.size(); i = j) {
+            for (j = i + 1; j < S.mine.size() && continues(j);) j++;
+            const Piece& p = S.mine[i];
+            adamw_update(*G.tensors, o, G.params, gsum() + p.at, m + p.at, v + p.at, step, lr, norm, G.stream,
+                         dist.size > 1 ? nullptr : G.params16, p.lo, S.mine[j - 1].hi);  // several ranks: gather_params writes the copy
+        }
     }
     void gather_params() {
         dist.all_gather_device(G.params, S, G.stream);

@@ -10,6 +10,7 @@
 // Parameters and gradients use the checkpoint order of param_tensors() (model.h).
 #pragma once
 #include <functional>
+#include <memory>
 #include <vector>
 #include "adamw.cuh"
 #include "attention.cuh"
@@ -59,6 +60,7 @@ struct GpuModel : Activations<float> {
     ParamView<__nv_bfloat16> p16;
     float *rope_cos = nullptr, *rope_sin = nullptr;  // (maxT, hd/2)
     float* norm_scratch = nullptr;               // (kDgChunks, D) rmsnorm_backward's partial sums (training)
+    std::unique_ptr<AdamWTensors> tensors;       // the parameter tensors as AdamW's one launch sees them (training)
     cublasHandle_t blas;
     cudaStream_t stream = nullptr;
 
@@ -91,6 +93,7 @@ struct GpuModel : Activations<float> {
             cudaCheck(cudaMemset(grads, 0, P * sizeof(float)));
             g = param_view(c, grads);
             cudaCheck(cudaMalloc(&norm_scratch, (size_t)kDgChunks * c.D * sizeof(float)));
+            tensors = std::make_unique<AdamWTensors>(c);
         }
         std::vector<float> cs((size_t)c.maxT * c.hd() / 2), sn(cs.size());
         rope_tables(cs.data(), sn.data(), c.maxT, c.hd());
