@@ -90,7 +90,8 @@ inline bool compiled_head_dim(const Config& c) {
 
 // Launches an attention kernel with `smem` bytes of dynamic shared memory, which may pass
 // the 48 KB default: the kernel's limit is raised at its first launch that needs more, not at
-// every launch (a host call per launch, kept out of the step).
+// every launch (a host call per launch, kept out of the step). One device per process, one
+// host thread launching, as everywhere in the engine.
 template<typename Kernel, typename... Args>
 void launch_attention(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args... args) {
     static std::unordered_map<const void*, size_t> raised;  // each kernel's limit, as set so far

@@ -186,7 +186,9 @@ template<typename T> std::vector<T> to_host(const T* d, size_t n) {
 // the passes it makes (each element of each tensor once a pass; rows read again from a cache
 // count again only where the kernel reads them again from memory), the FLOPs of its matrix
 // products (2 per multiply-add). A timed ledger (on a GPU) records an event before each
-// launch on its stream, so that each launch's time is the gap to the next event.
+// launch on its stream, so that each launch's time is the gap to the next event (a launch
+// the host then waits for, such as the gradient norm's, includes the wait). Without a ledger
+// a count costs a pointer test: the name (what, and part when given) is built only for one.
 struct CountedLaunch {
     std::string what;
     double bytes, flops;
@@ -200,10 +202,10 @@ inline Ledger*& open_ledger() {
     static Ledger* l = nullptr;
     return l;
 }
-inline void count_launch(const std::string& what, double bytes, double flops, cudaStream_t s) {
+inline void count_launch(const char* what, double bytes, double flops, cudaStream_t s, const char* part = nullptr) {
     Ledger* l = open_ledger();
     if (!l) return;
-    CountedLaunch c{what, bytes, flops};
+    CountedLaunch c{part ? std::string(what) + " " + part : std::string(what), bytes, flops};
     if (l->timed) {
         cudaCheck(cudaEventCreate(&c.start));
         cudaCheck(cudaEventRecord(c.start, s));

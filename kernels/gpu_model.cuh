@@ -200,10 +200,10 @@ struct GpuModel : Activations<float> {
     static cudaDataType dtype_of(const __nv_bfloat16*) { return CUDA_R_16BF; }
     // Counted (dev/bench_gpu.cu --budget): A and B read once, C written (and read when beta != 0).
     template<typename In, typename Out>
-    void gemm(const std::string& what, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const In* A, int lda, const In* Bm,
+    void gemm(const char* what, const char* part, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const In* A, int lda, const In* Bm,
               int ldb, Out* C, int ldc, float beta) {
         count_launch(what, ((double)m * k + (double)k * n) * sizeof(In) + (double)m * n * sizeof(Out) * (beta != 0.0f ? 2 : 1),
-                     2.0 * m * n * k, stream);
+                     2.0 * m * n * k, stream, part);
         const float one = 1.0f;
         const cublasComputeType_t comp = std::is_same_v<In, float> && tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
         cublasCheck(cublasGemmEx(blas, ta, tb, m, n, k, &one, A, dtype_of(A), lda, Bm, dtype_of(Bm), ldb, &beta, C, dtype_of(C), ldc, comp,
@@ -213,13 +213,13 @@ struct GpuModel : Activations<float> {
     // column-major transposes.
     template<typename In, typename Out>
     void matmul(const char* what, Out* out, const In* in, const In* W, int N, int I, int O, bool accumulate) {
-        gemm(what, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, W, I, in, I, out, O, accumulate ? 1.0f : 0.0f);
+        gemm(what, nullptr, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, W, I, in, I, out, O, accumulate ? 1.0f : 0.0f);
     }
     // din (N, I) = dout W (overwritten, fp32 or bf16); dW (O, I) += dout^T in
     template<typename In, typename Din>
     void matmul_backward(const char* what, Din* din, float* dW, const In* dout, const In* in, const In* W, int N, int I, int O) {
-        gemm(std::string(what) + " backward dx", CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, W, I, dout, O, din, I, 0.0f);
-        gemm(std::string(what) + " backward dW", CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, in, I, dout, O, dW, I, 1.0f);
+        gemm(what, "backward dx", CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, W, I, dout, O, din, I, 0.0f);
+        gemm(what, "backward dW", CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, in, I, dout, O, dW, I, 1.0f);
     }
 
     // The training attention over B sequences of T positions of the variant c, from qkv to

@@ -230,7 +230,8 @@ inline void rmsnorm_backward(float* dx, float* dg, const float* dout, const floa
 
 // one thread per (row, head, pair i) of the q and k heads, in place; row i is at position
 // pos[i] (every copy at its n); sign +1 rotates (forward), -1 rotates back (backward). qkv is
-// fp32, or bf16 in bf16 runs (written so by the qkv matmul: rotated in bf16, one rounding).
+// fp32, or bf16 in bf16 runs (written so by the qkv matmul, whose rounding q and k then meet
+// again at RoPE's store).
 template<typename T>
 static __global__ void rope_kernel(T* qkv, const int* pos, const float* cosT, const float* sinT, Config c, int N, float sign) {
     const int half = c.hd() / 2, heads = c.H + c.Hkv;

@@ -9,6 +9,7 @@ static constexpr int kLossThreads = 256;
 // grid (N), block kLossThreads: losses (N), lse (N) from logits (N, Vp), in one pass over
 // the row (online softmax): each thread keeps its running max and its sum of exp relative to
 // it, rescaled when the max grows; then the block combines the threads' (max, sum) pairs.
+// A NaN logit makes its row's loss NaN (as the CPU's); a -inf logit has probability 0.
 static __global__ void crossentropy_forward_kernel(float* losses, float* lse, const float* logits, const int* targets, int V, int Vp) {
     const float* z = logits + (size_t)blockIdx.x * Vp;
     float mx = -INFINITY, sum = 0.0f;
@@ -18,11 +19,11 @@ static __global__ void crossentropy_forward_kernel(float* losses, float* lse, co
             sum = sum * __expf(mx - x) + 1.0f;  // 0 * exp(-inf) at the first
             mx = x;
         } else {
-            sum += __expf(x - mx);
+            sum += x == -INFINITY ? 0.0f : __expf(x - mx);  // NaN: the sum becomes NaN
         }
     }
     const float row_max = block_reduce(mx, true);
-    sum = block_reduce(sum > 0.0f ? sum * __expf(mx - row_max) : 0.0f, false);  // a thread without columns adds 0
+    sum = block_reduce(sum != 0.0f ? sum * __expf(mx - row_max) : 0.0f, false);  // a thread without (finite) columns adds 0
     if (threadIdx.x == 0) {
         lse[blockIdx.x] = row_max + __logf(sum);
         losses[blockIdx.x] = lse[blockIdx.x] - z[targets[blockIdx.x]];

@@ -250,9 +250,9 @@ inline Launch& this_thread_launch() {
 }
 inline Fiber& running_fiber() { return *t_launch->current; }
 
-// From the running context to `to`, until something switches back. Only the launching
-// thread and its fibers switch, always to each other, so the stack that switched back is the
-// launching thread's when `from` is a fiber: ASan learns it there.
+// From the running context to `to`, until something switches back. An OS thread and its own
+// fibers switch only to each other, so the stack that switched back is that thread's when
+// `from` is a fiber: ASan learns it there.
 inline void switch_context(Context& from, Context& to) {
     void* sp = to.sp;  // read before ThreadSanitizer takes us to be `to`
 #ifdef __SANITIZE_THREAD__
@@ -276,7 +276,7 @@ inline void resume(Fiber& f) {
     t_launch->current = &f;
     switch_context(t_launch->main, f.ctx);
 }
-// Back to the launching thread.
+// Back to this OS thread's own context.
 inline void yield() { switch_context(running_fiber().ctx, t_launch->main); }
 
 // order: the barrier orders memory (__syncthreads, __syncwarp) for ThreadSanitizer, as on a

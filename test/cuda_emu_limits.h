@@ -84,10 +84,12 @@ inline std::unordered_map<uintptr_t, KernelLimits> read_kernel_table(const char*
     }
     munmap(map, (size_t)st.st_size);
     close(fd);
+    if (by_address.empty())  // a stripped program, or names that changed: say so, for nothing is checked
+        fprintf(stderr, "cuda_emu: none of the kernels of %s is in this program's symbol table: launches go unchecked\n", path);
     return by_address;
 }
 
-// The table, loaded at the first launch (under launch_mutex, or before any launch runs).
+// The table, loaded at the first launch (a function-local static: once, whichever thread).
 inline std::unordered_map<uintptr_t, KernelLimits>* kernel_table() {
     static std::unordered_map<uintptr_t, KernelLimits>* t =
         getenv("PHD_EMU_KERNELS") ? new std::unordered_map<uintptr_t, KernelLimits>(read_kernel_table(getenv("PHD_EMU_KERNELS")))

@@ -40,7 +40,7 @@ inline cudaError_t cudaDeviceSynchronize() {
 inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
     cuda_emu::DeviceMemory& d = cuda_emu::device_memory();
     std::lock_guard<std::recursive_mutex> lock(d.m);
-    if (cuda_emu::dry_run()) {
+    if (cuda_emu::dry_run() && !d.limit) {
         *total_bytes = 141000000000;
         *free_bytes = *total_bytes - d.used;
         return cudaSuccess;

@@ -200,6 +200,29 @@ TEST_CASE("embedding backward and grad norm: two runs give the same bits") {
     for (void* p : {(void*)d_tok, (void*)d_dx, (void*)d_dE, (void*)d_dE2, (void*)d_keys, (void*)d_g, (void*)d_part}) cudaCheck(cudaFree(p));
 }
 
+TEST_CASE("loss forward: a NaN logit makes its row's loss NaN; -inf logits have probability 0") {
+    const int V = 1000, Vp = 1024, N = 3;  // several columns a thread (256 threads)
+    std::vector<float> z = random_vec<float>((size_t)N * Vp, 71, 4.0);
+    z[1 * Vp + 517] = NAN;
+    for (int j = 0; j < 300; j++) z[2 * Vp + j] = -INFINITY;  // every thread's first column, and more
+    const std::vector<int> y = {5, 6, 700};
+    float *d_z = to_device(z), *d_loss = to_device(std::vector<float>(N)), *d_lse = to_device(std::vector<float>(N));
+    int* d_y = to_device(y);
+    crossentropy_forward(d_loss, d_lse, d_z, d_y, N, V, Vp, nullptr);
+    const std::vector<float> loss = to_host(d_loss, N), lse = to_host(d_lse, N);
+    for (int i : {0, 2}) {
+        double sum = 0;  // the finite logits' log-sum-exp, in double
+        for (int j = 0; j < V; j++) sum += std::exp((double)z[(size_t)i * Vp + j]);
+        const double want = std::log(sum);
+        INFO("row " << i);
+        CHECK(std::fabs(lse[i] - want) <= 2e-6 * std::fabs(want));
+        CHECK(std::fabs(loss[i] - (want - z[(size_t)i * Vp + y[i]])) <= 2e-6 * std::fabs(want));
+    }
+    CHECK(std::isnan(loss[1]));
+    CHECK(std::isnan(lse[1]));
+    for (void* p : {(void*)d_z, (void*)d_loss, (void*)d_lse, (void*)d_y}) cudaCheck(cudaFree(p));
+}
+
 // ----------------------------------------------------------------------------
 // The whole model
 
