@@ -259,12 +259,12 @@ inline void attention_forward(float* o, float* lse, const float* qkv, const Conf
     with_head_dim(c, [&](auto hd) {
         if constexpr (hd.value > 0) {
             if (tensor_cores) {
-                launch_attention(attention_forward_tc_kernel<hd.value>, dim3((TK + kTcBlockRows - 1) / kTcBlockRows, c.H, B),
+                launch_with_shared(attention_forward_tc_kernel<hd.value>, dim3((TK + kTcBlockRows - 1) / kTcBlockRows, c.H, B),
                                  dim3(32 * kTcWarps), tc_smem_bytes<hd.value>(true), stream, o, lse, qkv, c, T, visited);
                 return;
             }
         }
-        launch_attention(attention_forward_kernel<hd.value>, dim3((TK + kAttnTile - 1) / kAttnTile, c.H, B), dim3(kAttnTile),
+        launch_with_shared(attention_forward_kernel<hd.value>, dim3((TK + kAttnTile - 1) / kAttnTile, c.H, B), dim3(kAttnTile),
                          AttentionSmem(c.hd()).forward, stream, o, lse, qkv, c, T, visited);
     });
     cudaCheck(cudaGetLastError());
@@ -279,18 +279,18 @@ inline void attention_backward(float* dqkv, const float* dout, const float* qkv,
                 const dim3 block(32 * kTcWarps);
                 const int blocks = (TK + kTcBlockRows - 1) / kTcBlockRows;
                 const size_t smem = tc_smem_bytes<hd.value>(false);
-                launch_attention(attention_backward_dq_tc_kernel<hd.value>, dim3(blocks, c.H, B), block, smem, stream, dqkv, dout, qkv, o,
+                launch_with_shared(attention_backward_dq_tc_kernel<hd.value>, dim3(blocks, c.H, B), block, smem, stream, dqkv, dout, qkv, o,
                                  lse, c, T);
-                launch_attention(attention_backward_dkdv_tc_kernel<hd.value>, dim3(blocks, c.Hkv, B), block, smem, stream, dqkv, dout, qkv,
+                launch_with_shared(attention_backward_dkdv_tc_kernel<hd.value>, dim3(blocks, c.Hkv, B), block, smem, stream, dqkv, dout, qkv,
                                  o, lse, c, T);
                 return;
             }
         }
         const int tiles = (TK + kAttnTile - 1) / kAttnTile;
         const AttentionSmem smem(c.hd());
-        launch_attention(attention_backward_dq_kernel<hd.value>, dim3(tiles, c.H, B), dim3(kAttnTile), smem.dq, stream, dqkv, dout, qkv,
+        launch_with_shared(attention_backward_dq_kernel<hd.value>, dim3(tiles, c.H, B), dim3(kAttnTile), smem.dq, stream, dqkv, dout, qkv,
                          o, lse, c, T);
-        launch_attention(attention_backward_dkdv_kernel<hd.value>, dim3(tiles, c.Hkv, B), dim3(kAttnTile), smem.dkdv, stream, dqkv, dout,
+        launch_with_shared(attention_backward_dkdv_kernel<hd.value>, dim3(tiles, c.Hkv, B), dim3(kAttnTile), smem.dkdv, stream, dqkv, dout,
                          qkv, o, lse, c, T);
     });
     cudaCheck(cudaGetLastError());

@@ -419,7 +419,7 @@ inline void attention_forward_bf16(__nv_bfloat16* o, float* lse, const __nv_bflo
         count_launch("attention_forward", rows * (2.0 * (c.qkv_dim() + c.H * c.hd()) + 4.0 * c.H), 4.0 * c.hd() * pairs, stream);
     }
     with_bf16_head_dim(c, [&](auto hd) {
-        launch_attention(attention_forward_bf16_kernel<hd.value>, grid, dim3(kBfThreads), BfSmem<hd.value>::bytes, stream, o, lse, qkv, c, T,
+        launch_with_shared(attention_forward_bf16_kernel<hd.value>, grid, dim3(kBfThreads), BfSmem<hd.value>::bytes, stream, o, lse, qkv, c, T,
                          visited);
     });
     cudaCheck(cudaGetLastError());
@@ -439,10 +439,10 @@ inline void attention_backward_bf16(__nv_bfloat16* dqkv, const __nv_bfloat16* do
     with_bf16_head_dim(c, [&](auto hd) {
         const size_t smem = BfSmem<hd.value>::bytes;
         count_launch("attention_backward dQ", in + 2.0 * B * TK * c.H * c.hd(), 6.0 * c.hd() * pairs, stream);
-        launch_attention(attention_backward_dq_bf16_kernel<hd.value>, dim3(blocks, c.H, B), dim3(kBfThreads), smem, stream, dqkv, dout,
+        launch_with_shared(attention_backward_dq_bf16_kernel<hd.value>, dim3(blocks, c.H, B), dim3(kBfThreads), smem, stream, dqkv, dout,
                          qkv, lse, (const float*)D, c, T);
         count_launch("attention_backward dK dV", in + 4.0 * B * TK * c.Hkv * c.hd(), 8.0 * c.hd() * pairs, stream);
-        launch_attention(attention_backward_dkdv_bf16_kernel<hd.value>, dim3(blocks, c.Hkv, B), dim3(kBfThreads),
+        launch_with_shared(attention_backward_dkdv_bf16_kernel<hd.value>, dim3(blocks, c.Hkv, B), dim3(kBfThreads),
                          BfSmem<hd.value>::dkdv_bytes, stream, dqkv, dout, qkv, lse, (const float*)D, c, T);
     });
     cudaCheck(cudaGetLastError());

@@ -59,7 +59,7 @@ struct GpuModel : Activations<float> {
     __nv_bfloat16* params16 = nullptr;           // (P) bf16 copy of params (bf16 runs), rewritten by AdamW
     ParamView<__nv_bfloat16> p16;
     float *rope_cos = nullptr, *rope_sin = nullptr;  // (maxT, hd/2)
-    float* norm_scratch = nullptr;               // (kDgChunks, D) rmsnorm_backward's partial sums (training)
+    float* norm_scratch = nullptr;               // (dg_chunks(B*T*K), D) rmsnorm_backward's partial sums (training)
     std::unique_ptr<AdamWTensors> tensors;       // the parameter tensors as AdamW's one launch sees them (training)
     cublasHandle_t blas;
     cudaStream_t stream = nullptr;
@@ -79,7 +79,9 @@ struct GpuModel : Activations<float> {
     GpuModel(const Config& c, const float* host_params, bool tf32_, bool training = true, bool bf16_ = false)
         : cfg(c), tf32(tf32_), bf16(bf16_), P(num_params(c)) {
         if (bf16 && (c.hd() % 16 || c.hd() > 128)) die("bf16 attention: head size %d has no instance (16, 32, 64, 128)", c.hd());
-        gpu_check_fits((training ? 2 : 1) * P * sizeof(float) + (bf16 ? P * sizeof(__nv_bfloat16) : 0),
+        // With what stays beside them: RoPE's tables, and for training AdamW's tensor table.
+        const size_t beside = (size_t)c.maxT * c.hd() * sizeof(float) + (training ? param_tensors(c).size() * (sizeof(size_t) + 1) : 0);
+        gpu_check_fits((training ? 2 : 1) * P * sizeof(float) + (bf16 ? P * sizeof(__nv_bfloat16) : 0) + beside,
                        training ? "parameters and gradients" : "parameters");
         cudaCheck(cudaMalloc(&params, P * sizeof(float)));
         p = param_view(c, params);
@@ -92,7 +94,6 @@ struct GpuModel : Activations<float> {
             cudaCheck(cudaMalloc(&grads, P * sizeof(float)));
             cudaCheck(cudaMemset(grads, 0, P * sizeof(float)));
             g = param_view(c, grads);
-            cudaCheck(cudaMalloc(&norm_scratch, (size_t)kDgChunks * c.D * sizeof(float)));
             tensors = std::make_unique<AdamWTensors>(c);
         }
         std::vector<float> cs((size_t)c.maxT * c.hd() / 2), sn(cs.size());
@@ -130,21 +131,23 @@ struct GpuModel : Activations<float> {
                al(BT * c.Vp);
     }
     // Device memory of the activations for a batch (B, T): Activations' fp32 arena (bf16 runs
-    // without the fp32 matmul inputs), and in bf16 runs the bf16 tensors and D of the bf16
-    // attention backward.
+    // without the fp32 matmul inputs), the RMSNorm backward's partial sums when training, and
+    // in bf16 runs the bf16 tensors and D of the bf16 attention backward.
     size_t activation_bytes(int B_, int T_) const {
-        const size_t f32 = floats(cfg, B_, T_, !bf16) * sizeof(float);
-        return bf16 ? f32 + bf16_elems(cfg, B_, T_) * sizeof(__nv_bfloat16) + (size_t)B_ * T_ * cfg.K * cfg.H * sizeof(float) : f32;
+        const size_t N = (size_t)B_ * T_ * cfg.K;
+        const size_t f32 = floats(cfg, B_, T_, !bf16) * sizeof(float) + (grads ? (size_t)dg_chunks((int)N) * cfg.D * sizeof(float) : 0);
+        return bf16 ? f32 + bf16_elems(cfg, B_, T_) * sizeof(__nv_bfloat16) + N * cfg.H * sizeof(float) : f32;
     }
 
     void size_for(int B_, int T_) {
         if (B_ == B && T_ == T) return;
         B = B_; T = T_;
         for (void* q : {(void*)act, (void*)d_tokens, (void*)d_targets, (void*)d_row_index, (void*)d_row_pos, (void*)d_sort_keys, (void*)act16,
-                        (void*)attn_D})
+                        (void*)attn_D, (void*)norm_scratch})
             cudaFree(q);
         act16 = nullptr;
         attn_D = nullptr;
+        norm_scratch = nullptr;
         const int N = B * T * cfg.K, TK = T * cfg.K;
         const size_t slots = token_sort_slots(B * T);
         char what[64];
@@ -157,6 +160,7 @@ struct GpuModel : Activations<float> {
         cudaCheck(cudaMalloc(&d_row_index, (size_t)N * sizeof(int)));
         cudaCheck(cudaMalloc(&d_row_pos, (size_t)N * sizeof(int)));
         cudaCheck(cudaMalloc(&d_sort_keys, slots * sizeof(uint64_t)));
+        if (grads) cudaCheck(cudaMalloc(&norm_scratch, (size_t)dg_chunks(N) * cfg.D * sizeof(float)));
         point(cfg, B, T, act, !bf16);
         in32.layer.clear();
         for (const LayerActs<float>& a : layer) in32.layer.push_back({a.a, a.qkv, a.o, a.f, a.h13, a.g});

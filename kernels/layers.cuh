@@ -167,46 +167,54 @@ inline void rmsnorm_forward(Out* out, float* rstd, const float* x, const float* 
     cudaCheck(cudaGetLastError());
 }
 
-// dg is a sum over all N rows (N = B*T*K, tens of thousands): one thread per column would
-// leave the GPU nearly idle. So: partial sums over kDgChunks fixed row ranges, then the
-// partials in chunk order. Deterministic: the order depends on N alone.
-static constexpr int kDgChunks = 128;
+// The backward in one pass over the rows: dx a warp per row, as the forward, and dg, a sum
+// over all N rows (N = B*T*K, tens of thousands), from the same reads of dout and x: each
+// block sums its chunk of rows by column, each warp its own rows into a row of shared memory,
+// then the warps in order into the chunk's partial sums; a second kernel adds the chunks in
+// order. Deterministic: the order depends on N alone.
+static constexpr int kDgChunks = 1024;  // at most: at least one row per warp
+static inline int dg_chunks(int N) { return std::min(kDgChunks, (N + kRowsPerBlock - 1) / kRowsPerBlock); }
 
-// grid (ceil(D / 128), kDgChunks), block 128: partial (kDgChunks, D) = the chunk's sum
-static __global__ void rmsnorm_backward_dg_partial_kernel(float* partial, const float* dout, const float* x, const float* rstd, int N, int D) {
-    const int j = blockIdx.x * blockDim.x + threadIdx.x, rows = (N + kDgChunks - 1) / kDgChunks;
-    if (j >= D) return;
-    const int i1 = min(N, (int)(blockIdx.y + 1) * rows);
-    float s = 0.0f;
-    for (int i = blockIdx.y * rows; i < i1; i++) s += dout[(size_t)i * D + j] * x[(size_t)i * D + j] * rstd[i];
-    partial[(size_t)blockIdx.y * D + j] = s;
+// grid (dg_chunks(N)), block (32, kRowsPerBlock), dynamic shared memory kRowsPerBlock * D
+// floats. Chunk b of the rows: dx = the rows' gradient (dx may alias dout), or with accumulate
+// dx += it (dx is then the residual stream's gradient, not dout); copy, when it is not dx
+// itself, receives dx too (its bf16 copy for the matmuls); partial (chunks, D) row b = the
+// chunk's dout * x * rstd summed by column.
+template<typename Copy>
+static __global__ void rmsnorm_backward_kernel(float* dx, Copy* copy, float* partial, const float* dout, const float* x, const float* g,
+                                               const float* rstd, int N, int D, bool accumulate) {
+    float* sums = dynamic_shared<float>();  // (kRowsPerBlock, D): each warp's column sums
+    float* mine = sums + (size_t)threadIdx.y * D;
+    for (int j = threadIdx.x; j < D; j += 32) mine[j] = 0.0f;
+    const int rows = (N + gridDim.x - 1) / gridDim.x, i1 = min(N, (int)(blockIdx.x + 1) * rows);
+    for (int i = blockIdx.x * rows + threadIdx.y; i < i1; i += kRowsPerBlock) {  // whole warps: the same rows
+        const float *xi = x + (size_t)i * D, *dyi = dout + (size_t)i * D, r = rstd[i];
+        float dot = 0.0f;
+        for (int j = threadIdx.x; j < D; j += 32) dot += dyi[j] * g[j] * xi[j] * r;
+        dot = warp_sum(dot) / D;
+        for (int j = threadIdx.x; j < D; j += 32) {
+            const size_t e = (size_t)i * D + j;
+            const float dy = dyi[j], xv = xi[j];  // read before dx, which may alias dout, is written
+            mine[j] += dy * xv * r;
+            const float v = r * (dy * g[j] - xv * r * dot) + (accumulate ? dx[e] : 0.0f);
+            dx[e] = v;
+            if ((void*)copy != (void*)dx) store(copy + e, v);
+        }
+    }
+    __syncthreads();
+    for (int j = threadIdx.y * 32 + threadIdx.x; j < D; j += 32 * kRowsPerBlock) {
+        float s = 0.0f;
+        for (int w = 0; w < kRowsPerBlock; w++) s += sums[(size_t)w * D + j];
+        partial[(size_t)blockIdx.x * D + j] = s;
+    }
 }
-// grid (ceil(D / 128)), block 128: dg[j] += the partials, in chunk order
-static __global__ void rmsnorm_backward_dg_kernel(float* dg, const float* partial, int D) {
+// grid (ceil(D / 128)), block 128: dg[j] += the chunks' partial sums, in chunk order
+static __global__ void rmsnorm_backward_dg_kernel(float* dg, const float* partial, int chunks, int D) {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= D) return;
     float s = 0.0f;
-    for (int c = 0; c < kDgChunks; c++) s += partial[(size_t)c * D + j];
+    for (int c = 0; c < chunks; c++) s += partial[(size_t)c * D + j];
     dg[j] += s;
-}
-// grid (ceil(N / kRowsPerBlock)), block (32, kRowsPerBlock): dx = the rows' gradient (dx may
-// alias dout), or with accumulate dx += it (dx is then the residual stream's gradient, not
-// dout); copy, when it is not dx itself, receives dx too (its bf16 copy for the matmuls).
-template<typename Copy>
-static __global__ void rmsnorm_backward_dx_kernel(float* dx, Copy* copy, const float* dout, const float* x, const float* g, const float* rstd,
-                                                  int N, int D, bool accumulate) {
-    const int i = blockIdx.x * kRowsPerBlock + threadIdx.y;
-    if (i >= N) return;
-    const float *xi = x + (size_t)i * D, *dyi = dout + (size_t)i * D, r = rstd[i];
-    float dot = 0.0f;
-    for (int j = threadIdx.x; j < D; j += 32) dot += dyi[j] * g[j] * xi[j] * r;
-    dot = warp_sum(dot) / D;
-    for (int j = threadIdx.x; j < D; j += 32) {
-        const size_t e = (size_t)i * D + j;
-        const float v = r * (dyi[j] * g[j] - xi[j] * r * dot) + (accumulate ? dx[e] : 0.0f);
-        dx[e] = v;
-        if ((void*)copy != (void*)dx) store(copy + e, v);
-    }
 }
 // scratch: device memory for kDgChunks * D floats. dx (N, D) receives the input's gradient
 // (it may alias dout); with accumulate it is added into dx instead, in the same pass, as the
@@ -214,15 +222,14 @@ static __global__ void rmsnorm_backward_dx_kernel(float* dx, Copy* copy, const f
 template<typename Copy = float>
 inline void rmsnorm_backward(float* dx, float* dg, const float* dout, const float* x, const float* g, const float* rstd, int N, int D,
                              float* scratch, cudaStream_t s, bool accumulate = false, Copy* copy = nullptr) {
-    const unsigned cols = (D + 127) / 128;  // dg first: dx may overwrite dout
-    count_launch("rmsnorm_backward dg partial", 8.0 * N * D + 4.0 * N + 4.0 * kDgChunks * D, 0, s);
-    launch(rmsnorm_backward_dg_partial_kernel, dim3(cols, kDgChunks), dim3(128), 0, s, scratch, dout, x, rstd, N, D);
-    count_launch("rmsnorm_backward dg", 4.0 * kDgChunks * D + 8.0 * D, 0, s);
-    launch(rmsnorm_backward_dg_kernel, dim3(cols), dim3(128), 0, s, dg, scratch, D);
+    const int chunks = dg_chunks(N);
     const bool copies = copy && (void*)copy != (void*)dx;
-    count_launch("rmsnorm_backward dx", (double)N * D * (12 + (accumulate ? 4 : 0) + (copies ? sizeof(Copy) : 0)) + 4.0 * N + 4.0 * D, 0, s);
-    launch(rmsnorm_backward_dx_kernel<Copy>, dim3((N + kRowsPerBlock - 1) / kRowsPerBlock), dim3(32, kRowsPerBlock), 0, s, dx,
-           copies ? copy : (Copy*)dx, dout, x, g, rstd, N, D, accumulate);
+    count_launch("rmsnorm_backward",
+                 (double)N * D * (12 + (accumulate ? 4 : 0) + (copies ? sizeof(Copy) : 0)) + 4.0 * N + 4.0 * D + 4.0 * chunks * D, 0, s);
+    launch_with_shared(rmsnorm_backward_kernel<Copy>, dim3(chunks), dim3(32, kRowsPerBlock), (size_t)kRowsPerBlock * D * sizeof(float), s,
+                       dx, copies ? copy : (Copy*)dx, scratch, dout, x, g, rstd, N, D, accumulate);
+    count_launch("rmsnorm_backward dg", 4.0 * chunks * D + 8.0 * D, 0, s);
+    launch(rmsnorm_backward_dg_kernel, dim3((D + 127) / 128), dim3(128), 0, s, dg, (const float*)scratch, chunks, D);
     cudaCheck(cudaGetLastError());
 }
 
