@@ -144,32 +144,38 @@ static CheckResult check_attention_bf16(GpuModel& G, int B, int T, const Timed& 
     return {e, 2.5 * flops};
 }
 
-// A device tensor of n NaNs stored as T (fp32 or bf16), and a host copy of one as floats.
-template<typename T> static T* nan_of(CheckBuffers& buf, size_t n) {
-    if constexpr (std::is_same_v<T, float>) return buf.nan(n);
-    else return buf.up(to_bf16(std::vector<float>(n, NAN)));
+template<typename T> static constexpr bool is_bf16 = std::is_same_v<T, __nv_bfloat16>;
+// Tensors stored as T (fp32 or bf16): host floats as T holds them (rounded to bf16 and back
+// where T is bf16, so that a reference computed on them sees the kernel's input), a device copy
+// stored as T, one of n NaNs, and a host copy of a device tensor as floats.
+template<typename T> static std::vector<float> as_stored(const std::vector<float>& x) {
+    if constexpr (is_bf16<T>) return from_bf16(to_bf16(x));
+    else return x;
 }
+template<typename T> static T* up_as(CheckBuffers& buf, const std::vector<float>& x) {
+    if constexpr (is_bf16<T>) return buf.up(to_bf16(x));
+    else return buf.up(x);
+}
+template<typename T> static T* nan_of(CheckBuffers& buf, size_t n) { return up_as<T>(buf, std::vector<float>(n, NAN)); }
 template<typename T> static std::vector<float> host_floats(const T* d, size_t n) {
-    if constexpr (std::is_same_v<T, float>) return to_host(d, n);
-    else return from_bf16(to_host(d, n));
+    if constexpr (is_bf16<T>) return from_bf16(to_host(d, n));
+    else return to_host(d, n);
 }
 // The error a bf16 output may carry against the fp32 reference: its own rounding, 2^-9 of
 // each element (so of the tensor's scale), with room for fp32's other orders of summation.
 static constexpr double kBf16Out = 4e-3;
-template<typename T> static constexpr bool is_bf16 = std::is_same_v<T, __nv_bfloat16>;
 
 // The QKV projection through cuBLAS, as GpuModel runs every linear layer: fp32 (TF32 where
 // the model allows it) or bf16 inputs, which the CPU reference then takes rounded the same.
 template<typename In> static CheckResult check_matmul(GpuModel& G, int B, int T, const Timed& timed) {
     const Config& c = G.cfg;
     const int N = B * T * c.K, D = c.D, ld = c.qkv_dim();
-    std::vector<float> a = random_vec<float>((size_t)N * D, 4), w = random_vec<float>((size_t)ld * D, 3, 0.02), ref((size_t)N * ld);
-    if constexpr (is_bf16<In>) a = from_bf16(to_bf16(a)), w = from_bf16(to_bf16(w));
+    const std::vector<float> a = as_stored<In>(random_vec<float>((size_t)N * D, 4)),
+                             w = as_stored<In>(random_vec<float>((size_t)ld * D, 3, 0.02));
+    std::vector<float> ref((size_t)N * ld);
     matmul_forward(ref.data(), a.data(), w.data(), N, D, ld);
     CheckBuffers buf;
-    In *d_a, *d_w;
-    if constexpr (is_bf16<In>) d_a = buf.up(to_bf16(a)), d_w = buf.up(to_bf16(w));
-    else d_a = buf.up(a), d_w = buf.up(w);
+    In *d_a = up_as<In>(buf, a), *d_w = up_as<In>(buf, w);
     float* d_out = buf.nan(ref.size());
     auto run = [&] { G.matmul("matmul", d_out, d_a, d_w, N, D, ld, false); };
     run();
@@ -213,8 +219,7 @@ template<typename Out> static CheckResult check_rmsnorm(GpuModel& G, int B, int 
 template<typename T> static CheckResult check_rope(GpuModel& G, int B, int T_, const Timed& timed) {
     const Config& c = G.cfg;
     const int N = B * T_ * c.K, ld = c.qkv_dim();
-    std::vector<float> qkv = random_vec<float>((size_t)N * ld, 10);
-    if constexpr (is_bf16<T>) qkv = from_bf16(to_bf16(qkv));  // the kernel's input: bf16 values
+    const std::vector<float> qkv = as_stored<T>(random_vec<float>((size_t)N * ld, 10));
     std::vector<float> rot_ref = qkv;
     std::vector<int> pos(N);
     for (int r = 0; r < N; r++) pos[r] = row_position(c, T_, r % (T_ * c.K));
@@ -222,9 +227,7 @@ template<typename T> static CheckResult check_rope(GpuModel& G, int B, int T_, c
     rope_tables(cs.data(), sn.data(), c.maxT, c.hd());
     rope_forward(rot_ref.data(), pos.data(), c, N, cs.data(), sn.data());
     CheckBuffers buf;
-    T* d_qkv;
-    if constexpr (is_bf16<T>) d_qkv = buf.up(to_bf16(qkv));
-    else d_qkv = buf.up(qkv);
+    T* d_qkv = up_as<T>(buf, qkv);
     int* d_pos = buf.up(pos);
     rope_forward(d_qkv, d_pos, c, N, G.rope_cos, G.rope_sin, nullptr);
     std::vector<TensorError> e = {{"rotated", max_rel(host_floats(d_qkv, qkv.size()), rot_ref), is_bf16<T> ? kBf16Out : 1e-6}};  // 0
@@ -238,23 +241,13 @@ template<typename T> static CheckResult check_rope(GpuModel& G, int B, int T_, c
 // so the error is the kernels' own).
 template<typename T> static CheckResult check_swiglu(GpuModel& G, int B, int T_, const Timed& timed, bool backward) {
     const int N = B * T_ * G.cfg.K, F = G.cfg.F;
-    std::vector<float> h13 = random_vec<float>((size_t)N * 2 * F, 11, 3.0), dg = random_vec<float>((size_t)N * F, 12);
-    if constexpr (is_bf16<T>) {
-        h13 = from_bf16(to_bf16(h13));
-        dg = from_bf16(to_bf16(dg));
-    }
+    const std::vector<float> h13 = as_stored<T>(random_vec<float>((size_t)N * 2 * F, 11, 3.0)),
+                             dg = as_stored<T>(random_vec<float>((size_t)N * F, 12));
     std::vector<float> g_ref((size_t)N * F), dh_ref(h13.size());
     swiglu_forward(g_ref.data(), h13.data(), N, F);
     swiglu_backward(dh_ref.data(), dg.data(), h13.data(), N, F);
     CheckBuffers buf;
-    T *d_h13, *d_dg;
-    if constexpr (is_bf16<T>) {
-        d_h13 = buf.up(to_bf16(h13));
-        d_dg = buf.up(to_bf16(dg));
-    } else {
-        d_h13 = buf.up(h13);
-        d_dg = buf.up(dg);
-    }
+    T *d_h13 = up_as<T>(buf, h13), *d_dg = up_as<T>(buf, dg);
     T *d_g = nan_of<T>(buf, g_ref.size()), *d_dh = nan_of<T>(buf, h13.size());
     std::function<void()> run = [&] { swiglu_forward(d_g, (const T*)d_h13, N, F, nullptr); };
     if (backward) run = [&] { swiglu_backward(d_dh, (const T*)d_dg, (const T*)d_h13, N, F, nullptr); };

@@ -39,28 +39,25 @@ done
 bounds=$(for log in "${logs[@]}"; do cat "${log%.log}.ptx"; done | awk '
     /\.entry / { name = $0; sub(/.*\.entry[ \t]+/, "", name); sub(/\(.*/, "", name) }
     /^\.maxntid/ { n = $2; sub(/,/, "", n); print name, n }' | sort -u)
-if [ "${1:-}" = --table ]; then
-    cat "${logs[@]}" | awk '
-        /Compiling entry function/ { name = $0; sub(/.*function .?/, "", name); sub(/.? for .*/, "", name) }
-        /Used [0-9]+ registers/ {
-            regs = $0; sub(/.*Used /, "", regs); sub(/ registers.*/, "", regs)
-            smem = 0; if (match($0, /[0-9]+ bytes smem/)) smem = substr($0, RSTART, RLENGTH - 11)
-            if (regs + 0 > r[name] + 0) r[name] = regs
-            if (!(name in s) || smem + 0 > s[name] + 0) s[name] = smem
-        }
+# One line per kernel and architecture: mangled name, architecture, registers, stack frame,
+# spilled bytes, static shared memory.
+entries=$(cat "${logs[@]}" | awk '
+    /Compiling entry function/ { name = $0; sub(/.*function .?/, "", name); sub(/.? for .*/, "", name); arch = $NF; gsub(/\047/, "", arch) }
+    /bytes stack frame/ { stack = $1; spills = $5 + $9 }
+    /Used [0-9]+ registers/ {
+        regs = $0; sub(/.*Used /, "", regs); sub(/ registers.*/, "", regs)
+        smem = 0; if (match($0, /[0-9]+ bytes smem/)) smem = substr($0, RSTART, RLENGTH - 11)
+        print name, arch, regs, stack, spills, smem
+    }' | sort -u)
+if [ "${1:-}" = --table ]; then  # the largest over the architectures
+    printf '%s\n' "$entries" | awk '
+        { if ($3 + 0 > r[$1] + 0) r[$1] = $3; if ($6 + 0 >= s[$1] + 0) s[$1] = $6 }
         END { for (n in r) print n, r[n], s[n] }' | sort |
         join -a 1 -e 0 -o 1.1,1.2,1.3,2.2 - <(printf '%s\n' "$bounds") > "$2.tmp"
     mv "$2.tmp" "$2"
     exit 0
 fi
-table=$(cat "${logs[@]}" | awk '
-    /Compiling entry function/ { name = $0; sub(/.*function .?/, "", name); sub(/.? for .*/, "", name); sm90 = /sm_90/ }
-    /bytes stack frame/ { stack = $1; spills = $5 + $9 }
-    /Used [0-9]+ registers/ && sm90 {
-        regs = $0; sub(/.*Used /, "", regs); sub(/ registers.*/, "", regs)
-        smem = 0; if (match($0, /[0-9]+ bytes smem/)) smem = substr($0, RSTART, RLENGTH - 11)
-        print name, regs, stack, spills, smem
-    }' | sort -u | while read -r mangled regs stack spills smem; do
+table=$(printf '%s\n' "$entries" | awk '$2 == "sm_90" { print $1, $3, $4, $5, $6 }' | while read -r mangled regs stack spills smem; do
     demangled=$(echo "$mangled" | c++filt)
     bound=$(printf '%s\n' "$bounds" | awk -v n="$mangled" '$1 == n { print $2 }')
     verdict=ok

@@ -99,6 +99,6 @@ inline void adamw_update(const AdamWTensors& t, const AdamW& o, float* params, c
     const size_t n = hi - lo;
     count_launch("adamw", (double)n * (28 + (params16 ? 2 : 0)), 0, s);  // p, m, v read and written, g read
     launch(adamw_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, params + lo, params16 ? params16 + lo : nullptr, grads, m, v, lo,
-           n, (const size_t*)t.end, (const unsigned char*)t.decay, t.n, lr, o.beta1, o.beta2, o.eps, o.weight_decay, bc1, bc2, scale);
+           n, t.end, t.decay, t.n, lr, o.beta1, o.beta2, o.eps, o.weight_decay, bc1, bc2, scale);
     cudaCheck(cudaGetLastError());
 }

@@ -414,10 +414,9 @@ template<typename F> static void with_bf16_head_dim(const Config& c, F f) {
 inline void attention_forward_bf16(__nv_bfloat16* o, float* lse, const __nv_bfloat16* qkv, const Config& c, int B, int T,
                                    cudaStream_t stream, int* visited = nullptr) {
     const dim3 grid((T * c.K + kTcBlockRows - 1) / kTcBlockRows, c.H, B);
-    if (open_ledger()) {  // two products (S = Q K^T, O = P V) over the visible pairs; q, k, v read and o, lse written once
-        const double rows = (double)B * T * c.K, pairs = (double)B * c.H * visible_pairs(c, T);
-        count_launch("attention_forward", rows * (2.0 * (c.qkv_dim() + c.H * c.hd()) + 4.0 * c.H), 4.0 * c.hd() * pairs, stream);
-    }
+    // Two products (S = Q K^T, O = P V) over the visible pairs; q, k, v read and o, lse written once.
+    count_launch("attention_forward", (double)B * T * c.K * (2.0 * (c.qkv_dim() + c.H * c.hd()) + 4.0 * c.H),
+                 4.0 * c.hd() * counted_pairs(c, B, T), stream);
     with_bf16_head_dim(c, [&](auto hd) {
         launch_with_shared(attention_forward_bf16_kernel<hd.value>, grid, dim3(kBfThreads), BfSmem<hd.value>::bytes, stream, o, lse, qkv, c, T,
                          visited);
@@ -432,8 +431,7 @@ inline void attention_backward_bf16(__nv_bfloat16* dqkv, const __nv_bfloat16* do
     const long rows = (long)B * TK * c.H;
     // dQ: S, dP = dO V^T and dS K (3 products); dK/dV: S, dP, P^T dO and dS^T Q (4), over the
     // visible pairs; each reads q, k, v, dO, lse and D once and writes its part of dqkv.
-    const double pairs = open_ledger() ? (double)B * c.H * visible_pairs(c, T) : 0,
-                 in = (double)B * TK * (2.0 * (c.qkv_dim() + c.H * c.hd()) + 8.0 * c.H);
+    const double pairs = counted_pairs(c, B, T), in = (double)B * TK * (2.0 * (c.qkv_dim() + c.H * c.hd()) + 8.0 * c.H);
     count_launch("attention_backward D", (double)rows * (4.0 * c.hd() + 4), 0, stream);
     launch(attention_backward_d_bf16_kernel, dim3((unsigned)((rows + 7) / 8)), dim3(256), 0, stream, D, dout, o, c, TK, rows);
     with_bf16_head_dim(c, [&](auto hd) {

@@ -88,6 +88,10 @@ inline bool compiled_head_dim(const Config& c) {
     return compiled;
 }
 
+// Visible pairs of B sequences over every head, for the counted budget (cuda_compat.h's
+// ledger): 0 when no ledger is open, since counting them walks every row.
+inline double counted_pairs(const Config& c, int B, int T) { return open_ledger() ? (double)B * c.H * visible_pairs(c, T) : 0; }
+
 // Launches a kernel (attention, the RMSNorm backward) with `smem` bytes of dynamic shared
 // memory, which may pass the 48 KB default: the kernel's limit is raised at its first launch
 // that needs more, not at every launch (a host call per launch, kept out of the step). One

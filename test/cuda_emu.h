@@ -223,6 +223,15 @@ struct Block {
     Relaxed<size_t> static_used;
 };
 
+// One launch's grid, as every OS thread that runs its blocks sees it.
+struct Grid {
+    dim3 grid, block;
+    size_t shmem;
+    void (*body)(void*);          // the kernel call
+    void* ctx;
+    std::vector<uint64_t> order;  // the blocks, shuffled
+};
+
 // What each OS thread that runs blocks keeps (the launching thread and, under PHD_EMU_THREADS=2,
 // a helper): its fibers, which run there only, and the block they run now. Launches are
 // serialised; the thread resumes each of its block's fibers in turn until it yields (at a
@@ -233,9 +242,8 @@ struct Launch {
     Relaxed<Fiber*> current;
     Relaxed<uint64_t> progress;  // arrivals, departures, returns: a pass without any is a deadlock
     Block* block = nullptr;
-    dim3 grid, block_dim, block_idx;
-    void (*body)(void*) = nullptr;  // the kernel call
-    void* body_ctx = nullptr;
+    const Grid* grid = nullptr;     // the launch it runs blocks of
+    dim3 block_idx;
     Context main;                   // this OS thread's own, while a fiber runs
     char start_sync, end_sync;      // this thread -> a block's fibers -> this thread
     void free_fibers();
@@ -311,7 +319,7 @@ inline void fiber_main(Fiber* f) {
 #endif
     for (;;) {
         hb_acquire(&L.start_sync);
-        L.body(L.body_ctx);
+        L.grid->body(L.grid->ctx);
         L.block->bar.leave();
         L.block->warps[f->warp].leave(f->lane);
         f->done = true;
@@ -392,15 +400,6 @@ inline cudaError_t check_launch(const void* kernel, dim3 grid, dim3 block, size_
 
 constexpr unsigned char kPoison = 0xff;
 
-// One launch's grid, as every OS thread that runs its blocks sees it.
-struct Grid {
-    dim3 grid, block;
-    size_t shmem;
-    void (*body)(void*);          // the kernel call
-    void* ctx;
-    std::vector<uint64_t> order;  // the blocks, shuffled
-};
-
 // Runs the kernel call as every thread of the blocks order[first], order[first + stride], ...
 // of the grid, on this OS thread: a block's fibers are resumed in turn until all have
 // returned; a pass in which none arrived at a barrier, left one or returned means they all
@@ -421,10 +420,7 @@ inline void run_blocks(const Grid& g, size_t first, size_t stride) {
     blk.dynamic.resize(g.shmem);
     blk.warps = std::vector<Warp>((n + 31) / 32);
     L.block = &blk;
-    L.grid = g.grid;
-    L.block_dim = block;
-    L.body = g.body;
-    L.body_ctx = g.ctx;
+    L.grid = &g;
     for (size_t i = first; i < g.order.size(); i += stride) {
         const uint64_t linear = g.order[i];
         const unsigned bx = (unsigned)(linear % g.grid.x), by = (unsigned)(linear / g.grid.x % g.grid.y),
@@ -468,6 +464,7 @@ inline void run_blocks(const Grid& g, size_t first, size_t stride) {
         hb_acquire(&L.end_sync);
     }
     L.block = nullptr;
+    L.grid = nullptr;
 }
 
 // PHD_EMU_THREADS=2 (the default under ThreadSanitizer, else 1): a second OS thread runs every
@@ -592,8 +589,8 @@ template<typename T> inline T exchange(unsigned mask, T v, int src, bool valid) 
 // The built-in variables of the thread running now.
 #define threadIdx (cuda_emu::running_fiber().tid)
 #define blockIdx (cuda_emu::t_launch->block_idx)
-#define blockDim (cuda_emu::t_launch->block_dim)
-#define gridDim (cuda_emu::t_launch->grid)
+#define blockDim (cuda_emu::t_launch->grid->block)
+#define gridDim (cuda_emu::t_launch->grid->grid)
 
 // kernel<<<grid, block, shmem, stream>>>(args...) in emulation.
 template<typename... KArgs, typename... Args>

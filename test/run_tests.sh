@@ -89,8 +89,10 @@ suite dist run 32 "build/train_phd_cpu build/train_phd_emu" 120 "" \
 kernels=$(has_nvcc && echo build/ptxas/kernels.tsv || true)
 suite gpu-emulated run 18 "build/test_gpu_emu $kernels" 300 "" env ${kernels:+PHD_EMU_KERNELS=$kernels} ./build/test_gpu_emu
 suite gpu-asan run 40 build/test_gpu_asan 300 "" ./build/test_gpu_asan
-# The kernel lab's checks at a tiny shape, on the emulation (its timings mean nothing here).
-suite kernel-lab run 1 "build/bench_gpu_emu $kernels" 300 "" env ${kernels:+PHD_EMU_KERNELS=$kernels} ./build/bench_gpu_emu --tiny
+# The kernel lab's checks and the counted budget (--budget) at a tiny shape, on the emulation
+# (its timings mean nothing here).
+suite kernel-lab run 1 "build/bench_gpu_emu $kernels" 300 "" env ${kernels:+PHD_EMU_KERNELS=$kernels} \
+    bash -c './build/bench_gpu_emu --tiny --budget phd-cswa-3-5-4 && ./build/bench_gpu_emu --tiny'  # the budget's report too
 suite data run 2 "build/test_data build/prepare train_phd" 300 "$no_data" ./build/test_data
 suite tiktoken run 2 build/test_data 300 "$no_node" ./build/test_data --no-skip=true --test-case='tiktoken*'
 suite tsan-catches-race "expect:WARNING: ThreadSanitizer: data race" 1 $tsan 120 "" \

@@ -315,6 +315,18 @@ TEST_CASE("GPU model in bf16 (hd 16, 64, 128): matmuls and attention within bf16
     }
 }
 
+// One training step of G as GpuEngine makes it on one rank (kernels/engine.h): zero the
+// gradients, forward, backward, the gradient norm, AdamW (m, v: its moments; part: the norm's
+// scratch). Returns the forward's loss.
+static float gpu_train_step(GpuModel& G, const AdamW& o, float* m, float* v, double* part, const std::vector<int>& tok,
+                            const std::vector<int>& tgt, int B, int T, int step, float lr) {
+    G.zero_grads();
+    const float loss = G.forward(tok.data(), tgt.data(), B, T);
+    G.backward(1.0f);
+    adamw_update(*G.tensors, o, G.params, G.grads, m, v, step, lr, grad_norm(G.grads, G.P, part, G.stream), G.stream, G.params16);
+    return loss;
+}
+
 TEST_CASE("GPU model: 10 AdamW steps follow the CPU's losses; two GPU runs give identical bits") {
     const int B = 2, T = 9, steps = 10;
     Config c = tiny_config("phd-cswa-3-2-2", 11, T);
@@ -337,12 +349,7 @@ TEST_CASE("GPU model: 10 AdamW steps follow the CPU's losses; two GPU runs give 
         float *d_m = to_device(std::vector<float>(G.P, 0.0f)), *d_v = to_device(std::vector<float>(G.P, 0.0f));
         double* d_part = to_device(std::vector<double>(kNormBlocks));
         std::vector<float> losses;
-        for (int s = 0; s < steps; s++) {
-            G.zero_grads();
-            losses.push_back(G.forward(tok.data(), tgt.data(), B, T));
-            G.backward(1.0f);
-            adamw_update(*G.tensors, o, G.params, G.grads, d_m, d_v, s, learning_rate(o, s), grad_norm(G.grads, G.P, d_part, nullptr), nullptr);
-        }
+        for (int s = 0; s < steps; s++) losses.push_back(gpu_train_step(G, o, d_m, d_v, d_part, tok, tgt, B, T, s, learning_rate(o, s)));
         *final_params = G.download(G.params, G.P);
         for (void* q : {(void*)d_m, (void*)d_v, (void*)d_part}) cudaCheck(cudaFree(q));
         return losses;
@@ -362,8 +369,7 @@ TEST_CASE("GPU model: 10 AdamW steps follow the CPU's losses; two GPU runs give 
     CHECK(G1.download(G1.grads, G1.P) == G2.download(G2.grads, G2.P));
 }
 
-// The counted budget (dev/bench_gpu.cu --budget): one bf16 training step with a ledger open,
-// the launches GpuEngine makes on one rank (kernels/engine.h).
+// The counted budget (dev/bench_gpu.cu --budget): one bf16 training step with a ledger open.
 static Ledger count_step(const Config& c, const std::vector<float>& init, const std::vector<int>& tok, const std::vector<int>& tgt, int B,
                          int T) {
     GpuModel G(c, init.data(), false, true, true);
@@ -371,10 +377,7 @@ static Ledger count_step(const Config& c, const std::vector<float>& init, const 
     double* part = to_device(std::vector<double>(kNormBlocks));
     Ledger l;
     open_ledger() = &l;
-    G.zero_grads();
-    G.forward(tok.data(), tgt.data(), B, T);
-    G.backward(1.0f);
-    adamw_update(*G.tensors, AdamW{}, G.params, G.grads, m, v, 0, 1e-3f, grad_norm(G.grads, G.P, part, G.stream), G.stream, G.params16);
+    gpu_train_step(G, AdamW{}, m, v, part, tok, tgt, B, T, 0, 1e-3f);
     open_ledger() = nullptr;
     cudaCheck(cudaDeviceSynchronize());
     for (void* q : {(void*)m, (void*)v, (void*)part}) cudaCheck(cudaFree(q));
