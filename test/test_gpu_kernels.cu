@@ -104,6 +104,49 @@ TEST_CASE("attention: the tiles the tensor-core kernels leave unmasked hold only
     }
 }
 
+TEST_CASE("attention: the bf16 kernels' tile map says exactly which warps meet which tiles, and which need no mask") {
+    // Every bit of bf_tile_map against the predicate, pair by pair: query side (warps of 16
+    // and 32 query rows, key tiles) and key side (warps of 16 key rows, query tiles, repeated
+    // over a group of 2 heads), at T = 37 (partial tiles) and 80 (unmasked tiles).
+    for (const char* v : {"vanilla", "phd-2", "phd-3", "phd-swa-3-5", "phd-cswa-3-5-4", "naive-3"})
+        for (int T : {37, 80}) {
+            const Config c = tiny_config(v, 11, T);
+            const int TK = T * c.K, tiles = (TK + kBfKeys - 1) / kBfKeys;
+            long visits = 0, unmasked = 0;
+            for (int wr : {16, 32})
+                for (bool query_side : {true, false}) {
+                    if (!query_side && wr != kTcRows) continue;
+                    const int repeat = query_side ? 1 : 2, rows = kTcWarps * wr;
+                    const std::vector<uint8_t> map = bf_tile_map(c, T, wr, query_side, repeat);
+                    REQUIRE(map.size() == (size_t)((TK + rows - 1) / rows) * tiles * repeat);
+                    for (size_t at = 0; at < map.size(); at++) {
+                        const int b = (int)(at / (tiles * repeat)), i = (int)(at % tiles);
+                        for (int w = 0; w < kTcWarps; w++) {
+                            const int w0 = b * rows + w * wr, w1 = std::min(w0 + wr, TK), t0 = i * kBfKeys, t1 = std::min(t0 + kBfKeys, TK);
+                            bool any = false, all = w0 < TK && w1 - w0 == wr && t1 - t0 == kBfKeys;
+                            for (int x = w0; x < w1; x++)
+                                for (int y = t0; y < t1; y++) {
+                                    int n, qc, m, kc;
+                                    row_token(c, T, query_side ? x : y, &n, &qc);
+                                    row_token(c, T, query_side ? y : x, &m, &kc);
+                                    const bool vis = phd_visible(c, n, qc, m, kc);
+                                    any = any || vis;
+                                    all = all && vis;
+                                }
+                            INFO(v << " T " << T << (query_side ? " query side" : " key side") << " warp rows " << wr << ": byte " << at
+                                   << ", warp " << w);
+                            REQUIRE(((map[at] >> w & 1) != 0) == (w0 < TK && any));
+                            REQUIRE(((map[at] >> (4 + w) & 1) != 0) == (w0 < TK && any && all));
+                            visits += map[at] >> w & 1;
+                            unmasked += map[at] >> (4 + w) & 1;
+                        }
+                    }
+                }
+            CHECK(visits > 0);
+            if (T == 80) CHECK(unmasked > 0);  // the unmasked instances run
+        }
+}
+
 TEST_CASE("attention kernels (fp32, TF32, bf16): only tiles with visible pairs are visited; the backward is deterministic") {
     for (const KernelShape& sh : kKernelShapes) {
         if (sh.D / sh.H != 16 || !tsan_keeps(sh)) continue;  // which tiles are visited does not depend on the head size: the cheapest one
@@ -143,17 +186,24 @@ TEST_CASE("attention kernels (fp32, TF32, bf16): only tiles with visible pairs a
             attention_backward(d_dqkv, d_dout, d_qkv, d_o, d_lse, c, B, T, nullptr, tc);
             CHECK(to_host(d_dqkv, first.size()) == first);
         }
-        if (c.hd() % 16 == 0) {  // bf16: 16-row query tiles, kBfKeys-row key tiles; the backward twice
+        if (c.hd() % 16 == 0) {  // bf16: warps of BfWarp rows (dK/dV: 16 keys) and tiles of kBfKeys rows; the backward twice
+            REQUIRE(c.hd() == 16);
             __nv_bfloat16* d_qkv16 = to_device(to_bf16(random_vec<float>((size_t)B * TK * c.qkv_dim(), 1, 1.5)));
             __nv_bfloat16* d_o16 = to_device(std::vector<__nv_bfloat16>((size_t)B * TK * c.H * c.hd()));
+            int* d_counts = to_device(std::vector<int>{0, 0});
             cudaCheck(cudaMemset(d_visited, 0, sizeof(int)));
             attention_forward_bf16(d_o16, d_lse, d_qkv16, c, B, T, nullptr, d_visited);
             INFO(variant_name(c) << " hd " << c.hd() << " bf16");
-            CHECK(to_host(d_visited, 1)[0] == tiles_wanted(kTcRows, kBfKeys));
+            const long query_side = tiles_wanted(BfWarp<16>::rows, kBfKeys);
+            CHECK(to_host(d_visited, 1)[0] == query_side);
             __nv_bfloat16* d_dout16 = to_device(to_bf16(random_vec<float>((size_t)B * TK * c.H * c.hd(), 2)));
             __nv_bfloat16* d_dqkv16 = to_device(std::vector<__nv_bfloat16>((size_t)B * TK * c.qkv_dim()));
             float* d_D = to_device(std::vector<float>((size_t)B * c.H * TK));
-            attention_backward_bf16(d_dqkv16, d_dout16, d_qkv16, d_o16, d_lse, d_D, c, B, T, nullptr);
+            attention_backward_bf16(d_dqkv16, d_dout16, d_qkv16, d_o16, d_lse, d_D, c, B, T, nullptr, d_counts);
+            const std::vector<int> counts = to_host(d_counts, 2);
+            CHECK(counts[0] == query_side);                       // dQ: the forward's (warp, key tile) pairs
+            CHECK(counts[1] == tiles_wanted(kBfKeys, kTcRows));  // dK/dV: (query tile, 16 key rows) pairs, every query head
+            cudaCheck(cudaFree(d_counts));
             const std::vector<float> first = from_bf16(to_host(d_dqkv16, (size_t)B * TK * c.qkv_dim()));
             attention_backward_bf16(d_dqkv16, d_dout16, d_qkv16, d_o16, d_lse, d_D, c, B, T, nullptr);
             CHECK(from_bf16(to_host(d_dqkv16, first.size())) == first);
