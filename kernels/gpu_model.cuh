@@ -73,6 +73,7 @@ struct GpuModel : Activations<float> {
     StepIn<__nv_bfloat16> in16;                  // bf16 runs: their bf16 tensors, in the arena act16
     __nv_bfloat16* act16 = nullptr;
     float* attn_D = nullptr;                     // (B, H, TK) the bf16 attention backward's rowsum(dO o)
+    bool fresh_grads = false;                    // zero_grads was called: the next backward overwrites grads
 
     // training false: inference only (the KV-cache decoder), the parameters without gradients.
     // bf16_: matmuls and attention on bf16 tensor cores (head sizes 16, 32, 64, 128).
@@ -219,11 +220,12 @@ struct GpuModel : Activations<float> {
     void matmul(const char* what, Out* out, const In* in, const In* W, int N, int I, int O, bool accumulate) {
         gemm(what, nullptr, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, W, I, in, I, out, O, accumulate ? 1.0f : 0.0f);
     }
-    // din (N, I) = dout W (overwritten, fp32 or bf16); dW (O, I) += dout^T in
+    // din (N, I) = dout W (overwritten, fp32 or bf16); dW (O, I) += dout^T in (= in a step's
+    // first backward: fresh_grads)
     template<typename In, typename Din>
     void matmul_backward(const char* what, Din* din, float* dW, const In* dout, const In* in, const In* W, int N, int I, int O) {
         gemm(what, "backward dx", CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, W, I, dout, O, din, I, 0.0f);
-        gemm(what, "backward dW", CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, in, I, dout, O, dW, I, 1.0f);
+        gemm(what, "backward dW", CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, in, I, dout, O, dW, I, fresh_grads ? 0.0f : 1.0f);
     }
 
     // The training attention over B sequences of T positions of the variant c, from qkv to
@@ -274,13 +276,13 @@ struct GpuModel : Activations<float> {
         matmul_backward("matmul w2", d.dg, gw.w2, d.dx, in.g, w.w2, N, c.F, D);
         swiglu_backward(d.dh13, d.dg, in.h13, N, c.F, stream);
         matmul_backward("matmul w13", dtmp, gw.w13, d.dh13, in.f, w.w13, N, D, 2 * c.F);
-        rmsnorm_backward(dx, gw.g_ffn, dtmp, a.xm, w32.g_ffn, a.rstd_f, N, D, norm_scratch, stream, true, d.dx);
+        rmsnorm_backward(dx, gw.g_ffn, dtmp, a.xm, w32.g_ffn, a.rstd_f, N, D, norm_scratch, stream, true, d.dx, !fresh_grads);
         // xm = x + attention(rope(a wqkv^T)) wo^T
         matmul_backward("matmul wo", d.dout, gw.wo, d.dx, in.o, w.wo, N, c.H * c.hd(), D);
         attention_grad(a, in, d);
         rope_backward(d.dqkv, d_row_pos, c, N, rope_cos, rope_sin, stream);
         matmul_backward("matmul qkv", dtmp, gw.wqkv, d.dqkv, in.a, w.wqkv, N, D, c.qkv_dim());
-        rmsnorm_backward(dx, gw.g_attn, dtmp, a.x, w32.g_attn, a.rstd_a, N, D, norm_scratch, stream, true, d.dx);
+        rmsnorm_backward(dx, gw.g_attn, dtmp, a.x, w32.g_attn, a.rstd_a, N, D, norm_scratch, stream, true, d.dx, !fresh_grads);
     }
 
     // tokens, targets: host (B, T). Returns the mean last-copy loss (0 without targets).
@@ -337,7 +339,8 @@ struct GpuModel : Activations<float> {
         const ParamView<In>& w = weights<In>();
         crossentropy_backward(in.dlogits, logits, lse, d_targets, dloss / BT, BT, c.V, c.Vp, stream);
         matmul_backward("matmul lm_head", dxlast, g.wout, in.dlogits, in.xn, w.wout, BT, D, c.Vp);
-        rmsnorm_backward(dxlast, g.g_final, dxlast, xlast, p.g_final, rstd_final, BT, D, norm_scratch, stream);
+        rmsnorm_backward(dxlast, g.g_final, dxlast, xlast, p.g_final, rstd_final, BT, D, norm_scratch, stream, false, (float*)nullptr,
+                         !fresh_grads);
         if (written) written(c.L + 1);
         last_copy_backward(dx, dxlast, c, B, T, stream);
         if constexpr (!std::is_same_v<In, float>) copy_to_bf16(in.dx, dx, (size_t)B * T * c.K * D, stream);
@@ -345,14 +348,15 @@ struct GpuModel : Activations<float> {
             layer_backward(layer[l], in.layer[l], in, w.layer[l], p.layer[l], g.layer[l]);
             if (written) written(1 + l);
         }
-        embedding_backward(g.E, dx, d_tokens, d_sort_keys, c, B, T, stream);
+        embedding_backward(g.E, dx, d_tokens, d_sort_keys, c, B, T, stream, !fresh_grads);
         if (written) written(0);
+        fresh_grads = false;
     }
 
-    void zero_grads() {
-        count_launch("zero_grads", 4.0 * P, 0, stream);
-        cudaCheck(cudaMemsetAsync(grads, 0, P * sizeof(float), stream));
-    }
+    // The next backward writes the gradients instead of adding to them (every GEMM's dW with
+    // beta = 0, the gains' sums stored, E's gradient zeroed before its scatter): no pass over
+    // all P of its own. Until then grads holds the last step's.
+    void zero_grads() { fresh_grads = true; }
     std::vector<float> download(const float* dev, size_t n) const {
         std::vector<float> h(n);
         cudaCheck(cudaMemcpy(h.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost));

@@ -104,8 +104,13 @@ static __global__ void embedding_backward_kernel(float* dE, const float* dx, con
 }
 // dE (Vp, D) += the rows of dx (B, TK, D) by the token (B, T) they carry; keys: device
 // scratch of token_sort_slots(B*T).
+// dE (Vp, D) is added into, or with add false zeroed first (a step's first backward).
 inline void embedding_backward(float* dE, const float* dx, const int* tokens, uint64_t* keys, const Config& c, int B, int T,
-                               cudaStream_t s) {
+                               cudaStream_t s, bool add = true) {
+    if (!add) {
+        count_launch("embedding_backward zero", 4.0 * c.Vp * c.D, 0, s);
+        cudaCheck(cudaMemsetAsync(dE, 0, (size_t)c.Vp * c.D * sizeof(float), s));
+    }
     const size_t n2 = token_sort_slots(B * T);
     count_launch("token_keys", 8.0 * n2 + 4.0 * B * T, 0, s);
     launch(token_keys_kernel, dim3((unsigned)(n2 / 256)), dim3(256), 0, s, keys, tokens, B * T);
@@ -209,27 +214,28 @@ static __global__ void rmsnorm_backward_kernel(float* dx, Copy* copy, float* par
     }
 }
 // grid (ceil(D / 128)), block 128: dg[j] += the chunks' partial sums, in chunk order
-static __global__ void rmsnorm_backward_dg_kernel(float* dg, const float* partial, int chunks, int D) {
+static __global__ void rmsnorm_backward_dg_kernel(float* dg, const float* partial, int chunks, int D, bool add) {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= D) return;
     float s = 0.0f;
     for (int c = 0; c < chunks; c++) s += partial[(size_t)c * D + j];
-    dg[j] += s;
+    dg[j] = add ? dg[j] + s : s;
 }
 // scratch: device memory for kDgChunks * D floats. dx (N, D) receives the input's gradient
 // (it may alias dout); with accumulate it is added into dx instead, in the same pass, as the
-// residual stream's gradient takes it, and copy (when given) receives the sum as well.
+// residual stream's gradient takes it, and copy (when given) receives the sum as well. dg
+// (D) is added into, or with dg_add false overwritten (a step's first backward).
 template<typename Copy = float>
 inline void rmsnorm_backward(float* dx, float* dg, const float* dout, const float* x, const float* g, const float* rstd, int N, int D,
-                             float* scratch, cudaStream_t s, bool accumulate = false, Copy* copy = nullptr) {
+                             float* scratch, cudaStream_t s, bool accumulate = false, Copy* copy = nullptr, bool dg_add = true) {
     const int chunks = dg_chunks(N);
     const bool copies = copy && (void*)copy != (void*)dx;
     count_launch("rmsnorm_backward",
                  (double)N * D * (12 + (accumulate ? 4 : 0) + (copies ? sizeof(Copy) : 0)) + 4.0 * N + 4.0 * D + 4.0 * chunks * D, 0, s);
     launch_with_shared(rmsnorm_backward_kernel<Copy>, dim3(chunks), dim3(32, kRowsPerBlock), (size_t)kRowsPerBlock * D * sizeof(float), s,
                        dx, copies ? copy : (Copy*)dx, scratch, dout, x, g, rstd, N, D, accumulate);
-    count_launch("rmsnorm_backward dg", 4.0 * chunks * D + 8.0 * D, 0, s);
-    launch(rmsnorm_backward_dg_kernel, dim3((D + 127) / 128), dim3(128), 0, s, dg, (const float*)scratch, chunks, D);
+    count_launch("rmsnorm_backward dg", 4.0 * chunks * D + (dg_add ? 8.0 : 4.0) * D, 0, s);
+    launch(rmsnorm_backward_dg_kernel, dim3((D + 127) / 128), dim3(128), 0, s, dg, (const float*)scratch, chunks, D, dg_add);
     cudaCheck(cudaGetLastError());
 }
 

@@ -77,8 +77,10 @@ static DecodeCheck check_gpu_decoder(const char* variant, int P, int steps, doub
 
 TEST_CASE("GPU decoder: pre-fill + decode steps of 2 samples equal the CPU decoder, every variant, prompts across chunk boundaries") {
     const int C = 5;
+    // Under ThreadSanitizer two prompt lengths a variant: the same kernel instances run.
     for (const char* v : {"vanilla", "phd-3", "phd-swa-3-4", "phd-cswa-3-4-5", "naive-2"})
-        for (int P : {1, C - 1, C, C + 1, 3 * C + 2}) check_gpu_decoder(v, P, 4);
+        for (int P : {1, C - 1, C, C + 1, 3 * C + 2})
+            if (!kUnderTsan || P == C + 1 || P == 3 * C + 2) check_gpu_decoder(v, P, 4);
 }
 
 TEST_CASE("decode kernels: a long prompt spans several key tiles; the decoder still equals the CPU") {
@@ -114,7 +116,9 @@ TEST_CASE("GPU decoder in bf16: pre-fill + decode steps within bf16's precision 
     const int C = 5;
     double worst = 0;
     for (const char* v : {"vanilla", "phd-3", "phd-swa-3-4", "phd-cswa-3-4-5", "naive-2"})
-        for (int P : {C - 1, 3 * C + 2}) worst = std::max(worst, check_gpu_decoder(v, P, 3, 2e-2, 2, true).worst);
+        for (int P : {C - 1, 3 * C + 2})
+            if (!kUnderTsan || P == 3 * C + 2)  // under ThreadSanitizer: the same instances, one prompt
+                worst = std::max(worst, check_gpu_decoder(v, P, 3, 2e-2, 2, true).worst);
     MESSAGE("bf16 decoder: largest |diff| / scale " << worst);
     CHECK(worst > 1e-4);
 }

@@ -299,6 +299,10 @@ static ModelDiff gpu_model_diff(const Config& c, int B, int T, bool tf32, uint64
     for (int i = 0; i < B * T; i++) logits_ref.insert(logits_ref.end(), M.logits + (size_t)i * c.Vp, M.logits + (size_t)i * c.Vp + c.V);
     model_backward(M, 1.0f);
     GpuModel G(c, M.params.data(), tf32, true, bf16);
+    // As a step starts: the last step's gradients (NaN here) are overwritten by the first
+    // backward, not added to; one left unwritten stays NaN and fails.
+    cudaCheck(cudaMemset(G.grads, 0xff, G.P * sizeof(float)));
+    G.zero_grads();
     const float loss = G.forward(tok.data(), tgt.data(), B, T);
     ModelDiff d{std::fabs(loss - loss_ref) / loss_ref, max_rel(G.logits_host(), logits_ref), 0.0, ""};
     G.backward(1.0f);
@@ -362,6 +366,28 @@ TEST_CASE("GPU model in bf16 (hd 16, 64, 128): matmuls and attention within bf16
         CHECK(d.logits < 1e-2);  // logits: 1e-2 of their scale (seen 2.0e-3, 3.0e-3, 4.2e-3)
         CHECK(d.grads < 2e-2);   // every gradient: 2e-2 of its tensor's scale (seen 9.0e-3, 1.1e-2, 1.3e-2)
         CHECK(d.grads > 1e-4);   // and far from fp32's (< 1e-5): the bf16 kernels really ran
+    }
+}
+
+TEST_CASE("GPU model: a step's second micro-batch adds its gradients to the first's, as the CPU model's do") {
+    const int B = 2, T = 9;
+    const Config c = model_config("phd-cswa-3-2-2", T, 16);
+    Model<float> M(c);
+    init_params(c, M.params.data(), 51);
+    GpuModel G(c, M.params.data(), false);
+    cudaCheck(cudaMemset(G.grads, 0xff, G.P * sizeof(float)));
+    G.zero_grads();
+    for (int micro = 0; micro < 2; micro++) {
+        std::vector<int> tok = random_tokens(B * T, c.V, 52 + micro), tgt = random_tokens(B * T, c.V, 54 + micro);
+        model_forward(M, tok.data(), tgt.data(), B, T);
+        model_backward(M, 0.5f);
+        G.forward(tok.data(), tgt.data(), B, T);
+        G.backward(0.5f);
+    }
+    const std::vector<float> grads = G.download(G.grads, G.P);
+    for (const ParamTensor& t : param_tensors(c)) {
+        INFO(t.name);
+        CHECK(max_rel(grads.data() + t.offset, M.grads.data() + t.offset, t.size()) < 1e-5);
     }
 }
 
@@ -462,7 +488,8 @@ TEST_CASE("counted budget: a bf16 step's launches count the model's FLOPs and th
     CHECK(n["rmsnorm_forward"] == 2 * c.L + 1);
     CHECK(n["adamw"] == 1);  // every tensor in one launch
     const double P = (double)num_params(c);
-    CHECK(bytes["zero_grads"] == 4 * P);
+    CHECK(n.count("zero_grads") == 0);  // the first backward writes the gradients: no pass of its own
+    CHECK(bytes["embedding_backward zero"] == 4.0 * c.Vp * c.D);  // but E's, which the scatter only adds to
     CHECK(bytes["grad_norm"] == 4 * P);
     CHECK(bytes["adamw"] == 30 * P);  // p, m, v read and written, g read, the bf16 copy written
 #ifndef __CUDACC__
