@@ -118,11 +118,12 @@ inline std::vector<uint8_t> bf_tile_map(const Config& c, int T, int warp_rows, b
         }
     return map;
 }
-// The map on the device, made at a shape's first launch and kept (a few KB a shape): no
-// host work in later steps. One device per process, one host thread launching.
+// The map on the device, made at a shape's first launch and kept for the process (a few KB
+// a shape; never destroyed, so never freed while a launch may still read it): no host work
+// in later steps. One device per process, one host thread launching.
 inline const uint8_t* bf_tile_map_device(const Config& c, int T, int warp_rows, bool query_side, int repeat = 1) {
-    static std::map<std::array<int, 8>, uint8_t*> made;
-    uint8_t*& m = made[{(int)c.variant, c.K, c.W, c.C, T, warp_rows, query_side, repeat}];
+    static auto* made = new std::map<std::array<int, 8>, uint8_t*>;
+    uint8_t*& m = (*made)[{(int)c.variant, c.K, c.W, c.C, T, warp_rows, query_side, repeat}];
     if (!m) m = to_device(bf_tile_map(c, T, warp_rows, query_side, repeat));
     return m;
 }
