@@ -244,8 +244,9 @@ struct StepResult {
 template<typename Engine> static StepResult run_step(Engine& E, const int* in, const int* tg, int B, int T) {
     StepResult r;
     E.zero_grads();
-    r.loss = E.forward(in, tg, B, T);
+    E.forward(in, nullptr, B, T);  // with targets the GPU turns the logits into their gradient: first without
     r.logits = E.logits();
+    r.loss = E.forward(in, tg, B, T);
     E.backward(1.0f);
     r.grads = E.grads();
     return r;
@@ -626,10 +627,9 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
 
         auto t0 = std::chrono::steady_clock::now();
         E.zero_grads();
-        double loss = 0;
         for (int micro = 0; micro < accum; micro++) {
             train_dl.next_batch(in.data(), tg.data());
-            loss += E.forward(in.data(), tg.data(), a.B, a.T);
+            E.forward_async(in.data(), tg.data(), a.B, a.T);  // the GPU queues it: the host reads the loss once a step, below
             // Of the mean loss over every rank's micro-batches; the last one's gradients are the
             // step's, and the GPU starts reducing them during that backward.
             E.backward(1.0f / (accum * dist.size), micro == accum - 1);
@@ -641,10 +641,10 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
             if (!std::isfinite(x))
                 dist.die_everywhere("%s is %s at step %d; no checkpoint written for this step", what, std::isnan(x) ? "NaN" : "infinite", step);
         };
-        loss = dist.sum(loss) / (accum * dist.size);
-        stop_unless_finite("training loss", loss);
         E.reduce_grads();  // ZeRO-1: each rank gets (or has got) its shard of the gradients summed over the ranks
-        double norm = E.norm();  // of all the gradients, from every rank's shard
+        double norm = E.norm();  // of all the gradients, from every rank's shard: the step's one wait for the device
+        const double loss = dist.sum(E.take_loss()) / (accum * dist.size);
+        stop_unless_finite("training loss", loss);
         stop_unless_finite("gradient norm", norm);  // a finite loss can have one: e.g. 0 * a NaN weight in a padded logit's row
         float lr = learning_rate(opt, step);
         // A skipped step still counts, as in llm.c: its batch is used up, and the schedule,

@@ -141,9 +141,11 @@ static void attention_vs_pairs(const Options& o) {
 static void train_step(GpuEngine& E, const std::vector<int>& tok, const std::vector<int>& tgt, const Options& o, int step) {
     AdamW opt;
     E.zero_grads();
-    E.forward(tok.data(), tgt.data(), o.B, o.T);
+    E.forward_async(tok.data(), tgt.data(), o.B, o.T);
     E.backward(1.0f);
-    E.update(opt, step, 1e-4f, E.norm());
+    const double norm = E.norm();  // the step's one wait, as train_phd's
+    E.take_loss();
+    E.update(opt, step, 1e-4f, norm);
 }
 static void random_batch(const Config& c, const Options& o, std::vector<int>* tok, std::vector<int>* tgt) {
     Rng rng{2};

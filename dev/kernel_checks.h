@@ -259,46 +259,40 @@ template<typename T> static CheckResult check_swiglu(GpuModel& G, int B, int T_,
     return {e, (backward ? 5.0 : 3.0) * N * F * sizeof(T)};
 }
 
-// Fused softmax + cross-entropy over the B*T last-copy rows; the backward overwrites the
-// logits with their gradient (fp32), or writes it in bf16 (bf16 runs), and must leave the
-// padded columns at zero.
-template<typename Out> static CheckResult check_crossentropy(GpuModel& G, int B, int T, const Timed& timed, bool backward) {
+// The fused classifier loss over the B*T last-copy rows (kernels/loss.cuh): each row's loss,
+// the logits overwritten with softmax - onehot (fp32, or bf16 in bf16 runs), the padded
+// columns zero, and the losses' mean added to the step's sum on the device; against the
+// CPU's forward and backward (dloss 1 a row) on the same logits, rounded as stored.
+template<typename T> static CheckResult check_crossentropy(GpuModel& G, int B, int T_, const Timed& timed) {
     const Config& c = G.cfg;
-    const int BT = B * T;
-    std::vector<float> z = random_vec<float>((size_t)BT * c.Vp, 13, 4.0), loss_ref(BT), lse_ref(BT);
+    const int BT = B * T_;
+    const std::vector<float> z = as_stored<T>(random_vec<float>((size_t)BT * c.Vp, 13, 4.0));
+    std::vector<float> loss_ref(BT), lse_ref(BT), dz_ref = z;
     std::vector<int> y(BT);
     Rng rng{14};
     for (int& t : y) t = (int)(rng.next_u64() % c.V);
     crossentropy_forward(loss_ref.data(), lse_ref.data(), z.data(), y.data(), BT, c.V, c.Vp);
+    crossentropy_backward(dz_ref.data(), lse_ref.data(), y.data(), 1.0f, BT, c.V, c.Vp);
+    double mean_ref = 0;
+    for (float l : loss_ref) mean_ref += l / BT;
     CheckBuffers buf;
-    float *d_z = buf.up(z), *d_loss = buf.nan(BT), *d_lse = buf.nan(BT);
+    T* d_z = up_as<T>(buf, z);
+    float *d_loss = buf.nan(BT), *d_sum = buf.up(std::vector<float>{0.5f});  // the sum so far: 0.5
     int* d_y = buf.up(y);
-    auto forward = [&] { crossentropy_forward(d_loss, d_lse, d_z, d_y, BT, c.V, c.Vp, nullptr); };
-    forward();
-    if (!backward && is_bf16<Out>) return {{}, 0};  // the forward is fp32's
-    if (!backward) {
-        // __expf, __logf, the online rescaling and another summation order: 1.1e-7
-        std::vector<TensorError> e = {{"loss", max_rel(to_host(d_loss, BT), loss_ref), 2e-6},
-                                      {"lse", max_rel(to_host(d_lse, BT), lse_ref), 2e-6}};
-        timed(forward);
-        return {e, (double)BT * c.Vp * 4};
-    }
-    std::vector<float> dz_ref = z;
-    crossentropy_backward(dz_ref.data(), lse_ref.data(), y.data(), 1.0f / BT, BT, c.V, c.Vp);
-    Out* d_dz;
-    if constexpr (is_bf16<Out>) d_dz = nan_of<Out>(buf, z.size());
-    else d_dz = d_z;
-    auto run = [&] { crossentropy_backward(d_dz, d_z, d_lse, d_y, 1.0f / BT, BT, c.V, c.Vp, nullptr); };
-    run();
-    const std::vector<float> dz = host_floats(d_dz, z.size());
+    crossentropy(d_loss, d_z, d_y, BT, c.V, c.Vp, nullptr);
+    loss_sum(d_sum, d_loss, BT, nullptr);
+    const std::vector<float> dz = host_floats(d_z, z.size());
     double pad_nonzero = 0;
     for (int i = 0; i < BT; i++)
         for (int j = c.V; j < c.Vp; j++) pad_nonzero += dz[(size_t)i * c.Vp + j] != 0.0f;
-    // __expf's error at the largest logits: 1.6e-6
-    std::vector<TensorError> e = {{"dlogits", max_rel(dz, dz_ref), is_bf16<Out> ? kBf16Out : 1e-5},
-                                  {"padded columns not zero", pad_nonzero, 0}};
-    timed(run);  // on its own output: the same work
-    return {e, 2.0 * BT * c.Vp * 4};
+    // __expf, __logf, the online rescaling and another summation order: loss 1.1e-7, the
+    // gradient 1.6e-6 (__expf at the largest logits), the mean 1e-7
+    std::vector<TensorError> e = {{"loss", max_rel(to_host(d_loss, BT), loss_ref), 2e-6},
+                                  {"dlogits", max_rel(dz, dz_ref), is_bf16<T> ? kBf16Out : 1e-5},
+                                  {"padded columns not zero", pad_nonzero, 0},
+                                  {"step loss", std::fabs(to_host(d_sum, 1)[0] - (0.5 + mean_ref)) / (0.5 + mean_ref), 1e-6}};
+    timed([&] { crossentropy(d_loss, d_z, d_y, BT, c.V, c.Vp, nullptr); });  // on its own output: the same work
+    return {e, (double)BT * (2.0 * c.V + c.Vp) * sizeof(T)};
 }
 
 // Every copy of a position gets its token's row; the backward sums them back by token.
@@ -406,9 +400,8 @@ static inline std::vector<KernelCheck> kernel_checks() {
         {"attention_forward bf16 mma", "GFLOP/s", with(check_attention_bf16, false)},
         {"swiglu_forward", "GB/s", with(check_swiglu<float>, false)},
         {"swiglu_forward bf16", "GB/s", with(check_swiglu<bf16>, false)},
-        {"crossentropy_forward", "GB/s", with(check_crossentropy<float>, false)},
-        {"crossentropy_backward", "GB/s", with(check_crossentropy<float>, true)},
-        {"crossentropy_backward bf16 out", "GB/s", with(check_crossentropy<bf16>, true)},
+        {"crossentropy (loss and dlogits)", "GB/s", check_crossentropy<float>},
+        {"crossentropy bf16 (loss and dlogits)", "GB/s", check_crossentropy<bf16>},
         {"swiglu_backward", "GB/s", with(check_swiglu<float>, true)},
         {"swiglu_backward bf16", "GB/s", with(check_swiglu<bf16>, true)},
         {"attention_backward", "GFLOP/s", with(check_attention, true, false)},

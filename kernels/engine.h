@@ -8,6 +8,7 @@
 // last backward is told so (backward's last): the GPU starts each layer's reduction there.
 #pragma once
 #include <cmath>
+#include <utility>
 #include <vector>
 #include "cpu_decode.h"
 #include "dist.h"
@@ -17,12 +18,16 @@ struct CpuEngine {
     Shards S;                     // this rank's shard of the parameters: one bucket, one run of the arena (all of it alone)
     std::vector<float> m, v;      // (S.size) AdamW moments of the shard; empty for inference
     std::vector<float> gshard;    // (S.size) the gradients of the shard summed over the ranks; several ranks only
+    double step_loss = 0;         // forward_async's losses since take_loss
     CpuEngine(const Config& c, const std::vector<float>& params, bool training = true)
         : M(c), S(dist.shards({0, params.size()})), m(training ? S.size : 0), v(m.size()), gshard(dist.size > 1 ? m.size() : 0) {
         M.params = params;
     }
     static const char* name() { return "cpu"; }
     float forward(const int* in, const int* tg, int B, int T) { return model_forward(M, in, tg, B, T); }
+    // A step's forward: its loss is added to the step's, which take_loss returns (and resets).
+    void forward_async(const int* in, const int* tg, int B, int T) { step_loss += forward(in, tg, B, T); }
+    double take_loss() { return std::exchange(step_loss, 0.0); }
     // last (the step's last backward) is the GPU's business: the CPU reduces after it, in reduce_grads.
     void backward(float dloss, bool /*last*/ = false) { model_backward(M, dloss); }
     void zero_grads() { std::fill(M.grads.begin(), M.grads.end(), 0.0f); }
@@ -150,6 +155,9 @@ struct GpuEngine {
     GpuEngine& operator=(const GpuEngine&) = delete;
     static const char* name() { return "cuda"; }
     float forward(const int* in, const int* tg, int B, int T) { return G.forward(in, tg, B, T); }
+    // As CpuEngine's; the losses are summed on the device, and only take_loss waits.
+    void forward_async(const int* in, const int* tg, int B, int T) { G.forward_async(in, tg, B, T); }
+    double take_loss() { return G.take_loss(); }
     // last: the step's last backward, whose gradients are the step's: with overlap each bucket's
     // reduction starts as soon as its gradients are written.
     void backward(float dloss, bool last = false) {

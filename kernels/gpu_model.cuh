@@ -9,6 +9,7 @@
 // __nv_bfloat16): StepIn<In> names where each matmul input lives.
 // Parameters and gradients use the checkpoint order of param_tensors() (model.h).
 #pragma once
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <vector>
@@ -74,6 +75,15 @@ struct GpuModel : Activations<float> {
     __nv_bfloat16* act16 = nullptr;
     float* attn_D = nullptr;                     // (B, H, TK) the bf16 attention backward's rowsum(dO o)
     bool fresh_grads = false;                    // zero_grads was called: the next backward overwrites grads
+    float* d_loss = nullptr;                     // (1) the mean losses of the forwards since take_loss, summed
+    bool logits_kept = false;                    // the last forward had no targets: logits holds its logits
+    // Tokens and targets reach the device from pinned memory, which a copy reads when it runs:
+    // two halves, so that one fills while the other's copies wait; staged[k] is recorded after
+    // half k's copies, and the host waits on it before it refills that half. (From pageable
+    // memory CUDA may wait for the whole stream first.)
+    int* h_stage = nullptr;                      // (2, 2, B*T) pinned: tokens, then targets
+    cudaEvent_t staged[2] = {};
+    int stage_next = 0;
 
     // training false: inference only (the KV-cache decoder), the parameters without gradients.
     // bf16_: matmuls and attention on bf16 tensor cores (head sizes 16, 32, 64, 128).
@@ -105,12 +115,17 @@ struct GpuModel : Activations<float> {
         cudaCheck(cudaMemcpy(rope_sin, sn.data(), sn.size() * sizeof(float), cudaMemcpyHostToDevice));
         cublasCheck(cublasCreate(&blas));
         cublasCheck(cublasSetMathMode(blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+        cudaCheck(cudaMalloc(&d_loss, sizeof(float)));
+        cudaCheck(cudaMemset(d_loss, 0, sizeof(float)));
+        for (cudaEvent_t& e : staged) cudaCheck(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     }
     ~GpuModel() {
         for (void* q : {(void*)params, (void*)grads, (void*)params16, (void*)rope_cos, (void*)rope_sin, (void*)norm_scratch, (void*)act,
                         (void*)d_tokens, (void*)d_targets, (void*)d_row_index, (void*)d_row_pos, (void*)d_sort_keys, (void*)act16,
-                        (void*)attn_D})
+                        (void*)attn_D, (void*)d_loss})
             cudaFree(q);
+        for (cudaEvent_t e : staged) cudaEventDestroy(e);  // waits for the copies that use them
+        cudaFreeHost(h_stage);
         cublasDestroy(blas);
     }
     GpuModel(const GpuModel&) = delete;
@@ -146,6 +161,8 @@ struct GpuModel : Activations<float> {
         for (void* q : {(void*)act, (void*)d_tokens, (void*)d_targets, (void*)d_row_index, (void*)d_row_pos, (void*)d_sort_keys, (void*)act16,
                         (void*)attn_D, (void*)norm_scratch})
             cudaFree(q);
+        for (cudaEvent_t e : staged) cudaCheck(cudaEventSynchronize(e));  // no copy still reads the old staging memory
+        if (h_stage) cudaCheck(cudaFreeHost(h_stage));
         act16 = nullptr;
         attn_D = nullptr;
         norm_scratch = nullptr;
@@ -161,6 +178,7 @@ struct GpuModel : Activations<float> {
         cudaCheck(cudaMalloc(&d_row_index, (size_t)N * sizeof(int)));
         cudaCheck(cudaMalloc(&d_row_pos, (size_t)N * sizeof(int)));
         cudaCheck(cudaMalloc(&d_sort_keys, slots * sizeof(uint64_t)));
+        cudaCheck(cudaMallocHost(&h_stage, 4 * (size_t)B * T * sizeof(int)));
         if (grads) cudaCheck(cudaMalloc(&norm_scratch, (size_t)dg_chunks(N) * cfg.D * sizeof(float)));
         point(cfg, B, T, act, !bf16);
         in32.layer.clear();
@@ -199,19 +217,18 @@ struct GpuModel : Activations<float> {
         else return p16;
     }
 
-    // Column-major C (m, n) = op(A) op(B) + beta C through cuBLAS: fp32 (TF32 when allowed)
-    // or bf16 inputs, fp32 accumulation, C fp32 or bf16.
+    // Column-major C (m, n) = alpha op(A) op(B) + beta C through cuBLAS: fp32 (TF32 when
+    // allowed) or bf16 inputs, fp32 accumulation, C fp32 or bf16.
     static cudaDataType dtype_of(const float*) { return CUDA_R_32F; }
     static cudaDataType dtype_of(const __nv_bfloat16*) { return CUDA_R_16BF; }
     // Counted (dev/bench_gpu.cu --budget): A and B read once, C written (and read when beta != 0).
     template<typename In, typename Out>
     void gemm(const char* what, const char* part, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const In* A, int lda, const In* Bm,
-              int ldb, Out* C, int ldc, float beta) {
+              int ldb, Out* C, int ldc, float beta, float alpha = 1.0f) {
         count_launch(what, ((double)m * k + (double)k * n) * sizeof(In) + (double)m * n * sizeof(Out) * (beta != 0.0f ? 2 : 1),
                      2.0 * m * n * k, stream, part);
-        const float one = 1.0f;
         const cublasComputeType_t comp = std::is_same_v<In, float> && tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-        cublasCheck(cublasGemmEx(blas, ta, tb, m, n, k, &one, A, dtype_of(A), lda, Bm, dtype_of(Bm), ldb, &beta, C, dtype_of(C), ldc, comp,
+        cublasCheck(cublasGemmEx(blas, ta, tb, m, n, k, &alpha, A, dtype_of(A), lda, Bm, dtype_of(Bm), ldb, &beta, C, dtype_of(C), ldc, comp,
                                  CUBLAS_GEMM_DEFAULT));
     }
     // Row-major out (N, O) = in (N, I) W^T [+ out], out fp32 or bf16: cuBLAS sees the
@@ -220,12 +237,13 @@ struct GpuModel : Activations<float> {
     void matmul(const char* what, Out* out, const In* in, const In* W, int N, int I, int O, bool accumulate) {
         gemm(what, nullptr, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, W, I, in, I, out, O, accumulate ? 1.0f : 0.0f);
     }
-    // din (N, I) = dout W (overwritten, fp32 or bf16); dW (O, I) += dout^T in (= in a step's
-    // first backward: fresh_grads)
+    // din (N, I) = scale dout W (overwritten, fp32 or bf16); dW (O, I) += scale dout^T in (=
+    // in a step's first backward: fresh_grads). scale: the loss's, where dout is unscaled.
     template<typename In, typename Din>
-    void matmul_backward(const char* what, Din* din, float* dW, const In* dout, const In* in, const In* W, int N, int I, int O) {
-        gemm(what, "backward dx", CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, W, I, dout, O, din, I, 0.0f);
-        gemm(what, "backward dW", CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, in, I, dout, O, dW, I, fresh_grads ? 0.0f : 1.0f);
+    void matmul_backward(const char* what, Din* din, float* dW, const In* dout, const In* in, const In* W, int N, int I, int O,
+                         float scale = 1.0f) {
+        gemm(what, "backward dx", CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, W, I, dout, O, din, I, 0.0f, scale);
+        gemm(what, "backward dW", CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, in, I, dout, O, dW, I, fresh_grads ? 0.0f : 1.0f, scale);
     }
 
     // The training attention over B sequences of T positions of the variant c, from qkv to
@@ -285,17 +303,39 @@ struct GpuModel : Activations<float> {
         rmsnorm_backward(dx, gw.g_attn, dtmp, a.x, w32.g_attn, a.rstd_a, N, D, norm_scratch, stream, true, d.dx, !fresh_grads);
     }
 
-    // tokens, targets: host (B, T). Returns the mean last-copy loss (0 without targets).
-    float forward(const int* tok, const int* tgt, int B_, int T_) {
-        return bf16 ? forward_as<__nv_bfloat16>(tok, tgt, B_, T_) : forward_as<float>(tok, tgt, B_, T_);
+    // tokens, targets: host (B, T). With targets, the mean last-copy loss is added to the
+    // device's sum (take_loss reads it) and the logits become their gradient for backward;
+    // without, the logits stay (logits_host). Nothing waits for the device.
+    void forward_async(const int* tok, const int* tgt, int B_, int T_) {
+        bf16 ? forward_as<__nv_bfloat16>(tok, tgt, B_, T_) : forward_as<float>(tok, tgt, B_, T_);
     }
-    template<typename In> float forward_as(const int* tok, const int* tgt, int B_, int T_) {
+    // The mean losses of the forwards since the last call, summed (waits for them).
+    float take_loss() {
+        float h;
+        cudaCheck(cudaMemcpy(&h, d_loss, sizeof(float), cudaMemcpyDeviceToHost));
+        cudaCheck(cudaMemsetAsync(d_loss, 0, sizeof(float), stream));
+        return h;
+    }
+    // Returns the mean last-copy loss (0 without targets): waits for it.
+    float forward(const int* tok, const int* tgt, int B_, int T_) {
+        forward_async(tok, tgt, B_, T_);
+        return tgt ? take_loss() : 0.0f;
+    }
+    template<typename In> void forward_as(const int* tok, const int* tgt, int B_, int T_) {
         const Config& c = cfg;
         size_for(B_, T_);
         const int N = B * T * c.K, BT = B * T, D = c.D;
         const StepIn<In>& in = step_in<In>();
         const ParamView<In>& w = weights<In>();
-        cudaCheck(cudaMemcpyAsync(d_tokens, tok, BT * sizeof(int), cudaMemcpyHostToDevice, stream));
+        const int k = stage_next;
+        stage_next ^= 1;
+        cudaCheck(cudaEventSynchronize(staged[k]));  // half k's last copies have read it
+        int* h = h_stage + (size_t)k * 2 * BT;
+        memcpy(h, tok, BT * sizeof(int));
+        if (tgt) memcpy(h + BT, tgt, BT * sizeof(int));
+        cudaCheck(cudaMemcpyAsync(d_tokens, h, BT * sizeof(int), cudaMemcpyHostToDevice, stream));
+        if (tgt) cudaCheck(cudaMemcpyAsync(d_targets, h + BT, BT * sizeof(int), cudaMemcpyHostToDevice, stream));
+        cudaCheck(cudaEventRecord(staged[k], stream));
         embedding_forward(layer[0].x, d_tokens, d_row_index, p.E, N, D, stream);
         for (int l = 0; l < c.L; l++) {
             const LayerActs<float>& a = layer[l];
@@ -304,15 +344,16 @@ struct GpuModel : Activations<float> {
         }
         last_copy_forward(xlast, xL, c, B, T, stream);
         rmsnorm_forward(in.xn, rstd_final, xlast, p.g_final, BT, D, stream);
-        matmul("matmul lm_head", logits, in.xn, w.wout, BT, D, c.Vp, false);
-        if (!tgt) return 0;
-        cudaCheck(cudaMemcpyAsync(d_targets, tgt, BT * sizeof(int), cudaMemcpyHostToDevice, stream));
-        crossentropy_forward(losses, lse, logits, d_targets, BT, c.V, c.Vp, stream);
-        std::vector<float> l(BT);
-        cudaCheck(cudaMemcpy(l.data(), losses, BT * sizeof(float), cudaMemcpyDeviceToHost));
-        float sum = 0;  // summed as model_forward sums
-        for (float x : l) sum += x;
-        return sum / BT;
+        logits_kept = !tgt;
+        if (!tgt) {
+            matmul("matmul lm_head", logits, in.xn, w.wout, BT, D, c.Vp, false);
+            return;
+        }
+        // The logits in the matmuls' type (bf16 runs: bf16, as their backward GEMMs read them),
+        // where their gradient goes (fp32 runs: logits itself).
+        matmul("matmul lm_head", in.dlogits, in.xn, w.wout, BT, D, c.Vp, false);
+        crossentropy(losses, in.dlogits, d_targets, BT, c.V, c.Vp, stream);
+        loss_sum(d_loss, losses, BT, stream);
     }
 
     // Where the backward's gradients complete: bucket 0 is E, 1 + l layer l, L + 1 g_final
@@ -326,7 +367,8 @@ struct GpuModel : Activations<float> {
         return bounds;
     }
 
-    // Gradients of dloss * (mean loss) of the last forward, added into grads. written(b), when
+    // Gradients of dloss * (mean loss) of the last forward (with targets), added into grads (or
+    // written: zero_grads). written(b), when
     // given, is called as soon as the kernels that write bucket b's gradients are on the
     // stream: b = L + 1, L, ..., 0 (grad_buckets), so that their reduction can start then.
     void backward(float dloss, const std::function<void(int)>& written = nullptr) {
@@ -337,8 +379,7 @@ struct GpuModel : Activations<float> {
         const int BT = B * T, D = c.D;
         const StepIn<In>& in = step_in<In>();
         const ParamView<In>& w = weights<In>();
-        crossentropy_backward(in.dlogits, logits, lse, d_targets, dloss / BT, BT, c.V, c.Vp, stream);
-        matmul_backward("matmul lm_head", dxlast, g.wout, in.dlogits, in.xn, w.wout, BT, D, c.Vp);
+        matmul_backward("matmul lm_head", dxlast, g.wout, in.dlogits, in.xn, w.wout, BT, D, c.Vp, dloss / BT);  // the forward's softmax - onehot
         rmsnorm_backward(dxlast, g.g_final, dxlast, xlast, p.g_final, rstd_final, BT, D, norm_scratch, stream, false, (float*)nullptr,
                          !fresh_grads);
         if (written) written(c.L + 1);
@@ -362,8 +403,10 @@ struct GpuModel : Activations<float> {
         cudaCheck(cudaMemcpy(h.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost));
         return h;
     }
-    // The last-copy logits of the last forward, (B*T, V), as the CPU model lays them out.
+    // The last-copy logits of the last forward, (B*T, V), as the CPU model lays them out; a
+    // forward with targets keeps none (they became their gradient).
     std::vector<float> logits_host() const {
+        if (!logits_kept) die("GPU logits: the last forward had targets; forward without them to keep the logits");
         std::vector<float> all = download(logits, (size_t)B * T * cfg.Vp), out;
         for (int i = 0; i < B * T; i++) out.insert(out.end(), all.begin() + (size_t)i * cfg.Vp, all.begin() + (size_t)i * cfg.Vp + cfg.V);
         return out;

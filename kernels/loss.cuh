@@ -1,20 +1,29 @@
-// kernels/loss.cuh: fused softmax + cross-entropy on the last-copy rows, fp32. Probabilities
-// are never stored: the forward keeps each row's log-sum-exp, the backward turns the logits
-// into their gradient (in place, or into bf16 for bf16 matmuls). Padded vocabulary columns (V..Vp-1) never count.
+// kernels/loss.cuh: the classifier's loss, fused: softmax + cross-entropy over the last-copy
+// rows, and the logits' gradient written over the logits in the same launch, so that the LM
+// head's output is read twice and written once, and nothing else of size (B*T, Vp) exists
+// (probabilities never stored; bf16 runs keep the logits in bf16, as their matmuls take
+// them). The gradient is softmax - onehot, unscaled: the head's backward GEMMs multiply by the
+// loss's scale (their alpha), which the forward need not know. Each row's loss is summed on
+// the device, into the step's loss, in a fixed order: no per-row copy to the host. Padded
+// vocabulary columns (V..Vp-1) never count and get a zero gradient.
 #pragma once
 #include "cuda_compat.h"
 
 static constexpr int kLossThreads = 256;
 
-// grid (N), block kLossThreads: losses (N), lse (N) from logits (N, Vp), in one pass over
-// the row (online softmax): each thread keeps its running max and its sum of exp relative to
-// it, rescaled when the max grows; then the block combines the threads' (max, sum) pairs.
-// A NaN logit makes its row's loss NaN (as the CPU's); a -inf logit has probability 0.
-static __global__ void crossentropy_forward_kernel(float* losses, float* lse, const float* logits, const int* targets, int V, int Vp) {
-    const float* z = logits + (size_t)blockIdx.x * Vp;
+// grid (N), block kLossThreads: losses (N) from the logits z (N, Vp), fp32 or bf16, then z
+// becomes softmax(z) - onehot(target). The row's max and sum of exponentials come from one
+// online pass (each thread keeps its running max and its sum relative to it, rescaled when
+// the max grows; the block then combines the threads' pairs); a second pass writes the
+// gradient. A NaN logit makes its row's loss and gradient NaN (as the CPU's); a -inf logit
+// has probability 0.
+template<typename T> static __global__ void crossentropy_kernel(float* losses, T* logits, const int* targets, int V, int Vp) {
+    T* z = logits + (size_t)blockIdx.x * Vp;
+    const int y = targets[blockIdx.x];
+    const float zy = to_f32(z[y]);  // read before the second pass overwrites it (block_reduce syncs between)
     float mx = -INFINITY, sum = 0.0f;
     for (int j = threadIdx.x; j < V; j += kLossThreads) {
-        const float x = z[j];
+        const float x = to_f32(z[j]);
         if (x > mx) {
             sum = sum * __expf(mx - x) + 1.0f;  // 0 * exp(-inf) at the first
             mx = x;
@@ -24,33 +33,36 @@ static __global__ void crossentropy_forward_kernel(float* losses, float* lse, co
     }
     const float row_max = block_reduce(mx, true);
     sum = block_reduce(sum != 0.0f ? sum * __expf(mx - row_max) : 0.0f, false);  // a thread without (finite) columns adds 0
-    if (threadIdx.x == 0) {
-        lse[blockIdx.x] = row_max + __logf(sum);
-        losses[blockIdx.x] = lse[blockIdx.x] - z[targets[blockIdx.x]];
-    }
+    const float lse = row_max + __logf(sum);
+    if (threadIdx.x == 0) losses[blockIdx.x] = lse - zy;
+    for (int j = threadIdx.x; j < Vp; j += kLossThreads)
+        store(z + j, j < V ? __expf(to_f32(z[j]) - lse) - (j == y ? 1.0f : 0.0f) : 0.0f);
 }
-inline void crossentropy_forward(float* losses, float* lse, const float* logits, const int* targets, int N, int V, int Vp, cudaStream_t s) {
-    count_launch("crossentropy_forward", 4.0 * N * V + 16.0 * N, 0, s);
-    launch(crossentropy_forward_kernel, dim3(N), dim3(kLossThreads), 0, s, losses, lse, logits, targets, V, Vp);
+// The logits as the head's GEMM wrote them (T float or __nv_bfloat16), overwritten.
+template<typename T> inline void crossentropy(float* losses, T* logits, const int* targets, int N, int V, int Vp, cudaStream_t s) {
+    count_launch("crossentropy", (double)N * (2.0 * V + Vp) * sizeof(T) + 8.0 * N, 0, s);  // read twice, written once
+    launch(crossentropy_kernel<T>, dim3(N), dim3(kLossThreads), 0, s, losses, logits, targets, V, Vp);
     cudaCheck(cudaGetLastError());
 }
 
-// grid (N), block kLossThreads: dlogits (N, Vp) = dloss_row * (softmax - onehot), padding 0;
-// dlogits is the logits themselves (fp32, in place) or a bf16 tensor for bf16 matmuls
-template<typename Out>
-static __global__ void crossentropy_backward_kernel(Out* dlogits, const float* logits, const float* lse, const int* targets, float dloss_row,
-                                                    int V, int Vp) {
-    const float* z = logits + (size_t)blockIdx.x * Vp;
-    Out* dz = dlogits + (size_t)blockIdx.x * Vp;
-    const float l = lse[blockIdx.x];
-    const int y = targets[blockIdx.x];
-    for (int j = threadIdx.x; j < Vp; j += kLossThreads)
-        store(dz + j, j < V ? dloss_row * (__expf(z[j] - l) - (j == y ? 1.0f : 0.0f)) : 0.0f);
+static constexpr int kLossSumThreads = 1024;
+
+// grid 1, block kLossSumThreads: *total += mean of losses (N), summed in double over a fixed
+// strided share a thread and a fixed tree: the same bits on every run.
+static __global__ void __launch_bounds__(kLossSumThreads) loss_sum_kernel(float* total, const float* losses, int N) {
+    PHD_SHARED(double, s, [kLossSumThreads]);
+    double acc = 0.0;
+    for (int i = threadIdx.x; i < N; i += kLossSumThreads) acc += losses[i];
+    s[threadIdx.x] = acc;
+    __syncthreads();
+    for (int w = kLossSumThreads / 2; w > 0; w /= 2) {
+        if ((int)threadIdx.x < w) s[threadIdx.x] += s[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) *total += (float)(s[0] / N);
 }
-template<typename Out>
-inline void crossentropy_backward(Out* dlogits, const float* logits, const float* lse, const int* targets, float dloss_row, int N, int V,
-                                  int Vp, cudaStream_t s) {
-    count_launch("crossentropy_backward", 4.0 * N * V + (double)N * Vp * sizeof(Out) + 8.0 * N, 0, s);
-    launch(crossentropy_backward_kernel<Out>, dim3(N), dim3(kLossThreads), 0, s, dlogits, logits, lse, targets, dloss_row, V, Vp);
+inline void loss_sum(float* total, const float* losses, int N, cudaStream_t s) {
+    count_launch("loss_sum", 4.0 * N + 8, 0, s);
+    launch(loss_sum_kernel, dim3(1), dim3(kLossSumThreads), 0, s, total, losses, N);
     cudaCheck(cudaGetLastError());
 }

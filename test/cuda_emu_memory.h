@@ -41,6 +41,15 @@ struct DeviceMemory {
         return a + n <= it->first + it->second.bytes ? &it->second : nullptr;
     }
     bool is_device(const void* p) { return holding_address((uintptr_t)p, 0) != nullptr; }
+    // Pinned host memory (cudaMallocHost): by address, its size. A copy reads or writes it
+    // when it runs, not at the call, as a GPU's DMA does.
+    std::map<uintptr_t, size_t> pinned;
+    bool is_pinned(const void* p, size_t n) {
+        auto it = pinned.upper_bound((uintptr_t)p);
+        if (it == pinned.begin()) return false;
+        --it;
+        return (uintptr_t)p + n <= it->first + it->second;
+    }
     void set_access(const Allocation& a, bool on) {
         if (kProtect && mprotect(a.map, a.map_bytes, on ? PROT_READ | PROT_WRITE : PROT_NONE) != 0) {
             perror("cuda_emu: mprotect");

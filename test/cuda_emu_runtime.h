@@ -84,6 +84,31 @@ inline cudaError_t cudaMalloc(void** p, size_t n) {
     return cudaSuccess;
 }
 template<typename T> inline cudaError_t cudaMalloc(T** p, size_t n) { return cudaMalloc((void**)p, n); }
+// Pinned host memory, filled with the poison as device memory is.
+inline cudaError_t cudaMallocHost(void** p, size_t n) {
+    using namespace cuda_emu;
+    *p = nullptr;
+    if (capture_refuses()) return cudaErrorStreamCaptureUnsupported;
+    if (!(*p = malloc(n ? n : 1))) return cudaErrorMemoryAllocation;
+    memset(*p, kPoison, n);
+    DeviceMemory& d = device_memory();
+    std::lock_guard<std::recursive_mutex> lock(d.m);
+    d.pinned[(uintptr_t)*p] = n;
+    return cudaSuccess;
+}
+template<typename T> inline cudaError_t cudaMallocHost(T** p, size_t n) { return cudaMallocHost((void**)p, n); }
+// As cudaFree, it waits for the device's work first.
+inline cudaError_t cudaFreeHost(void* p) {
+    using namespace cuda_emu;
+    if (capture_refuses()) return cudaErrorStreamCaptureUnsupported;
+    if (!p) return cudaSuccess;
+    streams().run_all();
+    DeviceMemory& d = device_memory();
+    std::lock_guard<std::recursive_mutex> lock(d.m);
+    if (!d.pinned.erase((uintptr_t)p)) return cudaErrorInvalidValue;
+    free(p);
+    return cudaSuccess;
+}
 // As on a GPU, it waits for the device's work first.
 inline cudaError_t cudaFree(void* p) {
     using namespace cuda_emu;
@@ -117,12 +142,15 @@ inline cudaError_t check_copy(void* dst, const void* src, size_t n, cudaMemcpyKi
                                                   : (dst_dev || dst_host) && (src_dev || src_host);
     return ok ? cudaSuccess : cudaErrorInvalidValue;
 }
-// Queues a copy on s; host memory is pageable here, so, as CUDA promises for it, the source
-// is read at the call and a copy into host memory is done when the call returns.
+// Queues a copy on s. From pageable host memory, as CUDA promises for it, the source is read
+// at the call, and a copy into it is done when the call returns; pinned memory (cudaMallocHost)
+// is read and written when the copy runs, as late as the streams allow: a host that refills
+// a pinned buffer before its copy ran sends the new values, as a GPU would.
 inline cudaError_t copy_on(cudaStream_t s, void* dst, const void* src, size_t n, cudaMemcpyKind k) {
     if (n == 0) return cudaSuccess;
     if (cudaError_t e = check_copy(dst, src, n, k)) return e;
-    const bool from_host = !device_memory().is_device(src), to_host = !device_memory().is_device(dst);
+    DeviceMemory& d = device_memory();
+    const bool from_host = !d.is_device(src) && !d.is_pinned(src, n), to_host = !d.is_device(dst) && !d.is_pinned(dst, n);
     std::shared_ptr<std::vector<char>> staged;
     if (from_host) staged = std::make_shared<std::vector<char>>((const char*)src, (const char*)src + n);
     auto copy = [=]() -> cudaError_t {
