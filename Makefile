@@ -25,21 +25,20 @@ NCCL_ON   := $(and $(MPI_ON),$(NVCC),$(wildcard /usr/include/nccl.h $(dir $(NVCC
 NVCC_MPI_FLAGS := $(if $(NCCL_ON),$(MPI_FLAGS))
 NVCC_MPI_LIBS  := $(if $(NCCL_ON),$(MPI_LIBS) -lnccl)
 # Where no GPU answers, the native binaries that only a GPU can run are compiled for sm_90
-# alone: the tests and the decode benchmark to PTX (nvcc's every check but ptxas's, whose
-# report comes from train_phd's and the kernel lab's builds) with their host and device code
+# alone: the tests and the benchmarks to PTX (nvcc's every check but ptxas's, whose report
+# comes from train_phd's build, which holds every kernel) with their host and device code
 # unoptimised (the emulated builds compile the host code optimised; nothing runs this PTX, and
-# cicc's -O0 saves a third of the compile), the kernel lab to sm_90 (the ptxas suite reads its
-# report). They are built for every architecture, optimised, once a GPU is here. train_phd
+# cicc's -O0 saves a third of the compile). They are built for every architecture, optimised,
+# once a GPU is here. train_phd
 # itself keeps sm_90's machine code and carries sm_80's as PTX, which an A100's driver
 # compiles at the first start (and caches): a quarter of its compile, in every CI run. Build
 # on the GPU's machine, or pass NVCC_ARCH, for both as machine code.
 GPUS := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 ifeq ($(GPUS),0)
 train_phd: NVCC_ARCH := -gencode arch=compute_80,code=compute_80 -gencode arch=compute_90,code=sm_90
-build/test_gpu_native build/bench_decode_gpu: NVCC_ARCH := -gencode arch=compute_90,code=compute_90
-build/test_gpu_native build/bench_decode_gpu: NVCCFLAGS := -O0 -Xcicc -O0 -std=c++17 $(NVCC_ARCH)
-build/test_gpu_native build/bench_decode_gpu: CXXFLAGS := -O0
-build/bench_gpu: NVCC_ARCH := -gencode arch=compute_90,code=sm_90
+build/test_gpu_native build/bench_gpu build/bench_decode_gpu: NVCC_ARCH := -gencode arch=compute_90,code=compute_90
+build/test_gpu_native build/bench_gpu build/bench_decode_gpu: NVCCFLAGS := -O0 -Xcicc -O0 -std=c++17 $(NVCC_ARCH)
+build/test_gpu_native build/bench_gpu build/bench_decode_gpu: CXXFLAGS := -O0
 endif
 # What the binaries were built with follows what this machine has: the line below changes
 # when PCRE2, MPI, NCCL, nvcc or a GPU come or go (dev/setup.sh installs the first two), and every
@@ -58,9 +57,10 @@ all: train_phd
 # nvcc with the host flags: the rule's first prerequisite to $@
 NVCC_BUILD = $(NVCC) $(NVCCFLAGS) -Xcompiler "$(subst $() ,$(comma),$(strip $(CXXFLAGS) -fopenmp $(WARN)))"
 
-# The nvcc builds of train_phd and the kernel lab keep what ptxas says of each kernel, and the
-# PTX (for __launch_bounds__), in build/ptxas/ (dev/ptxas_report.sh reads them there instead of
-# compiling again); the rest of nvcc's output goes to the terminal as usual.
+# The nvcc build of train_phd (every kernel is in a header it includes) keeps what ptxas says
+# of each kernel, and the PTX (for __launch_bounds__), in build/ptxas/ (dev/ptxas_report.sh
+# reads them there instead of compiling again); the rest of nvcc's output goes to the
+# terminal as usual.
 # A failed build leaves no log, so that the report compiles the source and fails itself.
 PTXAS_OUT = build/ptxas/$(notdir $@)
 PTXAS_LOG = --keep --keep-dir $(PTXAS_OUT).keep -Xptxas -v 2> $(PTXAS_OUT).log; rc=$$?; \
@@ -180,12 +180,11 @@ bench: build/bench_cpu build/bench_decode
 
 # GPU benchmarks (nvcc and a GPU): the kernel lab and training steps, then KV-cache inference.
 build/bench_gpu: dev/bench_gpu.cu $(HEADERS)
-	@rm -f $@
-	$(PTXAS_DIR)
-	$(NVCC_BUILD) $< -o $@ -lcublas -lgomp $(PTXAS_LOG)
+	@mkdir -p build && rm -f $@
+	$(NVCC_BUILD) $< -o $@ -lcublas -lgomp
 # Every kernel's registers, static shared memory and __launch_bounds__, for the emulation's
 # launch checks (PHD_EMU_KERNELS, test/cuda_emu_limits.h).
-build/ptxas/kernels.tsv: train_phd build/bench_gpu dev/ptxas_report.sh
+build/ptxas/kernels.tsv: train_phd dev/ptxas_report.sh
 	./dev/ptxas_report.sh --table $@
 build/bench_decode_gpu: dev/bench_decode.cu $(HEADERS)
 	@mkdir -p build && rm -f $@

@@ -6,9 +6,9 @@
 # frame or spills, except the attention kernels' generic instances (HD = 0: any head size,
 # read at run time, which cannot stay in registers), or if a compile fails. The last line is
 # "ptxas: N passed, M failed" (one per kernel).
-# It reads the logs and PTX the Makefile's nvcc builds of train_phd and build/bench_gpu leave
-# in build/ptxas/ (make test builds both first), and compiles a source itself, for sm_90, where
-# its log is missing or older than the source.
+# It reads the log and PTX the Makefile's nvcc build of train_phd leaves in build/ptxas/ (make
+# test builds it first), and compiles train_phd.cu itself, for sm_90, where they are missing
+# or older than the source.
 #   dev/ptxas_report.sh                the report
 #   dev/ptxas_report.sh --table FILE   writes the table the emulation checks launches against
 #                                      (test/cuda_emu_limits.h): each kernel's mangled name,
@@ -19,10 +19,10 @@ export LC_ALL=C  # sort and join agree on the order
 cd "$(dirname "$0")/.."
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 mkdir -p build/ptxas
-# train_phd.cu holds the kernels of training and inference; dev/bench_gpu.cu also the
-# kernels it checks that training does not use.
+# train_phd.cu holds every kernel: they all live in kernels/, which it includes (dev/ and the
+# tests' sources define none of the engine's).
 logs=()
-for pair in train_phd.cu:train_phd dev/bench_gpu.cu:bench_gpu; do
+for pair in train_phd.cu:train_phd; do
     src=${pair%%:*} log=build/ptxas/${pair##*:}.log
     if [ ! -f "$log" ] || [ ! -f "${log%.log}.ptx" ] || [ -n "$(find "$src" model.h kernels data dev -newer "$log" -name '*.c*' -o -newer "$log" -name '*.h' | head -n 1)" ]; then
         keep=${log%.log}.keep

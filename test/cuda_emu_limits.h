@@ -3,9 +3,9 @@
 // emulation cannot see for itself: a block of n threads needs n/32 warps of ptxas's registers
 // per thread (given out 256 a warp), and the 64K registers of an SM must hold them, or the
 // launch fails with "too many resources requested for launch". PHD_EMU_KERNELS names the table
-// `dev/ptxas_report.sh --table` writes from the nvcc builds (one line a kernel: its mangled
-// name, registers, static shared memory and __launch_bounds__, the largest of sm_80's and
-// sm_90's); the emulated binary finds its kernels' names in its own symbol table. With the
+// `dev/ptxas_report.sh --table` writes from train_phd's nvcc build (one line a kernel: its
+// mangled name, registers, static shared memory and __launch_bounds__, the largest over the
+// architectures it was built for); the emulated binary finds its kernels' names in its own symbol table. With the
 // table, a launch also fails when
 // - it has more threads than the kernel's __launch_bounds__,
 // - static and dynamic shared memory together pass the limit,

@@ -47,11 +47,11 @@ no_torch=$(has_torch || echo "missing: Debian's python3-torch: run dev/setup.sh"
 # Every binary: the nvcc builds where nvcc is (no GPU is needed to compile them), else
 # train_phd is the C++ build's copy.
 if has_nvcc; then
-    build train_phd 75
-    build build/bench_gpu 37
+    build train_phd 60
+    build build/bench_gpu 20
     build build/test_gpu_native 32
     build build/bench_decode_gpu 23
-    build build/ptxas/kernels.tsv 1 "train_phd build/bench_gpu"
+    build build/ptxas/kernels.tsv 1 "train_phd"
 else
     build train_phd 1 build/train_phd_cpu
 fi
@@ -75,7 +75,7 @@ tsan_first='kernel lab table*,GPU model*'
 suite gpu-tsan-1 run 45 $tsan 600 "" env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --test-case="$tsan_first"
 suite gpu-tsan-2 run 52 $tsan 600 "" env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --test-case-exclude="$tsan_first,device sampling at GPT-2*"
 suite reference run 32 "" 300 "$no_torch" /usr/bin/python3 dev/phd_reference.py selftest
-suite ptxas run 2 "$(has_nvcc && echo train_phd build/bench_gpu)" 300 "$(has_nvcc || echo 'no nvcc')" ./dev/ptxas_report.sh
+suite ptxas run 2 "$(has_nvcc && echo train_phd)" 300 "$(has_nvcc || echo 'no nvcc')" ./dev/ptxas_report.sh
 suite cpu run 28 "build/test_cpu train_phd build/train_phd_cpu build/train_phd_emu" 600 "" ./build/test_cpu
 # A model exported to PyTorch (dev/export.py) generates what train_phd generates.
 suite export run 50 build/train_phd_cpu 300 "$no_torch" env OMP_NUM_THREADS=1 bash test/test_export.sh build/train_phd_cpu
