@@ -34,6 +34,25 @@ static inline void gemm_microkernel(int kc, const Real* __restrict__ Ap, const R
         for (int j = 0; j < nr; j++) C[i * ldc + j] = accumulate ? C[i * ldc + j] + acc[i][j] : acc[i][j];
 }
 
+// dst (kc, W) = a panel of W vectors of kc elements, vector i at src + i * vs with its
+// elements e apart (count of them inside the matrix; the others are zero), as the
+// micro-kernel reads it: element p of every vector together. Read along whichever stride is
+// 1 (a row of W in x W^T, of x in dW, ...), so that the copy streams.
+template<int W, typename Real>
+static inline void pack_panel(Real* __restrict__ dst, const Real* __restrict__ src, long vs, long e, int count, int kc) {
+    if (e == 1)
+        for (int i = 0; i < count; i++)
+            for (int p = 0; p < kc; p++) dst[p * W + i] = src[i * vs + p];
+    else if (vs == 1 && count == W)
+        for (int p = 0; p < kc; p++)
+            for (int i = 0; i < W; i++) dst[p * W + i] = src[p * e + i];
+    else
+        for (int p = 0; p < kc; p++)
+            for (int i = 0; i < count; i++) dst[p * W + i] = src[i * vs + p * e];
+    for (int p = 0; p < kc; p++)
+        for (int i = count; i < W; i++) dst[p * W + i] = Real(0);
+}
+
 // Work is split into items (row block ic, column-panel chunk): one chunk of every panel
 // when there are enough row blocks to keep the threads busy (training), else the panels
 // are shared out too, so that a few rows (decoding) still use every thread. Each item packs
@@ -42,7 +61,7 @@ template<typename Real>
 void gemm(Real* C, long ldc, const Real* A, long ars, long acs, const Real* B, long brs, long bcs,
           int M, int N, int Kd, bool accumulate) {
     constexpr int MR = GemmTile<Real>::MR, NR = GemmTile<Real>::NR;
-    constexpr int KC = 256, MC = 64, NC = 1024;  // L1: KC*(MR+NR); L2: MC*KC; L3: KC*NC
+    constexpr int KC = 384, MC = 128, NC = 1024;  // A panel KC*MR in L1, B panel KC*NR from L2, A block MC*KC in L2, B block KC*NC in L3 (measured best of KC 256-512, MC 64-128 on the bench's shapes)
     if (Kd == 0) {
         if (!accumulate)
             for (int i = 0; i < M; i++) std::fill(C + i * ldc, C + i * ldc + N, Real(0));
@@ -66,17 +85,8 @@ void gemm(Real* C, long ldc, const Real* A, long ars, long acs, const Real* B, l
             {
                 #pragma omp for schedule(static)
                 for (int jp = 0; jp < npanels; jp++) {
-                    Real* dst = Bpack.get() + (size_t)jp * kc * NR;  // (kc, NR)
-                    auto put = [&](int p, int j) {
-                        const int col = jc + jp * NR + j;
-                        dst[p * NR + j] = col < jc + nc ? B[(long)(pc + p) * brs + (long)col * bcs] : Real(0);
-                    };
-                    if (brs == 1)  // a column of B is a row of W (x W^T): read it along its unit stride
-                        for (int j = 0; j < NR; j++)
-                            for (int p = 0; p < kc; p++) put(p, j);
-                    else
-                        for (int p = 0; p < kc; p++)
-                            for (int j = 0; j < NR; j++) put(p, j);
+                    const int cols = std::min(NR, nc - jp * NR);  // inside the matrix; the rest of the panel is zero
+                    pack_panel<NR>(Bpack.get() + (size_t)jp * kc * NR, B + (long)pc * brs + (long)(jc + jp * NR) * bcs, bcs, brs, cols, kc);
                 }
                 std::unique_ptr<Real[]> Apack(new Real[(size_t)KC * (MC + MR)]);
                 #pragma omp for schedule(static)
@@ -84,14 +94,9 @@ void gemm(Real* C, long ldc, const Real* A, long ars, long acs, const Real* B, l
                     const int ic = item / chunks * MC, mc = std::min(MC, M - ic);
                     const int jp0 = npanels * (item % chunks) / chunks, jp1 = npanels * (item % chunks + 1) / chunks;
                     if (jp0 == jp1) continue;
-                    for (int ip = 0; ip * MR < mc; ip++) {
-                        Real* dst = Apack.get() + (size_t)ip * kc * MR;
-                        for (int p = 0; p < kc; p++)
-                            for (int i = 0; i < MR; i++) {
-                                int row = ic + ip * MR + i;
-                                dst[p * MR + i] = row < ic + mc ? A[(long)row * ars + (long)(pc + p) * acs] : Real(0);
-                            }
-                    }
+                    for (int ip = 0; ip * MR < mc; ip++)
+                        pack_panel<MR>(Apack.get() + (size_t)ip * kc * MR, A + (long)(ic + ip * MR) * ars + (long)pc * acs, ars, acs,
+                                       std::min(MR, mc - ip * MR), kc);
                     for (int jp = jp0; jp < jp1; jp++)
                         for (int ip = 0; ip * MR < mc; ip++) {
                             int mr = std::min(MR, mc - ip * MR), nr = std::min(NR, nc - jp * NR);

@@ -78,6 +78,8 @@ struct Dist {
     bool by_env = false;                     // several ranks started without MPI: every collective over NCCL
 #ifdef PHD_NCCL
     mutable ncclComm_t nccl = nullptr;  // the GPUs' communicator, made at the first collective on them
+    static constexpr size_t kSmall = 64;
+    mutable void* small = nullptr;      // (kSmall bytes) on the device: nccl_host's buffer for small values
 #endif
 
     // First element of rank r's share of n (r = size: n).
@@ -374,14 +376,20 @@ struct Dist {
     }
     // Launched without MPI: x (count of t, on the host) through an NCCL collective on a device
     // copy: summed, or the least, over the ranks (op), or without op rank 0's to every rank.
+    // The step's own calls (a sum of one double) use a small buffer made once: no allocation in a step.
     template<typename T> void nccl_host(T* x, size_t count, ncclDataType_t t, int op = -1) const {
-        void* d = nullptr;
-        cudaCheck(cudaMalloc(&d, count * sizeof(T)));
-        cudaCheck(cudaMemcpy(d, x, count * sizeof(T), cudaMemcpyHostToDevice));
+        const size_t bytes = count * sizeof(T);
+        void* d = small;
+        if (bytes > kSmall) cudaCheck(cudaMalloc(&d, bytes));
+        else if (!d) {
+            cudaCheck(cudaMalloc(&small, kSmall));
+            d = small;
+        }
+        cudaCheck(cudaMemcpy(d, x, bytes, cudaMemcpyHostToDevice));
         if (op < 0) ncclCheck(ncclBroadcast(d, d, count, t, 0, comm(), nullptr));
         else ncclCheck(ncclAllReduce(d, d, count, t, (ncclRedOp_t)op, comm(), nullptr));
-        cudaCheck(cudaMemcpy(x, d, count * sizeof(T), cudaMemcpyDeviceToHost));  // on the legacy stream: after the collective
-        cudaCheck(cudaFree(d));
+        cudaCheck(cudaMemcpy(x, d, bytes, cudaMemcpyDeviceToHost));  // on the legacy stream: after the collective
+        if (bytes > kSmall) cudaCheck(cudaFree(d));
     }
     // As reduce_scatter and all_gather, on device memory and the stream s: NCCL's
     // reduce-scatter and all-gather move a bucket's (n / N)-element pieces, a reduce and a
