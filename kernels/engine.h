@@ -28,6 +28,8 @@ struct CpuEngine {
     // A step's forward: its loss is added to the step's, which take_loss returns (and resets).
     void forward_async(const int* in, const int* tg, int B, int T) { step_loss += forward(in, tg, B, T); }
     double take_loss() { return std::exchange(step_loss, 0.0); }
+    // (B*T) each position's loss in the last forward with targets: -log p(target).
+    std::vector<float> row_losses() const { return std::vector<float>(M.losses, M.losses + (size_t)M.B * M.T); }
     // last (the step's last backward) is the GPU's business: the CPU reduces after it, in reduce_grads.
     void backward(float dloss, bool /*last*/ = false) { model_backward(M, dloss); }
     void zero_grads() { std::fill(M.grads.begin(), M.grads.end(), 0.0f); }
@@ -158,6 +160,7 @@ struct GpuEngine {
     // As CpuEngine's; the losses are summed on the device, and only take_loss waits.
     void forward_async(const int* in, const int* tg, int B, int T) { G.forward_async(in, tg, B, T); }
     double take_loss() { return G.take_loss(); }
+    std::vector<float> row_losses() const { return G.download(G.losses, (size_t)G.B * G.T); }
     // last: the step's last backward, whose gradients are the step's: with overlap each bucket's
     // reduction starts as soon as its gradients are written.
     void backward(float dloss, bool last = false) {

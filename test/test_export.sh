@@ -6,7 +6,9 @@
 # (the engine's KV-cache decoder, float32) prints; also that the exported file is the
 # checkpoint's values under plain torch.load, and that export.py refuses bad files with one
 # line and a non-zero exit.
-#   test/test_export.sh [TRAIN_PHD]      (default build/train_phd_cpu; builds nothing)
+#   test/test_export.sh [TRAIN_PHD [TRAIN_PHD_EMU]]   (default build/train_phd_cpu; builds nothing)
+# With TRAIN_PHD_EMU (the CUDA emulation's build) the multiple-choice scores are also checked
+# on the emulated GPU.
 # KEEP_TMP=1 keeps the temporary directory. The last line is "N passed, M failed" (exit
 # status non-zero when a check failed), or "SKIPPED: ..." (exit 0) where /usr/bin/python3
 # has no torch.
@@ -14,6 +16,7 @@ set -uo pipefail
 export LC_ALL=C OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${1:-$root/build/train_phd_cpu}
+emu=${2:-}
 py=/usr/bin/python3
 
 source "$(dirname "$0")/check.sh"
@@ -139,6 +142,115 @@ for name, variant, kind, K, W, C, V, Vp, H, Hkv in [
     assert not sd["E"][V:].any() and not sd["wout"][V:].any(), name  # the padding rows, zero as the checkpoint's
     assert flat.numpy().astype("<f4").tobytes() == payload, name
 EOF
+
+# Multiple-choice evaluation (data/eval.h, issue 28): a task in llm.c's eval format, written
+# here by a few lines of Python from the format as llm.c documents it (dev/data's
+# write_evalfile): 40 examples of the shard's own grammar, a context of words and the next
+# word against three strings of random letters as long. The trained model spells words, so
+# it must pick the word nearly always; a fresh one is near chance (1 in 4). Each
+# completion's log-likelihood must be the PyTorch reference's on the exported model.
+/usr/bin/python3 - "$tmp/words.bin" "$tmp/bad_label.bin" <<'EOF2'
+import random, struct, sys
+def write_evalfile(path, examples):  # llm.c's layout: 256 int32 header, then uint16 examples
+    body, longest = b"", 0
+    for i, (ctx, ends, label) in enumerate(examples):
+        s = [65535, 0, i, label, len(ends), len(ctx)] + ctx
+        for e in ends:
+            s += [len(e)] + e
+        s[1] = 2 * len(s)
+        longest = max(longest, s[1])
+        body += struct.pack("<%dH" % len(s), *s)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<256i", *([20240522, 1, len(examples), longest] + [0] * 252)) + body)
+words = "in the beginning god created heaven and earth was without form void darkness upon face of deep".split()
+r = random.Random(5)
+examples = []
+for _ in range(40):
+    ctx = " ".join(r.choice(words) for _ in range(r.randrange(1, 4))) + " "
+    word = r.choice(words)
+    ends = [[ord(ch) for ch in "".join(r.choice("bcfjkmqxz") for _ in word)] for _ in range(3)]
+    label = r.randrange(4)
+    ends.insert(label, [ord(ch) for ch in word])
+    examples.append(([ord(ch) for ch in ctx], ends, label))
+write_evalfile(sys.argv[1], examples)
+examples[3] = (examples[3][0], examples[3][1], 4)  # a label past the completions
+write_evalfile(sys.argv[2], examples)
+EOF2
+v=phd-cswa-2-2-2
+eval_line() { grep -o 'acc [0-9.]*' <<< "$1" | head -n 1 | cut -d' ' -f2; }
+out=$(run "$bin" -e "$tmp/$v/$model" --device cpu -b 8 -t 32 --eval "$tmp/words.bin" --eval-scores 1 2>&1) || bad "eval: train_phd failed: $out"
+acc=$(eval_line "$out")
+check "eval: the trained $v picks the word against random letters (acc $acc of 40 examples, want >= 0.9)" \
+    awk -v a="$acc" 'BEGIN { exit !(a >= 0.9) }'
+fresh=$(run "$bin" --device cpu --variant "$v" --vocab 256 --layers 2 --dim 32 --heads 4 --kv-heads 2 -b 8 -t 32 --eval "$tmp/words.bin" 2>&1)
+facc=$(eval_line "$fresh")
+check "eval: a fresh $v is near chance (acc $facc, want <= 0.5)" awk -v a="$facc" 'BEGIN { exit !(a <= 0.5) }'
+check "eval: one line 'eval words: acc X acc_norm Y (40 examples)'" grep -qx "eval words: acc [01]\.[0-9]* acc_norm [01]\.[0-9]* (40 examples)" <<< "$out"
+# The reference's log-likelihoods of the same completions (float64): within 1e-5 relative.
+ref=$(run "$py" - "$root/dev" "$tmp/$v/model.pt" "$tmp/words.bin" <<'EOF2'
+import struct, sys, torch
+sys.path.insert(0, sys.argv[1])
+from phd_reference import load_export, forward
+cfg, P = load_export(sys.argv[2])
+data = open(sys.argv[3], "rb").read()
+n = struct.unpack_from("<256i", data)[2]
+u = struct.unpack_from("<%dH" % ((len(data) - 1024) // 2), data, 1024)
+at = 0
+for i in range(n):
+    nc, lc = u[at + 4], u[at + 5]
+    ctx = list(u[at + 6: at + 6 + lc]); at += 6 + lc
+    for c in range(nc):
+        le = u[at]; end = list(u[at + 1: at + 1 + le]); at += 1 + le
+        toks = ctx + end
+        with torch.no_grad():
+            logits, _ = forward(cfg, P, torch.tensor([toks]))
+        lp = torch.log_softmax(logits[0, :, : cfg["V"]], dim=-1)
+        ll = sum(lp[len(ctx) - 1 + j, end[j]].item() for j in range(le))
+        print(f"example {i} completion {c}: log-likelihood {ll:.12g} ({le} tokens)")
+EOF2
+)
+same_scores() {  # WANT GOT TOL: the lines of both match, each log-likelihood within TOL relative
+    paste -d'|' <(grep '^example' <<< "$1") <(grep '^example' <<< "$2") | awk -F'|' -v tol="$3" '
+        { split($1, a, " "); split($2, b, " "); n++
+          if (a[2] != b[2] || a[4] != b[4] || a[7] != b[7]) exit 1
+          d = a[6] - b[6]; if (d < 0) d = -d; s = a[6] < 0 ? -a[6] : a[6]; if (d > tol * s) exit 1 }
+        END { exit !(n == 160) }'
+}
+check "eval: every completion's log-likelihood is the PyTorch reference's within 1e-5 (160 completions)" same_scores "$ref" "$out" 1e-5
+if [ -n "$emu" ]; then
+    gpu=$(run "$emu" -e "$tmp/$v/$model" --device cuda --dtype fp32 -b 8 -t 32 --eval "$tmp/words.bin" --eval-scores 1 2>&1)
+    check "eval: the emulated GPU (fp32) scores every completion as the CPU does, within 1e-5" same_scores "$out" "$gpu" 1e-5
+fi
+# In training: at every validation step (step 0 and the last included), on the screen and in
+# log.txt; and under mpirun, two ranks each scoring half of the examples, the counts summed.
+run "$bin" -i "$tmp/syn_train_*.bin" -o "$tmp/evaltrain" --device cpu --variant "$v" --vocab 256 --layers 2 --dim 32 --heads 4 \
+    --kv-heads 2 -b 8 -t 32 -x 6 -v 5 -s 0 --eval "$tmp/words.bin" > "$tmp/evaltrain.log" 2>&1
+check "eval: training prints it at step 0 and at the last (5), and logs it" \
+    bash -c '[ "$(grep -c "^eval words: acc .* (40 examples)$" "$1")" -eq 2 ] &&
+             [ "$(grep -c "^step [05] eval words acc [0-9.]* acc_norm [0-9.]*$" "$2")" -eq 2 ]' _ "$tmp/evaltrain.log" "$tmp/evaltrain/log.txt"
+if command -v mpirun > /dev/null; then
+    [ "$(id -u)" -eq 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    two=$(timeout -k 5 120 mpirun -q --oversubscribe --bind-to none -np 2 "$bin" -e "$tmp/$v/$model" --device cpu -b 8 -t 32 \
+          --eval "$tmp/words.bin" --threads 1 2>&1 | grep '^eval words')
+    check "eval: 2 ranks give the one rank's line ($two)" [ "$two" = "$(grep '^eval words' <<< "$out")" ]
+fi
+# Bad tasks: one line naming the file, exit 1.
+eval_refused() {  # NAME FILE PATTERN [FLAGS...]
+    local name=$1 file=$2 pattern=$3 rc=0; shift 3
+    run "$bin" -e "$tmp/$v/$model" --device cpu -b 8 -t 32 --eval "$file" "$@" > "$tmp/eval.out" 2> "$tmp/eval.err" || rc=$?
+    if [ "$rc" -eq 1 ] && [ "$(wc -l < "$tmp/eval.err")" -eq 1 ] && grep -q "^error: $file: .*$pattern" "$tmp/eval.err"; then
+        ok "eval refuses $name: $(cat "$tmp/eval.err")"
+    else
+        bad "eval refuses $name (exit $rc, want 1 and one line matching '$pattern'): $(head -c 300 "$tmp/eval.err")"
+    fi
+}
+head -c 1500 "$tmp/words.bin" > "$tmp/words_cut.bin"
+eval_refused "a token shard" "$tmp/syn_train_000000.bin" "bad eval magic.*token shard"
+eval_refused "a truncated file" "$tmp/words_cut.bin" "truncated"
+eval_refused "a label past the completions" "$tmp/bad_label.bin" "example 3 has label 4 of 4 completions"
+eval_refused "an example longer than T" "$tmp/words.bin" "more than T=4" -t 4
+eval_refused "more completions than rows" "$tmp/words.bin" "more than the 2 rows" -b 2
+eval_refused "a missing file" "$tmp/none.bin" "cannot open"
 
 # Bad inputs: one line `error: ...` on stderr, exit 1, nothing on stdout, no OUT.pt left.
 src=$tmp/vanilla
