@@ -51,7 +51,7 @@ TEST_HDR := $(wildcard test/*.h)
 
 PYTHON_TORCH := /usr/bin/python3
 
-.PHONY: all setup test test-gpu test-tsan test-asan test-reference fixtures bench bench-gpu clean train kjv-shards
+.PHONY: all setup test test-gpu test-tsan test-asan test-reference fixtures bench bench-gpu clean train kjv-shards evals
 all: train_phd
 
 # nvcc with the host flags: the rule's first prerequisite to $@
@@ -216,6 +216,11 @@ TRAIN_LAUNCH ?=
 kjv-shards:
 	[ -f $(KJV)/tokenizer.bin ] || { $(MAKE) --no-print-directory build/prepare && \
 	    ./build/prepare --tokenizer gpt2 --out $(KJV) --name kjv data/cache/text/kjv/kjv.txt; }
+# The two multiple-choice tasks built from the corpora setup installs, from their validation
+# documents only (build/prepare --eval-lines; README): KJV verses and Brown sentences.
+evals: setup build/prepare
+	./build/prepare --tokenizer gpt2 --eval-lines --out data/evals/kjv_verses.bin data/cache/text/kjv/kjv.txt
+	./build/prepare --tokenizer gpt2 --eval-lines --out data/evals/brown_sentences.bin data/cache/text/brown/*.txt
 train: setup
 	@$(MAKE) --no-print-directory kjv-shards train_phd
 	$(TRAIN_LAUNCH) ./train_phd -i '$(KJV)/kjv_train_*.bin' -j '$(KJV)/kjv_val_*.bin' -k $(KJV)/tokenizer.bin $(TRAIN_FLAGS) $(TRAIN_EXTRA) -o $(TRAIN_OUT)

