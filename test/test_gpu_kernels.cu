@@ -250,6 +250,23 @@ TEST_CASE("embedding backward and grad norm: two runs give the same bits") {
     for (void* p : {(void*)d_tok, (void*)d_dx, (void*)d_dE, (void*)d_dE2, (void*)d_keys, (void*)d_g, (void*)d_part}) cudaCheck(cudaFree(p));
 }
 
+TEST_CASE("grad norm: the sum of squares of any length, 16-byte aligned or not, as the host sums it") {
+    // 16-byte groups and the last n % 4 in block 0, or single floats from a misaligned start;
+    // the longest takes the 1024 x 256 threads round twice.
+    const size_t longest = (size_t)2 * kNormBlocks * kNormThreads * 4 + 7;
+    const std::vector<float> g = random_vec<float>(longest + 1, 17);
+    float* d_g = to_device(g);
+    double* d_part = to_device(std::vector<double>(kNormBlocks));
+    for (size_t n : {(size_t)1, (size_t)3, (size_t)4, (size_t)1001, longest})
+        for (size_t at : {(size_t)0, (size_t)1}) {
+            double want = 0;
+            for (size_t i = at; i < at + n; i++) want += (double)g[i] * g[i];
+            INFO("n " << n << " from " << at);
+            CHECK(std::fabs(grad_sumsq(d_g + at, n, d_part, nullptr) - want) <= 1e-12 * want);
+        }
+    for (void* p : {(void*)d_g, (void*)d_part}) cudaCheck(cudaFree(p));
+}
+
 TEST_CASE("loss: a NaN logit makes its row's loss and gradient NaN; -inf logits have probability 0") {
     const int V = 1000, Vp = 1024, N = 3;  // several columns a thread (256 threads)
     std::vector<float> z = random_vec<float>((size_t)N * Vp, 71, 4.0);
