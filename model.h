@@ -919,9 +919,14 @@ template<typename Real> double grad_norm(const Real* g, size_t n) { return sqrt(
 // (no clipping) and an inf would scale by 0 (inf * 0 = NaN), NaN weights either way; so it
 // stops the process, as clip_grad_norm_(error_if_nonfinite=True) raises. train_phd stops its
 // run before this, naming the step, on every rank; this guards every other caller.
+// The formula alone, which the GPU also evaluates on the device (kernels/adamw.cuh).
+PHD_HOST_DEVICE inline double clip_scale_of(double clip, double norm) {
+    const double s = clip / (norm + 1e-6);
+    return s < 1.0 ? s : 1.0;
+}
 static inline double clip_scale(const AdamW& o, double norm) {
     if (!std::isfinite(norm)) die("AdamW: the gradient norm is %s: no update can be made from it", std::isnan(norm) ? "NaN" : "infinite");
-    return std::min(1.0, o.clip / (norm + 1e-6));
+    return clip_scale_of(o.clip, norm);
 }
 
 // One AdamW update at 0-based `step` with learning rate lr; gradients are first scaled by

@@ -689,28 +689,35 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
             E.backward(1.0f / (accum * dist.size), micro == accum - 1);
         }
         // A NaN or inf loss or gradient norm would reach the weights (no clipping scales a NaN
-        // away), and then every later checkpoint: the run stops here, before its update. Both
-        // are sums over every rank, so all ranks stop together, with one line.
+        // away), and then every later checkpoint: the run stops here, before any checkpoint of
+        // this step. Both are sums over every rank, so all ranks stop together, with one line.
         auto stop_unless_finite = [&](const char* what, double x) {
             if (!std::isfinite(x))
                 dist.die_everywhere("%s is %s at step %d; no checkpoint written for this step", what, std::isnan(x) ? "NaN" : "infinite", step);
         };
         E.reduce_grads();  // ZeRO-1: each rank gets (or has got) its shard of the gradients summed over the ranks
-        double norm = E.norm();  // of all the gradients, from every rank's shard: the step's one wait for the device
+        E.clip(opt);       // the norm of all the gradients, from every rank's shard, and AdamW's clip scale
+        const float lr = learning_rate(opt, step);
+        // Where the device holds the clip scale and nothing waits on the host's look at the
+        // step (no --skip-update-z), the update is queued at once: the device never idles while
+        // the host reads the loss and the norm. Else it waits for them below.
+        const bool queued = a.skip_update_z == 0 && E.clips_on_device();
+        auto update = [&] {
+            E.update(opt, step, lr);  // AdamW on this rank's shard of the parameters and moments
+            E.gather_params();        // every rank gets every updated parameter
+        };
+        if (queued) update();
+        const double norm = E.norm();  // the step's one wait for the device
         const double loss = dist.sum(E.take_loss()) / (accum * dist.size);
         stop_unless_finite("training loss", loss);
         stop_unless_finite("gradient norm", norm);  // a finite loss can have one: e.g. 0 * a NaN weight in a padded logit's row
-        float lr = learning_rate(opt, step);
         // A skipped step still counts, as in llm.c: its batch is used up, and the schedule,
         // AdamW's bias correction and the checkpoint cadence move on; only the parameters and
         // moments stay as they were.
         const double zloss = loss_z.update(loss), znorm = norm_z.update(norm);
         const bool skip = a.skip_update_z > 0 && (zloss > a.skip_update_z || znorm > a.skip_update_z);
         if (skip) skipped++;
-        else {
-            E.update(opt, step, lr, norm);  // AdamW on this rank's shard of the parameters and moments
-            E.gather_params();              // every rank gets every updated parameter
-        }
+        else if (!queued) update();
         double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
         printf("step %4d/%d | loss %.6f | norm %.4f | lr %.2e | %.1f ms | %.0f tok/s", step + 1, a.steps, loss, norm, lr, ms,
                a.total_batch / (ms / 1000));

@@ -143,9 +143,10 @@ static void train_step(GpuEngine& E, const std::vector<int>& tok, const std::vec
     E.zero_grads();
     E.forward_async(tok.data(), tgt.data(), o.B, o.T);
     E.backward(1.0f);
-    const double norm = E.norm();  // the step's one wait, as train_phd's
+    E.clip(opt);
+    E.update(opt, step, 1e-4f);  // queued before the host reads anything, as train_phd's
+    E.norm();                    // the step's one wait
     E.take_loss();
-    E.update(opt, step, 1e-4f, norm);
 }
 static void random_batch(const Config& c, const Options& o, std::vector<int>* tok, std::vector<int>* tgt) {
     Rng rng{2};

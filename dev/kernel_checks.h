@@ -354,14 +354,16 @@ static CheckResult check_adamw(GpuModel& G, int, int, const Timed& timed) {
     for (size_t i = 0; i < P; i++) v[i] = 1e-4f * (1 + (float)(i % 7));
     AdamW o;
     const double norm_ref = grad_norm(g.data(), P);
+    o.clip = (float)norm_ref / 2;  // the scale clips: 0.5
     std::vector<float> p_ref = p, m_ref = m, v_ref = v;
     adamw_update(c, o, p_ref.data(), g.data(), m_ref.data(), v_ref.data(), 4, 1e-3f, norm_ref);
     CheckBuffers buf;
     float *d_p = buf.up(p), *d_g = buf.up(g), *d_m = buf.up(m), *d_v = buf.up(v);
-    double* d_part = buf.up(std::vector<double>(kNormBlocks));
-    const double norm = grad_norm(d_g, P, d_part, nullptr);
+    GradNorm gn;
+    gn.run(d_g, P, o.clip, nullptr);
+    const double norm = std::sqrt(gn.sumsq());
     __nv_bfloat16* d_p16 = nan_of<__nv_bfloat16>(buf, P);
-    adamw_update(*G.tensors, o, d_p, d_g, d_m, d_v, 4, 1e-3f, norm, nullptr, d_p16);
+    adamw_update(*G.tensors, o, d_p, d_g, d_m, d_v, 4, 1e-3f, gn.scale, nullptr, d_p16);
     const std::vector<float> p_got = to_host(d_p, P), p16 = host_floats(d_p16, P), p_rounded = from_bf16(to_bf16(p_got));
     double copy_wrong = 0;
     for (size_t i = 0; i < P; i++) copy_wrong += !(p16[i] == p_rounded[i]);
@@ -370,7 +372,7 @@ static CheckResult check_adamw(GpuModel& G, int, int, const Timed& timed) {
                                   {"m", max_rel(to_host(d_m, P), m_ref), 1e-6},
                                   {"v", max_rel(to_host(d_v, P), v_ref), 1e-6},
                                   {"bf16 copy != rounded params", copy_wrong, 0}};
-    timed([&] { adamw_update(*G.tensors, o, d_p, d_g, d_m, d_v, 5, 1e-3f, norm, nullptr, d_p16); });
+    timed([&] { adamw_update(*G.tensors, o, d_p, d_g, d_m, d_v, 5, 1e-3f, gn.scale, nullptr, d_p16); });
     return {e, (7.0 * 4 + 2) * P};
 }
 

@@ -37,20 +37,52 @@ static __global__ void grad_norm_partial_kernel(double* partial, const float* g,
     }
     if (threadIdx.x == 0) partial[blockIdx.x] = s[0];
 }
-// partial: device scratch of kNormBlocks doubles. Returns the sum of squares (synchronises);
-// grad_norm its square root.
-inline double grad_sumsq(const float* g, size_t n, double* partial, cudaStream_t s) {
-    const int blocks = (int)std::max<size_t>(1, std::min<size_t>(kNormBlocks, (n / 4 + kNormThreads - 1) / kNormThreads));
-    count_launch("grad_norm", 4.0 * n, 0, s);
-    launch(grad_norm_partial_kernel, dim3(blocks), dim3(kNormThreads), 0, s, partial, g, n);
-    cudaCheck(cudaGetLastError());
-    double host[kNormBlocks] = {}, sum = 0.0;
-    cudaCheck(cudaMemcpyAsync(host, partial, blocks * sizeof(double), cudaMemcpyDeviceToHost, s));
-    cudaCheck(cudaStreamSynchronize(s));
-    for (int b = 0; b < blocks; b++) sum += host[b];
-    return sum;
+// One thread: *norm2 = the partials summed in order, *scale = AdamW's clip scale of its
+// square root (clip_scale_of, model.h; NaN for a NaN norm, which train_phd stops on before
+// any checkpoint).
+static __global__ void grad_norm_finish_kernel(double* norm2, float* scale, const double* partial, int blocks, float clip) {
+    double sum = 0.0;
+    for (int b = 0; b < blocks; b++) sum += partial[b];
+    *norm2 = sum;
+    *scale = (float)clip_scale_of(clip, sqrt(sum));
 }
-inline double grad_norm(const float* g, size_t n, double* partial, cudaStream_t s) { return sqrt(grad_sumsq(g, n, partial, s)); }
+
+// The gradient norm and the clip scale AdamW reads, on the device: run() queues them and
+// nothing waits, so that the update can follow on the stream at once; sumsq() brings the
+// sum of squares to the host (it waits). Several ranks sum theirs on the host and give the
+// scale back with set_scale.
+struct GradNorm {
+    double* partial = nullptr;  // (kNormBlocks)
+    double* norm2 = nullptr;    // (1) the sum of squares
+    float* scale = nullptr;     // (1) the clip scale
+    GradNorm() {
+        cudaCheck(cudaMalloc(&partial, kNormBlocks * sizeof(double)));
+        cudaCheck(cudaMalloc(&norm2, sizeof(double)));
+        cudaCheck(cudaMalloc(&scale, sizeof(float)));
+    }
+    ~GradNorm() {
+        cudaFree(partial);
+        cudaFree(norm2);
+        cudaFree(scale);
+    }
+    GradNorm(const GradNorm&) = delete;
+    GradNorm& operator=(const GradNorm&) = delete;
+    // g (n), clip: AdamW's.
+    void run(const float* g, size_t n, float clip, cudaStream_t s) {
+        const int blocks = (int)std::max<size_t>(1, std::min<size_t>(kNormBlocks, (n / 4 + kNormThreads - 1) / kNormThreads));
+        count_launch("grad_norm", 4.0 * n, 0, s);
+        launch(grad_norm_partial_kernel, dim3(blocks), dim3(kNormThreads), 0, s, partial, g, n);
+        count_launch("grad_norm finish", 8.0 * blocks + 12, 0, s);
+        launch(grad_norm_finish_kernel, dim3(1), dim3(1), 0, s, norm2, scale, (const double*)partial, blocks, clip);
+        cudaCheck(cudaGetLastError());
+    }
+    double sumsq() const {
+        double h;
+        cudaCheck(cudaMemcpy(&h, norm2, sizeof h, cudaMemcpyDeviceToHost));
+        return h;
+    }
+    void set_scale(float x, cudaStream_t s) { cudaCheck(cudaMemcpyAsync(scale, &x, sizeof x, cudaMemcpyHostToDevice, s)); }
+};
 
 // The parameter tensors as the one AdamW launch looks its elements up in them (param_tensors
 // order, model.h): each one's end offset and whether it decays, on the device. GpuModel keeps
@@ -86,9 +118,10 @@ struct AdamWTensors {
 // instead of a conversion of its own.
 static __global__ void adamw_kernel(float* p, __nv_bfloat16* p16, const float* g, float* m, float* v, size_t lo, size_t n,
                                     const size_t* ends, const unsigned char* decays, int tensors, float lr, float b1, float b2, float eps,
-                                    float wd, float bc1, float bc2, float scale) {
+                                    float wd, float bc1, float bc2, const float* clip) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
+    const float scale = *clip;
     int t = 0;  // the first tensor that ends past parameter lo + i
     for (int hi = tensors - 1; t < hi;) {
         const int mid = (t + hi) / 2;
@@ -102,18 +135,18 @@ static __global__ void adamw_kernel(float* p, __nv_bfloat16* p16, const float* g
     p[i] -= lr * ((m[i] / bc1) / (sqrtf(v[i] / bc2) + eps) + decay * p[i]);
     if (p16) p16[i] = __float2bfloat16(p[i]);
 }
-// As adamw_update in model.h: decay on matrices and embeddings only, after clipping; only
-// the parameters [lo, hi) (a rank's shard, kernels/dist.h), grads, m and v holding just those.
-// params16: (P) the bf16 copy to refresh, or nullptr. One launch, whatever the tensors.
+// As adamw_update in model.h: decay on matrices and embeddings only, after clipping by the
+// scale GradNorm left on the device (clip); only the parameters [lo, hi) (a rank's shard,
+// kernels/dist.h), grads, m and v holding just those. params16: (P) the bf16 copy to
+// refresh, or nullptr. One launch, whatever the tensors.
 inline void adamw_update(const AdamWTensors& t, const AdamW& o, float* params, const float* grads, float* m, float* v, int step, float lr,
-                         double norm, cudaStream_t s, __nv_bfloat16* params16 = nullptr, size_t lo = 0, size_t hi = SIZE_MAX) {
-    const float scale = (float)clip_scale(o, norm);
+                         const float* clip, cudaStream_t s, __nv_bfloat16* params16 = nullptr, size_t lo = 0, size_t hi = SIZE_MAX) {
     const float bc1 = (float)(1.0 - pow(o.beta1, step + 1)), bc2 = (float)(1.0 - pow(o.beta2, step + 1));
     hi = std::min(hi, t.P);
     if (lo >= hi) return;
     const size_t n = hi - lo;
     count_launch("adamw", (double)n * (28 + (params16 ? 2 : 0)), 0, s);  // p, m, v read and written, g read
     launch(adamw_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, params + lo, params16 ? params16 + lo : nullptr, grads, m, v, lo,
-           n, t.end, t.decay, t.n, lr, o.beta1, o.beta2, o.eps, o.weight_decay, bc1, bc2, scale);
+           n, t.end, t.decay, t.n, lr, o.beta1, o.beta2, o.eps, o.weight_decay, bc1, bc2, clip);
     cudaCheck(cudaGetLastError());
 }

@@ -8,6 +8,7 @@
 // last backward is told so (backward's last): the GPU starts each layer's reduction there.
 #pragma once
 #include <cmath>
+#include <memory>
 #include <utility>
 #include <vector>
 #include "cpu_decode.h"
@@ -19,6 +20,7 @@ struct CpuEngine {
     std::vector<float> m, v;      // (S.size) AdamW moments of the shard; empty for inference
     std::vector<float> gshard;    // (S.size) the gradients of the shard summed over the ranks; several ranks only
     double step_loss = 0;         // forward_async's losses since take_loss
+    double grad_norm_ = 0;        // clip's
     CpuEngine(const Config& c, const std::vector<float>& params, bool training = true)
         : M(c), S(dist.shards({0, params.size()})), m(training ? S.size : 0), v(m.size()), gshard(dist.size > 1 ? m.size() : 0) {
         M.params = params;
@@ -36,10 +38,13 @@ struct CpuEngine {
     // The summed gradients of the shard: gshard, or alone the gradients themselves.
     const float* gsum() const { return dist.size > 1 ? gshard.data() : M.grads.data(); }
     void reduce_grads() { dist.reduce_scatter(M.grads.data(), gshard.data(), S, 0); }
-    double norm() { return std::sqrt(dist.sum(grad_sumsq(gsum(), S.size))); }  // of all the gradients: the shards' sums of squares
-    void update(const AdamW& o, int step, float lr, double norm) {
+    // The norm of all the gradients (the shards' sums of squares, summed), for update and norm().
+    void clip(const AdamW&) { grad_norm_ = std::sqrt(dist.sum(grad_sumsq(gsum(), S.size))); }
+    double norm() const { return grad_norm_; }
+    static bool clips_on_device() { return false; }
+    void update(const AdamW& o, int step, float lr) {
         for (const Piece& p : S.mine)
-            adamw_update(M.cfg, o, M.params.data(), gsum() + p.at, m.data() + p.at, v.data() + p.at, step, lr, norm, p.lo, p.hi);
+            adamw_update(M.cfg, o, M.params.data(), gsum() + p.at, m.data() + p.at, v.data() + p.at, step, lr, grad_norm_, p.lo, p.hi);
     }
     void gather_params() { dist.all_gather(M.params.data(), S); }
     std::vector<float> params() const { return M.params; }
@@ -118,11 +123,12 @@ struct GpuEngine {
     Shards S;                          // this rank's shard of the parameters: its piece of each bucket (all of them alone)
     float *m = nullptr, *v = nullptr;  // (S.size) AdamW moments of the shard, on the device; none for inference
     float* gshard = nullptr;           // (S.size) the gradients of the shard summed over the ranks; several ranks only
-    double* partial = nullptr;         // grad-norm scratch
+    std::unique_ptr<GradNorm> gn;      // the gradient norm and clip scale, on the device
     bool overlap;                      // reductions start during the step's last backward
     cudaStream_t comm = nullptr;       // the reductions' stream; several ranks only
     std::vector<cudaEvent_t> ready;    // (buckets) bucket b's gradients are written
     cudaEvent_t reduced = nullptr;     // every reduction of the step is done
+    double ranks_norm = 0;             // several ranks: clip's norm, summed on the host
     // training false: only what the KV-cache decoder needs (the parameters), for --generate.
     // bf16: matmuls and attention on bf16 tensor cores (kernels/gpu_model.cuh).
     GpuEngine(const Config& c, const std::vector<float>& params, bool tf32, bool training = true, bool bf16 = false, bool overlap_ = true)
@@ -132,7 +138,7 @@ struct GpuEngine {
         gpu_check_fits((dist.size > 1 ? 3 : 2) * n * sizeof(float), "AdamW moments");
         cudaCheck(cudaMalloc(&m, n * sizeof(float)));
         cudaCheck(cudaMalloc(&v, n * sizeof(float)));
-        cudaCheck(cudaMalloc(&partial, kNormBlocks * sizeof(double)));
+        gn = std::make_unique<GradNorm>();
         cudaCheck(cudaMemset(m, 0, n * sizeof(float)));
         cudaCheck(cudaMemset(v, 0, n * sizeof(float)));
         if (dist.size == 1) return;
@@ -148,7 +154,6 @@ struct GpuEngine {
         cudaFree(m);
         cudaFree(v);
         cudaFree(gshard);
-        cudaFree(partial);
         for (cudaEvent_t e : ready) cudaEventDestroy(e);
         if (reduced) cudaEventDestroy(reduced);
         if (comm) cudaStreamDestroy(comm);
@@ -183,10 +188,20 @@ struct GpuEngine {
         cudaCheck(cudaEventRecord(reduced, comm));
         cudaCheck(cudaStreamWaitEvent(G.stream, reduced, 0));
     }
-    double norm() { return std::sqrt(dist.sum(grad_sumsq(gsum(), S.size, partial, G.stream))); }
+    // On one rank the norm and the clip scale stay on the device: the update is queued after
+    // them at once, and norm() waits later. Several ranks sum their shards' squares on the
+    // host first (a wait) and hand the scale back.
+    void clip(const AdamW& o) {
+        gn->run(gsum(), S.size, o.clip, G.stream);
+        if (dist.size == 1) return;
+        ranks_norm = std::sqrt(dist.sum(gn->sumsq()));
+        gn->set_scale((float)clip_scale_of(o.clip, ranks_norm), G.stream);
+    }
+    double norm() const { return dist.size == 1 ? std::sqrt(gn->sumsq()) : ranks_norm; }
+    bool clips_on_device() const { return dist.size == 1; }  // clip() has not waited: update may be queued before norm()
     // One launch for each run of pieces that lie next to each other in the arena and in the
     // shard: the whole arena on one rank.
-    void update(const AdamW& o, int step, float lr, double norm) {
+    void update(const AdamW& o, int step, float lr) {
         auto continues = [&](size_t k) {  // piece k starts where piece k - 1 ends, in both
             const Piece &a = S.mine[k - 1], &b = S.mine[k];
             return b.lo == a.hi && b.at == a.at + (a.hi - a.lo);
@@ -194,7 +209,7 @@ struct GpuEngine {
         for (size_t i = 0, j; i < S.mine.size(); i = j) {
             for (j = i + 1; j < S.mine.size() && continues(j);) j++;
             const Piece& p = S.mine[i];
-            adamw_update(*G.tensors, o, G.params, gsum() + p.at, m + p.at, v + p.at, step, lr, norm, G.stream,
+            adamw_update(*G.tensors, o, G.params, gsum() + p.at, m + p.at, v + p.at, step, lr, gn->scale, G.stream,
                          dist.size > 1 ? nullptr : G.params16, p.lo, S.mine[j - 1].hi);  // several ranks: gather_params writes the copy
         }
     }

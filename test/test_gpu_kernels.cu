@@ -245,26 +245,31 @@ TEST_CASE("embedding backward and grad norm: two runs give the same bits") {
     CHECK(to_host(d_dE2, dE0.size()) == to_host(d_dE, dE0.size()));
     const size_t P = num_params(c);
     float* d_g = to_device(random_vec<float>(P, 16));
-    double* d_part = to_device(std::vector<double>(kNormBlocks));
-    CHECK(grad_norm(d_g, P, d_part, nullptr) == grad_norm(d_g, P, d_part, nullptr));
-    for (void* p : {(void*)d_tok, (void*)d_dx, (void*)d_dE, (void*)d_dE2, (void*)d_keys, (void*)d_g, (void*)d_part}) cudaCheck(cudaFree(p));
+    GradNorm gn;
+    gn.run(d_g, P, 1.0f, nullptr);
+    const double first = gn.sumsq();
+    gn.run(d_g, P, 1.0f, nullptr);
+    CHECK(gn.sumsq() == first);
+    for (void* p : {(void*)d_tok, (void*)d_dx, (void*)d_dE, (void*)d_dE2, (void*)d_keys, (void*)d_g}) cudaCheck(cudaFree(p));
 }
 
-TEST_CASE("grad norm: the sum of squares of any length, 16-byte aligned or not, as the host sums it") {
+TEST_CASE("grad norm: the sum of squares of any length, 16-byte aligned or not, as the host sums it; the clip scale from it") {
     // 16-byte groups and the last n % 4 in block 0, or single floats from a misaligned start;
     // the longest takes the 1024 x 256 threads round twice.
     const size_t longest = (size_t)2 * kNormBlocks * kNormThreads * 4 + 7;
     const std::vector<float> g = random_vec<float>(longest + 1, 17);
     float* d_g = to_device(g);
-    double* d_part = to_device(std::vector<double>(kNormBlocks));
+    GradNorm gn;
     for (size_t n : {(size_t)1, (size_t)3, (size_t)4, (size_t)1001, longest})
         for (size_t at : {(size_t)0, (size_t)1}) {
             double want = 0;
             for (size_t i = at; i < at + n; i++) want += (double)g[i] * g[i];
             INFO("n " << n << " from " << at);
-            CHECK(std::fabs(grad_sumsq(d_g + at, n, d_part, nullptr) - want) <= 1e-12 * want);
+            gn.run(d_g + at, n, 0.5f, nullptr);
+            CHECK(std::fabs(gn.sumsq() - want) <= 1e-12 * want);
+            CHECK(to_host(gn.scale, 1)[0] == (float)clip_scale_of(0.5, std::sqrt(gn.sumsq())));  // the clip scale AdamW reads
         }
-    for (void* p : {(void*)d_g, (void*)d_part}) cudaCheck(cudaFree(p));
+    cudaCheck(cudaFree(d_g));
 }
 
 TEST_CASE("loss: a NaN logit makes its row's loss and gradient NaN; -inf logits have probability 0") {
@@ -420,14 +425,15 @@ TEST_CASE("GPU model: a step's micro-batches add their gradients and losses, as 
 }
 
 // One training step of G as GpuEngine makes it on one rank (kernels/engine.h): zero the
-// gradients, forward, backward, the gradient norm, AdamW (m, v: its moments; part: the norm's
-// scratch). Returns the forward's loss.
-static float gpu_train_step(GpuModel& G, const AdamW& o, float* m, float* v, double* part, const std::vector<int>& tok,
+// gradients, forward, backward, the gradient norm and clip scale, AdamW (m, v: its moments;
+// gn: the norm's buffers). Returns the forward's loss.
+static float gpu_train_step(GpuModel& G, const AdamW& o, float* m, float* v, GradNorm& gn, const std::vector<int>& tok,
                             const std::vector<int>& tgt, int B, int T, int step, float lr) {
     G.zero_grads();
     const float loss = G.forward(tok.data(), tgt.data(), B, T);
     G.backward(1.0f);
-    adamw_update(*G.tensors, o, G.params, G.grads, m, v, step, lr, grad_norm(G.grads, G.P, part, G.stream), G.stream, G.params16);
+    gn.run(G.grads, G.P, o.clip, G.stream);
+    adamw_update(*G.tensors, o, G.params, G.grads, m, v, step, lr, gn.scale, G.stream, G.params16);
     return loss;
 }
 
@@ -451,11 +457,11 @@ TEST_CASE("GPU model: 10 AdamW steps follow the CPU's losses; two GPU runs give 
     auto gpu_run = [&](std::vector<float>* final_params) {
         GpuModel G(c, init.data(), false);
         float *d_m = to_device(std::vector<float>(G.P, 0.0f)), *d_v = to_device(std::vector<float>(G.P, 0.0f));
-        double* d_part = to_device(std::vector<double>(kNormBlocks));
+        GradNorm gn;
         std::vector<float> losses;
-        for (int s = 0; s < steps; s++) losses.push_back(gpu_train_step(G, o, d_m, d_v, d_part, tok, tgt, B, T, s, learning_rate(o, s)));
+        for (int s = 0; s < steps; s++) losses.push_back(gpu_train_step(G, o, d_m, d_v, gn, tok, tgt, B, T, s, learning_rate(o, s)));
         *final_params = G.download(G.params, G.P);
-        for (void* q : {(void*)d_m, (void*)d_v, (void*)d_part}) cudaCheck(cudaFree(q));
+        for (void* q : {(void*)d_m, (void*)d_v}) cudaCheck(cudaFree(q));
         return losses;
     };
     std::vector<float> p1;
@@ -478,13 +484,13 @@ static Ledger count_step(const Config& c, const std::vector<float>& init, const 
                          int T) {
     GpuModel G(c, init.data(), false, true, true);
     float *m = to_device(std::vector<float>(G.P, 0.0f)), *v = to_device(std::vector<float>(G.P, 0.0f));
-    double* part = to_device(std::vector<double>(kNormBlocks));
+    GradNorm gn;
     Ledger l;
     open_ledger() = &l;
-    gpu_train_step(G, AdamW{}, m, v, part, tok, tgt, B, T, 0, 1e-3f);
+    gpu_train_step(G, AdamW{}, m, v, gn, tok, tgt, B, T, 0, 1e-3f);
     open_ledger() = nullptr;
     cudaCheck(cudaDeviceSynchronize());
-    for (void* q : {(void*)m, (void*)v, (void*)part}) cudaCheck(cudaFree(q));
+    for (void* q : {(void*)m, (void*)v}) cudaCheck(cudaFree(q));
     return l;
 }
 

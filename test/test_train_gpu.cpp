@@ -234,3 +234,20 @@ TEST_CASE("--dtype bf16 (emulated): resume is bit-identical, the bf16 weights ma
     CHECK(final_a.size() > 1024);  // more than the header
     CHECK(final_a == file_bytes(b + "/model_00000004.bin"));
 }
+
+TEST_CASE("--device cuda (emulated): the update queued before the host reads the step gives the bits of the update made after it") {
+    // Without --skip-update-z one GPU queues AdamW (reading the clip scale on the device)
+    // before the host reads the loss and the norm; with it (a Z no step reaches) the host
+    // reads them first and then updates. The same weights either way, step by step.
+    std::string out, shard = make_shard("queued-update.bin", 3000, 13);
+    const std::string a = tmp("queued-a"), b = tmp("queued-b");
+    const std::string flags = std::string(kEmuBin) + one_thread_flags() + "--dim 64 --variant phd-cswa-2-3-2 -i " + shard +
+                              " --device cuda --dtype bf16 -x 4 -u 1 -v 0 -s 0 -l 1e-2 ";
+    REQUIRE(run(flags + "-o " + a, &out) == 0);
+    REQUIRE(run(flags + "--skip-update-z 1000 -o " + b, &out) == 0);
+    CHECK(out.find("skipped 0 of 4 updates") != std::string::npos);
+    CHECK(train_losses(a + "/log.txt") == train_losses(b + "/log.txt"));
+    const std::string final_a = file_bytes(a + "/model_00000004.bin");
+    CHECK(final_a.size() > 1024);
+    CHECK(final_a == file_bytes(b + "/model_00000004.bin"));
+}
