@@ -84,6 +84,15 @@ inline cudaError_t cudaMalloc(void** p, size_t n) {
     return cudaSuccess;
 }
 template<typename T> inline cudaError_t cudaMalloc(T** p, size_t n) { return cudaMalloc((void**)p, n); }
+namespace cuda_emu {
+// What cudaFree and cudaFreeHost do first, as on a GPU: refuse during a capture, then wait
+// for the device's work (which may still use the memory).
+inline cudaError_t free_waits(const void* p) {
+    if (capture_refuses()) return cudaErrorStreamCaptureUnsupported;
+    if (p) streams().run_all();
+    return cudaSuccess;
+}
+}  // namespace cuda_emu
 // Pinned host memory, filled with the poison as device memory is.
 inline cudaError_t cudaMallocHost(void** p, size_t n) {
     using namespace cuda_emu;
@@ -97,24 +106,20 @@ inline cudaError_t cudaMallocHost(void** p, size_t n) {
     return cudaSuccess;
 }
 template<typename T> inline cudaError_t cudaMallocHost(T** p, size_t n) { return cudaMallocHost((void**)p, n); }
-// As cudaFree, it waits for the device's work first.
 inline cudaError_t cudaFreeHost(void* p) {
     using namespace cuda_emu;
-    if (capture_refuses()) return cudaErrorStreamCaptureUnsupported;
+    if (cudaError_t e = free_waits(p)) return e;
     if (!p) return cudaSuccess;
-    streams().run_all();
     DeviceMemory& d = device_memory();
     std::lock_guard<std::recursive_mutex> lock(d.m);
     if (!d.pinned.erase((uintptr_t)p)) return cudaErrorInvalidValue;
     free(p);
     return cudaSuccess;
 }
-// As on a GPU, it waits for the device's work first.
 inline cudaError_t cudaFree(void* p) {
     using namespace cuda_emu;
-    if (capture_refuses()) return cudaErrorStreamCaptureUnsupported;
+    if (cudaError_t e = free_waits(p)) return e;
     if (!p) return cudaSuccess;
-    streams().run_all();
     DeviceMemory& d = device_memory();
     std::lock_guard<std::recursive_mutex> lock(d.m);
     auto it = d.live.find((uintptr_t)p);
