@@ -16,6 +16,7 @@
 // completion with the largest sum, acc_norm the largest mean per token (ties: the first).
 // Several examples share a forward, their completions side by side in the B rows.
 #pragma once
+#include <algorithm>
 #include <string>
 #include <vector>
 #include "../kernels/utils.h"
@@ -105,11 +106,12 @@ struct EvalCounts {
     double examples = 0, correct = 0, correct_norm = 0;  // doubles: summed over the ranks as they are
 };
 
-// Scores every ranks-th example from the rank-th (its share) with E, forwards of B rows of T
-// tokens (the training batch's shape: the engine's buffers are sized for it). scores, when
-// given, receives each scored completion's log-likelihood, example by example. path names the
-// file in errors: a token id of V or more, a completion that does not fit in T, or more
-// completions than B rows.
+// Scores every ranks-th example from the rank-th (its share) with E, forwards of B rows of
+// at most T tokens (the training batch's shape): of the longest example rounded up to 16, so
+// that short tasks cost what their tokens cost (the engine resizes its buffers for them, and
+// back for training). scores, when given, receives each scored completion's log-likelihood,
+// example by example. path names the file in errors: a token id of V or more, a completion
+// that does not fit in T, or more completions than B rows.
 template<typename Engine>
 EvalCounts evaluate(Engine& E, const std::vector<EvalExample>& examples, const char* path, int V, int B, int T, int rank, int ranks,
                     std::vector<std::vector<double>>* scores = nullptr) {
@@ -125,6 +127,10 @@ EvalCounts evaluate(Engine& E, const std::vector<EvalExample>& examples, const c
                     if (t >= V) die("%s: example %zu has token id %d, outside the model's vocabulary of %d", path, i, t, V);
         }
     }
+    size_t longest = 1;
+    for (const EvalExample& e : examples)
+        for (const std::vector<int>& c : e.endings) longest = std::max(longest, e.context.size() + c.size());
+    T = std::min(T, (int)(longest + 15) / 16 * 16);
     EvalCounts n;
     std::vector<int> in((size_t)B * T), tg(in.size());
     for (size_t next = rank; next < examples.size();) {

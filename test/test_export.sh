@@ -149,7 +149,7 @@ EOF
 # word against three strings of random letters as long. The trained model spells words, so
 # it must pick the word nearly always; a fresh one is near chance (1 in 4). Each
 # completion's log-likelihood must be the PyTorch reference's on the exported model.
-/usr/bin/python3 - "$tmp/words.bin" "$tmp/bad_label.bin" <<'EOF2'
+/usr/bin/python3 - "$tmp/words.bin" "$tmp/bad_label.bin" "$tmp/short.bin" <<'EOF2'
 import random, struct, sys
 def write_evalfile(path, examples):  # llm.c's layout: 256 int32 header, then uint16 examples
     body, longest = b"", 0
@@ -175,6 +175,9 @@ for _ in range(40):
 write_evalfile(sys.argv[1], examples)
 examples[3] = (examples[3][0], examples[3][1], 4)  # a label past the completions
 write_evalfile(sys.argv[2], examples)
+short = [w for w in words if len(w) <= 5]  # at most 16 tokens an example: rows of 16, not T
+write_evalfile(sys.argv[3], [([ord(ch) for ch in r.choice(short) + " "], [[ord(ch) for ch in r.choice(short)] for _ in range(3)], 1)
+                             for _ in range(10)])
 EOF2
 v=phd-cswa-2-2-2
 eval_line() { grep -o 'acc [0-9.]*' <<< "$1" | head -n 1 | cut -d' ' -f2; }
@@ -187,7 +190,8 @@ facc=$(eval_line "$fresh")
 check "eval: a fresh $v is near chance (acc $facc, want <= 0.5)" awk -v a="$facc" 'BEGIN { exit !(a <= 0.5) }'
 check "eval: one line 'eval words: acc X acc_norm Y (40 examples)'" grep -qx "eval words: acc [01]\.[0-9]* acc_norm [01]\.[0-9]* (40 examples)" <<< "$out"
 # The reference's log-likelihoods of the same completions (float64): within 1e-5 relative.
-ref=$(run "$py" - "$root/dev" "$tmp/$v/model.pt" "$tmp/words.bin" <<'EOF2'
+reference_scores() {  # EVAL_FILE
+run "$py" - "$root/dev" "$tmp/$v/model.pt" "$1" <<'EOF2'
 import struct, sys, torch
 sys.path.insert(0, sys.argv[1])
 from phd_reference import load_export, forward
@@ -208,15 +212,19 @@ for i in range(n):
         ll = sum(lp[len(ctx) - 1 + j, end[j]].item() for j in range(le))
         print(f"example {i} completion {c}: log-likelihood {ll:.12g} ({le} tokens)")
 EOF2
-)
+}
+ref=$(reference_scores "$tmp/words.bin")
 same_scores() {  # WANT GOT TOL: the lines of both match, each log-likelihood within TOL relative
     paste -d'|' <(grep '^example' <<< "$1") <(grep '^example' <<< "$2") | awk -F'|' -v tol="$3" '
         { split($1, a, " "); split($2, b, " "); n++
           if (a[2] != b[2] || a[4] != b[4] || a[7] != b[7]) exit 1
           d = a[6] - b[6]; if (d < 0) d = -d; s = a[6] < 0 ? -a[6] : a[6]; if (d > tol * s) exit 1 }
-        END { exit !(n == 160) }'
+        END { exit !(n == want) }' want="${4:-160}"
 }
 check "eval: every completion's log-likelihood is the PyTorch reference's within 1e-5 (160 completions)" same_scores "$ref" "$out" 1e-5
+short=$(run "$bin" -e "$tmp/$v/$model" --device cpu -b 8 -t 32 --eval "$tmp/short.bin" --eval-scores 1 2>&1)
+check "eval: a task of short examples (rows of 16 tokens where T is 32) scores as the reference does" \
+    same_scores "$(reference_scores "$tmp/short.bin")" "$short" 1e-5 30
 if [ -n "$emu" ]; then
     gpu=$(run "$emu" -e "$tmp/$v/$model" --device cuda --dtype fp32 -b 8 -t 32 --eval "$tmp/words.bin" --eval-scores 1 2>&1)
     check "eval: the emulated GPU (fp32) scores every completion as the CPU does, within 1e-5" same_scores "$out" "$gpu" 1e-5
