@@ -26,16 +26,22 @@ The checkpoint format is data/checkpoint.h's: a header of 256 little-endian int3
 not such a checkpoint gets one line `error: ...` and exit status 1; OUT.pt is written to
 OUT.pt.tmp and renamed, so it is never left half-written.
 """
+import math
 import os
 import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-try:
-    import torch
-    from phd_reference import make_config, param_shapes
-except ImportError as e:
-    sys.exit(f"error: {e} (run with /usr/bin/python3, Debian's python3-torch)")
+from phd_config import make_config, param_shapes  # noqa: E402 (after the path)
+
+
+def need_torch():
+    """torch, imported once a checkpoint has passed its checks: a bad file is refused without it."""
+    try:
+        import torch
+    except ImportError as e:
+        sys.exit(f"error: {e} (run with /usr/bin/python3, Debian's python3-torch)")
+    return torch
 
 MAGIC, VERSION = 20261124, 1
 # Other files of the engine that share the header, named in the error for a wrong magic.
@@ -95,7 +101,7 @@ def read_checkpoint(path):
             raise BadCheckpoint(f"unsupported version {h[1]} (want {VERSION})")
         cfg = read_config(h)
         shapes = param_shapes(cfg)
-        P = sum(torch.Size(s).numel() for _, s in shapes)
+        P = sum(math.prod(s) for _, s in shapes)
         stored = (h[14] & 0xFFFFFFFF) | (h[15] & 0xFFFFFFFF) << 32
         if stored != P:
             raise BadCheckpoint(f"parameter count {stored} does not match its config ({P})")
@@ -103,9 +109,10 @@ def read_checkpoint(path):
             raise BadCheckpoint(f"file has {size} bytes, its header implies {1024 + 4 * P}")
         # One buffer per tensor: each gets its own storage, so a user's state dict holds no
         # views into one big array (and torch.save writes each once).
+        torch = need_torch()
         sd = {}
         for name, shape in shapes:
-            buf = bytearray(4 * torch.Size(shape).numel())
+            buf = bytearray(4 * math.prod(shape))
             if f.readinto(buf) != len(buf):
                 raise BadCheckpoint(f"short read in {name}")
             t = torch.frombuffer(buf, dtype=torch.float32)
@@ -117,6 +124,7 @@ def read_checkpoint(path):
 
 def export(ckpt, out):
     cfg, sd = read_checkpoint(ckpt)
+    torch = need_torch()
     config = {"variant": cfg["name"], "kind": cfg["kind"], "K": cfg["K"], "W": cfg["W"], "C": cfg["C"],
               **{k: cfg[k] for k in ("V", "Vp", "L", "D", "H", "Hkv", "F", "maxT")},
               "params": sum(t.numel() for t in sd.values())}
