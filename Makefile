@@ -51,7 +51,7 @@ TEST_HDR := $(wildcard test/*.h)
 
 PYTHON_TORCH := /usr/bin/python3
 
-.PHONY: all setup test test-gpu test-tsan test-asan test-reference fixtures bench bench-gpu clean train kjv-shards evals
+.PHONY: all setup test test-gpu test-tsan test-asan test-emu test-reference fixtures bench bench-gpu clean train kjv-shards evals
 all: train_phd
 
 # nvcc with the host flags: the rule's first prerequisite to $@
@@ -157,6 +157,10 @@ test-tsan: build/test_gpu_tsan
 	OMP_NUM_THREADS=1 ./build/test_gpu_tsan
 test-asan: build/test_gpu_asan
 	./build/test_gpu_asan
+# The GPU tests on the plain emulation: make test's cases without a sanitizer, the quickest
+# run of them (make test runs them under ASan and TSan instead).
+test-emu: build/test_gpu_emu
+	./build/test_gpu_emu
 
 # The PyTorch reference alone (needs Debian's python3-torch).
 test-reference:

@@ -56,7 +56,6 @@ else
     build train_phd 1 build/train_phd_cpu
 fi
 build build/test_gpu_asan 45
-build build/test_gpu_emu 22
 build build/test_gpu_tsan 30
 build build/test_cpu 15
 build build/train_phd_emu 14
@@ -87,8 +86,11 @@ suite dist run 32 "build/train_phd_cpu build/train_phd_emu" 120 "" \
 # Launches checked against ptxas's registers and __launch_bounds__ where nvcc built the table
 # (test/cuda_emu_limits.h); without it the one test that needs it says that it skips.
 kernels=$(has_nvcc && echo build/ptxas/kernels.tsv || true)
-suite gpu-emulated run 18 "build/test_gpu_emu $kernels" 300 "" env ${kernels:+PHD_EMU_KERNELS=$kernels} ./build/test_gpu_emu
-suite gpu-asan run 40 build/test_gpu_asan 300 "" ./build/test_gpu_asan
+# Every GPU test on the emulation runs here, under AddressSanitizer (overflows to the byte).
+# The plain emulated build (make test-emu) runs the same cases faster, for a developer; make
+# test leaves it out: its page-protected device memory is what the TSan suites and
+# train_phd_emu (cpu, dist, export) run on.
+suite gpu-asan run 40 "build/test_gpu_asan $kernels" 300 "" env ${kernels:+PHD_EMU_KERNELS=$kernels} ./build/test_gpu_asan
 # The kernel lab's checks and the counted budget (--budget) at a tiny shape, on the emulation
 # (its timings mean nothing here).
 suite kernel-lab run 1 "build/bench_gpu_emu $kernels" 300 "" env ${kernels:+PHD_EMU_KERNELS=$kernels} \
