@@ -278,31 +278,61 @@ inline void rope_backward(T* dqkv, const int* pos, const Config& c, int N, const
 
 // ---- SwiGLU: g (N, F) = silu(h1) * h3, from h13 (N, 2F) = h1 | h3 ----
 
-// g and h13 fp32, or bf16 in bf16 runs (the w13 matmul's output and the w2 matmul's input)
-template<typename T> static __global__ void swiglu_forward_kernel(T* g, const T* h13, int N, int F) {
-    const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (long)N * F) return;
-    const long i = idx / F, j = idx % F;
-    const float a = to_f32(h13[i * 2 * F + j]), b = to_f32(h13[i * 2 * F + F + j]);
-    store(g + idx, a / (1.0f + __expf(-a)) * b);
+// V consecutive elements as one access: 16 bytes (V = 16 / sizeof(T)) where the rows allow
+// it, else one element (Vec<T, 1>).
+template<typename T, int V> struct alignas(sizeof(T) * V) Vec { T v[V]; };
+template<typename T> static bool rows_of_16_bytes(int F, std::initializer_list<const void*> ptrs) {
+    bool ok = F % (16 / (int)sizeof(T)) == 0;
+    for (const void* p : ptrs) ok = ok && (uintptr_t)p % 16 == 0;
+    return ok;
+}
+
+// grid (N, ceil(F / (256 V))), block 256: row blockIdx.x, V columns a thread from j (no
+// division: 2-D indices). g and h13 fp32, or bf16 in bf16 runs (the w13 matmul's output and
+// the w2 matmul's input).
+template<typename T, int V> static __global__ void swiglu_forward_kernel(T* g, const T* h13, int F) {
+    const int j = (blockIdx.y * blockDim.x + threadIdx.x) * V;
+    if (j >= F) return;
+    const T* h = h13 + (size_t)blockIdx.x * 2 * F;
+    const Vec<T, V> a = *reinterpret_cast<const Vec<T, V>*>(h + j), b = *reinterpret_cast<const Vec<T, V>*>(h + F + j);
+    Vec<T, V> out;
+    PHD_UNROLL
+    for (int e = 0; e < V; e++) {
+        const float x = to_f32(a.v[e]);
+        store(&out.v[e], x / (1.0f + __expf(-x)) * to_f32(b.v[e]));
+    }
+    *reinterpret_cast<Vec<T, V>*>(g + (size_t)blockIdx.x * F + j) = out;
 }
 template<typename T> inline void swiglu_forward(T* g, const T* h13, int N, int F, cudaStream_t s) {
     count_launch("swiglu_forward", 3.0 * N * F * sizeof(T), 0, s);
-    launch(swiglu_forward_kernel<T>, dim3((unsigned)(((long)N * F + 255) / 256)), dim3(256), 0, s, g, h13, N, F);
+    constexpr int W = 16 / sizeof(T);
+    if (rows_of_16_bytes<T>(F, {g, h13})) launch(swiglu_forward_kernel<T, W>, dim3(N, (F + 256 * W - 1) / (256 * W)), dim3(256), 0, s, g, h13, F);
+    else launch(swiglu_forward_kernel<T, 1>, dim3(N, (F + 255) / 256), dim3(256), 0, s, g, h13, F);
     cudaCheck(cudaGetLastError());
 }
-// dh13, dg and h13 fp32, or bf16 in bf16 runs
-template<typename T> static __global__ void swiglu_backward_kernel(T* dh13, const T* dg, const T* h13, int N, int F) {
-    const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (long)N * F) return;
-    const long i = idx / F, j = idx % F;
-    const float a = to_f32(h13[i * 2 * F + j]), b = to_f32(h13[i * 2 * F + F + j]), sg = 1.0f / (1.0f + __expf(-a)), d = to_f32(dg[idx]);
-    store(dh13 + i * 2 * F + j, d * b * sg * (1.0f + a * (1.0f - sg)));
-    store(dh13 + i * 2 * F + F + j, d * a * sg);
+// The same grid: dh13 (N, 2F) from dg (N, F) and h13; fp32, or bf16 in bf16 runs.
+template<typename T, int V> static __global__ void swiglu_backward_kernel(T* dh13, const T* dg, const T* h13, int F) {
+    const int j = (blockIdx.y * blockDim.x + threadIdx.x) * V;
+    if (j >= F) return;
+    const size_t row = (size_t)blockIdx.x * 2 * F;
+    const Vec<T, V> a = *reinterpret_cast<const Vec<T, V>*>(h13 + row + j), b = *reinterpret_cast<const Vec<T, V>*>(h13 + row + F + j);
+    const Vec<T, V> d = *reinterpret_cast<const Vec<T, V>*>(dg + (size_t)blockIdx.x * F + j);
+    Vec<T, V> d1, d3;
+    PHD_UNROLL
+    for (int e = 0; e < V; e++) {
+        const float x = to_f32(a.v[e]), y = to_f32(b.v[e]), sg = 1.0f / (1.0f + __expf(-x)), dd = to_f32(d.v[e]);
+        store(&d1.v[e], dd * y * sg * (1.0f + x * (1.0f - sg)));
+        store(&d3.v[e], dd * x * sg);
+    }
+    *reinterpret_cast<Vec<T, V>*>(dh13 + row + j) = d1;
+    *reinterpret_cast<Vec<T, V>*>(dh13 + row + F + j) = d3;
 }
 template<typename T> inline void swiglu_backward(T* dh13, const T* dg, const T* h13, int N, int F, cudaStream_t s) {
     count_launch("swiglu_backward", 5.0 * N * F * sizeof(T), 0, s);
-    launch(swiglu_backward_kernel<T>, dim3((unsigned)(((long)N * F + 255) / 256)), dim3(256), 0, s, dh13, dg, h13, N, F);
+    constexpr int W = 16 / sizeof(T);
+    if (rows_of_16_bytes<T>(F, {dh13, dg, h13}))
+        launch(swiglu_backward_kernel<T, W>, dim3(N, (F + 256 * W - 1) / (256 * W)), dim3(256), 0, s, dh13, dg, h13, F);
+    else launch(swiglu_backward_kernel<T, 1>, dim3(N, (F + 255) / 256), dim3(256), 0, s, dh13, dg, h13, F);
     cudaCheck(cudaGetLastError());
 }
 
