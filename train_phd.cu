@@ -614,6 +614,7 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
             die("%s: checkpoint is %s, not the model asked for (%s)", mp.c_str(), model_shape(rc).c_str(), model_shape(c).c_str());
         st = load_state(sp.c_str(), c);
     }
+    const std::vector<EvalTask> tasks = load_evals(a);  // a bad task stops the run before it starts
     // Start-up is over (kernels/dist.h): the ranks check that they agree, then rank 0's
     // checkpoint goes to all of them.
     dist.startup_end();
@@ -663,15 +664,14 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
     FILE* log = fopen_check(log_path.c_str(), a.resume ? "a" : "w");
     std::vector<int> in((size_t)a.B * a.T), tg(in.size());
     const int first_step = st.step;  // st.step moves on at each checkpoint
-    const std::vector<EvalTask> tasks = load_evals(a);
     for (int step = first_step; step < a.steps; step++) {
-        const bool last = step == a.steps - 1;
-        if (a.val_every && !a.val_pattern.empty() && (step % a.val_every == 0 || last)) {
+        const bool last = step == a.steps - 1, validating = a.val_every && (step % a.val_every == 0 || last);
+        if (validating && !a.val_pattern.empty()) {
             float vl = dist.sum(validate(E, val_dl, a.val_steps, in, tg)) / dist.size;  // the ranks' rows, averaged
             printf("step %d val loss %.4f\n", step, vl);
             fprintf(log, "step %d val %.9g\n", step, vl);
         }
-        if (a.val_every && (step % a.val_every == 0 || last)) run_evals(a, c, E, tasks, step, log);
+        if (validating) run_evals(a, c, E, tasks, step, log);
         if (dist.rank == 0 && a.sample_every && step > 0 && step % a.sample_every == 0) {
             printf("sample: ");
             auto dec = E.decoder(1, Sampling{1.0f, 0, sample_rng.next_u64()});  // one draw of the saved stream a sample

@@ -15,7 +15,6 @@ struct alignas(16) Float4 { float x, y, z, w; };
 // strided share of the 4-float groups (of single floats where g is not 16-byte aligned; the
 // last n % 4 in block 0), in double, reduced in a fixed tree order: the same bits on every run.
 static __global__ void grad_norm_partial_kernel(double* partial, const float* g, size_t n) {
-    PHD_SHARED(double, s, [kNormThreads]);
     double acc = 0.0;
     const size_t stride = (size_t)gridDim.x * kNormThreads, first = (size_t)blockIdx.x * kNormThreads + threadIdx.x;
     if ((uintptr_t)g % sizeof(Float4) == 0) {
@@ -29,13 +28,8 @@ static __global__ void grad_norm_partial_kernel(double* partial, const float* g,
     } else {
         for (size_t i = first; i < n; i += stride) acc += (double)g[i] * g[i];
     }
-    s[threadIdx.x] = acc;
-    __syncthreads();
-    for (int w = kNormThreads / 2; w > 0; w /= 2) {
-        if ((int)threadIdx.x < w) s[threadIdx.x] += s[threadIdx.x + w];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) partial[blockIdx.x] = s[0];
+    const double sum = block_sum_fixed<kNormThreads>(acc);
+    if (threadIdx.x == 0) partial[blockIdx.x] = sum;
 }
 // One thread: *norm2 = the partials summed in order, *scale = AdamW's clip scale of its
 // square root (clip_scale_of, model.h; NaN for a NaN norm, which train_phd stops on before

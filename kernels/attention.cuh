@@ -78,7 +78,7 @@ template<int HD> static __global__ void attention_forward_kernel(float* o, float
     float mx = -INFINITY, l = 0.0f;
     for (int k0 = 0; k0 < Q.TK; k0 += kAttnTile) {
         const int k1 = min(k0 + kAttnTile, Q.TK);
-        if (!__ballot_sync(0xffffffffu, Q.valid && query_meets_tile(c, T, Q.r, k0, k1))) continue;
+        if (!__ballot_sync(0xffffffffu, Q.valid && row_keys(c, T, Q.r).meets(k0, k1))) continue;
         if (visited && threadIdx.x == 0) atomicAdd(visited, 1);
         load_kv_tile<HD>(ks, vs, Q.base, c, Q.kv, k0, k1);
         const bool full = query_tile_all_visible(c, T, Q, k0, k1);
@@ -136,7 +136,7 @@ static __global__ void attention_backward_dq_kernel(float* dqkv, const float* do
     const float L = Q.valid ? lse[((size_t)Q.b * c.H + Q.h) * Q.TK + Q.r] : 0.0f;
     for (int k0 = 0; k0 < Q.TK; k0 += kAttnTile) {
         const int k1 = min(k0 + kAttnTile, Q.TK);
-        if (!__ballot_sync(0xffffffffu, Q.valid && query_meets_tile(c, T, Q.r, k0, k1))) continue;
+        if (!__ballot_sync(0xffffffffu, Q.valid && row_keys(c, T, Q.r).meets(k0, k1))) continue;
         load_kv_tile<HD>(ks, vs, Q.base, c, Q.kv, k0, k1);
         for (int j = 0; Q.valid && j < k1 - k0; j++) {
             if (!query_sees(c, T, Q, k0 + j)) continue;
@@ -199,7 +199,7 @@ static __global__ void attention_backward_dkdv_kernel(float* dqkv, const float* 
     for (int h = kv * group; h < (kv + 1) * group; h++)
         for (int q0 = 0; q0 < TK; q0 += kAttnTile) {
             const int qr = q0 + t, q1 = min(q0 + kAttnTile, TK);
-            if (!__ballot_sync(0xffffffffu, qr < q1 && query_meets_tile(c, T, qr, k0, k1))) continue;
+            if (!__ballot_sync(0xffffffffu, qr < q1 && row_keys(c, T, qr).meets(k0, k1))) continue;
             for (int idx = t; idx < (q1 - q0) * hd; idx += kAttnTile) {  // the query tile's q and dO rows
                 qs[idx] = base[(size_t)(q0 + idx / hd) * ld + h * hd + idx % hd];
                 dos[idx] = dout[((size_t)b * TK + q0 + idx / hd) * c.H * hd + h * hd + idx % hd];

@@ -57,7 +57,7 @@ template<int HD> struct BfWarp {
 
 // Shared memory: tiles of (kBfKeys, LD) bf16. LD pads a row by 16 bytes so that the 8 rows
 // one ldmatrix reads start 4 banks apart: conflict-free. A pipeline stage holds two tiles
-// (K and V; Q and dO) and, in the dK/dV kernel, the query tile's rows (BfRow, lse, D).
+// (K and V; Q and dO) and, in the dK/dV kernel, the query tile's rows (RowKeys, lse, D).
 template<int HD> struct BfSmem {
     static constexpr int LD = HD + 8;
     static constexpr size_t tile = (size_t)kBfKeys * LD;                         // bf16 elements
@@ -67,38 +67,17 @@ template<int HD> struct BfSmem {
     static constexpr size_t dkdv_bytes = bytes + 2 * tile * sizeof(uint16_t);  // and the block's own K and V rows
 };
 
-// A query row's visible key rows: [0, orig) and [hid0, hid1) (visible_rows in model.h).
-// An invalid row (past TK) sees none.
-struct BfRow {
-    int orig = 0, hid0 = 0, hid1 = 0;
-    PHD_HOST_DEVICE bool sees(int j) const { return j < orig || (j >= hid0 && j < hid1); }
-    // Some key row of [k0, k1) is visible / all of them are (k0 < k1).
-    PHD_HOST_DEVICE bool meets(int k0, int k1) const { return k0 < orig || (hid0 < hid1 && hid0 < k1 && k0 < hid1); }
-    PHD_HOST_DEVICE bool covers(int k0, int k1) const { return k1 <= orig || (hid0 < hid1 && k1 <= hid1 && (k0 >= hid0 || hid0 <= orig)); }
-};
-PHD_HOST_DEVICE inline BfRow bf_row(const Config& c, int T, int r) {
-    BfRow q;
-    if (r >= T * c.K) return q;
-    int n, copy;
-    row_token(c, T, r, &n, &copy);
-    const VisibleRows vr = visible_rows(c, T, n, copy);
-    q.orig = vr.originals;
-    q.hid0 = vr.hidden_row0;
-    q.hid1 = vr.hidden_row0 + vr.count - vr.originals;
-    return q;
-}
-
 // The tile map of a launch: byte [block][tile] for blocks of kTcWarps warps of warp_rows
 // rows and tiles of kBfKeys rows of the other side. query_side (forward, dQ): warps own
 // query rows, tiles are key rows; else (dK/dV) warps own key rows, tiles are query rows,
 // repeated `repeat` times along a block's row (the query heads of a KV group). Bit w: warp
 // w and the tile hold a visible pair (the warp visits it); bit 4 + w: every pair is
-// visible, and both are whole (the warp skips the mask). From bf_row, on the host; the
+// visible, and both are whole (the warp skips the mask). From row_keys, on the host; the
 // tests check every bit against the predicate.
 inline std::vector<uint8_t> bf_tile_map(const Config& c, int T, int warp_rows, bool query_side, int repeat = 1) {
     const int TK = T * c.K, tiles = (TK + kBfKeys - 1) / kBfKeys, rows = kTcWarps * warp_rows, blocks = (TK + rows - 1) / rows;
-    std::vector<BfRow> R(TK);
-    for (int r = 0; r < TK; r++) R[r] = bf_row(c, T, r);
+    std::vector<RowKeys> R(TK);
+    for (int r = 0; r < TK; r++) R[r] = row_keys(c, T, r);
     std::vector<uint8_t> map((size_t)blocks * tiles * repeat);
     for (int b = 0; b < blocks; b++)
         for (int i = 0; i < tiles; i++) {
@@ -286,14 +265,14 @@ static __global__ void attention_forward_bf16_kernel(__nv_bfloat16* o_, float* l
     const int r0 = blockIdx.x * BfWarp<HD>::block + warp * BfWarp<HD>::rows;  // the warp's first row
     const uint16_t* base = qkv + (size_t)b * TK * ld;
     const float scale = kLog2e / sqrtf((float)HD);  // scores to log2 units: exp2 does the softmax
-    BfRow R[MT][2];  // this lane's rows: r0 + 16 m + g + 8 row
+    RowKeys R[MT][2];  // this lane's rows: r0 + 16 m + g + 8 row
     uint32_t qa[MT][HD / 16][4];
     float acc[MT][HT][4] = {}, mx[MT][2], l[MT][2];  // mx: the unscaled running max; l: this lane's columns only
     PHD_UNROLL
     for (int m = 0; m < MT; m++) {
         bf_load_a<HD>(qa[m], base + h * HD, ld, r0 + 16 * m, TK);
         for (int row = 0; row < 2; row++) {
-            R[m][row] = bf_row(c, T, r0 + 16 * m + g + 8 * row);
+            R[m][row] = row_keys(c, T, r0 + 16 * m + g + 8 * row);
             mx[m][row] = -INFINITY;
             l[m][row] = 0.0f;
         }
@@ -373,7 +352,7 @@ static __global__ void attention_backward_dq_bf16_kernel(__nv_bfloat16* dqkv_, c
     const int r0 = blockIdx.x * BfWarp<HD>::block + warp * BfWarp<HD>::rows;
     const uint16_t* base = qkv + (size_t)b * TK * ld;
     const float scale = kLog2e / sqrtf((float)HD);
-    BfRow R[MT][2];
+    RowKeys R[MT][2];
     float L[MT][2], Di[MT][2];  // this lane's rows: lse in log2 units, and D
     uint32_t qa[MT][HD / 16][4], da[MT][HD / 16][4];
     PHD_UNROLL
@@ -382,7 +361,7 @@ static __global__ void attention_backward_dq_bf16_kernel(__nv_bfloat16* dqkv_, c
         bf_load_a<HD>(da[m], reinterpret_cast<const uint16_t*>(dout_) + (size_t)b * TK * od + h * HD, od, r0 + 16 * m, TK);
         for (int row = 0; row < 2; row++) {
             const int r = r0 + 16 * m + g + 8 * row;
-            R[m][row] = bf_row(c, T, r);
+            R[m][row] = row_keys(c, T, r);
             L[m][row] = r < TK ? lse[((size_t)b * c.H + h) * TK + r] * kLog2e : 0.0f;
             Di[m][row] = r < TK ? D[((size_t)b * c.H + h) * TK + r] : 0.0f;
         }
@@ -451,29 +430,29 @@ static __global__ void attention_backward_dkdv_bf16_kernel(__nv_bfloat16* dqkv_,
     float dk[1][HT][4] = {}, dv[1][HT][4] = {};
     const int qtiles = (TK + kBfKeys - 1) / kBfKeys;
     // Tile i: query head kv * group + i / qtiles, query rows from (i % qtiles) * kBfKeys. A
-    // stage: the Q and dO tiles, then its rows' BfRow, lse (log2 units) and D.
+    // stage: the Q and dO tiles, then its rows' RowKeys, lse (log2 units) and D.
     auto range = [&](int i, int* h, int* q0) {
         *h = kv * group + i / qtiles;
         *q0 = i % qtiles * kBfKeys;
     };
-    auto meta = [](const uint16_t* st) { return reinterpret_cast<const BfRow*>(st + 2 * S::tile); };
+    auto meta = [](const uint16_t* st) { return reinterpret_cast<const RowKeys*>(st + 2 * S::tile); };
     bf_pipeline<HD>(map + (size_t)blockIdx.x * group * qtiles, group * qtiles, smem,
         [&](uint16_t* st, int i) {
             int h, q0;
             range(i, &h, &q0);
             bf_load_tiles<HD>(st, base + h * HD, ld, st + S::tile, dob + h * HD, od, q0, TK);
-            BfRow* rows = reinterpret_cast<BfRow*>(st + 2 * S::tile);
+            RowKeys* rows = reinterpret_cast<RowKeys*>(st + 2 * S::tile);
             float* Ls = reinterpret_cast<float*>(rows + kBfKeys);
             for (int j = threadIdx.x; j < kBfKeys; j += blockDim.x) {
                 const int r = q0 + j;
-                rows[j] = bf_row(c, T, r);
+                rows[j] = row_keys(c, T, r);
                 Ls[j] = r < TK ? lse[((size_t)b * c.H + h) * TK + r] * kLog2e : 0.0f;
                 Ls[kBfKeys + j] = r < TK ? D[((size_t)b * c.H + h) * TK + r] : 0.0f;
             }
         },
         [&](const uint16_t* st, int, bool full) {
             if (visited && lane == 0) atomicAdd(visited, 1);
-            const BfRow* rows = meta(st);
+            const RowKeys* rows = meta(st);
             const float* Ls = reinterpret_cast<const float*>(rows + kBfKeys);
             PHD_NO_UNROLL  // unrolled, the two steps' registers would spill at HD = 128
             for (int qs = 0; qs < kBfKeys; qs += QS) {

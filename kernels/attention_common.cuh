@@ -22,14 +22,25 @@
 static constexpr int kAttnTile = 32;   // query rows and key rows per tile: one warp
 static constexpr int kAttnMaxHd = 128;
 
-// Does query row r have a visible key among rows [k0, k1)?
-static __device__ bool query_meets_tile(const Config& c, int T, int r, int k0, int k1) {
-    int n, copy, lo, hi;
+// A query row's visible key rows: [0, orig) and [hid0, hid1) (visible_rows in model.h), and
+// whether a tile of key rows holds one or only visible ones. An invalid row (past TK) sees none.
+struct RowKeys {
+    int orig = 0, hid0 = 0, hid1 = 0;
+    PHD_HOST_DEVICE bool sees(int j) const { return j < orig || (j >= hid0 && j < hid1); }
+    // Some key row of [k0, k1) is visible / all of them are (k0 < k1).
+    PHD_HOST_DEVICE bool meets(int k0, int k1) const { return k0 < orig || (hid0 < hid1 && hid0 < k1 && k0 < hid1); }
+    PHD_HOST_DEVICE bool covers(int k0, int k1) const { return k1 <= orig || (hid0 < hid1 && k1 <= hid1 && (k0 >= hid0 || hid0 <= orig)); }
+};
+PHD_HOST_DEVICE inline RowKeys row_keys(const Config& c, int T, int r) {
+    RowKeys q;
+    if (r >= T * c.K) return q;
+    int n, copy;
     row_token(c, T, r, &n, &copy);
-    if (k0 < T && k0 <= n) return true;                              // originals 0..n
-    visible_hidden_range(c, n, copy, &lo, &hi);
-    int h0 = k0 > T ? k0 - T : 0, h1 = k1 - T;                       // hidden part [h0, h1)
-    return h1 > h0 && lo <= hi && lo < h1 && hi >= h0;
+    const VisibleRows vr = visible_rows(c, T, n, copy);
+    q.orig = vr.originals;
+    q.hid0 = vr.hidden_row0;
+    q.hid1 = vr.hidden_row0 + vr.count - vr.originals;
+    return q;
 }
 
 // Are all pairs of query rows [q0, q1) and key rows [k0, k1) visible? Every query (n, c)

@@ -113,7 +113,7 @@ static __device__ unsigned tc_warps_meeting(const Config& c, int T, int r0, int 
     if (query_side) {
         for (int half = 0; half < 2; half++) {
             const int r = r0 + 32 * half + lane;
-            const unsigned rows = __ballot_sync(0xffffffffu, r < TK && query_meets_tile(c, T, r, k0, k1));
+            const unsigned rows = __ballot_sync(0xffffffffu, r < TK && row_keys(c, T, r).meets(k0, k1));
             warps |= ((rows & 0xffffu) ? 1u : 0u) << (2 * half) | ((rows >> 16) ? 1u : 0u) << (2 * half + 1);
         }
     } else {
@@ -121,7 +121,7 @@ static __device__ unsigned tc_warps_meeting(const Config& c, int T, int r0, int 
             const int kr0 = r0 + w * kTcRows;
             for (int qs = k0; qs < k1; qs += 32) {  // the tile's queries, 32 per ballot
                 const int q = qs + lane;
-                warps |= (__ballot_sync(0xffffffffu, q < k1 && kr0 < TK && query_meets_tile(c, T, q, kr0, min(kr0 + kTcRows, TK))) ? 1u : 0u) << w;
+                warps |= (__ballot_sync(0xffffffffu, q < k1 && kr0 < TK && row_keys(c, T, q).meets(kr0, min(kr0 + kTcRows, TK))) ? 1u : 0u) << w;
             }
         }
     }

@@ -5,6 +5,7 @@
 //   PHD_SHARED(T, name, dims)                              instead of __shared__ T name dims;
 //                                                          (the emulation poisons it per block)
 //   warp_sum(v), block_reduce(v, is_max)                   reductions, result in every thread
+//   block_sum_fixed<N>(v)                                  a deterministic double sum, in thread 0
 //   PHD_UNROLL, PHD_NO_UNROLL                              #pragma unroll, unroll 1 (nvcc only)
 //   to_f32(x), store(p, v)                                 fp32 or bf16 tensors, arithmetic in fp32
 //   to_tf32(x), mma_tf32(d, a, b)                          tensor cores, sm_80+: below
@@ -140,6 +141,18 @@ static __device__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16(
 static __device__ float warp_sum(float v) {
     for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
+}
+// The sum of v over a block of N threads (N a power of two) in double, in a fixed tree order:
+// the same bits on every run. Thread 0 gets it; all threads of the block must call it.
+template<int N> static __device__ double block_sum_fixed(double v) {
+    PHD_SHARED(double, s, [N]);
+    s[threadIdx.x] = v;
+    __syncthreads();
+    for (int w = N / 2; w > 0; w /= 2) {
+        if ((int)threadIdx.x < w) s[threadIdx.x] += s[threadIdx.x + w];
+        __syncthreads();
+    }
+    return s[0];
 }
 // Sum (or max when is_max) over a block of whole warps (up to 1024 threads); every thread
 // gets it. Holds two barriers: all threads of the block must call it.

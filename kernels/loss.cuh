@@ -50,16 +50,10 @@ static constexpr int kLossSumThreads = 1024;
 // grid 1, block kLossSumThreads: *total += mean of losses (N), summed in double over a fixed
 // strided share a thread and a fixed tree: the same bits on every run.
 static __global__ void __launch_bounds__(kLossSumThreads) loss_sum_kernel(float* total, const float* losses, int N) {
-    PHD_SHARED(double, s, [kLossSumThreads]);
     double acc = 0.0;
     for (int i = threadIdx.x; i < N; i += kLossSumThreads) acc += losses[i];
-    s[threadIdx.x] = acc;
-    __syncthreads();
-    for (int w = kLossSumThreads / 2; w > 0; w /= 2) {
-        if ((int)threadIdx.x < w) s[threadIdx.x] += s[threadIdx.x + w];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) *total += (float)(s[0] / N);
+    const double sum = block_sum_fixed<kLossSumThreads>(acc);
+    if (threadIdx.x == 0) *total += (float)(sum / N);
 }
 inline void loss_sum(float* total, const float* losses, int N, cudaStream_t s) {
     count_launch("loss_sum", 4.0 * N + 8, 0, s);
