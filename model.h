@@ -121,8 +121,24 @@
 // head of q and of k. Initialisation: E and every matrix from N(0, 0.02), except Wo and W2 from
 // N(0, 0.02 / sqrt(2L)); norm gains 1; the padded rows of E and Wout are zero and stay zero.
 // Optimiser: AdamW, beta1 0.9, beta2 0.95, eps 1e-8, decoupled weight decay on the matrices and
-// embeddings but not on the norm gains; gradients clipped to global norm 1.0; the learning rate
+// embeddings but not on the norm gains (g_q and g_k of §10 included); gradients clipped to global norm 1.0; the learning rate
 // rises linearly during warm-up, then decays along a cosine to a final fraction of its peak.
+//
+// §10 The paper's base block: OLMo 2's, as three options of §9's (each alone, or all three as
+// the block "olmo2"; none of them is the default block "llama", which is §9 as written):
+//   qk-norm     q = rmsnorm(a Wq^T, g_q), k = rmsnorm(a Wk^T, g_k), before RoPE: one norm over
+//               the whole projection (H*hd, resp. Hkv*hd wide, not per head), with its own gains
+//               g_q (H*hd) and g_k (Hkv*hd), initialised to 1, per layer.
+//   reordered   the norms move after each sublayer, inside the residual branch:
+//               x = x + rmsnorm(attention(x) Wo^T, g_attn);  x = x + rmsnorm(mlp(x), g_ffn)
+//               where attention and the MLP read x itself; the final norm stays.
+//   z-loss      coef * lse^2 added to each predicted row's loss, lse = logsumexp(logits[:V])
+//               (OLMo 2: coef 1e-5), to keep the softmax's normaliser near 1. It is part of
+//               the loss that is differentiated, but the loss reported (and every
+//               log-likelihood used for evaluation) is the cross-entropy alone; the z term's
+//               mean is reported beside it.
+// OLMo 2 uses the same RMSNorm on every norm; its eps (1e-6 there) is 1e-5 here, as for the rest
+// of §9. The paper's models are §8's sizes with this block (train_phd --model).
 //
 // =================================================================================================
 // Choices the method leaves open, made here:
@@ -153,6 +169,7 @@
 // Configuration and variants
 
 enum Variant : int { VANILLA = 0, PHD = 1, PHD_SWA = 2, PHD_CSWA = 3, NAIVE = 4 };
+enum NormPlace : int { NORM_PRE = 0, NORM_REORDERED = 1 };  // §9's pre-norm, §10's reordered norm
 
 struct Config {
     int V = 0;       // vocabulary size
@@ -167,11 +184,31 @@ struct Config {
     int K = 1;       // copies per position
     int W = 0;       // window in hidden tokens (phd-swa, phd-cswa)
     int C = 0;       // chunk length in original positions (phd-cswa)
+    int qk_norm = 0;           // §10: RMSNorm on q and k before RoPE, gains g_q, g_k
+    int norm = NORM_PRE;       // §10: where the sublayers' norms sit
+    float z_loss = 0;          // §10: the z-loss coefficient (0: none)
     PHD_HOST_DEVICE int hd() const { return D / H; }
     PHD_HOST_DEVICE int qkv_dim() const { return (H + 2 * Hkv) * hd(); }  // width of the fused q|k|v rows
+    PHD_HOST_DEVICE int qk_dim() const { return (H + Hkv) * hd(); }       // their q|k part
 };
 
 static inline int pad_vocab(int V) { return (V + 127) / 128 * 128; }
+
+// §10: the block's options as a name: "llama" (§9), "olmo2" (all three, z-loss 1e-5), else
+// the options spelled out.
+static constexpr float kOlmo2ZLoss = 1e-5f;
+static inline void set_block(Config* c, bool olmo2) {
+    c->qk_norm = olmo2;
+    c->norm = olmo2 ? NORM_REORDERED : NORM_PRE;
+    c->z_loss = olmo2 ? kOlmo2ZLoss : 0.0f;
+}
+static inline std::string block_name(const Config& c) {
+    if (!c.qk_norm && c.norm == NORM_PRE && c.z_loss == 0) return "llama";
+    if (c.qk_norm && c.norm == NORM_REORDERED && c.z_loss == kOlmo2ZLoss) return "olmo2";
+    char buf[96];
+    snprintf(buf, sizeof buf, "qk-norm %d, norm %s, z-loss %g", c.qk_norm, c.norm == NORM_PRE ? "pre" : "reordered", c.z_loss);
+    return buf;
+}
 
 // "vanilla", "phd-K", "phd-swa-K-W", "phd-cswa-K-W-C", "naive-K" (§4).
 // Returns an empty string on success, else what is wrong. The numbers are plain digits
@@ -229,6 +266,9 @@ static inline std::string config_error(const Config& c) {
     if (c.L < 1 || c.D < 2 || c.H < 1 || c.Hkv < 1 || c.F < 1 || c.maxT < 1) return bad("L, D, H, Hkv, F and max T must be positive");
     if (c.D % c.H != 0 || c.hd() % 2 != 0) return bad("D must be a multiple of H with an even head size");
     if (c.H % c.Hkv != 0) return bad("H must be a multiple of Hkv");
+    if (c.qk_norm != 0 && c.qk_norm != 1) return bad("qk-norm must be 0 or 1");
+    if (c.norm != NORM_PRE && c.norm != NORM_REORDERED) return bad("unknown norm placement");
+    if (!(c.z_loss >= 0 && c.z_loss <= 1)) return bad("the z-loss coefficient must be in [0, 1]");
     return "";
 }
 
@@ -345,6 +385,10 @@ static inline std::vector<ParamTensor> param_tensors(const Config& c) {
         add(p + "w1", c.F, c.D, true, 0.02);           // w1, w3 adjacent: one fused (2F, D) matrix
         add(p + "w3", c.F, c.D, true, 0.02);
         add(p + "w2", c.D, c.F, true, std_out);
+        if (c.qk_norm) {
+            add(p + "g_q", 1, c.H * hd, false, 0);      // g_q, g_k adjacent: one (qk_dim) vector
+            add(p + "g_k", 1, c.Hkv * hd, false, 0);
+        }
     }
     add("g_final", 1, c.D, false, 0);
     add("wout", c.Vp, c.D, true, 0.02);
@@ -384,6 +428,7 @@ template<typename Real> struct LayerView {
     Real* g_ffn;   // (D)
     Real* w13;     // (2F, D) = w1 (F, D) | w3 (F, D)
     Real* w2;      // (D, F)
+    Real* g_qk;    // (qk_dim) = g_q (H*hd) | g_k (Hkv*hd); null without qk-norm
 };
 template<typename Real> struct ParamView {
     Real* E;                                 // (Vp, D)
@@ -391,16 +436,16 @@ template<typename Real> struct ParamView {
     Real* g_final;                           // (D)
     Real* wout;                              // (Vp, D)
 };
-static constexpr int kTensorsPerLayer = 9;
+static inline int tensors_per_layer(const Config& c) { return 9 + 2 * c.qk_norm; }
 
 template<typename Real> ParamView<Real> param_view(const Config& c, Real* base) {
     std::vector<ParamTensor> t = param_tensors(c);
     ParamView<Real> v;
     v.E = base + t[0].offset;
     for (int l = 0; l < c.L; l++) {
-        const ParamTensor* lt = &t[1 + l * kTensorsPerLayer];
-        v.layer.push_back({base + lt[0].offset, base + lt[1].offset, base + lt[4].offset,
-                           base + lt[5].offset, base + lt[6].offset, base + lt[8].offset});
+        const ParamTensor* lt = &t[1 + l * tensors_per_layer(c)];
+        v.layer.push_back({base + lt[0].offset, base + lt[1].offset, base + lt[4].offset, base + lt[5].offset,
+                           base + lt[6].offset, base + lt[8].offset, c.qk_norm ? base + lt[9].offset : nullptr});
     }
     v.g_final = base + t[t.size() - 2].offset;
     v.wout = base + t.back().offset;
@@ -473,35 +518,67 @@ template<typename Real> void embedding_backward(Real* dE, const Real* dx, const 
         }
 }
 
-// out (N, D) = x / sqrt(mean(x^2) + 1e-5) * g;  rstd (N)
-template<typename Real> void rmsnorm_forward(Real* out, Real* rstd, const Real* x, const Real* g, int N, int D) {
+// out (N, D) = x / sqrt(mean(x^2) + 1e-5) * g;  rstd (N). Rows of out and x lie ldo and ldx
+// apart (0: D), so that the q and k parts of the fused qkv rows can be normed in place (§10).
+template<typename Real> void rmsnorm_forward(Real* out, Real* rstd, const Real* x, const Real* g, int N, int D, long ldo = 0, long ldx = 0) {
+    ldo = ldo ? ldo : D;
+    ldx = ldx ? ldx : D;
     #pragma omp parallel for
     for (int i = 0; i < N; i++) {
-        const Real* xi = x + (size_t)i * D;
+        const Real* xi = x + i * ldx;
         Real ss = 0;
         for (int j = 0; j < D; j++) ss += xi[j] * xi[j];
         Real r = Real(1) / std::sqrt(ss / D + Real(1e-5));
         rstd[i] = r;
-        for (int j = 0; j < D; j++) out[(size_t)i * D + j] = xi[j] * r * g[j];
+        for (int j = 0; j < D; j++) out[i * ldo + j] = xi[j] * r * g[j];
     }
 }
-// dx (N, D) overwritten and may alias dout; dg (D) accumulated, column by column so that
-// the row order of the sum is fixed whatever the thread count.
+// dx (N, D) overwritten and may alias dout (both ldd apart, x ldx: 0 is D); dg (D)
+// accumulated, column by column so that the row order of the sum is fixed whatever the
+// thread count.
 template<typename Real> void rmsnorm_backward(Real* dx, Real* dg, const Real* dout, const Real* x, const Real* g,
-                                              const Real* rstd, int N, int D) {
+                                              const Real* rstd, int N, int D, long ldd = 0, long ldx = 0) {
+    ldd = ldd ? ldd : D;
+    ldx = ldx ? ldx : D;
     #pragma omp parallel for
     for (int j = 0; j < D; j++) {
         Real s = 0;
-        for (int i = 0; i < N; i++) s += dout[(size_t)i * D + j] * x[(size_t)i * D + j] * rstd[i];
+        for (int i = 0; i < N; i++) s += dout[i * ldd + j] * x[i * ldx + j] * rstd[i];
         dg[j] += s;
     }
     #pragma omp parallel for
     for (int i = 0; i < N; i++) {
-        const Real *xi = x + (size_t)i * D, *dyi = dout + (size_t)i * D;
+        const Real *xi = x + i * ldx, *dyi = dout + i * ldd;
         Real dot = 0;  // mean over j of (dy g)_j * xhat_j
         for (int j = 0; j < D; j++) dot += dyi[j] * g[j] * xi[j] * rstd[i];
         dot /= D;
-        for (int j = 0; j < D; j++) dx[(size_t)i * D + j] = rstd[i] * (dyi[j] * g[j] - xi[j] * rstd[i] * dot);
+        for (int j = 0; j < D; j++) dx[i * ldd + j] = rstd[i] * (dyi[j] * g[j] - xi[j] * rstd[i] * dot);
+    }
+}
+
+// §10's qk-norm on the fused rows qkv (N, qkv_dim), in place: qk (N, qk_dim) receives q | k
+// before their norms, rstd_qk (N, 2) each row's two factors.
+template<typename Real> void qk_norm_forward(Real* qkv, Real* qk, Real* rstd_qk, const Real* g_qk, const Config& c, int N) {
+    const int hq = c.H * c.hd(), ld = c.qkv_dim(), w = c.qk_dim();
+    #pragma omp parallel for
+    for (int i = 0; i < N; i++) std::copy(qkv + (size_t)i * ld, qkv + (size_t)i * ld + w, qk + (size_t)i * w);
+    std::vector<Real> r(N);
+    for (int part = 0; part < 2; part++) {
+        const int off = part ? hq : 0, width = part ? w - hq : hq;
+        rmsnorm_forward(qkv + off, r.data(), qk + off, g_qk + off, N, width, ld, w);
+        for (int i = 0; i < N; i++) rstd_qk[2 * i + part] = r[i];
+    }
+}
+// dqkv (N, qkv_dim): its q and k parts, in place, from the gradients after the norms to those
+// before; dg_qk (qk_dim) accumulated.
+template<typename Real> void qk_norm_backward(Real* dqkv, Real* dg_qk, const Real* qk, const Real* rstd_qk, const Real* g_qk,
+                                              const Config& c, int N) {
+    const int hq = c.H * c.hd(), ld = c.qkv_dim(), w = c.qk_dim();
+    std::vector<Real> r(N);
+    for (int part = 0; part < 2; part++) {
+        const int off = part ? hq : 0, width = part ? w - hq : hq;
+        for (int i = 0; i < N; i++) r[i] = rstd_qk[2 * i + part];
+        rmsnorm_backward(dqkv + off, dg_qk + off, dqkv + off, qk + off, g_qk + off, r.data(), N, width, ld, w);
     }
 }
 
@@ -663,7 +740,7 @@ template<typename Real> void swiglu_backward(Real* dh13, const Real* dg, const R
 }
 
 // losses (N) = lse - logits[target], lse (N) = logsumexp(logits[:V]); logits (N, Vp).
-// Padded columns never count.
+// Padded columns never count. The z-loss (§10) is z * lse^2, from lse.
 template<typename Real> void crossentropy_forward(Real* losses, Real* lse, const Real* logits, const int* targets,
                                                   int N, int V, int Vp) {
     #pragma omp parallel for
@@ -678,36 +755,40 @@ template<typename Real> void crossentropy_forward(Real* losses, Real* lse, const
         losses[i] = lse[i] - z[targets[i]];
     }
 }
-// In place: logits (N, Vp) become dlogits = dloss_row * (softmax - onehot); padded columns 0.
+// In place: logits (N, Vp) become dlogits, the gradient of dloss_row * (loss + zcoef * lse^2)
+// per row: dloss_row * (softmax * (1 + 2 zcoef lse) - onehot); padded columns 0.
 template<typename Real> void crossentropy_backward(Real* logits, const Real* lse, const int* targets, Real dloss_row,
-                                                   int N, int V, int Vp) {
+                                                   int N, int V, int Vp, Real zcoef = 0) {
     #pragma omp parallel for
     for (int i = 0; i < N; i++) {
         Real* z = logits + (size_t)i * Vp;
-        const Real l = lse[i];
+        const Real l = lse[i], scale = dloss_row * (1 + 2 * zcoef * l);
         #pragma omp simd
-        for (int j = 0; j < V; j++) z[j] = dloss_row * exp_fast(z[j] - l);
+        for (int j = 0; j < V; j++) z[j] = scale * exp_fast(z[j] - l);
         z[targets[i]] -= dloss_row;
         std::fill(z + V, z + Vp, Real(0));
     }
 }
-
 
 // ----------------------------------------------------------------------------
 // The model: parameters, gradients, activations, forward and backward.
 
 template<typename Real> struct LayerActs {
     Real* x;       // (B, TK, D) residual stream entering the layer
-    Real* a;       // (B, TK, D) rmsnorm(x, g_attn)
-    Real* rstd_a;  // (B, TK)
-    Real* qkv;     // (B, TK, qkv_dim) q | k | v, RoPE applied to q and k
+    Real* a;       // (B, TK, D) rmsnorm(x, g_attn); reordered norm: null (the qkv matmul reads x)
+    Real* rstd_a;  // (B, TK) of the attention's norm
+    Real* qkv;     // (B, TK, qkv_dim) q | k | v, q and k normed (qk-norm) and RoPE applied
     Real* lse;     // (B, H, TK)
     Real* o;       // (B, TK, H*hd) attention output
     Real* xm;      // (B, TK, D) residual stream after attention
-    Real* f;       // (B, TK, D) rmsnorm(xm, g_ffn)
-    Real* rstd_f;  // (B, TK)
+    Real* f;       // (B, TK, D) rmsnorm(xm, g_ffn); reordered norm: null (the w13 matmul reads xm)
+    Real* rstd_f;  // (B, TK) of the MLP's norm
     Real* h13;     // (B, TK, 2F) f w1^T | f w3^T
     Real* g;       // (B, TK, F) silu(h1) * h3
+    Real* qk;      // (B, TK, qk_dim) qk-norm: q | k before their norms; else null
+    Real* rstd_qk; // (B, TK, 2) qk-norm: their factors; else null
+    Real* u;       // (B, TK, D) reordered norm: o wo^T before its norm; else null
+    Real* y;       // (B, TK, D) reordered norm: g w2^T before its norm; else null
 };
 
 // Activation and gradient buffers for a batch (B, T), carved from one arena: the CPU model
@@ -726,33 +807,39 @@ template<typename Real> struct Activations {
     Real* dqkv;        // (B, TK, qkv_dim)
     Real* dh13;        // (B, TK, 2F)
     Real* dxlast;      // (B, T, D)
+    Real* dy;          // (B, TK, D) reordered norm: the gradient of u or y; else null
 
-    // matmul_inputs false leaves out a, qkv, o, f, h13, g, dqkv and dh13 (null): bf16 GPU runs
-    // keep those only as the bf16 tensors the matmuls, the attention and the SwiGLU read
-    // (kernels/gpu_model.cuh).
-    static size_t floats(const Config& c, int B, int T, bool matmul_inputs = true) {
+    // Points every tensor into mem, which holds floats(c, B, T, matmul_inputs) elements, and
+    // returns that count (mem null: only counts). matmul_inputs false leaves out a, qkv, o, f,
+    // h13, g, dqkv, dh13 and dy (null): bf16 GPU runs keep those only as the bf16 tensors the
+    // matmuls, the attention and the SwiGLU read (kernels/gpu_model.cuh).
+    size_t point(const Config& c, int B, int T, Real* mem, bool matmul_inputs = true) {
         const size_t N = (size_t)B * T * c.K, BT = (size_t)B * T;
-        const size_t per_layer = N * (4 * c.D + 2 + c.qkv_dim() + c.H + c.H * c.hd() + 3 * c.F) -
-                                 (matmul_inputs ? 0 : N * (2 * c.D + c.qkv_dim() + c.H * c.hd() + 3 * c.F));
-        return per_layer * c.L + N * c.D + BT * (2 * c.D + 3 + c.Vp) + N * (c.D + std::max(c.D, c.F)) +
-               (matmul_inputs ? N * (c.qkv_dim() + 2 * c.F) : 0) + BT * c.D;
-    }
-    // Points every tensor into mem, which holds floats(c, B, T, matmul_inputs) elements.
-    void point(const Config& c, int B, int T, Real* mem, bool matmul_inputs = true) {
-        const size_t N = (size_t)B * T * c.K, BT = (size_t)B * T;
-        auto take = [&mem](size_t n) { Real* r = mem; mem += n; return r; };
-        auto input = [&](size_t n) { return matmul_inputs ? take(n) : nullptr; };
+        const bool pre = c.norm == NORM_PRE;
+        size_t used = 0;
+        auto take = [&](size_t n, bool want = true) -> Real* {
+            if (!want) return nullptr;
+            Real* r = mem ? mem + used : nullptr;
+            used += n;
+            return r;
+        };
         layer.resize(c.L);
         for (LayerActs<Real>& a : layer) {
-            a.x = take(N * c.D); a.a = input(N * c.D); a.rstd_a = take(N);
-            a.qkv = input(N * c.qkv_dim()); a.lse = take(N * c.H); a.o = input(N * c.H * c.hd());
-            a.xm = take(N * c.D); a.f = input(N * c.D); a.rstd_f = take(N);
-            a.h13 = input(N * 2 * c.F); a.g = input(N * c.F);
+            a.x = take(N * c.D); a.a = take(N * c.D, matmul_inputs && pre); a.rstd_a = take(N);
+            a.qkv = take(N * c.qkv_dim(), matmul_inputs); a.lse = take(N * c.H); a.o = take(N * c.H * c.hd(), matmul_inputs);
+            a.xm = take(N * c.D); a.f = take(N * c.D, matmul_inputs && pre); a.rstd_f = take(N);
+            a.h13 = take(N * 2 * c.F, matmul_inputs); a.g = take(N * c.F, matmul_inputs);
+            a.qk = take(N * c.qk_dim(), c.qk_norm); a.rstd_qk = take(2 * N, c.qk_norm);
+            a.u = take(N * c.D, !pre); a.y = take(N * c.D, !pre);
         }
         xL = take(N * c.D); xlast = take(BT * c.D); rstd_final = take(BT);
         xn = take(BT * c.D); logits = take(BT * c.Vp); losses = take(BT); lse = take(BT);
-        dx = take(N * c.D); dtmp = take(N * std::max(c.D, c.F)); dqkv = input(N * c.qkv_dim());
-        dh13 = input(N * 2 * c.F); dxlast = take(BT * c.D);
+        dx = take(N * c.D); dtmp = take(N * std::max(c.D, c.F)); dqkv = take(N * c.qkv_dim(), matmul_inputs);
+        dh13 = take(N * 2 * c.F, matmul_inputs); dxlast = take(BT * c.D); dy = take(N * c.D, matmul_inputs && !pre);
+        return used;
+    }
+    static size_t floats(const Config& c, int B, int T, bool matmul_inputs = true) {
+        return Activations().point(c, B, T, nullptr, matmul_inputs);
     }
 };
 
@@ -766,6 +853,8 @@ template<typename Real> struct Model : Activations<Real> {
     std::vector<Real> act_mem;         // the activations' arena
     std::vector<int> tokens, targets;  // (B, T) of the last forward
     std::vector<int> pos;              // (B*TK) RoPE position of every row
+    Real z_term = 0;                   // §10: z * mean(lse^2) of the last forward with targets (0 without z-loss);
+                                       // the backward differentiates loss + z_term
 
     explicit Model(const Config& c) : cfg(c) {
         size_t P = num_params(c);
@@ -799,17 +888,24 @@ void layer_forward(const Model<Real>& M, const LayerActs<Real>& a, const LayerVi
                    Attend attend) {
     const Config& c = M.cfg;
     const int D = c.D;
-    rmsnorm_forward(a.a, a.rstd_a, a.x, w.g_attn, N, D);
-    matmul_forward(a.qkv, a.a, w.wqkv, N, D, c.qkv_dim());
+    const size_t ND = (size_t)N * D;
+    const bool pre = c.norm == NORM_PRE;
+    // attention: xm = x + o wo^T (pre-norm: on a = rmsnorm(x)), or x + rmsnorm(o wo^T) (reordered)
+    if (pre) rmsnorm_forward(a.a, a.rstd_a, a.x, w.g_attn, N, D);
+    matmul_forward(a.qkv, pre ? a.a : a.x, w.wqkv, N, D, c.qkv_dim());
+    if (c.qk_norm) qk_norm_forward(a.qkv, a.qk, a.rstd_qk, w.g_qk, c, N);
     rope_forward(a.qkv, pos, c, N, M.rope_cos.data(), M.rope_sin.data());
     attend();
-    matmul_forward(a.xm, a.o, w.wo, N, c.H * c.hd(), D);
-    for (size_t i = 0; i < (size_t)N * D; i++) a.xm[i] += a.x[i];
-    rmsnorm_forward(a.f, a.rstd_f, a.xm, w.g_ffn, N, D);
-    matmul_forward(a.h13, a.f, w.w13, N, D, 2 * c.F);
+    matmul_forward(pre ? a.xm : a.u, a.o, w.wo, N, c.H * c.hd(), D);
+    if (!pre) rmsnorm_forward(a.xm, a.rstd_a, a.u, w.g_attn, N, D);
+    for (size_t i = 0; i < ND; i++) a.xm[i] += a.x[i];
+    // MLP: x_next = xm + swiglu(..) w2^T, on f = rmsnorm(xm) (pre-norm) or xm with its output normed
+    if (pre) rmsnorm_forward(a.f, a.rstd_f, a.xm, w.g_ffn, N, D);
+    matmul_forward(a.h13, pre ? a.f : a.xm, w.w13, N, D, 2 * c.F);
     swiglu_forward(a.g, a.h13, N, c.F);
-    matmul_forward(x_next, a.g, w.w2, N, c.F, D);
-    for (size_t i = 0; i < (size_t)N * D; i++) x_next[i] += a.xm[i];
+    matmul_forward(pre ? x_next : a.y, a.g, w.w2, N, c.F, D);
+    if (!pre) rmsnorm_forward(x_next, a.rstd_f, a.y, w.g_ffn, N, D);
+    for (size_t i = 0; i < ND; i++) x_next[i] += a.xm[i];
 }
 // Its backward over the B*T*K rows of the last forward: M.dx (N, D), the gradient of x_next
 // on entry, becomes that of a.x; gradients are added into gw. GpuModel::layer_backward on the GPU.
@@ -817,23 +913,30 @@ template<typename Real>
 void layer_backward(Model<Real>& M, const LayerActs<Real>& a, const LayerView<Real>& w, const LayerView<Real>& gw) {
     const Config& c = M.cfg;
     const int N = M.B * M.T * c.K, D = c.D;
-    // x_next = xm + swiglu(f) w2^T
-    matmul_backward(M.dtmp, gw.w2, M.dx, a.g, w.w2, N, c.F, D);
+    const size_t ND = (size_t)N * D;
+    const bool pre = c.norm == NORM_PRE;
+    // The gradient each sublayer's last matmul sees: dx itself (pre-norm), or through its norm (reordered).
+    Real* dsub = pre ? M.dx : M.dy;
+    // MLP
+    if (!pre) rmsnorm_backward(M.dy, gw.g_ffn, M.dx, a.y, w.g_ffn, a.rstd_f, N, D);
+    matmul_backward(M.dtmp, gw.w2, dsub, a.g, w.w2, N, c.F, D);
     swiglu_backward(M.dh13, M.dtmp, a.h13, N, c.F);
-    matmul_backward(M.dtmp, gw.w13, M.dh13, a.f, w.w13, N, D, 2 * c.F);
-    rmsnorm_backward(M.dtmp, gw.g_ffn, M.dtmp, a.xm, w.g_ffn, a.rstd_f, N, D);
-    for (size_t i = 0; i < (size_t)N * D; i++) M.dx[i] += M.dtmp[i];
-    // xm = x + attention(rope(a wqkv^T)) wo^T
-    matmul_backward(M.dtmp, gw.wo, M.dx, a.o, w.wo, N, c.H * c.hd(), D);
+    matmul_backward(M.dtmp, gw.w13, M.dh13, pre ? a.f : a.xm, w.w13, N, D, 2 * c.F);
+    if (pre) rmsnorm_backward(M.dtmp, gw.g_ffn, M.dtmp, a.xm, w.g_ffn, a.rstd_f, N, D);
+    for (size_t i = 0; i < ND; i++) M.dx[i] += M.dtmp[i];
+    // attention
+    if (!pre) rmsnorm_backward(M.dy, gw.g_attn, M.dx, a.u, w.g_attn, a.rstd_a, N, D);
+    matmul_backward(M.dtmp, gw.wo, dsub, a.o, w.wo, N, c.H * c.hd(), D);
     attention_backward(M.dqkv, M.dtmp, a.qkv, a.o, a.lse, c, M.B, M.T);
     rope_backward(M.dqkv, M.pos.data(), c, N, M.rope_cos.data(), M.rope_sin.data());
-    matmul_backward(M.dtmp, gw.wqkv, M.dqkv, a.a, w.wqkv, N, D, c.qkv_dim());
-    rmsnorm_backward(M.dtmp, gw.g_attn, M.dtmp, a.x, w.g_attn, a.rstd_a, N, D);
-    for (size_t i = 0; i < (size_t)N * D; i++) M.dx[i] += M.dtmp[i];
+    if (c.qk_norm) qk_norm_backward(M.dqkv, gw.g_qk, a.qk, a.rstd_qk, w.g_qk, c, N);
+    matmul_backward(M.dtmp, gw.wqkv, M.dqkv, pre ? a.a : a.x, w.wqkv, N, D, c.qkv_dim());
+    if (pre) rmsnorm_backward(M.dtmp, gw.g_attn, M.dtmp, a.x, w.g_attn, a.rstd_a, N, D);
+    for (size_t i = 0; i < ND; i++) M.dx[i] += M.dtmp[i];
 }
 
-// Forward over tokens (B, T). Returns the mean last-copy loss if targets is given (else 0,
-// and only the logits are computed).
+// Forward over tokens (B, T). Returns the mean last-copy loss (the cross-entropy; the z-loss
+// goes to M.z_term) if targets is given (else 0, and only the logits are computed).
 template<typename Real> Real model_forward(Model<Real>& M, const int* tokens, const int* targets, int B, int T) {
     const Config& c = M.cfg;
     M.size_for(B, T);
@@ -856,17 +959,21 @@ template<typename Real> Real model_forward(Model<Real>& M, const int* tokens, co
     matmul_forward(M.logits, M.xn, M.p.wout, BT, D, c.Vp);
     if (!targets) return 0;
     crossentropy_forward(M.losses, M.lse, M.logits, targets, BT, c.V, c.Vp);
-    Real sum = 0;
-    for (int i = 0; i < BT; i++) sum += M.losses[i];
+    Real sum = 0, zsum = 0;
+    for (int i = 0; i < BT; i++) {
+        sum += M.losses[i];
+        zsum += M.lse[i] * M.lse[i];
+    }
+    M.z_term = (Real)c.z_loss * zsum / BT;
     return sum / BT;
 }
 
-// Backward of dloss * (mean loss) of the last forward; gradients are added into M.grads
+// Backward of dloss * (mean loss + z_term) of the last forward; gradients are added into M.grads
 // (zero them first unless accumulating micro-batches).
 template<typename Real> void model_backward(Model<Real>& M, Real dloss) {
     const Config& c = M.cfg;
     const int B = M.B, T = M.T, N = B * T * c.K, BT = B * T, D = c.D, K = c.K;
-    crossentropy_backward(M.logits, M.lse, M.targets.data(), dloss / BT, BT, c.V, c.Vp);
+    crossentropy_backward(M.logits, M.lse, M.targets.data(), dloss / BT, BT, c.V, c.Vp, (Real)c.z_loss);
     matmul_backward(M.dxlast, M.g.wout, M.logits, M.xn, M.p.wout, BT, D, c.Vp);
     rmsnorm_backward(M.dxlast, M.g.g_final, M.dxlast, M.xlast, M.p.g_final, M.rstd_final, BT, D);
     std::fill(M.dx, M.dx + (size_t)N * D, Real(0));

@@ -36,7 +36,11 @@ struct Args {
     std::string variant = "phd-cswa-2-16-32";
     std::vector<std::string> evals;  // --eval files
     int eval_scores = 0;
-    int V = 50257, L = 4, D = 256, H = 4, Hkv = 0, F = 0, maxT = 0;
+    // The model's shape and block: 0 / "" where not given, then from --model, then the defaults.
+    int V = 0, L = 0, D = 0, H = 0, Hkv = 0, F = 0, maxT = 0;
+    std::string model, block, norm;
+    int qk_norm = -1;
+    float z_loss = -1;
     int B = 4, T = 64, total_batch = 0, steps = 100, warmup = 0;
     int val_every = 20, val_steps = 10, sample_every = 50, sample_tokens = 16, ckpt_every = 0;
     int resume = 0, threads = 0, generate = 0, top_k = 0, tf32 = 0, compare_cpu = 0;
@@ -61,9 +65,17 @@ static void usage() {
         "model (when not loaded from --init)\n"
         "      --variant NAME       vanilla | phd-K | phd-swa-K-W | phd-cswa-K-W-C | naive-K\n"
         "                           (default phd-cswa-2-16-32)\n"
+        "      --model NAME         a named size (below); the flags after it override its fields\n"
         "      --vocab V            vocabulary size (default 50257)\n"
-        "      --layers L  --dim D  --heads H  --kv-heads Hkv (default H)\n"
+        "      --layers L  --dim D  --heads H  --kv-heads Hkv (default 4, 256, 4, H)\n"
         "      --ffn F              SwiGLU width (default 8D/3 rounded)\n"
+        "      --block llama|olmo2  llama: pre-norm (default); olmo2: the paper's block, all three of\n"
+        "      --qk-norm 0|1        RMSNorm on q and on k before RoPE (model.h §10)\n"
+        "      --norm pre|reordered each sublayer's norm before it, or on its output inside the residual\n"
+        "      --z-loss COEF        add COEF * logsumexp(logits)^2 per predicted token (olmo2: 1e-5)\n"
+        "                           models: gpt2-124m (V 50257, L 12, D 768, H 12, F 2048, llama);\n"
+        "                           paper-550m (V 100278, L 16, D 1536, H 16, Hkv 4, F 4096, olmo2);\n"
+        "                           paper-1.2b (V 100278, L 16, D 2048, H 32, Hkv 8, F 8192, olmo2)\n"
         "      --max-seq T          longest sequence (default -t)\n"
         "  -r, --seed N             parameter initialisation and sampling seed (1337)\n"
         "training\n"
@@ -148,6 +160,11 @@ static Args parse_args(int argc, char** argv) {
         else if (f == "-y" || f == "--resume") a.resume = parse_int(fl, v, 0);
         else if (f == "-k" || f == "--tokenizer") a.tokenizer = v;
         else if (f == "--variant") { a.variant = v; a.variant_given = true; }
+        else if (f == "--model") a.model = v;
+        else if (f == "--block") a.block = v;
+        else if (f == "--qk-norm") a.qk_norm = parse_int(fl, v, 0);
+        else if (f == "--norm") a.norm = v;
+        else if (f == "--z-loss") a.z_loss = parse_float(fl, v, 0, 1);
         else if (f == "--vocab") a.V = parse_int(fl, v, 2);
         else if (f == "--layers") a.L = parse_int(fl, v, 1);
         else if (f == "--dim") a.D = parse_int(fl, v, 2);
@@ -219,28 +236,55 @@ static Args parse_args(int argc, char** argv) {
     if (!a.check_state.empty() && a.init.empty()) die("--check-state: needs --init CKPT");
     if (a.generate && a.init.empty()) die("--generate: needs --init CKPT");
     if (a.eval_scores > 1) die("--eval-scores: expected 0 or 1, got %d", a.eval_scores);
+    if (a.qk_norm > 1) die("--qk-norm: expected 0 or 1, got %d", a.qk_norm);
+    if (!a.block.empty() && a.block != "llama" && a.block != "olmo2") die("--block: expected llama or olmo2, got '%s'", a.block.c_str());
+    if (!a.norm.empty() && a.norm != "pre" && a.norm != "reordered") die("--norm: expected pre or reordered, got '%s'", a.norm.c_str());
     if (a.eval_scores && (a.evals.empty() || !a.train_pattern.empty())) die("--eval-scores: with --eval and without --train");
     if (!a.prompt.empty() && !a.prompt_ids.empty()) die("--prompt: give either --prompt or --prompt-ids, not both");
     return a;
 }
 
-// The model config: from --init's checkpoint, else from the flags.
+// The named sizes of --model: the paper's models (model.h §8) with its block (§10) and OLMo 2's
+// vocabulary (cl100k_base's 100,278 tokens), and a GPT-2-small-like one with §9's block.
+struct NamedModel { const char* name; int V, L, D, H, Hkv, F; const char* block; };
+static const NamedModel kModels[] = {
+    {"gpt2-124m", 50257, 12, 768, 12, 12, 2048, "llama"},
+    {"paper-550m", 100278, 16, 1536, 16, 4, 4096, "olmo2"},
+    {"paper-1.2b", 100278, 16, 2048, 32, 8, 8192, "olmo2"},
+};
+
+// The model config: from --init's checkpoint, else from the flags (over --model's, over the defaults).
 static Config model_config(const Args& a, std::vector<float>* init_params_out) {
+    const bool block_given = !a.block.empty() || a.qk_norm >= 0 || !a.norm.empty() || a.z_loss >= 0;
     if (!a.init.empty()) {
         Config c = load_checkpoint(a.init.c_str(), init_params_out);
         Config want;
         if (a.variant_given && (parse_variant(a.variant.c_str(), &want), variant_name(want) != variant_name(c)))
             die("--variant: %s does not match the checkpoint %s (%s)", a.variant.c_str(), a.init.c_str(),
                 variant_name(c).c_str());
+        if (!a.model.empty() || block_given)
+            die("--model, --block, --qk-norm, --norm and --z-loss describe a new model; --init's checkpoint %s has its own (block %s)",
+                a.init.c_str(), block_name(c).c_str());
         return c;
+    }
+    NamedModel m = {"", 50257, 4, 256, 4, 0, 0, "llama"};
+    if (!a.model.empty()) {
+        auto it = std::find_if(std::begin(kModels), std::end(kModels), [&](const NamedModel& k) { return a.model == k.name; });
+        if (it == std::end(kModels)) die("--model: unknown model '%s' (expected gpt2-124m, paper-550m or paper-1.2b)", a.model.c_str());
+        m = *it;
     }
     Config c;
     std::string err = parse_variant(a.variant.c_str(), &c);
     if (!err.empty()) die("--variant: %s", err.c_str());
-    c.V = a.V; c.Vp = pad_vocab(a.V); c.L = a.L; c.D = a.D; c.H = a.H;
-    c.Hkv = a.Hkv ? a.Hkv : a.H;
-    c.F = a.F ? a.F : (8 * a.D + 2) / 3;
+    auto pick = [](int given, int preset) { return given ? given : preset; };
+    c.V = pick(a.V, m.V); c.Vp = pad_vocab(c.V); c.L = pick(a.L, m.L); c.D = pick(a.D, m.D); c.H = pick(a.H, m.H);
+    c.Hkv = pick(a.Hkv, a.H ? a.H : m.Hkv ? m.Hkv : c.H);
+    c.F = pick(a.F, a.D || !m.F ? (8 * c.D + 2) / 3 : m.F);
     c.maxT = a.maxT ? a.maxT : a.T;
+    set_block(&c, (a.block.empty() ? std::string(m.block) : a.block) == "olmo2");
+    if (a.qk_norm >= 0) c.qk_norm = a.qk_norm;
+    if (!a.norm.empty()) c.norm = a.norm == "reordered" ? NORM_REORDERED : NORM_PRE;
+    if (a.z_loss >= 0) c.z_loss = a.z_loss;
     err = config_error(c);
     if (!err.empty()) die("%s", err.c_str());
     return c;
@@ -521,7 +565,8 @@ static std::string strf(const char* fmt, ...) {
 // A model's variant and shapes, as the start-up line, the ranks' agreement and a refused
 // resume name them.
 static std::string model_shape(const Config& c) {
-    return variant_name(c) + strf(": V=%d L=%d D=%d H=%d Hkv=%d F=%d maxT=%d", c.V, c.L, c.D, c.H, c.Hkv, c.F, c.maxT);
+    return variant_name(c) + strf(": V=%d L=%d D=%d H=%d Hkv=%d F=%d maxT=%d, block %s", c.V, c.L, c.D, c.H, c.Hkv, c.F, c.maxT,
+                                  block_name(c).c_str());
 }
 
 // With several ranks, all must train the same model from the same weights on the same data,
@@ -634,7 +679,9 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
                             : use_bf16(a, c) ? " (bf16 tensor cores: matmuls and attention; fp32 weights, accumulation, optimizer)"
                             : a.tf32          ? " (TF32 tensor cores)"
                                               : " (fp32; --dtype bf16 or --tf32 1: tensor cores)";
-    printf("model %s, %zu parameters, on %s%s\n", model_shape(c).c_str(), P, Engine::name(), precision);
+    // The paper counts a model without its LM head (as if tied to E): 1.2B and 550M are those.
+    printf("model %s, %zu parameters (%.4g M; %.4g M without the LM head, as the paper counts), on %s%s\n", model_shape(c).c_str(), P,
+           P / 1e6, (P - (double)c.Vp * c.D) / 1e6, Engine::name(), precision);
     printf("batch B=%d T=%d x %d micro-batches x %d rank%s = %d tokens/step, %d steps, lr %g, %d OpenMP threads%s\n", a.B, a.T,
            accum, dist.size, dist.size > 1 ? "s" : "", a.total_batch, a.steps, a.lr, omp_get_max_threads(), dist.size > 1 ? " each" : "");
     printf("memory: params+grads+adam %.1f MiB, activations %.1f MiB\n", 4.0 * P * 4 * MiB, act_bytes * MiB);
@@ -709,6 +756,7 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
         if (queued) update();
         const double norm = E.norm();  // the step's one wait for the device
         const double loss = dist.sum(E.take_loss()) / (accum * dist.size);
+        const double z_term = c.z_loss > 0 ? dist.sum(E.take_z_loss()) / (accum * dist.size) : 0.0;  // model.h §10, beside the loss
         stop_unless_finite("training loss", loss);
         stop_unless_finite("gradient norm", norm);  // a finite loss can have one: e.g. 0 * a NaN weight in a padded logit's row
         // A skipped step still counts, as in llm.c: its batch is used up, and the schedule,
@@ -719,8 +767,9 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
         if (skip) skipped++;
         else if (!queued) update();
         double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-        printf("step %4d/%d | loss %.6f | norm %.4f | lr %.2e | %.1f ms | %.0f tok/s", step + 1, a.steps, loss, norm, lr, ms,
-               a.total_batch / (ms / 1000));
+        printf("step %4d/%d | loss %.6f", step + 1, a.steps, loss);
+        if (c.z_loss > 0) printf(" | z-loss %.3e", z_term);
+        printf(" | norm %.4f | lr %.2e | %.1f ms | %.0f tok/s", norm, lr, ms, a.total_batch / (ms / 1000));
         if (gpu && peak > 0) printf(" | MFU %.1f%%", 100 * step_flops / (ms / 1000) / (peak * 1e12));
         else if (gpu) printf(" | MFU -");
         if (zloss > flag_z) printf(" | loss z %.1f SPIKE", zloss);
@@ -731,6 +780,7 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
                    "the learning rate (-l %g) may be too high\n", loss, step + 1, divergence.start, first_step + 1,
                    DivergenceCheck::kFactor, DivergenceCheck::kSteps, a.lr);
         fprintf(log, "step %d train %.9g\n", step, (float)loss);
+        if (c.z_loss > 0) fprintf(log, "step %d z_loss %.9g\n", step, (float)z_term);
         fflush(log);
 
         if ((a.ckpt_every && (step + 1) % a.ckpt_every == 0) || last) {

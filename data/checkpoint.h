@@ -4,10 +4,13 @@
 // Config block, header[2..15] of all three files:
 //   2 V   3 Vp   4 L   5 D   6 H   7 Hkv   8 F   9 maxT   10 variant (0 vanilla, 1 phd,
 //   2 phd-swa, 3 phd-cswa, 4 naive)   11 K   12 W   13 C   14..15 P (parameter count, lo/hi)
+//   and the block (model.h §10), header[32..34]: 32 qk-norm (0/1)   33 norm placement (0 pre,
+//   1 reordered)   34 z-loss coefficient (float32 bits). Files from before §10 hold zeros there:
+//   §9's block, as they were written for.
 //
 // Model checkpoint: header[0] = 20261124, header[1] = 1, config block; then P float32 in
 //   the order of param_tensors() (model.h): E, then per layer g_attn, wq, wk, wv, wo, g_ffn,
-//   w1, w3, w2, then g_final, wout; each row-major (out, in).
+//   w1, w3, w2 (and with qk-norm g_q, g_k), then g_final, wout; each row-major (out, in).
 // Training state: header[0] = 20261125, header[1] = 1, config block, header[16] = steps
 //   done, header[17] = data shard index, header[18..19] = data position (int64 lo/hi),
 //   header[20..21] = sampling RNG state (uint64 lo/hi); then AdamW m (P float32), v (P float32).
@@ -16,6 +19,7 @@
 //   (B*T*V float32, padded columns left out), mean loss (1 float32), gradients of the mean
 //   loss (P float32, parameter order).
 #pragma once
+#include <cstring>
 #include <vector>
 #include "../model.h"
 
@@ -27,6 +31,9 @@ static inline void header_put_config(int32_t* h, int magic, const Config& c) {
     int32_t vals[] = {magic, kFormatVersion, c.V, c.Vp, c.L, c.D, c.H, c.Hkv, c.F, c.maxT, c.variant, c.K, c.W, c.C,
                       (int32_t)(P & 0xffffffffu), (int32_t)(P >> 32)};
     for (int i = 0; i < 16; i++) h[i] = vals[i];
+    h[32] = c.qk_norm;
+    h[33] = c.norm;
+    memcpy(&h[34], &c.z_loss, sizeof(float));
 }
 
 // Reads a header, checks magic, version and config; returns the config.
@@ -40,6 +47,8 @@ static inline Config header_get_config(FILE* f, const char* path, int magic, int
     Config c;
     c.V = h[2]; c.Vp = h[3]; c.L = h[4]; c.D = h[5]; c.H = h[6]; c.Hkv = h[7]; c.F = h[8]; c.maxT = h[9];
     c.variant = h[10]; c.K = h[11]; c.W = h[12]; c.C = h[13];
+    c.qk_norm = h[32]; c.norm = h[33];
+    memcpy(&c.z_loss, &h[34], sizeof(float));
     std::string err = config_error(c);
     if (!err.empty()) die("%s: %s", path, err.c_str());
     uint64_t P = (uint32_t)h[14] | ((uint64_t)(uint32_t)h[15] << 32);
@@ -93,9 +102,9 @@ static inline TrainState load_state(const char* path, const Config& model_cfg) {
     FILE* f = fopen_check(path, "rb");
     int32_t h[256];
     Config c = header_get_config(f, path, kStateMagic, h, 8, 0);
-    if (variant_name(c) != variant_name(model_cfg) || num_params(c) != num_params(model_cfg))
-        die("%s: training state is for a different model (%s) than the checkpoint (%s)", path, variant_name(c).c_str(),
-            variant_name(model_cfg).c_str());
+    if (variant_name(c) != variant_name(model_cfg) || block_name(c) != block_name(model_cfg) || num_params(c) != num_params(model_cfg))
+        die("%s: training state is for a different model (%s, block %s) than the checkpoint (%s, block %s)", path, variant_name(c).c_str(),
+            block_name(c).c_str(), variant_name(model_cfg).c_str(), block_name(model_cfg).c_str());
     TrainState s;
     s.step = h[16]; s.shard = h[17];
     s.pos = (int64_t)(uint32_t)h[18] | ((int64_t)h[19] << 32);

@@ -65,6 +65,11 @@ def variant_name(kind, K, W, C):
             "phd-cswa": f"phd-cswa-{K}-{W}-{C}", "naive": f"naive-{K}"}[kind]
 
 
+def z_loss_of(h):
+    """The z-loss coefficient, header[34]'s float32 bits (model.h §10)."""
+    return struct.unpack("<f", struct.pack("<i", h[34]))[0]
+
+
 def read_config(h):
     """The config block of header h, checked as model.h's config_error checks it."""
     V, Vp, L, D, H, Hkv, F, maxT, vid, K, W, C = h[2:14]
@@ -76,12 +81,15 @@ def read_config(h):
            "V must be >= 2 and Vp = V rounded up to a multiple of 128" if V < 2 or Vp != (V + 127) // 128 * 128 else
            "L, D, H, Hkv, F and max T must be positive" if min(L, D, H, Hkv, F, maxT) < 1 or D < 2 else
            "D must be a multiple of H with an even head size" if D % H or (D // H) % 2 else
-           "H must be a multiple of Hkv" if H % Hkv else None)
+           "H must be a multiple of Hkv" if H % Hkv else
+           "qk-norm must be 0 or 1" if h[32] not in (0, 1) else
+           "unknown norm placement" if h[33] not in (0, 1) else
+           "the z-loss coefficient must be in [0, 1]" if not 0 <= z_loss_of(h) <= 1 else None)
     if why:
         raise BadCheckpoint(f"invalid model config: {why}")
     # The name alone fixes K, W, C: variants that do not use W or C store 0 there.
     name = variant_name(kind, K, W, C)
-    cfg = make_config(name, V=V, L=L, D=D, H=H, Hkv=Hkv, F=F, maxT=maxT)
+    cfg = make_config(name, V=V, L=L, D=D, H=H, Hkv=Hkv, F=F, maxT=maxT, qk_norm=h[32], norm=h[33], z_loss=z_loss_of(h))
     if (cfg["K"], cfg["W"], cfg["C"]) != (K, W, C):
         raise BadCheckpoint(f"variant {name} with K={K} W={W} C={C} in its header")
     return cfg
@@ -126,7 +134,9 @@ def export(ckpt, out):
     cfg, sd = read_checkpoint(ckpt)
     torch = need_torch()
     config = {"variant": cfg["name"], "kind": cfg["kind"], "K": cfg["K"], "W": cfg["W"], "C": cfg["C"],
-              **{k: cfg[k] for k in ("V", "Vp", "L", "D", "H", "Hkv", "F", "maxT")},
+              **{k: cfg[k] for k in ("V", "Vp", "L", "D", "H", "Hkv", "F", "maxT", "qk_norm", "norm")},
+              # a string: this torch's weights_only loader refuses a pickled float
+              "z_loss": f"{cfg['z_loss']:.9g}",
               "params": sum(t.numel() for t in sd.values())}
     if os.path.isdir(out):
         raise CannotWrite(f"{out}: is a directory (give the file to write)")
@@ -162,7 +172,8 @@ def main(argv):
         return 1
     print(f"wrote {out}: {c['variant']} V={c['V']} (E, wout with Vp={c['Vp']} rows) L={c['L']} D={c['D']} H={c['H']} "
           f"Hkv={c['Hkv']} F={c['F']} maxT={c['maxT']}, {c['params']} float32 parameters in "
-          f"{3 + 9 * c['L']} tensors" + (f"; warning: non-finite values in {', '.join(bad)}" if bad else ""))
+          f"{3 + (9 + 2 * c['qk_norm']) * c['L']} tensors, block qk-norm {c['qk_norm']} norm "
+          f"{('pre', 'reordered')[c['norm']]} z-loss {float(c['z_loss']):g}" + (f"; warning: non-finite values in {', '.join(bad)}" if bad else ""))
     return 0
 
 

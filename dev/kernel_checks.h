@@ -267,10 +267,12 @@ template<typename T> static CheckResult check_swiglu(GpuModel& G, int B, int T_,
     return {e, (backward ? 5.0 : 3.0) * N * G.cfg.F * sizeof(T)};
 }
 
-// The fused classifier loss over the B*T last-copy rows (kernels/loss.cuh): each row's loss,
-// the logits overwritten with softmax - onehot (fp32, or bf16 in bf16 runs), the padded
-// columns zero, and the losses' mean added to the step's sum on the device; against the
-// CPU's forward and backward (dloss 1 a row) on the same logits, rounded as stored.
+// The fused classifier loss over the B*T last-copy rows (kernels/loss.cuh): each row's loss
+// and log-sum-exp, the logits overwritten with the gradient of the loss and a z-loss
+// (model.h §10; coefficient 0.01, far above OLMo 2's 1e-5, so that a wrong term shows: fp32,
+// or bf16 in bf16 runs), the padded columns zero, and the losses' and z terms' means added to
+// the step's sums on the device; against the CPU's forward and backward (dloss 1 a row) on
+// the same logits, rounded as stored.
 template<typename T> static CheckResult check_crossentropy(GpuModel& G, int B, int T_, const Timed& timed) {
     const Config& c = G.cfg;
     const int BT = B * T_;
@@ -280,15 +282,21 @@ template<typename T> static CheckResult check_crossentropy(GpuModel& G, int B, i
     Rng rng{14};
     for (int& t : y) t = (int)(rng.next_u64() % c.V);
     crossentropy_forward(loss_ref.data(), lse_ref.data(), z.data(), y.data(), BT, c.V, c.Vp);
-    crossentropy_backward(dz_ref.data(), lse_ref.data(), y.data(), 1.0f, BT, c.V, c.Vp);
-    double mean_ref = 0;
-    for (float l : loss_ref) mean_ref += l / BT;
+    const float zc = 0.01f;
+    crossentropy_backward(dz_ref.data(), lse_ref.data(), y.data(), 1.0f, BT, c.V, c.Vp, zc);
+    double mean_ref = 0, z_ref = 0;
+    for (int i = 0; i < BT; i++) {
+        mean_ref += loss_ref[i] / BT;
+        z_ref += (double)zc * lse_ref[i] * lse_ref[i] / BT;
+    }
     CheckBuffers buf;
     T* d_z = up_as<T>(buf, z);
-    float *d_loss = buf.nan(BT), *d_sum = buf.up(std::vector<float>{0.5f});  // the sum so far: 0.5
+    float *d_loss = buf.nan(BT), *d_lse = buf.nan(BT), *d_sum = buf.up(std::vector<float>{0.5f, 0.25f});  // the sums so far
     int* d_y = buf.up(y);
-    crossentropy(d_loss, d_z, d_y, BT, c.V, c.Vp, nullptr);
+    crossentropy(d_loss, d_lse, d_z, d_y, BT, c.V, c.Vp, zc, nullptr);
     loss_sum(d_sum, d_loss, BT, nullptr);
+    loss_sum(d_sum + 1, d_lse, BT, nullptr, zc);
+    const std::vector<float> sums = to_host(d_sum, 2);
     const std::vector<float> dz = host_floats(d_z, z.size());
     double pad_nonzero = 0;
     for (int i = 0; i < BT; i++)
@@ -296,10 +304,12 @@ template<typename T> static CheckResult check_crossentropy(GpuModel& G, int B, i
     // __expf, __logf, the online rescaling and another summation order: loss 1.1e-7, the
     // gradient 1.6e-6 (__expf at the largest logits), the mean 1e-7
     std::vector<TensorError> e = {{"loss", max_rel(to_host(d_loss, BT), loss_ref), 2e-6},
+                                  {"lse", max_rel(to_host(d_lse, BT), lse_ref), 2e-6},
                                   {"dlogits", max_rel(dz, dz_ref), is_bf16<T> ? kBf16Out : 1e-5},
                                   {"padded columns not zero", pad_nonzero, 0},
-                                  {"step loss", std::fabs(to_host(d_sum, 1)[0] - (0.5 + mean_ref)) / (0.5 + mean_ref), 1e-6}};
-    timed([&] { crossentropy(d_loss, d_z, d_y, BT, c.V, c.Vp, nullptr); });  // on its own output: the same work
+                                  {"step loss", std::fabs(sums[0] - (0.5 + mean_ref)) / (0.5 + mean_ref), 1e-6},
+                                  {"step z-loss", std::fabs(sums[1] - (0.25 + z_ref)) / (0.25 + z_ref), 1e-6}};
+    timed([&] { crossentropy(d_loss, d_lse, d_z, d_y, BT, c.V, c.Vp, zc, nullptr); });  // on its own output: the same work
     return {e, (double)BT * (2.0 * c.V + c.Vp) * sizeof(T)};
 }
 

@@ -23,8 +23,10 @@ def parse_variant(name):
     return dict(kind=kind, K=nums[0], W=nums[1], C=nums[2])
 
 
-def make_config(variant, V=97, L=2, D=32, H=4, Hkv=2, F=64, maxT=7):
-    cfg = dict(V=V, Vp=(V + 127) // 128 * 128, L=L, D=D, H=H, Hkv=Hkv, F=F, maxT=maxT, name=variant)
+def make_config(variant, V=97, L=2, D=32, H=4, Hkv=2, F=64, maxT=7, qk_norm=0, norm=0, z_loss=0.0):
+    """norm: 0 pre-norm, 1 reordered (model.h §10, as the checkpoint header stores them)."""
+    cfg = dict(V=V, Vp=(V + 127) // 128 * 128, L=L, D=D, H=H, Hkv=Hkv, F=F, maxT=maxT, name=variant,
+               qk_norm=qk_norm, norm=norm, z_loss=z_loss)
     cfg.update(parse_variant(variant))
     return cfg
 
@@ -40,5 +42,7 @@ def param_shapes(cfg):
         shapes += [(p + "g_attn", (D,)), (p + "wq", (H * hd, D)), (p + "wk", (Hkv * hd, D)),
                    (p + "wv", (Hkv * hd, D)), (p + "wo", (D, H * hd)), (p + "g_ffn", (D,)),
                    (p + "w1", (F, D)), (p + "w3", (F, D)), (p + "w2", (D, F))]
+        if cfg.get("qk_norm"):
+            shapes += [(p + "g_q", (H * hd,)), (p + "g_k", (Hkv * hd,))]
     shapes += [("g_final", (D,)), ("wout", (Vp, D))]
     return shapes

@@ -106,8 +106,9 @@ def rope(x, pos):
     return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
 
 
-def forward(cfg, P, tokens, targets=None):
-    """tokens (B, T) -> last-copy logits (B, T, Vp) and the mean loss."""
+def forward(cfg, P, tokens, targets=None, with_z=False):
+    """tokens (B, T) -> last-copy logits (B, T, Vp) and the mean loss (the cross-entropy; with_z:
+    plus the z-loss, z * mean(logsumexp^2), what training differentiates: model.h §10)."""
     B, T = tokens.shape
     K, D, H, Hkv = cfg["K"], cfg["D"], cfg["H"], cfg["Hkv"]
     hd = D // H
@@ -115,25 +116,36 @@ def forward(cfg, P, tokens, targets=None):
     x = P["E"][tokens].repeat_interleave(K, dim=1)              # (B, N, D): copy c of n at n*K+c
     pos = torch.arange(T).repeat_interleave(K)                   # every copy at position n
     mask = build_mask(cfg, T)
+    reordered = cfg.get("norm", 0) == 1                          # model.h §10
     for l in range(cfg["L"]):
         p = lambda s: P[f"layer{l}.{s}"]
-        a = rmsnorm(x, p("g_attn"))
-        q = rope((a @ p("wq").T).view(B, N, H, hd), pos)
-        k = rope((a @ p("wk").T).view(B, N, Hkv, hd), pos)
+        a = x if reordered else rmsnorm(x, p("g_attn"))
+        q, k = a @ p("wq").T, a @ p("wk").T
+        if cfg.get("qk_norm"):                                   # over the whole projection, before RoPE
+            q, k = rmsnorm(q, p("g_q")), rmsnorm(k, p("g_k"))
+        q = rope(q.view(B, N, H, hd), pos)
+        k = rope(k.view(B, N, Hkv, hd), pos)
         v = (a @ p("wv").T).view(B, N, Hkv, hd)
         k = k.repeat_interleave(H // Hkv, dim=2)                 # GQA: head h uses kv head h // (H/Hkv)
         v = v.repeat_interleave(H // Hkv, dim=2)
         s = torch.einsum("bihe,bjhe->bhij", q, k) / math.sqrt(hd)
         s = s.masked_fill(~mask, float("-inf"))
         o = torch.einsum("bhij,bjhe->bihe", torch.softmax(s, dim=-1), v).reshape(B, N, H * hd)
-        x = x + o @ p("wo").T
-        f = rmsnorm(x, p("g_ffn"))
-        x = x + (torch.nn.functional.silu(f @ p("w1").T) * (f @ p("w3").T)) @ p("w2").T
+        if reordered:
+            x = x + rmsnorm(o @ p("wo").T, p("g_attn"))
+            x = x + rmsnorm((torch.nn.functional.silu(x @ p("w1").T) * (x @ p("w3").T)) @ p("w2").T, p("g_ffn"))
+        else:
+            x = x + o @ p("wo").T
+            f = rmsnorm(x, p("g_ffn"))
+            x = x + (torch.nn.functional.silu(f @ p("w1").T) * (f @ p("w3").T)) @ p("w2").T
     last = x[:, K - 1::K]                                        # (B, T, D): the last copies
     logits = rmsnorm(last, P["g_final"]) @ P["wout"].T           # (B, T, Vp)
     loss = None
     if targets is not None:
-        loss = torch.nn.functional.cross_entropy(logits[..., : cfg["V"]].reshape(B * T, -1), targets.reshape(-1))
+        real = logits[..., : cfg["V"]].reshape(B * T, -1)
+        loss = torch.nn.functional.cross_entropy(real, targets.reshape(-1))
+        if with_z and cfg.get("z_loss", 0):
+            loss = loss + cfg["z_loss"] * (torch.logsumexp(real, dim=-1) ** 2).mean()
     return logits, loss
 
 
@@ -157,7 +169,8 @@ def adamw_losses(cfg, P, tokens, targets, lr, warmup, steps, final_frac, wd):
             g["lr"] = lr_at(step, lr, warmup, steps, final_frac)
         opt.zero_grad()
         _, loss = forward(cfg, P, tokens, targets)
-        loss.backward()
+        _, objective = forward(cfg, P, tokens, targets, with_z=True)
+        objective.backward()
         torch.nn.utils.clip_grad_norm_(list(P.values()), 1.0)
         opt.step()
         losses.append(loss.item())
@@ -171,6 +184,8 @@ def header(magic, cfg, extra=()):
     P = sum(math.prod(s) for _, s in param_shapes(cfg))
     h = [magic, 1, cfg["V"], cfg["Vp"], cfg["L"], cfg["D"], cfg["H"], cfg["Hkv"], cfg["F"], cfg["maxT"],
          VARIANT_IDS[cfg["kind"]], cfg["K"], cfg["W"], cfg["C"], P & 0xFFFFFFFF, P >> 32, *extra]
+    h += [0] * (32 - len(h))
+    h += [cfg.get("qk_norm", 0), cfg.get("norm", 0), struct.unpack("<i", struct.pack("<f", cfg.get("z_loss", 0.0)))[0]]
     return struct.pack("<256i", *(h + [0] * (256 - len(h))))
 
 
@@ -181,16 +196,24 @@ def f32(t):
 FIXTURE_B, FIXTURE_T = 2, 7  # the batch of every fixture
 
 
+def fixture_config(name):
+    """A fixture's name is its variant, or olmo2-VARIANT: model.h §10's three options, with a
+    z-loss of 0.05 (OLMo 2's 1e-5 would hide a wrong z gradient under the tolerances)."""
+    if name.startswith("olmo2-"):
+        return make_config(name[len("olmo2-"):], qk_norm=1, norm=1, z_loss=0.05)
+    return make_config(name)
+
+
 def write_fixture(outdir, variant, seed):
     """Writes the three files of one variant; returns the loss before and after the AdamW steps."""
-    cfg = make_config(variant)
+    cfg = fixture_config(variant)
     gen = torch.Generator().manual_seed(seed)
     P = init_params(cfg, gen)
     B, T = FIXTURE_B, FIXTURE_T
     tokens = torch.randint(0, cfg["V"], (B, T), generator=gen)
     targets = torch.randint(0, cfg["V"], (B, T), generator=gen)
     logits, loss = forward(cfg, P, tokens, targets)
-    loss.backward()
+    forward(cfg, P, tokens, targets, with_z=True)[1].backward()
     with open(os.path.join(outdir, variant + ".ckpt"), "wb") as f:
         f.write(header(20261124, cfg))
         for name, _ in param_shapes(cfg):
@@ -215,7 +238,7 @@ def write_fixture(outdir, variant, seed):
     return loss.item(), losses[-1]
 
 
-FIXTURE_VARIANTS = ["vanilla", "phd-3", "phd-swa-3-2", "phd-cswa-3-2-2", "naive-2"]
+FIXTURE_VARIANTS = ["vanilla", "phd-3", "phd-swa-3-2", "phd-cswa-3-2-2", "naive-2", "olmo2-vanilla", "olmo2-phd-cswa-3-2-2"]
 FIXTURE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "test", "fixtures")
 
 
@@ -247,7 +270,7 @@ LOSS_TOL = 1e-12
 
 def fixture_layout(variant, ext):
     """(section, count, struct format) of a binary fixture, in the order write_fixture writes it."""
-    cfg = make_config(variant)
+    cfg = fixture_config(variant)
     BT = FIXTURE_B * FIXTURE_T
     params = [(name, math.prod(shape), "f") for name, shape in param_shapes(cfg)]
     if ext == "ckpt":
@@ -310,7 +333,7 @@ def load_export(path):
     c, sd = obj["config"], obj["state_dict"]
     try:
         cfg = make_config(c["variant"], V=c["V"], L=c["L"], D=c["D"], H=c["H"], Hkv=c["Hkv"], F=c["F"],
-                          maxT=c["maxT"])
+                          maxT=c["maxT"], qk_norm=c.get("qk_norm", 0), norm=c.get("norm", 0), z_loss=float(c.get("z_loss", "0")))
     except (KeyError, AttributeError, AssertionError) as e:
         raise ValueError(f"{path}: bad config {c!r} ({type(e).__name__}: {e})") from None
     # The redundant fields must agree with what the variant name and V imply.
@@ -409,7 +432,8 @@ def selftest():
 
     small = dict(V=11, L=1, D=8, H=2, Hkv=1, F=12, maxT=5)
     for variant in FIXTURE_VARIANTS:
-        cfg = make_config(variant, **small)
+        olmo2 = variant.startswith("olmo2-")
+        cfg = make_config(variant.removeprefix("olmo2-"), **small, qk_norm=int(olmo2), norm=int(olmo2), z_loss=0.05 * olmo2)
         gen = torch.Generator().manual_seed(1)
         P = init_params(cfg, gen)
         for t in P.values():  # larger weights: a sharper test
@@ -419,7 +443,7 @@ def selftest():
         names = list(P.keys())
 
         def loss_of(*tensors):
-            return forward(cfg, dict(zip(names, tensors)), tokens, targets)[1]
+            return forward(cfg, dict(zip(names, tensors)), tokens, targets, with_z=True)[1]
         ok = torch.autograd.gradcheck(loss_of, tuple(P.values()), eps=1e-6, atol=1e-7, rtol=1e-5, raise_exception=False)
         check(f"gradcheck (float64) of the whole model, {variant}", ok)
 

@@ -93,6 +93,7 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
     int rows = 0;
     float *x = nullptr, *xm = nullptr, *rstd = nullptr;  // (rows, D), (rows, D), (rows)
     float* lse = nullptr;                                // (H, rows) the training attention's
+    float *qk = nullptr, *rstd_qk = nullptr, *uy = nullptr;  // model.h §10, where used: (rows, qk_dim), (rows, 2), (rows, D)
     int* pos = nullptr;                                                           // (rows) each row's position
     int2* nc = nullptr;                                                           // (rows) (n, c) of one sample's rows
 
@@ -184,7 +185,9 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
     void free_block() {
         free_inputs(f32);
         free_inputs(b16);
-        for (void* p : {(void*)x, (void*)xm, (void*)rstd, (void*)lse, (void*)pos, (void*)nc}) cudaFree(p);
+        for (void* p : {(void*)x, (void*)xm, (void*)rstd, (void*)lse, (void*)qk, (void*)rstd_qk, (void*)uy, (void*)pos, (void*)nc})
+            cudaFree(p);
+        qk = rstd_qk = uy = nullptr;
     }
     void reserve(int R) {
         if (R <= rows) return;
@@ -192,12 +195,18 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
         const Config& c = G.cfg;
         free_block();
         rows = R;
-        const size_t floats = (size_t)R * (2 * c.D + 1 + c.H);
+        const bool reordered = c.norm == NORM_REORDERED;
+        const size_t floats = (size_t)R * (2 * c.D + 1 + c.H + (c.qk_norm ? c.qk_dim() + 2 : 0) + (reordered ? c.D : 0));
         const size_t inputs = (size_t)R * (2 * c.D + c.qkv_dim() + c.H * c.hd() + 3 * c.F);  // a, qkv, o, f, h13, g
         gpu_check_fits(floats * sizeof(float) + inputs * (bf16 ? sizeof(__nv_bfloat16) : sizeof(float)) +
                            (size_t)R * (sizeof(int) + sizeof(int2)), "decoder activations");
         for (auto [buf, width] : {std::pair<float**, int>{&x, c.D}, {&xm, c.D}, {&rstd, 1}, {&lse, c.H}})
             alloc(buf, (size_t)R * width);
+        if (c.qk_norm) {
+            alloc(&qk, (size_t)R * c.qk_dim());
+            alloc(&rstd_qk, (size_t)R * 2);
+        }
+        if (reordered) alloc(&uy, (size_t)R * c.D);
         bf16 ? alloc_inputs(b16.in, R) : alloc_inputs(f32.in, R);
         alloc(&pos, R);
         alloc(&nc, R);
@@ -292,9 +301,20 @@ private:
     // Layer l over the block's R rows (one block, every layer, in place), attend() filling
     // the attention's output from its qkv.
     template<typename In, typename Attend> void layer(int l, int R, Attend attend) {
-        const LayerIn<In>& in = typed<In>().in;
-        const LayerActs<float> acts{x, nullptr, rstd, nullptr, lse, nullptr, xm, nullptr, rstd, nullptr, nullptr};  // layer_forward's fp32 tensors
-        G.layer_forward(acts, in, G.weights<In>().layer[l], G.p.layer[l], x, R, pos, attend);
+        LayerIn<In> in = typed<In>().in;
+        const LayerActs<float> acts{x, nullptr, rstd, nullptr, lse, nullptr, xm, nullptr, rstd, nullptr, nullptr,
+                                    qk, rstd_qk, uy, uy};  // layer_forward's fp32 tensors
+        In* x16 = nullptr;  // reordered norm: the qkv matmul reads x (bf16 runs: its bf16 copy, which each layer rewrites in place)
+        if (G.cfg.norm == NORM_REORDERED) {
+            if constexpr (std::is_same_v<In, float>) {
+                in.a = x;
+                in.f = xm;
+            } else {
+                if (l == 0) copy_to_bf16(in.a, x, (size_t)R * G.cfg.D, G.stream);
+                x16 = in.a;
+            }
+        }
+        G.layer_forward(acts, in, G.weights<In>().layer[l], G.p.layer[l], x, R, pos, attend, x16);
     }
 
     // The LM head on each sample's last row (of sample s % B's rows), then each sample's draw.

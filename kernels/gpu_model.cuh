@@ -30,10 +30,10 @@ inline void gpu_check_fits(size_t bytes, const char* what, const char* hint = ""
 // --dtype bf16: what the bf16 matmuls read, in bf16. One layer's inputs, kept for its
 // backward (fp32 runs point them at the fp32 tensors of LayerActs instead):
 template<typename In> struct LayerIn {
-    In* a;    // (B, TK, D) rmsnorm(x): the qkv matmul's input
+    In* a;    // (B, TK, D) rmsnorm(x): the qkv matmul's input (reordered norm: x itself)
     In* qkv;  // (B, TK, qkv_dim) q | k | v after RoPE: the attention's input
     In* o;    // (B, TK, H*hd) the attention's output: the wo matmul's input
-    In* f;    // (B, TK, D) rmsnorm(xm): the w13 matmul's input
+    In* f;    // (B, TK, D) rmsnorm(xm): the w13 matmul's input (reordered norm: xm itself)
     In* h13;  // (B, TK, 2F) f w13^T: the SwiGLU's input, forward and backward
     In* g;    // (B, TK, F) swiglu(h13): the w2 matmul's input
 };
@@ -41,7 +41,8 @@ template<typename In> struct LayerIn {
 // layers, with the LM head's input and output gradient.
 template<typename In> struct StepIn {
     std::vector<LayerIn<In>> layer;  // (L)
-    In* dx;                          // (B, TK, D) the residual stream's gradient
+    In* dx;                          // (B, TK, D) what the w2 and wo matmuls' backward reads: the residual stream's
+                                     // gradient (pre-norm), or that of their own output before its norm (reordered)
     In* dg;                          // (B, TK, F) the gradient of g (fp32 runs: dtmp)
     In* dh13;                        // (B, TK, 2F)
     In* dout;                        // (B, TK, H*hd) the attention output's gradient
@@ -75,7 +76,8 @@ struct GpuModel : Activations<float> {
     __nv_bfloat16* act16 = nullptr;
     float* attn_D = nullptr;                     // (B, H, TK) the bf16 attention backward's rowsum(dO o)
     bool fresh_grads = false;                    // zero_grads was called: the next backward overwrites grads
-    float* d_loss = nullptr;                     // (1) the mean losses of the forwards since take_loss, summed
+    float* d_loss = nullptr;                     // (2) the mean losses of the forwards since take_loss, summed; then
+                                                 // their z-loss terms (model.h §10) since take_z_loss
     bool logits_kept = false;                    // the last forward had no targets: logits holds its logits
     // Tokens and targets reach the device from pinned memory, which a copy reads when it runs:
     // two halves, so that one fills while the other's copies wait; staged[k] is recorded after
@@ -115,8 +117,8 @@ struct GpuModel : Activations<float> {
         cudaCheck(cudaMemcpy(rope_sin, sn.data(), sn.size() * sizeof(float), cudaMemcpyHostToDevice));
         cublasCheck(cublasCreate(&blas));
         cublasCheck(cublasSetMathMode(blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
-        cudaCheck(cudaMalloc(&d_loss, sizeof(float)));
-        cudaCheck(cudaMemset(d_loss, 0, sizeof(float)));
+        cudaCheck(cudaMalloc(&d_loss, 2 * sizeof(float)));
+        cudaCheck(cudaMemset(d_loss, 0, 2 * sizeof(float)));
         for (cudaEvent_t& e : staged) cudaCheck(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     }
     ~GpuModel() {
@@ -181,9 +183,10 @@ struct GpuModel : Activations<float> {
         cudaCheck(cudaMallocHost(&h_stage, 4 * (size_t)B * T * sizeof(int)));
         if (grads) cudaCheck(cudaMalloc(&norm_scratch, (size_t)dg_chunks(N) * cfg.D * sizeof(float)));
         point(cfg, B, T, act, !bf16);
+        const bool pre = cfg.norm == NORM_PRE;
         in32.layer.clear();
-        for (const LayerActs<float>& a : layer) in32.layer.push_back({a.a, a.qkv, a.o, a.f, a.h13, a.g});
-        in32.dx = dx; in32.dg = dtmp; in32.dh13 = dh13; in32.dout = dtmp; in32.dqkv = dqkv; in32.xn = xn; in32.dlogits = logits;
+        for (const LayerActs<float>& a : layer) in32.layer.push_back({pre ? a.a : a.x, a.qkv, a.o, pre ? a.f : a.xm, a.h13, a.g});
+        in32.dx = pre ? dx : dy; in32.dg = dtmp; in32.dh13 = dh13; in32.dout = dtmp; in32.dqkv = dqkv; in32.xn = xn; in32.dlogits = logits;
         if (bf16) {
             cudaCheck(cudaMalloc(&act16, bf16_elems(cfg, B, T) * sizeof(__nv_bfloat16)));
             cudaCheck(cudaMalloc(&attn_D, (size_t)N * cfg.H * sizeof(float)));
@@ -233,16 +236,18 @@ struct GpuModel : Activations<float> {
     }
     // Row-major out (N, O) = in (N, I) W^T [+ out], out fp32 or bf16: cuBLAS sees the
     // column-major transposes.
+    // Rows of out lie ldo apart (0: O).
     template<typename In, typename Out>
-    void matmul(const char* what, Out* out, const In* in, const In* W, int N, int I, int O, bool accumulate) {
-        gemm(what, nullptr, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, W, I, in, I, out, O, accumulate ? 1.0f : 0.0f);
+    void matmul(const char* what, Out* out, const In* in, const In* W, int N, int I, int O, bool accumulate, int ldo = 0) {
+        gemm(what, nullptr, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, W, I, in, I, out, ldo ? ldo : O, accumulate ? 1.0f : 0.0f);
     }
-    // din (N, I) = scale dout W (overwritten, fp32 or bf16); dW (O, I) += scale dout^T in (=
-    // in a step's first backward: fresh_grads). scale: the loss's, where dout is unscaled.
+    // din (N, I) = scale dout W (overwritten, fp32 or bf16; added to with din_add); dW (O, I) +=
+    // scale dout^T in (= in a step's first backward: fresh_grads). scale: the loss's, where dout
+    // is unscaled.
     template<typename In, typename Din>
     void matmul_backward(const char* what, Din* din, float* dW, const In* dout, const In* in, const In* W, int N, int I, int O,
-                         float scale = 1.0f) {
-        gemm(what, "backward dx", CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, W, I, dout, O, din, I, 0.0f, scale);
+                         float scale = 1.0f, bool din_add = false) {
+        gemm(what, "backward dx", CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, W, I, dout, O, din, I, din_add ? 1.0f : 0.0f, scale);
         gemm(what, "backward dW", CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, in, I, dout, O, dW, I, fresh_grads ? 0.0f : 1.0f, scale);
     }
 
@@ -263,44 +268,84 @@ struct GpuModel : Activations<float> {
     // may be a.x itself. in: where the matmul inputs go (fp32: a's own tensors), w: the
     // weights of their type, w32: the fp32 ones (for the norms' gains). pos (N): the rows'
     // positions, for RoPE; attend() fills in.o from in.qkv (the training attention here, the
-    // KV-cache attention in gpu_decode.cuh).
+    // KV-cache attention in gpu_decode.cuh). Reordered norm in bf16 runs: in.a holds x's bf16
+    // copy, and x_next16 (the next layer's in.a, or null) receives x_next's.
     template<typename In, typename Attend>
     void layer_forward(const LayerActs<float>& a, const LayerIn<In>& in, const LayerView<In>& w, const LayerView<float>& w32, float* x_next,
-                       int N, const int* pos, Attend attend) {
+                       int N, const int* pos, Attend attend, In* x_next16 = nullptr) {
         const Config& c = cfg;
         const int D = c.D;
-        // Each residual add is a GEMM accumulating into a copy of the stream, which the
-        // RMSNorm before it writes as it reads the stream.
-        rmsnorm_forward(in.a, a.rstd_a, a.x, w32.g_attn, N, D, stream, a.xm);
-        matmul("matmul qkv", in.qkv, in.a, w.wqkv, N, D, c.qkv_dim(), false);  // bf16 runs: the attention's bf16 input
+        const bool pre = c.norm == NORM_PRE;
+        auto bf16_copy = [](In* p) {
+            if constexpr (std::is_same_v<In, float>) return (__nv_bfloat16*)nullptr;
+            else return p;
+        };
+        // Pre-norm: each residual add is a GEMM accumulating into a copy of the stream, which
+        // the RMSNorm before it writes as it reads the stream. Reordered: the GEMM writes the
+        // sublayer's output, and its norm adds the stream.
+        if (pre) rmsnorm_forward(in.a, a.rstd_a, a.x, w32.g_attn, N, D, stream, a.xm);
+        if (c.qk_norm) {  // q | k before their norms in fp32, kept for the backward; v straight to in.qkv
+            matmul("matmul qkv", a.qk, in.a, w.wqkv, N, D, c.qk_dim(), false);
+            matmul("matmul qkv", in.qkv + c.qk_dim(), in.a, w.wqkv + (size_t)c.qk_dim() * D, N, D, c.Hkv * c.hd(), false, c.qkv_dim());
+            qk_norm_forward(in.qkv, a.rstd_qk, a.qk, w32.g_qk, c, N, stream);
+        } else {
+            matmul("matmul qkv", in.qkv, in.a, w.wqkv, N, D, c.qkv_dim(), false);  // bf16 runs: the attention's bf16 input
+        }
         rope_forward(in.qkv, pos, c, N, rope_cos, rope_sin, stream);
         attend();
-        matmul("matmul wo", a.xm, in.o, w.wo, N, c.H * c.hd(), D, true);
-        rmsnorm_forward(in.f, a.rstd_f, a.xm, w32.g_ffn, N, D, stream, x_next);
+        matmul("matmul wo", pre ? a.xm : a.u, in.o, w.wo, N, c.H * c.hd(), D, pre);
+        if (pre) {
+            rmsnorm_forward(in.f, a.rstd_f, a.xm, w32.g_ffn, N, D, stream, x_next);
+        } else {
+            NormIO<float> io{a.xm, D, a.u, D, a.rstd_a};
+            io.residual = a.x;
+            io.out16 = bf16_copy(in.f);
+            rmsnorm_rows(io, w32.g_attn, N, D, stream);
+        }
         matmul("matmul w13", in.h13, in.f, w.w13, N, D, 2 * c.F, false);
         swiglu_forward(in.g, in.h13, N, c.F, stream);
-        matmul("matmul w2", x_next, in.g, w.w2, N, c.F, D, true);
+        matmul("matmul w2", pre ? x_next : a.y, in.g, w.w2, N, c.F, D, pre);
+        if (!pre) {
+            NormIO<float> io{x_next, D, a.y, D, a.rstd_f};
+            io.residual = a.xm;
+            io.out16 = bf16_copy(x_next16);
+            rmsnorm_rows(io, w32.g_ffn, N, D, stream);
+        }
     }
 
     // Its backward over the B*T*K rows of the last forward, as layer_backward in model.h: dx
-    // (N, D), the gradient of x_next on entry (and d.dx, its copy in the matmuls' type),
-    // becomes that of a.x; gradients add into gw. fp32 runs: d's tensors are Activations'.
+    // (N, D), the gradient of x_next on entry (and d.dx, its copy in the matmuls' type,
+    // pre-norm), becomes that of a.x; gradients add into gw. fp32 runs: d's tensors are
+    // Activations'.
     template<typename In>
     void layer_backward(const LayerActs<float>& a, const LayerIn<In>& in, const StepIn<In>& d, const LayerView<In>& w,
                         const LayerView<float>& w32, const LayerView<float>& gw) {
         const Config& c = cfg;
         const int N = B * T * c.K, D = c.D;
-        // x_next = xm + swiglu(f) w2^T
+        const bool pre = c.norm == NORM_PRE, add = !fresh_grads;
+        float* dsub32 = std::is_same_v<In, float> ? dy : dtmp;  // reordered: the fp32 result of a norm's backward
+        // MLP: x_next = xm + swiglu(f) w2^T, or xm + rmsnorm(swiglu(xm) w2^T)
+        if (!pre) rmsnorm_backward(dsub32, gw.g_ffn, dx, a.y, w32.g_ffn, a.rstd_f, N, D, norm_scratch, stream, false, d.dx, add);
         matmul_backward("matmul w2", d.dg, gw.w2, d.dx, in.g, w.w2, N, c.F, D);
         swiglu_backward(d.dh13, d.dg, in.h13, N, c.F, stream);
-        matmul_backward("matmul w13", dtmp, gw.w13, d.dh13, in.f, w.w13, N, D, 2 * c.F);
-        rmsnorm_backward(dx, gw.g_ffn, dtmp, a.xm, w32.g_ffn, a.rstd_f, N, D, norm_scratch, stream, true, d.dx, !fresh_grads);
-        // xm = x + attention(rope(a wqkv^T)) wo^T
+        if (pre) {
+            matmul_backward("matmul w13", dtmp, gw.w13, d.dh13, in.f, w.w13, N, D, 2 * c.F);
+            rmsnorm_backward(dx, gw.g_ffn, dtmp, a.xm, w32.g_ffn, a.rstd_f, N, D, norm_scratch, stream, true, d.dx, add);
+        } else {
+            matmul_backward("matmul w13", dx, gw.w13, d.dh13, in.f, w.w13, N, D, 2 * c.F, 1.0f, true);
+            rmsnorm_backward(dsub32, gw.g_attn, dx, a.u, w32.g_attn, a.rstd_a, N, D, norm_scratch, stream, false, d.dx, add);
+        }
+        // attention: xm = x + attention(rope(a wqkv^T)) wo^T, or x + rmsnorm(attention(..(x)..) wo^T)
         matmul_backward("matmul wo", d.dout, gw.wo, d.dx, in.o, w.wo, N, c.H * c.hd(), D);
         attention_grad(a, in, d);
         rope_backward(d.dqkv, d_row_pos, c, N, rope_cos, rope_sin, stream);
-        matmul_backward("matmul qkv", dtmp, gw.wqkv, d.dqkv, in.a, w.wqkv, N, D, c.qkv_dim());
-        rmsnorm_backward(dx, gw.g_attn, dtmp, a.x, w32.g_attn, a.rstd_a, N, D, norm_scratch, stream, true, d.dx, !fresh_grads);
+        if (c.qk_norm) qk_norm_backward(d.dqkv, gw.g_qk, a.qk, a.rstd_qk, w32.g_qk, c, N, norm_scratch, stream, add);
+        if (pre) {
+            matmul_backward("matmul qkv", dtmp, gw.wqkv, d.dqkv, in.a, w.wqkv, N, D, c.qkv_dim());
+            rmsnorm_backward(dx, gw.g_attn, dtmp, a.x, w32.g_attn, a.rstd_a, N, D, norm_scratch, stream, true, d.dx, add);
+        } else {
+            matmul_backward("matmul qkv", dx, gw.wqkv, d.dqkv, in.a, w.wqkv, N, D, c.qkv_dim(), 1.0f, true);
+        }
     }
 
     // tokens, targets: host (B, T). With targets, the mean last-copy loss is added to the
@@ -310,12 +355,13 @@ struct GpuModel : Activations<float> {
         bf16 ? forward_as<__nv_bfloat16>(tok, tgt, B_, T_) : forward_as<float>(tok, tgt, B_, T_);
     }
     // The mean losses of the forwards since the last call, summed (waits for them).
-    float take_loss() {
+    float take_loss(int which = 0) {
         float h;
-        cudaCheck(cudaMemcpy(&h, d_loss, sizeof(float), cudaMemcpyDeviceToHost));
-        cudaCheck(cudaMemsetAsync(d_loss, 0, sizeof(float), stream));
+        cudaCheck(cudaMemcpy(&h, d_loss + which, sizeof(float), cudaMemcpyDeviceToHost));
+        cudaCheck(cudaMemsetAsync(d_loss + which, 0, sizeof(float), stream));
         return h;
     }
+    float take_z_loss() { return take_loss(1); }
     // Returns the mean last-copy loss (0 without targets): waits for it.
     float forward(const int* tok, const int* tgt, int B_, int T_) {
         forward_async(tok, tgt, B_, T_);
@@ -337,10 +383,13 @@ struct GpuModel : Activations<float> {
         if (tgt) cudaCheck(cudaMemcpyAsync(d_targets, h + BT, BT * sizeof(int), cudaMemcpyHostToDevice, stream));
         cudaCheck(cudaEventRecord(staged[k], stream));
         embedding_forward(layer[0].x, d_tokens, d_row_index, p.E, N, D, stream);
+        const bool reordered16 = c.norm == NORM_REORDERED && !std::is_same_v<In, float>;  // the qkv matmuls read x in bf16
+        if (reordered16) copy_to_bf16((__nv_bfloat16*)in.layer[0].a, layer[0].x, (size_t)N * D, stream);
         for (int l = 0; l < c.L; l++) {
             const LayerActs<float>& a = layer[l];
             layer_forward(a, in.layer[l], w.layer[l], p.layer[l], l + 1 < c.L ? layer[l + 1].x : xL, N, d_row_pos,
-                          [&] { attention(in.layer[l].o, a.lse, in.layer[l].qkv, cfg, B, T); });
+                          [&] { attention(in.layer[l].o, a.lse, in.layer[l].qkv, cfg, B, T); },
+                          reordered16 && l + 1 < c.L ? in.layer[l + 1].a : nullptr);
         }
         last_copy_forward(xlast, xL, c, B, T, stream);
         rmsnorm_forward(in.xn, rstd_final, xlast, p.g_final, BT, D, stream);
@@ -352,8 +401,9 @@ struct GpuModel : Activations<float> {
         // The logits in the matmuls' type (bf16 runs: bf16, as their backward GEMMs read them),
         // where their gradient goes (fp32 runs: logits itself).
         matmul("matmul lm_head", in.dlogits, in.xn, w.wout, BT, D, c.Vp, false);
-        crossentropy(losses, in.dlogits, d_targets, BT, c.V, c.Vp, stream);
+        crossentropy(losses, lse, in.dlogits, d_targets, BT, c.V, c.Vp, c.z_loss, stream);
         loss_sum(d_loss, losses, BT, stream);
+        if (c.z_loss > 0) loss_sum(d_loss + 1, lse, BT, stream, c.z_loss);
     }
 
     // Where the backward's gradients complete: bucket 0 is E, 1 + l layer l, L + 1 g_final
@@ -361,8 +411,8 @@ struct GpuModel : Activations<float> {
     static std::vector<size_t> grad_buckets(const Config& c) {
         const std::vector<ParamTensor> t = param_tensors(c);
         std::vector<size_t> bounds = {0};
-        for (int l = 0; l < c.L; l++) bounds.push_back(t[1 + l * kTensorsPerLayer].offset);  // layer l's g_attn
-        bounds.push_back(t[1 + c.L * kTensorsPerLayer].offset);                            // g_final
+        for (int l = 0; l < c.L; l++) bounds.push_back(t[1 + l * tensors_per_layer(c)].offset);  // layer l's g_attn
+        bounds.push_back(t[1 + c.L * tensors_per_layer(c)].offset);                            // g_final
         bounds.push_back(num_params(c));
         return bounds;
     }
@@ -384,7 +434,8 @@ struct GpuModel : Activations<float> {
                          !fresh_grads);
         if (written) written(c.L + 1);
         last_copy_backward(dx, dxlast, c, B, T, stream);
-        if constexpr (!std::is_same_v<In, float>) copy_to_bf16(in.dx, dx, (size_t)B * T * c.K * D, stream);
+        if constexpr (!std::is_same_v<In, float>)
+            if (c.norm == NORM_PRE) copy_to_bf16(in.dx, dx, (size_t)B * T * c.K * D, stream);
         for (int l = c.L - 1; l >= 0; l--) {
             layer_backward(layer[l], in.layer[l], in, w.layer[l], p.layer[l], g.layer[l]);
             if (written) written(1 + l);

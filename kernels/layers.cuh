@@ -144,32 +144,55 @@ inline void copy_from_bf16(float* y, const __nv_bfloat16* x, size_t n, cudaStrea
 
 // ---- rmsnorm: out = x / sqrt(mean(x^2) + 1e-5) * g ----
 
+// Where a norm pass reads and writes (model.h §9, §10): rows of out and x lie ldo and ldx
+// elements apart, so that the q and k parts of the fused qkv rows are normed where they are
+// (qk-norm); rstd[i * rstd_step]. The rest, when given: x_copy receives x (pre-norm: the next
+// buffer of the residual stream, which the following GEMM adds into, copied in the pass that
+// reads x anyway); residual is added to out (the reordered norm's x + norm(sublayer)); out16
+// receives out again in bf16 (there: the next matmul's input). These three are D wide.
+template<typename Out> struct NormIO {
+    Out* out;
+    long ldo;
+    const float* x;
+    long ldx;
+    float* rstd;
+    int rstd_step = 1;
+    float* x_copy = nullptr;
+    const float* residual = nullptr;
+    __nv_bfloat16* out16 = nullptr;
+};
 
 // grid (ceil(N / kRowsPerBlock)), block (32, kRowsPerBlock): one warp per row; out fp32, or
-// bf16 where it only feeds a bf16 matmul. x_copy, when given (not x), receives x: the
-// residual stream's next buffer, which the following GEMM adds into, copied in the pass
-// that reads x anyway.
-template<typename Out>
-static __global__ void rmsnorm_forward_kernel(Out* out, float* rstd, float* x_copy, const float* x, const float* g, int N, int D) {
+// bf16 where it only feeds a bf16 matmul.
+template<typename Out> static __global__ void rmsnorm_forward_kernel(NormIO<Out> io, const float* g, int N, int D) {
     const int i = blockIdx.x * kRowsPerBlock + threadIdx.y;
     if (i >= N) return;  // whole warps leave together
-    const float* xi = x + (size_t)i * D;
+    const float* xi = io.x + i * io.ldx;
     float ss = 0.0f;
     for (int j = threadIdx.x; j < D; j += 32) ss += xi[j] * xi[j];
     const float r = rsqrtf(warp_sum(ss) / D + 1e-5f);
     for (int j = threadIdx.x; j < D; j += 32) {
-        store(out + (size_t)i * D + j, xi[j] * r * g[j]);
-        if (x_copy) x_copy[(size_t)i * D + j] = xi[j];
+        const size_t e = (size_t)i * D + j;
+        const float v = xi[j] * r * g[j] + (io.residual ? io.residual[e] : 0.0f);
+        store(io.out + i * io.ldo + j, v);
+        if (io.x_copy) io.x_copy[e] = xi[j];
+        if (io.out16) store(io.out16 + e, v);
     }
-    if (threadIdx.x == 0) rstd[i] = r;
+    if (threadIdx.x == 0) io.rstd[(size_t)i * io.rstd_step] = r;
 }
+template<typename Out> inline void rmsnorm_rows(const NormIO<Out>& io, const float* g, int N, int D, cudaStream_t s) {
+    count_launch("rmsnorm_forward",
+                 (double)N * D * (4 + sizeof(Out) + (io.x_copy ? 4 : 0) + (io.residual ? 4 : 0) + (io.out16 ? 2 : 0)) + 4.0 * N + 4.0 * D, 0, s);
+    launch(rmsnorm_forward_kernel<Out>, dim3((N + kRowsPerBlock - 1) / kRowsPerBlock), dim3(32, kRowsPerBlock), 0, s, io, g, N, D);
+    cudaCheck(cudaGetLastError());
+}
+// Contiguous rows (N, D), as the CPU's rmsnorm_forward; x_copy as NormIO's.
 template<typename Out>
 inline void rmsnorm_forward(Out* out, float* rstd, const float* x, const float* g, int N, int D, cudaStream_t s,
                             float* x_copy = nullptr) {
-    count_launch("rmsnorm_forward", (double)N * D * (4 + sizeof(Out) + (x_copy ? 4 : 0)) + 4.0 * N + 4.0 * D, 0, s);
-    launch(rmsnorm_forward_kernel<Out>, dim3((N + kRowsPerBlock - 1) / kRowsPerBlock), dim3(32, kRowsPerBlock), 0, s, out, rstd, x_copy,
-           x, g, N, D);
-    cudaCheck(cudaGetLastError());
+    NormIO<Out> io{out, D, x, D, rstd};
+    io.x_copy = x_copy;
+    rmsnorm_rows(io, g, N, D, s);
 }
 
 // The backward in one pass over the rows: dx a warp per row, as the forward, and dg, a sum
@@ -184,25 +207,27 @@ static inline int dg_chunks(int N) { return std::min(kDgChunks, (N + kRowsPerBlo
 // floats. Chunk b of the rows: dx = the rows' gradient (dx may alias dout), or with accumulate
 // dx += it (dx is then the residual stream's gradient, not dout); copy, when it is not dx
 // itself, receives dx too (its bf16 copy for the matmuls); partial (chunks, D) row b = the
-// chunk's dout * x * rstd summed by column.
-template<typename Copy>
-static __global__ void rmsnorm_backward_kernel(float* dx, Copy* copy, float* partial, const float* dout, const float* x, const float* g,
-                                               const float* rstd, int N, int D, bool accumulate) {
+// chunk's dout * x * rstd summed by column. dx, dout and copy rows lie ldd apart, x's ldx,
+// rstd's rstd_step (qk-norm's parts of the qkv rows, whose gradient G is bf16 in bf16 runs).
+template<typename G, typename Copy>
+static __global__ void rmsnorm_backward_kernel(G* dx, Copy* copy, float* partial, const G* dout, const float* x, const float* g,
+                                               const float* rstd, int N, int D, bool accumulate, long ldd, long ldx, int rstd_step) {
     float* sums = dynamic_shared<float>();  // (kRowsPerBlock, D): each warp's column sums
     float* mine = sums + (size_t)threadIdx.y * D;
     for (int j = threadIdx.x; j < D; j += 32) mine[j] = 0.0f;
     const int rows = (N + gridDim.x - 1) / gridDim.x, i1 = min(N, (int)(blockIdx.x + 1) * rows);
     for (int i = blockIdx.x * rows + threadIdx.y; i < i1; i += kRowsPerBlock) {  // whole warps: the same rows
-        const float *xi = x + (size_t)i * D, *dyi = dout + (size_t)i * D, r = rstd[i];
+        const float *xi = x + i * ldx, r = rstd[(size_t)i * rstd_step];
+        const G* dyi = dout + i * ldd;
         float dot = 0.0f;
-        for (int j = threadIdx.x; j < D; j += 32) dot += dyi[j] * g[j] * xi[j] * r;
+        for (int j = threadIdx.x; j < D; j += 32) dot += to_f32(dyi[j]) * g[j] * xi[j] * r;
         dot = warp_sum(dot) / D;
         for (int j = threadIdx.x; j < D; j += 32) {
-            const size_t e = (size_t)i * D + j;
-            const float dy = dyi[j], xv = xi[j];  // read before dx, which may alias dout, is written
+            const size_t e = i * ldd + j;
+            const float dy = to_f32(dyi[j]), xv = xi[j];  // read before dx, which may alias dout, is written
             mine[j] += dy * xv * r;
-            const float v = r * (dy * g[j] - xv * r * dot) + (accumulate ? dx[e] : 0.0f);
-            dx[e] = v;
+            const float v = r * (dy * g[j] - xv * r * dot) + (accumulate ? to_f32(dx[e]) : 0.0f);
+            store(dx + e, v);
             if ((void*)copy != (void*)dx) store(copy + e, v);
         }
     }
@@ -224,19 +249,47 @@ static __global__ void rmsnorm_backward_dg_kernel(float* dg, const float* partia
 // scratch: device memory for kDgChunks * D floats. dx (N, D) receives the input's gradient
 // (it may alias dout); with accumulate it is added into dx instead, in the same pass, as the
 // residual stream's gradient takes it, and copy (when given) receives the sum as well. dg
-// (D) is added into, or with dg_add false overwritten (a step's first backward).
-template<typename Copy = float>
-inline void rmsnorm_backward(float* dx, float* dg, const float* dout, const float* x, const float* g, const float* rstd, int N, int D,
-                             float* scratch, cudaStream_t s, bool accumulate = false, Copy* copy = nullptr, bool dg_add = true) {
+// (D) is added into, or with dg_add false overwritten (a step's first backward). ldd, ldx,
+// rstd_step: as the kernel's (0: D, D, 1).
+template<typename G, typename Copy = G>
+inline void rmsnorm_backward(G* dx, float* dg, const G* dout, const float* x, const float* g, const float* rstd, int N, int D,
+                             float* scratch, cudaStream_t s, bool accumulate = false, Copy* copy = nullptr, bool dg_add = true,
+                             long ldd = 0, long ldx = 0, int rstd_step = 1) {
     const int chunks = dg_chunks(N);
     const bool copies = copy && (void*)copy != (void*)dx;
     count_launch("rmsnorm_backward",
-                 (double)N * D * (12 + (accumulate ? 4 : 0) + (copies ? sizeof(Copy) : 0)) + 4.0 * N + 4.0 * D + 4.0 * chunks * D, 0, s);
-    launch_with_shared(rmsnorm_backward_kernel<Copy>, dim3(chunks), dim3(32, kRowsPerBlock), (size_t)kRowsPerBlock * D * sizeof(float), s,
-                       dx, copies ? copy : (Copy*)dx, scratch, dout, x, g, rstd, N, D, accumulate);
+                 (double)N * D * (4 + 2 * sizeof(G) + (accumulate ? sizeof(G) : 0) + (copies ? sizeof(Copy) : 0)) + 4.0 * N + 4.0 * D +
+                     4.0 * chunks * D,
+                 0, s);
+    launch_with_shared(rmsnorm_backward_kernel<G, Copy>, dim3(chunks), dim3(32, kRowsPerBlock), (size_t)kRowsPerBlock * D * sizeof(float),
+                       s, dx, copies ? copy : (Copy*)dx, scratch, dout, x, g, rstd, N, D, accumulate, ldd ? ldd : D, ldx ? ldx : D,
+                       rstd_step);
     count_launch("rmsnorm_backward dg", 4.0 * chunks * D + (dg_add ? 8.0 : 4.0) * D, 0, s);
     launch(rmsnorm_backward_dg_kernel, dim3((D + 127) / 128), dim3(128), 0, s, dg, (const float*)scratch, chunks, D, dg_add);
     cudaCheck(cudaGetLastError());
+}
+
+// §10's qk-norm on the GPU: q and k of the fused rows qkv (N, qkv_dim), fp32 or bf16, normed
+// from qk (N, qk_dim), their values before the norms, which the qkv matmul wrote; rstd_qk (N, 2).
+template<typename T> inline void qk_norm_forward(T* qkv, float* rstd_qk, const float* qk, const float* g_qk, const Config& c, int N,
+                                                 cudaStream_t s) {
+    const int hq = c.H * c.hd();
+    for (int part = 0; part < 2; part++) {
+        const int off = part ? hq : 0;
+        NormIO<T> io{qkv + off, c.qkv_dim(), qk + off, c.qk_dim(), rstd_qk + part, 2};
+        rmsnorm_rows(io, g_qk + off, N, part ? c.qk_dim() - hq : hq, s);
+    }
+}
+// Its backward, in place on the q and k parts of dqkv; dg_qk (qk_dim) added into (or written:
+// dg_add false).
+template<typename T> inline void qk_norm_backward(T* dqkv, float* dg_qk, const float* qk, const float* rstd_qk, const float* g_qk,
+                                                  const Config& c, int N, float* scratch, cudaStream_t s, bool dg_add) {
+    const int hq = c.H * c.hd();
+    for (int part = 0; part < 2; part++) {
+        const int off = part ? hq : 0;
+        rmsnorm_backward(dqkv + off, dg_qk + off, (const T*)dqkv + off, qk + off, g_qk + off, rstd_qk + part, N,
+                         part ? c.qk_dim() - hq : hq, scratch, s, false, (T*)nullptr, dg_add, c.qkv_dim(), c.qk_dim(), 2);
+    }
 }
 
 // ---- RoPE on the q and k heads of the fused qkv rows; every copy at its position n ----

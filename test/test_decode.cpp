@@ -30,10 +30,10 @@ static long expected_prefill_hidden(const Config& c, int P) {
     }
 }
 
-template<typename Real> static void check_decoder(const char* variant, double tol) {
+template<typename Real> static void check_decoder(const char* variant, double tol, const char* block = "llama") {
     const int steps = 20;
     for (int P : {1, kC - 1, kC, kC + 1, 3 * kC + 2}) {
-        Config c = tiny_config(variant, 11, 3 * kC + 2 + steps);
+        Config c = with_block(tiny_config(variant, 11, 3 * kC + 2 + steps), block);
         Model<Real> M(c), full(c);
         init_params(c, M.params.data(), 77);
         for (Real& x : M.params) x *= 3;  // sharper attention: a wrong key would show
@@ -41,7 +41,7 @@ template<typename Real> static void check_decoder(const char* variant, double to
         std::vector<int> seq = random_tokens(P + steps, c.V, 100 + P);
         Decoder<Real> dec(M);
         dec.prefill(seq.data(), P);
-        INFO(std::string(variant) << " prompt " << P);
+        INFO(std::string(variant) << " " << block << " prompt " << P);
         CHECK(dec.hidden_computed == expected_prefill_hidden(c, P));
         for (int s = 0; s <= steps; s++) {
             const int len = P + s;
@@ -68,6 +68,10 @@ TEST_CASE("pre-fill + 20 decode steps equal the full forward, in double (1e-10)"
 
 TEST_CASE("pre-fill + 20 decode steps equal the full forward, in float (2e-6 of the logit scale)") {
     for (const char* v : kDecodeVariants) check_decoder<float>(v, 2e-6);
+}
+
+TEST_CASE("the OLMo 2 block (model.h §10): pre-fill + 20 decode steps equal the full forward, in double (1e-10)") {
+    for (const char* v : kDecodeVariants) check_decoder<double>(v, 1e-10, "olmo2");
 }
 
 TEST_CASE("phd-cswa pre-fill computes hidden tokens of the last chunk only, whatever P") {

@@ -87,14 +87,15 @@ same_ids() {  # NAME CKPT PT N PROMPT...
 steps=100
 model=$(printf 'model_%08d.bin' "$steps") state=$(printf 'state_%08d.bin' "$steps")
 seed=1
-# exported NAME VARIANT V H HKV: trains $tmp/NAME (L = 2, D = 32) with a vocabulary of V, H
-# heads and HKV KV heads, exports it to $tmp/NAME/model.pt, and checks export.py's line and
-# the greedy continuations.
+# exported NAME VARIANT V H HKV [BLOCK]: trains $tmp/NAME (L = 2, D = 32) with a vocabulary of
+# V, H heads and HKV KV heads (and --block BLOCK, llama by default), exports it to
+# $tmp/NAME/model.pt, and checks export.py's line and the greedy continuations.
 exported() {
-    local name=$1 v=$2 V=$3 H=$4 Hkv=$5 dir=$tmp/$1 ckpt pt
+    local name=$1 v=$2 V=$3 H=$4 Hkv=$5 block=${6:-llama} dir=$tmp/$1 ckpt pt tensors=21 blockline="qk-norm 0 norm pre z-loss 0"
+    [ "$block" = olmo2 ] && tensors=25 blockline="qk-norm 1 norm reordered z-loss 1e-05"
     seed=$((seed + 1))
     if ! run "$bin" -i "$tmp/syn_train_*.bin" -o "$dir" --device cpu --variant "$v" --vocab "$V" --layers 2 --dim 32 \
-            --heads "$H" --kv-heads "$Hkv" -b 4 -t 32 -x "$steps" -l 1e-2 -s 0 -r "$seed" > "$dir.train.log" 2>&1; then
+            --heads "$H" --kv-heads "$Hkv" --block "$block" -b 4 -t 32 -x "$steps" -l 1e-2 -s 0 -r "$seed" > "$dir.train.log" 2>&1; then
         bad "$name: training failed ($(tail -n 1 "$dir.train.log"))"; return
     fi
     ckpt=$dir/$model pt=$dir/model.pt
@@ -102,7 +103,7 @@ exported() {
         bad "$name: export failed ($(tail -n 1 "$dir.export.log"))"; return
     fi
     check "$name: export.py prints one summary line" grep -qx "wrote $pt: $v V=$V (E, wout with Vp=$(((V + 127) / 128 * 128)) \
-rows) L=2 D=32 H=$H Hkv=$Hkv F=86 maxT=32, [0-9]* float32 parameters in 21 tensors" "$dir.export.log"
+rows) L=2 D=32 H=$H Hkv=$Hkv F=86 maxT=32, [0-9]* float32 parameters in $tensors tensors, block $blockline" "$dir.export.log"
     same_ids "$name" "$ckpt" "$pt" "$n" "${prompts[@]}"
 }
 for v in vanilla phd-3 phd-swa-3-2 phd-cswa-2-2-2 naive-2; do exported "$v" "$v" 256 4 2; done
@@ -110,6 +111,8 @@ for v in vanilla phd-3 phd-swa-3-2 phd-cswa-2-2-2 naive-2; do exported "$v" "$v"
 # rows, the last 8 padding, whose logits the engine and the reference must both leave out;
 # and head size 16 (H = 2, one KV head), RoPE's frequencies twice as many as at head size 8.
 exported padded phd-cswa-2-2-2 120 2 1
+# The OLMo 2 block (model.h §10): its gains and options travel, and the reference generates alike.
+exported olmo2 phd-cswa-2-2-2 256 4 2 olmo2
 
 # The longest continuation max T allows, from the one-token prompt a sample starts with.
 v=phd-cswa-2-2-2
@@ -124,17 +127,19 @@ for name, variant, kind, K, W, C, V, Vp, H, Hkv in [
         ("vanilla", "vanilla", "vanilla", 1, 0, 0, 256, 256, 4, 2), ("phd-3", "phd-3", "phd", 3, 0, 0, 256, 256, 4, 2),
         ("phd-swa-3-2", "phd-swa-3-2", "phd-swa", 3, 2, 0, 256, 256, 4, 2),
         ("phd-cswa-2-2-2", "phd-cswa-2-2-2", "phd-cswa", 2, 2, 2, 256, 256, 4, 2),
-        ("naive-2", "naive-2", "naive", 2, 0, 0, 256, 256, 4, 2), ("padded", "phd-cswa-2-2-2", "phd-cswa", 2, 2, 2, 120, 128, 2, 1)]:
+        ("naive-2", "naive-2", "naive", 2, 0, 0, 256, 256, 4, 2), ("padded", "phd-cswa-2-2-2", "phd-cswa", 2, 2, 2, 120, 128, 2, 1),
+        ("olmo2", "phd-cswa-2-2-2", "phd-cswa", 2, 2, 2, 256, 256, 4, 2)]:
     obj = torch.load(os.path.join(sys.argv[1], name, "model.pt"), weights_only=True)
     c, sd = obj["config"], obj["state_dict"]
+    olmo2 = name == "olmo2"  # model.h §10: g_q and g_k after w2
     names = ["E"] + [f"layer{l}.{s}" for l in range(2)
-                     for s in ("g_attn", "wq", "wk", "wv", "wo", "g_ffn", "w1", "w3", "w2")] + ["g_final", "wout"]
+                     for s in ("g_attn", "wq", "wk", "wv", "wo", "g_ffn", "w1", "w3", "w2") + ("g_q", "g_k") * olmo2] + ["g_final", "wout"]
     payload = open(os.path.join(sys.argv[1], name, sys.argv[2]), "rb").read()[1024:]
     flat = torch.cat([sd[n].reshape(-1) for n in names])
     assert list(sd) == names, list(sd)
     assert all(t.dtype == torch.float32 for t in sd.values())
     want = dict(variant=variant, kind=kind, K=K, W=W, C=C, V=V, Vp=Vp, L=2, D=32, H=H, Hkv=Hkv, F=86, maxT=32,
-                params=flat.numel())
+                qk_norm=int(olmo2), norm=int(olmo2), z_loss="9.99999975e-06" if olmo2 else "0", params=flat.numel())
     assert c == want, (c, want)
     # H * hd = 32 query rows; Hkv * hd = 16 key rows at both (H, Hkv) = (4, 2) and (2, 1)
     assert sd["E"].shape == (Vp, 32) and sd["wout"].shape == (Vp, 32) and sd["layer0.wq"].shape == (32, 32)

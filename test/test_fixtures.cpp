@@ -4,7 +4,9 @@
 #include "../data/checkpoint.h"
 #include "test_util.h"
 
-static const char* kFixtureVariants[] = {"vanilla", "phd-3", "phd-swa-3-2", "phd-cswa-3-2-2", "naive-2"};
+// A variant with model.h §9's block, or olmo2-VARIANT: §10's three options (z-loss 0.05).
+static const char* kFixtureVariants[] = {"vanilla", "phd-3", "phd-swa-3-2", "phd-cswa-3-2-2", "naive-2", "olmo2-vanilla",
+                                         "olmo2-phd-cswa-3-2-2"};
 
 // test/fixtures/NAME.ckpt and NAME.state, loaded into a float model.
 struct Fixture {
@@ -15,7 +17,9 @@ struct Fixture {
     explicit Fixture(const char* variant)
         : base(std::string("test/fixtures/") + variant), c(load_checkpoint((base + ".ckpt").c_str(), &params)),
           s(load_debug_state((base + ".state").c_str())) {
-        REQUIRE(variant_name(c) == variant);
+        const bool olmo2 = std::string(variant).rfind("olmo2-", 0) == 0;
+        REQUIRE((olmo2 ? "olmo2-" : "") + variant_name(c) == variant);
+        REQUIRE(block_name(c) == (olmo2 ? "qk-norm 1, norm reordered, z-loss 0.05" : "llama"));
     }
 };
 

@@ -202,6 +202,32 @@ TEST_CASE("rmsnorm backward matches finite differences") {
     check_fd("rmsnorm dg", g, dg, loss);
 }
 
+TEST_CASE("rmsnorm on strided rows and qk-norm: backward matches finite differences, v untouched") {
+    Config c = with_block(tiny_config("phd-2"), "qk-norm");
+    const int N = 5, ld = c.qkv_dim(), w = c.qk_dim();
+    auto x = random_vec<double>(N * ld, 40), g = random_vec<double>(w, 41), R = random_vec<double>(N * ld, 42);
+    std::vector<double> y, qk(N * w), rstd(2 * N), dg(w, 0.0);
+    auto loss = [&]() { y = x; qk_norm_forward(y.data(), qk.data(), rstd.data(), g.data(), c, N); return dot(y, R); };
+    loss();
+    std::vector<double> dx = R;
+    qk_norm_backward(dx.data(), dg.data(), qk.data(), rstd.data(), g.data(), c, N);
+    for (int r = 0; r < N; r++)
+        for (int j = w; j < ld; j++) dx[r * ld + j] = R[r * ld + j];  // v passes through: its gradient is R's
+    check_fd("qk-norm dx", x, dx, loss);
+    check_fd("qk-norm dg", g, dg, loss);
+    for (int r = 0; r < N; r++)
+        for (int j = 0; j < ld; j++) CHECK((j < w ? qk[r * w + j] : y[r * ld + j]) == x[r * ld + j]);  // q|k kept, v untouched
+    // q is normed over its H*hd columns, k over its Hkv*hd: each part has a mean square of 1 at g = 1.
+    std::fill(g.begin(), g.end(), 1.0);
+    loss();
+    for (int part = 0; part < 2; part++) {
+        const int off = part ? c.H * c.hd() : 0, width = part ? c.Hkv * c.hd() : c.H * c.hd();
+        double ss = 0;
+        for (int j = 0; j < width; j++) ss += y[off + j] * y[off + j];
+        CHECK(ss / width == doctest::Approx(1.0).epsilon(1e-4));  // 1e-5 of eps in the norm
+    }
+}
+
 TEST_CASE("rope: backward matches finite differences, and copies of one position rotate alike") {
     Config c = tiny_config("phd-3");
     const int N = 6, ld = c.qkv_dim();
@@ -267,6 +293,17 @@ TEST_CASE("cross-entropy backward matches finite differences; padded columns nev
     check_fd("crossentropy", z, dz, loss);
     for (int j = V; j < Vp; j++) z[j] += 100;  // padded logits change nothing
     CHECK(loss() == before);
+    // With the z-loss (model.h §10): rows weighted 1, 2, -1 of loss + zc * lse^2.
+    const double zc = 0.3;
+    auto zloss = [&]() { loss(); return l[0] + 2 * l[1] - l[2] + zc * (lse[0] * lse[0] + 2 * lse[1] * lse[1] - lse[2] * lse[2]); };
+    zloss();
+    dz = z;
+    for (int i = 0; i < N; i++) {
+        double w[3] = {1, 2, -1};
+        crossentropy_backward(dz.data() + i * Vp, lse.data() + i, y.data() + i, w[i], 1, V, Vp, zc);
+    }
+    for (int i = 0; i < N; i++) std::fill(dz.begin() + i * Vp + V, dz.begin() + (i + 1) * Vp, 0.0);
+    check_fd("crossentropy with z-loss", z, dz, zloss);
 }
 
 TEST_CASE("the row order: originals, then the hidden tokens in stream order; every row once") {
@@ -308,29 +345,33 @@ TEST_CASE("embedding repeats every token K times; backward sums the copies") {
 // ----------------------------------------------------------------------------
 // The whole model
 
-TEST_CASE("whole-model gradients match finite differences for every variant and tensor") {
+TEST_CASE("whole-model gradients match finite differences for every variant, block and tensor") {
     const char* variants[] = {"vanilla", "phd-3", "phd-swa-3-2", "phd-cswa-3-2-2", "naive-2"};
     const int B = 2, T = 5;
-    for (const char* v : variants) {
-        Config c = tiny_config(v);
-        Model<double> M(c);
-        init_params(c, M.params.data(), 42);
-        for (double& p : M.params) p *= 4;  // larger weights: gradients well above FD noise
-        auto tok = random_tokens(B * T, c.V, 1), tgt = random_tokens(B * T, c.V, 2);
-        model_forward(M, tok.data(), tgt.data(), B, T);
-        model_backward(M, 1.0);
-        for (const ParamTensor& t : param_tensors(c)) {
-            // E and wout: the V real rows (the padded ones are covered by their own test).
-            size_t n = (t.name == "E" || t.name == "wout") ? (size_t)c.V * c.D : t.size();
-            std::vector<double> x(M.params.begin() + t.offset, M.params.begin() + t.offset + n);
-            std::vector<double> g(M.grads.begin() + t.offset, M.grads.begin() + t.offset + n);
-            auto loss = [&]() {
-                std::copy(x.begin(), x.end(), M.params.begin() + t.offset);
-                return model_forward(M, tok.data(), tgt.data(), B, T);
-            };
-            check_fd((std::string(v) + " " + t.name).c_str(), x, g, loss, 1e-6, 1e-5, 80);
+    for (const char* block : kBlocks)
+        for (const char* v : variants) {
+            if (std::string(block) != "llama" && std::string(block) != "olmo2" && std::string(v) != "phd-cswa-3-2-2") continue;
+            Config c = with_block(tiny_config(v), block, 0.05f);  // a z-loss large enough to see
+            Model<double> M(c);
+            init_params(c, M.params.data(), 42);
+            for (double& p : M.params) p *= 4;  // larger weights: gradients well above FD noise
+            auto tok = random_tokens(B * T, c.V, 1), tgt = random_tokens(B * T, c.V, 2);
+            model_forward(M, tok.data(), tgt.data(), B, T);
+            model_backward(M, 1.0);
+            for (const ParamTensor& t : param_tensors(c)) {
+                // E and wout: the V real rows (the padded ones are covered by their own test).
+                size_t n = (t.name == "E" || t.name == "wout") ? (size_t)c.V * c.D : t.size();
+                std::vector<double> x(M.params.begin() + t.offset, M.params.begin() + t.offset + n);
+                std::vector<double> g(M.grads.begin() + t.offset, M.grads.begin() + t.offset + n);
+                auto loss = [&]() {  // what the backward differentiates: the loss and the z-loss
+                    std::copy(x.begin(), x.end(), M.params.begin() + t.offset);
+                    return model_forward(M, tok.data(), tgt.data(), B, T) + M.z_term;
+                };
+                // h 1e-6: qk-norm divides layer 0's small q and k (E times wq) by their norm, and
+                // central differences at h 1e-5 err by up to 2e-5 there (h^2 times that curvature).
+                check_fd((std::string(v) + " " + block + " " + t.name).c_str(), x, g, loss, 1e-6, 1e-6, 80);
+            }
         }
-    }
 }
 
 TEST_CASE("padded vocabulary rows get zero gradient") {
@@ -348,54 +389,61 @@ TEST_CASE("padded vocabulary rows get zero gradient") {
         }
 }
 
-TEST_CASE("K = 1 of every variant is vanilla to the last bit") {
+TEST_CASE("K = 1 of every variant is vanilla to the last bit, in every block") {
     const char* variants[] = {"phd-1", "phd-swa-1-4", "phd-cswa-1-4-2", "naive-1"};
     const int B = 2, T = 7;
-    Config cv = tiny_config("vanilla");
-    Model<float> V(cv);
-    init_params(cv, V.params.data(), 5);
-    auto tok = random_tokens(B * T, cv.V, 6), tgt = random_tokens(B * T, cv.V, 7);
-    float lv = model_forward(V, tok.data(), tgt.data(), B, T);
-    model_backward(V, 1.0f);
-    for (const char* v : variants) {
-        Config c = tiny_config(v);
-        Model<float> M(c);
-        M.params = V.params;
-        float l = model_forward(M, tok.data(), tgt.data(), B, T);
-        model_backward(M, 1.0f);
-        INFO(std::string(v));
-        CHECK(l == lv);
-        CHECK(std::equal(M.logits, M.logits + B * T * c.Vp, V.logits));
-        CHECK(M.grads == V.grads);
+    for (const char* block : kBlocks) {
+        Config cv = with_block(tiny_config("vanilla"), block);
+        Model<float> V(cv);
+        init_params(cv, V.params.data(), 5);
+        auto tok = random_tokens(B * T, cv.V, 6), tgt = random_tokens(B * T, cv.V, 7);
+        float lv = model_forward(V, tok.data(), tgt.data(), B, T);
+        model_backward(V, 1.0f);
+        for (const char* v : variants) {
+            Config c = with_block(tiny_config(v), block);
+            Model<float> M(c);
+            M.params = V.params;
+            float l = model_forward(M, tok.data(), tgt.data(), B, T);
+            model_backward(M, 1.0f);
+            const std::string what = std::string(v) + " " + block;
+            INFO(what);
+            CHECK(l == lv);
+            CHECK(M.z_term == V.z_term);
+            CHECK(std::equal(M.logits, M.logits + B * T * c.Vp, V.logits));
+            CHECK(M.grads == V.grads);
+        }
     }
 }
 
-TEST_CASE("the originals of phd, phd-swa and phd-cswa are a vanilla model, layer by layer") {
+TEST_CASE("the originals of phd, phd-swa and phd-cswa are a vanilla model, layer by layer, in every block") {
     const char* variants[] = {"phd-3", "phd-swa-3-2", "phd-cswa-3-2-2", "phd-cswa-2-16-32"};
     const int B = 2, T = 9;
-    Config cv = tiny_config("vanilla");
-    Model<float> V(cv);
-    init_params(cv, V.params.data(), 8);
-    auto tok = random_tokens(B * T, cv.V, 9);
-    model_forward(V, tok.data(), nullptr, B, T);
-    for (const char* v : variants) {
-        Config c = tiny_config(v);
-        Model<float> M(c);
-        M.params = V.params;
-        model_forward(M, tok.data(), nullptr, B, T);
-        int mismatched = 0;
-        for (int l = 0; l <= c.L; l++) {
-            const float* xm = l < c.L ? M.layer[l].x : M.xL;
-            const float* xv = l < c.L ? V.layer[l].x : V.xL;
-            for (int b = 0; b < B; b++)  // the originals: rows [0, T) of each sequence
-                mismatched += !std::equal(xm + (size_t)b * T * c.K * c.D, xm + ((size_t)b * T * c.K + T) * c.D, xv + (size_t)b * T * c.D);
+    for (const char* block : kBlocks) {
+        Config cv = with_block(tiny_config("vanilla"), block);
+        Model<float> V(cv);
+        init_params(cv, V.params.data(), 8);
+        auto tok = random_tokens(B * T, cv.V, 9);
+        model_forward(V, tok.data(), nullptr, B, T);
+        for (const char* v : variants) {
+            Config c = with_block(tiny_config(v), block);
+            Model<float> M(c);
+            M.params = V.params;
+            model_forward(M, tok.data(), nullptr, B, T);
+            int mismatched = 0;
+            for (int l = 0; l <= c.L; l++) {
+                const float* xm = l < c.L ? M.layer[l].x : M.xL;
+                const float* xv = l < c.L ? V.layer[l].x : V.xL;
+                for (int b = 0; b < B; b++)  // the originals: rows [0, T) of each sequence
+                    mismatched += !std::equal(xm + (size_t)b * T * c.K * c.D, xm + ((size_t)b * T * c.K + T) * c.D, xv + (size_t)b * T * c.D);
+            }
+            const std::string what = std::string(v) + " " + block;
+            INFO(what);
+            CHECK(mismatched == 0);
+            // The hidden copies do compute something else (from position 1 on: at position 0 every
+            // copy sees the same keys and values as the original), so the test can fail.
+            const float* copy1 = M.xL + (size_t)token_row(c, T, 1, 1) * c.D;  // (1, 1) against the original of position 1
+            CHECK(!std::equal(copy1, copy1 + c.D, V.xL + c.D));
         }
-        INFO(std::string(v));
-        CHECK(mismatched == 0);
-        // The hidden copies do compute something else (from position 1 on: at position 0 every
-        // copy sees the same keys and values as the original), so the test can fail.
-        const float* copy1 = M.xL + (size_t)token_row(c, T, 1, 1) * c.D;  // (1, 1) against the original of position 1
-        CHECK(!std::equal(copy1, copy1 + c.D, V.xL + c.D));
     }
 }
 

@@ -145,6 +145,12 @@ TEST_CASE("bad shards and bad flags: one clear error line, non-zero exit") {
         {"-i " + good + " --device cpu --tf32 1", "--tf32 1: tensor cores are the GPU's"},
         {"-i " + good + " --skip-update-z -1", "--skip-update-z: expected a number in [0, 1e+06], got '-1'"},
         {"-i " + good + " --skip-update-z x", "--skip-update-z: expected a number in [0, 1e+06], got 'x'"},
+        {"-i " + good + " --block gpt", "--block: expected llama or olmo2, got 'gpt'"},
+        {"-i " + good + " --norm post", "--norm: expected pre or reordered, got 'post'"},
+        {"-i " + good + " --qk-norm 2", "--qk-norm: expected 0 or 1, got 2"},
+        {"-i " + good + " --z-loss 2", "--z-loss: expected a number in [0, 1], got '2'"},
+        {"-i " + good + " --model gpt5", "--model: unknown model 'gpt5'"},
+        {"-i " + good + " -e test/fixtures/vanilla.ckpt --block olmo2", "describe a new model; --init's checkpoint"},
     };
     for (const Case& k : cases) {
         int rc = run(std::string(kBin) + tiny_flags() + k.args + " -o " + tmp("bad-out"), &out);
@@ -318,6 +324,18 @@ TEST_CASE("checkpoint round trip and rejection of corrupt files") {
     CHECK(variant_name(d) == "phd-cswa-3-4-5");
     CHECK((d.V == c.V && d.Vp == c.Vp && d.L == c.L && d.D == c.D && d.H == c.H && d.Hkv == c.Hkv && d.F == c.F &&
            d.maxT == c.maxT));
+    CHECK(block_name(d) == "llama");
+    // The block (model.h §10) travels in the header: each option alone, and all three.
+    for (const char* block : kBlocks) {
+        Config b = with_block(c, block, 0.25f);
+        std::vector<float> pb(num_params(b));
+        init_params(b, pb.data(), 9);
+        save_checkpoint(path.c_str(), b, pb.data());
+        Config e = load_checkpoint(path.c_str(), &q);
+        CHECK(q == pb);
+        CHECK((e.qk_norm == b.qk_norm && e.norm == b.norm && e.z_loss == b.z_loss));
+        CHECK(num_params(e) == num_params(c) + (b.qk_norm ? (size_t)c.L * c.qk_dim() : 0));  // g_q and g_k a layer
+    }
     // A truncated copy is refused by the binary with the file named.
     std::ifstream in(path, std::ios::binary);
     std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -384,7 +402,7 @@ TEST_CASE("check-state: float forward/backward against a double-precision debug 
         CHECK(out.find("dlayer1.w2") != std::string::npos);
         // One gradient element off by 1% of its tensor's scale must fail the check.
         DebugState s = load_debug_state(st.c_str());
-        ParamTensor w2 = param_tensors(c)[1 + kTensorsPerLayer + 8];
+        ParamTensor w2 = param_tensors(c)[1 + tensors_per_layer(c) + 8];
         float scale = 0;
         for (size_t i = 0; i < w2.size(); i++) scale = max_nan(scale, std::fabs(s.grads[w2.offset + i]));
         s.grads[w2.offset + 5] += 0.01f * scale;
@@ -403,7 +421,7 @@ TEST_CASE("check-state and compare-cpu: gradients that are exactly zero (naive-4
     std::string ck, st, shard = make_shard("zero.bin", 1000, 6), out;
     const Config c = dump_state("naive-4", 2, 1, shard, "zero", &ck, &st);
     DebugState s = load_debug_state(st.c_str());
-    const ParamTensor wq = param_tensors(c)[1 + kTensorsPerLayer + 1];
+    const ParamTensor wq = param_tensors(c)[1 + tensors_per_layer(c) + 1];
     REQUIRE(wq.name == "layer1.wq");
     double wq_max = 0, g_max = 0;
     for (size_t i = 0; i < wq.size(); i++) wq_max = max_nan(wq_max, std::fabs(s.grads[wq.offset + i]));
@@ -432,7 +450,7 @@ TEST_CASE("check-state: a NaN or inf in the expected state fails") {
     const Config c = dump_state("phd-2", 2, 8, make_shard("nanref.bin", 1000, 6), "nanref", &ck, &st);
     REQUIRE(run(std::string(kBin) + " -e " + ck + " --check-state " + st, &out) == 0);
     const DebugState good = load_debug_state(st.c_str());
-    const size_t w2 = param_tensors(c)[1 + kTensorsPerLayer + 8].offset;
+    const size_t w2 = param_tensors(c)[1 + tensors_per_layer(c) + 8].offset;
     struct Case { const char* what; float value; std::function<float&(DebugState&)> at; const char* line; };
     for (const Case& k : {Case{"gradient NaN", NAN, [&](DebugState& s) -> float& { return s.grads[w2 + 5]; }, "dlayer1.w2"},
                           Case{"gradient inf", INFINITY, [&](DebugState& s) -> float& { return s.grads[w2 + 5]; }, "dlayer1.w2"},

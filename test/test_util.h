@@ -29,6 +29,19 @@ static inline Config tiny_config(const char* variant, int V = 11, int maxT = 9) 
     return c;
 }
 
+// The blocks of model.h §9 and §10 the tests run every variant with: §9's, OLMo 2's, and each
+// of its structural options alone. z: the z-loss coefficient for "olmo2" (a gradient check
+// wants it large enough to see).
+static inline const char* const kBlocks[] = {"llama", "olmo2", "qk-norm", "reordered"};
+static inline Config with_block(Config c, const std::string& block, float z = kOlmo2ZLoss) {
+    set_block(&c, block == "olmo2");
+    if (block == "olmo2") c.z_loss = z;
+    if (block == "qk-norm") c.qk_norm = 1;
+    if (block == "reordered") c.norm = NORM_REORDERED;
+    REQUIRE(config_error(c).empty());
+    return c;
+}
+
 static inline std::vector<int> random_tokens(size_t n, int V, uint64_t seed) {
     Rng rng{seed};
     std::vector<int> t(n);
@@ -57,7 +70,7 @@ static inline void check_fd(const char* what, std::vector<double>& x, const std:
         if (std::isnan(err) || err > worst) { worst = err; worst_i = i; }  // a NaN stays the worst: it fails
     }
     loss();
-    INFO(what << ": worst relative error " << worst << " at element " << worst_i << " (max |grad| " << gmax << ")");
+    INFO(std::string(what) << ": worst relative error " << worst << " at element " << worst_i << " (max |grad| " << gmax << ")");
     CHECK(worst < tol);
     CHECK(gmax > 1e-9);  // a gradient that is identically zero would pass vacuously
 }
