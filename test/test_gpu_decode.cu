@@ -89,6 +89,7 @@ TEST_CASE("GPU decoder with the OLMo 2 block (model.h §10): equals the CPU deco
     // qk-norm's gains, and q . k of two unit-rms vectors times 9 makes scores sharper than
     // plain q and k do (seen 1.6e-5; 3.3e-5 in the ThreadSanitizer build). A missing key moves them by ~30 %.
     for (const char* v : {"phd-3", "phd-cswa-3-4-5"}) {
+        if (kUnderTsan && std::string(v) == "phd-3") continue;  // under ThreadSanitizer: the same kernels, one variant
         check_gpu_decoder(v, 6, 3, 1e-4, 2, false, "olmo2");
         check_gpu_decoder(v, 6, 3, 2e-2, 2, true, "olmo2");
     }

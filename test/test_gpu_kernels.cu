@@ -369,8 +369,10 @@ TEST_CASE("GPU model: loss, logits and every gradient equal the CPU model, all f
 TEST_CASE("GPU model with the OLMo 2 block and each of its options (model.h §10): fp32 equals the CPU model, bf16 within its precision") {
     // fp32 at hd 4 (T = 9, B = 2) and the compiled hd 32 (T = 23, B = 1), as the test above;
     // bf16 at hd 16 and 64, as the bf16 test below. A z-loss of 0.05: its gradient is seen.
+    // Under ThreadSanitizer the OLMo 2 block at the smaller head sizes only: the same kernels.
     for (const char* block : {"olmo2", "qk-norm", "reordered"})
         for (int hd : {4, 32}) {
+            if (kUnderTsan && (hd != 4 || std::string(block) != "olmo2")) continue;
             const int T = hd == 4 ? 9 : 23;
             const ModelDiff d = gpu_model_diff(with_block(model_config("phd-cswa-3-2-2", T, hd), block, 0.05f), hd == 4 ? 2 : 1, T, false, 23);
             INFO(block << " fp32 hd " << hd << ", worst gradient " << d.worst);
@@ -381,6 +383,7 @@ TEST_CASE("GPU model with the OLMo 2 block and each of its options (model.h §10
         }
     for (const char* block : {"olmo2", "qk-norm", "reordered"})
         for (int hd : {16, 64}) {
+            if (kUnderTsan && (hd != 16 || std::string(block) != "olmo2")) continue;
             const int T = hd == 16 ? 9 : 23;
             const ModelDiff d = gpu_model_diff(with_block(model_config("phd-cswa-3-2-2", T, hd), block, 0.05f), hd == 16 ? 2 : 1, T, false, 53, true);
             INFO(block << " bf16 hd " << hd << ", worst gradient " << d.worst);
