@@ -121,8 +121,9 @@
 // head of q and of k. Initialisation: E and every matrix from N(0, 0.02), except Wo and W2 from
 // N(0, 0.02 / sqrt(2L)); norm gains 1; the padded rows of E and Wout are zero and stay zero.
 // Optimiser: AdamW, beta1 0.9, beta2 0.95, eps 1e-8, decoupled weight decay on the matrices and
-// embeddings but not on the norm gains (g_q and g_k of §10 included); gradients clipped to global norm 1.0; the learning rate
-// rises linearly during warm-up, then decays along a cosine to a final fraction of its peak.
+// embeddings but not on the norm gains (§10's g_q and g_k included); gradients clipped to
+// global norm 1.0; the learning rate rises linearly during warm-up, then decays along a cosine
+// to a final fraction of its peak.
 //
 // §10 The paper's base block: OLMo 2's, as three options of §9's (each alone, or all three as
 // the block "olmo2"; none of them is the default block "llama", which is §9 as written):
@@ -557,29 +558,21 @@ template<typename Real> void rmsnorm_backward(Real* dx, Real* dg, const Real* do
 }
 
 // §10's qk-norm on the fused rows qkv (N, qkv_dim), in place: qk (N, qk_dim) receives q | k
-// before their norms, rstd_qk (N, 2) each row's two factors.
+// before their norms, rstd_qk (2, N) the rows' factors, q's then k's.
 template<typename Real> void qk_norm_forward(Real* qkv, Real* qk, Real* rstd_qk, const Real* g_qk, const Config& c, int N) {
     const int hq = c.H * c.hd(), ld = c.qkv_dim(), w = c.qk_dim();
     #pragma omp parallel for
     for (int i = 0; i < N; i++) std::copy(qkv + (size_t)i * ld, qkv + (size_t)i * ld + w, qk + (size_t)i * w);
-    std::vector<Real> r(N);
-    for (int part = 0; part < 2; part++) {
-        const int off = part ? hq : 0, width = part ? w - hq : hq;
-        rmsnorm_forward(qkv + off, r.data(), qk + off, g_qk + off, N, width, ld, w);
-        for (int i = 0; i < N; i++) rstd_qk[2 * i + part] = r[i];
-    }
+    rmsnorm_forward(qkv, rstd_qk, qk, g_qk, N, hq, ld, w);
+    rmsnorm_forward(qkv + hq, rstd_qk + N, qk + hq, g_qk + hq, N, w - hq, ld, w);
 }
 // dqkv (N, qkv_dim): its q and k parts, in place, from the gradients after the norms to those
 // before; dg_qk (qk_dim) accumulated.
 template<typename Real> void qk_norm_backward(Real* dqkv, Real* dg_qk, const Real* qk, const Real* rstd_qk, const Real* g_qk,
                                               const Config& c, int N) {
     const int hq = c.H * c.hd(), ld = c.qkv_dim(), w = c.qk_dim();
-    std::vector<Real> r(N);
-    for (int part = 0; part < 2; part++) {
-        const int off = part ? hq : 0, width = part ? w - hq : hq;
-        for (int i = 0; i < N; i++) r[i] = rstd_qk[2 * i + part];
-        rmsnorm_backward(dqkv + off, dg_qk + off, dqkv + off, qk + off, g_qk + off, r.data(), N, width, ld, w);
-    }
+    rmsnorm_backward(dqkv, dg_qk, dqkv, qk, g_qk, rstd_qk, N, hq, ld, w);
+    rmsnorm_backward(dqkv + hq, dg_qk + hq, dqkv + hq, qk + hq, g_qk + hq, rstd_qk + N, N, w - hq, ld, w);
 }
 
 // RoPE tables (maxT, hd/2): rotate-half pairing of §9.
@@ -786,7 +779,7 @@ template<typename Real> struct LayerActs {
     Real* h13;     // (B, TK, 2F) f w1^T | f w3^T
     Real* g;       // (B, TK, F) silu(h1) * h3
     Real* qk;      // (B, TK, qk_dim) qk-norm: q | k before their norms; else null
-    Real* rstd_qk; // (B, TK, 2) qk-norm: their factors; else null
+    Real* rstd_qk; // (2, B, TK) qk-norm: their factors, q's then k's; else null
     Real* u;       // (B, TK, D) reordered norm: o wo^T before its norm; else null
     Real* y;       // (B, TK, D) reordered norm: g w2^T before its norm; else null
 };

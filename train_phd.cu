@@ -278,8 +278,9 @@ static Config model_config(const Args& a, std::vector<float>* init_params_out) {
     if (!err.empty()) die("--variant: %s", err.c_str());
     auto pick = [](int given, int preset) { return given ? given : preset; };
     c.V = pick(a.V, m.V); c.Vp = pad_vocab(c.V); c.L = pick(a.L, m.L); c.D = pick(a.D, m.D); c.H = pick(a.H, m.H);
-    c.Hkv = pick(a.Hkv, a.H ? a.H : m.Hkv ? m.Hkv : c.H);
-    c.F = pick(a.F, a.D || !m.F ? (8 * c.D + 2) / 3 : m.F);
+    // Hkv: given; else H where --heads was given or the preset has none; else the preset's. F likewise from D.
+    c.Hkv = a.Hkv ? a.Hkv : a.H || !m.Hkv ? c.H : m.Hkv;
+    c.F = a.F ? a.F : a.D || !m.F ? (8 * c.D + 2) / 3 : m.F;
     c.maxT = a.maxT ? a.maxT : a.T;
     set_block(&c, (a.block.empty() ? std::string(m.block) : a.block) == "olmo2");
     if (a.qk_norm >= 0) c.qk_norm = a.qk_norm;
@@ -755,8 +756,9 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
         };
         if (queued) update();
         const double norm = E.norm();  // the step's one wait for the device
-        const double loss = dist.sum(E.take_loss()) / (accum * dist.size);
-        const double z_term = c.z_loss > 0 ? dist.sum(E.take_z_loss()) / (accum * dist.size) : 0.0;  // model.h §10, beside the loss
+        double z_sum = 0;  // model.h §10's z-loss terms, reported beside the loss
+        const double loss = dist.sum(E.take_loss(&z_sum)) / (accum * dist.size);
+        const double z_term = c.z_loss > 0 ? dist.sum(z_sum) / (accum * dist.size) : 0.0;
         stop_unless_finite("training loss", loss);
         stop_unless_finite("gradient norm", norm);  // a finite loss can have one: e.g. 0 * a NaN weight in a padded logit's row
         // A skipped step still counts, as in llm.c: its batch is used up, and the schedule,

@@ -118,7 +118,7 @@ template<typename Real> struct Decoder : DecodeBlocks<Decoder<Real>> {
         std::vector<Real> h13((size_t)N * 2 * c.F), g((size_t)N * c.F);                // (N, 2F), (N, F)
         std::vector<int> pos(N);                                                       // (N) each row's position
         const bool qk = c.qk_norm, reordered = c.norm == NORM_REORDERED;                // model.h §10's buffers, where used:
-        std::vector<Real> qkraw(qk ? (size_t)N * c.qk_dim() : 0), rstd_qk(qk ? 2 * N : 0);  // (N, qk_dim), (N, 2)
+        std::vector<Real> qkraw(qk ? (size_t)N * c.qk_dim() : 0), rstd_qk(qk ? 2 * N : 0);  // (N, qk_dim), (2, N)
         std::vector<Real> uy(reordered ? x.size() : 0);                                // (N, D) u, then y
         const LayerActs<Real> acts{x.data(), a.data(), rstd.data(), qkv.data(), nullptr, o.data(), xm.data(), f.data(), rstd.data(),
                                    h13.data(), g.data(), qkraw.data(), rstd_qk.data(), uy.data(), uy.data()};  // one block, every layer, in place

@@ -20,7 +20,7 @@ struct CpuEngine {
     std::vector<float> m, v;      // (S.size) AdamW moments of the shard; empty for inference
     std::vector<float> gshard;    // (S.size) the gradients of the shard summed over the ranks; several ranks only
     double step_loss = 0;         // forward_async's losses since take_loss
-    double step_z = 0;            // and their z-loss terms (model.h §10) since take_z_loss
+    double step_z = 0;            // and their z-loss terms (model.h §10)
     double grad_norm_ = 0;        // clip's
     CpuEngine(const Config& c, const std::vector<float>& params, bool training = true)
         : M(c), S(dist.shards({0, params.size()})), m(training ? S.size : 0), v(m.size()), gshard(dist.size > 1 ? m.size() : 0) {
@@ -28,13 +28,17 @@ struct CpuEngine {
     }
     static const char* name() { return "cpu"; }
     float forward(const int* in, const int* tg, int B, int T) { return model_forward(M, in, tg, B, T); }
-    // A step's forward: its loss is added to the step's, which take_loss returns (and resets).
+    // A step's forward: its loss is added to the step's, which take_loss returns (and resets;
+    // z, when given, receives the z-loss terms' sum likewise).
     void forward_async(const int* in, const int* tg, int B, int T) {
         step_loss += forward(in, tg, B, T);
         step_z += M.z_term;
     }
-    double take_loss() { return std::exchange(step_loss, 0.0); }
-    double take_z_loss() { return std::exchange(step_z, 0.0); }
+    double take_loss(double* z = nullptr) {
+        if (z) *z = step_z;
+        step_z = 0;
+        return std::exchange(step_loss, 0.0);
+    }
     // (B*T) each position's loss in the last forward with targets: -log p(target).
     std::vector<float> row_losses() const { return std::vector<float>(M.losses, M.losses + (size_t)M.B * M.T); }
     // last (the step's last backward) is the GPU's business: the CPU reduces after it, in reduce_grads.
@@ -169,8 +173,7 @@ struct GpuEngine {
     float forward(const int* in, const int* tg, int B, int T) { return G.forward(in, tg, B, T); }
     // As CpuEngine's; the losses are summed on the device, and only take_loss waits.
     void forward_async(const int* in, const int* tg, int B, int T) { G.forward_async(in, tg, B, T); }
-    double take_loss() { return G.take_loss(); }
-    double take_z_loss() { return G.take_z_loss(); }
+    double take_loss(double* z = nullptr) { return G.take_loss(z); }
     std::vector<float> row_losses() const { return G.download(G.losses, (size_t)G.B * G.T); }
     // last: the step's last backward, whose gradients are the step's: with overlap each bucket's
     // reduction starts as soon as its gradients are written.

@@ -93,7 +93,7 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
     int rows = 0;
     float *x = nullptr, *xm = nullptr, *rstd = nullptr;  // (rows, D), (rows, D), (rows)
     float* lse = nullptr;                                // (H, rows) the training attention's
-    float *qk = nullptr, *rstd_qk = nullptr, *uy = nullptr;  // model.h §10, where used: (rows, qk_dim), (rows, 2), (rows, D)
+    float *qk = nullptr, *rstd_qk = nullptr, *uy = nullptr;  // model.h §10, where used: (rows, qk_dim), (2, rows), (rows, D)
     int* pos = nullptr;                                                           // (rows) each row's position
     int2* nc = nullptr;                                                           // (rows) (n, c) of one sample's rows
 

@@ -76,8 +76,8 @@ struct GpuModel : Activations<float> {
     __nv_bfloat16* act16 = nullptr;
     float* attn_D = nullptr;                     // (B, H, TK) the bf16 attention backward's rowsum(dO o)
     bool fresh_grads = false;                    // zero_grads was called: the next backward overwrites grads
-    float* d_loss = nullptr;                     // (2) the mean losses of the forwards since take_loss, summed; then
-                                                 // their z-loss terms (model.h §10) since take_z_loss
+    float* d_loss = nullptr;                     // (2) the mean losses of the forwards since take_loss, summed, and
+                                                 // their z-loss terms (model.h §10)
     bool logits_kept = false;                    // the last forward had no targets: logits holds its logits
     // Tokens and targets reach the device from pinned memory, which a copy reads when it runs:
     // two halves, so that one fills while the other's copies wait; staged[k] is recorded after
@@ -323,7 +323,7 @@ struct GpuModel : Activations<float> {
         const Config& c = cfg;
         const int N = B * T * c.K, D = c.D;
         const bool pre = c.norm == NORM_PRE, add = !fresh_grads;
-        float* dsub32 = std::is_same_v<In, float> ? dy : dtmp;  // reordered: the fp32 result of a norm's backward
+        float* dsub32 = std::is_same_v<In, float> ? dy : nullptr;  // reordered: a norm's backward writes d.dx only (bf16: no fp32 copy)
         // MLP: x_next = xm + swiglu(f) w2^T, or xm + rmsnorm(swiglu(xm) w2^T)
         if (!pre) rmsnorm_backward(dsub32, gw.g_ffn, dx, a.y, w32.g_ffn, a.rstd_f, N, D, norm_scratch, stream, false, d.dx, add);
         matmul_backward("matmul w2", d.dg, gw.w2, d.dx, in.g, w.w2, N, c.F, D);
@@ -354,14 +354,15 @@ struct GpuModel : Activations<float> {
     void forward_async(const int* tok, const int* tgt, int B_, int T_) {
         bf16 ? forward_as<__nv_bfloat16>(tok, tgt, B_, T_) : forward_as<float>(tok, tgt, B_, T_);
     }
-    // The mean losses of the forwards since the last call, summed (waits for them).
-    float take_loss(int which = 0) {
-        float h;
-        cudaCheck(cudaMemcpy(&h, d_loss + which, sizeof(float), cudaMemcpyDeviceToHost));
-        cudaCheck(cudaMemsetAsync(d_loss + which, 0, sizeof(float), stream));
-        return h;
+    // The mean losses of the forwards since the last call, summed (waits for them); z, when
+    // given, receives their z-loss terms' (model.h §10), read in the same copy.
+    float take_loss(double* z = nullptr) {
+        float h[2];
+        cudaCheck(cudaMemcpy(h, d_loss, sizeof h, cudaMemcpyDeviceToHost));
+        cudaCheck(cudaMemsetAsync(d_loss, 0, sizeof h, stream));
+        if (z) *z = h[1];
+        return h[0];
     }
-    float take_z_loss() { return take_loss(1); }
     // Returns the mean last-copy loss (0 without targets): waits for it.
     float forward(const int* tok, const int* tgt, int B_, int T_) {
         forward_async(tok, tgt, B_, T_);

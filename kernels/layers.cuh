@@ -146,7 +146,7 @@ inline void copy_from_bf16(float* y, const __nv_bfloat16* x, size_t n, cudaStrea
 
 // Where a norm pass reads and writes (model.h §9, §10): rows of out and x lie ldo and ldx
 // elements apart, so that the q and k parts of the fused qkv rows are normed where they are
-// (qk-norm); rstd[i * rstd_step]. The rest, when given: x_copy receives x (pre-norm: the next
+// (qk-norm). The rest, when given: x_copy receives x (pre-norm: the next
 // buffer of the residual stream, which the following GEMM adds into, copied in the pass that
 // reads x anyway); residual is added to out (the reordered norm's x + norm(sublayer)); out16
 // receives out again in bf16 (there: the next matmul's input). These three are D wide.
@@ -156,7 +156,6 @@ template<typename Out> struct NormIO {
     const float* x;
     long ldx;
     float* rstd;
-    int rstd_step = 1;
     float* x_copy = nullptr;
     const float* residual = nullptr;
     __nv_bfloat16* out16 = nullptr;
@@ -178,7 +177,7 @@ template<typename Out> static __global__ void rmsnorm_forward_kernel(NormIO<Out>
         if (io.x_copy) io.x_copy[e] = xi[j];
         if (io.out16) store(io.out16 + e, v);
     }
-    if (threadIdx.x == 0) io.rstd[(size_t)i * io.rstd_step] = r;
+    if (threadIdx.x == 0) io.rstd[i] = r;
 }
 template<typename Out> inline void rmsnorm_rows(const NormIO<Out>& io, const float* g, int N, int D, cudaStream_t s) {
     count_launch("rmsnorm_forward",
@@ -207,17 +206,18 @@ static inline int dg_chunks(int N) { return std::min(kDgChunks, (N + kRowsPerBlo
 // floats. Chunk b of the rows: dx = the rows' gradient (dx may alias dout), or with accumulate
 // dx += it (dx is then the residual stream's gradient, not dout); copy, when it is not dx
 // itself, receives dx too (its bf16 copy for the matmuls); partial (chunks, D) row b = the
-// chunk's dout * x * rstd summed by column. dx, dout and copy rows lie ldd apart, x's ldx,
-// rstd's rstd_step (qk-norm's parts of the qkv rows, whose gradient G is bf16 in bf16 runs).
+// chunk's dout * x * rstd summed by column. dx, dout and copy rows lie ldd apart, x's ldx
+// (qk-norm's parts of the qkv rows, whose gradient G is bf16 in bf16 runs). dx null: only
+// copy receives the gradient (the reordered norm's bf16 runs, whose matmul reads just that).
 template<typename G, typename Copy>
 static __global__ void rmsnorm_backward_kernel(G* dx, Copy* copy, float* partial, const G* dout, const float* x, const float* g,
-                                               const float* rstd, int N, int D, bool accumulate, long ldd, long ldx, int rstd_step) {
+                                               const float* rstd, int N, int D, bool accumulate, long ldd, long ldx) {
     float* sums = dynamic_shared<float>();  // (kRowsPerBlock, D): each warp's column sums
     float* mine = sums + (size_t)threadIdx.y * D;
     for (int j = threadIdx.x; j < D; j += 32) mine[j] = 0.0f;
     const int rows = (N + gridDim.x - 1) / gridDim.x, i1 = min(N, (int)(blockIdx.x + 1) * rows);
     for (int i = blockIdx.x * rows + threadIdx.y; i < i1; i += kRowsPerBlock) {  // whole warps: the same rows
-        const float *xi = x + i * ldx, r = rstd[(size_t)i * rstd_step];
+        const float *xi = x + i * ldx, r = rstd[i];
         const G* dyi = dout + i * ldd;
         float dot = 0.0f;
         for (int j = threadIdx.x; j < D; j += 32) dot += to_f32(dyi[j]) * g[j] * xi[j] * r;
@@ -227,7 +227,7 @@ static __global__ void rmsnorm_backward_kernel(G* dx, Copy* copy, float* partial
             const float dy = to_f32(dyi[j]), xv = xi[j];  // read before dx, which may alias dout, is written
             mine[j] += dy * xv * r;
             const float v = r * (dy * g[j] - xv * r * dot) + (accumulate ? to_f32(dx[e]) : 0.0f);
-            store(dx + e, v);
+            if (dx) store(dx + e, v);
             if ((void*)copy != (void*)dx) store(copy + e, v);
         }
     }
@@ -249,34 +249,34 @@ static __global__ void rmsnorm_backward_dg_kernel(float* dg, const float* partia
 // scratch: device memory for kDgChunks * D floats. dx (N, D) receives the input's gradient
 // (it may alias dout); with accumulate it is added into dx instead, in the same pass, as the
 // residual stream's gradient takes it, and copy (when given) receives the sum as well. dg
-// (D) is added into, or with dg_add false overwritten (a step's first backward). ldd, ldx,
-// rstd_step: as the kernel's (0: D, D, 1).
+// (D) is added into, or with dg_add false overwritten (a step's first backward). ldd and ldx
+// as the kernel's (0: D); dx null likewise.
 template<typename G, typename Copy = G>
 inline void rmsnorm_backward(G* dx, float* dg, const G* dout, const float* x, const float* g, const float* rstd, int N, int D,
                              float* scratch, cudaStream_t s, bool accumulate = false, Copy* copy = nullptr, bool dg_add = true,
-                             long ldd = 0, long ldx = 0, int rstd_step = 1) {
+                             long ldd = 0, long ldx = 0) {
     const int chunks = dg_chunks(N);
     const bool copies = copy && (void*)copy != (void*)dx;
     count_launch("rmsnorm_backward",
-                 (double)N * D * (4 + 2 * sizeof(G) + (accumulate ? sizeof(G) : 0) + (copies ? sizeof(Copy) : 0)) + 4.0 * N + 4.0 * D +
+                 (double)N * D * (4 + sizeof(G) + (dx ? sizeof(G) : 0) + (accumulate ? sizeof(G) : 0) + (copies ? sizeof(Copy) : 0)) +
+                     4.0 * N + 4.0 * D +
                      4.0 * chunks * D,
                  0, s);
     launch_with_shared(rmsnorm_backward_kernel<G, Copy>, dim3(chunks), dim3(32, kRowsPerBlock), (size_t)kRowsPerBlock * D * sizeof(float),
-                       s, dx, copies ? copy : (Copy*)dx, scratch, dout, x, g, rstd, N, D, accumulate, ldd ? ldd : D, ldx ? ldx : D,
-                       rstd_step);
+                       s, dx, copies ? copy : (Copy*)dx, scratch, dout, x, g, rstd, N, D, accumulate, ldd ? ldd : D, ldx ? ldx : D);
     count_launch("rmsnorm_backward dg", 4.0 * chunks * D + (dg_add ? 8.0 : 4.0) * D, 0, s);
     launch(rmsnorm_backward_dg_kernel, dim3((D + 127) / 128), dim3(128), 0, s, dg, (const float*)scratch, chunks, D, dg_add);
     cudaCheck(cudaGetLastError());
 }
 
 // §10's qk-norm on the GPU: q and k of the fused rows qkv (N, qkv_dim), fp32 or bf16, normed
-// from qk (N, qk_dim), their values before the norms, which the qkv matmul wrote; rstd_qk (N, 2).
+// from qk (N, qk_dim), their values before the norms, which the qkv matmul wrote; rstd_qk (2, N).
 template<typename T> inline void qk_norm_forward(T* qkv, float* rstd_qk, const float* qk, const float* g_qk, const Config& c, int N,
                                                  cudaStream_t s) {
     const int hq = c.H * c.hd();
     for (int part = 0; part < 2; part++) {
         const int off = part ? hq : 0;
-        NormIO<T> io{qkv + off, c.qkv_dim(), qk + off, c.qk_dim(), rstd_qk + part, 2};
+        NormIO<T> io{qkv + off, c.qkv_dim(), qk + off, c.qk_dim(), rstd_qk + (size_t)part * N};
         rmsnorm_rows(io, g_qk + off, N, part ? c.qk_dim() - hq : hq, s);
     }
 }
@@ -287,8 +287,8 @@ template<typename T> inline void qk_norm_backward(T* dqkv, float* dg_qk, const f
     const int hq = c.H * c.hd();
     for (int part = 0; part < 2; part++) {
         const int off = part ? hq : 0;
-        rmsnorm_backward(dqkv + off, dg_qk + off, (const T*)dqkv + off, qk + off, g_qk + off, rstd_qk + part, N,
-                         part ? c.qk_dim() - hq : hq, scratch, s, false, (T*)nullptr, dg_add, c.qkv_dim(), c.qk_dim(), 2);
+        rmsnorm_backward(dqkv + off, dg_qk + off, (const T*)dqkv + off, qk + off, g_qk + off, rstd_qk + (size_t)part * N, N,
+                         part ? c.qk_dim() - hq : hq, scratch, s, false, (T*)nullptr, dg_add, c.qkv_dim(), c.qk_dim());
     }
 }
 
