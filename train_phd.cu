@@ -46,6 +46,7 @@ struct Args {
     int resume = 0, threads = 0, generate = 0, top_k = 0, tf32 = 0, compare_cpu = 0;
     int samples = 1;  // --generate's continuations, decoded together
     int overlap = 1;  // the GPU's gradient reduction during the backward (kernels/engine.h)
+    int graph = 1;    // one GPU: each training step one CUDA graph (kernels/engine.h)
     uint64_t seed = 1337;
     float lr = 1e-3f, final_frac = 0.1f, weight_decay = 0.1f, check_tol = -1, temperature = 1.0f;
     float skip_update_z = 0;  // 0: never skip an update
@@ -108,6 +109,9 @@ static void usage() {
         "      --threads N          OpenMP threads (default: all cores)\n"
         "      --overlap 0|1        under mpirun, the GPU reduces each layer's gradients during the\n"
         "                           backward (1), or all after it (0): the same bits, later (1)\n"
+        "      --graph 0|1          on one GPU, each training step is one CUDA graph, captured at\n"
+        "                           its first step (1), or its kernels launched one by one (0):\n"
+        "                           the same bits (1)\n"
         "generation (KV-cache decoder)\n"
         "      --generate N         with --init: sample N tokens after the prompt and exit\n"
         "      --prompt-ids 'I J K' the prompt as token ids (default: the separator token)\n"
@@ -190,6 +194,7 @@ static Args parse_args(int argc, char** argv) {
         else if (f == "--device") a.device = v;
         else if (f == "--tf32") a.tf32 = parse_int(fl, v, 0);
         else if (f == "--overlap") a.overlap = parse_int(fl, v, 0);
+        else if (f == "--graph") a.graph = parse_int(fl, v, 0);
         else if (f == "--dtype") a.dtype = v;
         else if (f == "--compare-cpu") a.compare_cpu = parse_int(fl, v, 0);
         else if (f == "--threads") a.threads = parse_int(fl, v, 1);
@@ -223,6 +228,7 @@ static Args parse_args(int argc, char** argv) {
 #endif
     if (a.tf32 > 1) die("--tf32: expected 0 or 1, got %d", a.tf32);
     if (a.overlap > 1) die("--overlap: expected 0 or 1, got %d", a.overlap);
+    if (a.graph > 1) die("--graph: expected 0 or 1, got %d", a.graph);
     if (a.tf32 && a.device == "cpu" && !a.compare_cpu) die("--tf32 1: tensor cores are the GPU's, and this run is on the CPU");
     if (a.dtype != "auto" && a.dtype != "fp32" && a.dtype != "bf16") die("--dtype: expected auto, fp32 or bf16, got '%s'", a.dtype.c_str());
     if (a.dtype == "bf16" && a.tf32) die("--tf32 1: TF32 is for --dtype fp32's matmuls; --dtype bf16 runs them in bf16");
@@ -710,7 +716,8 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
     // Rank 0 keeps the log; the other ranks write theirs to /dev/null (as their stdout).
     std::string log_path = dist.rank == 0 ? a.out_dir + "/log.txt" : "/dev/null";
     FILE* log = fopen_check(log_path.c_str(), a.resume ? "a" : "w");
-    std::vector<int> in((size_t)a.B * a.T), tg(in.size());
+    std::vector<int> in((size_t)a.B * a.T), tg(in.size());                       // (B, T) validation's
+    std::vector<int> step_in((size_t)accum * a.B * a.T), step_tg(step_in.size());  // (accum, B, T) a step's micro-batches
     const int first_step = st.step;  // st.step moves on at each checkpoint
     for (int step = first_step; step < a.steps; step++) {
         const bool last = step == a.steps - 1, validating = a.val_every && (step % a.val_every == 0 || last);
@@ -728,14 +735,18 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
         }
 
         auto t0 = std::chrono::steady_clock::now();
-        E.zero_grads();
-        for (int micro = 0; micro < accum; micro++) {
-            train_dl.next_batch(in.data(), tg.data());
-            E.forward_async(in.data(), tg.data(), a.B, a.T);  // the GPU queues it: the host reads the loss once a step, below
-            // Of the mean loss over every rank's micro-batches; the last one's gradients are the
-            // step's, and the GPU starts reducing them during that backward.
-            E.backward(1.0f / (accum * dist.size), micro == accum - 1);
-        }
+        const size_t BT = (size_t)a.B * a.T;
+        for (int micro = 0; micro < accum; micro++) train_dl.next_batch(step_in.data() + micro * BT, step_tg.data() + micro * BT);
+        const float lr = learning_rate(opt, step);
+        E.stage(step_in.data(), step_tg.data(), accum, a.B, a.T, opt, step, lr);
+        // Where the device holds the clip scale and nothing waits on the host's look at the
+        // step (no --skip-update-z), the update is part of the step: the device never idles
+        // while the host reads the loss and the norm. Else it waits for them below.
+        const bool queued = a.skip_update_z == 0 && E.clips_on_device();
+        // The gradients of the mean loss over every rank's micro-batches, reduced (ZeRO-1: each
+        // rank gets its shard of them summed over the ranks), their norm and AdamW's clip
+        // scale, and the update if queued; nothing waits (on one GPU: one CUDA graph).
+        E.step(accum, 1.0f / (accum * dist.size), opt, queued);
         // A NaN or inf loss or gradient norm would reach the weights (no clipping scales a NaN
         // away), and then every later checkpoint: the run stops here, before any checkpoint of
         // this step. Both are sums over every rank, so all ranks stop together, with one line.
@@ -743,18 +754,6 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
             if (!std::isfinite(x))
                 dist.die_everywhere("%s is %s at step %d; no checkpoint written for this step", what, std::isnan(x) ? "NaN" : "infinite", step);
         };
-        E.reduce_grads();  // ZeRO-1: each rank gets (or has got) its shard of the gradients summed over the ranks
-        E.clip(opt);       // the norm of all the gradients, from every rank's shard, and AdamW's clip scale
-        const float lr = learning_rate(opt, step);
-        // Where the device holds the clip scale and nothing waits on the host's look at the
-        // step (no --skip-update-z), the update is queued at once: the device never idles while
-        // the host reads the loss and the norm. Else it waits for them below.
-        const bool queued = a.skip_update_z == 0 && E.clips_on_device();
-        auto update = [&] {
-            E.update(opt, step, lr);  // AdamW on this rank's shard of the parameters and moments
-            E.gather_params();        // every rank gets every updated parameter
-        };
-        if (queued) update();
         const double norm = E.norm();  // the step's one wait for the device
         double z_sum = 0;  // model.h §10's z-loss terms, reported beside the loss
         const double loss = dist.sum(E.take_loss(&z_sum)) / (accum * dist.size);
@@ -767,7 +766,7 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
         const double zloss = loss_z.update(loss), znorm = norm_z.update(norm);
         const bool skip = a.skip_update_z > 0 && (zloss > a.skip_update_z || znorm > a.skip_update_z);
         if (skip) skipped++;
-        else if (!queued) update();
+        else if (!queued) E.update(opt);  // AdamW on this rank's shard; every rank gets every updated parameter
         double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
         printf("step %4d/%d | loss %.6f", step + 1, a.steps, loss);
         if (c.z_loss > 0) printf(" | z-loss %.3e", z_term);
@@ -878,7 +877,7 @@ template<typename Fn>
 static int on_engine([[maybe_unused]] const Args& a, const Config& c, const std::vector<float>& params, bool training, Fn fn) {
 #ifdef PHD_GPU
     if (a.device == "cuda") {
-        GpuEngine E(c, params, a.tf32 != 0, training, use_bf16(a, c), a.overlap != 0);  // generation decodes in the same dtype
+        GpuEngine E(c, params, a.tf32 != 0, training, use_bf16(a, c), a.overlap != 0, a.graph != 0);  // generation decodes in the same dtype
         return fn(E);
     }
 #endif

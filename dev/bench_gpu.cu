@@ -137,15 +137,13 @@ static void attention_vs_pairs(const Options& o) {
     }
 }
 
-// The step the benchmarks time and count: zero grads, forward, backward, grad norm, AdamW.
+// The step the benchmarks time and count, as train_phd's with one micro-batch: forward,
+// backward, grad norm, AdamW (a CUDA graph where E was made with graphs).
 static void train_step(GpuEngine& E, const std::vector<int>& tok, const std::vector<int>& tgt, const Options& o, int step) {
     AdamW opt;
-    E.zero_grads();
-    E.forward_async(tok.data(), tgt.data(), o.B, o.T);
-    E.backward(1.0f);
-    E.clip(opt);
-    E.update(opt, step, 1e-4f);  // queued before the host reads anything, as train_phd's
-    E.norm();                    // the step's one wait
+    E.stage(tok.data(), tgt.data(), 1, o.B, o.T, opt, step, 1e-4f);
+    E.step(1, 1.0f, opt, true);
+    E.norm();  // the step's one wait
     E.take_loss();
 }
 static void random_batch(const Config& c, const Options& o, std::vector<int>* tok, std::vector<int>* tgt) {
@@ -163,7 +161,7 @@ static void budget(const Options& o, const std::vector<float>& params, const std
     cuda_emu::dry_run() = true;
 #endif
     const Config c = make_config(v, o);
-    GpuEngine E(c, params, false, true, true);
+    GpuEngine E(c, params, false, true, true, true, false);  // no graph: each launch counted, and timed between events
     std::vector<int> tok, tgt;
     random_batch(c, o, &tok, &tgt);
     Ledger ledger;
@@ -221,31 +219,36 @@ static void training_steps(const Options& o, const std::vector<float>& params) {
     const MatmulDtype dt = o.bf16 ? MatmulDtype::BF16 : o.tf32 ? MatmulDtype::TF32 : MatmulDtype::FP32;
     const char* dt_name = o.bf16 ? "bf16" : o.tf32 ? "TF32" : "fp32";
     const double peak = peak_tflops(dt);
-    printf("\ntraining step (zero grads, forward, backward, grad norm, AdamW), B=%d T=%d L=%d D=%d H=%d, matmuls and attention in %s, "
-           "median of %d after 1 warm-up; peak %.1f TFLOP/s (%s)\n", o.B, o.T, o.L, o.D, o.H, dt_name, o.steps, peak,
+    printf("\ntraining step (forward, backward, grad norm, AdamW: one CUDA graph; 'no graph': launched one by one), B=%d T=%d L=%d D=%d "
+           "H=%d, matmuls and attention in %s, median of %d after 1 warm-up; peak %.1f TFLOP/s (%s)\n", o.B, o.T, o.L, o.D, o.H, dt_name, o.steps, peak,
            peak > 0 ? (o.bf16 ? "dense bf16" : o.tf32 ? "dense TF32" : "FP32") : "unknown here: no MFU");
-    printf("%-18s %9s %7s %12s %12s %9s %6s\n", "variant", "ms/step", "ratio", "orig tok/s", "GFLOP/token", "TFLOP/s", "MFU");
+    printf("%-18s %9s %7s %12s %12s %9s %6s %10s\n", "variant", "ms/step", "ratio", "orig tok/s", "GFLOP/token", "TFLOP/s", "MFU",
+           "no graph");
     double base = 0;
     for (const std::string& v : o.variants) {
         const Config c = make_config(v, o);
-        GpuEngine E(c, params, o.tf32 != 0, true, o.bf16 != 0);
         std::vector<int> tok, tgt;
         random_batch(c, o, &tok, &tgt);
-        std::vector<double> times;
-        for (int s = 0; s <= o.steps; s++) {
-            cudaCheck(cudaDeviceSynchronize());
-            auto t0 = std::chrono::steady_clock::now();
-            train_step(E, tok, tgt, o, s);
-            cudaCheck(cudaDeviceSynchronize());
-            if (s > 0) times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-        }
-        std::sort(times.begin(), times.end());
-        const double ms = times[times.size() / 2];
+        auto median_ms = [&](bool graphs) {  // the step as one CUDA graph, or launched kernel by kernel (--graph 0)
+            GpuEngine E(c, params, o.tf32 != 0, true, o.bf16 != 0, true, graphs);
+            std::vector<double> times;
+            for (int s = 0; s <= o.steps; s++) {
+                cudaCheck(cudaDeviceSynchronize());
+                auto t0 = std::chrono::steady_clock::now();
+                train_step(E, tok, tgt, o, s);
+                cudaCheck(cudaDeviceSynchronize());
+                if (s > 0) times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+            }
+            std::sort(times.begin(), times.end());
+            return times[times.size() / 2];
+        };
+        const double ms = median_ms(true), ungraphed = median_ms(false);
         if (base == 0) base = ms;
         const double per_token = model_flops_per_token(c, o.T);
         const double tokens = (double)o.B * o.T, tflops = per_token * tokens / (ms * 1e9);
         printf("%-18s %9.2f %7.2f %12.0f %12.3f %9.2f ", v.c_str(), ms, ms / base, tokens / (ms / 1e3), per_token / 1e9, tflops);
-        printf(peak > 0 ? "%5.1f%%\n" : "    -\n", 100 * tflops / std::max(peak, 1e-30));
+        printf(peak > 0 ? "%5.1f%% " : "    - ", 100 * tflops / std::max(peak, 1e-30));
+        printf("%10.2f\n", ungraphed);
     }
 }
 

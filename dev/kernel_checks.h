@@ -381,7 +381,10 @@ static CheckResult check_adamw(GpuModel& G, int, int, const Timed& timed) {
     gn.run(d_g, P, o.clip, nullptr);
     const double norm = std::sqrt(gn.sumsq());
     __nv_bfloat16* d_p16 = nan_of<__nv_bfloat16>(buf, P);
-    adamw_update(*G.tensors, o, d_p, d_g, d_m, d_v, 4, 1e-3f, gn.scale, nullptr, d_p16);
+    AdamWStep now;
+    now.set(o, 4, 1e-3f);
+    now.upload(nullptr);
+    adamw_update(*G.tensors, o, d_p, d_g, d_m, d_v, now.dev, gn.scale, nullptr, d_p16);
     const std::vector<float> p_got = to_host(d_p, P), p16 = host_floats(d_p16, P), p_rounded = from_bf16(to_bf16(p_got));
     double copy_wrong = 0;
     for (size_t i = 0; i < P; i++) copy_wrong += !(p16[i] == p_rounded[i]);
@@ -390,7 +393,7 @@ static CheckResult check_adamw(GpuModel& G, int, int, const Timed& timed) {
                                   {"m", max_rel(to_host(d_m, P), m_ref), 1e-6},
                                   {"v", max_rel(to_host(d_v, P), v_ref), 1e-6},
                                   {"bf16 copy != rounded params", copy_wrong, 0}};
-    timed([&] { adamw_update(*G.tensors, o, d_p, d_g, d_m, d_v, 5, 1e-3f, gn.scale, nullptr, d_p16); });
+    timed([&] { adamw_update(*G.tensors, o, d_p, d_g, d_m, d_v, now.dev, gn.scale, nullptr, d_p16); });
     return {e, (7.0 * 4 + 2) * P};
 }
 

@@ -105,17 +105,48 @@ struct AdamWTensors {
     AdamWTensors(const AdamWTensors&) = delete;
     AdamWTensors& operator=(const AdamWTensors&) = delete;
 };
+// What AdamW takes from the step it updates at: the learning rate and the bias corrections,
+// which the kernel reads from device memory, so that a step captured once as a CUDA graph
+// (kernels/engine.h) replays with each step's own. set() writes them into pinned memory on
+// the host; upload(), queued before the update, copies them when it runs (a replay's copy
+// reads what the host set last); read_by() records, after the copy (outside any capture), the
+// event that the next set() waits on before it writes.
+struct AdamWStep {
+    struct Values { float lr, bc1, bc2; };
+    Values* host = nullptr;  // (1) pinned
+    Values* dev = nullptr;   // (1)
+    cudaEvent_t read = nullptr;
+    AdamWStep() {
+        cudaCheck(cudaMallocHost(&host, sizeof(Values)));
+        cudaCheck(cudaMalloc(&dev, sizeof(Values)));
+        cudaCheck(cudaEventCreateWithFlags(&read, cudaEventDisableTiming));
+    }
+    ~AdamWStep() {
+        cudaEventDestroy(read);  // waits for the copy
+        cudaFree(dev);
+        cudaFreeHost(host);
+    }
+    AdamWStep(const AdamWStep&) = delete;
+    AdamWStep& operator=(const AdamWStep&) = delete;
+    // step: 0-based, as adamw_update's in model.h.
+    void set(const AdamW& o, int step, float lr) {
+        cudaCheck(cudaEventSynchronize(read));
+        *host = {lr, (float)(1.0 - pow(o.beta1, step + 1)), (float)(1.0 - pow(o.beta2, step + 1))};
+    }
+    void upload(cudaStream_t s) const { cudaCheck(cudaMemcpyAsync(dev, host, sizeof(Values), cudaMemcpyHostToDevice, s)); }
+    void read_by(cudaStream_t s) const { cudaCheck(cudaEventRecord(read, s)); }
+};
 // grid (ceil(n / 256)), block 256: parameters lo .. lo + n - 1 of every tensor in one launch
 // (p, g, m, v and p16 start at parameter lo); each element decays as its tensor does, found by
 // a binary search of the tensors' ends. p16, when given, receives the updated parameters
 // rounded to bf16: the copy that --dtype bf16's matmuls read, written in the same pass
 // instead of a conversion of its own.
 static __global__ void adamw_kernel(float* p, __nv_bfloat16* p16, const float* g, float* m, float* v, size_t lo, size_t n,
-                                    const size_t* ends, const unsigned char* decays, int tensors, float lr, float b1, float b2, float eps,
-                                    float wd, float bc1, float bc2, const float* clip) {
+                                    const size_t* ends, const unsigned char* decays, int tensors, float b1, float b2, float eps, float wd,
+                                    const AdamWStep::Values* now, const float* clip) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    const float scale = *clip;
+    const float scale = *clip, lr = now->lr, bc1 = now->bc1, bc2 = now->bc2;
     int t = 0;  // the first tensor that ends past parameter lo + i
     for (int hi = tensors - 1; t < hi;) {
         const int mid = (t + hi) / 2;
@@ -130,17 +161,18 @@ static __global__ void adamw_kernel(float* p, __nv_bfloat16* p16, const float* g
     if (p16) p16[i] = __float2bfloat16(p[i]);
 }
 // As adamw_update in model.h: decay on matrices and embeddings only, after clipping by the
-// scale GradNorm left on the device (clip); only the parameters [lo, hi) (a rank's shard,
+// scale GradNorm left on the device (clip), at the step and learning rate `now` holds (on the
+// device: AdamWStep::dev, uploaded); only the parameters [lo, hi) (a rank's shard,
 // kernels/dist.h), grads, m and v holding just those. params16: (P) the bf16 copy to
 // refresh, or nullptr. One launch, whatever the tensors.
-inline void adamw_update(const AdamWTensors& t, const AdamW& o, float* params, const float* grads, float* m, float* v, int step, float lr,
-                         const float* clip, cudaStream_t s, __nv_bfloat16* params16 = nullptr, size_t lo = 0, size_t hi = SIZE_MAX) {
-    const float bc1 = (float)(1.0 - pow(o.beta1, step + 1)), bc2 = (float)(1.0 - pow(o.beta2, step + 1));
+inline void adamw_update(const AdamWTensors& t, const AdamW& o, float* params, const float* grads, float* m, float* v,
+                         const AdamWStep::Values* now, const float* clip, cudaStream_t s, __nv_bfloat16* params16 = nullptr, size_t lo = 0,
+                         size_t hi = SIZE_MAX) {
     hi = std::min(hi, t.P);
     if (lo >= hi) return;
     const size_t n = hi - lo;
     count_launch("adamw", (double)n * (28 + (params16 ? 2 : 0)), 0, s);  // p, m, v read and written, g read
     launch(adamw_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, params + lo, params16 ? params16 + lo : nullptr, grads, m, v, lo,
-           n, t.end, t.decay, t.n, lr, o.beta1, o.beta2, o.eps, o.weight_decay, bc1, bc2, clip);
+           n, t.end, t.decay, t.n, o.beta1, o.beta2, o.eps, o.weight_decay, now, clip);
     cudaCheck(cudaGetLastError());
 }

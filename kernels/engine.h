@@ -2,10 +2,12 @@
 // GpuEngine (built by nvcc, or by g++ over the CUDA emulation with PHD_EMULATE_GPU) wraps
 // kernels/gpu_model.cuh. Both offer the same calls, so train_phd's loop is written once;
 // parameters and AdamW moments cross between them in checkpoint order, so a model trained
-// on one device resumes on the other. With several ranks (kernels/dist.h) each engine keeps
-// the AdamW moments of its shard of the parameters only (ZeRO-1): reduce_grads, norm, update
-// and gather_params are the step's collectives, moment() gathers the whole moments. A step's
-// last backward is told so (backward's last): the GPU starts each layer's reduction there.
+// on one device resumes on the other. A training step is stage() (the host: the micro-batches'
+// tokens, the step's learning rate) then step() (step_body below: the work, which on one GPU is
+// a CUDA graph). With several ranks (kernels/dist.h) each engine keeps the AdamW moments of
+// its shard of the parameters only (ZeRO-1): reduce_grads, clip and update are the step's
+// collectives, moment() gathers the whole moments. A step's last backward is told so
+// (backward's last): the GPU starts each layer's reduction there.
 #pragma once
 #include <cmath>
 #include <memory>
@@ -13,6 +15,23 @@
 #include <vector>
 #include "cpu_decode.h"
 #include "dist.h"
+
+// One training step's work once stage() has put its `micro` batches and its step number and
+// learning rate in place: each micro-batch's forward and backward (the gradients of dloss
+// times its mean loss, summed), the gradients' reduction over the ranks, their norm and clip
+// scale, and with `update` AdamW and the gather of the updated parameters. Nothing in it
+// reads the host's memory except through stage's pinned buffers, so on one GPU it is captured
+// once as a CUDA graph and replayed (GpuEngine::step).
+template<typename Engine> void step_body(Engine& E, int micro, float dloss, const AdamW& o, bool update) {
+    E.zero_grads();
+    for (int k = 0; k < micro; k++) {
+        E.forward_staged(k);
+        E.backward(dloss, k == micro - 1);
+    }
+    E.reduce_grads();
+    E.clip(o);
+    if (update) E.update(o);
+}
 
 struct CpuEngine {
     Model<float> M;
@@ -22,6 +41,9 @@ struct CpuEngine {
     double step_loss = 0;         // forward_async's losses since take_loss
     double step_z = 0;            // and their z-loss terms (model.h §10)
     double grad_norm_ = 0;        // clip's
+    const int *staged_in = nullptr, *staged_tg = nullptr;  // (micro, B, T) stage's, read by the step
+    int staged_B = 0, staged_T = 0, staged_step = 0;
+    float staged_lr = 0;
     CpuEngine(const Config& c, const std::vector<float>& params, bool training = true)
         : M(c), S(dist.shards({0, params.size()})), m(training ? S.size : 0), v(m.size()), gshard(dist.size > 1 ? m.size() : 0) {
         M.params = params;
@@ -44,6 +66,16 @@ struct CpuEngine {
     // last (the step's last backward) is the GPU's business: the CPU reduces after it, in reduce_grads.
     void backward(float dloss, bool /*last*/ = false) { model_backward(M, dloss); }
     void zero_grads() { std::fill(M.grads.begin(), M.grads.end(), 0.0f); }
+    // A step's batches (micro of (B, T) each, in and tg; they must outlive the step) and the
+    // step number (0-based) and learning rate of its update.
+    void stage(const int* in, const int* tg, int /*micro*/, int B, int T, const AdamW&, int step, float lr) {
+        staged_in = in; staged_tg = tg; staged_B = B; staged_T = T; staged_step = step; staged_lr = lr;
+    }
+    void forward_staged(int k) {
+        const size_t at = (size_t)k * staged_B * staged_T;
+        forward_async(staged_in + at, staged_tg + at, staged_B, staged_T);
+    }
+    void step(int micro, float dloss, const AdamW& o, bool update) { step_body(*this, micro, dloss, o, update); }
     // The summed gradients of the shard: gshard, or alone the gradients themselves.
     const float* gsum() const { return dist.size > 1 ? gshard.data() : M.grads.data(); }
     void reduce_grads() { dist.reduce_scatter(M.grads.data(), gshard.data(), S, 0); }
@@ -51,11 +83,13 @@ struct CpuEngine {
     void clip(const AdamW&) { grad_norm_ = std::sqrt(dist.sum(grad_sumsq(gsum(), S.size))); }
     double norm() const { return grad_norm_; }
     static bool clips_on_device() { return false; }
-    void update(const AdamW& o, int step, float lr) {
+    // AdamW at the staged step on this rank's shard, then every rank gets every updated parameter.
+    void update(const AdamW& o) {
         for (const Piece& p : S.mine)
-            adamw_update(M.cfg, o, M.params.data(), gsum() + p.at, m.data() + p.at, v.data() + p.at, step, lr, grad_norm_, p.lo, p.hi);
+            adamw_update(M.cfg, o, M.params.data(), gsum() + p.at, m.data() + p.at, v.data() + p.at, staged_step, staged_lr, grad_norm_,
+                         p.lo, p.hi);
+        dist.all_gather(M.params.data(), S);
     }
-    void gather_params() { dist.all_gather(M.params.data(), S); }
     std::vector<float> params() const { return M.params; }
     std::vector<float> grads() const { return M.grads; }
     // m_, v_: (P), whole; the engine keeps its shard.
@@ -138,11 +172,30 @@ struct GpuEngine {
     std::vector<cudaEvent_t> ready;    // (buckets) bucket b's gradients are written
     cudaEvent_t reduced = nullptr;     // every reduction of the step is done
     double ranks_norm = 0;             // several ranks: clip's norm, summed on the host
+    std::unique_ptr<AdamWStep> now;    // the staged step's learning rate and bias corrections
+    bool graphs;                       // one rank: the step as a CUDA graph (--graph)
+    cudaGraphExec_t step_graph = nullptr;
+    // What a graph was captured with, beyond what it reads from memory when replayed: the shape,
+    // the micro-batches, dloss, whether it updates, the memory's layout and AdamW's constants.
+    struct GraphKey {
+        int B, T, micro;
+        float dloss;
+        bool update;
+        uint64_t layout;
+        AdamW o;
+        bool operator==(const GraphKey& k) const {
+            return B == k.B && T == k.T && micro == k.micro && dloss == k.dloss && update == k.update && layout == k.layout &&
+                   memcmp(&o, &k.o, sizeof o) == 0;  // AdamW: 4-byte fields, no padding
+        }
+    } graph_key{};
     // training false: only what the KV-cache decoder needs (the parameters), for --generate.
-    // bf16: matmuls and attention on bf16 tensor cores (kernels/gpu_model.cuh).
-    GpuEngine(const Config& c, const std::vector<float>& params, bool tf32, bool training = true, bool bf16 = false, bool overlap_ = true)
-        : G(c, params.data(), tf32, training, bf16), S(dist.shards(GpuModel::grad_buckets(c))), overlap(overlap_) {
+    // bf16: matmuls and attention on bf16 tensor cores (kernels/gpu_model.cuh). graphs_: on one
+    // rank, each step one CUDA graph launch.
+    GpuEngine(const Config& c, const std::vector<float>& params, bool tf32, bool training = true, bool bf16 = false, bool overlap_ = true,
+              bool graphs_ = true)
+        : G(c, params.data(), tf32, training, bf16), S(dist.shards(GpuModel::grad_buckets(c))), overlap(overlap_), graphs(graphs_) {
         if (!training) return;
+        now = std::make_unique<AdamWStep>();
         const size_t n = S.size;
         gpu_check_fits((dist.size > 1 ? 3 : 2) * n * sizeof(float), "AdamW moments");
         cudaCheck(cudaMalloc(&m, n * sizeof(float)));
@@ -160,6 +213,7 @@ struct GpuEngine {
         cudaCheck(cudaEventCreateWithFlags(&reduced, cudaEventDisableTiming));
     }
     ~GpuEngine() {
+        if (step_graph) cudaGraphExecDestroy(step_graph);
         cudaFree(m);
         cudaFree(v);
         cudaFree(gshard);
@@ -182,6 +236,37 @@ struct GpuEngine {
         else G.backward(dloss);
     }
     void zero_grads() { G.zero_grads(); }
+    // As CpuEngine's: the batches into pinned slots, the step's numbers into AdamW's pinned
+    // values (once the last update's copy has read them).
+    void stage(const int* in, const int* tg, int micro, int B, int T, const AdamW& o, int step, float lr) {
+        G.size_for(B, T);
+        G.reserve_slots(micro);
+        for (int k = 0; k < micro; k++) G.stage(k, in + (size_t)k * B * T, tg + (size_t)k * B * T);
+        now->set(o, step, lr);
+    }
+    void forward_staged(int k) { G.forward_staged(k, true); }
+    // step_body, as a CUDA graph on one rank, launched one kernel at a time otherwise (several
+    // ranks: NCCL and the host's sum of the norms; --graph 0). The first step of a GraphKey
+    // runs launch by launch, as a warm-up: what kernels make at their first launch (the bf16
+    // attention's tile maps, shared-memory limits, cuBLAS's choices) allocates and waits, which
+    // a capture may not do; the second is captured, and later ones replay it. Either way the
+    // host waits for nothing here.
+    void step(int micro, float dloss, const AdamW& o, bool update) {
+        const GraphKey key{G.B, G.T, micro, dloss, update, G.layout, o};
+        if (!(key == graph_key)) {
+            if (step_graph) cudaCheck(cudaGraphExecDestroy(step_graph));
+            step_graph = nullptr;
+            graph_key = key;
+            step_body(*this, micro, dloss, o, update);
+        } else if (graphs && dist.size == 1) {
+            if (!step_graph) step_graph = G.capture([&] { step_body(*this, micro, dloss, o, update); });
+            cudaCheck(cudaGraphLaunch(step_graph, G.stream));
+        } else {
+            step_body(*this, micro, dloss, o, update);
+        }
+        for (int k = 0; k < micro; k++) G.staged_read(k);  // after the copies that read the slots
+        if (update) now->read_by(G.stream);
+    }
     // As CpuEngine's, over NCCL.
     const float* gsum() const { return dist.size > 1 ? gshard : G.grads; }
     void reduce_bucket(int b) {
@@ -208,9 +293,11 @@ struct GpuEngine {
     }
     double norm() const { return dist.size == 1 ? std::sqrt(gn->sumsq()) : ranks_norm; }
     bool clips_on_device() const { return dist.size == 1; }  // clip() has not waited: update may be queued before norm()
-    // One launch for each run of pieces that lie next to each other in the arena and in the
-    // shard: the whole arena on one rank.
-    void update(const AdamW& o, int step, float lr) {
+    // AdamW at the staged step: one launch for each run of pieces that lie next to each other
+    // in the arena and in the shard (the whole arena on one rank); then every rank gets every
+    // updated parameter.
+    void update(const AdamW& o) {
+        now->upload(G.stream);
         auto continues = [&](size_t k) {  // piece k starts where piece k - 1 ends, in both
             const Piece &a = S.mine[k - 1], &b = S.mine[k];
             return b.lo == a.hi && b.at == a.at + (a.hi - a.lo);
@@ -218,13 +305,12 @@ struct GpuEngine {
         for (size_t i = 0, j; i < S.mine.size(); i = j) {
             for (j = i + 1; j < S.mine.size() && continues(j);) j++;
             const Piece& p = S.mine[i];
-            adamw_update(*G.tensors, o, G.params, gsum() + p.at, m + p.at, v + p.at, step, lr, gn->scale, G.stream,
-                         dist.size > 1 ? nullptr : G.params16, p.lo, S.mine[j - 1].hi);  // several ranks: gather_params writes the copy
+            adamw_update(*G.tensors, o, G.params, gsum() + p.at, m + p.at, v + p.at, now->dev, gn->scale, G.stream,
+                         dist.size > 1 ? nullptr : G.params16, p.lo, S.mine[j - 1].hi);  // several ranks: the copy after the gather
         }
-    }
-    void gather_params() {
         dist.all_gather_device(G.params, S, G.stream);
         if (G.params16 && dist.size > 1) copy_to_bf16(G.params16, G.params, G.P, G.stream);  // the other shards came in fp32
+        if (!G.capturing()) now->read_by(G.stream);  // a captured one: step() records it after the graph
     }
     std::vector<float> params() const { return G.download(G.params, G.P); }
     std::vector<float> grads() const { return G.download(G.grads, G.P); }

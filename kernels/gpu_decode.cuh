@@ -97,7 +97,6 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
     int* pos = nullptr;                                                           // (rows) each row's position
     int2* nc = nullptr;                                                           // (rows) (n, c) of one sample's rows
 
-    cudaStream_t capture_stream = nullptr;
     cudaGraphExec_t step_graph = nullptr;
 
     // graphs_ false: each step's kernels launched one by one (the tests compare the two).
@@ -130,7 +129,6 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
         bf16 ? alloc(&b16.flast, (size_t)S * c.D) : alloc(&f32.flast, (size_t)S * c.D);
         cudaCheck(cudaMalloc(&part, (size_t)kDecodeMaxParts * (c.hd() + 2) * sizeof(float)));
         sample_of_row = to_device(row_sample);
-        cudaCheck(cudaStreamCreate(&capture_stream));
     }
     ~GpuDecoder() {
         free_block();
@@ -140,7 +138,6 @@ struct GpuDecoder : DecodeBlocks<GpuDecoder> {
                         (void*)prompt_tokens})
             cudaFree(p);
         if (step_graph) cudaGraphExecDestroy(step_graph);
-        cudaStreamDestroy(capture_stream);
     }
     GpuDecoder(const GpuDecoder&) = delete;
     GpuDecoder& operator=(const GpuDecoder&) = delete;
@@ -355,22 +352,7 @@ private:
         if (next != fed) cudaCheck(cudaMemcpy(feed, next.data(), S * sizeof(int), cudaMemcpyHostToDevice));
         reserve(S * c.K);
         if (!graphs) return enqueue_step();
-        if (!step_graph) capture_step();
+        if (!step_graph) step_graph = G.capture([this] { enqueue_step(); });
         cudaCheck(cudaGraphLaunch(step_graph, G.stream));
-    }
-    // Captures enqueue_step on a stream of its own, which G's kernels and cuBLAS use meanwhile.
-    void capture_step() {
-        cudaStream_t keep = G.stream;
-        cudaGraph_t graph = nullptr;
-        cudaCheck(cudaDeviceSynchronize());
-        G.stream = capture_stream;
-        cublasCheck(cublasSetStream(G.blas, capture_stream));
-        cudaCheck(cudaStreamBeginCapture(capture_stream, cudaStreamCaptureModeThreadLocal));
-        enqueue_step();
-        cudaCheck(cudaStreamEndCapture(capture_stream, &graph));
-        G.stream = keep;
-        cublasCheck(cublasSetStream(G.blas, keep));
-        cudaCheck(cudaGraphInstantiate(&step_graph, graph, 0));
-        cudaCheck(cudaGraphDestroy(graph));
     }
 };

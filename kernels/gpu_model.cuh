@@ -79,13 +79,19 @@ struct GpuModel : Activations<float> {
     float* d_loss = nullptr;                     // (2) the mean losses of the forwards since take_loss, summed, and
                                                  // their z-loss terms (model.h §10)
     bool logits_kept = false;                    // the last forward had no targets: logits holds its logits
-    // Tokens and targets reach the device from pinned memory, which a copy reads when it runs:
-    // two halves, so that one fills while the other's copies wait; staged[k] is recorded after
-    // half k's copies, and the host waits on it before it refills that half. (From pageable
-    // memory CUDA may wait for the whole stream first.)
-    int* h_stage = nullptr;                      // (2, 2, B*T) pinned: tokens, then targets
-    cudaEvent_t staged[2] = {};
+    // Tokens and targets reach the device from pinned memory, which a copy reads when it runs
+    // (from pageable memory CUDA may wait for the whole stream first, and a graph could not
+    // replay the copy): slots of (2, B*T) ints, tokens then targets. staged[k] is recorded once
+    // the copies that read slot k are queued, and the host waits on it before it refills the
+    // slot. Lone forwards take slots 0 and 1 in turn, so that one fills while the other's
+    // copies wait; a training step (GpuEngine::step) puts its micro-batches in slots 0, 1, ...
+    int* h_stage = nullptr;                      // (slots, 2, B*T) pinned
+    std::vector<cudaEvent_t> staged;             // (slots)
     int stage_next = 0;
+    // Counts the reallocations of the activations and the slots: a captured graph's pointers
+    // hold while it stays the same.
+    uint64_t layout = 0;
+    cudaStream_t capture_stream = nullptr;       // where capture() records (the legacy stream cannot)
 
     // training false: inference only (the KV-cache decoder), the parameters without gradients.
     // bf16_: matmuls and attention on bf16 tensor cores (head sizes 16, 32, 64, 128).
@@ -119,7 +125,7 @@ struct GpuModel : Activations<float> {
         cublasCheck(cublasSetMathMode(blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
         cudaCheck(cudaMalloc(&d_loss, 2 * sizeof(float)));
         cudaCheck(cudaMemset(d_loss, 0, 2 * sizeof(float)));
-        for (cudaEvent_t& e : staged) cudaCheck(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+        cudaCheck(cudaStreamCreate(&capture_stream));
     }
     ~GpuModel() {
         for (void* q : {(void*)params, (void*)grads, (void*)params16, (void*)rope_cos, (void*)rope_sin, (void*)norm_scratch, (void*)act,
@@ -129,6 +135,7 @@ struct GpuModel : Activations<float> {
         for (cudaEvent_t e : staged) cudaEventDestroy(e);  // waits for the copies that use them
         cudaFreeHost(h_stage);
         cublasDestroy(blas);
+        cudaStreamDestroy(capture_stream);
     }
     GpuModel(const GpuModel&) = delete;
     GpuModel& operator=(const GpuModel&) = delete;
@@ -163,8 +170,6 @@ struct GpuModel : Activations<float> {
         for (void* q : {(void*)act, (void*)d_tokens, (void*)d_targets, (void*)d_row_index, (void*)d_row_pos, (void*)d_sort_keys, (void*)act16,
                         (void*)attn_D, (void*)norm_scratch})
             cudaFree(q);
-        for (cudaEvent_t e : staged) cudaCheck(cudaEventSynchronize(e));  // no copy still reads the old staging memory
-        if (h_stage) cudaCheck(cudaFreeHost(h_stage));
         act16 = nullptr;
         attn_D = nullptr;
         norm_scratch = nullptr;
@@ -180,7 +185,6 @@ struct GpuModel : Activations<float> {
         cudaCheck(cudaMalloc(&d_row_index, (size_t)N * sizeof(int)));
         cudaCheck(cudaMalloc(&d_row_pos, (size_t)N * sizeof(int)));
         cudaCheck(cudaMalloc(&d_sort_keys, slots * sizeof(uint64_t)));
-        cudaCheck(cudaMallocHost(&h_stage, 4 * (size_t)B * T * sizeof(int)));
         if (grads) cudaCheck(cudaMalloc(&norm_scratch, (size_t)dg_chunks(N) * cfg.D * sizeof(float)));
         point(cfg, B, T, act, !bf16);
         const bool pre = cfg.norm == NORM_PRE;
@@ -209,6 +213,51 @@ struct GpuModel : Activations<float> {
         }
         cudaCheck(cudaMemcpy(d_row_index, index.data(), N * sizeof(int), cudaMemcpyHostToDevice));
         cudaCheck(cudaMemcpy(d_row_pos, pos.data(), N * sizeof(int), cudaMemcpyHostToDevice));
+        reserve_slots((int)std::max<size_t>(2, staged.size()), true);
+    }
+    // At least n staging slots of the current shape (anew: reallocated whatever their number),
+    // once no queued copy reads the old ones.
+    void reserve_slots(int n, bool anew = false) {
+        if (!anew && (int)staged.size() >= n) return;
+        for (cudaEvent_t e : staged) cudaCheck(cudaEventSynchronize(e));
+        if (h_stage) cudaCheck(cudaFreeHost(h_stage));
+        while ((int)staged.size() < n) {
+            staged.emplace_back();
+            cudaCheck(cudaEventCreateWithFlags(&staged.back(), cudaEventDisableTiming));
+        }
+        cudaCheck(cudaMallocHost(&h_stage, staged.size() * 2 * (size_t)B * T * sizeof(int)));
+        layout++;
+    }
+    // Host: tokens and targets (B*T each; tgt may be null) into slot k, once the copies that
+    // read it last have run.
+    void stage(int k, const int* tok, const int* tgt) {
+        const size_t BT = (size_t)B * T;
+        cudaCheck(cudaEventSynchronize(staged[k]));
+        int* h = h_stage + k * 2 * BT;
+        memcpy(h, tok, BT * sizeof(int));
+        if (tgt) memcpy(h + BT, tgt, BT * sizeof(int));
+    }
+    // Records on the stream that the copies reading slot k are queued (after them, or after a
+    // step's graph that holds them).
+    void staged_read(int k) { cudaCheck(cudaEventRecord(staged[k], stream)); }
+    bool capturing() const { return stream == capture_stream; }
+    // body's work, recorded as a CUDA graph on capture_stream, which the kernels and cuBLAS
+    // use meanwhile. Nothing in it may wait for the device or allocate: the capture fails.
+    cudaGraphExec_t capture(const std::function<void()>& body) {
+        cudaStream_t keep = stream;
+        cudaGraph_t graph = nullptr;
+        cudaGraphExec_t exec = nullptr;
+        cudaCheck(cudaDeviceSynchronize());
+        stream = capture_stream;
+        cublasCheck(cublasSetStream(blas, capture_stream));
+        cudaCheck(cudaStreamBeginCapture(capture_stream, cudaStreamCaptureModeThreadLocal));
+        body();
+        cudaCheck(cudaStreamEndCapture(capture_stream, &graph));
+        stream = keep;
+        cublasCheck(cublasSetStream(blas, keep));
+        cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
+        cudaCheck(cudaGraphDestroy(graph));
+        return exec;
     }
     // The matmul inputs of the run's dtype, and the weights they multiply.
     template<typename In> const StepIn<In>& step_in() const {
@@ -352,8 +401,16 @@ struct GpuModel : Activations<float> {
     // device's sum (take_loss reads it) and the logits become their gradient for backward;
     // without, the logits stay (logits_host). Nothing waits for the device.
     void forward_async(const int* tok, const int* tgt, int B_, int T_) {
-        bf16 ? forward_as<__nv_bfloat16>(tok, tgt, B_, T_) : forward_as<float>(tok, tgt, B_, T_);
+        size_for(B_, T_);
+        const int k = stage_next;
+        stage_next ^= 1;
+        stage(k, tok, tgt);
+        forward_staged(k, tgt != nullptr);
+        staged_read(k);
     }
+    // The forward of the batch in slot k (stage), at size_for's shape, with its targets or
+    // not: work on the stream only, which capture() can record.
+    void forward_staged(int k, bool targets) { bf16 ? forward_as<__nv_bfloat16>(k, targets) : forward_as<float>(k, targets); }
     // The mean losses of the forwards since the last call, summed (waits for them); z, when
     // given, receives their z-loss terms' (model.h §10), read in the same copy.
     float take_loss(double* z = nullptr) {
@@ -368,21 +425,14 @@ struct GpuModel : Activations<float> {
         forward_async(tok, tgt, B_, T_);
         return tgt ? take_loss() : 0.0f;
     }
-    template<typename In> void forward_as(const int* tok, const int* tgt, int B_, int T_) {
+    template<typename In> void forward_as(int k, bool tgt) {
         const Config& c = cfg;
-        size_for(B_, T_);
         const int N = B * T * c.K, BT = B * T, D = c.D;
         const StepIn<In>& in = step_in<In>();
         const ParamView<In>& w = weights<In>();
-        const int k = stage_next;
-        stage_next ^= 1;
-        cudaCheck(cudaEventSynchronize(staged[k]));  // half k's last copies have read it
-        int* h = h_stage + (size_t)k * 2 * BT;
-        memcpy(h, tok, BT * sizeof(int));
-        if (tgt) memcpy(h + BT, tgt, BT * sizeof(int));
+        const int* h = h_stage + (size_t)k * 2 * BT;
         cudaCheck(cudaMemcpyAsync(d_tokens, h, BT * sizeof(int), cudaMemcpyHostToDevice, stream));
         if (tgt) cudaCheck(cudaMemcpyAsync(d_targets, h + BT, BT * sizeof(int), cudaMemcpyHostToDevice, stream));
-        cudaCheck(cudaEventRecord(staged[k], stream));
         embedding_forward(layer[0].x, d_tokens, d_row_index, p.E, N, D, stream);
         const bool reordered16 = c.norm == NORM_REORDERED && !std::is_same_v<In, float>;  // the qkv matmuls read x in bf16
         if (reordered16) copy_to_bf16((__nv_bfloat16*)in.layer[0].a, layer[0].x, (size_t)N * D, stream);

@@ -461,16 +461,19 @@ TEST_CASE("GPU model: a step's micro-batches add their gradients and losses, as 
     }
 }
 
-// One training step of G as GpuEngine makes it on one rank (kernels/engine.h): zero the
-// gradients, forward, backward, the gradient norm and clip scale, AdamW (m, v: its moments;
-// gn: the norm's buffers). Returns the forward's loss.
-static float gpu_train_step(GpuModel& G, const AdamW& o, float* m, float* v, GradNorm& gn, const std::vector<int>& tok,
+// One training step of G as GpuEngine makes it on one rank (kernels/engine.h), without a
+// graph: zero the gradients, forward, backward, the gradient norm and clip scale, AdamW (m,
+// v: its moments; gn: the norm's buffers; now: its step's numbers). Returns the forward's loss.
+static float gpu_train_step(GpuModel& G, const AdamW& o, float* m, float* v, GradNorm& gn, AdamWStep& now, const std::vector<int>& tok,
                             const std::vector<int>& tgt, int B, int T, int step, float lr) {
     G.zero_grads();
     const float loss = G.forward(tok.data(), tgt.data(), B, T);
     G.backward(1.0f);
     gn.run(G.grads, G.P, o.clip, G.stream);
-    adamw_update(*G.tensors, o, G.params, G.grads, m, v, step, lr, gn.scale, G.stream, G.params16);
+    now.set(o, step, lr);
+    now.upload(G.stream);
+    adamw_update(*G.tensors, o, G.params, G.grads, m, v, now.dev, gn.scale, G.stream, G.params16);
+    now.read_by(G.stream);
     return loss;
 }
 
@@ -495,8 +498,9 @@ TEST_CASE("GPU model: 10 AdamW steps follow the CPU's losses; two GPU runs give 
         GpuModel G(c, init.data(), false);
         float *d_m = to_device(std::vector<float>(G.P, 0.0f)), *d_v = to_device(std::vector<float>(G.P, 0.0f));
         GradNorm gn;
+        AdamWStep now;
         std::vector<float> losses;
-        for (int s = 0; s < steps; s++) losses.push_back(gpu_train_step(G, o, d_m, d_v, gn, tok, tgt, B, T, s, learning_rate(o, s)));
+        for (int s = 0; s < steps; s++) losses.push_back(gpu_train_step(G, o, d_m, d_v, gn, now, tok, tgt, B, T, s, learning_rate(o, s)));
         *final_params = G.download(G.params, G.P);
         for (void* q : {(void*)d_m, (void*)d_v}) cudaCheck(cudaFree(q));
         return losses;
@@ -522,9 +526,10 @@ static Ledger count_step(const Config& c, const std::vector<float>& init, const 
     GpuModel G(c, init.data(), false, true, true);
     float *m = to_device(std::vector<float>(G.P, 0.0f)), *v = to_device(std::vector<float>(G.P, 0.0f));
     GradNorm gn;
+    AdamWStep now;
     Ledger l;
     open_ledger() = &l;
-    gpu_train_step(G, AdamW{}, m, v, gn, tok, tgt, B, T, 0, 1e-3f);
+    gpu_train_step(G, AdamW{}, m, v, gn, now, tok, tgt, B, T, 0, 1e-3f);
     open_ledger() = nullptr;
     cudaCheck(cudaDeviceSynchronize());
     for (void* q : {(void*)m, (void*)v}) cudaCheck(cudaFree(q));

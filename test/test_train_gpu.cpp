@@ -235,19 +235,28 @@ TEST_CASE("--dtype bf16 (emulated): resume is bit-identical, the bf16 weights ma
     CHECK(final_a == file_bytes(b + "/model_00000004.bin"));
 }
 
-TEST_CASE("--device cuda (emulated): the update queued before the host reads the step gives the bits of the update made after it") {
-    // Without --skip-update-z one GPU queues AdamW (reading the clip scale on the device)
-    // before the host reads the loss and the norm; with it (a Z no step reaches) the host
-    // reads them first and then updates. The same weights either way, step by step.
-    std::string out, shard = make_shard("queued-update.bin", 3000, 13);
-    const std::string a = tmp("queued-a"), b = tmp("queued-b");
-    const std::string flags = std::string(kEmuBin) + one_thread_flags() + "--dim 64 --variant phd-cswa-2-3-2 -i " + shard +
-                              " --device cuda --dtype bf16 -x 4 -u 1 -v 0 -s 0 -l 1e-2 ";
+TEST_CASE("--device cuda (emulated): the step as a CUDA graph, launched kernel by kernel (--graph 0), or updating after the host's look: the same bits") {
+    // One GPU replays each step as a graph (captured at the second step, the first warming up)
+    // that reads its tokens and AdamW's learning rate and bias corrections from pinned memory
+    // the host fills each step: a graph that replayed the second step's would drift from the
+    // run launched kernel by kernel. Two micro-batches a step, validation's forwards between
+    // steps. With --skip-update-z (a Z no step reaches) the graph holds no update: the host
+    // reads the loss and the norm first and then updates. The same weights every way.
+    std::string out, shard = make_shard("graph-step.bin", 3000, 13), val = make_shard("graph-step-val.bin", 600, 14);
+    const std::string a = tmp("graph-a"), b = tmp("graph-b"), cc = tmp("graph-c");
+    const std::string flags = std::string(kEmuBin) + one_thread_flags() + "--dim 64 --variant phd-cswa-2-3-2 -i " + shard + " -j " + val +
+                              " --device cuda --dtype bf16 -d 64 -x 5 -u 1 -v 2 -m 1 -s 0 -l 1e-2 ";
     REQUIRE(run(flags + "-o " + a, &out) == 0);
-    REQUIRE(run(flags + "--skip-update-z 1000 -o " + b, &out) == 0);
-    CHECK(out.find("skipped 0 of 4 updates") != std::string::npos);
-    CHECK(train_losses(a + "/log.txt") == train_losses(b + "/log.txt"));
-    const std::string final_a = file_bytes(a + "/model_00000004.bin");
+    CHECK(out.find("x 2 micro-batches") != std::string::npos);
+    REQUIRE(run(flags + "--graph 0 -o " + b, &out) == 0);
+    REQUIRE(run(flags + "--skip-update-z 1000 -o " + cc, &out) == 0);
+    CHECK(out.find("skipped 0 of 5 updates") != std::string::npos);
+    const std::vector<std::string> la = train_losses(a + "/log.txt");
+    CHECK(la.size() == 5);
+    CHECK(la == train_losses(b + "/log.txt"));
+    CHECK(la == train_losses(cc + "/log.txt"));
+    const std::string final_a = file_bytes(a + "/model_00000005.bin");
     CHECK(final_a.size() > 1024);
-    CHECK(final_a == file_bytes(b + "/model_00000004.bin"));
+    CHECK(final_a == file_bytes(b + "/model_00000005.bin"));
+    CHECK(final_a == file_bytes(cc + "/model_00000005.bin"));
 }
