@@ -194,6 +194,9 @@ struct Config {
 };
 
 static inline int pad_vocab(int V) { return (V + 127) / 128 * 128; }
+// The head sizes the GPU's bf16 attention is compiled for (kernels/attention_bf16.cuh): a
+// --dtype bf16 run needs one, and --dtype auto picks bf16 only where there is one.
+static inline bool bf16_attention_head(int hd) { return hd == 16 || hd == 32 || hd == 64 || hd == 128; }
 
 // §10: the block's options as a name: "llama" (§9), "olmo2" (all three, z-loss 1e-5), else
 // the options spelled out.
@@ -210,6 +213,15 @@ static inline std::string block_name(const Config& c) {
     snprintf(buf, sizeof buf, "qk-norm %d, norm %s, z-loss %g", c.qk_norm, c.norm == NORM_PRE ? "pre" : "reordered", c.z_loss);
     return buf;
 }
+
+// The named sizes of train_phd --model: §8's models with §10's block and OLMo 2's vocabulary
+// (cl100k_base's 100,278 tokens), and a GPT-2-small-like one with §9's block.
+struct NamedModel { const char* name; int V, L, D, H, Hkv, F; const char* block; };
+static const NamedModel kModels[] = {
+    {"gpt2-124m", 50257, 12, 768, 12, 12, 2048, "llama"},
+    {"paper-550m", 100278, 16, 1536, 16, 4, 4096, "olmo2"},
+    {"paper-1.2b", 100278, 16, 2048, 32, 8, 8192, "olmo2"},
+};
 
 // "vanilla", "phd-K", "phd-swa-K-W", "phd-cswa-K-W-C", "naive-K" (§4).
 // Returns an empty string on success, else what is wrong. The numbers are plain digits
@@ -802,11 +814,14 @@ template<typename Real> struct Activations {
     Real* dxlast;      // (B, T, D)
     Real* dy;          // (B, TK, D) reordered norm: the gradient of u or y; else null
 
-    // Points every tensor into mem, which holds floats(c, B, T, matmul_inputs) elements, and
-    // returns that count (mem null: only counts). matmul_inputs false leaves out a, qkv, o, f,
-    // h13, g, dqkv, dh13 and dy (null): bf16 GPU runs keep those only as the bf16 tensors the
-    // matmuls, the attention and the SwiGLU read (kernels/gpu_model.cuh).
-    size_t point(const Config& c, int B, int T, Real* mem, bool matmul_inputs = true) {
+    // Points every tensor into mem, which holds floats(c, B, T, matmul_inputs, recompute)
+    // elements, and returns that count (mem null: only counts). matmul_inputs false leaves out
+    // a, qkv, o, f, h13, g, dqkv, dh13 and dy (null): bf16 GPU runs keep those only as the bf16
+    // tensors the matmuls, the attention and the SwiGLU read (kernels/gpu_model.cuh).
+    // recompute (as llm.c's -r): what every layer's backward recomputes instead of keeping
+    // (layer_recompute), all layers sharing one copy: 1 the norms' outputs a and f and the
+    // SwiGLU's g; 2 everything but the layer's input x.
+    size_t point(const Config& c, int B, int T, Real* mem, bool matmul_inputs = true, int recompute = 0) {
         const size_t N = (size_t)B * T * c.K, BT = (size_t)B * T;
         const bool pre = c.norm == NORM_PRE;
         size_t used = 0;
@@ -817,13 +832,19 @@ template<typename Real> struct Activations {
             return r;
         };
         layer.resize(c.L);
-        for (LayerActs<Real>& a : layer) {
-            a.x = take(N * c.D); a.a = take(N * c.D, matmul_inputs && pre); a.rstd_a = take(N);
-            a.qkv = take(N * c.qkv_dim(), matmul_inputs); a.lse = take(N * c.H); a.o = take(N * c.H * c.hd(), matmul_inputs);
-            a.xm = take(N * c.D); a.f = take(N * c.D, matmul_inputs && pre); a.rstd_f = take(N);
-            a.h13 = take(N * 2 * c.F, matmul_inputs); a.g = take(N * c.F, matmul_inputs);
-            a.qk = take(N * c.qk_dim(), c.qk_norm); a.rstd_qk = take(2 * N, c.qk_norm);
-            a.u = take(N * c.D, !pre); a.y = take(N * c.D, !pre);
+        for (size_t l = 0; l < layer.size(); l++) {
+            // Tensor t of layer l: its own, or layer 0's where recompute reaches `level`.
+            auto per = [&](Real* LayerActs<Real>::*t, int level, size_t n, bool want = true) {
+                layer[l].*t = l > 0 && recompute >= level ? layer[0].*t : take(n, want);
+            };
+            per(&LayerActs<Real>::x, 3, N * c.D); per(&LayerActs<Real>::a, 1, N * c.D, matmul_inputs && pre);
+            per(&LayerActs<Real>::rstd_a, 2, N); per(&LayerActs<Real>::qkv, 2, N * c.qkv_dim(), matmul_inputs);
+            per(&LayerActs<Real>::lse, 2, N * c.H); per(&LayerActs<Real>::o, 2, N * c.H * c.hd(), matmul_inputs);
+            per(&LayerActs<Real>::xm, 2, N * c.D); per(&LayerActs<Real>::f, 1, N * c.D, matmul_inputs && pre);
+            per(&LayerActs<Real>::rstd_f, 2, N); per(&LayerActs<Real>::h13, 2, N * 2 * c.F, matmul_inputs);
+            per(&LayerActs<Real>::g, 1, N * c.F, matmul_inputs);
+            per(&LayerActs<Real>::qk, 2, N * c.qk_dim(), c.qk_norm); per(&LayerActs<Real>::rstd_qk, 2, 2 * N, c.qk_norm);
+            per(&LayerActs<Real>::u, 2, N * c.D, !pre); per(&LayerActs<Real>::y, 2, N * c.D, !pre);
         }
         xL = take(N * c.D); xlast = take(BT * c.D); rstd_final = take(BT);
         xn = take(BT * c.D); logits = take(BT * c.Vp); losses = take(BT); lse = take(BT);
@@ -831,8 +852,8 @@ template<typename Real> struct Activations {
         dh13 = take(N * 2 * c.F, matmul_inputs); dxlast = take(BT * c.D); dy = take(N * c.D, matmul_inputs && !pre);
         return used;
     }
-    static size_t floats(const Config& c, int B, int T, bool matmul_inputs = true) {
-        return Activations().point(c, B, T, nullptr, matmul_inputs);
+    static size_t floats(const Config& c, int B, int T, bool matmul_inputs = true, int recompute = 0) {
+        return Activations().point(c, B, T, nullptr, matmul_inputs, recompute);
     }
 };
 
@@ -843,6 +864,7 @@ template<typename Real> struct Model : Activations<Real> {
     std::vector<Real> rope_cos, rope_sin;  // (maxT, hd/2)
 
     int B = 0, T = 0;                  // shape the activations are sized for
+    int recompute = 0;                 // 0, 1, 2: what the backward recomputes (Activations::point); set before the first forward
     std::vector<Real> act_mem;         // the activations' arena
     std::vector<int> tokens, targets;  // (B, T) of the last forward
     std::vector<int> pos;              // (B*TK) RoPE position of every row
@@ -864,8 +886,8 @@ template<typename Real> struct Model : Activations<Real> {
     void size_for(int B_, int T_) {
         if (B_ == B && T_ == T) return;
         B = B_; T = T_;
-        act_mem.assign(Activations<Real>::floats(cfg, B, T), 0);
-        this->point(cfg, B, T, act_mem.data());
+        act_mem.assign(Activations<Real>::floats(cfg, B, T, true, recompute), 0);
+        this->point(cfg, B, T, act_mem.data(), true, recompute);
         const size_t N = (size_t)B * T * cfg.K;
         pos.resize(N);
         for (size_t r = 0; r < N; r++) pos[r] = row_position(cfg, T, (int)(r % ((size_t)T * cfg.K)));  // every copy: position n
@@ -928,6 +950,27 @@ void layer_backward(Model<Real>& M, const LayerActs<Real>& a, const LayerView<Re
     for (size_t i = 0; i < ND; i++) M.dx[i] += M.dtmp[i];
 }
 
+// What layer l's backward reads and M.recompute left to share with the other layers, made
+// again from the layer's input by the forward's own steps, so the gradients keep their bits:
+// level 1 the norms' outputs and the SwiGLU's (elementwise work), level 2 the whole layer
+// (its forward once more, x_next rewritten with the same values).
+template<typename Real> void layer_recompute(Model<Real>& M, int l) {
+    const Config& c = M.cfg;
+    const LayerActs<Real>& a = M.layer[l];
+    const LayerView<Real>& w = M.p.layer[l];
+    const int N = M.B * M.T * c.K;
+    if (M.recompute == 2) {
+        layer_forward(M, a, w, l + 1 < c.L ? M.layer[l + 1].x : M.xL, N, M.pos.data(),
+                      [&] { attention_forward(a.o, a.lse, a.qkv, c, M.B, M.T); });
+        return;
+    }
+    if (c.norm == NORM_PRE) {
+        rmsnorm_forward(a.a, a.rstd_a, a.x, w.g_attn, N, c.D);
+        rmsnorm_forward(a.f, a.rstd_f, a.xm, w.g_ffn, N, c.D);
+    }
+    swiglu_forward(a.g, a.h13, N, c.F);
+}
+
 // Forward over tokens (B, T). Returns the mean last-copy loss (the cross-entropy; the z-loss
 // goes to M.z_term) if targets is given (else 0, and only the logits are computed).
 template<typename Real> Real model_forward(Model<Real>& M, const int* tokens, const int* targets, int B, int T) {
@@ -973,7 +1016,10 @@ template<typename Real> void model_backward(Model<Real>& M, Real dloss) {
     for (int i = 0; i < BT; i++)
         std::copy(M.dxlast + (size_t)i * D, M.dxlast + (size_t)(i + 1) * D, M.dx + ((size_t)i / T * T * K + token_row(c, T, i % T, K - 1)) * D);
 
-    for (int l = c.L - 1; l >= 0; l--) layer_backward(M, M.layer[l], M.p.layer[l], M.g.layer[l]);
+    for (int l = c.L - 1; l >= 0; l--) {
+        if (M.recompute && l < c.L - 1) layer_recompute(M, l);  // the last layer's shared tensors still hold its forward's
+        layer_backward(M, M.layer[l], M.p.layer[l], M.g.layer[l]);
+    }
     embedding_backward(M.g.E, M.dx, M.tokens.data(), c, B, T);
 }
 

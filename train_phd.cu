@@ -47,6 +47,7 @@ struct Args {
     int samples = 1;  // --generate's continuations, decoded together
     int overlap = 1;  // the GPU's gradient reduction during the backward (kernels/engine.h)
     int graph = 1;    // one GPU: each training step one CUDA graph (kernels/engine.h)
+    int recompute = 0;  // what the backward recomputes (model.h's Activations::point)
     uint64_t seed = 1337;
     float lr = 1e-3f, final_frac = 0.1f, weight_decay = 0.1f, check_tol = -1, temperature = 1.0f;
     float skip_update_z = 0;  // 0: never skip an update
@@ -109,6 +110,9 @@ static void usage() {
         "      --threads N          OpenMP threads (default: all cores)\n"
         "      --overlap 0|1        under mpirun, the GPU reduces each layer's gradients during the\n"
         "                           backward (1), or all after it (0): the same bits, later (1)\n"
+        "      --recompute 0|1|2    activation memory: the backward recomputes each layer's norm\n"
+        "                           and SwiGLU outputs (1, ~20 %% less at D=2048) or all but its input\n"
+        "                           (2, ~one more forward); the same gradients, bit for bit (0)\n"
         "      --graph 0|1          on one GPU, each training step is one CUDA graph, captured at\n"
         "                           its first step (1), or its kernels launched one by one (0):\n"
         "                           the same bits (1)\n"
@@ -195,6 +199,7 @@ static Args parse_args(int argc, char** argv) {
         else if (f == "--tf32") a.tf32 = parse_int(fl, v, 0);
         else if (f == "--overlap") a.overlap = parse_int(fl, v, 0);
         else if (f == "--graph") a.graph = parse_int(fl, v, 0);
+        else if (f == "--recompute") a.recompute = parse_int(fl, v, 0);
         else if (f == "--dtype") a.dtype = v;
         else if (f == "--compare-cpu") a.compare_cpu = parse_int(fl, v, 0);
         else if (f == "--threads") a.threads = parse_int(fl, v, 1);
@@ -229,6 +234,7 @@ static Args parse_args(int argc, char** argv) {
     if (a.tf32 > 1) die("--tf32: expected 0 or 1, got %d", a.tf32);
     if (a.overlap > 1) die("--overlap: expected 0 or 1, got %d", a.overlap);
     if (a.graph > 1) die("--graph: expected 0 or 1, got %d", a.graph);
+    if (a.recompute > 2) die("--recompute: expected 0, 1 or 2, got %d", a.recompute);
     if (a.tf32 && a.device == "cpu" && !a.compare_cpu) die("--tf32 1: tensor cores are the GPU's, and this run is on the CPU");
     if (a.dtype != "auto" && a.dtype != "fp32" && a.dtype != "bf16") die("--dtype: expected auto, fp32 or bf16, got '%s'", a.dtype.c_str());
     if (a.dtype == "bf16" && a.tf32) die("--tf32 1: TF32 is for --dtype fp32's matmuls; --dtype bf16 runs them in bf16");
@@ -249,15 +255,6 @@ static Args parse_args(int argc, char** argv) {
     if (!a.prompt.empty() && !a.prompt_ids.empty()) die("--prompt: give either --prompt or --prompt-ids, not both");
     return a;
 }
-
-// The named sizes of --model: the paper's models (model.h §8) with its block (§10) and OLMo 2's
-// vocabulary (cl100k_base's 100,278 tokens), and a GPT-2-small-like one with §9's block.
-struct NamedModel { const char* name; int V, L, D, H, Hkv, F; const char* block; };
-static const NamedModel kModels[] = {
-    {"gpt2-124m", 50257, 12, 768, 12, 12, 2048, "llama"},
-    {"paper-550m", 100278, 16, 1536, 16, 4, 4096, "olmo2"},
-    {"paper-1.2b", 100278, 16, 2048, 32, 8, 8192, "olmo2"},
-};
 
 // The model config: from --init's checkpoint, else from the flags (over --model's, over the defaults).
 static Config model_config(const Args& a, std::vector<float>* init_params_out) {
@@ -362,7 +359,7 @@ static int compare_step(const char* what, const Config& c, const StepResult& got
 // --dtype: bf16 (matmuls and attention on bf16 tensor cores) is the GPU's default, where the
 // model's head size has a bf16 attention kernel and TF32 was not asked for; fp32 otherwise.
 static bool use_bf16(const Args& a, const Config& c) {
-    const bool has_kernel = c.hd() % 16 == 0 && c.hd() <= 128;
+    const bool has_kernel = bf16_attention_head(c.hd());
     if (a.dtype == "bf16" && !has_kernel) die("--dtype bf16: head size %d has no bf16 attention kernel (16, 32, 64 or 128)", c.hd());
     if (a.dtype != "auto") return a.dtype == "bf16";
     return a.device == "cuda" && !a.tf32 && has_kernel;
@@ -680,7 +677,6 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
     }
 
     const double MiB = 1.0 / (1 << 20);
-    const size_t act_bytes = E.activation_bytes(a.B, a.T);
     const bool gpu = std::string(Engine::name()) == "cuda";
     const char* precision = !gpu                ? ""
                             : use_bf16(a, c) ? " (bf16 tensor cores: matmuls and attention; fp32 weights, accumulation, optimizer)"
@@ -691,7 +687,10 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
            P / 1e6, (P - (double)c.Vp * c.D) / 1e6, Engine::name(), precision);
     printf("batch B=%d T=%d x %d micro-batches x %d rank%s = %d tokens/step, %d steps, lr %g, %d OpenMP threads%s\n", a.B, a.T,
            accum, dist.size, dist.size > 1 ? "s" : "", a.total_batch, a.steps, a.lr, omp_get_max_threads(), dist.size > 1 ? " each" : "");
-    printf("memory: params+grads+adam %.1f MiB, activations %.1f MiB\n", 4.0 * P * 4 * MiB, act_bytes * MiB);
+    const MemoryCount mem = E.memory(a.B, a.T);  // every buffer of the run (kernels/engine.h)
+    printf("memory: %.1f MiB: parameters %.1f%s, gradients %.1f, AdamW moments %.1f%s, activations %.1f (B=%d T=%d, --recompute %d), "
+           "other %.1f\n", mem.total() * MiB, mem.params * MiB, gpu && use_bf16(a, c) ? " (fp32 and bf16)" : "", mem.grads * MiB,
+           mem.moments * MiB, dist.size > 1 ? " (this rank's shard)" : "", mem.activations * MiB, a.B, a.T, a.recompute, mem.other * MiB);
     // MFU as llm.c shows it: the step's model FLOPs (model.h §7's cost model, original
     // tokens) per second against the device's dense peak for the format of its matrix
     // products. A GPU's only; "-" where its peak is unknown (the emulation).
@@ -800,6 +799,18 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
     return 0;
 }
 
+// The flags' engine options.
+static EngineOptions engine_options(const Args& a, const Config& c, bool training) {
+    EngineOptions o;
+    o.training = training;
+    o.recompute = a.recompute;
+    o.tf32 = a.tf32 != 0;
+    o.bf16 = use_bf16(a, c);
+    o.overlap = a.overlap != 0;
+    o.graphs = a.graph != 0;
+    return o;
+}
+
 #ifdef PHD_GPU
 
 // --compare-cpu: one forward and backward on both engines from the same weights.
@@ -809,9 +820,10 @@ static int compare_cpu(const Args& a, const Config& c, const std::vector<float>&
     dl.open(a.train_pattern.c_str(), a.B, a.T, c.V);
     std::vector<int> in((size_t)a.B * a.T), tg(in.size());
     dl.next_batch(in.data(), tg.data());
-    CpuEngine cpu(c, params);
-    const bool bf16 = use_bf16(a, c);
-    GpuEngine gpu(c, params, a.tf32 != 0, true, bf16);
+    const EngineOptions o = engine_options(a, c, true);
+    CpuEngine cpu(c, params, o);
+    const bool bf16 = o.bf16;
+    GpuEngine gpu(c, params, o);
     StepResult want = run_step(cpu, in.data(), tg.data(), a.B, a.T), got = run_step(gpu, in.data(), tg.data(), a.B, a.T);
     printf("GPU vs CPU, one step of %s (B=%d T=%d) in %s, tolerance %.1e\n", variant_name(c).c_str(), a.B, a.T, bf16 ? "bf16" : "fp32",
            check_tol(a, bf16));
@@ -875,13 +887,14 @@ static int show_mask(const Args& a) {
 // moments (generation needs only the parameters).
 template<typename Fn>
 static int on_engine([[maybe_unused]] const Args& a, const Config& c, const std::vector<float>& params, bool training, Fn fn) {
+    const EngineOptions options = engine_options(a, c, training);
 #ifdef PHD_GPU
     if (a.device == "cuda") {
-        GpuEngine E(c, params, a.tf32 != 0, training, use_bf16(a, c), a.overlap != 0, a.graph != 0);  // generation decodes in the same dtype
+        GpuEngine E(c, params, options);  // generation decodes in the same dtype
         return fn(E);
     }
 #endif
-    CpuEngine E(c, params, training);
+    CpuEngine E(c, params, options);
     return fn(E);
 }
 

@@ -155,7 +155,7 @@ int main(int argc, char** argv) {
     if (o.tf32 && o.device != "cuda") die("bench_decode: --tf32 1 is for --device cuda");
     if (o.bf16 == 1 && (o.device != "cuda" || o.tf32)) die("bench_decode: --bf16 1 is for --device cuda with --tf32 0");
     const Config shape = make_config("vanilla", o);
-    const bool has_kernel = shape.hd() % 16 == 0 && shape.hd() <= 128;  // the bf16 attention's head sizes
+    const bool has_kernel = bf16_attention_head(shape.hd());
     if (o.bf16 == 1 && !has_kernel) die("bench_decode: --bf16 1: head size %d has no bf16 attention kernel (16, 32, 64 or 128)", shape.hd());
     if (o.bf16 < 0) o.bf16 = o.device == "cuda" && !o.tf32 && has_kernel;
     std::vector<float> params(num_params(shape));

@@ -27,6 +27,11 @@
 //    the design's floor. On a GPU each launch is timed too (measured beside floor); on the
 //    emulation the step is a dry run (nothing runs), so it counts GPT-2-small in a second.
 //
+// 5. --memory T (alone; no GPU needed, the emulated build prints it as well): the device memory
+//    of training the paper's models (model.h's kModels) at T positions, as the start-up
+//    `memory:` line counts it (GpuEngine::memory), for K = 1, 2, 3, each --recompute level,
+//    and the largest micro-batch that fits an 80 GB and a 141 GB GPU: README's table.
+//
 //   make bench-gpu        (nvcc and a GPU; GPT-2-small-like: L=12 D=768 H=12 T=1024, B=8)
 //   ./build/bench_gpu [--variant V]... [-b B] [-t T] [--layers L] [--dim D] [--heads H]
 //                     [--steps N] [--tf32 0|1] [--bf16 0|1] [--lab 0|1] [--lab-variant V] [--tiny]
@@ -161,7 +166,10 @@ static void budget(const Options& o, const std::vector<float>& params, const std
     cuda_emu::dry_run() = true;
 #endif
     const Config c = make_config(v, o);
-    GpuEngine E(c, params, false, true, true, true, false);  // no graph: each launch counted, and timed between events
+    EngineOptions eo;
+    eo.bf16 = true;
+    eo.graphs = false;  // each launch counted, and timed between events
+    GpuEngine E(c, params, eo);
     std::vector<int> tok, tgt;
     random_batch(c, o, &tok, &tgt);
     Ledger ledger;
@@ -230,7 +238,11 @@ static void training_steps(const Options& o, const std::vector<float>& params) {
         std::vector<int> tok, tgt;
         random_batch(c, o, &tok, &tgt);
         auto median_ms = [&](bool graphs) {  // the step as one CUDA graph, or launched kernel by kernel (--graph 0)
-            GpuEngine E(c, params, o.tf32 != 0, true, o.bf16 != 0, true, graphs);
+            EngineOptions eo;
+            eo.tf32 = o.tf32 != 0;
+            eo.bf16 = o.bf16 != 0;
+            eo.graphs = graphs;
+            GpuEngine E(c, params, eo);
             std::vector<double> times;
             for (int s = 0; s <= o.steps; s++) {
                 cudaCheck(cudaDeviceSynchronize());
@@ -252,8 +264,49 @@ static void training_steps(const Options& o, const std::vector<float>& params) {
     }
 }
 
+// Section 5: a Markdown table. What a GPU offers training: the memory a device of that name
+// reports (cudaMemGetInfo's total: 79.1 GiB on an H100 80 GB, 139.8 GiB on an H200) less 2 GiB
+// for the CUDA context, cuBLAS's workspace and the allocator's slack, which the count leaves out.
+static void memory_table(int T) {
+    const double GiB = 1024.0 * 1024 * 1024;
+    const struct { const char* name; double bytes; } gpus[] = {{"80 GB", 77.1 * GiB}, {"141 GB", 137.8 * GiB}};
+    printf("| model | variant | dtype | weights, grads, AdamW | activations a sequence, recompute 0 / 1 / 2 | largest B, 80 GB: 0 / 1 / 2 "
+           "| largest B, 141 GB: 0 / 1 / 2 |\n|---|---|---|---|---|---|---|\n");
+    for (const NamedModel& m : kModels) {
+        if (std::string(m.block) != "olmo2") continue;
+        for (const char* v : {"vanilla", "phd-cswa-2-16-32", "phd-cswa-3-16-32"}) {
+            Config c;
+            parse_variant(v, &c);
+            c.V = m.V; c.Vp = pad_vocab(c.V); c.L = m.L; c.D = m.D; c.H = m.H; c.Hkv = m.Hkv; c.F = m.F; c.maxT = T;
+            set_block(&c, true);
+            EngineOptions o;
+            o.bf16 = bf16_attention_head(c.hd());  // train_phd's --dtype auto
+            const size_t P = num_params(c);
+            const MemoryCount fixed = GpuEngine::memory(c, 0, T, o, P, 1);
+            std::string acts, fits[2];
+            for (int r = 0; r < 3; r++) {
+                o.recompute = r;
+                char buf[64];
+                snprintf(buf, sizeof buf, "%s%.1f", r ? " / " : "", GpuEngine::memory(c, 1, T, o, P, 1).activations / GiB);
+                acts += buf;
+                for (int g = 0; g < 2; g++) {
+                    int B = 0;
+                    while (GpuEngine::memory(c, B + 1, T, o, P, 1).total() <= gpus[g].bytes) B++;
+                    fits[g] += (r ? " / " : "") + std::to_string(B);
+                }
+            }
+            printf("| %s | %s | %s | %.1f GiB | %s GiB | %s | %s |\n", m.name, v, o.bf16 ? "bf16" : "fp32",
+                   (fixed.params + fixed.grads + fixed.moments + fixed.other) / GiB, acts.c_str(), fits[0].c_str(), fits[1].c_str());
+        }
+    }
+}
+
 int main(int argc, char** argv) {
     setvbuf(stdout, nullptr, _IOLBF, 0);  // a line at a time even into a file or pipe: a run stopped early keeps its lines
+    if (argc == 3 && std::string(argv[1]) == "--memory") {
+        memory_table(atoi(argv[2]));
+        return 0;
+    }
     Options o;
     for (int i = 1; i < argc; i++) {
         std::string f = argv[i];

@@ -16,6 +16,30 @@
 #include "cpu_decode.h"
 #include "dist.h"
 
+// How an engine runs. training false: only what the KV-cache decoder needs (the parameters),
+// for --generate. recompute: what the backward recomputes instead of keeping (model.h's
+// Activations::point; --recompute). The GPU's: tf32 (--tf32), bf16 (--dtype bf16: matmuls
+// and attention on bf16 tensor cores), overlap (reductions during the last backward), graphs
+// (one rank: each step one CUDA graph launch).
+struct EngineOptions {
+    bool training = true;
+    int recompute = 0;
+    bool tf32 = false, bf16 = false, overlap = true, graphs = true;
+};
+
+// Memory of a run in bytes, by what holds it: every buffer its engine allocates (the host's
+// on the CPU, the device's on the GPU), CUDA's context and cuBLAS's workspace aside. The
+// start-up `memory:` line and bench_gpu --memory's table print it; GPU runs check it against
+// the free memory before they allocate.
+struct MemoryCount {
+    size_t params = 0;       // fp32 weights, and their bf16 copy in bf16 runs
+    size_t grads = 0;
+    size_t moments = 0;      // AdamW's m and v of this rank's shard, and the shard's summed gradients with several ranks
+    size_t activations = 0;  // for one micro-batch (B, T), with the tokens and every scratch buffer
+    size_t other = 0;        // RoPE's tables and small buffers
+    size_t total() const { return params + grads + moments + activations + other; }
+};
+
 // One training step's work once stage() has put its `micro` batches and its step number and
 // learning rate in place: each micro-batch's forward and backward (the gradients of dloss
 // times its mean loss, summed), the gradients' reduction over the ranks, their norm and clip
@@ -41,12 +65,14 @@ struct CpuEngine {
     double step_loss = 0;         // forward_async's losses since take_loss
     double step_z = 0;            // and their z-loss terms (model.h §10)
     double grad_norm_ = 0;        // clip's
+    EngineOptions opt;
     const int *staged_in = nullptr, *staged_tg = nullptr;  // (micro, B, T) stage's, read by the step
     int staged_B = 0, staged_T = 0, staged_step = 0;
     float staged_lr = 0;
-    CpuEngine(const Config& c, const std::vector<float>& params, bool training = true)
-        : M(c), S(dist.shards({0, params.size()})), m(training ? S.size : 0), v(m.size()), gshard(dist.size > 1 ? m.size() : 0) {
+    CpuEngine(const Config& c, const std::vector<float>& params, const EngineOptions& o = {})
+        : M(c), S(dist.shards({0, params.size()})), m(o.training ? S.size : 0), v(m.size()), gshard(dist.size > 1 ? m.size() : 0), opt(o) {
         M.params = params;
+        M.recompute = o.recompute;
     }
     static const char* name() { return "cpu"; }
     float forward(const int* in, const int* tg, int B, int T) { return model_forward(M, in, tg, B, T); }
@@ -108,10 +134,18 @@ struct CpuEngine {
     static double peak_tflops() { return 0; }
     // A KV-cache decoder of `samples` continuations over the current weights (kernels/cpu_decode.h).
     Decoder<float> decoder(int samples = 1, Sampling s = {}) const { return Decoder<float>(M, samples, s); }
-    size_t activation_bytes(int B, int T) {
-        M.size_for(B, T);
-        return M.act_mem.size() * sizeof(float);
+    // shard: this rank's share of the parameters; ranks: how many there are.
+    static MemoryCount memory(const Config& c, int B, int T, const EngineOptions& o, size_t shard, int ranks) {
+        const size_t P = num_params(c), N = (size_t)B * T * c.K, f = sizeof(float);
+        MemoryCount m;
+        m.params = P * f;
+        m.grads = P * f;
+        m.moments = o.training ? (ranks > 1 ? 3 : 2) * shard * f : 0;
+        m.activations = Activations<float>::floats(c, B, T, true, o.recompute) * f + (2 * (size_t)B * T + N) * sizeof(int);
+        m.other = (size_t)c.maxT * c.hd() * f;
+        return m;
     }
+    MemoryCount memory(int B, int T) const { return memory(M.cfg, B, T, opt, S.size, dist.size); }
 };
 
 #if defined(__CUDACC__) || defined(PHD_EMULATE_GPU)
@@ -188,13 +222,12 @@ struct GpuEngine {
                    memcmp(&o, &k.o, sizeof o) == 0;  // AdamW: 4-byte fields, no padding
         }
     } graph_key{};
-    // training false: only what the KV-cache decoder needs (the parameters), for --generate.
-    // bf16: matmuls and attention on bf16 tensor cores (kernels/gpu_model.cuh). graphs_: on one
-    // rank, each step one CUDA graph launch.
-    GpuEngine(const Config& c, const std::vector<float>& params, bool tf32, bool training = true, bool bf16 = false, bool overlap_ = true,
-              bool graphs_ = true)
-        : G(c, params.data(), tf32, training, bf16), S(dist.shards(GpuModel::grad_buckets(c))), overlap(overlap_), graphs(graphs_) {
-        if (!training) return;
+    EngineOptions opt;
+    GpuEngine(const Config& c, const std::vector<float>& params, const EngineOptions& o = {})
+        : G(c, params.data(), o.tf32, o.training, o.bf16), S(dist.shards(GpuModel::grad_buckets(c))), overlap(o.overlap), graphs(o.graphs),
+          opt(o) {
+        G.recompute = o.recompute;
+        if (!o.training) return;
         now = std::make_unique<AdamWStep>();
         const size_t n = S.size;
         gpu_check_fits((dist.size > 1 ? 3 : 2) * n * sizeof(float), "AdamW moments");
@@ -325,7 +358,18 @@ struct GpuEngine {
     double peak_tflops() const { return ::peak_tflops(dtype()); }  // 0: unknown, no MFU
     // A KV-cache decoder over the current weights, on the device (kernels/gpu_decode.cuh).
     GpuDecoder decoder(int samples = 1, Sampling s = {}) { return GpuDecoder(G, samples, s); }
-    // GpuModel::size_for checks that they fit before it allocates them.
-    size_t activation_bytes(int B, int T) const { return G.activation_bytes(B, T); }
+    // As CpuEngine's, on the device: what GpuModel's and this constructor allocate, and
+    // GpuModel::size_for, which checks that the activations fit before it allocates them.
+    static MemoryCount memory(const Config& c, int B, int T, const EngineOptions& o, size_t shard, int ranks) {
+        const size_t P = num_params(c), f = sizeof(float);
+        MemoryCount m;
+        m.params = P * f + (o.bf16 ? P * sizeof(__nv_bfloat16) : 0);
+        m.grads = o.training ? P * f : 0;
+        m.moments = o.training ? (ranks > 1 ? 3 : 2) * shard * f : 0;
+        m.activations = GpuModel::activation_bytes(c, B, T, o.bf16, o.training, o.recompute);
+        m.other = GpuModel::beside_params(c, o.training) + (o.training ? kNormBlocks * sizeof(double) + 64 : 0) + 64;
+        return m;
+    }
+    MemoryCount memory(int B, int T) const { return memory(G.cfg, B, T, opt, S.size, dist.size); }
 };
 #endif

@@ -67,6 +67,7 @@ struct GpuModel : Activations<float> {
     cudaStream_t stream = nullptr;
 
     int B = 0, T = 0;
+    int recompute = 0;                           // 0, 1, 2: what the backward recomputes (Activations::point); set before the first forward
     float* act = nullptr;                        // the activations' arena (Activations in model.h)
     int *d_tokens = nullptr, *d_targets = nullptr;     // (B, T) of the last forward
     int *d_row_index = nullptr, *d_row_pos = nullptr;  // (B*T*K) each row's b*T + n, and n: set once per shape
@@ -93,14 +94,17 @@ struct GpuModel : Activations<float> {
     uint64_t layout = 0;
     cudaStream_t capture_stream = nullptr;       // where capture() records (the legacy stream cannot)
 
+    // What stays beside the parameters: RoPE's tables, the losses' sums, and for training
+    // AdamW's tensor table.
+    static size_t beside_params(const Config& c, bool training) {
+        return (size_t)c.maxT * c.hd() * sizeof(float) + 2 * sizeof(float) + (training ? param_tensors(c).size() * (sizeof(size_t) + 1) : 0);
+    }
     // training false: inference only (the KV-cache decoder), the parameters without gradients.
     // bf16_: matmuls and attention on bf16 tensor cores (head sizes 16, 32, 64, 128).
     GpuModel(const Config& c, const float* host_params, bool tf32_, bool training = true, bool bf16_ = false)
         : cfg(c), tf32(tf32_), bf16(bf16_), P(num_params(c)) {
-        if (bf16 && (c.hd() % 16 || c.hd() > 128)) die("bf16 attention: head size %d has no instance (16, 32, 64, 128)", c.hd());
-        // With what stays beside them: RoPE's tables, and for training AdamW's tensor table.
-        const size_t beside = (size_t)c.maxT * c.hd() * sizeof(float) + (training ? param_tensors(c).size() * (sizeof(size_t) + 1) : 0);
-        gpu_check_fits((training ? 2 : 1) * P * sizeof(float) + (bf16 ? P * sizeof(__nv_bfloat16) : 0) + beside,
+        if (bf16 && !bf16_attention_head(c.hd())) die("bf16 attention: head size %d has no instance (16, 32, 64, 128)", c.hd());
+        gpu_check_fits((training ? 2 : 1) * P * sizeof(float) + (bf16 ? P * sizeof(__nv_bfloat16) : 0) + beside_params(c, training),
                        training ? "parameters and gradients" : "parameters");
         cudaCheck(cudaMalloc(&params, P * sizeof(float)));
         p = param_view(c, params);
@@ -146,23 +150,45 @@ struct GpuModel : Activations<float> {
         if (bf16) copy_to_bf16(params16, params, P, stream);
     }
 
-    // Elements of in16's arena for a batch (B, T); each tensor starts on a 256-byte boundary,
-    // as the bf16 attention's 16-byte cp.async loads and cuBLAS's fastest kernels want.
-    static size_t bf16_elems(const Config& c, int B_, int T_) {
+    // Places in16's tensors for a batch (B, T) from mem (null: only counts) and returns their
+    // elements; each starts on a 256-byte boundary, as the bf16 attention's 16-byte cp.async
+    // loads and cuBLAS's fastest kernels want. Layers share what recompute recomputes, as in
+    // Activations::point: 1 a, f and g; 2 all of them.
+    static size_t point16(const Config& c, int B_, int T_, int recompute, __nv_bfloat16* mem, StepIn<__nv_bfloat16>& in) {
+        const size_t n = (size_t)B_ * T_ * c.K, BT = (size_t)B_ * T_, od = (size_t)c.H * c.hd();
+        size_t used = 0;
+        auto take = [&](size_t k) {
+            __nv_bfloat16* r = mem ? mem + used : nullptr;
+            used += (k + 127) / 128 * 128;
+            return r;
+        };
+        in.layer.resize(c.L);
+        for (size_t l = 0; l < in.layer.size(); l++) {
+            auto per = [&](__nv_bfloat16* LayerIn<__nv_bfloat16>::*t, int level, size_t k) {
+                in.layer[l].*t = l > 0 && recompute >= level ? in.layer[0].*t : take(k);
+            };
+            per(&LayerIn<__nv_bfloat16>::a, 1, n * c.D); per(&LayerIn<__nv_bfloat16>::qkv, 2, n * c.qkv_dim());
+            per(&LayerIn<__nv_bfloat16>::o, 2, n * od); per(&LayerIn<__nv_bfloat16>::f, 1, n * c.D);
+            per(&LayerIn<__nv_bfloat16>::h13, 2, n * 2 * c.F); per(&LayerIn<__nv_bfloat16>::g, 1, n * c.F);
+        }
+        in.dx = take(n * c.D); in.dg = take(n * c.F); in.dh13 = take(n * 2 * c.F);
+        in.dout = take(n * od); in.dqkv = take(n * c.qkv_dim());
+        in.xn = take(BT * c.D); in.dlogits = take(BT * c.Vp);
+        return used;
+    }
+    // Device memory of every buffer size_for allocates for a batch (B, T): Activations' fp32
+    // arena (bf16 runs without the fp32 matmul inputs), the tokens, targets and row tables,
+    // the embedding backward's sort keys, the RMSNorm backward's partial sums when training,
+    // and in bf16 runs the bf16 tensors and D of the bf16 attention backward.
+    static size_t activation_bytes(const Config& c, int B_, int T_, bool bf16_, bool training, int recompute) {
         const size_t N = (size_t)B_ * T_ * c.K, BT = (size_t)B_ * T_;
-        auto al = [](size_t n) { return (n + 127) / 128 * 128; };
-        const size_t per_layer = 2 * al(N * c.D) + al(N * c.qkv_dim()) + al(N * c.H * c.hd()) + al(N * 2 * c.F) + al(N * c.F);
-        return c.L * per_layer + al(N * c.D) + al(N * c.F) + al(N * 2 * c.F) + al(N * c.H * c.hd()) + al(N * c.qkv_dim()) + al(BT * c.D) +
-               al(BT * c.Vp);
+        StepIn<__nv_bfloat16> none;
+        size_t bytes = floats(c, B_, T_, !bf16_, recompute) * sizeof(float) + (2 * N + 2 * BT) * sizeof(int) +
+                       token_sort_slots((int)BT) * sizeof(uint64_t) + (training ? (size_t)dg_chunks((int)N) * c.D * sizeof(float) : 0);
+        if (bf16_) bytes += point16(c, B_, T_, recompute, nullptr, none) * sizeof(__nv_bfloat16) + N * c.H * sizeof(float);
+        return bytes;
     }
-    // Device memory of the activations for a batch (B, T): Activations' fp32 arena (bf16 runs
-    // without the fp32 matmul inputs), the RMSNorm backward's partial sums when training, and
-    // in bf16 runs the bf16 tensors and D of the bf16 attention backward.
-    size_t activation_bytes(int B_, int T_) const {
-        const size_t N = (size_t)B_ * T_ * cfg.K;
-        const size_t f32 = floats(cfg, B_, T_, !bf16) * sizeof(float) + (grads ? (size_t)dg_chunks((int)N) * cfg.D * sizeof(float) : 0);
-        return bf16 ? f32 + bf16_elems(cfg, B_, T_) * sizeof(__nv_bfloat16) + N * cfg.H * sizeof(float) : f32;
-    }
+    size_t activation_bytes(int B_, int T_) const { return activation_bytes(cfg, B_, T_, bf16, grads != nullptr, recompute); }
 
     void size_for(int B_, int T_) {
         if (B_ == B && T_ == T) return;
@@ -177,34 +203,23 @@ struct GpuModel : Activations<float> {
         const size_t slots = token_sort_slots(B * T);
         char what[64];
         snprintf(what, sizeof what, "activations for B=%d T=%d", B, T);
-        gpu_check_fits(activation_bytes(B, T) + (2 * (size_t)N + 2 * B * T) * sizeof(int) + slots * sizeof(uint64_t), what,
-                       " (lower -b or -t)");
-        cudaCheck(cudaMalloc(&act, floats(cfg, B, T, !bf16) * sizeof(float)));
+        gpu_check_fits(activation_bytes(B, T), what, recompute < 2 ? " (lower -b or -t, or --recompute 2)" : " (lower -b or -t)");
+        cudaCheck(cudaMalloc(&act, floats(cfg, B, T, !bf16, recompute) * sizeof(float)));
         cudaCheck(cudaMalloc(&d_tokens, (size_t)B * T * sizeof(int)));
         cudaCheck(cudaMalloc(&d_targets, (size_t)B * T * sizeof(int)));
         cudaCheck(cudaMalloc(&d_row_index, (size_t)N * sizeof(int)));
         cudaCheck(cudaMalloc(&d_row_pos, (size_t)N * sizeof(int)));
         cudaCheck(cudaMalloc(&d_sort_keys, slots * sizeof(uint64_t)));
         if (grads) cudaCheck(cudaMalloc(&norm_scratch, (size_t)dg_chunks(N) * cfg.D * sizeof(float)));
-        point(cfg, B, T, act, !bf16);
+        point(cfg, B, T, act, !bf16, recompute);
         const bool pre = cfg.norm == NORM_PRE;
         in32.layer.clear();
         for (const LayerActs<float>& a : layer) in32.layer.push_back({pre ? a.a : a.x, a.qkv, a.o, pre ? a.f : a.xm, a.h13, a.g});
         in32.dx = pre ? dx : dy; in32.dg = dtmp; in32.dh13 = dh13; in32.dout = dtmp; in32.dqkv = dqkv; in32.xn = xn; in32.dlogits = logits;
         if (bf16) {
-            cudaCheck(cudaMalloc(&act16, bf16_elems(cfg, B, T) * sizeof(__nv_bfloat16)));
+            cudaCheck(cudaMalloc(&act16, point16(cfg, B, T, recompute, nullptr, in16) * sizeof(__nv_bfloat16)));
             cudaCheck(cudaMalloc(&attn_D, (size_t)N * cfg.H * sizeof(float)));
-            __nv_bfloat16* mem = act16;
-            auto take = [&mem](size_t n) { __nv_bfloat16* r = mem; mem += (n + 127) / 128 * 128; return r; };
-            const size_t n = N, od = (size_t)cfg.H * cfg.hd();
-            in16.layer.resize(cfg.L);
-            for (LayerIn<__nv_bfloat16>& l : in16.layer) {
-                l.a = take(n * cfg.D); l.qkv = take(n * cfg.qkv_dim()); l.o = take(n * od); l.f = take(n * cfg.D);
-                l.h13 = take(n * 2 * cfg.F); l.g = take(n * cfg.F);
-            }
-            in16.dx = take(n * cfg.D); in16.dg = take(n * cfg.F); in16.dh13 = take(n * 2 * cfg.F);
-            in16.dout = take(n * od); in16.dqkv = take(n * cfg.qkv_dim());
-            in16.xn = take((size_t)B * T * cfg.D); in16.dlogits = take((size_t)B * T * cfg.Vp);
+            point16(cfg, B, T, recompute, act16, in16);
         }
         std::vector<int> index(N), pos(N);
         for (int i = 0; i < N; i++) {
@@ -362,6 +377,30 @@ struct GpuModel : Activations<float> {
         }
     }
 
+    // What layer l's backward reads and recompute left to share, made again by the forward's
+    // own kernels, as layer_recompute in model.h (the same bits). Reordered bf16 runs: the
+    // matmuls' bf16 copies of x and xm are rounded again from them.
+    template<typename In> void layer_recompute(int l) {
+        const Config& c = cfg;
+        const int N = B * T * c.K, D = c.D;
+        const LayerActs<float>& a = layer[l];
+        const LayerIn<In>& in = step_in<In>().layer[l];
+        const bool pre = c.norm == NORM_PRE, reordered16 = !pre && !std::is_same_v<In, float>;
+        if (reordered16) copy_to_bf16((__nv_bfloat16*)in.a, a.x, (size_t)N * D, stream);
+        if (recompute == 2) {
+            layer_forward(a, in, weights<In>().layer[l], p.layer[l], l + 1 < c.L ? layer[l + 1].x : xL, N, d_row_pos,
+                          [&] { attention(in.o, a.lse, in.qkv, cfg, B, T); });
+            return;
+        }
+        if (pre) {
+            rmsnorm_forward(in.a, a.rstd_a, a.x, p.layer[l].g_attn, N, D, stream);
+            rmsnorm_forward(in.f, a.rstd_f, a.xm, p.layer[l].g_ffn, N, D, stream);
+        } else if (reordered16) {
+            copy_to_bf16((__nv_bfloat16*)in.f, a.xm, (size_t)N * D, stream);
+        }
+        swiglu_forward(in.g, in.h13, N, c.F, stream);
+    }
+
     // Its backward over the B*T*K rows of the last forward, as layer_backward in model.h: dx
     // (N, D), the gradient of x_next on entry (and d.dx, its copy in the matmuls' type,
     // pre-norm), becomes that of a.x; gradients add into gw. fp32 runs: d's tensors are
@@ -488,6 +527,7 @@ struct GpuModel : Activations<float> {
         if constexpr (!std::is_same_v<In, float>)
             if (c.norm == NORM_PRE) copy_to_bf16(in.dx, dx, (size_t)B * T * c.K * D, stream);
         for (int l = c.L - 1; l >= 0; l--) {
+            if (recompute && l < c.L - 1) layer_recompute<In>(l);  // the last layer's shared tensors still hold its forward's
             layer_backward(layer[l], in.layer[l], in, w.layer[l], p.layer[l], g.layer[l]);
             if (written) written(1 + l);
         }

@@ -400,6 +400,47 @@ TEST_CASE("GPU model with the OLMo 2 block and each of its options (model.h §10
         }
 }
 
+TEST_CASE("GPU model, --recompute 1 and 2: the gradients of 0 bit for bit, fp32 and bf16, every block; less memory, as counted") {
+    // Three layers at hd 16, T = 9, B = 2: the backward recomputes layers 1 and 0 into what
+    // they share with layer 2, whose own values are still there. The gradients, losses and
+    // logits must keep their bits; a recomputation that skipped a kernel, or read a tensor
+    // another layer overwrote, would change them. Emulated: what the device holds once a
+    // step has run is what GpuModel::activation_bytes counted, no more.
+    const int B = 2, T = 9;
+    for (const char* block : kBlocks)
+        for (bool bf16 : {false, true}) {
+            if (kUnderTsan && (bf16 || std::string(block) != "olmo2")) continue;
+            Config c = with_block(model_config("phd-cswa-3-2-2", T, 16), block, 0.05f);
+            c.L = 3;
+            std::vector<float> params(num_params(c));
+            init_params(c, params.data(), 71);
+            const std::vector<int> tok = random_tokens(B * T, c.V, 72), tgt = random_tokens(B * T, c.V, 73);
+            std::vector<float> grads[3];
+            size_t bytes[3];
+            for (int r = 0; r < 3; r++) {
+                INFO(std::string(block) << (bf16 ? " bf16" : " fp32") << " --recompute " << r);
+                GpuModel G(c, params.data(), false, true, bf16);
+                G.recompute = r;
+#ifndef __CUDACC__
+                const size_t before = cuda_emu::device_memory().used;
+#endif
+                G.zero_grads();
+                G.forward_async(tok.data(), tgt.data(), B, T);
+                G.backward(1.0f);
+                grads[r] = G.download(G.grads, G.P);
+                bytes[r] = G.activation_bytes(B, T);
+#ifndef __CUDACC__
+                const size_t held = cuda_emu::device_memory().used - before;
+                CHECK(held >= bytes[r]);
+                CHECK(held <= bytes[r] + (bf16 ? 4096 : 0));  // and the bf16 attention's tile maps, made at a shape's first launch
+#endif
+                if (r == 0) continue;
+                CHECK(grads[r] == grads[0]);
+                CHECK(bytes[r] < bytes[r - 1]);
+            }
+        }
+}
+
 TEST_CASE("GPU model with TF32 tensor cores (hd 16, 32, 64): within TF32 precision of the CPU model, and not fp32's") {
     // hd 16 at T = 9, B = 2 (27 rows: one block of kTcBlockRows = 64), hd 32 and 64 at T = 23,
     // B = 1 (69 rows: 2 blocks, the second of 5 rows; 5 warps of kTcRows = 16 rows, the

@@ -415,6 +415,33 @@ TEST_CASE("K = 1 of every variant is vanilla to the last bit, in every block") {
     }
 }
 
+TEST_CASE("recompute 1 and 2: the gradients of 0 to the last bit, every variant and block, in less memory") {
+    // Three layers: layers 1 and 0 are recomputed into what they share with layer 2. Two
+    // micro-batches, so that the second forward overwrites the first's shared tensors.
+    const int B = 2, T = 7;
+    for (const char* block : kBlocks)
+        for (const char* v : {"vanilla", "phd-3", "phd-swa-3-2", "phd-cswa-3-2-2", "naive-2"}) {
+            Config c = with_block(tiny_config(v), block, 0.05f);
+            c.L = 3;
+            std::vector<float> grads[3];
+            for (int r = 0; r < 3; r++) {
+                INFO(v << " " << block << " recompute " << r);
+                Model<float> M(c);
+                M.recompute = r;
+                init_params(c, M.params.data(), 8);
+                for (uint64_t seed : {9, 11}) {
+                    auto tok = random_tokens(B * T, c.V, seed), tgt = random_tokens(B * T, c.V, seed + 1);
+                    model_forward(M, tok.data(), tgt.data(), B, T);
+                    model_backward(M, 0.5f);
+                }
+                grads[r] = M.grads;
+                if (r == 0) continue;
+                CHECK(grads[r] == grads[0]);
+                CHECK(Activations<float>::floats(c, B, T, true, r) < Activations<float>::floats(c, B, T, true, r - 1));
+            }
+        }
+}
+
 TEST_CASE("the originals of phd, phd-swa and phd-cswa are a vanilla model, layer by layer, in every block") {
     const char* variants[] = {"phd-3", "phd-swa-3-2", "phd-cswa-3-2-2", "phd-cswa-2-16-32"};
     const int B = 2, T = 9;

@@ -235,7 +235,7 @@ TEST_CASE("--dtype bf16 (emulated): resume is bit-identical, the bf16 weights ma
     CHECK(final_a == file_bytes(b + "/model_00000004.bin"));
 }
 
-TEST_CASE("--device cuda (emulated): the step as a CUDA graph, launched kernel by kernel (--graph 0), or updating after the host's look: the same bits") {
+TEST_CASE("--device cuda (emulated): the step as a CUDA graph, launched kernel by kernel (--graph 0), updating after the host's look, or recomputing: the same bits") {
     // One GPU replays each step as a graph (captured at the second step, the first warming up)
     // that reads its tokens and AdamW's learning rate and bias corrections from pinned memory
     // the host fills each step: a graph that replayed the second step's would drift from the
@@ -251,6 +251,9 @@ TEST_CASE("--device cuda (emulated): the step as a CUDA graph, launched kernel b
     REQUIRE(run(flags + "--graph 0 -o " + b, &out) == 0);
     REQUIRE(run(flags + "--skip-update-z 1000 -o " + cc, &out) == 0);
     CHECK(out.find("skipped 0 of 5 updates") != std::string::npos);
+    const std::string d = tmp("graph-d");  // and with the layers recomputed in the backward (model.h's Activations::point)
+    REQUIRE(run(flags + "--recompute 2 -o " + d, &out) == 0);
+    CHECK(out.find("--recompute 2)") != std::string::npos);
     const std::vector<std::string> la = train_losses(a + "/log.txt");
     CHECK(la.size() == 5);
     CHECK(la == train_losses(b + "/log.txt"));
@@ -259,4 +262,5 @@ TEST_CASE("--device cuda (emulated): the step as a CUDA graph, launched kernel b
     CHECK(final_a.size() > 1024);
     CHECK(final_a == file_bytes(b + "/model_00000005.bin"));
     CHECK(final_a == file_bytes(cc + "/model_00000005.bin"));
+    CHECK(final_a == file_bytes(d + "/model_00000005.bin"));
 }
