@@ -20,7 +20,7 @@
 #include "data/checkpoint.h"
 #include "data/tokenizer.h"
 #ifdef PHD_PCRE2
-#include "data/bpe.h"  // GPT-2 text prompts
+#include "data/bpe.h"  // BPE text prompts
 #endif
 #include "data/dataloader.h"
 #include "data/eval.h"
@@ -469,12 +469,13 @@ static Tokenizer load_tokenizer_for(const Args& a, const Config& c) {
     Tokenizer tok;
     if (a.tokenizer.empty()) return tok;
     tok = load_tokenizer(a.tokenizer.c_str());
-    if (tok.vocab_size() != c.V) die("%s: vocabulary of %d tokens, the model has V=%d", a.tokenizer.c_str(), tok.vocab_size(), c.V);
+    // A model may have ids the tokenizer never makes (OLMo 2's padding id past cl100k's 100,277).
+    if (tok.vocab_size() > c.V) die("%s: vocabulary of %d tokens, more than the model's V=%d", a.tokenizer.c_str(), tok.vocab_size(), c.V);
     return tok;
 }
 
 // The prompt of --generate: --prompt-ids "I J K" (or "I,J,K"), --prompt text encoded with the
-// tokenizer (bytes, or GPT-2's BPE), else the separator alone.
+// tokenizer (bytes, or GPT-2's or cl100k's BPE), else the separator alone.
 static std::vector<int> prompt_tokens(const Args& a, const Tokenizer& tok, const Config& c) {
     std::vector<int> prompt;
     if (!a.prompt_ids.empty()) {
@@ -488,15 +489,15 @@ static std::vector<int> prompt_tokens(const Args& a, const Tokenizer& tok, const
         }
     } else if (!a.prompt.empty()) {
         if (!tok.vocab_size()) die("--prompt: text prompts need --tokenizer (or give --prompt-ids)");
-        if (tok.merges.empty()) {
+        if (tok.pattern.empty()) {
             for (unsigned char ch : a.prompt) prompt.push_back(ch);
         } else {
 #ifdef PHD_PCRE2
             std::vector<uint32_t> ids;
-            Gpt2Bpe(tok).encode(a.prompt, ids);
+            Bpe(tok).encode(a.prompt, ids);
             prompt.assign(ids.begin(), ids.end());
 #else
-            die("--prompt: this train_phd was built without PCRE2, which GPT-2 text needs (dev/setup.sh installs it; then rebuild)");
+            die("--prompt: this train_phd was built without PCRE2, which BPE text needs (dev/setup.sh installs it; then rebuild)");
 #endif
         }
     } else {

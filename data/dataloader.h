@@ -1,8 +1,8 @@
 // data/dataloader.h: llm.c token shards in, contiguous (B, T+1) windows out.
 //
 // Shard file: a header of 256 little-endian int32, then the tokens.
-//   header[0] magic: 20240520 (tokens are uint16) or 20240801 (tokens are uint32)
-//   header[1] version: 1 for uint16, 7 for uint32
+//   header[0] magic: 20240520 (tokens are uint16) or 20240801 (tokens are uint32), as llm.c's
+//   header[1] version: 1 for uint16, 7 for uint32        GPT-2 and Llama 3 shards
 //   header[2] number of tokens
 // A batch takes B*T+1 consecutive tokens from the current position: row b is tokens
 // [pos + b*T, pos + b*T + T] (inputs) shifted by one (targets); the position then moves
@@ -43,10 +43,14 @@ static inline ShardInfo shard_info(const char* path, FILE* f) {
     return s;
 }
 
-// The whole shard, every token checked against the vocabulary size V.
+// The whole shard, every token checked against the vocabulary size V. A vocabulary past
+// uint16's ids takes uint32 shards only: a uint16 shard cannot be of its tokenizer.
 static inline std::vector<uint32_t> load_shard(const char* path, int V) {
     FILE* f = fopen_check(path, "rb");
     ShardInfo s = shard_info(path, f);
+    if (s.token_bytes == 2 && V > 65536)
+        die("%s: uint16 tokens, but the vocabulary has %d ids: a shard of another tokenizer (prepare the text again with this one)",
+            path, V);
     std::vector<uint32_t> tok(s.ntok);
     if (s.token_bytes == 2) {
         std::vector<uint16_t> raw(s.ntok);
@@ -63,10 +67,12 @@ static inline std::vector<uint32_t> load_shard(const char* path, int V) {
     return tok;
 }
 
-// Writes a shard atomically; uint16 tokens when they all fit, else uint32.
-static inline void write_shard(const char* path, const uint32_t* tokens, int64_t n) {
-    bool wide = false;
-    for (int64_t i = 0; i < n; i++) wide |= tokens[i] > 65535;
+// Writes a shard of a vocabulary of V ids atomically: uint16 tokens where every id fits
+// (V <= 65536, llm.c's GPT-2 shards), else uint32 (llm.c's Llama 3 shards).
+static inline void write_shard(const char* path, const uint32_t* tokens, int64_t n, int V) {
+    const bool wide = V > 65536;
+    for (int64_t i = 0; i < n; i++)
+        if (tokens[i] >= (uint32_t)V) die("%s: token %u is out of range for vocabulary size %d", path, tokens[i], V);
     if (n > INT32_MAX) die("%s: %lld tokens do not fit one shard", path, (long long)n);
     int32_t h[256] = {};
     h[0] = wide ? kShardMagic32 : kShardMagic16;

