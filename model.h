@@ -816,8 +816,8 @@ template<typename Real> struct Activations {
 
     // Points every tensor into mem, which holds floats(c, B, T, matmul_inputs, recompute)
     // elements, and returns that count (mem null: only counts). matmul_inputs false leaves out
-    // a, qkv, o, f, h13, g, dqkv, dh13 and dy (null): bf16 GPU runs keep those only as the bf16
-    // tensors the matmuls, the attention and the SwiGLU read (kernels/gpu_model.cuh).
+    // a, qkv, o, f, h13, g, dqkv, dh13, dy and logits (null): bf16 GPU runs keep those only as
+    // the bf16 tensors the matmuls, the attention, the SwiGLU and the loss read (kernels/gpu_model.cuh).
     // recompute (as llm.c's -r): what every layer's backward recomputes instead of keeping
     // (layer_recompute), all layers sharing one copy: 1 the norms' outputs a and f and the
     // SwiGLU's g; 2 everything but the layer's input x.
@@ -847,7 +847,7 @@ template<typename Real> struct Activations {
             per(&LayerActs<Real>::u, 2, N * c.D, !pre); per(&LayerActs<Real>::y, 2, N * c.D, !pre);
         }
         xL = take(N * c.D); xlast = take(BT * c.D); rstd_final = take(BT);
-        xn = take(BT * c.D); logits = take(BT * c.Vp); losses = take(BT); lse = take(BT);
+        xn = take(BT * c.D); logits = take(BT * c.Vp, matmul_inputs); losses = take(BT); lse = take(BT);
         dx = take(N * c.D); dtmp = take(N * std::max(c.D, c.F)); dqkv = take(N * c.qkv_dim(), matmul_inputs);
         dh13 = take(N * 2 * c.F, matmul_inputs); dxlast = take(BT * c.D); dy = take(N * c.D, matmul_inputs && !pre);
         return used;

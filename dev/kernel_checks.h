@@ -214,6 +214,65 @@ template<typename Out> static CheckResult check_rmsnorm(GpuModel& G, int B, int 
     return {e, 3.0 * N * D * 4};  // one pass: dout and x read, dx written
 }
 
+// The reordered norm's pass (model.h §10): out = residual + rmsnorm(u) g in fp32, the rows'
+// factors, and the bf16 copy of out that bf16 runs' next matmul reads (one rounding of out).
+static CheckResult check_rmsnorm_reordered(GpuModel& G, int B, int T, const Timed& timed) {
+    const int N = B * T * G.cfg.K, D = G.cfg.D;
+    const std::vector<float> u = random_vec<float>((size_t)N * D, 19), g = random_vec<float>(D, 20), resid = random_vec<float>(u.size(), 21);
+    std::vector<float> out_ref(u.size()), rstd_ref(N);
+    rmsnorm_forward(out_ref.data(), rstd_ref.data(), u.data(), g.data(), N, D);
+    for (size_t i = 0; i < u.size(); i++) out_ref[i] += resid[i];
+    CheckBuffers buf;
+    float *d_u = buf.up(u), *d_g = buf.up(g), *d_resid = buf.up(resid), *d_out = buf.nan(u.size()), *d_rstd = buf.nan(N);
+    __nv_bfloat16* d_copy = nan_of<__nv_bfloat16>(buf, u.size());
+    NormIO<float> io{d_out, D, d_u, D, d_rstd};
+    io.residual = d_resid;
+    io.out16 = d_copy;
+    auto run = [&] { rmsnorm_rows(io, d_g, N, D, nullptr); };
+    run();
+    const std::vector<float> got = to_host(d_out, u.size());
+    std::vector<TensorError> e = {{"residual + norm", max_rel(got, out_ref), 2e-6},
+                                  {"rstd", max_rel(to_host(d_rstd, N), rstd_ref), 2e-6},
+                                  {"bf16 copy", max_rel(host_floats(d_copy, u.size()), from_bf16(to_bf16(got))), 0}};  // one rounding
+    timed(run);
+    return {e, 14.0 * N * D};  // u and the residual read, out and its copy written
+}
+
+// QK-norm (model.h §10): q and k of the fused qkv rows normed in place from their fp32
+// pre-norm copy qk (strided rows, each with its own gains), v untouched; then the backward
+// on the q and k parts of dqkv, and the gains' gradient. T: qkv's type (bf16 in bf16 runs).
+template<typename T> static CheckResult check_qk_norm(GpuModel& G, int B, int T_, const Timed& timed, bool backward) {
+    const Config& c = G.cfg;
+    const int N = B * T_ * c.K, ld = c.qkv_dim(), w = c.qk_dim();
+    const std::vector<float> qkv = as_stored<T>(random_vec<float>((size_t)N * ld, 22)), g = random_vec<float>(w, 23),
+                             dqkv = as_stored<T>(random_vec<float>(qkv.size(), 24));
+    std::vector<float> normed_ref = qkv, qk((size_t)N * w), rstd_ref(2 * (size_t)N), dqkv_ref = dqkv, dg_ref(w, 0.5f);
+    qk_norm_forward(normed_ref.data(), qk.data(), rstd_ref.data(), g.data(), c, N);
+    qk_norm_backward(dqkv_ref.data(), dg_ref.data(), qk.data(), rstd_ref.data(), g.data(), c, N);
+    std::vector<float> v_only(qkv.size(), NAN);  // q | k NaN (the kernel must write them), v as given
+    for (int i = 0; i < N; i++) std::copy(qkv.begin() + (size_t)i * ld + w, qkv.begin() + (size_t)(i + 1) * ld, v_only.begin() + (size_t)i * ld + w);
+    CheckBuffers buf;
+    float *d_qk = buf.up(qk), *d_g = buf.up(g), *d_rstd = buf.nan(rstd_ref.size());
+    T* d_qkv = up_as<T>(buf, v_only);
+    auto forward = [&] { qk_norm_forward(d_qkv, d_rstd, d_qk, d_g, c, N, nullptr); };
+    forward();
+    if (!backward) {
+        std::vector<TensorError> e = {{"q | k normed, v kept", max_rel(host_floats(d_qkv, qkv.size()), as_stored<T>(normed_ref)),
+                                       is_bf16<T> ? kBf16Out : 2e-6},
+                                      {"rstd", max_rel(to_host(d_rstd, rstd_ref.size()), rstd_ref), 2e-6}};
+        timed(forward);
+        return {e, (double)N * w * (4 + sizeof(T))};
+    }
+    T* d_dqkv = up_as<T>(buf, dqkv);
+    float *d_dg = buf.up(std::vector<float>(w, 0.5f)), *d_scratch = buf.nan((size_t)kDgChunks * w);
+    auto run = [&] { qk_norm_backward(d_dqkv, d_dg, d_qk, d_rstd, d_g, c, N, d_scratch, nullptr, true); };
+    run();
+    std::vector<TensorError> e = {{"dq | dk, dv kept", max_rel(host_floats(d_dqkv, dqkv.size()), dqkv_ref), is_bf16<T> ? 2 * kBf16Out : 2e-5},
+                                  {"dg_qk", max_rel(to_host(d_dg, w), dg_ref), is_bf16<T> ? 2 * kBf16Out : 2e-5}};
+    timed(run);  // on its own output: the same work
+    return {e, (double)N * w * (4 + 2 * sizeof(T))};
+}
+
 // RoPE on the q and k heads at each row's position, in place; the backward must restore
 // the input. fp32, or bf16 as bf16 runs keep qkv (each way one rounding).
 template<typename T> static CheckResult check_rope(GpuModel& G, int B, int T_, const Timed& timed) {
@@ -416,11 +475,14 @@ static inline std::vector<KernelCheck> kernel_checks() {
         {"rmsnorm_forward bf16 out", "GB/s", with(check_rmsnorm<bf16>, false)},
         {"matmul qkv (cuBLAS)", "GFLOP/s", check_matmul<float>},
         {"matmul qkv (cuBLAS bf16)", "GFLOP/s", check_matmul<bf16>},
+        {"qk_norm_forward", "GB/s", with(check_qk_norm<float>, false)},
+        {"qk_norm_forward bf16", "GB/s", with(check_qk_norm<bf16>, false)},
         {"rope_forward/backward", "GB/s", check_rope<float>},
         {"rope_forward/backward bf16", "GB/s", check_rope<bf16>},
         {"attention_forward", "GFLOP/s", with(check_attention, false, false)},
         {"attention_forward TF32 mma", "GFLOP/s", with(check_attention, false, true)},
         {"attention_forward bf16 mma", "GFLOP/s", with(check_attention_bf16, false)},
+        {"rmsnorm reordered: residual + norm (+ bf16 copy)", "GB/s", check_rmsnorm_reordered},
         {"swiglu_forward", "GB/s", with(check_swiglu<float>, false)},
         {"swiglu_forward bf16", "GB/s", with(check_swiglu<bf16>, false)},
         {"crossentropy (loss and dlogits)", "GB/s", check_crossentropy<float>},
@@ -430,6 +492,8 @@ static inline std::vector<KernelCheck> kernel_checks() {
         {"attention_backward", "GFLOP/s", with(check_attention, true, false)},
         {"attention_backward TF32 mma", "GFLOP/s", with(check_attention, true, true)},
         {"attention_backward bf16 mma", "GFLOP/s", with(check_attention_bf16, true)},
+        {"qk_norm_backward", "GB/s", with(check_qk_norm<float>, true)},
+        {"qk_norm_backward bf16", "GB/s", with(check_qk_norm<bf16>, true)},
         {"rmsnorm_backward", "GB/s", with(check_rmsnorm<float>, true)},
         {"rmsnorm_backward + residual (+ bf16 copy)", "GB/s", check_rmsnorm_residual},
         {"embedding_backward", "GB/s", with(check_embedding, true)},

@@ -28,6 +28,9 @@
 #                   prints: forward, backward, AdamW; no validation, no start-up)
 #   wall_s          seconds since train_phd was started, when it printed this validation
 #                   (start-up, validation and everything else included)
+#   TASK_acc, TASK_acc_norm
+#                   with --evals or --accuracy, for each task in order: train_phd --eval's
+#                   multiple-choice accuracy at this validation (log.txt, 6 digits)
 set -euo pipefail
 export LC_ALL=C   # '.' as the decimal point for awk, printf and EPOCHREALTIME
 
@@ -52,6 +55,14 @@ usage: dev/study.sh [options]
   --vocab V --layers L --dim D --heads H --batch B --seq T --lr LR --warmup N
   --val-every N --val-steps N
                        override the preset's model, batch and schedule
+  --block llama|olmo2  the transformer block (train_phd --block; llama)
+  --evals "A.bin .."   multiple-choice tasks (llm.c's eval files) scored at every validation
+  --accuracy           the CPU size's two tasks as --evals, built when missing into
+                       DATA/evals/ (build/prepare --eval-lines, byte-level, at most --examples,
+                       none longer than --seq): KJV verse completion from the study's own
+                       validation chapters, Brown sentence completion (no Brown text is
+                       trained on); chance 0.25 in both
+  --examples N         examples a task for --accuracy (100)
   --keep-ckpt          keep each run's final checkpoint (deleted by default: ~12 MB a run
                        at the CPU size, 1.9 GB at the GPU size)
   --no-plot            skip the plots and the summary
@@ -74,7 +85,7 @@ is_num() { [[ $1 =~ ^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$ ]]; }
 
 default_variants="vanilla phd-2 phd-3 phd-swa-2-16 phd-swa-3-16 phd-cswa-2-16-32 phd-cswa-3-16-32 naive-2"
 size=cpu variants=$default_variants seeds=3 out="" bin="$root/train_phd" device="" tf32="" threads=""
-data="" keep_ckpt=0 plot=1 plot_only=0 dry_run=0
+data="" keep_ckpt=0 plot=1 plot_only=0 dry_run=0 block=llama evals="" accuracy=0 examples=100
 declare -A over=()   # preset overrides, by key
 
 need() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1: missing value (see --help)"; }
@@ -90,6 +101,10 @@ while [ $# -gt 0 ]; do
         --tf32) need "$@"; tf32=$2; shift ;;
         --threads) need "$@"; is_uint "$2" && [ "$2" -ge 1 ] || die "--threads: expected a positive integer, got '$2'"; threads=$2; shift ;;
         --data) need "$@"; data=$2; shift ;;
+        --block) need "$@"; case $2 in llama|olmo2) block=$2 ;; *) die "--block: expected llama or olmo2, got '$2'" ;; esac; shift ;;
+        --evals) need "$@"; evals=$2; shift ;;
+        --accuracy) accuracy=1 ;;
+        --examples) need "$@"; is_uint "$2" && [ "$2" -ge 1 ] || die "--examples: expected a positive integer, got '$2'"; examples=$2; shift ;;
         --steps|--vocab|--layers|--dim|--heads|--batch|--seq|--warmup|--val-every|--val-steps)
             need "$@"
             if [ "$1" = --warmup ]; then is_uint "$2" || die "$1: expected an integer >= 0, got '$2'"
@@ -142,8 +157,16 @@ read -r -a vlist <<< "$variants"
 [ ${#vlist[@]} -gt 0 ] || die "--variants: no variant given"
 for v in "${vlist[@]}"; do valid_variant "$v" || die "--variants: unknown variant '$v' (vanilla, phd-K, phd-swa-K-W, phd-cswa-K-W-C, naive-K)"; done
 
+[ "$accuracy" = 0 ] || [ -z "$evals" ] || die "--accuracy and --evals: one or the other"
+[ "$accuracy" = 0 ] || [ "$size" = cpu ] || die "--accuracy: the CPU size's tasks only (the GPU size mixes KJV and Brown documents, whose validation split its tasks would have to follow; give --evals)"
+[ "$accuracy" = 0 ] || evals="$data/evals/kjv_verses.bin $data/evals/brown_sentences.bin"
+read -r -a elist <<< "$evals"
+tasks=()  # train_phd's names of the tasks: the files' names without .bin
+for e in "${elist[@]}"; do t=${e##*/}; tasks+=("${t%.*}"); done
+
 csv=$out/study.csv
 header="variant,seed,step,tokens,train_flops,val_loss,train_s,wall_s"
+for t in "${tasks[@]}"; do header+=",${t}_acc,${t}_acc_norm"; done
 
 # study.csv from every finished run under $out: the default variants in their order, then
 # any others by name; seeds in numeric order.
@@ -203,6 +226,19 @@ mix_documents() {  # FILE...: the documents (a file, or a file's parts between l
             }
         }' "$@"
 }
+# --accuracy's tasks: KJV verses from the validation chapters of the same scrambled text and
+# split as the shards (so no verse of them is trained on), Brown sentences from the corpus.
+prepare_tasks() {
+    [ "$accuracy" = 1 ] || return 0
+    [ -f "$data/evals/kjv_verses.bin" ] && [ -f "$data/evals/brown_sentences.bin" ] && return 0
+    local tmpdir args=(--tokenizer byte --eval-lines --examples "$examples" --max-tokens "${p[seq]}")
+    tmpdir=$(mktemp -d)
+    mkdir -p "$data/evals"
+    mix_documents "$root/data/cache/text/kjv/kjv.txt" > "$tmpdir/mixed.txt"
+    "$root/build/prepare" "${args[@]}" --out "$data/evals/kjv_verses.bin" "$tmpdir/mixed.txt"
+    "$root/build/prepare" "${args[@]}" --out "$data/evals/brown_sentences.bin" "$root"/data/cache/text/brown/*.txt
+    rm -rf "$tmpdir"
+}
 prepare_data() {
     have_shards && return 0
     [ "$data" = "$def_data" ] || die "--data $data: no *_train_*.bin and *_val_*.bin shards there"
@@ -233,6 +269,10 @@ settings() {
     echo "data=$(cd "$data" && pwd)"
     # shards re-prepared differently make another study
     echo "data_bytes=$(shards | while IFS= read -r f; do stat -c %s "$f"; done | awk '{ n += $1 } END { print n }')"
+    # (written only where set, so that a study from before them keeps its settings)
+    [ "$block" = llama ] || echo "block=$block"
+    local e
+    for e in "${elist[@]}"; do echo "eval=${e##*/} $(stat -c %s "$e")"; done
 }
 
 train_args() {  # VARIANT SEED DIR
@@ -242,6 +282,9 @@ train_args() {  # VARIANT SEED DIR
              -v "${p[val-every]}" -m "${p[val-steps]}" -s 0 -n 0 --device "$device")
     [ "$device" = cuda ] && a+=(--tf32 "$tf32")
     [ -n "$threads" ] && a+=(--threads "$threads")
+    [ "$block" = llama ] || a+=(--block "$block")
+    local e
+    for e in "${elist[@]}"; do a+=(--eval "$e"); done
     printf '%s\n' "${a[@]}"
 }
 
@@ -261,6 +304,8 @@ mkdir -p "$out/runs"
 exec 9> "$out/.lock"
 flock -n 9 || die "another dev/study.sh is running in $out"
 prepare_data
+prepare_tasks
+for e in "${elist[@]}"; do [ -f "$e" ] || die "--evals: $e: no such file"; done
 settings > "$out/settings.tmp"
 if [ -f "$out/settings.txt" ]; then
     if ! cmp -s "$out/settings.txt" "$out/settings.tmp"; then
@@ -306,7 +351,7 @@ run_one() {
     # validated). Sources: the cost model and batch lines (FLOPs and tokens per
     # step), the step lines' times, the stamped validation lines, log.txt's losses.
     awk -v variant="$v" -v seed="$s" -v t0="$t0" -v steps="${p[steps]}" \
-        -v ve="${p[val-every]}" -v logf="$dir/log.txt" '
+        -v ve="${p[val-every]}" -v logf="$dir/log.txt" -v tasks="${tasks[*]}" '
         $2 == "cost" && $3 == "model:" { fpt = $4 + 0 }
         $2 == "batch" { for (i = 3; i <= NF; i++) if ($(i + 1) == "tokens/step,") tps = $i + 0 }
         $2 == "step" && $4 == "|" {             # "step k/S | ... | X ms | ...": update k done
@@ -316,12 +361,22 @@ run_one() {
         $2 == "step" && $4 == "val" { wall[$3 + 0] = $1 - t0 }
         END {
             if (!fpt || !tps) { print "no cost model or batch line in the output" > "/dev/stderr"; exit 1 }
-            while ((getline line < logf) > 0) {
+            nt = split(tasks, task, " ")
+            while ((getline line < logf) > 0) {  # "step S eval NAME acc X acc_norm Y"
                 split(line, f, " ")
+                if (f[3] == "eval") { acc[f[2] + 0, f[4]] = f[6] "," f[8]; continue }
                 if (f[3] != "val" || f[2] + 0 > steps) continue
-                s = f[2] + 0
+                val[++nv] = f[2] + 0; loss[nv] = f[4]
+            }
+            for (i = 1; i <= nv; i++) {
+                s = val[i]
                 if (!(s in wall)) { print "validation at step " s " missing from the output" > "/dev/stderr"; exit 1 }
-                printf "%s,%d,%d,%d,%.6e,%s,%.3f,%.3f\n", variant, seed, s, s * tps, s * tps * fpt, f[4], cum[s] / 1000, wall[s]
+                printf "%s,%d,%d,%d,%.6e,%s,%.3f,%.3f", variant, seed, s, s * tps, s * tps * fpt, loss[i], cum[s] / 1000, wall[s]
+                for (t = 1; t <= nt; t++) {
+                    if (!((s, task[t]) in acc)) { print "task " task[t] " at step " s " missing from log.txt" > "/dev/stderr"; exit 1 }
+                    printf ",%s", acc[s, task[t]]
+                }
+                printf "\n"
                 n++
             }
             if (n != steps / ve + 1) { print "expected " steps / ve + 1 " validation points, got " n > "/dev/stderr"; exit 1 }

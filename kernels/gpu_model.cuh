@@ -483,14 +483,11 @@ struct GpuModel : Activations<float> {
         }
         last_copy_forward(xlast, xL, c, B, T, stream);
         rmsnorm_forward(in.xn, rstd_final, xlast, p.g_final, BT, D, stream);
-        logits_kept = !tgt;
-        if (!tgt) {
-            matmul("matmul lm_head", logits, in.xn, w.wout, BT, D, c.Vp, false);
-            return;
-        }
-        // The logits in the matmuls' type (bf16 runs: bf16, as their backward GEMMs read them),
-        // where their gradient goes (fp32 runs: logits itself).
+        // The logits in the matmuls' type (bf16 runs: bf16, as their backward GEMMs read them;
+        // no fp32 copy), where their gradient goes (fp32 runs: logits itself).
         matmul("matmul lm_head", in.dlogits, in.xn, w.wout, BT, D, c.Vp, false);
+        logits_kept = !tgt;
+        if (!tgt) return;
         crossentropy(losses, lse, in.dlogits, d_targets, BT, c.V, c.Vp, c.z_loss, stream);
         loss_sum(d_loss, losses, BT, stream);
         if (c.z_loss > 0) loss_sum(d_loss + 1, lse, BT, stream, c.z_loss);
@@ -545,11 +542,19 @@ struct GpuModel : Activations<float> {
         cudaCheck(cudaMemcpy(h.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost));
         return h;
     }
-    // The last-copy logits of the last forward, (B*T, V), as the CPU model lays them out; a
-    // forward with targets keeps none (they became their gradient).
+    // The last-copy logits of the last forward, (B*T, V), as the CPU model lays them out (bf16
+    // runs: the head's bf16 output); a forward with targets keeps none (they became their gradient).
     std::vector<float> logits_host() const {
         if (!logits_kept) die("GPU logits: the last forward had targets; forward without them to keep the logits");
-        std::vector<float> all = download(logits, (size_t)B * T * cfg.Vp), out;
+        const size_t n = (size_t)B * T * cfg.Vp;
+        std::vector<float> all(n), out;
+        if (bf16) {
+            std::vector<__nv_bfloat16> h(n);
+            cudaCheck(cudaMemcpy(h.data(), in16.dlogits, n * sizeof(__nv_bfloat16), cudaMemcpyDeviceToHost));
+            for (size_t i = 0; i < n; i++) all[i] = __bfloat162float(h[i]);
+        } else {
+            all = download(logits, n);
+        }
         for (int i = 0; i < B * T; i++) out.insert(out.end(), all.begin() + (size_t)i * cfg.Vp, all.begin() + (size_t)i * cfg.Vp + cfg.V);
         return out;
     }

@@ -128,5 +128,41 @@ check "--bogus: one error line" bad_option --bogus
 check "--seeds without a value: one error line" bad_option --seeds
 check "--dry-run prints one command per run, with steps+1 updates" \
     [ "$("$study" "${args[@]}" --dry-run | grep -c -- "-x $((steps + 1)) ")" -eq 4 ]
+check "--block opus: one error line" bad_option --block opus
+check "--accuracy with --evals: one error line" bad_option --accuracy --evals x.bin
+check "--accuracy at the GPU size: one error line" bad_option --accuracy --size gpu
+
+# 6. Accuracy and the OLMo 2 block: two tiny byte-level tasks (build/prepare --eval; two
+#    completions an example, as a batch has two rows) scored at every validation, one vanilla
+#    run with --block olmo2.
+prepare=$root/build/prepare
+if [ -x "$prepare" ]; then
+    printf '%s\n' '{"context": "abc", "endings": [" de", " xy"], "label": 0}' \
+        '{"context": "hello", "endings": [" w", " zz"], "label": 1}' > "$tmp/t1.jsonl"
+    printf '%s\n' '{"context": "x", "endings": [" y", " z"], "label": 1}' > "$tmp/t2.jsonl"
+    "$prepare" --tokenizer byte --eval "$tmp/t1.jsonl" --out "$tmp/first.bin" > /dev/null
+    "$prepare" --tokenizer byte --eval "$tmp/t2.jsonl" --out "$tmp/second.bin" > /dev/null
+    out2=$tmp/study-acc
+    acc_args=(--bin "$bin" --size cpu --device cpu --data "$tmp/data" --out "$out2" --variants vanilla --seeds 1
+              --layers "$L" --dim "$D" --heads "$H" --batch "$B" --seq "$T" --steps "$steps" --val-every "$every" --val-steps 2
+              --lr 1e-2 --warmup 2 --block olmo2 --evals "$tmp/first.bin $tmp/second.bin")
+    rc=0; "$study" "${acc_args[@]}" > "$tmp/run5.log" 2>&1 || rc=$?
+    check "a study with --evals and --block olmo2 runs (exit $rc; log: $tmp/run5.log)" [ "$rc" -eq 0 ]
+    check "... its runs train the OLMo 2 block" grep -q -- "--block olmo2" "$out2/runs/vanilla/seed1/cmd.txt"
+    check "... its settings name the block and the tasks" [ "$(grep -c '^block=olmo2$\|^eval=first.bin \|^eval=second.bin ' "$out2/settings.txt")" -eq 3 ]
+    check "... its CSV header adds each task's acc and acc_norm" \
+        [ "$(head -n 1 "$out2/study.csv")" = "$(head -n 1 "$csv"),first_acc,first_acc_norm,second_acc,second_acc_norm" ]
+    check "... every validation has the four accuracies, each in [0, 1], as log.txt has them" awk -F, -v logf="$out2/runs/vanilla/seed1/log.txt" '
+        BEGIN { while ((getline l < logf) > 0) { split(l, f, " "); if (f[3] == "eval") want[f[2], f[4]] = f[6] "," f[8] } }
+        NR > 1 { n++; if (NF != 12 || $9 "," $10 != want[$3, "first"] || $11 "," $12 != want[$3, "second"]) exit 1
+                 for (c = 9; c <= 12; c++) if (!($c >= 0 && $c <= 1)) exit 1 }
+        END { exit n != '$((steps / every + 1))' }' "$out2/study.csv"
+    check "... summary.md gives each task's final acc and acc_norm" grep -q '| first acc | first acc_norm | second acc | second acc_norm |' "$out2/summary.md"
+    if command -v gnuplot >/dev/null; then
+        check "accuracy_tokens.png is a PNG" [ "$(head -c 4 "$out2/accuracy_tokens.png" 2>/dev/null | tail -c 3)" = PNG ]
+    fi
+else
+    bad "the accuracy checks: no $prepare (make build/prepare)"
+fi
 
 finish
