@@ -818,6 +818,8 @@ template<typename Real> struct Activations {
     // elements, and returns that count (mem null: only counts). matmul_inputs false leaves out
     // a, qkv, o, f, h13, g, dqkv, dh13, dy and logits (null): bf16 GPU runs keep those only as
     // the bf16 tensors the matmuls, the attention, the SwiGLU and the loss read (kernels/gpu_model.cuh).
+    // Every tensor starts on 256 bytes (the GPU's row kernels take 16 bytes an access where
+    // their rows allow it, so a tensor's alignment must not depend on what else is kept).
     // recompute (as llm.c's -r): what every layer's backward recomputes instead of keeping
     // (layer_recompute), all layers sharing one copy: 1 the norms' outputs a and f and the
     // SwiGLU's g; 2 everything but the layer's input x.
@@ -825,10 +827,10 @@ template<typename Real> struct Activations {
         const size_t N = (size_t)B * T * c.K, BT = (size_t)B * T;
         const bool pre = c.norm == NORM_PRE;
         size_t used = 0;
-        auto take = [&](size_t n, bool want = true) -> Real* {
+        auto take = [&](size_t n, bool want = true) -> Real* {  // each tensor on a 256-byte boundary of the arena
             if (!want) return nullptr;
             Real* r = mem ? mem + used : nullptr;
-            used += n;
+            used += (n * sizeof(Real) + 255) / 256 * 256 / sizeof(Real);
             return r;
         };
         layer.resize(c.L);

@@ -85,10 +85,16 @@ static inline void write_eval(const char* path, const std::vector<EvalExample>& 
         const EvalExample& e = examples[i];
         const size_t start = body.size();
         body.insert(body.end(), {65535, 0, (uint16_t)i, (uint16_t)e.label, (uint16_t)e.endings.size(), (uint16_t)e.context.size()});
-        body.insert(body.end(), e.context.begin(), e.context.end());
+        // uint16 ids, 65535 the examples' marker: a vocabulary past that (cl100k's) does not fit
+        auto put = [&](const std::vector<int>& ids) {
+            for (int t : ids)
+                if (t < 0 || t >= 65535) die("%s: token %d of example %zu does not fit llm.c's uint16 eval format", path, t, i);
+            body.insert(body.end(), ids.begin(), ids.end());
+        };
+        put(e.context);
         for (const std::vector<int>& c : e.endings) {
             body.push_back((uint16_t)c.size());
-            body.insert(body.end(), c.begin(), c.end());
+            put(c);
         }
         const size_t bytes = 2 * (body.size() - start);
         if (bytes > 65535 || i > 65534) die("%s: example %zu does not fit the format's 16-bit fields", path, i);

@@ -35,7 +35,10 @@
 //   make bench-gpu        (nvcc and a GPU; GPT-2-small-like: L=12 D=768 H=12 T=1024, B=8)
 //   ./build/bench_gpu [--variant V]... [-b B] [-t T] [--layers L] [--dim D] [--heads H]
 //                     [--steps N] [--tf32 0|1] [--bf16 0|1] [--lab 0|1] [--lab-variant V] [--tiny]
-//   ./build/bench_gpu --budget V [--budget V]... [-b B] [-t T] ...
+//   ./build/bench_gpu --budget V [--budget V]... [-b B] [-t T] [--model NAME] ...
+// --model NAME (gpt2-124m, paper-550m, paper-1.2b): that size, block and vocabulary instead of
+// --layers/--dim/--heads: on the emulation a dry run of the paper's model's step, whose
+// launches are all checked, though none computes.
 // --bf16 1: sections 2 and 3 in bf16 (train_phd's --dtype bf16: matmuls and attention on
 // bf16 tensor cores; the lab checks every kernel, fp32 and bf16, whatever the flags); --lab 0 leaves the lab out (its CPU references at
 // GPT-2 size take most of a run's time).
@@ -52,6 +55,7 @@
 struct Options {
     std::vector<std::string> variants, budgets;
     std::string lab_variant = "phd-cswa-2-16-32";
+    std::string model;  // --model NAME: a size of model.h's kModels (its block and vocabulary), over -t's T
     int B = 8, T = 1024, L = 12, D = 768, H = 12, steps = 10, tf32 = 0, bf16 = 0, lab = 1;
     bool tiny = false;
 };
@@ -62,6 +66,11 @@ static Config make_config(const std::string& variant, const Options& o) {
     if (!err.empty()) die("bench_gpu: %s", err.c_str());
     c.V = o.tiny ? 97 : 50257; c.Vp = pad_vocab(c.V); c.L = o.L; c.D = o.D; c.H = o.H; c.Hkv = o.H;
     c.F = (8 * o.D / 3 + 63) / 64 * 64; c.maxT = o.T;
+    for (const NamedModel& m : kModels)
+        if (o.model == m.name) {
+            c.V = m.V; c.Vp = pad_vocab(c.V); c.L = m.L; c.D = m.D; c.H = m.H; c.Hkv = m.Hkv; c.F = m.F;
+            set_block(&c, std::string(m.block) == "olmo2");
+        }
     err = config_error(c);
     if (!err.empty()) die("bench_gpu: %s", err.c_str());
     return c;
@@ -316,6 +325,7 @@ int main(int argc, char** argv) {
         if (f == "--variant") o.variants.push_back(v);
         else if (f == "--budget") o.budgets.push_back(v);
         else if (f == "--lab-variant") o.lab_variant = v;
+        else if (f == "--model") o.model = v;
         else if (f == "-b") o.B = atoi(v.c_str());
         else if (f == "-t") o.T = atoi(v.c_str());
         else if (f == "--layers") o.L = atoi(v.c_str());
@@ -328,6 +338,8 @@ int main(int argc, char** argv) {
         else die("bench_gpu: unknown flag %s", f.c_str());
     }
     if (o.B < 1 || o.T < 1 || o.steps < 1) die("bench_gpu: -b, -t and --steps must be >= 1");
+    if (!o.model.empty() && std::none_of(std::begin(kModels), std::end(kModels), [&](const NamedModel& m) { return o.model == m.name; }))
+        die("bench_gpu: --model: unknown model '%s'", o.model.c_str());
     if (o.tiny) o.lab_variant = "phd-cswa-3-5-4";
     if (o.variants.empty() && o.tiny) o.variants = {"vanilla", o.lab_variant};
     if (o.variants.empty()) o.variants = {"vanilla", "phd-2", "phd-cswa-2-16-32", "phd-cswa-3-16-32"};

@@ -58,8 +58,9 @@ usage: dev/study.sh [options]
   --block llama|olmo2  the transformer block (train_phd --block; llama)
   --evals "A.bin .."   multiple-choice tasks (llm.c's eval files) scored at every validation
   --accuracy           the CPU size's two tasks as --evals, built when missing into
-                       DATA/evals/ (build/prepare --eval-lines, byte-level, at most --examples,
-                       none longer than --seq): KJV verse completion from the study's own
+                       DATA/evals/examplesN-seqT/ (build/prepare --eval-lines, byte-level, at
+                       most --examples, none longer than --seq; the preset's data only): KJV
+                       verse completion from the study's own
                        validation chapters, Brown sentence completion (no Brown text is
                        trained on); chance 0.25 in both
   --examples N         examples a task for --accuracy (100)
@@ -159,7 +160,9 @@ for v in "${vlist[@]}"; do valid_variant "$v" || die "--variants: unknown varian
 
 [ "$accuracy" = 0 ] || [ -z "$evals" ] || die "--accuracy and --evals: one or the other"
 [ "$accuracy" = 0 ] || [ "$size" = cpu ] || die "--accuracy: the CPU size's tasks only (the GPU size mixes KJV and Brown documents, whose validation split its tasks would have to follow; give --evals)"
-[ "$accuracy" = 0 ] || evals="$data/evals/kjv_verses.bin $data/evals/brown_sentences.bin"
+[ "$accuracy" = 0 ] || [ "$data" = "$def_data" ] || die "--accuracy: its KJV task follows the preset's data and split; with --data give --evals"
+tasks_dir=$data/evals/examples$examples-seq${p[seq]}  # --accuracy's tasks, made for these settings
+[ "$accuracy" = 0 ] || evals="$tasks_dir/kjv_verses.bin $tasks_dir/brown_sentences.bin"
 read -r -a elist <<< "$evals"
 tasks=()  # train_phd's names of the tasks: the files' names without .bin
 for e in "${elist[@]}"; do t=${e##*/}; tasks+=("${t%.*}"); done
@@ -230,13 +233,14 @@ mix_documents() {  # FILE...: the documents (a file, or a file's parts between l
 # split as the shards (so no verse of them is trained on), Brown sentences from the corpus.
 prepare_tasks() {
     [ "$accuracy" = 1 ] || return 0
-    [ -f "$data/evals/kjv_verses.bin" ] && [ -f "$data/evals/brown_sentences.bin" ] && return 0
+    [ -f "$tasks_dir/kjv_verses.bin" ] && [ -f "$tasks_dir/brown_sentences.bin" ] && return 0
     local tmpdir args=(--tokenizer byte --eval-lines --examples "$examples" --max-tokens "${p[seq]}")
+    [ -x "$root/build/prepare" ] || make -C "$root" build/prepare
     tmpdir=$(mktemp -d)
-    mkdir -p "$data/evals"
+    mkdir -p "$tasks_dir"
     mix_documents "$root/data/cache/text/kjv/kjv.txt" > "$tmpdir/mixed.txt"
-    "$root/build/prepare" "${args[@]}" --out "$data/evals/kjv_verses.bin" "$tmpdir/mixed.txt"
-    "$root/build/prepare" "${args[@]}" --out "$data/evals/brown_sentences.bin" "$root"/data/cache/text/brown/*.txt
+    "$root/build/prepare" "${args[@]}" --out "$tasks_dir/kjv_verses.bin" "$tmpdir/mixed.txt"
+    "$root/build/prepare" "${args[@]}" --out "$tasks_dir/brown_sentences.bin" "$root"/data/cache/text/brown/*.txt
     rm -rf "$tmpdir"
 }
 prepare_data() {

@@ -151,7 +151,7 @@ if [ ${#tasks[@]} -gt 0 ]; then
         done
         panels+="set title '${tasks[$i]}: acc_norm (mean of $seeds seed(s), band: min-max; chance 0.25)'; plot $cmd, 0.25 with lines dt 2 lc rgb 'gray' title 'chance';"
     done
-    gnuplot -e "set terminal pngcairo size 1000,$((380 * ${#tasks[@]})) font ',10'; set output '$dir/accuracy_tokens.png.tmp';
+    gnuplot -e "set terminal pngcairo noenhanced size 1000,$((380 * ${#tasks[@]})) font ',10'; set output '$dir/accuracy_tokens.png.tmp';
         set grid; set key outside right top; set style fill transparent solid 0.18 noborder; set xlabel 'original tokens';
         set ylabel 'acc_norm'; set multiplot layout ${#tasks[@]},1; $panels unset multiplot"
     mv "$dir/accuracy_tokens.png.tmp" "$dir/accuracy_tokens.png"

@@ -122,7 +122,8 @@ struct AdamWStep {
         cudaCheck(cudaEventCreateWithFlags(&read, cudaEventDisableTiming));
     }
     ~AdamWStep() {
-        cudaEventDestroy(read);  // waits for the copy
+        cudaEventSynchronize(read);  // the last copy has read host
+        cudaEventDestroy(read);
         cudaFree(dev);
         cudaFreeHost(host);
     }

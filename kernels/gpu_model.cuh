@@ -79,7 +79,7 @@ struct GpuModel : Activations<float> {
     bool fresh_grads = false;                    // zero_grads was called: the next backward overwrites grads
     float* d_loss = nullptr;                     // (2) the mean losses of the forwards since take_loss, summed, and
                                                  // their z-loss terms (model.h §10)
-    bool logits_kept = false;                    // the last forward had no targets: logits holds its logits
+    bool logits_kept = false;                    // the last forward had no targets: its logits are kept (logits_host)
     // Tokens and targets reach the device from pinned memory, which a copy reads when it runs
     // (from pageable memory CUDA may wait for the whole stream first, and a graph could not
     // replay the copy): slots of (2, B*T) ints, tokens then targets. staged[k] is recorded once
@@ -136,7 +136,10 @@ struct GpuModel : Activations<float> {
                         (void*)d_tokens, (void*)d_targets, (void*)d_row_index, (void*)d_row_pos, (void*)d_sort_keys, (void*)act16,
                         (void*)attn_D, (void*)d_loss})
             cudaFree(q);
-        for (cudaEvent_t e : staged) cudaEventDestroy(e);  // waits for the copies that use them
+        for (cudaEvent_t e : staged) {  // no queued copy still reads the pinned slots
+            cudaEventSynchronize(e);
+            cudaEventDestroy(e);
+        }
         cudaFreeHost(h_stage);
         cublasDestroy(blas);
         cudaStreamDestroy(capture_stream);

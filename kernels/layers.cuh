@@ -142,6 +142,16 @@ inline void copy_from_bf16(float* y, const __nv_bfloat16* x, size_t n, cudaStrea
     cudaCheck(cudaGetLastError());
 }
 
+// V consecutive elements as one access: 16 bytes (V = 16 / sizeof(T)) where the rows allow
+// it, else one element (Vec<T, 1>).
+template<typename T, int V> struct alignas(sizeof(T) * V) Vec { T v[V]; };
+// (The row kernels below and SwiGLU's.)
+template<typename T> static bool rows_of_16_bytes(int F, std::initializer_list<const void*> ptrs) {
+    bool ok = F % (16 / (int)sizeof(T)) == 0;
+    for (const void* p : ptrs) ok = ok && (uintptr_t)p % 16 == 0;
+    return ok;
+}
+
 // ---- rmsnorm: out = x / sqrt(mean(x^2) + 1e-5) * g ----
 
 // Where a norm pass reads and writes (model.h §9, §10): rows of out and x lie ldo and ldx
@@ -161,28 +171,49 @@ template<typename Out> struct NormIO {
     __nv_bfloat16* out16 = nullptr;
 };
 
-// grid (ceil(N / kRowsPerBlock)), block (32, kRowsPerBlock): one warp per row; out fp32, or
-// bf16 where it only feeds a bf16 matmul.
-template<typename Out> static __global__ void rmsnorm_forward_kernel(NormIO<Out> io, const float* g, int N, int D) {
+// grid (ceil(N / kRowsPerBlock)), block (32, kRowsPerBlock): one warp per row, V consecutive
+// floats a lane an access (4: 16-byte loads of x, g and the residual; 1 where the rows or the
+// pointers do not allow it); out fp32, or bf16 where it only feeds a bf16 matmul.
+template<typename Out, int V> static __global__ void rmsnorm_forward_kernel(NormIO<Out> io, const float* g, int N, int D) {
+    using F = Vec<float, V>;
     const int i = blockIdx.x * kRowsPerBlock + threadIdx.y;
     if (i >= N) return;  // whole warps leave together
     const float* xi = io.x + i * io.ldx;
     float ss = 0.0f;
-    for (int j = threadIdx.x; j < D; j += 32) ss += xi[j] * xi[j];
+    for (int j = threadIdx.x * V; j < D; j += 32 * V) {
+        const F a = *reinterpret_cast<const F*>(xi + j);
+        PHD_UNROLL
+        for (int e = 0; e < V; e++) ss += a.v[e] * a.v[e];
+    }
     const float r = rsqrtf(warp_sum(ss) / D + 1e-5f);
-    for (int j = threadIdx.x; j < D; j += 32) {
-        const size_t e = (size_t)i * D + j;
-        const float v = xi[j] * r * g[j] + (io.residual ? io.residual[e] : 0.0f);
-        store(io.out + i * io.ldo + j, v);
-        if (io.x_copy) io.x_copy[e] = xi[j];
-        if (io.out16) store(io.out16 + e, v);
+    for (int j = threadIdx.x * V; j < D; j += 32 * V) {
+        const size_t at = (size_t)i * D + j;
+        const F a = *reinterpret_cast<const F*>(xi + j), w = *reinterpret_cast<const F*>(g + j);
+        F res = {};
+        if (io.residual) res = *reinterpret_cast<const F*>(io.residual + at);
+        Vec<Out, V> o;
+        Vec<__nv_bfloat16, V> o16;
+        PHD_UNROLL
+        for (int e = 0; e < V; e++) {
+            const float v = a.v[e] * r * w.v[e] + res.v[e];
+            store(&o.v[e], v);
+            store(&o16.v[e], v);
+        }
+        *reinterpret_cast<Vec<Out, V>*>(io.out + i * io.ldo + j) = o;
+        if (io.x_copy) *reinterpret_cast<F*>(io.x_copy + at) = a;
+        if (io.out16) *reinterpret_cast<Vec<__nv_bfloat16, V>*>(io.out16 + at) = o16;
     }
     if (threadIdx.x == 0) io.rstd[i] = r;
 }
 template<typename Out> inline void rmsnorm_rows(const NormIO<Out>& io, const float* g, int N, int D, cudaStream_t s) {
     count_launch("rmsnorm_forward",
                  (double)N * D * (4 + sizeof(Out) + (io.x_copy ? 4 : 0) + (io.residual ? 4 : 0) + (io.out16 ? 2 : 0)) + 4.0 * N + 4.0 * D, 0, s);
-    launch(rmsnorm_forward_kernel<Out>, dim3((N + kRowsPerBlock - 1) / kRowsPerBlock), dim3(32, kRowsPerBlock), 0, s, io, g, N, D);
+    const dim3 grid((N + kRowsPerBlock - 1) / kRowsPerBlock), block(32, kRowsPerBlock);
+    // 4 floats an access where every row starts on 16 bytes: D, ldo and ldx multiples of 4
+    if (rows_of_16_bytes<float>(D, {io.out, io.x, io.x_copy, io.residual, io.out16, g}) && io.ldo % 4 == 0 && io.ldx % 4 == 0)
+        launch(rmsnorm_forward_kernel<Out, 4>, grid, block, 0, s, io, g, N, D);
+    else
+        launch(rmsnorm_forward_kernel<Out, 1>, grid, block, 0, s, io, g, N, D);
     cudaCheck(cudaGetLastError());
 }
 // Contiguous rows (N, D), as the CPU's rmsnorm_forward; x_copy as NormIO's.
@@ -209,9 +240,12 @@ static inline int dg_chunks(int N) { return std::min(kDgChunks, (N + kRowsPerBlo
 // chunk's dout * x * rstd summed by column. dx, dout and copy rows lie ldd apart, x's ldx
 // (qk-norm's parts of the qkv rows, whose gradient G is bf16 in bf16 runs). dx null: only
 // copy receives the gradient (the reordered norm's bf16 runs, whose matmul reads just that).
-template<typename G, typename Copy>
+// V consecutive elements a lane an access, as the forward's.
+template<typename G, typename Copy, int V>
 static __global__ void rmsnorm_backward_kernel(G* dx, Copy* copy, float* partial, const G* dout, const float* x, const float* g,
                                                const float* rstd, int N, int D, bool accumulate, long ldd, long ldx) {
+    using F = Vec<float, V>;
+    using VG = Vec<G, V>;
     float* sums = dynamic_shared<float>();  // (kRowsPerBlock, D): each warp's column sums
     float* mine = sums + (size_t)threadIdx.y * D;
     for (int j = threadIdx.x; j < D; j += 32) mine[j] = 0.0f;
@@ -220,15 +254,32 @@ static __global__ void rmsnorm_backward_kernel(G* dx, Copy* copy, float* partial
         const float *xi = x + i * ldx, r = rstd[i];
         const G* dyi = dout + i * ldd;
         float dot = 0.0f;
-        for (int j = threadIdx.x; j < D; j += 32) dot += to_f32(dyi[j]) * g[j] * xi[j] * r;
+        for (int j = threadIdx.x * V; j < D; j += 32 * V) {
+            const VG dy = *reinterpret_cast<const VG*>(dyi + j);
+            const F xv = *reinterpret_cast<const F*>(xi + j), w = *reinterpret_cast<const F*>(g + j);
+            PHD_UNROLL
+            for (int e = 0; e < V; e++) dot += to_f32(dy.v[e]) * w.v[e] * xv.v[e] * r;
+        }
         dot = warp_sum(dot) / D;
-        for (int j = threadIdx.x; j < D; j += 32) {
-            const size_t e = i * ldd + j;
-            const float dy = to_f32(dyi[j]), xv = xi[j];  // read before dx, which may alias dout, is written
-            mine[j] += dy * xv * r;
-            const float v = r * (dy * g[j] - xv * r * dot) + (accumulate ? to_f32(dx[e]) : 0.0f);
-            if (dx) store(dx + e, v);
-            if ((void*)copy != (void*)dx) store(copy + e, v);
+        for (int j = threadIdx.x * V; j < D; j += 32 * V) {
+            const size_t at = i * ldd + j;
+            // all read before dx, which may alias dout, is written
+            const VG dy = *reinterpret_cast<const VG*>(dyi + j);
+            const F xv = *reinterpret_cast<const F*>(xi + j), w = *reinterpret_cast<const F*>(g + j);
+            VG before = {};
+            if (accumulate) before = *reinterpret_cast<const VG*>(dx + at);
+            VG out;
+            Vec<Copy, V> out_copy;
+            PHD_UNROLL
+            for (int e = 0; e < V; e++) {
+                const float d = to_f32(dy.v[e]);
+                mine[j + e] += d * xv.v[e] * r;
+                const float v = r * (d * w.v[e] - xv.v[e] * r * dot) + to_f32(before.v[e]);
+                store(&out.v[e], v);
+                store(&out_copy.v[e], v);
+            }
+            if (dx) *reinterpret_cast<VG*>(dx + at) = out;
+            if ((void*)copy != (void*)dx) *reinterpret_cast<Vec<Copy, V>*>(copy + at) = out_copy;
         }
     }
     __syncthreads();
@@ -262,8 +313,16 @@ inline void rmsnorm_backward(G* dx, float* dg, const G* dout, const float* x, co
                      4.0 * N + 4.0 * D +
                      4.0 * chunks * D,
                  0, s);
-    launch_with_shared(rmsnorm_backward_kernel<G, Copy>, dim3(chunks), dim3(32, kRowsPerBlock), (size_t)kRowsPerBlock * D * sizeof(float),
-                       s, dx, copies ? copy : (Copy*)dx, scratch, dout, x, g, rstd, N, D, accumulate, ldd ? ldd : D, ldx ? ldx : D);
+    ldd = ldd ? ldd : D;
+    ldx = ldx ? ldx : D;
+    const dim3 grid(chunks), block(32, kRowsPerBlock);
+    const size_t smem = (size_t)kRowsPerBlock * D * sizeof(float);
+    Copy* to = copies ? copy : (Copy*)dx;
+    // 4 elements an access where every row starts on 16 bytes (as the forward's)
+    if (rows_of_16_bytes<float>(D, {dx, to, dout, x, g}) && ldd % 4 == 0 && ldx % 4 == 0)
+        launch_with_shared(rmsnorm_backward_kernel<G, Copy, 4>, grid, block, smem, s, dx, to, scratch, dout, x, g, rstd, N, D, accumulate, ldd, ldx);
+    else
+        launch_with_shared(rmsnorm_backward_kernel<G, Copy, 1>, grid, block, smem, s, dx, to, scratch, dout, x, g, rstd, N, D, accumulate, ldd, ldx);
     count_launch("rmsnorm_backward dg", 4.0 * chunks * D + (dg_add ? 8.0 : 4.0) * D, 0, s);
     launch(rmsnorm_backward_dg_kernel, dim3((D + 127) / 128), dim3(128), 0, s, dg, (const float*)scratch, chunks, D, dg_add);
     cudaCheck(cudaGetLastError());
@@ -294,27 +353,41 @@ template<typename T> inline void qk_norm_backward(T* dqkv, float* dg_qk, const f
 
 // ---- RoPE on the q and k heads of the fused qkv rows; every copy at its position n ----
 
-// one thread per (row, head, pair i) of the q and k heads, in place; row i is at position
-// pos[i] (every copy at its n); sign +1 rotates (forward), -1 rotates back (backward). qkv is
-// fp32, or bf16 in bf16 runs (written so by the qkv matmul, whose rounding q and k then meet
-// again at RoPE's store).
-template<typename T>
-static __global__ void rope_kernel(T* qkv, const int* pos, const float* cosT, const float* sinT, Config c, int N, float sign) {
-    const int half = c.hd() / 2, heads = c.H + c.Hkv;
-    const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (long)N * heads * half) return;
-    const int i = idx % half, h = idx / half % heads, row = idx / ((long)half * heads), n = pos[row];
-    const size_t off = (size_t)row * c.qkv_dim() + h * c.hd();
-    const float a = to_f32(qkv[off + i]), b = to_f32(qkv[off + i + half]);
-    const float cs = cosT[n * half + i], sn = sign * sinT[n * half + i];
-    store(qkv + off + i, a * cs - b * sn);
-    store(qkv + off + i + half, a * sn + b * cs);
+// grid (N, ceil((H + Hkv) * hd/2 / V / 256)), block 256: row blockIdx.x, V pairs (i, i + hd/2)
+// of one q or k head a thread (16 bytes of each half where the head allows it; 2-D indices,
+// 32-bit), in place. The row is at position pos[row] (every copy at its n); sign +1 rotates
+// (forward), -1 rotates back (backward). qkv is fp32, or bf16 in bf16 runs (written so by
+// the qkv matmul, whose rounding q and k then meet again at RoPE's store).
+template<typename T, int V>
+static __global__ void rope_kernel(T* qkv, const int* pos, const float* cosT, const float* sinT, Config c, float sign) {
+    using VT = Vec<T, V>;
+    using F = Vec<float, V>;
+    const int half = c.hd() / 2, per_head = half / V, t = blockIdx.y * blockDim.x + threadIdx.x;
+    if (t >= (c.H + c.Hkv) * per_head) return;
+    const int row = blockIdx.x, h = t / per_head, i = t % per_head * V, n = pos[row];
+    T* head = qkv + (size_t)row * c.qkv_dim() + h * c.hd();
+    const VT a = *reinterpret_cast<const VT*>(head + i), b = *reinterpret_cast<const VT*>(head + i + half);
+    const F cs = *reinterpret_cast<const F*>(cosT + n * half + i), sn = *reinterpret_cast<const F*>(sinT + n * half + i);
+    VT ra, rb;
+    PHD_UNROLL
+    for (int e = 0; e < V; e++) {
+        const float x = to_f32(a.v[e]), y = to_f32(b.v[e]), sg = sign * sn.v[e];
+        store(&ra.v[e], x * cs.v[e] - y * sg);
+        store(&rb.v[e], x * sg + y * cs.v[e]);
+    }
+    *reinterpret_cast<VT*>(head + i) = ra;
+    *reinterpret_cast<VT*>(head + i + half) = rb;
 }
 template<typename T>
 inline void rope(T* qkv, const int* pos, const Config& c, int N, const float* cosT, const float* sinT, float sign, cudaStream_t s) {
-    const long total = (long)N * (c.H + c.Hkv) * (c.hd() / 2);
-    count_launch(sign > 0 ? "rope_forward" : "rope_backward", 4.0 * total * sizeof(T) + 4.0 * N, 0, s);  // the pairs read and written
-    launch(rope_kernel<T>, dim3((unsigned)((total + 255) / 256)), dim3(256), 0, s, qkv, pos, cosT, sinT, c, N, sign);
+    const int half = c.hd() / 2, heads = c.H + c.Hkv;
+    count_launch(sign > 0 ? "rope_forward" : "rope_backward", 4.0 * N * heads * half * sizeof(T) + 4.0 * N, 0, s);  // the pairs read and written
+    constexpr int W = 16 / sizeof(T);
+    // (the tables' V floats: 4V bytes, 32 for bf16)
+    if (half % W == 0 && rows_of_16_bytes<T>(c.qkv_dim(), {qkv}) && (uintptr_t)cosT % (4 * W) == 0 && (uintptr_t)sinT % (4 * W) == 0)
+        launch(rope_kernel<T, W>, dim3(N, (heads * half / W + 255) / 256), dim3(256), 0, s, qkv, pos, cosT, sinT, c, sign);
+    else
+        launch(rope_kernel<T, 1>, dim3(N, (heads * half + 255) / 256), dim3(256), 0, s, qkv, pos, cosT, sinT, c, sign);
     cudaCheck(cudaGetLastError());
 }
 // qkv (N, qkv_dim), fp32 or bf16, in place; pos (N): the same arguments as the CPU's
@@ -330,15 +403,6 @@ inline void rope_backward(T* dqkv, const int* pos, const Config& c, int N, const
 }
 
 // ---- SwiGLU: g (N, F) = silu(h1) * h3, from h13 (N, 2F) = h1 | h3 ----
-
-// V consecutive elements as one access: 16 bytes (V = 16 / sizeof(T)) where the rows allow
-// it, else one element (Vec<T, 1>).
-template<typename T, int V> struct alignas(sizeof(T) * V) Vec { T v[V]; };
-template<typename T> static bool rows_of_16_bytes(int F, std::initializer_list<const void*> ptrs) {
-    bool ok = F % (16 / (int)sizeof(T)) == 0;
-    for (const void* p : ptrs) ok = ok && (uintptr_t)p % 16 == 0;
-    return ok;
-}
 
 // grid (N, ceil(F / (256 V))), block 256: row blockIdx.x, V columns a thread from j (no
 // division: 2-D indices). g and h13 fp32, or bf16 in bf16 runs (the w13 matmul's output and

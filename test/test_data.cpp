@@ -256,6 +256,14 @@ TEST_CASE("prepare --eval: JSON lines become llm.c's eval file, each text tokeni
     std::vector<uint32_t> want;
     gpt2().encode(" a cat", want);
     CHECK(g[0].endings[1] == std::vector<int>(want.begin(), want.end()));
+    // cl100k: ids below 65535 fit llm.c's uint16 format; " naïve" is 95980, 588 and does not.
+    REQUIRE(run("build/prepare --tokenizer cl100k --eval " + task + " --out " + out_gpt2, &out) == 0);
+    const std::string wide = scratch("task_wide.jsonl"), wide_bin = scratch("task_wide.bin");
+    write_text(wide, "{\"context\": \"He was\", \"endings\": [\" na\u00efve\", \" wise\"], \"label\": 1}\n");
+    CHECK(run("build/prepare --tokenizer cl100k --eval " + wide + " --out " + wide_bin, &out) == 1);
+    CHECK(out.find("task_wide.bin: token 95980 of example 0 does not fit llm.c's uint16 eval format") != std::string::npos);
+    struct stat none;
+    CHECK(stat(wide_bin.c_str(), &none) != 0);
     struct Case { std::string line, expect; };
     for (const Case& k : std::vector<Case>{{"{\"context\": \"a\", \"endings\": [\"b\"], \"label\": 1}", "task_bad.jsonl:2: label"},
                                            {"{\"context\": \"a\", \"label\": 0}", "task_bad.jsonl:2: want an object with"},

@@ -131,6 +131,7 @@ check "--dry-run prints one command per run, with steps+1 updates" \
 check "--block opus: one error line" bad_option --block opus
 check "--accuracy with --evals: one error line" bad_option --accuracy --evals x.bin
 check "--accuracy at the GPU size: one error line" bad_option --accuracy --size gpu
+check "--accuracy on other --data: one error line" bad_option --accuracy --data "$tmp/data"
 
 # 6. Accuracy and the OLMo 2 block: two tiny byte-level tasks (build/prepare --eval; two
 #    completions an example, as a batch has two rows) scored at every validation, one vanilla
