@@ -248,7 +248,9 @@ static __global__ void rmsnorm_backward_kernel(G* dx, Copy* copy, float* partial
     using VG = Vec<G, V>;
     float* sums = dynamic_shared<float>();  // (kRowsPerBlock, D): each warp's column sums
     float* mine = sums + (size_t)threadIdx.y * D;
-    for (int j = threadIdx.x; j < D; j += 32) mine[j] = 0.0f;
+    // each lane zeroes the columns it sums below: no other lane touches them, no barrier needed
+    for (int j = threadIdx.x * V; j < D; j += 32 * V)
+        for (int e = 0; e < V; e++) mine[j + e] = 0.0f;
     const int rows = (N + gridDim.x - 1) / gridDim.x, i1 = min(N, (int)(blockIdx.x + 1) * rows);
     for (int i = blockIdx.x * rows + threadIdx.y; i < i1; i += kRowsPerBlock) {  // whole warps: the same rows
         const float *xi = x + i * ldx, r = rstd[i];
