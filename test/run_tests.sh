@@ -79,7 +79,7 @@ suite cpu run 28 "build/test_cpu train_phd build/train_phd_cpu build/train_phd_e
 # A model exported to PyTorch (dev/export.py) generates what train_phd generates.
 suite export run 50 "build/train_phd_cpu build/train_phd_emu" 300 "$no_torch" env OMP_NUM_THREADS=1 bash test/test_export.sh build/train_phd_cpu build/train_phd_emu
 # The loss study's machinery (dev/study.sh): a tiny study, its CSV, resume and plots.
-suite study run 5 build/train_phd_cpu 120 "" env OMP_NUM_THREADS=1 bash test/test_study.sh build/train_phd_cpu
+suite study run 5 "build/train_phd_cpu build/prepare" 120 "" env OMP_NUM_THREADS=1 bash test/test_study.sh build/train_phd_cpu
 # Data parallel under mpirun (CPU, and the GPU path on the emulation).
 suite dist run 32 "build/train_phd_cpu build/train_phd_emu" 120 "" \
     env OMP_NUM_THREADS=1 bash test/test_dist.sh build/train_phd_cpu build/train_phd_emu
