@@ -51,13 +51,13 @@ plan() {
     case $1 in
         build) limit=190 cmd="nvidia-smi; make -j\$(nproc) train_phd build/test_gpu_native build/bench_gpu build/bench_decode_gpu" ;;
         tests) limit=40 cmd="make test-gpu" ;;
-        bench_fp32) limit=75 cmd="./build/bench_gpu" ;;
+        bench_fp32) limit=85 cmd="./build/bench_gpu" ;;
         bench_tf32) limit=25 cmd="./build/bench_gpu --tf32 1 --lab 0" ;;
-        bench_bf16) limit=25 cmd="./build/bench_gpu --bf16 1 --lab 0" ;;
+        bench_bf16) limit=35 cmd="./build/bench_gpu --bf16 1 --lab 0" ;;
         bench_budget) limit=15 cmd="./build/bench_gpu --budget vanilla --budget phd-cswa-2-16-32 --budget phd-cswa-3-16-32" ;;
-        bench_decode) limit=50 cmd="./build/bench_decode_gpu --device cuda -P 2048 --layers 12 --dim 768 --heads 12" ;;
-        train) limit=20 cmd="make train" ;;
-        train_fp32) limit=20 cmd="make train TRAIN_EXTRA='--dtype fp32' TRAIN_OUT=out/kjv-fp32" ;;
+        bench_decode) limit=40 cmd="./build/bench_decode_gpu --device cuda -P 2048 --layers 12 --dim 768 --heads 12" ;;
+        train) limit=15 cmd="make train" ;;
+        train_fp32) limit=15 cmd="make train TRAIN_EXTRA='--dtype fp32' TRAIN_OUT=out/kjv-fp32" ;;
         # Its limit only counts where 2 GPUs exist; elsewhere it says why it skips, at once.
         train_2gpu) limit=20 cmd="n=\$(nvidia-smi -L | wc -l); if [ \$n -lt 2 ]; then echo \"SKIPPED: \$n GPU here, a 2-rank job needs 2\";
             elif ! command -v mpirun >/dev/null; then echo 'SKIPPED: no mpirun (openmpi-bin)';

@@ -201,13 +201,11 @@ struct GpuEngine {
     float *m = nullptr, *v = nullptr;  // (S.size) AdamW moments of the shard, on the device; none for inference
     float* gshard = nullptr;           // (S.size) the gradients of the shard summed over the ranks; several ranks only
     std::unique_ptr<GradNorm> gn;      // the gradient norm and clip scale, on the device
-    bool overlap;                      // reductions start during the step's last backward
     cudaStream_t comm = nullptr;       // the reductions' stream; several ranks only
     std::vector<cudaEvent_t> ready;    // (buckets) bucket b's gradients are written
     cudaEvent_t reduced = nullptr;     // every reduction of the step is done
     double ranks_norm = 0;             // several ranks: clip's norm, summed on the host
     std::unique_ptr<AdamWStep> now;    // the staged step's learning rate and bias corrections
-    bool graphs;                       // one rank: the step as a CUDA graph (--graph)
     cudaGraphExec_t step_graph = nullptr;
     // What a graph was captured with, beyond what it reads from memory when replayed: the shape,
     // the micro-batches, dloss, whether it updates, the memory's layout and AdamW's constants.
@@ -222,10 +220,9 @@ struct GpuEngine {
                    memcmp(&o, &k.o, sizeof o) == 0;  // AdamW: 4-byte fields, no padding
         }
     } graph_key{};
-    EngineOptions opt;
+    EngineOptions opt;                 // overlap: reductions during the last backward; graphs: the step as a CUDA graph
     GpuEngine(const Config& c, const std::vector<float>& params, const EngineOptions& o = {})
-        : G(c, params.data(), o.tf32, o.training, o.bf16), S(dist.shards(GpuModel::grad_buckets(c))), overlap(o.overlap), graphs(o.graphs),
-          opt(o) {
+        : G(c, params.data(), o.tf32, o.training, o.bf16), S(dist.shards(GpuModel::grad_buckets(c))), opt(o) {
         G.recompute = o.recompute;
         if (!o.training) return;
         now = std::make_unique<AdamWStep>();
@@ -265,7 +262,7 @@ struct GpuEngine {
     // last: the step's last backward, whose gradients are the step's: with overlap each bucket's
     // reduction starts as soon as its gradients are written.
     void backward(float dloss, bool last = false) {
-        if (last && overlap && dist.size > 1) G.backward(dloss, [this](int b) { reduce_bucket(b); });
+        if (last && opt.overlap && dist.size > 1) G.backward(dloss, [this](int b) { reduce_bucket(b); });
         else G.backward(dloss);
     }
     void zero_grads() { G.zero_grads(); }
@@ -291,7 +288,7 @@ struct GpuEngine {
             step_graph = nullptr;
             graph_key = key;
             step_body(*this, micro, dloss, o, update);
-        } else if (graphs && dist.size == 1) {
+        } else if (opt.graphs && dist.size == 1) {
             if (!step_graph) step_graph = G.capture([&] { step_body(*this, micro, dloss, o, update); });
             cudaCheck(cudaGraphLaunch(step_graph, G.stream));
         } else {
@@ -310,7 +307,7 @@ struct GpuEngine {
     // Without overlap, all the reductions now, in the backward's order (the last bucket first).
     void reduce_grads() {
         if (dist.size == 1) return;
-        if (!overlap)
+        if (!opt.overlap)
             for (int b = S.buckets() - 1; b >= 0; b--) reduce_bucket(b);
         cudaCheck(cudaEventRecord(reduced, comm));
         cudaCheck(cudaStreamWaitEvent(G.stream, reduced, 0));
@@ -367,7 +364,9 @@ struct GpuEngine {
         m.grads = o.training ? P * f : 0;
         m.moments = o.training ? (ranks > 1 ? 3 : 2) * shard * f : 0;
         m.activations = GpuModel::activation_bytes(c, B, T, o.bf16, o.training, o.recompute);
-        m.other = GpuModel::beside_params(c, o.training) + (o.training ? kNormBlocks * sizeof(double) + 64 : 0) + 64;
+        // GradNorm's partials, sum of squares and scale; AdamWStep's values
+        m.other = GpuModel::beside_params(c, o.training) +
+                  (o.training ? kNormBlocks * sizeof(double) + sizeof(double) + sizeof(float) + sizeof(AdamWStep::Values) : 0);
         return m;
     }
     MemoryCount memory(int B, int T) const { return memory(G.cfg, B, T, opt, S.size, dist.size); }
