@@ -73,11 +73,11 @@ tsan=build/test_gpu_tsan
 tsan_first='kernel lab table*,GPU model*'
 suite gpu-tsan-1 run 45 $tsan 600 "" env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --test-case="$tsan_first"
 suite gpu-tsan-2 run 52 $tsan 600 "" env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --test-case-exclude="$tsan_first,device sampling at GPT-2*"
-suite reference run 32 "" 300 "$no_torch" /usr/bin/python3 dev/phd_reference.py selftest
+suite reference run 9 "" 300 "$no_torch" /usr/bin/python3 dev/phd_reference.py selftest
 suite ptxas run 2 "$(has_nvcc && echo train_phd)" 300 "$(has_nvcc || echo 'no nvcc')" ./dev/ptxas_report.sh
 suite cpu run 28 "build/test_cpu train_phd build/train_phd_cpu build/train_phd_emu" 600 "" ./build/test_cpu
 # A model exported to PyTorch (dev/export.py) generates what train_phd generates.
-suite export run 50 "build/train_phd_cpu build/train_phd_emu" 300 "$no_torch" env OMP_NUM_THREADS=1 bash test/test_export.sh build/train_phd_cpu build/train_phd_emu
+suite export run 30 "build/train_phd_cpu build/train_phd_emu" 300 "$no_torch" env OMP_NUM_THREADS=1 bash test/test_export.sh build/train_phd_cpu build/train_phd_emu
 # The loss study's machinery (dev/study.sh): a tiny study, its CSV, resume and plots.
 suite study run 5 "build/train_phd_cpu build/prepare" 120 "" env OMP_NUM_THREADS=1 bash test/test_study.sh build/train_phd_cpu
 # Data parallel under mpirun (CPU, and the GPU path on the emulation).

@@ -61,18 +61,37 @@ engine_lines() {  # CKPT N PROMPT...
         echo "${o%%$'\n'*}"
     done
 }
-# The same lines from the PyTorch reference on the exported file, then its summary line.
-torch_lines() {  # PT N PROMPT...
-    local pt=$1 n=$2 p args=(); shift 2
+# Every export and every reference generation runs in one Python process (each import of
+# torch costs ~2 s): a job is export.py's or `phd_reference.py generate`'s own main(argv),
+# its output and exit status kept as the command line would give them (the command lines
+# themselves run in the refusals below).
+jobs=$tmp/torch_jobs.tsv
+job() { local IFS=$'\t'; echo "$*" >> "$jobs"; }  # PREFIX export|generate ARGS...
+run_jobs() {
+run "$py" - "$root/dev" "$jobs" <<'EOF'
+import contextlib, sys
+sys.path.insert(0, sys.argv[1])
+import export, phd_reference
+for line in open(sys.argv[2]):
+    prefix, what, *args = line.rstrip("\n").split("\t")
+    with open(prefix + ".out", "w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        rc = (export.main if what == "export" else phd_reference.generate_main)(args)
+    open(prefix + ".rc", "w").write(f"{rc}\n")
+EOF
+}
+# Queues the reference's greedy continuations of the prompts, from the exported file.
+torch_lines() {  # PREFIX PT N PROMPT...
+    local prefix=$1 pt=$2 n=$3 p args=(); shift 3
     for p in "$@"; do args+=(--prompt-ids "$p"); done
-    run "$py" "$root/dev/phd_reference.py" generate "$pt" --generate "$n" "${args[@]}"
+    job "$prefix" generate "$pt" --generate "$n" "${args[@]}"
 }
 # On a mismatch shows both sides and the reference's smallest gap between the best and the
 # second-best logit (a gap near float32 rounding would point at a near-tie, not a wrong model).
-same_ids() {  # NAME CKPT PT N PROMPT...
-    local name=$1 ckpt=$2 pt=$3 n=$4 want got; shift 4
+same_ids() {  # NAME CKPT PREFIX N PROMPT...: PREFIX is torch_lines's, after run_jobs
+    local name=$1 ckpt=$2 prefix=$3 n=$4 want got; shift 4
     want=$(engine_lines "$ckpt" "$n" "$@") || { bad "$name: train_phd --generate failed"; return; }
-    got=$(torch_lines "$pt" "$n" "$@" 2>&1) || { bad "$name: phd_reference.py generate failed: $got"; return; }
+    got=$(cat "$prefix.out" 2>&1)
+    [ "$(cat "$prefix.rc" 2>&1)" = 0 ] || { bad "$name: phd_reference.py generate failed: $got"; return; }
     local summary=${got##*$'\n'} ids=${got%$'\n'*}
     if [ "$ids" = "$want" ] && [ "$(echo "$want" | wc -l)" -eq "$#" ] &&
             [ "$(echo "$want" | sed 's/.*|//' | wc -w)" -eq $(($# * n)) ]; then
@@ -88,23 +107,29 @@ steps=100
 model=$(printf 'model_%08d.bin' "$steps") state=$(printf 'state_%08d.bin' "$steps")
 seed=1
 # exported NAME VARIANT V H HKV [BLOCK]: trains $tmp/NAME (L = 2, D = 32) with a vocabulary of
-# V, H heads and HKV KV heads (and --block BLOCK, llama by default), exports it to
-# $tmp/NAME/model.pt, and checks export.py's line and the greedy continuations.
+# V, H heads and HKV KV heads (and --block BLOCK, llama by default), and queues its export to
+# $tmp/NAME/model.pt and the reference's continuations; after run_jobs, `checked NAME` checks
+# export.py's line and the greedy continuations.
+declare -A lines=()  # the line export.py must print for each model
 exported() {
-    local name=$1 v=$2 V=$3 H=$4 Hkv=$5 block=${6:-llama} dir=$tmp/$1 ckpt pt tensors=21 blockline="qk-norm 0 norm pre z-loss 0"
+    local name=$1 v=$2 V=$3 H=$4 Hkv=$5 block=${6:-llama} dir=$tmp/$1 tensors=21 blockline="qk-norm 0 norm pre z-loss 0"
     [ "$block" = olmo2 ] && tensors=25 blockline="qk-norm 1 norm reordered z-loss 1e-05"
     seed=$((seed + 1))
     if ! run "$bin" -i "$tmp/syn_train_*.bin" -o "$dir" --device cpu --variant "$v" --vocab "$V" --layers 2 --dim 32 \
             --heads "$H" --kv-heads "$Hkv" --block "$block" -b 4 -t 32 -x "$steps" -l 1e-2 -s 0 -r "$seed" > "$dir.train.log" 2>&1; then
         bad "$name: training failed ($(tail -n 1 "$dir.train.log"))"; return
     fi
-    ckpt=$dir/$model pt=$dir/model.pt
-    if ! run "$py" "$root/dev/export.py" "$ckpt" "$pt" > "$dir.export.log" 2>&1; then
-        bad "$name: export failed ($(tail -n 1 "$dir.export.log"))"; return
-    fi
-    check "$name: export.py prints one summary line" grep -qx "wrote $pt: $v V=$V (E, wout with Vp=$(((V + 127) / 128 * 128)) \
-rows) L=2 D=32 H=$H Hkv=$Hkv F=86 maxT=32, [0-9]* float32 parameters in $tensors tensors, block $blockline" "$dir.export.log"
-    same_ids "$name" "$ckpt" "$pt" "$n" "${prompts[@]}"
+    lines[$name]="wrote $dir/model.pt: $v V=$V (E, wout with Vp=$(((V + 127) / 128 * 128)) \
+rows) L=2 D=32 H=$H Hkv=$Hkv F=86 maxT=32, [0-9]* float32 parameters in $tensors tensors, block $blockline"
+    job "$dir.export" export "$dir/$model" "$dir/model.pt"
+    torch_lines "$dir.torch" "$dir/model.pt" "$n" "${prompts[@]}"
+}
+checked() {  # NAME
+    local dir=$tmp/$1
+    [ -n "${lines[$1]:-}" ] || return 0  # its training failed, and said so
+    if [ "$(cat "$dir.export.rc" 2>&1)" != 0 ]; then bad "$1: export failed ($(tail -n 1 "$dir.export.out" 2>&1))"; return; fi
+    check "$1: export.py prints one summary line" grep -qx "${lines[$1]}" "$dir.export.out"
+    same_ids "$1" "$dir/$model" "$dir.torch" "$n" "${prompts[@]}"
 }
 for v in vanilla phd-3 phd-swa-3-2 phd-cswa-2-2-2 naive-2; do exported "$v" "$v" 256 4 2; done
 # A padded vocabulary, V = 120 (the shard's bytes are all below it): E and wout have Vp = 128
@@ -116,7 +141,10 @@ exported olmo2 phd-cswa-2-2-2 256 4 2 olmo2
 
 # The longest continuation max T allows, from the one-token prompt a sample starts with.
 v=phd-cswa-2-2-2
-same_ids "$v, 31 tokens" "$tmp/$v/$model" "$tmp/$v/model.pt" 31 0
+torch_lines "$tmp/long.torch" "$tmp/$v/model.pt" 31 0
+run_jobs
+for name in vanilla phd-3 phd-swa-3-2 phd-cswa-2-2-2 naive-2 padded olmo2; do checked "$name"; done
+same_ids "$v, 31 tokens" "$tmp/$v/$model" "$tmp/long.torch" 31 0
 
 # The file is a plain PyTorch object: torch.load alone (weights_only) reads it, and its
 # tensors are the checkpoint's float32 payload in param_tensors order, bit for bit.
