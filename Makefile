@@ -118,9 +118,11 @@ TSAN_CXX ?= clang++
 build/test_gpu_tsan: $(GPU_TEST_DEPS)
 	@mkdir -p build && rm -f $@
 	$(TSAN_CXX) $(EMU_FLAGS) -O1 -g1 -fsanitize=thread -D__SANITIZE_THREAD__=1 -Wno-pass-failed
+# AddressSanitizer, and UBSan's alignment check: a GPU faults on a misaligned vector access
+# ("misaligned address"), the x86 the emulation runs on would not.
 build/test_gpu_asan: $(GPU_TEST_DEPS)
 	@mkdir -p build && rm -f $@
-	$(CXX) $(EMU_FLAGS) -O1 -g1 -fsanitize=address -fno-omit-frame-pointer
+	$(CXX) $(EMU_FLAGS) -O1 -g1 -fsanitize=address,alignment -fno-sanitize-recover=alignment -fno-omit-frame-pointer
 build/test_gpu_native: $(GPU_TEST_DEPS)
 	@mkdir -p build && rm -f $@
 	$(NVCC) $(NVCCFLAGS) $(DOCTEST_INC) -DPHD_NATIVE_GPU -Xcompiler "$(subst $() ,$(comma),$(strip -fopenmp $(WARN)))" -x cu test/gpu_tests.cu -o $@ -lcublas -lgomp

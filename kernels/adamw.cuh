@@ -9,7 +9,6 @@
 // the memory's latency: 256 blocks of 4-byte loads keep ~0.3 MB in flight, where 4.3 TB/s
 // needs ~2.5 MB.
 static constexpr int kNormBlocks = 1024, kNormThreads = 256;
-struct alignas(16) Float4 { float x, y, z, w; };
 
 // grid (at most kNormBlocks), block kNormThreads: partial[b] = sum of squares of a fixed
 // strided share of the 4-float groups (of single floats where g is not 16-byte aligned; the
@@ -17,11 +16,11 @@ struct alignas(16) Float4 { float x, y, z, w; };
 static __global__ void grad_norm_partial_kernel(double* partial, const float* g, size_t n) {
     double acc = 0.0;
     const size_t stride = (size_t)gridDim.x * kNormThreads, first = (size_t)blockIdx.x * kNormThreads + threadIdx.x;
-    if ((uintptr_t)g % sizeof(Float4) == 0) {
-        const Float4* g4 = reinterpret_cast<const Float4*>(g);
+    if ((uintptr_t)g % 16 == 0) {
+        const Vec<float, 4>* g4 = reinterpret_cast<const Vec<float, 4>*>(g);
         for (size_t i = first; i < n / 4; i += stride) {
-            const Float4 v = g4[i];
-            acc += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
+            const Vec<float, 4> v = g4[i];
+            acc += (double)v.v[0] * v.v[0] + (double)v.v[1] * v.v[1] + (double)v.v[2] * v.v[2] + (double)v.v[3] * v.v[3];
         }
         const size_t done = n / 4 * 4;
         if (blockIdx.x == 0 && done + threadIdx.x < n) acc += (double)g[done + threadIdx.x] * g[done + threadIdx.x];
@@ -137,16 +136,19 @@ struct AdamWStep {
     void upload(cudaStream_t s) const { cudaCheck(cudaMemcpyAsync(dev, host, sizeof(Values), cudaMemcpyHostToDevice, s)); }
     void read_by(cudaStream_t s) const { cudaCheck(cudaEventRecord(read, s)); }
 };
-// grid (ceil(n / 256)), block 256: parameters lo .. lo + n - 1 of every tensor in one launch
-// (p, g, m, v and p16 start at parameter lo); each element decays as its tensor does, found by
-// a binary search of the tensors' ends. p16, when given, receives the updated parameters
-// rounded to bf16: the copy that --dtype bf16's matmuls read, written in the same pass
-// instead of a conversion of its own.
+// grid (ceil(n / (256 V))), block 256: parameters lo .. lo + n - 1 of every tensor in one
+// launch (p, g, m, v and p16 start at parameter lo), V consecutive ones a thread (4: 16-byte
+// accesses, 8 bytes of p16, where the launcher finds them aligned); each element decays as
+// its tensor does, found by a binary search of the tensors' ends (a group may cross one).
+// p16, when given, receives the updated parameters rounded to bf16: the copy that --dtype
+// bf16's matmuls read, written in the same pass instead of a conversion of its own.
+template<int V>
 static __global__ void adamw_kernel(float* p, __nv_bfloat16* p16, const float* g, float* m, float* v, size_t lo, size_t n,
                                     const size_t* ends, const unsigned char* decays, int tensors, float b1, float b2, float eps, float wd,
                                     const AdamWStep::Values* now, const float* clip) {
-    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (i >= n) return;
+    const int w = n - i < V ? (int)(n - i) : V;
     const float scale = *clip, lr = now->lr, bc1 = now->bc1, bc2 = now->bc2;
     int t = 0;  // the first tensor that ends past parameter lo + i
     for (int hi = tensors - 1; t < hi;) {
@@ -154,12 +156,24 @@ static __global__ void adamw_kernel(float* p, __nv_bfloat16* p16, const float* g
         if (ends[mid] > lo + i) hi = mid;
         else t = mid + 1;
     }
-    const float decay = decays[t] ? wd : 0.0f;
-    const float gi = g[i] * scale;
-    m[i] = b1 * m[i] + (1 - b1) * gi;
-    v[i] = b2 * v[i] + (1 - b2) * gi * gi;
-    p[i] -= lr * ((m[i] / bc1) / (sqrtf(v[i] / bc2) + eps) + decay * p[i]);
-    if (p16) p16[i] = __float2bfloat16(p[i]);
+    float pr[V], gr[V], mr[V], vr[V];
+    load_group<V>(pr, p + i, w);
+    load_group<V>(gr, g + i, w);
+    load_group<V>(mr, m + i, w);
+    load_group<V>(vr, v + i, w);
+    PHD_UNROLL
+    for (int e = 0; e < V; e++) {
+        while (t + 1 < tensors && ends[t] <= lo + i + e) t++;
+        const float decay = decays[t] ? wd : 0.0f;
+        const float gi = gr[e] * scale;
+        mr[e] = b1 * mr[e] + (1 - b1) * gi;
+        vr[e] = b2 * vr[e] + (1 - b2) * gi * gi;
+        pr[e] -= lr * ((mr[e] / bc1) / (sqrtf(vr[e] / bc2) + eps) + decay * pr[e]);
+    }
+    store_group<V>(p + i, pr, w);
+    store_group<V>(m + i, mr, w);
+    store_group<V>(v + i, vr, w);
+    if (p16) store_group<V>(p16 + i, pr, w);
 }
 // As adamw_update in model.h: decay on matrices and embeddings only, after clipping by the
 // scale GradNorm left on the device (clip), at the step and learning rate `now` holds (on the
@@ -173,7 +187,12 @@ inline void adamw_update(const AdamWTensors& t, const AdamW& o, float* params, c
     if (lo >= hi) return;
     const size_t n = hi - lo;
     count_launch("adamw", (double)n * (28 + (params16 ? 2 : 0)), 0, s);  // p, m, v read and written, g read
-    launch(adamw_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, params + lo, params16 ? params16 + lo : nullptr, grads, m, v, lo,
-           n, t.end, t.decay, t.n, o.beta1, o.beta2, o.eps, o.weight_decay, now, clip);
+    __nv_bfloat16* p16 = params16 ? params16 + lo : nullptr;
+    if (aligned16({params + lo, grads, m, v}) && (uintptr_t)p16 % 8 == 0)
+        launch(adamw_kernel<4>, dim3((unsigned)((n + 1023) / 1024)), dim3(256), 0, s, params + lo, p16, grads, m, v, lo, n, t.end, t.decay, t.n,
+               o.beta1, o.beta2, o.eps, o.weight_decay, now, clip);
+    else
+        launch(adamw_kernel<1>, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, params + lo, p16, grads, m, v, lo, n, t.end, t.decay, t.n,
+               o.beta1, o.beta2, o.eps, o.weight_decay, now, clip);
     cudaCheck(cudaGetLastError());
 }

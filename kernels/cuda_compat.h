@@ -8,6 +8,7 @@
 //   block_sum_fixed<N>(v)                                  a deterministic double sum, in thread 0
 //   PHD_UNROLL, PHD_NO_UNROLL                              #pragma unroll, unroll 1 (nvcc only)
 //   to_f32(x), store(p, v)                                 fp32 or bf16 tensors, arithmetic in fp32
+//   Vec<T, V>, vectorizable, load_group, store_group       16-byte accesses where aligned
 //   to_tf32(x), mma_tf32(d, a, b)                          tensor cores, sm_80+: below
 //   pack_bf16(lo, hi), mma_bf16(d, a, b)                   bf16 tensor cores, sm_80+: below
 //   fast_exp2(x)                                           2^x as ex2.approx.ftz (the softmaxes' exp)
@@ -40,6 +41,8 @@
 // flight until a cp_async_wait<N>() has left at most N of the groups that cp_async_commit()
 // closed outstanding; then a barrier makes them visible to the block.
 #pragma once
+#include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <vector>
 #include "utils.h"
@@ -136,6 +139,45 @@ static __device__ float to_f32(float x) { return x; }
 static __device__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
 static __device__ void store(float* p, float v) { *p = v; }
 static __device__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+
+// V consecutive elements as one access: 16 bytes (V = 16 / sizeof(T)) where the tensors
+// allow it (vectorizable: V divides the row length, every pointer 16-byte aligned; a GPU
+// stops a misaligned one, and so does the emulation's ASan build), else one element (V = 1).
+template<typename T, int V> struct alignas(sizeof(T) * V) Vec { T v[V]; };
+static inline bool aligned16(std::initializer_list<const void*> ptrs) {
+    for (const void* p : ptrs)
+        if ((uintptr_t)p % 16) return false;
+    return true;
+}
+// Rows of `row` elements of T: 16-byte groups never cross a row.
+template<typename T> static bool vectorizable(size_t row, std::initializer_list<const void*> ptrs) {
+    return row % (16 / sizeof(T)) == 0 && aligned16(ptrs);
+}
+// w <= V consecutive elements at p (one access when w == V: a flat tensor's last group may
+// be short), converted to fp32 into r; the same back. (Constant trip counts: r stays in
+// registers.)
+template<int V, typename T> static __device__ void load_group(float (&r)[V], const T* p, int w) {
+    if (w == V) {
+        const Vec<T, V> x = *reinterpret_cast<const Vec<T, V>*>(p);
+        PHD_UNROLL
+        for (int e = 0; e < V; e++) r[e] = to_f32(x.v[e]);
+    } else {
+        PHD_UNROLL
+        for (int e = 0; e < V; e++) r[e] = e < w ? to_f32(p[e]) : 0.0f;
+    }
+}
+template<int V, typename T> static __device__ void store_group(T* p, const float (&r)[V], int w) {
+    if (w == V) {
+        Vec<T, V> x;
+        PHD_UNROLL
+        for (int e = 0; e < V; e++) store(&x.v[e], r[e]);
+        *reinterpret_cast<Vec<T, V>*>(p) = x;
+    } else {
+        PHD_UNROLL
+        for (int e = 0; e < V; e++)
+            if (e < w) store(p + e, r[e]);
+    }
+}
 
 // Sum over a warp's lanes; every lane gets it.
 static __device__ float warp_sum(float v) {

@@ -10,18 +10,31 @@ static constexpr int kRowsPerBlock = 4;  // one warp per row
 
 // ---- embedding: every copy of position n gets E[tokens[b, n]] ----
 
-// grid (N), block min(D, 256): x (N, D), row i = E[tokens[index[i]]]. index (N) says which
-// token each row carries: b*T + n in a training batch (GpuModel sets it once per shape),
-// the position n in a decoder's block over the context's tokens. One kernel serves both.
-static __global__ void embedding_forward_kernel(float* x, const int* tokens, const int* index, const float* E, int D) {
-    const int row = blockIdx.x;
-    const float* e = E + (size_t)tokens[index[row]] * D;
-    for (int j = threadIdx.x; j < D; j += blockDim.x) x[(size_t)row * D + j] = e[j];
+// The row copies (embedding, last copies): a block copies a row of D floats, V a thread an
+// access (4 where the rows are 16-byte groups, else 1), with blocks of min(D / V, 256).
+template<int V> static __device__ void copy_row(float* dst, const float* src, int D) {
+    for (int j = threadIdx.x * V; j < D; j += blockDim.x * V) {
+        float r[V];
+        load_group<V>(r, src + j, V);
+        store_group<V>(dst + j, r, V);
+    }
+}
+template<typename... KArgs, typename... Args>
+static void launch_rows(void (*k4)(KArgs...), void (*k1)(KArgs...), bool vec, int rows, int D, cudaStream_t s, Args... args) {
+    if (vec) launch(k4, dim3(rows), dim3(std::max(1, std::min(D / 4, 256))), 0, s, args...);
+    else launch(k1, dim3(rows), dim3(std::min(D, 256)), 0, s, args...);
+    cudaCheck(cudaGetLastError());
+}
+
+// grid (N): x (N, D), row i = E[tokens[index[i]]]. index (N) says which token each row
+// carries: b*T + n in a training batch (GpuModel sets it once per shape), the position n in
+// a decoder's block over the context's tokens. One kernel serves both.
+template<int V> static __global__ void embedding_forward_kernel(float* x, const int* tokens, const int* index, const float* E, int D) {
+    copy_row<V>(x + (size_t)blockIdx.x * D, E + (size_t)tokens[index[blockIdx.x]] * D, D);
 }
 inline void embedding_forward(float* x, const int* tokens, const int* index, const float* E, int N, int D, cudaStream_t s) {
     count_launch("embedding_forward", (double)N * (8.0 * D + 8), 0, s);  // E's rows read, x written; index, tokens
-    launch(embedding_forward_kernel, dim3(N), dim3(std::min(D, 256)), 0, s, x, tokens, index, E, D);
-    cudaCheck(cudaGetLastError());
+    launch_rows(embedding_forward_kernel<4>, embedding_forward_kernel<1>, vectorizable<float>(D, {x, E}), N, D, s, x, tokens, index, E, D);
 }
 
 // The backward sums, for each token, the rows of every copy of every position that carries
@@ -85,21 +98,30 @@ inline void token_sort(uint64_t* keys, size_t n2, cudaStream_t s) {
     }
     cudaCheck(cudaGetLastError());
 }
-// grid (B*T), block min(D, 256): the block at the start of a run of equal tokens in the
-// sorted keys adds the run's rows (every copy of each position, in key order) into dE.
-static __global__ void embedding_backward_kernel(float* dE, const float* dx, const uint64_t* keys, Config c, int BT, int T) {
+// grid (B*T), V columns a thread an access (launch_rows): the block at the start of a run of
+// equal tokens in the sorted keys adds the run's rows (every copy of each position, in key
+// order) into dE.
+template<int V> static __global__ void embedding_backward_kernel(float* dE, const float* dx, const uint64_t* keys, Config c, int BT, int T) {
     const int i = blockIdx.x;
     const uint32_t token = keys[i] >> 32;
     if (i > 0 && keys[i - 1] >> 32 == token) return;
     int end = i + 1;
     while (end < BT && keys[end] >> 32 == token) end++;
-    for (int j = threadIdx.x; j < c.D; j += blockDim.x) {
-        float sum = 0.0f;
+    for (int j = threadIdx.x * V; j < c.D; j += blockDim.x * V) {
+        float sum[V] = {}, r[V];
         for (int e = i; e < end; e++) {
             const int p = (uint32_t)keys[e], b = p / T, n = p % T;
-            for (int copy = 0; copy < c.K; copy++) sum += dx[((size_t)b * T * c.K + token_row(c, T, n, copy)) * c.D + j];
+            for (int copy = 0; copy < c.K; copy++) {
+                load_group<V>(r, dx + ((size_t)b * T * c.K + token_row(c, T, n, copy)) * c.D + j, V);
+                PHD_UNROLL
+                for (int k = 0; k < V; k++) sum[k] += r[k];
+            }
         }
-        dE[(size_t)token * c.D + j] += sum;
+        float* de = dE + (size_t)token * c.D + j;
+        load_group<V>(r, de, V);
+        PHD_UNROLL
+        for (int k = 0; k < V; k++) r[k] += sum[k];
+        store_group<V>(de, r, V);
     }
 }
 // dE (Vp, D) += the rows of dx (B, TK, D) by the token (B, T) they carry; keys: device
@@ -117,40 +139,30 @@ inline void embedding_backward(float* dE, const float* dx, const int* tokens, ui
     token_sort(keys, n2, s);
     // dx's rows, the keys; dE's rows read and written once per distinct token (at most min(B*T, V))
     count_launch("embedding_backward", 4.0 * B * T * c.K * c.D + 8.0 * B * T + 8.0 * std::min(B * T, c.V) * c.D, 0, s);
-    launch(embedding_backward_kernel, dim3(B * T), dim3(std::min(c.D, 256)), 0, s, dE, dx, (const uint64_t*)keys, c, B * T, T);
-    cudaCheck(cudaGetLastError());
+    launch_rows(embedding_backward_kernel<4>, embedding_backward_kernel<1>, vectorizable<float>(c.D, {dE, dx}), B * T, c.D, s, dE, dx,
+                (const uint64_t*)keys, c, B * T, T);
 }
 
 // ---- bf16 copies: the bf16 attention's inputs and outputs (round to nearest even) ----
 
-static __global__ void copy_to_bf16_kernel(__nv_bfloat16* y, const float* x, size_t n) {
-    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) y[i] = __float2bfloat16(x[i]);
+// grid (ceil(n / (256 V))), block 256: y (n) = x (n) converted, V elements a thread (4: a
+// 16-byte float and an 8-byte bf16 access, where both tensors start 16-byte aligned).
+template<int V, typename To, typename From> static __global__ void convert_kernel(To* y, const From* x, size_t n) {
+    const size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (i >= n) return;
+    const int w = n - i < V ? (int)(n - i) : V;
+    float r[V];
+    load_group<V>(r, x + i, w);
+    store_group<V>(y + i, r, w);
 }
-static __global__ void copy_from_bf16_kernel(float* y, const __nv_bfloat16* x, size_t n) {
-    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) y[i] = __bfloat162float(x[i]);
-}
-inline void copy_to_bf16(__nv_bfloat16* y, const float* x, size_t n, cudaStream_t s) {
-    count_launch("copy_to_bf16", 6.0 * n, 0, s);
-    launch(copy_to_bf16_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, y, x, n);
+template<typename To, typename From> inline void convert(const char* what, To* y, const From* x, size_t n, cudaStream_t s) {
+    count_launch(what, 6.0 * n, 0, s);
+    if (aligned16({y, x})) launch(convert_kernel<4, To, From>, dim3((unsigned)((n + 1023) / 1024)), dim3(256), 0, s, y, x, n);
+    else launch(convert_kernel<1, To, From>, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, y, x, n);
     cudaCheck(cudaGetLastError());
 }
-inline void copy_from_bf16(float* y, const __nv_bfloat16* x, size_t n, cudaStream_t s) {
-    count_launch("copy_from_bf16", 6.0 * n, 0, s);
-    launch(copy_from_bf16_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, y, x, n);
-    cudaCheck(cudaGetLastError());
-}
-
-// V consecutive elements as one access: 16 bytes (V = 16 / sizeof(T)) where the rows allow
-// it, else one element (Vec<T, 1>).
-template<typename T, int V> struct alignas(sizeof(T) * V) Vec { T v[V]; };
-// (The row kernels below and SwiGLU's.)
-template<typename T> static bool rows_of_16_bytes(int F, std::initializer_list<const void*> ptrs) {
-    bool ok = F % (16 / (int)sizeof(T)) == 0;
-    for (const void* p : ptrs) ok = ok && (uintptr_t)p % 16 == 0;
-    return ok;
-}
+inline void copy_to_bf16(__nv_bfloat16* y, const float* x, size_t n, cudaStream_t s) { convert("copy_to_bf16", y, x, n, s); }
+inline void copy_from_bf16(float* y, const __nv_bfloat16* x, size_t n, cudaStream_t s) { convert("copy_from_bf16", y, x, n, s); }
 
 // ---- rmsnorm: out = x / sqrt(mean(x^2) + 1e-5) * g ----
 
@@ -210,7 +222,7 @@ template<typename Out> inline void rmsnorm_rows(const NormIO<Out>& io, const flo
                  (double)N * D * (4 + sizeof(Out) + (io.x_copy ? 4 : 0) + (io.residual ? 4 : 0) + (io.out16 ? 2 : 0)) + 4.0 * N + 4.0 * D, 0, s);
     const dim3 grid((N + kRowsPerBlock - 1) / kRowsPerBlock), block(32, kRowsPerBlock);
     // 4 floats an access where every row starts on 16 bytes: D, ldo and ldx multiples of 4
-    if (rows_of_16_bytes<float>(D, {io.out, io.x, io.x_copy, io.residual, io.out16, g}) && io.ldo % 4 == 0 && io.ldx % 4 == 0)
+    if (vectorizable<float>(D, {io.out, io.x, io.x_copy, io.residual, io.out16, g}) && io.ldo % 4 == 0 && io.ldx % 4 == 0)
         launch(rmsnorm_forward_kernel<Out, 4>, grid, block, 0, s, io, g, N, D);
     else
         launch(rmsnorm_forward_kernel<Out, 1>, grid, block, 0, s, io, g, N, D);
@@ -321,7 +333,7 @@ inline void rmsnorm_backward(G* dx, float* dg, const G* dout, const float* x, co
     const size_t smem = (size_t)kRowsPerBlock * D * sizeof(float);
     Copy* to = copies ? copy : (Copy*)dx;
     // 4 elements an access where every row starts on 16 bytes (as the forward's)
-    if (rows_of_16_bytes<float>(D, {dx, to, dout, x, g}) && ldd % 4 == 0 && ldx % 4 == 0)
+    if (vectorizable<float>(D, {dx, to, dout, x, g}) && ldd % 4 == 0 && ldx % 4 == 0)
         launch_with_shared(rmsnorm_backward_kernel<G, Copy, 4>, grid, block, smem, s, dx, to, scratch, dout, x, g, rstd, N, D, accumulate, ldd, ldx);
     else
         launch_with_shared(rmsnorm_backward_kernel<G, Copy, 1>, grid, block, smem, s, dx, to, scratch, dout, x, g, rstd, N, D, accumulate, ldd, ldx);
@@ -386,7 +398,7 @@ inline void rope(T* qkv, const int* pos, const Config& c, int N, const float* co
     count_launch(sign > 0 ? "rope_forward" : "rope_backward", 4.0 * N * heads * half * sizeof(T) + 4.0 * N, 0, s);  // the pairs read and written
     constexpr int W = 16 / sizeof(T);
     // (the tables' V floats: 4V bytes, 32 for bf16)
-    if (half % W == 0 && rows_of_16_bytes<T>(c.qkv_dim(), {qkv}) && (uintptr_t)cosT % (4 * W) == 0 && (uintptr_t)sinT % (4 * W) == 0)
+    if (half % W == 0 && vectorizable<T>(c.qkv_dim(), {qkv}) && (uintptr_t)cosT % (4 * W) == 0 && (uintptr_t)sinT % (4 * W) == 0)
         launch(rope_kernel<T, W>, dim3(N, (heads * half / W + 255) / 256), dim3(256), 0, s, qkv, pos, cosT, sinT, c, sign);
     else
         launch(rope_kernel<T, 1>, dim3(N, (heads * half + 255) / 256), dim3(256), 0, s, qkv, pos, cosT, sinT, c, sign);
@@ -425,7 +437,7 @@ template<typename T, int V> static __global__ void swiglu_forward_kernel(T* g, c
 template<typename T> inline void swiglu_forward(T* g, const T* h13, int N, int F, cudaStream_t s) {
     count_launch("swiglu_forward", 3.0 * N * F * sizeof(T), 0, s);
     constexpr int W = 16 / sizeof(T);
-    if (rows_of_16_bytes<T>(F, {g, h13})) launch(swiglu_forward_kernel<T, W>, dim3(N, (F + 256 * W - 1) / (256 * W)), dim3(256), 0, s, g, h13, F);
+    if (vectorizable<T>(F, {g, h13})) launch(swiglu_forward_kernel<T, W>, dim3(N, (F + 256 * W - 1) / (256 * W)), dim3(256), 0, s, g, h13, F);
     else launch(swiglu_forward_kernel<T, 1>, dim3(N, (F + 255) / 256), dim3(256), 0, s, g, h13, F);
     cudaCheck(cudaGetLastError());
 }
@@ -449,7 +461,7 @@ template<typename T, int V> static __global__ void swiglu_backward_kernel(T* dh1
 template<typename T> inline void swiglu_backward(T* dh13, const T* dg, const T* h13, int N, int F, cudaStream_t s) {
     count_launch("swiglu_backward", 5.0 * N * F * sizeof(T), 0, s);
     constexpr int W = 16 / sizeof(T);
-    if (rows_of_16_bytes<T>(F, {dh13, dg, h13}))
+    if (vectorizable<T>(F, {dh13, dg, h13}))
         launch(swiglu_backward_kernel<T, W>, dim3(N, (F + 256 * W - 1) / (256 * W)), dim3(256), 0, s, dh13, dg, h13, F);
     else launch(swiglu_backward_kernel<T, 1>, dim3(N, (F + 255) / 256), dim3(256), 0, s, dh13, dg, h13, F);
     cudaCheck(cudaGetLastError());
@@ -457,25 +469,25 @@ template<typename T> inline void swiglu_backward(T* dh13, const T* dg, const T* 
 
 // ---- the last copies in and out of the B*T rows the head sees ----
 
-// grid (B*T), block min(D, 256): xlast (B, T, D) = the rows (n, K-1) of x (B, TK, D)
-static __global__ void last_copy_forward_kernel(float* xlast, const float* x, Config c, int T) {
+// grid (B*T): xlast (B, T, D) = the rows (n, K-1) of x (B, TK, D)
+template<int V> static __global__ void last_copy_forward_kernel(float* xlast, const float* x, Config c, int T) {
     const int i = blockIdx.x, b = i / T, r = b * T * c.K + token_row(c, T, i % T, c.K - 1);
-    for (int j = threadIdx.x; j < c.D; j += blockDim.x) xlast[(size_t)i * c.D + j] = x[(size_t)r * c.D + j];
+    copy_row<V>(xlast + (size_t)i * c.D, x + (size_t)r * c.D, c.D);
 }
 inline void last_copy_forward(float* xlast, const float* x, const Config& c, int B, int T, cudaStream_t s) {
     count_launch("last_copy_forward", 8.0 * B * T * c.D, 0, s);
-    launch(last_copy_forward_kernel, dim3(B * T), dim3(std::min(c.D, 256)), 0, s, xlast, x, c, T);
-    cudaCheck(cudaGetLastError());
+    launch_rows(last_copy_forward_kernel<4>, last_copy_forward_kernel<1>, vectorizable<float>(c.D, {xlast, x}), B * T, c.D, s, xlast, x, c,
+                T);
 }
 // dx (B, TK, D) = 0 except the last-copy rows, which get dxlast (B, T, D)
-static __global__ void last_copy_backward_kernel(float* dx, const float* dxlast, Config c, int T) {
+template<int V> static __global__ void last_copy_backward_kernel(float* dx, const float* dxlast, Config c, int T) {
     const int i = blockIdx.x, b = i / T, r = b * T * c.K + token_row(c, T, i % T, c.K - 1);
-    for (int j = threadIdx.x; j < c.D; j += blockDim.x) dx[(size_t)r * c.D + j] = dxlast[(size_t)i * c.D + j];
+    copy_row<V>(dx + (size_t)r * c.D, dxlast + (size_t)i * c.D, c.D);
 }
 inline void last_copy_backward(float* dx, const float* dxlast, const Config& c, int B, int T, cudaStream_t s) {
     count_launch("last_copy_backward zero", 4.0 * B * T * c.K * c.D, 0, s);
     cudaCheck(cudaMemsetAsync(dx, 0, (size_t)B * T * c.K * c.D * sizeof(float), s));
     count_launch("last_copy_backward", 8.0 * B * T * c.D, 0, s);
-    launch(last_copy_backward_kernel, dim3(B * T), dim3(std::min(c.D, 256)), 0, s, dx, dxlast, c, T);
-    cudaCheck(cudaGetLastError());
+    launch_rows(last_copy_backward_kernel<4>, last_copy_backward_kernel<1>, vectorizable<float>(c.D, {dx, dxlast}), B * T, c.D, s, dx,
+                dxlast, c, T);
 }

@@ -86,7 +86,8 @@ suite dist run 32 "build/train_phd_cpu build/train_phd_emu" 120 "" \
 # Launches checked against ptxas's registers and __launch_bounds__ where nvcc built the table
 # (test/cuda_emu_limits.h); without it the one test that needs it says that it skips.
 kernels=$(has_nvcc && echo build/ptxas/kernels.tsv || true)
-# Every GPU test on the emulation runs here, under AddressSanitizer (overflows to the byte).
+# Every GPU test on the emulation runs here, under AddressSanitizer (overflows to the byte)
+# and UBSan's alignment check (a vector access a GPU would stop on as a misaligned address).
 # The plain emulated build (make test-emu) runs the same cases faster, for a developer; make
 # test leaves it out: its page-protected device memory is what the TSan suites and
 # train_phd_emu (cpu, dist, export) run on.
@@ -107,6 +108,8 @@ suite tsan-catches-block-race "expect:WARNING: ThreadSanitizer: data race" 1 $ts
     env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --no-skip=true --test-case='sanitizer-block-race*'
 suite asan-catches-overflow "expect:AddressSanitizer: heap-buffer-overflow" 1 build/test_gpu_asan 120 "" \
     ./build/test_gpu_asan --no-skip=true --test-case='sanitizer-bounds*'
+suite asan-catches-misaligned "expect:runtime error: .*misaligned address" 1 build/test_gpu_asan 120 "" \
+    ./build/test_gpu_asan --no-skip=true --test-case='sanitizer-misaligned*'
 # Prints "gpu: SKIPPED (no CUDA device: ...)" where there is no GPU.
 suite gpu-native run 1 build/test_gpu_native 600 "$(has_nvcc || echo 'built without nvcc')" ./build/test_gpu_native
 

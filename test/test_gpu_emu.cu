@@ -224,7 +224,7 @@ TEST_CASE("emulation: launches are checked against ptxas's registers and __launc
     }
     // The production kernels are found under the names ptxas gives them.
     const cuda_emu::KernelLimits* sample = cuda_emu::kernel_limits((const void*)&sample_kernel);
-    const cuda_emu::KernelLimits* adamw = cuda_emu::kernel_limits((const void*)&adamw_kernel);
+    const cuda_emu::KernelLimits* adamw = cuda_emu::kernel_limits((const void*)&adamw_kernel<4>);
     REQUIRE(sample);
     REQUIRE(adamw);
     CHECK(sample->max_threads == kSampleThreads);
