@@ -106,7 +106,7 @@ build/test_cpu: test/cpu_tests.cpp $(CPU_TESTS) $(TEST_HDR) $(HEADERS)
 # and full debug information made these builds twice as slow.
 GPU_TEST_SRC  := test/test_gpu.cu test/test_gpu_mma.cu test/test_gpu_kernels.cu test/test_gpu_decode.cu test/test_gpu_emu.cu
 GPU_TEST_DEPS := test/gpu_tests.cu test/test_main.cpp $(GPU_TEST_SRC) $(TEST_HDR) $(HEADERS)
-EMU_FLAGS = -std=c++17 $(WARN) -fopenmp -pthread -x c++ test/gpu_tests.cu -o $@
+EMU_FLAGS = -std=c++17 $(WARN) -fopenmp -pthread -DPHD_EMULATE_GPU -x c++ test/gpu_tests.cu -o $@
 build/test_gpu_emu: $(GPU_TEST_DEPS)
 	@mkdir -p build && rm -f $@
 	$(CXX) $(EMU_FLAGS) $(CXXFLAGS) $(TEST_OPT)

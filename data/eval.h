@@ -114,10 +114,10 @@ struct EvalCounts {
 
 // Scores every ranks-th example from the rank-th (its share) with E, forwards of B rows of
 // at most T tokens (the training batch's shape): of the longest example rounded up to 16, so
-// that short tasks cost what their tokens cost (the engine resizes its buffers for them, and
-// back for training). scores, when given, receives each scored completion's log-likelihood,
-// example by example. path names the file in errors: a token id of V or more, a completion
-// that does not fit in T, or more completions than B rows.
+// that short tasks cost what their tokens cost (the GPU engine lays them out in training's
+// buffers: its step graph stays valid). scores, when given, receives each scored
+// completion's log-likelihood, example by example. path names the file in errors: a token
+// id of V or more, a completion that does not fit in T, or more completions than B rows.
 template<typename Engine>
 EvalCounts evaluate(Engine& E, const std::vector<EvalExample>& examples, const char* path, int V, int B, int T, int rank, int ranks,
                     std::vector<std::vector<double>>* scores = nullptr) {

@@ -207,6 +207,7 @@ struct GpuEngine {
     double ranks_norm = 0;             // several ranks: clip's norm, summed on the host
     std::unique_ptr<AdamWStep> now;    // the staged step's learning rate and bias corrections
     cudaGraphExec_t step_graph = nullptr;
+    int graph_steps = 0;               // steps launched as a graph (the tests read it)
     // What a graph was captured with, beyond what it reads from memory when replayed: the shape,
     // the micro-batches, dloss, whether it updates, the memory's layout and AdamW's constants.
     struct GraphKey {
@@ -291,6 +292,7 @@ struct GpuEngine {
         } else if (opt.graphs && dist.size == 1) {
             if (!step_graph) step_graph = G.capture([&] { step_body(*this, micro, dloss, o, update); });
             cudaCheck(cudaGraphLaunch(step_graph, G.stream));
+            graph_steps++;
         } else {
             step_body(*this, micro, dloss, o, update);
         }

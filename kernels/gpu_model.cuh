@@ -92,6 +92,12 @@ struct GpuModel : Activations<float> {
     // Counts the reallocations of the activations and the slots: a captured graph's pointers
     // hold while it stays the same.
     uint64_t layout = 0;
+    // The batch shape the activations were allocated for, and the pinned slots' ints. A batch
+    // that fits in it (an eval's rows, shorter than training's) is laid out in the same
+    // buffers instead of new ones, so that training's shape comes back to the addresses its
+    // captured step graph holds (GpuEngine::step replays it instead of capturing anew).
+    int B_alloc = 0, T_alloc = 0;
+    size_t stage_ints = 0;
     cudaStream_t capture_stream = nullptr;       // where capture() records (the legacy stream cannot)
 
     // What stays beside the parameters: RoPE's tables, the losses' sums, and for training
@@ -193,37 +199,43 @@ struct GpuModel : Activations<float> {
     }
     size_t activation_bytes(int B_, int T_) const { return activation_bytes(cfg, B_, T_, bf16, grads != nullptr, recompute); }
 
+    // Every buffer grows with B and with T, so a batch no larger in either fits the last
+    // allocation; another is allocated exactly, the old buffers freed.
     void size_for(int B_, int T_) {
         if (B_ == B && T_ == T) return;
         B = B_; T = T_;
-        for (void* q : {(void*)act, (void*)d_tokens, (void*)d_targets, (void*)d_row_index, (void*)d_row_pos, (void*)d_sort_keys, (void*)act16,
-                        (void*)attn_D, (void*)norm_scratch})
-            cudaFree(q);
-        act16 = nullptr;
-        attn_D = nullptr;
-        norm_scratch = nullptr;
         const int N = B * T * cfg.K, TK = T * cfg.K;
-        const size_t slots = token_sort_slots(B * T);
-        char what[64];
-        snprintf(what, sizeof what, "activations for B=%d T=%d", B, T);
-        gpu_check_fits(activation_bytes(B, T), what, recompute < 2 ? " (lower -b or -t, or --recompute 2)" : " (lower -b or -t)");
-        cudaCheck(cudaMalloc(&act, floats(cfg, B, T, !bf16, recompute) * sizeof(float)));
-        cudaCheck(cudaMalloc(&d_tokens, (size_t)B * T * sizeof(int)));
-        cudaCheck(cudaMalloc(&d_targets, (size_t)B * T * sizeof(int)));
-        cudaCheck(cudaMalloc(&d_row_index, (size_t)N * sizeof(int)));
-        cudaCheck(cudaMalloc(&d_row_pos, (size_t)N * sizeof(int)));
-        cudaCheck(cudaMalloc(&d_sort_keys, slots * sizeof(uint64_t)));
-        if (grads) cudaCheck(cudaMalloc(&norm_scratch, (size_t)dg_chunks(N) * cfg.D * sizeof(float)));
+        if (B > B_alloc || T > T_alloc) {
+            for (void* q : {(void*)act, (void*)d_tokens, (void*)d_targets, (void*)d_row_index, (void*)d_row_pos, (void*)d_sort_keys,
+                            (void*)act16, (void*)attn_D, (void*)norm_scratch})
+                cudaFree(q);
+            act16 = nullptr;
+            attn_D = nullptr;
+            norm_scratch = nullptr;
+            char what[64];
+            snprintf(what, sizeof what, "activations for B=%d T=%d", B, T);
+            gpu_check_fits(activation_bytes(B, T), what, recompute < 2 ? " (lower -b or -t, or --recompute 2)" : " (lower -b or -t)");
+            cudaCheck(cudaMalloc(&act, floats(cfg, B, T, !bf16, recompute) * sizeof(float)));
+            cudaCheck(cudaMalloc(&d_tokens, (size_t)B * T * sizeof(int)));
+            cudaCheck(cudaMalloc(&d_targets, (size_t)B * T * sizeof(int)));
+            cudaCheck(cudaMalloc(&d_row_index, (size_t)N * sizeof(int)));
+            cudaCheck(cudaMalloc(&d_row_pos, (size_t)N * sizeof(int)));
+            cudaCheck(cudaMalloc(&d_sort_keys, token_sort_slots(B * T) * sizeof(uint64_t)));
+            if (grads) cudaCheck(cudaMalloc(&norm_scratch, (size_t)dg_chunks(N) * cfg.D * sizeof(float)));
+            if (bf16) {
+                cudaCheck(cudaMalloc(&act16, point16(cfg, B, T, recompute, nullptr, in16) * sizeof(__nv_bfloat16)));
+                cudaCheck(cudaMalloc(&attn_D, (size_t)N * cfg.H * sizeof(float)));
+            }
+            B_alloc = B;
+            T_alloc = T;
+            layout++;
+        }
         point(cfg, B, T, act, !bf16, recompute);
         const bool pre = cfg.norm == NORM_PRE;
         in32.layer.clear();
         for (const LayerActs<float>& a : layer) in32.layer.push_back({pre ? a.a : a.x, a.qkv, a.o, pre ? a.f : a.xm, a.h13, a.g});
         in32.dx = pre ? dx : dy; in32.dg = dtmp; in32.dh13 = dh13; in32.dout = dtmp; in32.dqkv = dqkv; in32.xn = xn; in32.dlogits = logits;
-        if (bf16) {
-            cudaCheck(cudaMalloc(&act16, point16(cfg, B, T, recompute, nullptr, in16) * sizeof(__nv_bfloat16)));
-            cudaCheck(cudaMalloc(&attn_D, (size_t)N * cfg.H * sizeof(float)));
-            point16(cfg, B, T, recompute, act16, in16);
-        }
+        if (bf16) point16(cfg, B, T, recompute, act16, in16);
         std::vector<int> index(N), pos(N);
         for (int i = 0; i < N; i++) {
             pos[i] = row_position(cfg, T, i % TK);
@@ -233,17 +245,21 @@ struct GpuModel : Activations<float> {
         cudaCheck(cudaMemcpy(d_row_pos, pos.data(), N * sizeof(int), cudaMemcpyHostToDevice));
         reserve_slots((int)std::max<size_t>(2, staged.size()), true);
     }
-    // At least n staging slots of the current shape (anew: reallocated whatever their number),
-    // once no queued copy reads the old ones.
-    void reserve_slots(int n, bool anew = false) {
-        if (!anew && (int)staged.size() >= n) return;
+    // At least n staging slots of the current shape (reshaped: the shape changed, which moves
+    // every slot), once no queued copy reads the old ones; reallocated only when they outgrow
+    // the memory.
+    void reserve_slots(int n, bool reshaped = false) {
+        if (!reshaped && (int)staged.size() >= n) return;
         for (cudaEvent_t e : staged) cudaCheck(cudaEventSynchronize(e));
-        if (h_stage) cudaCheck(cudaFreeHost(h_stage));
         while ((int)staged.size() < n) {
             staged.emplace_back();
             cudaCheck(cudaEventCreateWithFlags(&staged.back(), cudaEventDisableTiming));
         }
-        cudaCheck(cudaMallocHost(&h_stage, staged.size() * 2 * (size_t)B * T * sizeof(int)));
+        const size_t need = staged.size() * 2 * (size_t)B * T;
+        if (need <= stage_ints) return;
+        if (h_stage) cudaCheck(cudaFreeHost(h_stage));
+        cudaCheck(cudaMallocHost(&h_stage, need * sizeof(int)));
+        stage_ints = need;
         layout++;
     }
     // Host: tokens and targets (B*T each; tgt may be null) into slot k, once the copies that

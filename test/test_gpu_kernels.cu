@@ -8,6 +8,7 @@
 #include <doctest/doctest.h>
 #include <map>
 #include "../dev/kernel_checks.h"
+#include "../kernels/engine.h"
 #include "test_util.h"
 
 // A kernel-test shape: a model config with B = 2 sequences of T positions.
@@ -562,6 +563,44 @@ TEST_CASE("GPU model: 10 AdamW steps follow the CPU's losses; two GPU runs give 
     G1.backward(1.0f);
     G2.backward(1.0f);
     CHECK(G1.download(G1.grads, G1.P) == G2.download(G2.grads, G2.P));
+}
+
+TEST_CASE("GPU engine: a forward of shorter rows between steps (an eval's) keeps the step's buffers and graph; the same bits without a graph") {
+    // An eval scores rows of its longest example, shorter than training's T: laid out in the
+    // training batch's buffers, so the next step finds the addresses its graph was captured
+    // with and replays it. Without a graph, and without the evals, the same weights.
+    const int B = 2, T = 16, steps = 5;
+    Config c = tiny_config("phd-cswa-2-3-2", 11, T);
+    c.D = 32; c.H = 2; c.Hkv = 1; c.F = 48;  // head size 16: a bf16 attention instance
+    std::vector<float> init(num_params(c));
+    init_params(c, init.data(), 71);
+    AdamW o;
+    o.lr_max = 1e-2f; o.warmup = 1; o.total_steps = steps;
+    auto run = [&](bool graphs, bool evals, int* graph_steps) {
+        EngineOptions eo;
+        eo.bf16 = true;
+        eo.graphs = graphs;
+        GpuEngine E(c, init, eo);
+        for (int s = 0; s < steps; s++) {
+            const std::vector<int> tok = random_tokens(B * T, c.V, 80 + s), tgt = random_tokens(B * T, c.V, 90 + s);
+            E.stage(tok.data(), tgt.data(), 1, B, T, o, s, learning_rate(o, s));
+            E.step(1, 1.0f, o, true);
+            CHECK(std::isfinite(E.norm()));
+            E.take_loss();
+            if (evals && s >= 2) {  // after the capture: an eval's forward at rows of 8
+                const std::vector<int> etok = random_tokens(B * 8, c.V, 100 + s);
+                CHECK(std::isfinite(E.forward(etok.data(), etok.data(), B, 8)));
+            }
+        }
+        *graph_steps = E.graph_steps;
+        return E.G.download(E.G.params, E.G.P);
+    };
+    int with = 0, without = 0, no_evals = 0;
+    const std::vector<float> p_graph = run(true, true, &with), p_plain = run(false, true, &without), p_no_evals = run(true, false, &no_evals);
+    CHECK(with == steps - 1);  // the first warms up; the second is captured, the rest replay it, evals between
+    CHECK(without == 0);
+    CHECK(p_graph == p_plain);
+    CHECK(p_graph == p_no_evals);
 }
 
 // The counted budget (dev/bench_gpu.cu --budget): one bf16 training step with a ledger open.
