@@ -292,6 +292,7 @@ struct GpuEngine {
         } else if (opt.graphs && dist.size == 1) {
             if (!step_graph) step_graph = G.capture([&] { step_body(*this, micro, dloss, o, update); });
             cudaCheck(cudaGraphLaunch(step_graph, G.stream));
+            G.after_replayed_step();
             graph_steps++;
         } else {
             step_body(*this, micro, dloss, o, update);

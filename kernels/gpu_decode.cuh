@@ -47,10 +47,10 @@ static __global__ void decode_step_begin_kernel(DecodeState* st, int* pos, int2*
     st->own = (t - prompt) * per_step;
     st->t = t + 1;
 }
-// grid S, block min(D, 256): xlast (S, D) = each sample's last block row (sample s % B's).
-static __global__ void last_rows_kernel(float* xlast, const float* x, const DecodeState* st, int B, int D) {
+// grid S (launch_rows): xlast (S, D) = each sample's last block row (sample s % B's).
+template<int V> static __global__ void last_rows_kernel(float* xlast, const float* x, const DecodeState* st, int B, int D) {
     const int R = st->b.R, s = blockIdx.x;
-    for (int j = threadIdx.x; j < D; j += blockDim.x) xlast[(size_t)s * D + j] = x[((size_t)(s % B) * R + R - 1) * D + j];
+    copy_row<V>(xlast + (size_t)s * D, x + ((size_t)(s % B) * R + R - 1) * D, D);
 }
 
 // What a decoder holds in its dtype In (float, or bf16 in bf16 runs; the other dtype's set
@@ -318,8 +318,8 @@ private:
     template<typename In> void head(int B) {
         const Config& c = G.cfg;
         In* flast = typed<In>().flast;
-        launch(last_rows_kernel, dim3(S), dim3(std::min(c.D, 256)), 0, G.stream, xlast, (const float*)x, (const DecodeState*)state, B, c.D);
-        cudaCheck(cudaGetLastError());
+        launch_rows(last_rows_kernel<4>, last_rows_kernel<1>, vectorizable<float>(c.D, {xlast, x}), S, c.D, G.stream, xlast, (const float*)x,
+                    (const DecodeState*)state, B, c.D);
         rmsnorm_forward(flast, rlast, xlast, G.p.g_final, S, c.D, G.stream);
         G.matmul("matmul lm_head", d_logits, flast, G.weights<In>().wout, S, c.D, c.Vp, false);
         sample_tokens(feed, rng, d_logits, S, c.V, c.Vp, sampling.temperature, sampling.top_k, G.stream);

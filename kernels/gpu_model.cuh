@@ -92,12 +92,11 @@ struct GpuModel : Activations<float> {
     // Counts the reallocations of the activations and the slots: a captured graph's pointers
     // hold while it stays the same.
     uint64_t layout = 0;
-    // The batch shape the activations were allocated for, and the pinned slots' ints. A batch
-    // that fits in it (an eval's rows, shorter than training's) is laid out in the same
+    // The positions B*T the activations were allocated for, and the pinned slots' ints. A batch
+    // of no more positions (an eval's rows, shorter than training's) is laid out in the same
     // buffers instead of new ones, so that training's shape comes back to the addresses its
     // captured step graph holds (GpuEngine::step replays it instead of capturing anew).
-    int B_alloc = 0, T_alloc = 0;
-    size_t stage_ints = 0;
+    size_t BT_alloc = 0, stage_ints = 0;
     cudaStream_t capture_stream = nullptr;       // where capture() records (the legacy stream cannot)
 
     // What stays beside the parameters: RoPE's tables, the losses' sums, and for training
@@ -199,13 +198,14 @@ struct GpuModel : Activations<float> {
     }
     size_t activation_bytes(int B_, int T_) const { return activation_bytes(cfg, B_, T_, bf16, grads != nullptr, recompute); }
 
-    // Every buffer grows with B and with T, so a batch no larger in either fits the last
-    // allocation; another is allocated exactly, the old buffers freed.
+    // Every buffer's size grows with B*T alone (and the config, dtype and --recompute, fixed
+    // for a model), so a batch of no more positions fits the allocation; a larger one is
+    // allocated exactly, the old buffers freed.
     void size_for(int B_, int T_) {
         if (B_ == B && T_ == T) return;
         B = B_; T = T_;
         const int N = B * T * cfg.K, TK = T * cfg.K;
-        if (B > B_alloc || T > T_alloc) {
+        if ((size_t)B * T > BT_alloc) {
             for (void* q : {(void*)act, (void*)d_tokens, (void*)d_targets, (void*)d_row_index, (void*)d_row_pos, (void*)d_sort_keys,
                             (void*)act16, (void*)attn_D, (void*)norm_scratch})
                 cudaFree(q);
@@ -226,8 +226,7 @@ struct GpuModel : Activations<float> {
                 cudaCheck(cudaMalloc(&act16, point16(cfg, B, T, recompute, nullptr, in16) * sizeof(__nv_bfloat16)));
                 cudaCheck(cudaMalloc(&attn_D, (size_t)N * cfg.H * sizeof(float)));
             }
-            B_alloc = B;
-            T_alloc = T;
+            BT_alloc = (size_t)B * T;
             layout++;
         }
         point(cfg, B, T, act, !bf16, recompute);
@@ -556,6 +555,12 @@ struct GpuModel : Activations<float> {
     // beta = 0, the gains' sums stored, E's gradient zeroed before its scatter): no pass over
     // all P of its own. Until then grads holds the last step's.
     void zero_grads() { fresh_grads = true; }
+    // The host's flags as a step's own run leaves them, after a replay of its graph (which
+    // runs no host code): the gradients written, no logits kept (its forwards had targets).
+    void after_replayed_step() {
+        fresh_grads = false;
+        logits_kept = false;
+    }
     std::vector<float> download(const float* dev, size_t n) const {
         std::vector<float> h(n);
         cudaCheck(cudaMemcpy(h.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost));

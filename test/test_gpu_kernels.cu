@@ -569,7 +569,7 @@ TEST_CASE("GPU engine: a forward of shorter rows between steps (an eval's) keeps
     // An eval scores rows of its longest example, shorter than training's T: laid out in the
     // training batch's buffers, so the next step finds the addresses its graph was captured
     // with and replays it. Without a graph, and without the evals, the same weights.
-    const int B = 2, T = 16, steps = 5;
+    const int B = 2, T = 16, steps = 4;
     Config c = tiny_config("phd-cswa-2-3-2", 11, T);
     c.D = 32; c.H = 2; c.Hkv = 1; c.F = 48;  // head size 16: a bf16 attention instance
     std::vector<float> init(num_params(c));
