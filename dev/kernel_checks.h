@@ -464,19 +464,13 @@ static CheckResult check_adamw(GpuModel& G, int, int, const Timed& timed) {
     // A rank's shard from parameter lo on (ZeRO-1, kernels/dist.h: g, m and v hold just the
     // shard): from 1, p + 1 is 4 bytes past 16-byte alignment and the kernel takes one element
     // a thread; from 4, four, its tensor search starting at lo.
-    struct Shard { std::vector<float> p, m, v; };
-    auto shard = [&](size_t lo) {
+    auto shard_error = [&](size_t lo) {  // the shard's own parameters updated, those before it left as they were
         const auto from = [lo](const std::vector<float>& x) { return std::vector<float>(x.begin() + lo, x.end()); };
         float *d_ps = buf.up(p), *d_gs = buf.up(from(g)), *d_ms = buf.up(from(m)), *d_vs = buf.up(from(v));
         adamw_update(*G.tensors, o, d_ps, d_gs, d_ms, d_vs, now.dev, gn.scale, nullptr, nullptr, lo);
-        return Shard{to_host(d_ps, P), to_host(d_ms, P - lo), to_host(d_vs, P - lo)};
-    };
-    auto shard_error = [&](size_t lo) {  // the shard's own parameters updated, those before it left as they were
-        const Shard sh = shard(lo);
         std::vector<float> want = p_ref;
         std::copy(p.begin(), p.begin() + lo, want.begin());
-        const auto from = [lo](const std::vector<float>& x) { return std::vector<float>(x.begin() + lo, x.end()); };
-        return std::max({max_rel(sh.p, want), max_rel(sh.m, from(m_ref)), max_rel(sh.v, from(v_ref))});
+        return std::max({max_rel(to_host(d_ps, P), want), max_rel(to_host(d_ms, P - lo), from(m_ref)), max_rel(to_host(d_vs, P - lo), from(v_ref))});
     };
     std::vector<TensorError> e = {{"grad norm", std::fabs(norm - norm_ref) / norm_ref, 1e-12},  // double sums, another order
                                   {"params", max_rel(p_got, p_ref), 1e-6},                      // 0

@@ -21,8 +21,7 @@ template<int V> static __device__ void copy_row(float* dst, const float* src, in
 }
 template<typename... KArgs, typename... Args>
 static void launch_rows(void (*k4)(KArgs...), void (*k1)(KArgs...), bool vec, int rows, int D, cudaStream_t s, Args... args) {
-    if (vec) launch(k4, dim3(rows), dim3(std::max(1, std::min(D / 4, 256))), 0, s, args...);
-    else launch(k1, dim3(rows), dim3(std::min(D, 256)), 0, s, args...);
+    launch(vec ? k4 : k1, dim3(rows), dim3(std::max(1, std::min(vec ? D / 4 : D, 256))), 0, s, args...);
     cudaCheck(cudaGetLastError());
 }
 
@@ -157,8 +156,10 @@ template<int V, typename To, typename From> static __global__ void convert_kerne
 }
 template<typename To, typename From> inline void convert(const char* what, To* y, const From* x, size_t n, cudaStream_t s) {
     count_launch(what, 6.0 * n, 0, s);
-    if (aligned16({y, x})) launch(convert_kernel<4, To, From>, dim3((unsigned)((n + 1023) / 1024)), dim3(256), 0, s, y, x, n);
-    else launch(convert_kernel<1, To, From>, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, y, x, n);
+    const bool vec = aligned16({y, x});
+    const size_t per_block = vec ? 1024 : 256;
+    launch(vec ? convert_kernel<4, To, From> : convert_kernel<1, To, From>, dim3((unsigned)((n + per_block - 1) / per_block)), dim3(256), 0, s,
+           y, x, n);
     cudaCheck(cudaGetLastError());
 }
 inline void copy_to_bf16(__nv_bfloat16* y, const float* x, size_t n, cudaStream_t s) { convert("copy_to_bf16", y, x, n, s); }
@@ -222,10 +223,8 @@ template<typename Out> inline void rmsnorm_rows(const NormIO<Out>& io, const flo
                  (double)N * D * (4 + sizeof(Out) + (io.x_copy ? 4 : 0) + (io.residual ? 4 : 0) + (io.out16 ? 2 : 0)) + 4.0 * N + 4.0 * D, 0, s);
     const dim3 grid((N + kRowsPerBlock - 1) / kRowsPerBlock), block(32, kRowsPerBlock);
     // 4 floats an access where every row starts on 16 bytes: D, ldo and ldx multiples of 4
-    if (vectorizable<float>(D, {io.out, io.x, io.x_copy, io.residual, io.out16, g}) && io.ldo % 4 == 0 && io.ldx % 4 == 0)
-        launch(rmsnorm_forward_kernel<Out, 4>, grid, block, 0, s, io, g, N, D);
-    else
-        launch(rmsnorm_forward_kernel<Out, 1>, grid, block, 0, s, io, g, N, D);
+    const bool vec = vectorizable<float>(D, {io.out, io.x, io.x_copy, io.residual, io.out16, g}) && io.ldo % 4 == 0 && io.ldx % 4 == 0;
+    launch(vec ? rmsnorm_forward_kernel<Out, 4> : rmsnorm_forward_kernel<Out, 1>, grid, block, 0, s, io, g, N, D);
     cudaCheck(cudaGetLastError());
 }
 // Contiguous rows (N, D), as the CPU's rmsnorm_forward; x_copy as NormIO's.
@@ -333,10 +332,9 @@ inline void rmsnorm_backward(G* dx, float* dg, const G* dout, const float* x, co
     const size_t smem = (size_t)kRowsPerBlock * D * sizeof(float);
     Copy* to = copies ? copy : (Copy*)dx;
     // 4 elements an access where every row starts on 16 bytes (as the forward's)
-    if (vectorizable<float>(D, {dx, to, dout, x, g}) && ldd % 4 == 0 && ldx % 4 == 0)
-        launch_with_shared(rmsnorm_backward_kernel<G, Copy, 4>, grid, block, smem, s, dx, to, scratch, dout, x, g, rstd, N, D, accumulate, ldd, ldx);
-    else
-        launch_with_shared(rmsnorm_backward_kernel<G, Copy, 1>, grid, block, smem, s, dx, to, scratch, dout, x, g, rstd, N, D, accumulate, ldd, ldx);
+    const bool vec = vectorizable<float>(D, {dx, to, dout, x, g}) && ldd % 4 == 0 && ldx % 4 == 0;
+    launch_with_shared(vec ? rmsnorm_backward_kernel<G, Copy, 4> : rmsnorm_backward_kernel<G, Copy, 1>, grid, block, smem, s, dx, to, scratch,
+                       dout, x, g, rstd, N, D, accumulate, ldd, ldx);
     count_launch("rmsnorm_backward dg", 4.0 * chunks * D + (dg_add ? 8.0 : 4.0) * D, 0, s);
     launch(rmsnorm_backward_dg_kernel, dim3((D + 127) / 128), dim3(128), 0, s, dg, (const float*)scratch, chunks, D, dg_add);
     cudaCheck(cudaGetLastError());
@@ -398,10 +396,10 @@ inline void rope(T* qkv, const int* pos, const Config& c, int N, const float* co
     count_launch(sign > 0 ? "rope_forward" : "rope_backward", 4.0 * N * heads * half * sizeof(T) + 4.0 * N, 0, s);  // the pairs read and written
     constexpr int W = 16 / sizeof(T);
     // (the tables' V floats: 4V bytes, 32 for bf16)
-    if (half % W == 0 && vectorizable<T>(c.qkv_dim(), {qkv}) && (uintptr_t)cosT % (4 * W) == 0 && (uintptr_t)sinT % (4 * W) == 0)
-        launch(rope_kernel<T, W>, dim3(N, (heads * half / W + 255) / 256), dim3(256), 0, s, qkv, pos, cosT, sinT, c, sign);
-    else
-        launch(rope_kernel<T, 1>, dim3(N, (heads * half + 255) / 256), dim3(256), 0, s, qkv, pos, cosT, sinT, c, sign);
+    const bool vec = half % W == 0 && vectorizable<T>(c.qkv_dim(), {qkv}) && (uintptr_t)cosT % (4 * W) == 0 && (uintptr_t)sinT % (4 * W) == 0;
+    const int per_thread = vec ? W : 1;
+    launch(vec ? rope_kernel<T, W> : rope_kernel<T, 1>, dim3(N, (heads * half / per_thread + 255) / 256), dim3(256), 0, s, qkv, pos, cosT, sinT,
+           c, sign);
     cudaCheck(cudaGetLastError());
 }
 // qkv (N, qkv_dim), fp32 or bf16, in place; pos (N): the same arguments as the CPU's
@@ -437,8 +435,9 @@ template<typename T, int V> static __global__ void swiglu_forward_kernel(T* g, c
 template<typename T> inline void swiglu_forward(T* g, const T* h13, int N, int F, cudaStream_t s) {
     count_launch("swiglu_forward", 3.0 * N * F * sizeof(T), 0, s);
     constexpr int W = 16 / sizeof(T);
-    if (vectorizable<T>(F, {g, h13})) launch(swiglu_forward_kernel<T, W>, dim3(N, (F + 256 * W - 1) / (256 * W)), dim3(256), 0, s, g, h13, F);
-    else launch(swiglu_forward_kernel<T, 1>, dim3(N, (F + 255) / 256), dim3(256), 0, s, g, h13, F);
+    const int per_thread = vectorizable<T>(F, {g, h13}) ? W : 1;
+    launch(per_thread == W ? swiglu_forward_kernel<T, W> : swiglu_forward_kernel<T, 1>, dim3(N, (F + 256 * per_thread - 1) / (256 * per_thread)),
+           dim3(256), 0, s, g, h13, F);
     cudaCheck(cudaGetLastError());
 }
 // The same grid: dh13 (N, 2F) from dg (N, F) and h13; fp32, or bf16 in bf16 runs.
@@ -461,9 +460,9 @@ template<typename T, int V> static __global__ void swiglu_backward_kernel(T* dh1
 template<typename T> inline void swiglu_backward(T* dh13, const T* dg, const T* h13, int N, int F, cudaStream_t s) {
     count_launch("swiglu_backward", 5.0 * N * F * sizeof(T), 0, s);
     constexpr int W = 16 / sizeof(T);
-    if (vectorizable<T>(F, {dh13, dg, h13}))
-        launch(swiglu_backward_kernel<T, W>, dim3(N, (F + 256 * W - 1) / (256 * W)), dim3(256), 0, s, dh13, dg, h13, F);
-    else launch(swiglu_backward_kernel<T, 1>, dim3(N, (F + 255) / 256), dim3(256), 0, s, dh13, dg, h13, F);
+    const int per_thread = vectorizable<T>(F, {dh13, dg, h13}) ? W : 1;
+    launch(per_thread == W ? swiglu_backward_kernel<T, W> : swiglu_backward_kernel<T, 1>, dim3(N, (F + 256 * per_thread - 1) / (256 * per_thread)),
+           dim3(256), 0, s, dh13, dg, h13, F);
     cudaCheck(cudaGetLastError());
 }
 
