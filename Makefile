@@ -72,7 +72,7 @@ ifneq ($(NVCC),)
 train_phd: train_phd.cu $(HEADERS)
 	@rm -f $@
 	$(PTXAS_DIR)
-	$(NVCC_BUILD) $(PCRE2_FLAGS) $(NVCC_MPI_FLAGS) $< -o $@ -lcublas -lgomp $(PCRE2_LIBS) $(NVCC_MPI_LIBS) $(PTXAS_LOG)
+	$(NVCC_BUILD) $(PCRE2_FLAGS) $(NVCC_MPI_FLAGS) $< -o $@ -lcublasLt -lgomp $(PCRE2_LIBS) $(NVCC_MPI_LIBS) $(PTXAS_LOG)
 else
 train_phd: build/train_phd_cpu
 	cp $< $@
@@ -125,7 +125,7 @@ build/test_gpu_asan: $(GPU_TEST_DEPS)
 	$(CXX) $(EMU_FLAGS) -O1 -g1 -fsanitize=address,alignment -fno-sanitize-recover=alignment -fno-omit-frame-pointer
 build/test_gpu_native: $(GPU_TEST_DEPS)
 	@mkdir -p build && rm -f $@
-	$(NVCC) $(NVCCFLAGS) $(DOCTEST_INC) -DPHD_NATIVE_GPU -Xcompiler "$(subst $() ,$(comma),$(strip -fopenmp $(WARN)))" -x cu test/gpu_tests.cu -o $@ -lcublas -lgomp
+	$(NVCC) $(NVCCFLAGS) $(DOCTEST_INC) -DPHD_NATIVE_GPU -Xcompiler "$(subst $() ,$(comma),$(strip -fopenmp $(WARN)))" -x cu test/gpu_tests.cu -o $@ -lcublasLt -lgomp
 # doctest from .deps/ where the system has none (a GPU machine without network: dev/gpu_run.sh).
 DOCTEST_INC := $(if $(wildcard /usr/include/doctest/doctest.h),,$(if $(wildcard .deps/doctest/doctest.h),-I.deps))
 
@@ -187,14 +187,14 @@ bench: build/bench_cpu build/bench_decode
 # GPU benchmarks (nvcc and a GPU): the kernel lab and training steps, then KV-cache inference.
 build/bench_gpu: dev/bench_gpu.cu $(HEADERS)
 	@mkdir -p build && rm -f $@
-	$(NVCC_BUILD) $< -o $@ -lcublas -lgomp
+	$(NVCC_BUILD) $< -o $@ -lcublasLt -lgomp
 # Every kernel's registers, static shared memory and __launch_bounds__, for the emulation's
 # launch checks (PHD_EMU_KERNELS, test/cuda_emu_limits.h).
 build/ptxas/kernels.tsv: train_phd dev/ptxas_report.sh
 	./dev/ptxas_report.sh --table $@
 build/bench_decode_gpu: dev/bench_decode.cu $(HEADERS)
 	@mkdir -p build && rm -f $@
-	$(NVCC_BUILD) $< -o $@ -lcublas -lgomp
+	$(NVCC_BUILD) $< -o $@ -lcublasLt -lgomp
 # The kernel lab on the CUDA emulation: `make test` runs it at --tiny.
 build/bench_gpu_emu: dev/bench_gpu.cu $(HEADERS)
 	@mkdir -p build && rm -f $@

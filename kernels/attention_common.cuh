@@ -103,18 +103,3 @@ inline bool compiled_head_dim(const Config& c) {
 // ledger): 0 when no ledger is open, since counting them walks every row.
 inline double counted_pairs(const Config& c, int B, int T) { return open_ledger() ? (double)B * c.H * visible_pairs(c, T) : 0; }
 
-// Launches a kernel (attention, the RMSNorm backward) with `smem` bytes of dynamic shared
-// memory, which may pass the 48 KB default: the kernel's limit is raised at its first launch
-// that needs more, not at every launch (a host call per launch, kept out of the step). One
-// device per process, one host thread launching, as everywhere in the engine.
-template<typename Kernel, typename... Args>
-void launch_with_shared(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args... args) {
-    static std::unordered_map<const void*, size_t> raised;  // each kernel's limit, as set so far
-    size_t& limit = raised[(const void*)kernel];
-    if (smem > limit) {
-        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        limit = smem;
-    }
-    launch(kernel, grid, block, smem, stream, args...);
-}
-

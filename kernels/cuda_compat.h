@@ -15,6 +15,7 @@
 //   ldmatrix<N, trans>(r, row)                             8x8 b16 matrices, shared memory -> fragments
 //   cp_async16(dst, src), cp_async_commit(), cp_async_wait<N>()   global -> shared without registers
 //   cudaCheck(call), cublasCheck(call)                     one-line error, exit 1
+//   launch_with_shared(...), shared_optin()               past 48 KB of dynamic shared memory
 //   to_device(vector), to_host(ptr, n)                     host copies, for the tests and the lab
 // Kernels live in headers and are declared `static __global__`: nvcc gives __global__
 // functions external linkage, so two translation units including one header would clash.
@@ -44,11 +45,12 @@
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <unordered_map>
 #include <vector>
 #include "utils.h"
 
 #ifdef __CUDACC__
-#include <cublas_v2.h>
+#include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -219,6 +221,32 @@ static inline void cuda_check(cudaError_t e, const char* what, const char* file,
 #define cublasCheck(call) cublas_check((call), #call, __FILE__, __LINE__)
 static inline void cublas_check(cublasStatus_t s, const char* what, const char* file, int line) {
     if (s != CUBLAS_STATUS_SUCCESS) die("%s:%d: %s failed: cuBLAS status %d", file, line, what, (int)s);
+}
+
+// Launches a kernel (attention, the RMSNorm backward, the loss) with `smem` bytes of dynamic shared
+// memory, which may pass the 48 KB default: the kernel's limit is raised at its first launch
+// that needs more, not at every launch (a host call per launch, kept out of the step). One
+// device per process, one host thread launching, as everywhere in the engine.
+template<typename Kernel, typename... Args>
+void launch_with_shared(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args... args) {
+    static std::unordered_map<const void*, size_t> raised;  // each kernel's limit, as set so far
+    size_t& limit = raised[(const void*)kernel];
+    if (smem > limit) {
+        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        limit = smem;
+    }
+    launch(kernel, grid, block, smem, stream, args...);
+}
+// The most shared memory a block may opt into on this device (sm_90: 227 KB, sm_80: 163 KB,
+// sm_86 and sm_89: 99 KB), static and dynamic together; queried once.
+inline size_t shared_optin() {
+    static const size_t bytes = [] {
+        int dev, v;
+        cudaCheck(cudaGetDevice(&dev));
+        cudaCheck(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+        return (size_t)v;
+    }();
+    return bytes;
 }
 
 // Host helpers for the tests and the kernel lab: a device copy of a host vector (the caller

@@ -18,8 +18,10 @@
 // shard, which is all a rank keeps of them (ZeRO-1); all_gather then gives every rank all the
 // updated parameters. Shards (struct Shards): the parameter arena (checkpoint order) is cut
 // into buckets, and each bucket [a, b) is shared as an arena of its own: rank r owns
-// [a + begin(b - a, r), a + begin(b - a, r + 1)), (b - a) / N elements each, the last rank
-// also the (b - a) mod N left over (NCCL's reduce-scatter and all-gather take equal pieces).
+// [a + begin(b - a, r), a + begin(b - a, r + 1)), share(b - a) elements each ((b - a) / N
+// rounded down to a multiple of 4, so that a piece starts on a 16-byte group wherever its
+// bucket does, for AdamW's 16-byte path), the last rank also what is left over (NCCL's
+// reduce-scatter and all-gather take equal pieces).
 // A bucket is reduced by itself, so the GPU path (a bucket per layer) starts a layer's
 // reduction while the backward still runs (engine.h); the CPU path has one bucket.
 //
@@ -82,8 +84,10 @@ struct Dist {
     mutable void* small = nullptr;      // (kSmall bytes) on the device: nccl_host's buffer for small values
 #endif
 
-    // First element of rank r's share of n (r = size: n).
-    size_t begin(size_t n, int r) const { return r == size ? n : n / size * r; }
+    // Each rank's piece of a bucket of n, the last rank's leftover aside; and the first
+    // element of rank r's (r = size: n).
+    size_t share(size_t n) const { return n / size / 4 * 4; }
+    size_t begin(size_t n, int r) const { return r == size ? n : share(n) * r; }
     // This rank's shard of an arena cut at bounds (0, ..., its size).
     Shards shards(const std::vector<size_t>& bounds) const {
         Shards S;
@@ -392,12 +396,12 @@ struct Dist {
         if (bytes > kSmall) cudaCheck(cudaFree(d));
     }
     // As reduce_scatter and all_gather, on device memory and the stream s: NCCL's
-    // reduce-scatter and all-gather move a bucket's (n / N)-element pieces, a reduce and a
+    // reduce-scatter and all-gather move a bucket's share(n)-element pieces, a reduce and a
     // broadcast the last rank's leftover. Grouped: NCCL runs a group as one launch.
     void reduce_scatter_device(const float* full, float* shard, const Shards& S, int b, cudaStream_t s) const {
         if (size == 1) return;
         ncclComm_t c = comm();
-        const size_t n = S.bounds[b + 1] - S.bounds[b], each = n / size, rest = n - each * size;
+        const size_t n = S.bounds[b + 1] - S.bounds[b], each = share(n), rest = n - each * size;
         const float* in = full + S.bounds[b];
         float* mine = shard + S.mine[b].at;
         ncclCheck(ncclGroupStart());
@@ -410,7 +414,7 @@ struct Dist {
         ncclComm_t c = comm();
         ncclCheck(ncclGroupStart());
         for (int b = 0; b < S.buckets(); b++) {
-            const size_t n = S.bounds[b + 1] - S.bounds[b], each = n / size, rest = n - each * size;
+            const size_t n = S.bounds[b + 1] - S.bounds[b], each = share(n), rest = n - each * size;
             float* out = full + S.bounds[b];
             ncclCheck(ncclAllGather(out + each * rank, out, each, ncclFloat, c, s));
             if (rest) ncclCheck(ncclBroadcast(out + each * size, out + each * size, rest, ncclFloat, size - 1, c, s));

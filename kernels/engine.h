@@ -28,7 +28,7 @@ struct EngineOptions {
 };
 
 // Memory of a run in bytes, by what holds it: every buffer its engine allocates (the host's
-// on the CPU, the device's on the GPU), CUDA's context and cuBLAS's workspace aside. The
+// on the CPU, the device's on the GPU), CUDA's context and cuBLASLt's own memory aside. The
 // start-up `memory:` line and bench_gpu --memory's table print it; GPU runs check it against
 // the free memory before they allocate.
 struct MemoryCount {
@@ -279,7 +279,7 @@ struct GpuEngine {
     // step_body, as a CUDA graph on one rank, launched one kernel at a time otherwise (several
     // ranks: NCCL and the host's sum of the norms; --graph 0). The first step of a GraphKey
     // runs launch by launch, as a warm-up: what kernels make at their first launch (the bf16
-    // attention's tile maps, shared-memory limits, cuBLAS's choices) allocates and waits, which
+    // attention's tile maps, shared-memory limits, cuBLASLt's plans) allocates and waits, which
     // a capture may not do; the second is captured, and later ones replay it. Either way the
     // host waits for nothing here.
     void step(int micro, float dloss, const AdamW& o, bool update) {

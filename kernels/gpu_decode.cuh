@@ -321,7 +321,7 @@ private:
         launch_rows(last_rows_kernel<4>, last_rows_kernel<1>, vectorizable<float>(c.D, {xlast, x}), S, c.D, G.stream, xlast, (const float*)x,
                     (const DecodeState*)state, B, c.D);
         rmsnorm_forward(flast, rlast, xlast, G.p.g_final, S, c.D, G.stream);
-        G.matmul("matmul lm_head", d_logits, flast, G.weights<In>().wout, S, c.D, c.Vp, false);
+        G.matmul("matmul lm_head", d_logits, flast, G.weights<In>().wout, S, c.D, c.Vp);
         sample_tokens(feed, rng, d_logits, S, c.V, c.Vp, sampling.temperature, sampling.top_k, G.stream);
         fed.clear();  // feed holds new draws: sample() reads them
     }

@@ -15,6 +15,7 @@
 #include <vector>
 #include "adamw.cuh"
 #include "attention.cuh"
+#include "gemm.cuh"
 #include "layers.cuh"
 #include "loss.cuh"
 
@@ -63,7 +64,7 @@ struct GpuModel : Activations<float> {
     float *rope_cos = nullptr, *rope_sin = nullptr;  // (maxT, hd/2)
     float* norm_scratch = nullptr;               // (dg_chunks(B*T*K), D) rmsnorm_backward's partial sums (training)
     std::unique_ptr<AdamWTensors> tensors;       // the parameter tensors as AdamW's one launch sees them (training)
-    cublasHandle_t blas;
+    std::unique_ptr<Gemm> blas;                  // every matmul
     cudaStream_t stream = nullptr;
 
     int B = 0, T = 0;
@@ -99,10 +100,11 @@ struct GpuModel : Activations<float> {
     size_t BT_alloc = 0, stage_ints = 0;
     cudaStream_t capture_stream = nullptr;       // where capture() records (the legacy stream cannot)
 
-    // What stays beside the parameters: RoPE's tables, the losses' sums, and for training
-    // AdamW's tensor table.
+    // What stays beside the parameters: RoPE's tables, the losses' sums, the process's
+    // cuBLASLt workspace (kernels/gemm.cuh), and for training AdamW's tensor table.
     static size_t beside_params(const Config& c, bool training) {
-        return (size_t)c.maxT * c.hd() * sizeof(float) + 2 * sizeof(float) + (training ? param_tensors(c).size() * (sizeof(size_t) + 1) : 0);
+        return (size_t)c.maxT * c.hd() * sizeof(float) + 2 * sizeof(float) + Gemm::kWorkspace +
+               (training ? param_tensors(c).size() * (sizeof(size_t) + 1) : 0);
     }
     // training false: inference only (the KV-cache decoder), the parameters without gradients.
     // bf16_: matmuls and attention on bf16 tensor cores (head sizes 16, 32, 64, 128).
@@ -130,8 +132,7 @@ struct GpuModel : Activations<float> {
         cudaCheck(cudaMalloc(&rope_sin, sn.size() * sizeof(float)));
         cudaCheck(cudaMemcpy(rope_cos, cs.data(), cs.size() * sizeof(float), cudaMemcpyHostToDevice));
         cudaCheck(cudaMemcpy(rope_sin, sn.data(), sn.size() * sizeof(float), cudaMemcpyHostToDevice));
-        cublasCheck(cublasCreate(&blas));
-        cublasCheck(cublasSetMathMode(blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+        blas = std::make_unique<Gemm>(tf32);
         cudaCheck(cudaMalloc(&d_loss, 2 * sizeof(float)));
         cudaCheck(cudaMemset(d_loss, 0, 2 * sizeof(float)));
         cudaCheck(cudaStreamCreate(&capture_stream));
@@ -146,7 +147,6 @@ struct GpuModel : Activations<float> {
             cudaEventDestroy(e);
         }
         cudaFreeHost(h_stage);
-        cublasDestroy(blas);
         cudaStreamDestroy(capture_stream);
     }
     GpuModel(const GpuModel&) = delete;
@@ -282,12 +282,10 @@ struct GpuModel : Activations<float> {
         cudaGraphExec_t exec = nullptr;
         cudaCheck(cudaDeviceSynchronize());
         stream = capture_stream;
-        cublasCheck(cublasSetStream(blas, capture_stream));
         cudaCheck(cudaStreamBeginCapture(capture_stream, cudaStreamCaptureModeThreadLocal));
         body();
         cudaCheck(cudaStreamEndCapture(capture_stream, &graph));
         stream = keep;
-        cublasCheck(cublasSetStream(blas, keep));
         cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
         cudaCheck(cudaGraphDestroy(graph));
         return exec;
@@ -302,26 +300,24 @@ struct GpuModel : Activations<float> {
         else return p16;
     }
 
-    // Column-major C (m, n) = alpha op(A) op(B) + beta C through cuBLAS: fp32 (TF32 when
-    // allowed) or bf16 inputs, fp32 accumulation, C fp32 or bf16.
-    static cudaDataType dtype_of(const float*) { return CUDA_R_32F; }
-    static cudaDataType dtype_of(const __nv_bfloat16*) { return CUDA_R_16BF; }
+    // Column-major C (m, n) = alpha op(A) op(B) + beta C through cuBLASLt (kernels/gemm.cuh):
+    // fp32 (TF32 when allowed) or bf16 inputs, fp32 accumulation, C fp32 or bf16; with
+    // beta != 0, from Cin where given (out of place), else C itself.
     // Counted (dev/bench_gpu.cu --budget): A and B read once, C written (and read when beta != 0).
     template<typename In, typename Out>
     void gemm(const char* what, const char* part, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const In* A, int lda, const In* Bm,
-              int ldb, Out* C, int ldc, float beta, float alpha = 1.0f) {
+              int ldb, Out* C, int ldc, float beta, float alpha = 1.0f, const Out* Cin = nullptr) {
         count_launch(what, ((double)m * k + (double)k * n) * sizeof(In) + (double)m * n * sizeof(Out) * (beta != 0.0f ? 2 : 1),
                      2.0 * m * n * k, stream, part);
-        const cublasComputeType_t comp = std::is_same_v<In, float> && tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-        cublasCheck(cublasGemmEx(blas, ta, tb, m, n, k, &alpha, A, dtype_of(A), lda, Bm, dtype_of(Bm), ldb, &beta, C, dtype_of(C), ldc, comp,
-                                 CUBLAS_GEMM_DEFAULT));
+        (*blas)(stream, ta, tb, m, n, k, alpha, A, lda, Bm, ldb, beta, Cin, C, ldc);
     }
-    // Row-major out (N, O) = in (N, I) W^T [+ out], out fp32 or bf16: cuBLAS sees the
-    // column-major transposes.
-    // Rows of out lie ldo apart (0: O).
+    // Row-major out (N, O) = in (N, I) W^T [+ add], out fp32 or bf16: cuBLASLt sees the
+    // column-major transposes. add: null, out itself (accumulate) or another (N, O) tensor
+    // (a residual add, out of place). Rows of out (and add) lie ldo apart (0: O).
     template<typename In, typename Out>
-    void matmul(const char* what, Out* out, const In* in, const In* W, int N, int I, int O, bool accumulate, int ldo = 0) {
-        gemm(what, nullptr, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, W, I, in, I, out, ldo ? ldo : O, accumulate ? 1.0f : 0.0f);
+    void matmul(const char* what, Out* out, const In* in, const In* W, int N, int I, int O, const std::common_type_t<Out>* add = nullptr,
+                int ldo = 0) {
+        gemm(what, nullptr, CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, W, I, in, I, out, ldo ? ldo : O, add ? 1.0f : 0.0f, 1.0f, add);
     }
     // din (N, I) = scale dout W (overwritten, fp32 or bf16; added to with din_add); dW (O, I) +=
     // scale dout^T in (= in a step's first backward: fresh_grads). scale: the loss's, where dout
@@ -362,31 +358,31 @@ struct GpuModel : Activations<float> {
             if constexpr (std::is_same_v<In, float>) return (__nv_bfloat16*)nullptr;
             else return p;
         };
-        // Pre-norm: each residual add is a GEMM accumulating into a copy of the stream, which
-        // the RMSNorm before it writes as it reads the stream. Reordered: the GEMM writes the
-        // sublayer's output, and its norm adds the stream.
-        if (pre) rmsnorm_forward(in.a, a.rstd_a, a.x, w32.g_attn, N, D, stream, a.xm);
+        // Pre-norm: each residual add is a GEMM that writes the stream's next buffer from its
+        // last (xm = x + o wo^T, x_next = xm + g w2^T, out of place). Reordered: the GEMM
+        // writes the sublayer's output, and its norm adds the stream.
+        if (pre) rmsnorm_forward(in.a, a.rstd_a, a.x, w32.g_attn, N, D, stream);
         if (c.qk_norm) {  // q | k before their norms in fp32, kept for the backward; v straight to in.qkv
-            matmul("matmul qkv", a.qk, in.a, w.wqkv, N, D, c.qk_dim(), false);
-            matmul("matmul qkv", in.qkv + c.qk_dim(), in.a, w.wqkv + (size_t)c.qk_dim() * D, N, D, c.Hkv * c.hd(), false, c.qkv_dim());
+            matmul("matmul qkv", a.qk, in.a, w.wqkv, N, D, c.qk_dim());
+            matmul("matmul qkv", in.qkv + c.qk_dim(), in.a, w.wqkv + (size_t)c.qk_dim() * D, N, D, c.Hkv * c.hd(), nullptr, c.qkv_dim());
             qk_norm_forward(in.qkv, a.rstd_qk, a.qk, w32.g_qk, c, N, stream);
         } else {
-            matmul("matmul qkv", in.qkv, in.a, w.wqkv, N, D, c.qkv_dim(), false);  // bf16 runs: the attention's bf16 input
+            matmul("matmul qkv", in.qkv, in.a, w.wqkv, N, D, c.qkv_dim());  // bf16 runs: the attention's bf16 input
         }
         rope_forward(in.qkv, pos, c, N, rope_cos, rope_sin, stream);
         attend();
-        matmul("matmul wo", pre ? a.xm : a.u, in.o, w.wo, N, c.H * c.hd(), D, pre);
+        matmul("matmul wo", pre ? a.xm : a.u, in.o, w.wo, N, c.H * c.hd(), D, pre ? a.x : nullptr);
         if (pre) {
-            rmsnorm_forward(in.f, a.rstd_f, a.xm, w32.g_ffn, N, D, stream, x_next);
+            rmsnorm_forward(in.f, a.rstd_f, a.xm, w32.g_ffn, N, D, stream);
         } else {
             NormIO<float> io{a.xm, D, a.u, D, a.rstd_a};
             io.residual = a.x;
             io.out16 = bf16_copy(in.f);
             rmsnorm_rows(io, w32.g_attn, N, D, stream);
         }
-        matmul("matmul w13", in.h13, in.f, w.w13, N, D, 2 * c.F, false);
+        matmul("matmul w13", in.h13, in.f, w.w13, N, D, 2 * c.F);
         swiglu_forward(in.g, in.h13, N, c.F, stream);
-        matmul("matmul w2", pre ? x_next : a.y, in.g, w.w2, N, c.F, D, pre);
+        matmul("matmul w2", pre ? x_next : a.y, in.g, w.w2, N, c.F, D, pre ? a.xm : nullptr);
         if (!pre) {
             NormIO<float> io{x_next, D, a.y, D, a.rstd_f};
             io.residual = a.xm;
@@ -503,7 +499,7 @@ struct GpuModel : Activations<float> {
         rmsnorm_forward(in.xn, rstd_final, xlast, p.g_final, BT, D, stream);
         // The logits in the matmuls' type (bf16 runs: bf16, as their backward GEMMs read them;
         // no fp32 copy), where their gradient goes (fp32 runs: logits itself).
-        matmul("matmul lm_head", in.dlogits, in.xn, w.wout, BT, D, c.Vp, false);
+        matmul("matmul lm_head", in.dlogits, in.xn, w.wout, BT, D, c.Vp);
         logits_kept = !tgt;
         if (!tgt) return;
         crossentropy(losses, lse, in.dlogits, d_targets, BT, c.V, c.Vp, c.z_loss, stream);

@@ -169,17 +169,15 @@ inline void copy_from_bf16(float* y, const __nv_bfloat16* x, size_t n, cudaStrea
 
 // Where a norm pass reads and writes (model.h §9, §10): rows of out and x lie ldo and ldx
 // elements apart, so that the q and k parts of the fused qkv rows are normed where they are
-// (qk-norm). The rest, when given: x_copy receives x (pre-norm: the next
-// buffer of the residual stream, which the following GEMM adds into, copied in the pass that
-// reads x anyway); residual is added to out (the reordered norm's x + norm(sublayer)); out16
-// receives out again in bf16 (there: the next matmul's input). These three are D wide.
+// (qk-norm). The rest, when given: residual is added to out (the reordered norm's x +
+// norm(sublayer)); out16 receives out again in bf16 (there: the next matmul's input). Both
+// are D wide.
 template<typename Out> struct NormIO {
     Out* out;
     long ldo;
     const float* x;
     long ldx;
     float* rstd;
-    float* x_copy = nullptr;
     const float* residual = nullptr;
     __nv_bfloat16* out16 = nullptr;
 };
@@ -213,27 +211,22 @@ template<typename Out, int V> static __global__ void rmsnorm_forward_kernel(Norm
             store(&o16.v[e], v);
         }
         *reinterpret_cast<Vec<Out, V>*>(io.out + i * io.ldo + j) = o;
-        if (io.x_copy) *reinterpret_cast<F*>(io.x_copy + at) = a;
         if (io.out16) *reinterpret_cast<Vec<__nv_bfloat16, V>*>(io.out16 + at) = o16;
     }
     if (threadIdx.x == 0) io.rstd[i] = r;
 }
 template<typename Out> inline void rmsnorm_rows(const NormIO<Out>& io, const float* g, int N, int D, cudaStream_t s) {
     count_launch("rmsnorm_forward",
-                 (double)N * D * (4 + sizeof(Out) + (io.x_copy ? 4 : 0) + (io.residual ? 4 : 0) + (io.out16 ? 2 : 0)) + 4.0 * N + 4.0 * D, 0, s);
+                 (double)N * D * (4 + sizeof(Out) + (io.residual ? 4 : 0) + (io.out16 ? 2 : 0)) + 4.0 * N + 4.0 * D, 0, s);
     const dim3 grid((N + kRowsPerBlock - 1) / kRowsPerBlock), block(32, kRowsPerBlock);
     // 4 floats an access where every row starts on 16 bytes: D, ldo and ldx multiples of 4
-    const bool vec = vectorizable<float>(D, {io.out, io.x, io.x_copy, io.residual, io.out16, g}) && io.ldo % 4 == 0 && io.ldx % 4 == 0;
+    const bool vec = vectorizable<float>(D, {io.out, io.x, io.residual, io.out16, g}) && io.ldo % 4 == 0 && io.ldx % 4 == 0;
     launch(vec ? rmsnorm_forward_kernel<Out, 4> : rmsnorm_forward_kernel<Out, 1>, grid, block, 0, s, io, g, N, D);
     cudaCheck(cudaGetLastError());
 }
-// Contiguous rows (N, D), as the CPU's rmsnorm_forward; x_copy as NormIO's.
-template<typename Out>
-inline void rmsnorm_forward(Out* out, float* rstd, const float* x, const float* g, int N, int D, cudaStream_t s,
-                            float* x_copy = nullptr) {
-    NormIO<Out> io{out, D, x, D, rstd};
-    io.x_copy = x_copy;
-    rmsnorm_rows(io, g, N, D, s);
+// Contiguous rows (N, D), as the CPU's rmsnorm_forward.
+template<typename Out> inline void rmsnorm_forward(Out* out, float* rstd, const float* x, const float* g, int N, int D, cudaStream_t s) {
+    rmsnorm_rows(NormIO<Out>{out, D, x, D, rstd}, g, N, D, s);
 }
 
 // The backward in one pass over the rows: dx a warp per row, as the forward, and dg, a sum

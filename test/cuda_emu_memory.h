@@ -6,9 +6,9 @@ namespace cuda_emu {
 
 // Device memory lives apart from the host heap: each allocation has pages of its own, ends
 // 256-byte aligned against an inaccessible guard page, and outside launches, copies, memsets
-// and cuBLAS calls (DeviceAccess scopes) its pages are inaccessible too, so host code that
+// and cuBLASLt calls (DeviceAccess scopes) its pages are inaccessible too, so host code that
 // dereferences a device pointer crashes as it would with a GPU. Under AddressSanitizer it is
-// heap memory instead, so that ASan's redzones find overflows to the byte.
+// heap memory instead (256-byte aligned too), so that ASan's redzones find overflows to the byte.
 // PHD_EMU_DEVICE_MEMORY=bytes gives the emulated device that much memory, so that tests can
 // drive the out-of-memory paths: cudaMemGetInfo reports what is left and cudaMalloc fails past it.
 #ifdef __SANITIZE_ADDRESS__
@@ -20,6 +20,7 @@ struct Allocation {
     char* map;          // the mapping (kProtect) or the heap block
     size_t map_bytes;   // pages before the guard page (kProtect)
     size_t bytes;       // what cudaMalloc was asked for
+    bool sealed = false;  // a library's workspace: closed to every launch and copy for good
 };
 struct DeviceMemory {
     std::recursive_mutex m;              // held by every DeviceAccess scope
@@ -51,10 +52,25 @@ struct DeviceMemory {
         return (uintptr_t)p + n <= it->first + it->second;
     }
     void set_access(const Allocation& a, bool on) {
-        if (kProtect && mprotect(a.map, a.map_bytes, on ? PROT_READ | PROT_WRITE : PROT_NONE) != 0) {
+        if (kProtect && !a.sealed && mprotect(a.map, a.map_bytes, on ? PROT_READ | PROT_WRITE : PROT_NONE) != 0) {
             perror("cuda_emu: mprotect");
             abort();
         }
+    }
+    // The allocation that starts at p becomes a library's workspace (cuBLASLt's): only the
+    // library's own kernels, which the emulation does not run, may touch it, so it stays
+    // closed even while launches run (a kernel that strays into it crashes), and its pages
+    // are given back (nothing reads them), so that opening device memory for each launch
+    // need not walk them.
+    void seal(const void* p) {
+        auto it = live.find((uintptr_t)p);
+        if (it == live.end() || it->second.sealed) return;
+        Allocation& a = it->second;
+        if (kProtect && (mprotect(a.map, a.map_bytes, PROT_NONE) != 0 || madvise(a.map, a.map_bytes, MADV_DONTNEED) != 0)) {
+            perror("cuda_emu: sealing a workspace");
+            abort();
+        }
+        a.sealed = true;
     }
 };
 inline DeviceMemory& device_memory() { static DeviceMemory d; return d; }

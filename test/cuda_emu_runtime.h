@@ -31,8 +31,17 @@ template<typename F> inline cudaError_t cudaFuncSetAttribute(F kernel, cudaFuncA
     cuda_emu::shared_limits()[reinterpret_cast<const void*>(kernel)] = (size_t)bytes;
     return cudaSuccess;
 }
-enum cudaDeviceAttr { cudaDevAttrClockRate, cudaDevAttrMultiProcessorCount, cudaDevAttrComputeCapabilityMajor, cudaDevAttrComputeCapabilityMinor };
-inline cudaError_t cudaDeviceGetAttribute(int*, cudaDeviceAttr, int) { return cudaErrorInvalidValue; }  // no hardware to describe
+inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
+enum cudaDeviceAttr {
+    cudaDevAttrClockRate, cudaDevAttrMultiProcessorCount, cudaDevAttrComputeCapabilityMajor, cudaDevAttrComputeCapabilityMinor,
+    cudaDevAttrMaxSharedMemoryPerBlockOptin
+};
+// The shared-memory limit the launches are checked against; no other hardware to describe.
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
+    if (a != cudaDevAttrMaxSharedMemoryPerBlockOptin) return cudaErrorInvalidValue;
+    *v = (int)cuda_emu::kMaxDynamicShared;
+    return cudaSuccess;
+}
 inline cudaError_t cudaDeviceSynchronize() {
     if (cuda_emu::capture_refuses()) return cudaErrorStreamCaptureUnsupported;
     return cuda_emu::streams().wait_all();
@@ -69,9 +78,10 @@ inline cudaError_t cudaMalloc(void** p, size_t n) {
         if (m == MAP_FAILED) return cudaErrorMemoryAllocation;
         a.map = (char*)m;
         *p = a.map + a.map_bytes - tail;
-    } else {
-        a.map = (char*)malloc(n ? n : 1);
-        if (!a.map) return cudaErrorMemoryAllocation;
+    } else {  // 256-byte aligned, as cudaMalloc's, with ASan's redzone right after the n bytes
+        void* m = nullptr;
+        if (posix_memalign(&m, 256, n ? n : 1) != 0) return cudaErrorMemoryAllocation;
+        a.map = (char*)m;
         *p = a.map;
     }
     if (!dry_run()) {  // a dry run leaves the reservation untouched

@@ -3,7 +3,7 @@
 // `make test`, also under ThreadSanitizer and AddressSanitizer).
 //
 // This part tests the emulation itself with small kernels written the way production
-// kernels are: shuffles, shared memory, barriers, early returns, atomics, cuBLAS.
+// kernels are: shuffles, shared memory, barriers, early returns, atomics, cuBLASLt.
 #include <algorithm>
 #include <cmath>
 #include <csignal>
@@ -13,6 +13,7 @@
 #include <vector>
 #include <doctest/doctest.h>
 #include "../kernels/cuda_compat.h"
+#include "../kernels/gemm.cuh"
 #include "test_util.h"
 
 // A device copy of a host vector, freed on scope exit.
@@ -219,15 +220,15 @@ TEST_CASE("emulation: device memory is kept from the host as on a GPU") {
         cudaCheck(cudaMemcpy(d.ptr, host.data(), bytes, cudaMemcpyDefault));
         CHECK(d.get() == host);
     }
-    SUBCASE("cuBLAS given a host matrix fails") {
-        cublasHandle_t h;
-        cublasCheck(cublasCreate(&h));
+    SUBCASE("cuBLASLt given a host matrix fails") {
         std::vector<float> A(4, 1.0f);
         DeviceBuffer<float> dB(A), dC(A);
-        const float one = 1.0f;
-        CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 2, &one, A.data(), 2, dB.ptr, 2, &one, dC.ptr, 2) != CUBLAS_STATUS_SUCCESS);
+        Gemm gemm(false);
+        CHECK(in_child([&] {
+            gemm(nullptr, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 2, 1.0f, A.data(), 2, dB.ptr, 2, 1.0f, dC.ptr, dC.ptr, 2);
+            cudaDeviceSynchronize();
+        }) == 1);
         CHECK(dC.get() == A);
-        cublasCheck(cublasDestroy(h));
     }
 #ifndef __SANITIZE_ADDRESS__  // there device memory is heap memory, for ASan's redzones
     SUBCASE("host code that reads device memory crashes") {
@@ -274,23 +275,15 @@ TEST_CASE("emulation: a warp primitive reading a lane that has returned aborts, 
     CHECK(in_child([&] { launch(half_warp_kernel, dim3(1), dim3(8), 0, nullptr, d.ptr, 8); cudaDeviceSynchronize(); }) == 43);  // lane 8 does not exist
 }
 
-TEST_CASE("emulation: cuBLAS with TF32 allowed rounds its inputs to TF32") {
+TEST_CASE("emulation: cuBLASLt with TF32 allowed rounds its inputs to TF32") {
     // 1 + 2^-12 has no TF32 form (10 mantissa bits): it rounds to 1.
     const float x = 1.0f + 1.0f / 4096;
     DeviceBuffer<float> dA(std::vector<float>(1, x)), dB(std::vector<float>(1, x)), dC(std::vector<float>(1, 0.0f));
-    cublasHandle_t h;
-    cublasCheck(cublasCreate(&h));
-    const float one = 1.0f, zero = 0.0f;
-    cublasCheck(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, 1, &one, dA.ptr, 1, dB.ptr, 1, &zero, dC.ptr, 1));
-    CHECK(dC.get()[0] == x * x);
-    cublasCheck(cublasSetMathMode(h, CUBLAS_TF32_TENSOR_OP_MATH));
-    cublasCheck(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, 1, &one, dA.ptr, 1, dB.ptr, 1, &zero, dC.ptr, 1));
-    CHECK(dC.get()[0] == 1.0f);
-    cublasCheck(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
-    cublasCheck(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, 1, &one, dA.ptr, CUDA_R_32F, 1, dB.ptr, CUDA_R_32F, 1, &zero,
-                             dC.ptr, CUDA_R_32F, 1, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
-    CHECK(dC.get()[0] == 1.0f);
-    cublasCheck(cublasDestroy(h));
+    for (const bool tf32 : {false, true}) {
+        Gemm gemm(tf32);
+        gemm(nullptr, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, 1, 1.0f, dA.ptr, 1, dB.ptr, 1, 0.0f, dC.ptr, dC.ptr, 1);
+        CHECK(dC.get()[0] == (tf32 ? 1.0f : x * x));
+    }
 }
 #endif
 
@@ -436,54 +429,46 @@ TEST_CASE("emulation: atomicAdd and atomicMax on int and float") {
     CHECK(fmax.get()[0] == mx * 0.25f);
 }
 
-TEST_CASE("emulation: cuBLAS GEMMs against a naive GEMM, every transpose") {
-    cublasHandle_t h;
-    cublasCheck(cublasCreate(&h));
-    const int m = 13, n = 9, k = 21, batch = 3;
+// The engine's products (kernels/gemm.cuh) against a naive GEMM: every transpose, padded
+// leading dimensions, C added in place and out of place (C left as it was); integers, so
+// that every sum is exact. Natively too: there it is cuBLASLt's.
+TEST_CASE("emulation: cuBLASLt GEMMs against a naive GEMM, every transpose, C in place and out of place") {
+    Gemm gemm(false);
+    const int m = 13, n = 9, k = 21;
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++) {
             // column-major op(A) (m, k), op(B) (k, n); leading dimensions padded by 2
             const int lda = (ta ? k : m) + 2, ldb = (tb ? n : k) + 2, ldc = m + 2;
-            const long sa = (long)lda * (ta ? m : k), sb = (long)ldb * (tb ? k : n), sc = (long)ldc * n;
-            std::vector<float> A(sa * batch), B(sb * batch), C0(sc * batch);
+            std::vector<float> A((size_t)lda * (ta ? m : k)), B((size_t)ldb * (tb ? k : n)), C0((size_t)ldc * n);
             for (size_t i = 0; i < A.size(); i++) A[i] = (float)((i * 31) % 17) - 8;
             for (size_t i = 0; i < B.size(); i++) B[i] = (float)((i * 13) % 11) - 5;
             for (size_t i = 0; i < C0.size(); i++) C0[i] = (float)(i % 5);
             const float alpha = 0.5f, beta = 2.0f;
-            auto want = [&](int b, int i, int j) {
+            auto want = [&](int i, int j) {
                 double s = 0;
-                for (int p = 0; p < k; p++)
-                    s += (double)(ta ? A[b * sa + p + i * lda] : A[b * sa + i + p * lda]) *
-                         (tb ? B[b * sb + j + p * ldb] : B[b * sb + p + j * ldb]);
-                return (float)(alpha * s + beta * C0[b * sc + i + j * ldc]);
+                for (int p = 0; p < k; p++) s += (double)(ta ? A[p + i * lda] : A[i + p * lda]) * (tb ? B[j + p * ldb] : B[p + j * ldb]);
+                return (float)(alpha * s + beta * C0[i + j * ldc]);
             };
-            cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-            DeviceBuffer<float> dA(A), dB(B), dC(C0), dC1(C0);
-            cublasCheck(cublasGemmStridedBatchedEx(h, opa, opb, m, n, k, &alpha, dA.ptr, CUDA_R_32F, lda, sa, dB.ptr,
-                                                   CUDA_R_32F, ldb, sb, &beta, dC.ptr, CUDA_R_32F, ldc, sc, batch,
-                                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-            cublasCheck(cublasSgemm(h, opa, opb, m, n, k, &alpha, dA.ptr, lda, dB.ptr, ldb, &beta, dC1.ptr, ldc));
-            std::vector<float> C = dC.get(), C1 = dC1.get();
+            const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+            DeviceBuffer<float> dA(A), dB(B), dC(C0), dD(std::vector<float>(C0.size(), -1.0f)), dC1(C0);
+            gemm(nullptr, opa, opb, m, n, k, alpha, dA.ptr, lda, dB.ptr, ldb, beta, dC.ptr, dD.ptr, ldc);
+            gemm(nullptr, opa, opb, m, n, k, alpha, dA.ptr, lda, dB.ptr, ldb, beta, dC1.ptr, dC1.ptr, ldc);
+            const std::vector<float> D = dD.get(), C1 = dC1.get();
             int wrong = 0;
-            for (int b = 0; b < batch; b++)
-                for (int j = 0; j < n; j++)
-                    for (int i = 0; i < m; i++) {
-                        wrong += C[b * sc + i + j * ldc] != want(b, i, j);
-                        if (b == 0) wrong += C1[i + j * ldc] != want(0, i, j);
-                    }
-            for (int b = 0; b < batch; b++)  // padding rows below m are never written
-                wrong += C[b * sc + m] != C0[b * sc + m];
+            for (int j = 0; j < n; j++)
+                for (int i = 0; i < m; i++) wrong += (D[i + j * ldc] != want(i, j)) + (C1[i + j * ldc] != want(i, j));
+            for (int j = 0; j < n; j++)  // the padding rows below m are never written
+                wrong += (D[m + j * ldc] != -1.0f) + (C1[m + j * ldc] != C0[m + j * ldc]);
             INFO("transA " << ta << " transB " << tb);
             CHECK(wrong == 0);
+            CHECK(dC.get() == C0);
         }
-    cublasCheck(cublasDestroy(h));
 }
 
 // The bf16 GEMMs of --dtype bf16: bf16 A and B, fp32 accumulation, an fp32 C or a bf16 C
 // rounded once to nearest even. Natively too: every value below is exact in either format.
-TEST_CASE("emulation: cuBLAS bf16 GEMMs, fp32 and bf16 C, against a naive GEMM; one rounding of a bf16 C") {
-    cublasHandle_t h;
-    cublasCheck(cublasCreate(&h));
+TEST_CASE("emulation: cuBLASLt bf16 GEMMs, fp32 and bf16 C, against a naive GEMM; one rounding of a bf16 C") {
+    Gemm gemm(false);
     auto bf = [](const std::vector<float>& x) {
         std::vector<__nv_bfloat16> y;
         for (float v : x) y.push_back(__float2bfloat16(v));
@@ -504,11 +489,8 @@ TEST_CASE("emulation: cuBLAS bf16 GEMMs, fp32 and bf16 C, against a naive GEMM; 
     for (size_t i = 0; i < C0.size(); i++) C0[i] = (float)(i % 3);
     DeviceBuffer<__nv_bfloat16> dA(bf(A)), dB(bf(B)), dC16(bf(C0));
     DeviceBuffer<float> dC(C0);
-    const float one = 1.0f;
-    cublasCheck(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, dA.ptr, CUDA_R_16BF, k, dB.ptr, CUDA_R_16BF, k, &one, dC.ptr,
-                             CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    cublasCheck(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, dA.ptr, CUDA_R_16BF, k, dB.ptr, CUDA_R_16BF, k, &one, dC16.ptr,
-                             CUDA_R_16BF, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    gemm(nullptr, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, 1.0f, dA.ptr, k, dB.ptr, k, 1.0f, dC.ptr, dC.ptr, m);
+    gemm(nullptr, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, 1.0f, dA.ptr, k, dB.ptr, k, 1.0f, dC16.ptr, dC16.ptr, m);
     const std::vector<float> C = dC.get(), C16 = fl(dC16.get());
     int wrong = 0, rounded = 0;
     for (int j = 0; j < n; j++)
@@ -525,50 +507,73 @@ TEST_CASE("emulation: cuBLAS bf16 GEMMs, fp32 and bf16 C, against a naive GEMM; 
     // 1 + 2^-7 (odd) and 1 + 2^-6 (even).
     for (float x : {1.0f / 256, 3.0f / 256}) {
         DeviceBuffer<__nv_bfloat16> a(bf({1.0f, x})), b(bf({1.0f, 1.0f})), c(bf({0.0f}));
-        const float zero = 0.0f;
-        cublasCheck(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, 1, 1, 2, &one, a.ptr, CUDA_R_16BF, 2, b.ptr, CUDA_R_16BF, 2, &zero, c.ptr,
-                                 CUDA_R_16BF, 1, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        gemm(nullptr, CUBLAS_OP_T, CUBLAS_OP_N, 1, 1, 2, 1.0f, a.ptr, 2, b.ptr, 2, 0.0f, c.ptr, c.ptr, 1);
         CHECK(fl(c.get())[0] == (x < 0.005f ? 1.0f : 1.0f + 1.0f / 64));
     }
-    cublasCheck(cublasDestroy(h));
 }
 
 #ifndef __CUDACC__
-TEST_CASE("emulation: cuBLAS refuses type combinations it has no kernel for") {
-    cublasHandle_t h;
-    cublasCheck(cublasCreate(&h));
-    DeviceBuffer<float> f(std::vector<float>(4, 1.0f));
-    DeviceBuffer<__nv_bfloat16> b(std::vector<__nv_bfloat16>(4, __float2bfloat16(1.0f)));
-    const float one = 1.0f;
-    auto gemm = [&](const void* A, cudaDataType at, const void* B, cudaDataType bt, void* C, cudaDataType ct) {
-        return cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 2, &one, A, at, 2, B, bt, 2, &one, C, ct, 2, CUBLAS_COMPUTE_32F,
-                            CUBLAS_GEMM_DEFAULT);
+// What the emulated cuBLASLt refuses, straight through its API: what cuBLASLt checks (types
+// it has no kernel for, a leading dimension shorter than the rows) and what a GPU would run
+// wrong or fault on (an operand aligned less than its algorithm was chosen for, a workspace
+// smaller than it takes, C and D overlapping without being one matrix). Nothing refused runs.
+TEST_CASE("emulation: cuBLASLt refuses types without a kernel, short leading dimensions, misaligned operands, a short workspace, C overlapping D") {
+    const int m = 4, n = 3, k = 5;
+    DeviceBuffer<float> f(std::vector<float>(256, 1.0f)), ws(std::vector<float>(16, 0.0f));
+    DeviceBuffer<__nv_bfloat16> h(std::vector<__nv_bfloat16>(64, __float2bfloat16(1.0f)));
+    cublasLtHandle_t lt;
+    cublasCheck(cublasLtCreate(&lt));
+    cublasLtMatmulDesc_t op;
+    cublasCheck(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    // The heuristic's status for A (m, k), B (k, n), C = D (m, n) of these types and leading
+    // dimensions; on success, its algorithm in algo.
+    cublasLtMatmulAlgo_t algo;
+    uint64_t workspace = 0;
+    auto heuristic = [&](cudaDataType in, cudaDataType out, int lda, int ldb, int ldc) {
+        cublasLtMatrixLayout_t a, b, c;
+        cublasCheck(cublasLtMatrixLayoutCreate(&a, in, m, k, lda));
+        cublasCheck(cublasLtMatrixLayoutCreate(&b, in, k, n, ldb));
+        cublasCheck(cublasLtMatrixLayoutCreate(&c, out, m, n, ldc));
+        cublasLtMatmulPreference_t pref;
+        cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
+        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace)));
+        cublasLtMatmulHeuristicResult_t r;
+        int count = 0;
+        const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt, op, a, b, c, c, pref, 1, &r, &count);
+        if (st == CUBLAS_STATUS_SUCCESS) algo = r.algo;
+        for (cublasLtMatrixLayout_t l : {a, b, c}) cublasLtMatrixLayoutDestroy(l);
+        cublasLtMatmulPreferenceDestroy(pref);
+        return st;
     };
-    CHECK(gemm(b.ptr, CUDA_R_16BF, f.ptr, CUDA_R_32F, f.ptr, CUDA_R_32F) == CUBLAS_STATUS_NOT_SUPPORTED);  // mixed inputs
-    CHECK(gemm(f.ptr, CUDA_R_32F, f.ptr, CUDA_R_32F, b.ptr, CUDA_R_16BF) == CUBLAS_STATUS_NOT_SUPPORTED);  // fp32 in, bf16 out
-    CHECK(f.get() == std::vector<float>(4, 1.0f));
-    CHECK(gemm(b.ptr, CUDA_R_16BF, b.ptr, CUDA_R_16BF, f.ptr, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS);
-    CHECK(f.get() == std::vector<float>(4, 3.0f));
-    cublasCheck(cublasDestroy(h));
+    CHECK(heuristic(CUDA_R_32F, CUDA_R_16BF, m, k, m) == CUBLAS_STATUS_NOT_SUPPORTED);  // fp32 in, bf16 out
+    CHECK(heuristic(CUDA_R_32F, CUDA_R_32F, m - 1, k, m) == CUBLAS_STATUS_INVALID_VALUE);
+    CHECK(heuristic(CUDA_R_32F, CUDA_R_32F, m, k - 1, m) == CUBLAS_STATUS_INVALID_VALUE);
+    CHECK(heuristic(CUDA_R_32F, CUDA_R_32F, m, k, m - 1) == CUBLAS_STATUS_INVALID_VALUE);
+    CHECK(heuristic(CUDA_R_16BF, CUDA_R_32F, m, k, m) == CUBLAS_STATUS_SUCCESS);
+    workspace = 64;
+    REQUIRE(heuristic(CUDA_R_32F, CUDA_R_32F, m, k, m) == CUBLAS_STATUS_SUCCESS);  // chosen for 256-byte operands
+    cublasLtMatrixLayout_t a, b, c;
+    cublasCheck(cublasLtMatrixLayoutCreate(&a, CUDA_R_32F, m, k, m));
+    cublasCheck(cublasLtMatrixLayoutCreate(&b, CUDA_R_32F, k, n, k));
+    cublasCheck(cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, m, n, m));
+    const float one = 1.0f;
+    // A = B = 1 (at 0 and 64 floats: 256 bytes apart), C (m, n) at 128 floats, D elsewhere
+    auto run = [&](float* D, size_t ws_bytes) {
+        return cublasLtMatmul(lt, op, &one, f.ptr, a, f.ptr + 64, b, &one, f.ptr + 128, c, D, c, &algo, ws.ptr, ws_bytes, nullptr);
+    };
+    CHECK(run(f.ptr + 196, 64) == CUBLAS_STATUS_INVALID_VALUE);  // D 16 bytes past 256
+    CHECK(run(f.ptr + 192, 32) == CUBLAS_STATUS_INVALID_VALUE);  // the workspace short
+    CHECK(run(f.ptr + 132, 64) == CUBLAS_STATUS_INVALID_VALUE);  // C and D overlap (and D misaligned)
+    CHECK(f.get() == std::vector<float>(256, 1.0f));
+    DeviceBuffer<float> d(std::vector<float>(64, 0.0f));
+    CHECK(run(d.ptr, 64) == CUBLAS_STATUS_SUCCESS);  // out of place: D = A B + C
+    CHECK(d.get()[m * n - 1] == (float)k + 1.0f);
+    CHECK(f.get() == std::vector<float>(256, 1.0f));
+    for (cublasLtMatrixLayout_t l : {a, b, c}) cublasLtMatrixLayoutDestroy(l);
+    cublasLtMatmulDescDestroy(op);
+    cublasLtDestroy(lt);
 }
 #endif
-
-TEST_CASE("emulation: cuBLAS refuses a leading dimension shorter than the stored matrix's rows") {
-    cublasHandle_t h;
-    cublasCheck(cublasCreate(&h));
-    const int m = 4, n = 3, k = 5;
-    DeviceBuffer<float> dA(std::vector<float>(32, 1.0f)), dB(std::vector<float>(32, 1.0f)), dC(std::vector<float>(32, 0.0f));
-    const float one = 1.0f, zero = 0.0f;
-    // (op, lda, ldb, ldc) with one leading dimension short: A is m x k (N) or k x m (T)
-    CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, dA.ptr, m - 1, dB.ptr, k, &zero, dC.ptr, m) == CUBLAS_STATUS_INVALID_VALUE);
-    CHECK(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, dA.ptr, k - 1, dB.ptr, k, &zero, dC.ptr, m) == CUBLAS_STATUS_INVALID_VALUE);
-    CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, m, n, k, &one, dA.ptr, m, dB.ptr, n - 1, &zero, dC.ptr, m) == CUBLAS_STATUS_INVALID_VALUE);
-    CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, dA.ptr, m, dB.ptr, k, &zero, dC.ptr, m - 1) == CUBLAS_STATUS_INVALID_VALUE);
-    CHECK(dC.get() == std::vector<float>(32, 0.0f));  // nothing ran
-    cublasCheck(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, dA.ptr, k, dB.ptr, k, &zero, dC.ptr, m));
-    CHECK(dC.get()[m * n - 1] == (float)k);
-    cublasCheck(cublasDestroy(h));
-}
 
 // The fast intrinsics within CUDA's documented bounds, and __expf's error growing with |x|
 // as the GPU's does (its argument x log2 e is rounded to float).

@@ -59,6 +59,10 @@ TEST_CASE("--device cuda (emulated): --compare-cpu, --check-state, training that
     CHECK(cache_line(out) == cache_line(on_cpu));
 }
 
+// The process's cuBLASLt workspace (kernels/gemm.cuh's Gemm::kWorkspace), which the GPU path
+// counts beside the parameters.
+static const size_t kGemmWorkspace = 32u << 20;
+
 TEST_CASE("--device cuda (emulated): what does not fit in GPU memory gets one clear error line") {
     // The emulated device gets PHD_EMU_DEVICE_MEMORY bytes; the model of tiny_flags().
     Config c = tiny_config("phd-cswa-3-4-5", 32, 16);
@@ -66,8 +70,9 @@ TEST_CASE("--device cuda (emulated): what does not fit in GPU memory gets one cl
     const size_t P = num_params(c) * sizeof(float);
     std::string shard = make_shard("oom.bin", 3000, 9), out;
     struct Case { size_t bytes; std::string expect; };
-    for (const Case& k : {Case{1000, "GPU memory: parameters and gradients need"}, Case{3 * P, "GPU memory: AdamW moments need"},
-                          Case{4 * P + 65536, "GPU memory: activations for B=2 T=16 need"}}) {
+    const size_t W = kGemmWorkspace;
+    for (const Case& k : {Case{W, "GPU memory: parameters and gradients need"}, Case{W + 3 * P, "GPU memory: AdamW moments need"},
+                          Case{W + 4 * P + 65536, "GPU memory: activations for B=2 T=16 need"}}) {
         int rc = run("PHD_EMU_DEVICE_MEMORY=" + std::to_string(k.bytes) + " " + kEmuBin + tiny_flags() +
                          "--variant phd-cswa-3-4-5 --device cuda -x 1 -v 0 -s 0 -i " + shard + " -o " + tmp("oom"), &out);
         INFO(k.bytes << " bytes -> " << out);
@@ -82,8 +87,8 @@ TEST_CASE("--device cuda (emulated): generation allocates no gradients or AdamW 
     // decoder, not for the gradients too.
     Config c = tiny_config("phd-cswa-3-4-5", 32, 16);
     c.D = 64; c.F = 128;
-    const size_t P = num_params(c) * sizeof(float), limit = P + P / 2 + 160 * 1024;
-    REQUIRE(limit < 2 * P);
+    const size_t P = num_params(c) * sizeof(float), limit = kGemmWorkspace + P + P / 2 + 160 * 1024;
+    REQUIRE(limit < kGemmWorkspace + 2 * P);
     std::string dir = tmp("gen-mem"), out, model = tiny_flags() + "--dim 64 --ffn 128 --variant phd-cswa-3-4-5 ";
     REQUIRE(run(std::string(kBin) + model + "-x 1 -v 0 -s 0 -i " + make_shard("gen-mem.bin", 3000, 4) + " -o " + dir, &out) == 0);
     const std::string env = "PHD_EMU_DEVICE_MEMORY=" + std::to_string(limit) + " ";
