@@ -6,6 +6,7 @@
 #include <fstream>
 #include <sstream>
 #include "../data/checkpoint.h"
+#include "../kernels/dist.h"
 #include "../kernels/outliers.h"
 #include "../data/dataloader.h"
 #include "train_util.h"
@@ -83,6 +84,34 @@ TEST_CASE("overfitting one batch drives the loss close to zero") {
 
 // ----------------------------------------------------------------------------
 // Shards
+
+// ZeRO's shards (kernels/dist.h): the ranks' pieces of each bucket tile it in rank order,
+// each rank's shard is its pieces back to back, and every piece but the last rank's is a
+// multiple of 4 long, so that a piece starts on a 16-byte group wherever its bucket does.
+TEST_CASE("ZeRO shards: the ranks' pieces tile every bucket; all but the last are multiples of 4") {
+    const std::vector<size_t> bounds = {0, 768, 768 + 2304, 768 + 2304 + 3, 768 + 2304 + 3 + 1001};
+    for (int ranks : {1, 2, 3, 8}) {
+        std::vector<size_t> next(bounds.begin(), bounds.end() - 1);  // where each bucket's next piece starts
+        for (int r = 0; r < ranks; r++) {
+            Dist d;
+            d.rank = r;
+            d.size = ranks;
+            const Shards S = d.shards(bounds);
+            size_t at = 0;
+            for (int b = 0; b < S.buckets(); b++) {
+                const Piece& p = S.mine[b];
+                INFO("ranks " << ranks << " rank " << r << " bucket " << b);
+                CHECK(p.lo == next[b]);
+                CHECK(p.at == at);
+                if (r + 1 < ranks) CHECK((p.hi - p.lo) % 4 == 0);
+                next[b] = p.hi;
+                at += p.hi - p.lo;
+            }
+            CHECK(S.size == at);
+        }
+        for (int b = 0; b + 1 < (int)bounds.size(); b++) CHECK(next[b] == bounds[b + 1]);
+    }
+}
 
 TEST_CASE("shards round trip, uint16 and uint32, in contiguous (B, T+1) windows") {
     for (uint32_t big : {60000u, 70000u}) {
