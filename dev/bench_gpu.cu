@@ -275,7 +275,8 @@ static void training_steps(const Options& o, const std::vector<float>& params) {
 
 // Section 5: a Markdown table. What a GPU offers training: the memory a device of that name
 // reports (cudaMemGetInfo's total: 79.1 GiB on an H100 80 GB, 139.8 GiB on an H200) less 2 GiB
-// for the CUDA context, cuBLAS's workspace and the allocator's slack, which the count leaves out.
+// for the CUDA context, cuBLASLt's own memory and the allocator's slack, which the count leaves
+// out.
 static void memory_table(int T) {
     const double GiB = 1024.0 * 1024 * 1024;
     const struct { const char* name; double bytes; } gpus[] = {{"80 GB", 77.1 * GiB}, {"141 GB", 137.8 * GiB}};

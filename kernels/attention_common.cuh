@@ -13,7 +13,6 @@
 //   lse  (B, H, TK)        log-sum-exp of each query's scores, for the backward
 //   dqkv (B, TK, qkv_dim)  written whole by the backward (dq, dk, dv)
 #pragma once
-#include <unordered_map>
 #include <type_traits>
 #include <vector>
 #include "../model.h"

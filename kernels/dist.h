@@ -19,9 +19,10 @@
 // updated parameters. Shards (struct Shards): the parameter arena (checkpoint order) is cut
 // into buckets, and each bucket [a, b) is shared as an arena of its own: rank r owns
 // [a + begin(b - a, r), a + begin(b - a, r + 1)), share(b - a) elements each ((b - a) / N
-// rounded down to a multiple of 4, so that a piece starts on a 16-byte group wherever its
-// bucket does, for AdamW's 16-byte path), the last rank also what is left over (NCCL's
-// reduce-scatter and all-gather take equal pieces).
+// rounded down to a multiple of 4: pieces start on 16-byte groups where their buckets do,
+// for AdamW's 16-byte path; in the last rank's shard only where every bucket is a multiple
+// of 4 long), the last rank also what is left over (NCCL's reduce-scatter and all-gather
+// take equal pieces).
 // A bucket is reduced by itself, so the GPU path (a bucket per layer) starts a layer's
 // reduction while the backward still runs (engine.h); the CPU path has one bucket.
 //

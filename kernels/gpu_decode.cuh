@@ -1,7 +1,7 @@
 // kernels/gpu_decode.cuh: KV-cache inference on the GPU, the same steps as Decoder in
 // kernels/cpu_decode.h (read that first), and the same blocks (DecodeBlocks in kernels/decode_blocks.h: the
 // pre-fill's rows, then the K copies of each sample's new token, in the row order that
-// kernels/kv_cache.cuh needs), for S samples at once. The weights, cuBLAS and the RoPE tables
+// kernels/kv_cache.cuh needs), for S samples at once. The weights, GEMMs and the RoPE tables
 // are a GpuModel's, and so is the dtype: a bf16 model (--dtype bf16) decodes as its training
 // forward runs, bf16 weights and matmul inputs (GpuModel::layer_forward<__nv_bfloat16>, on
 // the decoder's LayerIn<bf16> buffers), and keeps K and V in bf16 in the cache; the residual

@@ -1,7 +1,7 @@
 // kernels/gpu_model.cuh: the PHD-Transformer on the GPU, forward and backward: the same
 // steps as model_forward/model_backward in model.h, on device buffers in the same row order,
-// with plain GEMMs through cuBLAS. fp32 runs keep the CPU's precision (TF32 off unless asked
-// for). bf16 runs (--dtype bf16) multiply on bf16 tensor cores with fp32 accumulation: the
+// with plain GEMMs through cuBLASLt (kernels/gemm.cuh). fp32 runs keep the CPU's precision
+// (TF32 off unless asked for). bf16 runs (--dtype bf16) multiply on bf16 tensor cores with fp32 accumulation: the
 // weights' bf16 copy (written by AdamW), and bf16 matmul inputs that the kernels before
 // each matmul write directly (rmsnorm, RoPE, attention, swiglu, the loss's and the residual
 // stream's gradients); the residual stream, norms' statistics, softmax, loss, the weights'
@@ -54,7 +54,7 @@ template<typename In> struct StepIn {
 
 struct GpuModel : Activations<float> {
     Config cfg;
-    bool tf32;                                   // TF32 tensor cores: cuBLAS and attention (fp32 runs)
+    bool tf32;                                   // TF32 tensor cores: GEMMs and attention (fp32 runs)
     bool bf16;                                   // matmuls and attention on bf16 tensor cores
     size_t P = 0;
     float *params = nullptr, *grads = nullptr;   // (P) device arenas; no grads for inference
@@ -101,7 +101,8 @@ struct GpuModel : Activations<float> {
     cudaStream_t capture_stream = nullptr;       // where capture() records (the legacy stream cannot)
 
     // What stays beside the parameters: RoPE's tables, the losses' sums, the process's
-    // cuBLASLt workspace (kernels/gemm.cuh), and for training AdamW's tensor table.
+    // cuBLASLt workspace (kernels/gemm.cuh; a second model in one process shares it, so
+    // this asks too much there), and for training AdamW's tensor table.
     static size_t beside_params(const Config& c, bool training) {
         return (size_t)c.maxT * c.hd() * sizeof(float) + 2 * sizeof(float) + Gemm::kWorkspace +
                (training ? param_tensors(c).size() * (sizeof(size_t) + 1) : 0);
@@ -160,7 +161,7 @@ struct GpuModel : Activations<float> {
 
     // Places in16's tensors for a batch (B, T) from mem (null: only counts) and returns their
     // elements; each starts on a 256-byte boundary, as the bf16 attention's 16-byte cp.async
-    // loads and cuBLAS's fastest kernels want. Layers share what recompute recomputes, as in
+    // loads and cuBLASLt's fastest kernels want. Layers share what recompute recomputes, as in
     // Activations::point: 1 a, f and g; 2 all of them.
     static size_t point16(const Config& c, int B_, int T_, int recompute, __nv_bfloat16* mem, StepIn<__nv_bfloat16>& in) {
         const size_t n = (size_t)B_ * T_ * c.K, BT = (size_t)B_ * T_, od = (size_t)c.H * c.hd();

@@ -1,7 +1,7 @@
 // kernels/loss.cuh: the classifier's loss, fused: softmax + cross-entropy over the last-copy
 // rows, and the logits' gradient written over the logits in the same launch, so that the LM
 // head's output is read once and written once (a row waits in shared memory between the
-// launch's two passes), and nothing else of size (B*T, Vp) exists
+// launch's two passes, where it fits), and nothing else of size (B*T, Vp) exists
 // (probabilities never stored; bf16 runs keep the logits in bf16, as their matmuls take
 // them). The gradient is softmax - onehot, unscaled: the head's backward GEMMs multiply by the
 // loss's scale (their alpha), which the forward need not know. Each row's loss is summed on
@@ -21,8 +21,8 @@ static constexpr int kLossThreads = 1024;  // at most: a thread a 16-byte group,
 // gradient. RowShared: the first pass also keeps the row in shared memory (Vp elements of
 // dynamic shared memory), where the second reads it: the logits cross memory once each way.
 // Else (a row past the device's shared memory) the second pass reads them again. Each
-// thread owns the same 16-byte groups in both passes (Vp is a multiple of 128), so the
-// shared row needs no barrier of its own. A NaN logit makes its row's loss and gradient NaN
+// thread owns the same 16-byte groups in both passes, so the shared row needs no barrier
+// of its own. A NaN logit makes its row's loss and gradient NaN
 // (as the CPU's); a -inf logit has probability 0.
 template<typename T, bool RowShared>
 static __global__ void __launch_bounds__(kLossThreads) crossentropy_kernel(float* losses, float* lses, T* logits, const int* targets, int V,

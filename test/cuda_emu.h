@@ -42,9 +42,10 @@
 //   into CUDA graphs and refuses what the driver refuses (cuda_emu_graph.h).
 // - atomicAdd/atomicMax on int and float, the math intrinsics the kernels use (__expf and
 //   __logf with the GPU's argument rounding), bf16 and half conversions (storage types only,
-//   no arithmetic operators), and the cuBLAS calls the engine makes (column-major, every
-//   transpose, leading dimensions, alpha/beta, TF32 when allowed), summed in fp32, with
-//   cuBLAS's argument checks and device pointers required; NCCL over MPI (cuda_emu_nccl.h).
+//   no arithmetic operators), and the cuBLASLt calls the engine makes (column-major, every
+//   transpose, leading dimensions, alpha/beta, C apart from D, TF32 when allowed), summed in
+//   fp32, with cuBLASLt's argument checks, device pointers required, and operands aligned as
+//   their algorithm was chosen for (cuda_emu_cublas.h); NCCL over MPI (cuda_emu_nccl.h).
 // - The tensor-core instructions the kernels use (cuda_emu_mma.h): mma_tf32 and mma_bf16
 //   on the fragments their lanes hold, ldmatrix, cp.async with its groups, TF32 and bf16
 //   rounding as cvt.rna and cvt.rn do it.

@@ -1,4 +1,4 @@
-// test/cuda_emu_cublas.h: the cuBLAS of test/cuda_emu.h (included at its end, after the
+// test/cuda_emu_cublas.h: the cuBLASLt of test/cuda_emu.h (included at its end, after the
 // device memory and to_tf32 it uses).
 #pragma once
 
@@ -13,6 +13,7 @@ enum cudaDataType { CUDA_R_32F = 0, CUDA_R_16BF = 14 };
 typedef cudaDataType cudaDataType_t;
 enum cublasComputeType_t { CUBLAS_COMPUTE_32F = 68, CUBLAS_COMPUTE_32F_FAST_TF32 = 77 };
 enum cublasLtMatmulDescAttributes_t { CUBLASLT_MATMUL_DESC_TRANSA = 3, CUBLASLT_MATMUL_DESC_TRANSB = 4 };
+enum cublasLtMatmulAlgoCapAttributes_t { CUBLASLT_ALGO_CAP_OUT_OF_PLACE_RESULT_SUPPORT = 4 };
 enum cublasLtMatmulPreferenceAttributes_t {
     CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES = 5, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES = 6,
     CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES = 7, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES = 8
@@ -26,7 +27,7 @@ typedef cublasLtMatmulDescOpaque_t* cublasLtMatmulDesc_t;
 typedef cublasLtMatrixLayoutOpaque_t* cublasLtMatrixLayout_t;
 typedef cublasLtMatmulPreferenceOpaque_t* cublasLtMatmulPreference_t;
 // An emulated algorithm holds what it needs: data[0] its workspace, data[1..4] the alignments
-// of A, B, C and D it was chosen for.
+// of A, B, C and D it was chosen for, data[5] whether it can write D apart from C.
 typedef struct { uint64_t data[8]; } cublasLtMatmulAlgo_t;
 typedef struct {
     cublasLtMatmulAlgo_t algo;
@@ -44,7 +45,7 @@ inline cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t* d, cublasCo
 }
 inline cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d) { delete d; return CUBLAS_STATUS_SUCCESS; }
 inline cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t a, const void* v, size_t bytes) {
-    if (bytes != sizeof(int32_t)) return CUBLAS_STATUS_INVALID_VALUE;
+    if ((a != CUBLASLT_MATMUL_DESC_TRANSA && a != CUBLASLT_MATMUL_DESC_TRANSB) || bytes != sizeof(int32_t)) return CUBLAS_STATUS_INVALID_VALUE;
     const int32_t op = *(const int32_t*)v;
     if (op != CUBLAS_OP_N && op != CUBLAS_OP_T) return CUBLAS_STATUS_INVALID_VALUE;
     d->op[a == CUBLASLT_MATMUL_DESC_TRANSB] = (cublasOperation_t)op;
@@ -116,11 +117,12 @@ inline size_t span(const cublasLtMatrixLayoutOpaque_t& l) { return l.cols == 0 ?
 }  // namespace cuda_emu
 
 // The heuristic checks what cuBLASLt checks (the types, as above; op(A) (m, k), op(B) (k, n),
-// C and D (m, n) in one layout; leading dimensions that cover the rows) and answers one
-// algorithm, which asks for the whole workspace the preference allows and for the
-// alignments the preference promised (cuBLASLt's default: 256 bytes): cublasLtMatmul
-// refuses pointers aligned less than its algorithm was chosen for, where a GPU's algorithm
-// may fail or read wrong.
+// C and D (m, n) in one layout; leading dimensions that cover the rows) and answers, best
+// first, an algorithm that cannot write D apart from C and then one that can (as a GPU's
+// list may: cublasLtMatmul refuses the first out of place). Each asks for the whole
+// workspace the preference allows and for the alignments the preference promised
+// (cuBLASLt's default: 256 bytes): cublasLtMatmul refuses pointers aligned less than its
+// algorithm was chosen for, where a GPU's algorithm may fail or read wrong.
 inline cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
                                                      cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t d, cublasLtMatmulPreference_t pref,
                                                      int requested, cublasLtMatmulHeuristicResult_t* results, int* count) {
@@ -137,14 +139,24 @@ inline cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtM
         return CUBLAS_STATUS_INVALID_VALUE;
     for (cublasLtMatrixLayout_t l : {a, b, d})
         if (l->ld < (int64_t)max<uint64_t>(1, l->rows)) return CUBLAS_STATUS_INVALID_VALUE;
-    cublasLtMatmulHeuristicResult_t& r = results[0];
-    r = {};
-    r.algo.data[0] = pref->workspace;
-    for (int i = 0; i < 4; i++) r.algo.data[1 + i] = pref->align[i];
-    r.workspaceSize = pref->workspace;
-    r.state = CUBLAS_STATUS_SUCCESS;
-    r.wavesCount = 1.0f;
-    *count = 1;
+    for (int i = 0; i < min(requested, 2); i++) {
+        cublasLtMatmulHeuristicResult_t& r = results[i];
+        r = {};
+        r.algo.data[0] = pref->workspace;
+        for (int j = 0; j < 4; j++) r.algo.data[1 + j] = pref->align[j];
+        r.algo.data[5] = i;  // the second writes D apart from C
+        r.workspaceSize = pref->workspace;
+        r.state = CUBLAS_STATUS_SUCCESS;
+        r.wavesCount = 1.0f;
+        *count = i + 1;
+    }
+    return CUBLAS_STATUS_SUCCESS;
+}
+inline cublasStatus_t cublasLtMatmulAlgoCapGetAttribute(const cublasLtMatmulAlgo_t* algo, cublasLtMatmulAlgoCapAttributes_t a, void* buf,
+                                                        size_t bytes, size_t* written) {
+    if (a != CUBLASLT_ALGO_CAP_OUT_OF_PLACE_RESULT_SUPPORT || bytes != sizeof(int32_t)) return CUBLAS_STATUS_INVALID_VALUE;
+    *(int32_t*)buf = (int32_t)algo->data[5];
+    *written = sizeof(int32_t);
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -154,7 +166,8 @@ inline cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtM
 // cores sum in fp32; a bf16 D is the fp32 result rounded to nearest even, once, as cuBLAS's
 // epilogue does. Refused as a GPU may fail, or worse: a matrix outside device memory, a
 // workspace smaller than the algorithm's, an operand aligned less than the algorithm was
-// chosen for, and C and D that overlap without being the same matrix.
+// chosen for, C and D apart for an algorithm that cannot, and C and D that overlap without
+// being the same matrix.
 inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t op, const void* alpha, const void* A, cublasLtMatrixLayout_t a,
                                      const void* B, cublasLtMatrixLayout_t b, const void* beta, const void* C, cublasLtMatrixLayout_t c,
                                      void* D, cublasLtMatrixLayout_t d, const cublasLtMatmulAlgo_t* algo, void* workspace, size_t workspace_bytes,
@@ -172,6 +185,10 @@ inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t op, 
                     (unsigned long long)algo->data[1 + i]);
             return CUBLAS_STATUS_INVALID_VALUE;
         }
+    if (C != D && !algo->data[5]) {
+        fprintf(stderr, "cuda_emu: cuBLASLt's C and D apart, for an algorithm that writes D in place\n");
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    }
     const uint64_t m = d->rows, n = d->cols, k = op->op[0] == CUBLAS_OP_N ? a->cols : a->rows;
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
     const float alpha_v = *(const float*)alpha, beta_v = *(const float*)beta;

@@ -1,15 +1,15 @@
 // test/cuda_emu_graph.h: CUDA graphs made by stream capture, in the emulation (included by
 // test/cuda_emu.h ahead of launch()). Between cudaStreamBeginCapture and cudaStreamEndCapture
 // the work queued on the capturing stream does not run: launch(), cudaMemcpyAsync,
-// cudaMemsetAsync and cuBLAS (on the handle's stream, cublasSetStream) each pass it to
-// deferred(), which records it with its arguments copied (cuBLAS's host scalars by value, as
-// cuBLAS reads them at capture). cudaGraphLaunch queues the recorded work, to run in order,
+// cudaMemsetAsync and cublasLtMatmul (on the stream it is given) each pass it to deferred(),
+// which records it with its arguments copied (cuBLASLt's host scalars by value, as cuBLASLt
+// reads them at capture). cudaGraphLaunch queues the recorded work, to run in order,
 // each time on the arguments it was captured with, so a graph that should follow changing
 // state must read it from device memory, as on a GPU.
 // As on a GPU: the legacy stream cannot capture (cudaErrorStreamCaptureUnsupported); work
 // queued on the legacy stream while a capture is open invalidates that capture (the call
 // fails with cudaErrorStreamCaptureImplicit and cudaStreamEndCapture with
-// cudaErrorStreamCaptureInvalidated), so a forgotten stream (cuBLAS's, say) fails here as it
+// cudaErrorStreamCaptureInvalidated), so a forgotten stream (a GEMM's, say) fails here as it
 // would there; a replayed launch fails as a direct one would, its first error returned by the
 // next synchronization. What the driver refuses during a capture fails the same way and invalidates
 // it: cudaMalloc, cudaFree, cudaMemcpy and cudaMemset (the legacy stream), and synchronizing

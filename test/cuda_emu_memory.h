@@ -111,7 +111,7 @@ template<typename A> inline bool device_argument(const A& a) {
 }
 
 // A dry run (dev/bench_gpu.cu --budget at GPT-2-small's shape): every call checks its
-// arguments as usual, but no device work runs (launches, copies, memsets, cuBLAS), device
+// arguments as usual, but no device work runs (launches, copies, memsets, cuBLASLt), device
 // memory is reserved, never touched (no poison), and the device has an H200's 141 GB (or PHD_EMU_DEVICE_MEMORY).
 inline bool& dry_run() {
     static bool d = false;

@@ -2,7 +2,7 @@
 // graphs): real queues, run late and in the worst order CUDA allows.
 //
 // Every call that CUDA puts on a stream (a launch, cudaMemcpyAsync, cudaMemsetAsync, cudaMemset
-// and cudaMemcpy on the legacy stream, a cuBLAS call on its handle's stream, an NCCL call, an
+// and cudaMemcpy on the legacy stream, a cublasLtMatmul on its stream, an NCCL call, an
 // event record or wait, a graph launch) becomes an item of work here, with the items it must
 // follow: the stream's previous item; on the legacy stream (null), the last item of every
 // blocking stream; on a blocking stream, the legacy stream's last item; for a wait, the item

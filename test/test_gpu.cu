@@ -516,20 +516,21 @@ TEST_CASE("emulation: cuBLASLt bf16 GEMMs, fp32 and bf16 C, against a naive GEMM
 // What the emulated cuBLASLt refuses, straight through its API: what cuBLASLt checks (types
 // it has no kernel for, a leading dimension shorter than the rows) and what a GPU would run
 // wrong or fault on (an operand aligned less than its algorithm was chosen for, a workspace
-// smaller than it takes, C and D overlapping without being one matrix). Nothing refused runs.
-TEST_CASE("emulation: cuBLASLt refuses types without a kernel, short leading dimensions, misaligned operands, a short workspace, C overlapping D") {
+// smaller than it takes, C and D apart for an algorithm that writes in place, C and D
+// overlapping without being one matrix). Nothing refused runs.
+TEST_CASE("emulation: cuBLASLt refuses types without a kernel, short leading dimensions, misaligned operands, a short workspace, C apart or overlapping D") {
     const int m = 4, n = 3, k = 5;
     DeviceBuffer<float> f(std::vector<float>(256, 1.0f)), ws(std::vector<float>(16, 0.0f));
-    DeviceBuffer<__nv_bfloat16> h(std::vector<__nv_bfloat16>(64, __float2bfloat16(1.0f)));
     cublasLtHandle_t lt;
     cublasCheck(cublasLtCreate(&lt));
     cublasLtMatmulDesc_t op;
     cublasCheck(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     // The heuristic's status for A (m, k), B (k, n), C = D (m, n) of these types and leading
-    // dimensions; on success, its algorithm in algo.
-    cublasLtMatmulAlgo_t algo;
+    // dimensions, every operand promised `align` bytes; on success its two algorithms, the
+    // first of which writes D in place only.
+    cublasLtMatmulHeuristicResult_t found[2];
     uint64_t workspace = 0;
-    auto heuristic = [&](cudaDataType in, cudaDataType out, int lda, int ldb, int ldc) {
+    auto heuristic = [&](cudaDataType in, cudaDataType out, int lda, int ldb, int ldc, uint32_t align = 256) {
         cublasLtMatrixLayout_t a, b, c;
         cublasCheck(cublasLtMatrixLayoutCreate(&a, in, m, k, lda));
         cublasCheck(cublasLtMatrixLayoutCreate(&b, in, k, n, ldb));
@@ -537,10 +538,12 @@ TEST_CASE("emulation: cuBLASLt refuses types without a kernel, short leading dim
         cublasLtMatmulPreference_t pref;
         cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
         cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace)));
-        cublasLtMatmulHeuristicResult_t r;
+        for (auto at : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
+            cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, at, &align, sizeof(align)));
         int count = 0;
-        const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt, op, a, b, c, c, pref, 1, &r, &count);
-        if (st == CUBLAS_STATUS_SUCCESS) algo = r.algo;
+        const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt, op, a, b, c, c, pref, 2, found, &count);
+        if (st == CUBLAS_STATUS_SUCCESS) CHECK(count == 2);
         for (cublasLtMatrixLayout_t l : {a, b, c}) cublasLtMatrixLayoutDestroy(l);
         cublasLtMatmulPreferenceDestroy(pref);
         return st;
@@ -551,22 +554,25 @@ TEST_CASE("emulation: cuBLASLt refuses types without a kernel, short leading dim
     CHECK(heuristic(CUDA_R_32F, CUDA_R_32F, m, k, m - 1) == CUBLAS_STATUS_INVALID_VALUE);
     CHECK(heuristic(CUDA_R_16BF, CUDA_R_32F, m, k, m) == CUBLAS_STATUS_SUCCESS);
     workspace = 64;
-    REQUIRE(heuristic(CUDA_R_32F, CUDA_R_32F, m, k, m) == CUBLAS_STATUS_SUCCESS);  // chosen for 256-byte operands
     cublasLtMatrixLayout_t a, b, c;
     cublasCheck(cublasLtMatrixLayoutCreate(&a, CUDA_R_32F, m, k, m));
     cublasCheck(cublasLtMatrixLayoutCreate(&b, CUDA_R_32F, k, n, k));
     cublasCheck(cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, m, n, m));
     const float one = 1.0f;
     // A = B = 1 (at 0 and 64 floats: 256 bytes apart), C (m, n) at 128 floats, D elsewhere
-    auto run = [&](float* D, size_t ws_bytes) {
+    auto run = [&](const cublasLtMatmulAlgo_t& algo, float* D, size_t ws_bytes) {
         return cublasLtMatmul(lt, op, &one, f.ptr, a, f.ptr + 64, b, &one, f.ptr + 128, c, D, c, &algo, ws.ptr, ws_bytes, nullptr);
     };
-    CHECK(run(f.ptr + 196, 64) == CUBLAS_STATUS_INVALID_VALUE);  // D 16 bytes past 256
-    CHECK(run(f.ptr + 192, 32) == CUBLAS_STATUS_INVALID_VALUE);  // the workspace short
-    CHECK(run(f.ptr + 132, 64) == CUBLAS_STATUS_INVALID_VALUE);  // C and D overlap (and D misaligned)
-    CHECK(f.get() == std::vector<float>(256, 1.0f));
     DeviceBuffer<float> d(std::vector<float>(64, 0.0f));
-    CHECK(run(d.ptr, 64) == CUBLAS_STATUS_SUCCESS);  // out of place: D = A B + C
+    REQUIRE(heuristic(CUDA_R_32F, CUDA_R_32F, m, k, m, 16) == CUBLAS_STATUS_SUCCESS);  // chosen for 16-byte operands
+    CHECK(run(found[1].algo, f.ptr + 132, 64) == CUBLAS_STATUS_INVALID_VALUE);        // D overlaps C
+    REQUIRE(heuristic(CUDA_R_32F, CUDA_R_32F, m, k, m) == CUBLAS_STATUS_SUCCESS);      // for 256-byte operands
+    CHECK(run(found[1].algo, f.ptr + 196, 64) == CUBLAS_STATUS_INVALID_VALUE);         // D 16 bytes past 256
+    CHECK(run(found[1].algo, f.ptr + 192, 32) == CUBLAS_STATUS_INVALID_VALUE);         // the workspace short
+    CHECK(run(found[0].algo, d.ptr, 64) == CUBLAS_STATUS_NOT_SUPPORTED);               // in place only
+    CHECK(f.get() == std::vector<float>(256, 1.0f));
+    CHECK(d.get() == std::vector<float>(64, 0.0f));
+    CHECK(run(found[1].algo, d.ptr, 64) == CUBLAS_STATUS_SUCCESS);  // out of place: D = A B + C
     CHECK(d.get()[m * n - 1] == (float)k + 1.0f);
     CHECK(f.get() == std::vector<float>(256, 1.0f));
     for (cublasLtMatrixLayout_t l : {a, b, c}) cublasLtMatrixLayoutDestroy(l);

@@ -60,7 +60,8 @@ TEST_CASE("--device cuda (emulated): --compare-cpu, --check-state, training that
 }
 
 // The process's cuBLASLt workspace (kernels/gemm.cuh's Gemm::kWorkspace), which the GPU path
-// counts beside the parameters.
+// counts beside the parameters (with another size there, the cases below stop at the wrong
+// line and fail).
 static const size_t kGemmWorkspace = 32u << 20;
 
 TEST_CASE("--device cuda (emulated): what does not fit in GPU memory gets one clear error line") {
