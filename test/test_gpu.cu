@@ -235,6 +235,13 @@ TEST_CASE("emulation: device memory is kept from the host as on a GPU") {
         CHECK(in_child([&] { volatile int v = d.ptr[0]; (void)v; }) == 42);
         CHECK(in_child([&] { volatile int v = host[0]; (void)v; }) == 0);
     }
+    SUBCASE("a kernel that writes into cuBLASLt's workspace crashes") {
+        DeviceBuffer<float> one(std::vector<float>(1, 1.0f));
+        Gemm gemm(false);
+        gemm(nullptr, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, 1, 1.0f, one.ptr, 1, one.ptr, 1, 0.0f, one.ptr, one.ptr, 1);  // hands it over
+        CHECK(in_child([&] { launch(fill_kernel, dim3(1), dim3(8), 0, nullptr, (int*)Gemm::workspace(), 7); cudaDeviceSynchronize(); }) == 42);
+        CHECK(in_child([&] { launch(fill_kernel, dim3(1), dim3(8), 0, nullptr, d.ptr, 7); cudaDeviceSynchronize(); }) == 0);
+    }
 #endif
 }
 
