@@ -29,6 +29,7 @@
 // tracks the visible pairs (model.h §7), and a thread block of queries reads each key tile once.
 #pragma once
 #include <algorithm>
+#include <array>
 #include "attention.cuh"
 #include "layers.cuh"
 
@@ -45,6 +46,8 @@ template<typename T> struct KVLayer {
     int pre = 0;                               // entries in the prompt part (0 until the pre-fill is in)
     int own_cap = 0;                           // entries each sample's own part holds
     int win_slots = 0;                         // W, 0 without a window
+    // Every pointer it holds: the CUDA emulation checks them at launch, as a kernel's own.
+    std::array<const void*, 9> device_pointers() const { return {pre_k, pre_v, pre_nc, own_k, own_v, own_nc, win_k, win_v, win_nc}; }
 };
 
 struct DecodeBlock { int R, Ro, n0, h0; };

@@ -3,6 +3,7 @@
 // pointers.
 #pragma once
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include "attention.cuh"
 
@@ -180,6 +181,8 @@ template<typename Out> struct NormIO {
     float* rstd;
     const float* residual = nullptr;
     __nv_bfloat16* out16 = nullptr;
+    // Every pointer it holds: the CUDA emulation checks them at launch, as a kernel's own.
+    std::array<const void*, 5> device_pointers() const { return {out, x, rstd, residual, out16}; }
 };
 
 // grid (ceil(N / kRowsPerBlock)), block (32, kRowsPerBlock): one warp per row, V consecutive

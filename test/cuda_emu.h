@@ -604,7 +604,7 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shmem, cudaS
         const bool on_device[] = {true, device_argument<KArgs>(static_cast<KArgs>(args))...};
         for (size_t i = 1; i < sizeof on_device && !e; i++)
             if (!on_device[i]) {
-                fprintf(stderr, "cuda_emu: kernel argument %zu is a pointer to host memory\n", i - 1);
+                fprintf(stderr, "cuda_emu: kernel argument %zu is (or holds) a pointer to host memory\n", i - 1);
                 e = cudaErrorIllegalAddress;
             }
     }

@@ -104,10 +104,21 @@ struct DeviceMap {
     std::lock_guard<std::recursive_mutex> lock{d.m};
 };
 
-// A kernel's pointer arguments must be device memory (or null); other arguments pass.
+// A kernel's pointer arguments must be device memory (or null), and so must the pointers a
+// struct argument holds where it lists them (device_pointers(): NormIO, KVLayer, the
+// engine's two that hold any); other arguments pass.
+template<typename A, typename = void> struct lists_pointers : std::false_type {};
+template<typename A> struct lists_pointers<A, std::void_t<decltype(std::declval<const A&>().device_pointers())>> : std::true_type {};
 template<typename A> inline bool device_argument(const A& a) {
-    if constexpr (std::is_pointer_v<A>) return a == nullptr || device_memory().is_device((const void*)a);
-    else return true;
+    if constexpr (std::is_pointer_v<A>) {
+        return a == nullptr || device_memory().is_device((const void*)a);
+    } else if constexpr (lists_pointers<A>::value) {
+        for (const void* p : a.device_pointers())
+            if (!device_argument(p)) return false;
+        return true;
+    } else {
+        return true;
+    }
 }
 
 // A dry run (dev/bench_gpu.cu --budget at GPT-2-small's shape): every call checks its

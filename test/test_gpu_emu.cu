@@ -9,6 +9,7 @@
 #include <doctest/doctest.h>
 #include "../kernels/adamw.cuh"
 #include "../kernels/cuda_compat.h"
+#include "../kernels/kv_cache.cuh"
 #include "../kernels/sampling.cuh"
 #include "test_util.h"
 
@@ -70,6 +71,27 @@ __global__ void ticket_kernel(int* counter, int* order, float* sum, const float*
     if (threadIdx.x != 0) return;
     order[blockIdx.x] = atomicAdd(counter, 1);
     atomicAdd(sum, x[blockIdx.x]);
+}
+
+// A GPU faults on a host pointer whether it comes as an argument or inside a struct
+// argument (RMSNorm's NormIO, the KV cache's KVLayer): the emulation refuses the launch
+// either way, where it would otherwise read host memory.
+TEST_CASE("emulation: a host pointer held in a kernel's struct argument stops its launch, as a pointer argument does") {
+    const int N = 2, D = 8;
+    std::vector<float> host(N * D, 2.0f);
+    DeviceBuffer<float> x(host), g(std::vector<float>(D, 1.0f)), out(std::vector<float>(N * D, 0.0f)), rstd(std::vector<float>(N, 0.0f));
+    NormIO<float> io{out.ptr, D, x.ptr, D, rstd.ptr};
+    cudaCheck(cudaGetLastError());
+    launch(rmsnorm_forward_kernel<float, 1>, dim3(1), dim3(32, kRowsPerBlock), 0, nullptr, io, g.ptr, N, D);
+    CHECK(cudaGetLastError() == cudaSuccess);
+    CHECK(out.get()[0] != 0.0f);
+    io.residual = host.data();
+    launch(rmsnorm_forward_kernel<float, 1>, dim3(1), dim3(32, kRowsPerBlock), 0, nullptr, io, g.ptr, N, D);
+    CHECK(cudaGetLastError() == cudaErrorIllegalAddress);
+    KVLayer<float> L;
+    CHECK(cuda_emu::device_argument(L));  // null pointers pass
+    L.win_nc = (int2*)host.data();
+    CHECK(!cuda_emu::device_argument(L));
 }
 
 TEST_CASE("emulation: a launch's blocks run in a shuffled order, another each launch, so block-order bugs show") {
