@@ -48,6 +48,7 @@ struct Args {
     int overlap = 1;  // the GPU's gradient reduction during the backward (kernels/engine.h)
     int graph = 1;    // one GPU: each training step one CUDA graph (kernels/engine.h)
     int recompute = 0;  // what the backward recomputes (model.h's Activations::point)
+    int logits_chunk = 0;  // GPU bf16: rows of logits at once (0: the whole batch)
     uint64_t seed = 1337;
     float lr = 1e-3f, final_frac = 0.1f, weight_decay = 0.1f, check_tol = -1, temperature = 1.0f;
     float skip_update_z = 0;  // 0: never skip an update
@@ -113,6 +114,10 @@ static void usage() {
         "      --recompute 0|1|2    activation memory: the backward recomputes each layer's norm\n"
         "                           and SwiGLU outputs (1, ~20 %% less at D=2048) or all but its input\n"
         "                           (2, ~one more forward); the same gradients, bit for bit (0)\n"
+        "      --logits-chunk ROWS  GPU, bf16: the LM head and loss ROWS rows at a time, the backward's\n"
+        "                           head again chunk by chunk, so the batch's logits never exist whole\n"
+        "                           (default 0: they do); costs the head and loss again, and\n"
+        "                           wout's gradient is summed chunk by chunk (other last bits)\n"
         "      --graph 0|1          on one GPU, each training step is one CUDA graph (1; a shape's\n"
         "                           first step warms up, its second is captured, later ones replay\n"
         "                           it), or its kernels launched one by one (0): the same bits (1)\n"
@@ -200,6 +205,7 @@ static Args parse_args(int argc, char** argv) {
         else if (f == "--overlap") a.overlap = parse_int(fl, v, 0);
         else if (f == "--graph") a.graph = parse_int(fl, v, 0);
         else if (f == "--recompute") a.recompute = parse_int(fl, v, 0);
+        else if (f == "--logits-chunk") a.logits_chunk = parse_int(fl, v, 0);
         else if (f == "--dtype") a.dtype = v;
         else if (f == "--compare-cpu") a.compare_cpu = parse_int(fl, v, 0);
         else if (f == "--threads") a.threads = parse_int(fl, v, 1);
@@ -805,8 +811,11 @@ static EngineOptions engine_options(const Args& a, const Config& c, bool trainin
     EngineOptions o;
     o.training = training;
     o.recompute = a.recompute;
+    o.logits_chunk = a.logits_chunk;
     o.tf32 = a.tf32 != 0;
     o.bf16 = use_bf16(a, c);
+    if (a.logits_chunk && (a.device != "cuda" || !o.bf16))
+        die("--logits-chunk: saves the GPU's bf16 logits, and this run is %s", a.device != "cuda" ? "on the CPU" : "in fp32 (--dtype bf16)");
     o.overlap = a.overlap != 0;
     o.graphs = a.graph != 0;
     return o;

@@ -35,7 +35,8 @@
 //   make bench-gpu        (nvcc and a GPU; GPT-2-small-like: L=12 D=768 H=12 T=1024, B=8)
 //   ./build/bench_gpu [--variant V]... [-b B] [-t T] [--layers L] [--dim D] [--heads H]
 //                     [--steps N] [--tf32 0|1] [--bf16 0|1] [--lab 0|1] [--lab-variant V] [--tiny]
-//   ./build/bench_gpu --budget V [--budget V]... [-b B] [-t T] [--model NAME] ...
+//   ./build/bench_gpu --budget V [--budget V]... [-b B] [-t T] [--model NAME] [--logits-chunk ROWS] ...
+// --logits-chunk ROWS: the budget's step with train_phd's --logits-chunk (the head in chunks).
 // --model NAME (gpt2-124m, paper-550m, paper-1.2b): that size, block and vocabulary instead of
 // --layers/--dim/--heads: on the emulation a dry run of the paper's model's step, whose
 // launches are all checked, though none computes.
@@ -56,7 +57,7 @@ struct Options {
     std::vector<std::string> variants, budgets;
     std::string lab_variant = "phd-cswa-2-16-32";
     std::string model;  // --model NAME: a size of model.h's kModels (its block and vocabulary), over -t's T
-    int B = 8, T = 1024, L = 12, D = 768, H = 12, steps = 10, tf32 = 0, bf16 = 0, lab = 1;
+    int B = 8, T = 1024, L = 12, D = 768, H = 12, steps = 10, tf32 = 0, bf16 = 0, lab = 1, logits_chunk = 0;
     bool tiny = false;
 };
 
@@ -177,6 +178,7 @@ static void budget(const Options& o, const std::vector<float>& params, const std
     const Config c = make_config(v, o);
     EngineOptions eo;
     eo.bf16 = true;
+    eo.logits_chunk = o.logits_chunk;
     eo.graphs = false;  // each launch counted, and timed between events
     GpuEngine E(c, params, eo);
     std::vector<int> tok, tgt;
@@ -280,8 +282,8 @@ static void training_steps(const Options& o, const std::vector<float>& params) {
 static void memory_table(int T) {
     const double GiB = 1024.0 * 1024 * 1024;
     const struct { const char* name; double bytes; } gpus[] = {{"80 GB", 77.1 * GiB}, {"141 GB", 137.8 * GiB}};
-    printf("| model | variant | dtype | weights, grads, AdamW | activations a sequence, recompute 0 / 1 / 2 | largest B, 80 GB: 0 / 1 / 2 "
-           "| largest B, 141 GB: 0 / 1 / 2 |\n|---|---|---|---|---|---|---|\n");
+    printf("| model | variant | dtype | weights, grads, AdamW | activations a sequence, recompute 0 / 1 / 2 / 2c | largest B, 80 GB: 0 / 1 / 2 / 2c "
+           "| largest B, 141 GB: 0 / 1 / 2 / 2c |\n|---|---|---|---|---|---|---|\n");
     for (const NamedModel& m : kModels) {
         if (std::string(m.block) != "olmo2") continue;
         for (const char* v : {"vanilla", "phd-cswa-2-16-32", "phd-cswa-3-16-32"}) {
@@ -294,15 +296,17 @@ static void memory_table(int T) {
             const size_t P = num_params(c);
             const MemoryCount fixed = GpuEngine::memory(c, 0, T, o, P, 1);
             std::string acts, fits[2];
-            for (int r = 0; r < 3; r++) {
-                o.recompute = r;
+            for (int r = 0; r < 4; r++) {  // 2c: --recompute 2 with --logits-chunk 1024 (bf16 runs only)
+                o.recompute = std::min(r, 2);
+                o.logits_chunk = r == 3 ? 1024 : 0;
+                const bool none = r == 3 && !o.bf16;
                 char buf[64];
-                snprintf(buf, sizeof buf, "%s%.1f", r ? " / " : "", GpuEngine::memory(c, 1, T, o, P, 1).activations / GiB);
-                acts += buf;
+                snprintf(buf, sizeof buf, "%.1f", GpuEngine::memory(c, 1, T, o, P, 1).activations / GiB);
+                acts += std::string(r ? " / " : "") + (none ? "-" : buf);
                 for (int g = 0; g < 2; g++) {
                     int B = 0;
-                    while (GpuEngine::memory(c, B + 1, T, o, P, 1).total() <= gpus[g].bytes) B++;
-                    fits[g] += (r ? " / " : "") + std::to_string(B);
+                    while (!none && GpuEngine::memory(c, B + 1, T, o, P, 1).total() <= gpus[g].bytes) B++;
+                    fits[g] += (r ? " / " : "") + (none ? std::string("-") : std::to_string(B));
                 }
             }
             printf("| %s | %s | %s | %.1f GiB | %s GiB | %s | %s |\n", m.name, v, o.bf16 ? "bf16" : "fp32",
@@ -336,6 +340,7 @@ int main(int argc, char** argv) {
         else if (f == "--tf32") o.tf32 = atoi(v.c_str());
         else if (f == "--bf16") o.bf16 = atoi(v.c_str());
         else if (f == "--lab") o.lab = atoi(v.c_str());
+        else if (f == "--logits-chunk") o.logits_chunk = atoi(v.c_str());
         else die("bench_gpu: unknown flag %s", f.c_str());
     }
     if (o.B < 1 || o.T < 1 || o.steps < 1) die("bench_gpu: -b, -t and --steps must be >= 1");

@@ -20,10 +20,11 @@
 // for --generate. recompute: what the backward recomputes instead of keeping (model.h's
 // Activations::point; --recompute). The GPU's: tf32 (--tf32), bf16 (--dtype bf16: matmuls
 // and attention on bf16 tensor cores), overlap (reductions during the last backward), graphs
-// (one rank: each step one CUDA graph launch).
+// (one rank: each step one CUDA graph launch), logits_chunk (bf16: rows of logits at once,
+// GpuModel::head_rows; --logits-chunk).
 struct EngineOptions {
     bool training = true;
-    int recompute = 0;
+    int recompute = 0, logits_chunk = 0;
     bool tf32 = false, bf16 = false, overlap = true, graphs = true;
 };
 
@@ -225,6 +226,7 @@ struct GpuEngine {
     GpuEngine(const Config& c, const std::vector<float>& params, const EngineOptions& o = {})
         : G(c, params.data(), o.tf32, o.training, o.bf16), S(dist.shards(GpuModel::grad_buckets(c))), opt(o) {
         G.recompute = o.recompute;
+        G.logits_chunk = o.logits_chunk;
         if (!o.training) return;
         now = std::make_unique<AdamWStep>();
         const size_t n = S.size;
@@ -366,7 +368,7 @@ struct GpuEngine {
         m.params = P * f + (o.bf16 ? P * sizeof(__nv_bfloat16) : 0);
         m.grads = o.training ? P * f : 0;
         m.moments = o.training ? (ranks > 1 ? 3 : 2) * shard * f : 0;
-        m.activations = GpuModel::activation_bytes(c, B, T, o.bf16, o.training, o.recompute);
+        m.activations = GpuModel::activation_bytes(c, B, T, o.bf16, o.training, o.recompute, o.logits_chunk);
         // GradNorm's partials, sum of squares and scale; AdamWStep's values
         m.other = GpuModel::beside_params(c, o.training) +
                   (o.training ? kNormBlocks * sizeof(double) + sizeof(double) + sizeof(float) + sizeof(AdamWStep::Values) : 0);

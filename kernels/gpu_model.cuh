@@ -69,6 +69,7 @@ struct GpuModel : Activations<float> {
 
     int B = 0, T = 0;
     int recompute = 0;                           // 0, 1, 2: what the backward recomputes (Activations::point); set before the first forward
+    int logits_chunk = 0;                        // bf16 runs: rows of logits held at once (0: all B*T); set before the first forward
     float* act = nullptr;                        // the activations' arena (Activations in model.h)
     int *d_tokens = nullptr, *d_targets = nullptr;     // (B, T) of the last forward
     int *d_row_index = nullptr, *d_row_pos = nullptr;  // (B*T*K) each row's b*T + n, and n: set once per shape
@@ -159,11 +160,15 @@ struct GpuModel : Activations<float> {
         if (bf16) copy_to_bf16(params16, params, P, stream);
     }
 
+    // Rows of logits the LM head writes at once for BT rows: all, or chunks of logits_chunk
+    // (--logits-chunk: the head and the loss a chunk at a time, the backward's head run again
+    // chunk by chunk, so that the (B*T, Vp) logits never exist whole).
+    static size_t head_rows(size_t BT, int logits_chunk) { return logits_chunk > 0 ? std::min(BT, (size_t)logits_chunk) : BT; }
     // Places in16's tensors for a batch (B, T) from mem (null: only counts) and returns their
     // elements; each starts on a 256-byte boundary, as the bf16 attention's 16-byte cp.async
     // loads and cuBLASLt's fastest kernels want. Layers share what recompute recomputes, as in
     // Activations::point: 1 a, f and g; 2 all of them.
-    static size_t point16(const Config& c, int B_, int T_, int recompute, __nv_bfloat16* mem, StepIn<__nv_bfloat16>& in) {
+    static size_t point16(const Config& c, int B_, int T_, int recompute, int logits_chunk, __nv_bfloat16* mem, StepIn<__nv_bfloat16>& in) {
         const size_t n = (size_t)B_ * T_ * c.K, BT = (size_t)B_ * T_, od = (size_t)c.H * c.hd();
         size_t used = 0;
         auto take = [&](size_t k) {
@@ -182,22 +187,22 @@ struct GpuModel : Activations<float> {
         }
         in.dx = take(n * c.D); in.dg = take(n * c.F); in.dh13 = take(n * 2 * c.F);
         in.dout = take(n * od); in.dqkv = take(n * c.qkv_dim());
-        in.xn = take(BT * c.D); in.dlogits = take(BT * c.Vp);
+        in.xn = take(BT * c.D); in.dlogits = take(head_rows(BT, logits_chunk) * c.Vp);
         return used;
     }
     // Device memory of every buffer size_for allocates for a batch (B, T): Activations' fp32
     // arena (bf16 runs without the fp32 matmul inputs), the tokens, targets and row tables,
     // the embedding backward's sort keys, the RMSNorm backward's partial sums when training,
     // and in bf16 runs the bf16 tensors and D of the bf16 attention backward.
-    static size_t activation_bytes(const Config& c, int B_, int T_, bool bf16_, bool training, int recompute) {
+    static size_t activation_bytes(const Config& c, int B_, int T_, bool bf16_, bool training, int recompute, int logits_chunk) {
         const size_t N = (size_t)B_ * T_ * c.K, BT = (size_t)B_ * T_;
         StepIn<__nv_bfloat16> none;
         size_t bytes = floats(c, B_, T_, !bf16_, recompute) * sizeof(float) + (2 * N + 2 * BT) * sizeof(int) +
                        token_sort_slots((int)BT) * sizeof(uint64_t) + (training ? (size_t)dg_chunks((int)N) * c.D * sizeof(float) : 0);
-        if (bf16_) bytes += point16(c, B_, T_, recompute, nullptr, none) * sizeof(__nv_bfloat16) + N * c.H * sizeof(float);
+        if (bf16_) bytes += point16(c, B_, T_, recompute, logits_chunk, nullptr, none) * sizeof(__nv_bfloat16) + N * c.H * sizeof(float);
         return bytes;
     }
-    size_t activation_bytes(int B_, int T_) const { return activation_bytes(cfg, B_, T_, bf16, grads != nullptr, recompute); }
+    size_t activation_bytes(int B_, int T_) const { return activation_bytes(cfg, B_, T_, bf16, grads != nullptr, recompute, logits_chunk); }
 
     // Every buffer's size grows with B*T alone (and the config, dtype and --recompute, fixed
     // for a model), so a batch of no more positions fits the allocation; a larger one is
@@ -224,7 +229,7 @@ struct GpuModel : Activations<float> {
             cudaCheck(cudaMalloc(&d_sort_keys, token_sort_slots(B * T) * sizeof(uint64_t)));
             if (grads) cudaCheck(cudaMalloc(&norm_scratch, (size_t)dg_chunks(N) * cfg.D * sizeof(float)));
             if (bf16) {
-                cudaCheck(cudaMalloc(&act16, point16(cfg, B, T, recompute, nullptr, in16) * sizeof(__nv_bfloat16)));
+                cudaCheck(cudaMalloc(&act16, point16(cfg, B, T, recompute, logits_chunk, nullptr, in16) * sizeof(__nv_bfloat16)));
                 cudaCheck(cudaMalloc(&attn_D, (size_t)N * cfg.H * sizeof(float)));
             }
             BT_alloc = (size_t)B * T;
@@ -235,7 +240,7 @@ struct GpuModel : Activations<float> {
         in32.layer.clear();
         for (const LayerActs<float>& a : layer) in32.layer.push_back({pre ? a.a : a.x, a.qkv, a.o, pre ? a.f : a.xm, a.h13, a.g});
         in32.dx = pre ? dx : dy; in32.dg = dtmp; in32.dh13 = dh13; in32.dout = dtmp; in32.dqkv = dqkv; in32.xn = xn; in32.dlogits = logits;
-        if (bf16) point16(cfg, B, T, recompute, act16, in16);
+        if (bf16) point16(cfg, B, T, recompute, logits_chunk, act16, in16);
         std::vector<int> index(N), pos(N);
         for (int i = 0; i < N; i++) {
             pos[i] = row_position(cfg, T, i % TK);
@@ -498,14 +503,22 @@ struct GpuModel : Activations<float> {
         }
         last_copy_forward(xlast, xL, c, B, T, stream);
         rmsnorm_forward(in.xn, rstd_final, xlast, p.g_final, BT, D, stream);
-        // The logits in the matmuls' type (bf16 runs: bf16, as their backward GEMMs read them;
-        // no fp32 copy), where their gradient goes (fp32 runs: logits itself).
-        matmul("matmul lm_head", in.dlogits, in.xn, w.wout, BT, D, c.Vp);
-        logits_kept = !tgt;
+        const int R = (int)head_rows(BT, logits_chunk);
+        for (int r0 = 0; r0 < BT; r0 += R) head_forward<In>(r0, std::min(R, BT - r0), tgt);
+        logits_kept = !tgt && R == BT;
         if (!tgt) return;
-        crossentropy(losses, lse, in.dlogits, d_targets, BT, c.V, c.Vp, c.z_loss, stream);
         loss_sum(d_loss, losses, BT, stream);
         if (c.z_loss > 0) loss_sum(d_loss + 1, lse, BT, stream, c.z_loss);
+    }
+    // The LM head over rows r0 .. r0 + n - 1 of xn into the logits buffer's first n rows, in
+    // the matmuls' type (bf16 runs: bf16, as their backward GEMMs read them; no fp32 copy),
+    // where their gradient goes (fp32 runs: logits itself); with targets, those rows' losses
+    // and log-sum-exps, the logits becoming their gradient.
+    template<typename In> void head_forward(int r0, int n, bool tgt) {
+        const StepIn<In>& in = step_in<In>();
+        const size_t at = (size_t)r0 * cfg.D;
+        matmul("matmul lm_head", in.dlogits, in.xn + at, weights<In>().wout, n, cfg.D, cfg.Vp);
+        if (tgt) crossentropy(losses + r0, lse + r0, in.dlogits, d_targets + r0, n, cfg.V, cfg.Vp, cfg.z_loss, stream);
     }
 
     // Where the backward's gradients complete: bucket 0 is E, 1 + l layer l, L + 1 g_final
@@ -531,7 +544,18 @@ struct GpuModel : Activations<float> {
         const int BT = B * T, D = c.D;
         const StepIn<In>& in = step_in<In>();
         const ParamView<In>& w = weights<In>();
-        matmul_backward("matmul lm_head", dxlast, g.wout, in.dlogits, in.xn, w.wout, BT, D, c.Vp, dloss / BT);  // the forward's softmax - onehot
+        // The forward's softmax - onehot; in chunks (--logits-chunk), each chunk's made again
+        // (the same bits: the losses rewritten as they were), wout's gradient summed over them.
+        const int R = (int)head_rows(BT, logits_chunk);
+        const bool fresh = fresh_grads;
+        for (int r0 = 0; r0 < BT; r0 += R) {
+            const int n = std::min(R, BT - r0);
+            const size_t at = (size_t)r0 * D;
+            if (R < BT) head_forward<In>(r0, n, true);
+            matmul_backward("matmul lm_head", dxlast + at, g.wout, in.dlogits, in.xn + at, w.wout, n, D, c.Vp, dloss / BT);
+            fresh_grads = false;  // the next chunks add to wout's gradient
+        }
+        fresh_grads = fresh;
         rmsnorm_backward(dxlast, g.g_final, dxlast, xlast, p.g_final, rstd_final, BT, D, norm_scratch, stream, false, (float*)nullptr,
                          !fresh_grads);
         if (written) written(c.L + 1);
@@ -566,7 +590,9 @@ struct GpuModel : Activations<float> {
     // The last-copy logits of the last forward, (B*T, V), as the CPU model lays them out (bf16
     // runs: the head's bf16 output); a forward with targets keeps none (they became their gradient).
     std::vector<float> logits_host() const {
-        if (!logits_kept) die("GPU logits: the last forward had targets; forward without them to keep the logits");
+        if (!logits_kept)
+            die("GPU logits: the last forward had targets or ran its head in chunks (--logits-chunk); forward the whole batch without "
+                "targets to keep them");
         const size_t n = (size_t)B * T * cfg.Vp;
         std::vector<float> all(n), out;
         if (bf16) {

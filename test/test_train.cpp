@@ -175,6 +175,7 @@ TEST_CASE("bad shards and bad flags: one clear error line, non-zero exit") {
         {"-i " + good + " --graph 2", "--graph: expected 0 or 1, got 2"},
         {"-i " + good + " --recompute 3", "--recompute: expected 0, 1 or 2, got 3"},
         {"-i " + good + " --device cpu --tf32 1", "--tf32 1: tensor cores are the GPU's"},
+        {"-i " + good + " --device cpu --logits-chunk 64", "--logits-chunk: saves the GPU's bf16 logits, and this run is on the CPU"},
         {"-i " + good + " --skip-update-z -1", "--skip-update-z: expected a number in [0, 1e+06], got '-1'"},
         {"-i " + good + " --skip-update-z x", "--skip-update-z: expected a number in [0, 1e+06], got 'x'"},
         {"-i " + good + " --block gpt", "--block: expected llama or olmo2, got 'gpt'"},

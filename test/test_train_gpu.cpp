@@ -270,4 +270,14 @@ TEST_CASE("--device cuda (emulated): the step as a CUDA graph, launched kernel b
     CHECK(final_a == file_bytes(b + "/model_00000005.bin"));
     CHECK(final_a == file_bytes(cc + "/model_00000005.bin"));
     CHECK(final_a == file_bytes(d + "/model_00000005.bin"));
+    // The head a chunk of 5 rows at a time (--logits-chunk), its graph captured too: the same
+    // first loss (the same logits, row by row); wout's gradient is summed chunk by chunk, so
+    // the weights then part in their last bits.
+    const std::string e = tmp("graph-e");
+    REQUIRE(run(flags + "--logits-chunk 5 -o " + e, &out) == 0);
+    const std::vector<std::string> le = train_losses(e + "/log.txt");
+    REQUIRE(le.size() == 5);
+    CHECK(le[0] == la[0]);
+    CHECK(run(flags + "--logits-chunk 5 --dtype fp32 -o " + tmp("graph-f"), &out) == 1);
+    CHECK(out.find("--logits-chunk: saves the GPU's bf16 logits, and this run is in fp32") != std::string::npos);
 }
