@@ -695,9 +695,10 @@ template<typename Engine> static int train(const Args& a, const Config& c, Engin
     printf("batch B=%d T=%d x %d micro-batches x %d rank%s = %d tokens/step, %d steps, lr %g, %d OpenMP threads%s\n", a.B, a.T,
            accum, dist.size, dist.size > 1 ? "s" : "", a.total_batch, a.steps, a.lr, omp_get_max_threads(), dist.size > 1 ? " each" : "");
     const MemoryCount mem = E.memory(a.B, a.T);  // every buffer of the run (kernels/engine.h)
-    printf("memory: %.1f MiB: parameters %.1f%s, gradients %.1f, AdamW moments %.1f%s, activations %.1f (B=%d T=%d, --recompute %d), "
-           "other %.1f\n", mem.total() * MiB, mem.params * MiB, gpu && use_bf16(a, c) ? " (fp32 and bf16)" : "", mem.grads * MiB,
-           mem.moments * MiB, dist.size > 1 ? " (this rank's shard)" : "", mem.activations * MiB, a.B, a.T, a.recompute, mem.other * MiB);
+    printf("memory: %.1f MiB: parameters %.1f%s, gradients %.1f, AdamW moments %.1f%s, activations %.1f (B=%d T=%d, --recompute %d, "
+           "--logits-chunk %d), other %.1f\n", mem.total() * MiB, mem.params * MiB, gpu && use_bf16(a, c) ? " (fp32 and bf16)" : "",
+           mem.grads * MiB, mem.moments * MiB, dist.size > 1 ? " (this rank's shard)" : "", mem.activations * MiB, a.B, a.T, a.recompute,
+           a.logits_chunk, mem.other * MiB);
     // MFU as llm.c shows it: the step's model FLOPs (model.h §7's cost model, original
     // tokens) per second against the device's dense peak for the format of its matrix
     // products. A GPU's only; "-" where its peak is unknown (the emulation).
@@ -814,6 +815,8 @@ static EngineOptions engine_options(const Args& a, const Config& c, bool trainin
     o.logits_chunk = a.logits_chunk;
     o.tf32 = a.tf32 != 0;
     o.bf16 = use_bf16(a, c);
+    if (a.logits_chunk && (a.compare_cpu || !a.check_state.empty()))
+        die("--logits-chunk: --compare-cpu and --check-state compare a batch's whole logits; leave it out");
     if (a.logits_chunk && (a.device != "cuda" || !o.bf16))
         die("--logits-chunk: saves the GPU's bf16 logits, and this run is %s", a.device != "cuda" ? "on the CPU" : "in fp32 (--dtype bf16)");
     o.overlap = a.overlap != 0;

@@ -69,7 +69,7 @@ struct GpuModel : Activations<float> {
 
     int B = 0, T = 0;
     int recompute = 0;                           // 0, 1, 2: what the backward recomputes (Activations::point); set before the first forward
-    int logits_chunk = 0;                        // bf16 runs: rows of logits held at once (0: all B*T); set before the first forward
+    int logits_chunk = 0;                        // rows of logits held at once (0: all B*T; saves memory in bf16 runs); set before the first forward
     float* act = nullptr;                        // the activations' arena (Activations in model.h)
     int *d_tokens = nullptr, *d_targets = nullptr;     // (B, T) of the last forward
     int *d_row_index = nullptr, *d_row_pos = nullptr;  // (B*T*K) each row's b*T + n, and n: set once per shape
@@ -220,7 +220,10 @@ struct GpuModel : Activations<float> {
             norm_scratch = nullptr;
             char what[64];
             snprintf(what, sizeof what, "activations for B=%d T=%d", B, T);
-            gpu_check_fits(activation_bytes(B, T), what, recompute < 2 ? " (lower -b or -t, or --recompute 2)" : " (lower -b or -t)");
+            std::string hint = " (lower -b or -t";
+            if (recompute < 2) hint += ", or --recompute 2";
+            if (bf16 && !logits_chunk) hint += ", or --logits-chunk";
+            gpu_check_fits(activation_bytes(B, T), what, (hint + ")").c_str());
             cudaCheck(cudaMalloc(&act, floats(cfg, B, T, !bf16, recompute) * sizeof(float)));
             cudaCheck(cudaMalloc(&d_tokens, (size_t)B * T * sizeof(int)));
             cudaCheck(cudaMalloc(&d_targets, (size_t)B * T * sizeof(int)));
@@ -330,9 +333,9 @@ struct GpuModel : Activations<float> {
     // is unscaled.
     template<typename In, typename Din>
     void matmul_backward(const char* what, Din* din, float* dW, const In* dout, const In* in, const In* W, int N, int I, int O,
-                         float scale = 1.0f, bool din_add = false) {
+                         float scale = 1.0f, bool din_add = false, bool dW_add = false) {
         gemm(what, "backward dx", CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, W, I, dout, O, din, I, din_add ? 1.0f : 0.0f, scale);
-        gemm(what, "backward dW", CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, in, I, dout, O, dW, I, fresh_grads ? 0.0f : 1.0f, scale);
+        gemm(what, "backward dW", CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, in, I, dout, O, dW, I, dW_add || !fresh_grads ? 1.0f : 0.0f, scale);
     }
 
     // The training attention over B sequences of T positions of the variant c, from qkv to
@@ -504,8 +507,9 @@ struct GpuModel : Activations<float> {
         last_copy_forward(xlast, xL, c, B, T, stream);
         rmsnorm_forward(in.xn, rstd_final, xlast, p.g_final, BT, D, stream);
         const int R = (int)head_rows(BT, logits_chunk);
-        for (int r0 = 0; r0 < BT; r0 += R) head_forward<In>(r0, std::min(R, BT - r0), tgt);
         logits_kept = !tgt && R == BT;
+        if (!tgt && R < BT) return;  // logits no one could read whole
+        for (int r0 = 0; r0 < BT; r0 += R) head_forward<In>(r0, std::min(R, BT - r0), tgt);
         if (!tgt) return;
         loss_sum(d_loss, losses, BT, stream);
         if (c.z_loss > 0) loss_sum(d_loss + 1, lse, BT, stream, c.z_loss);
@@ -544,18 +548,16 @@ struct GpuModel : Activations<float> {
         const int BT = B * T, D = c.D;
         const StepIn<In>& in = step_in<In>();
         const ParamView<In>& w = weights<In>();
-        // The forward's softmax - onehot; in chunks (--logits-chunk), each chunk's made again
-        // (the same bits: the losses rewritten as they were), wout's gradient summed over them.
-        const int R = (int)head_rows(BT, logits_chunk);
-        const bool fresh = fresh_grads;
-        for (int r0 = 0; r0 < BT; r0 += R) {
+        // The forward's softmax - onehot; in chunks (--logits-chunk), last to first: the last is
+        // still there, the others made again (the same plans, so the same bits; the losses
+        // rewritten as they were), wout's gradient summed over them.
+        const int R = (int)head_rows(BT, logits_chunk), last = (BT - 1) / R * R;
+        for (int r0 = last; r0 >= 0; r0 -= R) {
             const int n = std::min(R, BT - r0);
             const size_t at = (size_t)r0 * D;
-            if (R < BT) head_forward<In>(r0, n, true);
-            matmul_backward("matmul lm_head", dxlast + at, g.wout, in.dlogits, in.xn + at, w.wout, n, D, c.Vp, dloss / BT);
-            fresh_grads = false;  // the next chunks add to wout's gradient
+            if (r0 != last) head_forward<In>(r0, n, true);
+            matmul_backward("matmul lm_head", dxlast + at, g.wout, in.dlogits, in.xn + at, w.wout, n, D, c.Vp, dloss / BT, false, r0 != last);
         }
-        fresh_grads = fresh;
         rmsnorm_backward(dxlast, g.g_final, dxlast, xlast, p.g_final, rstd_final, BT, D, norm_scratch, stream, false, (float*)nullptr,
                          !fresh_grads);
         if (written) written(c.L + 1);

@@ -15,6 +15,9 @@ TEST_CASE("--device cuda (emulated): --compare-cpu, --check-state, training that
     CHECK(rc == 0);
     CHECK(out.find("compare-cpu: OK") != std::string::npos);
     CHECK(out.find("dlayer1.w2") != std::string::npos);
+    rc = run(std::string(kEmuBin) + model + "--compare-cpu 1 --logits-chunk 5", &out);  // it reads a batch's whole logits
+    CHECK(rc == 1);
+    CHECK(out.find("--logits-chunk: --compare-cpu and --check-state compare a batch's whole logits") != std::string::npos);
     // --tf32 1 at hd = 16: the tensor-core attention kernels and TF32 GEMMs,
     // within TF32 precision of the CPU and not within fp32's.
     const std::string tf32 = std::string(kEmuBin) + model + "--dim 64 --tf32 1 --compare-cpu 1 --check-tol ";
@@ -260,7 +263,7 @@ TEST_CASE("--device cuda (emulated): the step as a CUDA graph, launched kernel b
     CHECK(out.find("skipped 0 of 5 updates") != std::string::npos);
     const std::string d = tmp("graph-d");  // and with the layers recomputed in the backward (model.h's Activations::point)
     REQUIRE(run(flags + "--recompute 2 -o " + d, &out) == 0);
-    CHECK(out.find("--recompute 2)") != std::string::npos);
+    CHECK(out.find("--recompute 2, --logits-chunk 0)") != std::string::npos);
     const std::vector<std::string> la = train_losses(a + "/log.txt");
     CHECK(la.size() == 5);
     CHECK(la == train_losses(b + "/log.txt"));
@@ -270,14 +273,22 @@ TEST_CASE("--device cuda (emulated): the step as a CUDA graph, launched kernel b
     CHECK(final_a == file_bytes(b + "/model_00000005.bin"));
     CHECK(final_a == file_bytes(cc + "/model_00000005.bin"));
     CHECK(final_a == file_bytes(d + "/model_00000005.bin"));
-    // The head a chunk of 5 rows at a time (--logits-chunk), its graph captured too: the same
-    // first loss (the same logits, row by row); wout's gradient is summed chunk by chunk, so
-    // the weights then part in their last bits.
-    const std::string e = tmp("graph-e");
+    // The head a chunk of 5 rows at a time (--logits-chunk): its graph and the run launched
+    // kernel by kernel give the same bits; against the unchunked run, the same first loss (the
+    // emulated GEMMs give the same logits, row by row), then wout's gradient, summed chunk by
+    // chunk, parts the runs in their last bits.
+    const std::string e = tmp("graph-e"), e0 = tmp("graph-e0");
     REQUIRE(run(flags + "--logits-chunk 5 -o " + e, &out) == 0);
+    CHECK(out.find("--logits-chunk 5)") != std::string::npos);
+    REQUIRE(run(flags + "--logits-chunk 5 --graph 0 -o " + e0, &out) == 0);
     const std::vector<std::string> le = train_losses(e + "/log.txt");
     REQUIRE(le.size() == 5);
+    CHECK(le == train_losses(e0 + "/log.txt"));
+    CHECK(file_bytes(e + "/model_00000005.bin") == file_bytes(e0 + "/model_00000005.bin"));
     CHECK(le[0] == la[0]);
+    const std::vector<double> va = log_values(a + "/log.txt", " train "), ve = log_values(e + "/log.txt", " train ");
+    REQUIRE(ve.size() == va.size());
+    for (size_t i = 1; i < va.size(); i++) CHECK(std::fabs(ve[i] - va[i]) <= 1e-4 * std::fabs(va[i]));
     CHECK(run(flags + "--logits-chunk 5 --dtype fp32 -o " + tmp("graph-f"), &out) == 1);
     CHECK(out.find("--logits-chunk: saves the GPU's bf16 logits, and this run is in fp32") != std::string::npos);
 }
