@@ -189,8 +189,7 @@ inline void adamw_update(const AdamWTensors& t, const AdamW& o, float* params, c
     count_launch("adamw", (double)n * (28 + (params16 ? 2 : 0)), 0, s);  // p, m, v read and written, g read
     __nv_bfloat16* p16 = params16 ? params16 + lo : nullptr;
     const bool vec = aligned16({params + lo, grads, m, v}) && (uintptr_t)p16 % 8 == 0;
-    const size_t per_block = vec ? 1024 : 256;
-    launch(vec ? adamw_kernel<4> : adamw_kernel<1>, dim3((unsigned)((n + per_block - 1) / per_block)), dim3(256), 0, s, params + lo, p16, grads,
-           m, v, lo, n, t.end, t.decay, t.n, o.beta1, o.beta2, o.eps, o.weight_decay, now, clip);
+    launch(vec ? adamw_kernel<4> : adamw_kernel<1>, flat_grid(n, vec ? 4 : 1), dim3(256), 0, s, params + lo, p16, grads, m, v, lo, n, t.end,
+           t.decay, t.n, o.beta1, o.beta2, o.eps, o.weight_decay, now, clip);
     cudaCheck(cudaGetLastError());
 }

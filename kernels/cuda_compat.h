@@ -9,6 +9,7 @@
 //   PHD_UNROLL, PHD_NO_UNROLL                              #pragma unroll, unroll 1 (nvcc only)
 //   to_f32(x), store(p, v)                                 fp32 or bf16 tensors, arithmetic in fp32
 //   Vec<T, V>, vectorizable, load_group, store_group       16-byte accesses where aligned
+//   flat_grid(n, V)                                        blocks of 256 threads over n elements
 //   to_tf32(x), mma_tf32(d, a, b)                          tensor cores, sm_80+: below
 //   pack_bf16(lo, hi), mma_bf16(d, a, b)                   bf16 tensor cores, sm_80+: below
 //   fast_exp2(x)                                           2^x as ex2.approx.ftz (the softmaxes' exp)
@@ -155,6 +156,8 @@ static inline bool aligned16(std::initializer_list<const void*> ptrs) {
 template<typename T> static bool vectorizable(size_t row, std::initializer_list<const void*> ptrs) {
     return row % (16 / sizeof(T)) == 0 && aligned16(ptrs);
 }
+// The grid of a flat launch over n elements, blocks of 256 threads, V elements a thread.
+inline dim3 flat_grid(size_t n, int V) { return dim3((unsigned)((n + 256 * (size_t)V - 1) / (256 * (size_t)V))); }
 // w <= V consecutive elements at p (one access when w == V: a flat tensor's last group may
 // be short), converted to fp32 into r; the same back. (Constant trip counts: r stays in
 // registers.)

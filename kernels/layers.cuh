@@ -158,9 +158,7 @@ template<int V, typename To, typename From> static __global__ void convert_kerne
 template<typename To, typename From> inline void convert(const char* what, To* y, const From* x, size_t n, cudaStream_t s) {
     count_launch(what, 6.0 * n, 0, s);
     const bool vec = aligned16({y, x});
-    const size_t per_block = vec ? 1024 : 256;
-    launch(vec ? convert_kernel<4, To, From> : convert_kernel<1, To, From>, dim3((unsigned)((n + per_block - 1) / per_block)), dim3(256), 0, s,
-           y, x, n);
+    launch(vec ? convert_kernel<4, To, From> : convert_kernel<1, To, From>, flat_grid(n, vec ? 4 : 1), dim3(256), 0, s, y, x, n);
     cudaCheck(cudaGetLastError());
 }
 inline void copy_to_bf16(__nv_bfloat16* y, const float* x, size_t n, cudaStream_t s) { convert("copy_to_bf16", y, x, n, s); }
