@@ -26,7 +26,10 @@
 #include "data/eval.h"
 #include "kernels/cpu_decode.h"
 #include "kernels/engine.h"
+#include "kernels/generate.h"
 #include "kernels/outliers.h"
+#include "kernels/show_mask.h"
+#include "kernels/step_compare.h"
 #include "model.h"
 #include "kernels/utils.h"
 
@@ -300,68 +303,6 @@ static Config model_config(const Args& a, std::vector<float>* init_params_out) {
     return c;
 }
 
-// One forward and backward: what --check-state and --compare-cpu compare.
-struct StepResult {
-    float loss;
-    std::vector<float> logits, grads;  // (B*T, V), (P)
-};
-
-template<typename Engine> static StepResult run_step(Engine& E, const int* in, const int* tg, int B, int T) {
-    StepResult r;
-    E.zero_grads();
-    E.forward(in, nullptr, B, T);  // with targets the GPU turns the logits into their gradient: first without
-    r.logits = E.logits();
-    r.loss = E.forward(in, tg, B, T);
-    E.backward(1.0f);
-    r.grads = E.grads();
-    return r;
-}
-
-// A gradient tensor is measured against its own scale, max|want|, but never against less
-// than kGradFloor times the largest |want| over all gradients, G. A tensor whose true value
-// is an exact cancellation (wq and wk of naive-K at T=1, where every copy is the same) keeps
-// the float rounding of the terms it cancelled: noise relative to G, not to its own zeros.
-// That rounding is up to ~eps*G (eps = 6e-8), so at the default tol 1e-5 the floor must be
-// above eps/tol = 6e-3 of G: 1e-2 lets a zero tensor carry 1.7*eps*G (seen: up to 0.05*eps*G),
-// and a 1 % error still fails in any tensor whose scale is above tol*kGradFloor/0.01 = 1e-5*G.
-static const double kGradFloor = 1e-2;
-
-// max|got - want| / max(max|want|, floor) over a tensor, one line; a NaN or inf in either
-// fails (std::max would drop a NaN). Returns true when within tol.
-static bool compare_tensor(const char* name, const float* got, const float* want, size_t n, double floor, float tol) {
-    double maxabs = 0, maxref = 0;
-    size_t bad_got = 0, bad_want = 0;
-    for (size_t i = 0; i < n; i++) {
-        bad_got += !std::isfinite(got[i]);
-        bad_want += !std::isfinite(want[i]);
-        if (!std::isfinite(got[i]) || !std::isfinite(want[i])) continue;
-        maxabs = std::max(maxabs, (double)std::fabs(got[i] - want[i]));
-        maxref = std::max(maxref, (double)std::fabs(want[i]));
-    }
-    const double scale = std::max(maxref, floor), rel = scale > 0 ? maxabs / scale : maxabs;
-    const bool ok = rel <= tol && bad_got == 0 && bad_want == 0;
-    printf("%-18s max abs diff %.3e  rel %.3e  %s", name, maxabs, rel, ok ? "ok" : "FAIL");
-    if (bad_got || bad_want) printf("  [non-finite: %zu in want, %zu in got]", bad_want, bad_got);
-    else if (floor > maxref) printf("  [rel to the floor %.3e: max|want| %.3e]", floor, maxref);
-    printf("\n");
-    return ok;
-}
-
-// Compares got with want: loss, logits and every parameter gradient, one line each, then
-// "<what>: OK" or "<what>: FAILED". Returns the exit status.
-static int compare_step(const char* what, const Config& c, const StepResult& got, const StepResult& want, float tol) {
-    double gmax = 0;
-    for (float g : want.grads)
-        if (std::isfinite(g)) gmax = std::max(gmax, (double)std::fabs(g));
-    bool ok = compare_tensor("loss", &got.loss, &want.loss, 1, 0, tol);
-    ok &= compare_tensor("logits", got.logits.data(), want.logits.data(), want.logits.size(), 0, tol);
-    for (const ParamTensor& t : param_tensors(c))
-        ok &= compare_tensor(("d" + t.name).c_str(), got.grads.data() + t.offset, want.grads.data() + t.offset, t.size(),
-                             kGradFloor * gmax, tol);
-    printf("%s: %s\n", what, ok ? "OK" : "FAILED");
-    return ok ? 0 : 1;
-}
-
 // --dtype: bf16 (matmuls and attention on bf16 tensor cores) is the GPU's default, where the
 // model's head size has a bf16 attention kernel and TF32 was not asked for; fp32 otherwise.
 static bool use_bf16(const Args& a, const Config& c) {
@@ -459,18 +400,6 @@ template<typename Engine> static int evaluate_only(const Args& a, const Config& 
     return 0;
 }
 
-static void print_token(const Tokenizer& tok, int id) {
-    if (tok.vocab_size()) fputs(tok.decode(id).c_str(), stdout);
-    else printf(" %d", id);
-    fflush(stdout);
-}
-
-// The document separator starts samples and empty prompts: the tokenizer's end-of-text, or
-// GPT-2's 50256 when the vocabulary has it, else 0 (the byte-level separator).
-static int separator_token(const Tokenizer& tok, const Config& c) {
-    return tok.eot >= 0 ? tok.eot : (c.V > 50256 ? 50256 : 0);
-}
-
 static Tokenizer load_tokenizer_for(const Args& a, const Config& c) {
     Tokenizer tok;
     if (a.tokenizer.empty()) return tok;
@@ -511,49 +440,6 @@ static std::vector<int> prompt_tokens(const Args& a, const Tokenizer& tok, const
     }
     if (prompt.empty()) die("%s: the prompt is empty", a.prompt_ids.empty() ? "--prompt" : "--prompt-ids");
     return prompt;
-}
-
-// --generate: prompt -> pre-fill -> N decode steps on the engine's device, streamed; with
-// --samples S, S continuations decoded together (one pre-fill, each sample's own draws:
-// sample s is what seed + s gives alone), printed one after another. Then the time and the
-// KV-cache report.
-template<typename Engine> static int generate(const Args& a, const Config& c, Engine& E) {
-    Tokenizer tok = load_tokenizer_for(a, c);
-    const std::vector<int> prompt = prompt_tokens(a, tok, c);
-    if ((int)prompt.size() + a.generate > c.maxT)
-        die("--generate: prompt (%zu tokens) + %d new tokens exceed the model's max sequence length %d", prompt.size(),
-            a.generate, c.maxT);
-    const int S = a.samples;
-    auto print_prompt = [&] {
-        for (int t : prompt) print_token(tok, t);
-        printf(tok.vocab_size() ? "" : " |");
-    };
-    if (S == 1) print_prompt();
-    auto t0 = std::chrono::steady_clock::now();
-    auto dec = E.decoder(S, Sampling{a.temperature, a.top_k, a.seed});
-    std::vector<std::vector<int>> out(S);
-    dec.generate(prompt, a.generate, [&](const std::vector<int>& next) {
-        if (S == 1) print_token(tok, next[0]);
-        for (int s = 0; s < S; s++) out[s].push_back(next[s]);
-    });
-    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    for (int s = 0; S > 1 && s < S; s++) {
-        printf("%s--- sample %d of %d (seed %llu)\n", s ? "\n" : "", s + 1, S, (unsigned long long)(a.seed + s));
-        print_prompt();
-        for (int t : out[s]) print_token(tok, t);
-    }
-    const double kib = 1.0 / 1024, per_entry = dec.entry_bytes();
-    const size_t t = dec.t;
-    if (S == 1)
-        printf("\n%d tokens in %.0f ms on %s in %s (%.1f ms/token incl. pre-fill of %zu)\n", a.generate, ms, E.name(),
-               dec.precision(), ms / a.generate, prompt.size());
-    else
-        printf("\n%d tokens x %d samples in %.0f ms on %s in %s (%.1f ms/step, %.0f tokens/s, incl. one pre-fill of %zu)\n", a.generate,
-               S, ms, E.name(), dec.precision(), ms / a.generate, 1e3 * a.generate * S / ms, prompt.size());
-    printf("KV cache after %zu tokens: %zu entries/layer = %.1f KiB/layer, %.1f KiB/sequence (%s); "
-           "vanilla %.1f KiB, naive-%d %.1f KiB per layer\n", t, dec.cache_entries(), dec.cache_entries() * per_entry * kib,
-           dec.cache_bytes() * kib, variant_name(c).c_str(), t * per_entry * kib, c.K, c.K * t * per_entry * kib);
-    return 0;
 }
 
 static std::string ckpt_path(const Args& a, const char* kind, int step) {
@@ -844,55 +730,16 @@ static int compare_cpu(const Args& a, const Config& c, const std::vector<float>&
 }
 #endif
 
-// --show-mask: the visibility grid of one sequence of T positions, straight from phd_visible
-// (model.h §4), for readers learning the method. Rows are queries, columns keys, both
-// in the logical order (position n, copy c) and labelled n.c (row labels with their dots
-// aligned; a column's label reads downwards). '#': the query sees the key. With K > 1 a space
-// separates the columns of consecutive positions. Flags other than -t are ignored.
+// --show-mask VARIANT [-t T]: the mask's grid (kernels/show_mask.h). Flags other than -t are ignored.
 static int show_mask(const Args& a) {
     Config c;
     std::string err = parse_variant(a.show_mask.c_str(), &c);
     if (!err.empty()) die("--show-mask: %s", err.c_str());
     const int T = a.T_given ? a.T : 8, K = c.K;
     const long long rows = (long long)T * K;
-    if (T > 64) die("--show-mask: T=%d positions, at most 64 can be printed (lower -t)", T);
-    if (rows > 256) die("--show-mask: T*K = %d*%d = %lld rows, at most 256 can be printed (lower -t or K)", T, K, rows);
-    const int N = (int)rows;
-    auto digits = [](int x) { int d = 1; for (; x >= 10; x /= 10) d++; return d; };
-    const int dn = digits(T - 1), dc = digits(K - 1), lw = dn + 1 + dc;
-    std::vector<std::string> grid(N);
-    long visible = 0;
-    for (int i = 0; i < N; i++)
-        for (int j = 0; j < N; j++) {
-            if (K > 1 && j > 0 && j % K == 0) grid[i] += ' ';
-            const bool v = phd_visible(c, i / K, i % K, j / K, j % K);
-            grid[i] += v ? '#' : '.';
-            visible += v;
-        }
-    auto param = [](bool used, int x) { return used ? std::to_string(x) : std::string("-"); };
-    printf("%s K=%d W=%s C=%s T=%d: %ld of %d pairs visible; # = query n.c (row) sees key m.d (column, read down)\n",
-           variant_name(c).c_str(), K,
-           param(c.variant == PHD_SWA || c.variant == PHD_CSWA, c.W).c_str(), param(c.variant == PHD_CSWA, c.C).c_str(),
-           T, visible, N * N);
-    // Column labels, one character per line: the position's digits (right-aligned, so padded
-    // at the top), a '.', the copy's digits.
-    auto digit_line = [&](int ndig, int line, bool copy) {
-        std::string s(lw + 2, ' ');
-        for (int j = 0; j < N; j++) {
-            if (K > 1 && j > 0 && j % K == 0) s += ' ';
-            const int x = copy ? j % K : j / K, place = ndig - 1 - line;
-            int p10 = 1;
-            for (int k = 0; k < place; k++) p10 *= 10;
-            s += x >= p10 || place == 0 ? (char)('0' + x / p10 % 10) : ' ';
-        }
-        printf("%s\n", s.c_str());
-    };
-    for (int l = 0; l < dn; l++) digit_line(dn, l, false);
-    std::string dots(lw + 2, ' ');
-    for (int j = 0; j < N; j++) dots += K > 1 && j > 0 && j % K == 0 ? " ." : ".";
-    printf("%s\n", dots.c_str());
-    for (int l = 0; l < dc; l++) digit_line(dc, l, true);
-    for (int i = 0; i < N; i++) printf("%*d.%-*d  %s\n", dn, i / K, dc, i % K, grid[i].c_str());  // dots aligned
+    if (T > kShowMaxT) die("--show-mask: T=%d positions, at most %d can be printed (lower -t)", T, kShowMaxT);
+    if (rows > kShowMaxRows) die("--show-mask: T*K = %d*%d = %lld rows, at most %d can be printed (lower -t or K)", T, K, rows, kShowMaxRows);
+    print_mask(c, T);
     return 0;
 }
 
@@ -934,7 +781,15 @@ int main(int argc, char** argv) {
     }
     if (!a.check_state.empty()) return on_engine(a, c, params, true, [&](auto& E) { return check_state(a, E, c); });
     if (!a.dump_state.empty()) return dump_state(a, c, params);
-    if (a.generate) return on_engine(a, c, params, false, [&](auto& E) { return generate(a, c, E); });
+    if (a.generate)
+        return on_engine(a, c, params, false, [&](auto& E) {
+            const Tokenizer tok = load_tokenizer_for(a, c);
+            const std::vector<int> prompt = prompt_tokens(a, tok, c);
+            if ((int)prompt.size() + a.generate > c.maxT)
+                die("--generate: prompt (%zu tokens) + %d new tokens exceed the model's max sequence length %d", prompt.size(),
+                    a.generate, c.maxT);
+            return generate(E, c, tok, prompt, a.generate, a.samples, Sampling{a.temperature, a.top_k, a.seed});
+        });
     if (!a.evals.empty() && a.train_pattern.empty()) return on_engine(a, c, params, false, [&](auto& E) { return evaluate_only(a, c, E); });
 #ifdef PHD_GPU
     if (a.compare_cpu) return compare_cpu(a, c, params);

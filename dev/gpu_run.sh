@@ -14,7 +14,8 @@
 # bench_tf32    training steps with --tf32 1 (no lab: it checked the same kernels)
 # bench_bf16    training steps with --bf16 1: matmuls and attention on bf16 tensor cores
 # bench_budget  the counted budget of a bf16 step (--budget) for vanilla, phd-cswa-2-16-32 and
-#               phd-cswa-3-16-32: every launch's floor beside its measured time
+#               phd-cswa-3-16-32: every launch's floor beside its measured time; then vanilla's
+#               with the head in chunks (--logits-chunk 1024: what the chunks cost, counted +1.0 ms)
 # bench_decode  build/bench_decode_gpu: KV-cache inference at GPT-2-small size, P=2048: latency against K
 #               (pre-fill, ms/token, GB/s), then batch 1/8/64 throughput (issue 17: under a minute)
 # train         make train (bf16 on the GPU: --dtype auto)
@@ -51,10 +52,10 @@ plan() {
     case $1 in
         build) limit=190 cmd="nvidia-smi; make -j\$(nproc) train_phd build/test_gpu_native build/bench_gpu build/bench_decode_gpu" ;;
         tests) limit=40 cmd="make test-gpu" ;;
-        bench_fp32) limit=85 cmd="./build/bench_gpu" ;;
+        bench_fp32) limit=80 cmd="./build/bench_gpu" ;;
         bench_tf32) limit=25 cmd="./build/bench_gpu --tf32 1 --lab 0" ;;
         bench_bf16) limit=35 cmd="./build/bench_gpu --bf16 1 --lab 0" ;;
-        bench_budget) limit=15 cmd="./build/bench_gpu --budget vanilla --budget phd-cswa-2-16-32 --budget phd-cswa-3-16-32" ;;
+        bench_budget) limit=20 cmd="./build/bench_gpu --budget vanilla --budget phd-cswa-2-16-32 --budget phd-cswa-3-16-32; ./build/bench_gpu --budget vanilla --logits-chunk 1024" ;;
         bench_decode) limit=40 cmd="./build/bench_decode_gpu --device cuda -P 2048 --layers 12 --dim 768 --heads 12" ;;
         train) limit=15 cmd="make train" ;;
         train_fp32) limit=15 cmd="make train TRAIN_EXTRA='--dtype fp32' TRAIN_OUT=out/kjv-fp32" ;;
