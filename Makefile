@@ -205,6 +205,7 @@ bench-gpu: build/bench_gpu build/bench_decode_gpu
 	./build/bench_gpu --tf32 1 --lab 0
 	./build/bench_gpu --bf16 1 --lab 0
 	./build/bench_gpu --budget vanilla --budget phd-cswa-2-16-32 --budget phd-cswa-3-16-32
+	./build/bench_gpu --budget vanilla --logits-chunk 1024
 	./build/bench_decode_gpu --device cuda -P 2048 --layers 12 --dim 768 --heads 12
 
 # The main job: set-up, the KJV corpus as GPT-2 shards, then a small phd-cswa-2-16-32 model.

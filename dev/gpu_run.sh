@@ -55,7 +55,7 @@ plan() {
         bench_fp32) limit=80 cmd="./build/bench_gpu" ;;
         bench_tf32) limit=25 cmd="./build/bench_gpu --tf32 1 --lab 0" ;;
         bench_bf16) limit=35 cmd="./build/bench_gpu --bf16 1 --lab 0" ;;
-        bench_budget) limit=20 cmd="./build/bench_gpu --budget vanilla --budget phd-cswa-2-16-32 --budget phd-cswa-3-16-32; ./build/bench_gpu --budget vanilla --logits-chunk 1024" ;;
+        bench_budget) limit=20 cmd="./build/bench_gpu --budget vanilla --budget phd-cswa-2-16-32 --budget phd-cswa-3-16-32; r=\$?; ./build/bench_gpu --budget vanilla --logits-chunk 1024 && exit \$r" ;;
         bench_decode) limit=40 cmd="./build/bench_decode_gpu --device cuda -P 2048 --layers 12 --dim 768 --heads 12" ;;
         train) limit=15 cmd="make train" ;;
         train_fp32) limit=15 cmd="make train TRAIN_EXTRA='--dtype fp32' TRAIN_OUT=out/kjv-fp32" ;;

@@ -18,7 +18,7 @@ selftest also regenerates the fixtures into a temporary directory and compares t
 test/fixtures/ (see "Committed fixtures against a fresh `write`" below).
 
 Needs Debian's PyTorch (apt-get install python3-torch); the pyenv python3 cannot import it.
-Fixture files per variant (formats in README.md):
+Fixture files per variant (formats in dev/README.md):
     NAME.ckpt    model checkpoint (float32 weights)
     NAME.state   debug state: tokens, targets, last-copy logits, loss, every gradient
     NAME.adamw   text: the schedule of 10 AdamW steps on that batch and the loss before each
@@ -178,7 +178,7 @@ def adamw_losses(cfg, P, tokens, targets, lr, warmup, steps, final_frac, wd):
 
 
 # ---------------------------------------------------------------------------------------
-# Files (README.md, "File formats")
+# Files (dev/README.md, "File formats")
 
 def header(magic, cfg, extra=()):
     P = sum(math.prod(s) for _, s in param_shapes(cfg))

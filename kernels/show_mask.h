@@ -11,7 +11,8 @@ static constexpr int kShowMaxT = 64, kShowMaxRows = 256;  // what a terminal can
 // (model.h §4), for readers learning the method. Rows are queries, columns keys, both
 // in the logical order (position n, copy c) and labelled n.c (row labels with their dots
 // aligned; a column's label reads downwards). '#': the query sees the key. With K > 1 a space
-// separates the columns of consecutive positions.
+// separates the columns of consecutive positions. T <= kShowMaxT, T*K <= kShowMaxRows (the
+// caller checks, naming its flags).
 inline void print_mask(const Config& c, int T) {
     const int K = c.K, N = T * K;
     auto digits = [](int x) { int d = 1; for (; x >= 10; x /= 10) d++; return d; };

@@ -69,12 +69,12 @@ build build/bench_decode 4
 # table and the whole models, then the rest (but for the sampler at GPT-2's vocabulary,
 # whose kernel instance the other sampling cases run, the sampler's top-k past V and its
 # ties, more draws through the branches and barriers of its first case, and the engine's
-# buffer reuse, whose kernels the whole models run; the emulated and ASan builds run all).
+# buffer reuse, whose kernels the whole models run; the ASan and native builds run all).
 # libomp is not instrumented for ThreadSanitizer: one OpenMP thread there.
 tsan=build/test_gpu_tsan
 tsan_first='kernel lab table*,GPU model*'
-suite gpu-tsan-1 run 45 $tsan 600 "" env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --test-case="$tsan_first"
-suite gpu-tsan-2 run 52 $tsan 600 "" env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --test-case-exclude="$tsan_first,device sampling at GPT-2*,device sampling: top-k at or past V*,device sampling: every id tied*,GPU engine: a forward of shorter rows*"
+suite gpu-tsan-1 run 50 $tsan 600 "" env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --test-case="$tsan_first"
+suite gpu-tsan-2 run 42 $tsan 600 "" env OMP_NUM_THREADS=1 ./build/test_gpu_tsan --test-case-exclude="$tsan_first,device sampling at GPT-2*,device sampling: top-k at or past V*,device sampling: every id tied*,GPU engine: a forward of shorter rows*"
 suite reference run 9 "" 300 "$no_torch" /usr/bin/python3 dev/phd_reference.py selftest
 suite ptxas run 2 "$(has_nvcc && echo train_phd)" 300 "$(has_nvcc || echo 'no nvcc')" ./dev/ptxas_report.sh
 suite cpu run 28 "build/test_cpu train_phd build/train_phd_cpu build/train_phd_emu" 600 "" ./build/test_cpu
