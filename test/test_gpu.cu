@@ -195,6 +195,29 @@ TEST_CASE("emulation: memory a GPU leaves uninitialised reads as 0xff bytes, in 
     for (int v : dout.get()) CHECK(v == -1);
 }
 
+// Static shared memory of 40 KB (within CUDA's 48 KB) and of two 32 KB arrays (past it:
+// nvcc refuses to compile such a kernel, so these exist only in the emulated builds).
+__global__ void static_shared_40k_kernel(int* out) {
+    PHD_SHARED(int, a, [10 * 1024]);
+    a[threadIdx.x] = (int)threadIdx.x;
+    __syncthreads();
+    out[threadIdx.x] = a[blockDim.x - 1 - threadIdx.x];
+}
+__global__ void static_shared_64k_kernel(int* out) {
+    PHD_SHARED(int, a, [8 * 1024]);
+    PHD_SHARED(int, b, [8 * 1024]);
+    a[threadIdx.x] = b[threadIdx.x] = (int)threadIdx.x;
+    out[threadIdx.x] = a[threadIdx.x] + b[threadIdx.x];
+}
+
+TEST_CASE("emulation: static shared memory past CUDA's 48 KB stops the launch") {
+    DeviceBuffer<int> d(std::vector<int>(32, 0));
+    launch(static_shared_40k_kernel, dim3(2), dim3(32), 0, nullptr, d.ptr);
+    const std::vector<int> got = d.get();
+    for (int t = 0; t < 32; t++) CHECK(got[t] == 31 - t);
+    CHECK(in_child([&] { launch(static_shared_64k_kernel, dim3(1), dim3(32), 0, nullptr, d.ptr); cudaDeviceSynchronize(); }) == 43);
+}
+
 __global__ void fill_kernel(int* out, int v) { out[threadIdx.x] = v; }
 
 TEST_CASE("emulation: device memory is kept from the host as on a GPU") {
