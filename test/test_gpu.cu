@@ -201,7 +201,7 @@ __global__ void static_shared_40k_kernel(int* out) {
     PHD_SHARED(int, a, [10 * 1024]);
     a[threadIdx.x] = (int)threadIdx.x;
     __syncthreads();
-    out[threadIdx.x] = a[blockDim.x - 1 - threadIdx.x];
+    out[blockIdx.x * blockDim.x + threadIdx.x] = a[blockDim.x - 1 - threadIdx.x];
 }
 __global__ void static_shared_64k_kernel(int* out) {
     PHD_SHARED(int, a, [8 * 1024]);
@@ -211,10 +211,10 @@ __global__ void static_shared_64k_kernel(int* out) {
 }
 
 TEST_CASE("emulation: static shared memory past CUDA's 48 KB stops the launch") {
-    DeviceBuffer<int> d(std::vector<int>(32, 0));
+    DeviceBuffer<int> d(std::vector<int>(64, 0));
     launch(static_shared_40k_kernel, dim3(2), dim3(32), 0, nullptr, d.ptr);
     const std::vector<int> got = d.get();
-    for (int t = 0; t < 32; t++) CHECK(got[t] == 31 - t);
+    for (int t = 0; t < 64; t++) CHECK(got[t] == 31 - t % 32);
     CHECK(in_child([&] { launch(static_shared_64k_kernel, dim3(1), dim3(32), 0, nullptr, d.ptr); cudaDeviceSynchronize(); }) == 43);
 }
 
