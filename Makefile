@@ -137,7 +137,7 @@ build/prepare: data/prepare.cpp $(DATA_HDR)
 
 build/test_data: test/test_main.cpp test/test_data.cpp $(TEST_HDR) $(DATA_HDR)
 	@mkdir -p build && rm -f $@
-	$(CXX) $(HOSTFLAGS) test/test_main.cpp test/test_data.cpp -o $@ -lpcre2-8
+	$(CXX) $(HOSTFLAGS) $(TEST_OPT) test/test_main.cpp test/test_data.cpp -o $@ -lpcre2-8
 
 # Every suite (C++ tests; the PyTorch reference's self-tests). test/run_tests.sh builds the
 # binaries (a make of its own for each, past failures: a rule that fails leaves no binary,
