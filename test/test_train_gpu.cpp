@@ -168,13 +168,12 @@ TEST_CASE("--dtype bf16 (emulated): matmuls and attention on bf16 tensor cores w
                                 " --device cuda --dtype bf16 --compare-cpu 1 --check-tol ";
         INFO(m.variant << " " << m.flags);
         // Every tensor within 2e-2 of its scale (seen: worst 7.5e-3, dlayer1.w1: bf16 rounds
-        // each matmul's inputs, P, dS and o at 2^-9 relative); and not within 1e-4, so the
-        // bf16 kernels really ran (fp32: ~1e-6).
+        // each matmul's inputs, P, dS and o at 2^-9 relative); and not all within 1e-4, so
+        // the bf16 kernels really ran (fp32: ~1e-6). The failure itself: the TF32 case above.
         int rc = run(cmd + "2e-2", &out);
         INFO(out);
         CHECK(rc == 0);
-        CHECK(run(cmd + "1e-4", &out) == 1);
-        CHECK(out.find("compare-cpu: FAILED") != std::string::npos);
+        CHECK(worst_printed_rel(out) > 1e-4);
     }
     // Bad uses: one line naming the flag, exit 1.
     struct Case { std::string args, expect; };

@@ -2,6 +2,8 @@
 // their paths, scratch files, a small learnable shard, a tiny model's flags, log.txt lines.
 #pragma once
 #include <sys/stat.h>
+#include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -22,6 +24,15 @@ static inline std::string tmp(const std::string& name) { return scratch_path("te
 static inline bool exists(const std::string& path) {
     struct stat st;
     return stat(path.c_str(), &st) == 0;
+}
+
+// The largest relative error a --compare-cpu or --check-state run printed ("... rel X ok"
+// per tensor): how far from its reference the run was, even when within its tolerance.
+static inline double worst_printed_rel(const std::string& out) {
+    double worst = 0;
+    for (size_t at = out.find(" rel "); at != std::string::npos; at = out.find(" rel ", at + 1))
+        worst = std::max(worst, std::atof(out.c_str() + at + 5));
+    return worst;
 }
 
 // A file's bytes from offset `from` on (it must hold more than that).
